@@ -1,0 +1,1 @@
+//! Shared corpora for the criterion benchmarks in `benches/`.

@@ -1,0 +1,3 @@
+//! `oci-cache`: the pull-through cache server and its command-line tools.
+
+fn main() {}

@@ -1,0 +1,241 @@
+//! The one error type of `oci-cache-core`.
+//!
+//! Variants are named for what the caller does next: `NotFound` → try
+//! upstream or answer 404, `DigestMismatch` → discard and maybe try another
+//! endpoint, `Upstream` → look at [`UpstreamErrorKind`] to decide on fallback.
+
+use std::time::Duration;
+
+use crate::digest::{Digest, DigestError};
+use crate::reference::ParseError;
+
+/// Errors from references, storage, upstreams and the cache engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A reference, repository or tag did not parse.
+    #[error(transparent)]
+    Reference(#[from] ParseError),
+
+    /// A digest did not parse.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+
+    /// The object is not in storage (or not upstream, when `what` says so).
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, for example `blob sha256:…`.
+        what: String,
+    },
+
+    /// Content hashed to a different digest than the one it was stored or fetched under.
+    #[error("content does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest the content was supposed to have.
+        expected: Digest,
+        /// The digest the bytes actually hash to.
+        actual: Digest,
+    },
+
+    /// Content was longer or shorter than announced.
+    #[error("content of {digest} has the wrong size: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The object in question.
+        digest: Digest,
+        /// The announced size.
+        expected: u64,
+        /// How many bytes arrived (so far, when too long).
+        actual: u64,
+    },
+
+    /// A byte range lies outside the object.
+    #[error("range starting at byte {start} is outside the object of {size} bytes")]
+    RangeNotSatisfiable {
+        /// First byte asked for.
+        start: u64,
+        /// Size of the object.
+        size: u64,
+    },
+
+    /// An object exceeds a configured limit (for example a manifest over 4 MiB).
+    #[error("{what} is {actual} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// The limit in bytes.
+        limit: u64,
+        /// The size seen.
+        actual: u64,
+    },
+
+    /// A cached manifest exists, but the client does not accept its media type.
+    #[error("manifest has media type {media_type}, which the client does not accept")]
+    NotAcceptable {
+        /// The stored manifest's media type.
+        media_type: String,
+    },
+
+    /// The request named an upstream registry that is not configured (no open proxy).
+    #[error(
+        "upstream registry {name:?} is not configured on this mirror; ask the operator to add it"
+    )]
+    UnknownUpstream {
+        /// The registry name as the client sent it.
+        name: String,
+    },
+
+    /// The operation is not something a pull-through cache does (push, delete).
+    #[error("{0} is not supported by a pull-through cache")]
+    Unsupported(String),
+
+    /// Configuration is invalid; the message says which setting and why.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A storage backend failed.
+    #[error("storage backend {backend} failed: {message}")]
+    Storage {
+        /// Backend name (`memory`, `filesystem`, `object`).
+        backend: &'static str,
+        /// What went wrong, for the operator.
+        message: String,
+        /// The underlying cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+
+    /// An upstream registry failed or refused.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Error {
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    /// Shorthand for [`Error::Storage`] with a source.
+    pub fn storage(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Storage {
+            backend,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// True when the object does not exist (locally, or upstream).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::NotFound { .. } => true,
+            Error::Upstream(e) => e.kind() == UpstreamErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
+    /// True when content failed verification (wrong digest or size).
+    pub fn is_verification_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } | Error::TooLarge { .. }
+        ) || matches!(self, Error::Upstream(e) if e.kind() == UpstreamErrorKind::Invalid)
+    }
+}
+
+/// How an upstream request failed; decides whether a mirror chain moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamErrorKind {
+    /// 404: the endpoint does not have the object. The chain moves on.
+    NotFound,
+    /// 401 after authentication was tried. Definitive: the chain stops.
+    Unauthorized,
+    /// 403. Definitive: the chain stops.
+    Denied,
+    /// 429. The chain moves on; `retry_after` says how long the endpoint asked us to wait.
+    TooManyRequests,
+    /// 5xx, connection refused or reset. The chain moves on.
+    Unavailable,
+    /// Connect, first-byte or stall timeout. The chain moves on.
+    Timeout,
+    /// The endpoint answered with something that is not a valid registry response.
+    Invalid,
+    /// The endpoint is skipped because its circuit breaker is open or the cache is offline.
+    Skipped,
+}
+
+/// An upstream registry failure, classified by kind.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {endpoint}: {message}")]
+pub struct UpstreamError {
+    kind: UpstreamErrorKind,
+    endpoint: String,
+    message: String,
+    retry_after: Option<Duration>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl UpstreamError {
+    /// A new error of `kind` from `endpoint` (a URL without credentials).
+    pub fn new(
+        kind: UpstreamErrorKind,
+        endpoint: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        UpstreamError {
+            kind,
+            endpoint: endpoint.into(),
+            message: message.into(),
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Attaches a `Retry-After` delay.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The classification.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        self.kind
+    }
+
+    /// The endpoint that failed.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// What the endpoint asked us to wait, from `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// True when the next endpoint in a chain should be tried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            UpstreamErrorKind::NotFound
+                | UpstreamErrorKind::TooManyRequests
+                | UpstreamErrorKind::Unavailable
+                | UpstreamErrorKind::Timeout
+                | UpstreamErrorKind::Invalid
+                | UpstreamErrorKind::Skipped
+        )
+    }
+}
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

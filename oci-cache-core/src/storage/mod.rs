@@ -1,0 +1,149 @@
+//! Where the cache keeps what it fetched.
+//!
+//! One async trait, [`Storage`], with three backends that pass the same
+//! conformance suite: memory, filesystem (default) and object store (S3).
+//!
+//! CONTRACT (the cache engine and the http crate rely on these signatures).
+
+use std::fmt::{Debug, Display};
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::digest::Digest;
+use crate::reference::{Registry, Repository, Tag};
+use crate::Result;
+
+/// A stream of byte chunks, as read from storage or fetched upstream.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// Size and last access time of a stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the blob was last written or read, where the backend tracks it.
+    pub last_access: Option<SystemTime>,
+}
+
+/// An open blob read: the whole object's size, the range being returned, and the bytes.
+pub struct BlobRead {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// The byte range `stream` yields (the whole blob when no range was asked).
+    pub range: Range<u64>,
+    /// The bytes of `range`.
+    pub stream: ByteStream,
+}
+
+impl Debug for BlobRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRead")
+            .field("size", &self.size)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A manifest as stored: exact bytes plus the media type it was served with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    /// The digest of `bytes`.
+    pub digest: Digest,
+    /// The `Content-Type` the manifest was fetched with.
+    pub media_type: String,
+    /// The manifest, byte for byte.
+    pub bytes: Bytes,
+}
+
+/// Which upstream, repository and tag a tag record belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    /// The upstream registry (`docker.io`, `ghcr.io`, …).
+    pub upstream: Registry,
+    /// The repository within that registry.
+    pub repository: Repository,
+    /// The tag.
+    pub tag: Tag,
+}
+
+/// What a tag pointed to when it was last checked upstream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TagRecord {
+    /// The manifest digest the tag resolved to.
+    pub digest: Digest,
+    /// That manifest's media type.
+    pub media_type: String,
+    /// When the mapping was last confirmed upstream.
+    pub checked_at: SystemTime,
+}
+
+/// A repository of an upstream, for `_catalog`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepositoryEntry {
+    /// The upstream registry.
+    pub upstream: Registry,
+    /// The repository path.
+    pub repository: Repository,
+}
+
+/// The storage interface every backend implements.
+///
+/// Every write is verified and atomic: an object becomes visible only once
+/// its bytes hash to the digest it is stored under; a failed or interrupted
+/// write leaves nothing readable.
+#[async_trait]
+pub trait Storage: Debug + Display + Send + Sync + 'static {
+    /// Size (and last access) of a blob, or `None` when absent.
+    async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>>;
+
+    /// Streams a blob, or the `range` of it (end exclusive, clamped to the size).
+    /// Absent → [`Error::NotFound`](crate::Error::NotFound); a range starting at or
+    /// past the end → [`Error::RangeNotSatisfiable`](crate::Error::RangeNotSatisfiable).
+    async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead>;
+
+    /// Stores a blob from a stream, hashing as it goes; returns the size written.
+    /// Visible only when the bytes match `digest` (and `expected_size`, if given).
+    /// Writing a digest that already exists succeeds without changing it.
+    async fn blob_write(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: ByteStream,
+    ) -> Result<u64>;
+
+    /// Removes a blob; absent is not an error.
+    async fn blob_delete(&self, digest: &Digest) -> Result<()>;
+
+    /// Every stored blob with size and last access, for eviction.
+    async fn blob_list(&self) -> Result<Vec<BlobInfo>>;
+
+    /// A manifest by digest, or `None`.
+    async fn manifest_get(&self, digest: &Digest) -> Result<Option<StoredManifest>>;
+
+    /// Stores a manifest after checking its bytes hash to `manifest.digest`.
+    async fn manifest_put(&self, manifest: &StoredManifest) -> Result<()>;
+
+    /// Removes a manifest; absent is not an error.
+    async fn manifest_delete(&self, digest: &Digest) -> Result<()>;
+
+    /// The record of a tag, or `None`.
+    async fn tag_get(&self, key: &TagKey) -> Result<Option<TagRecord>>;
+
+    /// Creates or replaces a tag record.
+    async fn tag_put(&self, key: &TagKey, record: &TagRecord) -> Result<()>;
+
+    /// Removes a tag record; absent is not an error.
+    async fn tag_delete(&self, key: &TagKey) -> Result<()>;
+
+    /// Cached tags of one repository of one upstream, sorted.
+    async fn tag_list(&self, upstream: &Registry, repository: &Repository) -> Result<Vec<Tag>>;
+
+    /// Repositories with at least one tag record, sorted.
+    async fn repository_list(&self) -> Result<Vec<RepositoryEntry>>;
+}
