@@ -136,7 +136,14 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<ManifestResponse> {
-        let _ = (registry, repository, reference, accept, &self.upstream, &self.options);
+        let _ = (
+            registry,
+            repository,
+            reference,
+            accept,
+            &self.upstream,
+            &self.options,
+        );
         Err(crate::Error::Unsupported("engine not built yet".into()))
     }
 

@@ -18,8 +18,10 @@
 //! );
 //! ```
 
+pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod mirror;
 pub mod reference;
 pub mod storage;
 pub mod upstream;
