@@ -1,3 +1,44 @@
 //! `oci-cache`: the pull-through cache server and its command-line tools.
+//!
+//! Thin by design: parse arguments, read configuration, install the log
+//! subscriber, then hand over to `oci-cache-core` and `oci-cache-http`.
 
-fn main() {}
+mod cli;
+mod config;
+mod duration;
+mod resolve;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log.as_deref(), cli.log_json);
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    match &cli.command {
+        Command::Resolve(args) => resolve::run(args, &mut stdout, &mut stderr),
+        Command::CheckConfig(args) => serve::check_config(args, &mut stdout, &mut stderr),
+        Command::Serve(args) => serve::run(args, &mut stderr),
+    }
+}
+
+fn init_tracing(filter: Option<&str>, json: bool) {
+    let filter = filter
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,296 @@
+//! The configuration file (TOML), merged with flags and environment variables.
+//!
+//! Precedence, highest first: command-line flag, `OCI_CACHE_*` environment
+//! variable (clap reads them into the same flags), config file, built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_cache_core::mirror::{Credentials, Endpoint, MirrorConfig, UpstreamConfig};
+use oci_cache_core::reference::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ServeArgs;
+use crate::duration::parse_duration;
+
+/// Where `serve` listens when nothing says otherwise.
+pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+/// Where the filesystem storage lives when nothing says otherwise.
+pub(crate) const DEFAULT_STORAGE_DIR: &str = "./oci-cache-data";
+/// How long a tag is trusted when nothing says otherwise.
+pub(crate) const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+
+/// The file as written by the operator; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    listen: Option<String>,
+    default_upstream: Option<String>,
+    tag_ttl: Option<String>,
+    storage: Option<StorageConfig>,
+    #[serde(default, rename = "upstream")]
+    upstreams: Vec<UpstreamEntry>,
+}
+
+/// Which storage backend to use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum StorageConfig {
+    /// A directory on local disk.
+    Filesystem {
+        /// The storage root.
+        dir: PathBuf,
+    },
+    /// In memory; gone at exit (tests, demos).
+    Memory,
+    /// An S3 bucket or an S3-compatible server.
+    S3(S3Config),
+}
+
+/// S3 settings; credentials fall back to the usual AWS environment variables.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct S3Config {
+    pub(crate) bucket: String,
+    #[serde(default)]
+    pub(crate) endpoint: Option<String>,
+    #[serde(default)]
+    pub(crate) region: Option<String>,
+    #[serde(default)]
+    pub(crate) prefix: Option<String>,
+    /// Allow `http://` endpoints (S3-compatible servers on a private network).
+    #[serde(default)]
+    pub(crate) allow_http: bool,
+    /// Virtual-hosted-style addressing (`bucket.host`); path style is the default.
+    #[serde(default)]
+    pub(crate) virtual_hosted_style: bool,
+    #[serde(default)]
+    pub(crate) access_key_id: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub(crate) secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// One `[[upstream]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamEntry {
+    /// The registry name clients use (`docker.io`, `ghcr.io`, `registry.example:5000`).
+    name: String,
+    /// The registry's own API base URL.
+    url: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    mirrors: Vec<Endpoint>,
+    #[serde(default)]
+    skip_fallback: bool,
+    #[serde(default)]
+    credentials: Option<Credentials>,
+}
+
+/// Everything `serve` needs, resolved and validated.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) storage: StorageConfig,
+    pub(crate) mirrors: MirrorConfig,
+    pub(crate) tag_ttl: Duration,
+}
+
+/// Reads and parses a config file; errors name the file and the bad setting.
+pub(crate) fn load_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+/// Merges flags over the file over defaults.
+pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let listen_text = args
+        .listen
+        .clone()
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = listen_text
+        .parse()
+        .map_err(|_| format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000"))?;
+
+    let storage = match (&args.storage_dir, file.storage) {
+        (Some(dir), _) => StorageConfig::Filesystem { dir: dir.clone() },
+        (None, Some(storage)) => storage,
+        (None, None) => StorageConfig::Filesystem {
+            dir: PathBuf::from(DEFAULT_STORAGE_DIR),
+        },
+    };
+
+    let tag_ttl = match args.tag_ttl.as_deref().or(file.tag_ttl.as_deref()) {
+        Some(text) => parse_duration(text)?,
+        None => DEFAULT_TAG_TTL,
+    };
+
+    let mut upstreams = if !args.upstreams.is_empty() {
+        args.upstreams
+            .iter()
+            .map(|spec| upstream_from_flag(spec))
+            .collect::<Result<Vec<_>, _>>()?
+    } else if !file.upstreams.is_empty() {
+        file.upstreams
+            .into_iter()
+            .map(upstream_from_entry)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        MirrorConfig::common().upstreams
+    };
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let default_name = args
+        .default_upstream
+        .clone()
+        .or(file.default_upstream)
+        .unwrap_or_else(|| "docker.io".to_owned());
+    let default_upstream = registry(&default_name)?;
+    let mirrors = MirrorConfig {
+        upstreams,
+        default_upstream,
+    };
+    mirrors.validate().map_err(|e| e.to_string())?;
+    Ok(Settings {
+        listen,
+        storage,
+        mirrors,
+        tag_ttl,
+    })
+}
+
+fn registry(name: &str) -> Result<Registry, String> {
+    Registry::new(name).map_err(|e| format!("invalid upstream name {name:?}: {e}"))
+}
+
+/// `NAME=URL`, as given to `--upstream`.
+fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
+    let (name, url) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io"))?;
+    upstream_from_entry(UpstreamEntry {
+        name: name.to_owned(),
+        url: url.to_owned(),
+        aliases: Vec::new(),
+        mirrors: Vec::new(),
+        skip_fallback: false,
+        credentials: None,
+    })
+}
+
+fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
+    let mut upstream = UpstreamConfig::new(registry(&entry.name)?, &entry.url);
+    upstream.aliases = entry.aliases;
+    upstream.endpoints = entry.mirrors;
+    upstream.skip_fallback = entry.skip_fallback;
+    upstream.origin.credentials = entry.credentials;
+    Ok(upstream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults_serve_the_common_upstreams_from_the_data_dir() {
+        let settings = resolve(&args()).unwrap();
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(
+            settings.storage,
+            StorageConfig::Filesystem {
+                dir: PathBuf::from(DEFAULT_STORAGE_DIR)
+            }
+        );
+        let names: Vec<_> = settings
+            .mirrors
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str().to_owned())
+            .collect();
+        for expected in ["docker.io", "registry.k8s.io", "gcr.io", "ghcr.io", "quay.io"] {
+            assert!(names.iter().any(|n| n == expected), "{names:?}");
+        }
+        assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
+        assert_eq!(settings.tag_ttl, DEFAULT_TAG_TTL);
+    }
+
+    #[test]
+    fn upstream_flags_replace_the_defaults() {
+        let mut a = args();
+        a.upstreams = vec!["origin.test=http://127.0.0.1:5001".into()];
+        a.default_upstream = Some("origin.test".into());
+        a.tag_ttl = Some("2s".into());
+        let settings = resolve(&a).unwrap();
+        assert_eq!(settings.mirrors.upstreams.len(), 1);
+        assert_eq!(
+            settings.mirrors.upstreams[0].origin.url,
+            "http://127.0.0.1:5001"
+        );
+        assert_eq!(settings.tag_ttl, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_say_what_to_write() {
+        let mut a = args();
+        a.upstreams = vec!["no-equals-sign".into()];
+        assert!(resolve(&a).unwrap_err().contains("NAME=URL"));
+        let mut a = args();
+        a.listen = Some("localhost".into());
+        assert!(resolve(&a).unwrap_err().contains("0.0.0.0:5000"));
+        let mut a = args();
+        a.default_upstream = Some("evil.example".into());
+        assert!(resolve(&a).is_err());
+    }
+
+    #[test]
+    fn file_config_reads_storage_and_upstreams() {
+        let text = r#"
+            listen = "127.0.0.1:5001"
+            tag_ttl = "1m"
+            default_upstream = "origin.test"
+            [storage]
+            kind = "s3"
+            bucket = "cache"
+            endpoint = "http://127.0.0.1:9000"
+            allow_http = true
+            [[upstream]]
+            name = "origin.test"
+            url = "http://127.0.0.1:5002"
+            credentials = { username = "u", password = "p" }
+        "#;
+        let file: FileConfig = toml::from_str(text).unwrap();
+        assert!(matches!(file.storage, Some(StorageConfig::S3(ref s3)) if s3.bucket == "cache"));
+        let bad = toml::from_str::<FileConfig>("listn = \"x\"").unwrap_err();
+        assert!(bad.to_string().contains("listn"), "{bad}");
+    }
+}

@@ -1,0 +1,167 @@
+//! `oci-cache serve` and `oci-cache check-config`: wiring config to the library.
+
+use std::error::Error as StdError;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use oci_cache_core::cache::{CacheOptions, PullThrough};
+use oci_cache_core::storage::Storage;
+use oci_cache_core::upstream::Upstream;
+use oci_cache_http::{AppState, HyperUpstream, UpstreamOptions};
+use tokio::net::TcpListener;
+
+use crate::cli::{CheckConfigArgs, ServeArgs};
+use crate::config::{self, Settings, StorageConfig};
+
+/// Exit status for configuration the program cannot use.
+const EXIT_CONFIG: u8 = 2;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
+    let settings = match config::resolve(args) {
+        Ok(settings) => settings,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_chain(err, e.as_ref());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) fn check_config(
+    args: &CheckConfigArgs,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> ExitCode {
+    let serve_args = ServeArgs {
+        config: Some(args.file.clone()),
+        ..ServeArgs::default()
+    };
+    match config::resolve(&serve_args) {
+        Ok(settings) => {
+            let _ = writeln!(out, "{}: ok", args.file.display());
+            let _ = writeln!(out, "listen: {}", settings.listen);
+            let _ = writeln!(out, "storage: {}", describe_storage(&settings.storage));
+            let _ = writeln!(out, "tag ttl: {:?}", settings.tag_ttl);
+            let _ = writeln!(out, "default upstream: {}", settings.mirrors.default_upstream);
+            for upstream in &settings.mirrors.upstreams {
+                let chain: Vec<&str> = upstream.chain().iter().map(|e| e.url.as_str()).collect();
+                let _ = writeln!(out, "upstream {}: {}", upstream.name, chain.join(" -> "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn describe_storage(storage: &StorageConfig) -> String {
+    match storage {
+        StorageConfig::Filesystem { dir } => format!("filesystem at {}", dir.display()),
+        StorageConfig::Memory => "memory".to_owned(),
+        StorageConfig::S3(s3) => format!(
+            "s3 bucket {} at {}",
+            s3.bucket,
+            s3.endpoint.as_deref().unwrap_or("AWS")
+        ),
+    }
+}
+
+fn print_chain(err: &mut impl Write, e: &(dyn StdError + 'static)) {
+    let _ = writeln!(err, "error: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let _ = writeln!(err, "caused by: {cause}");
+        source = cause.source();
+    }
+}
+
+async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxError> {
+    use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage, S3Options};
+    Ok(match config {
+        StorageConfig::Filesystem { dir } => Arc::new(FsStorage::open(dir).await?),
+        StorageConfig::Memory => Arc::new(MemoryStorage::new()),
+        StorageConfig::S3(s3) => {
+            let mut options = S3Options::new(&s3.bucket);
+            options.endpoint = s3.endpoint.clone();
+            options.region = s3.region.clone();
+            options.prefix = s3.prefix.clone();
+            options.allow_http = s3.allow_http;
+            options.virtual_hosted_style = s3.virtual_hosted_style;
+            options.access_key_id = s3.access_key_id.clone();
+            options.secret_access_key = s3.secret_access_key.clone();
+            Arc::new(ObjectStorage::s3(options)?)
+        }
+    })
+}
+
+async fn serve(settings: Settings) -> Result<(), BoxError> {
+    let storage = open_storage(&settings.storage).await?;
+    let mirrors = Arc::new(settings.mirrors);
+    let upstream: Arc<dyn Upstream> = Arc::new(HyperUpstream::new(
+        mirrors.clone(),
+        UpstreamOptions::default(),
+    )?);
+    let options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
+    let storage_name = storage.to_string();
+    let engine = Arc::new(PullThrough::new(storage, upstream, options));
+    let service = oci_cache_http::service(AppState::new(engine, mirrors.clone()));
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let upstreams: Vec<&str> = mirrors.upstreams.iter().map(|u| u.name.as_str()).collect();
+    tracing::info!(
+        listen = %settings.listen,
+        storage = %storage_name,
+        upstreams = %upstreams.join(","),
+        default_upstream = %mirrors.default_upstream,
+        tag_ttl = ?settings.tag_ttl,
+        "oci-cache serving"
+    );
+    oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+    tracing::info!("oci-cache stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, so in-flight requests can finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
