@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use oci_cache_core::mirror::{Credentials, Endpoint, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::Registry;
-use serde::{Deserialize, Serialize};
+use oci_cache_core::storage::S3Config;
+use serde::Deserialize;
 
 use crate::cli::ServeArgs;
 use crate::duration::parse_duration;
@@ -34,7 +35,7 @@ pub(crate) struct FileConfig {
 }
 
 /// Which storage backend to use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub(crate) enum StorageConfig {
     /// A directory on local disk.
@@ -46,47 +47,6 @@ pub(crate) enum StorageConfig {
     Memory,
     /// An S3 bucket or an S3-compatible server.
     S3(S3Config),
-}
-
-/// S3 settings; credentials fall back to the usual AWS environment variables.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct S3Config {
-    pub(crate) bucket: String,
-    #[serde(default)]
-    pub(crate) endpoint: Option<String>,
-    #[serde(default)]
-    pub(crate) region: Option<String>,
-    #[serde(default)]
-    pub(crate) prefix: Option<String>,
-    /// Allow `http://` endpoints (S3-compatible servers on a private network).
-    #[serde(default)]
-    pub(crate) allow_http: bool,
-    /// Virtual-hosted-style addressing (`bucket.host`); path style is the default.
-    #[serde(default)]
-    pub(crate) virtual_hosted_style: bool,
-    #[serde(default)]
-    pub(crate) access_key_id: Option<String>,
-    #[serde(default, skip_serializing)]
-    pub(crate) secret_access_key: Option<String>,
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("bucket", &self.bucket)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("prefix", &self.prefix)
-            .field("allow_http", &self.allow_http)
-            .field("virtual_hosted_style", &self.virtual_hosted_style)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
 }
 
 /// One `[[upstream]]` table.
@@ -282,7 +242,7 @@ mod tests {
             kind = "s3"
             bucket = "cache"
             endpoint = "http://127.0.0.1:9000"
-            allow_http = true
+            path_style = true
             [[upstream]]
             name = "origin.test"
             url = "http://127.0.0.1:5002"

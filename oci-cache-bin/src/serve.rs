@@ -97,21 +97,11 @@ fn print_chain(err: &mut impl Write, e: &(dyn StdError + 'static)) {
 }
 
 async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxError> {
-    use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage, S3Options};
+    use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage};
     Ok(match config {
         StorageConfig::Filesystem { dir } => Arc::new(FsStorage::open(dir).await?),
         StorageConfig::Memory => Arc::new(MemoryStorage::new()),
-        StorageConfig::S3(s3) => {
-            let mut options = S3Options::new(&s3.bucket);
-            options.endpoint = s3.endpoint.clone();
-            options.region = s3.region.clone();
-            options.prefix = s3.prefix.clone();
-            options.allow_http = s3.allow_http;
-            options.virtual_hosted_style = s3.virtual_hosted_style;
-            options.access_key_id = s3.access_key_id.clone();
-            options.secret_access_key = s3.secret_access_key.clone();
-            Arc::new(ObjectStorage::s3(options)?)
-        }
+        StorageConfig::S3(s3) => Arc::new(ObjectStorage::s3(s3)?),
     })
 }
 
