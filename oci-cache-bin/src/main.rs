@@ -19,8 +19,10 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log.as_deref(), cli.log_json);
-    let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr().lock();
+    // Unlocked handles: the log subscriber writes to stderr from worker
+    // threads, and a lock held here for the whole run would deadlock them.
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
     match &cli.command {
         Command::Resolve(args) => resolve::run(args, &mut stdout, &mut stderr),
         Command::CheckConfig(args) => serve::check_config(args, &mut stdout, &mut stderr),
