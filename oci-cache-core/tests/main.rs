@@ -1,0 +1,3 @@
+//! The integration test binary of oci-cache-core: one module per topic.
+
+mod reference_vectors;
