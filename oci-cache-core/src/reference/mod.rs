@@ -443,6 +443,7 @@ impl<'de> serde::Deserialize<'de> for Reference {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
