@@ -1,0 +1,7 @@
+//! The integration test binary of oci-cache-core: one module per topic
+//! (`autotests = false` in Cargo.toml keeps it a single binary).
+
+// A failing test should stop loudly at the line that failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod reference_vectors;
