@@ -19,9 +19,14 @@ use crate::Result;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(feature = "fs")]
+mod fs;
+mod keys;
 mod memory;
 mod verified;
 
+#[cfg(feature = "fs")]
+pub use fs::{FsOptions, FsStorage};
 pub use memory::MemoryStorage;
 
 /// A stream of byte chunks, as read from storage or fetched upstream.
