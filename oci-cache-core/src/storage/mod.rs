@@ -23,11 +23,15 @@ pub mod conformance;
 mod fs;
 mod keys;
 mod memory;
+mod object;
 mod verified;
 
 #[cfg(feature = "fs")]
 pub use fs::{FsOptions, FsStorage};
 pub use memory::MemoryStorage;
+pub use object::ObjectStorage;
+#[cfg(feature = "s3")]
+pub use object::S3Config;
 
 /// A stream of byte chunks, as read from storage or fetched upstream.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
