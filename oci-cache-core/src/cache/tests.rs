@@ -666,6 +666,92 @@ async fn blob_size_from_storage_fill_or_upstream_head() {
         .is_none());
 }
 
+/// Memory storage whose blob writes fail (a full disk), to show clients are
+/// still served and nothing half-written remains.
+#[derive(Debug)]
+struct FailingBlobWrites(MemoryStorage);
+
+impl std::fmt::Display for FailingBlobWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failing")
+    }
+}
+
+#[async_trait]
+impl Storage for FailingBlobWrites {
+    async fn blob_stat(&self, d: &Digest) -> Result<Option<crate::storage::BlobInfo>> {
+        self.0.blob_stat(d).await
+    }
+    async fn blob_read(
+        &self,
+        d: &Digest,
+        r: Option<Range<u64>>,
+    ) -> Result<crate::storage::BlobRead> {
+        self.0.blob_read(d, r).await
+    }
+    async fn blob_write(&self, _: &Digest, _: Option<u64>, mut data: ByteStream) -> Result<u64> {
+        // Take a little, then give up like a backend that ran out of space.
+        let _ = data.next().await;
+        Err(Error::Storage {
+            backend: "failing",
+            message: "no space left on device".into(),
+            source: None,
+        })
+    }
+    async fn blob_delete(&self, d: &Digest) -> Result<()> {
+        self.0.blob_delete(d).await
+    }
+    async fn blob_list(&self) -> Result<Vec<crate::storage::BlobInfo>> {
+        self.0.blob_list().await
+    }
+    async fn manifest_get(&self, d: &Digest) -> Result<Option<StoredManifest>> {
+        self.0.manifest_get(d).await
+    }
+    async fn manifest_put(&self, m: &StoredManifest) -> Result<()> {
+        self.0.manifest_put(m).await
+    }
+    async fn manifest_delete(&self, d: &Digest) -> Result<()> {
+        self.0.manifest_delete(d).await
+    }
+    async fn tag_get(&self, k: &TagKey) -> Result<Option<TagRecord>> {
+        self.0.tag_get(k).await
+    }
+    async fn tag_put(&self, k: &TagKey, r: &TagRecord) -> Result<()> {
+        self.0.tag_put(k, r).await
+    }
+    async fn tag_delete(&self, k: &TagKey) -> Result<()> {
+        self.0.tag_delete(k).await
+    }
+    async fn tag_list(&self, u: &Registry, r: &Repository) -> Result<Vec<Tag>> {
+        self.0.tag_list(u, r).await
+    }
+    async fn repository_list(&self) -> Result<Vec<crate::storage::RepositoryEntry>> {
+        self.0.repository_list().await
+    }
+}
+
+#[tokio::test]
+async fn storage_failure_still_serves_verified_bytes_and_retries_later() {
+    let upstream = Arc::new(FakeUpstream::default());
+    let data = pattern(20_000);
+    let digest = upstream.add_blob(BlobScript::new(&data));
+    let storage = Arc::new(FailingBlobWrites(MemoryStorage::new()));
+    let engine = PullThrough::new(storage, Arc::clone(&upstream), CacheOptions::default());
+    for attempt in 1..=2 {
+        let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+        assert_eq!(response.outcome, CacheOutcome::Miss);
+        assert_eq!(collect(response.stream).await.unwrap(), data);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while engine.blob_fills_in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(count(&upstream.calls.get_blob), attempt);
+    }
+}
+
 // ---------------------------------------------------------------- manifests
 
 const INDEX: &[u8] =
@@ -948,6 +1034,33 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
         "{err}"
     );
     assert_eq!(count(&s.upstream.calls.get_manifest), gets + 1);
+}
+
+#[tokio::test]
+async fn narrow_client_is_served_from_storage_when_head_names_a_stored_digest() {
+    let s = setup(CacheOptions::default());
+    s.upstream
+        .set_tag("3.20", &[(OCI_INDEX, INDEX), (DOCKER_MANIFEST, CHILD)]);
+    // The platform manifest is already stored (pulled by digest earlier).
+    let child = ManifestRef::Digest(Digest::sha256_of(CHILD));
+    s.engine
+        .manifest(&hub(), &repo(), &child, &[])
+        .await
+        .unwrap();
+    let gets = count(&s.upstream.calls.get_manifest);
+
+    let narrow = accept(&[DOCKER_MANIFEST]);
+    let response = s
+        .engine
+        .manifest(&hub(), &repo(), &tag("3.20"), &narrow)
+        .await
+        .unwrap();
+    assert_eq!(response.outcome, CacheOutcome::Revalidated);
+    assert_eq!(response.bytes.as_ref(), CHILD);
+    assert_eq!(count(&s.upstream.calls.head_manifest), 1);
+    assert_eq!(count(&s.upstream.calls.get_manifest), gets);
+    // A narrow answer never becomes the tag's record.
+    assert!(s.storage.tag_get(&tag_key("3.20")).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
