@@ -239,3 +239,75 @@ impl UpstreamError {
 
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The text of an error's cause, standing in for the original (which cannot be cloned).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CauseText(String);
+
+impl Error {
+    /// A copy of this error for every waiter of a shared (single-flight) fetch.
+    ///
+    /// Errors own boxed causes and cannot be `Clone`; the copy keeps the variant
+    /// (so status codes and predicates stay the same) and the cause's text.
+    pub(crate) fn duplicate(&self) -> Error {
+        let cause = |source: &Option<Box<dyn std::error::Error + Send + Sync + 'static>>| {
+            source
+                .as_ref()
+                .map(|s| Box::new(CauseText(s.to_string())) as Box<_>)
+        };
+        match self {
+            Error::Reference(e) => Error::Reference(e.clone()),
+            Error::Digest(e) => Error::Digest(e.clone()),
+            Error::NotFound { what } => Error::NotFound { what: what.clone() },
+            Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Error::SizeMismatch {
+                digest,
+                expected,
+                actual,
+            } => Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::RangeNotSatisfiable { start, size } => Error::RangeNotSatisfiable {
+                start: *start,
+                size: *size,
+            },
+            Error::TooLarge {
+                what,
+                limit,
+                actual,
+            } => Error::TooLarge {
+                what: what.clone(),
+                limit: *limit,
+                actual: *actual,
+            },
+            Error::NotAcceptable { media_type } => Error::NotAcceptable {
+                media_type: media_type.clone(),
+            },
+            Error::UnknownUpstream { name } => Error::UnknownUpstream { name: name.clone() },
+            Error::Unsupported(what) => Error::Unsupported(what.clone()),
+            Error::Config(what) => Error::Config(what.clone()),
+            Error::Storage {
+                backend,
+                message,
+                source,
+            } => Error::Storage {
+                backend,
+                message: message.clone(),
+                source: cause(source),
+            },
+            Error::Upstream(e) => Error::Upstream(UpstreamError {
+                kind: e.kind,
+                endpoint: e.endpoint.clone(),
+                message: e.message.clone(),
+                retry_after: e.retry_after,
+                source: cause(&e.source),
+            }),
+        }
+    }
+}

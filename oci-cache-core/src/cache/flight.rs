@@ -1,0 +1,82 @@
+//! Single flight for small fetches (manifests): one detached task per key,
+//! every concurrent caller awaits the same shared result.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use crate::{Error, Result};
+
+type SharedResult<V> = Shared<BoxFuture<'static, Result<V, Arc<Error>>>>;
+
+/// In-flight work by key. The map lock is only held to look up or insert, never
+/// across an await.
+pub(super) struct Flights<K, V> {
+    map: Arc<Mutex<HashMap<K, SharedResult<V>>>>,
+}
+
+impl<K, V> std::fmt::Debug for Flights<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let in_flight = self.map.lock().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("Flights")
+            .field("in_flight", &in_flight)
+            .finish()
+    }
+}
+
+impl<K, V> Flights<K, V>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(super) fn new() -> Self {
+        Flights {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Awaits the flight for `key`, starting `work()` as a detached task when none
+    /// is under way. The task runs to completion even if every caller goes away,
+    /// so a fetch once started always ends in storage. Returns whether this call
+    /// started the flight.
+    pub(super) async fn run<F, W>(&self, key: K, work: W) -> (Result<V>, bool)
+    where
+        W: FnOnce() -> F,
+        F: Future<Output = Result<V>> + Send + 'static,
+    {
+        let (shared, started) = {
+            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            match map.get(&key) {
+                Some(shared) => (shared.clone(), false),
+                None => {
+                    let fut = work();
+                    let map_handle = Arc::clone(&self.map);
+                    let task_key = key.clone();
+                    let task = tokio::spawn(async move {
+                        let result = fut.await.map_err(Arc::new);
+                        // Removed before waiters wake: whoever comes next finds the
+                        // result in storage or starts a clean retry.
+                        map_handle
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&task_key);
+                        result
+                    });
+                    let shared = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Arc::new(super::aborted(&format!("manifest fetch ({e})"))))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(key, shared.clone());
+                    (shared, true)
+                }
+            }
+        };
+        (shared.await.map_err(|e| e.duplicate()), started)
+    }
+}

@@ -1,0 +1,438 @@
+//! Manifests: immutable by digest, revalidated by tag, negotiated by `Accept`.
+//!
+//! A tag record always holds upstream's answer to the *broad* `Accept` (all
+//! four current manifest types), so every client that accepts the recorded
+//! media type can be served from it. A client that does not accept it (say, a
+//! Docker manifest-only client and a multi-platform index) goes upstream with
+//! its own `Accept`; what that returns is stored by digest but never recorded
+//! under the tag, so it cannot leak to other clients.
+//!
+//! Every upstream fetch runs as a single flight keyed by (registry,
+//! repository, reference, upstream `Accept`): concurrent requests make one
+//! upstream request, and the fetch finishes and stores even if the clients left.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::{debug, info, warn};
+
+use super::accept::{AcceptSet, KNOWN_MANIFEST_TYPES};
+use super::{CacheOutcome, Engine, ManifestResponse};
+use crate::digest::{Digest, DigestAlgorithm};
+use crate::reference::{Registry, Repository, Tag};
+use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
+use crate::upstream::{FetchedManifest, ManifestRef, Upstream};
+use crate::{Error, Result};
+
+/// What one manifest flight produced.
+#[derive(Debug, Clone)]
+pub(super) struct Served {
+    manifest: StoredManifest,
+    outcome: CacheOutcome,
+}
+
+/// Single-flight key: registry, repository, reference, `Accept` sent upstream.
+pub(super) type FlightKey = (Registry, Repository, ManifestRef, Vec<String>);
+
+/// The whole manifest request: local first, upstream as needed.
+pub(super) async fn manifest<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    registry: &Registry,
+    repository: &Repository,
+    reference: &ManifestRef,
+    accept: &AcceptSet,
+) -> Result<ManifestResponse>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    match reference {
+        ManifestRef::Digest(digest) => {
+            by_digest(engine, registry, repository, digest, accept).await
+        }
+        ManifestRef::Tag(tag) => by_tag(engine, registry, repository, tag, accept).await,
+    }
+}
+
+async fn by_digest<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    registry: &Registry,
+    repository: &Repository,
+    digest: &Digest,
+    accept: &AcceptSet,
+) -> Result<ManifestResponse>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let cached = engine.storage.manifest_get(digest).await?;
+    if let Some(manifest) = &cached {
+        if accept.accepts(&manifest.media_type) {
+            return Ok(respond(manifest.clone(), CacheOutcome::Hit));
+        }
+        debug!(%digest, media_type = %manifest.media_type, "cached manifest not acceptable; asking upstream");
+    }
+    // By digest the client's own Accept goes upstream verbatim (empty = all known).
+    let upstream_accept = accept.types().to_vec();
+    let key: FlightKey = (
+        registry.clone(),
+        repository.clone(),
+        ManifestRef::Digest(digest.clone()),
+        upstream_accept.clone(),
+    );
+    let task_engine = Arc::clone(engine);
+    let (registry, repository, expected) = (registry.clone(), repository.clone(), digest.clone());
+    let (result, started) = engine
+        .manifest_flights
+        .run(key, move || async move {
+            let fetched = task_engine
+                .upstream
+                .get_manifest(
+                    &registry,
+                    &repository,
+                    &ManifestRef::Digest(expected.clone()),
+                    &upstream_accept,
+                )
+                .await?;
+            let manifest = verify(fetched, Some(&expected), &task_engine)?;
+            task_engine.storage.manifest_put(&manifest).await?;
+            info!(digest = %manifest.digest, %registry, %repository, "manifest stored");
+            Ok(Served {
+                manifest,
+                outcome: CacheOutcome::Miss,
+            })
+        })
+        .await;
+    match (result, cached) {
+        (Ok(served), _) => deliver(served, started, accept),
+        (Err(e), Some(manifest)) => {
+            debug!(%digest, error = %e, "upstream failed for a manifest the client does not accept");
+            Err(Error::NotAcceptable {
+                media_type: manifest.media_type,
+            })
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+async fn by_tag<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    registry: &Registry,
+    repository: &Repository,
+    tag: &Tag,
+    accept: &AcceptSet,
+) -> Result<ManifestResponse>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let key = TagKey {
+        upstream: registry.clone(),
+        repository: repository.clone(),
+        tag: tag.clone(),
+    };
+    let record = engine.storage.tag_get(&key).await?;
+    let cached = match &record {
+        Some(record) => engine.storage.manifest_get(&record.digest).await?,
+        None => None,
+    };
+    match (record, cached) {
+        (Some(record), Some(manifest)) if accept.accepts(&manifest.media_type) => {
+            if is_fresh(&record, engine) {
+                return Ok(respond(manifest, CacheOutcome::Hit));
+            }
+            let (served, started) = broad_flight(engine, &key, Some((record, manifest))).await;
+            let served = served?;
+            if accept.accepts(&served.manifest.media_type) {
+                return deliver(served, started, accept);
+            }
+            narrow(engine, &key, accept).await
+        }
+        (Some(_), Some(manifest)) => {
+            debug!(tag = %key.tag, media_type = %manifest.media_type, "cached tag not acceptable; asking upstream");
+            narrow(engine, &key, accept).await
+        }
+        _ if accept.is_broad() => {
+            let (served, started) = broad_flight(engine, &key, None).await;
+            deliver(served?, started, accept)
+        }
+        _ => narrow(engine, &key, accept).await,
+    }
+}
+
+fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, engine: &Engine<S, U>) -> bool {
+    // A record from the future (clock moved back) counts as stale: it is cheap
+    // to revalidate and wrong to trust forever.
+    SystemTime::now()
+        .duration_since(record.checked_at)
+        .is_ok_and(|age| age < engine.options.tag_ttl)
+}
+
+/// Resolves a tag with the broad `Accept` and keeps the tag record up to date.
+/// With a cached answer (`known`) it revalidates with a HEAD and falls back to
+/// the cached answer when upstream fails; without one it GETs.
+async fn broad_flight<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    key: &TagKey,
+    known: Option<(TagRecord, StoredManifest)>,
+) -> (Result<Served>, bool)
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let broad: Vec<String> = KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect();
+    let flight_key: FlightKey = (
+        key.upstream.clone(),
+        key.repository.clone(),
+        ManifestRef::Tag(key.tag.clone()),
+        broad.clone(),
+    );
+    let task_engine = Arc::clone(engine);
+    let key = key.clone();
+    engine
+        .manifest_flights
+        .run(flight_key, move || async move {
+            match known {
+                Some((record, manifest)) => {
+                    match revalidate(&task_engine, &key, &broad, &record).await {
+                        Ok(served) => Ok(served),
+                        Err(e) => {
+                            warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %e,
+                                "tag revalidation failed; serving the cached manifest (stale-if-error)");
+                            Ok(Served {
+                                manifest,
+                                outcome: CacheOutcome::Stale,
+                            })
+                        }
+                    }
+                }
+                None => {
+                    let manifest = get_tag(&task_engine, &key, &broad, None).await?;
+                    record_tag(&task_engine, &key, &manifest).await;
+                    Ok(Served {
+                        manifest,
+                        outcome: CacheOutcome::Miss,
+                    })
+                }
+            }
+        })
+        .await
+}
+
+/// HEAD upstream; same digest → refresh `checked_at`; new digest → fetch (or
+/// find in storage) the new manifest and move the tag.
+async fn revalidate<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    key: &TagKey,
+    accept: &[String],
+    record: &TagRecord,
+) -> Result<Served>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let reference = ManifestRef::Tag(key.tag.clone());
+    let head = engine
+        .upstream
+        .head_manifest(&key.upstream, &key.repository, &reference, accept)
+        .await?;
+    let stored = match &head.digest {
+        Some(digest) => engine.storage.manifest_get(digest).await?,
+        None => None,
+    };
+    let (manifest, outcome) = match stored {
+        Some(manifest) => (manifest, CacheOutcome::Revalidated),
+        None => {
+            let manifest = get_tag(engine, key, accept, head.digest.as_ref()).await?;
+            let outcome = if manifest.digest == record.digest {
+                CacheOutcome::Revalidated
+            } else {
+                CacheOutcome::Miss
+            };
+            (manifest, outcome)
+        }
+    };
+    if manifest.digest != record.digest {
+        info!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag,
+            from = %record.digest, to = %manifest.digest, "tag moved upstream");
+    }
+    record_tag(engine, key, &manifest).await;
+    Ok(Served { manifest, outcome })
+}
+
+/// GETs a manifest by tag, verifies it (against `expected`, from a HEAD, when
+/// given) and stores it by digest.
+async fn get_tag<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    key: &TagKey,
+    accept: &[String],
+    expected: Option<&Digest>,
+) -> Result<StoredManifest>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let fetched = engine
+        .upstream
+        .get_manifest(
+            &key.upstream,
+            &key.repository,
+            &ManifestRef::Tag(key.tag.clone()),
+            accept,
+        )
+        .await?;
+    let manifest = verify(fetched, expected, engine)?;
+    engine.storage.manifest_put(&manifest).await?;
+    info!(digest = %manifest.digest, upstream = %key.upstream, repository = %key.repository, tag = %key.tag, "manifest stored");
+    Ok(manifest)
+}
+
+async fn record_tag<S: Storage + ?Sized, U: ?Sized>(
+    engine: &Engine<S, U>,
+    key: &TagKey,
+    manifest: &StoredManifest,
+) {
+    let record = TagRecord {
+        digest: manifest.digest.clone(),
+        media_type: manifest.media_type.clone(),
+        checked_at: SystemTime::now(),
+    };
+    if let Err(e) = engine.storage.tag_put(key, &record).await {
+        // The client still gets a verified manifest; the next request asks again.
+        warn!(tag = %key.tag, error = %e, "could not record the tag");
+    }
+}
+
+/// A client whose `Accept` differs from the recorded answer: HEAD with its
+/// `Accept`, serve from storage when the digest is there, else GET. The result
+/// is stored by digest only, never recorded under the tag.
+async fn narrow<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    key: &TagKey,
+    accept: &AcceptSet,
+) -> Result<ManifestResponse>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let client_accept = accept.types().to_vec();
+    let flight_key: FlightKey = (
+        key.upstream.clone(),
+        key.repository.clone(),
+        ManifestRef::Tag(key.tag.clone()),
+        client_accept.clone(),
+    );
+    let task_engine = Arc::clone(engine);
+    let key = key.clone();
+    let (result, started) = engine
+        .manifest_flights
+        .run(flight_key, move || async move {
+            let reference = ManifestRef::Tag(key.tag.clone());
+            // A failed or digest-less HEAD just means: GET it.
+            let head = task_engine
+                .upstream
+                .head_manifest(&key.upstream, &key.repository, &reference, &client_accept)
+                .await;
+            if let Ok(Some(digest)) = head.as_ref().map(|h| h.digest.as_ref()) {
+                if let Some(manifest) = task_engine.storage.manifest_get(digest).await? {
+                    return Ok(Served {
+                        manifest,
+                        outcome: CacheOutcome::Revalidated,
+                    });
+                }
+            }
+            let expected = head.ok().and_then(|h| h.digest);
+            let manifest = get_tag(&task_engine, &key, &client_accept, expected.as_ref()).await?;
+            Ok(Served {
+                manifest,
+                outcome: CacheOutcome::Miss,
+            })
+        })
+        .await;
+    deliver(result?, started, accept)
+}
+
+/// Checks a fetched manifest: size cap, digest (`expected` if given, else the
+/// digest upstream claimed, else sha256 of the bytes), media type.
+fn verify<S: ?Sized, U: ?Sized>(
+    fetched: FetchedManifest,
+    expected: Option<&Digest>,
+    engine: &Engine<S, U>,
+) -> Result<StoredManifest> {
+    let limit = engine.options.max_manifest_size;
+    let size = fetched.bytes.len() as u64;
+    if size > limit {
+        return Err(Error::TooLarge {
+            what: "manifest".into(),
+            limit,
+            actual: size,
+        });
+    }
+    // A client must verify against the digest it asked for; upstream may report
+    // a different algorithm in its header (PROTOCOL §2).
+    let target = expected.or(fetched.head.digest.as_ref());
+    let algorithm = target.map_or(DigestAlgorithm::Sha256, Digest::algorithm);
+    let digest = Digest::compute(algorithm, &fetched.bytes);
+    if let Some(target) = target {
+        if *target != digest {
+            return Err(Error::DigestMismatch {
+                expected: target.clone(),
+                actual: digest,
+            });
+        }
+    }
+    let media_type = media_type(&fetched);
+    Ok(StoredManifest {
+        digest,
+        media_type,
+        bytes: fetched.bytes,
+    })
+}
+
+/// The `Content-Type` without parameters; the JSON `mediaType` when upstream
+/// sent none.
+fn media_type(fetched: &FetchedManifest) -> String {
+    let header = fetched
+        .head
+        .media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if !header.is_empty() {
+        return header.to_string();
+    }
+    #[derive(serde::Deserialize)]
+    struct MediaTypeField {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<MediaTypeField>(&fetched.bytes)
+        .ok()
+        .and_then(|m| m.media_type)
+        .unwrap_or_default()
+}
+
+fn respond(manifest: StoredManifest, outcome: CacheOutcome) -> ManifestResponse {
+    ManifestResponse {
+        digest: manifest.digest,
+        media_type: manifest.media_type,
+        bytes: manifest.bytes,
+        outcome,
+    }
+}
+
+/// A flight's result for one client: refused when the client does not accept
+/// the type upstream answered with; a miss is "coalesced" for the joiners.
+fn deliver(served: Served, started: bool, accept: &AcceptSet) -> Result<ManifestResponse> {
+    if !accept.accepts(&served.manifest.media_type) {
+        return Err(Error::NotAcceptable {
+            media_type: served.manifest.media_type,
+        });
+    }
+    let outcome = match served.outcome {
+        CacheOutcome::Miss if !started => CacheOutcome::Coalesced,
+        outcome => outcome,
+    };
+    Ok(respond(served.manifest, outcome))
+}

@@ -1,0 +1,359 @@
+//! The pull-through engine: local first, fetch on miss, verify, store, coalesce.
+//!
+//! [`PullThrough`] wraps a [`Storage`] and an [`Upstream`]:
+//!
+//! - **Blobs**: a hit streams from storage (with ranges). A miss starts one
+//!   detached *fill* per digest that streams to every client while it writes to
+//!   storage; see [`blob`](self) internals below and the `blob` module docs for
+//!   the buffer design (memory window + spool file, flat memory).
+//! - **Manifests by digest** are immutable: served from storage whenever the
+//!   client accepts their media type, else fetched, verified against the digest
+//!   and stored.
+//! - **Manifests by tag** are trusted for [`CacheOptions::tag_ttl`], then
+//!   revalidated with a HEAD upstream (free under Docker Hub's limits); a moved
+//!   tag fetches the new manifest. When upstream fails, the cached tag is served
+//!   ([`CacheOutcome::Stale`]).
+//! - **Accept** is honoured ([`AcceptSet`]): a cached manifest is served only to
+//!   a client that accepts its media type, otherwise the request goes upstream
+//!   with the client's `Accept`.
+//!
+//! Nothing unverified is stored: blobs must hash to their digest (and match the
+//! announced size), manifests must hash to the digest asked for (or announced)
+//! and fit [`CacheOptions::max_manifest_size`]. A failed fetch leaves nothing
+//! behind, so the next request simply retries.
+//!
+//! Concurrent requests for the same missing object make exactly one upstream
+//! request (single flight). The fetch runs as its own task, so it completes and
+//! stores even when the client that started it disconnects. No lock is held
+//! across an await.
+
+mod accept;
+mod blob;
+mod flight;
+mod manifest;
+
+pub use accept::{
+    AcceptSet, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
+};
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::digest::Digest;
+use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::reference::{Registry, Repository};
+use crate::storage::{ByteStream, Storage};
+use crate::upstream::{ManifestRef, TagList, Upstream};
+use crate::{Error, Result};
+
+/// How a request was answered, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Served from storage without asking upstream.
+    Hit,
+    /// Fetched from upstream (and stored).
+    Miss,
+    /// Fed from another request's in-flight fetch.
+    Coalesced,
+    /// A cached tag was confirmed (or updated) with a HEAD upstream.
+    Revalidated,
+    /// Upstream failed; a cached tag was served anyway (stale-if-error).
+    Stale,
+}
+
+impl CacheOutcome {
+    /// `hit`, `miss`, `coalesced`, `revalidated` or `stale`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Stale => "stale",
+        }
+    }
+}
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CacheOptions {
+    /// How long a tag → digest mapping is trusted before a HEAD upstream.
+    pub tag_ttl: Duration,
+    /// Largest manifest accepted from upstream.
+    pub max_manifest_size: u64,
+    /// Bytes of each blob fill kept in memory for the clients reading it; older
+    /// bytes are read back from a spool file. Bounds memory per fill whatever
+    /// the blob size.
+    pub fill_window: usize,
+    /// Directory for blob fill spool files (anonymous, removed when the fill is
+    /// done); `None` is the system temporary directory.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            tag_ttl: Duration::from_secs(300),
+            max_manifest_size: 4 * 1024 * 1024,
+            fill_window: 2 * 1024 * 1024,
+            spool_dir: None,
+        }
+    }
+}
+
+impl CacheOptions {
+    /// Sets the tag TTL.
+    pub fn with_tag_ttl(mut self, ttl: Duration) -> Self {
+        self.tag_ttl = ttl;
+        self
+    }
+
+    /// Sets the largest manifest accepted from upstream.
+    pub fn with_max_manifest_size(mut self, bytes: u64) -> Self {
+        self.max_manifest_size = bytes;
+        self
+    }
+
+    /// Sets how many bytes of each blob fill stay in memory.
+    pub fn with_fill_window(mut self, bytes: usize) -> Self {
+        self.fill_window = bytes;
+        self
+    }
+
+    /// Sets the directory for blob fill spool files.
+    pub fn with_spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
+}
+
+/// A manifest ready to serve.
+#[derive(Debug, Clone)]
+pub struct ManifestResponse {
+    /// Digest of `bytes`.
+    pub digest: Digest,
+    /// `Content-Type` to send.
+    pub media_type: String,
+    /// Exact bytes.
+    pub bytes: Bytes,
+    /// How it was obtained.
+    pub outcome: CacheOutcome,
+}
+
+/// A blob (or a range of it) ready to serve.
+pub struct BlobResponse {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// The range `stream` yields.
+    pub range: Range<u64>,
+    /// The bytes.
+    pub stream: ByteStream,
+    /// How it was obtained.
+    pub outcome: CacheOutcome,
+}
+
+impl std::fmt::Debug for BlobResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobResponse")
+            .field("size", &self.size)
+            .field("range", &self.range)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pull-through cache over a [`Storage`] and an [`Upstream`].
+///
+/// Cheap to clone: clones share the storage, upstream and in-flight fetches.
+/// Needs a tokio runtime (fetches run as spawned tasks).
+pub struct PullThrough<S: ?Sized, U: ?Sized> {
+    inner: Arc<Engine<S, U>>,
+}
+
+/// What the detached fetch tasks share with the engine.
+struct Engine<S: ?Sized, U: ?Sized> {
+    storage: Arc<S>,
+    upstream: Arc<U>,
+    options: CacheOptions,
+    blob_fills: blob::BlobFills,
+    manifest_flights: flight::Flights<manifest::FlightKey, manifest::Served>,
+}
+
+impl<S: ?Sized, U: ?Sized> Clone for PullThrough<S, U> {
+    fn clone(&self) -> Self {
+        PullThrough {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Storage + ?Sized, U: ?Sized> std::fmt::Debug for PullThrough<S, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullThrough")
+            .field("storage", &self.inner.storage)
+            .field("options", &self.inner.options)
+            .field("blob_fills", &self.inner.blob_fills)
+            .field("manifest_flights", &self.inner.manifest_flights)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
+    /// An engine over `storage` and `upstream`.
+    pub fn new(storage: Arc<S>, upstream: Arc<U>, options: CacheOptions) -> Self {
+        PullThrough {
+            inner: Arc::new(Engine {
+                storage,
+                upstream,
+                options,
+                blob_fills: blob::BlobFills::new(),
+                manifest_flights: flight::Flights::new(),
+            }),
+        }
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &Arc<S> {
+        &self.inner.storage
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &Arc<U> {
+        &self.inner.upstream
+    }
+
+    /// The options the engine runs with.
+    pub fn options(&self) -> &CacheOptions {
+        &self.inner.options
+    }
+
+    /// Blob fills under way right now (for metrics).
+    pub fn blob_fills_in_flight(&self) -> usize {
+        self.inner.blob_fills.in_flight()
+    }
+
+    /// A manifest by tag or digest, honouring `accept` (the client's `Accept`
+    /// header values, repeated or comma-joined; empty = accept anything).
+    ///
+    /// Errors: [`Error::NotAcceptable`] when the manifest exists but the client
+    /// accepts none of its types; upstream and verification errors otherwise.
+    pub async fn manifest(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> Result<ManifestResponse> {
+        let accept = AcceptSet::parse(accept);
+        manifest::manifest(&self.inner, registry, repository, reference, &accept).await
+    }
+
+    /// A blob or a range of it (end exclusive, clamped to the size); streams to
+    /// the caller while storing on a miss.
+    ///
+    /// On a miss the stream yields bytes as they arrive from upstream and ends
+    /// cleanly only once the whole blob is verified; on a verification or
+    /// upstream failure it ends with that error, and nothing is stored.
+    pub async fn blob(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobResponse> {
+        match self.inner.storage.blob_read(digest, range.clone()).await {
+            Ok(read) => {
+                return Ok(BlobResponse {
+                    size: read.size,
+                    range: read.range,
+                    stream: read.stream,
+                    outcome: CacheOutcome::Hit,
+                })
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        blob::fetch(&self.inner, registry, repository, digest, range).await
+    }
+
+    /// A blob's size without its bytes (HEAD): from storage, from a fill under
+    /// way, or from a HEAD upstream (which stores nothing).
+    pub async fn blob_size(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<(u64, CacheOutcome)> {
+        if let Some(info) = self.inner.storage.blob_stat(digest).await? {
+            return Ok((info.size, CacheOutcome::Hit));
+        }
+        if let Some(size) = self.inner.blob_fills.known_size(digest) {
+            return Ok((size, CacheOutcome::Coalesced));
+        }
+        let size = self
+            .inner
+            .upstream
+            .head_blob(registry, repository, digest)
+            .await?;
+        Ok((size, CacheOutcome::Miss))
+    }
+
+    /// Tags of a repository: upstream first, the cached tags when upstream fails.
+    pub async fn tags(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+    ) -> Result<(TagList, CacheOutcome)> {
+        let upstream_error = match self
+            .inner
+            .upstream
+            .list_tags(registry, repository, None, None)
+            .await
+        {
+            Ok(list) => return Ok((list, CacheOutcome::Miss)),
+            Err(e) => e,
+        };
+        let cached = self.inner.storage.tag_list(registry, repository).await?;
+        if cached.is_empty() {
+            return Err(upstream_error);
+        }
+        warn!(%registry, %repository, error = %upstream_error, "tag list from upstream failed; serving cached tags");
+        let list = TagList {
+            name: repository.to_string(),
+            tags: cached.iter().map(|t| t.to_string()).collect(),
+        };
+        Ok((list, CacheOutcome::Stale))
+    }
+
+    /// Cached repositories, as `registry/repository` names, sorted.
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .inner
+            .storage
+            .repository_list()
+            .await?
+            .into_iter()
+            .map(|entry| format!("{}/{}", entry.upstream, entry.repository))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        debug!(repositories = names.len(), "catalog");
+        Ok(names)
+    }
+}
+
+/// The error every waiter of a fetch sees when the fetch's task ended without
+/// an answer (a bug or a runtime shutdown); retryable, like an unavailable upstream.
+fn aborted(what: &str) -> Error {
+    Error::Upstream(UpstreamError::new(
+        UpstreamErrorKind::Unavailable,
+        "oci-cache",
+        format!("{what} stopped before finishing; retry the request"),
+    ))
+}
