@@ -17,6 +17,13 @@ use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
 use crate::Result;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+mod memory;
+mod verified;
+
+pub use memory::MemoryStorage;
+
 /// A stream of byte chunks, as read from storage or fetched upstream.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
