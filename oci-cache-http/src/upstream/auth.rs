@@ -112,7 +112,10 @@ pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
             } else {
                 // Lenient: registries send unquoted URLs, which are not RFC tokens.
                 let start = i;
-                while bytes.get(i).is_some_and(|b| !matches!(b, b',' | b' ' | b'\t')) {
+                while bytes
+                    .get(i)
+                    .is_some_and(|b| !matches!(b, b',' | b' ' | b'\t'))
+                {
                     i += 1;
                 }
                 String::from_utf8_lossy(bytes.get(start..i).unwrap_or_default()).into_owned()
