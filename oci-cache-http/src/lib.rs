@@ -82,4 +82,4 @@ pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, OciErrorCode, Result};
 pub use server::serve;
 pub use service::{service, AppState, Engine, OciService};
-pub use upstream::{HyperUpstream, UpstreamOptions};
+pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

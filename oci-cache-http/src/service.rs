@@ -98,15 +98,9 @@ impl OciService {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
-            let cache = handlers::outcome_of(&response).map_or("-", |o| o.as_str());
+            let cache = field::display(handlers::outcome_of(&response).map_or("-", |o| o.as_str()));
             let duration_ms = started.elapsed().as_millis() as u64;
-            let span = tracing::Span::current();
-            span.record("cache", cache);
-            span.record("status", status);
-            span.record("bytes", bytes);
-            span.record("duration_ms", duration_ms);
             tracing::info!(
-                method = %request.method,
                 path = request.uri.path(),
                 cache,
                 status,
@@ -114,6 +108,13 @@ impl OciService {
                 duration_ms,
                 "request"
             );
+            // Recorded after the line so the text log does not show them twice;
+            // span-based consumers still get them when the span closes.
+            let span = tracing::Span::current();
+            span.record("cache", cache);
+            span.record("status", status);
+            span.record("bytes", bytes);
+            span.record("duration_ms", duration_ms);
             response
         }
         .instrument(span)
@@ -159,17 +160,17 @@ impl OciService {
 }
 
 fn record_route(span: &tracing::Span, route: &Route) {
-    span.record("route", route.name());
+    span.record("route", field::display(route.name()));
     if let Some(target) = route.target() {
-        span.record("repository", target.repository.as_str());
-        span.record("upstream", target.upstream.as_str());
+        span.record("repository", field::display(&target.repository));
+        span.record("upstream", field::display(&target.upstream));
     }
     match route {
         Route::Manifest { reference, .. } => {
             span.record("reference", field::display(reference));
         }
         Route::Blob { digest, .. } => {
-            span.record("reference", digest.as_str());
+            span.record("reference", field::display(digest));
         }
         _ => {}
     }

@@ -316,3 +316,73 @@ async fn writes_are_refused_with_405() {
     }
     assert_eq!(fake.calls(), 0);
 }
+
+/// Collects what the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The process-wide log buffer. A global subscriber, because thread-scoped
+/// ones lose events when other tests run callsites in parallel.
+fn captured_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        captured
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn one_log_line_per_request_with_cache_outcome() {
+    let captured = captured_logs();
+    let (svc, fake) = fake_service();
+    let digest = fake.add_manifest(
+        "docker.io",
+        "library/logged",
+        "3.20",
+        OCI_MANIFEST,
+        MANIFEST,
+    );
+    let uri = format!("/v2/logged/manifests/{digest}?ns=docker.io");
+    assert_eq!(get(&svc, &uri).await.status, 200);
+    assert_eq!(get(&svc, &uri).await.status, 200);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("/v2/logged/") && l.contains(" request "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, cache) in lines.iter().zip(["cache=miss", "cache=hit"]) {
+        for field in [
+            "method=GET",
+            "route=manifest",
+            "repository=library/logged",
+            "upstream=docker.io",
+            &format!("reference={digest}"),
+            cache,
+            "status=200",
+            &format!("bytes={}", MANIFEST.len()),
+            "duration_ms=",
+        ] {
+            assert!(line.contains(field), "{field} missing in {line}");
+        }
+    }
+}

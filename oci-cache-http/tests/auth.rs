@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use oci_cache_core::mirror::{Credentials, MirrorConfig};
 use oci_cache_core::upstream::{ManifestRef, Upstream};
-use oci_cache_http::{HyperUpstream, UpstreamOptions};
+use oci_cache_http::{HyperUpstream, ProxyConfig, UpstreamOptions};
 
 use crate::support::*;
 
@@ -12,7 +12,7 @@ const M: &[u8] = br#"{"schemaVersion":2}"#;
 
 fn options() -> UpstreamOptions {
     UpstreamOptions {
-        proxy_from_env: false,
+        proxy: ProxyConfig::Direct,
         ..UpstreamOptions::default()
     }
 }

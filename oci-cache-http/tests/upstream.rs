@@ -14,7 +14,7 @@ use oci_cache_core::digest::Digest;
 use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_core::upstream::{ManifestRef, Upstream};
 use oci_cache_core::{Error, UpstreamErrorKind};
-use oci_cache_http::{serve, service, AppState, HyperUpstream, UpstreamOptions};
+use oci_cache_http::{serve, service, AppState, HyperUpstream, ProxyConfig, UpstreamOptions};
 
 use crate::auth::client;
 use crate::support::*;
@@ -165,7 +165,7 @@ async fn manifest_size_cap() {
     let mock = MockRegistry::start().await;
     let options = UpstreamOptions {
         max_manifest_size: 16,
-        proxy_from_env: false,
+        proxy: ProxyConfig::Direct,
         ..UpstreamOptions::default()
     };
     let up = HyperUpstream::new(Arc::new(mirrors(&mock.url())), options).unwrap();
@@ -189,7 +189,7 @@ async fn slow_upstream_times_out() {
     let mock = MockRegistry::start().await;
     let options = UpstreamOptions {
         request_timeout: Duration::from_millis(200),
-        proxy_from_env: false,
+        proxy: ProxyConfig::Direct,
         ..UpstreamOptions::default()
     };
     let up = HyperUpstream::new(Arc::new(mirrors(&mock.url())), options).unwrap();
@@ -311,7 +311,7 @@ async fn end_to_end_over_sockets() {
         HyperUpstream::new(
             mirrors.clone(),
             UpstreamOptions {
-                proxy_from_env: false,
+                proxy: ProxyConfig::Direct,
                 ..UpstreamOptions::default()
             },
         )
@@ -373,4 +373,34 @@ async fn end_to_end_over_sockets() {
         .expect("server stopped")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn explicit_proxy_tunnels_with_connect_and_honours_no_proxy() {
+    let mock = MockRegistry::start().await;
+    let proxy = ConnectProxy::start().await;
+    let via_proxy = |no_proxy: &str| UpstreamOptions {
+        proxy: ProxyConfig::Explicit {
+            url: proxy.url(),
+            no_proxy: no_proxy.into(),
+        },
+        ..UpstreamOptions::default()
+    };
+    mock.push(Reply::ok(M).header("content-type", OCI_MANIFEST))
+        .push(Reply::ok(M).header("content-type", OCI_MANIFEST));
+
+    let tunnelled = HyperUpstream::new(Arc::new(mirrors(&mock.url())), via_proxy("")).unwrap();
+    assert_eq!(manifest(&tunnelled).await.unwrap().bytes.as_ref(), M);
+    let authority = mock.url().trim_start_matches("http://").to_string();
+    assert_eq!(*proxy.targets.lock().unwrap(), vec![authority]);
+
+    let direct =
+        HyperUpstream::new(Arc::new(mirrors(&mock.url())), via_proxy("127.0.0.1")).unwrap();
+    assert_eq!(manifest(&direct).await.unwrap().bytes.as_ref(), M);
+    assert_eq!(
+        proxy.targets.lock().unwrap().len(),
+        1,
+        "NO_PROXY host went direct"
+    );
+    assert_eq!(mock.count(), 2);
 }

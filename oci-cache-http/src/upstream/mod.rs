@@ -6,8 +6,8 @@
 //! to `max_redirects` redirects without sending `Authorization` to another
 //! host, asks for identity encoding, and streams blob bodies.
 //!
-//! Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` are read once
-//! at construction. Both `https://` and `http://` destinations are reached
+//! Proxies ([`ProxyConfig`]): by default `HTTPS_PROXY`/`HTTP_PROXY`/
+//! `ALL_PROXY`/`NO_PROXY` are read once at construction. Both `https://` and `http://` destinations are reached
 //! through an HTTP `CONNECT` tunnel, so the proxy must allow `CONNECT` to the
 //! registry's port.
 
@@ -57,6 +57,40 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// Most tag-list pages followed when the caller asked for all tags.
 const MAX_TAG_PAGES: usize = 1000;
 
+/// How upstream connections reach the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProxyConfig {
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their
+    /// lower-case forms), read once when the client is built.
+    #[default]
+    FromEnv,
+    /// Direct connections only, whatever the environment says.
+    Direct,
+    /// One proxy for every destination except those matching `no_proxy`
+    /// (the `NO_PROXY` syntax: comma-separated domains, IPs and CIDR ranges).
+    Explicit {
+        /// Proxy URL, e.g. `http://user:pass@proxy.example:3128`.
+        url: String,
+        /// Destinations reached directly.
+        no_proxy: String,
+    },
+}
+
+impl ProxyConfig {
+    fn matcher(&self) -> Option<Matcher> {
+        match self {
+            ProxyConfig::FromEnv => Some(Matcher::from_env()),
+            ProxyConfig::Direct => None,
+            ProxyConfig::Explicit { url, no_proxy } => Some(
+                Matcher::builder()
+                    .all(url.clone())
+                    .no(no_proxy.clone())
+                    .build(),
+            ),
+        }
+    }
+}
+
 /// Tunables of the upstream client.
 #[derive(Debug, Clone)]
 pub struct UpstreamOptions {
@@ -74,8 +108,8 @@ pub struct UpstreamOptions {
     pub max_redirects: usize,
     /// The `User-Agent` sent upstream.
     pub user_agent: String,
-    /// Honour `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment.
-    pub proxy_from_env: bool,
+    /// Proxy use; the environment's by default.
+    pub proxy: ProxyConfig,
 }
 
 impl Default for UpstreamOptions {
@@ -88,7 +122,7 @@ impl Default for UpstreamOptions {
             max_manifest_size: 4 * 1024 * 1024,
             max_redirects: 10,
             user_agent: concat!("oci-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
-            proxy_from_env: true,
+            proxy: ProxyConfig::FromEnv,
         }
     }
 }
@@ -114,9 +148,7 @@ impl HyperUpstream {
         http.set_nodelay(true);
         let proxy = ProxyConnector {
             http,
-            matcher: options
-                .proxy_from_env
-                .then(|| Arc::new(Matcher::from_env())),
+            matcher: options.proxy.matcher().map(Arc::new),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = match hyper_rustls::HttpsConnectorBuilder::new()

@@ -535,3 +535,69 @@ pub async fn call(svc: &OciService, method: Method, uri: &str, headers: &[(&str,
 pub async fn get(svc: &OciService, uri: &str) -> Answer {
     call(svc, Method::GET, uri, &[]).await
 }
+
+// ---------------------------------------------------------------- CONNECT proxy
+
+/// A minimal HTTP `CONNECT` proxy on 127.0.0.1:0 that counts tunnels and
+/// records their targets.
+pub struct ConnectProxy {
+    addr: SocketAddr,
+    pub targets: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let target = text
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    assert!(text.starts_with("CONNECT "), "{text}");
+                    seen.lock().unwrap().push(target.clone());
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    let _ = client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            targets,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
