@@ -286,3 +286,166 @@ impl ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use oci_cache_core::digest::Digest;
+    use oci_cache_core::{Error as E, UpstreamError};
+
+    fn map(err: E, subject: Subject) -> (u16, &'static str, String) {
+        let api = ApiError::from_core(&err, subject);
+        (api.status.as_u16(), api.code.as_str(), api.message)
+    }
+
+    #[test]
+    fn core_errors_map_to_status_and_code() {
+        let up = |kind| E::Upstream(UpstreamError::new(kind, "https://secret.internal", "cause"));
+        let d = Digest::sha256_of(b"a");
+        let cases = [
+            (E::not_found("blob x"), Subject::Blob, 404, "BLOB_UNKNOWN"),
+            (
+                E::not_found("m"),
+                Subject::Manifest,
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (E::not_found("r"), Subject::Repository, 404, "NAME_UNKNOWN"),
+            (
+                up(UpstreamErrorKind::NotFound),
+                Subject::Manifest,
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (
+                up(UpstreamErrorKind::Unauthorized),
+                Subject::Blob,
+                403,
+                "DENIED",
+            ),
+            (up(UpstreamErrorKind::Denied), Subject::Blob, 403, "DENIED"),
+            (
+                up(UpstreamErrorKind::TooManyRequests),
+                Subject::Blob,
+                429,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                up(UpstreamErrorKind::Unavailable),
+                Subject::Blob,
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                up(UpstreamErrorKind::Skipped),
+                Subject::Blob,
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                up(UpstreamErrorKind::Timeout),
+                Subject::Blob,
+                504,
+                "UNAVAILABLE",
+            ),
+            (
+                up(UpstreamErrorKind::Invalid),
+                Subject::Blob,
+                502,
+                "UNKNOWN",
+            ),
+            (
+                E::UnknownUpstream { name: "x".into() },
+                Subject::Manifest,
+                404,
+                "NAME_UNKNOWN",
+            ),
+            (
+                E::Unsupported("push".into()),
+                Subject::Other,
+                405,
+                "UNSUPPORTED",
+            ),
+            (
+                E::NotAcceptable {
+                    media_type: "t".into(),
+                },
+                Subject::Manifest,
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (
+                E::RangeNotSatisfiable { start: 9, size: 3 },
+                Subject::Blob,
+                416,
+                "RANGE_INVALID",
+            ),
+            (
+                E::DigestMismatch {
+                    expected: d.clone(),
+                    actual: d.clone(),
+                },
+                Subject::Blob,
+                502,
+                "UNKNOWN",
+            ),
+            (
+                E::TooLarge {
+                    what: "manifest".into(),
+                    limit: 1,
+                    actual: 2,
+                },
+                Subject::Manifest,
+                502,
+                "MANIFEST_INVALID",
+            ),
+            (
+                E::Config("secret path".into()),
+                Subject::Other,
+                500,
+                "UNKNOWN",
+            ),
+            (
+                E::storage("memory", "disk exploded", std::io::Error::other("secret")),
+                Subject::Blob,
+                500,
+                "UNKNOWN",
+            ),
+        ];
+        for (err, subject, status, code) in cases {
+            let text = err.to_string();
+            let (s, c, message) = map(err, subject);
+            assert_eq!((s, c), (status, code), "{text}");
+            assert!(
+                !message.contains("secret"),
+                "{message} leaks an internal cause"
+            );
+        }
+    }
+
+    #[test]
+    fn responses_carry_the_envelope_and_extra_headers() {
+        let mut api =
+            ApiError::from_core(&E::RangeNotSatisfiable { start: 9, size: 3 }, Subject::Blob);
+        api.retry_after = Some(5);
+        let response = api.into_response();
+        assert_eq!(response.status(), 416);
+        let h = response.headers();
+        assert_eq!(h["content-range"], "bytes */3");
+        assert_eq!(h["retry-after"], "5");
+        assert_eq!(h["content-type"], "application/json");
+        let envelope = ErrorEnvelope {
+            errors: vec![ErrorInfo {
+                code: "RANGE_INVALID".into(),
+                message: "m".into(),
+                detail: None,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&envelope).unwrap(),
+            r#"{"errors":[{"code":"RANGE_INVALID","message":"m"}]}"#
+        );
+    }
+}

@@ -96,9 +96,9 @@ impl ProxyConfig {
 pub struct UpstreamOptions {
     /// TCP connect timeout per attempt.
     pub connect_timeout: Duration,
-    /// Time allowed until the response headers arrive (per request, redirects included).
+    /// Time allowed for response headers to arrive (each redirect hop gets its own).
     pub request_timeout: Duration,
-    /// Longest pause between two chunks of a streamed blob before it is abandoned.
+    /// Longest pause between two chunks of a body (blob, manifest, token, tag list).
     pub read_timeout: Duration,
     /// How long an unused pooled connection is kept.
     pub idle_timeout: Duration,
@@ -306,7 +306,9 @@ impl HyperUpstream {
             .follow(Method::GET, uri, None, basic.as_deref(), realm)
             .await?;
         let response = check_status(response, realm)?;
-        let body = read_body(response.into_body(), 64 * 1024, realm, "token response").await?;
+        let body = self
+            .read_body(response.into_body(), 64 * 1024, realm, "token response")
+            .await?;
         let (token, lifetime) = auth::parse_token_response(&body).ok_or_else(|| {
             UpstreamError::new(
                 UpstreamErrorKind::Invalid,
@@ -396,6 +398,45 @@ impl HyperUpstream {
         .into())
     }
 
+    /// Reads a whole body of at most `limit` bytes, giving up when it stalls
+    /// for the read timeout.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        limit: u64,
+        endpoint: &str,
+        what: &str,
+    ) -> CoreResult<Bytes> {
+        let mut buffer = BytesMut::new();
+        loop {
+            let frame = tokio::time::timeout(self.options.read_timeout, body.frame())
+                .await
+                .map_err(|_| {
+                    UpstreamError::new(
+                        UpstreamErrorKind::Timeout,
+                        endpoint,
+                        format!("the {what} stalled for {:?}", self.options.read_timeout),
+                    )
+                })?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Unavailable,
+                    endpoint,
+                    format!("connection failed while reading the {what}"),
+                )
+                .with_source(e)
+            })?;
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > limit {
+                    return Err(too_large(what, limit, buffer.len() as u64));
+                }
+            }
+        }
+        Ok(buffer.freeze())
+    }
+
     async fn manifest_request(
         &self,
         target: Target<'_>,
@@ -435,9 +476,11 @@ impl HyperUpstream {
         let mut head = manifest_head(&response, &endpoint)?;
         let limit = self.options.max_manifest_size;
         if let Some(size) = head.size.filter(|s| *s > limit) {
-            return Err(too_large(limit, size));
+            return Err(too_large("manifest", limit, size));
         }
-        let bytes = read_body(response.into_body(), limit, &endpoint, "manifest").await?;
+        let bytes = self
+            .read_body(response.into_body(), limit, &endpoint, "manifest")
+            .await?;
         head.size = Some(bytes.len() as u64);
         if head.media_type.is_empty() {
             head.media_type = media_type_in_body(&bytes).ok_or_else(|| {
@@ -478,13 +521,14 @@ impl HyperUpstream {
         for _ in 0..MAX_TAG_PAGES {
             let response = self.send(&target, Method::GET, &url, None, &scope).await?;
             let next = next_link(&response, &url);
-            let body = read_body(
-                response.into_body(),
-                16 * 1024 * 1024,
-                &target.endpoint.url,
-                "tag list",
-            )
-            .await?;
+            let body = self
+                .read_body(
+                    response.into_body(),
+                    16 * 1024 * 1024,
+                    &target.endpoint.url,
+                    "tag list",
+                )
+                .await?;
             #[derive(serde::Deserialize)]
             struct Page {
                 name: String,
@@ -751,47 +795,12 @@ fn media_type_in_body(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<Probe>(bytes).ok()?.media_type
 }
 
-fn too_large(limit: u64, actual: u64) -> CoreError {
+fn too_large(what: &str, limit: u64, actual: u64) -> CoreError {
     CoreError::TooLarge {
-        what: "manifest".into(),
+        what: what.into(),
         limit,
         actual,
     }
-}
-
-/// Reads a whole body of at most `limit` bytes.
-async fn read_body(
-    mut body: Incoming,
-    limit: u64,
-    endpoint: &str,
-    what: &str,
-) -> CoreResult<Bytes> {
-    let mut buffer = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            UpstreamError::new(
-                UpstreamErrorKind::Unavailable,
-                endpoint,
-                format!("connection failed while reading the {what}"),
-            )
-            .with_source(e)
-        })?;
-        if let Ok(data) = frame.into_data() {
-            buffer.extend_from_slice(&data);
-            if buffer.len() as u64 > limit {
-                if what == "manifest" {
-                    return Err(too_large(limit, buffer.len() as u64));
-                }
-                return Err(UpstreamError::new(
-                    UpstreamErrorKind::Invalid,
-                    endpoint,
-                    format!("{what} is over {limit} bytes"),
-                )
-                .into());
-            }
-        }
-    }
-    Ok(buffer.freeze())
 }
 
 /// A blob body as a stream that fails when no chunk arrives for `read_timeout`.
