@@ -148,15 +148,17 @@ where
     })
 }
 
-/// The part of the blob to serve, with the same rules as [`Storage::blob_read`].
+/// The part of the blob to serve, with the same rules as [`Storage::blob_read`]:
+/// the end is clamped to the size; an empty range or one starting at or past
+/// the end is not satisfiable.
 fn clamp(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>> {
     match range {
         None => Ok(0..size),
-        Some(r) if r.start >= size => Err(Error::RangeNotSatisfiable {
+        Some(r) if r.start >= size || r.end <= r.start => Err(Error::RangeNotSatisfiable {
             start: r.start,
             size,
         }),
-        Some(r) => Ok(r.start..r.end.clamp(r.start, size)),
+        Some(r) => Ok(r.start..r.end.min(size)),
     }
 }
 

@@ -31,6 +31,9 @@ mod accept;
 mod blob;
 mod flight;
 mod manifest;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
 
 pub use accept::{
     AcceptSet, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
