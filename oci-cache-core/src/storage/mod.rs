@@ -19,10 +19,19 @@ use crate::Result;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(feature = "fs")]
+mod fs;
+mod keys;
 mod memory;
+mod object;
 mod verified;
 
+#[cfg(feature = "fs")]
+pub use fs::{FsOptions, FsStorage};
 pub use memory::MemoryStorage;
+pub use object::ObjectStorage;
+#[cfg(feature = "s3")]
+pub use object::S3Config;
 
 /// A stream of byte chunks, as read from storage or fetched upstream.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;

@@ -1,0 +1,213 @@
+//! The only place storage keys are derived.
+//!
+//! A key is a relative, `/`-separated string such as
+//! `blobs/sha256/e3/e3b0c442…`. Backends turn it into a file path (under
+//! their root) or an object name (under their prefix); nobody else builds
+//! keys, and nothing is ever derived from raw request text, only from the
+//! parsed [`Digest`], [`Registry`], [`Repository`] and [`Tag`] types.
+//!
+//! Every segment is additionally escaped here (see [`segment`]), so even a
+//! validation bug upstream of storage could not produce `..`, an empty
+//! segment, a `/` inside a segment, or one of the reserved `_`-names: keys
+//! cannot leave the storage root.
+
+use crate::digest::Digest;
+use crate::reference::{Registry, Repository, Tag};
+
+use super::TagKey;
+
+/// Top-level directory of blobs.
+pub(crate) const BLOBS: &str = "blobs";
+/// Top-level directory of manifests.
+pub(crate) const MANIFESTS: &str = "manifests";
+/// Top-level directory of tag records.
+pub(crate) const TAGS: &str = "tags";
+/// Where in-progress writes live until they are verified (filesystem only).
+pub(crate) const STAGING: &str = "_staging";
+/// The directory of a repository that holds its tag records; the leading `_`
+/// cannot start an escaped segment, so it never clashes with a repository name.
+pub(crate) const TAG_DIR: &str = "_tags";
+/// Suffix of the file that holds a manifest's media type (filesystem only).
+pub(crate) const MEDIA_TYPE_SUFFIX: &str = ".media-type";
+
+/// `blobs/<algorithm>/<first two hex>/<hex>`.
+pub(crate) fn blob(digest: &Digest) -> String {
+    content(BLOBS, digest)
+}
+
+/// `manifests/<algorithm>/<first two hex>/<hex>`.
+pub(crate) fn manifest(digest: &Digest) -> String {
+    content(MANIFESTS, digest)
+}
+
+/// `manifests/<algorithm>/<first two hex>/<hex>.media-type`.
+pub(crate) fn manifest_media_type(digest: &Digest) -> String {
+    format!("{}{MEDIA_TYPE_SUFFIX}", manifest(digest))
+}
+
+/// Sharding by the first two hex characters keeps directories small (256
+/// entries at the top), as distribution's filesystem driver does.
+fn content(top: &str, digest: &Digest) -> String {
+    let hex = digest.hex();
+    let shard = hex.get(..2).unwrap_or(hex);
+    format!("{top}/{}/{shard}/{hex}", digest.algorithm())
+}
+
+/// The digest a blob key names, or `None` for anything that is not a blob key.
+///
+/// Re-parsing through [`Digest`] means a stray file in the tree is skipped,
+/// never trusted.
+pub(crate) fn parse_blob(key: &str) -> Option<Digest> {
+    let mut parts = key.split('/');
+    let (top, algorithm, shard, hex) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if top != BLOBS || parts.next().is_some() || hex.get(..2) != Some(shard) {
+        return None;
+    }
+    format!("{algorithm}:{hex}").parse().ok()
+}
+
+/// `tags/<registry>/<repository components…>/_tags`.
+pub(crate) fn tag_dir(upstream: &Registry, repository: &Repository) -> String {
+    let mut key = format!("{TAGS}/{}", segment(upstream.as_str()));
+    for component in repository.as_str().split('/') {
+        key.push('/');
+        key.push_str(&segment(component));
+    }
+    key.push('/');
+    key.push_str(TAG_DIR);
+    key
+}
+
+/// `tags/<registry>/<repository components…>/_tags/<tag>`.
+pub(crate) fn tag(key: &TagKey) -> String {
+    format!(
+        "{}/{}",
+        tag_dir(&key.upstream, &key.repository),
+        segment(key.tag.as_str())
+    )
+}
+
+/// The tag key a `tags/…` key names, or `None` when it is not one.
+pub(crate) fn parse_tag(key: &str) -> Option<TagKey> {
+    let rest = key.strip_prefix(TAGS)?.strip_prefix('/')?;
+    let (upstream, rest) = rest.split_once('/')?;
+    let (repository, tag) = rest.rsplit_once('/')?;
+    let repository = repository.strip_suffix(TAG_DIR)?.strip_suffix('/')?;
+    let components: Option<Vec<String>> = repository.split('/').map(unsegment).collect();
+    Some(TagKey {
+        upstream: Registry::new(&unsegment(upstream)?).ok()?,
+        repository: Repository::new(&components?.join("/")).ok()?,
+        tag: Tag::new(&unsegment(tag)?).ok()?,
+    })
+}
+
+/// Escapes one path segment: bytes outside `[A-Za-z0-9._-]` and `%` become
+/// `%XX`, as does a leading `.` or `_`. The result is never empty, `.`,
+/// `..`, never contains `/` and never starts with `_`.
+pub(crate) fn segment(raw: &str) -> String {
+    if raw.is_empty() {
+        return "%".to_owned();
+    }
+    let mut out = String::with_capacity(raw.len());
+    for (i, byte) in raw.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_');
+        if plain && !(i == 0 && matches!(byte, b'.' | b'_')) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`segment`]; `None` for text [`segment`] could not have produced.
+pub(crate) fn unsegment(encoded: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let hex = tail.get(..2)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = tail.get(2..)?;
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_and_manifest_keys() {
+        let digest = Digest::sha256_of(b"");
+        assert_eq!(
+            blob(&digest),
+            "blobs/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(parse_blob(&blob(&digest)), Some(digest.clone()));
+        assert!(manifest(&digest).starts_with("manifests/sha256/e3/e3b0"));
+        assert!(manifest_media_type(&digest).ends_with("b855.media-type"));
+        for bad in [
+            "blobs/sha256/e3/nothex",
+            "blobs/sha256/ff/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "manifests/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "blobs/sha256/e3",
+        ] {
+            assert_eq!(parse_blob(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tag_keys_round_trip() {
+        let key = TagKey {
+            upstream: Registry::new("localhost:5000").unwrap(),
+            repository: Repository::new("library/alpine").unwrap(),
+            tag: Tag::new("3.20").unwrap(),
+        };
+        let text = tag(&key);
+        assert_eq!(text, "tags/localhost%3A5000/library/alpine/_tags/3.20");
+        assert_eq!(parse_tag(&text), Some(key));
+        assert_eq!(parse_tag("tags/x/_tags/latest"), None);
+        assert_eq!(parse_tag("tags/docker.io/a/_tags/%zz"), None);
+    }
+
+    #[test]
+    fn hostile_segments_stay_one_safe_segment() {
+        for raw in [
+            "..",
+            ".",
+            "",
+            "../../etc/passwd",
+            "/abs",
+            "a/b",
+            "_tags",
+            "_staging",
+            "%2e%2e",
+            "a\0b",
+            "ä",
+            "..\\..",
+        ] {
+            let encoded = segment(raw);
+            assert!(!encoded.is_empty(), "{raw:?}");
+            assert!(
+                !encoded.contains('/') && !encoded.contains('\\'),
+                "{raw:?} → {encoded}"
+            );
+            assert!(encoded != "." && encoded != "..", "{raw:?} → {encoded}");
+            assert!(
+                !encoded.starts_with('_') && !encoded.starts_with('.'),
+                "{raw:?}"
+            );
+            assert!(!encoded.contains('\0'), "{raw:?}");
+            if !raw.is_empty() {
+                assert_eq!(unsegment(&encoded).as_deref(), Some(raw), "{raw:?}");
+            }
+        }
+    }
+}
