@@ -154,3 +154,25 @@ async fn a_second_401_is_unauthorized_and_stops_the_chain() {
     assert_eq!(mirror.count(), 3);
     assert_eq!(origin.count(), 0, "401 after auth is definitive");
 }
+
+#[tokio::test]
+async fn expiring_tokens_are_renewed_before_the_registry_refuses_them() {
+    let mock = MockRegistry::start().await;
+    mock.push(challenge(&mock))
+        .push(Reply::ok(r#"{"token":"short","expires_in":1}"#))
+        .push(manifest_reply())
+        // After 90 % of a second the token is stale: a new one is fetched
+        // up front, without another 401.
+        .push(Reply::ok(r#"{"token":"fresh","expires_in":300}"#))
+        .push(manifest_reply());
+    let up = client(mirrors(&mock.url()));
+    let (r, repo_) = (registry("docker.io"), repo("library/alpine"));
+    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(950)).await;
+    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 5);
+    assert!(seen[3].uri.starts_with("/token?"), "{}", seen[3].uri);
+    assert_eq!(seen[4].header("authorization"), Some("Bearer fresh"));
+    assert_eq!(mock.remaining(), 0);
+}
