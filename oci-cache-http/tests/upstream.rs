@@ -404,3 +404,14 @@ async fn explicit_proxy_tunnels_with_connect_and_honours_no_proxy() {
     );
     assert_eq!(mock.count(), 2);
 }
+
+#[tokio::test]
+async fn a_malformed_mirror_url_does_not_block_the_origin() {
+    let origin = MockRegistry::start().await;
+    let mut config = mirrors(&origin.url());
+    config.upstreams[0].endpoints = vec![endpoint("http://bad host with spaces")];
+    origin.push(Reply::ok(M).header("content-type", OCI_MANIFEST));
+    let up = client(config);
+    assert_eq!(manifest(&up).await.unwrap().bytes.as_ref(), M);
+    assert_eq!(origin.count(), 1);
+}

@@ -223,10 +223,13 @@ impl HyperUpstream {
         scope: &str,
     ) -> CoreResult<Response<Incoming>> {
         let endpoint = target.endpoint;
+        // Invalid (not Config) so that one mistyped mirror does not block the origin.
         let uri: Uri = url.parse().map_err(|_| {
-            CoreError::Config(format!(
-                "invalid upstream url {url:?}: fix the endpoint url"
-            ))
+            UpstreamError::new(
+                UpstreamErrorKind::Invalid,
+                &endpoint.url,
+                format!("invalid request url {url:?}; fix the endpoint url in the configuration"),
+            )
         })?;
         let origin = origin_of(&uri);
         let mut authorization = match self.auth.challenge(&origin) {
