@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -14,6 +14,9 @@ use crate::{OciService, Result};
 /// How long in-flight requests may run after shutdown was asked for.
 const GRACE: Duration = Duration::from_secs(30);
 
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `service` on `listener` until `shutdown` completes, then waits up
 /// to 30 s for in-flight requests (a blob download may take longer; it is cut).
 pub async fn serve(
@@ -21,7 +24,13 @@ pub async fn serve(
     service: OciService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer lets hyper drop clients that never finish sending their headers.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
