@@ -49,10 +49,12 @@ use crate::handlers::DOCKER_CONTENT_DIGEST;
 type CoreResult<T> = oci_cache_core::Result<T>;
 
 /// The four manifest media types asked for when the client named none.
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json";
+const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
 
 /// Most tag-list pages followed when the caller asked for all tags.
 const MAX_TAG_PAGES: usize = 1000;
@@ -448,11 +450,7 @@ impl HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<(Response<Incoming>, String)> {
-        let accept = if accept.is_empty() {
-            MANIFEST_TYPES.to_owned()
-        } else {
-            accept.join(", ")
-        };
+        let accept = upstream_accept(accept);
         let url = target.url(repository, &format!("manifests/{reference}"), None);
         let response = self
             .send(
@@ -697,6 +695,31 @@ impl Target<'_> {
         }
         url
     }
+}
+
+/// The `Accept` sent upstream: the client's list, with the four manifest types
+/// spelled out when it is empty or has a wildcard. Registries negotiate on
+/// explicit types only: distribution answers `Accept: */*` for an OCI
+/// manifest with 404.
+fn upstream_accept(accept: &[String]) -> String {
+    let wildcard = |t: &str| t.ends_with("/*");
+    if !accept.is_empty() && !accept.iter().any(|t| wildcard(t)) {
+        return accept.join(", ");
+    }
+    let mut types: Vec<&str> = accept
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !wildcard(t))
+        .collect();
+    for known in MANIFEST_TYPES {
+        if !types.contains(&known) {
+            types.push(known);
+        }
+    }
+    if accept.iter().any(|t| t == "*/*") {
+        types.push("*/*");
+    }
+    types.join(", ")
 }
 
 /// Whether the chain should try the next endpoint after `err`.
@@ -958,6 +981,31 @@ mod tests {
             };
             assert_eq!(target.url(&repo, "manifests/3", None), expected);
         }
+    }
+
+    #[test]
+    fn accept_sent_upstream() {
+        let list = |types: &[&str]| types.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let all = MANIFEST_TYPES.join(", ");
+        assert_eq!(upstream_accept(&[]), all);
+        assert_eq!(
+            upstream_accept(&list(&["application/vnd.oci.image.manifest.v1+json"])),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(upstream_accept(&list(&["*/*"])), format!("{all}, */*"));
+        assert_eq!(
+            upstream_accept(&list(&["application/x", "application/*"])),
+            format!("application/x, {all}")
+        );
+        assert_eq!(
+            upstream_accept(&list(&[
+                "application/vnd.oci.image.manifest.v1+json",
+                "*/*"
+            ])),
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json, */*"
+        );
     }
 
     #[test]
