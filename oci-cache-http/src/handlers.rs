@@ -1,0 +1,432 @@
+//! One function per route: ask the engine, shape the response headers.
+//!
+//! The cache outcome of a request travels to the log line as a response
+//! extension, so handlers return plain responses.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, IF_NONE_MATCH, LINK, RANGE,
+};
+use http::{Response, StatusCode};
+use oci_cache_core::cache::CacheOutcome;
+use oci_cache_core::digest::Digest;
+use oci_cache_core::upstream::ManifestRef;
+use serde_json::json;
+
+use crate::body::{self, Body};
+use crate::error::{ApiError, Subject};
+use crate::routes::{Route, Target};
+use crate::service::AppState;
+
+/// `Docker-Content-Digest`.
+pub(crate) const DOCKER_CONTENT_DIGEST: HeaderName =
+    HeaderName::from_static("docker-content-digest");
+
+/// What handlers need from the request besides the route.
+#[derive(Debug)]
+pub(crate) struct RequestInfo<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) ns: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+/// Answers a routed request.
+pub(crate) async fn dispatch(
+    state: &AppState,
+    route: &Route,
+    req: &RequestInfo<'_>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    match route {
+        Route::Health => Ok(with_body(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"ok\n"),
+        )),
+        Route::Ping => Ok(json_response(&json!({}))),
+        Route::Catalog { n, last } => {
+            let repositories = state
+                .engine()
+                .catalog()
+                .await
+                .map_err(|e| fail(e, Subject::Other))?;
+            let (page, next) = paginate(repositories, *n, last.as_deref());
+            let mut response = json_response(&json!({ "repositories": page }));
+            add_link(&mut response, req, next);
+            Ok(response)
+        }
+        Route::Tags { target, n, last } => {
+            let (list, outcome) = state
+                .engine()
+                .tags(&target.upstream, &target.repository)
+                .await
+                .map_err(|e| fail(e, Subject::Repository))?;
+            let (page, next) = paginate(list.tags, *n, last.as_deref());
+            let mut response =
+                json_response(&json!({ "name": target.repository.as_str(), "tags": page }));
+            add_link(&mut response, req, next);
+            response.extensions_mut().insert(outcome);
+            Ok(response)
+        }
+        Route::Manifest { target, reference } => manifest(state, target, reference, req).await,
+        Route::Blob { target, digest } if head => blob_head(state, target, digest).await,
+        Route::Blob { target, digest } => blob_get(state, target, digest, req).await,
+    }
+}
+
+async fn manifest(
+    state: &AppState,
+    target: &Target,
+    reference: &ManifestRef,
+    req: &RequestInfo<'_>,
+) -> Result<Response<Body>, ApiError> {
+    let accept = accept_list(req.headers);
+    let m = state
+        .engine()
+        .manifest(&target.upstream, &target.repository, reference, &accept)
+        .await
+        .map_err(|e| fail(e, Subject::Manifest))?;
+    let mut response = if if_none_match(req.headers, &m.digest) {
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        with_body(StatusCode::OK, &m.media_type, m.bytes)
+    };
+    set_digest(response.headers_mut(), &m.digest);
+    response.extensions_mut().insert(m.outcome);
+    Ok(response)
+}
+
+async fn blob_head(
+    state: &AppState,
+    target: &Target,
+    digest: &Digest,
+) -> Result<Response<Body>, ApiError> {
+    let (size, outcome) = state
+        .engine()
+        .blob_size(&target.upstream, &target.repository, digest)
+        .await
+        .map_err(|e| fail(e, Subject::Blob))?;
+    let mut response = Response::new(body::empty());
+    blob_headers(response.headers_mut(), digest, size);
+    response.extensions_mut().insert(outcome);
+    Ok(response)
+}
+
+async fn blob_get(
+    state: &AppState,
+    target: &Target,
+    digest: &Digest,
+    req: &RequestInfo<'_>,
+) -> Result<Response<Body>, ApiError> {
+    let engine = state.engine();
+    let spec = req
+        .headers
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range);
+    let range = match spec {
+        None => None,
+        Some(RangeSpec::From(start, end)) => {
+            Some(start..end.map_or(u64::MAX, |e| e.saturating_add(1)))
+        }
+        Some(RangeSpec::Suffix(len)) => {
+            // A suffix needs the size first; HEAD-like lookups are cheap on a hit.
+            let (size, _) = engine
+                .blob_size(&target.upstream, &target.repository, digest)
+                .await
+                .map_err(|e| fail(e, Subject::Blob))?;
+            if len == 0 || size == 0 {
+                return Err(ApiError::from_core(
+                    &oci_cache_core::Error::RangeNotSatisfiable { start: size, size },
+                    Subject::Blob,
+                ));
+            }
+            Some(size.saturating_sub(len)..size)
+        }
+    };
+    let asked_start = range.as_ref().map(|r| r.start);
+    let blob = engine
+        .blob(&target.upstream, &target.repository, digest, range)
+        .await
+        .map_err(|e| fail(e, Subject::Blob))?;
+    let whole = blob.range == (0..blob.size);
+    let mut response = Response::new(body::from_stream(blob.stream));
+    blob_headers(response.headers_mut(), digest, blob.size);
+    // When the engine could only give the whole blob (a miss it streams from
+    // upstream), a plain 200 is what clients handle: they skip to their offset.
+    let partial = match asked_start {
+        Some(start) => !(whole && start != 0),
+        None => false,
+    };
+    if partial {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let Range { start, end } = blob.range;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(end.saturating_sub(start)));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "bytes {start}-{}/{}",
+            end.saturating_sub(1),
+            blob.size
+        )) {
+            headers.insert(CONTENT_RANGE, v);
+        }
+    }
+    response.extensions_mut().insert(blob.outcome);
+    Ok(response)
+}
+
+/// Logs the full error (with causes) in the request span, then maps it.
+fn fail(err: oci_cache_core::Error, subject: Subject) -> ApiError {
+    let api = ApiError::from_core(&err, subject);
+    let chain = error_chain(&err);
+    if api.status.is_server_error() {
+        tracing::warn!(error = %chain, "request failed");
+    } else {
+        tracing::debug!(error = %chain, "request refused");
+    }
+    api
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn set_digest(headers: &mut HeaderMap, digest: &Digest) {
+    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+        headers.insert(DOCKER_CONTENT_DIGEST, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        headers.insert(ETAG, v);
+    }
+}
+
+fn blob_headers(headers: &mut HeaderMap, digest: &Digest, size: u64) {
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    set_digest(headers, digest);
+}
+
+fn with_body(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<Body> {
+    let len = bytes.len();
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        headers.insert(CONTENT_TYPE, v);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+fn json_response(value: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    with_body(StatusCode::OK, "application/json", bytes.into())
+}
+
+/// The media types of every `Accept` header, comma-split, without parameters, deduplicated.
+pub(crate) fn accept_list(headers: &HeaderMap) -> Vec<String> {
+    let mut types: Vec<String> = Vec::new();
+    for value in headers.get_all(ACCEPT) {
+        let Ok(text) = value.to_str() else { continue };
+        for item in text.split(',') {
+            let media_type = item.split(';').next().unwrap_or_default().trim();
+            if !media_type.is_empty() && !types.iter().any(|t| t == media_type) {
+                types.push(media_type.to_owned());
+            }
+        }
+    }
+    types
+}
+
+/// True when `If-None-Match` names `digest` (quoted or not) or is `*`.
+fn if_none_match(headers: &HeaderMap, digest: &Digest) -> bool {
+    headers.get_all(IF_NONE_MATCH).iter().any(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',').any(|tag| {
+                let tag = tag.trim();
+                let tag = tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"');
+                tag == "*" || tag == digest.as_str()
+            })
+        })
+    })
+}
+
+/// A single byte range as sent in `Range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeSpec {
+    /// `bytes=a-b` (inclusive end) or `bytes=a-`.
+    From(u64, Option<u64>),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+/// Parses a single `bytes=` range. Anything else (other units, several
+/// ranges, garbage) is ignored as RFC 9110 allows, and the whole blob is sent.
+pub(crate) fn parse_range(value: &str) -> Option<RangeSpec> {
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.trim().split_once('-')?;
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (start.trim().is_empty(), end.trim().is_empty()) {
+        (true, false) => Some(RangeSpec::Suffix(number(end)?)),
+        (false, true) => Some(RangeSpec::From(number(start)?, None)),
+        (false, false) => {
+            let (a, b) = (number(start)?, number(end)?);
+            (a <= b).then_some(RangeSpec::From(a, Some(b)))
+        }
+        (true, true) => None,
+    }
+}
+
+/// The entries after `last`, at most `n`; and the last entry shown when more follow.
+fn paginate(
+    mut items: Vec<String>,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (Vec<String>, Option<(usize, String)>) {
+    items.sort();
+    items.dedup();
+    if let Some(last) = last {
+        items.retain(|t| t.as_str() > last);
+    }
+    let Some(n) = n else {
+        return (items, None);
+    };
+    let more = items.len() > n && n > 0;
+    items.truncate(n);
+    let next = if more {
+        items.last().map(|l| (n, l.clone()))
+    } else {
+        None
+    };
+    (items, next)
+}
+
+/// `Link: <path?n=..&last=..>; rel="next"`, keeping `ns` so the next page routes the same way.
+fn add_link(response: &mut Response<Body>, req: &RequestInfo<'_>, next: Option<(usize, String)>) {
+    let Some((n, last)) = next else { return };
+    let ns = req
+        .ns
+        .map(|ns| format!("ns={}&", encode_query(ns)))
+        .unwrap_or_default();
+    let link = format!(
+        "<{}?{ns}n={n}&last={}>; rel=\"next\"",
+        req.path,
+        encode_query(&last)
+    );
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        response.headers_mut().insert(LINK, v);
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The outcome a handler recorded, for the log line.
+pub(crate) fn outcome_of(response: &Response<Body>) -> Option<CacheOutcome> {
+    response.extensions().get::<CacheOutcome>().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeSpec::*;
+        let cases = [
+            ("bytes=0-9", Some(From(0, Some(9)))),
+            ("bytes=5-", Some(From(5, None))),
+            ("bytes=-3", Some(Suffix(3))),
+            (" Bytes = 1 - 1 ", Some(From(1, Some(1)))),
+            ("bytes=9-0", None),
+            ("bytes=0-1,3-4", None),
+            ("items=0-1", None),
+            ("bytes=-", None),
+            ("bytes=a-b", None),
+            ("bytes=+1-2", None),
+            ("bytes=99999999999999999999999-", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_range(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn accept_headers_are_merged_and_split() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            ACCEPT,
+            HeaderValue::from_static("application/a, application/b;q=0.5"),
+        );
+        headers.append(ACCEPT, HeaderValue::from_static("application/c"));
+        headers.append(ACCEPT, HeaderValue::from_static("application/a,, */*"));
+        assert_eq!(
+            accept_list(&headers),
+            ["application/a", "application/b", "application/c", "*/*"]
+        );
+    }
+
+    #[test]
+    fn pagination() {
+        let tags: Vec<String> = ["c", "a", "b", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            paginate(tags.clone(), Some(2), None),
+            (vec!["a".into(), "b".into()], Some((2, "b".into())))
+        );
+        assert_eq!(
+            paginate(tags.clone(), Some(2), Some("b")),
+            (vec!["c".into(), "d".into()], None)
+        );
+        assert_eq!(paginate(tags.clone(), Some(0), None), (vec![], None));
+        assert_eq!(
+            paginate(tags.clone(), None, Some("c")).0,
+            vec!["d".to_string()]
+        );
+        assert_eq!(paginate(tags, Some(10), Some("zz")), (vec![], None));
+    }
+
+    #[test]
+    fn etags() {
+        let digest = Digest::sha256_of(b"x");
+        let mut headers = HeaderMap::new();
+        assert!(!if_none_match(&headers, &digest));
+        headers.insert(
+            IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"other\", W/\"{digest}\"")).unwrap(),
+        );
+        assert!(if_none_match(&headers, &digest));
+        headers.insert(
+            IF_NONE_MATCH,
+            HeaderValue::from_str(digest.as_str()).unwrap(),
+        );
+        assert!(if_none_match(&headers, &digest));
+    }
+}

@@ -1,0 +1,69 @@
+//! Accepting connections: HTTP/1.1 and cleartext HTTP/2 (h2c) on one port,
+//! with graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::{OciService, Result};
+
+/// How long in-flight requests may run after shutdown was asked for.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `service` on `listener` until `shutdown` completes, then waits up
+/// to 30 s for in-flight requests (a blob download may take longer; it is cut).
+pub async fn serve(
+    listener: TcpListener,
+    service: OciService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer lets hyper drop clients that never finish sending their headers.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service.clone())
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests still running after {GRACE:?}; stopping anyway");
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Integration tests of oci-cache-http (one binary; topics as modules).
+
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+mod support;
+
+mod api;
+mod auth;
+mod routing;
+mod upstream;

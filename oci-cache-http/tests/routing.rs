@@ -1,0 +1,113 @@
+//! Upstream selection and malformed requests, observed through the fake upstream.
+
+use http::Method;
+
+use crate::support::*;
+
+const M: &[u8] = br#"{"schemaVersion":2}"#;
+
+#[tokio::test]
+async fn ns_path_prefix_and_default_reach_the_right_upstream() {
+    let cases = [
+        (
+            "/v2/library/alpine/manifests/3?ns=docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/alpine/manifests/3?ns=index.docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/alpine/manifests/3?ns=registry-1.docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        ("/v2/alpine/manifests/3", "docker.io", "library/alpine"),
+        (
+            "/v2/docker.io/alpine/manifests/3",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/org/app/manifests/v1?ns=ghcr%2Eio",
+            "ghcr.io",
+            "org/app",
+        ),
+        ("/v2/ghcr.io/org/app/manifests/v1", "ghcr.io", "org/app"),
+    ];
+    for (uri, registry, repository) in cases {
+        // A fresh cache each time, so every request has to ask upstream.
+        let (svc, fake) = fake_service();
+        fake.add_manifest("docker.io", "library/alpine", "3", OCI_MANIFEST, M);
+        fake.add_manifest("ghcr.io", "org/app", "v1", OCI_MANIFEST, M);
+        let a = get(&svc, uri).await;
+        assert_eq!(a.status, 200, "{uri}: {:?}", a.body);
+        let asked = fake.asked.lock().unwrap().clone();
+        assert!(!asked.is_empty(), "{uri}: upstream not asked");
+        for (r, repo, _) in asked {
+            assert_eq!((r.as_str(), repo.as_str()), (registry, repository), "{uri}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn ns_is_echoed() {
+    let (svc, fake) = fake_service();
+    fake.add_manifest("ghcr.io", "org/app", "v1", OCI_MANIFEST, M);
+    let a = get(&svc, "/v2/org/app/manifests/v1?ns=ghcr.io").await;
+    assert_eq!(a.header("oci-namespace"), Some("ghcr.io"));
+    let b = get(&svc, "/v2/ghcr.io/org/app/manifests/v1").await;
+    assert_eq!(b.header("oci-namespace"), None);
+}
+
+#[tokio::test]
+async fn unconfigured_upstreams_are_refused_without_upstream_calls() {
+    let (svc, fake) = fake_service();
+    for uri in [
+        "/v2/library/alpine/manifests/3?ns=evil.example",
+        "/v2/library/alpine/manifests/3?ns=evil.example%3A443",
+        "/v2/library/alpine/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855?ns=quay.io",
+        "/v2/library/alpine/tags/list?ns=127.0.0.1",
+    ] {
+        let a = get(&svc, uri).await;
+        assert_eq!(a.status, 404, "{uri}");
+        assert_eq!(a.error_code(), "NAME_UNKNOWN", "{uri}");
+    }
+    assert_eq!(
+        fake.calls(),
+        0,
+        "no outbound request for an unknown upstream"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_oci_errors() {
+    let (svc, fake) = fake_service();
+    let cases = [
+        ("/v2/Library/alpine/manifests/3", 400, "NAME_INVALID"),
+        ("/v2/a//b/manifests/3", 400, "NAME_INVALID"),
+        ("/v2/alpine/manifests/-bad", 400, "TAG_INVALID"),
+        ("/v2/alpine/manifests/sha256:123", 400, "DIGEST_INVALID"),
+        ("/v2/alpine/blobs/sha256:XYZ", 400, "DIGEST_INVALID"),
+        (
+            "/v2/alpine/tags/list?n=ten",
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        ),
+        ("/v2/alpine/unknown/thing", 404, "NAME_UNKNOWN"),
+        ("/other", 404, "NAME_UNKNOWN"),
+    ];
+    for (uri, status, code) in cases {
+        let a = get(&svc, uri).await;
+        assert_eq!(a.status, status, "{uri}");
+        assert_eq!(a.error_code(), code, "{uri}");
+        assert_eq!(a.header("content-type"), Some("application/json"));
+    }
+    // HEAD errors carry the status and length but no body.
+    let h = call(&svc, Method::HEAD, "/v2/Library/alpine/manifests/3", &[]).await;
+    assert_eq!(h.status, 400);
+    assert!(h.body.is_empty());
+    assert_eq!(fake.calls(), 0);
+}

@@ -1,0 +1,603 @@
+//! Test support: a scripted mock registry on 127.0.0.1:0, an in-memory fake
+//! `Upstream` that counts calls, and helpers to call the service.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use oci_cache_core::cache::{CacheOptions, PullThrough};
+use oci_cache_core::digest::Digest;
+use oci_cache_core::mirror::{Endpoint, MirrorConfig, UpstreamConfig};
+use oci_cache_core::reference::{Registry, Repository};
+use oci_cache_core::storage::{MemoryStorage, Storage};
+use oci_cache_core::upstream::{
+    FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
+};
+use oci_cache_core::{Error, UpstreamError, UpstreamErrorKind};
+use oci_cache_http::{service, AppState, OciService};
+use tokio::sync::oneshot;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+// ---------------------------------------------------------------- mock registry
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer with status, headers and body.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    /// Close the connection without answering.
+    Drop,
+    /// Wait, then answer.
+    Delay(Duration, Box<Reply>),
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Reply::Respond {
+            status,
+            headers: vec![],
+            body: Bytes::new(),
+        }
+    }
+    pub fn ok(body: impl Into<Bytes>) -> Self {
+        Reply::status(200).body(body)
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        if let Reply::Respond { headers, .. } = &mut self {
+            headers.push((name.into(), value.into()));
+        }
+        self
+    }
+    pub fn body(mut self, bytes: impl Into<Bytes>) -> Self {
+        if let Reply::Respond { body, .. } = &mut self {
+            *body = bytes.into();
+        }
+        self
+    }
+}
+
+/// A request the mock saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query.
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct MockState {
+    queue: Mutex<VecDeque<Reply>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A registry that answers from a queue and records every request.
+/// Unscripted requests get 599 so a test sees them.
+pub struct MockRegistry {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl MockRegistry {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MockState::default());
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => break,
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let state = state.clone();
+                        async move { answer(&state, req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        MockRegistry {
+            addr,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn push(&self, reply: Reply) -> &Self {
+        self.state.queue.lock().unwrap().push_back(reply);
+        self
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.state.queue.lock().unwrap().len()
+    }
+}
+
+impl Drop for MockRegistry {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn answer(
+    state: &MockState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    state.seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: req.headers().clone(),
+    });
+    let mut reply = state
+        .queue
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(Reply::status(599));
+    loop {
+        match reply {
+            Reply::Delay(d, next) => {
+                tokio::time::sleep(d).await;
+                reply = *next;
+            }
+            // A service error makes hyper close the connection without a response.
+            Reply::Drop => return Err(std::io::Error::other("scripted drop")),
+            Reply::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                let mut response = Response::new(Full::new(body));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                for (k, v) in headers {
+                    response.headers_mut().append(
+                        http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                return Ok(response);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- configuration
+
+pub fn endpoint(url: &str) -> Endpoint {
+    Endpoint {
+        url: url.into(),
+        override_path: false,
+        credentials: None,
+    }
+}
+
+pub fn upstream(
+    name: &str,
+    aliases: &[&str],
+    origin: Endpoint,
+    mirrors: Vec<Endpoint>,
+) -> UpstreamConfig {
+    UpstreamConfig {
+        name: Registry::new(name).unwrap(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        endpoints: mirrors,
+        origin,
+        skip_fallback: false,
+    }
+}
+
+/// docker.io (with Hub aliases) and ghcr.io, both pointing at `origin`.
+pub fn mirrors(origin: &str) -> MirrorConfig {
+    MirrorConfig {
+        upstreams: vec![
+            upstream(
+                "docker.io",
+                &["index.docker.io", "registry-1.docker.io"],
+                endpoint(origin),
+                vec![],
+            ),
+            upstream("ghcr.io", &[], endpoint(origin), vec![]),
+        ],
+        default_upstream: Registry::new("docker.io").unwrap(),
+    }
+}
+
+pub fn registry(name: &str) -> Registry {
+    Registry::new(name).unwrap()
+}
+
+pub fn repo(name: &str) -> Repository {
+    Repository::new(name).unwrap()
+}
+
+// ---------------------------------------------------------------- fake upstream
+
+/// (registry, repository, tag or digest).
+type ManifestKey = (String, String, String);
+
+/// An in-memory upstream that counts calls and records what it was asked.
+#[derive(Default)]
+pub struct FakeUpstream {
+    /// Manifests as (media type, bytes).
+    pub manifests: Mutex<HashMap<ManifestKey, (String, Bytes)>>,
+    pub blobs: Mutex<HashMap<String, Bytes>>,
+    pub tags: Mutex<HashMap<(String, String), Vec<String>>>,
+    pub fail: Mutex<Option<UpstreamErrorKind>>,
+    pub calls: AtomicUsize,
+    pub asked: Mutex<Vec<ManifestKey>>,
+}
+
+impl FakeUpstream {
+    /// Adds a manifest reachable by `tag` and by its digest; returns the digest.
+    pub fn add_manifest(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let mut m = self.manifests.lock().unwrap();
+        for r in [tag.to_string(), digest.to_string()] {
+            m.insert(
+                (registry.into(), repository.into(), r),
+                (media_type.into(), Bytes::copy_from_slice(bytes)),
+            );
+        }
+        self.tags
+            .lock()
+            .unwrap()
+            .entry((registry.into(), repository.into()))
+            .or_default()
+            .push(tag.into());
+        digest
+    }
+
+    pub fn add_blob(&self, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert(digest.to_string(), Bytes::copy_from_slice(bytes));
+        digest
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn fail_with(&self, kind: Option<UpstreamErrorKind>) {
+        *self.fail.lock().unwrap() = kind;
+    }
+
+    fn enter(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        what: String,
+    ) -> Result<(), Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.asked
+            .lock()
+            .unwrap()
+            .push((registry.to_string(), repository.to_string(), what));
+        match *self.fail.lock().unwrap() {
+            Some(kind) => Err(UpstreamError::new(kind, "fake", "scripted failure").into()),
+            None => Ok(()),
+        }
+    }
+
+    fn manifest(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+    ) -> Result<(String, Bytes), Error> {
+        self.enter(registry, repository, reference.to_string())?;
+        self.manifests
+            .lock()
+            .unwrap()
+            .get(&(
+                registry.to_string(),
+                repository.to_string(),
+                reference.to_string(),
+            ))
+            .cloned()
+            .ok_or_else(|| {
+                UpstreamError::new(UpstreamErrorKind::NotFound, "fake", "no such manifest").into()
+            })
+    }
+}
+
+#[async_trait]
+impl Upstream for FakeUpstream {
+    async fn head_manifest(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+        _accept: &[String],
+    ) -> Result<ManifestHead, Error> {
+        let (media_type, bytes) = self.manifest(registry, repository, reference)?;
+        Ok(ManifestHead {
+            digest: Some(Digest::sha256_of(&bytes)),
+            media_type,
+            size: Some(bytes.len() as u64),
+        })
+    }
+
+    async fn get_manifest(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+        _accept: &[String],
+    ) -> Result<FetchedManifest, Error> {
+        let (media_type, bytes) = self.manifest(registry, repository, reference)?;
+        Ok(FetchedManifest {
+            head: ManifestHead {
+                digest: Some(Digest::sha256_of(&bytes)),
+                media_type,
+                size: Some(bytes.len() as u64),
+            },
+            bytes,
+        })
+    }
+
+    async fn get_blob(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<FetchedBlob, Error> {
+        self.enter(registry, repository, digest.to_string())?;
+        let bytes = self
+            .blobs
+            .lock()
+            .unwrap()
+            .get(digest.as_str())
+            .cloned()
+            .ok_or_else(|| {
+                Error::from(UpstreamError::new(
+                    UpstreamErrorKind::NotFound,
+                    "fake",
+                    "no such blob",
+                ))
+            })?;
+        let size = bytes.len() as u64;
+        // Two chunks, to exercise streaming.
+        let mid = bytes.len() / 2;
+        let chunks = vec![Ok(bytes.slice(..mid)), Ok(bytes.slice(mid..))];
+        Ok(FetchedBlob {
+            size: Some(size),
+            stream: Box::pin(futures::stream::iter(chunks)),
+        })
+    }
+
+    async fn head_blob(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<u64, Error> {
+        self.enter(registry, repository, digest.to_string())?;
+        self.blobs
+            .lock()
+            .unwrap()
+            .get(digest.as_str())
+            .map(|b| b.len() as u64)
+            .ok_or_else(|| {
+                UpstreamError::new(UpstreamErrorKind::NotFound, "fake", "no such blob").into()
+            })
+    }
+
+    async fn list_tags(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        _n: Option<usize>,
+        _last: Option<&str>,
+    ) -> Result<TagList, Error> {
+        self.enter(registry, repository, "tags".into())?;
+        let tags = self
+            .tags
+            .lock()
+            .unwrap()
+            .get(&(registry.to_string(), repository.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                Error::from(UpstreamError::new(
+                    UpstreamErrorKind::NotFound,
+                    "fake",
+                    "no such repository",
+                ))
+            })?;
+        Ok(TagList {
+            name: repository.to_string(),
+            tags,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- service helpers
+
+/// A service over memory storage and `upstream`, routing with `mirrors("http://unused")`.
+pub fn service_with(upstream: Arc<dyn Upstream>, mirrors: MirrorConfig) -> OciService {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
+    service(AppState::new(engine, Arc::new(mirrors)))
+}
+
+pub fn fake_service() -> (OciService, Arc<FakeUpstream>) {
+    let fake = Arc::new(FakeUpstream::default());
+    (
+        service_with(fake.clone(), mirrors("http://127.0.0.1:9")),
+        fake,
+    )
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `code` of the OCI error body.
+    pub fn error_code(&self) -> String {
+        let envelope: oci_cache_http::ErrorEnvelope =
+            serde_json::from_slice(&self.body).expect("an OCI error body");
+        assert_eq!(envelope.errors.len(), 1);
+        envelope.errors[0].code.clone()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+pub async fn call(svc: &OciService, method: Method, uri: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = svc
+        .handle(builder.body(Empty::<Bytes>::new()).unwrap())
+        .await;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(svc: &OciService, uri: &str) -> Answer {
+    call(svc, Method::GET, uri, &[]).await
+}
+
+// ---------------------------------------------------------------- CONNECT proxy
+
+/// A minimal HTTP `CONNECT` proxy on 127.0.0.1:0 that counts tunnels and
+/// records their targets.
+pub struct ConnectProxy {
+    addr: SocketAddr,
+    pub targets: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let target = text
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    assert!(text.starts_with("CONNECT "), "{text}");
+                    seen.lock().unwrap().push(target.clone());
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    let _ = client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            targets,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
