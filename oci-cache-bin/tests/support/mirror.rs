@@ -1,0 +1,118 @@
+//! The `oci-cache` binary as the mirror under test.
+//!
+//! The CLI contract these tests assume:
+//! `oci-cache serve --listen 127.0.0.1:PORT --storage-dir DIR
+//!  --upstream NAME=URL [--upstream NAME=URL ...] --default-upstream NAME
+//!  --tag-ttl DURATION` (DURATION like `1s`, `5m`), or
+//! `oci-cache serve --listen 127.0.0.1:PORT --config FILE` for settings only
+//! the file has (the S3 storage backend).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use super::{free_port, ServerProcess};
+
+/// The binary under test: `$OCI_CACHE_BIN` (e.g. a release build) or the one
+/// cargo built for this test run.
+pub(crate) fn oci_cache_bin() -> PathBuf {
+    std::env::var_os("OCI_CACHE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oci-cache")))
+}
+
+/// A running `oci-cache serve`, killed on drop; its logs go to `log_path`.
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    server: ServerProcess,
+    /// The mirror's storage directory.
+    pub(crate) storage_dir: PathBuf,
+    /// Where its stdout and stderr go.
+    pub(crate) log_path: PathBuf,
+    dir: TempDir,
+}
+
+impl Mirror {
+    /// `oci-cache serve` with `upstreams` (`(name, url)`), `default_upstream`
+    /// and a tag TTL, storing on the filesystem in a temp dir.
+    pub(crate) fn start_oci_cache(
+        upstreams: &[(&str, &str)],
+        default_upstream: &str,
+        tag_ttl: &str,
+    ) -> Mirror {
+        let dir = tempdir();
+        let storage_dir = dir.path().join("storage");
+        let mut args: Vec<String> = vec!["--storage-dir".into(), path_arg(&storage_dir)];
+        for (name, url) in upstreams {
+            args.push("--upstream".into());
+            args.push(format!("{name}={url}"));
+        }
+        args.extend([
+            "--default-upstream".into(),
+            default_upstream.into(),
+            "--tag-ttl".into(),
+            tag_ttl.into(),
+        ]);
+        Mirror::spawn(dir, storage_dir, &args, &[])
+    }
+
+    /// `oci-cache serve --config FILE` with `config_toml` as the file, and
+    /// `env` added to the environment (credentials).
+    pub(crate) fn start_oci_cache_with_config(config_toml: &str, env: &[(&str, &str)]) -> Mirror {
+        let dir = tempdir();
+        let config = dir.path().join("oci-cache.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let storage_dir = dir.path().join("storage");
+        Mirror::spawn(dir, storage_dir, &["--config".into(), path_arg(&config)], env)
+    }
+
+    fn spawn(dir: TempDir, storage_dir: PathBuf, args: &[String], env: &[(&str, &str)]) -> Mirror {
+        let port = free_port();
+        let log_path = dir.path().join("oci-cache.log");
+        let log = File::create(&log_path).unwrap();
+        let mut cmd = Command::new(oci_cache_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone());
+        Mirror {
+            server,
+            storage_dir,
+            log_path,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub(crate) fn host(&self) -> String {
+        self.server.host()
+    }
+
+    /// The mirror's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A scratch directory that lives as long as the mirror.
+    pub(crate) fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("e2e-oci-cache-")
+        .tempdir()
+        .unwrap()
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
