@@ -46,6 +46,17 @@ pub(crate) fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
+    request_with_body(host, method, path, headers, &[])
+}
+
+/// [`request`] with a body (sent with its `Content-Length`).
+pub(crate) fn request_with_body(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut req = format!(
@@ -54,8 +65,12 @@ pub(crate) fn request(
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || matches!(method, "PUT" | "POST") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes())?;
+    stream.write_all(body)?;
 
     let mut reader = BufReader::new(stream);
     let mut line = String::new();

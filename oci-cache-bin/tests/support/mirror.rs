@@ -4,8 +4,10 @@
 //! `oci-cache serve --listen 127.0.0.1:PORT --storage-dir DIR
 //!  --upstream NAME=URL [--upstream NAME=URL ...] --default-upstream NAME
 //!  --tag-ttl DURATION` (DURATION like `1s`, `5m`), or
-//! `oci-cache serve --listen 127.0.0.1:PORT --config FILE` for settings only
-//! the file has (the S3 storage backend).
+//! the same with `--config FILE` instead of `--storage-dir` for settings only
+//! the file has (the S3 storage backend: a `[storage]` table with
+//! `kind = "s3"`, `bucket`, `endpoint`, `region`, `allow_http`; credentials
+//! from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -45,27 +47,27 @@ impl Mirror {
         let dir = tempdir();
         let storage_dir = dir.path().join("storage");
         let mut args: Vec<String> = vec!["--storage-dir".into(), path_arg(&storage_dir)];
-        for (name, url) in upstreams {
-            args.push("--upstream".into());
-            args.push(format!("{name}={url}"));
-        }
-        args.extend([
-            "--default-upstream".into(),
-            default_upstream.into(),
-            "--tag-ttl".into(),
-            tag_ttl.into(),
-        ]);
+        args.extend(upstream_args(upstreams, default_upstream, tag_ttl));
         Mirror::spawn(dir, storage_dir, &args, &[])
     }
 
-    /// `oci-cache serve --config FILE` with `config_toml` as the file, and
-    /// `env` added to the environment (credentials).
-    pub(crate) fn start_oci_cache_with_config(config_toml: &str, env: &[(&str, &str)]) -> Mirror {
+    /// Like [`Mirror::start_oci_cache`] but storage comes from `--config FILE`
+    /// (`config_toml`, e.g. an `[storage]` table for S3), with `env` added to
+    /// the environment (credentials).
+    pub(crate) fn start_oci_cache_with_config(
+        config_toml: &str,
+        upstreams: &[(&str, &str)],
+        default_upstream: &str,
+        tag_ttl: &str,
+        env: &[(&str, &str)],
+    ) -> Mirror {
         let dir = tempdir();
         let config = dir.path().join("oci-cache.toml");
         std::fs::write(&config, config_toml).unwrap();
         let storage_dir = dir.path().join("storage");
-        Mirror::spawn(dir, storage_dir, &["--config".into(), path_arg(&config)], env)
+        let mut args: Vec<String> = vec!["--config".into(), path_arg(&config)];
+        args.extend(upstream_args(upstreams, default_upstream, tag_ttl));
+        Mirror::spawn(dir, storage_dir, &args, env)
     }
 
     fn spawn(dir: TempDir, storage_dir: PathBuf, args: &[String], env: &[(&str, &str)]) -> Mirror {
@@ -81,7 +83,7 @@ impl Mirror {
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone());
+        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone(), "/v2/");
         Mirror {
             server,
             storage_dir,
@@ -104,6 +106,21 @@ impl Mirror {
     pub(crate) fn scratch(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+fn upstream_args(upstreams: &[(&str, &str)], default_upstream: &str, tag_ttl: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    for (name, url) in upstreams {
+        args.push("--upstream".into());
+        args.push(format!("{name}={url}"));
+    }
+    args.extend([
+        "--default-upstream".into(),
+        default_upstream.into(),
+        "--tag-ttl".into(),
+        tag_ttl.into(),
+    ]);
+    args
 }
 
 fn tempdir() -> TempDir {

@@ -76,7 +76,7 @@ impl Origin {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdout(File::create(&access_log).unwrap())
             .stderr(File::create(&stderr_path).unwrap());
-        let server = ServerProcess::spawn("docker-registry", cmd, port, stderr_path);
+        let server = ServerProcess::spawn("docker-registry", cmd, port, stderr_path, "/v2/");
         Origin {
             server,
             access_log,
