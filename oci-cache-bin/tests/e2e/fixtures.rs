@@ -28,8 +28,8 @@ pub(crate) fn big_image() -> &'static (Layout, Duration) {
     BIG.get_or_init(|| {
         let layers = env_or("E2E_BIG_LAYERS", BIG_LAYERS);
         let mib = env_or("E2E_BIG_LAYER_MIB", BIG_LAYER_MIB);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("e2e-big-{layers}x{mib}"));
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-big-{layers}x{mib}"));
         // Rebuilt on every run (one fixed place, no leftovers piling up): a
         // half-written layout from an interrupted run must never be reused.
         let _ = std::fs::remove_dir_all(&dir);

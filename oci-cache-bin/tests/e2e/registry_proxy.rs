@@ -35,7 +35,10 @@ fn proxy_registry_serves_origin_digests_and_caches_blobs() {
     assert_eq!(first.digest, small.digest);
     let mut want: Vec<String> = small.all_blobs().into_iter().map(|b| b.digest).collect();
     want.sort();
-    assert_eq!(skopeo::layout_blobs(&work.path().join("copy1")).len(), want.len() + 1);
+    assert_eq!(
+        skopeo::layout_blobs(&work.path().join("copy1")).len(),
+        want.len() + 1
+    );
 
     // Every blob came from the origin, and each the same number of times:
     // distribution 2.8's proxy fetches a missing blob twice (one stream to the
@@ -56,7 +59,11 @@ fn proxy_registry_serves_origin_digests_and_caches_blobs() {
     )
     .unwrap();
     assert_eq!(second.digest, small.digest);
-    assert_eq!(origin.blob_gets().len(), gets.len(), "second pull hit origin blobs");
+    assert_eq!(
+        origin.blob_gets().len(),
+        gets.len(),
+        "second pull hit origin blobs"
+    );
     let manifest_bytes = origin.bytes_served() - bytes_after_first;
     assert!(
         manifest_bytes < 4096,
@@ -76,9 +83,16 @@ fn proxy_registry_serves_origin_digests_and_caches_blobs() {
     assert_eq!(pulled.digest, multi.digest);
     assert_eq!(
         pulled.manifests,
-        vec![multi.digest.clone(), multi.images[0].manifest.digest.clone()]
+        vec![
+            multi.digest.clone(),
+            multi.images[0].manifest.digest.clone()
+        ]
     );
-    let amd64: Vec<String> = multi.images[0].blobs().into_iter().map(|b| b.digest).collect();
+    let amd64: Vec<String> = multi.images[0]
+        .blobs()
+        .into_iter()
+        .map(|b| b.digest)
+        .collect();
     assert_eq!(pulled.blobs, amd64);
     assert!(proxy.count("GET", "?ns=origin.test") >= 4);
 }

@@ -177,8 +177,13 @@ fn ns_query(ns: &str) -> String {
 pub(crate) fn ns_pull(mirror: &str, ns: &str, repo: &str, tag: &str) -> Result<NsPull, String> {
     let q = ns_query(ns);
     let accept = [("Accept", CONTAINERD_ACCEPT)];
-    let head = request(mirror, "HEAD", &format!("/v2/{repo}/manifests/{tag}{q}"), &accept)
-        .map_err(|e| format!("HEAD manifest: {e}"))?;
+    let head = request(
+        mirror,
+        "HEAD",
+        &format!("/v2/{repo}/manifests/{tag}{q}"),
+        &accept,
+    )
+    .map_err(|e| format!("HEAD manifest: {e}"))?;
     if head.status != 200 {
         return Err(format!("HEAD {repo}:{tag}?ns={ns}: status {}", head.status));
     }

@@ -152,11 +152,7 @@ pub(crate) fn build_multiarch(dir: &Path, tag: &str, spec: &ImageSpec) -> Layout
 
 fn init_layout(dir: &Path) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    std::fs::write(
-        dir.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 }
 
 fn write_index_json(dir: &Path, tag: &str, media_type: &str, target: &Blob) {

@@ -29,11 +29,9 @@ pub(crate) fn oci_cache_bin() -> PathBuf {
 #[derive(Debug)]
 pub(crate) struct Mirror {
     server: ServerProcess,
-    /// The mirror's storage directory.
-    pub(crate) storage_dir: PathBuf,
     /// Where its stdout and stderr go.
-    pub(crate) log_path: PathBuf,
-    dir: TempDir,
+    log_path: PathBuf,
+    _dir: TempDir,
 }
 
 impl Mirror {
@@ -48,7 +46,7 @@ impl Mirror {
         let storage_dir = dir.path().join("storage");
         let mut args: Vec<String> = vec!["--storage-dir".into(), path_arg(&storage_dir)];
         args.extend(upstream_args(upstreams, default_upstream, tag_ttl));
-        Mirror::spawn(dir, storage_dir, &args, &[])
+        Mirror::spawn(dir, &args, &[])
     }
 
     /// Like [`Mirror::start_oci_cache`] but storage comes from `--config FILE`
@@ -64,13 +62,12 @@ impl Mirror {
         let dir = tempdir();
         let config = dir.path().join("oci-cache.toml");
         std::fs::write(&config, config_toml).unwrap();
-        let storage_dir = dir.path().join("storage");
         let mut args: Vec<String> = vec!["--config".into(), path_arg(&config)];
         args.extend(upstream_args(upstreams, default_upstream, tag_ttl));
-        Mirror::spawn(dir, storage_dir, &args, env)
+        Mirror::spawn(dir, &args, env)
     }
 
-    fn spawn(dir: TempDir, storage_dir: PathBuf, args: &[String], env: &[(&str, &str)]) -> Mirror {
+    fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
         let port = free_port();
         let log_path = dir.path().join("oci-cache.log");
         let log = File::create(&log_path).unwrap();
@@ -86,9 +83,8 @@ impl Mirror {
         let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone(), "/v2/");
         Mirror {
             server,
-            storage_dir,
             log_path,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -96,15 +92,20 @@ impl Mirror {
     pub(crate) fn host(&self) -> String {
         self.server.host()
     }
+}
 
-    /// The mirror's log so far.
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// A scratch directory that lives as long as the mirror.
-    pub(crate) fn scratch(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+impl Drop for Mirror {
+    /// A failing test shows what the mirror logged: the log file goes with
+    /// the temp dir.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- oci-cache log (last {} lines) ---", tail.len());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

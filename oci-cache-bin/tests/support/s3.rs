@@ -26,16 +26,18 @@ impl S3Server {
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            let msg = format!(
-                "{test}: SKIPPED — moto_server not found; run scripts/install-test-deps"
-            );
+            let msg =
+                format!("{test}: SKIPPED — moto_server not found; run scripts/install-test-deps");
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{msg} (CI=true: refusing to skip)");
             }
             eprintln!("\n!!!!!!!! {msg}\n");
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("e2e-s3-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-s3-")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let log = dir.path().join("moto.log");
         let mut cmd = Command::new("moto_server");
@@ -53,13 +55,7 @@ impl S3Server {
 
     /// Create `bucket` (path-style `PUT /bucket`).
     pub(crate) fn create_bucket(&self, bucket: &str) {
-        let resp = http::request(
-            &self.server.host(),
-            "PUT",
-            &format!("/{bucket}"),
-            &[],
-        )
-        .unwrap();
+        let resp = http::request(&self.server.host(), "PUT", &format!("/{bucket}"), &[]).unwrap();
         assert_eq!(resp.status, 200, "create bucket {bucket}");
     }
 
