@@ -110,7 +110,7 @@ fn b_second_pull_makes_no_blob_request_to_the_origin() {
     for (repo, layout) in [("e2e/app", &app), ("e2e/multi", &multi)] {
         let got = skopeo::copy(
             &format!("{m}/{repo}:v1"),
-            &work.path().join(format!("{repo}-1")),
+            &work.path().join(format!("{}-1", repo.replace('/', "_"))),
         )
         .unwrap();
         assert_eq!(got.digest, layout.digest);
@@ -126,7 +126,7 @@ fn b_second_pull_makes_no_blob_request_to_the_origin() {
     for (repo, layout) in [("e2e/app", &app), ("e2e/multi", &multi)] {
         let got = skopeo::copy(
             &format!("{m}/{repo}:v1"),
-            &work.path().join(format!("{repo}-2")),
+            &work.path().join(format!("{}-2", repo.replace('/', "_"))),
         )
         .unwrap();
         assert_eq!(got.digest, layout.digest);
@@ -280,7 +280,9 @@ fn e_pulls_with_the_s3_storage_backend() {
     let m = mirror.host();
     for round in 0..2 {
         for (repo, layout) in [("e2e/app", &app), ("e2e/multi", &multi)] {
-            let dest = work.path().join(format!("{repo}-{round}"));
+            let dest = work
+                .path()
+                .join(format!("{}-{round}", repo.replace('/', "_")));
             let got = skopeo::copy(&format!("{m}/origin.test/{repo}:v1"), &dest).unwrap();
             assert_eq!(got.digest, layout.digest);
         }

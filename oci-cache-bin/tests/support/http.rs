@@ -110,9 +110,15 @@ pub(crate) fn request_with_body(
         let len: usize = len
             .parse()
             .map_err(|_| bad_data(format!("bad content-length {len:?}")))?;
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body)?;
-        resp.body = body;
+        reader.take(len as u64).read_to_end(&mut resp.body)?;
+        // Some servers (Go's http.Error after a failed range) keep a stale
+        // Content-Length on an error answer: only a success must be whole.
+        if resp.body.len() != len && (200..300).contains(&status) {
+            return Err(bad_data(format!(
+                "body ended after {} of {len} bytes",
+                resp.body.len()
+            )));
+        }
     } else {
         reader.read_to_end(&mut resp.body)?;
     }
