@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use super::fixtures::{big_image, multiarch_image, small_image};
+use crate::support::containerd::Containerd;
 use crate::support::http::{self, ns_pull, CONTAINERD_ACCEPT};
 use crate::support::image::{Layout, OCI_MANIFEST};
 use crate::support::mirror::Mirror;
@@ -90,6 +91,52 @@ fn a_every_routing_mode_copies_the_origin_digests() {
         0,
         "ns must not be forwarded upstream"
     );
+}
+
+#[test]
+#[ignore = "needs the server binary (lead enables at merge)"]
+fn a_containerd_pulls_through_the_ns_mirror() {
+    if !tools_available("a_containerd_pulls_through_the_ns_mirror") {
+        return;
+    }
+    let Some(ctrd) = Containerd::start("a_containerd_pulls_through_the_ns_mirror") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let a_multi = multiarch_image(&work.path().join("a-multi"), 21);
+    let b_app = small_image(&work.path().join("b-app"), 31);
+    let a = origin_with(&[(&a_multi, "e2e/multi:v1")]);
+    let b = origin_with(&[(&b_app, "e2e/app:v1")]);
+    let (a_url, b_url) = (a.url(), b.url());
+    let mirror = Mirror::start_oci_cache(&[("a.test", &a_url), ("b.test", &b_url)], "a.test", "5m");
+
+    // b is not the default upstream: only `ns=b.test` can route there.
+    let fetched = ctrd
+        .fetch_via_mirror(&mirror.host(), "b.test", "e2e/app:v1")
+        .unwrap();
+    assert_eq!(fetched.digest, b_app.digest);
+    let mut want = blob_digests(&b_app);
+    want.push(b_app.digest.clone());
+    want.sort();
+    assert_eq!(fetched.content, want);
+
+    let fetched = ctrd
+        .fetch_via_mirror(&mirror.host(), "a.test", "e2e/multi:v1")
+        .unwrap();
+    assert_eq!(fetched.digest, a_multi.digest);
+    let amd64 = &a_multi.images[0];
+    for d in [
+        &a_multi.digest,
+        &amd64.manifest.digest,
+        &amd64.config.digest,
+        &amd64.layers[0].digest,
+    ] {
+        assert!(
+            fetched.content.contains(d),
+            "{d} missing from {:?}",
+            fetched.content
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! helpers drive the `oci-cache` cases.
 
 use super::fixtures::{big_image, multiarch_image, small_image};
+use crate::support::containerd::Containerd;
 use crate::support::http::ns_pull;
 use crate::support::registry::Origin;
 use crate::support::{skopeo, tools_available};
@@ -141,4 +142,37 @@ fn proxy_registry_big_image_reference_timings() {
         copy.elapsed,
         warm.elapsed
     );
+}
+
+#[test]
+fn containerd_pulls_through_the_proxy_registry_with_ns() {
+    if !tools_available("containerd_pulls_through_the_proxy_registry_with_ns") {
+        return;
+    }
+    let Some(ctrd) = Containerd::start("containerd_pulls_through_the_proxy_registry_with_ns")
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let multi = multiarch_image(&work.path().join("multi"), 3);
+    let origin = Origin::start();
+    skopeo::push(&multi, &origin.host(), "e2e/multi:v1");
+    let proxy = Origin::start_proxy(&origin.url());
+
+    let fetched = ctrd
+        .fetch_via_mirror(&proxy.host(), "origin.test", "e2e/multi:v1")
+        .unwrap();
+    assert_eq!(fetched.digest, multi.digest);
+    // The index, the linux/amd64 manifest and its blobs; nothing of arm64.
+    let amd64 = &multi.images[0];
+    let mut want: Vec<String> = amd64.blobs().into_iter().map(|b| b.digest).collect();
+    want.extend([multi.digest.clone(), amd64.manifest.digest.clone()]);
+    want.sort();
+    assert_eq!(fetched.content, want);
+    // containerd resolved the tag at the mirror and named the registry in `ns`.
+    assert_eq!(
+        proxy.count("HEAD", "/v2/e2e/multi/manifests/v1?ns=origin.test"),
+        1
+    );
+    assert_eq!(proxy.count("GET", "?ns=origin.test"), want.len());
 }

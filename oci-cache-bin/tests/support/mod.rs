@@ -3,6 +3,7 @@
 //! mirror), `skopeo` as the client, images built here with deterministic bytes,
 //! and the `oci-cache` binary as the mirror under test.
 
+pub(crate) mod containerd;
 pub(crate) mod http;
 pub(crate) mod image;
 pub(crate) mod mirror;
