@@ -78,6 +78,11 @@ fn proxy_registry_serves_origin_digests_and_caches_blobs() {
     )
     .unwrap();
     assert_eq!(copied.digest, multi.digest);
+    // Both platforms' configs and layers, their manifests, and the index.
+    assert_eq!(
+        skopeo::layout_blobs(&work.path().join("copy3")).len(),
+        multi.all_blobs().len() + 3
+    );
 
     // The raw containerd-like client (the registry ignores `ns`).
     let pulled = ns_pull(&proxy.host(), "origin.test", "e2e/multi", "v1").unwrap();
