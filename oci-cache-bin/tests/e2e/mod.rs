@@ -1,0 +1,8 @@
+//! End-to-end tests: origin registry, mirror, skopeo, all on 127.0.0.1.
+//!
+//! `registry_proxy` proves the harness against docker-registry in proxy mode;
+//! `oci_cache` runs the same kind of pulls through the `oci-cache` binary.
+
+mod fixtures;
+mod oci_cache;
+mod registry_proxy;

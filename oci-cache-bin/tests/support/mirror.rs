@@ -1,0 +1,136 @@
+//! The `oci-cache` binary as the mirror under test.
+//!
+//! The CLI contract these tests assume:
+//! `oci-cache serve --listen 127.0.0.1:PORT --storage-dir DIR
+//!  --upstream NAME=URL [--upstream NAME=URL ...] --default-upstream NAME
+//!  --tag-ttl DURATION` (DURATION like `1s`, `5m`), or
+//! the same with `--config FILE` instead of `--storage-dir` for settings only
+//! the file has (the S3 storage backend: a `[storage]` table with
+//! `kind = "s3"`, `bucket`, `endpoint`, `region`, `allow_http`; credentials
+//! from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use super::{free_port, ServerProcess};
+
+/// The binary under test: `$OCI_CACHE_BIN` (e.g. a release build) or the one
+/// cargo built for this test run.
+pub(crate) fn oci_cache_bin() -> PathBuf {
+    std::env::var_os("OCI_CACHE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oci-cache")))
+}
+
+/// A running `oci-cache serve`, killed on drop; its logs go to `log_path`.
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    server: ServerProcess,
+    /// Where its stdout and stderr go.
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Mirror {
+    /// `oci-cache serve` with `upstreams` (`(name, url)`), `default_upstream`
+    /// and a tag TTL, storing on the filesystem in a temp dir.
+    pub(crate) fn start_oci_cache(
+        upstreams: &[(&str, &str)],
+        default_upstream: &str,
+        tag_ttl: &str,
+    ) -> Mirror {
+        let dir = tempdir();
+        let storage_dir = dir.path().join("storage");
+        let mut args: Vec<String> = vec!["--storage-dir".into(), path_arg(&storage_dir)];
+        args.extend(upstream_args(upstreams, default_upstream, tag_ttl));
+        Mirror::spawn(dir, &args, &[])
+    }
+
+    /// Like [`Mirror::start_oci_cache`] but storage comes from `--config FILE`
+    /// (`config_toml`, e.g. an `[storage]` table for S3), with `env` added to
+    /// the environment (credentials).
+    pub(crate) fn start_oci_cache_with_config(
+        config_toml: &str,
+        upstreams: &[(&str, &str)],
+        default_upstream: &str,
+        tag_ttl: &str,
+        env: &[(&str, &str)],
+    ) -> Mirror {
+        let dir = tempdir();
+        let config = dir.path().join("oci-cache.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let mut args: Vec<String> = vec!["--config".into(), path_arg(&config)];
+        args.extend(upstream_args(upstreams, default_upstream, tag_ttl));
+        Mirror::spawn(dir, &args, env)
+    }
+
+    fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
+        let port = free_port();
+        let log_path = dir.path().join("oci-cache.log");
+        let log = File::create(&log_path).unwrap();
+        let mut cmd = Command::new(oci_cache_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone(), "/v2/");
+        Mirror {
+            server,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub(crate) fn host(&self) -> String {
+        self.server.host()
+    }
+}
+
+impl Drop for Mirror {
+    /// A failing test shows what the mirror logged: the log file goes with
+    /// the temp dir.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- oci-cache log (last {} lines) ---", tail.len());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn upstream_args(upstreams: &[(&str, &str)], default_upstream: &str, tag_ttl: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    for (name, url) in upstreams {
+        args.push("--upstream".into());
+        args.push(format!("{name}={url}"));
+    }
+    args.extend([
+        "--default-upstream".into(),
+        default_upstream.into(),
+        "--tag-ttl".into(),
+        tag_ttl.into(),
+    ]);
+    args
+}
+
+fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("e2e-oci-cache-")
+        .tempdir()
+        .unwrap()
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}

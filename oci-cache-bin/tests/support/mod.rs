@@ -1,0 +1,133 @@
+//! Test support for end-to-end tests with real parts, all on 127.0.0.1:
+//! Debian's `docker-registry` as the origin (and, in proxy mode, as a stand-in
+//! mirror), `skopeo` as the client, images built here with deterministic bytes,
+//! and the `oci-cache` binary as the mirror under test.
+
+pub(crate) mod containerd;
+pub(crate) mod http;
+pub(crate) mod image;
+pub(crate) mod mirror;
+pub(crate) mod registry;
+pub(crate) mod s3;
+pub(crate) mod skopeo;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when the external tools the e2e tests need are installed.
+///
+/// Missing tools make a test skip loudly on a developer machine, but fail
+/// under `CI=true`: CI installs them (`scripts/install-test-deps`), so their
+/// absence there is a broken setup, not a reason to pass.
+pub(crate) fn tools_available(test: &str) -> bool {
+    let missing: Vec<&str> = ["docker-registry", "skopeo"]
+        .into_iter()
+        .filter(|tool| {
+            !Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{test}: SKIPPED — missing {missing:?}; run scripts/install-test-deps to install them"
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (CI=true: refusing to skip)");
+    }
+    eprintln!("\n!!!!!!!! {msg}\n");
+    false
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+///
+/// The listener is dropped before the server binds, so another process could
+/// take the port in between; the servers' readiness wait catches that.
+pub(crate) fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A child process serving HTTP on 127.0.0.1, killed (by PID) and reaped on drop.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    child: Child,
+    /// Port the server listens on.
+    pub(crate) port: u16,
+    /// What the process is, for messages.
+    name: String,
+    /// Where its stderr goes, shown when it fails to start.
+    pub(crate) stderr_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Spawn `cmd` (stdout/stderr already routed by the caller) and wait until
+    /// `GET probe_path` gets an HTTP answer on `port`.
+    pub(crate) fn spawn(
+        name: &str,
+        mut cmd: Command,
+        port: u16,
+        stderr_path: PathBuf,
+        probe_path: &str,
+    ) -> ServerProcess {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut server = ServerProcess {
+            child,
+            port,
+            name: name.to_owned(),
+            stderr_path,
+        };
+        server.wait_ready(probe_path, Duration::from_secs(30));
+        server
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub(crate) fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self, probe_path: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited during start-up ({status}); stderr:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                );
+            }
+            // Any HTTP answer means the server is up; what it answers is
+            // for the tests to judge.
+            if http::request(&self.host(), "GET", probe_path, &[]).is_ok() {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{} did not answer GET {probe_path} on {} within {timeout:?}; stderr:\n{}",
+                    self.name,
+                    self.host(),
+                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
