@@ -1,9 +1,6 @@
 //! Issue 4 item 6: the `oci-cache` binary between a real origin and real
 //! clients. Upstream names look like registry hosts (`a.test`, `b.test`) and
 //! map to docker-registry origins on 127.0.0.1.
-//!
-//! Ignored until the server binary exists; `scripts/e2e-smoke` runs them with
-//! `--include-ignored`.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +31,6 @@ fn blob_digests(layout: &Layout) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn a_every_routing_mode_copies_the_origin_digests() {
     if !tools_available("a_every_routing_mode_copies_the_origin_digests") {
         return;
@@ -94,7 +90,6 @@ fn a_every_routing_mode_copies_the_origin_digests() {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn a_containerd_pulls_through_the_ns_mirror() {
     if !tools_available("a_containerd_pulls_through_the_ns_mirror") {
         return;
@@ -140,7 +135,6 @@ fn a_containerd_pulls_through_the_ns_mirror() {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn b_second_pull_makes_no_blob_request_to_the_origin() {
     if !tools_available("b_second_pull_makes_no_blob_request_to_the_origin") {
         return;
@@ -191,7 +185,6 @@ fn b_second_pull_makes_no_blob_request_to_the_origin() {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn c_sixteen_concurrent_cold_pulls_fetch_each_blob_once() {
     if !tools_available("c_sixteen_concurrent_cold_pulls_fetch_each_blob_once") {
         return;
@@ -237,7 +230,6 @@ fn c_sixteen_concurrent_cold_pulls_fetch_each_blob_once() {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn d_unknown_ns_is_refused_without_touching_the_origin() {
     if !tools_available("d_unknown_ns_is_refused_without_touching_the_origin") {
         return;
@@ -293,7 +285,6 @@ fn d_unknown_ns_is_refused_without_touching_the_origin() {
 }
 
 #[test]
-#[ignore = "needs the server binary and S3 storage (lead enables at merge)"]
 fn e_pulls_with_the_s3_storage_backend() {
     if !tools_available("e_pulls_with_the_s3_storage_backend") {
         return;
@@ -309,7 +300,7 @@ fn e_pulls_with_the_s3_storage_backend() {
     let pushed = origin.blob_gets().len();
     let config = format!(
         "[storage]\nkind = \"s3\"\nbucket = \"oci-cache-e2e\"\nendpoint = \"{}\"\n\
-         region = \"us-east-1\"\nallow_http = true\n",
+         region = \"us-east-1\"\npath_style = true\n",
         s3.endpoint()
     );
     let origin_url = origin.url();
@@ -349,7 +340,6 @@ fn e_pulls_with_the_s3_storage_backend() {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn f_range_and_head_answers_match_the_bytes() {
     if !tools_available("f_range_and_head_answers_match_the_bytes") {
         return;
@@ -456,7 +446,6 @@ fn f_range_and_head_answers_match_the_bytes() {
 }
 
 #[test]
-#[ignore = "needs the server binary (lead enables at merge)"]
 fn g_a_moved_tag_is_seen_after_the_ttl() {
     if !tools_available("g_a_moved_tag_is_seen_after_the_ttl") {
         return;

@@ -6,7 +6,7 @@
 //!  --tag-ttl DURATION` (DURATION like `1s`, `5m`), or
 //! the same with `--config FILE` instead of `--storage-dir` for settings only
 //! the file has (the S3 storage backend: a `[storage]` table with
-//! `kind = "s3"`, `bucket`, `endpoint`, `region`, `allow_http`; credentials
+//! `kind = "s3"`, `bucket`, `endpoint`, `region`, `path_style`; credentials
 //! from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
 
 use std::fs::File;
