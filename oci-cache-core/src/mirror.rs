@@ -16,8 +16,13 @@
 //! assert!(mirrors.lookup("evil.example").is_none());
 //! ```
 
+pub mod containerd;
+mod import;
+pub mod talos;
+
 use serde::{Deserialize, Serialize};
 
+pub use self::import::{HostCredentials, Import, ImportedMirror, MirrorScope};
 use crate::reference::{Registry, Repository};
 use crate::{Error, Result};
 
@@ -52,6 +57,30 @@ pub struct Endpoint {
     /// Credentials for this endpoint.
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// Whether tags may be resolved here (containerd's `resolve` capability).
+    /// `false` makes a digest-only mirror: it is asked for blobs and for
+    /// manifests by digest, never for a tag or a tag list, because a tag it
+    /// answers could be stale or forged while a digest is self-verifying.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub resolve: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// What a request names, which decides the endpoints allowed to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// Content named by digest (blobs, manifests by digest): every endpoint.
+    Digest,
+    /// A tag or a tag list: only endpoints with [`Endpoint::resolve`].
+    Tag,
 }
 
 impl Endpoint {
@@ -61,7 +90,80 @@ impl Endpoint {
             url: url.into(),
             override_path: false,
             credentials: None,
+            resolve: true,
         }
+    }
+
+    /// Whether tags may be resolved here; `false` makes the endpoint digest-only.
+    pub fn with_resolve(mut self, resolve: bool) -> Self {
+        self.resolve = resolve;
+        self
+    }
+
+    /// The API root requests are built on, containerd's rule: the URL
+    /// without a trailing `/`, with `/v2` appended unless `override_path` is
+    /// set or the path already ends in `/v2`.
+    ///
+    /// ```
+    /// use oci_cache_core::mirror::Endpoint;
+    ///
+    /// assert_eq!(Endpoint::new("https://m.example/us/").api_root(), "https://m.example/us/v2");
+    /// assert_eq!(Endpoint::new("https://m.example/v2").api_root(), "https://m.example/v2");
+    /// let harbor = Endpoint::new("https://h.example/v2/hub").with_override_path(true);
+    /// assert_eq!(harbor.api_root(), "https://h.example/v2/hub");
+    /// ```
+    pub fn api_root(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        if self.override_path || base.ends_with("/v2") {
+            base.to_owned()
+        } else {
+            format!("{base}/v2")
+        }
+    }
+
+    /// The URL of one request: `<api root>/<repository>/<suffix>[?query]`,
+    /// plus `ns=<registry>` when `send_ns` (for mirrors, so that a mirror
+    /// serving several upstreams, such as another oci-cache, can route).
+    pub fn request_url(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        suffix: &str,
+        query: Option<&str>,
+        send_ns: bool,
+    ) -> String {
+        let mut url = format!("{}/{repository}/{suffix}", self.api_root());
+        let mut params: Vec<String> = query.map(str::to_owned).into_iter().collect();
+        if send_ns {
+            params.push(format!(
+                "ns={}",
+                percent_encoding::utf8_percent_encode(
+                    registry.as_str(),
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            ));
+        }
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
+        }
+        url
+    }
+
+    /// `host[:port]` of the URL, lowercase, without the default port of its
+    /// scheme: the key Talos' auth and TLS documents name an endpoint by.
+    pub fn authority(&self) -> Option<String> {
+        let (scheme, rest) = self.url.split_once("://")?;
+        let authority = rest.split('/').next()?.to_ascii_lowercase();
+        let default_port = if scheme.eq_ignore_ascii_case("https") {
+            ":443"
+        } else {
+            ":80"
+        };
+        Some(match authority.strip_suffix(default_port) {
+            Some(host) if !host.is_empty() => host.to_owned(),
+            _ => authority,
+        })
     }
 
     /// Uses the URL path verbatim as the API root.
@@ -180,6 +282,33 @@ impl UpstreamConfig {
             chain.push(&self.origin);
         }
         chain
+    }
+
+    /// The endpoints to try for a request `addressing` its object:
+    /// [`chain`](Self::chain), less the digest-only endpoints for tags.
+    ///
+    /// ```
+    /// use oci_cache_core::mirror::{Addressing, Endpoint, UpstreamConfig};
+    /// use oci_cache_core::reference::Registry;
+    ///
+    /// let quay = UpstreamConfig::new(Registry::new("quay.io").unwrap(), "https://quay.io")
+    ///     .with_endpoint(Endpoint::new("https://public-mirror.example").with_resolve(false))
+    ///     .with_endpoint(Endpoint::new("https://private-mirror.example"));
+    /// let urls = |a| quay.chain_for(a).iter().map(|e| e.url.as_str()).collect::<Vec<_>>();
+    /// assert_eq!(urls(Addressing::Tag), ["https://private-mirror.example", "https://quay.io"]);
+    /// assert_eq!(urls(Addressing::Digest).len(), 3);
+    /// ```
+    pub fn chain_for(&self, addressing: Addressing) -> Vec<&Endpoint> {
+        let mut chain = self.chain();
+        if addressing == Addressing::Tag {
+            chain.retain(|e| e.resolve);
+        }
+        chain
+    }
+
+    /// Whether `endpoint` is this upstream's origin (which is not sent `ns`).
+    pub fn is_origin(&self, endpoint: &Endpoint) -> bool {
+        std::ptr::eq(endpoint, &self.origin)
     }
 
     /// True for Docker Hub, whose single-component names live under `library/`.
@@ -311,6 +440,12 @@ impl MirrorConfig {
                     }
                     other => other,
                 })?;
+            }
+            if upstream.chain_for(Addressing::Tag).is_empty() {
+                return Err(Error::Config(format!(
+                    "upstream {}: no endpoint of its chain may resolve tags (all are digest-only and skip_fallback is set); give one mirror the resolve capability or unset skip_fallback",
+                    upstream.name
+                )));
             }
         }
         if self.default_upstream().is_none() {
@@ -571,5 +706,46 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["http://127.0.0.1:1"]
         );
+    }
+
+    #[test]
+    fn request_urls_and_digest_only_validation() {
+        let repo = Repository::new("library/alpine").unwrap();
+        let hub = registry("docker.io");
+        let mirror = Endpoint::new("https://m.example/us/");
+        assert_eq!(
+            mirror.request_url(&hub, &repo, "manifests/3", Some("n=1"), true),
+            "https://m.example/us/v2/library/alpine/manifests/3?n=1&ns=docker%2Eio"
+        );
+        assert_eq!(
+            Endpoint::new("http://h/v2/hub")
+                .with_override_path(true)
+                .request_url(&hub, &repo, "tags/list", None, false),
+            "http://h/v2/hub/library/alpine/tags/list"
+        );
+        assert_eq!(
+            Endpoint::new("https://Host.Example:443/x")
+                .authority()
+                .unwrap(),
+            "host.example"
+        );
+        assert_eq!(
+            Endpoint::new("http://h:5000").authority().unwrap(),
+            "h:5000"
+        );
+
+        let digest_only = UpstreamConfig::new(registry("quay.io"), "https://quay.io")
+            .with_endpoint(Endpoint::new("http://m:5000").with_resolve(false))
+            .with_skip_fallback(true);
+        let err = MirrorConfig::common()
+            .with_upstream(digest_only.clone())
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream quay.io: no endpoint"), "{err}");
+        MirrorConfig::common()
+            .with_upstream(digest_only.with_skip_fallback(false))
+            .validate()
+            .unwrap();
     }
 }
