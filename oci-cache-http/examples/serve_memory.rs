@@ -18,11 +18,7 @@ use oci_cache_core::upstream::Upstream;
 use oci_cache_http::{serve, service, AppState, HyperUpstream, UpstreamOptions};
 
 fn origin(url: &str) -> Endpoint {
-    Endpoint {
-        url: url.into(),
-        override_path: false,
-        credentials: None,
-    }
+    Endpoint::new(url)
 }
 
 #[tokio::main]

@@ -49,11 +49,7 @@
 //!         name: "docker.io".parse()?,
 //!         aliases: vec!["index.docker.io".into(), "registry-1.docker.io".into()],
 //!         endpoints: vec![],
-//!         origin: Endpoint {
-//!             url: "https://registry-1.docker.io".into(),
-//!             override_path: false,
-//!             credentials: None,
-//!         },
+//!         origin: Endpoint::new("https://registry-1.docker.io"),
 //!         skip_fallback: false,
 //!     }],
 //!     default_upstream: "docker.io".parse()?,

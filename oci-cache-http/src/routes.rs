@@ -292,11 +292,7 @@ mod tests {
             name: Registry::new(name).unwrap(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             endpoints: vec![],
-            origin: Endpoint {
-                url: format!("https://{name}"),
-                override_path: false,
-                credentials: None,
-            },
+            origin: Endpoint::new(format!("https://{name}")),
             skip_fallback: false,
         }
     }

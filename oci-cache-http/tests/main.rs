@@ -12,5 +12,6 @@ mod support;
 
 mod api;
 mod auth;
+mod chain;
 mod routing;
 mod upstream;

@@ -35,7 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oci_cache_core::digest::Digest;
-use oci_cache_core::mirror::{Endpoint, MirrorConfig};
+use oci_cache_core::mirror::{Addressing, Endpoint, MirrorConfig};
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::upstream::{
     FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
@@ -180,11 +180,13 @@ impl HyperUpstream {
         })
     }
 
-    /// Runs `op` on each endpoint of `registry`'s chain until one succeeds or
-    /// fails in a way the next endpoint cannot fix.
+    /// Runs `op` on each endpoint of `registry`'s chain that may answer a
+    /// request `addressing` its object (digest-only mirrors are left out for
+    /// tags), until one succeeds or fails in a way the next endpoint cannot fix.
     async fn over_chain<'a, T>(
         &'a self,
         registry: &'a Registry,
+        addressing: Addressing,
         op: impl Fn(Target<'a>) -> BoxFuture<'a, CoreResult<T>>,
     ) -> CoreResult<T> {
         let upstream =
@@ -194,11 +196,11 @@ impl HyperUpstream {
                     name: registry.to_string(),
                 })?;
         let mut last_error = None;
-        for endpoint in upstream.chain() {
+        for endpoint in upstream.chain_for(addressing) {
             let target = Target {
                 endpoint,
                 registry,
-                is_origin: std::ptr::eq(endpoint, &upstream.origin),
+                is_origin: upstream.is_origin(endpoint),
             };
             match op(target).await {
                 Ok(value) => return Ok(value),
@@ -564,7 +566,7 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<ManifestHead> {
-        self.over_chain(registry, |target| {
+        self.over_chain(registry, addressing(reference), |target| {
             Box::pin(async move {
                 let (response, endpoint) = self
                     .manifest_request(target, Method::HEAD, repository, reference, accept)
@@ -591,7 +593,7 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<FetchedManifest> {
-        self.over_chain(registry, |target| {
+        self.over_chain(registry, addressing(reference), |target| {
             Box::pin(self.get_manifest_once(target, repository, reference, accept))
         })
         .await
@@ -603,7 +605,7 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<FetchedBlob> {
-        self.over_chain(registry, |target| {
+        self.over_chain(registry, Addressing::Digest, |target| {
             Box::pin(async move {
                 let url = target.url(repository, &format!("blobs/{digest}"), None);
                 let response = self
@@ -627,7 +629,7 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<u64> {
-        self.over_chain(registry, |target| {
+        self.over_chain(registry, Addressing::Digest, |target| {
             Box::pin(async move {
                 let url = target.url(repository, &format!("blobs/{digest}"), None);
                 let response = self
@@ -653,7 +655,7 @@ impl Upstream for HyperUpstream {
         n: Option<usize>,
         last: Option<&str>,
     ) -> CoreResult<TagList> {
-        self.over_chain(registry, |target| {
+        self.over_chain(registry, Addressing::Tag, |target| {
             Box::pin(self.tags_once(target, repository, n, last))
         })
         .await
@@ -669,31 +671,10 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// `<base>[/v2]/<repository>/<suffix>`; mirrors also get `ns=<registry>`
-    /// so that a mirror serving several upstreams (such as another oci-cache) can route.
+    /// [`Endpoint::request_url`]: mirrors get `ns`, the origin does not.
     fn url(&self, repository: &Repository, suffix: &str, query: Option<&str>) -> String {
-        let base = self.endpoint.url.trim_end_matches('/');
-        let api_root = if self.endpoint.override_path || base.ends_with("/v2") {
-            base.to_owned()
-        } else {
-            format!("{base}/v2")
-        };
-        let mut url = format!("{api_root}/{repository}/{suffix}");
-        let mut params: Vec<String> = query.map(str::to_owned).into_iter().collect();
-        if !self.is_origin {
-            params.push(format!(
-                "ns={}",
-                percent_encoding::utf8_percent_encode(
-                    self.registry.as_str(),
-                    percent_encoding::NON_ALPHANUMERIC
-                )
-            ));
-        }
-        if !params.is_empty() {
-            url.push('?');
-            url.push_str(&params.join("&"));
-        }
-        url
+        self.endpoint
+            .request_url(self.registry, repository, suffix, query, !self.is_origin)
     }
 }
 
@@ -722,7 +703,18 @@ fn upstream_accept(accept: &[String]) -> String {
     types.join(", ")
 }
 
-/// Whether the chain should try the next endpoint after `err`.
+/// Tags are resolved only where tags may be; digests anywhere.
+fn addressing(reference: &ManifestRef) -> Addressing {
+    match reference {
+        ManifestRef::Tag(_) => Addressing::Tag,
+        ManifestRef::Digest(_) => Addressing::Digest,
+    }
+}
+
+/// Whether the chain should try the next endpoint after `err`: only for
+/// kinds another endpoint can fix (not found, rate limited, unavailable,
+/// timed out, invalid answer, skipped), never after a definitive 401/403 or
+/// a local failure. Decided by kind, never by message text.
 fn moves_on(err: &CoreError) -> bool {
     match err {
         CoreError::Upstream(e) => e.is_retryable(),
@@ -929,11 +921,7 @@ mod tests {
     use super::*;
 
     fn endpoint(url: &str, override_path: bool) -> Endpoint {
-        Endpoint {
-            url: url.into(),
-            override_path,
-            credentials: None,
-        }
+        Endpoint::new(url).with_override_path(override_path)
     }
 
     #[test]

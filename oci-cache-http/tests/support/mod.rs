@@ -216,11 +216,7 @@ async fn answer(
 // ---------------------------------------------------------------- configuration
 
 pub fn endpoint(url: &str) -> Endpoint {
-    Endpoint {
-        url: url.into(),
-        override_path: false,
-        credentials: None,
-    }
+    Endpoint::new(url)
 }
 
 pub fn upstream(
