@@ -56,6 +56,16 @@ pub(crate) struct ServeArgs {
     /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
     #[arg(long, env = "OCI_CACHE_TAG_TTL")]
     pub(crate) tag_ttl: Option<String>,
+
+    /// Talos machine configuration (YAML) whose RegistryMirrorConfig,
+    /// RegistryAuthConfig and RegistryTLSConfig documents add upstreams and chains.
+    #[arg(long, env = "OCI_CACHE_TALOS_CONFIG", value_name = "FILE")]
+    pub(crate) talos_config: Option<PathBuf>,
+
+    /// containerd registry host directory (a `certs.d` tree of
+    /// `<registry>/hosts.toml`) that adds upstreams and chains.
+    #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
+    pub(crate) containerd_hosts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +76,41 @@ pub(crate) struct ResolveArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// Configuration file (TOML) whose upstreams the reference is routed by.
+    #[arg(long, env = "OCI_CACHE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// An upstream as NAME=URL (repeatable); replaces the default upstreams.
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    pub(crate) upstreams: Vec<String>,
+
+    /// The upstream for requests that name none (default docker.io).
+    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM")]
+    pub(crate) default_upstream: Option<String>,
+
+    /// Talos machine configuration (YAML) with registry documents, as for `serve`.
+    #[arg(long, env = "OCI_CACHE_TALOS_CONFIG", value_name = "FILE")]
+    pub(crate) talos_config: Option<PathBuf>,
+
+    /// containerd `certs.d` directory of `hosts.toml` files, as for `serve`.
+    #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
+    pub(crate) containerd_hosts: Option<PathBuf>,
+}
+
+impl ResolveArgs {
+    /// The `serve` settings that decide routing, so that both commands read
+    /// configuration through the one `config::resolve`.
+    pub(crate) fn serve_args(&self) -> ServeArgs {
+        ServeArgs {
+            config: self.config.clone(),
+            upstreams: self.upstreams.clone(),
+            default_upstream: self.default_upstream.clone(),
+            talos_config: self.talos_config.clone(),
+            containerd_hosts: self.containerd_hosts.clone(),
+            ..ServeArgs::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

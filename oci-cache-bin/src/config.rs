@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_cache_core::mirror::{Credentials, Endpoint, MirrorConfig, UpstreamConfig};
+use oci_cache_core::mirror::{
+    containerd, talos, Credentials, Endpoint, Import, MirrorConfig, UpstreamConfig,
+};
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
 use serde::Deserialize;
@@ -94,9 +96,9 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         .clone()
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = listen_text
-        .parse()
-        .map_err(|_| format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000"))?;
+    let listen = listen_text.parse().map_err(|_| {
+        format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
+    })?;
 
     let storage = match (&args.storage_dir, file.storage) {
         (Some(dir), _) => StorageConfig::Filesystem { dir: dir.clone() },
@@ -132,11 +134,23 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         .or(file.default_upstream)
         .unwrap_or_else(|| "docker.io".to_owned());
     let default_upstream = registry(&default_name)?;
-    let mirrors = MirrorConfig {
+    let mut mirrors = MirrorConfig {
         upstreams,
         default_upstream,
     };
-    mirrors.validate().map_err(|e| e.to_string())?;
+    // Imported chains come last: they name registries the flags and the
+    // file may already have, and win for those.
+    let mut import = Import::default();
+    if let Some(path) = &args.talos_config {
+        import.extend(load_talos(path)?);
+    }
+    if let Some(dir) = &args.containerd_hosts {
+        import.extend(load_containerd_hosts(dir)?);
+    }
+    for warning in mirrors.apply_import(import).map_err(|e| e.to_string())? {
+        tracing::warn!("{warning}");
+    }
+    mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Settings {
         listen,
         storage,
@@ -145,15 +159,62 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     })
 }
 
+/// The registry documents of a Talos machine configuration.
+fn load_talos(path: &Path) -> Result<Import, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read talos config {}: {e}", path.display()))?;
+    talos::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
+}
+
+/// Every `<dir>/<registry>/hosts.toml` of a containerd `certs.d` tree, in
+/// name order; directories without one (certificates only) are skipped.
+fn load_containerd_hosts(dir: &Path) -> Result<Import, String> {
+    let cannot =
+        |e: std::io::Error| format!("cannot read containerd hosts dir {}: {e}", dir.display());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
+        if entry.file_type().map_err(cannot)?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    let mut import = Import::default();
+    for name in names {
+        let file = dir.join(&name).join("hosts.toml");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                import.warnings.push(format!(
+                    "{}: no hosts.toml; the directory is skipped (its certificates are not used)",
+                    dir.join(&name).display()
+                ));
+                continue;
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+        };
+        let parsed = containerd::parse_hosts_toml(&name, &text, &file.display().to_string())
+            .map_err(|e| e.to_string())?;
+        import.extend(parsed);
+    }
+    if import.mirrors.is_empty() {
+        return Err(format!(
+            "containerd hosts dir {} has no <registry>/hosts.toml; point --containerd-hosts at the certs.d directory itself",
+            dir.display()
+        ));
+    }
+    Ok(import)
+}
+
 fn registry(name: &str) -> Result<Registry, String> {
     Registry::new(name).map_err(|e| format!("invalid upstream name {name:?}: {e}"))
 }
 
 /// `NAME=URL`, as given to `--upstream`.
 fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
-    let (name, url) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io"))?;
+    let (name, url) = spec.split_once('=').ok_or_else(|| {
+        format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io")
+    })?;
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
@@ -174,6 +235,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -197,7 +259,13 @@ mod tests {
             .iter()
             .map(|u| u.name.as_str().to_owned())
             .collect();
-        for expected in ["docker.io", "registry.k8s.io", "gcr.io", "ghcr.io", "quay.io"] {
+        for expected in [
+            "docker.io",
+            "registry.k8s.io",
+            "gcr.io",
+            "ghcr.io",
+            "quay.io",
+        ] {
             assert!(names.iter().any(|n| n == expected), "{names:?}");
         }
         assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
@@ -252,5 +320,57 @@ mod tests {
         assert!(matches!(file.storage, Some(StorageConfig::S3(ref s3)) if s3.bucket == "cache"));
         let bad = toml::from_str::<FileConfig>("listn = \"x\"").unwrap_err();
         assert!(bad.to_string().contains("listn"), "{bad}");
+    }
+
+    #[test]
+    fn talos_and_containerd_imports_add_chains_after_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let talos = dir.path().join("talos.yaml");
+        std::fs::write(
+            &talos,
+            "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: a.test\nendpoints:\n  - url: http://127.0.0.1:7001\nskipFallback: true\n",
+        )
+        .unwrap();
+        let hosts = dir.path().join("certs.d");
+        std::fs::create_dir_all(hosts.join("b.test_5000_")).unwrap();
+        std::fs::create_dir_all(hosts.join("certs-only.test")).unwrap();
+        std::fs::write(
+            hosts.join("b.test_5000_/hosts.toml"),
+            "[host.\"http://127.0.0.1:7002\"]\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.upstreams = vec!["a.test=http://127.0.0.1:7000".into()];
+        a.default_upstream = Some("a.test".into());
+        a.talos_config = Some(talos);
+        a.containerd_hosts = Some(hosts.clone());
+        let mirrors = resolve(&a).unwrap().mirrors;
+        let chain = |name: &str| -> Vec<String> {
+            mirrors
+                .lookup(name)
+                .unwrap()
+                .chain()
+                .iter()
+                .map(|e| e.url.clone())
+                .collect()
+        };
+        assert_eq!(chain("a.test"), ["http://127.0.0.1:7001"]);
+        assert_eq!(
+            chain("b.test:5000"),
+            ["http://127.0.0.1:7002", "https://b.test:5000"]
+        );
+
+        let mut a = args();
+        a.containerd_hosts = Some(dir.path().to_path_buf());
+        let err = resolve(&a).unwrap_err();
+        assert!(
+            err.contains("point --containerd-hosts at the certs.d"),
+            "{err}"
+        );
+        let mut a = args();
+        a.talos_config = Some(dir.path().join("missing.yaml"));
+        assert!(resolve(&a)
+            .unwrap_err()
+            .contains("cannot read talos config"));
     }
 }
