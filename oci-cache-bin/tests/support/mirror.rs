@@ -67,6 +67,18 @@ impl Mirror {
         Mirror::spawn(dir, &args, env)
     }
 
+    /// `oci-cache serve` storing in a temp dir, with `args` as given (e.g.
+    /// `--upstream`, `--talos-config FILE`, `--containerd-hosts DIR`).
+    pub(crate) fn start_oci_cache_args(args: &[String]) -> Mirror {
+        let dir = tempdir();
+        let mut all: Vec<String> = vec![
+            "--storage-dir".into(),
+            path_arg(&dir.path().join("storage")),
+        ];
+        all.extend_from_slice(args);
+        Mirror::spawn(dir, &all, &[])
+    }
+
     fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
         let port = free_port();
         let log_path = dir.path().join("oci-cache.log");
