@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{aborted, BlobResponse, CacheOutcome, Engine};
 use crate::digest::{Digest, DigestVerifier};
@@ -130,7 +130,8 @@ where
             repository: repository.clone(),
             digest: digest.clone(),
         };
-        tokio::spawn(task.run());
+        let span = tracing::info_span!("blob_fill", %digest, upstream = %registry);
+        tokio::spawn(task.run().instrument(span));
     } else {
         debug!(%digest, "joining the blob fill under way");
     }

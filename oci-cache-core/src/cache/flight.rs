@@ -7,6 +7,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tracing::Instrument;
 
 use crate::{Error, Result};
 
@@ -55,16 +56,20 @@ where
                     let fut = work();
                     let map_handle = Arc::clone(&self.map);
                     let task_key = key.clone();
-                    let task = tokio::spawn(async move {
-                        let result = fut.await.map_err(Arc::new);
-                        // Removed before waiters wake: whoever comes next finds the
-                        // result in storage or starts a clean retry.
-                        map_handle
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&task_key);
-                        result
-                    });
+                    let task = tokio::spawn(
+                        async move {
+                            let result = fut.await.map_err(Arc::new);
+                            // Removed before waiters wake: whoever comes next finds the
+                            // result in storage or starts a clean retry.
+                            map_handle
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(&task_key);
+                            result
+                        }
+                        // Logs of the fetch stay attributed to the request that started it.
+                        .in_current_span(),
+                    );
                     let shared = async move {
                         task.await.unwrap_or_else(|e| {
                             Err(Arc::new(super::aborted(&format!("manifest fetch ({e})"))))

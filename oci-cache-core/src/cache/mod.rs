@@ -4,8 +4,7 @@
 //!
 //! - **Blobs**: a hit streams from storage (with ranges). A miss starts one
 //!   detached *fill* per digest that streams to every client while it writes to
-//!   storage; see [`blob`](self) internals below and the `blob` module docs for
-//!   the buffer design (memory window + spool file, flat memory).
+//!   storage (see "Blob fills" below).
 //! - **Manifests by digest** are immutable: served from storage whenever the
 //!   client accepts their media type, else fetched, verified against the digest
 //!   and stored.
@@ -26,6 +25,22 @@
 //! request (single flight). The fetch runs as its own task, so it completes and
 //! stores even when the client that started it disconnects. No lock is held
 //! across an await.
+//!
+//! # Blob fills
+//!
+//! A fill reads the upstream body once and tees every chunk into the storage
+//! write (which verifies the digest and commits atomically) and into a buffer
+//! that every client of that digest reads at its own pace. The buffer keeps
+//! only the most recent [`CacheOptions::fill_window`] bytes in memory; older
+//! bytes move to an anonymous spool file before they leave memory. A client
+//! that joins late, or reads slowly, catches up from the spool and then
+//! follows live, without a second upstream fetch and without waiting for the
+//! fill to end; memory per fill stays flat whatever the blob size. (Keeping
+//! whole blobs in memory does not fit 1 GiB layers; a ring buffer alone
+//! strands late joiners; waiting for the commit makes them wait for the whole
+//! blob.) A range request on a miss is a slice of the same fill. A client's
+//! stream ends cleanly only once the whole blob is verified; otherwise it ends
+//! with the verification or upstream error, and nothing is stored.
 
 mod accept;
 mod blob;
@@ -261,8 +276,10 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// the caller while storing on a miss.
     ///
     /// On a miss the stream yields bytes as they arrive from upstream and ends
-    /// cleanly only once the whole blob is verified; on a verification or
-    /// upstream failure it ends with that error, and nothing is stored.
+    /// cleanly only once the whole blob is verified (also for a range, which is
+    /// cut from the same single fetch); on a verification or upstream failure
+    /// it ends with that error, and nothing is stored. A fill that has already
+    /// failed when the request arrives is returned as the error directly.
     pub async fn blob(
         &self,
         registry: &Registry,

@@ -666,6 +666,92 @@ async fn blob_size_from_storage_fill_or_upstream_head() {
         .is_none());
 }
 
+/// Memory storage whose blob writes fail (a full disk), to show clients are
+/// still served and nothing half-written remains.
+#[derive(Debug)]
+struct FailingBlobWrites(MemoryStorage);
+
+impl std::fmt::Display for FailingBlobWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failing")
+    }
+}
+
+#[async_trait]
+impl Storage for FailingBlobWrites {
+    async fn blob_stat(&self, d: &Digest) -> Result<Option<crate::storage::BlobInfo>> {
+        self.0.blob_stat(d).await
+    }
+    async fn blob_read(
+        &self,
+        d: &Digest,
+        r: Option<Range<u64>>,
+    ) -> Result<crate::storage::BlobRead> {
+        self.0.blob_read(d, r).await
+    }
+    async fn blob_write(&self, _: &Digest, _: Option<u64>, mut data: ByteStream) -> Result<u64> {
+        // Take a little, then give up like a backend that ran out of space.
+        let _ = data.next().await;
+        Err(Error::Storage {
+            backend: "failing",
+            message: "no space left on device".into(),
+            source: None,
+        })
+    }
+    async fn blob_delete(&self, d: &Digest) -> Result<()> {
+        self.0.blob_delete(d).await
+    }
+    async fn blob_list(&self) -> Result<Vec<crate::storage::BlobInfo>> {
+        self.0.blob_list().await
+    }
+    async fn manifest_get(&self, d: &Digest) -> Result<Option<StoredManifest>> {
+        self.0.manifest_get(d).await
+    }
+    async fn manifest_put(&self, m: &StoredManifest) -> Result<()> {
+        self.0.manifest_put(m).await
+    }
+    async fn manifest_delete(&self, d: &Digest) -> Result<()> {
+        self.0.manifest_delete(d).await
+    }
+    async fn tag_get(&self, k: &TagKey) -> Result<Option<TagRecord>> {
+        self.0.tag_get(k).await
+    }
+    async fn tag_put(&self, k: &TagKey, r: &TagRecord) -> Result<()> {
+        self.0.tag_put(k, r).await
+    }
+    async fn tag_delete(&self, k: &TagKey) -> Result<()> {
+        self.0.tag_delete(k).await
+    }
+    async fn tag_list(&self, u: &Registry, r: &Repository) -> Result<Vec<Tag>> {
+        self.0.tag_list(u, r).await
+    }
+    async fn repository_list(&self) -> Result<Vec<crate::storage::RepositoryEntry>> {
+        self.0.repository_list().await
+    }
+}
+
+#[tokio::test]
+async fn storage_failure_still_serves_verified_bytes_and_retries_later() {
+    let upstream = Arc::new(FakeUpstream::default());
+    let data = pattern(20_000);
+    let digest = upstream.add_blob(BlobScript::new(&data));
+    let storage = Arc::new(FailingBlobWrites(MemoryStorage::new()));
+    let engine = PullThrough::new(storage, Arc::clone(&upstream), CacheOptions::default());
+    for attempt in 1..=2 {
+        let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+        assert_eq!(response.outcome, CacheOutcome::Miss);
+        assert_eq!(collect(response.stream).await.unwrap(), data);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while engine.blob_fills_in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(count(&upstream.calls.get_blob), attempt);
+    }
+}
+
 // ---------------------------------------------------------------- manifests
 
 const INDEX: &[u8] =
@@ -950,6 +1036,33 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
     assert_eq!(count(&s.upstream.calls.get_manifest), gets + 1);
 }
 
+#[tokio::test]
+async fn narrow_client_is_served_from_storage_when_head_names_a_stored_digest() {
+    let s = setup(CacheOptions::default());
+    s.upstream
+        .set_tag("3.20", &[(OCI_INDEX, INDEX), (DOCKER_MANIFEST, CHILD)]);
+    // The platform manifest is already stored (pulled by digest earlier).
+    let child = ManifestRef::Digest(Digest::sha256_of(CHILD));
+    s.engine
+        .manifest(&hub(), &repo(), &child, &[])
+        .await
+        .unwrap();
+    let gets = count(&s.upstream.calls.get_manifest);
+
+    let narrow = accept(&[DOCKER_MANIFEST]);
+    let response = s
+        .engine
+        .manifest(&hub(), &repo(), &tag("3.20"), &narrow)
+        .await
+        .unwrap();
+    assert_eq!(response.outcome, CacheOutcome::Revalidated);
+    assert_eq!(response.bytes.as_ref(), CHILD);
+    assert_eq!(count(&s.upstream.calls.head_manifest), 1);
+    assert_eq!(count(&s.upstream.calls.get_manifest), gets);
+    // A narrow answer never becomes the tag's record.
+    assert!(s.storage.tag_get(&tag_key("3.20")).await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_manifest_misses_make_one_fetch() {
     let s = setup(CacheOptions::default());
@@ -1064,5 +1177,215 @@ async fn stale_digest_record_without_manifest_refetches() {
             media_type: OCI_INDEX.into(),
             bytes: Bytes::from_static(INDEX),
         })
+    );
+}
+
+// ---------------------------------------------------------------- memory figure
+
+/// An upstream that generates one large blob on the fly (never held whole).
+struct GeneratedUpstream {
+    size: u64,
+    digest: Digest,
+}
+
+const GENERATED_CHUNK: usize = 64 * 1024;
+
+fn generated_chunk(index: u64) -> Bytes {
+    Bytes::from(vec![(index % 251) as u8; GENERATED_CHUNK])
+}
+
+impl GeneratedUpstream {
+    fn new(size: u64) -> Self {
+        let mut hasher = crate::digest::DigestHasher::new(crate::digest::DigestAlgorithm::Sha256);
+        let mut at = 0;
+        while at < size {
+            let chunk = generated_chunk(at / GENERATED_CHUNK as u64);
+            let take = (size - at).min(chunk.len() as u64) as usize;
+            hasher.update(&chunk[..take]);
+            at += take as u64;
+        }
+        GeneratedUpstream {
+            size,
+            digest: hasher.finish(),
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for GeneratedUpstream {
+    async fn head_manifest(
+        &self,
+        _: &Registry,
+        _: &Repository,
+        _: &ManifestRef,
+        _: &[String],
+    ) -> Result<ManifestHead> {
+        Err(Error::not_found("manifest"))
+    }
+    async fn get_manifest(
+        &self,
+        _: &Registry,
+        _: &Repository,
+        _: &ManifestRef,
+        _: &[String],
+    ) -> Result<FetchedManifest> {
+        Err(Error::not_found("manifest"))
+    }
+    async fn get_blob(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<FetchedBlob> {
+        let size = self.size;
+        let stream = futures::stream::unfold(0u64, move |at| async move {
+            if at >= size {
+                return None;
+            }
+            let chunk = generated_chunk(at / GENERATED_CHUNK as u64);
+            let take = (size - at).min(chunk.len() as u64) as usize;
+            Some((Ok(chunk.slice(..take)), at + take as u64))
+        })
+        .boxed();
+        Ok(FetchedBlob {
+            size: Some(size),
+            stream,
+        })
+    }
+    async fn head_blob(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<u64> {
+        Ok(self.size)
+    }
+    async fn list_tags(
+        &self,
+        _: &Registry,
+        _: &Repository,
+        _: Option<usize>,
+        _: Option<&str>,
+    ) -> Result<TagList> {
+        Err(Error::not_found("tags"))
+    }
+}
+
+/// Storage that verifies-by-counting and keeps nothing, so the figure below is
+/// the engine's memory alone.
+#[derive(Debug)]
+struct NullStorage;
+
+impl std::fmt::Display for NullStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("null")
+    }
+}
+
+#[async_trait]
+impl Storage for NullStorage {
+    async fn blob_stat(&self, _: &Digest) -> Result<Option<crate::storage::BlobInfo>> {
+        Ok(None)
+    }
+    async fn blob_read(
+        &self,
+        digest: &Digest,
+        _: Option<Range<u64>>,
+    ) -> Result<crate::storage::BlobRead> {
+        Err(Error::not_found(format!("blob {digest}")))
+    }
+    async fn blob_write(&self, _: &Digest, _: Option<u64>, mut data: ByteStream) -> Result<u64> {
+        let mut size = 0;
+        while let Some(chunk) = data.next().await {
+            size += chunk?.len() as u64;
+        }
+        Ok(size)
+    }
+    async fn blob_delete(&self, _: &Digest) -> Result<()> {
+        Ok(())
+    }
+    async fn blob_list(&self) -> Result<Vec<crate::storage::BlobInfo>> {
+        Ok(Vec::new())
+    }
+    async fn manifest_get(&self, _: &Digest) -> Result<Option<StoredManifest>> {
+        Ok(None)
+    }
+    async fn manifest_put(&self, _: &StoredManifest) -> Result<()> {
+        Ok(())
+    }
+    async fn manifest_delete(&self, _: &Digest) -> Result<()> {
+        Ok(())
+    }
+    async fn tag_get(&self, _: &TagKey) -> Result<Option<TagRecord>> {
+        Ok(None)
+    }
+    async fn tag_put(&self, _: &TagKey, _: &TagRecord) -> Result<()> {
+        Ok(())
+    }
+    async fn tag_delete(&self, _: &TagKey) -> Result<()> {
+        Ok(())
+    }
+    async fn tag_list(&self, _: &Registry, _: &Repository) -> Result<Vec<Tag>> {
+        Ok(Vec::new())
+    }
+    async fn repository_list(&self) -> Result<Vec<crate::storage::RepositoryEntry>> {
+        Ok(Vec::new())
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Streams a blob through one fill to three clients (one from the start, one
+/// joining halfway, one slow) and reports peak RSS. Run alone, in release:
+/// `OCI_CACHE_FILL_MIB=1024 cargo test --release -p oci-cache-core --lib fill_memory -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run alone in release mode"]
+#[allow(clippy::print_stderr)]
+async fn fill_memory_stays_flat() {
+    let mib: u64 = std::env::var("OCI_CACHE_FILL_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let upstream = Arc::new(GeneratedUpstream::new(mib * 1024 * 1024));
+    let digest = upstream.digest.clone();
+    let size = upstream.size;
+    let engine = PullThrough::new(Arc::new(NullStorage), upstream, CacheOptions::default());
+    let before = peak_rss_kib();
+    let started = std::time::Instant::now();
+
+    let read = |engine: PullThrough<NullStorage, GeneratedUpstream>,
+                digest: Digest,
+                delay_ms: u64,
+                pace: bool| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+            let mut stream = response.stream;
+            let mut verifier = crate::digest::DigestVerifier::new(digest, Some(response.size));
+            while let Some(chunk) = stream.next().await {
+                verifier.update(&chunk.unwrap()).unwrap();
+                if pace {
+                    tokio::task::yield_now().await;
+                }
+            }
+            (response.outcome, verifier.finish().unwrap())
+        })
+    };
+    let first = read(engine.clone(), digest.clone(), 0, false);
+    let late = read(engine.clone(), digest.clone(), 150, false);
+    let slow = read(engine.clone(), digest.clone(), 10, true);
+    for client in [first, late, slow] {
+        let (_, bytes) = client.await.unwrap();
+        assert_eq!(bytes, size);
+    }
+    let elapsed = started.elapsed();
+    let after = peak_rss_kib();
+    eprintln!(
+        "fill of {mib} MiB to 3 clients: {:.0} MiB/s, peak RSS {} KiB -> {} KiB (+{} KiB)",
+        mib as f64 / elapsed.as_secs_f64(),
+        before,
+        after,
+        after.saturating_sub(before)
+    );
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "memory grew with the blob"
     );
 }
