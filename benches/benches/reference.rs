@@ -1,6 +1,11 @@
 //! Reference parsing throughput: our hand-written parser against oci-client's
 //! regex-based one, over the real-world corpus in `oci_cache_benches::REFERENCES`.
 
+// A corpus entry either parser refuses makes the comparison meaningless: stop.
+#![allow(clippy::panic)]
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use oci_cache_benches::REFERENCES;
 use oci_cache_core::reference::Reference;
