@@ -19,7 +19,7 @@ pub(crate) fn s3_required() -> bool {
 pub(crate) fn skip_s3(why: &str) {
     assert!(
         !s3_required(),
-        "S3 tests are required (CI=true or OCI_CACHE_REQUIRE_S3=1) but {why}; \
+        "S3 tests are required here (CI=true or OCI_CACHE_REQUIRE_S3=1): {why}; \
          run `eval \"$(scripts/s3-server start)\"` and build with --features s3"
     );
     eprintln!("SKIPPED S3: {why} (scripts/s3-server start)");
