@@ -4,8 +4,6 @@
 //! conformance suite: [`MemoryStorage`], [`FsStorage`] (the default, feature
 //! `fs`) and [`ObjectStorage`] (S3 and S3-compatible servers with feature `s3`).
 //!
-//! CONTRACT (the cache engine and the http crate rely on these signatures).
-//!
 //! ## Keys and the on-disk layout
 //!
 //! Keys are derived in one module (`storage/keys.rs`) from parsed types only
