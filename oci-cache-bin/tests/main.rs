@@ -22,5 +22,6 @@
     clippy::indexing_slicing
 )]
 
+mod cli;
 mod e2e;
 mod support;

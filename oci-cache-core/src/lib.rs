@@ -1,21 +1,49 @@
 //! The domain core of **oci-cache**, a pull-through cache for OCI registries.
 //!
-//! This crate knows nothing of HTTP servers. It holds:
+//! This crate knows nothing of HTTP servers or config files. It holds:
 //!
-//! - [`reference`]: OCI image references parsed and normalised exactly as
+//! - [`reference`](mod@reference): OCI image references parsed and normalised exactly as
 //!   `distribution/reference` does (implicit `docker.io`, `library/`).
 //! - [`digest`]: content digests and a streaming verifier.
-//! - [`storage`]: the [`Storage`](storage::Storage) trait and its backends.
+//! - [`mirror`]: the configured upstream registries and their endpoint chains.
+//! - [`storage`]: the [`Storage`](storage::Storage) trait and its memory,
+//!   filesystem and object-store (S3) backends.
 //! - [`upstream`]: the [`Upstream`](upstream::Upstream) trait the engine fetches through.
+//! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
+//!   one upstream fetch per missing object, verify, then store.
+//!
+//! # Design
+//!
+//! Arrows point down only: `oci-cache-http` implements [`Upstream`](upstream::Upstream)
+//! over HTTP and serves the engine over hyper; this crate can be tested, and
+//! embedded, with [`MemoryStorage`](storage::MemoryStorage) and an in-process
+//! upstream. Everything that crosses a trust boundary is parsed once into a
+//! validated type ([`Reference`](reference::Reference), [`Digest`](digest::Digest)),
+//! and storage keys are derived only from those types, so a request string
+//! never becomes a path. Nothing enters storage unless its bytes hash to the
+//! digest it is stored under.
+//!
+//! # Example
 //!
 //! ```
 //! use oci_cache_core::digest::Digest;
+//! use oci_cache_core::reference::Reference;
+//! use oci_cache_core::storage::{MemoryStorage, Storage};
 //!
-//! let digest = Digest::sha256_of(b"");
-//! assert_eq!(
-//!     digest.to_string(),
-//!     "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-//! );
+//! let reference: Reference = "alpine:3.20".parse()?;
+//! assert_eq!(reference.to_string(), "docker.io/library/alpine:3.20");
+//! assert_eq!(reference.familiar(), "alpine:3.20");
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let storage = MemoryStorage::new();
+//! let manifest = bytes::Bytes::from_static(b"{}");
+//! let digest = Digest::sha256_of(&manifest);
+//! let stream = futures::stream::iter([Ok(manifest.clone())]);
+//! storage.blob_write(&digest, Some(2), Box::pin(stream)).await?;
+//! assert_eq!(storage.blob_stat(&digest).await?.map(|b| b.size), Some(2));
+//! # Ok::<_, oci_cache_core::Error>(())
+//! # })?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod cache;

@@ -2,8 +2,6 @@
 //!
 //! `oci-cache-http` implements [`Upstream`] over HTTP (token auth, redirects,
 //! mirror chains); unit tests of the engine implement it in memory.
-//!
-//! CONTRACT (the cache engine and the http crate rely on these signatures).
 
 use async_trait::async_trait;
 use bytes::Bytes;

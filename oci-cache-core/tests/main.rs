@@ -3,7 +3,12 @@
 //! test is its own binary so nothing else runs in its process).
 
 // A failing test should stop loudly at the line that failed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod reference_vectors;
 mod storage;

@@ -6,6 +6,14 @@
 //! peak. The peak is `VmHWM` from `/proc/self/status`, reset between phases
 //! through `/proc/self/clear_refs` so each backend is measured on its own.
 
+// Tests: failing loudly, and saying so on stderr, is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use oci_cache_core::digest::{Digest, DigestAlgorithm, DigestHasher};

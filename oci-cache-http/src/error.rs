@@ -267,14 +267,15 @@ impl ApiError {
             }],
         };
         let json = serde_json::to_vec(&envelope).unwrap_or_default();
-        let mut response = http::Response::new(body::full(json.clone()));
+        let len = json.len();
+        let mut response = http::Response::new(body::full(json));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(json.len()));
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
         if let Some(size) = self.unsatisfiable_size {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 headers.insert(http::header::CONTENT_RANGE, v);

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::body::{self, Body};
 use crate::error::{ApiError, Subject};
-use crate::routes::{Route, Target};
+use crate::routes::{encode_query, Route, Target};
 use crate::service::AppState;
 
 /// `Docker-Content-Digest`.
@@ -340,10 +340,6 @@ fn add_link(response: &mut Response<Body>, req: &RequestInfo<'_>, next: Option<(
     if let Ok(v) = HeaderValue::from_str(&link) {
         response.headers_mut().insert(LINK, v);
     }
-}
-
-fn encode_query(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The outcome a handler recorded, for the log line.

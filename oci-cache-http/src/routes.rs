@@ -86,6 +86,11 @@ pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
+/// Percent-encodes a query value (everything but ASCII letters and digits).
+pub(crate) fn encode_query(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 fn decode_query(s: &str) -> Option<String> {
     let plus_as_space = s.replace('+', " ");
     percent_decode_str(&plus_as_space)

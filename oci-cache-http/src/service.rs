@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING};
 use http::{Method, Request, Response};
 use oci_cache_core::cache::PullThrough;
 use oci_cache_core::mirror::MirrorConfig;
@@ -92,12 +92,7 @@ impl OciService {
         async move {
             let response = self.respond(&request).await;
             let status = response.status().as_u16();
-            let bytes = response
-                .headers()
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            let bytes = body::content_length(response.headers()).unwrap_or(0);
             let cache = field::display(handlers::outcome_of(&response).map_or("-", |o| o.as_str()));
             let duration_ms = started.elapsed().as_millis() as u64;
             tracing::info!(

@@ -1,9 +1,54 @@
 //! Where the cache keeps what it fetched.
 //!
 //! One async trait, [`Storage`], with three backends that pass the same
-//! conformance suite: memory, filesystem (default) and object store (S3).
+//! conformance suite: [`MemoryStorage`], [`FsStorage`] (the default, feature
+//! `fs`) and [`ObjectStorage`] (S3 and S3-compatible servers with feature `s3`).
 //!
-//! CONTRACT (the cache engine and the http crate rely on these signatures).
+//! ## Keys and the on-disk layout
+//!
+//! Keys are derived in one module (`storage/keys.rs`) from parsed types only
+//! (`Digest`, `Registry`, `Repository`, `Tag`), never from request text. Each
+//! path segment is escaped once more there: bytes outside `[A-Za-z0-9._-]`,
+//! and a leading `.` or `_`, become `%XX`, so no key can hold `..`, an empty
+//! segment or a reserved `_` name, and none can leave the storage root.
+//! [`FsStorage`] lays a root out like this (S3 uses the same keys under the
+//! optional prefix):
+//!
+//! ```text
+//! <root>/
+//!   blobs/sha256/e3/e3b0c442…b855              blob bytes, exactly (`sha256sum` checks them)
+//!   manifests/sha256/4a/4a5b…                  manifest bytes, exactly
+//!   manifests/sha256/4a/4a5b….media-type       its media type (S3: the object's Content-Type)
+//!   tags/<registry>/<repository…>/_tags/<tag>  JSON {"digest","media_type","checked_at"}
+//!   _staging/<uuid>                            writes in progress; emptied at open
+//! ```
+//!
+//! for example `tags/localhost%3A5000/library/alpine/_tags/3.20`. Blobs are
+//! content-addressed and shared by every upstream; tag records are per
+//! upstream. Tags are case-sensitive, so keep the root on a case-sensitive
+//! filesystem.
+//!
+//! ## Verified, atomic writes
+//!
+//! Every backend's write goes through one helper that hashes the stream as
+//! it is stored and publishes the object only when digest and size match; a
+//! mismatch, short stream, source error, I/O error or cancelled future
+//! leaves nothing readable. On the filesystem the bytes go to
+//! `_staging/<uuid>` (same filesystem), are `fsync`ed ([`FsOptions::durable`],
+//! on by default) and renamed into place; concurrent writers of one digest
+//! each rename a complete, identical file. A full disk fails the write with
+//! a "the disk is full" error and removes the staging file.
+//!
+//! **S3: verify before visible.** A blob is sent as a multipart upload to its
+//! final key while it is hashed; `CompleteMultipartUpload`, the only call
+//! that makes the object exist, is sent only after the digest and size
+//! matched, and the upload is aborted otherwise. Blobs smaller than one part
+//! (5 MiB) are verified in memory and sent as a single `PUT`. This was chosen
+//! over "stage under a temporary key, then copy": no second write of every
+//! byte, and no 5 GiB limit on server-side copies. The cost: a crash
+//! mid-upload leaves an incomplete multipart upload, invisible but stored
+//! until aborted, so give the bucket an `AbortIncompleteMultipartUpload`
+//! lifecycle rule (`object_store` cannot list uploads for a cleanup at open).
 
 use std::fmt::{Debug, Display};
 use std::ops::Range;

@@ -1,6 +1,14 @@
 //! Storage backends through the public API: the conformance suite on every
 //! backend (S3 against a real server), persistence, hostile names, disk full.
 
+// Tests: failing loudly, and saying so on stderr, is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 

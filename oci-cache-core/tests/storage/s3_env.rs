@@ -1,6 +1,14 @@
 //! Reads the S3 test server's coordinates from the environment
 //! (`eval "$(scripts/s3-server start)"` sets them); shared by the test binaries.
 
+// Tests: failing loudly, and saying so on stderr, is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
 /// True when a missing S3 server must fail the run instead of skipping.
 pub(crate) fn s3_required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -11,7 +19,7 @@ pub(crate) fn s3_required() -> bool {
 pub(crate) fn skip_s3(why: &str) {
     assert!(
         !s3_required(),
-        "S3 tests are required (CI=true or OCI_CACHE_REQUIRE_S3=1) but {why}; \
+        "S3 tests are required here (CI=true or OCI_CACHE_REQUIRE_S3=1): {why}; \
          run `eval \"$(scripts/s3-server start)\"` and build with --features s3"
     );
     eprintln!("SKIPPED S3: {why} (scripts/s3-server start)");

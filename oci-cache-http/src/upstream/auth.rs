@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use oci_cache_core::mirror::Credentials;
 
+use crate::routes::encode_query;
+
 /// Lifetime assumed when the token response does not say (the spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -157,20 +159,17 @@ pub(crate) fn basic_header(credentials: &Credentials) -> String {
 
 /// The token endpoint URL: `realm?service=…&scope=…`.
 pub(crate) fn token_url(realm: &str, service: Option<&str>, scope: &str) -> String {
-    let encode = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
     let mut url = realm.to_owned();
     let mut sep = if realm.contains('?') { '&' } else { '?' };
     if let Some(service) = service {
         url.push(sep);
         url.push_str("service=");
-        url.push_str(&encode(service));
+        url.push_str(&encode_query(service));
         sep = '&';
     }
     url.push(sep);
     url.push_str("scope=");
-    url.push_str(&encode(scope));
+    url.push_str(&encode_query(scope));
     url
 }
 

@@ -22,8 +22,8 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use http::header::{
-    ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION,
-    RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
+    ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION, RETRY_AFTER, USER_AGENT,
+    WWW_AUTHENTICATE,
 };
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Empty};
@@ -44,7 +44,9 @@ use oci_cache_core::{Error as CoreError, UpstreamError, UpstreamErrorKind};
 use tokio::net::TcpStream;
 
 use self::auth::{AuthCache, Challenge, TokenKey};
+use crate::body::content_length;
 use crate::handlers::DOCKER_CONTENT_DIGEST;
+use crate::routes::encode_query;
 
 type CoreResult<T> = oci_cache_core::Result<T>;
 
@@ -476,7 +478,7 @@ impl HyperUpstream {
         let (response, endpoint) = self
             .manifest_request(target, Method::GET, repository, reference, accept)
             .await?;
-        let mut head = manifest_head(&response, &endpoint)?;
+        let mut head = manifest_head(response.headers());
         let limit = self.options.max_manifest_size;
         if let Some(size) = head.size.filter(|s| *s > limit) {
             return Err(too_large("manifest", limit, size));
@@ -504,15 +506,12 @@ impl HyperUpstream {
         n: Option<usize>,
         last: Option<&str>,
     ) -> CoreResult<TagList> {
-        let encode = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
         let mut query: Vec<String> = Vec::new();
         if let Some(n) = n {
             query.push(format!("n={n}"));
         }
         if let Some(last) = last {
-            query.push(format!("last={}", encode(last)));
+            query.push(format!("last={}", encode_query(last)));
         }
         let query = (!query.is_empty()).then(|| query.join("&"));
         let mut url = target.url(repository, "tags/list", query.as_deref());
@@ -571,7 +570,7 @@ impl Upstream for HyperUpstream {
                 let (response, endpoint) = self
                     .manifest_request(target, Method::HEAD, repository, reference, accept)
                     .await?;
-                let head = manifest_head(&response, &endpoint)?;
+                let head = manifest_head(response.headers());
                 if head.media_type.is_empty() {
                     return Err(UpstreamError::new(
                         UpstreamErrorKind::Invalid,
@@ -611,7 +610,7 @@ impl Upstream for HyperUpstream {
                 let response = self
                     .send(&target, Method::GET, &url, None, &pull_scope(repository))
                     .await?;
-                let size = content_length(&response);
+                let size = content_length(response.headers());
                 let stream = blob_stream(
                     response.into_body(),
                     self.options.read_timeout,
@@ -635,7 +634,7 @@ impl Upstream for HyperUpstream {
                 let response = self
                     .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
                     .await?;
-                content_length(&response).ok_or_else(|| {
+                content_length(response.headers()).ok_or_else(|| {
                     UpstreamError::new(
                         UpstreamErrorKind::Invalid,
                         &target.endpoint.url,
@@ -777,17 +776,8 @@ fn check_status(response: Response<Incoming>, endpoint: &str) -> CoreResult<Resp
     )
 }
 
-fn content_length(response: &Response<Incoming>) -> Option<u64> {
-    response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Digest, media type (without parameters; empty when absent) and size from the headers.
-fn manifest_head(response: &Response<Incoming>, _endpoint: &str) -> CoreResult<ManifestHead> {
-    let headers = response.headers();
+fn manifest_head(headers: &http::HeaderMap) -> ManifestHead {
     let digest = headers
         .get(DOCKER_CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
@@ -797,11 +787,11 @@ fn manifest_head(response: &Response<Incoming>, _endpoint: &str) -> CoreResult<M
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
         .unwrap_or_default();
-    Ok(ManifestHead {
+    ManifestHead {
         digest,
         media_type,
-        size: content_length(response),
-    })
+        size: content_length(headers),
+    }
 }
 
 fn media_type_in_body(bytes: &[u8]) -> Option<String> {
