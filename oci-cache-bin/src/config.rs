@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_cache_core::mirror::{Credentials, Endpoint, MirrorConfig, UpstreamConfig};
+use oci_cache_core::mirror::{Credentials, Endpoint, EndpointTls, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
 use serde::Deserialize;
@@ -65,6 +65,9 @@ struct UpstreamEntry {
     skip_fallback: bool,
     #[serde(default)]
     credentials: Option<Credentials>,
+    /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
+    #[serde(default)]
+    tls: EndpointTls,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -74,6 +77,7 @@ pub(crate) struct Settings {
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
     pub(crate) tag_ttl: Duration,
+    pub(crate) offline: bool,
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -94,9 +98,9 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         .clone()
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = listen_text
-        .parse()
-        .map_err(|_| format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000"))?;
+    let listen = listen_text.parse().map_err(|_| {
+        format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
+    })?;
 
     let storage = match (&args.storage_dir, file.storage) {
         (Some(dir), _) => StorageConfig::Filesystem { dir: dir.clone() },
@@ -142,6 +146,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         storage,
         mirrors,
         tag_ttl,
+        offline: args.offline,
     })
 }
 
@@ -151,9 +156,9 @@ fn registry(name: &str) -> Result<Registry, String> {
 
 /// `NAME=URL`, as given to `--upstream`.
 fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
-    let (name, url) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io"))?;
+    let (name, url) = spec.split_once('=').ok_or_else(|| {
+        format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io")
+    })?;
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
@@ -161,6 +166,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
         mirrors: Vec::new(),
         skip_fallback: false,
         credentials: None,
+        tls: EndpointTls::default(),
     })
 }
 
@@ -170,6 +176,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.endpoints = entry.mirrors;
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
+    upstream.origin.tls = entry.tls;
     Ok(upstream)
 }
 
@@ -197,7 +204,13 @@ mod tests {
             .iter()
             .map(|u| u.name.as_str().to_owned())
             .collect();
-        for expected in ["docker.io", "registry.k8s.io", "gcr.io", "ghcr.io", "quay.io"] {
+        for expected in [
+            "docker.io",
+            "registry.k8s.io",
+            "gcr.io",
+            "ghcr.io",
+            "quay.io",
+        ] {
             assert!(names.iter().any(|n| n == expected), "{names:?}");
         }
         assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
