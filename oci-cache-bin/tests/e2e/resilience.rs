@@ -12,6 +12,7 @@ use crate::support::http::{self, sha256_digest, CONTAINERD_ACCEPT};
 use crate::support::image::{build_image, ImageSpec, Layout};
 use crate::support::mirror::Mirror;
 use crate::support::registry::Origin;
+use crate::support::token_server::TokenServer;
 use crate::support::{skopeo, tools_available};
 
 const PASSWORD: &str = "e2e-pw-Zq8XkW3";
@@ -113,6 +114,70 @@ fn b_basic_auth_origin_gets_the_configured_credentials() {
     for log in [mirror.log(), wrong.log()] {
         assert!(!log.contains(PASSWORD), "a password reached the log");
     }
+}
+
+#[test]
+fn c_token_auth_origin_refreshes_expired_tokens_mid_pull() {
+    if !tools_available("c_token_auth_origin_refreshes_expired_tokens_mid_pull") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = build_image(
+        &work.path().join("app"),
+        "v1",
+        &ImageSpec::new(506, 4, 2 << 20),
+    );
+    let root = work.path().join("origin-data");
+    seed_storage(&root, &app, "e2e/app:v1");
+    // Tokens live 2 s; token #1 is already expired for the registry.
+    let tokens = TokenServer::start(work.path(), "e2e", PASSWORD, 2, Some(1));
+    let origin = Origin::start_on(&root, &tokens.registry_auth_config());
+    let anonymous = http::request(&origin.host(), "GET", "/v2/e2e/app/manifests/v1", &[]).unwrap();
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        anonymous
+            .header("www-authenticate")
+            .is_some_and(|c| c.contains(&tokens.realm())),
+        "{:?}",
+        anonymous.headers
+    );
+
+    let url = origin.url();
+    let mirror = mirror_with(
+        &format!(
+            "url = \"{url}\"\ncredentials = {{ username = \"e2e\", password = \"{PASSWORD}\" }}"
+        ),
+        &["--tag-ttl", "5m"],
+    );
+    let m = mirror.host();
+    // Warm the tag and the config blob: one token serves both (cached per scope).
+    let manifest = http::request(
+        &m,
+        "GET",
+        "/v2/e2e/app/manifests/v1",
+        &[("Accept", CONTAINERD_ACCEPT)],
+    )
+    .unwrap();
+    assert_eq!(manifest.status, 200);
+    let config = &app.images[0].config.digest;
+    let blob = http::request(&m, "GET", &format!("/v2/e2e/app/blobs/{config}"), &[]).unwrap();
+    assert_eq!(blob.status, 200);
+    assert_eq!(tokens.issued(), 1, "one token per scope");
+
+    // The token runs out; the pull's blob requests refresh it, get the stale
+    // one refused (401), re-authenticate once and continue.
+    std::thread::sleep(Duration::from_millis(2100));
+    let got = skopeo::copy(&format!("{m}/e2e/app:v1"), &work.path().join("c1")).unwrap();
+    assert_eq!(got.digest, app.digest);
+    assert!(tokens.issued() >= 3, "issued {}", tokens.issued());
+    assert_eq!(tokens.refused(), 0);
+    let refused_blob_gets = origin
+        .records()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/") && r.status == 401)
+        .count();
+    assert!(refused_blob_gets >= 1, "the stale token was never refused");
+    assert!(!mirror.log().contains(PASSWORD));
 }
 
 #[test]

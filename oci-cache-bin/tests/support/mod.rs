@@ -11,6 +11,7 @@ pub(crate) mod mirror;
 pub(crate) mod registry;
 pub(crate) mod s3;
 pub(crate) mod skopeo;
+pub(crate) mod token_server;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
