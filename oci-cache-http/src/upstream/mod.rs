@@ -579,6 +579,19 @@ impl HyperUpstream {
             .read_body(response.into_body(), limit, &endpoint, "manifest")
             .await?;
         head.size = Some(bytes.len() as u64);
+        // A lying endpoint is skipped here (Invalid moves the chain on), so the
+        // next one can serve the right bytes; the engine verifies again.
+        if let ManifestRef::Digest(expected) = reference {
+            let actual = Digest::compute(expected.algorithm(), &bytes);
+            if actual != *expected {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Invalid,
+                    &endpoint,
+                    format!("manifest asked for as {expected} hashes to {actual}; trying the next endpoint"),
+                )
+                .into());
+            }
+        }
         if head.media_type.is_empty() {
             head.media_type = media_type_in_body(&bytes).ok_or_else(|| {
                 UpstreamError::new(
