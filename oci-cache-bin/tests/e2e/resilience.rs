@@ -394,3 +394,134 @@ fn f_connection_cut_mid_blob_caches_nothing_and_the_retry_succeeds() {
     assert_eq!(got.digest, app.digest);
     assert!(mirror_has_blob(&mirror, &layer.digest));
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is needed; run scripts/install-test-deps");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`,
+/// `server.key`) and a client certificate (`client.pem`, `client.key`) in `dir`.
+fn make_pki(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=e2e-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        ),
+        (
+            "client",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        let (key, csr, pem, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        let subj = format!("/CN=e2e-{name}");
+        let mut req = vec!["req", "-subj", subj.as_str()];
+        req.extend(ec);
+        req.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+#[test]
+fn b_mtls_origin_needs_the_configured_ca_and_client_certificate() {
+    if !tools_available("b_mtls_origin_needs_the_configured_ca_and_client_certificate") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_pki(&pki);
+    let app = small_image(&work.path().join("app"), 507);
+    let root = work.path().join("origin-data");
+    seed_storage(&root, &app, "e2e/app:v1");
+    let p = |f: &str| pki.join(f).display().to_string();
+    let origin = Origin::start_tls_on(
+        &root,
+        &format!(
+            "    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem")
+        ),
+    );
+    let url = format!("https://{}", origin.host());
+    let client = format!(
+        "client_cert = \"{}\", client_key = \"{}\"",
+        p("client.pem"),
+        p("client.key")
+    );
+    let pull = |tls: &str, dest: &str| {
+        let mirror = mirror_with(&format!("url = \"{url}\"\n{tls}"), &["--tag-ttl", "5m"]);
+        skopeo::copy(
+            &format!("{}/e2e/app:v1", mirror.host()),
+            &work.path().join(dest),
+        )
+    };
+
+    let got = pull(
+        &format!("tls = {{ ca_file = \"{}\", {client} }}", p("ca.pem")),
+        "ok",
+    )
+    .unwrap();
+    assert_eq!(got.digest, app.digest);
+    let got = pull(
+        &format!("tls = {{ insecure_skip_verify = true, {client} }}"),
+        "insecure",
+    )
+    .unwrap();
+    assert_eq!(got.digest, app.digest);
+    // The registry demands a client certificate; the system roots do not know the CA.
+    pull(
+        &format!("tls = {{ ca_file = \"{}\" }}", p("ca.pem")),
+        "no-client",
+    )
+    .unwrap_err();
+    pull(&format!("tls = {{ {client} }}"), "unknown-ca").unwrap_err();
+    pull("", "plain").unwrap_err();
+}

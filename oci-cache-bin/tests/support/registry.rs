@@ -50,14 +50,20 @@ impl Origin {
     /// origin, stop it, serve the same content with auth) with `extra_config`
     /// (YAML, e.g. an `auth:` section) added to its config.
     pub(crate) fn start_on(root: &Path, extra_config: &str) -> Origin {
-        Origin::start_at(Some(root), extra_config)
+        Origin::start_at(Some(root), "", extra_config)
+    }
+
+    /// Like [`Origin::start_on`], serving HTTPS with `tls_config` (the YAML
+    /// of `http.tls`, indented by four spaces: `certificate`, `key`, `clientcas`).
+    pub(crate) fn start_tls_on(root: &Path, tls_config: &str) -> Origin {
+        Origin::start_at(Some(root), &format!("  tls:\n{tls_config}"), "")
     }
 
     fn start_with(extra_config: &str) -> Origin {
-        Origin::start_at(None, extra_config)
+        Origin::start_at(None, "", extra_config)
     }
 
-    fn start_at(root: Option<&Path>, extra_config: &str) -> Origin {
+    fn start_at(root: Option<&Path>, http_extra: &str, extra_config: &str) -> Origin {
         let dir = tempfile::Builder::new()
             .prefix("e2e-registry-")
             .tempdir()
@@ -71,7 +77,7 @@ impl Origin {
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
              \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: e2e-not-a-secret\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: e2e-not-a-secret\n{http_extra}\
              {extra_config}",
             root = root.display()
         );
