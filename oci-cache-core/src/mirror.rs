@@ -619,4 +619,31 @@ mod tests {
             ["http://127.0.0.1:1"]
         );
     }
+
+    #[test]
+    fn endpoint_tls_is_optional_explicit_and_checked() {
+        let plain: Endpoint =
+            serde_json::from_value(serde_json::json!({ "url": "https://r.example" })).unwrap();
+        assert!(plain.tls.is_default());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("tls"));
+        let mtls: Endpoint = serde_json::from_value(serde_json::json!({
+            "url": "https://r.example",
+            "tls": { "ca_file": "/etc/ca.pem", "client_cert": "/c.pem", "client_key": "/k.pem" }
+        }))
+        .unwrap();
+        mtls.validate().unwrap();
+        assert_eq!(
+            mtls.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(!mtls.tls.insecure_skip_verify);
+        let half: Endpoint = serde_json::from_value(serde_json::json!({
+            "url": "https://r.example", "tls": { "client_cert": "/c.pem" }
+        }))
+        .unwrap();
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("client_cert and tls.client_key"), "{err}");
+        let typo = serde_json::json!({ "url": "https://r.example", "tls": { "insecure": true } });
+        assert!(serde_json::from_value::<Endpoint>(typo).is_err());
+    }
 }
