@@ -98,9 +98,9 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         .clone()
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = listen_text.parse().map_err(|_| {
-        format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
-    })?;
+    let listen = listen_text
+        .parse()
+        .map_err(|_| format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000"))?;
 
     let storage = match (&args.storage_dir, file.storage) {
         (Some(dir), _) => StorageConfig::Filesystem { dir: dir.clone() },
@@ -156,9 +156,9 @@ fn registry(name: &str) -> Result<Registry, String> {
 
 /// `NAME=URL`, as given to `--upstream`.
 fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
-    let (name, url) = spec.split_once('=').ok_or_else(|| {
-        format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io")
-    })?;
+    let (name, url) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io"))?;
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
@@ -204,13 +204,7 @@ mod tests {
             .iter()
             .map(|u| u.name.as_str().to_owned())
             .collect();
-        for expected in [
-            "docker.io",
-            "registry.k8s.io",
-            "gcr.io",
-            "ghcr.io",
-            "quay.io",
-        ] {
+        for expected in ["docker.io", "registry.k8s.io", "gcr.io", "ghcr.io", "quay.io"] {
             assert!(names.iter().any(|n| n == expected), "{names:?}");
         }
         assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");

@@ -61,11 +61,7 @@ pub(crate) fn check_config(
             let _ = writeln!(out, "listen: {}", settings.listen);
             let _ = writeln!(out, "storage: {}", describe_storage(&settings.storage));
             let _ = writeln!(out, "tag ttl: {:?}", settings.tag_ttl);
-            let _ = writeln!(
-                out,
-                "default upstream: {}",
-                settings.mirrors.default_upstream
-            );
+            let _ = writeln!(out, "default upstream: {}", settings.mirrors.default_upstream);
             for upstream in &settings.mirrors.upstreams {
                 let chain: Vec<&str> = upstream.chain().iter().map(|e| e.url.as_str()).collect();
                 let _ = writeln!(out, "upstream {}: {}", upstream.name, chain.join(" -> "));

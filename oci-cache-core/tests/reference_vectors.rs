@@ -19,7 +19,10 @@ struct Case {
 
 enum Expected {
     Canonical(String),
-    Error { kind: String, offset: Option<usize> },
+    Error {
+        kind: String,
+        offset: Option<usize>,
+    },
 }
 
 fn unescape(field: &str) -> String {
@@ -45,12 +48,7 @@ fn cases() -> Vec<Case> {
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
-        assert_eq!(
-            fields.len(),
-            4,
-            "line {}: want 4 tab-separated fields",
-            index + 1
-        );
+        assert_eq!(fields.len(), 4, "line {}: want 4 tab-separated fields", index + 1);
         let expected = match fields[2].strip_prefix("error:") {
             Some(error) => {
                 let (kind, offset) = match error.split_once('@') {
@@ -94,10 +92,7 @@ fn golden_vectors() {
                 // The registry is everything before the first '/' of the canonical form.
                 let (registry, repository) = canonical.split_once('/').unwrap();
                 assert_eq!(reference.registry().as_str(), registry, "{label}");
-                assert!(
-                    repository.starts_with(reference.repository().as_str()),
-                    "{label}"
-                );
+                assert!(repository.starts_with(reference.repository().as_str()), "{label}");
                 match Reference::parse(&shown) {
                     Ok(again) if again == reference => {}
                     other => failures.push(format!("{label}: {shown} re-parses to {other:?}")),
@@ -109,9 +104,7 @@ fn golden_vectors() {
                     }
                     let reparsed = Reference::parse(&familiar);
                     if case.familiar_reparses != (reparsed.as_ref() == Ok(&reference)) {
-                        failures.push(format!(
-                            "{label}: familiar {familiar} re-parses to {reparsed:?}"
-                        ));
+                        failures.push(format!("{label}: familiar {familiar} re-parses to {reparsed:?}"));
                     }
                 }
             }
@@ -127,22 +120,14 @@ fn golden_vectors() {
                     ));
                 }
                 assert_eq!(err.input(), case.input, "{label}");
-                assert!(
-                    err.offset() <= case.input.len(),
-                    "{label}: offset past the end"
-                );
+                assert!(err.offset() <= case.input.len(), "{label}: offset past the end");
             }
             (Expected::Error { kind, .. }, Ok(reference)) => {
                 failures.push(format!("{label}: want error {kind}, parsed as {reference}"));
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -220,12 +205,7 @@ fn check_round_trip(input: &str) -> Result<(), TestCaseError> {
         }
         Err(err) => {
             prop_assert_eq!(err.input(), input);
-            prop_assert!(
-                err.offset() <= input.len(),
-                "{:?}: offset {}",
-                input,
-                err.offset()
-            );
+            prop_assert!(err.offset() <= input.len(), "{:?}: offset {}", input, err.offset());
             prop_assert!(err.to_string().starts_with("invalid reference "));
         }
     }
