@@ -391,3 +391,47 @@ async fn debug_output_never_shows_credentials() {
     let debug = format!("{up:?}");
     assert!(!debug.contains("hunter2-secret"), "{debug}");
 }
+
+#[tokio::test]
+async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
+    // A listener that never accepts, with its accept queue filled: further
+    // SYNs are dropped, so a connect neither succeeds nor is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let up = client_with(
+        mirrors(&format!("http://{addr}")),
+        UpstreamOptions {
+            connect_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(10),
+            ..options()
+        },
+    );
+    let start = Instant::now();
+    let err = get_manifest(&up).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(
+            kind_of(&err),
+            UpstreamErrorKind::Unavailable | UpstreamErrorKind::Timeout
+        ),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    drop(listener);
+}
