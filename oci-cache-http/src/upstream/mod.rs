@@ -885,8 +885,7 @@ fn check_status(response: Response<Incoming>, endpoint: &str) -> CoreResult<Resp
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| breaker::parse_retry_after(v, std::time::SystemTime::now()));
     Err(
         UpstreamError::new(kind, endpoint, format!("answered {status}"))
             .with_retry_after(retry_after)
