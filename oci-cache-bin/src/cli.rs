@@ -56,6 +56,10 @@ pub(crate) struct ServeArgs {
     /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
     #[arg(long, env = "OCI_CACHE_TAG_TTL")]
     pub(crate) tag_ttl: Option<String>,
+
+    /// Serve only what is cached; never contact an upstream.
+    #[arg(long, env = "OCI_CACHE_OFFLINE")]
+    pub(crate) offline: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_cache_core::mirror::{Credentials, Endpoint, MirrorConfig, UpstreamConfig};
+use oci_cache_core::mirror::{Credentials, Endpoint, EndpointTls, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
 use serde::Deserialize;
@@ -65,6 +65,9 @@ struct UpstreamEntry {
     skip_fallback: bool,
     #[serde(default)]
     credentials: Option<Credentials>,
+    /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
+    #[serde(default)]
+    tls: EndpointTls,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -74,6 +77,7 @@ pub(crate) struct Settings {
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
     pub(crate) tag_ttl: Duration,
+    pub(crate) offline: bool,
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -142,6 +146,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         storage,
         mirrors,
         tag_ttl,
+        offline: args.offline,
     })
 }
 
@@ -161,6 +166,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
         mirrors: Vec::new(),
         skip_fallback: false,
         credentials: None,
+        tls: EndpointTls::default(),
     })
 }
 
@@ -170,6 +176,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.endpoints = entry.mirrors;
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
+    upstream.origin.tls = entry.tls;
     Ok(upstream)
 }
 

@@ -22,6 +22,7 @@ fn origin(url: &str) -> Endpoint {
         url: url.into(),
         override_path: false,
         credentials: None,
+        tls: Default::default(),
     }
 }
 

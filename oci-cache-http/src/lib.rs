@@ -53,6 +53,7 @@
 //!             url: "https://registry-1.docker.io".into(),
 //!             override_path: false,
 //!             credentials: None,
+//!             tls: Default::default(),
 //!         },
 //!         skip_fallback: false,
 //!     }],

@@ -301,6 +301,7 @@ mod tests {
                 url: format!("https://{name}"),
                 override_path: false,
                 credentials: None,
+                tls: Default::default(),
             },
             skip_fallback: false,
         }

@@ -12,5 +12,6 @@ mod support;
 
 mod api;
 mod auth;
+mod resilience;
 mod routing;
 mod upstream;

@@ -6,3 +6,4 @@
 mod fixtures;
 mod oci_cache;
 mod registry_proxy;
+mod resilience;

@@ -220,6 +220,7 @@ pub fn endpoint(url: &str) -> Endpoint {
         url: url.into(),
         override_path: false,
         credentials: None,
+        tls: Default::default(),
     }
 }
 
