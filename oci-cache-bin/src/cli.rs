@@ -66,6 +66,10 @@ pub(crate) struct ServeArgs {
     /// `<registry>/hosts.toml`) that adds upstreams and chains.
     #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
     pub(crate) containerd_hosts: Option<PathBuf>,
+
+    /// Serve only what is cached; never contact an upstream.
+    #[arg(long, env = "OCI_CACHE_OFFLINE")]
+    pub(crate) offline: bool,
 }
 
 #[derive(Debug, Args)]

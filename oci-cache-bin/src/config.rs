@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_cache_core::mirror::{
-    containerd, talos, Credentials, Endpoint, Import, MirrorConfig, UpstreamConfig,
+    containerd, talos, Credentials, Endpoint, EndpointTls, Import, MirrorConfig, UpstreamConfig,
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
@@ -67,6 +67,9 @@ struct UpstreamEntry {
     skip_fallback: bool,
     #[serde(default)]
     credentials: Option<Credentials>,
+    /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
+    #[serde(default)]
+    tls: EndpointTls,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -76,6 +79,7 @@ pub(crate) struct Settings {
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
     pub(crate) tag_ttl: Duration,
+    pub(crate) offline: bool,
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -156,6 +160,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         storage,
         mirrors,
         tag_ttl,
+        offline: args.offline,
     })
 }
 
@@ -222,6 +227,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
         mirrors: Vec::new(),
         skip_fallback: false,
         credentials: None,
+        tls: EndpointTls::default(),
     })
 }
 
@@ -231,6 +237,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.endpoints = entry.mirrors;
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
+    upstream.origin.tls = entry.tls;
     Ok(upstream)
 }
 

@@ -112,10 +112,12 @@ async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxErr
 async fn serve(settings: Settings) -> Result<(), BoxError> {
     let storage = open_storage(&settings.storage).await?;
     let mirrors = Arc::new(settings.mirrors);
-    let upstream: Arc<dyn Upstream> = Arc::new(HyperUpstream::new(
-        mirrors.clone(),
-        UpstreamOptions::default(),
-    )?);
+    let upstream_options = UpstreamOptions {
+        offline: settings.offline,
+        ..UpstreamOptions::default()
+    };
+    let upstream: Arc<dyn Upstream> =
+        Arc::new(HyperUpstream::new(mirrors.clone(), upstream_options)?);
     let options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
     let storage_name = storage.to_string();
     let engine = Arc::new(PullThrough::new(storage, upstream, options));
@@ -130,6 +132,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         upstreams = %upstreams.join(","),
         default_upstream = %mirrors.default_upstream,
         tag_ttl = ?settings.tag_ttl,
+        offline = settings.offline,
         "oci-cache serving"
     );
     oci_cache_http::serve(listener, service, shutdown_signal()).await?;

@@ -57,6 +57,9 @@ pub struct Endpoint {
     /// Credentials for this endpoint.
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// TLS settings for this endpoint (custom CA, client certificate, skip verify).
+    #[serde(default, skip_serializing_if = "EndpointTls::is_default")]
+    pub tls: EndpointTls,
     /// Whether tags may be resolved here (containerd's `resolve` capability).
     /// `false` makes a digest-only mirror: it is asked for blobs and for
     /// manifests by digest, never for a tag or a tag list, because a tag it
@@ -83,6 +86,43 @@ pub enum Addressing {
     Tag,
 }
 
+/// Per-endpoint TLS settings; each one explicit, all off by default (the
+/// system's root certificates, no client certificate, full verification).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTls {
+    /// PEM file of CA certificates trusted for this endpoint, in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain presented to the endpoint (mTLS); needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// Accept any server certificate. Only for test setups: anyone on the path
+    /// can then read and alter what is fetched (digests are still verified).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl EndpointTls {
+    /// True when nothing is set (the system roots and full verification).
+    pub fn is_default(&self) -> bool {
+        *self == EndpointTls::default()
+    }
+
+    /// Checks that a client certificate and key come together.
+    pub fn validate(&self) -> Result<()> {
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(Error::Config(
+                "tls.client_cert and tls.client_key must be set together".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Endpoint {
     /// An anonymous endpoint at `url` (validated by [`MirrorConfig::validate`]).
     pub fn new(url: impl Into<String>) -> Self {
@@ -91,6 +131,7 @@ impl Endpoint {
             override_path: false,
             credentials: None,
             resolve: true,
+            tls: EndpointTls::default(),
         }
     }
 
@@ -219,7 +260,13 @@ impl Endpoint {
         if rest.contains(char::is_whitespace) {
             return bad("must not contain whitespace");
         }
-        Ok(())
+        self.tls.validate().map_err(|e| match e {
+            Error::Config(message) => Error::Config(format!(
+                "endpoint {}: {message}",
+                redact_userinfo(&self.url)
+            )),
+            other => other,
+        })
     }
 }
 
@@ -747,5 +794,32 @@ mod tests {
             .with_upstream(digest_only.with_skip_fallback(false))
             .validate()
             .unwrap();
+    }
+
+    #[test]
+        fn endpoint_tls_is_optional_explicit_and_checked() {
+        let plain: Endpoint =
+            serde_json::from_value(serde_json::json!({ "url": "https://r.example" })).unwrap();
+        assert!(plain.tls.is_default());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("tls"));
+        let mtls: Endpoint = serde_json::from_value(serde_json::json!({
+            "url": "https://r.example",
+            "tls": { "ca_file": "/etc/ca.pem", "client_cert": "/c.pem", "client_key": "/k.pem" }
+        }))
+        .unwrap();
+        mtls.validate().unwrap();
+        assert_eq!(
+            mtls.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(!mtls.tls.insecure_skip_verify);
+        let half: Endpoint = serde_json::from_value(serde_json::json!({
+            "url": "https://r.example", "tls": { "client_cert": "/c.pem" }
+        }))
+        .unwrap();
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("client_cert and tls.client_key"), "{err}");
+        let typo = serde_json::json!({ "url": "https://r.example", "tls": { "insecure": true } });
+        assert!(serde_json::from_value::<Endpoint>(typo).is_err());
     }
 }

@@ -13,5 +13,6 @@ mod support;
 mod api;
 mod auth;
 mod chain;
+mod resilience;
 mod routing;
 mod upstream;

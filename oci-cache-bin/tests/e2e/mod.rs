@@ -7,3 +7,4 @@ mod chain;
 mod fixtures;
 mod oci_cache;
 mod registry_proxy;
+mod resilience;

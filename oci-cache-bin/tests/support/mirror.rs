@@ -104,6 +104,29 @@ impl Mirror {
     pub(crate) fn host(&self) -> String {
         self.server.host()
     }
+
+    /// The temp dir the mirror runs in (`storage/` under it with `--storage-dir`).
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Everything the mirror logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Starts `oci-cache serve` with `args` after `--listen`, in a fresh temp dir
+    /// (`dir_file` names files to write there first: `(name, contents)`; `{dir}` in
+    /// `args` and contents is replaced by the temp dir).
+    pub(crate) fn start_with_args(args: &[&str], dir_files: &[(&str, &str)]) -> Mirror {
+        let dir = tempdir();
+        let d = path_arg(dir.path());
+        for (name, contents) in dir_files {
+            std::fs::write(dir.path().join(name), contents.replace("{dir}", &d)).unwrap();
+        }
+        let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
+        Mirror::spawn(dir, &args, &[])
+    }
 }
 
 impl Drop for Mirror {

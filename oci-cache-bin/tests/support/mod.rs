@@ -4,12 +4,14 @@
 //! and the `oci-cache` binary as the mirror under test.
 
 pub(crate) mod containerd;
+pub(crate) mod cut_proxy;
 pub(crate) mod http;
 pub(crate) mod image;
 pub(crate) mod mirror;
 pub(crate) mod registry;
 pub(crate) mod s3;
 pub(crate) mod skopeo;
+pub(crate) mod token_server;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -95,6 +97,12 @@ impl ServerProcess {
     /// `127.0.0.1:PORT`.
     pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process (by PID) and reaps it; the port then refuses connections.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn wait_ready(&mut self, probe_path: &str, timeout: Duration) {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub(crate) struct AccessRecord {
 pub(crate) struct Origin {
     server: ServerProcess,
     access_log: PathBuf,
+    root: PathBuf,
     _dir: TempDir,
 }
 
@@ -45,13 +46,30 @@ impl Origin {
         Origin::start_with(&format!("proxy:\n  remoteurl: {remote_url}\n"))
     }
 
+    /// An origin storing in `root` (kept across restarts: push to an anonymous
+    /// origin, stop it, serve the same content with auth) with `extra_config`
+    /// (YAML, e.g. an `auth:` section) added to its config.
+    pub(crate) fn start_on(root: &Path, extra_config: &str) -> Origin {
+        Origin::start_at(Some(root), "", extra_config)
+    }
+
+    /// Like [`Origin::start_on`], serving HTTPS with `tls_config` (the YAML
+    /// of `http.tls`, indented by four spaces: `certificate`, `key`, `clientcas`).
+    pub(crate) fn start_tls_on(root: &Path, tls_config: &str) -> Origin {
+        Origin::start_at(Some(root), &format!("  tls:\n{tls_config}"), "")
+    }
+
     fn start_with(extra_config: &str) -> Origin {
+        Origin::start_at(None, "", extra_config)
+    }
+
+    fn start_at(root: Option<&Path>, http_extra: &str, extra_config: &str) -> Origin {
         let dir = tempfile::Builder::new()
             .prefix("e2e-registry-")
             .tempdir()
             .unwrap();
         let port = free_port();
-        let root = dir.path().join("data");
+        let root = root.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         // The access log goes to stdout (gorilla's combined logger), the
         // application log to stderr: they land in separate files.
         let config = format!(
@@ -59,7 +77,7 @@ impl Origin {
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
              \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: e2e-not-a-secret\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: e2e-not-a-secret\n{http_extra}\
              {extra_config}",
             root = root.display()
         );
@@ -80,8 +98,24 @@ impl Origin {
         Origin {
             server,
             access_log,
+            root,
             _dir: dir,
         }
+    }
+
+    /// The file holding blob `digest` (`sha256:<hex>`) in the registry's own storage.
+    pub(crate) fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Stops the registry process; its port then refuses connections.
+    pub(crate) fn stop(&mut self) {
+        self.server.stop();
     }
 
     /// `127.0.0.1:PORT`.

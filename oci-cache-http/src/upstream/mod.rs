@@ -12,7 +12,10 @@
 //! registry's port.
 
 mod auth;
+mod breaker;
+mod tls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,6 +47,7 @@ use oci_cache_core::{Error as CoreError, UpstreamError, UpstreamErrorKind};
 use tokio::net::TcpStream;
 
 use self::auth::{AuthCache, Challenge, TokenKey};
+use self::breaker::{Breakers, Outcome};
 use crate::body::content_length;
 use crate::handlers::DOCKER_CONTENT_DIGEST;
 use crate::routes::encode_query;
@@ -114,6 +118,14 @@ pub struct UpstreamOptions {
     pub user_agent: String,
     /// Proxy use; the environment's by default.
     pub proxy: ProxyConfig,
+    /// Never dial out: every upstream call fails at once with
+    /// [`UpstreamErrorKind::Skipped`], so only cached content is served.
+    pub offline: bool,
+    /// Connection failures, timeouts or 5xx in a row after which an
+    /// endpoint's circuit breaker opens (0 disables the breaker).
+    pub breaker_threshold: u32,
+    /// How long an open breaker skips its endpoint before one request probes it.
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for UpstreamOptions {
@@ -127,6 +139,9 @@ impl Default for UpstreamOptions {
             max_redirects: 10,
             user_agent: concat!("oci-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
             proxy: ProxyConfig::FromEnv,
+            offline: false,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 }
@@ -138,24 +153,31 @@ type HttpClient = Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>;
 pub struct HyperUpstream {
     mirrors: Arc<MirrorConfig>,
     client: HttpClient,
+    /// Clients of endpoints with their own TLS settings, by endpoint URL.
+    tls_clients: HashMap<String, HttpClient>,
     auth: AuthCache,
+    breakers: Breakers,
     options: UpstreamOptions,
 }
 
-impl HyperUpstream {
-    /// A client for the upstreams in `mirrors`. Uses the system's root
-    /// certificates, or the bundled Mozilla roots when the system has none.
-    pub fn new(mirrors: Arc<MirrorConfig>, options: UpstreamOptions) -> crate::Result<Self> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(options.connect_timeout));
-        http.set_nodelay(true);
-        let proxy = ProxyConnector {
-            http,
-            matcher: options.proxy.matcher().map(Arc::new),
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = match hyper_rustls::HttpsConnectorBuilder::new()
+/// A client with `tls` (or the system roots, falling back to the bundled
+/// Mozilla roots, when `None`).
+fn build_client(
+    options: &UpstreamOptions,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    tls: Option<rustls::ClientConfig>,
+) -> crate::Result<HttpClient> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(options.connect_timeout));
+    http.set_nodelay(true);
+    let proxy = ProxyConnector {
+        http,
+        matcher: options.proxy.matcher().map(Arc::new),
+    };
+    let builder = match tls {
+        Some(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+        None => match hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider.clone())
         {
             Ok(builder) => builder,
@@ -165,21 +187,54 @@ impl HyperUpstream {
                     .with_provider_and_webpki_roots(provider)
                     .map_err(|e| crate::Error::Tls(e.to_string()))?
             }
-        };
-        let connector = tls
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(proxy);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(options.idle_timeout)
-            .build(connector);
+        },
+    };
+    let connector = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(proxy);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(options.idle_timeout)
+        .build(connector))
+}
+
+impl HyperUpstream {
+    /// A client for the upstreams in `mirrors`. Uses the system's root
+    /// certificates, or the bundled Mozilla roots when the system has none.
+    pub fn new(mirrors: Arc<MirrorConfig>, options: UpstreamOptions) -> crate::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = build_client(&options, provider.clone(), None)?;
+        // Endpoints with their own TLS settings get their own client (and
+        // connection pool); redirects and token requests made for such an
+        // endpoint use it too.
+        let mut tls_clients = HashMap::new();
+        for upstream in &mirrors.upstreams {
+            for endpoint in upstream.endpoints.iter().chain([&upstream.origin]) {
+                if endpoint.tls.is_default() || tls_clients.contains_key(&endpoint.url) {
+                    continue;
+                }
+                let config = tls::client_config(&endpoint.tls, &endpoint.url, provider.clone())?;
+                let endpoint_client = build_client(&options, provider.clone(), Some(config))?;
+                tls_clients.insert(endpoint.url.clone(), endpoint_client);
+            }
+        }
+        if options.offline {
+            tracing::info!("offline: serving only cached content, never contacting upstreams");
+        }
         Ok(HyperUpstream {
             mirrors,
             client,
+            tls_clients,
             auth: AuthCache::default(),
+            breakers: Breakers::new(options.breaker_threshold, options.breaker_cooldown),
             options,
         })
+    }
+
+    /// The client for `endpoint`: its own when it has TLS settings.
+    fn client_for(&self, endpoint: &Endpoint) -> &HttpClient {
+        self.tls_clients.get(&endpoint.url).unwrap_or(&self.client)
     }
 
     /// Runs `op` on each endpoint of `registry`'s chain that may answer a
@@ -197,14 +252,46 @@ impl HyperUpstream {
                 .ok_or_else(|| CoreError::UnknownUpstream {
                     name: registry.to_string(),
                 })?;
+        if self.options.offline {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Skipped,
+                &upstream.origin.url,
+                "offline: not contacting upstream; only cached content is served",
+            )
+            .into());
+        }
         let mut last_error = None;
         for endpoint in upstream.chain_for(addressing) {
+            if let Some(open_for) = self.breakers.check(&endpoint.url) {
+                tracing::debug!(endpoint = %endpoint.url, open_for_ms = open_for.as_millis() as u64,
+                    "circuit breaker open; skipping the endpoint");
+                // The client may retry once the breaker would let a probe through.
+                let retry_after = Duration::from_secs(open_for.as_secs() + 1);
+                last_error = Some(CoreError::from(
+                    UpstreamError::new(
+                        UpstreamErrorKind::Skipped,
+                        &endpoint.url,
+                        format!(
+                            "skipped for another {:.1}s after repeated failures (circuit breaker open)",
+                            open_for.as_secs_f64()
+                        ),
+                    )
+                    .with_retry_after(Some(retry_after)),
+                ));
+                continue;
+            }
             let target = Target {
                 endpoint,
                 registry,
                 is_origin: upstream.is_origin(endpoint),
             };
-            match op(target).await {
+            let result = op(target).await;
+            let outcome = match &result {
+                Err(CoreError::Upstream(e)) => Outcome::of_error(e.kind(), e.retry_after()),
+                _ => Outcome::Answered,
+            };
+            self.breakers.record(&endpoint.url, outcome);
+            match result {
                 Ok(value) => return Ok(value),
                 Err(e) if moves_on(&e) => {
                     tracing::debug!(endpoint = %endpoint.url, error = %e, "trying the next endpoint");
@@ -246,6 +333,7 @@ impl HyperUpstream {
         loop {
             let response = self
                 .follow(
+                    self.client_for(endpoint),
                     method.clone(),
                     uri.clone(),
                     accept,
@@ -312,7 +400,14 @@ impl HyperUpstream {
         })?;
         let basic = credentials.map(auth::basic_header);
         let response = self
-            .follow(Method::GET, uri, None, basic.as_deref(), realm)
+            .follow(
+                self.client_for(endpoint),
+                Method::GET,
+                uri,
+                None,
+                basic.as_deref(),
+                realm,
+            )
             .await?;
         let response = check_status(response, realm)?;
         let body = self
@@ -338,6 +433,7 @@ impl HyperUpstream {
     /// Sends a request, following redirects; `Authorization` only goes to the first origin.
     async fn follow(
         &self,
+        client: &HttpClient,
         method: Method,
         uri: Uri,
         accept: Option<&str>,
@@ -368,7 +464,7 @@ impl HyperUpstream {
                 .with_source(e)
             })?;
             let response =
-                tokio::time::timeout(self.options.request_timeout, self.client.request(request))
+                tokio::time::timeout(self.options.request_timeout, client.request(request))
                     .await
                     .map_err(|_| {
                         UpstreamError::new(
@@ -487,6 +583,19 @@ impl HyperUpstream {
             .read_body(response.into_body(), limit, &endpoint, "manifest")
             .await?;
         head.size = Some(bytes.len() as u64);
+        // A lying endpoint is skipped here (Invalid moves the chain on), so the
+        // next one can serve the right bytes; the engine verifies again.
+        if let ManifestRef::Digest(expected) = reference {
+            let actual = Digest::compute(expected.algorithm(), &bytes);
+            if actual != *expected {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Invalid,
+                    &endpoint,
+                    format!("manifest asked for as {expected} hashes to {actual}; trying the next endpoint"),
+                )
+                .into());
+            }
+        }
         if head.media_type.is_empty() {
             head.media_type = media_type_in_body(&bytes).ok_or_else(|| {
                 UpstreamError::new(
@@ -767,8 +876,7 @@ fn check_status(response: Response<Incoming>, endpoint: &str) -> CoreResult<Resp
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| breaker::parse_retry_after(v, std::time::SystemTime::now()));
     Err(
         UpstreamError::new(kind, endpoint, format!("answered {status}"))
             .with_retry_after(retry_after)

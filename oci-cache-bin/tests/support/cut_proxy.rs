@@ -1,0 +1,150 @@
+//! A TCP proxy on 127.0.0.1 that cuts connections mid-transfer: while armed,
+//! a connection is closed once more than `cut_after` response bytes have
+//! passed through it. Std threads only; stops (and closes every connection)
+//! on drop.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Most connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 32;
+
+#[derive(Debug)]
+pub(crate) struct CutProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    cuts_left: Arc<AtomicUsize>,
+    cuts_done: Arc<AtomicUsize>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl CutProxy {
+    /// A proxy to `target` (`127.0.0.1:PORT`) that cuts the next `cuts`
+    /// connections carrying more than `cut_after` response bytes.
+    pub(crate) fn start(target: &str, cut_after: u64, cuts: usize) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts_left = Arc::new(AtomicUsize::new(cuts));
+        let cuts_done = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let active = Arc::new(AtomicUsize::new(0));
+        let target = target.to_owned();
+        let (s, left, done, o) = (
+            stop.clone(),
+            cuts_left.clone(),
+            cuts_done.clone(),
+            open.clone(),
+        );
+        let accept = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((client, _)) if active.load(Ordering::SeqCst) < MAX_CONNECTIONS => client,
+                    Ok(_) | Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(upstream) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                {
+                    let mut open = o.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(upstream.try_clone().unwrap());
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (left, done, active) = (left.clone(), done.clone(), active.clone());
+                std::thread::spawn(move || {
+                    relay(client, upstream, cut_after, &left, &done);
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CutProxy {
+            port,
+            stop,
+            cuts_left,
+            cuts_done,
+            open,
+            accept: Some(accept),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub(crate) fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Connections cut so far.
+    pub(crate) fn cuts(&self) -> usize {
+        self.cuts_done.load(Ordering::SeqCst)
+    }
+
+    /// Cuts the next `n` large transfers.
+    pub(crate) fn arm(&self, n: usize) {
+        self.cuts_left.store(n, Ordering::SeqCst);
+    }
+}
+
+/// Copies requests up and responses down; cuts both sides once the response
+/// passes `cut_after` bytes while cuts are left.
+fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    cut_after: u64,
+    cuts_left: &AtomicUsize,
+    cuts_done: &AtomicUsize,
+) {
+    let (mut c_read, mut u_write) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut u_write);
+        let _ = u_write.shutdown(Shutdown::Write);
+    });
+    let (mut u_read, mut c_write) = (upstream, client);
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match u_read.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let after = sent + n as u64;
+        if after > cut_after
+            && cuts_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                .is_ok()
+        {
+            let keep = (cut_after - sent) as usize;
+            let _ = c_write.write_all(&buf[..keep]);
+            cuts_done.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if c_write.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent = after;
+    }
+    let _ = c_write.shutdown(Shutdown::Both);
+    let _ = u_read.shutdown(Shutdown::Both);
+    let _ = up.join();
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
