@@ -198,8 +198,23 @@ fn load_containerd_hosts(dir: &Path) -> Result<Import, String> {
             }
             Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
         };
-        let parsed = containerd::parse_hosts_toml(&name, &text, &file.display().to_string())
+        let mut parsed = containerd::parse_hosts_toml(&name, &text, &file.display().to_string())
             .map_err(|e| e.to_string())?;
+        // containerd reads relative certificate paths from the host's directory.
+        let host_dir = dir.join(&name);
+        for entry in &mut parsed.mirrors {
+            for endpoint in entry.endpoints.iter_mut().chain(entry.origin.as_mut()) {
+                let tls = &mut endpoint.tls;
+                for path in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
+                    .into_iter()
+                    .flatten()
+                {
+                    if path.is_relative() {
+                        *path = host_dir.join(&*path);
+                    }
+                }
+            }
+        }
         import.extend(parsed);
     }
     if import.mirrors.is_empty() {
@@ -343,7 +358,7 @@ mod tests {
         std::fs::create_dir_all(hosts.join("certs-only.test")).unwrap();
         std::fs::write(
             hosts.join("b.test_5000_/hosts.toml"),
-            "[host.\"http://127.0.0.1:7002\"]\n",
+            "[host.\"http://127.0.0.1:7002\"]\nca = \"ca.pem\"\n",
         )
         .unwrap();
         let mut a = args();
@@ -365,6 +380,13 @@ mod tests {
         assert_eq!(
             chain("b.test:5000"),
             ["http://127.0.0.1:7002", "https://b.test:5000"]
+        );
+        assert_eq!(
+            mirrors.lookup("b.test:5000").unwrap().endpoints[0]
+                .tls
+                .ca_file
+                .as_deref(),
+            Some(hosts.join("b.test_5000_/ca.pem").as_path())
         );
 
         let mut a = args();

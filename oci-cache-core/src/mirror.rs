@@ -22,7 +22,7 @@ pub mod talos;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::import::{HostCredentials, Import, ImportedMirror, MirrorScope};
+pub use self::import::{HostCredentials, HostTls, Import, ImportedMirror, MirrorScope};
 use crate::reference::{Registry, Repository};
 use crate::{Error, Result};
 
@@ -797,7 +797,7 @@ mod tests {
     }
 
     #[test]
-        fn endpoint_tls_is_optional_explicit_and_checked() {
+    fn endpoint_tls_is_optional_explicit_and_checked() {
         let plain: Endpoint =
             serde_json::from_value(serde_json::json!({ "url": "https://r.example" })).unwrap();
         assert!(plain.tls.is_default());

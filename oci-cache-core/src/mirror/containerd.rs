@@ -14,8 +14,11 @@
 //!   any other server is tried last instead of the origin (a mirror made the
 //!   server, containerd's way to disable fallback) and so gets `ns`, as
 //!   containerd sends it. Without `server` the registry's origin is the fallback;
-//! - `ca`, `client`, `skip_verify`, `header`, `dial_timeout`: not applied
-//!   (warnings). Unknown keys: warnings, as containerd ignores them.
+//! - `ca` (a path or list: the first), `client` (`"both.pem"`, `[cert, key]`
+//!   or a list of pairs: the first), `skip_verify` → the endpoint's
+//!   [`EndpointTls`](super::EndpointTls); relative paths are the caller's to
+//!   resolve against the host directory. `header`, `dial_timeout`: not
+//!   applied (warnings). Unknown keys: warnings, as containerd ignores them.
 //!
 //! ```
 //! use oci_cache_core::mirror::containerd;
@@ -33,6 +36,8 @@
 //! ```
 
 use super::import::{is_registry_host, located, Import, ImportedMirror, MirrorScope};
+use std::path::PathBuf;
+
 use super::Endpoint;
 use crate::reference::Registry;
 use crate::{Error, Result};
@@ -137,6 +142,48 @@ pub fn parse_hosts_toml(dir: &str, text: &str, source: &str) -> Result<Import> {
     Ok(import)
 }
 
+/// `"file"` or `["file", …]`.
+fn paths(value: &toml::Value, at: &str, key: &str) -> Result<Vec<String>> {
+    let bad = || Error::Config(format!("{at}: {key} must be a path or a list of paths"));
+    match value {
+        toml::Value::String(path) => Ok(vec![path.clone()]),
+        toml::Value::Array(list) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+/// containerd's `client`: `"both.pem"`, `["cert", "key"]` or `[["cert", "key"], …]`;
+/// the first pair, and whether there were more.
+fn client_pair(value: &toml::Value, at: &str) -> Result<(String, String, bool)> {
+    let bad = || {
+        Error::Config(format!(
+            "{at}: client must be \"file.pem\", [\"cert\", \"key\"] or [[\"cert\", \"key\"]]"
+        ))
+    };
+    let pair = |v: &toml::Value| -> Option<(String, String)> {
+        match v {
+            // One PEM file holding both the certificate and the key.
+            toml::Value::String(both) => Some((both.clone(), both.clone())),
+            toml::Value::Array(items) => match items.as_slice() {
+                [toml::Value::String(cert), toml::Value::String(key)] => {
+                    Some((cert.clone(), key.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    if let Some((cert, key)) = pair(value) {
+        return Ok((cert, key, false));
+    }
+    let list = value.as_array().ok_or_else(bad)?;
+    let first = list.first().and_then(pair).ok_or_else(bad)?;
+    Ok((first.0, first.1, list.len() > 1))
+}
+
 /// One host (or the server) as an endpoint; `None` when it cannot pull.
 fn host(
     url: &str,
@@ -172,7 +219,27 @@ fn host(
                         ))
                     })?;
             }
-            "ca" | "client" | "skip_verify" | "header" | "dial_timeout" => warnings.push(format!(
+            "skip_verify" => {
+                endpoint.tls.insecure_skip_verify = value.as_bool().ok_or_else(|| {
+                    Error::Config(format!("{at}: skip_verify must be true or false"))
+                })?;
+            }
+            "ca" => {
+                let files = paths(value, at, "ca")?;
+                if files.len() > 1 {
+                    warnings.push(format!("{at}: only the first ca file is used"));
+                }
+                endpoint.tls.ca_file = files.into_iter().next().map(PathBuf::from);
+            }
+            "client" => {
+                let (cert, key, more) = client_pair(value, at)?;
+                if more {
+                    warnings.push(format!("{at}: only the first client pair is used"));
+                }
+                endpoint.tls.client_cert = Some(PathBuf::from(cert));
+                endpoint.tls.client_key = Some(PathBuf::from(key));
+            }
+            "header" | "dial_timeout" => warnings.push(format!(
                 "{at}: {key} not applied: this build does not support it per endpoint"
             )),
             _ => warnings.push(format!("{at}: unknown key {key} ignored")),
@@ -233,6 +300,9 @@ mod tests {
   capabilities = ["push"]
 [host."https://middle.example/v2/hub"]
   skip_verify = true
+  ca = ["/etc/ca.pem"]
+  client = [["/c.pem", "/k.pem"]]
+  header = { x = "y" }
 "#;
         let import = parse_hosts_toml("ghcr.io", text, "h.toml").unwrap();
         let entry = &import.mirrors[0];
@@ -252,7 +322,18 @@ mod tests {
         assert!(entry.origin.is_none() && !entry.skip_fallback);
         assert_eq!(import.warnings.len(), 2, "{:?}", import.warnings);
         assert!(import.warnings[0].contains("no pull capability"));
-        assert!(import.warnings[1].contains("skip_verify not applied"));
+        assert!(import.warnings[1].contains("header not applied"));
+        let tls = &entry.endpoints[2].tls;
+        assert!(tls.insecure_skip_verify);
+        assert_eq!(
+            tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            tls.client_key.as_deref(),
+            Some(std::path::Path::new("/k.pem"))
+        );
+        assert!(entry.endpoints[0].tls.is_default());
     }
 
     #[test]

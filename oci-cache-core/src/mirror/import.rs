@@ -14,7 +14,7 @@
 //! - credentials attach to every endpoint (mirror or origin) whose URL has
 //!   the named `host[:port]`, and to the origin of the upstream of that name.
 
-use super::{lookup_key, Credentials, Endpoint, MirrorConfig, UpstreamConfig};
+use super::{lookup_key, Credentials, Endpoint, EndpointTls, MirrorConfig, UpstreamConfig};
 use crate::reference::Registry;
 use crate::{Error, Result};
 
@@ -53,6 +53,17 @@ pub struct HostCredentials {
     pub source: String,
 }
 
+/// TLS settings for every endpoint at one `host[:port]` (Talos `RegistryTLSConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTls {
+    /// `host[:port]` as written, or a registry name.
+    pub host: String,
+    /// The settings.
+    pub tls: EndpointTls,
+    /// Where they came from, for messages.
+    pub source: String,
+}
+
 /// Everything read from imported configuration files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Import {
@@ -60,6 +71,8 @@ pub struct Import {
     pub mirrors: Vec<ImportedMirror>,
     /// Credentials by endpoint host.
     pub credentials: Vec<HostCredentials>,
+    /// TLS settings by endpoint host.
+    pub tls: Vec<HostTls>,
     /// Settings that were read but are not applied, each saying which and
     /// why; the caller logs them.
     pub warnings: Vec<String>,
@@ -70,6 +83,7 @@ impl Import {
     pub fn extend(&mut self, other: Import) {
         self.mirrors.extend(other.mirrors);
         self.credentials.extend(other.credentials);
+        self.tls.extend(other.tls);
         self.warnings.extend(other.warnings);
     }
 }
@@ -82,6 +96,7 @@ impl MirrorConfig {
         let Import {
             mirrors,
             credentials,
+            tls,
             mut warnings,
         } = import;
         let mut named: Vec<String> = Vec::new();
@@ -113,9 +128,19 @@ impl MirrorConfig {
             }
         }
         for host in credentials {
-            if !self.attach_credentials(&host) {
+            if !self.for_each_endpoint_at(&host.host, |e| {
+                e.credentials = Some(host.credentials.clone());
+            }) {
                 warnings.push(format!(
                     "{}: credentials for {} match no configured endpoint or upstream; they are not used",
+                    host.source, host.host
+                ));
+            }
+        }
+        for host in tls {
+            if !self.for_each_endpoint_at(&host.host, |e| e.tls = host.tls.clone()) {
+                warnings.push(format!(
+                    "{}: TLS settings for {} match no configured endpoint or upstream; they are not used",
                     host.source, host.host
                 ));
             }
@@ -150,22 +175,20 @@ impl MirrorConfig {
         &mut self.upstreams[index]
     }
 
-    /// Sets `host`'s credentials on every matching endpoint; whether any matched.
-    fn attach_credentials(&mut self, host: &HostCredentials) -> bool {
-        let key = lookup_key(&host.host);
+    /// Runs `set` on every endpoint at `host` (and on the origin of the
+    /// upstream named `host`); whether any matched.
+    fn for_each_endpoint_at(&mut self, host: &str, mut set: impl FnMut(&mut Endpoint)) -> bool {
+        let key = lookup_key(host);
+        let at_host = |e: &Endpoint| e.authority().map(|a| lookup_key(&a)).as_deref() == Some(&key);
         let mut matched = false;
         for upstream in &mut self.upstreams {
             let names_upstream = upstream.keys().any(|k| k == key);
-            for endpoint in upstream.endpoints.iter_mut() {
-                if endpoint.authority().map(|a| lookup_key(&a)).as_deref() == Some(&key) {
-                    endpoint.credentials = Some(host.credentials.clone());
-                    matched = true;
-                }
+            for endpoint in upstream.endpoints.iter_mut().filter(|e| at_host(e)) {
+                set(endpoint);
+                matched = true;
             }
-            let origin = &mut upstream.origin;
-            if names_upstream || origin.authority().map(|a| lookup_key(&a)).as_deref() == Some(&key)
-            {
-                origin.credentials = Some(host.credentials.clone());
+            if names_upstream || at_host(&upstream.origin) {
+                set(&mut upstream.origin);
                 matched = true;
             }
         }

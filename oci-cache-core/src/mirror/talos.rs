@@ -14,8 +14,10 @@
 //! - `RegistryAuthConfig` `name` (an endpoint's `host[:port]`) →
 //!   credentials of every endpoint there; `username`/`password`, or `auth`
 //!   (base64 `user:password`). `identityToken` is not supported (warning).
-//! - `RegistryTLSConfig`: read and checked, not applied (warning): this
-//!   build has no per-endpoint TLS settings.
+//! - `RegistryTLSConfig` `name` (an endpoint's `host[:port]`):
+//!   `insecureSkipVerify` → [`EndpointTls::insecure_skip_verify`] of every
+//!   endpoint there; inline PEM `ca` / `clientIdentity` are not applied
+//!   (warning): endpoints take TLS material as files.
 //!
 //! ```
 //! use oci_cache_core::mirror::{talos, MirrorConfig};
@@ -40,8 +42,8 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::import::{located, HostCredentials, Import, ImportedMirror, MirrorScope};
-use super::{Credentials, Endpoint};
+use super::import::{located, HostCredentials, HostTls, Import, ImportedMirror, MirrorScope};
+use super::{Credentials, Endpoint, EndpointTls};
 use crate::reference::Registry;
 use crate::{Error, Result};
 
@@ -171,15 +173,22 @@ pub fn parse(text: &str, source: &str) -> Result<Import> {
                 if doc.client_identity.is_some() {
                     what.push("clientIdentity");
                 }
-                if doc.insecure_skip_verify {
-                    what.push("insecureSkipVerify");
-                }
                 if !what.is_empty() {
                     import.warnings.push(format!(
-                        "{at}: {} for {} not applied: per-endpoint TLS settings are not supported by this build",
+                        "{at}: {} for {} not applied: inline PEM is not supported; set tls.ca_file / tls.client_cert / tls.client_key on the endpoint in the config file",
                         what.join(", "),
                         doc.name
                     ));
+                }
+                if doc.insecure_skip_verify {
+                    import.tls.push(HostTls {
+                        host: doc.name,
+                        tls: EndpointTls {
+                            insecure_skip_verify: true,
+                            ..EndpointTls::default()
+                        },
+                        source: at,
+                    });
                 }
             }
         }
@@ -306,6 +315,9 @@ apiVersion: v1alpha1
 kind: RegistryTLSConfig
 name: harbor.example
 insecureSkipVerify: true
+ca: |
+  -----BEGIN CERTIFICATE-----
+  -----END CERTIFICATE-----
 ---
 apiVersion: v1alpha1
 kind: HostnameConfig
@@ -343,10 +355,13 @@ hostname: node-1
         );
         assert_eq!(import.warnings.len(), 1);
         assert!(
-            import.warnings[0].contains("insecureSkipVerify"),
+            import.warnings[0].contains("ca for harbor.example not applied"),
             "{:?}",
             import.warnings
         );
+        assert_eq!(import.tls.len(), 1);
+        assert_eq!(import.tls[0].host, "harbor.example");
+        assert!(import.tls[0].tls.insecure_skip_verify);
         assert!(
             import.warnings[0].contains("node.yaml: document 6"),
             "{:?}",
