@@ -136,7 +136,7 @@ where
         debug!(%digest, "joining the blob fill under way");
     }
     let size = fill.size().await?;
-    let range = clamp(range, size)?;
+    let range = crate::storage::resolve_range(size, range)?;
     Ok(BlobResponse {
         size,
         range: range.clone(),
@@ -149,19 +149,6 @@ where
     })
 }
 
-/// The part of the blob to serve, with the same rules as [`Storage::blob_read`]:
-/// the end is clamped to the size; an empty range or one starting at or past
-/// the end is not satisfiable.
-fn clamp(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>> {
-    match range {
-        None => Ok(0..size),
-        Some(r) if r.start >= size || r.end <= r.start => Err(Error::RangeNotSatisfiable {
-            start: r.start,
-            size,
-        }),
-        Some(r) => Ok(r.start..r.end.min(size)),
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Phase {

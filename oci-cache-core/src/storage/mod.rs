@@ -71,6 +71,8 @@ mod memory;
 mod object;
 mod verified;
 
+pub(crate) use verified::resolve_range;
+
 #[cfg(feature = "fs")]
 pub use fs::{FsOptions, FsStorage};
 pub use memory::MemoryStorage;
