@@ -118,7 +118,12 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     };
     let upstream: Arc<dyn Upstream> =
         Arc::new(HyperUpstream::new(mirrors.clone(), upstream_options)?);
-    let options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
+    let mut options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
+    // Blob fills spill to anonymous temp files; keep them on the data disk,
+    // not in a /tmp that may be RAM.
+    if let StorageConfig::Filesystem { dir } = &settings.storage {
+        options = options.with_spool_dir(dir.clone());
+    }
     let storage_name = storage.to_string();
     let engine = Arc::new(PullThrough::new(storage, upstream, options));
     let service = oci_cache_http::service(AppState::new(engine, mirrors.clone()));
