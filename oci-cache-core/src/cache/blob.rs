@@ -149,7 +149,6 @@ where
     })
 }
 
-
 #[derive(Debug, Clone)]
 enum Phase {
     /// Waiting for upstream to answer.

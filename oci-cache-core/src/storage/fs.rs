@@ -686,17 +686,9 @@ impl Storage for FsStorage {
             let files = inner
                 .walk(keys::TAGS)
                 .map_err(|e| io_error(e, "cannot list tags".to_owned()))?;
-            let mut list: Vec<RepositoryEntry> = files
-                .into_iter()
-                .filter_map(|(key, _)| keys::parse_tag(&key))
-                .map(|key| RepositoryEntry {
-                    upstream: key.upstream,
-                    repository: key.repository,
-                })
-                .collect();
-            list.sort();
-            list.dedup();
-            Ok(list)
+            Ok(keys::repositories_of_tag_keys(
+                files.iter().map(|(key, _)| key.as_str()),
+            ))
         })
         .await
     }

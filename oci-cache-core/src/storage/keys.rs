@@ -14,7 +14,7 @@
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
 
-use super::TagKey;
+use super::{RepositoryEntry, TagKey};
 
 /// Top-level directory of blobs.
 pub(crate) const BLOBS: &str = "blobs";
@@ -85,6 +85,24 @@ pub(crate) fn tag(key: &TagKey) -> String {
         tag_dir(&key.upstream, &key.repository),
         segment(key.tag.as_str())
     )
+}
+
+/// The sorted, distinct repositories that the given tag keys belong to;
+/// keys that are not tag keys are skipped.
+pub(crate) fn repositories_of_tag_keys<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Vec<RepositoryEntry> {
+    let mut list: Vec<RepositoryEntry> = keys
+        .into_iter()
+        .filter_map(parse_tag)
+        .map(|key| RepositoryEntry {
+            upstream: key.upstream,
+            repository: key.repository,
+        })
+        .collect();
+    list.sort();
+    list.dedup();
+    list
 }
 
 /// The tag key a `tags/…` key names, or `None` when it is not one.

@@ -566,19 +566,10 @@ impl Storage for ObjectStorage {
     }
 
     async fn repository_list(&self) -> Result<Vec<RepositoryEntry>> {
-        let mut list: Vec<RepositoryEntry> = self
-            .list(keys::TAGS)
-            .await?
-            .into_iter()
-            .filter_map(|(key, _, _)| keys::parse_tag(&key))
-            .map(|key| RepositoryEntry {
-                upstream: key.upstream,
-                repository: key.repository,
-            })
-            .collect();
-        list.sort();
-        list.dedup();
-        Ok(list)
+        let listed = self.list(keys::TAGS).await?;
+        Ok(keys::repositories_of_tag_keys(
+            listed.iter().map(|(key, _, _)| key.as_str()),
+        ))
     }
 }
 
