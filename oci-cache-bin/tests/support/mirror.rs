@@ -92,6 +92,11 @@ impl Mirror {
     pub(crate) fn host(&self) -> String {
         self.server.host()
     }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.server.pid()
+    }
 }
 
 impl Drop for Mirror {

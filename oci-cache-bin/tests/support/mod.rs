@@ -97,6 +97,11 @@ impl ServerProcess {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id, for reading its resource use from /proc.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_ready(&mut self, probe_path: &str, timeout: Duration) {
         let start = Instant::now();
         loop {

@@ -89,6 +89,11 @@ impl Origin {
         self.server.host()
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub(crate) fn url(&self) -> String {
         format!("http://{}", self.host())
