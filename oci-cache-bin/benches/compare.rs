@@ -83,11 +83,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields[11].parse().unwrap();
     let stime: f64 = fields[12].parse().unwrap();
-    let ticks = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .parse::<f64>()
-        .unwrap_or(100.0);
+    let ticks = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse::<f64>()
+    .unwrap_or(100.0);
     (utime + stime) / ticks
 }
 
@@ -143,7 +149,12 @@ fn parse_duration_ms(s: &str) -> f64 {
 
 /// wrk sizes: `1.23MB` (binary multiples), `512.00B`.
 fn parse_size(s: &str) -> f64 {
-    let units = [("GB", MIB * 1024.0), ("MB", MIB), ("KB", 1024.0), ("B", 1.0)];
+    let units = [
+        ("GB", MIB * 1024.0),
+        ("MB", MIB),
+        ("KB", 1024.0),
+        ("B", 1.0),
+    ];
     for (suffix, factor) in units {
         if let Some(n) = s.strip_suffix(suffix) {
             return n.parse::<f64>().unwrap() * factor;
@@ -213,8 +224,42 @@ fn origin_bytes_during<T>(origin: &Origin, f: impl FnOnce() -> T) -> (T, u64) {
     (out, origin.bytes_served() - before)
 }
 
+/// Peak RSS and CPU seconds of one mirror per phase of the run.
+#[derive(Debug, Default, Clone)]
+struct Phases {
+    pid: u32,
+    rows: Vec<(&'static str, f64, f64)>,
+}
+
+impl Phases {
+    fn new(pid: u32) -> Phases {
+        // Whatever start-up cost counts too.
+        let rows = vec![("start-up", peak_rss(pid) as f64, cpu_seconds(pid))];
+        Phases { pid, rows }
+    }
+
+    /// Runs `f` as phase `name`, recording the process's peak RSS during it
+    /// (VmHWM reset first) and the CPU seconds it used.
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        reset_peak_rss(self.pid);
+        let cpu = cpu_seconds(self.pid);
+        let out = f();
+        self.rows
+            .push((name, peak_rss(self.pid) as f64, cpu_seconds(self.pid) - cpu));
+        out
+    }
+
+    fn peak_rss(&self) -> f64 {
+        self.rows.iter().map(|r| r.1).fold(0.0, f64::max)
+    }
+
+    fn cpu(&self, name: &str) -> f64 {
+        self.rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum()
+    }
+}
+
 /// Everything measured through one mirror.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Figures {
     cold_pull: f64,
     cold_origin_ratio: f64,
@@ -226,61 +271,114 @@ struct Figures {
     conc_origin_ratio: f64,
     peak_rss: f64,
     cpu: f64,
+    phases: Phases,
 }
 
 struct Corpus {
+    /// Same shape as `big`, other bytes: one per cold pull, so the cold pull
+    /// figure is a median too.
+    cold: Vec<Layout>,
     big: Layout,
     big2: Layout,
     small: Layout,
     multi: Layout,
 }
 
-fn measure(name: &str, host: &str, pid: u32, origin: &Origin, corpus: &Corpus, work: &Path) -> Figures {
+fn measure(
+    name: &str,
+    host: &str,
+    pid: u32,
+    origin: &Origin,
+    corpus: &Corpus,
+    work: &Path,
+) -> Figures {
     let wrk_secs = env_or("BENCH_WRK_SECS", 5u64);
     let warm_n = env_or("BENCH_WARM_PULLS", 5usize);
     let big_bytes = image_bytes(&corpus.big) as f64;
     let mut f = Figures::default();
+    let mut phases = Phases::new(pid);
 
     log(&format!("{name}: cold pull of bench/big:v1"));
-    let (cold, bytes) = origin_bytes_during(origin, || pull(host, "bench/big:v1", &corpus.big.digest, work));
+    let (cold, bytes) = phases.run("cold pull", || {
+        origin_bytes_during(origin, || {
+            let mut times = vec![pull(host, "bench/big:v1", &corpus.big.digest, work)];
+            for (i, layout) in corpus.cold.iter().enumerate() {
+                times.push(pull(
+                    host,
+                    &format!("bench/cold{i}:v1"),
+                    &layout.digest,
+                    work,
+                ));
+            }
+            median(times)
+        })
+    });
     f.cold_pull = cold.as_secs_f64();
-    f.cold_origin_ratio = bytes as f64 / big_bytes;
+    f.cold_origin_ratio = bytes as f64 / (big_bytes * (1 + corpus.cold.len()) as f64);
 
     // The small image and the index, cold then warm: correctness on every shape.
-    for (repo, layout) in [("bench/small:v1", &corpus.small), ("bench/multi:v1", &corpus.multi)] {
-        pull(host, repo, &layout.digest, work);
-        pull(host, repo, &layout.digest, work);
-    }
+    phases.run("small + index pulls", || {
+        for (repo, layout) in [
+            ("bench/small:v1", &corpus.small),
+            ("bench/multi:v1", &corpus.multi),
+        ] {
+            pull(host, repo, &layout.digest, work);
+            pull(host, repo, &layout.digest, work);
+        }
+    });
 
     log(&format!("{name}: {warm_n} warm pulls"));
-    f.warm_pull = median(
+    let warm = phases.run("warm pulls", || {
         (0..warm_n)
             .map(|_| pull(host, "bench/big:v1", &corpus.big.digest, work))
-            .collect(),
-    )
-    .as_secs_f64();
+            .collect()
+    });
+    f.warm_pull = median(warm).as_secs_f64();
 
     log(&format!("{name}: wrk manifests and blob"));
-    f.tag = Some(wrk(&format!("http://{host}/v2/bench/big/manifests/v1"), 64, wrk_secs));
-    f.digest = Some(wrk(
-        &format!("http://{host}/v2/bench/big/manifests/{}", corpus.big.digest),
-        64,
-        wrk_secs,
-    ));
+    f.tag = Some(phases.run(WRK_TAG, || {
+        wrk(
+            &format!("http://{host}/v2/bench/big/manifests/v1"),
+            64,
+            wrk_secs,
+        )
+    }));
+    f.digest = Some(phases.run(WRK_DIGEST, || {
+        wrk(
+            &format!("http://{host}/v2/bench/big/manifests/{}", corpus.big.digest),
+            64,
+            wrk_secs,
+        )
+    }));
     let largest = largest_blob(&corpus.big);
-    f.blob = Some(wrk(&format!("http://{host}/v2/bench/big/blobs/{largest}"), 8, wrk_secs));
+    f.blob = Some(phases.run(WRK_BLOB, || {
+        wrk(
+            &format!("http://{host}/v2/bench/big/blobs/{largest}"),
+            8,
+            wrk_secs,
+        )
+    }));
 
-    log(&format!("{name}: 16 concurrent cold pulls of bench/big2:v1"));
-    let (wall, bytes) = origin_bytes_during(origin, || {
-        concurrent_pulls(host, "bench/big2:v1", &corpus.big2.digest, work, 16)
+    log(&format!(
+        "{name}: 16 concurrent cold pulls of bench/big2:v1"
+    ));
+    let (wall, bytes) = phases.run("16 concurrent cold pulls", || {
+        origin_bytes_during(origin, || {
+            concurrent_pulls(host, "bench/big2:v1", &corpus.big2.digest, work, 16)
+        })
     });
     f.conc_wall = wall.as_secs_f64();
     f.conc_origin_ratio = bytes as f64 / image_bytes(&corpus.big2) as f64;
 
-    f.peak_rss = peak_rss(pid) as f64;
+    f.peak_rss = phases.peak_rss();
     f.cpu = cpu_seconds(pid);
+    f.phases = phases;
     f
 }
+
+const WRK_TAG: &str = "wrk manifest by tag";
+const WRK_DIGEST: &str = "wrk manifest by digest";
+const WRK_BLOB: &str = "wrk blob";
 
 fn largest_blob(layout: &Layout) -> String {
     layout.images[0]
@@ -296,7 +394,9 @@ fn huge_image_rss(origin: &Origin, work: &Path, mib: u64) -> Option<(f64, f64, f
     if mib == 0 {
         return None;
     }
-    log(&format!("building and pushing a {mib} MiB single-layer image"));
+    log(&format!(
+        "building and pushing a {mib} MiB single-layer image"
+    ));
     let huge = build_image(&work.join("huge"), "v1", &ImageSpec::new(300, 1, mib << 20));
     skopeo::push(&huge, &origin.host(), "bench/huge:v1");
     let _ = std::fs::remove_dir_all(work.join("huge"));
@@ -319,7 +419,15 @@ struct Table {
 
 impl Table {
     /// One row of figures, already formatted.
-    fn row(&mut self, what: &str, origin: String, reg: String, oci: String, ratio: String, target: &str) {
+    fn row(
+        &mut self,
+        what: &str,
+        origin: String,
+        reg: String,
+        oci: String,
+        ratio: String,
+        target: &str,
+    ) {
         self.rows
             .push([what.into(), origin, reg, oci, ratio, target.into()]);
     }
@@ -352,18 +460,42 @@ fn main() {
     }
     let layer_mib = env_or("BENCH_LAYER_MIB", 24u64);
     let huge_mib = env_or("BENCH_HUGE_MIB", 1024u64);
-    let work_dir = tempfile::Builder::new().prefix("bench-compare-").tempdir().unwrap();
+    let work_dir = tempfile::Builder::new()
+        .prefix("bench-compare-")
+        .tempdir()
+        .unwrap();
     let work = work_dir.path();
 
     log("building the corpus");
     let corpus = Corpus {
-        big: build_image(&work.join("big"), "v1", &ImageSpec::new(100, 5, layer_mib << 20)),
-        big2: build_image(&work.join("big2"), "v1", &ImageSpec::new(200, 5, layer_mib << 20)),
+        cold: (0..2)
+            .map(|i| {
+                build_image(
+                    &work.join(format!("cold{i}")),
+                    "v1",
+                    &ImageSpec::new(110 + i, 5, layer_mib << 20),
+                )
+            })
+            .collect(),
+        big: build_image(
+            &work.join("big"),
+            "v1",
+            &ImageSpec::new(100, 5, layer_mib << 20),
+        ),
+        big2: build_image(
+            &work.join("big2"),
+            "v1",
+            &ImageSpec::new(200, 5, layer_mib << 20),
+        ),
         small: build_image(&work.join("small"), "v1", &ImageSpec::new(1, 3, 5000)),
         multi: build_multiarch(&work.join("multi"), "v1", &ImageSpec::new(2, 2, 3000)),
     };
     let origin = Origin::start();
     log("pushing the corpus to the origin");
+    for (i, layout) in corpus.cold.iter().enumerate() {
+        skopeo::push(layout, &origin.host(), &format!("bench/cold{i}:v1"));
+        let _ = std::fs::remove_dir_all(&layout.dir);
+    }
     for (layout, name) in [
         (&corpus.big, "bench/big:v1"),
         (&corpus.big2, "bench/big2:v1"),
@@ -379,12 +511,21 @@ fn main() {
 
     // The origin served directly: the floor for a cold pull and a blob stream.
     log("origin: direct pulls (the reference)");
-    let direct_pull = median(
-        (0..3)
-            .map(|_| pull(&origin.host(), "bench/big:v1", &corpus.big.digest, work))
-            .collect(),
-    )
-    .as_secs_f64();
+    let mut direct = vec![pull(
+        &origin.host(),
+        "bench/big:v1",
+        &corpus.big.digest,
+        work,
+    )];
+    for (i, layout) in corpus.cold.iter().enumerate() {
+        direct.push(pull(
+            &origin.host(),
+            &format!("bench/cold{i}:v1"),
+            &layout.digest,
+            work,
+        ));
+    }
+    let direct_pull = median(direct).as_secs_f64();
     let wrk_secs = env_or("BENCH_WRK_SECS", 5u64);
     let largest = largest_blob(&corpus.big);
     let direct_blob = wrk(
@@ -393,7 +534,14 @@ fn main() {
         wrk_secs,
     );
 
-    let reg = measure("registry:2", &registry.host(), registry.pid(), &origin, &corpus, work);
+    let reg = measure(
+        "registry:2",
+        &registry.host(),
+        registry.pid(),
+        &origin,
+        &corpus,
+        work,
+    );
     let oc = measure("oci-cache", &oci.host(), oci.pid(), &origin, &corpus, work);
     drop(registry);
     drop(oci);
@@ -404,7 +552,7 @@ fn main() {
     let mut t = Table { rows: Vec::new() };
     let big_mib = image_bytes(&corpus.big) as f64 / MIB;
     t.row(
-        &format!("cold pull, {big_mib:.0} MiB image (skopeo)"),
+        &format!("cold pull, {big_mib:.0} MiB image, 5 layers (skopeo, median of 3 images)"),
         secs(direct_pull),
         secs(reg.cold_pull),
         secs(oc.cold_pull),
@@ -433,7 +581,12 @@ fn main() {
     );
     let wrk_rows = [
         ("manifest by tag, 64 conns", reg.tag, oc.tag, "≥ 10×"),
-        ("manifest by digest, 64 conns", reg.digest, oc.digest, "≥ 5×"),
+        (
+            "manifest by digest, 64 conns",
+            reg.digest,
+            oc.digest,
+            "≥ 5×",
+        ),
     ];
     for (what, r, o, target) in wrk_rows {
         let (r, o) = (r.unwrap(), o.unwrap());
@@ -499,6 +652,40 @@ fn main() {
         ratio(oc.cpu, reg.cpu),
         "≤ 0.5×",
     );
+    let wrk_cpu =
+        |f: &Figures| f.phases.cpu(WRK_TAG) + f.phases.cpu(WRK_DIGEST) + f.phases.cpu(WRK_BLOB);
+    t.row(
+        "CPU seconds outside the fixed-time wrk runs (same work for both)",
+        dash(),
+        format!("{:.1}", reg.cpu - wrk_cpu(&reg)),
+        format!("{:.1}", oc.cpu - wrk_cpu(&oc)),
+        ratio(oc.cpu - wrk_cpu(&oc), reg.cpu - wrk_cpu(&reg)),
+        "",
+    );
+    let per_request = |f: &Figures| {
+        let requests =
+            (f.tag.unwrap().req_per_sec + f.digest.unwrap().req_per_sec) * wrk_secs as f64;
+        (f.phases.cpu(WRK_TAG) + f.phases.cpu(WRK_DIGEST)) / requests * 1e6
+    };
+    t.row(
+        "CPU per manifest request (wrk runs)",
+        dash(),
+        format!("{:.0} µs", per_request(&reg)),
+        format!("{:.0} µs", per_request(&oc)),
+        ratio(per_request(&oc), per_request(&reg)),
+        "",
+    );
+    let per_mib = |f: &Figures| {
+        f.phases.cpu(WRK_BLOB) / (f.blob.unwrap().bytes_per_sec * wrk_secs as f64 / MIB) * 1e3
+    };
+    t.row(
+        "CPU per warm blob MiB (wrk run)",
+        dash(),
+        format!("{:.2} ms", per_mib(&reg)),
+        format!("{:.2} ms", per_mib(&oc)),
+        ratio(per_mib(&oc), per_mib(&reg)),
+        "",
+    );
     if let Some((cold_rss, warm_rss, cold_s, warm_s)) = huge {
         t.row(
             &format!("peak RSS, {huge_mib} MiB single layer: cold pull / warm pull"),
@@ -515,4 +702,17 @@ fn main() {
     }
     println!();
     t.print();
+    println!("\nPer phase (peak RSS during the phase, CPU seconds it used):\n");
+    println!("| phase | registry:2 proxy | oci-cache |");
+    println!("|---|---|---|");
+    for (r, o) in reg.phases.rows.iter().zip(&oc.phases.rows) {
+        println!(
+            "| {} | {:.1} MiB, {:.2} s | {:.1} MiB, {:.2} s |",
+            r.0,
+            r.1 / MIB,
+            r.2,
+            o.1 / MIB,
+            o.2
+        );
+    }
 }
