@@ -120,7 +120,7 @@ impl Default for CacheOptions {
         CacheOptions {
             tag_ttl: Duration::from_secs(300),
             max_manifest_size: 4 * 1024 * 1024,
-            fill_window: 2 * 1024 * 1024,
+            fill_window: 1024 * 1024,
             spool_dir: None,
         }
     }
