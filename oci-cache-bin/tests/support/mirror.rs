@@ -94,6 +94,7 @@ impl Mirror {
     }
 
     /// The server's process id.
+    #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
     pub(crate) fn pid(&self) -> u32 {
         self.server.pid()
     }

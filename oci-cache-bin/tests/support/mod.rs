@@ -98,6 +98,7 @@ impl ServerProcess {
     }
 
     /// The process id, for reading its resource use from /proc.
+    #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
