@@ -1,7 +1,8 @@
 //! Digest verification throughput against raw SHA-256, its limit: the
 //! verifier's bookkeeping (size, expected digest) should cost nothing visible.
 
-#![allow(missing_docs)] // criterion_group! generates an undocumented fn.
+// criterion_group! generates an undocumented fn; a failed set-up should stop the bench.
+#![allow(missing_docs, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use oci_cache_core::digest::{Digest, DigestVerifier};
