@@ -127,6 +127,12 @@ impl Mirror {
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
         Mirror::spawn(dir, &args, &[])
     }
+
+    /// The server's process id.
+    #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
+    pub(crate) fn pid(&self) -> u32 {
+        self.server.pid()
+    }
 }
 
 impl Drop for Mirror {

@@ -105,6 +105,12 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// The process id, for reading its resource use from /proc.
+    #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_ready(&mut self, probe_path: &str, timeout: Duration) {
         let start = Instant::now();
         loop {

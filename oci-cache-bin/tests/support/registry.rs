@@ -123,6 +123,12 @@ impl Origin {
         self.server.host()
     }
 
+    /// The server's process id.
+    #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
+    pub(crate) fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub(crate) fn url(&self) -> String {
         format!("http://{}", self.host())

@@ -65,7 +65,7 @@ where
     S: Storage + ?Sized,
     U: Upstream + ?Sized,
 {
-    let cached = engine.storage.manifest_get(digest).await?;
+    let cached = engine.manifest_get(digest).await?;
     if let Some(manifest) = &cached {
         if accept.accepts(&manifest.media_type) {
             return Ok(respond(manifest.clone(), CacheOutcome::Hit));
@@ -95,7 +95,7 @@ where
                 )
                 .await?;
             let manifest = verify(fetched, Some(&expected), &task_engine)?;
-            task_engine.storage.manifest_put(&manifest).await?;
+            task_engine.manifest_put(&manifest).await?;
             info!(digest = %manifest.digest, %registry, %repository, "manifest stored");
             Ok(Served {
                 manifest,
@@ -133,7 +133,7 @@ where
     };
     let record = engine.storage.tag_get(&key).await?;
     let cached = match &record {
-        Some(record) => engine.storage.manifest_get(&record.digest).await?,
+        Some(record) => engine.manifest_get(&record.digest).await?,
         None => None,
     };
     match (record, cached) {
@@ -237,7 +237,7 @@ where
         .head_manifest(&key.upstream, &key.repository, &reference, accept)
         .await?;
     let stored = match &head.digest {
-        Some(digest) => engine.storage.manifest_get(digest).await?,
+        Some(digest) => engine.manifest_get(digest).await?,
         None => None,
     };
     let (manifest, outcome) = match stored {
@@ -282,7 +282,7 @@ where
         )
         .await?;
     let manifest = verify(fetched, expected, engine)?;
-    engine.storage.manifest_put(&manifest).await?;
+    engine.manifest_put(&manifest).await?;
     info!(digest = %manifest.digest, upstream = %key.upstream, repository = %key.repository, tag = %key.tag, "manifest stored");
     Ok(manifest)
 }
@@ -334,7 +334,7 @@ where
                 .head_manifest(&key.upstream, &key.repository, &reference, &client_accept)
                 .await;
             if let Ok(Some(digest)) = head.as_ref().map(|h| h.digest.as_ref()) {
-                if let Some(manifest) = task_engine.storage.manifest_get(digest).await? {
+                if let Some(manifest) = task_engine.manifest_get(digest).await? {
                     return Ok(Served {
                         manifest,
                         outcome: CacheOutcome::Revalidated,

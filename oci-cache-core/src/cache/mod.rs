@@ -45,6 +45,7 @@
 mod accept;
 mod blob;
 mod flight;
+mod hot;
 mod manifest;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -65,7 +66,7 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::reference::{Registry, Repository};
-use crate::storage::{ByteStream, Storage};
+use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::{ManifestRef, TagList, Upstream};
 use crate::{Error, Result};
 
@@ -119,7 +120,7 @@ impl Default for CacheOptions {
         CacheOptions {
             tag_ttl: Duration::from_secs(300),
             max_manifest_size: 4 * 1024 * 1024,
-            fill_window: 2 * 1024 * 1024,
+            fill_window: 1024 * 1024,
             spool_dir: None,
         }
     }
@@ -201,6 +202,29 @@ struct Engine<S: ?Sized, U: ?Sized> {
     options: CacheOptions,
     blob_fills: blob::BlobFills,
     manifest_flights: flight::Flights<manifest::FlightKey, manifest::Served>,
+    hot: hot::HotCache,
+}
+
+/// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
+/// access of the engine goes through these. Tag records are always read from
+/// storage, the source of truth another process (or replica) may update.
+impl<S: Storage + ?Sized, U: ?Sized> Engine<S, U> {
+    async fn manifest_get(&self, digest: &Digest) -> Result<Option<StoredManifest>> {
+        if let Some(manifest) = self.hot.manifest(digest) {
+            return Ok(Some(manifest));
+        }
+        let manifest = self.storage.manifest_get(digest).await?;
+        if let Some(manifest) = &manifest {
+            self.hot.put_manifest(manifest);
+        }
+        Ok(manifest)
+    }
+
+    async fn manifest_put(&self, manifest: &StoredManifest) -> Result<()> {
+        self.storage.manifest_put(manifest).await?;
+        self.hot.put_manifest(manifest);
+        Ok(())
+    }
 }
 
 impl<S: ?Sized, U: ?Sized> Clone for PullThrough<S, U> {
@@ -232,6 +256,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 options,
                 blob_fills: blob::BlobFills::new(),
                 manifest_flights: flight::Flights::new(),
+                hot: hot::HotCache::new(),
             }),
         }
     }

@@ -31,7 +31,7 @@ const BACKEND: &str = "filesystem";
 /// Size of the chunks reads yield and of the batches writes hand to the disk:
 /// large enough that the per-call overhead of the blocking pool vanishes,
 /// small enough that memory stays flat.
-const IO_CHUNK: usize = 1024 * 1024;
+const IO_CHUNK: usize = 256 * 1024;
 
 /// How [`FsStorage`] trades durability for speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,63 @@
+//! Routing and dispatch through the hyper service value, without a socket:
+//! the version check, a manifest path with a nested repository (a hit), and
+//! a path the router must refuse.
+
+// criterion_group! generates an undocumented fn; a failed set-up should stop the bench.
+#![allow(missing_docs, clippy::panic)]
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+use oci_cache_benches::WarmCache;
+use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
+use oci_cache_core::storage::{MemoryStorage, Storage};
+use oci_cache_http::{service, AppState};
+
+fn bench_routes(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let warm = rt
+        .block_on(WarmCache::new(storage))
+        .unwrap_or_else(|e| panic!("warm cache: {e}"));
+    let mirrors = MirrorConfig::new(
+        vec![UpstreamConfig::new(
+            warm.registry.clone(),
+            "http://127.0.0.1:9",
+        )],
+        warm.registry.clone(),
+    )
+    .unwrap_or_else(|e| panic!("mirror config: {e}"));
+    let svc = service(AppState::new(Arc::clone(&warm.engine), Arc::new(mirrors)));
+    let paths = [
+        ("version", "/v2/".to_owned(), 200),
+        (
+            "manifest_by_digest",
+            format!("/v2/library/bench/manifests/{}", warm.digest),
+            200,
+        ),
+        (
+            "manifest_by_tag",
+            "/v2/library/bench/manifests/v1".to_owned(),
+            200,
+        ),
+        ("bad_path", "/v2/library/bench/nonsense/x".to_owned(), 404),
+    ];
+    let mut group = c.benchmark_group("routes");
+    for (name, path, want) in &paths {
+        group.bench_function(*name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let req = Request::get(path.as_str())
+                    .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                    .body(())
+                    .unwrap_or_else(|e| panic!("request: {e}"));
+                let resp = svc.handle(req).await;
+                assert_eq!(resp.status().as_u16(), *want, "{path}");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_routes);
+criterion_main!(benches);

@@ -1,0 +1,718 @@
+//! `bench-compare`: oci-cache against registry:2 in proxy mode, measured the
+//! same way on 127.0.0.1, printed as one table (run: `scripts/bench-compare`).
+//!
+//! A bench target of oci-cache-bin (harness = false) so it reuses the e2e
+//! harness in `tests/support` as is (origin registry with its access log,
+//! deterministic image builder, skopeo wrapper, oci-cache process) instead of
+//! keeping a second copy of it.
+//!
+//! Environment: `BENCH_LAYER_MIB` (MiB per layer of the 5-layer images,
+//! default 24), `BENCH_HUGE_MIB` (single-layer image for the memory check,
+//! default 1024, 0 skips it), `BENCH_WRK_SECS` (seconds per wrk run, default 5),
+//! `BENCH_WARM_PULLS` (default 5).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::indexing_slicing,
+    missing_docs,
+    unreachable_pub
+)]
+
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::image::{build_image, build_multiarch, ImageSpec, Layout};
+use support::mirror::Mirror;
+use support::registry::Origin;
+use support::skopeo;
+
+/// The Accept header of a client that takes OCI and Docker manifests and indexes.
+const ACCEPT: &str = "Accept: application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn log(msg: &str) {
+    eprintln!("[bench-compare {:>7.1?}] {msg}", start_time().elapsed());
+}
+
+fn start_time() -> &'static Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now)
+}
+
+/// Peak resident set (VmHWM) of `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap()
+}
+
+/// Reset `pid`'s VmHWM to its current RSS (Linux `clear_refs` value 5).
+fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// User + system CPU seconds `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields[11].parse().unwrap();
+    let stime: f64 = fields[12].parse().unwrap();
+    let ticks = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse::<f64>()
+    .unwrap_or(100.0);
+    (utime + stime) / ticks
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    req_per_sec: f64,
+    p99_ms: f64,
+    bytes_per_sec: f64,
+}
+
+fn wrk(url: &str, connections: u32, secs: u64) -> Wrk {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s")])
+        .args(["--latency", "--timeout", "30s", "-H", ACCEPT, url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk {url} failed:\n{text}");
+    // Non-2xx answers would make any rate meaningless.
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "wrk {url} saw errors:\n{text}"
+    );
+    let field = |prefix: &str| -> &str {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in wrk output:\n{text}"))
+            .trim()
+    };
+    Wrk {
+        req_per_sec: field("Requests/sec:").parse().unwrap(),
+        p99_ms: parse_duration_ms(field("99%")),
+        bytes_per_sec: parse_size(field("Transfer/sec:")),
+    }
+}
+
+/// wrk durations: `812.00us`, `1.23ms`, `2.01s`, `1.5m`.
+fn parse_duration_ms(s: &str) -> f64 {
+    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap() * factor
+}
+
+/// wrk sizes: `1.23MB` (binary multiples), `512.00B`.
+fn parse_size(s: &str) -> f64 {
+    let units = [
+        ("GB", MIB * 1024.0),
+        ("MB", MIB),
+        ("KB", 1024.0),
+        ("B", 1.0),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<f64>().unwrap() * factor;
+        }
+    }
+    panic!("wrk size {s:?}")
+}
+
+/// Bytes a full pull of `layout` moves: manifests (and index) plus every blob.
+fn image_bytes(layout: &Layout) -> u64 {
+    let index = if layout.images.len() > 1 {
+        std::fs::metadata(layout.blob_path(&layout.digest))
+            .unwrap()
+            .len()
+    } else {
+        0
+    };
+    index
+        + layout
+            .images
+            .iter()
+            .map(|i| i.manifest.size + i.blobs().iter().map(|b| b.size).sum::<u64>())
+            .sum::<u64>()
+}
+
+/// Pull `host/repo_tag` into a fresh dir under `work`, check the digest, remove the copy.
+fn pull(host: &str, repo_tag: &str, want: &str, work: &Path) -> Duration {
+    let dest = unique_dir(work);
+    let copied = skopeo::copy(&format!("{host}/{repo_tag}"), &dest).unwrap();
+    assert_eq!(copied.digest, want, "pull {host}/{repo_tag}");
+    let _ = std::fs::remove_dir_all(&dest);
+    let _ = std::fs::remove_file(dest.with_extension("digest"));
+    copied.elapsed
+}
+
+fn unique_dir(work: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    work.join(format!("pull-{}", N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// `n` concurrent pulls; the wall time until the last one ends.
+fn concurrent_pulls(host: &str, repo_tag: &str, want: &str, work: &Path, n: usize) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| pull(host, repo_tag, want, work)))
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    start.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Origin bytes served for whatever `f` does through a mirror, counted once
+/// the mirror has gone idle (the access log stops growing).
+fn origin_bytes_during<T>(origin: &Origin, f: impl FnOnce() -> T) -> (T, u64) {
+    let before = origin.bytes_served();
+    let out = f();
+    std::thread::sleep(Duration::from_secs(1));
+    (out, origin.bytes_served() - before)
+}
+
+/// Peak RSS and CPU seconds of one mirror per phase of the run.
+#[derive(Debug, Default, Clone)]
+struct Phases {
+    pid: u32,
+    rows: Vec<(&'static str, f64, f64)>,
+}
+
+impl Phases {
+    fn new(pid: u32) -> Phases {
+        // Whatever start-up cost counts too.
+        let rows = vec![("start-up", peak_rss(pid) as f64, cpu_seconds(pid))];
+        Phases { pid, rows }
+    }
+
+    /// Runs `f` as phase `name`, recording the process's peak RSS during it
+    /// (VmHWM reset first) and the CPU seconds it used.
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        reset_peak_rss(self.pid);
+        let cpu = cpu_seconds(self.pid);
+        let out = f();
+        self.rows
+            .push((name, peak_rss(self.pid) as f64, cpu_seconds(self.pid) - cpu));
+        out
+    }
+
+    fn peak_rss(&self) -> f64 {
+        self.rows.iter().map(|r| r.1).fold(0.0, f64::max)
+    }
+
+    fn cpu(&self, name: &str) -> f64 {
+        self.rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum()
+    }
+}
+
+/// Everything measured through one mirror.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    cold_pull: f64,
+    cold_origin_ratio: f64,
+    warm_pull: f64,
+    tag: Option<Wrk>,
+    digest: Option<Wrk>,
+    blob: Option<Wrk>,
+    conc_wall: f64,
+    conc_origin_ratio: f64,
+    peak_rss: f64,
+    cpu: f64,
+    phases: Phases,
+}
+
+struct Corpus {
+    /// Same shape as `big`, other bytes: one per cold pull, so the cold pull
+    /// figure is a median too.
+    cold: Vec<Layout>,
+    big: Layout,
+    big2: Layout,
+    small: Layout,
+    multi: Layout,
+}
+
+fn measure(
+    name: &str,
+    host: &str,
+    pid: u32,
+    origin: &Origin,
+    corpus: &Corpus,
+    work: &Path,
+) -> Figures {
+    let wrk_secs = env_or("BENCH_WRK_SECS", 5u64);
+    let warm_n = env_or("BENCH_WARM_PULLS", 5usize);
+    let big_bytes = image_bytes(&corpus.big) as f64;
+    let mut f = Figures::default();
+    let mut phases = Phases::new(pid);
+
+    log(&format!("{name}: cold pull of bench/big:v1"));
+    let (cold, bytes) = phases.run("cold pull", || {
+        origin_bytes_during(origin, || {
+            let mut times = vec![pull(host, "bench/big:v1", &corpus.big.digest, work)];
+            for (i, layout) in corpus.cold.iter().enumerate() {
+                times.push(pull(
+                    host,
+                    &format!("bench/cold{i}:v1"),
+                    &layout.digest,
+                    work,
+                ));
+            }
+            median(times)
+        })
+    });
+    f.cold_pull = cold.as_secs_f64();
+    f.cold_origin_ratio = bytes as f64 / (big_bytes * (1 + corpus.cold.len()) as f64);
+
+    // The small image and the index, cold then warm: correctness on every shape.
+    phases.run("small + index pulls", || {
+        for (repo, layout) in [
+            ("bench/small:v1", &corpus.small),
+            ("bench/multi:v1", &corpus.multi),
+        ] {
+            pull(host, repo, &layout.digest, work);
+            pull(host, repo, &layout.digest, work);
+        }
+    });
+
+    log(&format!("{name}: {warm_n} warm pulls"));
+    let warm = phases.run("warm pulls", || {
+        (0..warm_n)
+            .map(|_| pull(host, "bench/big:v1", &corpus.big.digest, work))
+            .collect()
+    });
+    f.warm_pull = median(warm).as_secs_f64();
+
+    log(&format!("{name}: wrk manifests and blob"));
+    f.tag = Some(phases.run(WRK_TAG, || {
+        wrk(
+            &format!("http://{host}/v2/bench/big/manifests/v1"),
+            64,
+            wrk_secs,
+        )
+    }));
+    f.digest = Some(phases.run(WRK_DIGEST, || {
+        wrk(
+            &format!("http://{host}/v2/bench/big/manifests/{}", corpus.big.digest),
+            64,
+            wrk_secs,
+        )
+    }));
+    let largest = largest_blob(&corpus.big);
+    f.blob = Some(phases.run(WRK_BLOB, || {
+        wrk(
+            &format!("http://{host}/v2/bench/big/blobs/{largest}"),
+            8,
+            wrk_secs,
+        )
+    }));
+
+    log(&format!(
+        "{name}: 16 concurrent cold pulls of bench/big2:v1"
+    ));
+    let (wall, bytes) = phases.run("16 concurrent cold pulls", || {
+        origin_bytes_during(origin, || {
+            concurrent_pulls(host, "bench/big2:v1", &corpus.big2.digest, work, 16)
+        })
+    });
+    f.conc_wall = wall.as_secs_f64();
+    f.conc_origin_ratio = bytes as f64 / image_bytes(&corpus.big2) as f64;
+
+    f.peak_rss = phases.peak_rss();
+    f.cpu = cpu_seconds(pid);
+    f.phases = phases;
+    f
+}
+
+const WRK_TAG: &str = "wrk manifest by tag";
+const WRK_DIGEST: &str = "wrk manifest by digest";
+const WRK_BLOB: &str = "wrk blob";
+
+fn largest_blob(layout: &Layout) -> String {
+    layout.images[0]
+        .blobs()
+        .into_iter()
+        .max_by_key(|b| b.size)
+        .unwrap()
+        .digest
+}
+
+/// Peak RSS of a fresh oci-cache pulling a single-layer image cold, then warm.
+fn huge_image_rss(origin: &Origin, work: &Path, mib: u64) -> Option<(f64, f64, f64, f64)> {
+    if mib == 0 {
+        return None;
+    }
+    log(&format!(
+        "building and pushing a {mib} MiB single-layer image"
+    ));
+    let huge = build_image(&work.join("huge"), "v1", &ImageSpec::new(300, 1, mib << 20));
+    skopeo::push(&huge, &origin.host(), "bench/huge:v1");
+    let _ = std::fs::remove_dir_all(work.join("huge"));
+    let mirror = Mirror::start_oci_cache(&[("origin", &origin.url())], "origin", "5m");
+    let pid = mirror.pid();
+    reset_peak_rss(pid);
+    log("oci-cache: cold pull of the huge image");
+    let cold = pull(&mirror.host(), "bench/huge:v1", &huge.digest, work);
+    let cold_rss = peak_rss(pid) as f64;
+    reset_peak_rss(pid);
+    log("oci-cache: warm pull of the huge image");
+    let warm = pull(&mirror.host(), "bench/huge:v1", &huge.digest, work);
+    let warm_rss = peak_rss(pid) as f64;
+    Some((cold_rss, warm_rss, cold.as_secs_f64(), warm.as_secs_f64()))
+}
+
+struct Table {
+    rows: Vec<[String; 6]>,
+}
+
+impl Table {
+    /// One row of figures, already formatted.
+    fn row(
+        &mut self,
+        what: &str,
+        origin: String,
+        reg: String,
+        oci: String,
+        ratio: String,
+        target: &str,
+    ) {
+        self.rows
+            .push([what.into(), origin, reg, oci, ratio, target.into()]);
+    }
+
+    fn print(&self) {
+        let header = [
+            "measure",
+            "origin direct",
+            "registry:2 proxy",
+            "oci-cache",
+            "ratio",
+            "target",
+        ];
+        println!("| {} |", header.join(" | "));
+        println!("|{}|", header.map(|_| "---").join("|"));
+        for r in &self.rows {
+            println!("| {} |", r.join(" | "));
+        }
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}×", a / b)
+}
+
+fn main() {
+    let _ = start_time();
+    if !support::tools_available("bench-compare") {
+        panic!("bench-compare needs docker-registry, skopeo and wrk (scripts/bench-compare installs them)");
+    }
+    let layer_mib = env_or("BENCH_LAYER_MIB", 24u64);
+    let huge_mib = env_or("BENCH_HUGE_MIB", 1024u64);
+    let work_dir = tempfile::Builder::new()
+        .prefix("bench-compare-")
+        .tempdir()
+        .unwrap();
+    let work = work_dir.path();
+
+    log("building the corpus");
+    let corpus = Corpus {
+        cold: (0..2)
+            .map(|i| {
+                build_image(
+                    &work.join(format!("cold{i}")),
+                    "v1",
+                    &ImageSpec::new(110 + i, 5, layer_mib << 20),
+                )
+            })
+            .collect(),
+        big: build_image(
+            &work.join("big"),
+            "v1",
+            &ImageSpec::new(100, 5, layer_mib << 20),
+        ),
+        big2: build_image(
+            &work.join("big2"),
+            "v1",
+            &ImageSpec::new(200, 5, layer_mib << 20),
+        ),
+        small: build_image(&work.join("small"), "v1", &ImageSpec::new(1, 3, 5000)),
+        multi: build_multiarch(&work.join("multi"), "v1", &ImageSpec::new(2, 2, 3000)),
+    };
+    let origin = Origin::start();
+    log("pushing the corpus to the origin");
+    for (i, layout) in corpus.cold.iter().enumerate() {
+        skopeo::push(layout, &origin.host(), &format!("bench/cold{i}:v1"));
+        let _ = std::fs::remove_dir_all(&layout.dir);
+    }
+    for (layout, name) in [
+        (&corpus.big, "bench/big:v1"),
+        (&corpus.big2, "bench/big2:v1"),
+        (&corpus.small, "bench/small:v1"),
+        (&corpus.multi, "bench/multi:v1"),
+    ] {
+        skopeo::push(layout, &origin.host(), name);
+        let _ = std::fs::remove_dir_all(&layout.dir);
+    }
+
+    let registry = Origin::start_proxy(&origin.url());
+    let oci = Mirror::start_oci_cache(&[("origin", &origin.url())], "origin", "5m");
+
+    // The origin served directly: the floor for a cold pull and a blob stream.
+    log("origin: direct pulls (the reference)");
+    let mut direct = vec![pull(
+        &origin.host(),
+        "bench/big:v1",
+        &corpus.big.digest,
+        work,
+    )];
+    for (i, layout) in corpus.cold.iter().enumerate() {
+        direct.push(pull(
+            &origin.host(),
+            &format!("bench/cold{i}:v1"),
+            &layout.digest,
+            work,
+        ));
+    }
+    let direct_pull = median(direct).as_secs_f64();
+    let wrk_secs = env_or("BENCH_WRK_SECS", 5u64);
+    let largest = largest_blob(&corpus.big);
+    let direct_blob = wrk(
+        &format!("http://{}/v2/bench/big/blobs/{largest}", origin.host()),
+        8,
+        wrk_secs,
+    );
+
+    let reg = measure(
+        "registry:2",
+        &registry.host(),
+        registry.pid(),
+        &origin,
+        &corpus,
+        work,
+    );
+    let oc = measure("oci-cache", &oci.host(), oci.pid(), &origin, &corpus, work);
+    drop(registry);
+    drop(oci);
+    let huge = huge_image_rss(&origin, work, huge_mib);
+
+    let dash = || "—".to_owned();
+    let secs = |s: f64| format!("{s:.2} s");
+    let mut t = Table { rows: Vec::new() };
+    let big_mib = image_bytes(&corpus.big) as f64 / MIB;
+    t.row(
+        &format!("cold pull, {big_mib:.0} MiB image, 5 layers (skopeo, median of 3 images)"),
+        secs(direct_pull),
+        secs(reg.cold_pull),
+        secs(oc.cold_pull),
+        format!(
+            "{} (vs origin {})",
+            ratio(oc.cold_pull, reg.cold_pull),
+            ratio(oc.cold_pull, direct_pull)
+        ),
+        "≤ 1.10× origin",
+    );
+    t.row(
+        "origin bytes / image bytes, one cold pull",
+        dash(),
+        format!("{:.3}", reg.cold_origin_ratio),
+        format!("{:.3}", oc.cold_origin_ratio),
+        ratio(oc.cold_origin_ratio, reg.cold_origin_ratio),
+        "1.00",
+    );
+    t.row(
+        "warm pull (median)",
+        dash(),
+        secs(reg.warm_pull),
+        secs(oc.warm_pull),
+        ratio(oc.warm_pull, reg.warm_pull),
+        "≤ 1.0×",
+    );
+    let wrk_rows = [
+        ("manifest by tag, 64 conns", reg.tag, oc.tag, "≥ 10×"),
+        (
+            "manifest by digest, 64 conns",
+            reg.digest,
+            oc.digest,
+            "≥ 5×",
+        ),
+    ];
+    for (what, r, o, target) in wrk_rows {
+        let (r, o) = (r.unwrap(), o.unwrap());
+        t.row(
+            &format!("{what}: req/s"),
+            dash(),
+            format!("{:.0}", r.req_per_sec),
+            format!("{:.0}", o.req_per_sec),
+            ratio(o.req_per_sec, r.req_per_sec),
+            target,
+        );
+        t.row(
+            &format!("{what}: p99"),
+            dash(),
+            format!("{:.2} ms", r.p99_ms),
+            format!("{:.2} ms", o.p99_ms),
+            ratio(o.p99_ms, r.p99_ms),
+            "",
+        );
+    }
+    let (rb, ob) = (reg.blob.unwrap(), oc.blob.unwrap());
+    t.row(
+        &format!("warm blob, {} MiB, 8 conns: MiB/s", layer_mib),
+        format!("{:.0}", direct_blob.bytes_per_sec / MIB),
+        format!("{:.0}", rb.bytes_per_sec / MIB),
+        format!("{:.0}", ob.bytes_per_sec / MIB),
+        format!(
+            "{} (vs origin {})",
+            ratio(ob.bytes_per_sec, rb.bytes_per_sec),
+            ratio(ob.bytes_per_sec, direct_blob.bytes_per_sec)
+        ),
+        "≥ 1.5×, ≥ 1.0× origin",
+    );
+    t.row(
+        "16 concurrent cold pulls: wall time",
+        dash(),
+        secs(reg.conc_wall),
+        secs(oc.conc_wall),
+        ratio(oc.conc_wall, reg.conc_wall),
+        "",
+    );
+    t.row(
+        "16 concurrent cold pulls: origin bytes / image bytes",
+        dash(),
+        format!("{:.3}", reg.conc_origin_ratio),
+        format!("{:.3}", oc.conc_origin_ratio),
+        ratio(oc.conc_origin_ratio, reg.conc_origin_ratio),
+        "≤ 1.02",
+    );
+    t.row(
+        "peak RSS over the run",
+        dash(),
+        format!("{:.1} MiB", reg.peak_rss / MIB),
+        format!("{:.1} MiB", oc.peak_rss / MIB),
+        ratio(oc.peak_rss, reg.peak_rss),
+        "≤ 0.25×",
+    );
+    t.row(
+        "CPU seconds over the run",
+        dash(),
+        format!("{:.1}", reg.cpu),
+        format!("{:.1}", oc.cpu),
+        ratio(oc.cpu, reg.cpu),
+        "≤ 0.5×",
+    );
+    let wrk_cpu =
+        |f: &Figures| f.phases.cpu(WRK_TAG) + f.phases.cpu(WRK_DIGEST) + f.phases.cpu(WRK_BLOB);
+    t.row(
+        "CPU seconds outside the fixed-time wrk runs (same work for both)",
+        dash(),
+        format!("{:.1}", reg.cpu - wrk_cpu(&reg)),
+        format!("{:.1}", oc.cpu - wrk_cpu(&oc)),
+        ratio(oc.cpu - wrk_cpu(&oc), reg.cpu - wrk_cpu(&reg)),
+        "",
+    );
+    let per_request = |f: &Figures| {
+        let requests =
+            (f.tag.unwrap().req_per_sec + f.digest.unwrap().req_per_sec) * wrk_secs as f64;
+        (f.phases.cpu(WRK_TAG) + f.phases.cpu(WRK_DIGEST)) / requests * 1e6
+    };
+    t.row(
+        "CPU per manifest request (wrk runs)",
+        dash(),
+        format!("{:.0} µs", per_request(&reg)),
+        format!("{:.0} µs", per_request(&oc)),
+        ratio(per_request(&oc), per_request(&reg)),
+        "",
+    );
+    let per_mib = |f: &Figures| {
+        f.phases.cpu(WRK_BLOB) / (f.blob.unwrap().bytes_per_sec * wrk_secs as f64 / MIB) * 1e3
+    };
+    t.row(
+        "CPU per warm blob MiB (wrk run)",
+        dash(),
+        format!("{:.2} ms", per_mib(&reg)),
+        format!("{:.2} ms", per_mib(&oc)),
+        ratio(per_mib(&oc), per_mib(&reg)),
+        "",
+    );
+    if let Some((cold_rss, warm_rss, cold_s, warm_s)) = huge {
+        t.row(
+            &format!("peak RSS, {huge_mib} MiB single layer: cold pull / warm pull"),
+            dash(),
+            dash(),
+            format!(
+                "{:.1} / {:.1} MiB ({cold_s:.1} s / {warm_s:.1} s)",
+                cold_rss / MIB,
+                warm_rss / MIB
+            ),
+            dash(),
+            "< 48 MiB",
+        );
+    }
+    println!();
+    t.print();
+    println!("\nPer phase (peak RSS during the phase, CPU seconds it used):\n");
+    println!("| phase | registry:2 proxy | oci-cache |");
+    println!("|---|---|---|");
+    for (r, o) in reg.phases.rows.iter().zip(&oc.phases.rows) {
+        println!(
+            "| {} | {:.1} MiB, {:.2} s | {:.1} MiB, {:.2} s |",
+            r.0,
+            r.1 / MIB,
+            r.2,
+            o.1 / MIB,
+            o.2
+        );
+    }
+}
