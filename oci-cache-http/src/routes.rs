@@ -17,9 +17,6 @@ use percent_encoding::percent_decode_str;
 
 use crate::error::{ApiError, OciErrorCode, Subject};
 
-/// The canonical name of Docker Hub, whose single-segment names get `library/`.
-const DOCKER_HUB: &str = "docker.io";
-
 /// Which upstream and repository a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
@@ -213,17 +210,19 @@ fn target(
             }
         },
     };
-    let mut joined = path.join("/");
-    if upstream.name.as_str() == DOCKER_HUB && path.len() == 1 {
-        joined.insert_str(0, "library/");
-    }
-    let repository = Repository::new(&joined).map_err(|_| {
+    let joined = path.join("/");
+    let invalid = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::NameInvalid,
             format!("invalid repository name {joined:?}"),
         )
-    })?;
+    };
+    let repository = Repository::new(&joined).map_err(|_| invalid())?;
+    // Docker Hub's implicit `library/` is the upstream's rule, kept in core.
+    let repository = upstream
+        .upstream_repository(&repository)
+        .map_err(|_| invalid())?;
     Ok(Target {
         upstream: upstream.name.clone(),
         repository,
