@@ -267,6 +267,35 @@ fn setup(options: CacheOptions) -> Setup {
     }
 }
 
+impl Setup {
+    async fn manifest(
+        &self,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> Result<ManifestResponse> {
+        self.engine
+            .manifest(&hub(), &repo(), reference, accept)
+            .await
+    }
+
+    /// The manifest a tag names, asked for by a client that takes every type.
+    async fn manifest_by_tag(&self, name: &str) -> ManifestResponse {
+        self.manifest(&tag(name), &broad()).await.unwrap()
+    }
+
+    async fn blob(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobResponse> {
+        self.engine.blob(&hub(), &repo(), digest, range).await
+    }
+
+    /// Upstream manifest calls so far: (HEAD, GET).
+    fn manifest_calls(&self) -> (usize, usize) {
+        (
+            count(&self.upstream.calls.head_manifest),
+            count(&self.upstream.calls.get_manifest),
+        )
+    }
+}
+
 fn hub() -> Registry {
     Registry::new("docker.io").unwrap()
 }
@@ -348,14 +377,14 @@ async fn blob_miss_streams_stores_then_hits() {
     let data = pattern(10_000);
     let digest = s.upstream.add_blob(BlobScript::new(&data));
 
-    let miss = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let miss = s.blob(&digest, None).await.unwrap();
     assert_eq!(miss.outcome, CacheOutcome::Miss);
     assert_eq!((miss.size, miss.range.clone()), (10_000, 0..10_000));
     assert_eq!(collect(miss.stream).await.unwrap(), data);
     fills_settled(&s.engine).await;
     assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
 
-    let hit = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let hit = s.blob(&digest, None).await.unwrap();
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(collect(hit.stream).await.unwrap(), data);
     assert_eq!(count(&s.upstream.calls.get_blob), 1);
@@ -410,7 +439,7 @@ async fn late_joiner_reads_spooled_bytes_then_follows_live() {
         .upstream
         .add_blob(BlobScript::new(&data).chunk(1024).gated(&gate));
 
-    let first = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let first = s.blob(&digest, None).await.unwrap();
     let mut first_stream = first.stream;
     gate.add_permits(40);
     let mut early = Vec::new();
@@ -418,7 +447,7 @@ async fn late_joiner_reads_spooled_bytes_then_follows_live() {
         early.extend_from_slice(&first_stream.next().await.unwrap().unwrap());
     }
 
-    let late = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let late = s.blob(&digest, None).await.unwrap();
     assert_eq!(late.outcome, CacheOutcome::Coalesced);
     let late_task = tokio::spawn(collect(late.stream));
     gate.add_permits(24);
@@ -460,7 +489,7 @@ async fn fill_completes_and_stores_when_the_first_client_leaves() {
         .upstream
         .add_blob(BlobScript::new(&data).chunk(1000).gated(&gate));
 
-    let response = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let response = s.blob(&digest, None).await.unwrap();
     let mut stream = response.stream;
     gate.add_permits(1);
     assert_eq!(stream.next().await.unwrap().unwrap().len(), 1000);
@@ -491,7 +520,7 @@ async fn wrong_digest_is_never_stored_and_the_next_request_refetches() {
         .get_mut(&digest)
         .unwrap()
         .gate = Some(Arc::clone(&gate));
-    let response = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let response = s.blob(&digest, None).await.unwrap();
     gate.add_permits(100);
     let err = collect(response.stream).await.unwrap_err();
     assert!(
@@ -503,7 +532,7 @@ async fn wrong_digest_is_never_stored_and_the_next_request_refetches() {
 
     // Upstream fixed: a clean retry, not a cached failure.
     s.upstream.add_blob(BlobScript::new(&data));
-    let retry = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let retry = s.blob(&digest, None).await.unwrap();
     assert_eq!(retry.outcome, CacheOutcome::Miss);
     assert_eq!(collect(retry.stream).await.unwrap(), data);
     assert_eq!(count(&s.upstream.calls.get_blob), 2);
@@ -567,11 +596,7 @@ async fn range_on_a_miss_is_served_from_the_single_fill() {
     let data = pattern(10_000);
     let digest = s.upstream.add_blob(BlobScript::new(&data).chunk(700));
 
-    let response = s
-        .engine
-        .blob(&hub(), &repo(), &digest, Some(1234..5678))
-        .await
-        .unwrap();
+    let response = s.blob(&digest, Some(1234..5678)).await.unwrap();
     assert_eq!(response.outcome, CacheOutcome::Miss);
     assert_eq!(
         (response.size, response.range.clone()),
@@ -581,21 +606,13 @@ async fn range_on_a_miss_is_served_from_the_single_fill() {
 
     // An end past the size is clamped; a start past it is refused.
     fills_settled(&s.engine).await;
-    let tail = s
-        .engine
-        .blob(&hub(), &repo(), &digest, Some(9990..20_000))
-        .await
-        .unwrap();
+    let tail = s.blob(&digest, Some(9990..20_000)).await.unwrap();
     assert_eq!(tail.range, 9990..10_000);
     assert_eq!(collect(tail.stream).await.unwrap(), data[9990..]);
     assert_eq!(count(&s.upstream.calls.get_blob), 1);
 
     let digest2 = s.upstream.add_blob(BlobScript::new(&pattern(100)));
-    let err = s
-        .engine
-        .blob(&hub(), &repo(), &digest2, Some(100..200))
-        .await
-        .unwrap_err();
+    let err = s.blob(&digest2, Some(100..200)).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -616,7 +633,7 @@ async fn blob_without_content_length_is_served_after_verification() {
         announced: None,
         ..BlobScript::new(&data)
     });
-    let response = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let response = s.blob(&digest, None).await.unwrap();
     assert_eq!(response.size, 3000);
     assert_eq!(collect(response.stream).await.unwrap(), data);
 }
@@ -626,11 +643,7 @@ async fn missing_blob_is_not_found_and_not_remembered() {
     let s = setup(CacheOptions::default());
     let digest = Digest::sha256_of(b"nowhere");
     for attempt in 1..=2 {
-        let err = s
-            .engine
-            .blob(&hub(), &repo(), &digest, None)
-            .await
-            .unwrap_err();
+        let err = s.blob(&digest, None).await.unwrap_err();
         assert!(err.is_not_found(), "{err}");
         fills_settled(&s.engine).await;
         assert_eq!(count(&s.upstream.calls.get_blob), attempt);
@@ -648,7 +661,7 @@ async fn blob_size_from_storage_fill_or_upstream_head() {
         s.engine.blob_size(&hub(), &repo(), &digest).await.unwrap(),
         (4321, CacheOutcome::Miss)
     );
-    let response = s.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let response = s.blob(&digest, None).await.unwrap();
     assert_eq!(
         s.engine.blob_size(&hub(), &repo(), &digest).await.unwrap(),
         (4321, CacheOutcome::Coalesced)
@@ -765,11 +778,7 @@ async fn manifest_by_digest_is_fetched_once_then_immutable() {
     let digest = Digest::sha256_of(INDEX);
     let reference = ManifestRef::Digest(digest.clone());
 
-    let miss = s
-        .engine
-        .manifest(&hub(), &repo(), &reference, &[])
-        .await
-        .unwrap();
+    let miss = s.manifest(&reference, &[]).await.unwrap();
     assert_eq!(miss.outcome, CacheOutcome::Miss);
     assert_eq!(
         (miss.digest.clone(), miss.media_type.as_str()),
@@ -779,11 +788,7 @@ async fn manifest_by_digest_is_fetched_once_then_immutable() {
 
     // Upstream down: a cached digest never asks it.
     s.upstream.down.store(true, Ordering::SeqCst);
-    let hit = s
-        .engine
-        .manifest(&hub(), &repo(), &reference, &broad())
-        .await
-        .unwrap();
+    let hit = s.manifest(&reference, &broad()).await.unwrap();
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(hit.bytes.as_ref(), INDEX);
     assert_eq!(count(&s.upstream.calls.get_manifest), 1);
@@ -800,11 +805,7 @@ async fn manifest_whose_bytes_differ_from_the_digest_asked_for_is_refused() {
     );
     let reference = ManifestRef::Digest(digest.clone());
     for attempt in 1..=2 {
-        let err = s
-            .engine
-            .manifest(&hub(), &repo(), &reference, &[])
-            .await
-            .unwrap_err();
+        let err = s.manifest(&reference, &[]).await.unwrap_err();
         assert!(
             matches!(err, Error::DigestMismatch { ref expected, .. } if *expected == digest),
             "{err}"
@@ -824,11 +825,7 @@ async fn manifest_whose_bytes_differ_from_the_digest_asked_for_is_refused() {
 async fn manifest_over_the_size_cap_is_refused() {
     let s = setup(CacheOptions::default().with_max_manifest_size(50));
     s.upstream.set_tag("big", &[(OCI_INDEX, INDEX)]);
-    let err = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("big"), &[])
-        .await
-        .unwrap_err();
+    let err = s.manifest(&tag("big"), &[]).await.unwrap_err();
     assert!(
         matches!(err, Error::TooLarge { limit: 50, actual, .. } if actual == INDEX.len() as u64),
         "{err}"
@@ -847,29 +844,15 @@ async fn tag_is_fresh_for_the_ttl_then_revalidated_with_head() {
     let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(3600)));
     s.upstream.set_tag("3.20", &[(OCI_INDEX, INDEX)]);
 
-    let miss = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let miss = s.manifest_by_tag("3.20").await;
     assert_eq!(miss.outcome, CacheOutcome::Miss);
     let record = s.storage.tag_get(&tag_key("3.20")).await.unwrap().unwrap();
     assert_eq!(record.digest, Digest::sha256_of(INDEX));
 
-    let hit = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let hit = s.manifest_by_tag("3.20").await;
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(hit.bytes.as_ref(), INDEX);
-    assert_eq!(
-        (
-            count(&s.upstream.calls.head_manifest),
-            count(&s.upstream.calls.get_manifest)
-        ),
-        (0, 1)
-    );
+    assert_eq!(s.manifest_calls(), (0, 1));
 
     // Past the TTL: one HEAD, no GET, and checked_at moves forward.
     let old = SystemTime::now() - Duration::from_secs(7200);
@@ -883,20 +866,10 @@ async fn tag_is_fresh_for_the_ttl_then_revalidated_with_head() {
         )
         .await
         .unwrap();
-    let revalidated = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let revalidated = s.manifest_by_tag("3.20").await;
     assert_eq!(revalidated.outcome, CacheOutcome::Revalidated);
     assert_eq!(revalidated.bytes.as_ref(), INDEX);
-    assert_eq!(
-        (
-            count(&s.upstream.calls.head_manifest),
-            count(&s.upstream.calls.get_manifest)
-        ),
-        (1, 1)
-    );
+    assert_eq!(s.manifest_calls(), (1, 1));
     let refreshed = s.storage.tag_get(&tag_key("3.20")).await.unwrap().unwrap();
     assert!(refreshed.checked_at > old + Duration::from_secs(3600));
 }
@@ -905,18 +878,11 @@ async fn tag_is_fresh_for_the_ttl_then_revalidated_with_head() {
 async fn moved_tag_fetches_and_records_the_new_manifest() {
     let s = setup(CacheOptions::default().with_tag_ttl(Duration::ZERO));
     s.upstream.set_tag("latest", &[(OCI_INDEX, INDEX)]);
-    s.engine
-        .manifest(&hub(), &repo(), &tag("latest"), &broad())
-        .await
-        .unwrap();
+    s.manifest_by_tag("latest").await;
 
     let moved: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}"#;
     s.upstream.set_tag("latest", &[(OCI_INDEX, moved)]);
-    let response = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("latest"), &broad())
-        .await
-        .unwrap();
+    let response = s.manifest_by_tag("latest").await;
     assert_eq!(response.outcome, CacheOutcome::Miss);
     assert_eq!(response.bytes.as_ref(), moved);
     assert_eq!(response.digest, Digest::sha256_of(moved));
@@ -929,21 +895,11 @@ async fn moved_tag_fetches_and_records_the_new_manifest() {
             .digest,
         Digest::sha256_of(moved)
     );
-    assert_eq!(
-        (
-            count(&s.upstream.calls.head_manifest),
-            count(&s.upstream.calls.get_manifest)
-        ),
-        (1, 2)
-    );
+    assert_eq!(s.manifest_calls(), (1, 2));
 
     // HEAD without a digest: GET and compare what the bytes hash to.
     s.upstream.head_without_digest.store(true, Ordering::SeqCst);
-    let same = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("latest"), &broad())
-        .await
-        .unwrap();
+    let same = s.manifest_by_tag("latest").await;
     assert_eq!(same.outcome, CacheOutcome::Revalidated);
     assert_eq!(same.bytes.as_ref(), moved);
 }
@@ -952,26 +908,15 @@ async fn moved_tag_fetches_and_records_the_new_manifest() {
 async fn stale_tag_is_served_when_upstream_fails() {
     let s = setup(CacheOptions::default().with_tag_ttl(Duration::ZERO));
     s.upstream.set_tag("3.20", &[(OCI_INDEX, INDEX)]);
-    s.engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    s.manifest_by_tag("3.20").await;
 
     s.upstream.down.store(true, Ordering::SeqCst);
-    let stale = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let stale = s.manifest_by_tag("3.20").await;
     assert_eq!(stale.outcome, CacheOutcome::Stale);
     assert_eq!(stale.bytes.as_ref(), INDEX);
 
     // Nothing cached and upstream down: the upstream error, not a made-up answer.
-    let err = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("other"), &broad())
-        .await
-        .unwrap_err();
+    let err = s.manifest(&tag("other"), &broad()).await.unwrap_err();
     assert!(
         matches!(&err, Error::Upstream(e) if e.kind() == UpstreamErrorKind::Unavailable),
         "{err}"
@@ -985,11 +930,7 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
     // manifest for clients that only take Docker manifests.
     s.upstream
         .set_tag("3.20", &[(OCI_INDEX, INDEX), (DOCKER_MANIFEST, CHILD)]);
-    let first = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let first = s.manifest_by_tag("3.20").await;
     assert_eq!(first.media_type, OCI_INDEX);
     assert_eq!(
         s.upstream.accepts_seen.lock().unwrap().last().unwrap(),
@@ -997,11 +938,7 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
     );
 
     let narrow = accept(&[DOCKER_MANIFEST]);
-    let response = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &narrow)
-        .await
-        .unwrap();
+    let response = s.manifest(&tag("3.20"), &narrow).await.unwrap();
     assert_eq!(response.media_type, DOCKER_MANIFEST);
     assert_eq!(response.bytes.as_ref(), CHILD);
     assert_eq!(response.outcome, CacheOutcome::Miss);
@@ -1011,11 +948,7 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
     );
 
     // The tag record still holds the broad answer for everyone else.
-    let again = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let again = s.manifest_by_tag("3.20").await;
     assert_eq!(
         (again.outcome, again.bytes.as_ref()),
         (CacheOutcome::Hit, INDEX)
@@ -1024,11 +957,7 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
     // By digest, a client that does not accept the stored type is not served it.
     let by_digest = ManifestRef::Digest(Digest::sha256_of(INDEX));
     let gets = count(&s.upstream.calls.get_manifest);
-    let err = s
-        .engine
-        .manifest(&hub(), &repo(), &by_digest, &narrow)
-        .await
-        .unwrap_err();
+    let err = s.manifest(&by_digest, &narrow).await.unwrap_err();
     assert!(
         matches!(&err, Error::NotAcceptable { media_type } if media_type == OCI_INDEX),
         "{err}"
@@ -1043,18 +972,11 @@ async fn narrow_client_is_served_from_storage_when_head_names_a_stored_digest() 
         .set_tag("3.20", &[(OCI_INDEX, INDEX), (DOCKER_MANIFEST, CHILD)]);
     // The platform manifest is already stored (pulled by digest earlier).
     let child = ManifestRef::Digest(Digest::sha256_of(CHILD));
-    s.engine
-        .manifest(&hub(), &repo(), &child, &[])
-        .await
-        .unwrap();
+    s.manifest(&child, &[]).await.unwrap();
     let gets = count(&s.upstream.calls.get_manifest);
 
     let narrow = accept(&[DOCKER_MANIFEST]);
-    let response = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &narrow)
-        .await
-        .unwrap();
+    let response = s.manifest(&tag("3.20"), &narrow).await.unwrap();
     assert_eq!(response.outcome, CacheOutcome::Revalidated);
     assert_eq!(response.bytes.as_ref(), CHILD);
     assert_eq!(count(&s.upstream.calls.head_manifest), 1);
@@ -1093,19 +1015,12 @@ async fn manifest_fetch_finishes_when_the_client_gives_up() {
     let s = setup(CacheOptions::default());
     s.upstream.set_tag("3.20", &[(OCI_INDEX, INDEX)]);
     *s.upstream.manifest_delay.lock().unwrap() = Duration::from_millis(50);
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(5),
-        s.engine.manifest(&hub(), &repo(), &tag("3.20"), &broad()),
-    )
-    .await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(5), s.manifest(&tag("3.20"), &broad())).await;
     assert!(gave_up.is_err());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(s.storage.tag_get(&tag_key("3.20")).await.unwrap().is_some());
-    let hit = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &broad())
-        .await
-        .unwrap();
+    let hit = s.manifest_by_tag("3.20").await;
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(count(&s.upstream.calls.get_manifest), 1);
 }
@@ -1126,10 +1041,7 @@ async fn tags_come_from_upstream_or_from_cache_when_it_fails() {
         )
     );
 
-    s.engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &[])
-        .await
-        .unwrap();
+    s.manifest(&tag("3.20"), &[]).await.unwrap();
     s.upstream.down.store(true, Ordering::SeqCst);
     let (list, outcome) = s.engine.tags(&hub(), &repo()).await.unwrap();
     assert_eq!(
@@ -1161,11 +1073,7 @@ async fn stale_digest_record_without_manifest_refetches() {
         )
         .await
         .unwrap();
-    let response = s
-        .engine
-        .manifest(&hub(), &repo(), &tag("3.20"), &[])
-        .await
-        .unwrap();
+    let response = s.manifest(&tag("3.20"), &[]).await.unwrap();
     assert_eq!(response.outcome, CacheOutcome::Miss);
     assert_eq!(
         s.storage
