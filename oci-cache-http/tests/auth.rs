@@ -109,14 +109,7 @@ async fn basic_challenge_gets_basic_credentials() {
     mock.push(Reply::status(401).header("www-authenticate", "Basic realm=\"registry\""))
         .push(manifest_reply());
     let up = client(config);
-    up.get_manifest(
-        &registry("docker.io"),
-        &repo("library/alpine"),
-        &tag("3"),
-        &[],
-    )
-    .await
-    .unwrap();
+    get_alpine_manifest(&up).await.unwrap();
     let seen = mock.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].header("authorization"), Some("Basic dXNlcjpwYXNz"));
@@ -136,15 +129,7 @@ async fn a_second_401_is_unauthorized_and_stops_the_chain() {
         .push(Reply::ok(r#"{"token":"t"}"#))
         .push(Reply::status(401));
     let up = client(config);
-    let err = up
-        .get_manifest(
-            &registry("docker.io"),
-            &repo("library/alpine"),
-            &tag("3"),
-            &[],
-        )
-        .await
-        .unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     match err {
         oci_cache_core::Error::Upstream(e) => {
             assert_eq!(e.kind(), oci_cache_core::UpstreamErrorKind::Unauthorized)

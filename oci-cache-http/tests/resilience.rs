@@ -39,18 +39,6 @@ fn kind_of(err: &Error) -> UpstreamErrorKind {
     }
 }
 
-async fn get_manifest(
-    up: &HyperUpstream,
-) -> Result<oci_cache_core::upstream::FetchedManifest, Error> {
-    up.get_manifest(
-        &registry("docker.io"),
-        &repo("library/alpine"),
-        &ManifestRef::Tag("3".parse().unwrap()),
-        &[],
-    )
-    .await
-}
-
 fn manifest_reply() -> Reply {
     Reply::ok(M).header("content-type", OCI_MANIFEST)
 }
@@ -86,13 +74,13 @@ async fn breaker_skips_a_hung_mirror_after_three_timeouts() {
     let mut closed = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        get_manifest(&up).await.unwrap();
+        get_alpine_manifest(&up).await.unwrap();
         closed.push(start.elapsed());
     }
     let mut open = Vec::new();
     for _ in 0..10 {
         let start = Instant::now();
-        get_manifest(&up).await.unwrap();
+        get_alpine_manifest(&up).await.unwrap();
         open.push(start.elapsed());
     }
     let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
@@ -127,11 +115,11 @@ async fn a_dead_only_endpoint_fails_fast_with_retry_after_once_open() {
     let (hole, accepted, task) = black_hole().await;
     let up = client_with(mirrors(&hole), options());
     for _ in 0..3 {
-        let err = get_manifest(&up).await.unwrap_err();
+        let err = get_alpine_manifest(&up).await.unwrap_err();
         assert_eq!(kind_of(&err), UpstreamErrorKind::Timeout);
     }
     let start = Instant::now();
-    let err = get_manifest(&up).await.unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_millis(50));
     assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
     let Error::Upstream(e) = &err else {
@@ -159,19 +147,19 @@ async fn breaker_half_opens_after_the_cooldown_and_closes_on_an_answer() {
     }
     for _ in 0..3 {
         assert_eq!(
-            kind_of(&get_manifest(&up).await.unwrap_err()),
+            kind_of(&get_alpine_manifest(&up).await.unwrap_err()),
             UpstreamErrorKind::Unavailable
         );
     }
     assert_eq!(
-        kind_of(&get_manifest(&up).await.unwrap_err()),
+        kind_of(&get_alpine_manifest(&up).await.unwrap_err()),
         UpstreamErrorKind::Skipped
     );
     assert_eq!(origin.count(), 3);
     tokio::time::sleep(Duration::from_millis(250)).await;
     origin.push(manifest_reply()).push(manifest_reply());
-    get_manifest(&up).await.unwrap();
-    get_manifest(&up).await.unwrap();
+    get_alpine_manifest(&up).await.unwrap();
+    get_alpine_manifest(&up).await.unwrap();
     assert_eq!(origin.count(), 5);
 }
 
@@ -184,12 +172,12 @@ async fn retry_after_429_moves_on_and_skips_the_endpoint_until_then() {
     let up = client_with(config, options());
     mirror.push(Reply::status(429).header("retry-after", "1"));
     origin.push(manifest_reply()).push(manifest_reply());
-    get_manifest(&up).await.unwrap();
-    get_manifest(&up).await.unwrap();
+    get_alpine_manifest(&up).await.unwrap();
+    get_alpine_manifest(&up).await.unwrap();
     assert_eq!(mirror.count(), 1, "the throttled mirror was asked again");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     mirror.push(manifest_reply());
-    get_manifest(&up).await.unwrap();
+    get_alpine_manifest(&up).await.unwrap();
     assert_eq!(mirror.count(), 2);
     assert_eq!(origin.count(), 2);
 
@@ -197,10 +185,10 @@ async fn retry_after_429_moves_on_and_skips_the_endpoint_until_then() {
     let lone = MockRegistry::start().await;
     let up = client_with(mirrors(&lone.url()), options());
     lone.push(Reply::status(429).header("retry-after", "30"));
-    let err = get_manifest(&up).await.unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     assert_eq!(kind_of(&err), UpstreamErrorKind::TooManyRequests);
     let start = Instant::now();
-    let err = get_manifest(&up).await.unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_millis(50));
     let Error::Upstream(e) = &err else {
         unreachable!()
@@ -222,7 +210,7 @@ async fn offline_never_dials() {
             ..options()
         },
     );
-    let err = get_manifest(&up).await.unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
     let err = up
         .get_blob(
@@ -420,7 +408,7 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
         },
     );
     let start = Instant::now();
-    let err = get_manifest(&up).await.unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     let took = start.elapsed();
     assert!(
         matches!(

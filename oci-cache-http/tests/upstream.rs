@@ -42,16 +42,6 @@ async fn chain() -> (MockRegistry, MockRegistry, HyperUpstream) {
     (mirror, origin, up)
 }
 
-async fn manifest(up: &HyperUpstream) -> Result<oci_cache_core::upstream::FetchedManifest, Error> {
-    up.get_manifest(
-        &registry("docker.io"),
-        &repo("library/alpine"),
-        &tag("3"),
-        &[],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn blob_redirect_to_another_host_drops_authorization() {
     let registry_mock = MockRegistry::start().await;
@@ -98,7 +88,9 @@ async fn redirect_loops_are_cut() {
     for _ in 0..12 {
         mock.push(Reply::status(302).header("location", "/again"));
     }
-    let err = manifest(&client(mirrors(&mock.url()))).await.unwrap_err();
+    let err = get_alpine_manifest(&client(mirrors(&mock.url())))
+        .await
+        .unwrap_err();
     assert_eq!(kind(err), UpstreamErrorKind::Invalid);
     assert_eq!(mock.count(), 11, "first request plus 10 redirects");
 }
@@ -114,7 +106,7 @@ async fn chain_moves_on_after_429_404_5xx_and_dropped_connections() {
         let (mirror, origin, up) = chain().await;
         mirror.push(failure.clone());
         origin.push(Reply::ok(M).header("content-type", OCI_MANIFEST));
-        let m = manifest(&up).await.unwrap();
+        let m = get_alpine_manifest(&up).await.unwrap();
         assert_eq!(m.bytes.as_ref(), M, "{failure:?}");
         assert_eq!((mirror.count(), origin.count()), (1, 1), "{failure:?}");
         // The mirror is asked with ns so a multi-upstream mirror can route.
@@ -131,7 +123,7 @@ async fn chain_stops_on_403_and_reports_the_last_error() {
     let (mirror, origin, up) = chain().await;
     mirror.push(Reply::status(403));
     assert_eq!(
-        kind(manifest(&up).await.unwrap_err()),
+        kind(get_alpine_manifest(&up).await.unwrap_err()),
         UpstreamErrorKind::Denied
     );
     assert_eq!(origin.count(), 0);
@@ -139,7 +131,7 @@ async fn chain_stops_on_403_and_reports_the_last_error() {
     let (mirror, origin, up) = chain().await;
     mirror.push(Reply::status(502));
     origin.push(Reply::status(429).header("retry-after", "7"));
-    match manifest(&up).await.unwrap_err() {
+    match get_alpine_manifest(&up).await.unwrap_err() {
         Error::Upstream(e) => {
             assert_eq!(e.kind(), UpstreamErrorKind::TooManyRequests);
             assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
@@ -170,7 +162,7 @@ async fn manifest_size_cap() {
     };
     let up = HyperUpstream::new(Arc::new(mirrors(&mock.url())), options).unwrap();
     mock.push(Reply::ok(vec![b' '; 17]).header("content-type", OCI_MANIFEST));
-    let err = manifest(&up).await.unwrap_err();
+    let err = get_alpine_manifest(&up).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -196,7 +188,7 @@ async fn slow_upstream_times_out() {
     mock.push(Reply::Delay(Duration::from_secs(2), Box::new(Reply::ok(M))));
     let started = std::time::Instant::now();
     assert_eq!(
-        kind(manifest(&up).await.unwrap_err()),
+        kind(get_alpine_manifest(&up).await.unwrap_err()),
         UpstreamErrorKind::Timeout
     );
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -216,7 +208,7 @@ async fn accept_is_forwarded_or_defaults_to_all_manifest_types() {
                 .header("docker-content-digest", Digest::sha256_of(M).as_str()),
         );
     }
-    let m = manifest(&up).await.unwrap();
+    let m = get_alpine_manifest(&up).await.unwrap();
     assert_eq!(m.head.media_type, OCI_MANIFEST, "parameters dropped");
     assert_eq!(m.head.digest, Some(Digest::sha256_of(M)));
     let accept = vec![OCI_INDEX.to_string(), OCI_MANIFEST.to_string()];
@@ -390,13 +382,23 @@ async fn explicit_proxy_tunnels_with_connect_and_honours_no_proxy() {
         .push(Reply::ok(M).header("content-type", OCI_MANIFEST));
 
     let tunnelled = HyperUpstream::new(Arc::new(mirrors(&mock.url())), via_proxy("")).unwrap();
-    assert_eq!(manifest(&tunnelled).await.unwrap().bytes.as_ref(), M);
+    assert_eq!(
+        get_alpine_manifest(&tunnelled)
+            .await
+            .unwrap()
+            .bytes
+            .as_ref(),
+        M
+    );
     let authority = mock.url().trim_start_matches("http://").to_string();
     assert_eq!(*proxy.targets.lock().unwrap(), vec![authority]);
 
     let direct =
         HyperUpstream::new(Arc::new(mirrors(&mock.url())), via_proxy("127.0.0.1")).unwrap();
-    assert_eq!(manifest(&direct).await.unwrap().bytes.as_ref(), M);
+    assert_eq!(
+        get_alpine_manifest(&direct).await.unwrap().bytes.as_ref(),
+        M
+    );
     assert_eq!(
         proxy.targets.lock().unwrap().len(),
         1,
@@ -412,6 +414,6 @@ async fn a_malformed_mirror_url_does_not_block_the_origin() {
     config.upstreams[0].endpoints = vec![endpoint("http://bad host with spaces")];
     origin.push(Reply::ok(M).header("content-type", OCI_MANIFEST));
     let up = client(config);
-    assert_eq!(manifest(&up).await.unwrap().bytes.as_ref(), M);
+    assert_eq!(get_alpine_manifest(&up).await.unwrap().bytes.as_ref(), M);
     assert_eq!(origin.count(), 1);
 }

@@ -258,6 +258,20 @@ pub fn repo(name: &str) -> Repository {
     Repository::new(name).unwrap()
 }
 
+/// GET the manifest of `docker.io/library/alpine:3` through `up`: the request
+/// most upstream-client tests make.
+pub async fn get_alpine_manifest(
+    up: &oci_cache_http::HyperUpstream,
+) -> Result<FetchedManifest, Error> {
+    up.get_manifest(
+        &registry("docker.io"),
+        &repo("library/alpine"),
+        &ManifestRef::Tag("3".parse().unwrap()),
+        &[],
+    )
+    .await
+}
+
 // ---------------------------------------------------------------- fake upstream
 
 /// (registry, repository, tag or digest).
