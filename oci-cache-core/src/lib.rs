@@ -49,6 +49,7 @@
 pub mod cache;
 pub mod digest;
 pub mod error;
+mod file_io;
 pub mod mirror;
 pub mod reference;
 pub mod storage;

@@ -5,9 +5,10 @@
 //! A fill is a tokio task, not tied to any request, that reads the upstream
 //! body once and tees each chunk into
 //!
-//! 1. the storage write ([`Storage::blob_write`] fed through a bounded channel,
-//!    with the expected digest and size, so the backend verifies and commits
-//!    atomically), and
+//! 1. the storage write ([`Storage::blob_write_preverified`] fed through a
+//!    bounded channel: the fill hashes every byte once, for its clients and
+//!    for storage, and ends the channel with its verdict, so the backend
+//!    commits atomically without hashing the blob a second time), and
 //! 2. the fill's *buffer*, which every joined client reads at its own pace.
 //!
 //! The buffer is a window of the most recent chunks in memory (at most
@@ -47,8 +48,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{aborted, BlobResponse, CacheOutcome, Engine};
 use crate::digest::{Digest, DigestVerifier};
+use crate::file_io::ChunkReader;
 use crate::reference::{Registry, Repository};
-use crate::storage::{ByteStream, Storage};
+use crate::storage::{ByteStream, PreverifiedStream, Storage};
 use crate::upstream::Upstream;
 use crate::{Error, Result};
 
@@ -343,10 +345,10 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             // below only decides what later requests find in storage.
             self.fill.finish(result.map_err(Arc::new));
         };
-        let store = self
-            .engine
-            .storage
-            .blob_write(digest, size, receiver_stream(store_rx));
+        let store =
+            self.engine
+                .storage
+                .blob_write_preverified(digest, size, preverified_stream(store_rx));
         let ((), stored) = tokio::join!(pump, store);
         let verified = matches!(*self.fill.progress.borrow(), Phase::Done(Ok(_)));
         match (verified, stored) {
@@ -368,7 +370,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         &self,
         mut upstream: ByteStream,
         size: Option<u64>,
-        to_store: mpsc::Sender<Result<Bytes>>,
+        to_store: mpsc::Sender<Result<Feed>>,
     ) -> Result<u64> {
         let mut verifier = DigestVerifier::new(self.digest.clone(), size);
         let keep = self.engine.options.fill_window as u64;
@@ -394,7 +396,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
                     // Spill down to half the window so spool writes come in batches.
                     self.fill.spill(&file, keep / 2).await?;
                 }
-                if storing && to_store.send(Ok(chunk)).await.is_err() {
+                if storing && to_store.send(Ok(Feed::Chunk(chunk))).await.is_err() {
                     // The backend gave up (its error is reported when the write
                     // returns); the clients are still served.
                     storing = false;
@@ -403,9 +405,14 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             verifier.finish()
         }
         .await;
-        if let Err(e) = &result {
-            // Tell the backend to discard the staged write rather than commit it.
-            let _ = to_store.send(Err(e.duplicate())).await;
+        // Storage hashes nothing itself (a preverified write): this verdict is
+        // what lets it commit, or makes it discard the staged bytes.
+        let verdict = match &result {
+            Ok(_) => Ok(Feed::Verified),
+            Err(e) => Err(e.duplicate()),
+        };
+        if storing {
+            let _ = to_store.send(verdict).await;
         }
         result
     }
@@ -451,6 +458,8 @@ struct Reader {
     pos: u64,
     end: u64,
     ended: bool,
+    /// Opened the first time this reader falls behind the window.
+    spool: Option<ChunkReader>,
 }
 
 impl Reader {
@@ -462,6 +471,7 @@ impl Reader {
             pos: range.start,
             end: range.end,
             ended: false,
+            spool: None,
         }
     }
 
@@ -506,8 +516,14 @@ impl Reader {
                         return Some(Ok(bytes));
                     }
                     Located::Spool(file, len) => {
-                        let at = self.pos;
-                        let read = blocking(move || read_at(&file, at, len)).await;
+                        let spool = self.spool.get_or_insert_with(|| ChunkReader::new(file));
+                        let len = usize::try_from(len).unwrap_or_default();
+                        let read = match spool.read_at(self.pos, len).await {
+                            // The spool holds every byte before the window by construction.
+                            Ok(bytes) if bytes.is_empty() => Err(aborted("blob spool read")),
+                            Ok(bytes) => Ok(bytes),
+                            Err(e) => Err(io_error(e)),
+                        };
                         if let Ok(bytes) = &read {
                             self.pos += bytes.len() as u64;
                         }
@@ -529,13 +545,29 @@ impl Reader {
     }
 }
 
-/// Turns the storage channel into the stream [`Storage::blob_write`] consumes.
-fn receiver_stream(rx: mpsc::Receiver<Result<Bytes>>) -> ByteStream {
-    futures::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
+/// What the fill sends the storage write: bytes, then the verdict.
+enum Feed {
+    Chunk(Bytes),
+    /// Every byte matched the digest: the write may commit.
+    Verified,
+}
+
+/// Turns the storage channel into the stream
+/// [`Storage::blob_write_preverified`] consumes. It ends cleanly only on
+/// [`Feed::Verified`]; a channel closed without a verdict (the fill task went
+/// away) is an error, so the backend never commits unverified bytes.
+fn preverified_stream(rx: mpsc::Receiver<Result<Feed>>) -> PreverifiedStream {
+    let stream = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Ok(Feed::Chunk(chunk))) => Some((Ok(chunk), Some(rx))),
+            Some(Ok(Feed::Verified)) => None,
+            Some(Err(e)) => Some((Err(e), None)),
+            None => Some((Err(aborted("blob fill")), None)),
+        }
     })
-    .boxed()
+    .boxed();
+    PreverifiedStream::new(stream)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -566,39 +598,13 @@ fn io_error(e: std::io::Error) -> Error {
     Error::storage("spool", "blob spool i/o failed", e)
 }
 
-fn read_at(file: &File, at: u64, len: u64) -> Result<Bytes> {
-    let mut buf = vec![0; usize::try_from(len).unwrap_or_default()];
-    read_exact_at(file, &mut buf, at).map_err(io_error)?;
-    Ok(Bytes::from(buf))
-}
-
 fn write_at(file: &File, bytes: &[u8], at: u64) -> Result<()> {
     write_all_at(file, bytes, at).map_err(io_error)
 }
 
 #[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
-}
-
-#[cfg(unix)]
 fn write_all_at(file: &File, bytes: &[u8], at: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, bytes, at)
-}
-
-#[cfg(windows)]
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut at: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match file.seek_read(buf, at)? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                at += n as u64;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(windows)]

@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 
-use super::{ByteStream, RepositoryEntry, Storage, StoredManifest, TagKey, TagRecord};
+use super::{
+    ByteStream, PreverifiedStream, RepositoryEntry, Storage, StoredManifest, TagKey, TagRecord,
+};
 use crate::digest::{Digest, DigestAlgorithm, DigestHasher};
 use crate::reference::{Registry, Repository, Tag};
 use crate::Error;
@@ -37,6 +39,7 @@ pub async fn run_all(storage: &dyn Storage) {
     blob_digest_mismatch_leaves_nothing(storage).await;
     blob_size_mismatch_leaves_nothing(storage).await;
     blob_truncated_stream_leaves_nothing(storage).await;
+    blob_preverified_write(storage).await;
     blob_write_is_invisible_until_complete(storage).await;
     blob_concurrent_same_digest_writers(storage).await;
     blob_rewrite_is_idempotent(storage).await;
@@ -310,6 +313,64 @@ pub async fn blob_truncated_stream_leaves_nothing(storage: &dyn Storage) {
     assert_absent(storage, &digest, "after a failed source stream").await;
     // The same digest can still be written afterwards.
     write(storage, &bytes, 1024 * 1024).await;
+    assert_eq!(read_all(storage, &digest, None).await, bytes);
+}
+
+/// A preverified write (the engine's fill) stores what it is given, still
+/// checks the size, and commits nothing when the producer's verdict is an
+/// error, even for bytes that would have matched.
+pub async fn blob_preverified_write(storage: &dyn Storage) {
+    let bytes = unique_bytes(300_000);
+    let digest = Digest::sha256_of(&bytes);
+    let preverified = PreverifiedStream::new;
+
+    // The producer's verdict is an error after the last byte: nothing stored.
+    let failing = stream_of(bytes.clone(), 65_536)
+        .chain(futures::stream::once(async {
+            Err(Error::DigestMismatch {
+                expected: Digest::sha256_of(b"other"),
+                actual: Digest::sha256_of(b"bytes"),
+            })
+        }))
+        .boxed();
+    let err = storage
+        .blob_write_preverified(&digest, Some(300_000), preverified(failing))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DigestMismatch { .. }),
+        "{storage}: the producer's verdict must come back, got {err}"
+    );
+    assert_absent(storage, &digest, "after a preverified stream that failed").await;
+
+    // Fewer bytes than announced: refused on the size alone.
+    let short = stream_of(bytes.slice(..200_000), 65_536);
+    let err = storage
+        .blob_write_preverified(&digest, Some(300_000), preverified(short))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SizeMismatch {
+                expected: 300_000,
+                actual: 200_000,
+                ..
+            }
+        ),
+        "{storage}: a short preverified stream gave {err}"
+    );
+    assert_absent(storage, &digest, "after a short preverified stream").await;
+
+    let written = storage
+        .blob_write_preverified(
+            &digest,
+            Some(300_000),
+            preverified(stream_of(bytes.clone(), 65_536)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{storage}: preverified write of {digest}: {e}"));
+    assert_eq!(written, 300_000);
     assert_eq!(read_all(storage, &digest, None).await, bytes);
 }
 

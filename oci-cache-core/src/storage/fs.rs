@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,12 +18,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::verified::{resolve_range, verify_bytes, write_verified, Staging};
+use super::verified::{resolve_range, verify_bytes, write_verified, Source, Staging};
 use super::{
-    keys, BlobInfo, BlobRead, ByteStream, RepositoryEntry, Storage, StoredManifest, TagKey,
-    TagRecord,
+    keys, BlobInfo, BlobRead, ByteStream, PreverifiedStream, RepositoryEntry, Storage,
+    StoredManifest, TagKey, TagRecord,
 };
 use crate::digest::Digest;
+use crate::file_io::ChunkReader;
 use crate::reference::{Registry, Repository, Tag};
 use crate::{Error, Result};
 
@@ -406,96 +407,13 @@ impl Drop for FsStaging {
     }
 }
 
-/// Reads `len` bytes (fewer only at end of file) into a fresh buffer.
-fn read_chunk(file: &mut File, len: usize) -> io::Result<Bytes> {
-    // `read_to_end` fills spare capacity without zeroing it first.
-    let mut buf = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut buf)?;
-    Ok(Bytes::from(buf))
-}
-
-#[async_trait]
-impl Storage for FsStorage {
-    async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
-        let path = self.path(&keys::blob(digest));
-        let digest = digest.clone();
-        blocking(move || match std::fs::metadata(&path) {
-            Ok(meta) => Ok(Some(BlobInfo {
-                last_access: last_access(&meta),
-                size: meta.len(),
-                digest,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(e, format!("cannot stat {}", path.display()))),
-        })
-        .await
-    }
-
-    async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead> {
-        let path = self.path(&keys::blob(digest));
-        let what = format!("blob {digest}");
-        let (file, size, range) = blocking(move || {
-            let mut file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(Error::not_found(what));
-                }
-                Err(e) => return Err(io_error(e, format!("cannot open {}", path.display()))),
-            };
-            let size = file
-                .metadata()
-                .map_err(|e| io_error(e, format!("cannot stat {}", path.display())))?
-                .len();
-            let range = resolve_range(size, range)?;
-            // Eviction reads the access time; relatime would update it only daily.
-            let now = std::fs::FileTimes::new().set_accessed(SystemTime::now());
-            if let Err(e) = file.set_times(now) {
-                tracing::debug!(path = %path.display(), error = %e, "cannot record blob access");
-            }
-            file.seek(SeekFrom::Start(range.start))
-                .map_err(|e| io_error(e, format!("cannot seek in {}", path.display())))?;
-            Ok((file, size, range))
-        })
-        .await?;
-        let remaining = range.end - range.start;
-        let digest = digest.clone();
-        let stream = futures::stream::try_unfold(
-            (file, remaining, digest),
-            |(mut file, remaining, digest)| async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                let len = usize::try_from(remaining).unwrap_or(IO_CHUNK).min(IO_CHUNK);
-                let (file, chunk) = tokio::task::spawn_blocking(move || {
-                    let chunk = read_chunk(&mut file, len);
-                    (file, chunk)
-                })
-                .await
-                .map_err(|e| Error::storage(BACKEND, "filesystem task failed", e))?;
-                let chunk = chunk.map_err(|e| io_error(e, format!("cannot read blob {digest}")))?;
-                if chunk.is_empty() {
-                    return Err(Error::storage(
-                        BACKEND,
-                        format!("blob {digest} ended {remaining} bytes early; delete it so it is fetched again"),
-                        io::Error::from(io::ErrorKind::UnexpectedEof),
-                    ));
-                }
-                let remaining = remaining - chunk.len() as u64;
-                Ok(Some((chunk, (file, remaining, digest))))
-            },
-        );
-        Ok(BlobRead {
-            size,
-            range,
-            stream: stream.boxed(),
-        })
-    }
-
-    async fn blob_write(
+impl FsStorage {
+    /// The one blob write behind both trait methods.
+    async fn write_blob(
         &self,
         digest: &Digest,
         expected_size: Option<u64>,
-        data: ByteStream,
+        data: Source,
     ) -> Result<u64> {
         let inner = Arc::clone(&self.inner);
         let (staged, file) = blocking(move || {
@@ -522,6 +440,108 @@ impl Storage for FsStorage {
             done: false,
         };
         write_verified(digest, expected_size, data, Box::new(staging)).await
+    }
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = self.path(&keys::blob(digest));
+        let digest = digest.clone();
+        blocking(move || match std::fs::metadata(&path) {
+            Ok(meta) => Ok(Some(BlobInfo {
+                last_access: last_access(&meta),
+                size: meta.len(),
+                digest,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(e, format!("cannot stat {}", path.display()))),
+        })
+        .await
+    }
+
+    async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead> {
+        let path = self.path(&keys::blob(digest));
+        let what = format!("blob {digest}");
+        let (file, size, range) = blocking(move || {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::not_found(what));
+                }
+                Err(e) => return Err(io_error(e, format!("cannot open {}", path.display()))),
+            };
+            let size = file
+                .metadata()
+                .map_err(|e| io_error(e, format!("cannot stat {}", path.display())))?
+                .len();
+            let range = resolve_range(size, range)?;
+            // Eviction reads the access time; relatime would update it only daily.
+            let now = std::fs::FileTimes::new().set_accessed(SystemTime::now());
+            if let Err(e) = file.set_times(now) {
+                tracing::debug!(path = %path.display(), error = %e, "cannot record blob access");
+            }
+            Ok((file, size, range))
+        })
+        .await?;
+        let digest = digest.clone();
+        let reader = ChunkReader::new(Arc::new(file));
+        let stream = futures::stream::try_unfold(
+            (reader, range.clone(), digest),
+            |(mut reader, mut left, digest)| async move {
+                if left.is_empty() {
+                    return Ok(None);
+                }
+                let len = usize::try_from(left.end - left.start)
+                    .unwrap_or(IO_CHUNK)
+                    .min(IO_CHUNK);
+                let chunk = reader
+                    .read_at(left.start, len)
+                    .await
+                    .map_err(|e| io_error(e, format!("cannot read blob {digest}")))?;
+                if chunk.is_empty() {
+                    return Err(Error::storage(
+                        BACKEND,
+                        format!(
+                            "blob {digest} ended {} bytes early; delete it so it is fetched again",
+                            left.end - left.start
+                        ),
+                        io::Error::from(io::ErrorKind::UnexpectedEof),
+                    ));
+                }
+                left.start += chunk.len() as u64;
+                Ok(Some((chunk, (reader, left, digest))))
+            },
+        );
+        Ok(BlobRead {
+            size,
+            range,
+            stream: stream.boxed(),
+        })
+    }
+
+    async fn blob_write(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: ByteStream,
+    ) -> Result<u64> {
+        self.write_blob(digest, expected_size, Source::Unchecked(data))
+            .await
+    }
+
+    async fn blob_write_preverified(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: PreverifiedStream,
+    ) -> Result<u64> {
+        self.write_blob(
+            digest,
+            expected_size,
+            Source::Preverified(data.into_stream()),
+        )
+        .await
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {

@@ -9,9 +9,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use super::verified::{resolve_range, verify_bytes, write_verified, Staging};
+use super::verified::{resolve_range, verify_bytes, write_verified, Source, Staging};
 use super::{
-    BlobInfo, BlobRead, ByteStream, RepositoryEntry, Storage, StoredManifest, TagKey, TagRecord,
+    BlobInfo, BlobRead, ByteStream, PreverifiedStream, RepositoryEntry, Storage, StoredManifest,
+    TagKey, TagRecord,
 };
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
@@ -121,6 +122,23 @@ fn tag_map_key(key: &TagKey) -> (Registry, Repository, Tag) {
     )
 }
 
+impl MemoryStorage {
+    /// The one blob write behind both trait methods.
+    async fn write_blob(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: Source,
+    ) -> Result<u64> {
+        let staging = MemoryStaging {
+            state: Arc::clone(&self.state),
+            digest: digest.clone(),
+            buffer: BytesMut::new(),
+        };
+        write_verified(digest, expected_size, data, Box::new(staging)).await
+    }
+}
+
 #[async_trait]
 impl Storage for MemoryStorage {
     async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
@@ -158,12 +176,22 @@ impl Storage for MemoryStorage {
         expected_size: Option<u64>,
         data: ByteStream,
     ) -> Result<u64> {
-        let staging = MemoryStaging {
-            state: Arc::clone(&self.state),
-            digest: digest.clone(),
-            buffer: BytesMut::new(),
-        };
-        write_verified(digest, expected_size, data, Box::new(staging)).await
+        self.write_blob(digest, expected_size, Source::Unchecked(data))
+            .await
+    }
+
+    async fn blob_write_preverified(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: PreverifiedStream,
+    ) -> Result<u64> {
+        self.write_blob(
+            digest,
+            expected_size,
+            Source::Preverified(data.into_stream()),
+        )
+        .await
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {

@@ -33,7 +33,11 @@
 //! Every backend's write goes through one helper that hashes the stream as
 //! it is stored and publishes the object only when digest and size match; a
 //! mismatch, short stream, source error, I/O error or cancelled future
-//! leaves nothing readable. On the filesystem the bytes go to
+//! leaves nothing readable. The cache engine's fill, which hashes every blob
+//! for its clients anyway, writes through
+//! [`Storage::blob_write_preverified`]: its stream ends cleanly only after
+//! the engine's own digest check passed, so the backend counts the size but
+//! does not hash the bytes again. On the filesystem the bytes go to
 //! `_staging/<uuid>` (same filesystem), are `fsync`ed ([`FsOptions::durable`],
 //! on by default) and renamed into place; concurrent writers of one digest
 //! each rename a complete, identical file. A full disk fails the write with
@@ -155,6 +159,31 @@ pub struct RepositoryEntry {
     pub repository: Repository,
 }
 
+/// A blob stream whose producer hashes every byte against the digest as it
+/// goes: it ends cleanly only after the producer's digest check passed, and
+/// with an error otherwise (including when the producer goes away). Only
+/// this crate builds one: the cache engine's fill, which hashes each blob for
+/// its clients anyway, so storing it need not hash it again.
+pub struct PreverifiedStream(ByteStream);
+
+impl PreverifiedStream {
+    /// `stream` must keep the promise above; see the blob fill in `cache`.
+    pub(crate) fn new(stream: ByteStream) -> Self {
+        PreverifiedStream(stream)
+    }
+
+    /// The bytes, for a backend that verifies them itself.
+    pub fn into_stream(self) -> ByteStream {
+        self.0
+    }
+}
+
+impl Debug for PreverifiedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreverifiedStream")
+    }
+}
+
 /// The storage interface every backend implements.
 ///
 /// Every write is verified and atomic: an object becomes visible only once
@@ -179,6 +208,20 @@ pub trait Storage: Debug + Display + Send + Sync + 'static {
         expected_size: Option<u64>,
         data: ByteStream,
     ) -> Result<u64>;
+
+    /// Like [`blob_write`](Self::blob_write), for bytes whose producer checks
+    /// them against `digest` as they stream (see [`PreverifiedStream`]), so
+    /// the backend may skip hashing them a second time. The size is still
+    /// checked against `expected_size`. The default verifies anyway.
+    async fn blob_write_preverified(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: PreverifiedStream,
+    ) -> Result<u64> {
+        self.blob_write(digest, expected_size, data.into_stream())
+            .await
+    }
 
     /// Removes a blob; absent is not an error.
     async fn blob_delete(&self, digest: &Digest) -> Result<()>;

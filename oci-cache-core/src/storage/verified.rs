@@ -33,18 +33,91 @@ pub(crate) trait Staging: Send {
     async fn abort(self: Box<Self>);
 }
 
-/// Streams `data` into `staging`, verifying against `digest` and `expected_size`,
-/// and commits only when everything matched. Returns the size written.
+/// Bytes to store, and who checks them against the digest.
+pub(crate) enum Source {
+    /// Any stream: hashed here.
+    Unchecked(ByteStream),
+    /// A [`PreverifiedStream`](super::PreverifiedStream)'s bytes: its producer
+    /// hashes them and ends the stream with an error on a mismatch, so only the
+    /// size is counted here.
+    Preverified(ByteStream),
+}
+
+/// The check [`write_verified`] applies while the bytes go by.
+enum Check {
+    Hash(Box<DigestVerifier>),
+    Count {
+        digest: Digest,
+        expected_size: Option<u64>,
+        seen: u64,
+    },
+}
+
+impl Check {
+    fn update(&mut self, chunk: &[u8]) -> Result<()> {
+        match self {
+            Check::Hash(verifier) => verifier.update(chunk),
+            Check::Count {
+                digest,
+                expected_size,
+                seen,
+            } => {
+                *seen += chunk.len() as u64;
+                match *expected_size {
+                    Some(expected) if *seen > expected => Err(Error::SizeMismatch {
+                        digest: digest.clone(),
+                        expected,
+                        actual: *seen,
+                    }),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Result<u64> {
+        match self {
+            Check::Hash(verifier) => verifier.finish(),
+            Check::Count {
+                digest,
+                expected_size: Some(expected),
+                seen,
+            } if seen != expected => Err(Error::SizeMismatch {
+                digest,
+                expected,
+                actual: seen,
+            }),
+            Check::Count { seen, .. } => Ok(seen),
+        }
+    }
+}
+
+/// Streams `data` into `staging`, checking it against `digest` and
+/// `expected_size`, and commits only when everything matched. Returns the
+/// size written.
 pub(crate) async fn write_verified(
     digest: &Digest,
     expected_size: Option<u64>,
-    mut data: ByteStream,
+    data: Source,
     mut staging: Box<dyn Staging>,
 ) -> Result<u64> {
-    let mut verifier = DigestVerifier::new(digest.clone(), expected_size);
+    let (mut data, mut check) = match data {
+        Source::Unchecked(data) => (
+            data,
+            Check::Hash(Box::new(DigestVerifier::new(digest.clone(), expected_size))),
+        ),
+        Source::Preverified(data) => (
+            data,
+            Check::Count {
+                digest: digest.clone(),
+                expected_size,
+                seen: 0,
+            },
+        ),
+    };
     while let Some(chunk) = data.next().await {
         let step = match chunk {
-            Ok(chunk) => match verifier.update(&chunk) {
+            Ok(chunk) => match check.update(&chunk) {
                 Ok(()) => staging.write(chunk).await,
                 Err(e) => Err(e),
             },
@@ -55,7 +128,7 @@ pub(crate) async fn write_verified(
             return Err(e);
         }
     }
-    match verifier.finish() {
+    match check.finish() {
         Ok(size) => {
             staging.commit().await?;
             Ok(size)
