@@ -8,8 +8,10 @@
 //! cache or refuses with `EAGAIN` instead of waiting for the disk; only a
 //! refused read goes to the blocking pool. Elsewhere, every read does.
 //!
-//! The reader also reuses its buffer: once the consumer has dropped the
-//! previous chunk, the next one is read into the same allocation.
+//! Each chunk gets a fresh buffer, freed as soon as the consumer drops it:
+//! reusing one buffer per reader saved little CPU but kept a chunk alive per
+//! open stream, which 16 concurrent pulls (80 streams) turned into a third of
+//! the process's peak RSS.
 
 use std::fs::File;
 use std::io;
@@ -21,7 +23,6 @@ use bytes::{Bytes, BytesMut};
 #[derive(Debug)]
 pub(crate) struct ChunkReader {
     file: Arc<File>,
-    buf: BytesMut,
     /// Cleared when the kernel or filesystem does not take `RWF_NOWAIT`.
     try_nowait: bool,
 }
@@ -30,7 +31,6 @@ impl ChunkReader {
     pub(crate) fn new(file: Arc<File>) -> Self {
         ChunkReader {
             file,
-            buf: BytesMut::new(),
             try_nowait: cfg!(target_os = "linux"),
         }
     }
@@ -42,14 +42,11 @@ impl ChunkReader {
             return Ok(Bytes::new());
         }
         if self.try_nowait {
-            // Takes the old allocation back if every chunk cut from it is gone.
-            self.buf.clear();
-            self.buf.reserve(len);
-            self.buf.resize(len, 0);
-            match read_cached(&self.file, &mut self.buf, at) {
+            let mut buf = BytesMut::zeroed(len);
+            match read_cached(&self.file, &mut buf, at) {
                 Ok(Some(n)) => {
-                    self.buf.truncate(n);
-                    return Ok(self.buf.split().freeze());
+                    buf.truncate(n);
+                    return Ok(buf.freeze());
                 }
                 Ok(None) => {}
                 Err(e) if is_unsupported(&e) => self.try_nowait = false,
@@ -148,7 +145,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_exact_ranges_and_reuses_nothing_still_held() {
+    async fn reads_exact_ranges_and_keeps_chunks_independent() {
         let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut reader = ChunkReader::new(file_with(&content));
         assert_eq!(read_range(&mut reader, 0, 300_000, 65_536).await, content);

@@ -17,6 +17,14 @@ const GRACE: Duration = Duration::from_secs(30);
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most response bytes hyper queues per connection before it stops asking the
+/// body for more (its default is ~400 KiB). A client that reads slowly then
+/// holds at most this plus one chunk in memory: with 16 concurrent pulls (80
+/// blob streams) the default let queued chunks make up half the peak RSS.
+/// Also the largest request head accepted, far above what registry clients
+/// send. Throughput on loopback is unchanged (measured with wrk).
+const MAX_BUFFERED: usize = 64 * 1024;
+
 /// Serves `service` on `listener` until `shutdown` completes, then waits up
 /// to 30 s for in-flight requests (a blob download may take longer; it is cut).
 pub async fn serve(
@@ -29,8 +37,12 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUFFERED);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_send_buf_size(MAX_BUFFERED);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

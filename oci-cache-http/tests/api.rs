@@ -386,3 +386,53 @@ async fn one_log_line_per_request_with_cache_outcome() {
         }
     }
 }
+
+/// Through the real server on a socket: a blob larger than the per-connection
+/// buffer arrives whole behind a 16 KiB request header (registry tokens are
+/// long), while a head over the 64 KiB limit gets 431 instead of being buffered.
+#[tokio::test]
+async fn server_streams_past_its_buffer_limit_and_caps_request_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (svc, fake) = fake_service();
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let digest = fake.add_blob(&data);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(oci_cache_http::serve(listener, svc, async {
+        let _ = stopped.await;
+    }));
+
+    let exchange = |padding: usize| {
+        let digest = digest.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!(
+                "GET /v2/library/alpine/blobs/{digest} HTTP/1.1\r\nHost: mirror\r\n\
+             X-Padding: {}\r\nConnection: close\r\n\r\n",
+                "a".repeat(padding)
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.unwrap();
+            let split = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a response head");
+            let head = String::from_utf8_lossy(&response[..split]).into_owned();
+            (head, response[split + 4..].to_vec())
+        }
+    };
+
+    let (head, body) = exchange(16 * 1024).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), data.len());
+    assert!(body == data, "the blob arrived altered");
+
+    let (head, _) = exchange(100 * 1024).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -56,8 +56,8 @@ use crate::{Error, Result};
 
 /// Chunks queued between the fill and the storage write.
 const STORE_QUEUE: usize = 8;
-/// Largest single read from the spool.
-const SPOOL_READ: u64 = 256 * 1024;
+/// Largest single read from the spool (the filesystem backend's chunk size).
+const SPOOL_READ: u64 = 128 * 1024;
 
 /// The fills under way, by digest. Blobs are content-addressed and shared by all
 /// upstreams, so one fill serves every repository that asks for the digest.

@@ -29,10 +29,14 @@ use crate::reference::{Registry, Repository, Tag};
 use crate::{Error, Result};
 
 const BACKEND: &str = "filesystem";
-/// Size of the chunks reads yield and of the batches writes hand to the disk:
-/// large enough that the per-call overhead of the blocking pool vanishes,
-/// small enough that memory stays flat.
-const IO_CHUNK: usize = 256 * 1024;
+/// Size of the chunks reads yield: large enough that per-call overhead
+/// vanishes (warm blob throughput is the same at 128 and 256 KiB), small
+/// enough that the chunks many slow clients hold at once stay a small part of
+/// the RSS.
+const IO_CHUNK: usize = 128 * 1024;
+/// Bytes a write collects before handing them to the blocking pool in one
+/// call: fewer thread hops per blob; one batch per blob being written.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// How [`FsStorage`] trades durability for speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +369,7 @@ impl Staging for FsStaging {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.batch_len += chunk.len();
         self.batch.push(chunk);
-        if self.batch_len >= IO_CHUNK {
+        if self.batch_len >= WRITE_BATCH {
             self.flush().await?;
         }
         Ok(())
@@ -769,13 +773,13 @@ mod tests {
     async fn cancelled_write_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let storage = FsStorage::open(dir.path()).await.unwrap();
-        let bytes = unique_bytes(4 * IO_CHUNK);
+        let bytes = unique_bytes(4 * WRITE_BATCH);
         let digest = Digest::sha256_of(&bytes);
         let (mut tx, rx) = futures::channel::mpsc::channel(1);
         let write = storage.blob_write(&digest, None, rx.boxed());
         let feed = async {
             use futures::SinkExt;
-            tx.send(Ok(bytes.slice(..2 * IO_CHUNK))).await.unwrap();
+            tx.send(Ok(bytes.slice(..2 * WRITE_BATCH))).await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
         // The feeder finishes first; `select` then drops the unfinished write.
@@ -800,11 +804,11 @@ mod tests {
         let storage = FsStorage::from_inner(Inner {
             root: dir.path().to_owned(),
             options: FsOptions::default(),
-            quota: Some(Arc::new(AtomicU64::new(3 * IO_CHUNK as u64 + 5))),
+            quota: Some(Arc::new(AtomicU64::new(3 * WRITE_BATCH as u64 + 5))),
         })
         .await
         .unwrap();
-        let bytes = unique_bytes(8 * IO_CHUNK);
+        let bytes = unique_bytes(8 * WRITE_BATCH);
         let digest = Digest::sha256_of(&bytes);
         let err = storage
             .blob_write(
