@@ -28,8 +28,9 @@
 //!
 //! # Blob fills
 //!
-//! A fill reads the upstream body once and tees every chunk into the storage
-//! write (which verifies the digest and commits atomically) and into a buffer
+//! A fill reads the upstream body once, hashes it once, and tees every chunk
+//! into the storage write (which commits atomically only after that digest
+//! check passed) and into a buffer
 //! that every client of that digest reads at its own pace. The buffer keeps
 //! only the most recent [`CacheOptions::fill_window`] bytes in memory; older
 //! bytes move to an anonymous spool file before they leave memory. A client
@@ -108,7 +109,9 @@ pub struct CacheOptions {
     pub max_manifest_size: u64,
     /// Bytes of each blob fill kept in memory for the clients reading it; older
     /// bytes are read back from a spool file. Bounds memory per fill whatever
-    /// the blob size.
+    /// the blob size. Default 256 KiB: clients that keep up read from memory,
+    /// and a larger window only raised peak RSS (five 5-layer cold pulls in a
+    /// row: 15.8 MiB peak at 256 KiB, 19.9 MiB at 1 MiB).
     pub fill_window: usize,
     /// Directory for blob fill spool files (anonymous, removed when the fill is
     /// done); `None` is the system temporary directory.
@@ -120,7 +123,7 @@ impl Default for CacheOptions {
         CacheOptions {
             tag_ttl: Duration::from_secs(300),
             max_manifest_size: 4 * 1024 * 1024,
-            fill_window: 1024 * 1024,
+            fill_window: 256 * 1024,
             spool_dir: None,
         }
     }

@@ -65,6 +65,12 @@ const MANIFEST_TYPES: [&str; 4] = [
 /// Most tag-list pages followed when the caller asked for all tags.
 const MAX_TAG_PAGES: usize = 1000;
 
+/// Largest read buffer of one upstream HTTP/1 connection (hyper's default is
+/// ~400 KiB). A blob fill keeps recent chunks in memory for its clients, and
+/// each chunk pins the read buffer it was cut from, so this bounds what one
+/// fill holds; 128 KiB reads are still few per MiB.
+const UPSTREAM_READ_BUFFER: usize = 128 * 1024;
+
 /// How upstream connections reach the network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ProxyConfig {
@@ -196,6 +202,7 @@ fn build_client(
         .wrap_connector(proxy);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(options.idle_timeout)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .build(connector))
 }
 
