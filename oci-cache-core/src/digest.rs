@@ -304,10 +304,8 @@ impl DigestHasher {
 /// ```
 #[derive(Debug, Clone)]
 pub struct DigestVerifier {
-    expected: Digest,
-    expected_size: Option<u64>,
+    size: SizeCheck,
     hasher: DigestHasher,
-    seen: u64,
 }
 
 impl DigestVerifier {
@@ -315,57 +313,82 @@ impl DigestVerifier {
     pub fn new(expected: Digest, expected_size: Option<u64>) -> Self {
         DigestVerifier {
             hasher: DigestHasher::new(expected.algorithm()),
-            expected,
-            expected_size,
-            seen: 0,
+            size: SizeCheck::new(expected, expected_size),
         }
     }
 
     /// The digest the content must match.
     pub fn expected(&self) -> &Digest {
-        &self.expected
+        &self.size.digest
     }
 
     /// Bytes seen so far.
     pub fn bytes_seen(&self) -> u64 {
-        self.seen
+        self.size.seen
     }
 
     /// Hashes one more chunk; errors as soon as the content is longer than expected.
     pub fn update(&mut self, chunk: &[u8]) -> crate::Result<()> {
-        self.seen += chunk.len() as u64;
-        if let Some(expected) = self.expected_size {
-            if self.seen > expected {
-                return Err(crate::Error::SizeMismatch {
-                    digest: self.expected.clone(),
-                    expected,
-                    actual: self.seen,
-                });
-            }
-        }
+        self.size.add(chunk.len())?;
         self.hasher.update(chunk);
         Ok(())
     }
 
     /// Ends the stream: the total size when size and digest match, else the mismatch.
     pub fn finish(self) -> crate::Result<u64> {
-        if let Some(expected) = self.expected_size {
-            if self.seen != expected {
-                return Err(crate::Error::SizeMismatch {
-                    digest: self.expected,
-                    expected,
-                    actual: self.seen,
-                });
-            }
-        }
+        let seen = self.size.finish()?;
         let actual = self.hasher.finish();
-        if actual != self.expected {
+        if actual != self.size.digest {
             return Err(crate::Error::DigestMismatch {
-                expected: self.expected,
+                expected: self.size.digest,
                 actual,
             });
         }
-        Ok(self.seen)
+        Ok(seen)
+    }
+}
+
+/// The size half of [`DigestVerifier`], on its own for bytes whose digest
+/// someone else checks (a preverified storage write).
+#[derive(Debug, Clone)]
+pub(crate) struct SizeCheck {
+    digest: Digest,
+    expected: Option<u64>,
+    seen: u64,
+}
+
+impl SizeCheck {
+    pub(crate) fn new(digest: Digest, expected: Option<u64>) -> Self {
+        SizeCheck {
+            digest,
+            expected,
+            seen: 0,
+        }
+    }
+
+    /// Counts `len` more bytes; errors as soon as there are more than expected.
+    pub(crate) fn add(&mut self, len: usize) -> crate::Result<()> {
+        self.seen += len as u64;
+        match self.expected {
+            Some(expected) if self.seen > expected => Err(self.mismatch(expected)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The total, when it is exactly the expected size (or none was given).
+    pub(crate) fn finish(&self) -> crate::Result<u64> {
+        match self.expected {
+            Some(expected) if self.seen != expected => Err(self.mismatch(expected)),
+            _ => Ok(self.seen),
+        }
+    }
+
+    fn mismatch(&self, expected: u64) -> crate::Error {
+        crate::Error::SizeMismatch {
+            digest: self.digest.clone(),
+            expected,
+            actual: self.seen,
+        }
     }
 }
 

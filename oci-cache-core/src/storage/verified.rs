@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::ByteStream;
-use crate::digest::{Digest, DigestVerifier};
+use crate::digest::{Digest, DigestVerifier, SizeCheck};
 use crate::{Error, Result};
 
 /// Bytes on their way into a backend, invisible until [`commit`](Self::commit).
@@ -46,48 +46,21 @@ pub(crate) enum Source {
 /// The check [`write_verified`] applies while the bytes go by.
 enum Check {
     Hash(Box<DigestVerifier>),
-    Count {
-        digest: Digest,
-        expected_size: Option<u64>,
-        seen: u64,
-    },
+    Count(SizeCheck),
 }
 
 impl Check {
     fn update(&mut self, chunk: &[u8]) -> Result<()> {
         match self {
             Check::Hash(verifier) => verifier.update(chunk),
-            Check::Count {
-                digest,
-                expected_size,
-                seen,
-            } => {
-                *seen += chunk.len() as u64;
-                match *expected_size {
-                    Some(expected) if *seen > expected => Err(Error::SizeMismatch {
-                        digest: digest.clone(),
-                        expected,
-                        actual: *seen,
-                    }),
-                    _ => Ok(()),
-                }
-            }
+            Check::Count(size) => size.add(chunk.len()),
         }
     }
 
     fn finish(self) -> Result<u64> {
         match self {
             Check::Hash(verifier) => verifier.finish(),
-            Check::Count {
-                digest,
-                expected_size: Some(expected),
-                seen,
-            } if seen != expected => Err(Error::SizeMismatch {
-                digest,
-                expected,
-                actual: seen,
-            }),
-            Check::Count { seen, .. } => Ok(seen),
+            Check::Count(size) => size.finish(),
         }
     }
 }
@@ -108,11 +81,7 @@ pub(crate) async fn write_verified(
         ),
         Source::Preverified(data) => (
             data,
-            Check::Count {
-                digest: digest.clone(),
-                expected_size,
-                seen: 0,
-            },
+            Check::Count(SizeCheck::new(digest.clone(), expected_size)),
         ),
     };
     while let Some(chunk) = data.next().await {
