@@ -110,31 +110,8 @@ struct Wrk {
     bytes_per_sec: f64,
 }
 
-/// How long a wrk run lasts.
-#[derive(Debug, Clone, Copy)]
-enum Load {
-    /// As many requests as the server answers in this many seconds: for rates.
-    Seconds(u64),
-    /// Exactly this many requests: the same work for every server, for CPU
-    /// seconds.
-    Requests(u64),
-}
-
-/// One load run against `url`: wrk for fixed-time runs; ApacheBench (`ab`,
-/// which takes a request count, unlike wrk) for fixed-count runs, where only
-/// the server's CPU is read and the returned figures are zero.
-fn wrk(url: &str, connections: u32, load: Load) -> Wrk {
-    let secs = match load {
-        Load::Seconds(secs) => secs,
-        Load::Requests(n) => {
-            fixed_count(url, connections, n);
-            return Wrk {
-                req_per_sec: 0.0,
-                p99_ms: 0.0,
-                bytes_per_sec: 0.0,
-            };
-        }
-    };
+/// `secs` seconds of wrk against `url`: rates and latency.
+fn wrk(url: &str, connections: u32, secs: u64) -> Wrk {
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s")])
         .args(["--latency", "--timeout", "30s", "-H", ACCEPT, url])
@@ -160,7 +137,9 @@ fn wrk(url: &str, connections: u32, load: Load) -> Wrk {
     }
 }
 
-/// Exactly `n` keep-alive GETs of `url` over `connections` connections, all 2xx.
+/// Exactly `n` keep-alive GETs of `url` over `connections` connections, all
+/// 2xx: the same work for every server, for CPU seconds. ApacheBench, since
+/// wrk cannot stop after a count.
 fn fixed_count(url: &str, connections: u32, n: u64) {
     let out = Command::new("ab")
         .args([
@@ -430,10 +409,9 @@ fn measure(
         "http://{host}/v2/bench/big/blobs/{}",
         largest_blob(&corpus.big)
     );
-    let rate = Load::Seconds(wrk_secs);
-    f.tag = Some(phases.run(WRK_TAG, || wrk(&tag_url, 64, rate)));
-    f.digest = Some(phases.run(WRK_DIGEST, || wrk(&digest_url, 64, rate)));
-    f.blob = Some(phases.run(WRK_BLOB, || wrk(&blob_url, 8, rate)));
+    f.tag = Some(phases.run(WRK_TAG, || wrk(&tag_url, 64, wrk_secs)));
+    f.digest = Some(phases.run(WRK_DIGEST, || wrk(&digest_url, 64, wrk_secs)));
+    f.blob = Some(phases.run(WRK_BLOB, || wrk(&blob_url, 8, wrk_secs)));
 
     // The fixed-time runs above give the faster server more work; these give
     // both the same, so the CPU seconds over the run compare like with like.
@@ -445,7 +423,7 @@ fn measure(
         (SAME_DIGEST, &digest_url, 64, SAME_WORK_MANIFESTS),
         (SAME_BLOB, &blob_url, 8, SAME_WORK_BLOBS),
     ] {
-        phases.run(phase, || wrk(url, connections, Load::Requests(count)));
+        phases.run(phase, || fixed_count(url, connections, count));
     }
 
     log(&format!(
@@ -620,7 +598,7 @@ fn main() {
     let direct_blob = wrk(
         &format!("http://{}/v2/bench/big/blobs/{largest}", origin.host()),
         8,
-        Load::Seconds(wrk_secs),
+        wrk_secs,
     );
 
     let reg = measure(
