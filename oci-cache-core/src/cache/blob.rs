@@ -5,7 +5,7 @@
 //! A fill is a tokio task, not tied to any request, that reads the upstream
 //! body once and tees each chunk into
 //!
-//! 1. the storage write ([`Storage::blob_write_preverified`] fed through a
+//! 1. the storage write ([`BlobSource::Preverified`] fed through a
 //!    bounded channel: the fill hashes every byte once, for its clients and
 //!    for storage, and ends the channel with its verdict, so the backend
 //!    commits atomically without hashing the blob a second time), and
@@ -50,7 +50,7 @@ use super::{aborted, BlobResponse, CacheOutcome, Engine};
 use crate::digest::{Digest, DigestVerifier};
 use crate::file_io::ChunkReader;
 use crate::reference::{Registry, Repository};
-use crate::storage::{ByteStream, PreverifiedStream, Storage};
+use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
 use crate::upstream::Upstream;
 use crate::{Error, Result};
 
@@ -345,10 +345,11 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             // below only decides what later requests find in storage.
             self.fill.finish(result.map_err(Arc::new));
         };
-        let store =
-            self.engine
-                .storage
-                .blob_write_preverified(digest, size, preverified_stream(store_rx));
+        let store = self.engine.storage.blob_write_from(
+            digest,
+            size,
+            BlobSource::Preverified(preverified_stream(store_rx)),
+        );
         let ((), stored) = tokio::join!(pump, store);
         let verified = matches!(*self.fill.progress.borrow(), Phase::Done(Ok(_)));
         match (verified, stored) {
@@ -553,7 +554,7 @@ enum Feed {
 }
 
 /// Turns the storage channel into the stream
-/// [`Storage::blob_write_preverified`] consumes. It ends cleanly only on
+/// [`BlobSource::Preverified`] consumes. It ends cleanly only on
 /// [`Feed::Verified`]; a channel closed without a verdict (the fill task went
 /// away) is an error, so the backend never commits unverified bytes.
 fn preverified_stream(rx: mpsc::Receiver<Result<Feed>>) -> PreverifiedStream {

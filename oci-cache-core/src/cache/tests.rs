@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use super::*;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::reference::Tag;
-use crate::storage::{MemoryStorage, StoredManifest, TagKey, TagRecord};
+use crate::storage::{BlobSource, MemoryStorage, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead};
 
 // ---------------------------------------------------------------- fake upstream
@@ -702,7 +702,8 @@ impl Storage for FailingBlobWrites {
     ) -> Result<crate::storage::BlobRead> {
         self.0.blob_read(d, r).await
     }
-    async fn blob_write(&self, _: &Digest, _: Option<u64>, mut data: ByteStream) -> Result<u64> {
+    async fn blob_write_from(&self, _: &Digest, _: Option<u64>, data: BlobSource) -> Result<u64> {
+        let mut data = data.into_stream();
         // Take a little, then give up like a backend that ran out of space.
         let _ = data.next().await;
         Err(Error::Storage {
@@ -1192,7 +1193,8 @@ impl Storage for NullStorage {
     ) -> Result<crate::storage::BlobRead> {
         Err(Error::not_found(format!("blob {digest}")))
     }
-    async fn blob_write(&self, _: &Digest, _: Option<u64>, mut data: ByteStream) -> Result<u64> {
+    async fn blob_write_from(&self, _: &Digest, _: Option<u64>, data: BlobSource) -> Result<u64> {
+        let mut data = data.into_stream();
         let mut size = 0;
         while let Some(chunk) = data.next().await {
             size += chunk?.len() as u64;

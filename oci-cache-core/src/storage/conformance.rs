@@ -25,7 +25,8 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 
 use super::{
-    ByteStream, PreverifiedStream, RepositoryEntry, Storage, StoredManifest, TagKey, TagRecord,
+    BlobSource, ByteStream, PreverifiedStream, RepositoryEntry, Storage, StoredManifest, TagKey,
+    TagRecord,
 };
 use crate::digest::{Digest, DigestAlgorithm, DigestHasher};
 use crate::reference::{Registry, Repository, Tag};
@@ -322,7 +323,7 @@ pub async fn blob_truncated_stream_leaves_nothing(storage: &dyn Storage) {
 pub async fn blob_preverified_write(storage: &dyn Storage) {
     let bytes = unique_bytes(300_000);
     let digest = Digest::sha256_of(&bytes);
-    let preverified = PreverifiedStream::new;
+    let preverified = |stream| BlobSource::Preverified(PreverifiedStream::new(stream));
 
     // The producer's verdict is an error after the last byte: nothing stored.
     let failing = stream_of(bytes.clone(), 65_536)
@@ -334,7 +335,7 @@ pub async fn blob_preverified_write(storage: &dyn Storage) {
         }))
         .boxed();
     let err = storage
-        .blob_write_preverified(&digest, Some(300_000), preverified(failing))
+        .blob_write_from(&digest, Some(300_000), preverified(failing))
         .await
         .unwrap_err();
     assert!(
@@ -346,7 +347,7 @@ pub async fn blob_preverified_write(storage: &dyn Storage) {
     // Fewer bytes than announced: refused on the size alone.
     let short = stream_of(bytes.slice(..200_000), 65_536);
     let err = storage
-        .blob_write_preverified(&digest, Some(300_000), preverified(short))
+        .blob_write_from(&digest, Some(300_000), preverified(short))
         .await
         .unwrap_err();
     assert!(
@@ -363,7 +364,7 @@ pub async fn blob_preverified_write(storage: &dyn Storage) {
     assert_absent(storage, &digest, "after a short preverified stream").await;
 
     let written = storage
-        .blob_write_preverified(
+        .blob_write_from(
             &digest,
             Some(300_000),
             preverified(stream_of(bytes.clone(), 65_536)),

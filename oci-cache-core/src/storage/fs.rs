@@ -18,10 +18,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::verified::{resolve_range, verify_bytes, write_verified, Source, Staging};
+use super::verified::{resolve_range, verify_bytes, write_verified, Staging};
 use super::{
-    keys, BlobInfo, BlobRead, ByteStream, PreverifiedStream, RepositoryEntry, Storage,
-    StoredManifest, TagKey, TagRecord,
+    keys, BlobInfo, BlobRead, BlobSource, RepositoryEntry, Storage, StoredManifest, TagKey,
+    TagRecord,
 };
 use crate::digest::Digest;
 use crate::file_io::ChunkReader;
@@ -411,42 +411,6 @@ impl Drop for FsStaging {
     }
 }
 
-impl FsStorage {
-    /// The one blob write behind both trait methods.
-    async fn write_blob(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: Source,
-    ) -> Result<u64> {
-        let inner = Arc::clone(&self.inner);
-        let (staged, file) = blocking(move || {
-            inner.create_staging().map_err(|e| {
-                io_error(
-                    e,
-                    format!(
-                        "cannot create a staging file under {}",
-                        inner.root.display()
-                    ),
-                )
-            })
-        })
-        .await?;
-        let staging = FsStaging {
-            inner: Arc::clone(&self.inner),
-            digest: digest.clone(),
-            key: keys::blob(digest),
-            staged,
-            file: Some(file),
-            pending: None,
-            batch: Vec::new(),
-            batch_len: 0,
-            done: false,
-        };
-        write_verified(digest, expected_size, data, Box::new(staging)).await
-    }
-}
-
 #[async_trait]
 impl Storage for FsStorage {
     async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
@@ -524,28 +488,37 @@ impl Storage for FsStorage {
         })
     }
 
-    async fn blob_write(
+    async fn blob_write_from(
         &self,
         digest: &Digest,
         expected_size: Option<u64>,
-        data: ByteStream,
+        data: BlobSource,
     ) -> Result<u64> {
-        self.write_blob(digest, expected_size, Source::Unchecked(data))
-            .await
-    }
-
-    async fn blob_write_preverified(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: PreverifiedStream,
-    ) -> Result<u64> {
-        self.write_blob(
-            digest,
-            expected_size,
-            Source::Preverified(data.into_stream()),
-        )
-        .await
+        let inner = Arc::clone(&self.inner);
+        let (staged, file) = blocking(move || {
+            inner.create_staging().map_err(|e| {
+                io_error(
+                    e,
+                    format!(
+                        "cannot create a staging file under {}",
+                        inner.root.display()
+                    ),
+                )
+            })
+        })
+        .await?;
+        let staging = FsStaging {
+            inner: Arc::clone(&self.inner),
+            digest: digest.clone(),
+            key: keys::blob(digest),
+            staged,
+            file: Some(file),
+            pending: None,
+            batch: Vec::new(),
+            batch_len: 0,
+            done: false,
+        };
+        write_verified(digest, expected_size, data, Box::new(staging)).await
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {

@@ -9,10 +9,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use super::verified::{resolve_range, verify_bytes, write_verified, Source, Staging};
+use super::verified::{resolve_range, verify_bytes, write_verified, Staging};
 use super::{
-    BlobInfo, BlobRead, ByteStream, PreverifiedStream, RepositoryEntry, Storage, StoredManifest,
-    TagKey, TagRecord,
+    BlobInfo, BlobRead, BlobSource, RepositoryEntry, Storage, StoredManifest, TagKey, TagRecord,
 };
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
@@ -122,23 +121,6 @@ fn tag_map_key(key: &TagKey) -> (Registry, Repository, Tag) {
     )
 }
 
-impl MemoryStorage {
-    /// The one blob write behind both trait methods.
-    async fn write_blob(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: Source,
-    ) -> Result<u64> {
-        let staging = MemoryStaging {
-            state: Arc::clone(&self.state),
-            digest: digest.clone(),
-            buffer: BytesMut::new(),
-        };
-        write_verified(digest, expected_size, data, Box::new(staging)).await
-    }
-}
-
 #[async_trait]
 impl Storage for MemoryStorage {
     async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
@@ -170,28 +152,18 @@ impl Storage for MemoryStorage {
         })
     }
 
-    async fn blob_write(
+    async fn blob_write_from(
         &self,
         digest: &Digest,
         expected_size: Option<u64>,
-        data: ByteStream,
+        data: BlobSource,
     ) -> Result<u64> {
-        self.write_blob(digest, expected_size, Source::Unchecked(data))
-            .await
-    }
-
-    async fn blob_write_preverified(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: PreverifiedStream,
-    ) -> Result<u64> {
-        self.write_blob(
-            digest,
-            expected_size,
-            Source::Preverified(data.into_stream()),
-        )
-        .await
+        let staging = MemoryStaging {
+            state: Arc::clone(&self.state),
+            digest: digest.clone(),
+            buffer: BytesMut::new(),
+        };
+        write_verified(digest, expected_size, data, Box::new(staging)).await
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {

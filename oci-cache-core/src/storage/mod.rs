@@ -34,8 +34,8 @@
 //! it is stored and publishes the object only when digest and size match; a
 //! mismatch, short stream, source error, I/O error or cancelled future
 //! leaves nothing readable. The cache engine's fill, which hashes every blob
-//! for its clients anyway, writes through
-//! [`Storage::blob_write_preverified`]: its stream ends cleanly only after
+//! for its clients anyway, writes a [`BlobSource::Preverified`]: its stream
+//! ends cleanly only after
 //! the engine's own digest check passed, so the backend counts the size but
 //! does not hash the bytes again. On the filesystem the bytes go to
 //! `_staging/<uuid>` (same filesystem), are `fsync`ed ([`FsOptions::durable`],
@@ -184,6 +184,34 @@ impl Debug for PreverifiedStream {
     }
 }
 
+/// The bytes of a blob write, and who checks them against the digest.
+pub enum BlobSource {
+    /// Any stream: the backend hashes it.
+    Unchecked(ByteStream),
+    /// A stream whose producer hashes it (see [`PreverifiedStream`]): the
+    /// backend may only count its size.
+    Preverified(PreverifiedStream),
+}
+
+impl Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlobSource::Unchecked(_) => "BlobSource::Unchecked",
+            BlobSource::Preverified(_) => "BlobSource::Preverified",
+        })
+    }
+}
+
+impl BlobSource {
+    /// The bytes, for a backend that verifies every source itself.
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            BlobSource::Unchecked(stream) => stream,
+            BlobSource::Preverified(stream) => stream.into_stream(),
+        }
+    }
+}
+
 /// The storage interface every backend implements.
 ///
 /// Every write is verified and atomic: an object becomes visible only once
@@ -199,27 +227,28 @@ pub trait Storage: Debug + Display + Send + Sync + 'static {
     /// past the end → [`Error::RangeNotSatisfiable`](crate::Error::RangeNotSatisfiable).
     async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead>;
 
-    /// Stores a blob from a stream, hashing as it goes; returns the size written.
-    /// Visible only when the bytes match `digest` (and `expected_size`, if given).
-    /// Writing a digest that already exists succeeds without changing it.
+    /// Stores a blob; returns the size written. Visible only when the bytes
+    /// match `digest` (and `expected_size`, if given): an
+    /// [`Unchecked`](BlobSource::Unchecked) source is hashed as it is stored,
+    /// a [`Preverified`](BlobSource::Preverified) one is checked by its
+    /// producer and only its size is counted here. Writing a digest that
+    /// already exists succeeds without changing it.
+    async fn blob_write_from(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: BlobSource,
+    ) -> Result<u64>;
+
+    /// Stores a blob from any stream, hashing as it goes
+    /// ([`blob_write_from`](Self::blob_write_from) with an unchecked source).
     async fn blob_write(
         &self,
         digest: &Digest,
         expected_size: Option<u64>,
         data: ByteStream,
-    ) -> Result<u64>;
-
-    /// Like [`blob_write`](Self::blob_write), for bytes whose producer checks
-    /// them against `digest` as they stream (see [`PreverifiedStream`]), so
-    /// the backend may skip hashing them a second time. The size is still
-    /// checked against `expected_size`. The default verifies anyway.
-    async fn blob_write_preverified(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: PreverifiedStream,
     ) -> Result<u64> {
-        self.blob_write(digest, expected_size, data.into_stream())
+        self.blob_write_from(digest, expected_size, BlobSource::Unchecked(data))
             .await
     }
 

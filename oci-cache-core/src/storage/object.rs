@@ -29,10 +29,10 @@ use object_store::{
 };
 use tokio::task::JoinHandle;
 
-use super::verified::{resolve_range, verify_bytes, write_verified, Source, Staging};
+use super::verified::{resolve_range, verify_bytes, write_verified, Staging};
 use super::{
-    keys, BlobInfo, BlobRead, ByteStream, PreverifiedStream, RepositoryEntry, Storage,
-    StoredManifest, TagKey, TagRecord,
+    keys, BlobInfo, BlobRead, BlobSource, RepositoryEntry, Storage, StoredManifest, TagKey,
+    TagRecord,
 };
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
@@ -379,31 +379,6 @@ impl Drop for ObjectStaging {
     }
 }
 
-impl ObjectStorage {
-    /// The one blob write behind both trait methods.
-    async fn write_blob(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: Source,
-    ) -> Result<u64> {
-        let part_size =
-            expected_size.map_or(MIN_PART, |size| size.div_ceil(MAX_PARTS).max(MIN_PART));
-        let staging = ObjectStaging {
-            store: Arc::clone(&self.store),
-            location: self.path(&keys::blob(digest))?,
-            digest: digest.clone(),
-            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
-            upload: None,
-            buffer: Vec::new(),
-            buffered: 0,
-            in_flight: VecDeque::new(),
-            done: false,
-        };
-        write_verified(digest, expected_size, data, Box::new(staging)).await
-    }
-}
-
 #[async_trait]
 impl Storage for ObjectStorage {
     async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
@@ -455,28 +430,26 @@ impl Storage for ObjectStorage {
         })
     }
 
-    async fn blob_write(
+    async fn blob_write_from(
         &self,
         digest: &Digest,
         expected_size: Option<u64>,
-        data: ByteStream,
+        data: BlobSource,
     ) -> Result<u64> {
-        self.write_blob(digest, expected_size, Source::Unchecked(data))
-            .await
-    }
-
-    async fn blob_write_preverified(
-        &self,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        data: PreverifiedStream,
-    ) -> Result<u64> {
-        self.write_blob(
-            digest,
-            expected_size,
-            Source::Preverified(data.into_stream()),
-        )
-        .await
+        let part_size =
+            expected_size.map_or(MIN_PART, |size| size.div_ceil(MAX_PARTS).max(MIN_PART));
+        let staging = ObjectStaging {
+            store: Arc::clone(&self.store),
+            location: self.path(&keys::blob(digest))?,
+            digest: digest.clone(),
+            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+            upload: None,
+            buffer: Vec::new(),
+            buffered: 0,
+            in_flight: VecDeque::new(),
+            done: false,
+        };
+        write_verified(digest, expected_size, data, Box::new(staging)).await
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::ByteStream;
+use super::BlobSource;
 use crate::digest::{Digest, DigestVerifier, SizeCheck};
 use crate::{Error, Result};
 
@@ -31,16 +31,6 @@ pub(crate) trait Staging: Send {
 
     /// Discards the staged bytes; best effort, errors are only logged.
     async fn abort(self: Box<Self>);
-}
-
-/// Bytes to store, and who checks them against the digest.
-pub(crate) enum Source {
-    /// Any stream: hashed here.
-    Unchecked(ByteStream),
-    /// A [`PreverifiedStream`](super::PreverifiedStream)'s bytes: its producer
-    /// hashes them and ends the stream with an error on a mismatch, so only the
-    /// size is counted here.
-    Preverified(ByteStream),
 }
 
 /// The check [`write_verified`] applies while the bytes go by.
@@ -71,16 +61,16 @@ impl Check {
 pub(crate) async fn write_verified(
     digest: &Digest,
     expected_size: Option<u64>,
-    data: Source,
+    data: BlobSource,
     mut staging: Box<dyn Staging>,
 ) -> Result<u64> {
     let (mut data, mut check) = match data {
-        Source::Unchecked(data) => (
+        BlobSource::Unchecked(data) => (
             data,
             Check::Hash(Box::new(DigestVerifier::new(digest.clone(), expected_size))),
         ),
-        Source::Preverified(data) => (
-            data,
+        BlobSource::Preverified(data) => (
+            data.into_stream(),
             Check::Count(SizeCheck::new(digest.clone(), expected_size)),
         ),
     };
