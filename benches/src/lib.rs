@@ -34,7 +34,7 @@ fn down() -> Error {
 
 #[async_trait]
 impl Upstream for DownUpstream {
-    async fn head_manifest(
+    async fn manifest_head(
         &self,
         _: &Registry,
         _: &Repository,
@@ -44,7 +44,7 @@ impl Upstream for DownUpstream {
         Err(down())
     }
 
-    async fn get_manifest(
+    async fn manifest_get(
         &self,
         _: &Registry,
         _: &Repository,
@@ -54,15 +54,15 @@ impl Upstream for DownUpstream {
         Err(down())
     }
 
-    async fn get_blob(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<FetchedBlob> {
+    async fn blob_get(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<FetchedBlob> {
         Err(down())
     }
 
-    async fn head_blob(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<u64> {
+    async fn blob_head(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<u64> {
         Err(down())
     }
 
-    async fn list_tags(
+    async fn tag_list(
         &self,
         _: &Registry,
         _: &Repository,

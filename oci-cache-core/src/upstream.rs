@@ -77,10 +77,15 @@ pub struct TagList {
 /// Fetches from upstream registries. `registry` names a configured upstream;
 /// the implementation maps it to its endpoint chain and refuses unknown names.
 /// `accept` lists the media types the client accepts (empty = all known).
+///
+/// Methods are named like [`Storage`](crate::storage::Storage)'s: object
+/// first, then the verb (`manifest_get`, `blob_head`, `tag_list`). Methods
+/// added after these five come with a default implementation, so an
+/// implementor written today keeps compiling.
 #[async_trait]
 pub trait Upstream: Send + Sync + 'static {
     /// HEAD a manifest by tag or digest.
-    async fn head_manifest(
+    async fn manifest_head(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -90,7 +95,7 @@ pub trait Upstream: Send + Sync + 'static {
 
     /// GET a manifest by tag or digest. The body is capped (4 MiB by default):
     /// a larger one is [`Error::TooLarge`](crate::Error::TooLarge).
-    async fn get_manifest(
+    async fn manifest_get(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -99,7 +104,7 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<FetchedManifest>;
 
     /// GET a whole blob as a stream.
-    async fn get_blob(
+    async fn blob_get(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -107,7 +112,7 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<FetchedBlob>;
 
     /// HEAD a blob: its size.
-    async fn head_blob(
+    async fn blob_head(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -115,7 +120,7 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<u64>;
 
     /// The repository's tags (all pages when `n` is `None`).
-    async fn list_tags(
+    async fn tag_list(
         &self,
         registry: &Registry,
         repository: &Repository,

@@ -48,11 +48,11 @@ async fn anonymous_bearer_flow_and_token_reuse() {
         .push(manifest_reply());
     let up = client(mirrors(&mock.url()));
     let (r, repo_) = (registry("docker.io"), repo("library/alpine"));
-    let m = up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    let m = up.manifest_get(&r, &repo_, &tag("3"), &[]).await.unwrap();
     assert_eq!(m.bytes.as_ref(), M);
     assert_eq!(m.head.media_type, OCI_MANIFEST);
     // The second call reuses the cached token: one request, no new 401.
-    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    up.manifest_get(&r, &repo_, &tag("3"), &[]).await.unwrap();
 
     let seen = mock.seen();
     assert_eq!(seen.len(), 4);
@@ -88,8 +88,8 @@ async fn credentials_go_to_the_token_endpoint_and_refused_tokens_are_refreshed()
         .push(manifest_reply());
     let up = client(config);
     let (r, repo_) = (registry("docker.io"), repo("library/alpine"));
-    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
-    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    up.manifest_get(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    up.manifest_get(&r, &repo_, &tag("3"), &[]).await.unwrap();
     let seen = mock.seen();
     assert_eq!(seen.len(), 6);
     assert_eq!(seen[1].header("authorization"), Some("Basic dXNlcjpwYXNz"));
@@ -152,9 +152,9 @@ async fn expiring_tokens_are_renewed_before_the_registry_refuses_them() {
         .push(manifest_reply());
     let up = client(mirrors(&mock.url()));
     let (r, repo_) = (registry("docker.io"), repo("library/alpine"));
-    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    up.manifest_get(&r, &repo_, &tag("3"), &[]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(950)).await;
-    up.get_manifest(&r, &repo_, &tag("3"), &[]).await.unwrap();
+    up.manifest_get(&r, &repo_, &tag("3"), &[]).await.unwrap();
     let seen = mock.seen();
     assert_eq!(seen.len(), 5);
     assert!(seen[3].uri.starts_with("/token?"), "{}", seen[3].uri);

@@ -39,7 +39,7 @@ fn manifest_ok() -> Reply {
 }
 
 async fn get(up: &HyperUpstream, reference: ManifestRef) -> Result<Vec<u8>, Error> {
-    up.get_manifest(
+    up.manifest_get(
         &registry("docker.io"),
         &repo("library/alpine"),
         &reference,
@@ -148,7 +148,7 @@ async fn digest_only_mirrors_serve_digests_but_never_resolve_tags() {
     assert_eq!(get(&up, tag()).await.unwrap(), M);
     assert_eq!((public.count(), origin.count()), (0, 1));
     let tags = up
-        .list_tags(&registry("docker.io"), &repo("library/alpine"), None, None)
+        .tag_list(&registry("docker.io"), &repo("library/alpine"), None, None)
         .await;
     assert!(tags.is_err(), "the origin's script is used up");
     assert_eq!(public.count(), 0, "a tag list is tag resolution");

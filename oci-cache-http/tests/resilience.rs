@@ -213,7 +213,7 @@ async fn offline_never_dials() {
     let err = get_alpine_manifest(&up).await.unwrap_err();
     assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
     let err = up
-        .get_blob(
+        .blob_get(
             &registry("docker.io"),
             &repo("library/alpine"),
             &Digest::sha256_of(b"x"),
@@ -251,7 +251,7 @@ async fn raw_server(
 
 async fn read_blob(up: &HyperUpstream, digest: &Digest) -> Result<Vec<u8>, Error> {
     let fetched = up
-        .get_blob(&registry("docker.io"), &repo("library/alpine"), digest)
+        .blob_get(&registry("docker.io"), &repo("library/alpine"), digest)
         .await?;
     let mut stream = fetched.stream;
     let mut out = Vec::new();
@@ -356,7 +356,7 @@ async fn a_manifest_with_the_wrong_digest_moves_on_to_the_next_endpoint() {
     );
     origin.push(manifest_reply());
     let got = up
-        .get_manifest(
+        .manifest_get(
             &registry("docker.io"),
             &repo("library/alpine"),
             &ManifestRef::Digest(digest.clone()),

@@ -61,7 +61,7 @@ async fn blob_redirect_to_another_host_drops_authorization() {
     storage_mock.push(Reply::ok(data.clone()));
     let up = client(mirrors(&registry_mock.url()));
     let blob = up
-        .get_blob(&registry("docker.io"), &repo("library/alpine"), &digest)
+        .blob_get(&registry("docker.io"), &repo("library/alpine"), &digest)
         .await
         .unwrap();
     assert_eq!(blob.size, Some(100_000));
@@ -145,7 +145,7 @@ async fn unknown_registry_makes_no_request() {
     let mock = MockRegistry::start().await;
     let up = client(mirrors(&mock.url()));
     let err = up
-        .get_manifest(&registry("evil.example"), &repo("x"), &tag("1"), &[])
+        .manifest_get(&registry("evil.example"), &repo("x"), &tag("1"), &[])
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownUpstream { .. }), "{err:?}");
@@ -212,7 +212,7 @@ async fn accept_is_forwarded_or_defaults_to_all_manifest_types() {
     assert_eq!(m.head.media_type, OCI_MANIFEST, "parameters dropped");
     assert_eq!(m.head.digest, Some(Digest::sha256_of(M)));
     let accept = vec![OCI_INDEX.to_string(), OCI_MANIFEST.to_string()];
-    up.get_manifest(
+    up.manifest_get(
         &registry("docker.io"),
         &repo("library/alpine"),
         &tag("3"),
@@ -221,7 +221,7 @@ async fn accept_is_forwarded_or_defaults_to_all_manifest_types() {
     .await
     .unwrap();
     let head = up
-        .head_manifest(
+        .manifest_head(
             &registry("docker.io"),
             &repo("library/alpine"),
             &tag("3"),
@@ -265,7 +265,7 @@ async fn tag_list_follows_link_pages() {
     .push(Reply::ok(r#"{"name":"library/alpine","tags":["c"]}"#));
     let up = client(mirrors(&mock.url()));
     let list = up
-        .list_tags(&registry("docker.io"), &repo("library/alpine"), None, None)
+        .tag_list(&registry("docker.io"), &repo("library/alpine"), None, None)
         .await
         .unwrap();
     assert_eq!(list.tags, ["a", "b", "c"]);
@@ -281,9 +281,9 @@ async fn head_blob_and_missing_blob() {
     mock.push(Reply::status(200).header("content-length", "4"))
         .push(Reply::status(404));
     let (r, repo_) = (registry("docker.io"), repo("library/alpine"));
-    assert_eq!(up.head_blob(&r, &repo_, &digest).await.unwrap(), 4);
+    assert_eq!(up.blob_head(&r, &repo_, &digest).await.unwrap(), 4);
     assert_eq!(
-        kind(up.head_blob(&r, &repo_, &digest).await.unwrap_err()),
+        kind(up.blob_head(&r, &repo_, &digest).await.unwrap_err()),
         UpstreamErrorKind::NotFound
     );
 }

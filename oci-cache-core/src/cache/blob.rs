@@ -324,7 +324,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         let fetched = match self
             .engine
             .upstream
-            .get_blob(&self.registry, &self.repository, digest)
+            .blob_get(&self.registry, &self.repository, digest)
             .await
         {
             Ok(fetched) => fetched,

@@ -87,7 +87,7 @@ where
         .run(key, move || async move {
             let fetched = task_engine
                 .upstream
-                .get_manifest(
+                .manifest_get(
                     &registry,
                     &repository,
                     &ManifestRef::Digest(expected.clone()),
@@ -234,7 +234,7 @@ where
     let reference = ManifestRef::Tag(key.tag.clone());
     let head = engine
         .upstream
-        .head_manifest(&key.upstream, &key.repository, &reference, accept)
+        .manifest_head(&key.upstream, &key.repository, &reference, accept)
         .await?;
     let stored = match &head.digest {
         Some(digest) => engine.manifest_get(digest).await?,
@@ -274,7 +274,7 @@ where
 {
     let fetched = engine
         .upstream
-        .get_manifest(
+        .manifest_get(
             &key.upstream,
             &key.repository,
             &ManifestRef::Tag(key.tag.clone()),
@@ -331,7 +331,7 @@ where
             // A failed or digest-less HEAD just means: GET it.
             let head = task_engine
                 .upstream
-                .head_manifest(&key.upstream, &key.repository, &reference, &client_accept)
+                .manifest_head(&key.upstream, &key.repository, &reference, &client_accept)
                 .await;
             if let Ok(Some(digest)) = head.as_ref().map(|h| h.digest.as_ref()) {
                 if let Some(manifest) = task_engine.manifest_get(digest).await? {

@@ -347,7 +347,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         let size = self
             .inner
             .upstream
-            .head_blob(registry, repository, digest)
+            .blob_head(registry, repository, digest)
             .await?;
         Ok((size, CacheOutcome::Miss))
     }
@@ -361,7 +361,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         let upstream_error = match self
             .inner
             .upstream
-            .list_tags(registry, repository, None, None)
+            .tag_list(registry, repository, None, None)
             .await
         {
             Ok(list) => return Ok((list, CacheOutcome::Miss)),

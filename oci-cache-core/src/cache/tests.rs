@@ -58,11 +58,11 @@ impl BlobScript {
 
 #[derive(Default)]
 struct Calls {
-    get_blob: AtomicUsize,
-    head_blob: AtomicUsize,
-    get_manifest: AtomicUsize,
-    head_manifest: AtomicUsize,
-    list_tags: AtomicUsize,
+    blob_get: AtomicUsize,
+    blob_head: AtomicUsize,
+    manifest_get: AtomicUsize,
+    manifest_head: AtomicUsize,
+    tag_list: AtomicUsize,
 }
 
 fn count(counter: &AtomicUsize) -> usize {
@@ -141,14 +141,14 @@ impl FakeUpstream {
 
 #[async_trait]
 impl Upstream for FakeUpstream {
-    async fn head_manifest(
+    async fn manifest_head(
         &self,
         _: &Registry,
         _: &Repository,
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<ManifestHead> {
-        self.calls.head_manifest.fetch_add(1, Ordering::SeqCst);
+        self.calls.manifest_head.fetch_add(1, Ordering::SeqCst);
         self.check_up()?;
         let (media_type, bytes) = self.pick(reference, accept)?;
         let digest =
@@ -160,14 +160,14 @@ impl Upstream for FakeUpstream {
         })
     }
 
-    async fn get_manifest(
+    async fn manifest_get(
         &self,
         _: &Registry,
         _: &Repository,
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<FetchedManifest> {
-        self.calls.get_manifest.fetch_add(1, Ordering::SeqCst);
+        self.calls.manifest_get.fetch_add(1, Ordering::SeqCst);
         let delay = *self.manifest_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
         self.check_up()?;
@@ -182,8 +182,8 @@ impl Upstream for FakeUpstream {
         })
     }
 
-    async fn get_blob(&self, _: &Registry, _: &Repository, digest: &Digest) -> Result<FetchedBlob> {
-        self.calls.get_blob.fetch_add(1, Ordering::SeqCst);
+    async fn blob_get(&self, _: &Registry, _: &Repository, digest: &Digest) -> Result<FetchedBlob> {
+        self.calls.blob_get.fetch_add(1, Ordering::SeqCst);
         self.check_up()?;
         let script = self
             .blobs
@@ -217,8 +217,8 @@ impl Upstream for FakeUpstream {
         Ok(FetchedBlob { size, stream })
     }
 
-    async fn head_blob(&self, _: &Registry, _: &Repository, digest: &Digest) -> Result<u64> {
-        self.calls.head_blob.fetch_add(1, Ordering::SeqCst);
+    async fn blob_head(&self, _: &Registry, _: &Repository, digest: &Digest) -> Result<u64> {
+        self.calls.blob_head.fetch_add(1, Ordering::SeqCst);
         self.check_up()?;
         self.blobs
             .lock()
@@ -230,14 +230,14 @@ impl Upstream for FakeUpstream {
             })
     }
 
-    async fn list_tags(
+    async fn tag_list(
         &self,
         _: &Registry,
         repository: &Repository,
         _: Option<usize>,
         _: Option<&str>,
     ) -> Result<TagList> {
-        self.calls.list_tags.fetch_add(1, Ordering::SeqCst);
+        self.calls.tag_list.fetch_add(1, Ordering::SeqCst);
         self.check_up()?;
         Ok(TagList {
             name: repository.to_string(),
@@ -290,8 +290,8 @@ impl Setup {
     /// Upstream manifest calls so far: (HEAD, GET).
     fn manifest_calls(&self) -> (usize, usize) {
         (
-            count(&self.upstream.calls.head_manifest),
-            count(&self.upstream.calls.get_manifest),
+            count(&self.upstream.calls.manifest_head),
+            count(&self.upstream.calls.manifest_get),
         )
     }
 }
@@ -387,7 +387,7 @@ async fn blob_miss_streams_stores_then_hits() {
     let hit = s.blob(&digest, None).await.unwrap();
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(collect(hit.stream).await.unwrap(), data);
-    assert_eq!(count(&s.upstream.calls.get_blob), 1);
+    assert_eq!(count(&s.upstream.calls.blob_get), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +423,7 @@ async fn sixteen_concurrent_misses_make_one_fetch() {
         misses += usize::from(outcome == CacheOutcome::Miss);
     }
     assert_eq!(misses, 1);
-    assert_eq!(count(&s.upstream.calls.get_blob), 1);
+    assert_eq!(count(&s.upstream.calls.blob_get), 1);
     fills_settled(&s.engine).await;
     assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
 }
@@ -454,7 +454,7 @@ async fn late_joiner_reads_spooled_bytes_then_follows_live() {
     early.extend(collect(first_stream).await.unwrap());
     assert_eq!(early, data);
     assert_eq!(late_task.await.unwrap().unwrap(), data);
-    assert_eq!(count(&s.upstream.calls.get_blob), 1);
+    assert_eq!(count(&s.upstream.calls.blob_get), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,7 +497,7 @@ async fn fill_completes_and_stores_when_the_first_client_leaves() {
     gate.add_permits(1000);
     fills_settled(&s.engine).await;
     assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
-    assert_eq!(count(&s.upstream.calls.get_blob), 1);
+    assert_eq!(count(&s.upstream.calls.blob_get), 1);
 }
 
 #[tokio::test]
@@ -535,7 +535,7 @@ async fn wrong_digest_is_never_stored_and_the_next_request_refetches() {
     let retry = s.blob(&digest, None).await.unwrap();
     assert_eq!(retry.outcome, CacheOutcome::Miss);
     assert_eq!(collect(retry.stream).await.unwrap(), data);
-    assert_eq!(count(&s.upstream.calls.get_blob), 2);
+    assert_eq!(count(&s.upstream.calls.blob_get), 2);
     fills_settled(&s.engine).await;
     assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
 }
@@ -609,7 +609,7 @@ async fn range_on_a_miss_is_served_from_the_single_fill() {
     let tail = s.blob(&digest, Some(9990..20_000)).await.unwrap();
     assert_eq!(tail.range, 9990..10_000);
     assert_eq!(collect(tail.stream).await.unwrap(), data[9990..]);
-    assert_eq!(count(&s.upstream.calls.get_blob), 1);
+    assert_eq!(count(&s.upstream.calls.blob_get), 1);
 
     let digest2 = s.upstream.add_blob(BlobScript::new(&pattern(100)));
     let err = s.blob(&digest2, Some(100..200)).await.unwrap_err();
@@ -646,7 +646,7 @@ async fn missing_blob_is_not_found_and_not_remembered() {
         let err = s.blob(&digest, None).await.unwrap_err();
         assert!(err.is_not_found(), "{err}");
         fills_settled(&s.engine).await;
-        assert_eq!(count(&s.upstream.calls.get_blob), attempt);
+        assert_eq!(count(&s.upstream.calls.blob_get), attempt);
     }
 }
 
@@ -673,7 +673,7 @@ async fn blob_size_from_storage_fill_or_upstream_head() {
         s.engine.blob_size(&hub(), &repo(), &digest).await.unwrap(),
         (4321, CacheOutcome::Hit)
     );
-    assert_eq!(count(&s.upstream.calls.head_blob), 1);
+    assert_eq!(count(&s.upstream.calls.blob_head), 1);
     assert!(stored_blob(&s.storage, &Digest::sha256_of(b"x"))
         .await
         .is_none());
@@ -762,7 +762,7 @@ async fn storage_failure_still_serves_verified_bytes_and_retries_later() {
         })
         .await
         .unwrap();
-        assert_eq!(count(&upstream.calls.get_blob), attempt);
+        assert_eq!(count(&upstream.calls.blob_get), attempt);
     }
 }
 
@@ -792,8 +792,8 @@ async fn manifest_by_digest_is_fetched_once_then_immutable() {
     let hit = s.manifest(&reference, &broad()).await.unwrap();
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(hit.bytes.as_ref(), INDEX);
-    assert_eq!(count(&s.upstream.calls.get_manifest), 1);
-    assert_eq!(count(&s.upstream.calls.head_manifest), 0);
+    assert_eq!(count(&s.upstream.calls.manifest_get), 1);
+    assert_eq!(count(&s.upstream.calls.manifest_head), 0);
 }
 
 #[tokio::test]
@@ -811,7 +811,7 @@ async fn manifest_whose_bytes_differ_from_the_digest_asked_for_is_refused() {
             matches!(err, Error::DigestMismatch { ref expected, .. } if *expected == digest),
             "{err}"
         );
-        assert_eq!(count(&s.upstream.calls.get_manifest), attempt);
+        assert_eq!(count(&s.upstream.calls.manifest_get), attempt);
     }
     assert!(s.storage.manifest_get(&digest).await.unwrap().is_none());
     assert!(s
@@ -957,13 +957,13 @@ async fn cached_manifest_is_only_served_to_clients_that_accept_its_type() {
 
     // By digest, a client that does not accept the stored type is not served it.
     let by_digest = ManifestRef::Digest(Digest::sha256_of(INDEX));
-    let gets = count(&s.upstream.calls.get_manifest);
+    let gets = count(&s.upstream.calls.manifest_get);
     let err = s.manifest(&by_digest, &narrow).await.unwrap_err();
     assert!(
         matches!(&err, Error::NotAcceptable { media_type } if media_type == OCI_INDEX),
         "{err}"
     );
-    assert_eq!(count(&s.upstream.calls.get_manifest), gets + 1);
+    assert_eq!(count(&s.upstream.calls.manifest_get), gets + 1);
 }
 
 #[tokio::test]
@@ -974,14 +974,14 @@ async fn narrow_client_is_served_from_storage_when_head_names_a_stored_digest() 
     // The platform manifest is already stored (pulled by digest earlier).
     let child = ManifestRef::Digest(Digest::sha256_of(CHILD));
     s.manifest(&child, &[]).await.unwrap();
-    let gets = count(&s.upstream.calls.get_manifest);
+    let gets = count(&s.upstream.calls.manifest_get);
 
     let narrow = accept(&[DOCKER_MANIFEST]);
     let response = s.manifest(&tag("3.20"), &narrow).await.unwrap();
     assert_eq!(response.outcome, CacheOutcome::Revalidated);
     assert_eq!(response.bytes.as_ref(), CHILD);
-    assert_eq!(count(&s.upstream.calls.head_manifest), 1);
-    assert_eq!(count(&s.upstream.calls.get_manifest), gets);
+    assert_eq!(count(&s.upstream.calls.manifest_head), 1);
+    assert_eq!(count(&s.upstream.calls.manifest_get), gets);
     // A narrow answer never becomes the tag's record.
     assert!(s.storage.tag_get(&tag_key("3.20")).await.unwrap().is_none());
 }
@@ -1008,7 +1008,7 @@ async fn concurrent_manifest_misses_make_one_fetch() {
         misses += usize::from(response.outcome == CacheOutcome::Miss);
     }
     assert_eq!(misses, 1);
-    assert_eq!(count(&s.upstream.calls.get_manifest), 1);
+    assert_eq!(count(&s.upstream.calls.manifest_get), 1);
 }
 
 #[tokio::test]
@@ -1023,7 +1023,7 @@ async fn manifest_fetch_finishes_when_the_client_gives_up() {
     assert!(s.storage.tag_get(&tag_key("3.20")).await.unwrap().is_some());
     let hit = s.manifest_by_tag("3.20").await;
     assert_eq!(hit.outcome, CacheOutcome::Hit);
-    assert_eq!(count(&s.upstream.calls.get_manifest), 1);
+    assert_eq!(count(&s.upstream.calls.manifest_get), 1);
 }
 
 // ---------------------------------------------------------------- tags, catalog
@@ -1122,7 +1122,7 @@ impl GeneratedUpstream {
 
 #[async_trait]
 impl Upstream for GeneratedUpstream {
-    async fn head_manifest(
+    async fn manifest_head(
         &self,
         _: &Registry,
         _: &Repository,
@@ -1131,7 +1131,7 @@ impl Upstream for GeneratedUpstream {
     ) -> Result<ManifestHead> {
         Err(Error::not_found("manifest"))
     }
-    async fn get_manifest(
+    async fn manifest_get(
         &self,
         _: &Registry,
         _: &Repository,
@@ -1140,7 +1140,7 @@ impl Upstream for GeneratedUpstream {
     ) -> Result<FetchedManifest> {
         Err(Error::not_found("manifest"))
     }
-    async fn get_blob(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<FetchedBlob> {
+    async fn blob_get(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<FetchedBlob> {
         let size = self.size;
         let stream = futures::stream::unfold(0u64, move |at| async move {
             if at >= size {
@@ -1156,10 +1156,10 @@ impl Upstream for GeneratedUpstream {
             stream,
         })
     }
-    async fn head_blob(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<u64> {
+    async fn blob_head(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<u64> {
         Ok(self.size)
     }
-    async fn list_tags(
+    async fn tag_list(
         &self,
         _: &Registry,
         _: &Repository,

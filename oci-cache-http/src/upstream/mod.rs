@@ -674,7 +674,7 @@ impl HyperUpstream {
 
 #[async_trait]
 impl Upstream for HyperUpstream {
-    async fn head_manifest(
+    async fn manifest_head(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -701,7 +701,7 @@ impl Upstream for HyperUpstream {
         .await
     }
 
-    async fn get_manifest(
+    async fn manifest_get(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -714,7 +714,7 @@ impl Upstream for HyperUpstream {
         .await
     }
 
-    async fn get_blob(
+    async fn blob_get(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -738,7 +738,7 @@ impl Upstream for HyperUpstream {
         .await
     }
 
-    async fn head_blob(
+    async fn blob_head(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -763,7 +763,7 @@ impl Upstream for HyperUpstream {
         .await
     }
 
-    async fn list_tags(
+    async fn tag_list(
         &self,
         registry: &Registry,
         repository: &Repository,

@@ -263,7 +263,7 @@ pub fn repo(name: &str) -> Repository {
 pub async fn get_alpine_manifest(
     up: &oci_cache_http::HyperUpstream,
 ) -> Result<FetchedManifest, Error> {
-    up.get_manifest(
+    up.manifest_get(
         &registry("docker.io"),
         &repo("library/alpine"),
         &ManifestRef::Tag("3".parse().unwrap()),
@@ -374,7 +374,7 @@ impl FakeUpstream {
 
 #[async_trait]
 impl Upstream for FakeUpstream {
-    async fn head_manifest(
+    async fn manifest_head(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -389,7 +389,7 @@ impl Upstream for FakeUpstream {
         })
     }
 
-    async fn get_manifest(
+    async fn manifest_get(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -407,7 +407,7 @@ impl Upstream for FakeUpstream {
         })
     }
 
-    async fn get_blob(
+    async fn blob_get(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -437,7 +437,7 @@ impl Upstream for FakeUpstream {
         })
     }
 
-    async fn head_blob(
+    async fn blob_head(
         &self,
         registry: &Registry,
         repository: &Repository,
@@ -454,7 +454,7 @@ impl Upstream for FakeUpstream {
             })
     }
 
-    async fn list_tags(
+    async fn tag_list(
         &self,
         registry: &Registry,
         repository: &Repository,
