@@ -53,6 +53,8 @@ mod file_io;
 pub mod mirror;
 pub mod reference;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod upstream;
 
 pub use error::{Error, Result, UpstreamError, UpstreamErrorKind};
