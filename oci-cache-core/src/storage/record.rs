@@ -17,7 +17,13 @@ use super::{keys, TagKey};
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository};
 
-/// Where a record lives; see the [module docs](self).
+/// Where a record lives.
+///
+/// Built only from typed values (a [`Digest`], a [`TagKey`]), so a backend
+/// never sees request text. A backend maps [`as_str`](Self::as_str) onto its
+/// own namespace (a path under a root, an object name under a prefix, a map
+/// key) and turns what it lists back into keys with [`parse`](Self::parse),
+/// which skips anything this crate could not have written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordKey(String);
 
