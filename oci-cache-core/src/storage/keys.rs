@@ -23,6 +23,7 @@ pub(crate) const MANIFESTS: &str = "manifests";
 /// Top-level directory of tag records.
 pub(crate) const TAGS: &str = "tags";
 /// Where in-progress writes live until they are verified (filesystem only).
+#[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
 /// The directory of a repository that holds its tag records; the leading `_`
 /// cannot start an escaped segment, so it never clashes with a repository name.
@@ -196,6 +197,13 @@ mod tests {
         assert_eq!(text, "tags/localhost%3A5000/library/alpine/_tags/3.20");
         assert_eq!(parse_tag(&text), Some(key));
         assert_eq!(parse_tag("tags/x/_tags/latest"), None);
+        // Its sidecar name would be tag `3.20.media-type`: no sidecar there.
+        assert_eq!(media_type_sidecar(&text), None);
+        // Non-canonical escapes are not keys this module derives.
+        assert!(is_record(&text));
+        assert!(!is_record(
+            "tags/localhost%3A5000/library/%61lpine/_tags/3.20"
+        ));
         assert_eq!(parse_tag("tags/docker.io/a/_tags/%zz"), None);
     }
 

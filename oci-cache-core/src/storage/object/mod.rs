@@ -188,8 +188,12 @@ impl ObjectStorage {
             message: format!("record {key} cannot carry a media type in {self}"),
             source: None,
         })?;
-        if mode == PutMode::Create && self.get_bytes(key.as_str()).await?.is_some() {
-            return Ok(false);
+        if mode == PutMode::Create {
+            match self.store.head(&self.path(key.as_str())?).await {
+                Ok(_) => return Ok(false),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(failed(e, format!("cannot stat {key}"))),
+            }
         }
         self.put(&sidecar, media_type.into(), PutOptions::default())
             .await?;
