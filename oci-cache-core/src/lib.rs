@@ -7,7 +7,11 @@
 //! - [`digest`]: content digests and a streaming verifier.
 //! - [`mirror`]: the configured upstream registries and their endpoint chains.
 //! - [`storage`]: the [`Storage`](storage::Storage) trait and its memory,
-//!   filesystem and object-store (S3) backends.
+//!   filesystem and object-store backends (S3, or any `object_store::ObjectStore`
+//!   through [`ObjectStorage::new`](storage::ObjectStorage::new)). A new backend
+//!   writes a handful of blob and record primitives; manifests and tags come
+//!   with the trait, and [`write_verified`](storage::write_verified) gives it
+//!   the verified, atomic blob write.
 //! - [`upstream`]: the [`Upstream`](upstream::Upstream) trait the engine fetches through.
 //! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
 //!   one upstream fetch per missing object, verify, then store.
