@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_TYPE, ETAG, IF_NONE_MATCH, LINK, RANGE,
+    HeaderMap, HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    ETAG, IF_NONE_MATCH, LINK, RANGE,
 };
 use http::{Response, StatusCode};
 use oci_cache_core::cache::CacheOutcome;
@@ -18,12 +18,9 @@ use serde_json::json;
 
 use crate::body::{self, Body};
 use crate::error::{ApiError, Subject};
-use crate::routes::{encode_query, Route, Target};
+use crate::routes::{Route, Target};
 use crate::service::AppState;
-
-/// `Docker-Content-Digest`.
-pub(crate) const DOCKER_CONTENT_DIGEST: HeaderName =
-    HeaderName::from_static("docker-content-digest");
+use crate::wire::{encode_query, DOCKER_CONTENT_DIGEST};
 
 /// What handlers need from the request besides the route.
 #[derive(Debug)]

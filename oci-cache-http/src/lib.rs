@@ -73,6 +73,7 @@ mod routes;
 mod server;
 mod service;
 pub mod upstream;
+mod wire;
 
 pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, OciErrorCode, Result};

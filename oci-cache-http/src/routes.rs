@@ -16,6 +16,7 @@ use oci_cache_core::upstream::ManifestRef;
 use percent_encoding::percent_decode_str;
 
 use crate::error::{ApiError, OciErrorCode, Subject};
+use crate::wire::query_param;
 
 /// Which upstream and repository a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,27 +74,6 @@ impl Route {
             _ => None,
         }
     }
-}
-
-/// The decoded value of query parameter `key` (first occurrence).
-pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode_query(k)? == key).then(|| decode_query(v))?
-    })
-}
-
-/// Percent-encodes a query value (everything but ASCII letters and digits).
-pub(crate) fn encode_query(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn decode_query(s: &str) -> Option<String> {
-    let plus_as_space = s.replace('+', " ");
-    percent_decode_str(&plus_as_space)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
 }
 
 /// Routes a request.
@@ -488,19 +468,5 @@ mod tests {
                 assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
             }
         }
-    }
-
-    #[test]
-    fn query_params_are_decoded() {
-        assert_eq!(
-            query_param(Some("ns=%5B%3A%3A1%5D%3A5000"), "ns").as_deref(),
-            Some("[::1]:5000")
-        );
-        assert_eq!(
-            query_param(Some("a=1&ns=x+y"), "ns").as_deref(),
-            Some("x y")
-        );
-        assert_eq!(query_param(Some("nsx=1"), "ns"), None);
-        assert_eq!(query_param(None, "ns"), None);
     }
 }

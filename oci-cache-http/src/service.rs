@@ -18,6 +18,7 @@ use tracing::{field, Instrument};
 use crate::body::{self, Body};
 use crate::handlers::{self, RequestInfo};
 use crate::routes::{self, Route};
+use crate::wire;
 
 /// The engine as the service holds it: storage and upstream chosen at runtime.
 pub type Engine = PullThrough<dyn Storage, dyn Upstream>;
@@ -92,7 +93,7 @@ impl OciService {
         async move {
             let response = self.respond(&request).await;
             let status = response.status().as_u16();
-            let bytes = body::content_length(response.headers()).unwrap_or(0);
+            let bytes = wire::content_length(response.headers()).unwrap_or(0);
             let cache = field::display(handlers::outcome_of(&response).map_or("-", |o| o.as_str()));
             let duration_ms = started.elapsed().as_millis() as u64;
             tracing::info!(
@@ -121,7 +122,7 @@ impl OciService {
         let method = &request.method;
         let path = request.uri.path();
         let query = request.uri.query();
-        let ns = routes::query_param(query, "ns");
+        let ns = wire::query_param(query, "ns");
         let head = method == Method::HEAD;
         let span = tracing::Span::current();
 

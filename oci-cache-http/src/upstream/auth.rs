@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use oci_cache_core::mirror::Credentials;
 
-use crate::routes::encode_query;
+use crate::wire::encode_query;
 
 /// Lifetime assumed when the token response does not say (the spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
