@@ -1,7 +1,7 @@
-//! [`HyperUpstream`]: the engine's [`Upstream`] over HTTP(S).
+//! [`HyperUpstream`]: the engine's [`Upstream`](oci_cache_core::upstream::Upstream) over HTTP(S).
 //!
 //! Each call walks the registry's endpoint chain (mirrors, then the origin)
-//! and moves on only when [`UpstreamError::is_retryable`] says so. Per
+//! and moves on only when [`UpstreamError::is_retryable`](oci_cache_core::UpstreamError::is_retryable) says so. Per
 //! endpoint it answers `401` challenges (bearer token or basic), follows up
 //! to `max_redirects` redirects without sending `Authorization` to another
 //! host, asks for identity encoding, and streams blob bodies.
@@ -33,7 +33,7 @@ pub use self::options::{ProxyConfig, UpstreamOptions};
 
 type CoreResult<T> = oci_cache_core::Result<T>;
 
-/// The HTTP implementation of [`Upstream`].
+/// The HTTP implementation of [`Upstream`](oci_cache_core::upstream::Upstream).
 #[derive(Debug)]
 pub struct HyperUpstream {
     mirrors: Arc<MirrorConfig>,

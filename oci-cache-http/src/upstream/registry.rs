@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use http::header::{CONTENT_TYPE, LINK};
 use http::{Method, Response, Uri};
 use hyper::body::Incoming;
+use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::Addressing;
 use oci_cache_core::reference::{Registry, Repository};
@@ -17,14 +18,6 @@ use super::chain::{addressing, Target};
 use super::transport::{blob_stream, resolve, too_large};
 use super::{CoreResult, HyperUpstream};
 use crate::wire::{content_length, encode_query, DOCKER_CONTENT_DIGEST};
-
-/// The four manifest media types asked for when the client named none.
-const MANIFEST_TYPES: [&str; 4] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
 
 /// Most tag-list pages followed when the caller asked for all tags.
 const MAX_TAG_PAGES: usize = 1000;
@@ -272,7 +265,7 @@ fn upstream_accept(accept: &[String]) -> String {
         .map(String::as_str)
         .filter(|t| !wildcard(t))
         .collect();
-    for known in MANIFEST_TYPES {
+    for known in KNOWN_MANIFEST_TYPES {
         if !types.contains(&known) {
             types.push(known);
         }
@@ -342,7 +335,7 @@ mod tests {
     #[test]
     fn accept_sent_upstream() {
         let list = |types: &[&str]| types.iter().map(|t| t.to_string()).collect::<Vec<_>>();
-        let all = MANIFEST_TYPES.join(", ");
+        let all = KNOWN_MANIFEST_TYPES.join(", ");
         assert_eq!(upstream_accept(&[]), all);
         assert_eq!(
             upstream_accept(&list(&["application/vnd.oci.image.manifest.v1+json"])),
@@ -358,9 +351,10 @@ mod tests {
                 "application/vnd.oci.image.manifest.v1+json",
                 "*/*"
             ])),
-            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+            "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json, */*"
+application/vnd.oci.image.index.v1+json, */*"
         );
     }
 }
