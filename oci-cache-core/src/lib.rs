@@ -51,8 +51,9 @@ pub mod digest;
 pub mod error;
 mod file_io;
 pub mod mirror;
+pub mod observe;
 pub mod reference;
 pub mod storage;
 pub mod upstream;
 
-pub use error::{Error, Result, UpstreamError, UpstreamErrorKind};
+pub use error::{Error, ErrorChain, Result, UpstreamError, UpstreamErrorKind};

@@ -65,7 +65,8 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::digest::Digest;
-use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::error::{ErrorChain, UpstreamError, UpstreamErrorKind};
+use crate::observe::{self, SharedObserver};
 use crate::reference::{Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::{ManifestRef, TagList, Upstream};
@@ -206,6 +207,7 @@ struct Engine<S: ?Sized, U: ?Sized> {
     blob_fills: blob::BlobFills,
     manifest_flights: flight::Flights<manifest::FlightKey, manifest::Served>,
     hot: hot::HotCache,
+    observer: SharedObserver,
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -252,6 +254,16 @@ impl<S: Storage + ?Sized, U: ?Sized> std::fmt::Debug for PullThrough<S, U> {
 impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// An engine over `storage` and `upstream`.
     pub fn new(storage: Arc<S>, upstream: Arc<U>, options: CacheOptions) -> Self {
+        Self::observed(storage, upstream, options, observe::noop())
+    }
+
+    /// An engine that reports blob fills to `observer`.
+    pub fn observed(
+        storage: Arc<S>,
+        upstream: Arc<U>,
+        options: CacheOptions,
+        observer: SharedObserver,
+    ) -> Self {
         PullThrough {
             inner: Arc::new(Engine {
                 storage,
@@ -260,6 +272,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 blob_fills: blob::BlobFills::new(),
                 manifest_flights: flight::Flights::new(),
                 hot: hot::HotCache::new(),
+                observer,
             }),
         }
     }
@@ -272,6 +285,11 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// The upstream.
     pub fn upstream(&self) -> &Arc<U> {
         &self.inner.upstream
+    }
+
+    /// The observer the engine reports to.
+    pub fn observer(&self) -> &SharedObserver {
+        &self.inner.observer
     }
 
     /// The options the engine runs with.
@@ -371,7 +389,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         if cached.is_empty() {
             return Err(upstream_error);
         }
-        warn!(%registry, %repository, error = %upstream_error, "tag list from upstream failed; serving cached tags");
+        warn!(%registry, %repository, error = %ErrorChain(&upstream_error), "tag list from upstream failed; serving cached tags");
         let list = TagList {
             name: repository.to_string(),
             tags: cached.iter().map(|t| t.to_string()).collect(),
