@@ -48,6 +48,7 @@
 
 pub mod cache;
 pub mod digest;
+pub mod duration;
 pub mod error;
 mod file_io;
 pub mod mirror;

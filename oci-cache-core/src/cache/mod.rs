@@ -101,10 +101,23 @@ impl CacheOutcome {
 }
 
 /// Tunables of the engine.
-#[derive(Debug, Clone)]
+///
+/// Deserializes from a table whose keys are the field names, every one
+/// optional (durations as `"30s"`, `"5m"`), e.g. a config file's `[cache]`:
+///
+/// ```
+/// # use oci_cache_core::cache::CacheOptions;
+/// let options: CacheOptions = serde_json::from_str(r#"{"tag_ttl": "1m", "fill_window": 65536}"#)?;
+/// assert_eq!(options.tag_ttl.as_secs(), 60);
+/// assert_eq!(options.max_manifest_size, CacheOptions::default().max_manifest_size);
+/// # Ok::<_, serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CacheOptions {
     /// How long a tag → digest mapping is trusted before a HEAD upstream.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub tag_ttl: Duration,
     /// Largest manifest accepted from upstream.
     pub max_manifest_size: u64,
