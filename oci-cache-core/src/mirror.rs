@@ -176,12 +176,16 @@ impl Endpoint {
         let mut url = format!("{}/{repository}/{suffix}", self.api_root());
         let mut params: Vec<String> = query.map(str::to_owned).into_iter().collect();
         if send_ns {
+            // Escaped like Go's url.QueryEscape, as containerd sends it:
+            // `ns=ghcr.io`, `ns=%5B%3A%3A1%5D%3A5000`.
+            const QUERY_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+                .remove(b'-')
+                .remove(b'.')
+                .remove(b'_')
+                .remove(b'~');
             params.push(format!(
                 "ns={}",
-                percent_encoding::utf8_percent_encode(
-                    registry.as_str(),
-                    percent_encoding::NON_ALPHANUMERIC
-                )
+                percent_encoding::utf8_percent_encode(registry.as_str(), QUERY_ESCAPE)
             ));
         }
         if !params.is_empty() {
@@ -762,7 +766,7 @@ mod tests {
         let mirror = Endpoint::new("https://m.example/us/");
         assert_eq!(
             mirror.request_url(&hub, &repo, "manifests/3", Some("n=1"), true),
-            "https://m.example/us/v2/library/alpine/manifests/3?n=1&ns=docker%2Eio"
+            "https://m.example/us/v2/library/alpine/manifests/3?n=1&ns=docker.io"
         );
         assert_eq!(
             Endpoint::new("http://h/v2/hub")
