@@ -410,3 +410,17 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
     );
     drop(listener);
 }
+
+/// A refused connection reads as such in the error chain the logs print,
+/// not only as hyper's `client error (Connect)`.
+#[tokio::test]
+async fn a_refused_connection_keeps_its_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let up = client_with(mirrors(&url), options());
+    let err = get_alpine_manifest(&up).await.unwrap_err();
+    let chain = oci_cache_core::ErrorChain(&err).to_string();
+    assert!(chain.contains("client error (Connect)"), "{chain}");
+    assert!(chain.to_lowercase().contains("refused"), "{chain}");
+}
