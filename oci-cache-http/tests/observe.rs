@@ -223,3 +223,55 @@ async fn a_client_that_leaves_mid_blob_is_reported_cut_and_the_fill_still_stores
     assert!(events.contains(&blob_attempt(len, true)), "{events:?}");
     assert_eq!(origin.count(), 1);
 }
+
+/// The same over a real socket: the client reads a little and hangs up; the
+/// server reports the request cut, with fewer bytes than the blob.
+#[tokio::test]
+async fn a_hang_up_over_a_socket_is_reported_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let origin = MockRegistry::start().await;
+    let blob: Vec<u8> = (0..32_000_000u32).map(|i| (i % 249) as u8).collect();
+    let len = blob.len() as u64;
+    let digest = Digest::sha256_of(&blob);
+    origin.push(Reply::ok(blob).header("content-length", &len.to_string()));
+    let recorder = Arc::new(Recorder::default());
+    let svc = service(&origin, &recorder);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(oci_cache_http::serve(listener, svc, async {
+        let _ = stopped.await;
+    }));
+
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /v2/library/alpine/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    let n = socket.read(&mut first).await.unwrap();
+    assert!(n > 0);
+    drop(socket);
+
+    let mut cut = None;
+    for _ in 0..400 {
+        cut = recorder.0.lock().unwrap().iter().find_map(|s| match s {
+            Seen::Request {
+                bytes_sent,
+                completed,
+                ..
+            } => Some((*bytes_sent, *completed)),
+            _ => None,
+        });
+        if cut.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (bytes_sent, completed) = cut.expect("the cut request was reported");
+    assert!(!completed);
+    assert!(bytes_sent > 0 && bytes_sent < len, "{bytes_sent} of {len}");
+    recorder.fill_ended().await;
+    assert_eq!(origin.count(), 1);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
