@@ -93,7 +93,8 @@ impl MirrorBuilder {
     }
 
     /// Fetches through `upstream` instead of the built-in HTTP client (tests,
-    /// or an embedder's own transport); the upstream options are then unused.
+    /// or an embedder's own transport); the upstream options are then unused,
+    /// and upstream and breaker events are whatever that upstream reports.
     pub fn upstream(mut self, upstream: Arc<dyn Upstream>) -> Self {
         self.upstream = Some(upstream);
         self
