@@ -168,6 +168,23 @@ pub enum UpstreamErrorKind {
     Skipped,
 }
 
+impl UpstreamErrorKind {
+    /// A short label for logs and metrics: `not_found`, `unauthorized`,
+    /// `denied`, `too_many_requests`, `unavailable`, `timeout`, `invalid`, `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::NotFound => "not_found",
+            UpstreamErrorKind::Unauthorized => "unauthorized",
+            UpstreamErrorKind::Denied => "denied",
+            UpstreamErrorKind::TooManyRequests => "too_many_requests",
+            UpstreamErrorKind::Unavailable => "unavailable",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Invalid => "invalid",
+            UpstreamErrorKind::Skipped => "skipped",
+        }
+    }
+}
+
 /// An upstream registry failure, classified by kind.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream {endpoint}: {message}")]
@@ -240,6 +257,30 @@ impl UpstreamError {
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Displays an error followed by each of its causes, `: `-separated, so a
+/// log line says `connection refused` rather than only `client error (Connect)`.
+///
+/// ```
+/// use oci_cache_core::error::ErrorChain;
+/// let io = std::io::Error::other("connection refused");
+/// let e = oci_cache_core::Error::storage("fs", "cannot open", io);
+/// assert_eq!(ErrorChain(&e).to_string(), "storage backend fs failed: cannot open: connection refused");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// The text of an error's cause, standing in for the original (which cannot be cloned).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -254,7 +295,8 @@ impl Error {
         let cause = |source: &Option<Box<dyn std::error::Error + Send + Sync + 'static>>| {
             source
                 .as_ref()
-                .map(|s| Box::new(CauseText(s.to_string())) as Box<_>)
+                // The whole chain: waiters log the same causes as the fetcher.
+                .map(|s| Box::new(CauseText(ErrorChain(s.as_ref()).to_string())) as Box<_>)
         };
         match self {
             Error::Reference(e) => Error::Reference(e.clone()),
@@ -309,5 +351,33 @@ impl Error {
                 source: cause(&e.source),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn waiters_of_a_shared_fetch_see_the_whole_cause_chain() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = Error::from(
+            UpstreamError::new(
+                UpstreamErrorKind::Unavailable,
+                "https://r.example",
+                "request failed",
+            )
+            .with_source(Outer(refused)),
+        );
+        let full = "upstream https://r.example: request failed: client error (Connect): connection refused";
+        assert_eq!(ErrorChain(&err).to_string(), full);
+        let copy = err.duplicate();
+        assert_eq!(ErrorChain(&copy).to_string(), full);
+        assert!(matches!(copy, Error::Upstream(e) if e.kind() == UpstreamErrorKind::Unavailable));
     }
 }

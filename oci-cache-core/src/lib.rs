@@ -52,13 +52,15 @@
 
 pub mod cache;
 pub mod digest;
+pub mod duration;
 pub mod error;
 mod file_io;
 pub mod mirror;
+pub mod observe;
 pub mod reference;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod upstream;
 
-pub use error::{Error, Result, UpstreamError, UpstreamErrorKind};
+pub use error::{Error, ErrorChain, Result, UpstreamError, UpstreamErrorKind};

@@ -27,14 +27,6 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// The `Content-Length` header as a number, when present and valid.
-pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// A body streaming `stream` without buffering it.
 pub fn from_stream(stream: ByteStream) -> Body {
     StreamBody::new(stream.map_ok(Frame::data).map_err(Error::from)).boxed_unsync()

@@ -15,7 +15,8 @@ use oci_cache_core::reference::{Registry, Repository, Tag};
 use oci_cache_core::upstream::ManifestRef;
 use percent_encoding::percent_decode_str;
 
-use crate::error::{ApiError, OciErrorCode, Subject};
+use crate::error::{ErrorSubject, OciError, OciErrorCode};
+use crate::wire::query_param;
 
 /// Which upstream and repository a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,34 +76,13 @@ impl Route {
     }
 }
 
-/// The decoded value of query parameter `key` (first occurrence).
-pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode_query(k)? == key).then(|| decode_query(v))?
-    })
-}
-
-/// Percent-encodes a query value (everything but ASCII letters and digits).
-pub(crate) fn encode_query(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn decode_query(s: &str) -> Option<String> {
-    let plus_as_space = s.replace('+', " ");
-    percent_decode_str(&plus_as_space)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
-}
-
 /// Routes a request.
 pub(crate) fn route(
     method: &Method,
     path: &str,
     query: Option<&str>,
     mirrors: &MirrorConfig,
-) -> Result<Route, ApiError> {
+) -> Result<Route, OciError> {
     let read_only = method == Method::GET || method == Method::HEAD;
     if path == "/healthz" {
         return if read_only {
@@ -136,7 +116,7 @@ pub(crate) fn route(
         .split('/')
         .map(|s| match percent_decode_str(s).decode_utf8() {
             Ok(d) if !d.contains('/') => Ok(d.into_owned()),
-            _ => Err(ApiError::new(
+            _ => Err(OciError::new(
                 StatusCode::BAD_REQUEST,
                 OciErrorCode::NameInvalid,
                 format!("invalid path segment {s:?}"),
@@ -176,13 +156,13 @@ fn target(
     name: &[String],
     query: Option<&str>,
     mirrors: &MirrorConfig,
-) -> Result<Target, ApiError> {
+) -> Result<Target, OciError> {
     let unknown = |name: &str| {
-        ApiError::from_core(
+        OciError::from_core(
             &oci_cache_core::Error::UnknownUpstream {
                 name: name.to_owned(),
             },
-            Subject::Repository,
+            ErrorSubject::Repository,
         )
     };
     let prefixed = match name {
@@ -212,7 +192,7 @@ fn target(
     };
     let joined = path.join("/");
     let invalid = || {
-        ApiError::new(
+        OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::NameInvalid,
             format!("invalid repository name {joined:?}"),
@@ -229,12 +209,12 @@ fn target(
     })
 }
 
-fn manifest_ref(reference: &str) -> Result<ManifestRef, ApiError> {
+fn manifest_ref(reference: &str) -> Result<ManifestRef, OciError> {
     if reference.contains(':') {
         return parse_digest(reference).map(ManifestRef::Digest);
     }
     Tag::new(reference).map(ManifestRef::Tag).map_err(|_| {
-        ApiError::new(
+        OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::TagInvalid,
             format!("invalid reference {reference:?}: expected a tag or a digest"),
@@ -242,9 +222,9 @@ fn manifest_ref(reference: &str) -> Result<ManifestRef, ApiError> {
     })
 }
 
-fn parse_digest(digest: &str) -> Result<Digest, ApiError> {
+fn parse_digest(digest: &str) -> Result<Digest, OciError> {
     digest.parse().map_err(|_| {
-        ApiError::new(
+        OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::DigestInvalid,
             format!("invalid digest {digest:?}"),
@@ -252,11 +232,11 @@ fn parse_digest(digest: &str) -> Result<Digest, ApiError> {
     })
 }
 
-fn page_size(query: Option<&str>) -> Result<Option<usize>, ApiError> {
+fn page_size(query: Option<&str>) -> Result<Option<usize>, OciError> {
     query_param(query, "n")
         .map(|n| {
             n.parse().map_err(|_| {
-                ApiError::new(
+                OciError::new(
                     StatusCode::BAD_REQUEST,
                     OciErrorCode::PaginationNumberInvalid,
                     format!("invalid page size n={n:?}: expected a non-negative integer"),
@@ -266,16 +246,16 @@ fn page_size(query: Option<&str>) -> Result<Option<usize>, ApiError> {
         .transpose()
 }
 
-fn unsupported(method: &Method) -> ApiError {
-    ApiError::new(
+fn unsupported(method: &Method) -> OciError {
+    OciError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         OciErrorCode::Unsupported,
         format!("{method} is not supported by a pull-through cache"),
     )
 }
 
-fn unknown_route(path: &str) -> ApiError {
-    ApiError::new(
+fn unknown_route(path: &str) -> OciError {
+    OciError::new(
         StatusCode::NOT_FOUND,
         OciErrorCode::NameUnknown,
         format!("no registry API route for {path:?}"),
@@ -315,7 +295,7 @@ mod tests {
         }
     }
 
-    fn get(path_and_query: &str) -> Result<Route, ApiError> {
+    fn get(path_and_query: &str) -> Result<Route, OciError> {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -488,19 +468,5 @@ mod tests {
                 assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
             }
         }
-    }
-
-    #[test]
-    fn query_params_are_decoded() {
-        assert_eq!(
-            query_param(Some("ns=%5B%3A%3A1%5D%3A5000"), "ns").as_deref(),
-            Some("[::1]:5000")
-        );
-        assert_eq!(
-            query_param(Some("a=1&ns=x+y"), "ns").as_deref(),
-            Some("x y")
-        );
-        assert_eq!(query_param(Some("nsx=1"), "ns"), None);
-        assert_eq!(query_param(None, "ns"), None);
     }
 }

@@ -48,7 +48,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{aborted, BlobResponse, CacheOutcome, Engine};
 use crate::digest::{Digest, DigestVerifier};
+use crate::error::ErrorChain;
 use crate::file_io::ChunkReader;
+use crate::observe::{FillEvent, FillPhase};
 use crate::reference::{Registry, Repository};
 use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
 use crate::upstream::Upstream;
@@ -321,6 +323,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             digest: self.digest.clone(),
         };
         let digest = &self.digest;
+        self.report(FillPhase::Started);
         let fetched = match self
             .engine
             .upstream
@@ -329,7 +332,9 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         {
             Ok(fetched) => fetched,
             Err(e) => {
-                warn!(%digest, registry = %self.registry, error = %e, "blob fetch failed");
+                let error = ErrorChain(&e).to_string();
+                warn!(%digest, registry = %self.registry, %error, "blob fetch failed");
+                self.report(FillPhase::Failed { error });
                 self.fill.finish(Err(Arc::new(e)));
                 return;
             }
@@ -352,17 +357,35 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         );
         let ((), stored) = tokio::join!(pump, store);
         let verified = matches!(*self.fill.progress.borrow(), Phase::Done(Ok(_)));
-        match (verified, stored) {
-            (true, Ok(bytes)) => info!(%digest, bytes, "blob verified and stored"),
+        let failed = match (verified, stored) {
+            (true, Ok(bytes)) => {
+                info!(%digest, bytes, "blob verified and stored");
+                self.report(FillPhase::Stored { bytes });
+                return;
+            }
             (true, Err(e)) => {
-                warn!(%digest, error = %e, "blob verified but not stored; the next request fetches it again")
+                let error = ErrorChain(&e).to_string();
+                warn!(%digest, %error, "blob verified but not stored; the next request fetches it again");
+                error
             }
-            (false, _) => {
-                if let Phase::Done(Err(e)) = &*self.fill.progress.borrow() {
-                    warn!(%digest, error = %e, "blob fill failed; nothing stored");
+            (false, _) => match &*self.fill.progress.borrow() {
+                Phase::Done(Err(e)) => {
+                    let error = ErrorChain(e.as_ref()).to_string();
+                    warn!(%digest, %error, "blob fill failed; nothing stored");
+                    error
                 }
-            }
-        }
+                _ => "blob fill ended without a verdict".to_owned(),
+            },
+        };
+        self.report(FillPhase::Failed { error: failed });
+    }
+
+    fn report(&self, phase: FillPhase) {
+        self.engine.observer.fill(&FillEvent {
+            digest: self.digest.clone(),
+            upstream: self.registry.clone(),
+            phase,
+        });
     }
 
     /// Reads upstream to the end, feeding the buffer first (clients) and then

@@ -22,7 +22,7 @@ use crate::digest::{Digest, DigestAlgorithm};
 use crate::reference::{Registry, Repository, Tag};
 use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{FetchedManifest, ManifestRef, Upstream};
-use crate::{Error, Result};
+use crate::{Error, ErrorChain, Result};
 
 /// What one manifest flight produced.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ where
     match (result, cached) {
         (Ok(served), _) => deliver(served, started, accept),
         (Err(e), Some(manifest)) => {
-            debug!(%digest, error = %e, "upstream failed for a manifest the client does not accept");
+            debug!(%digest, error = %ErrorChain(&e), "upstream failed for a manifest the client does not accept");
             Err(Error::NotAcceptable {
                 media_type: manifest.media_type,
             })
@@ -197,7 +197,7 @@ where
                     match revalidate(&task_engine, &key, &broad, &record).await {
                         Ok(served) => Ok(served),
                         Err(e) => {
-                            warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %e,
+                            warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %ErrorChain(&e),
                                 "tag revalidation failed; serving the cached manifest (stale-if-error)");
                             Ok(Served {
                                 manifest,
@@ -299,7 +299,7 @@ async fn record_tag<S: Storage + ?Sized, U: ?Sized>(
     };
     if let Err(e) = engine.storage.tag_put(key, &record).await {
         // The client still gets a verified manifest; the next request asks again.
-        warn!(tag = %key.tag, error = %e, "could not record the tag");
+        warn!(tag = %key.tag, error = %ErrorChain(&e), "could not record the tag");
     }
 }
 

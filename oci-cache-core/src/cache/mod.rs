@@ -65,7 +65,8 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::digest::Digest;
-use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::error::{ErrorChain, UpstreamError, UpstreamErrorKind};
+use crate::observe::{self, SharedObserver};
 use crate::reference::{Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::{ManifestRef, TagList, Upstream};
@@ -100,10 +101,23 @@ impl CacheOutcome {
 }
 
 /// Tunables of the engine.
-#[derive(Debug, Clone)]
+///
+/// Deserializes from a table whose keys are the field names, every one
+/// optional (durations as `"30s"`, `"5m"`), e.g. a config file's `[cache]`:
+///
+/// ```
+/// # use oci_cache_core::cache::CacheOptions;
+/// let options: CacheOptions = serde_json::from_str(r#"{"tag_ttl": "1m", "fill_window": 65536}"#)?;
+/// assert_eq!(options.tag_ttl.as_secs(), 60);
+/// assert_eq!(options.max_manifest_size, CacheOptions::default().max_manifest_size);
+/// # Ok::<_, serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CacheOptions {
     /// How long a tag → digest mapping is trusted before a HEAD upstream.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub tag_ttl: Duration,
     /// Largest manifest accepted from upstream.
     pub max_manifest_size: u64,
@@ -206,6 +220,7 @@ struct Engine<S: ?Sized, U: ?Sized> {
     blob_fills: blob::BlobFills,
     manifest_flights: flight::Flights<manifest::FlightKey, manifest::Served>,
     hot: hot::HotCache,
+    observer: SharedObserver,
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -252,6 +267,16 @@ impl<S: Storage + ?Sized, U: ?Sized> std::fmt::Debug for PullThrough<S, U> {
 impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// An engine over `storage` and `upstream`.
     pub fn new(storage: Arc<S>, upstream: Arc<U>, options: CacheOptions) -> Self {
+        Self::observed(storage, upstream, options, observe::noop())
+    }
+
+    /// An engine that reports blob fills to `observer`.
+    pub fn observed(
+        storage: Arc<S>,
+        upstream: Arc<U>,
+        options: CacheOptions,
+        observer: SharedObserver,
+    ) -> Self {
         PullThrough {
             inner: Arc::new(Engine {
                 storage,
@@ -260,6 +285,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 blob_fills: blob::BlobFills::new(),
                 manifest_flights: flight::Flights::new(),
                 hot: hot::HotCache::new(),
+                observer,
             }),
         }
     }
@@ -272,6 +298,11 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// The upstream.
     pub fn upstream(&self) -> &Arc<U> {
         &self.inner.upstream
+    }
+
+    /// The observer the engine reports to.
+    pub fn observer(&self) -> &SharedObserver {
+        &self.inner.observer
     }
 
     /// The options the engine runs with.
@@ -371,7 +402,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         if cached.is_empty() {
             return Err(upstream_error);
         }
-        warn!(%registry, %repository, error = %upstream_error, "tag list from upstream failed; serving cached tags");
+        warn!(%registry, %repository, error = %ErrorChain(&upstream_error), "tag list from upstream failed; serving cached tags");
         let list = TagList {
             name: repository.to_string(),
             tags: cached.iter().map(|t| t.to_string()).collect(),

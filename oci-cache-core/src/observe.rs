@@ -1,0 +1,231 @@
+//! Events for metrics and logs: an [`Observer`] the embedder implements.
+//!
+//! The engine reports blob fills; the HTTP side reports every request (once
+//! its body has ended, with the bytes actually sent) and every upstream
+//! attempt. Counters such as requests by route, cache result and status,
+//! bytes served, upstream bytes and outcomes per endpoint, fills in flight,
+//! coalesced and stale answers, 429 throttles and breaker state are all
+//! derivable from these events, so metrics and access logs are observers, not
+//! code inside handlers.
+//!
+//! Every method has a no-op default, so an observer implements only what it
+//! needs, and new events do not break it. Methods are called inline on the
+//! request path: they must be quick and must not block (update an atomic,
+//! send to a channel).
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use oci_cache_core::observe::{Observer, RequestEvent};
+//!
+//! #[derive(Debug, Default)]
+//! struct ServedBytes(AtomicU64);
+//!
+//! impl Observer for ServedBytes {
+//!     fn request(&self, event: &RequestEvent) {
+//!         self.0.fetch_add(event.bytes_sent, Ordering::Relaxed);
+//!     }
+//! }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::CacheOutcome;
+use crate::digest::Digest;
+use crate::error::UpstreamErrorKind;
+use crate::reference::Registry;
+
+/// Receives events from the engine and the HTTP service.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A request was answered and its body has ended (or was cut).
+    fn request(&self, _event: &RequestEvent) {}
+
+    /// One attempt on one upstream endpoint finished (headers received or
+    /// failed), or its blob body ended.
+    fn upstream(&self, _event: &UpstreamEvent) {}
+
+    /// A blob fill started or finished.
+    fn fill(&self, _event: &FillEvent) {}
+
+    /// An endpoint's circuit breaker opened or closed.
+    fn breaker(&self, _event: &BreakerEvent) {}
+}
+
+/// The observer that ignores everything (the default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {}
+
+/// A shared observer, as the engine and the service hold it.
+pub type SharedObserver = Arc<dyn Observer>;
+
+/// The default [`SharedObserver`]: [`NoopObserver`].
+pub fn noop() -> SharedObserver {
+    Arc::new(NoopObserver)
+}
+
+/// Forwards every event to each observer in turn (e.g. the access log and metrics).
+#[derive(Debug, Default, Clone)]
+pub struct Fanout(Vec<SharedObserver>);
+
+impl Fanout {
+    /// Observers called in this order.
+    pub fn new(observers: Vec<SharedObserver>) -> Self {
+        Fanout(observers)
+    }
+}
+
+impl Observer for Fanout {
+    fn request(&self, event: &RequestEvent) {
+        self.0.iter().for_each(|o| o.request(event));
+    }
+    fn upstream(&self, event: &UpstreamEvent) {
+        self.0.iter().for_each(|o| o.upstream(event));
+    }
+    fn fill(&self, event: &FillEvent) {
+        self.0.iter().for_each(|o| o.fill(event));
+    }
+    fn breaker(&self, event: &BreakerEvent) {
+        self.0.iter().for_each(|o| o.breaker(event));
+    }
+}
+
+/// A request, reported when its response body has ended or was dropped.
+// Not `non_exhaustive`: oci-cache-http builds it.
+#[derive(Debug, Clone)]
+pub struct RequestEvent {
+    /// `GET`, `HEAD`…
+    pub method: String,
+    /// The request path as received (after any prefix a router stripped).
+    pub path: String,
+    /// The route name: `manifest`, `blob`, `tags`, `catalog`, `ping`,
+    /// `healthz`, or `unknown` for requests that matched none.
+    pub route: &'static str,
+    /// The upstream the request was routed to, when it names one.
+    pub upstream: Option<Registry>,
+    /// How the engine answered; `None` for errors and routes without a cache.
+    pub cache: Option<CacheOutcome>,
+    /// The response status code.
+    pub status: u16,
+    /// Body bytes actually handed to the connection (not the `Content-Length`).
+    pub bytes_sent: u64,
+    /// From the request's arrival to the last byte of the body (or the cut).
+    pub duration: Duration,
+    /// False when the client went away or the body failed before its end.
+    pub completed: bool,
+}
+
+/// What an upstream operation was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamOperation {
+    /// Manifest HEAD (tag revalidation).
+    ManifestHead,
+    /// Manifest GET.
+    ManifestGet,
+    /// Blob GET (the body streams later; see [`UpstreamEvent::body_ended`]).
+    BlobGet,
+    /// Blob HEAD.
+    BlobHead,
+    /// Tag list.
+    TagList,
+}
+
+impl UpstreamOperation {
+    /// `manifest_head`, `manifest_get`, `blob_get`, `blob_head` or `tag_list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamOperation::ManifestHead => "manifest_head",
+            UpstreamOperation::ManifestGet => "manifest_get",
+            UpstreamOperation::BlobGet => "blob_get",
+            UpstreamOperation::BlobHead => "blob_head",
+            UpstreamOperation::TagList => "tag_list",
+        }
+    }
+}
+
+/// How an upstream attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamOutcome {
+    /// Answered with success.
+    Ok,
+    /// Failed with this kind (`Skipped` when the breaker or offline mode kept
+    /// the request from going out; `TooManyRequests` for a 429).
+    Failed(UpstreamErrorKind),
+}
+
+impl UpstreamOutcome {
+    /// `ok`, or the error kind's label (`not_found`, `unavailable`…).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Ok => "ok",
+            UpstreamOutcome::Failed(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// One attempt on one endpoint of an upstream's chain.
+// Not `non_exhaustive`: oci-cache-http builds it.
+#[derive(Debug, Clone)]
+pub struct UpstreamEvent {
+    /// The configured upstream (registry name).
+    pub upstream: Registry,
+    /// The endpoint URL tried.
+    pub endpoint: String,
+    /// What was asked for.
+    pub operation: UpstreamOperation,
+    /// How it ended.
+    pub outcome: UpstreamOutcome,
+    /// Body bytes received: the whole manifest or tag list, or for a blob body
+    /// that ended ([`body_ended`](Self::body_ended)) the bytes streamed; 0 for
+    /// a blob attempt's headers.
+    pub bytes: u64,
+    /// Until the response headers (or the failure); for a blob body, until its end.
+    pub duration: Duration,
+    /// True for the event sent when a blob body from this endpoint ended
+    /// (`outcome` says whether it ended cleanly). Every `BlobGet` attempt that
+    /// succeeded is followed by exactly one such event.
+    pub body_ended: bool,
+}
+
+/// A blob fill's start or end.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FillEvent {
+    /// The blob.
+    pub digest: Digest,
+    /// The upstream it is fetched from.
+    pub upstream: Registry,
+    /// What happened.
+    pub phase: FillPhase,
+}
+
+/// The phase a [`FillEvent`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FillPhase {
+    /// The fill task started (before the upstream request).
+    Started,
+    /// Verified and stored: `bytes` long.
+    Stored {
+        /// Blob size.
+        bytes: u64,
+    },
+    /// Nothing was stored; the message says why (with its causes).
+    Failed {
+        /// The error and its cause chain.
+        error: String,
+    },
+}
+
+/// A circuit breaker changing state.
+// Not `non_exhaustive`: oci-cache-http builds it.
+#[derive(Debug, Clone)]
+pub struct BreakerEvent {
+    /// The endpoint URL.
+    pub endpoint: String,
+    /// True when it opened (the endpoint is skipped), false when it closed.
+    pub open: bool,
+}

@@ -1,0 +1,385 @@
+//! The OCI pull endpoints over the chain: manifests, blobs and tag lists,
+//! as core's [`Upstream`] trait.
+
+use async_trait::async_trait;
+use http::header::{CONTENT_TYPE, LINK};
+use http::{Method, Response, Uri};
+use hyper::body::Incoming;
+use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
+use oci_cache_core::digest::Digest;
+use oci_cache_core::mirror::Addressing;
+use oci_cache_core::observe::UpstreamOperation;
+use oci_cache_core::reference::{Registry, Repository};
+use oci_cache_core::upstream::{
+    FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
+};
+use oci_cache_core::{UpstreamError, UpstreamErrorKind};
+
+use super::chain::{addressing, Target};
+use super::transport::{blob_stream, resolve, too_large};
+use super::{CoreResult, HyperUpstream};
+use crate::wire::{content_length, encode_query, DOCKER_CONTENT_DIGEST};
+
+/// Most tag-list pages followed when the caller asked for all tags.
+const MAX_TAG_PAGES: usize = 1000;
+
+impl HyperUpstream {
+    async fn manifest_request(
+        &self,
+        target: Target<'_>,
+        method: Method,
+        repository: &Repository,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> CoreResult<(Response<Incoming>, String)> {
+        let accept = upstream_accept(accept);
+        let url = target.url(repository, &format!("manifests/{reference}"), None);
+        let response = self
+            .send(
+                &target,
+                method,
+                &url,
+                Some(&accept),
+                &pull_scope(repository),
+            )
+            .await?;
+        Ok((response, target.endpoint.url.clone()))
+    }
+
+    async fn get_manifest_once(
+        &self,
+        target: Target<'_>,
+        repository: &Repository,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> CoreResult<FetchedManifest> {
+        let (response, endpoint) = self
+            .manifest_request(target, Method::GET, repository, reference, accept)
+            .await?;
+        let mut head = manifest_head(response.headers());
+        let limit = self.options.max_manifest_size;
+        if let Some(size) = head.size.filter(|s| *s > limit) {
+            return Err(too_large("manifest", limit, size));
+        }
+        let bytes = self
+            .read_body(response.into_body(), limit, &endpoint, "manifest")
+            .await?;
+        head.size = Some(bytes.len() as u64);
+        // A lying endpoint is skipped here (Invalid moves the chain on), so the
+        // next one can serve the right bytes; the engine verifies again.
+        if let ManifestRef::Digest(expected) = reference {
+            let actual = Digest::compute(expected.algorithm(), &bytes);
+            if actual != *expected {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Invalid,
+                    &endpoint,
+                    format!("manifest asked for as {expected} hashes to {actual}; trying the next endpoint"),
+                )
+                .into());
+            }
+        }
+        if head.media_type.is_empty() {
+            head.media_type = media_type_in_body(&bytes).ok_or_else(|| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Invalid,
+                    &endpoint,
+                    "manifest has neither a Content-Type nor a mediaType field",
+                )
+            })?;
+        }
+        Ok(FetchedManifest { head, bytes })
+    }
+
+    async fn tags_once(
+        &self,
+        target: Target<'_>,
+        repository: &Repository,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> CoreResult<(TagList, u64)> {
+        let mut query: Vec<String> = Vec::new();
+        if let Some(n) = n {
+            query.push(format!("n={n}"));
+        }
+        if let Some(last) = last {
+            query.push(format!("last={}", encode_query(last)));
+        }
+        let query = (!query.is_empty()).then(|| query.join("&"));
+        let mut url = target.url(repository, "tags/list", query.as_deref());
+        let scope = pull_scope(repository);
+        let mut received = 0;
+        let mut all = TagList {
+            name: repository.to_string(),
+            tags: Vec::new(),
+        };
+        for _ in 0..MAX_TAG_PAGES {
+            let response = self.send(&target, Method::GET, &url, None, &scope).await?;
+            let next = next_link(&response, &url);
+            let body = self
+                .read_body(
+                    response.into_body(),
+                    16 * 1024 * 1024,
+                    &target.endpoint.url,
+                    "tag list",
+                )
+                .await?;
+            #[derive(serde::Deserialize)]
+            struct Page {
+                name: String,
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Invalid,
+                    &target.endpoint.url,
+                    "tag list is not valid json",
+                )
+                .with_source(e)
+            })?;
+            all.name = page.name;
+            all.tags.extend(page.tags.unwrap_or_default());
+            received += body.len() as u64;
+            match next {
+                Some(next) if n.is_none() => url = next,
+                _ => break,
+            }
+        }
+        Ok((all, received))
+    }
+}
+
+#[async_trait]
+impl Upstream for HyperUpstream {
+    async fn manifest_head(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> CoreResult<ManifestHead> {
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestHead,
+            |target| {
+                Box::pin(async move {
+                    let (response, endpoint) = self
+                        .manifest_request(target, Method::HEAD, repository, reference, accept)
+                        .await?;
+                    let head = manifest_head(response.headers());
+                    if head.media_type.is_empty() {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            endpoint,
+                            "manifest HEAD has no Content-Type",
+                        )
+                        .into());
+                    }
+                    Ok(head)
+                })
+            },
+        )
+        .await
+    }
+
+    async fn manifest_get(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> CoreResult<FetchedManifest> {
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestGet,
+            |target| Box::pin(self.get_manifest_once(target, repository, reference, accept)),
+        )
+        .await
+    }
+
+    async fn blob_get(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> CoreResult<FetchedBlob> {
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobGet,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(&target, Method::GET, &url, None, &pull_scope(repository))
+                        .await?;
+                    let size = content_length(response.headers());
+                    let stream = blob_stream(
+                        response.into_body(),
+                        self.options.read_timeout,
+                        target.endpoint.url.clone(),
+                    );
+                    Ok(FetchedBlob { size, stream })
+                })
+            },
+        )
+        .await
+    }
+
+    async fn blob_head(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> CoreResult<u64> {
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobHead,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
+                        .await?;
+                    content_length(response.headers()).ok_or_else(|| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            &target.endpoint.url,
+                            "blob HEAD has no Content-Length",
+                        )
+                        .into()
+                    })
+                })
+            },
+        )
+        .await
+    }
+
+    async fn tag_list(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> CoreResult<TagList> {
+        self.over_chain(
+            registry,
+            Addressing::Tag,
+            UpstreamOperation::TagList,
+            |target| Box::pin(self.tags_once(target, repository, n, last)),
+        )
+        .await
+        .map(|(list, _)| list)
+    }
+}
+
+/// The `Accept` sent upstream: the client's list, with the four manifest types
+/// spelled out when it is empty or has a wildcard. Registries negotiate on
+/// explicit types only: distribution answers `Accept: */*` for an OCI
+/// manifest with 404.
+fn upstream_accept(accept: &[String]) -> String {
+    let wildcard = |t: &str| t.ends_with("/*");
+    if !accept.is_empty() && !accept.iter().any(|t| wildcard(t)) {
+        return accept.join(", ");
+    }
+    let mut types: Vec<&str> = accept
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !wildcard(t))
+        .collect();
+    for known in KNOWN_MANIFEST_TYPES {
+        if !types.contains(&known) {
+            types.push(known);
+        }
+    }
+    if accept.iter().any(|t| t == "*/*") {
+        types.push("*/*");
+    }
+    types.join(", ")
+}
+
+fn pull_scope(repository: &Repository) -> String {
+    format!("repository:{repository}:pull")
+}
+
+/// Digest, media type (without parameters; empty when absent) and size from the headers.
+fn manifest_head(headers: &http::HeaderMap) -> ManifestHead {
+    let digest = headers
+        .get(DOCKER_CONTENT_DIGEST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<Digest>().ok());
+    let media_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
+        .unwrap_or_default();
+    ManifestHead {
+        digest,
+        media_type,
+        size: content_length(headers),
+    }
+}
+
+fn media_type_in_body(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+}
+
+/// The `rel="next"` target of a `Link` header, resolved against `current`.
+fn next_link(response: &Response<Incoming>, current: &str) -> Option<String> {
+    let base: Uri = current.parse().ok()?;
+    response
+        .headers()
+        .get_all(LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))
+        .and_then(|part| {
+            let start = part.find('<')?;
+            let end = part.find('>')?;
+            part.get(start + 1..end)
+        })
+        .and_then(|target| resolve(&base, target))
+        .map(|uri| uri.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn accept_sent_upstream() {
+        let list = |types: &[&str]| types.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let all = KNOWN_MANIFEST_TYPES.join(", ");
+        assert_eq!(upstream_accept(&[]), all);
+        assert_eq!(
+            upstream_accept(&list(&["application/vnd.oci.image.manifest.v1+json"])),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(upstream_accept(&list(&["*/*"])), format!("{all}, */*"));
+        assert_eq!(
+            upstream_accept(&list(&["application/x", "application/*"])),
+            format!("application/x, {all}")
+        );
+        assert_eq!(
+            upstream_accept(&list(&[
+                "application/vnd.oci.image.manifest.v1+json",
+                "*/*"
+            ])),
+            "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.index.v1+json, */*"
+        );
+    }
+}

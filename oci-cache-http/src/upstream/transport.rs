@@ -1,0 +1,318 @@
+//! Connections and single HTTP exchanges: the hyper client (direct or
+//! through a `CONNECT` proxy), redirects, bounded body reads and blob streams.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, LOCATION, USER_AGENT};
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyDataStream, BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use oci_cache_core::{Error as CoreError, UpstreamError, UpstreamErrorKind};
+use tokio::net::TcpStream;
+
+use super::{CoreResult, HyperUpstream, UpstreamOptions};
+
+/// Largest read buffer of one upstream HTTP/1 connection (hyper's default is
+/// ~400 KiB). A blob fill keeps recent chunks in memory for its clients, and
+/// each chunk pins the read buffer it was cut from, so this bounds what one
+/// fill holds; 128 KiB reads are still few per MiB.
+const UPSTREAM_READ_BUFFER: usize = 128 * 1024;
+
+pub(super) type HttpClient = Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>;
+
+/// A client with `tls` (or the system roots, falling back to the bundled
+/// Mozilla roots, when `None`).
+pub(super) fn build_client(
+    options: &UpstreamOptions,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    tls: Option<rustls::ClientConfig>,
+) -> crate::Result<HttpClient> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(options.connect_timeout));
+    http.set_nodelay(true);
+    let proxy = ProxyConnector {
+        http,
+        matcher: options.proxy.matcher().map(Arc::new),
+    };
+    let builder = match tls {
+        Some(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+        None => match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider.clone())
+        {
+            Ok(builder) => builder,
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable system root certificates; using the bundled Mozilla roots");
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(provider)
+                    .map_err(|e| crate::Error::Tls(e.to_string()))?
+            }
+        },
+    };
+    let connector = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(proxy);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(options.idle_timeout)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
+        .build(connector))
+}
+
+impl HyperUpstream {
+    /// Sends a request, following redirects; `Authorization` only goes to the first origin.
+    pub(super) async fn follow(
+        &self,
+        client: &HttpClient,
+        method: Method,
+        uri: Uri,
+        accept: Option<&str>,
+        authorization: Option<&str>,
+        endpoint: &str,
+    ) -> CoreResult<Response<Incoming>> {
+        let first_origin = origin_of(&uri);
+        let mut current = uri;
+        for _ in 0..=self.options.max_redirects {
+            let same_origin = origin_of(&current) == first_origin;
+            let mut builder = Request::builder()
+                .method(method.clone())
+                .uri(current.clone())
+                .header(USER_AGENT, &self.options.user_agent)
+                .header(ACCEPT_ENCODING, "identity");
+            if let Some(accept) = accept {
+                builder = builder.header(ACCEPT, accept);
+            }
+            if let (Some(value), true) = (authorization, same_origin) {
+                builder = builder.header(AUTHORIZATION, value);
+            }
+            let request = builder.body(Empty::new()).map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Invalid,
+                    endpoint,
+                    "could not build the request",
+                )
+                .with_source(e)
+            })?;
+            let response =
+                tokio::time::timeout(self.options.request_timeout, client.request(request))
+                    .await
+                    .map_err(|_| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Timeout,
+                            endpoint,
+                            format!("no response within {:?}", self.options.request_timeout),
+                        )
+                    })?
+                    .map_err(|e| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Unavailable,
+                            endpoint,
+                            "request failed",
+                        )
+                        .with_source(e)
+                    })?;
+            let redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| resolve(&current, l));
+            match (redirect, location) {
+                (true, Some(next)) => {
+                    tracing::debug!(from = %current, to = %origin_of(&next), "following redirect");
+                    current = next;
+                }
+                _ => return Ok(response),
+            }
+        }
+        Err(UpstreamError::new(
+            UpstreamErrorKind::Invalid,
+            endpoint,
+            format!("more than {} redirects", self.options.max_redirects),
+        )
+        .into())
+    }
+
+    /// Reads a whole body of at most `limit` bytes, giving up when it stalls
+    /// for the read timeout.
+    pub(super) async fn read_body(
+        &self,
+        mut body: Incoming,
+        limit: u64,
+        endpoint: &str,
+        what: &str,
+    ) -> CoreResult<Bytes> {
+        let mut buffer = BytesMut::new();
+        loop {
+            let frame = tokio::time::timeout(self.options.read_timeout, body.frame())
+                .await
+                .map_err(|_| {
+                    UpstreamError::new(
+                        UpstreamErrorKind::Timeout,
+                        endpoint,
+                        format!("the {what} stalled for {:?}", self.options.read_timeout),
+                    )
+                })?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Unavailable,
+                    endpoint,
+                    format!("connection failed while reading the {what}"),
+                )
+                .with_source(e)
+            })?;
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > limit {
+                    return Err(too_large(what, limit, buffer.len() as u64));
+                }
+            }
+        }
+        Ok(buffer.freeze())
+    }
+}
+
+/// `scheme://authority`, the unit `Authorization` is scoped to.
+pub(super) fn origin_of(uri: &Uri) -> String {
+    format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map_or("", |a| a.as_str())
+    )
+}
+
+/// Resolves a `Location` or `Link` target against the current URL.
+pub(super) fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().ok();
+    }
+    let origin = origin_of(base);
+    if location.starts_with('/') {
+        return format!("{origin}{location}").parse().ok();
+    }
+    let path = base.path();
+    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    format!("{origin}{dir}/{location}").parse().ok()
+}
+
+pub(super) fn too_large(what: &str, limit: u64, actual: u64) -> CoreError {
+    CoreError::TooLarge {
+        what: what.into(),
+        limit,
+        actual,
+    }
+}
+
+/// A blob body as a stream that fails when no chunk arrives for `read_timeout`.
+pub(super) fn blob_stream(
+    body: Incoming,
+    read_timeout: Duration,
+    endpoint: String,
+) -> oci_cache_core::storage::ByteStream {
+    let chunks = BodyDataStream::new(body);
+    futures::stream::unfold(Some(chunks), move |state| {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut chunks = state?;
+            match tokio::time::timeout(read_timeout, chunks.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(chunks))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((
+                    Err(UpstreamError::new(
+                        UpstreamErrorKind::Unavailable,
+                        endpoint,
+                        "connection failed during the blob download",
+                    )
+                    .with_source(e)
+                    .into()),
+                    None,
+                )),
+                Err(_) => Some((
+                    Err(UpstreamError::new(
+                        UpstreamErrorKind::Timeout,
+                        endpoint,
+                        format!("blob download stalled for {read_timeout:?}"),
+                    )
+                    .into()),
+                    None,
+                )),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Connects directly, or through an HTTP `CONNECT` tunnel when the proxy
+/// environment says so for this destination.
+#[derive(Debug, Clone)]
+pub(super) struct ProxyConnector {
+    http: HttpConnector,
+    matcher: Option<Arc<Matcher>>,
+}
+
+impl tower_service::Service<Uri> for ProxyConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let intercept = self.matcher.as_ref().and_then(|m| m.intercept(&dst));
+        let mut http = self.http.clone();
+        Box::pin(async move {
+            match intercept {
+                Some(intercept) => {
+                    let mut tunnel = Tunnel::new(intercept.uri().clone(), http);
+                    if let Some(auth) = intercept.basic_auth() {
+                        tunnel = tunnel.with_auth(auth.clone());
+                    }
+                    Ok(tunnel.call(dst).await?)
+                }
+                None => Ok(http.call(dst).await?),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn redirect_targets() {
+        let base: Uri = "https://r.example/v2/a/blobs/sha256:x?q=1".parse().unwrap();
+        assert_eq!(
+            resolve(&base, "https://cdn.example/data?sig=1")
+                .unwrap()
+                .to_string(),
+            "https://cdn.example/data?sig=1"
+        );
+        assert_eq!(
+            resolve(&base, "/other").unwrap().to_string(),
+            "https://r.example/other"
+        );
+        assert_eq!(
+            resolve(&base, "rel").unwrap().to_string(),
+            "https://r.example/v2/a/blobs/rel"
+        );
+        assert_eq!(origin_of(&base), "https://r.example");
+    }
+}
