@@ -1,8 +1,13 @@
 //! Command-line arguments.
+//!
+//! Every subcommand that reads the configuration flattens [`ConfigArgs`], so
+//! `--config`, `--upstream` and the other sources (and their `OCI_CACHE_*`
+//! variables) mean the same everywhere and are declared once.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// A pull-through cache for OCI container registries.
 #[derive(Debug, Parser)]
@@ -12,8 +17,14 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "OCI_CACHE_LOG")]
     pub(crate) log: Option<String>,
 
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "OCI_CACHE_LOG_JSON")]
+    /// Log as JSON lines instead of text (env: 1/0, true/false, yes/no, on/off).
+    #[arg(
+        long,
+        global = true,
+        env = "OCI_CACHE_LOG_JSON",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub(crate) log_json: bool,
 
     #[command(subcommand)]
@@ -26,23 +37,21 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Parse an image reference and print its canonical and familiar forms.
     Resolve(ResolveArgs),
-    /// Check a configuration file and print the effective settings.
+    /// Validate the configuration exactly as `serve` would and print the effective settings.
     CheckConfig(CheckConfigArgs),
 }
 
-/// Settings for `serve`; each overrides the config file.
-#[derive(Debug, Args, Default)]
-pub(crate) struct ServeArgs {
+/// Where the configuration comes from: the file, and the flags and
+/// variables that override it. Flatten this into every subcommand that
+/// reads the configuration.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct ConfigArgs {
     /// Configuration file (TOML); see `oci-cache.example.toml`.
-    #[arg(long, env = "OCI_CACHE_CONFIG")]
+    #[arg(long, env = "OCI_CACHE_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
-    /// Address to listen on.
-    #[arg(long, env = "OCI_CACHE_LISTEN")]
-    pub(crate) listen: Option<String>,
-
-    /// Directory of the filesystem storage.
-    #[arg(long, env = "OCI_CACHE_STORAGE_DIR")]
+    /// Directory of the filesystem storage (selects filesystem storage).
+    #[arg(long, env = "OCI_CACHE_STORAGE_DIR", value_name = "DIR")]
     pub(crate) storage_dir: Option<PathBuf>,
 
     /// An upstream as NAME=URL (repeatable); replaces the default upstreams.
@@ -50,12 +59,8 @@ pub(crate) struct ServeArgs {
     pub(crate) upstreams: Vec<String>,
 
     /// The upstream for requests that name none (default docker.io).
-    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM")]
+    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM", value_name = "NAME")]
     pub(crate) default_upstream: Option<String>,
-
-    /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
-    #[arg(long, env = "OCI_CACHE_TAG_TTL")]
-    pub(crate) tag_ttl: Option<String>,
 
     /// Talos machine configuration (YAML) whose RegistryMirrorConfig,
     /// RegistryAuthConfig and RegistryTLSConfig documents add upstreams and chains.
@@ -66,9 +71,30 @@ pub(crate) struct ServeArgs {
     /// `<registry>/hosts.toml`) that adds upstreams and chains.
     #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
     pub(crate) containerd_hosts: Option<PathBuf>,
+}
 
-    /// Serve only what is cached; never contact an upstream.
-    #[arg(long, env = "OCI_CACHE_OFFLINE")]
+/// Settings for `serve`; each overrides the config file.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "OCI_CACHE_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+
+    /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
+    #[arg(long, env = "OCI_CACHE_TAG_TTL", value_name = "DURATION")]
+    pub(crate) tag_ttl: Option<String>,
+
+    /// Serve only what is cached; never contact an upstream
+    /// (env: 1/0, true/false, yes/no, on/off).
+    #[arg(
+        long,
+        env = "OCI_CACHE_OFFLINE",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub(crate) offline: bool,
 }
 
@@ -81,44 +107,28 @@ pub(crate) struct ResolveArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
-    /// Configuration file (TOML) whose upstreams the reference is routed by.
-    #[arg(long, env = "OCI_CACHE_CONFIG")]
-    pub(crate) config: Option<PathBuf>,
-
-    /// An upstream as NAME=URL (repeatable); replaces the default upstreams.
-    #[arg(long = "upstream", value_name = "NAME=URL")]
-    pub(crate) upstreams: Vec<String>,
-
-    /// The upstream for requests that name none (default docker.io).
-    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM")]
-    pub(crate) default_upstream: Option<String>,
-
-    /// Talos machine configuration (YAML) with registry documents, as for `serve`.
-    #[arg(long, env = "OCI_CACHE_TALOS_CONFIG", value_name = "FILE")]
-    pub(crate) talos_config: Option<PathBuf>,
-
-    /// containerd `certs.d` directory of `hosts.toml` files, as for `serve`.
-    #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
-    pub(crate) containerd_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
 }
 
-impl ResolveArgs {
-    /// The `serve` settings that decide routing, so that both commands read
-    /// configuration through the one `config::resolve`.
-    pub(crate) fn serve_args(&self) -> ServeArgs {
-        ServeArgs {
-            config: self.config.clone(),
-            upstreams: self.upstreams.clone(),
-            default_upstream: self.default_upstream.clone(),
-            talos_config: self.talos_config.clone(),
-            containerd_hosts: self.containerd_hosts.clone(),
-            ..ServeArgs::default()
-        }
-    }
-}
-
+/// `check-config` takes everything `serve` takes, so it sees what `serve` would.
 #[derive(Debug, Args)]
 pub(crate) struct CheckConfigArgs {
-    /// The configuration file to check.
-    pub(crate) file: PathBuf,
+    /// The configuration file to check (the same as `--config FILE`, and wins over it).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+impl CheckConfigArgs {
+    /// The `serve` arguments being checked, with `FILE` as the config file.
+    pub(crate) fn serve_args(&self) -> ServeArgs {
+        let mut args = self.serve.clone();
+        if let Some(file) = &self.file {
+            args.config.config = Some(file.clone());
+        }
+        args
+    }
 }

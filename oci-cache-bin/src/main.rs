@@ -3,6 +3,7 @@
 //! Thin by design: parse arguments, read configuration, install the log
 //! subscriber, then hand over to `oci-cache-core` and `oci-cache-http`.
 
+mod check_config;
 mod cli;
 mod config;
 mod duration;
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
     let mut stderr = std::io::stderr();
     match &cli.command {
         Command::Resolve(args) => resolve::run(args, &mut stdout, &mut stderr),
-        Command::CheckConfig(args) => serve::check_config(args, &mut stdout, &mut stderr),
+        Command::CheckConfig(args) => check_config::run(args, &mut stdout, &mut stderr),
         Command::Serve(args) => serve::run(args, &mut stderr),
     }
 }

@@ -1,4 +1,4 @@
-//! `oci-cache serve` and `oci-cache check-config`: wiring config to the library.
+//! `oci-cache serve`: wiring config to the library.
 
 use std::error::Error as StdError;
 use std::io::Write;
@@ -10,11 +10,8 @@ use oci_cache_core::storage::Storage;
 use oci_cache_http::{AccessLog, Mirror, UpstreamOptions};
 use tokio::net::TcpListener;
 
-use crate::cli::{CheckConfigArgs, ServeArgs};
-use crate::config::{self, Settings, StorageConfig};
-
-/// Exit status for configuration the program cannot use.
-const EXIT_CONFIG: u8 = 2;
+use crate::cli::ServeArgs;
+use crate::config::{self, Settings, StorageConfig, EXIT_CONFIG};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -42,51 +39,6 @@ pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
             print_chain(err, e.as_ref());
             ExitCode::FAILURE
         }
-    }
-}
-
-pub(crate) fn check_config(
-    args: &CheckConfigArgs,
-    out: &mut impl Write,
-    err: &mut impl Write,
-) -> ExitCode {
-    let serve_args = ServeArgs {
-        config: Some(args.file.clone()),
-        ..ServeArgs::default()
-    };
-    match config::resolve(&serve_args) {
-        Ok(settings) => {
-            let _ = writeln!(out, "{}: ok", args.file.display());
-            let _ = writeln!(out, "listen: {}", settings.listen);
-            let _ = writeln!(out, "storage: {}", describe_storage(&settings.storage));
-            let _ = writeln!(out, "tag ttl: {:?}", settings.tag_ttl);
-            let _ = writeln!(
-                out,
-                "default upstream: {}",
-                settings.mirrors.default_upstream
-            );
-            for upstream in &settings.mirrors.upstreams {
-                let chain: Vec<&str> = upstream.chain().iter().map(|e| e.url.as_str()).collect();
-                let _ = writeln!(out, "upstream {}: {}", upstream.name, chain.join(" -> "));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            let _ = writeln!(err, "error: {message}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-    }
-}
-
-fn describe_storage(storage: &StorageConfig) -> String {
-    match storage {
-        StorageConfig::Filesystem { dir } => format!("filesystem at {}", dir.display()),
-        StorageConfig::Memory => "memory".to_owned(),
-        StorageConfig::S3(s3) => format!(
-            "s3 bucket {} at {}",
-            s3.bucket,
-            s3.endpoint.as_deref().unwrap_or("AWS")
-        ),
     }
 }
 
