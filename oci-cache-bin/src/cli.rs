@@ -28,6 +28,9 @@ pub(crate) enum Command {
     Resolve(ResolveArgs),
     /// Check a configuration file and print the effective settings.
     CheckConfig(CheckConfigArgs),
+    /// Print or write the configuration that points a client (containerd,
+    /// talos, docker, podman, buildkit, kind, k3s) at this mirror.
+    ClientConfig(crate::client_config::ClientConfigArgs),
 }
 
 /// Settings for `serve`; each overrides the config file.
@@ -70,6 +73,11 @@ pub(crate) struct ServeArgs {
     /// Serve only what is cached; never contact an upstream.
     #[arg(long, env = "OCI_CACHE_OFFLINE")]
     pub(crate) offline: bool,
+
+    /// A registry:2 `config.yml` (repeatable): its `proxy`, `http`,
+    /// `auth.htpasswd` and `storage` sections configure this mirror.
+    #[arg(long = "registry-config", value_name = "FILE")]
+    pub(crate) registry_configs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 //! subscriber, then hand over to `oci-cache-core` and `oci-cache-http`.
 
 mod cli;
+mod client_config;
 mod config;
 mod duration;
 mod resolve;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Command::Resolve(args) => resolve::run(args, &mut stdout, &mut stderr),
         Command::CheckConfig(args) => serve::check_config(args, &mut stdout, &mut stderr),
         Command::Serve(args) => serve::run(args, &mut stderr),
+        Command::ClientConfig(args) => client_config::run(args, &mut stdout, &mut stderr),
     }
 }
 
