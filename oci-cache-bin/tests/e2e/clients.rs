@@ -1,0 +1,297 @@
+//! Issue 16: the configuration `oci-cache client-config KIND` writes, used by
+//! the real clients. Each test generates the files with the binary, hands
+//! them to the client unchanged, and checks what arrived and who fetched it:
+//! the origin's access log names the user agent of every request, so a pull
+//! that went around the mirror cannot pass for one that went through it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use super::fixtures::small_image;
+use crate::support::containerd::Containerd;
+use crate::support::dockerd::Dockerd;
+use crate::support::image::Layout;
+use crate::support::mirror::{oci_cache_bin, Mirror};
+use crate::support::podman::Podman;
+use crate::support::registry::Origin;
+use crate::support::{skopeo, tools_available};
+
+/// A mirror config file serving `upstreams` (`(name, origin URL)`), the
+/// first one the default.
+fn write_mirror_config(dir: &Path, upstreams: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!("default_upstream = \"{}\"\n", upstreams[0].0);
+    for (name, url) in upstreams {
+        text.push_str(&format!(
+            "\n[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n"
+        ));
+    }
+    let path = dir.join("mirror.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `oci-cache client-config KIND --mirror URL --config FILE --output DIR ARGS`.
+fn client_config(kind: &str, mirror_url: &str, config: &Path, output: &Path, args: &[&str]) {
+    let out = Command::new(oci_cache_bin())
+        .args(["client-config", kind, "--mirror", mirror_url, "--config"])
+        .arg(config)
+        .arg("--output")
+        .arg(output)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client-config {kind} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The user agents in an origin's access log (the last quoted field).
+fn user_agents(origin: &Origin) -> Vec<String> {
+    origin
+        .access_log()
+        .lines()
+        .filter_map(|l| l.trim_end().strip_suffix('"'))
+        .filter_map(|l| l.rsplit_once('"').map(|(_, ua)| ua.to_owned()))
+        .collect()
+}
+
+/// The mirror (`oci-cache/VERSION`), or the test filling the origin
+/// (skopeo, the harness's own HTTP client).
+fn is_mirror_or_harness(ua: &str) -> bool {
+    ["oci-cache/", "skopeo/", "oci-cache-e2e"]
+        .iter()
+        .any(|p| ua.starts_with(p))
+}
+
+/// Every request the origin saw came from the mirror, and there was one.
+fn assert_only_the_mirror_reached(origin: &Origin, client: &str) {
+    let agents = user_agents(origin);
+    assert!(
+        agents.iter().any(|ua| ua.starts_with("oci-cache/")),
+        "the mirror never reached the origin: {agents:?}"
+    );
+    let direct: Vec<&String> = agents
+        .iter()
+        .filter(|ua| !is_mirror_or_harness(ua))
+        .collect();
+    assert!(
+        direct.is_empty(),
+        "{client} went around the mirror: {direct:?}"
+    );
+}
+
+fn origin_with(images: &[(&Layout, &str)]) -> Origin {
+    let origin = Origin::start();
+    for (layout, repo_tag) in images {
+        skopeo::push(layout, &origin.host(), repo_tag);
+    }
+    origin
+}
+
+#[test]
+fn containerd_pulls_both_upstreams_through_the_generated_certs_d() {
+    let test = "containerd_pulls_both_upstreams_through_the_generated_certs_d";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(ctrd) = Containerd::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let alpine = small_image(&work.path().join("alpine"), 160);
+    let app = small_image(&work.path().join("app"), 161);
+    let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let config = write_mirror_config(
+        work.path(),
+        &[("docker.io", &hub.url()), ("b.test", &b.url())],
+    );
+    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let certs_d = work.path().join("certs.d");
+    client_config(
+        "containerd",
+        &format!("http://{}", mirror.host()),
+        &config,
+        &certs_d,
+        &[],
+    );
+    assert!(certs_d.join("_default/hosts.toml").is_file());
+
+    let got = ctrd
+        .fetch_with_hosts_dir(&certs_d, "docker.io/library/alpine:3.20")
+        .unwrap();
+    assert_eq!(got.digest, alpine.digest);
+    for blob in alpine.all_blobs() {
+        assert!(
+            got.content.contains(&blob.digest),
+            "{} missing",
+            blob.digest
+        );
+    }
+    let got = ctrd
+        .fetch_with_hosts_dir(&certs_d, "b.test/e2e/app:v1")
+        .unwrap();
+    assert_eq!(got.digest, app.digest);
+    assert_only_the_mirror_reached(&hub, "containerd");
+    assert_only_the_mirror_reached(&b, "containerd");
+}
+
+#[test]
+fn containerd_falls_back_to_the_origin_quickly_when_the_mirror_is_down() {
+    let test = "containerd_falls_back_to_the_origin_quickly_when_the_mirror_is_down";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(ctrd) = Containerd::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 162);
+    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let config = write_mirror_config(work.path(), &[("b.test", &b.url())]);
+    let certs_d = work.path().join("certs.d");
+    {
+        let mirror =
+            Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+        client_config(
+            "containerd",
+            &format!("http://{}", mirror.host()),
+            &config,
+            &certs_d,
+            &[],
+        );
+    } // The mirror is stopped here: its port refuses connections.
+
+    let start = Instant::now();
+    let got = ctrd
+        .fetch_with_hosts_dir(&certs_d, "b.test/e2e/app:v1")
+        .unwrap();
+    let took = start.elapsed();
+    eprintln!(
+        "containerd fallback with the mirror down: {} blobs in {took:.2?}",
+        app.all_blobs().len() + 1
+    );
+    assert_eq!(got.digest, app.digest);
+    // containerd itself fetched everything from the origin; the stopped
+    // mirror never did.
+    let agents = user_agents(&b);
+    assert!(
+        !agents.iter().any(|ua| ua.starts_with("oci-cache/")),
+        "{agents:?}"
+    );
+    assert!(
+        agents.iter().any(|ua| ua.starts_with("containerd/")),
+        "{agents:?}"
+    );
+    // Five requests (manifest, config, three layers) each try the mirror
+    // first: at containerd's 30 s dial timeout one stuck attempt alone would
+    // blow this bound.
+    assert!(took.as_secs_f64() < 10.0, "fallback took {took:?}");
+}
+
+#[test]
+fn docker_daemon_pulls_alpine_through_the_generated_daemon_json() {
+    let test = "docker_daemon_pulls_alpine_through_the_generated_daemon_json";
+    if !tools_available(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let alpine = small_image(&work.path().join("alpine"), 163);
+    let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let config = write_mirror_config(work.path(), &[("docker.io", &hub.url())]);
+    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let out = work.path().join("docker");
+    client_config(
+        "docker",
+        &format!("http://{}", mirror.host()),
+        &config,
+        &out,
+        &[],
+    );
+    let Some(dockerd) = Dockerd::start(test, &out.join("daemon.json")) else {
+        return;
+    };
+    let start = Instant::now();
+    dockerd.docker(&["pull", "alpine:3.20"]).unwrap();
+    eprintln!(
+        "docker pull alpine:3.20 through the mirror: {:.2?}",
+        start.elapsed()
+    );
+    let id = dockerd
+        .docker(&["image", "inspect", "--format", "{{.Id}}", "alpine:3.20"])
+        .unwrap();
+    assert_eq!(id.trim(), alpine.images[0].config.digest);
+    let digests = dockerd
+        .docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            "alpine:3.20",
+        ])
+        .unwrap();
+    assert!(digests.contains(&alpine.digest), "{digests}");
+    assert_only_the_mirror_reached(&hub, "dockerd");
+}
+
+#[test]
+fn podman_pulls_a_non_default_upstream_by_path_prefix() {
+    let test = "podman_pulls_a_non_default_upstream_by_path_prefix";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(podman) = Podman::new(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let hub_image = small_image(&work.path().join("hub"), 164);
+    let app = small_image(&work.path().join("app"), 165);
+    let hub = origin_with(&[(&hub_image, "e2e/app:v1")]);
+    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let config = write_mirror_config(
+        work.path(),
+        &[("docker.io", &hub.url()), ("b.test", &b.url())],
+    );
+    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let out = work.path().join("podman");
+    client_config(
+        "podman",
+        &format!("http://{}", mirror.host()),
+        &config,
+        &out,
+        &[],
+    );
+    let conf = out.join("registries.conf");
+    let hub_before = hub.count("GET", "/e2e/app/");
+
+    let start = Instant::now();
+    podman.run(&conf, &["pull", "b.test/e2e/app:v1"]).unwrap();
+    eprintln!(
+        "podman pull b.test/e2e/app:v1 through the mirror: {:.2?}",
+        start.elapsed()
+    );
+    let digest = podman
+        .run(
+            &conf,
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Digest}}",
+                "b.test/e2e/app:v1",
+            ],
+        )
+        .unwrap();
+    // Same repository and tag on docker.io, other bytes: the prefix routed it.
+    assert_eq!(digest.trim(), app.digest);
+    assert_ne!(app.digest, hub_image.digest);
+    assert_only_the_mirror_reached(&b, "podman");
+    assert_eq!(
+        hub.count("GET", "/e2e/app/"),
+        hub_before,
+        "b.test's pull reached docker.io's origin"
+    );
+}
