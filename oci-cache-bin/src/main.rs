@@ -7,6 +7,7 @@ mod cli;
 mod client_config;
 mod config;
 mod duration;
+mod registry_compat;
 mod resolve;
 mod serve;
 

@@ -15,7 +15,7 @@ use crate::support::image::Layout;
 use crate::support::mirror::{oci_cache_bin, Mirror};
 use crate::support::podman::Podman;
 use crate::support::registry::Origin;
-use crate::support::{skopeo, tools_available};
+use crate::support::{free_port, skopeo, tools_available, ServerProcess};
 
 /// A mirror config file serving `upstreams` (`(name, origin URL)`), the
 /// first one the default.
@@ -294,4 +294,119 @@ fn podman_pulls_a_non_default_upstream_by_path_prefix() {
         hub_before,
         "b.test's pull reached docker.io's origin"
     );
+}
+
+/// The registry config of the Earthly guide in the seeds, verbatim but for
+/// the remote (the test origin), the storage root and the address.
+fn earthly_seed_config(remote: &str, root: &Path, addr: &str) -> String {
+    format!(
+        "version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {root}
+http:
+  addr: {addr}
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: {remote}
+  username: [username]
+  password: [password]
+",
+        root = root.display()
+    )
+}
+
+/// `oci-cache serve` with only `args` and `env` (no `--listen`): the
+/// registry:2 settings must supply the address, `port`.
+fn serve_dropin(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    let log = dir.join("oci-cache.log");
+    let mut cmd = Command::new(oci_cache_bin());
+    cmd.current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    ServerProcess::spawn("oci-cache (registry:2 drop-in)", cmd, port, log, "/v2/")
+}
+
+#[test]
+fn the_earthly_seed_registry_config_is_served_by_registry_config() {
+    if !tools_available("the_earthly_seed_registry_config_is_served_by_registry_config") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let alpine = small_image(&work.path().join("alpine"), 166);
+    let origin = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let port = free_port();
+    let root = work.path().join("registry-data");
+    let config = work.path().join("config.yml");
+    std::fs::write(
+        &config,
+        earthly_seed_config(&origin.url(), &root, &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let _mirror = serve_dropin(
+        work.path(),
+        port,
+        &["--registry-config", &config.display().to_string()],
+        &[],
+    );
+    let got = skopeo::copy(
+        &format!("127.0.0.1:{port}/library/alpine:3.20"),
+        &work.path().join("copy"),
+    )
+    .unwrap();
+    assert_eq!(got.digest, alpine.digest);
+    assert_only_the_mirror_reached(&origin, "skopeo");
+    // The file's storage root holds what was cached.
+    assert!(std::fs::read_dir(&root).unwrap().next().is_some());
+    let log = std::fs::read_to_string(work.path().join("oci-cache.log")).unwrap();
+    assert!(
+        log.contains("registry config settings not used by oci-cache: log")
+            && log.contains("storage.cache")
+            && log.contains("http.headers")
+            && log.contains("health"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_registry_environment_of_the_seeds_docker_run_line_is_honoured() {
+    if !tools_available("the_registry_environment_of_the_seeds_docker_run_line_is_honoured") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 167);
+    let origin = origin_with(&[(&app, "e2e/app:v1")]);
+    let port = free_port();
+    let (remote, addr) = (origin.url(), format!("127.0.0.1:{port}"));
+    let root = work.path().join("var-lib-registry");
+    let root_text = root.display().to_string();
+    let _mirror = serve_dropin(
+        work.path(),
+        port,
+        &[],
+        &[
+            ("REGISTRY_PROXY_REMOTEURL", &remote),
+            ("REGISTRY_HTTP_ADDR", &addr),
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root_text),
+        ],
+    );
+    // No upstream named: the remote is the default upstream.
+    let got = skopeo::copy(&format!("{addr}/e2e/app:v1"), &work.path().join("copy")).unwrap();
+    assert_eq!(got.digest, app.digest);
+    assert_only_the_mirror_reached(&origin, "skopeo");
+    assert!(std::fs::read_dir(&root).unwrap().next().is_some());
 }
