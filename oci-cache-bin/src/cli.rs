@@ -31,6 +31,8 @@ pub(crate) enum Command {
     /// Print or write the configuration that points a client (containerd,
     /// talos, docker, podman, buildkit, kind, k3s) at this mirror.
     ClientConfig(crate::client_config::ClientConfigArgs),
+    /// Exit 0 when the mirror's /healthz answers 200 (for container HEALTHCHECKs).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 /// Settings for `serve`; each overrides the config file.

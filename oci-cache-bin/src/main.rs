@@ -7,6 +7,7 @@ mod cli;
 mod client_config;
 mod config;
 mod duration;
+mod healthcheck;
 mod registry_compat;
 mod resolve;
 mod serve;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => serve::check_config(args, &mut stdout, &mut stderr),
         Command::Serve(args) => serve::run(args, &mut stderr),
         Command::ClientConfig(args) => client_config::run(args, &mut stdout, &mut stderr),
+        Command::Healthcheck(args) => healthcheck::run(args, &mut stderr),
     }
 }
 

@@ -410,3 +410,150 @@ fn the_registry_environment_of_the_seeds_docker_run_line_is_honoured() {
     assert_only_the_mirror_reached(&origin, "skopeo");
     assert!(std::fs::read_dir(&root).unwrap().next().is_some());
 }
+
+/// A Debian bookworm root filesystem as a tar (`debootstrap --variant=minbase`),
+/// made once per target dir: no base image can be pulled here, but Debian's
+/// packages can. `None` (said loudly) without debootstrap.
+fn debian_base_tar(test: &str) -> Option<PathBuf> {
+    let tar = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debian-bookworm-minbase.tar");
+    if tar.is_file() {
+        return Some(tar);
+    }
+    if Command::new("debootstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let msg =
+            format!("{test}: SKIPPED — debootstrap not installed (run scripts/install-test-deps)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: refusing to skip)");
+        }
+        eprintln!("\n!!!!!!!! {msg}\n");
+        return None;
+    }
+    let rootfs = tempfile::Builder::new()
+        .prefix("e2e-rootfs-")
+        .tempdir()
+        .unwrap();
+    let start = Instant::now();
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(rootfs.path())
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "debootstrap failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Written aside and renamed: a half-written tar is never reused.
+    let partial = tar.with_extension("tar.partial");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs.path())
+        .arg("-cf")
+        .arg(&partial)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::rename(&partial, &tar).unwrap();
+    eprintln!(
+        "e2e fixture: debootstrapped the base in {:.2?}",
+        start.elapsed()
+    );
+    Some(tar)
+}
+
+#[test]
+fn the_container_image_serves_the_seeds_docker_run_line() {
+    let test = "the_container_image_serves_the_seeds_docker_run_line";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(base_tar) = debian_base_tar(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let daemon_json = work.path().join("daemon.json");
+    std::fs::write(&daemon_json, "{}\n").unwrap();
+    let Some(dockerd) = Dockerd::start(test, &daemon_json) else {
+        return;
+    };
+    dockerd
+        .docker_with(
+            &["import", "-", "local/debian:bookworm"],
+            &[],
+            Some(&base_tar),
+        )
+        .unwrap();
+
+    // Debian's docker client (20.10) builds with BuildKit without a plugin.
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/container-image");
+    let start = Instant::now();
+    let out = Command::new(&script)
+        .args([
+            "--base",
+            "local/debian:bookworm",
+            "--tag",
+            "oci-cache:e2e",
+            "--binary",
+        ])
+        .arg(oci_cache_bin())
+        .env("DOCKER_HOST", dockerd.host())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/container-image failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "oci-cache:e2e");
+    eprintln!("scripts/container-image: {:.2?}", start.elapsed());
+
+    let app = small_image(&work.path().join("app"), 168);
+    let origin = origin_with(&[(&app, "e2e/app:v1")]);
+    let port = free_port();
+    let (remote, addr) = (origin.url(), format!("127.0.0.1:{port}"));
+    // The seeds' invocation, with our image instead of registry:2.
+    let id = dockerd
+        .docker(&[
+            "run",
+            "-d",
+            "--network",
+            "host",
+            "-e",
+            &format!("REGISTRY_PROXY_REMOTEURL={remote}"),
+            "-e",
+            &format!("REGISTRY_HTTP_ADDR={addr}"),
+            "oci-cache:e2e",
+        ])
+        .unwrap();
+    let id = id.trim();
+    let ready = Instant::now();
+    while crate::support::http::request(&addr, "GET", "/v2/", &[]).is_err() {
+        assert!(
+            ready.elapsed().as_secs() < 30,
+            "the container did not serve on {addr}:\n{}",
+            dockerd.docker(&["logs", id]).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let got = skopeo::copy(&format!("{addr}/e2e/app:v1"), &work.path().join("copy"));
+    let user = dockerd.docker(&["inspect", "--format", "{{.Config.User}}", id]);
+    let health = dockerd.docker(&["exec", id, "oci-cache", "healthcheck"]);
+    let stored = dockerd.docker(&["exec", id, "ls", "/data/oci-cache-data"]);
+    let _ = dockerd.docker(&["rm", "-f", id]);
+    assert_eq!(got.unwrap().digest, app.digest);
+    assert_only_the_mirror_reached(&origin, "skopeo");
+    assert_eq!(user.unwrap().trim(), "65532:65532");
+    health.unwrap();
+    assert!(
+        !stored.unwrap().trim().is_empty(),
+        "nothing stored under /data"
+    );
+}
