@@ -557,3 +557,120 @@ fn the_container_image_serves_the_seeds_docker_run_line() {
         "nothing stored under /data"
     );
 }
+
+/// Runs `tool ARGS`; `None` (said loudly) when the tool is not installed.
+fn run_tool(test: &str, tool: &str, args: &[&str]) -> Option<std::process::Output> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            let msg =
+                format!("{test}: SKIPPED — {tool} cannot run ({e}); run scripts/install-test-deps");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg} (CI=true: refusing to skip)");
+            }
+            eprintln!("\n!!!!!!!! {msg}\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let test = "the_systemd_unit_verifies_and_is_hardened";
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(repo.join("deploy/systemd/oci-cache.service")).unwrap();
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("oci-cache.service");
+    let bin = oci_cache_bin().display().to_string();
+    std::fs::write(&path, unit.replace("/usr/local/bin/oci-cache", &bin)).unwrap();
+    let path = path.display().to_string();
+    let Some(verify) = run_tool(test, "systemd-analyze", &["verify", &path]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && stderr.trim().is_empty(),
+        "{stderr}"
+    );
+    let security = run_tool(
+        test,
+        "systemd-analyze",
+        &["security", "--offline=true", &path],
+    )
+    .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for oci-cache.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    eprintln!("systemd-analyze security: exposure {exposure} (0 best, 10 worst)");
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let test = "the_kubernetes_manifests_validate_against_the_schemas";
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let files: Vec<String> = ["oci-cache.yaml", "oci-cache-daemonset.yaml"]
+        .iter()
+        .map(|f| dir.join(f).display().to_string())
+        .collect();
+    let mut args = vec!["--strict"];
+    args.extend(files.iter().map(String::as_str));
+    let Some(out) = run_tool(test, "kubernetes-validate", &args) else {
+        return;
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for resource in [
+        "namespace/oci-cache",
+        "configmap/oci-cache",
+        "persistentvolumeclaim/oci-cache-data",
+        "deployment/oci-cache",
+        "service/oci-cache",
+        "daemonset/oci-cache",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {resource}")),
+            "{text}"
+        );
+    }
+    // The ConfigMap's oci-cache.toml is a config the binary accepts.
+    let manifest = std::fs::read_to_string(dir.join("oci-cache.yaml")).unwrap();
+    let toml: String = manifest
+        .split("oci-cache.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("oci-cache.toml");
+    std::fs::write(&config, toml).unwrap();
+    let check = Command::new(oci_cache_bin())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("storage: filesystem at /data/oci-cache-data"),
+        "{stdout}"
+    );
+}
