@@ -152,13 +152,31 @@ impl Drop for Dockerd {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        let mut exited = false;
+        while !exited && start.elapsed() < Duration::from_secs(15) {
+            exited = matches!(self.child.try_wait(), Ok(Some(_)));
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// dockerd leaves its network namespace mounted in the exec root; the temp
+/// dir (a vfs data root of a GiB or more) cannot be removed under a mount.
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let _ = Command::new("umount").arg(point).status();
     }
 }
