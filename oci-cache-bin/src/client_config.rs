@@ -29,7 +29,7 @@ pub(crate) struct ClientConfigArgs {
     #[arg(value_enum)]
     pub(crate) kind: ClientKind,
 
-    /// The mirror as clients reach it: http://HOST:PORT or https://HOST[:PORT].
+    /// The mirror as clients reach it: `http://HOST:PORT` or `https://HOST[:PORT]`.
     #[arg(long, value_name = "URL")]
     pub(crate) mirror: String,
 
