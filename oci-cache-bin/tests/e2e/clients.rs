@@ -289,6 +289,14 @@ fn podman_pulls_a_non_default_upstream_by_path_prefix() {
     assert_eq!(digest.trim(), app.digest);
     assert_ne!(app.digest, hub_image.digest);
     assert_only_the_mirror_reached(&b, "podman");
+    // By path prefix (registries.conf has no `ns`).
+    assert!(
+        mirror
+            .log()
+            .contains("path=\"/v2/b.test/e2e/app/manifests/v1\""),
+        "{}",
+        mirror.log()
+    );
     assert_eq!(
         hub.count("GET", "/e2e/app/"),
         hub_before,
