@@ -311,3 +311,50 @@ fn options_that_do_not_fit_the_kind_are_refused() {
         .unwrap_err()
         .contains("https://"));
 }
+
+#[test]
+fn an_https_mirror_gets_its_ca_where_the_client_takes_a_path() {
+    let mirrors = MirrorConfig::common();
+    let mut req = request(&mirrors, "https://mirror.example:8443");
+    let hub = render(ClientKind::Containerd, &req)
+        .unwrap()
+        .remove(0)
+        .contents;
+    assert!(
+        hub.contains("[host.\"https://mirror.example:8443\"]"),
+        "{hub}"
+    );
+    assert!(
+        hub.contains("# For a certificate from a private CA"),
+        "{hub}"
+    );
+    req.ca_file = Some(PathBuf::from("/etc/containerd/certs.d/ca.pem"));
+    let files = render(ClientKind::Containerd, &req).unwrap();
+    let import = import_tree(&files);
+    assert!(
+        import.warnings.iter().all(|w| !w.contains("ca")),
+        "{:?}",
+        import.warnings
+    );
+    let mut mirrors_after = MirrorConfig::common();
+    mirrors_after.apply_import(import).unwrap();
+    let endpoint = &mirrors_after.lookup("ghcr.io").unwrap().endpoints[0];
+    assert_eq!(
+        endpoint.tls.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/containerd/certs.d/ca.pem"))
+    );
+    let buildkit = one(render(ClientKind::Buildkit, &req).unwrap()).contents;
+    let conf: toml::Table = toml::from_str(&buildkit).unwrap();
+    let mirror = &conf["registry"]["mirror.example:8443"];
+    assert_eq!(
+        mirror["ca"][0].as_str(),
+        Some("/etc/containerd/certs.d/ca.pem")
+    );
+    assert!(mirror.get("http").is_none());
+    let podman = one(render(ClientKind::Podman, &req).unwrap()).contents;
+    assert!(!podman.contains("insecure"), "{podman}");
+    assert!(
+        podman.contains("/etc/containers/certs.d/mirror.example:8443/ca.crt"),
+        "{podman}"
+    );
+}
