@@ -39,6 +39,11 @@ pub(crate) enum Command {
     Resolve(ResolveArgs),
     /// Validate the configuration exactly as `serve` would and print the effective settings.
     CheckConfig(CheckConfigArgs),
+    /// Print or write the configuration that points a client (containerd,
+    /// talos, docker, podman, buildkit, kind, k3s) at this mirror.
+    ClientConfig(crate::client_config::ClientConfigArgs),
+    /// Exit 0 when the mirror's /healthz answers 200 (for container HEALTHCHECKs).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 /// Where the configuration comes from: the file, and the flags and
@@ -71,6 +76,11 @@ pub(crate) struct ConfigArgs {
     /// `<registry>/hosts.toml`) that adds upstreams and chains.
     #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
     pub(crate) containerd_hosts: Option<PathBuf>,
+
+    /// A registry:2 `config.yml` (repeatable): its `proxy`, `http`,
+    /// `auth.htpasswd` and `storage` sections configure this mirror.
+    #[arg(long = "registry-config", value_name = "FILE")]
+    pub(crate) registry_configs: Vec<PathBuf>,
 }
 
 /// Settings for `serve`; each overrides the config file.

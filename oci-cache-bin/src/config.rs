@@ -42,6 +42,9 @@ pub(crate) struct FileConfig {
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
+    /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
+    #[serde(skip)]
+    compat_upstreams: Vec<UpstreamConfig>,
 }
 
 /// Which storage backend to use.
@@ -163,13 +166,14 @@ pub(crate) fn resolve_config(args: &ConfigArgs) -> Result<Settings, String> {
 pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     let sources = &args.config;
     let path = sources.config.as_deref();
-    let file = match path {
+    let mut file = match path {
         Some(path) => load_file(path)?,
         None => FileConfig::default(),
     };
+    apply_registry_compat(args, &mut file)?;
     let (listen_text, origin) = pick(
         args.listen.clone(),
-        file.listen,
+        file.listen.take(),
         path,
         ("--listen", "OCI_CACHE_LISTEN", "listen"),
     )
@@ -203,15 +207,21 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
             .iter()
             .map(|spec| upstream_from_flag(spec))
             .collect::<Result<Vec<_>, _>>()?
-    } else if !file.upstreams.is_empty() {
-        file.upstreams
+    } else if !file.upstreams.is_empty() || !file.compat_upstreams.is_empty() {
+        let mut upstreams = file
+            .upstreams
             .into_iter()
             .map(upstream_from_entry)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| match path {
                 Some(path) => format!("config file {}: [[upstream]]: {e}", path.display()),
                 None => e,
-            })?
+            })?;
+        for compat in file.compat_upstreams {
+            upstreams.retain(|u| u.name != compat.name);
+            upstreams.push(compat);
+        }
+        upstreams
     } else {
         MirrorConfig::common().upstreams
     };
@@ -292,6 +302,22 @@ fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), 
             .map(drop)
             .map_err(|e| format!("{table}: {e}")),
     }
+}
+
+/// registry:2 drop-in: `--registry-config` files and `REGISTRY_*` variables
+/// rank above the TOML file and below oci-cache's own flags; their remotes
+/// join the file's upstreams, and the only one becomes the default.
+fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), String> {
+    let compat = crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
+    file.listen = compat.listen.or(file.listen.take());
+    file.storage = compat.storage.or(file.storage.take());
+    if let [only] = compat.upstreams.as_slice() {
+        if file.default_upstream.is_none() && file.upstreams.is_empty() {
+            file.default_upstream = Some(only.name.as_str().to_owned());
+        }
+    }
+    file.compat_upstreams = compat.upstreams;
+    Ok(())
 }
 
 /// The registry documents of a Talos machine configuration.

@@ -5,8 +5,11 @@
 
 mod check_config;
 mod cli;
+mod client_config;
 mod config;
 mod duration;
+mod healthcheck;
+mod registry_compat;
 mod resolve;
 mod serve;
 
@@ -28,6 +31,8 @@ fn main() -> ExitCode {
         Command::Resolve(args) => resolve::run(args, &mut stdout, &mut stderr),
         Command::CheckConfig(args) => check_config::run(args, &mut stdout, &mut stderr),
         Command::Serve(args) => serve::run(args, &mut stderr),
+        Command::ClientConfig(args) => client_config::run(args, &mut stdout, &mut stderr),
+        Command::Healthcheck(args) => healthcheck::run(args, &mut stderr),
     }
 }
 

@@ -4,6 +4,7 @@
 //! `oci_cache` runs the same kind of pulls through the `oci-cache` binary.
 
 mod chain;
+mod clients;
 mod fixtures;
 mod oci_cache;
 mod registry_proxy;
