@@ -9,6 +9,7 @@
 //! - [`storage`]: the [`Storage`](storage::Storage) trait and its memory,
 //!   filesystem and object-store (S3) backends.
 //! - [`upstream`]: the [`Upstream`](upstream::Upstream) trait the engine fetches through.
+//! - [`manifest`]: the JSON shapes of image manifests and indexes.
 //! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
 //!   one upstream fetch per missing object, verify, then store.
 //!
@@ -50,6 +51,7 @@ pub mod cache;
 pub mod digest;
 pub mod error;
 mod file_io;
+pub mod manifest;
 pub mod mirror;
 pub mod reference;
 pub mod storage;
