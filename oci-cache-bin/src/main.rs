@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod duration;
+mod engine;
 mod resolve;
 mod serve;
 

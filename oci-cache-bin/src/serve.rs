@@ -1,49 +1,20 @@
 //! `oci-cache serve` and `oci-cache check-config`: wiring config to the library.
 
-use std::error::Error as StdError;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oci_cache_core::cache::{CacheOptions, PullThrough};
-use oci_cache_core::storage::Storage;
-use oci_cache_core::upstream::Upstream;
-use oci_cache_http::{AppState, HyperUpstream, UpstreamOptions};
+use oci_cache_http::AppState;
 use tokio::net::TcpListener;
 
 use crate::cli::{CheckConfigArgs, ServeArgs};
 use crate::config::{self, Settings, StorageConfig};
-
-/// Exit status for configuration the program cannot use.
-const EXIT_CONFIG: u8 = 2;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
+use crate::engine::{self, BoxError, EXIT_CONFIG};
 
 pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
-    let settings = match config::resolve(args) {
-        Ok(settings) => settings,
-        Err(message) => {
-            let _ = writeln!(err, "error: {message}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            print_chain(err, e.as_ref());
-            ExitCode::FAILURE
-        }
-    }
+    engine::run(args, err, |settings| async move {
+        serve(settings).await.map(|()| ExitCode::SUCCESS)
+    })
 }
 
 pub(crate) fn check_config(
@@ -91,41 +62,10 @@ fn describe_storage(storage: &StorageConfig) -> String {
     }
 }
 
-fn print_chain(err: &mut impl Write, e: &(dyn StdError + 'static)) {
-    let _ = writeln!(err, "error: {e}");
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = writeln!(err, "caused by: {cause}");
-        source = cause.source();
-    }
-}
-
-async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxError> {
-    use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage};
-    Ok(match config {
-        StorageConfig::Filesystem { dir } => Arc::new(FsStorage::open(dir).await?),
-        StorageConfig::Memory => Arc::new(MemoryStorage::new()),
-        StorageConfig::S3(s3) => Arc::new(ObjectStorage::s3(s3)?),
-    })
-}
-
 async fn serve(settings: Settings) -> Result<(), BoxError> {
-    let storage = open_storage(&settings.storage).await?;
-    let mirrors = Arc::new(settings.mirrors);
-    let upstream_options = UpstreamOptions {
-        offline: settings.offline,
-        ..UpstreamOptions::default()
-    };
-    let upstream: Arc<dyn Upstream> =
-        Arc::new(HyperUpstream::new(mirrors.clone(), upstream_options)?);
-    let mut options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
-    // Blob fills spill to anonymous temp files; keep them on the data disk,
-    // not in a /tmp that may be RAM.
-    if let StorageConfig::Filesystem { dir } = &settings.storage {
-        options = options.with_spool_dir(dir.clone());
-    }
-    let storage_name = storage.to_string();
-    let engine = Arc::new(PullThrough::new(storage, upstream, options));
+    let (engine, mirrors) = engine::build(&settings).await?;
+    let storage_name = engine.storage().to_string();
+    let engine = Arc::new(engine);
     let service = oci_cache_http::service(AppState::new(engine, mirrors.clone()));
     let listener = TcpListener::bind(settings.listen)
         .await
