@@ -7,8 +7,14 @@ mod cli;
 mod config;
 mod duration;
 mod engine;
+mod images;
+mod layout;
+mod progress;
 mod resolve;
 mod serve;
+mod verify;
+mod walk;
+mod warm;
 
 use std::process::ExitCode;
 
@@ -28,6 +34,10 @@ fn main() -> ExitCode {
         Command::Resolve(args) => resolve::run(args, &mut stdout, &mut stderr),
         Command::CheckConfig(args) => serve::check_config(args, &mut stdout, &mut stderr),
         Command::Serve(args) => serve::run(args, &mut stderr),
+        Command::Warm(args) => warm::run(args, &mut stderr),
+        Command::Verify(args) => verify::run(args, &mut stderr),
+        Command::Export(args) => layout::export(args, &mut stderr),
+        Command::Import(args) => layout::import(args, &mut stderr),
     }
 }
 

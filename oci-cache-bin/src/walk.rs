@@ -1,0 +1,224 @@
+//! Walks an image from its top manifest: for an index every platform's
+//! manifest (or only the chosen platforms), then every blob those manifests
+//! name. One walk for warm, verify, export and import; only where manifests
+//! come from differs (the engine, storage alone, upstream alone, a layout).
+
+use bytes::Bytes;
+use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
+use oci_cache_core::digest::Digest;
+use oci_cache_core::manifest::{Descriptor, Manifest, Platform};
+use oci_cache_core::storage::{Storage, StoredManifest};
+use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::Error;
+
+use crate::engine::Engine;
+use crate::images::Target;
+
+/// Indexes of indexes are allowed this deep; deeper is refused as a loop.
+const MAX_DEPTH: usize = 4;
+
+/// Where a walk reads manifests from.
+pub(crate) trait ManifestSource {
+    /// The manifest `reference` of `target`'s repository; `hint` is the
+    /// descriptor that pointed at it, when there was one.
+    async fn manifest(
+        &self,
+        target: &Target,
+        reference: &ManifestRef,
+        hint: Option<&Descriptor>,
+    ) -> Result<StoredManifest, Error>;
+}
+
+/// What an image consists of.
+#[derive(Debug, Clone)]
+pub(crate) struct Tree {
+    /// The top manifest (an index or an image manifest).
+    pub(crate) root: StoredManifest,
+    /// The manifests below it, in walk order.
+    pub(crate) children: Vec<StoredManifest>,
+    /// Every blob (configs and layers), each digest once, in walk order.
+    pub(crate) blobs: Vec<Descriptor>,
+}
+
+impl Tree {
+    /// Total bytes of the blobs.
+    pub(crate) fn blob_bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.size).sum()
+    }
+
+    /// Root and children.
+    pub(crate) fn manifests(&self) -> impl Iterator<Item = &StoredManifest> {
+        std::iter::once(&self.root).chain(&self.children)
+    }
+}
+
+/// Walks `target` through `source`; `platforms` (empty: all) selects the
+/// entries of an index. An index with none of the chosen platforms is an error.
+pub(crate) async fn walk(
+    source: &impl ManifestSource,
+    target: &Target,
+    platforms: &[Platform],
+    hint: Option<&Descriptor>,
+) -> Result<Tree, Error> {
+    let root = source.manifest(target, &target.manifest, hint).await?;
+    let mut tree = Tree {
+        root: root.clone(),
+        children: Vec::new(),
+        blobs: Vec::new(),
+    };
+    // (manifest, depth): an explicit stack instead of async recursion.
+    let mut pending = vec![(root, 0usize)];
+    while let Some((manifest, depth)) = pending.pop() {
+        match Manifest::parse(&manifest.digest, &manifest.bytes)? {
+            Manifest::Image(image) => {
+                for blob in image.blobs() {
+                    if !tree.blobs.iter().any(|b| b.digest == blob.digest) {
+                        tree.blobs.push(blob.clone());
+                    }
+                }
+            }
+            Manifest::Index(index) => {
+                if depth >= MAX_DEPTH {
+                    return Err(invalid(&manifest.digest, "indexes nested too deep"));
+                }
+                let chosen: Vec<&Descriptor> = index
+                    .manifests
+                    .iter()
+                    .filter(|d| wanted(d, platforms))
+                    .collect();
+                if chosen.is_empty() {
+                    let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+                    return Err(Error::not_found(format!(
+                        "a manifest for platform {} in index {}",
+                        names.join(" or "),
+                        manifest.digest
+                    )));
+                }
+                // Reversed so the stack pops them in index order.
+                let mut fetched = Vec::new();
+                for child in chosen {
+                    let reference = ManifestRef::Digest(child.digest.clone());
+                    let child_manifest = source.manifest(target, &reference, Some(child)).await?;
+                    tree.children.push(child_manifest.clone());
+                    fetched.push((child_manifest, depth + 1));
+                }
+                pending.extend(fetched.into_iter().rev());
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// An index entry is wanted when no platform was chosen, or it is for one of them.
+fn wanted(entry: &Descriptor, platforms: &[Platform]) -> bool {
+    if platforms.is_empty() {
+        return true;
+    }
+    match &entry.platform {
+        Some(p) => platforms.iter().any(|want| want.matches(p)),
+        // A nested index without a platform may hold the chosen ones.
+        None => !entry.is_manifest() || entry.media_type.contains("index"),
+    }
+}
+
+fn invalid(digest: &Digest, reason: &str) -> Error {
+    Error::InvalidManifest {
+        digest: digest.clone(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Manifests through the engine: cached, or fetched, verified and stored.
+impl ManifestSource for Engine {
+    async fn manifest(
+        &self,
+        target: &Target,
+        reference: &ManifestRef,
+        _hint: Option<&Descriptor>,
+    ) -> Result<StoredManifest, Error> {
+        let accept: Vec<String> = KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect();
+        let response = Engine::manifest(
+            self,
+            &target.upstream,
+            &target.repository,
+            reference,
+            &accept,
+        )
+        .await?;
+        Ok(StoredManifest {
+            digest: response.digest,
+            media_type: response.media_type,
+            bytes: response.bytes,
+        })
+    }
+}
+
+/// Manifests from storage alone, re-hashed: what `verify` trusts.
+#[derive(Debug)]
+pub(crate) struct StorageOnly<'a>(pub(crate) &'a dyn Storage);
+
+impl ManifestSource for StorageOnly<'_> {
+    async fn manifest(
+        &self,
+        target: &Target,
+        reference: &ManifestRef,
+        _hint: Option<&Descriptor>,
+    ) -> Result<StoredManifest, Error> {
+        let digest = match reference {
+            ManifestRef::Digest(digest) => digest.clone(),
+            ManifestRef::Tag(tag) => match self.0.tag_get(&target.key_for(tag)).await? {
+                Some(record) => record.digest,
+                None => return Err(Error::not_found(format!("tag record {target}"))),
+            },
+        };
+        let Some(manifest) = self.0.manifest_get(&digest).await? else {
+            return Err(Error::not_found(format!("manifest {digest}")));
+        };
+        check(&manifest.digest, &manifest.bytes)?;
+        Ok(manifest)
+    }
+}
+
+/// Manifests straight from upstream, stored nowhere: what `warm --dry-run` reads.
+#[derive(Debug)]
+pub(crate) struct UpstreamOnly<'a>(pub(crate) &'a Engine);
+
+impl ManifestSource for UpstreamOnly<'_> {
+    async fn manifest(
+        &self,
+        target: &Target,
+        reference: &ManifestRef,
+        _hint: Option<&Descriptor>,
+    ) -> Result<StoredManifest, Error> {
+        let accept: Vec<String> = KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect();
+        let fetched = self
+            .0
+            .upstream()
+            .manifest_get(&target.upstream, &target.repository, reference, &accept)
+            .await?;
+        let digest = match reference {
+            ManifestRef::Digest(d) => {
+                check(d, &fetched.bytes)?;
+                d.clone()
+            }
+            ManifestRef::Tag(_) => Digest::sha256_of(&fetched.bytes),
+        };
+        Ok(StoredManifest {
+            digest,
+            media_type: fetched.head.media_type,
+            bytes: fetched.bytes,
+        })
+    }
+}
+
+/// `bytes` must hash to `digest`.
+pub(crate) fn check(digest: &Digest, bytes: &Bytes) -> Result<(), Error> {
+    let actual = Digest::compute(digest.algorithm(), bytes);
+    if &actual != digest {
+        return Err(Error::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
