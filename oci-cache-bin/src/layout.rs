@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::HumanBytes;
+use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::{Digest, DigestVerifier};
 use oci_cache_core::manifest::{Descriptor, Index, Platform, REF_NAME_ANNOTATION};
 use oci_cache_core::mirror::MirrorConfig;
@@ -31,7 +32,7 @@ use crate::engine::{self, BoxError, Engine};
 use crate::images::{self, Target};
 use crate::progress::Reporter;
 use crate::walk::{check, walk, ManifestSource, Tree};
-use crate::warm::chain;
+use crate::warm::{chain, wait_stored};
 
 /// The `oci-layout` file's content.
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -185,6 +186,7 @@ async fn export_image(
         )]));
         write_blob(dir, &manifest.digest, manifest.bytes.len() as u64, stream).await?;
     }
+    let mut filled = Vec::new();
     for blob in &tree.blobs {
         let path = blob_path(dir, &blob.digest);
         if tokio::fs::try_exists(&path).await? {
@@ -194,6 +196,9 @@ async fn export_image(
         let response = engine
             .blob(&target.upstream, &target.repository, &blob.digest, None)
             .await?;
+        if response.outcome != CacheOutcome::Hit {
+            filled.push(&blob.digest);
+        }
         let bar = bar.clone();
         let stream: ByteStream = Box::pin(response.stream.inspect(move |chunk| {
             if let Ok(chunk) = chunk {
@@ -202,6 +207,8 @@ async fn export_image(
         }));
         write_blob(dir, &blob.digest, blob.size, stream).await?;
     }
+    // Blobs export had to fetch stay cached, as with warm.
+    wait_stored(engine, &filled).await?;
     Ok(tree)
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use indicatif::HumanBytes;
 use oci_cache_core::cache::CacheOutcome;
+use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::{Descriptor, Platform};
 use oci_cache_core::Error;
 use tokio::sync::Semaphore;
@@ -125,25 +126,63 @@ pub(crate) async fn warm_one(
 ) -> Result<Warmed, Error> {
     let tree = walk(engine, target, platforms, None).await?;
     bar.set_total(tree.blob_bytes());
-    let fetched: Vec<u64> = futures::stream::iter(&tree.blobs)
+    let fetched: Vec<(&Descriptor, u64)> = futures::stream::iter(&tree.blobs)
         .map(|blob| async move {
             let _permit = permits.acquire().await;
             let (outcome, bytes) = drain_blob(engine, target, blob, bar).await?;
-            Ok::<_, Error>(if outcome == CacheOutcome::Hit {
+            let fetched = if outcome == CacheOutcome::Hit {
                 0
             } else {
                 bytes
-            })
+            };
+            Ok::<_, Error>((blob, fetched))
         })
         .buffer_unordered(tree.blobs.len().max(1))
         .try_collect()
         .await?;
+    let filled: Vec<&Digest> = fetched
+        .iter()
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(blob, _)| &blob.digest)
+        .collect();
+    wait_stored(engine, &filled).await?;
     Ok(Warmed {
         manifests: 1 + tree.children.len(),
         blobs: tree.blobs.len(),
         bytes: tree.blob_bytes(),
-        fetched: fetched.iter().sum(),
+        fetched: fetched.iter().map(|(_, bytes)| bytes).sum(),
     })
+}
+
+/// Waits until every blob in `digests` is in storage.
+///
+/// A fill's readers are released once the bytes are verified; the commit to
+/// storage finishes in the engine's detached task a moment later. A command
+/// that exits right after reading would cancel that commit, so it waits here
+/// for the stored copies (the engine offers no completion signal; polling
+/// the fill count is cheap and happens only at the end of an image).
+pub(crate) async fn wait_stored(engine: &Engine, digests: &[&Digest]) -> Result<(), Error> {
+    let mut pending: Vec<&Digest> = digests.to_vec();
+    loop {
+        // Read before the stats: a fill that ends in between is then seen stored.
+        let idle = engine.blob_fills_in_flight() == 0;
+        let mut still = Vec::new();
+        for digest in pending {
+            if engine.storage().blob_stat(digest).await?.is_none() {
+                still.push(digest);
+            }
+        }
+        pending = still;
+        let Some(first) = pending.first() else {
+            return Ok(());
+        };
+        if idle {
+            return Err(Error::not_found(format!(
+                "blob {first} in storage after it was fetched and verified (the log says why it was not stored)"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Reads a blob through the engine to the end, so a fill completes (its
