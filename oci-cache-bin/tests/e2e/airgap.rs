@@ -287,3 +287,266 @@ fn airgap_warm_verify_then_serve_offline() {
         img.alpine.digest
     );
 }
+
+/// Every file under `dir`, as names relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn airgap_export_import_round_trip() {
+    if !tools_available("airgap_export_import_round_trip") {
+        return;
+    }
+    let mut img = images(500);
+    let work = tempfile::tempdir().unwrap();
+    let site_a = work.path().join("site-a");
+    let layout = work.path().join("layout");
+    let list = work.path().join("images.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "a.test/e2e/multi:v1\na.test/e2e/app@{}\na.test/e2e/docker:v1\nalpine:3.20\n",
+            img.app.digest
+        ),
+    )
+    .unwrap();
+    let list_arg = list.display().to_string();
+    let config_a = config_args(&site_a, &img.origin.url());
+    assert!(command("warm", &config_a, &["-f", &list_arg])
+        .status
+        .success());
+
+    // Export from the cache alone: the origin is gone.
+    img.origin.stop();
+    let layout_arg = layout.display().to_string();
+    let out = command(
+        "export",
+        &config_a,
+        &["--offline", "-f", &list_arg, "--output", &layout_arg],
+    );
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("export: 4 of 4 images written"));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    let app_ref = format!("a.test/e2e/app@{}", img.app.digest);
+    assert_eq!(
+        names,
+        [
+            "a.test/e2e/multi:v1",
+            app_ref.as_str(),
+            "a.test/e2e/docker:v1",
+            "docker.io/library/alpine:3.20"
+        ]
+    );
+
+    // Other tools read it: skopeo copies out the origin's digests.
+    let oci = |name: &str| format!("oci:{}:{name}", layout.display());
+    let dir = |name: &str| format!("dir:{}", work.path().join(name).display());
+    assert_eq!(
+        skopeo_copy(&oci("a.test/e2e/multi:v1"), &dir("x-multi")).unwrap(),
+        img.multi.digest
+    );
+    assert_eq!(
+        skopeo_copy(&oci(&app_ref), &dir("x-app")).unwrap(),
+        img.app.digest
+    );
+    // The schema 2 image keeps its Docker manifest (its digest is the
+    // origin's); skopeo's `oci:` reader only looks at OCI-typed entries and
+    // does not see it, which it says plainly.
+    let refused = skopeo_copy(&oci("a.test/e2e/docker:v1"), &dir("x-docker")).unwrap_err();
+    assert!(refused.contains("no descriptor found"), "{refused}");
+
+    // Across the gap: import into an empty storage, then serve offline.
+    let site_b = work.path().join("site-b");
+    let config_b = config_args(&site_b, "http://127.0.0.1:9");
+    let out = command("import", &config_b, &[&layout_arg]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("import: 4 of 4 images imported"));
+    let mut serve_args = strs(&config_b);
+    serve_args.push("--offline");
+    let mirror = Mirror::start_with_args(&serve_args, &[]);
+    let m = mirror.host();
+    assert_eq!(
+        skopeo_copy(
+            &format!("docker://{m}/a.test/e2e/multi:v1"),
+            &dir("b-multi")
+        )
+        .unwrap(),
+        img.multi.digest
+    );
+    assert_eq!(
+        skopeo_copy(
+            &format!("docker://{m}/a.test/e2e/docker:v1"),
+            &dir("b-docker")
+        )
+        .unwrap(),
+        img.docker_digest
+    );
+    assert_eq!(
+        skopeo_copy(
+            &format!("docker://{m}/docker.io/library/alpine:3.20"),
+            &dir("b-alpine")
+        )
+        .unwrap(),
+        img.alpine.digest
+    );
+    drop(mirror);
+
+    // The same through one tar file, checked by verify (storage only).
+    let tar = work.path().join("cache.tar");
+    let tar_arg = tar.display().to_string();
+    let out = command(
+        "export",
+        &config_a,
+        &["--offline", "-f", &list_arg, "--tar", &tar_arg],
+    );
+    assert!(out.status.success());
+    let site_c = work.path().join("site-c");
+    let config_c = config_args(&site_c, "http://127.0.0.1:9");
+    assert!(command("import", &config_c, &["--tar", &tar_arg])
+        .status
+        .success());
+    assert!(command("verify", &config_c, &["-f", &list_arg])
+        .status
+        .success());
+
+    // One altered blob of the app image: refused, and nothing of it stays.
+    let bad = img.app.images[0].layers[1].digest.clone();
+    corrupt(
+        &layout
+            .join("blobs/sha256")
+            .join(bad.trim_start_matches("sha256:")),
+    );
+    let site_d = work.path().join("site-d");
+    let config_d = config_args(&site_d, "http://127.0.0.1:9");
+    let out = command("import", &config_d, &[&layout_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("FAILED {app_ref}")), "{text}");
+    assert!(text.contains(&bad), "{text}");
+    assert!(text.contains("import: 3 of 4 images imported"), "{text}");
+    let stored = files_under(&site_d).join("\n");
+    for blob in img.app.all_blobs() {
+        let hex = blob.digest.trim_start_matches("sha256:");
+        assert!(
+            !stored.contains(hex),
+            "{} of the refused image is stored",
+            blob.digest
+        );
+    }
+    assert!(!stored.contains(img.app.digest.trim_start_matches("sha256:")));
+    // The other images are whole.
+    let out = command("verify", &config_d, &["a.test/e2e/multi:v1", "alpine:3.20"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn airgap_platform_choice_and_skopeo_layouts() {
+    if !tools_available("airgap_platform_choice_and_skopeo_layouts") {
+        return;
+    }
+    let img = images(600);
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let config = config_args(&storage, &img.origin.url());
+
+    // Dry run: resolves upstream, stores nothing.
+    let out = command("warm", &config, &["--dry-run", "a.test/e2e/multi:v1"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("would fetch 6 blobs"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(img.origin.blob_gets().len(), 0);
+
+    // One platform only: verify of that platform passes, of all platforms names the rest.
+    let out = command(
+        "warm",
+        &config,
+        &["--platform", "linux/amd64", "a.test/e2e/multi:v1"],
+    );
+    assert!(out.status.success());
+    let amd64 = &img.multi.images[0];
+    let counts = img.origin.blob_get_counts(0);
+    assert_eq!(counts.len(), amd64.blobs().len(), "{counts:?}");
+    let out = command(
+        "verify",
+        &config,
+        &["--platform", "linux/amd64", "a.test/e2e/multi:v1"],
+    );
+    assert!(out.status.success());
+    let out = command("verify", &config, &["a.test/e2e/multi:v1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let arm64 = &img.multi.images[1].manifest.digest;
+    assert!(
+        stdout(&out).contains(&format!("missing manifest {arm64}")),
+        "{}",
+        stdout(&out)
+    );
+
+    // A layout skopeo wrote, with a bare tag as its name: imported under --repository.
+    let layout = work.path().join("from-skopeo");
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+        ])
+        .arg("--src-tls-verify=false")
+        .arg(format!("docker://{}/e2e/app:v1", img.origin.host()))
+        .arg(format!("oci:{}:v7", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let empty = work.path().join("empty");
+    let config_e = config_args(&empty, "http://127.0.0.1:9");
+    let layout_arg = layout.display().to_string();
+    let out = command("import", &config_e, &[&layout_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("pass --repository"),
+        "{}",
+        stdout(&out)
+    );
+    let out = command(
+        "import",
+        &config_e,
+        &[&layout_arg, "--repository", "a.test/e2e/app"],
+    );
+    assert!(out.status.success());
+    let out = command("verify", &config_e, &["a.test/e2e/app:v7"]);
+    assert!(out.status.success());
+}
