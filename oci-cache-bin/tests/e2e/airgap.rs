@@ -550,3 +550,77 @@ fn airgap_platform_choice_and_skopeo_layouts() {
     let out = command("verify", &config_e, &["a.test/e2e/app:v7"]);
     assert!(out.status.success());
 }
+
+/// Not a pass/fail test: the throughput figure of `warm` next to a plain
+/// parallel `skopeo copy` of the same list from the same origin
+/// (`scripts/bench-warm` runs it against the release binary).
+///
+/// `BENCH_WARM_IMAGES` images of `BENCH_WARM_LAYERS` × `BENCH_WARM_LAYER_MIB`
+/// (default 4 × 4 × 8 MiB = 128 MiB), both sides 4 at a time.
+#[test]
+#[ignore = "benchmark: run with scripts/bench-warm"]
+fn bench_warm_vs_parallel_skopeo() {
+    use super::fixtures::env_or;
+    use crate::support::image::{build_image, ImageSpec};
+    use std::time::Instant;
+
+    if !tools_available("bench_warm_vs_parallel_skopeo") {
+        return;
+    }
+    let images = env_or("BENCH_WARM_IMAGES", 4usize);
+    let layers = env_or("BENCH_WARM_LAYERS", 4usize);
+    let mib = env_or("BENCH_WARM_LAYER_MIB", 8u64);
+    let work = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let mut refs = Vec::new();
+    for i in 0..images {
+        let layout = build_image(
+            &work.path().join(format!("img{i}")),
+            "v1",
+            &ImageSpec::new(900 + i as u64, layers, mib << 20),
+        );
+        skopeo::push(&layout, &origin.host(), &format!("bench/img{i}:v1"));
+        refs.push(format!("bench/img{i}:v1"));
+    }
+    let total_mib = (images * layers) as f64 * mib as f64;
+
+    let list = work.path().join("list.txt");
+    let lines: Vec<String> = refs.iter().map(|r| format!("a.test/{r}")).collect();
+    std::fs::write(&list, lines.join("\n")).unwrap();
+    let config = config_args(&work.path().join("storage"), &origin.url());
+    let start = Instant::now();
+    let out = command(
+        "warm",
+        &config,
+        &["--jobs", "4", "-f", &list.display().to_string()],
+    );
+    let warm = start.elapsed();
+    assert!(out.status.success());
+
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let src = format!("docker://{}/{r}", origin.host());
+                let dest = format!("dir:{}", work.path().join(format!("sk{i}")).display());
+                s.spawn(move || skopeo_copy(&src, &dest).unwrap())
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let skopeo = start.elapsed();
+    let rate = |d: std::time::Duration| total_mib / d.as_secs_f64();
+    eprintln!(
+        "\nBENCH warm vs skopeo: {images} images x {layers} x {mib} MiB = {total_mib} MiB\n\
+         BENCH   oci-cache warm --jobs 4:      {:>6.2} s  {:>7.1} MiB/s\n\
+         BENCH   skopeo copy, 4 in parallel:   {:>6.2} s  {:>7.1} MiB/s\n",
+        warm.as_secs_f64(),
+        rate(warm),
+        skopeo.as_secs_f64(),
+        rate(skopeo)
+    );
+}
