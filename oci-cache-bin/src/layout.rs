@@ -499,3 +499,45 @@ async fn read_tar(tar: &Path, dir: &Path) -> Result<(), BoxError> {
     })
     .await?
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn entry(name: &str) -> Descriptor {
+        Descriptor {
+            media_type: oci_cache_core::cache::OCI_MANIFEST.to_owned(),
+            digest: D.parse().unwrap(),
+            size: 2,
+            platform: None,
+            annotations: [(REF_NAME_ANNOTATION.to_owned(), name.to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn layout_names_become_references() {
+        let full = entry_reference(&entry("ghcr.io/org/app:v1"), None).unwrap();
+        assert_eq!(full.to_string(), "ghcr.io/org/app:v1");
+        let by_digest = entry_reference(&entry(&format!("docker.io/library/x@{D}")), None);
+        assert_eq!(by_digest.unwrap().digest().unwrap().as_str(), D);
+        let tag = entry_reference(&entry("v1"), Some("ghcr.io/org/app")).unwrap();
+        assert_eq!(tag.to_string(), "ghcr.io/org/app:v1");
+    }
+
+    #[test]
+    fn bare_tags_and_mismatched_digests_are_refused_with_the_fix() {
+        let e = entry_reference(&entry("v1"), None).unwrap_err();
+        assert!(e.contains("pass --repository"), "{e}");
+        let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let e = entry_reference(&entry(&format!("ghcr.io/a/b@{other}")), None).unwrap_err();
+        assert!(e.contains(&format!("points at {D}")), "{e}");
+        let mut unnamed = entry("x");
+        unnamed.annotations.clear();
+        assert!(entry_reference(&unnamed, None)
+            .unwrap_err()
+            .contains("no org.opencontainers"));
+    }
+}
