@@ -113,6 +113,10 @@ impl FsStorage {
     }
 }
 
+/// A staging file written to this recently may belong to another process
+/// sharing the root; older ones are leftovers of interrupted writes.
+const STAGING_IN_USE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 impl Inner {
     /// `key` comes from [`keys`], whose segments cannot escape `root`.
     fn path(&self, key: &str) -> PathBuf {
@@ -134,6 +138,18 @@ impl Inner {
             .map_err(|e| io_error(e, format!("cannot list {}", staging.display())))?;
         let mut removed = 0_u64;
         for entry in entries.flatten() {
+            // Another process on the same root (a server while `oci-cache
+            // warm` or `import` runs) may be writing this file right now: a
+            // write in progress keeps its mtime fresh, a leftover does not.
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < STAGING_IN_USE);
+            if recent {
+                continue;
+            }
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::warn!(path = %entry.path().display(), error = %e,
@@ -737,8 +753,19 @@ mod tests {
         drop(FsStorage::open(dir.path()).await.unwrap());
         let leftover = dir.path().join("_staging/interrupted");
         std::fs::write(&leftover, b"half a blob").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&leftover)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        // Another process's write in progress (fresh mtime) is left alone.
+        let in_use = dir.path().join("_staging/in-use");
+        std::fs::write(&in_use, b"being written").unwrap();
         let storage = FsStorage::open(dir.path()).await.unwrap();
         assert!(!leftover.exists());
+        assert!(in_use.exists());
         assert!(storage.blob_list().await.unwrap().is_empty());
     }
 
