@@ -511,6 +511,24 @@ fn airgap_platform_choice_and_skopeo_layouts() {
         stdout(&out)
     );
 
+    // warm beside a running server on the same storage: the server then
+    // serves what warm fetched, and the origin saw each blob once.
+    let mirror = Mirror::start_with_args(&strs(&config), &[]);
+    assert!(command("warm", &config, &["a.test/e2e/app:v1"])
+        .status
+        .success());
+    let got = skopeo_copy(
+        &format!("docker://{}/a.test/e2e/app:v1", mirror.host()),
+        &format!("dir:{}", work.path().join("served").display()),
+    )
+    .unwrap();
+    assert_eq!(got, img.app.digest);
+    let counts = img.origin.blob_get_counts(0);
+    for blob in img.app.all_blobs() {
+        assert_eq!(counts.get(&blob.digest), Some(&1), "{}", blob.digest);
+    }
+    drop(mirror);
+
     // A layout skopeo wrote, with a bare tag as its name: imported under --repository.
     let layout = work.path().join("from-skopeo");
     let out = Command::new("skopeo")
