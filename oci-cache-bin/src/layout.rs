@@ -113,12 +113,18 @@ async fn export_to(
     let reporter = Reporter::new("export");
     tokio::fs::create_dir_all(dir.join("blobs/sha256")).await?;
     tokio::fs::write(dir.join("oci-layout"), OCI_LAYOUT).await?;
-    let mut index = read_index(dir).await.unwrap_or_else(|_| Index {
-        schema_version: 2,
-        media_type: Some(oci_cache_core::cache::OCI_INDEX.to_owned()),
-        manifests: Vec::new(),
-        annotations: Default::default(),
-    });
+    // Exporting into an existing layout adds to it (and replaces images of
+    // the same name); a damaged index.json is an error, not overwritten.
+    let mut index = if tokio::fs::try_exists(dir.join("index.json")).await? {
+        read_index(dir).await?
+    } else {
+        Index {
+            schema_version: 2,
+            media_type: Some(oci_cache_core::cache::OCI_INDEX.to_owned()),
+            manifests: Vec::new(),
+            annotations: Default::default(),
+        }
+    };
     let mut failed = 0usize;
     for target in targets {
         let bar = reporter.image(&target.to_string());

@@ -4,7 +4,7 @@
 //! come from differs (the engine, storage alone, upstream alone, a layout).
 
 use bytes::Bytes;
-use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
+use oci_cache_core::cache::{DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::{Descriptor, Manifest, Platform};
 use oci_cache_core::storage::{Storage, StoredManifest};
@@ -109,15 +109,21 @@ pub(crate) async fn walk(
     Ok(tree)
 }
 
-/// An index entry is wanted when no platform was chosen, or it is for one of them.
+/// An index entry is wanted when it is a manifest or index a registry
+/// serves, and no platform was chosen or it is for one of them.
 fn wanted(entry: &Descriptor, platforms: &[Platform]) -> bool {
+    if !entry.is_manifest() {
+        // Artifacts and future types: not pullable as images, so not part of one.
+        tracing::warn!(digest = %entry.digest, media_type = %entry.media_type, "skipping index entry of a media type that is not an image manifest");
+        return false;
+    }
     if platforms.is_empty() {
         return true;
     }
     match &entry.platform {
         Some(p) => platforms.iter().any(|want| want.matches(p)),
         // A nested index without a platform may hold the chosen ones.
-        None => !entry.is_manifest() || entry.media_type.contains("index"),
+        None => [OCI_INDEX, DOCKER_MANIFEST_LIST].contains(&entry.media_type.as_str()),
     }
 }
 
@@ -221,4 +227,93 @@ pub(crate) fn check(digest: &Digest, bytes: &Bytes) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use oci_cache_core::cache::OCI_MANIFEST;
+    use oci_cache_core::mirror::MirrorConfig;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Manifests by digest, as a layout or storage would hold them.
+    struct Map(HashMap<Digest, StoredManifest>);
+
+    impl Map {
+        fn add(&mut self, media_type: &str, value: serde_json::Value) -> (Digest, u64) {
+            let bytes = Bytes::from(serde_json::to_vec(&value).unwrap());
+            let digest = Digest::sha256_of(&bytes);
+            let size = bytes.len() as u64;
+            self.0.insert(
+                digest.clone(),
+                StoredManifest {
+                    digest: digest.clone(),
+                    media_type: media_type.to_owned(),
+                    bytes,
+                },
+            );
+            (digest, size)
+        }
+    }
+
+    impl ManifestSource for Map {
+        async fn manifest(
+            &self,
+            _target: &Target,
+            reference: &ManifestRef,
+            _hint: Option<&Descriptor>,
+        ) -> Result<StoredManifest, Error> {
+            let ManifestRef::Digest(d) = reference else {
+                return Err(Error::not_found("tag"));
+            };
+            self.0
+                .get(d)
+                .cloned()
+                .ok_or_else(|| Error::not_found(d.to_string()))
+        }
+    }
+
+    fn image(map: &mut Map, seed: &str, shared: &str) -> serde_json::Value {
+        let blob = |s: &str| json!({"mediaType": "x", "digest": Digest::sha256_of(s.as_bytes()), "size": s.len()});
+        let (digest, size) = map.add(
+            OCI_MANIFEST,
+            json!({"schemaVersion": 2, "config": blob(seed), "layers": [blob(shared), blob(&format!("{seed}-layer"))]}),
+        );
+        json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": size})
+    }
+
+    async fn walk_with(platforms: &[&str]) -> Result<Tree, Error> {
+        let mut map = Map(HashMap::new());
+        let mut amd = image(&mut map, "amd", "base");
+        amd["platform"] = json!({"os": "linux", "architecture": "amd64"});
+        let mut arm = image(&mut map, "arm", "base");
+        arm["platform"] = json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+        let artifact = json!({"mediaType": "application/vnd.example.sbom", "digest": Digest::sha256_of(b"sbom"), "size": 4});
+        let (index, _) = map.add(
+            OCI_INDEX,
+            json!({"schemaVersion": 2, "manifests": [amd, arm, artifact]}),
+        );
+        let reference: oci_cache_core::reference::Reference =
+            format!("docker.io/library/x@{index}").parse().unwrap();
+        let target = Target::new(reference, &MirrorConfig::common()).unwrap();
+        let platforms: Vec<Platform> = platforms.iter().map(|p| p.parse().unwrap()).collect();
+        walk(&map, &target, &platforms, None).await
+    }
+
+    #[tokio::test]
+    async fn an_index_walks_every_platform_or_the_chosen_ones_and_shares_blobs() {
+        let all = walk_with(&[]).await.unwrap();
+        assert_eq!(all.children.len(), 2, "the artifact entry is skipped");
+        // Two configs, two own layers, one shared base layer.
+        assert_eq!(all.blobs.len(), 5);
+        let arm = walk_with(&["linux/arm64"]).await.unwrap();
+        assert_eq!(arm.children.len(), 1);
+        assert_eq!(arm.blobs.len(), 3);
+        let e = walk_with(&["linux/s390x"]).await.unwrap_err();
+        assert!(e.to_string().contains("platform linux/s390x"), "{e}");
+    }
 }
