@@ -31,7 +31,7 @@ use crate::cli::{ExportArgs, ImportArgs};
 use crate::engine::{self, BoxError, Engine};
 use crate::images::{self, Target};
 use crate::progress::Reporter;
-use crate::walk::{check, walk, ManifestSource, Tree};
+use crate::walk::{check, walk, Absent, ManifestSource, Tree};
 use crate::warm::{chain, wait_stored};
 
 /// The `oci-layout` file's content.
@@ -184,7 +184,7 @@ async fn export_image(
     dir: &Path,
     bar: &crate::progress::ImageBar,
 ) -> Result<Tree, BoxError> {
-    let tree = walk(engine, target, platforms, None).await?;
+    let tree = walk(engine, target, platforms, None, Absent::Fail).await?;
     bar.set_total(tree.blob_bytes());
     for manifest in tree.manifests() {
         let stream: ByteStream = Box::pin(futures::stream::iter([Ok::<_, Error>(
@@ -362,7 +362,14 @@ async fn import_image(
         manifest: ManifestRef::Digest(entry.digest.clone()),
         ..target.clone()
     };
-    let tree = walk(&LayoutDir(dir), &by_digest, platforms, Some(entry)).await?;
+    let tree = walk(
+        &LayoutDir(dir),
+        &by_digest,
+        platforms,
+        Some(entry),
+        Absent::Skip,
+    )
+    .await?;
     for blob in &tree.blobs {
         let mut verifier = DigestVerifier::new(blob.digest.clone(), Some(blob.size));
         let mut stream = read_file(blob_path(dir, &blob.digest)).await?;

@@ -18,7 +18,7 @@ use crate::cli::VerifyArgs;
 use crate::engine::{self, BoxError, Engine};
 use crate::images::{self, Target};
 use crate::progress::Reporter;
-use crate::walk::{walk, StorageOnly};
+use crate::walk::{walk, Absent, StorageOnly};
 use crate::warm::{chain, warm_one};
 
 /// Blobs re-hashed at the same time.
@@ -138,7 +138,7 @@ async fn check(
     target: &Target,
     platforms: &[Platform],
 ) -> Result<Checked, Error> {
-    let tree = match walk(&StorageOnly(storage), target, platforms, None).await {
+    let tree = match walk(&StorageOnly(storage), target, platforms, None, Absent::Fail).await {
         Ok(tree) => tree,
         Err(e) => {
             let problem = match e {

@@ -52,6 +52,16 @@ impl Tree {
     }
 }
 
+/// What a walk does with an index entry its source does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Absent {
+    /// It is an error: the image is incomplete (warm, verify, export).
+    Fail,
+    /// It is left out: a layout exported with `--platform` holds only the
+    /// chosen platforms' manifests under the full index (import).
+    Skip,
+}
+
 /// Walks `target` through `source`; `platforms` (empty: all) selects the
 /// entries of an index. An index with none of the chosen platforms is an error.
 pub(crate) async fn walk(
@@ -59,6 +69,7 @@ pub(crate) async fn walk(
     target: &Target,
     platforms: &[Platform],
     hint: Option<&Descriptor>,
+    absent: Absent,
 ) -> Result<Tree, Error> {
     let root = source.manifest(target, &target.manifest, hint).await?;
     let mut tree = Tree {
@@ -94,14 +105,29 @@ pub(crate) async fn walk(
                         manifest.digest
                     )));
                 }
-                // Reversed so the stack pops them in index order.
                 let mut fetched = Vec::new();
                 for child in chosen {
                     let reference = ManifestRef::Digest(child.digest.clone());
-                    let child_manifest = source.manifest(target, &reference, Some(child)).await?;
+                    let child_manifest = match source
+                        .manifest(target, &reference, Some(child))
+                        .await
+                    {
+                        Err(e) if e.is_not_found() && absent == Absent::Skip => {
+                            tracing::info!(digest = %child.digest, platform = ?child.platform, "index entry not in the source; skipped");
+                            continue;
+                        }
+                        other => other?,
+                    };
                     tree.children.push(child_manifest.clone());
                     fetched.push((child_manifest, depth + 1));
                 }
+                if fetched.is_empty() {
+                    return Err(Error::not_found(format!(
+                        "any manifest of index {}",
+                        manifest.digest
+                    )));
+                }
+                // Reversed so the stack pops them in index order.
                 pending.extend(fetched.into_iter().rev());
             }
         }
@@ -286,13 +312,17 @@ mod tests {
         json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": size})
     }
 
-    async fn walk_with(platforms: &[&str]) -> Result<Tree, Error> {
+    async fn walk_with(platforms: &[&str], absent: Absent, drop_arm: bool) -> Result<Tree, Error> {
         let mut map = Map(HashMap::new());
         let mut amd = image(&mut map, "amd", "base");
         amd["platform"] = json!({"os": "linux", "architecture": "amd64"});
         let mut arm = image(&mut map, "arm", "base");
         arm["platform"] = json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
         let artifact = json!({"mediaType": "application/vnd.example.sbom", "digest": Digest::sha256_of(b"sbom"), "size": 4});
+        if drop_arm {
+            let arm_digest: Digest = serde_json::from_value(arm["digest"].clone()).unwrap();
+            map.0.remove(&arm_digest);
+        }
         let (index, _) = map.add(
             OCI_INDEX,
             json!({"schemaVersion": 2, "manifests": [amd, arm, artifact]}),
@@ -301,19 +331,36 @@ mod tests {
             format!("docker.io/library/x@{index}").parse().unwrap();
         let target = Target::new(reference, &MirrorConfig::common()).unwrap();
         let platforms: Vec<Platform> = platforms.iter().map(|p| p.parse().unwrap()).collect();
-        walk(&map, &target, &platforms, None).await
+        walk(&map, &target, &platforms, None, absent).await
     }
 
     #[tokio::test]
     async fn an_index_walks_every_platform_or_the_chosen_ones_and_shares_blobs() {
-        let all = walk_with(&[]).await.unwrap();
+        let all = walk_with(&[], Absent::Fail, false).await.unwrap();
         assert_eq!(all.children.len(), 2, "the artifact entry is skipped");
         // Two configs, two own layers, one shared base layer.
         assert_eq!(all.blobs.len(), 5);
-        let arm = walk_with(&["linux/arm64"]).await.unwrap();
+        let arm = walk_with(&["linux/arm64"], Absent::Fail, false)
+            .await
+            .unwrap();
         assert_eq!(arm.children.len(), 1);
         assert_eq!(arm.blobs.len(), 3);
-        let e = walk_with(&["linux/s390x"]).await.unwrap_err();
+        let e = walk_with(&["linux/s390x"], Absent::Fail, false)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("platform linux/s390x"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_absent_platform_fails_a_walk_or_is_skipped_when_asked() {
+        let e = walk_with(&[], Absent::Fail, true).await.unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let partial = walk_with(&[], Absent::Skip, true).await.unwrap();
+        assert_eq!(partial.children.len(), 1);
+        assert_eq!(partial.blobs.len(), 3);
+        let e = walk_with(&["linux/arm64"], Absent::Skip, true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("any manifest of index"), "{e}");
     }
 }

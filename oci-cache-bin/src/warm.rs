@@ -19,7 +19,7 @@ use crate::cli::WarmArgs;
 use crate::engine::{self, BoxError, Engine};
 use crate::images::{self, Target};
 use crate::progress::{ImageBar, Reporter};
-use crate::walk::{walk, UpstreamOnly};
+use crate::walk::{walk, Absent, UpstreamOnly};
 
 /// What warming one image did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -124,7 +124,7 @@ pub(crate) async fn warm_one(
     bar: &ImageBar,
     permits: &Semaphore,
 ) -> Result<Warmed, Error> {
-    let tree = walk(engine, target, platforms, None).await?;
+    let tree = walk(engine, target, platforms, None, Absent::Fail).await?;
     bar.set_total(tree.blob_bytes());
     let fetched: Vec<(&Descriptor, u64)> = futures::stream::iter(&tree.blobs)
         .map(|blob| async move {
@@ -215,7 +215,7 @@ async fn dry_run(
     let mut out = std::io::stdout();
     let (mut missing, mut missing_bytes, mut failures) = (0usize, 0u64, 0usize);
     for target in targets {
-        let tree = match walk(&UpstreamOnly(engine), target, platforms, None).await {
+        let tree = match walk(&UpstreamOnly(engine), target, platforms, None, Absent::Fail).await {
             Ok(tree) => tree,
             Err(e) => {
                 writeln!(out, "FAILED {target}: {}", chain(&e))?;

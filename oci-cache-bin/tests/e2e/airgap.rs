@@ -511,6 +511,35 @@ fn airgap_platform_choice_and_skopeo_layouts() {
         stdout(&out)
     );
 
+    // A one-platform export carries the whole index but one platform's
+    // manifest; import takes what is there.
+    let partial = work.path().join("amd64-only");
+    let partial_arg = partial.display().to_string();
+    let out = command(
+        "export",
+        &config,
+        &[
+            "--offline",
+            "--platform",
+            "linux/amd64",
+            "a.test/e2e/multi:v1",
+            "-o",
+            &partial_arg,
+        ],
+    );
+    assert!(out.status.success());
+    let site = work.path().join("amd64-site");
+    let config_f = config_args(&site, "http://127.0.0.1:9");
+    assert!(command("import", &config_f, &[&partial_arg])
+        .status
+        .success());
+    let out = command(
+        "verify",
+        &config_f,
+        &["--platform", "linux/amd64", "a.test/e2e/multi:v1"],
+    );
+    assert!(out.status.success());
+
     // warm beside a running server on the same storage: the server then
     // serves what warm fetched, and the origin saw each blob once.
     let mirror = Mirror::start_with_args(&strs(&config), &[]);
