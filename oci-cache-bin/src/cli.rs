@@ -44,6 +44,14 @@ pub(crate) enum Command {
     ClientConfig(crate::client_config::ClientConfigArgs),
     /// Exit 0 when the mirror's /healthz answers 200 (for container HEALTHCHECKs).
     Healthcheck(crate::healthcheck::HealthcheckArgs),
+    /// Fill the cache with images (all platforms of an index, or --platform) ahead of time.
+    Warm(WarmArgs),
+    /// Check that images are fully in the cache and every byte matches its digest.
+    Verify(VerifyArgs),
+    /// Write cached images as an OCI image layout (a directory, or --tar FILE).
+    Export(ExportArgs),
+    /// Load an OCI image layout (directory or --tar FILE) into the cache, every blob verified.
+    Import(ImportArgs),
 }
 
 /// Where the configuration comes from: the file, and the flags and
@@ -141,4 +149,96 @@ impl CheckConfigArgs {
         }
         args
     }
+}
+
+/// Which images an air-gap command works on.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Image references (`alpine`, `ghcr.io/org/app:v1`, `nginx@sha256:…`).
+    #[arg(value_name = "REF")]
+    pub(crate) refs: Vec<String>,
+
+    /// A file of references, one per line, `#` comments (`-` reads stdin),
+    /// e.g. the output of `talosctl images default` or `kubeadm config images list`.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// Only this platform of a multi-platform image, e.g. `linux/amd64`
+    /// (repeatable; default: every platform).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub(crate) platforms: Vec<String>,
+}
+
+/// `oci-cache warm`.
+#[derive(Debug, Args)]
+pub(crate) struct WarmArgs {
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+
+    /// Images fetched at the same time (also the limit on concurrent blob downloads).
+    #[arg(short = 'j', long, default_value_t = 4)]
+    pub(crate) jobs: usize,
+
+    /// Resolve each image upstream and print what would be fetched; store nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+
+    /// Refetch what is missing or corrupt from upstream (otherwise storage is only read).
+    #[arg(long)]
+    pub(crate) repair: bool,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache export`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+
+    /// The OCI image layout directory to write (created; images already in it are kept).
+    #[arg(short = 'o', long, value_name = "DIR", required_unless_present = "tar")]
+    pub(crate) output: Option<PathBuf>,
+
+    /// Write the layout as one tar file instead of a directory.
+    #[arg(long, value_name = "FILE", conflicts_with = "output")]
+    pub(crate) tar: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The OCI image layout directory to read.
+    #[arg(value_name = "DIR", required_unless_present = "tar")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// Read the layout from a tar file instead of a directory.
+    #[arg(long, value_name = "FILE", conflicts_with = "dir")]
+    pub(crate) tar: Option<PathBuf>,
+
+    /// For layouts that name images by tag only (`skopeo copy … oci:DIR:v1`):
+    /// the repository they belong to, e.g. `ghcr.io/org/app`.
+    #[arg(long, value_name = "REGISTRY/REPOSITORY")]
+    pub(crate) repository: Option<String>,
+
+    /// Only this platform of a multi-platform image (repeatable; default: every platform).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub(crate) platforms: Vec<String>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
 }

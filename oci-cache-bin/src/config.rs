@@ -308,7 +308,8 @@ fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), 
 /// rank above the TOML file and below oci-cache's own flags; their remotes
 /// join the file's upstreams, and the only one becomes the default.
 fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), String> {
-    let compat = crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
+    let compat =
+        crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
     file.listen = compat.listen.or(file.listen.take());
     file.storage = compat.storage.or(file.storage.take());
     if let [only] = compat.upstreams.as_slice() {

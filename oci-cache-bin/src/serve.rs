@@ -1,83 +1,29 @@
 //! `oci-cache serve`: wiring config to the library.
 
-use std::error::Error as StdError;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oci_cache_core::cache::CacheOptions;
-use oci_cache_core::storage::Storage;
-use oci_cache_http::{AccessLog, Mirror, UpstreamOptions};
+use oci_cache_http::AccessLog;
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
-use crate::config::{self, Settings, StorageConfig, EXIT_CONFIG};
-
-type BoxError = Box<dyn StdError + Send + Sync>;
+use crate::config::Settings;
+use crate::engine::{self, BoxError};
 
 pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
-    let settings = match config::resolve(args) {
-        Ok(settings) => settings,
-        Err(message) => {
-            let _ = writeln!(err, "error: {message}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            print_chain(err, e.as_ref());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn print_chain(err: &mut impl Write, e: &(dyn StdError + 'static)) {
-    let _ = writeln!(err, "error: {e}");
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = writeln!(err, "caused by: {cause}");
-        source = cause.source();
-    }
-}
-
-async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxError> {
-    use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage};
-    Ok(match config {
-        StorageConfig::Filesystem { dir } => Arc::new(FsStorage::open(dir).await?),
-        StorageConfig::Memory => Arc::new(MemoryStorage::new()),
-        StorageConfig::S3(s3) => Arc::new(ObjectStorage::s3(s3)?),
+    engine::run(args, err, |settings| async move {
+        serve(settings).await.map(|()| ExitCode::SUCCESS)
     })
 }
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
-    let storage = open_storage(&settings.storage).await?;
-    let upstream_options = UpstreamOptions::default().with_offline(settings.offline);
-    let mut options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
-    // Blob fills spill to anonymous temp files; keep them on the data disk,
-    // not in a /tmp that may be RAM.
-    if let StorageConfig::Filesystem { dir } = &settings.storage {
-        options = options.with_spool_dir(dir.clone());
-    }
-    let storage_name = storage.to_string();
-    let mirror = Mirror::builder()
-        .upstreams(settings.mirrors)
-        .storage(storage)
-        .cache_options(options)
-        .upstream_options(upstream_options)
+    let mirror = engine::builder(&settings)
+        .await?
         .observer(Arc::new(AccessLog))
         .build()?;
     let service = mirror.service();
+    let storage_name = service.engine().storage().to_string();
     let mirrors = service.mirrors();
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -92,7 +38,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         offline = settings.offline,
         "oci-cache serving"
     );
-    oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+    oci_cache_http::serve(listener, service.clone(), shutdown_signal()).await?;
     tracing::info!("oci-cache stopped");
     Ok(())
 }

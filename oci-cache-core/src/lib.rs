@@ -13,6 +13,7 @@
 //!   with the trait, and [`write_verified`](storage::write_verified) gives it
 //!   the verified, atomic blob write.
 //! - [`upstream`]: the [`Upstream`](upstream::Upstream) trait the engine fetches through.
+//! - [`manifest`]: the JSON shapes of image manifests and indexes.
 //! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
 //!   one upstream fetch per missing object, verify, then store.
 //!
@@ -55,6 +56,7 @@ pub mod digest;
 pub mod duration;
 pub mod error;
 mod file_io;
+pub mod manifest;
 pub mod mirror;
 pub mod observe;
 pub mod reference;

@@ -116,6 +116,10 @@ impl FsStorage {
     }
 }
 
+/// A staging file written to this recently may belong to another process
+/// sharing the root; older ones are leftovers of interrupted writes.
+const STAGING_IN_USE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 impl Inner {
     fn prepare(&self) -> Result<()> {
         for dir in [keys::BLOBS, keys::MANIFESTS, keys::TAGS, keys::STAGING] {
@@ -132,6 +136,18 @@ impl Inner {
             .map_err(|e| io_error(e, format!("cannot list {}", staging.display())))?;
         let mut removed = 0_u64;
         for entry in entries.flatten() {
+            // Another process on the same root (a server while `oci-cache
+            // warm` or `import` runs) may be writing this file right now: a
+            // write in progress keeps its mtime fresh, a leftover does not.
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < STAGING_IN_USE);
+            if recent {
+                continue;
+            }
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::warn!(path = %entry.path().display(), error = %e,

@@ -48,8 +48,19 @@ async fn open_removes_staging_leftovers() {
     drop(FsStorage::open(dir.path()).await.unwrap());
     let leftover = dir.path().join("_staging/interrupted");
     std::fs::write(&leftover, b"half a blob").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    // Another process's write in progress (fresh mtime) is left alone.
+    let in_use = dir.path().join("_staging/in-use");
+    std::fs::write(&in_use, b"being written").unwrap();
     let storage = FsStorage::open(dir.path()).await.unwrap();
     assert!(!leftover.exists());
+    assert!(in_use.exists());
     let listed: Vec<BlobInfo> = storage.blob_list().try_collect().await.unwrap();
     assert!(listed.is_empty(), "{listed:?}");
 }
