@@ -15,6 +15,9 @@ use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
 use serde::Deserialize;
 
+use oci_cache_core::cache::CacheOptions;
+use oci_cache_http::UpstreamOptions;
+
 use crate::cli::{ConfigArgs, ServeArgs};
 use crate::duration::parse_duration;
 
@@ -22,8 +25,6 @@ use crate::duration::parse_duration;
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 /// Where the filesystem storage lives when nothing says otherwise.
 pub(crate) const DEFAULT_STORAGE_DIR: &str = "./oci-cache-data";
-/// How long a tag is trusted when nothing says otherwise.
-pub(crate) const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 /// Exit status for configuration the program cannot use.
 pub(crate) const EXIT_CONFIG: u8 = 2;
 
@@ -42,6 +43,12 @@ pub(crate) struct FileConfig {
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
+    /// `[cache]`: the engine's options, straight into the library's type.
+    #[serde(default)]
+    cache: Option<CacheOptions>,
+    /// `[upstream_client]`: the upstream client's options, likewise.
+    #[serde(default)]
+    upstream_client: UpstreamOptions,
     /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
     #[serde(skip)]
     compat_upstreams: Vec<UpstreamConfig>,
@@ -96,8 +103,10 @@ pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
-    pub(crate) tag_ttl: Duration,
-    pub(crate) offline: bool,
+    /// The engine's options (`[cache]`, with `--tag-ttl` applied).
+    pub(crate) cache: CacheOptions,
+    /// The upstream client's options (`[upstream_client]`, with `--offline` applied).
+    pub(crate) upstream_client: UpstreamOptions,
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -191,15 +200,36 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     };
     validate_storage(&storage, path)?;
 
-    let tag_ttl = match pick(
+    let mut cache = file.cache.unwrap_or_default();
+    // The top-level `tag_ttl` (older files) wins over `[cache] tag_ttl`.
+    cache.tag_ttl = match pick(
         args.tag_ttl.clone(),
         file.tag_ttl,
         path,
         ("--tag-ttl", "OCI_CACHE_TAG_TTL", "tag_ttl"),
     ) {
         Some((text, origin)) => tag_ttl(&text).map_err(|e| format!("{origin}: {e}"))?,
-        None => DEFAULT_TAG_TTL,
+        None if cache.tag_ttl.is_zero() => {
+            return Err(format!(
+                "{}: [cache] tag_ttl is zero, which would check every tag pull upstream; \
+                 write a positive duration such as 30s or 5m",
+                path.map_or_else(
+                    || "config".to_owned(),
+                    |p| format!("config file {}", p.display())
+                )
+            ))
+        }
+        None => cache.tag_ttl,
     };
+    // Blob fills spill to anonymous temp files; keep them on the data disk,
+    // not in a /tmp that may be RAM.
+    if let (None, StorageConfig::Filesystem { dir }) = (&cache.spool_dir, &storage) {
+        cache = cache.with_spool_dir(dir.clone());
+    }
+    let mut upstream_client = file.upstream_client;
+    if args.offline {
+        upstream_client = upstream_client.with_offline(true);
+    }
 
     let mut upstreams = if !sources.upstreams.is_empty() {
         sources
@@ -264,8 +294,8 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         listen,
         storage,
         mirrors,
-        tag_ttl,
-        offline: args.offline,
+        cache,
+        upstream_client,
     })
 }
 
@@ -448,7 +478,7 @@ mod tests {
             assert!(names.iter().any(|n| n == expected), "{names:?}");
         }
         assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
-        assert_eq!(settings.tag_ttl, DEFAULT_TAG_TTL);
+        assert_eq!(settings.cache.tag_ttl, CacheOptions::default().tag_ttl);
     }
 
     #[test]
@@ -463,7 +493,7 @@ mod tests {
             settings.mirrors.upstreams[0].origin.url,
             "http://127.0.0.1:5001"
         );
-        assert_eq!(settings.tag_ttl, Duration::from_secs(2));
+        assert_eq!(settings.cache.tag_ttl, Duration::from_secs(2));
     }
 
     #[test]

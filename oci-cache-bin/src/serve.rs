@@ -34,8 +34,8 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         storage = %storage_name,
         upstreams = %upstreams.join(","),
         default_upstream = %mirrors.default_upstream,
-        tag_ttl = ?settings.tag_ttl,
-        offline = settings.offline,
+        tag_ttl = ?settings.cache.tag_ttl,
+        offline = settings.upstream_client.offline,
         "oci-cache serving"
     );
     oci_cache_http::serve(listener, service.clone(), shutdown_signal()).await?;
