@@ -52,7 +52,7 @@ pub(crate) enum StorageConfig {
 }
 
 /// One `[[upstream]]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpstreamEntry {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `registry.example:5000`).
@@ -70,6 +70,15 @@ struct UpstreamEntry {
     /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
     #[serde(default)]
     tls: EndpointTls,
+    /// Other hosts whose token servers may receive the origin's credentials.
+    #[serde(default)]
+    token_realms: Vec<String>,
+    /// Other hosts manifest and tag-list requests may be redirected to.
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
+    /// Allow realms and redirects on loopback/private addresses.
+    #[serde(default)]
+    allow_private_targets: bool,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -238,11 +247,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
-        aliases: Vec::new(),
-        mirrors: Vec::new(),
-        skip_fallback: false,
-        credentials: None,
-        tls: EndpointTls::default(),
+        ..UpstreamEntry::default()
     })
 }
 
@@ -253,6 +258,9 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
     upstream.origin.tls = entry.tls;
+    upstream.origin.token_realms = entry.token_realms;
+    upstream.origin.redirect_hosts = entry.redirect_hosts;
+    upstream.origin.allow_private_targets = entry.allow_private_targets;
     Ok(upstream)
 }
 

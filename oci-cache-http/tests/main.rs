@@ -15,4 +15,5 @@ mod auth;
 mod chain;
 mod resilience;
 mod routing;
+mod trust;
 mod upstream;

@@ -46,6 +46,20 @@ pub struct Endpoint {
     /// answers could be stale or forged while a digest is self-verifying.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub resolve: bool,
+    /// Hosts of token servers (`realm`s) that may receive this endpoint's
+    /// credentials besides its own host and registrable domain (`*.domain`
+    /// names every host below `domain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_realms: Vec<String>,
+    /// Hosts that manifest and tag-list requests may be redirected to besides
+    /// the endpoint's own origin, as in `token_realms` (blob redirects may go
+    /// to any public host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_hosts: Vec<String>,
+    /// Allow realms and redirects on loopback, link-local and private
+    /// addresses although the endpoint is not on one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private_targets: bool,
 }
 
 fn default_true() -> bool {
@@ -112,6 +126,9 @@ impl Endpoint {
             credentials: None,
             resolve: true,
             tls: EndpointTls::default(),
+            token_realms: Vec::new(),
+            redirect_hosts: Vec::new(),
+            allow_private_targets: false,
         }
     }
 

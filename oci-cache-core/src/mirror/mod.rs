@@ -182,7 +182,8 @@ impl MirrorConfig {
 
     /// The five common public registries, anonymous, Docker Hub by default:
     /// `docker.io` (origin `https://registry-1.docker.io`, aliases
-    /// `index.docker.io` and `registry-1.docker.io`), `registry.k8s.io`,
+    /// `index.docker.io` and `registry-1.docker.io`), `registry.k8s.io`
+    /// (whose manifests may be redirected to `*.pkg.dev`),
     /// `gcr.io`, `ghcr.io` and `quay.io`.
     pub fn common() -> Self {
         let hub = UpstreamConfig::new(
@@ -197,6 +198,11 @@ impl MirrorConfig {
                 constant_registry(name),
                 format!("https://{name}"),
             ));
+        }
+        // registry.k8s.io redirects every /v2/ request, manifests included,
+        // to the nearest Artifact Registry region.
+        if let Some(k8s) = upstreams.get_mut(1) {
+            k8s.origin.redirect_hosts = vec!["*.pkg.dev".to_owned()];
         }
         MirrorConfig {
             upstreams,
