@@ -70,6 +70,11 @@ pub(crate) struct ServeArgs {
     /// Serve only what is cached; never contact an upstream.
     #[arg(long, env = "OCI_CACHE_OFFLINE")]
     pub(crate) offline: bool,
+
+    /// htpasswd file (bcrypt, `htpasswd -B`) of the clients allowed to read
+    /// non-public upstreams; turns on client authentication.
+    #[arg(long, env = "OCI_CACHE_HTPASSWD", value_name = "FILE")]
+    pub(crate) htpasswd: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

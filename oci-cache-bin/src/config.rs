@@ -3,6 +3,7 @@
 //! Precedence, highest first: command-line flag, `OCI_CACHE_*` environment
 //! variable (clap reads them into the same flags), config file, built-in default.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use oci_cache_core::mirror::{
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
+use oci_cache_http::client_auth::{Access, ClientAuthConfig};
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
@@ -34,6 +36,7 @@ pub(crate) struct FileConfig {
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
+    auth: Option<crate::trust::AuthFile>,
 }
 
 /// Which storage backend to use.
@@ -79,6 +82,9 @@ struct UpstreamEntry {
     /// Allow realms and redirects on loopback/private addresses.
     #[serde(default)]
     allow_private_targets: bool,
+    /// Who may read this upstream when client authentication is on.
+    #[serde(default)]
+    access: Option<Access>,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -89,6 +95,8 @@ pub(crate) struct Settings {
     pub(crate) mirrors: MirrorConfig,
     pub(crate) tag_ttl: Duration,
     pub(crate) offline: bool,
+    /// Client authentication, when an htpasswd file is configured.
+    pub(crate) client_auth: Option<ClientAuthConfig>,
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -126,12 +134,18 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         None => DEFAULT_TAG_TTL,
     };
 
+    let mut access = HashMap::new();
     let mut upstreams = if !args.upstreams.is_empty() {
         args.upstreams
             .iter()
             .map(|spec| upstream_from_flag(spec))
             .collect::<Result<Vec<_>, _>>()?
     } else if !file.upstreams.is_empty() {
+        for entry in &file.upstreams {
+            if let Some(chosen) = entry.access {
+                access.insert(entry.name.clone(), chosen);
+            }
+        }
         file.upstreams
             .into_iter()
             .map(upstream_from_entry)
@@ -164,12 +178,15 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let client_auth =
+        crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
     Ok(Settings {
         listen,
         storage,
         mirrors,
         tag_ttl,
         offline: args.offline,
+        client_auth,
     })
 }
 

@@ -8,6 +8,7 @@ mod config;
 mod duration;
 mod resolve;
 mod serve;
+mod trust;
 
 use std::process::ExitCode;
 

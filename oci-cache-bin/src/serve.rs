@@ -8,6 +8,7 @@ use std::sync::Arc;
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
+use oci_cache_http::client_auth::{self, AuthService, ClientAuth};
 use oci_cache_http::{AppState, HyperUpstream, UpstreamOptions};
 use tokio::net::TcpListener;
 
@@ -138,9 +139,23 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         default_upstream = %mirrors.default_upstream,
         tag_ttl = ?settings.tag_ttl,
         offline = settings.offline,
+        client_auth = settings.client_auth.is_some(),
         "oci-cache serving"
     );
-    oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+    match &settings.client_auth {
+        Some(config) => {
+            let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
+            let service = AuthService::new(service, auth);
+            oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+        }
+        None => {
+            for name in client_auth::exposed_credentialed_upstreams(&mirrors) {
+                tracing::warn!(upstream = %name,
+                    "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
+            }
+            oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+        }
+    }
     tracing::info!("oci-cache stopped");
     Ok(())
 }

@@ -67,6 +67,7 @@
 //! ```
 
 pub mod body;
+pub mod client_auth;
 pub mod error;
 mod handlers;
 mod routes;

@@ -9,7 +9,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::{OciService, Result};
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::client_auth::PeerAddr;
+use crate::Result;
 
 /// How long in-flight requests may run after shutdown was asked for.
 const GRACE: Duration = Duration::from_secs(30);
@@ -25,13 +32,23 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// send. Throughput on loopback is unchanged (measured with wrk).
 const MAX_BUFFERED: usize = 64 * 1024;
 
-/// Serves `service` on `listener` until `shutdown` completes, then waits up
-/// to 30 s for in-flight requests (a blob download may take longer; it is cut).
-pub async fn serve(
+/// Serves `service` (an [`OciService`](crate::OciService), or one wrapping
+/// it) on `listener` until `shutdown` completes, then waits up to 30 s for
+/// in-flight requests (a blob download may take longer; it is cut). Each
+/// request carries the client's [`PeerAddr`] in its extensions.
+pub async fn serve<S>(
     listener: TcpListener,
-    service: OciService,
+    service: S,
     shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.
     builder
@@ -57,8 +74,13 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let inner = service.clone();
+                let with_peer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    inner.call(request)
+                });
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), service.clone())
+                    .serve_connection(TokioIo::new(stream), with_peer)
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

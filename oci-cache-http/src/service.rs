@@ -72,6 +72,11 @@ pub fn service(state: AppState) -> OciService {
 }
 
 impl OciService {
+    /// The state the service answers from.
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Answers one request. Never fails: every error becomes an OCI error
     /// response. The request body is ignored (only GET and HEAD are served).
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {

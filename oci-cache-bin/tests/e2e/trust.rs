@@ -1,0 +1,210 @@
+//! Issue 11: the mirror's own trust boundary — htpasswd client
+//! authentication with public and authenticated upstreams, and the start-up
+//! warning for credentials served to anyone. docker-registry origins, the
+//! `oci-cache` binary and skopeo, all on 127.0.0.1.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::fixtures::small_image;
+use super::resilience::seed_storage;
+use crate::support::http;
+use crate::support::mirror::Mirror;
+use crate::support::registry::Origin;
+use crate::support::{skopeo, tools_available};
+
+const ORIGIN_PASSWORD: &str = "origin-pw-7Hq2Lm";
+const CLIENT_PASSWORD: &str = "client-pw-R4vN8s";
+
+/// `user:bcrypt` from `htpasswd -B`, written to `path`.
+fn htpasswd(path: &Path, user: &str, password: &str) {
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("htpasswd (apache2-utils) is needed; run scripts/install-test-deps");
+    assert!(out.status.success());
+    std::fs::write(path, &out.stdout).unwrap();
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[test]
+fn htpasswd_guards_private_upstreams_and_their_digests() {
+    if !tools_available("htpasswd_guards_private_upstreams_and_their_digests") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let public_app = small_image(&work.path().join("pub"), 1101);
+    let private_app = small_image(&work.path().join("priv"), 1102);
+
+    let public = Origin::start();
+    skopeo::push(&public_app, &public.host(), "e2e/app:v1");
+    let private_root = work.path().join("private-data");
+    seed_storage(&private_root, &private_app, "e2e/secret:v1");
+    let origin_users = work.path().join("origin-htpasswd");
+    htpasswd(&origin_users, "mirror", ORIGIN_PASSWORD);
+    let private = Origin::start_on(
+        &private_root,
+        &format!(
+            "auth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
+            origin_users.display()
+        ),
+    );
+    std::fs::write(
+        work.path().join("origin-password"),
+        format!("{ORIGIN_PASSWORD}\n"),
+    )
+    .unwrap();
+    let clients = work.path().join("clients");
+    htpasswd(&clients, "node", CLIENT_PASSWORD);
+
+    let config = format!(
+        "[auth]\nhtpasswd = \"{clients}\"\nrealm = \"e2e-mirror\"\n\n\
+         [[upstream]]\nname = \"public.test\"\nurl = \"{public}\"\n\n\
+         [[upstream]]\nname = \"private.test\"\nurl = \"{private}\"\n\
+         credentials = {{ username = \"mirror\", password_file = \"{pwfile}\" }}\n",
+        clients = clients.display(),
+        public = public.url(),
+        private = private.url(),
+        pwfile = work.path().join("origin-password").display(),
+    );
+    let mirror = Mirror::start_with_args(
+        &[
+            "--config",
+            "{dir}/oci-cache.toml",
+            "--storage-dir",
+            "{dir}/storage",
+            "--default-upstream",
+            "public.test",
+        ],
+        &[("oci-cache.toml", &config)],
+    );
+    let host = mirror.host();
+    let creds = format!("node:{CLIENT_PASSWORD}");
+
+    // The private upstream needs the client's credentials…
+    let got = skopeo::copy_with(
+        &format!("{host}/private.test/e2e/secret:v1"),
+        &work.path().join("c1"),
+        &["--src-tls-verify=false", "--src-creds", &creds],
+    )
+    .unwrap();
+    assert_eq!(got.digest, private_app.digest);
+    let err = skopeo::copy(
+        &format!("{host}/private.test/e2e/secret:v1"),
+        &work.path().join("c2"),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    let wrong = skopeo::copy_with(
+        &format!("{host}/private.test/e2e/secret:v1"),
+        &work.path().join("c3"),
+        &["--src-tls-verify=false", "--src-creds", "node:wrong"],
+    )
+    .unwrap_err();
+    assert!(
+        wrong.contains("401") || wrong.to_lowercase().contains("unauthorized"),
+        "{wrong}"
+    );
+
+    // …the public one does not.
+    let got = skopeo::copy(
+        &format!("{host}/public.test/e2e/app:v1"),
+        &work.path().join("c4"),
+    )
+    .unwrap();
+    assert_eq!(got.digest, public_app.digest);
+
+    // A cached private layer is not public because its digest is known.
+    let layer = &private_app.images[0].layers[0].digest;
+    let path = format!("/v2/public.test/e2e/app/blobs/{layer}");
+    let anonymous = http::request(&host, "GET", &path, &[]).unwrap();
+    assert_eq!(
+        anonymous.status, 404,
+        "a private blob leaked through a public path"
+    );
+    let direct = http::request(
+        &host,
+        "GET",
+        &format!("/v2/private.test/e2e/secret/blobs/{layer}"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(direct.status, 401);
+    assert!(direct
+        .header("www-authenticate")
+        .is_some_and(|v| v.contains("Basic realm=\"e2e-mirror\"")));
+    let authorized = basic("node", CLIENT_PASSWORD);
+    let allowed = http::request(&host, "GET", &path, &[("authorization", &authorized)]).unwrap();
+    assert_eq!(allowed.status, 200);
+    assert_eq!(http::sha256_digest(&allowed.body), *layer);
+    // A public layer stays readable by digest anonymously.
+    let public_layer = &public_app.images[0].layers[0].digest;
+    let open = http::request(
+        &host,
+        "GET",
+        &format!("/v2/public.test/e2e/app/blobs/{public_layer}"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(open.status, 200);
+
+    // Failed logins from one address are rate-limited.
+    let bad = basic("node", "guess");
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| {
+            http::request(&host, "GET", "/v2/", &[("authorization", &bad)])
+                .unwrap()
+                .status
+        })
+        .collect();
+    assert_eq!(statuses[..10], [401; 10]);
+    assert_eq!(statuses[10..], [429, 429]);
+
+    let log = mirror.log();
+    for secret in [ORIGIN_PASSWORD, CLIENT_PASSWORD] {
+        assert!(!log.contains(secret), "a password reached the log");
+    }
+    assert!(!log.contains("client authentication is off"), "{log}");
+}
+
+#[test]
+fn credentialed_upstreams_without_client_auth_are_warned_about() {
+    if !tools_available("credentialed_upstreams_without_client_auth_are_warned_about") {
+        return;
+    }
+    std::env::set_var("E2E_TRUST_ORIGIN_PASSWORD", ORIGIN_PASSWORD);
+    let config = "[[upstream]]\nname = \"private.test\"\nurl = \"http://127.0.0.1:9\"\n\
+         credentials = { username = \"mirror\", password_env = \"E2E_TRUST_ORIGIN_PASSWORD\" }\n\n\
+         [[upstream]]\nname = \"public.test\"\nurl = \"http://127.0.0.1:9\"\n";
+    let mirror = Mirror::start_with_args(
+        &[
+            "--config",
+            "{dir}/oci-cache.toml",
+            "--storage-dir",
+            "{dir}/storage",
+            "--default-upstream",
+            "public.test",
+        ],
+        &[("oci-cache.toml", config)],
+    );
+    let log = mirror.log();
+    assert!(
+        log.contains("upstream private.test has credentials but client authentication is off"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("upstream public.test has credentials"),
+        "{log}"
+    );
+    assert!(!log.contains(ORIGIN_PASSWORD));
+}
