@@ -14,6 +14,7 @@ use oci_cache_core::mirror::{
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
 use oci_cache_http::client_auth::{Access, ClientAuthConfig};
+use oci_cache_http::tls_server::TlsFiles;
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
@@ -37,6 +38,7 @@ pub(crate) struct FileConfig {
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
     auth: Option<crate::trust::AuthFile>,
+    tls: Option<crate::trust::TlsFile>,
 }
 
 /// Which storage backend to use.
@@ -97,6 +99,8 @@ pub(crate) struct Settings {
     pub(crate) offline: bool,
     /// Client authentication, when an htpasswd file is configured.
     pub(crate) client_auth: Option<ClientAuthConfig>,
+    /// The serving certificate, when serving TLS.
+    pub(crate) tls: Option<TlsFiles>,
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -180,6 +184,12 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let client_auth =
         crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
+    let tls = crate::trust::tls(
+        args.tls_cert.as_ref(),
+        args.tls_key.as_ref(),
+        args.tls_client_ca.as_ref(),
+        file.tls,
+    )?;
     Ok(Settings {
         listen,
         storage,
@@ -187,6 +197,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         tag_ttl,
         offline: args.offline,
         client_auth,
+        tls,
     })
 }
 

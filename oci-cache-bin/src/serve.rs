@@ -9,7 +9,7 @@ use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 use oci_cache_http::client_auth::{self, AuthService, ClientAuth};
-use oci_cache_http::{AppState, HyperUpstream, UpstreamOptions};
+use oci_cache_http::{tls_server, AppState, HyperUpstream, UpstreamOptions};
 use tokio::net::TcpListener;
 
 use crate::cli::{CheckConfigArgs, ServeArgs};
@@ -140,20 +140,25 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         tag_ttl = ?settings.tag_ttl,
         offline = settings.offline,
         client_auth = settings.client_auth.is_some(),
+        tls = settings.tls.is_some(),
         "oci-cache serving"
     );
+    let tls = match &settings.tls {
+        Some(files) => Some(tls_server::acceptor(files)?),
+        None => None,
+    };
     match &settings.client_auth {
         Some(config) => {
             let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
             let service = AuthService::new(service, auth);
-            oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+            oci_cache_http::serve_tls(listener, service, tls, shutdown_signal()).await?;
         }
         None => {
             for name in client_auth::exposed_credentialed_upstreams(&mirrors) {
                 tracing::warn!(upstream = %name,
                     "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
             }
-            oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+            oci_cache_http::serve_tls(listener, service, tls, shutdown_signal()).await?;
         }
     }
     tracing::info!("oci-cache stopped");

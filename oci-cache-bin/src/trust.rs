@@ -1,10 +1,12 @@
 //! Settings of the mirror's own trust boundary: client authentication
-//! (`--htpasswd`, `[auth]`, per-upstream `access`).
+//! (`--htpasswd`, `[auth]`, per-upstream `access`) and TLS (`--tls-cert`,
+//! `--tls-key`, `--tls-client-ca`, `[tls]`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use oci_cache_http::client_auth::{Access, ClientAuthConfig};
+use oci_cache_http::tls_server::TlsFiles;
 use serde::Deserialize;
 
 use crate::config::StorageConfig;
@@ -53,4 +55,38 @@ pub(crate) fn client_auth(
         access,
         private_digests,
     }))
+}
+
+/// The `[tls]` table (the mirror's serving certificate, not an upstream's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+/// The serving certificate from the flags over the file; `None` serves plain HTTP.
+pub(crate) fn tls(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: Option<&PathBuf>,
+    file: Option<TlsFile>,
+) -> Result<Option<TlsFiles>, String> {
+    let file = file.unwrap_or_default();
+    let cert = cert.cloned().or(file.cert);
+    let key = key.cloned().or(file.key);
+    let client_ca = client_ca.cloned().or(file.client_ca);
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err("--tls-client-ca needs --tls-cert and --tls-key".to_owned()),
+        _ => Err(
+            "--tls-cert and --tls-key (or [tls] cert and key) must be given together".to_owned(),
+        ),
+    }
 }

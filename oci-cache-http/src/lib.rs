@@ -73,11 +73,12 @@ mod handlers;
 mod routes;
 mod server;
 mod service;
+pub mod tls_server;
 pub mod upstream;
 mod wire;
 
 pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, OciErrorCode, Result};
-pub use server::serve;
+pub use server::{serve, serve_tls};
 pub use service::{service, AppState, Engine, OciService};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

@@ -1,5 +1,5 @@
-//! Accepting connections: HTTP/1.1 and cleartext HTTP/2 (h2c) on one port,
-//! with graceful shutdown.
+//! Accepting connections: HTTP/1.1 and HTTP/2 (h2c, or over TLS) on one
+//! port, with graceful shutdown.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,6 +10,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use std::convert::Infallible;
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -49,6 +52,25 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    serve_tls(listener, service, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given (see [`tls_server`](crate::tls_server)):
+/// HTTP/2 or HTTP/1.1 as ALPN agrees.
+pub async fn serve_tls<S>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.
     builder
@@ -60,6 +82,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_send_buf_size(MAX_BUFFERED);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -79,12 +102,33 @@ where
                     request.extensions_mut().insert(PeerAddr(peer));
                     inner.call(request)
                 });
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), with_peer)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
+                    let result = match tls {
+                        None => {
+                            let connection = builder.serve_connection(TokioIo::new(stream), with_peer);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                            let stream = match handshake.await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder.serve_connection(TokioIo::new(stream), with_peer);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

@@ -208,3 +208,209 @@ fn credentialed_upstreams_without_client_auth_are_warned_about() {
     );
     assert!(!log.contains(ORIGIN_PASSWORD));
 }
+
+/// Runs `openssl` with `args` in `dir`, panicking with its stderr on failure.
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed; run scripts/install-test-deps");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A test CA (`ca.crt`) and two server certificates for 127.0.0.1 signed by
+/// it, `first.{crt,key}` and `second.{crt,key}` (CN first / second).
+fn test_pki(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=oci-cache e2e CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &ca);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for name in ["first", "second"] {
+        let subject = format!("/CN={name}");
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let mut req = vec!["req", "-subj", &subject, "-keyout", &key, "-out", &csr];
+        req.extend(ec);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                &crt,
+            ],
+        );
+    }
+}
+
+/// Replaces `dest` with `src` in one rename, as a secret volume update does.
+fn replace(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// The subject and ALPN protocol `openssl s_client` sees on `host`.
+fn handshake(dir: &Path, host: &str) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            host,
+            "-CAfile",
+            "ca.crt",
+            "-alpn",
+            "h2,http/1.1",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn skopeo_pulls_over_tls_with_credentials_through_a_certificate_rotation() {
+    if !tools_available("skopeo_pulls_over_tls_with_credentials_through_a_certificate_rotation") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    test_pki(&pki);
+    // skopeo reads CA certificates from *.crt files of --src-cert-dir.
+    let certs = work.path().join("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(pki.join("ca.crt"), certs.join("ca.crt")).unwrap();
+    let serving = work.path().join("serving");
+    std::fs::create_dir_all(&serving).unwrap();
+    replace(&pki.join("first.crt"), &serving.join("tls.crt"));
+    replace(&pki.join("first.key"), &serving.join("tls.key"));
+
+    let app = crate::support::image::build_image(
+        &work.path().join("app"),
+        "v1",
+        &crate::support::image::ImageSpec::new(1103, 6, 6 << 20),
+    );
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    let clients = work.path().join("clients");
+    htpasswd(&clients, "node", CLIENT_PASSWORD);
+    let config = format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[auth]\nhtpasswd = \"{clients}\"\n\n\
+         [[upstream]]\nname = \"origin.test\"\nurl = \"{origin}\"\naccess = \"authenticated\"\n",
+        cert = serving.join("tls.crt").display(),
+        key = serving.join("tls.key").display(),
+        clients = clients.display(),
+        origin = origin.url(),
+    );
+    let mirror = Mirror::start_tls_with_args(
+        &[
+            "--config",
+            "{dir}/oci-cache.toml",
+            "--storage-dir",
+            "{dir}/storage",
+            "--default-upstream",
+            "origin.test",
+        ],
+        &[("oci-cache.toml", &config)],
+    );
+    let host = mirror.host();
+    let first = handshake(&pki, &host);
+    assert!(
+        first.contains("CN=first") || first.contains("CN = first"),
+        "{first}"
+    );
+    assert!(first.contains("ALPN protocol: h2"), "{first}");
+
+    let cert_dir = certs.display().to_string();
+    let creds = format!("node:{CLIENT_PASSWORD}");
+    let image = format!("{host}/e2e/app:v1");
+    let anonymous = skopeo::copy_with(
+        &image,
+        &work.path().join("c0"),
+        &["--src-cert-dir", &cert_dir],
+    )
+    .unwrap_err();
+    assert!(
+        anonymous.contains("401") || anonymous.to_lowercase().contains("unauthorized"),
+        "{anonymous}"
+    );
+
+    // Rotate the certificate back and forth while the pull runs.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rotator = {
+        let (done, pki, serving) = (done.clone(), pki.clone(), serving.clone());
+        std::thread::spawn(move || {
+            let mut rotations = 0;
+            for name in ["second", "first"].iter().cycle() {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                replace(&pki.join(format!("{name}.key")), &serving.join("tls.key"));
+                replace(&pki.join(format!("{name}.crt")), &serving.join("tls.crt"));
+                rotations += 1;
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            rotations
+        })
+    };
+    let got = skopeo::copy_with(
+        &image,
+        &work.path().join("c1"),
+        &["--src-cert-dir", &cert_dir, "--src-creds", &creds],
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rotations = rotator.join().unwrap();
+    assert_eq!(got.unwrap().digest, app.digest);
+    let reloads = mirror.log().matches("reloaded the TLS certificate").count();
+    eprintln!("{rotations} rotations, {reloads} reloads during the pull");
+    assert!(reloads >= 1, "no reload happened while the pull ran");
+
+    // New handshakes get the rotated certificate.
+    replace(&pki.join("second.key"), &serving.join("tls.key"));
+    replace(&pki.join("second.crt"), &serving.join("tls.crt"));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = handshake(&pki, &host);
+    assert!(
+        second.contains("CN=second") || second.contains("CN = second"),
+        "{second}"
+    );
+    assert!(mirror.log().contains("reloaded the TLS certificate"));
+}

@@ -18,7 +18,7 @@ mod chain;
 mod options;
 mod registry;
 mod request;
-mod tls;
+pub(crate) mod tls;
 mod transport;
 mod trust;
 
