@@ -2,6 +2,7 @@
 //! port, with graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -9,17 +10,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use tokio_rustls::TlsAcceptor;
-
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use tokio_rustls::TlsAcceptor;
+
 use crate::client_auth::PeerAddr;
 use crate::Result;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight requests may run after shutdown was asked for.
 const GRACE: Duration = Duration::from_secs(30);
@@ -35,41 +35,42 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// send. Throughput on loopback is unchanged (measured with wrk).
 const MAX_BUFFERED: usize = 64 * 1024;
 
-/// Serves `service` (an [`OciService`](crate::OciService), or one wrapping
-/// it) on `listener` until `shutdown` completes, then waits up to 30 s for
-/// in-flight requests (a blob download may take longer; it is cut). Each
-/// request carries the client's [`PeerAddr`] in its extensions.
-pub async fn serve<S>(
+/// Serves `service` on `listener` until `shutdown` completes, then waits up
+/// to 30 s for in-flight requests (a blob download may take longer; it is cut).
+/// Each request carries the client's [`PeerAddr`] in its extensions.
+///
+/// `service` is any hyper service: an [`OciService`](crate::OciService), or
+/// one that wraps or routes to it (e.g. an axum `Router` through
+/// `hyper_util::service::TowerToHyperService`).
+pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     serve_tls(listener, service, None, shutdown).await
 }
 
 /// [`serve`] over TLS when `tls` is given (see [`tls_server`](crate::tls_server)):
 /// HTTP/2 or HTTP/1.1 as ALPN agrees.
-pub async fn serve_tls<S>(
+pub async fn serve_tls<S, B>(
     listener: TcpListener,
     service: S,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.

@@ -13,6 +13,8 @@ mod support;
 mod api;
 mod auth;
 mod chain;
+mod embed;
+mod observe;
 mod resilience;
 mod routing;
 mod trust;

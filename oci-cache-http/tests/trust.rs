@@ -44,10 +44,7 @@ impl Refusals {
 
 fn client_with(mirrors: MirrorConfig, proxy: ProxyConfig) -> (HyperUpstream, Arc<Refusals>) {
     let refusals = Arc::new(Refusals::default());
-    let options = UpstreamOptions {
-        proxy,
-        ..UpstreamOptions::default()
-    };
+    let options = UpstreamOptions::default().with_proxy(proxy);
     let up = HyperUpstream::new(Arc::new(mirrors), options)
         .unwrap()
         .with_observer(refusals.clone());
@@ -93,10 +90,7 @@ fn with_authorization(mock: &MockRegistry) -> usize {
 /// A mapping proxy and the mirrors whose origin is `http://NAME:PORT`.
 async fn named(hosts: &[(&str, &str)], origin: &str) -> (ConnectProxy, MirrorConfig, ProxyConfig) {
     let proxy = ConnectProxy::start_with_hosts(hosts).await;
-    let config = ProxyConfig::Explicit {
-        url: proxy.url(),
-        no_proxy: String::new(),
-    };
+    let config = ProxyConfig::explicit(proxy.url(), "");
     (proxy, mirrors(origin), config)
 }
 

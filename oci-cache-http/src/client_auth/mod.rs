@@ -38,7 +38,7 @@ use self::htpasswd::HtpasswdFile;
 use self::limiter::FailureLimiter;
 use self::provenance::PrivateDigests;
 use crate::body::Body;
-use crate::error::{ApiError, OciErrorCode};
+use crate::error::{OciError, OciErrorCode};
 use crate::routes::{self, Route, Target};
 use crate::wire::DOCKER_CONTENT_DIGEST;
 use crate::{OciService, Result};
@@ -158,7 +158,7 @@ impl ClientAuth {
     }
 
     fn unauthorized(&self, message: &str) -> Response<Body> {
-        let mut response = ApiError::new(
+        let mut response = OciError::new(
             StatusCode::UNAUTHORIZED,
             OciErrorCode::Unauthorized,
             message,
@@ -193,7 +193,7 @@ impl AuthService {
             Some((user, password)) => {
                 let client = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
                 if let Some(wait) = auth.limiter.blocked(client) {
-                    let mut error = ApiError::new(
+                    let mut error = OciError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         OciErrorCode::TooManyRequests,
                         "too many failed logins from this address; wait and retry",
@@ -222,7 +222,7 @@ impl AuthService {
             request.method(),
             uri.path(),
             uri.query(),
-            self.inner.state().mirrors(),
+            self.inner.mirrors(),
         );
         let private_target = match &route {
             Ok(Route::Ping | Route::Catalog { .. }) if !authenticated => {
@@ -281,7 +281,7 @@ impl AuthService {
         {
             return None;
         }
-        let upstream = self.inner.state().engine().upstream();
+        let upstream = self.inner.engine().upstream();
         let repository = &target.repository;
         let found = match route {
             Route::Blob { digest, .. } => upstream
@@ -306,7 +306,7 @@ impl AuthService {
             Route::Manifest { .. } => (OciErrorCode::ManifestUnknown, "manifest"),
             _ => (OciErrorCode::BlobUnknown, "blob"),
         };
-        Some(ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} unknown")).into_response())
+        Some(OciError::new(StatusCode::NOT_FOUND, code, format!("{what} unknown")).into_response())
     }
 }
 

@@ -17,6 +17,7 @@ mod breaker;
 mod chain;
 mod options;
 mod registry;
+mod report;
 mod request;
 pub(crate) mod tls;
 mod transport;
@@ -47,7 +48,6 @@ pub struct HyperUpstream {
     auth: AuthCache,
     breakers: Breakers,
     options: UpstreamOptions,
-    /// Told about refused realms and redirects.
     observer: SharedObserver,
     refusals: RefusalLog,
 }
@@ -87,7 +87,8 @@ impl HyperUpstream {
         })
     }
 
-    /// Reports refused realms and redirects to `observer`.
+    /// Reports every attempt on an endpoint, blob body ends, breaker
+    /// changes and refused realms and redirects to `observer`.
     pub fn with_observer(mut self, observer: SharedObserver) -> Self {
         self.observer = observer;
         self
