@@ -224,8 +224,9 @@ fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-/// A test CA (`ca.crt`) and two server certificates for 127.0.0.1 signed by
-/// it, `first.{crt,key}` and `second.{crt,key}` (CN first / second).
+/// A test CA (`ca.crt`), two server certificates for 127.0.0.1 signed by
+/// it, `first.{crt,key}` and `second.{crt,key}` (CN first / second), and a
+/// client certificate `client.{crt,key}`.
 fn test_pki(dir: &Path) {
     let ec = [
         "-newkey",
@@ -246,8 +247,14 @@ fn test_pki(dir: &Path) {
     ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
     openssl(dir, &ca);
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    for name in ["first", "second"] {
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["first", "second", "client"] {
         let subject = format!("/CN={name}");
+        let ext = if name == "client" {
+            "client.ext"
+        } else {
+            "san.ext"
+        };
         let (key, csr, crt) = (
             format!("{name}.key"),
             format!("{name}.csr"),
@@ -271,7 +278,7 @@ fn test_pki(dir: &Path) {
                 "-days",
                 "2",
                 "-extfile",
-                "san.ext",
+                ext,
                 "-out",
                 &crt,
             ],
@@ -434,12 +441,18 @@ struct KeptConnection {
 
 impl KeptConnection {
     fn open(pki: &Path, host: &str) -> KeptConnection {
+        KeptConnection::open_with(pki, host, &[])
+    }
+
+    /// With extra `s_client` arguments (`-cert`, `-key`).
+    fn open_with(pki: &Path, host: &str, extra: &[&str]) -> KeptConnection {
         use std::io::BufRead;
         use std::process::Stdio;
         let mut child = Command::new("openssl")
             .args([
                 "s_client", "-quiet", "-connect", host, "-CAfile", "ca.crt", "-alpn", "http/1.1",
             ])
+            .args(extra)
             .current_dir(pki)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -466,6 +479,20 @@ impl KeptConnection {
         stdin.flush().unwrap();
     }
 
+    /// The status line of the next response, `None` when the connection closed.
+    fn status(&self) -> Option<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains("HTTP/1.1 ") => return Some(line),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(e) => panic!("no answer on the kept connection: {e}"),
+            }
+        }
+        None
+    }
+
     fn expect_status(&self, status: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
@@ -488,4 +515,53 @@ impl Drop for KeptConnection {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[test]
+fn a_client_ca_makes_clients_present_a_certificate() {
+    if !tools_available("a_client_ca_makes_clients_present_a_certificate") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    test_pki(&pki);
+    let mirror = Mirror::start_tls_with_args(
+        &[
+            "--storage-dir",
+            "{dir}/storage",
+            "--upstream",
+            "origin.test=http://127.0.0.1:9",
+            "--default-upstream",
+            "origin.test",
+            "--tls-cert",
+            &pki.join("first.crt").display().to_string(),
+            "--tls-key",
+            &pki.join("first.key").display().to_string(),
+            "--tls-client-ca",
+            &pki.join("ca.crt").display().to_string(),
+        ],
+        &[],
+    );
+    let host = mirror.host();
+    let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut with_cert =
+        KeptConnection::open_with(&pki, &host, &["-cert", "client.crt", "-key", "client.key"]);
+    with_cert.send(&request);
+    with_cert.expect_status("HTTP/1.1 200");
+    let mut without = KeptConnection::open(&pki, &host);
+    without.send(&request);
+    assert_eq!(
+        without.status(),
+        None,
+        "served a client without a certificate"
+    );
+    // A certificate from another CA is refused as well.
+    let mut other = KeptConnection::open_with(&pki, &host, &["-cert", "ca.crt", "-key", "ca.key"]);
+    other.send(&request);
+    assert_eq!(
+        other.status(),
+        None,
+        "served a client with a self-signed certificate"
+    );
 }
