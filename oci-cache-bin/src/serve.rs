@@ -70,6 +70,14 @@ pub(crate) fn check_config(
                 let chain: Vec<&str> = upstream.chain().iter().map(|e| e.url.as_str()).collect();
                 let _ = writeln!(out, "upstream {}: {}", upstream.name, chain.join(" -> "));
             }
+            let trust = crate::trust::describe(
+                settings.tls.as_ref(),
+                settings.client_auth.as_ref(),
+                &settings.mirrors,
+            );
+            for line in trust {
+                let _ = writeln!(out, "{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(message) => {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_http::client_auth::{Access, ClientAuthConfig};
 use oci_cache_http::tls_server::TlsFiles;
 use serde::Deserialize;
@@ -89,4 +90,63 @@ pub(crate) fn tls(
             "--tls-cert and --tls-key (or [tls] cert and key) must be given together".to_owned(),
         ),
     }
+}
+
+/// The trust settings as `check-config` prints them: TLS, client
+/// authentication, and per upstream who may read it and whose credentials
+/// it uses (never a password).
+pub(crate) fn describe(
+    tls: Option<&TlsFiles>,
+    client_auth: Option<&ClientAuthConfig>,
+    mirrors: &MirrorConfig,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    lines.push(match tls {
+        Some(files) => format!(
+            "tls: cert {} key {}{}",
+            files.cert.display(),
+            files.key.display(),
+            files
+                .client_ca
+                .as_ref()
+                .map(|ca| format!(", client certificates from {}", ca.display()))
+                .unwrap_or_default()
+        ),
+        None => "tls: off (plain HTTP)".to_owned(),
+    });
+    lines.push(match client_auth {
+        Some(auth) => format!("client auth: htpasswd {}", auth.htpasswd.display()),
+        None => "client auth: off".to_owned(),
+    });
+    for upstream in &mirrors.upstreams {
+        let users: Vec<String> = upstream
+            .endpoints
+            .iter()
+            .chain([&upstream.origin])
+            .filter_map(|e| e.credentials.as_ref())
+            .map(|c| format!("{} (password <redacted>)", c.username))
+            .collect();
+        let access = match client_auth {
+            Some(auth) => match auth.access.get(upstream.name.as_str()) {
+                Some(access) => *access,
+                None => Access::default_for(upstream),
+            },
+            None => Access::Public,
+        };
+        let access = match access {
+            Access::Public => "public",
+            Access::Authenticated => "authenticated",
+        };
+        let mut line = format!("upstream {}: access {access}", upstream.name);
+        if !users.is_empty() {
+            line.push_str(&format!("; credentials: {}", users.join(", ")));
+            if client_auth.is_none() {
+                line.push_str(
+                    " — WARNING: anyone who reaches the port can read it; set --htpasswd",
+                );
+            }
+        }
+        lines.push(line);
+    }
+    lines
 }

@@ -565,3 +565,75 @@ fn a_client_ca_makes_clients_present_a_certificate() {
         "served a client with a self-signed certificate"
     );
 }
+
+fn check_config(config: &Path) -> String {
+    let out = Command::new(crate::support::mirror::oci_cache_bin())
+        .args(["check-config", &config.display().to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn check_config_shows_access_and_credentials_never_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("robot"), format!("{ORIGIN_PASSWORD}\n")).unwrap();
+    let upstreams = format!(
+        "default_upstream = \"public.test\"\n\n[[upstream]]\nname = \"private.test\"\nurl = \"https://private.test\"\n\
+         credentials = {{ username = \"robot\", password_file = \"{}\" }}\n\n\
+         [[upstream]]\nname = \"public.test\"\nurl = \"https://public.test\"\n\
+         credentials = {{ username = \"anon\", password = \"{CLIENT_PASSWORD}\" }}\n",
+        dir.path().join("robot").display()
+    );
+    let open = dir.path().join("open.toml");
+    std::fs::write(&open, &upstreams).unwrap();
+    let out = check_config(&open);
+    assert!(out.contains("client auth: off"), "{out}");
+    assert!(out.contains("tls: off"), "{out}");
+    assert!(
+        out.contains("upstream private.test: access public; credentials: robot (password <redacted>) — WARNING"),
+        "{out}"
+    );
+
+    let guarded = dir.path().join("guarded.toml");
+    std::fs::write(
+        &guarded,
+        format!(
+            "{}access = \"public\"\n\n\
+             [tls]\ncert = \"/etc/oci-cache/tls.crt\"\nkey = \"/etc/oci-cache/tls.key\"\n\n\
+             [auth]\nhtpasswd = \"/etc/oci-cache/htpasswd\"\n",
+            upstreams
+        ),
+    )
+    .unwrap();
+    let out = check_config(&guarded);
+    assert!(
+        out.contains("client auth: htpasswd /etc/oci-cache/htpasswd"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tls: cert /etc/oci-cache/tls.crt key /etc/oci-cache/tls.key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("upstream private.test: access authenticated; credentials: robot"),
+        "{out}"
+    );
+    assert!(
+        out.contains("upstream public.test: access public; credentials: anon"),
+        "{out}"
+    );
+    assert!(!out.contains("WARNING"), "{out}");
+    for secret in [ORIGIN_PASSWORD, CLIENT_PASSWORD] {
+        assert!(
+            !out.contains(secret),
+            "check-config printed a password: {out}"
+        );
+    }
+}
