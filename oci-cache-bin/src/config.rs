@@ -287,7 +287,10 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.origin.credentials = entry.credentials;
     upstream.origin.tls = entry.tls;
     upstream.origin.token_realms = entry.token_realms;
-    upstream.origin.redirect_hosts = entry.redirect_hosts;
+    // Empty keeps what UpstreamConfig::new knows the origin needs.
+    if !entry.redirect_hosts.is_empty() {
+        upstream.origin.redirect_hosts = entry.redirect_hosts;
+    }
     upstream.origin.allow_private_targets = entry.allow_private_targets;
     Ok(upstream)
 }

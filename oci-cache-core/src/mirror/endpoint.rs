@@ -412,6 +412,27 @@ mod tests {
     }
 
     #[test]
+    fn registry_k8s_io_may_redirect_manifests_to_artifact_registry() {
+        use crate::mirror::{MirrorConfig, UpstreamConfig};
+        let k8s = UpstreamConfig::new(
+            Registry::new("registry.k8s.io").unwrap(),
+            "https://registry.k8s.io",
+        );
+        assert_eq!(k8s.origin.redirect_hosts, ["*.pkg.dev"]);
+        let common = MirrorConfig::common();
+        assert_eq!(
+            common
+                .lookup("registry.k8s.io")
+                .unwrap()
+                .origin
+                .redirect_hosts,
+            ["*.pkg.dev"]
+        );
+        let other = UpstreamConfig::new(Registry::new("ghcr.io").unwrap(), "https://ghcr.io");
+        assert!(other.origin.redirect_hosts.is_empty());
+    }
+
+    #[test]
     fn missing_or_ambiguous_passwords_are_refused_with_the_reason() {
         let cases = [
             ("username = \"u\"", "exactly one"),

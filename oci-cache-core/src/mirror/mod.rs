@@ -53,12 +53,18 @@ pub struct UpstreamConfig {
 
 impl UpstreamConfig {
     /// An upstream `name` whose origin is `origin_url`, with no mirrors or aliases.
+    ///
+    /// A well-known origin gets the redirect hosts it needs: `registry.k8s.io`
+    /// redirects every request, manifests included, to the nearest Artifact
+    /// Registry region (`*.pkg.dev`).
     pub fn new(name: Registry, origin_url: impl Into<String>) -> Self {
+        let mut origin = Endpoint::new(origin_url);
+        origin.redirect_hosts = known_redirect_hosts(&origin.url);
         UpstreamConfig {
             name,
             aliases: Vec::new(),
             endpoints: Vec::new(),
-            origin: Endpoint::new(origin_url),
+            origin,
             skip_fallback: false,
         }
     }
@@ -152,6 +158,20 @@ impl UpstreamConfig {
     }
 }
 
+/// Hosts a well-known origin redirects manifest requests to (see
+/// [`Endpoint::redirect_hosts`]).
+fn known_redirect_hosts(origin_url: &str) -> Vec<String> {
+    let host = origin_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', ':']).next())
+        .unwrap_or_default();
+    if host.eq_ignore_ascii_case("registry.k8s.io") {
+        vec!["*.pkg.dev".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// All configured upstreams and the default one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,8 +202,7 @@ impl MirrorConfig {
 
     /// The five common public registries, anonymous, Docker Hub by default:
     /// `docker.io` (origin `https://registry-1.docker.io`, aliases
-    /// `index.docker.io` and `registry-1.docker.io`), `registry.k8s.io`
-    /// (whose manifests may be redirected to `*.pkg.dev`),
+    /// `index.docker.io` and `registry-1.docker.io`), `registry.k8s.io`,
     /// `gcr.io`, `ghcr.io` and `quay.io`.
     pub fn common() -> Self {
         let hub = UpstreamConfig::new(
@@ -198,11 +217,6 @@ impl MirrorConfig {
                 constant_registry(name),
                 format!("https://{name}"),
             ));
-        }
-        // registry.k8s.io redirects every /v2/ request, manifests included,
-        // to the nearest Artifact Registry region.
-        if let Some(k8s) = upstreams.get_mut(1) {
-            k8s.origin.redirect_hosts = vec!["*.pkg.dev".to_owned()];
         }
         MirrorConfig {
             upstreams,
