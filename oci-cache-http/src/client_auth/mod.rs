@@ -44,6 +44,8 @@ use crate::wire::DOCKER_CONTENT_DIGEST;
 use crate::{OciService, Result};
 
 /// The client's address, put into each request's extensions by [`serve`](crate::serve).
+/// An embedder mounting [`AuthService`] elsewhere should insert it too:
+/// without it all clients share one failed-login budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -67,6 +69,12 @@ impl Access {
             Access::Public
         }
     }
+}
+
+/// Checks the text of an htpasswd file as [`ClientAuth`] reads it, returning
+/// the number of users (for validation tools and fuzzing).
+pub fn parse_htpasswd(text: &str) -> std::result::Result<usize, String> {
+    htpasswd::Htpasswd::parse(text).map(|h| h.len())
 }
 
 /// Whether any endpoint of `upstream` has credentials.
