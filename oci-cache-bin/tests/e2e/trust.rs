@@ -637,3 +637,73 @@ fn check_config_shows_access_and_credentials_never_passwords() {
         );
     }
 }
+
+#[test]
+fn credentials_reach_a_token_server_on_another_host_only_when_listed() {
+    if !tools_available("credentials_reach_a_token_server_on_another_host_only_when_listed") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 1104);
+    let root = work.path().join("origin-data");
+    seed_storage(&root, &app, "e2e/app:v1");
+    // The registry on 127.0.0.1 sends clients to a token server on 127.0.0.2.
+    let tokens = crate::support::token_server::TokenServer::start_on(
+        "127.0.0.2",
+        work.path(),
+        "e2e",
+        ORIGIN_PASSWORD,
+        300,
+        None,
+    );
+    let origin = Origin::start_on(&root, &tokens.registry_auth_config());
+    let upstream = |extra: &str| {
+        format!(
+            "default_upstream = \"origin.test\"\n[[upstream]]\nname = \"origin.test\"\nurl = \"{}\"\n\
+             credentials = {{ username = \"e2e\", password = \"{ORIGIN_PASSWORD}\" }}\n{extra}",
+            origin.url()
+        )
+    };
+    let args = [
+        "--config",
+        "{dir}/oci-cache.toml",
+        "--storage-dir",
+        "{dir}/storage",
+    ];
+
+    let bound = Mirror::start_with_args(&args, &[("oci-cache.toml", &upstream(""))]);
+    let err = skopeo::copy(
+        &format!("{}/e2e/app:v1", bound.host()),
+        &work.path().join("c1"),
+    )
+    .unwrap_err();
+    assert!(!err.is_empty());
+    assert_eq!(
+        tokens.issued() + tokens.refused(),
+        0,
+        "the token server on another host was contacted"
+    );
+    assert!(
+        bound
+            .log()
+            .contains("refused an upstream realm or redirect"),
+        "{}",
+        bound.log()
+    );
+
+    let listed = Mirror::start_with_args(
+        &args,
+        &[(
+            "oci-cache.toml",
+            &upstream("token_realms = [\"127.0.0.2\"]\n"),
+        )],
+    );
+    let got = skopeo::copy(
+        &format!("{}/e2e/app:v1", listed.host()),
+        &work.path().join("c2"),
+    )
+    .unwrap();
+    assert_eq!(got.digest, app.digest);
+    assert!(tokens.issued() >= 1);
+    assert_eq!(tokens.refused(), 0);
+}
