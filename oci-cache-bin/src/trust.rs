@@ -150,3 +150,53 @@ pub(crate) fn describe(
     }
     lines
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_needs_cert_and_key_together_and_flags_win() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(tls(None, None, None, None).unwrap(), None);
+        assert!(tls(Some(&p("c")), None, None, None)
+            .unwrap_err()
+            .contains("together"));
+        assert!(tls(None, None, Some(&p("ca")), None)
+            .unwrap_err()
+            .contains("--tls-cert"));
+        let file: TlsFile = toml::from_str("cert = \"fc\"\nkey = \"fk\"").unwrap();
+        let files = tls(Some(&p("c")), None, None, Some(file)).unwrap().unwrap();
+        assert_eq!(
+            (files.cert, files.key, files.client_ca),
+            (p("c"), p("fk"), None)
+        );
+    }
+
+    #[test]
+    fn access_without_htpasswd_is_refused_and_digests_default_to_the_storage_dir() {
+        let fs = StorageConfig::Filesystem {
+            dir: PathBuf::from("/data"),
+        };
+        let access: HashMap<String, Access> = [("a".to_owned(), Access::Public)].into();
+        assert!(client_auth(None, None, access.clone(), &fs)
+            .unwrap_err()
+            .contains("--htpasswd"));
+        let auth = client_auth(Some(&PathBuf::from("/h")), None, access, &fs)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            auth.private_digests,
+            Some(PathBuf::from("/data/_private-digests"))
+        );
+        assert_eq!(auth.realm, "oci-cache");
+        let memory = client_auth(
+            Some(&PathBuf::from("/h")),
+            None,
+            HashMap::new(),
+            &StorageConfig::Memory,
+        );
+        assert_eq!(memory.unwrap().unwrap().private_digests, None);
+    }
+}
