@@ -312,3 +312,145 @@ async fn a_mirror_with_a_refused_realm_falls_back_to_the_origin() {
     assert_eq!(tokens.count(), 0);
     assert_eq!(origin.count(), 1);
 }
+
+// ---------------------------------------------------------------- client authentication
+
+mod client_auth {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http::{Method, Request, StatusCode};
+    use http_body_util::{BodyExt, Empty};
+    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig, PeerAddr};
+
+    use super::*;
+
+    struct Guarded {
+        svc: AuthService,
+        _dir: tempfile::TempDir,
+    }
+
+    /// docker.io public, ghcr.io with credentials (so authenticated), one
+    /// client `node:pw` in the htpasswd file.
+    fn guarded() -> (Guarded, Arc<FakeUpstream>) {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            format!("node:{}\n", bcrypt::hash("pw", 4).unwrap()),
+        )
+        .unwrap();
+        let mut config = mirrors("http://127.0.0.1:9");
+        config.upstreams[1].origin.credentials = credentials();
+        let fake = Arc::new(FakeUpstream::default());
+        let inner = service_with(fake.clone(), config.clone());
+        let auth = ClientAuth::new(
+            &ClientAuthConfig {
+                htpasswd,
+                realm: "test-realm".into(),
+                access: Default::default(),
+                private_digests: None,
+            },
+            &config,
+        )
+        .unwrap();
+        let svc = AuthService::new(inner, Arc::new(auth));
+        (Guarded { svc, _dir: dir }, fake)
+    }
+
+    async fn get(
+        g: &Guarded,
+        uri: &str,
+        authorization: Option<&str>,
+        peer: [u8; 4],
+    ) -> (StatusCode, http::HeaderMap, Bytes) {
+        let mut request = Request::builder().method(Method::GET).uri(uri);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let mut request = request.body(Empty::<Bytes>::new()).unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr(SocketAddr::from((peer, 40000))));
+        let response = g.svc.handle(request).await;
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    const NODE: &str = "Basic bm9kZTpwdw=="; // node:pw
+    const WRONG: &str = "Basic bm9kZTpubw=="; // node:no
+    const EMPTY: &str = "Basic Og=="; // ":" as containers/image sends without credentials
+
+    #[tokio::test]
+    async fn public_upstreams_are_anonymous_authenticated_ones_need_the_htpasswd_user() {
+        let (g, fake) = guarded();
+        let digest = fake.add_blob(BlobScript::new(b"layer"));
+        let public = format!("/v2/library/alpine/blobs/{digest}");
+        let private = format!("/v2/ghcr.io/org/app/blobs/{digest}");
+
+        let (status, headers, _) = get(&g, "/v2/", None, [10, 0, 0, 1]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers["www-authenticate"], "Basic realm=\"test-realm\"");
+        assert_eq!(
+            get(&g, "/v2/", Some(NODE), [10, 0, 0, 1]).await.0,
+            StatusCode::OK
+        );
+
+        for anonymous in [None, Some(EMPTY)] {
+            let (status, _, body) = get(&g, &public, anonymous, [10, 0, 0, 1]).await;
+            assert_eq!((status, body.as_ref()), (StatusCode::OK, b"layer".as_ref()));
+            assert_eq!(
+                get(&g, &private, anonymous, [10, 0, 0, 1]).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        let calls = fake.calls().total();
+        assert_eq!(
+            get(&g, &private, Some(WRONG), [10, 0, 0, 1]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(&g, &public, Some(WRONG), [10, 0, 0, 1]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            fake.calls().total(),
+            calls,
+            "a refused request reached the upstream"
+        );
+        let (status, _, body) = get(&g, &private, Some(NODE), [10, 0, 0, 1]).await;
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, b"layer".as_ref()));
+    }
+
+    #[tokio::test]
+    async fn failed_logins_are_limited_per_client_address() {
+        let (g, _) = guarded();
+        let mut statuses = Vec::new();
+        for _ in 0..11 {
+            statuses.push(get(&g, "/v2/", Some(WRONG), [10, 0, 0, 2]).await.0);
+        }
+        assert!(
+            statuses[..10]
+                .iter()
+                .all(|s| *s == StatusCode::UNAUTHORIZED),
+            "{statuses:?}"
+        );
+        let (status, headers, _) = get(&g, "/v2/", Some(NODE), [10, 0, 0, 2]).await;
+        assert_eq!(statuses[10], StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the right password is not tried while blocked"
+        );
+        assert!(headers.contains_key("retry-after"));
+        // Another address is not affected.
+        assert_eq!(
+            get(&g, "/v2/", Some(NODE), [10, 0, 0, 3]).await.0,
+            StatusCode::OK
+        );
+    }
+}
