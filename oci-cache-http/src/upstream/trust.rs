@@ -106,12 +106,14 @@ pub(super) fn check(
     }
 }
 
-/// The lower-case host of `uri`, without IPv6 brackets.
+/// The lower-case host of `uri`, without IPv6 brackets or the trailing dot
+/// of a fully qualified name (`localhost.` is `localhost`).
 pub(super) fn host_of(uri: &Uri) -> String {
     uri.host()
         .unwrap_or_default()
         .trim_start_matches('[')
         .trim_end_matches(']')
+        .trim_end_matches('.')
         .to_ascii_lowercase()
 }
 
@@ -296,6 +298,8 @@ mod tests {
             "https://[fd00::1]/t",
             "https://[::ffff:192.168.1.1]/t",
             "https://localhost/t",
+            "https://LOCALHOST./t",
+            "https://a.localhost./t",
             "https://100.64.0.1/t",
             "https://0.0.0.0/t",
         ] {
