@@ -150,8 +150,21 @@ fn same_registrable_domain(a: &str, b: &str) -> bool {
 
 /// Loopback, link-local, private (RFC 1918, ULA), CGNAT or unspecified
 /// addresses, and `localhost` names.
+///
+/// Numeric hosts that are not canonical IP literals (`2130706433`, `127.1`,
+/// `0x7f.0.0.1`) count as internal: the resolver reads them as addresses
+/// (inet_aton), so they could hide a loopback address.
 pub(super) fn is_internal(host: &str) -> bool {
     if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    let numeric = host.split('.').all(|label| {
+        label.bytes().next().is_some_and(|b| b.is_ascii_digit())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')
+    });
+    if numeric && host.parse::<IpAddr>().is_err() {
         return true;
     }
     match host.parse::<IpAddr>() {
@@ -301,11 +314,16 @@ mod tests {
             "https://LOCALHOST./t",
             "https://a.localhost./t",
             "https://100.64.0.1/t",
+            "https://2130706433/t",
+            "https://127.1/t",
+            "https://0x7f.0.0.1/t",
             "https://0.0.0.0/t",
         ] {
             assert!(!ok(&public, Purpose::Blob, target, false), "{target}");
             assert!(!ok(&public, Purpose::Realm, target, false), "{target}");
         }
+        assert!(ok(&public, Purpose::Blob, "https://8.8.8.8/b", false));
+        assert!(ok(&public, Purpose::Blob, "https://1e100.net/b", false));
         let mut allowed = public.clone();
         allowed.allow_private_targets = true;
         assert!(ok(&allowed, Purpose::Blob, "https://10.1.2.3/b", false));
