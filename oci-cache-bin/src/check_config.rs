@@ -58,6 +58,13 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
     for upstream in &settings.mirrors.upstreams {
         writeln!(out, "{}", describe_upstream(upstream))?;
     }
+    for line in crate::trust::describe(
+        settings.tls.as_ref(),
+        settings.client_auth.as_ref(),
+        &settings.mirrors,
+    ) {
+        writeln!(out, "{line}")?;
+    }
     // Debug shows every knob; anything secret in them (proxy userinfo) is redacted there.
     writeln!(out, "[cache] {:?}", settings.cache)?;
     writeln!(out, "[upstream_client] {:?}", settings.upstream_client)?;

@@ -3,6 +3,7 @@
 //! Precedence, highest first: command-line flag, `OCI_CACHE_*` environment
 //! variable (clap reads them into the same flags), config file, built-in default.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use oci_cache_core::mirror::{
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
+use oci_cache_http::client_auth::{Access, ClientAuthConfig};
+use oci_cache_http::tls_server::TlsFiles;
 use serde::Deserialize;
 
 use oci_cache_core::cache::CacheOptions;
@@ -52,6 +55,8 @@ pub(crate) struct FileConfig {
     /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
     #[serde(skip)]
     compat_upstreams: Vec<UpstreamConfig>,
+    auth: Option<crate::trust::AuthFile>,
+    tls: Option<crate::trust::TlsFile>,
 }
 
 /// Which storage backend to use.
@@ -75,7 +80,7 @@ fn default_storage_dir() -> PathBuf {
 }
 
 /// One `[[upstream]]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpstreamEntry {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `registry.example:5000`).
@@ -93,6 +98,18 @@ struct UpstreamEntry {
     /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
     #[serde(default)]
     tls: EndpointTls,
+    /// Other hosts whose token servers may receive the origin's credentials.
+    #[serde(default)]
+    token_realms: Vec<String>,
+    /// Other hosts manifest and tag-list requests may be redirected to.
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
+    /// Allow realms and redirects on loopback/private addresses.
+    #[serde(default)]
+    allow_private_targets: bool,
+    /// Who may read this upstream when client authentication is on.
+    #[serde(default)]
+    access: Option<Access>,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -107,6 +124,10 @@ pub(crate) struct Settings {
     pub(crate) cache: CacheOptions,
     /// The upstream client's options (`[upstream_client]`, with `--offline` applied).
     pub(crate) upstream_client: UpstreamOptions,
+    /// Client authentication, when an htpasswd file is configured.
+    pub(crate) client_auth: Option<ClientAuthConfig>,
+    /// The serving certificate, when serving TLS.
+    pub(crate) tls: Option<TlsFiles>,
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -231,6 +252,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         upstream_client = upstream_client.with_offline(true);
     }
 
+    let mut access = HashMap::new();
     let mut upstreams = if !sources.upstreams.is_empty() {
         sources
             .upstreams
@@ -238,6 +260,11 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
             .map(|spec| upstream_from_flag(spec))
             .collect::<Result<Vec<_>, _>>()?
     } else if !file.upstreams.is_empty() || !file.compat_upstreams.is_empty() {
+        for entry in &file.upstreams {
+            if let Some(chosen) = entry.access {
+                access.insert(entry.name.clone(), chosen);
+            }
+        }
         let mut upstreams = file
             .upstreams
             .into_iter()
@@ -289,6 +316,14 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let client_auth =
+        crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
+    let tls = crate::trust::tls(
+        args.tls_cert.as_ref(),
+        args.tls_key.as_ref(),
+        args.tls_client_ca.as_ref(),
+        file.tls,
+    )?;
     Ok(Settings {
         config_file: sources.config.clone(),
         listen,
@@ -296,6 +331,8 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         mirrors,
         cache,
         upstream_client,
+        client_auth,
+        tls,
     })
 }
 
@@ -348,6 +385,22 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
         }
     }
     file.compat_upstreams = compat.upstreams;
+    // registry:2's serving certificate and htpasswd file, unless the TOML
+    // file has its own [tls] / [auth] (flags win over both, later).
+    if let (None, Some(tls)) = (&file.tls, compat.tls) {
+        file.tls = Some(crate::trust::TlsFile {
+            cert: tls.certificate,
+            key: tls.key,
+            client_ca: tls.client_ca,
+        });
+    }
+    if let (None, Some(htpasswd)) = (&file.auth, compat.htpasswd) {
+        file.auth = Some(crate::trust::AuthFile {
+            htpasswd: Some(htpasswd.path),
+            realm: htpasswd.realm,
+            ..Default::default()
+        });
+    }
     Ok(())
 }
 
@@ -425,11 +478,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
-        aliases: Vec::new(),
-        mirrors: Vec::new(),
-        skip_fallback: false,
-        credentials: None,
-        tls: EndpointTls::default(),
+        ..UpstreamEntry::default()
     })
 }
 
@@ -440,6 +489,12 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
     upstream.origin.tls = entry.tls;
+    upstream.origin.token_realms = entry.token_realms;
+    // Empty keeps what UpstreamConfig::new knows the origin needs.
+    if !entry.redirect_hosts.is_empty() {
+        upstream.origin.redirect_hosts = entry.redirect_hosts;
+    }
+    upstream.origin.allow_private_targets = entry.allow_private_targets;
     Ok(upstream)
 }
 

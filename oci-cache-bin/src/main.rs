@@ -16,6 +16,7 @@ mod progress;
 mod registry_compat;
 mod resolve;
 mod serve;
+mod trust;
 mod verify;
 mod walk;
 mod warm;

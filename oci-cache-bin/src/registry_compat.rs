@@ -10,8 +10,9 @@
 //! address and the storage (the first file that sets them wins; the others
 //! are reported). The environment applies over the first file, as
 //! registry:2 applies it over its one file. Sections this mirror does not
-//! use are listed in one warning. TLS and `auth` are refused, not ignored:
-//! the mirror does not serve TLS or check clients yet, and silently serving
+//! use are listed in one warning. `http.tls` becomes the mirror's serving
+//! certificate and `auth.htpasswd` its client authentication; any other
+//! `auth` scheme is refused, not ignored: silently serving
 //! plain, open HTTP where the operator asked for neither would be worse.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,26 @@ pub(crate) struct RegistrySettings {
     pub(crate) storage: Option<StorageConfig>,
     /// One per `proxy.remoteurl`, in file order (the environment's first).
     pub(crate) upstreams: Vec<UpstreamConfig>,
+    /// From `http.tls.certificate`/`key`/`clientcas` or `REGISTRY_HTTP_TLS_*`.
+    pub(crate) tls: Option<RegistryTls>,
+    /// From `auth.htpasswd` or `REGISTRY_AUTH_HTPASSWD_PATH`/`_REALM`.
+    pub(crate) htpasswd: Option<RegistryHtpasswd>,
+}
+
+/// registry:2's serving certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RegistryTls {
+    pub(crate) certificate: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    /// registry:2 takes a list; oci-cache trusts one CA file (the first).
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+/// registry:2's htpasswd client authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistryHtpasswd {
+    pub(crate) path: PathBuf,
+    pub(crate) realm: Option<String>,
 }
 
 /// One file (or the environment) as read, before merging.
@@ -43,9 +64,10 @@ struct Source {
     remote_url: Option<String>,
     username: Option<String>,
     password: Option<String>,
-    tls: bool,
-    htpasswd: Option<String>,
-    auth: bool,
+    tls: Option<RegistryTls>,
+    htpasswd: Option<RegistryHtpasswd>,
+    /// An `auth` scheme other than htpasswd (token, silly): refused.
+    other_auth: Option<String>,
     ignored: Vec<String>,
 }
 
@@ -107,17 +129,41 @@ fn parse(value: &Value, name: String) -> Result<Source, String> {
                 for (k, v) in entries(value) {
                     match k {
                         "addr" => source.addr = text(v),
-                        "tls" => source.tls = true,
+                        "tls" => {
+                            let path = |key: &str| v.get(key).and_then(text).map(PathBuf::from);
+                            let client_ca = v
+                                .get("clientcas")
+                                .and_then(|cas| cas.as_sequence())
+                                .and_then(|cas| cas.first())
+                                .and_then(text)
+                                .map(PathBuf::from);
+                            source.tls = Some(RegistryTls {
+                                certificate: path("certificate"),
+                                key: path("key"),
+                                client_ca,
+                            });
+                            for (k, _) in entries(v) {
+                                if !["certificate", "key", "clientcas"].contains(&k) {
+                                    source.ignored.push(format!("http.tls.{k}"));
+                                }
+                            }
+                        }
                         other => source.ignored.push(format!("http.{other}")),
                     }
                 }
             }
             "auth" => {
-                source.auth = true;
-                source.htpasswd = value
-                    .get("htpasswd")
-                    .and_then(|h| h.get("path"))
-                    .and_then(text);
+                for (scheme, v) in entries(value) {
+                    match (scheme, v.get("path").and_then(text)) {
+                        ("htpasswd", Some(path)) => {
+                            source.htpasswd = Some(RegistryHtpasswd {
+                                path: path.into(),
+                                realm: v.get("realm").and_then(text),
+                            })
+                        }
+                        (other, _) => source.other_auth = Some(other.to_owned()),
+                    }
+                }
             }
             "storage" => {
                 for (k, v) in entries(value) {
@@ -174,10 +220,17 @@ fn s3(value: &Value) -> S3Config {
 
 /// The variables registry:2 containers are started with in the seeds.
 fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
-    let tls = ["REGISTRY_HTTP_TLS_CERTIFICATE", "REGISTRY_HTTP_TLS_KEY"]
-        .iter()
-        .any(|k| env(k).is_some());
-    let htpasswd = env("REGISTRY_AUTH_HTPASSWD_PATH");
+    let certificate = env("REGISTRY_HTTP_TLS_CERTIFICATE").map(PathBuf::from);
+    let key = env("REGISTRY_HTTP_TLS_KEY").map(PathBuf::from);
+    let tls = (certificate.is_some() || key.is_some()).then_some(RegistryTls {
+        certificate,
+        key,
+        client_ca: None,
+    });
+    let htpasswd = env("REGISTRY_AUTH_HTPASSWD_PATH").map(|path| RegistryHtpasswd {
+        path: path.into(),
+        realm: env("REGISTRY_AUTH_HTPASSWD_REALM"),
+    });
     Source {
         name: "the REGISTRY_* environment".to_owned(),
         addr: env("REGISTRY_HTTP_ADDR"),
@@ -187,8 +240,8 @@ fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
         username: env("REGISTRY_PROXY_USERNAME"),
         password: env("REGISTRY_PROXY_PASSWORD"),
         tls,
-        auth: htpasswd.is_some(),
         htpasswd,
+        other_auth: None,
         ignored: Vec::new(),
     }
 }
@@ -200,8 +253,9 @@ impl Source {
             || self.remote_url.is_some()
             || self.username.is_some()
             || self.password.is_some()
-            || self.tls
-            || self.auth
+            || self.tls.is_some()
+            || self.htpasswd.is_some()
+            || self.other_auth.is_some()
     }
 
     /// `other`'s settings over this one's.
@@ -212,9 +266,9 @@ impl Source {
         self.remote_url = other.remote_url.or(self.remote_url.take());
         self.username = other.username.or(self.username.take());
         self.password = other.password.or(self.password.take());
-        self.tls |= other.tls;
-        self.auth |= other.auth;
+        self.tls = other.tls.or(self.tls.take());
         self.htpasswd = other.htpasswd.or(self.htpasswd.take());
+        self.other_auth = other.other_auth.or(self.other_auth.take());
     }
 }
 
@@ -222,22 +276,32 @@ fn merge(sources: Vec<Source>) -> Result<RegistrySettings, String> {
     let mut settings = RegistrySettings::default();
     let mut ignored: Vec<String> = Vec::new();
     for source in sources {
-        if source.tls {
+        if let Some(scheme) = &source.other_auth {
             return Err(format!(
-                "{}: http.tls (REGISTRY_HTTP_TLS_*) is set, but oci-cache does not serve TLS yet; terminate TLS in front of it and remove the setting",
+                "{}: auth.{scheme} is set, but oci-cache checks clients only with htpasswd; use auth.htpasswd (or --htpasswd) instead",
                 source.name
             ));
         }
-        if source.auth {
-            return Err(format!(
-                "{}: auth{} is set, but oci-cache does not check clients yet; put an authenticating proxy in front of it and remove the setting",
-                source.name,
-                source
-                    .htpasswd
-                    .as_deref()
-                    .map(|p| format!(" (htpasswd {p})"))
-                    .unwrap_or_default()
-            ));
+        // One process serves one certificate and one htpasswd file: the first wins.
+        if let Some(tls) = source.tls {
+            match &settings.tls {
+                None => settings.tls = Some(tls),
+                Some(first) if *first != tls => ignored.push(format!(
+                    "http.tls of {} (one process serves the first)",
+                    source.name
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(htpasswd) = source.htpasswd {
+            match &settings.htpasswd {
+                None => settings.htpasswd = Some(htpasswd),
+                Some(first) if *first != htpasswd => ignored.push(format!(
+                    "auth.htpasswd of {} (one process checks the first)",
+                    source.name
+                )),
+                Some(_) => {}
+            }
         }
         if let Some(addr) = source.addr.as_deref().map(listen_address) {
             match &settings.listen {
@@ -470,22 +534,53 @@ proxy:
     }
 
     #[test]
-    fn tls_and_auth_are_refused_with_what_to_do() {
-        let env = |k: &str| (k == "REGISTRY_HTTP_TLS_CERTIFICATE").then(|| "/c.pem".to_owned());
-        let err = load(&[], &env).unwrap_err();
-        assert!(
-            err.contains("does not serve TLS yet") && err.contains("terminate TLS"),
-            "{err}"
+    fn tls_and_htpasswd_become_the_mirrors_own_other_auth_is_refused() {
+        let env = |k: &str| match k {
+            "REGISTRY_HTTP_TLS_CERTIFICATE" => Some("/c.pem".to_owned()),
+            "REGISTRY_HTTP_TLS_KEY" => Some("/k.pem".to_owned()),
+            "REGISTRY_AUTH_HTPASSWD_PATH" => Some("/auth/htpasswd".to_owned()),
+            "REGISTRY_AUTH_HTPASSWD_REALM" => Some("Registry Realm".to_owned()),
+            _ => None,
+        };
+        let settings = load(&[], &env).unwrap();
+        assert_eq!(
+            settings.tls,
+            Some(RegistryTls {
+                certificate: Some("/c.pem".into()),
+                key: Some("/k.pem".into()),
+                client_ca: None,
+            })
+        );
+        assert_eq!(
+            settings.htpasswd,
+            Some(RegistryHtpasswd {
+                path: "/auth/htpasswd".into(),
+                realm: Some("Registry Realm".into()),
+            })
         );
         let dir = tempfile::tempdir().unwrap();
         let file = write(
             dir.path(),
             "c.yml",
-            "auth:\n  htpasswd:\n    realm: r\n    path: /auth/htpasswd\nproxy:\n  remoteurl: https://ghcr.io\n",
+            "http:\n  tls:\n    certificate: /etc/c.pem\n    key: /etc/k.pem\n    clientcas: [/etc/ca.pem]\nauth:\n  htpasswd:\n    realm: r\n    path: /auth/htpasswd\nproxy:\n  remoteurl: https://ghcr.io\n",
         );
-        let err = load(&[file], &no_env).unwrap_err();
+        let settings = load(&[file], &no_env).unwrap();
+        assert_eq!(
+            settings.tls.and_then(|t| t.client_ca),
+            Some(PathBuf::from("/etc/ca.pem"))
+        );
+        assert_eq!(
+            settings.htpasswd.map(|h| h.path),
+            Some("/auth/htpasswd".into())
+        );
+        let token = write(
+            dir.path(),
+            "t.yml",
+            "auth:\n  token:\n    realm: https://auth.example/token\n",
+        );
+        let err = load(&[token], &no_env).unwrap_err();
         assert!(
-            err.contains("htpasswd /auth/htpasswd") && err.contains("does not check clients"),
+            err.contains("auth.token") && err.contains("htpasswd"),
             "{err}"
         );
     }

@@ -17,4 +17,5 @@ mod embed;
 mod observe;
 mod resilience;
 mod routing;
+mod trust;
 mod upstream;

@@ -124,8 +124,14 @@ impl ServerProcess {
                 );
             }
             // Any HTTP answer means the server is up; what it answers is
-            // for the tests to judge.
-            if http::request(&self.host(), "GET", probe_path, &[]).is_ok() {
+            // for the tests to judge. An empty path (TLS servers) probes
+            // with a TCP connection only.
+            let up = if probe_path.is_empty() {
+                std::net::TcpStream::connect(self.host()).is_ok()
+            } else {
+                http::request(&self.host(), "GET", probe_path, &[]).is_ok()
+            };
+            if up {
                 return;
             }
             if start.elapsed() > timeout {
