@@ -10,7 +10,7 @@ use oci_cache_http::HyperUpstream;
 
 use crate::cli::CheckConfigArgs;
 use crate::config::{self, Settings, StorageConfig, EXIT_CONFIG};
-use crate::duration::format_duration;
+use oci_cache_core::duration::format_duration;
 
 /// Shown instead of a secret.
 const REDACTED: &str = "<redacted>";

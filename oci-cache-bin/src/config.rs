@@ -22,7 +22,7 @@ use oci_cache_core::cache::CacheOptions;
 use oci_cache_http::UpstreamOptions;
 
 use crate::cli::{ConfigArgs, ServeArgs};
-use crate::duration::parse_duration;
+use oci_cache_core::duration::parse_duration;
 
 /// Where `serve` listens when nothing says otherwise.
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";

@@ -7,7 +7,6 @@ mod check_config;
 mod cli;
 mod client_config;
 mod config;
-mod duration;
 mod engine;
 mod healthcheck;
 mod images;
