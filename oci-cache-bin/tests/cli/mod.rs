@@ -181,8 +181,13 @@ fn every_commented_block_of_the_example_passes_check_config() {
         }
         let path = dir.path().join(format!("block-{first}.toml"));
         std::fs::write(&path, edited.join("\n")).unwrap();
-        let out = oci_cache(&["check-config", path.to_str().unwrap()]);
+        // The credentials block reads its password from this variable.
+        let out = oci_cache_env(
+            &["check-config", path.to_str().unwrap()],
+            &[("DOCKERHUB_TOKEN", "dckr_pat_example")],
+        );
         let stdout = text(&out.stdout);
+        assert!(!stdout.contains("dckr_pat_example"), "{stdout}");
         assert_eq!(
             out.status.code(),
             Some(0),
