@@ -440,4 +440,104 @@ mod tests {
             "y = 2\n"
         );
     }
+
+    /// `oci-cache client-config ARGS…` parsed as the binary parses it.
+    fn parse(args: &[&str]) -> ClientConfigArgs {
+        use clap::Parser as _;
+        let argv = ["oci-cache", "client-config"].iter().chain(args);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::ClientConfig(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_upstream_flag_defines_with_a_url_and_selects_without() {
+        let args = parse(&[
+            "k3s",
+            "--mirror",
+            "http://m:5000",
+            "--default-upstream",
+            "b.test",
+            "--upstream",
+            "b.test=http://127.0.0.1:9",
+            "--upstream",
+            "c.test=http://127.0.0.1:10",
+            "--upstream",
+            "c.test",
+        ]);
+        let text = String::from_utf8({
+            let mut out = Vec::new();
+            emit(&generate(&args).unwrap(), None, false, &mut out).unwrap();
+            out
+        })
+        .unwrap();
+        assert!(text.contains("\"c.test\":"), "{text}");
+        assert!(!text.contains("b.test"), "{text}");
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_or_variable_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let file = file.display().to_string();
+        let base = ["k3s", "--mirror", "http://m:5000"];
+        let with = |extra: &[&str]| {
+            let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+            credentials(&parse(&all))
+        };
+        let auth = with(&["--username", "node", "--password-file", &file])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("node", "s3cret")
+        );
+        assert_eq!(with(&[]).unwrap(), None);
+        let err = with(&["--username", "node"]).unwrap_err();
+        assert!(
+            err.contains("--password-file FILE or --password-env VAR"),
+            "{err}"
+        );
+        let err = with(&[
+            "--username",
+            "node",
+            "--password-file",
+            &file,
+            "--password-env",
+            "HOME",
+        ])
+        .unwrap_err();
+        assert!(err.contains("exactly one"), "{err}");
+        let err = with(&["--password-file", &file]).unwrap_err();
+        assert!(err.contains("need --username"), "{err}");
+        let err = with(&["--username", "a:b", "--password-file", &file]).unwrap_err();
+        assert!(err.contains("no ':'"), "{err}");
+        let err = with(&[
+            "--username",
+            "node",
+            "--password-env",
+            "OCI_CACHE_TEST_UNSET_9F",
+        ])
+        .unwrap_err();
+        assert!(err.contains("OCI_CACHE_TEST_UNSET_9F"), "{err}");
+    }
+
+    #[test]
+    fn files_with_credentials_are_written_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![GeneratedFile {
+            path: "registries.yaml".into(),
+            contents: "configs: {}\n".into(),
+        }];
+        let path = dir.path().join("registries.yaml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        emit(&files, Some(dir.path()), true, &mut Vec::new()).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "configs: {}\n");
+    }
 }
