@@ -4,8 +4,9 @@
 //!
 //! Each KIND is rendered by [`render`] into a list of files (relative paths
 //! and contents); this module parses the arguments, picks the upstreams and
-//! writes or prints the files. Mirror authentication is not generated yet:
-//! the mirror does not check clients.
+//! writes or prints the files. With `--username`, each KIND carries the
+//! mirror's client credentials where its client can send them to a mirror,
+//! and says so (in the file and on stderr) where it cannot.
 
 mod render;
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
+use oci_cache_core::mirror::{Credentials, MirrorConfig, UpstreamConfig};
 
 use crate::cli::ConfigArgs;
 use crate::config;
@@ -32,11 +33,6 @@ pub(crate) struct ClientConfigArgs {
     /// The mirror as clients reach it: `http://HOST:PORT` or `https://HOST[:PORT]`.
     #[arg(long, value_name = "URL")]
     pub(crate) mirror: String,
-
-    /// Only this upstream (repeatable; a name or alias the mirror serves).
-    /// Default: every configured upstream, plus a catch-all where the client has one.
-    #[arg(long = "upstream", value_name = "NAME")]
-    pub(crate) upstreams: Vec<String>,
 
     /// Write the files under DIR (the `certs.d` directory itself for
     /// containerd) instead of printing them.
@@ -58,7 +54,25 @@ pub(crate) struct ClientConfigArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) ca_file: Option<PathBuf>,
 
+    /// User name clients send to a mirror with client authentication
+    /// (`[auth] htpasswd`); the password comes from --password-file or
+    /// --password-env, never from the command line.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) username: Option<String>,
+
+    /// File holding the password for --username (a trailing newline is dropped).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) password_file: Option<PathBuf>,
+
+    /// Environment variable holding the password for --username.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) password_env: Option<String>,
+
     /// The mirror's configuration sources, for its upstreams (as for `serve`).
+    /// Its `--upstream` is shared: `NAME=URL` defines an upstream as for
+    /// `serve`, a bare `NAME` (a name or alias the mirror serves) selects
+    /// it. Default: every configured upstream, plus a catch-all where the
+    /// client has one.
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
 }
@@ -180,12 +194,21 @@ pub(crate) struct Request<'a> {
     pub(crate) ca_file: Option<PathBuf>,
     /// The absolute output directory, when files are written (Kind mounts need it).
     pub(crate) output: Option<PathBuf>,
+    /// The credentials clients send to the mirror (`--username`).
+    pub(crate) auth: Option<Credentials>,
 }
 
 pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
     match generate(args) {
-        Ok(files) => match emit(&files, args.output.as_deref(), out) {
-            Ok(()) => ExitCode::SUCCESS,
+        Ok(files) => match emit(&files, args.output.as_deref(), args.username.is_some(), out) {
+            Ok(()) => {
+                if args.username.is_some() {
+                    if let Some(note) = render::auth_note(args.kind, &args.mirror) {
+                        let _ = writeln!(err, "note: {note}");
+                    }
+                }
+                ExitCode::SUCCESS
+            }
             Err(message) => {
                 let _ = writeln!(err, "error: {message}");
                 ExitCode::FAILURE
@@ -201,23 +224,65 @@ pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl 
 /// Resolves the configuration and renders the KIND's files.
 fn generate(args: &ClientConfigArgs) -> Result<Vec<GeneratedFile>, String> {
     let mirror = MirrorUrl::parse(&args.mirror)?;
-    let mirrors = config::resolve_config(&args.config)?.mirrors;
-    let upstreams = select(&mirrors, &args.upstreams)?;
+    // One `--upstream` flag for both meanings (clap allows one per command).
+    let (defined, selected): (Vec<String>, Vec<String>) = args
+        .config
+        .upstreams
+        .iter()
+        .cloned()
+        .partition(|u| u.contains('='));
+    let sources = ConfigArgs {
+        upstreams: defined,
+        ..args.config.clone()
+    };
+    let mirrors = config::resolve_config(&sources)?.mirrors;
+    let upstreams = select(&mirrors, &selected)?;
     let output = match &args.output {
         Some(dir) => Some(absolute(dir)?),
         None => None,
     };
+    let auth = credentials(args)?;
     let request = Request {
         mirror,
         upstreams,
         default_upstream: mirrors.default_upstream.as_str(),
-        all_upstreams: args.upstreams.is_empty(),
+        all_upstreams: selected.is_empty(),
         path_prefix: args.path_prefix,
         form: args.form,
         ca_file: args.ca_file.clone(),
         output,
+        auth,
     };
     render::render(args.kind, &request)
+}
+
+/// The mirror credentials from `--username` and its password source, read
+/// as the mirror reads an upstream's `credentials` (one place for that rule).
+fn credentials(args: &ClientConfigArgs) -> Result<Option<Credentials>, String> {
+    let Some(username) = &args.username else {
+        if args.password_file.is_some() || args.password_env.is_some() {
+            return Err("--password-file and --password-env need --username".to_owned());
+        }
+        return Ok(None);
+    };
+    if username.is_empty() || username.contains(':') {
+        return Err(format!(
+            "--username {username:?}: a user name for Basic authentication is not empty and has no ':'"
+        ));
+    }
+    let spec = match (&args.password_file, &args.password_env) {
+        (Some(file), None) => serde_json::json!({ "username": username, "password_file": file }),
+        (None, Some(var)) => serde_json::json!({ "username": username, "password_env": var }),
+        _ => {
+            return Err(
+                "--username needs exactly one of --password-file FILE or --password-env VAR (a password on the command line would end up in shell history)"
+                    .to_owned(),
+            )
+        }
+    };
+    serde_json::from_value(spec)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// The named upstreams (each must be configured), or all of them.
@@ -255,10 +320,12 @@ fn absolute(dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Writes the files under `output`, or prints them: one file as it is,
-/// several each after a `# ==> path <==` line.
+/// several each after a `# ==> path <==` line. Files holding `secret`
+/// credentials are written readable by their owner only.
 fn emit(
     files: &[GeneratedFile],
     output: Option<&Path>,
+    secret: bool,
     out: &mut impl Write,
 ) -> Result<(), String> {
     let Some(dir) = output else {
@@ -276,12 +343,28 @@ fn emit(
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        std::fs::write(&path, &file.contents)
+        write_file(&path, &file.contents, secret)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         writeln!(out, "wrote {}", path.display())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     Ok(())
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mode = if secret { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    if secret {
+        // `mode` applies only to a new file: an existing one is narrowed here.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    file.write_all(contents.as_bytes())
 }
 
 #[cfg(test)]
@@ -341,20 +424,120 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
-        emit(&files, None, &mut out).unwrap();
+        emit(&files, None, false, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "# ==> a/hosts.toml <==\nx = 1\n\n# ==> b/hosts.toml <==\ny = 2\n\n"
         );
         let mut out = Vec::new();
-        emit(&files[..1], None, &mut out).unwrap();
+        emit(&files[..1], None, false, &mut out).unwrap();
         assert_eq!(out, b"x = 1\n");
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
-        emit(&files, Some(dir.path()), &mut out).unwrap();
+        emit(&files, Some(dir.path()), false, &mut out).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("b/hosts.toml")).unwrap(),
             "y = 2\n"
         );
+    }
+
+    /// `oci-cache client-config ARGS…` parsed as the binary parses it.
+    fn parse(args: &[&str]) -> ClientConfigArgs {
+        use clap::Parser as _;
+        let argv = ["oci-cache", "client-config"].iter().chain(args);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::ClientConfig(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_upstream_flag_defines_with_a_url_and_selects_without() {
+        let args = parse(&[
+            "k3s",
+            "--mirror",
+            "http://m:5000",
+            "--default-upstream",
+            "b.test",
+            "--upstream",
+            "b.test=http://127.0.0.1:9",
+            "--upstream",
+            "c.test=http://127.0.0.1:10",
+            "--upstream",
+            "c.test",
+        ]);
+        let text = String::from_utf8({
+            let mut out = Vec::new();
+            emit(&generate(&args).unwrap(), None, false, &mut out).unwrap();
+            out
+        })
+        .unwrap();
+        assert!(text.contains("\"c.test\":"), "{text}");
+        assert!(!text.contains("b.test"), "{text}");
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_or_variable_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let file = file.display().to_string();
+        let base = ["k3s", "--mirror", "http://m:5000"];
+        let with = |extra: &[&str]| {
+            let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+            credentials(&parse(&all))
+        };
+        let auth = with(&["--username", "node", "--password-file", &file])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("node", "s3cret")
+        );
+        assert_eq!(with(&[]).unwrap(), None);
+        let err = with(&["--username", "node"]).unwrap_err();
+        assert!(
+            err.contains("--password-file FILE or --password-env VAR"),
+            "{err}"
+        );
+        let err = with(&[
+            "--username",
+            "node",
+            "--password-file",
+            &file,
+            "--password-env",
+            "HOME",
+        ])
+        .unwrap_err();
+        assert!(err.contains("exactly one"), "{err}");
+        let err = with(&["--password-file", &file]).unwrap_err();
+        assert!(err.contains("need --username"), "{err}");
+        let err = with(&["--username", "a:b", "--password-file", &file]).unwrap_err();
+        assert!(err.contains("no ':'"), "{err}");
+        let err = with(&[
+            "--username",
+            "node",
+            "--password-env",
+            "OCI_CACHE_TEST_UNSET_9F",
+        ])
+        .unwrap_err();
+        assert!(err.contains("OCI_CACHE_TEST_UNSET_9F"), "{err}");
+    }
+
+    #[test]
+    fn files_with_credentials_are_written_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![GeneratedFile {
+            path: "registries.yaml".into(),
+            contents: "configs: {}\n".into(),
+        }];
+        let path = dir.path().join("registries.yaml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        emit(&files, Some(dir.path()), true, &mut Vec::new()).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "configs: {}\n");
     }
 }

@@ -7,10 +7,11 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use oci_cache_core::mirror::DOCKER_HUB;
+use base64::Engine as _;
+use oci_cache_core::mirror::{Credentials, DOCKER_HUB};
 use serde_json::json;
 
-use super::{ClientKind, Form, GeneratedFile, Request};
+use super::{ClientKind, Form, GeneratedFile, MirrorUrl, Request};
 
 /// How long containerd waits to connect to the mirror before moving on
 /// (its own default is 30 s, paid per blob when the mirror is down).
@@ -83,6 +84,52 @@ fn kind_name(kind: ClientKind) -> &'static str {
     }
 }
 
+/// Why `kind` gets no mirror credentials from `client-config`, and what to
+/// do instead; `None` where the generated files carry them.
+pub(super) fn auth_note(kind: ClientKind, mirror: &str) -> Option<String> {
+    let host = MirrorUrl::parse(mirror)
+        .map(|m| m.authority().to_owned())
+        .unwrap_or_else(|_| mirror.to_owned());
+    match kind {
+        ClientKind::Docker => Some(format!(
+            "the Docker daemon sends no credentials to a registry-mirror and daemon.json has no field for them, so a mirror with client authentication is not usable from `registry-mirrors`; give docker.io anonymous access on the mirror (access = \"public\") or pull {host}/docker.io/IMAGE after `docker login {host}`"
+        )),
+        ClientKind::Podman => Some(format!(
+            "registries.conf holds no credentials; run `podman login {host}` (it writes auth.json, which podman, CRI-O and skopeo read for the mirror location)"
+        )),
+        ClientKind::Buildkit => Some(format!(
+            "buildkitd.toml holds no credentials for mirrors; BuildKit takes them from the client's docker config: run `docker login {host}` where builds are started"
+        )),
+        ClientKind::Containerd | ClientKind::Talos | ClientKind::Kind | ClientKind::K3s => None,
+    }
+}
+
+/// `Basic base64(user:password)`, the Authorization header value.
+fn basic(auth: &Credentials) -> String {
+    let pair = format!("{}:{}", auth.username, auth.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// `note` as `#` comment lines, one clause a line: a wrap inside a quoted
+/// command would break copying it.
+fn comment(note: &str) -> String {
+    note.split("; ").fold(String::new(), |mut text, clause| {
+        let _ = writeln!(text, "# {clause}");
+        text
+    })
+}
+
+/// The comment a KIND without credential support carries when `--username` is given.
+fn auth_comment(kind: ClientKind, request: &Request<'_>) -> String {
+    match (&request.auth, auth_note(kind, &request.mirror.base())) {
+        (Some(_), Some(note)) => comment(&format!("Mirror credentials: {note}.")),
+        _ => String::new(),
+    }
+}
+
 /// A JSON string literal: also a TOML basic string and a YAML double-quoted scalar.
 fn quote(text: &str) -> String {
     json!(text).to_string()
@@ -133,6 +180,16 @@ fn containerd_host_block(request: &Request<'_>, url: &str) -> String {
                 "  # For a certificate from a private CA: ca = \"/etc/containerd/certs.d/oci-cache-ca.pem\"\n",
             ),
         }
+    }
+    if let Some(auth) = &request.auth {
+        // containerd sends a host's headers on every request to that host
+        // only, so the origin after the mirror never sees them.
+        let _ = write!(
+            text,
+            "  # The mirror's client credentials: keep this file readable by root only.\n  [host.{}.header]\n    Authorization = [{}]\n",
+            quote(url),
+            quote(&basic(auth))
+        );
     }
     text
 }
@@ -198,6 +255,14 @@ fn talos_documents(request: &Request<'_>) -> Result<GeneratedFile, String> {
         }
         docs.push(doc);
     }
+    if let Some(auth) = &request.auth {
+        docs.push(format!(
+            "apiVersion: v1alpha1\nkind: RegistryAuthConfig\nname: {}\nusername: {}\npassword: {}\n",
+            quote(request.mirror.authority()),
+            quote(&auth.username),
+            quote(&auth.password)
+        ));
+    }
     let text = format!(
         "{}# Talos 1.12 and later; older Talos: --form machine-patch.\n{}",
         header("Talos"),
@@ -229,6 +294,15 @@ fn talos_machine_patch(request: &Request<'_>) -> GeneratedFile {
     }
     if request.mirror.is_https() {
         text.push_str("    # A private CA for the mirror goes in machine.registries.config.<host:port>.tls.ca.\n");
+    }
+    if let Some(auth) = &request.auth {
+        let _ = write!(
+            text,
+            "    config:\n      {}:\n        auth:\n          username: {}\n          password: {}\n",
+            quote(request.mirror.authority()),
+            quote(&auth.username),
+            quote(&auth.password)
+        );
     }
     file("machine-registries.patch.yaml", text)
 }
@@ -269,6 +343,7 @@ fn podman(request: &Request<'_>) -> GeneratedFile {
             request.mirror.authority()
         );
     }
+    text.push_str(&auth_comment(ClientKind::Podman, request));
     for upstream in &request.upstreams {
         let name = upstream.name.as_str();
         let _ = write!(
@@ -314,9 +389,10 @@ fn buildkit_tables(request: &Request<'_>) -> String {
 
 fn buildkit(request: &Request<'_>) -> GeneratedFile {
     let tables = buildkit_tables(request);
+    let auth = auth_comment(ClientKind::Buildkit, request);
     if request.form == Some(Form::Earthly) {
         let mut text = format!(
-            "{}# Merge into ~/.earthly/config.yml, then restart: earthly bootstrap --no-buildkit-update\nglobal:\n  buildkit_additional_config: |\n",
+            "{}{auth}# Merge into ~/.earthly/config.yml, then restart: earthly bootstrap --no-buildkit-update\nglobal:\n  buildkit_additional_config: |\n",
             header("Earthly")
         );
         for line in tables.lines() {
@@ -330,7 +406,7 @@ fn buildkit(request: &Request<'_>) -> GeneratedFile {
     }
     file(
         "buildkitd.toml",
-        format!("{}\n{tables}", header("BuildKit")),
+        format!("{}{auth}\n{tables}", header("BuildKit")),
     )
 }
 
@@ -369,11 +445,22 @@ fn k3s(request: &Request<'_>) -> GeneratedFile {
             quote(&request.mirror.base())
         );
     }
-    if let Some(ca) = &request.ca_file {
+    if request.ca_file.is_none() && request.auth.is_none() {
+        return file("registries.yaml", text);
+    }
+    let _ = writeln!(text, "configs:\n  {}:", quote(request.mirror.authority()));
+    if let Some(auth) = &request.auth {
         let _ = write!(
             text,
-            "configs:\n  {}:\n    tls:\n      ca_file: {}\n",
-            quote(request.mirror.authority()),
+            "    # The mirror's client credentials: keep this file readable by root only.\n    auth:\n      username: {}\n      password: {}\n",
+            quote(&auth.username),
+            quote(&auth.password)
+        );
+    }
+    if let Some(ca) = &request.ca_file {
+        let _ = writeln!(
+            text,
+            "    tls:\n      ca_file: {}",
             quote(&ca.display().to_string())
         );
     }

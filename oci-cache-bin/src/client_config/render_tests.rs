@@ -21,6 +21,7 @@ fn request<'a>(mirrors: &'a MirrorConfig, mirror: &str) -> Request<'a> {
         form: None,
         ca_file: None,
         output: None,
+        auth: None,
     }
 }
 
@@ -357,4 +358,143 @@ fn an_https_mirror_gets_its_ca_where_the_client_takes_a_path() {
         podman.contains("/etc/containers/certs.d/mirror.example:8443/ca.crt"),
         "{podman}"
     );
+}
+
+fn with_auth<'a>(mirrors: &'a MirrorConfig, mirror: &str) -> Request<'a> {
+    let mut req = request(mirrors, mirror);
+    req.auth =
+        Some(serde_json::from_value(json!({"username": "node", "password_env": "PATH"})).unwrap());
+    req.auth.as_mut().unwrap().password = "pa\"ss:w0rd".to_owned();
+    req
+}
+
+/// `Basic base64("node:pa\"ss:w0rd")`.
+const NODE_BASIC: &str = "Basic bm9kZTpwYSJzczp3MHJk";
+
+#[test]
+fn containerd_and_kind_send_the_basic_header_to_the_mirror_host_only() {
+    let mirrors = MirrorConfig::common();
+    let req = with_auth(&mirrors, "https://mirror.example:8443");
+    for kind in [ClientKind::Containerd, ClientKind::Kind] {
+        let files = render(kind, &req).unwrap();
+        let trees: Vec<&GeneratedFile> = files
+            .iter()
+            .filter(|f| f.path.ends_with("hosts.toml"))
+            .collect();
+        assert_eq!(trees.len(), 6, "{kind:?}");
+        for f in trees {
+            let conf: toml::Table = toml::from_str(&f.contents).unwrap();
+            let hosts = conf["host"].as_table().unwrap();
+            assert_eq!(hosts.len(), 1, "{}", f.contents);
+            let mirror = &hosts["https://mirror.example:8443"];
+            assert_eq!(
+                mirror["header"]["Authorization"].as_array().unwrap(),
+                &vec![toml::Value::from(NODE_BASIC)],
+                "{}",
+                f.contents
+            );
+            // The origin (`server`) is not a host entry: no header reaches it.
+            assert!(!f.contents.contains("pa\"ss"), "{}", f.contents);
+        }
+    }
+    let plain = render(ClientKind::Containerd, &request(&mirrors, "http://m:5000")).unwrap();
+    assert!(plain.iter().all(|f| !f.contents.contains("header")));
+}
+
+#[test]
+fn talos_documents_and_patch_carry_the_mirror_credentials() {
+    let mirrors = MirrorConfig::common();
+    let mut req = with_auth(&mirrors, "http://10.0.0.5:5000");
+    let docs = one(render(ClientKind::Talos, &req).unwrap()).contents;
+    let auth: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&docs)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &serde_norway::Value| d["kind"].as_str() == Some("RegistryAuthConfig"))
+        .collect();
+    assert_eq!(auth.len(), 1, "{docs}");
+    assert_eq!(auth[0]["apiVersion"].as_str(), Some("v1alpha1"));
+    assert_eq!(auth[0]["name"].as_str(), Some("10.0.0.5:5000"));
+    assert_eq!(auth[0]["username"].as_str(), Some("node"));
+    assert_eq!(auth[0]["password"].as_str(), Some("pa\"ss:w0rd"));
+
+    req.form = Some(Form::MachinePatch);
+    let patch = one(render(ClientKind::Talos, &req).unwrap()).contents;
+    let yaml: serde_norway::Value = serde_norway::from_str(&patch).unwrap();
+    let auth = &yaml["machine"]["registries"]["config"]["10.0.0.5:5000"]["auth"];
+    assert_eq!(auth["username"].as_str(), Some("node"));
+    assert_eq!(auth["password"].as_str(), Some("pa\"ss:w0rd"));
+    // The project's own importer still reads the same mirror chains.
+    let import = talos::parse(&patch, "patch").unwrap();
+    assert_eq!(chains_after(import), expected_chains(&req));
+}
+
+#[test]
+fn k3s_configs_the_mirror_host_with_auth_and_tls() {
+    let mirrors = MirrorConfig::common();
+    let mut req = with_auth(&mirrors, "https://mirror.example:8443");
+    req.ca_file = Some(PathBuf::from("/etc/ssl/oci-cache-ca.pem"));
+    let text = one(render(ClientKind::K3s, &req).unwrap()).contents;
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let config = &yaml["configs"]["mirror.example:8443"];
+    assert_eq!(config["auth"]["username"].as_str(), Some("node"));
+    assert_eq!(config["auth"]["password"].as_str(), Some("pa\"ss:w0rd"));
+    assert_eq!(
+        config["tls"]["ca_file"].as_str(),
+        Some("/etc/ssl/oci-cache-ca.pem")
+    );
+    req.ca_file = None;
+    let text = one(render(ClientKind::K3s, &req).unwrap()).contents;
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    assert_eq!(
+        yaml["configs"]["mirror.example:8443"]["auth"]["username"].as_str(),
+        Some("node")
+    );
+    assert!(yaml["configs"]["mirror.example:8443"].get("tls").is_none());
+}
+
+#[test]
+fn docker_podman_and_buildkit_get_a_note_and_no_password() {
+    let mirrors = MirrorConfig::common();
+    let mut req = with_auth(&mirrors, "http://10.0.0.5:5000");
+    let daemon: serde_json::Value =
+        serde_json::from_str(&one(render(ClientKind::Docker, &req).unwrap()).contents).unwrap();
+    assert_eq!(
+        daemon,
+        json!({"registry-mirrors": ["http://10.0.0.5:5000"], "insecure-registries": ["10.0.0.5:5000"]})
+    );
+    let note = auth_note(ClientKind::Docker, "http://10.0.0.5:5000").unwrap();
+    assert!(note.contains("docker login 10.0.0.5:5000"), "{note}");
+
+    let podman = one(render(ClientKind::Podman, &req).unwrap()).contents;
+    toml::from_str::<toml::Table>(&podman).unwrap();
+    assert!(podman.contains("podman login 10.0.0.5:5000"), "{podman}");
+
+    let buildkit = one(render(ClientKind::Buildkit, &req).unwrap()).contents;
+    toml::from_str::<toml::Table>(&buildkit).unwrap();
+    assert!(
+        buildkit.contains("docker login 10.0.0.5:5000"),
+        "{buildkit}"
+    );
+    req.form = Some(Form::Earthly);
+    let earthly = one(render(ClientKind::Buildkit, &req).unwrap()).contents;
+    serde_norway::from_str::<serde_norway::Value>(&earthly).unwrap();
+    assert!(earthly.contains("docker login 10.0.0.5:5000"), "{earthly}");
+
+    for text in [&podman, &buildkit, &earthly] {
+        assert!(!text.contains("w0rd") && !text.contains("bm9k"), "{text}");
+    }
+    for kind in [
+        ClientKind::Containerd,
+        ClientKind::Talos,
+        ClientKind::Kind,
+        ClientKind::K3s,
+    ] {
+        assert_eq!(auth_note(kind, "http://10.0.0.5:5000"), None);
+    }
+    // Without --username the files say nothing about credentials.
+    let podman = one(render(
+        ClientKind::Podman,
+        &request(&mirrors, "http://10.0.0.5:5000"),
+    )
+    .unwrap());
+    assert!(!podman.contents.contains("login"), "{}", podman.contents);
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use super::fixtures::small_image;
+use super::resilience::seed_storage;
 use crate::support::containerd::Containerd;
 use crate::support::dockerd::Dockerd;
 use crate::support::image::Layout;
@@ -137,6 +138,115 @@ fn containerd_pulls_both_upstreams_through_the_generated_certs_d() {
     assert_eq!(got.digest, app.digest);
     assert_only_the_mirror_reached(&hub, "containerd");
     assert_only_the_mirror_reached(&b, "containerd");
+}
+
+/// A mirror with `[auth] htpasswd` (user `node`) in front of an origin that
+/// needs the mirror's own credentials: ctr pulls through the generated
+/// certs.d only with the Authorization header `--username` puts there.
+#[test]
+fn containerd_sends_the_generated_basic_header_to_an_htpasswd_mirror() {
+    let test = "containerd_sends_the_generated_basic_header_to_an_htpasswd_mirror";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(ctrd) = Containerd::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let app = small_image(&dir.join("app"), 162);
+    // The origin refuses anonymous pulls too, so containerd falling back
+    // to it (`server`) cannot pass for a pull through the mirror.
+    let origin_root = dir.join("origin-data");
+    seed_storage(&origin_root, &app, "e2e/secret:v1");
+    let htpasswd = |file: &Path, user: &str, password: &str| {
+        let out = Command::new("htpasswd")
+            .args(["-B", "-b", "-c"])
+            .arg(file)
+            .args([user, password])
+            .output()
+            .expect("htpasswd (apache2-utils) is needed; run scripts/install-test-deps");
+        assert!(out.status.success(), "{out:?}");
+    };
+    htpasswd(&dir.join("origin-htpasswd"), "mirror", "origin-pw-3kQ");
+    let origin = Origin::start_on(
+        &origin_root,
+        &format!(
+            "auth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
+            dir.join("origin-htpasswd").display()
+        ),
+    );
+    std::fs::write(dir.join("origin-password"), "origin-pw-3kQ\n").unwrap();
+    htpasswd(&dir.join("clients"), "node", "node-pw-8Zt");
+    std::fs::write(dir.join("node-password"), "node-pw-8Zt\n").unwrap();
+    let config = dir.join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_upstream = \"private.test\"\n\n[auth]\nhtpasswd = \"{clients}\"\n\n\
+             [[upstream]]\nname = \"private.test\"\nurl = \"{url}\"\n\
+             credentials = {{ username = \"mirror\", password_file = \"{pw}\" }}\n",
+            clients = dir.join("clients").display(),
+            url = origin.url(),
+            pw = dir.join("origin-password").display(),
+        ),
+    )
+    .unwrap();
+    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let mirror_url = format!("http://{}", mirror.host());
+
+    let anonymous = dir.join("certs.d-anonymous");
+    client_config("containerd", &mirror_url, &config, &anonymous, &[]);
+    let err = ctrd
+        .fetch_with_hosts_dir(&anonymous, "private.test/e2e/secret:v1")
+        .unwrap_err();
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+
+    let certs_d = dir.join("certs.d");
+    client_config(
+        "containerd",
+        &mirror_url,
+        &config,
+        &certs_d,
+        &[
+            "--username",
+            "node",
+            "--password-file",
+            &dir.join("node-password").display().to_string(),
+        ],
+    );
+    let hosts = certs_d.join("private.test/hosts.toml");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&hosts).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "credentials in a world-readable file");
+    let direct_before = user_agents(&origin)
+        .iter()
+        .filter(|ua| !is_mirror_or_harness(ua))
+        .count();
+    let got = ctrd
+        .fetch_with_hosts_dir(&certs_d, "private.test/e2e/secret:v1")
+        .unwrap();
+    assert_eq!(got.digest, app.digest);
+    for blob in app.all_blobs() {
+        assert!(
+            got.content.contains(&blob.digest),
+            "{} missing",
+            blob.digest
+        );
+    }
+    let agents = user_agents(&origin);
+    let direct_after = agents.iter().filter(|ua| !is_mirror_or_harness(ua)).count();
+    assert_eq!(
+        direct_after, direct_before,
+        "containerd went around the mirror: {agents:?}"
+    );
+    assert!(
+        agents.iter().any(|ua| ua.starts_with("oci-cache/")),
+        "{agents:?}"
+    );
 }
 
 #[test]
