@@ -140,6 +140,8 @@ enum Origin<'a> {
     },
     /// A key of the config file.
     File { path: &'a Path, key: &'static str },
+    /// registry:2's `config.yml` or `REGISTRY_*` variables.
+    Registry { key: &'static str },
     /// The built-in default.
     Default { key: &'static str },
 }
@@ -149,6 +151,7 @@ impl fmt::Display for Origin<'_> {
         match self {
             Origin::Flag { flag, env } => write!(f, "{flag} (or {env})"),
             Origin::File { path, key } => write!(f, "config file {}: {key}", path.display()),
+            Origin::Registry { key } => write!(f, "registry:2 configuration: {key}"),
             Origin::Default { key } => write!(f, "default {key}"),
         }
     }
@@ -170,7 +173,10 @@ fn pick<'a, T>(
             },
         )),
         (None, Some(value), Some(path)) => Some((value, Origin::File { path, key })),
-        _ => None,
+        // Without a TOML file, a file-level value came from registry:2's
+        // configuration (`apply_registry_compat`).
+        (None, Some(value), None) => Some((value, Origin::Registry { key })),
+        (None, None, _) => None,
     }
 }
 

@@ -108,9 +108,7 @@ fn a_chain_moves_on_when_down_or_missing_and_skip_fallback_spares_the_origin() {
     let from_second = since(&second, second_0);
     served_whole_image(&from_second, &down_img, "the second mirror");
     assert!(
-        from_second
-            .iter()
-            .all(|r| r.path.contains("ns=down%2Etest")),
+        from_second.iter().all(|r| r.path.contains("ns=down.test")),
         "mirrors are asked with ns: {from_second:?}"
     );
     assert_eq!(
@@ -129,9 +127,9 @@ fn a_chain_moves_on_when_down_or_missing_and_skip_fallback_spares_the_origin() {
     assert_eq!(got.digest, miss_img.digest);
     let from_empty = since(&empty, empty_1);
     assert!(
-        from_empty.iter().any(|r| r
-            .path
-            .starts_with("/v2/e2e/miss/manifests/v1?ns=miss%2Etest")),
+        from_empty
+            .iter()
+            .any(|r| r.path.starts_with("/v2/e2e/miss/manifests/v1?ns=miss.test")),
         "the mirror was not asked first: {from_empty:?}"
     );
     assert!(
@@ -156,7 +154,7 @@ fn a_chain_moves_on_when_down_or_missing_and_skip_fallback_spares_the_origin() {
     assert!(
         since(&empty, empty_2)
             .iter()
-            .any(|r| r.path.contains("/e2e/skip/manifests/v1?ns=skip%2Etest")),
+            .any(|r| r.path.contains("/e2e/skip/manifests/v1?ns=skip.test")),
         "the skip_fallback mirror was not asked"
     );
     assert_eq!(
@@ -232,8 +230,8 @@ fn g_talos_and_containerd_configs_give_the_chains_resolve_prints() {
     assert_eq!(
         ghcr["endpoints"],
         serde_json::json!([
-            "http://10.0.0.5:5000/v2/org/app/manifests/v1?ns=ghcr%2Eio",
-            "https://harbor.example/v2/ghcr/org/app/manifests/v1?ns=ghcr%2Eio",
+            "http://10.0.0.5:5000/v2/org/app/manifests/v1?ns=ghcr.io",
+            "https://harbor.example/v2/ghcr/org/app/manifests/v1?ns=ghcr.io",
         ]),
         "skipFallback drops https://ghcr.io"
     );
@@ -245,7 +243,7 @@ fn g_talos_and_containerd_configs_give_the_chains_resolve_prints() {
     assert_eq!(
         hub["endpoints"],
         serde_json::json!([
-            "https://hub-mirror.example/v2/library/alpine/manifests/latest?ns=docker%2Eio",
+            "https://hub-mirror.example/v2/library/alpine/manifests/latest?ns=docker.io",
             "https://registry-1.docker.io/v2/library/alpine/manifests/latest",
         ])
     );
@@ -253,7 +251,7 @@ fn g_talos_and_containerd_configs_give_the_chains_resolve_prints() {
     let pinned = resolve_json(&args, &format!("alpine@{digest}"));
     assert_eq!(
         pinned["endpoints"][0],
-        format!("http://10.0.0.7:5000/v2/library/alpine/manifests/{digest}?ns=docker%2Eio")
+        format!("http://10.0.0.7:5000/v2/library/alpine/manifests/{digest}?ns=docker.io")
     );
     assert_eq!(pinned["endpoints"].as_array().unwrap().len(), 3);
 
@@ -263,7 +261,7 @@ fn g_talos_and_containerd_configs_give_the_chains_resolve_prints() {
     assert_eq!(
         private["endpoints"],
         serde_json::json!([
-            "http://10.0.0.9:5000/v2/team/tool/manifests/2?ns=registry%2Eexample%3A5000"
+            "http://10.0.0.9:5000/v2/team/tool/manifests/2?ns=registry.example%3A5000"
         ])
     );
 
@@ -272,7 +270,7 @@ fn g_talos_and_containerd_configs_give_the_chains_resolve_prints() {
     assert_eq!(
         quay["endpoints"],
         serde_json::json!([
-            "https://catch-all.example/cache/v2/org/x/manifests/1?ns=quay%2Eio",
+            "https://catch-all.example/cache/v2/org/x/manifests/1?ns=quay.io",
             "https://quay.io/v2/org/x/manifests/1",
         ])
     );
