@@ -17,6 +17,8 @@ use crate::testing::{BlobScript, FakeUpstream};
 use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead};
 
 mod blob;
+mod degrade;
+mod hostile;
 mod manifest;
 mod memory;
 mod tags;
