@@ -7,11 +7,13 @@ use super::*;
 use crate::error::WriteFailure;
 use crate::observe::{Observer, StorageEvent, StorageOperation};
 
-/// Memory storage whose writes fail like a full disk (`ENOSPC`) while `full`.
+/// Memory storage whose writes fail like a full disk (`ENOSPC`) while `full`,
+/// and whose blob writes take `slow` per chunk (a busy disk) when set.
 #[derive(Debug, Default)]
-struct FullDisk {
+pub(super) struct FullDisk {
     inner: MemoryStorage,
     full: AtomicBool,
+    slow: Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Display for FullDisk {
@@ -21,6 +23,11 @@ impl std::fmt::Display for FullDisk {
 }
 
 impl FullDisk {
+    /// Makes every blob write take `delay` per chunk.
+    pub(super) fn set_slow(&self, delay: Duration) {
+        *self.slow.lock().unwrap() = Some(delay);
+    }
+
     fn check(&self) -> Result<()> {
         if self.full.load(Ordering::SeqCst) {
             return Err(Error::storage(
@@ -51,6 +58,20 @@ impl Storage for FullDisk {
             let _ = data.into_stream().next().await;
             return Err(e);
         }
+        let slow = *self.slow.lock().unwrap();
+        let data = match (slow, data) {
+            (Some(delay), BlobSource::Preverified(stream)) => {
+                let stream = stream
+                    .into_stream()
+                    .then(move |chunk| async move {
+                        tokio::time::sleep(delay).await;
+                        chunk
+                    })
+                    .boxed();
+                BlobSource::Preverified(crate::storage::PreverifiedStream::new(stream))
+            }
+            (_, data) => data,
+        };
         self.inner.blob_write_from(d, s, data).await
     }
     async fn blob_delete(&self, d: &Digest) -> Result<()> {
@@ -104,14 +125,14 @@ impl Recorder {
     }
 }
 
-struct Degraded {
-    storage: Arc<FullDisk>,
-    upstream: Arc<FakeUpstream>,
+pub(super) struct Degraded {
+    pub(super) storage: Arc<FullDisk>,
+    pub(super) upstream: Arc<FakeUpstream>,
     recorder: Arc<Recorder>,
-    engine: PullThrough<FullDisk, FakeUpstream>,
+    pub(super) engine: PullThrough<FullDisk, FakeUpstream>,
 }
 
-fn degraded(options: CacheOptions) -> Degraded {
+pub(super) fn degraded(options: CacheOptions) -> Degraded {
     let storage = Arc::new(FullDisk::default());
     let upstream = Arc::new(FakeUpstream::default());
     let recorder = Arc::new(Recorder::default());
