@@ -9,7 +9,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::{OciService, Result};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::Result;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight requests may run after shutdown was asked for.
 const GRACE: Duration = Duration::from_secs(30);
@@ -27,11 +33,22 @@ const MAX_BUFFERED: usize = 64 * 1024;
 
 /// Serves `service` on `listener` until `shutdown` completes, then waits up
 /// to 30 s for in-flight requests (a blob download may take longer; it is cut).
-pub async fn serve(
+///
+/// `service` is any hyper service: an [`OciService`](crate::OciService), or
+/// one that wraps or routes to it (e.g. an axum `Router` through
+/// `hyper_util::service::TowerToHyperService`).
+pub async fn serve<S, B>(
     listener: TcpListener,
-    service: OciService,
+    service: S,
     shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.
     builder

@@ -13,7 +13,7 @@ use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_core::upstream::Upstream;
-use oci_cache_http::{serve, service, AppState, HyperUpstream, ProxyConfig, UpstreamOptions};
+use oci_cache_http::{serve, HyperUpstream, OciService, ProxyConfig, UpstreamOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -68,24 +68,17 @@ impl Drop for SlowOrigin {
 /// The mirror on 127.0.0.1:0 in front of `origin`; stopped by dropping the sender.
 async fn mirror(origin: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
     let mirrors = Arc::new(mirrors(origin));
-    let options = UpstreamOptions {
-        proxy: ProxyConfig::Direct,
-        ..UpstreamOptions::default()
-    };
+    let options = UpstreamOptions::default().with_proxy(ProxyConfig::Direct);
     let upstream: Arc<dyn Upstream> =
         Arc::new(HyperUpstream::new(mirrors.clone(), options).unwrap());
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
+    let engine = PullThrough::new(storage, upstream, CacheOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        service(AppState::new(engine, mirrors)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    tokio::spawn(serve(listener, OciService::new(engine, mirrors), async {
+        let _ = stopped.await;
+    }));
     (format!("{addr}"), stop)
 }
 

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::Addressing;
+use oci_cache_core::observe::UpstreamOperation;
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::upstream::{
     FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
@@ -95,7 +96,7 @@ impl HyperUpstream {
         repository: &Repository,
         n: Option<usize>,
         last: Option<&str>,
-    ) -> CoreResult<TagList> {
+    ) -> CoreResult<(TagList, u64)> {
         let mut query: Vec<String> = Vec::new();
         if let Some(n) = n {
             query.push(format!("n={n}"));
@@ -106,6 +107,7 @@ impl HyperUpstream {
         let query = (!query.is_empty()).then(|| query.join("&"));
         let mut url = target.url(repository, "tags/list", query.as_deref());
         let scope = pull_scope(repository);
+        let mut received = 0;
         let mut all = TagList {
             name: repository.to_string(),
             tags: Vec::new(),
@@ -137,12 +139,13 @@ impl HyperUpstream {
             })?;
             all.name = page.name;
             all.tags.extend(page.tags.unwrap_or_default());
+            received += body.len() as u64;
             match next {
                 Some(next) if n.is_none() => url = next,
                 _ => break,
             }
         }
-        Ok(all)
+        Ok((all, received))
     }
 }
 
@@ -155,23 +158,28 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<ManifestHead> {
-        self.over_chain(registry, addressing(reference), |target| {
-            Box::pin(async move {
-                let (response, endpoint) = self
-                    .manifest_request(target, Method::HEAD, repository, reference, accept)
-                    .await?;
-                let head = manifest_head(response.headers());
-                if head.media_type.is_empty() {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        endpoint,
-                        "manifest HEAD has no Content-Type",
-                    )
-                    .into());
-                }
-                Ok(head)
-            })
-        })
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestHead,
+            |target| {
+                Box::pin(async move {
+                    let (response, endpoint) = self
+                        .manifest_request(target, Method::HEAD, repository, reference, accept)
+                        .await?;
+                    let head = manifest_head(response.headers());
+                    if head.media_type.is_empty() {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            endpoint,
+                            "manifest HEAD has no Content-Type",
+                        )
+                        .into());
+                    }
+                    Ok(head)
+                })
+            },
+        )
         .await
     }
 
@@ -182,9 +190,12 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<FetchedManifest> {
-        self.over_chain(registry, addressing(reference), |target| {
-            Box::pin(self.get_manifest_once(target, repository, reference, accept))
-        })
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestGet,
+            |target| Box::pin(self.get_manifest_once(target, repository, reference, accept)),
+        )
         .await
     }
 
@@ -194,37 +205,42 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<FetchedBlob> {
-        self.over_chain(registry, Addressing::Digest, |target| {
-            Box::pin(async move {
-                let url = target.url(repository, &format!("blobs/{digest}"), None);
-                let response = self
-                    .send(&target, Method::GET, &url, None, &pull_scope(repository))
-                    .await?;
-                // Asked for identity: an encoded body would not hash to the
-                // digest, and decoding it is not ours to guess.
-                if let Some(encoding) = response
-                    .headers()
-                    .get(http::header::CONTENT_ENCODING)
-                    .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-                {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        &target.endpoint.url,
-                        format!(
-                            "blob body sent with Content-Encoding {encoding:?} although identity was asked for; the upstream or a proxy in between must not encode blobs"
-                        ),
-                    )
-                    .into());
-                }
-                let size = content_length(response.headers());
-                let stream = blob_stream(
-                    response.into_body(),
-                    self.options.read_timeout,
-                    target.endpoint.url.clone(),
-                );
-                Ok(FetchedBlob { size, stream })
-            })
-        })
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobGet,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(&target, Method::GET, &url, None, &pull_scope(repository))
+                        .await?;
+                    // Asked for identity: an encoded body would not hash to the
+                    // digest, and decoding it is not ours to guess.
+                    if let Some(encoding) = response
+                        .headers()
+                        .get(http::header::CONTENT_ENCODING)
+                        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+                    {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            &target.endpoint.url,
+                            format!(
+                                "blob body sent with Content-Encoding {encoding:?} although identity was asked for; the upstream or a proxy in between must not encode blobs"
+                            ),
+                        )
+                        .into());
+                    }
+                    let size = content_length(response.headers());
+                    let stream = blob_stream(
+                        response.into_body(),
+                        self.options.read_timeout,
+                        target.endpoint.url.clone(),
+                    );
+                    Ok(FetchedBlob { size, stream })
+                })
+            },
+        )
         .await
     }
 
@@ -234,22 +250,27 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<u64> {
-        self.over_chain(registry, Addressing::Digest, |target| {
-            Box::pin(async move {
-                let url = target.url(repository, &format!("blobs/{digest}"), None);
-                let response = self
-                    .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
-                    .await?;
-                content_length(response.headers()).ok_or_else(|| {
-                    UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        &target.endpoint.url,
-                        "blob HEAD has no Content-Length",
-                    )
-                    .into()
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobHead,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
+                        .await?;
+                    content_length(response.headers()).ok_or_else(|| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            &target.endpoint.url,
+                            "blob HEAD has no Content-Length",
+                        )
+                        .into()
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 
@@ -260,10 +281,14 @@ impl Upstream for HyperUpstream {
         n: Option<usize>,
         last: Option<&str>,
     ) -> CoreResult<TagList> {
-        self.over_chain(registry, Addressing::Tag, |target| {
-            Box::pin(self.tags_once(target, repository, n, last))
-        })
+        self.over_chain(
+            registry,
+            Addressing::Tag,
+            UpstreamOperation::TagList,
+            |target| Box::pin(self.tags_once(target, repository, n, last)),
+        )
         .await
+        .map(|(list, _)| list)
     }
 }
 
