@@ -11,7 +11,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::digest::Digest;
-use oci_cache_core::storage::{MemoryStorage, Storage};
+use oci_cache_core::storage::Storage;
+use oci_cache_core::testing::FaultyStorage;
 use oci_cache_core::upstream::Upstream;
 use oci_cache_http::{serve, HyperUpstream, OciService, ProxyConfig, UpstreamOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,13 +66,20 @@ impl Drop for SlowOrigin {
     }
 }
 
-/// The mirror on 127.0.0.1:0 in front of `origin`; stopped by dropping the sender.
+/// The mirror on 127.0.0.1:0 in front of `origin`; stopped by dropping the
+/// sender. Its storage is a busy disk (20 ms per chunk written), so the fill
+/// may wait on storage between the last bytes and its verdict. (Over sockets
+/// that window is a race; the engine test
+/// `wrong_bytes_of_the_right_length_never_reach_a_client_complete` makes it
+/// deterministic.)
 async fn mirror(origin: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
     let mirrors = Arc::new(mirrors(origin));
     let options = UpstreamOptions::default().with_proxy(ProxyConfig::Direct);
     let upstream: Arc<dyn Upstream> =
         Arc::new(HyperUpstream::new(mirrors.clone(), options).unwrap());
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let disk = FaultyStorage::new();
+    disk.set_slow(Some(Duration::from_millis(20)));
+    let storage: Arc<dyn Storage> = Arc::new(disk);
     let engine = PullThrough::new(storage, upstream, CacheOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -26,7 +26,7 @@ async fn wrong_bytes_of_the_right_length_never_reach_a_client_complete() {
     // chunk to its clients, so the verdict comes well after the last byte
     // arrived (without the hold-back, clients had every byte by then).
     let s = super::degrade::degraded(CacheOptions::default().with_fill_window(4096));
-    s.storage.set_slow(Duration::from_millis(20));
+    s.storage.set_slow(Some(Duration::from_millis(20)));
     let data = pattern(50_000);
     let digest = Digest::sha256_of(&data);
     let gate = Arc::new(Semaphore::new(0));
