@@ -241,3 +241,96 @@ async fn wait_fills(engine: &PullThrough<FaultyStorage, FakeUpstream>) {
     .await
     .expect("fills did not settle");
 }
+
+/// A 2 MiB tmpfs, unmounted on drop; `None` (and a message) when not root or
+/// mounting fails.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount() -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mounting a tmpfs needs root (mount -t tmpfs)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_full_disk_degrades_to_streaming_and_says_disk_full() {
+    let Some(disk) = SmallDisk::mount() else {
+        return;
+    };
+    let root = disk.dir.path().join("store");
+    let storage = Arc::new(crate::storage::FsStorage::open(&root).await.unwrap());
+    let upstream = Arc::new(FakeUpstream::default());
+    let recorder = Arc::new(Recorder::default());
+    let options = CacheOptions::default()
+        .with_fill_window(64 * 1024)
+        .with_spool_dir(disk.dir.path());
+    let engine = PullThrough::observed(
+        Arc::clone(&storage),
+        Arc::clone(&upstream),
+        options,
+        Arc::clone(&recorder) as _,
+    );
+    // 3 MiB into 2 MiB: neither the staging file nor the spool fits.
+    let data = pattern(3 * 1024 * 1024);
+    let digest = upstream.add_blob(BlobScript::new(&data).chunk(64 * 1024));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let engine = engine.clone();
+            let digest = digest.clone();
+            tokio::spawn(async move {
+                let response = engine.blob(&hub(), &repo(), &digest, None).await?;
+                collect(response.stream).await
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(client.await.unwrap().unwrap() == data);
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.blob_fills_in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let full = recorder.count(StorageOperation::BlobWrite, WriteFailure::DiskFull)
+        + recorder.count(StorageOperation::Spool, WriteFailure::DiskFull);
+    assert!(full >= 1, "{:?}", recorder.0.lock().unwrap());
+    assert!(storage.blob_stat(&digest).await.unwrap().is_none());
+
+    // Space comes back (a small blob fits): caching resumes by itself.
+    let small = pattern(100_000);
+    let small_digest = upstream.add_blob(BlobScript::new(&small));
+    let response = engine
+        .blob(&hub(), &repo(), &small_digest, None)
+        .await
+        .unwrap();
+    assert!(collect(response.stream).await.unwrap() == small);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while storage.blob_stat(&small_digest).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the small blob is cached");
+}
