@@ -249,6 +249,7 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
+    #[allow(clippy::print_stderr)] // The test's skip notice.
     fn mount() -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
         let mounted = std::process::Command::new("mount")
