@@ -155,6 +155,73 @@ impl Error {
     }
 }
 
+impl Error {
+    /// True when the failure is a property of the bytes fetched for a digest
+    /// (wrong digest, wrong size, over a size limit), not of the repository or
+    /// upstream they were fetched through. Only such failures are shared with
+    /// the other clients of a blob fill; a joined client retries any other
+    /// failure through its own repository.
+    pub fn is_content_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } | Error::TooLarge { .. }
+        )
+    }
+
+    /// Why a write failed, read from the I/O error among its causes: the disk
+    /// is full (`ENOSPC`, `EDQUOT`), read-only (`EROFS`), or something else.
+    pub fn write_failure(&self) -> WriteFailure {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                        return WriteFailure::DiskFull
+                    }
+                    std::io::ErrorKind::ReadOnlyFilesystem => return WriteFailure::ReadOnly,
+                    _ => {}
+                }
+            }
+            cause = e.source();
+        }
+        WriteFailure::Other
+    }
+}
+
+/// The class of a failed storage or spool write, for logs and metrics
+/// ([`Error::write_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteFailure {
+    /// No space left on the device, or the quota is exhausted.
+    DiskFull,
+    /// The filesystem is mounted read-only.
+    ReadOnly,
+    /// Any other failure.
+    Other,
+}
+
+impl WriteFailure {
+    /// `disk_full`, `read_only` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteFailure::DiskFull => "disk_full",
+            WriteFailure::ReadOnly => "read_only",
+            WriteFailure::Other => "other",
+        }
+    }
+
+    /// What an operator reads in the log: `disk full`, `read-only filesystem`
+    /// or `write failed`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WriteFailure::DiskFull => "disk full",
+            WriteFailure::ReadOnly => "read-only filesystem",
+            WriteFailure::Other => "write failed",
+        }
+    }
+}
+
 /// How an upstream request failed; decides whether a mirror chain moves on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

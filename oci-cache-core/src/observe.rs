@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::cache::CacheOutcome;
 use crate::digest::Digest;
-use crate::error::UpstreamErrorKind;
+use crate::error::{UpstreamErrorKind, WriteFailure};
 use crate::reference::Registry;
 
 /// Receives events from the engine and the HTTP service.
@@ -49,6 +49,10 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 
     /// An endpoint's circuit breaker opened or closed.
     fn breaker(&self, _event: &BreakerEvent) {}
+
+    /// A write to storage or to a fill's spool failed; the request was still
+    /// served, only caching was skipped.
+    fn storage(&self, _event: &StorageEvent) {}
 
     /// A token realm or redirect named by an upstream was refused because it
     /// leads outside what the endpoint is trusted with (issue 11).
@@ -92,6 +96,9 @@ impl Observer for Fanout {
     }
     fn breaker(&self, event: &BreakerEvent) {
         self.0.iter().for_each(|o| o.breaker(event));
+    }
+    fn storage(&self, event: &StorageEvent) {
+        self.0.iter().for_each(|o| o.storage(event));
     }
     fn trust_refused(&self, event: &TrustEvent) {
         self.0.iter().for_each(|o| o.trust_refused(event));
@@ -235,6 +242,55 @@ pub struct BreakerEvent {
     pub endpoint: String,
     /// True when it opened (the endpoint is skipped), false when it closed.
     pub open: bool,
+}
+
+/// A write that failed while the engine kept serving (degraded caching).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StorageEvent {
+    /// What was being written.
+    pub operation: StorageOperation,
+    /// Disk full, read-only, or other: what a metric counts by.
+    pub reason: WriteFailure,
+    /// The error and its cause chain.
+    pub error: String,
+}
+
+impl StorageEvent {
+    /// An event for a failed `operation`.
+    pub fn new(operation: StorageOperation, reason: WriteFailure, error: String) -> Self {
+        StorageEvent {
+            operation,
+            reason,
+            error,
+        }
+    }
+}
+
+/// What a [`StorageEvent`]'s failed write was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageOperation {
+    /// Committing a verified blob.
+    BlobWrite,
+    /// Storing a verified manifest.
+    ManifestWrite,
+    /// Recording where a tag points.
+    TagWrite,
+    /// The spool file of a blob fill (late and slow clients read from it).
+    Spool,
+}
+
+impl StorageOperation {
+    /// `blob_write`, `manifest_write`, `tag_write` or `spool`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageOperation::BlobWrite => "blob_write",
+            StorageOperation::ManifestWrite => "manifest_write",
+            StorageOperation::TagWrite => "tag_write",
+            StorageOperation::Spool => "spool",
+        }
+    }
 }
 
 /// What a refused [`TrustEvent`] target was for.

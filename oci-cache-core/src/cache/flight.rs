@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -13,10 +14,20 @@ use crate::{Error, Result};
 
 type SharedResult<V> = Shared<BoxFuture<'static, Result<V, Arc<Error>>>>;
 
+/// A flight in the map, with a number telling it apart from later flights of
+/// the same key.
+struct Entry<V> {
+    id: u64,
+    shared: SharedResult<V>,
+}
+
+type Map<K, V> = Arc<Mutex<HashMap<K, Entry<V>>>>;
+
 /// In-flight work by key. The map lock is only held to look up or insert, never
 /// across an await.
 pub(super) struct Flights<K, V> {
-    map: Arc<Mutex<HashMap<K, SharedResult<V>>>>,
+    map: Map<K, V>,
+    next_id: AtomicU64,
 }
 
 impl<K, V> std::fmt::Debug for Flights<K, V> {
@@ -28,6 +39,25 @@ impl<K, V> std::fmt::Debug for Flights<K, V> {
     }
 }
 
+/// Takes a flight out of the map when its task ends, whichever way: a result,
+/// an error, a panic, or the runtime dropping the task. Without it a panicking
+/// fetch left its key answering "stopped before finishing" until restart.
+struct Departure<K: Eq + Hash, V> {
+    map: Map<K, V>,
+    key: K,
+    id: u64,
+}
+
+impl<K: Eq + Hash, V> Drop for Departure<K, V> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        // A later flight of the same key is not ours to remove.
+        if map.get(&self.key).is_some_and(|e| e.id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
 impl<K, V> Flights<K, V>
 where
     K: Eq + Hash + Clone + Send + 'static,
@@ -36,7 +66,14 @@ where
     pub(super) fn new() -> Self {
         Flights {
             map: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
         }
+    }
+
+    /// Flights under way.
+    #[cfg(test)]
+    pub(super) fn in_flight(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or_default()
     }
 
     /// Awaits the flight for `key`, starting `work()` as a detached task when none
@@ -51,20 +88,21 @@ where
         let (shared, started) = {
             let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
             match map.get(&key) {
-                Some(shared) => (shared.clone(), false),
+                Some(entry) => (entry.shared.clone(), false),
                 None => {
                     let fut = work();
-                    let map_handle = Arc::clone(&self.map);
-                    let task_key = key.clone();
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let departure = Departure {
+                        map: Arc::clone(&self.map),
+                        key: key.clone(),
+                        id,
+                    };
                     let task = tokio::spawn(
                         async move {
                             let result = fut.await.map_err(Arc::new);
                             // Removed before waiters wake: whoever comes next finds the
                             // result in storage or starts a clean retry.
-                            map_handle
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .remove(&task_key);
+                            drop(departure);
                             result
                         }
                         // Logs of the fetch stay attributed to the request that started it.
@@ -77,7 +115,13 @@ where
                     }
                     .boxed()
                     .shared();
-                    map.insert(key, shared.clone());
+                    map.insert(
+                        key,
+                        Entry {
+                            id,
+                            shared: shared.clone(),
+                        },
+                    );
                     (shared, true)
                 }
             }

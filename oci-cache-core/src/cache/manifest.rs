@@ -95,7 +95,7 @@ where
                 )
                 .await?;
             let manifest = verify(fetched, Some(&expected), &task_engine)?;
-            task_engine.manifest_put(&manifest).await?;
+            task_engine.manifest_put(&manifest).await;
             info!(digest = %manifest.digest, %registry, %repository, "manifest stored");
             Ok(Served {
                 manifest,
@@ -282,7 +282,7 @@ where
         )
         .await?;
     let manifest = verify(fetched, expected, engine)?;
-    engine.manifest_put(&manifest).await?;
+    engine.manifest_put(&manifest).await;
     info!(digest = %manifest.digest, upstream = %key.upstream, repository = %key.repository, tag = %key.tag, "manifest stored");
     Ok(manifest)
 }
@@ -299,7 +299,7 @@ async fn record_tag<S: Storage + ?Sized, U: ?Sized>(
     };
     if let Err(e) = engine.storage.tag_put(key, &record).await {
         // The client still gets a verified manifest; the next request asks again.
-        warn!(tag = %key.tag, error = %ErrorChain(&e), "could not record the tag");
+        engine.write_failed(crate::observe::StorageOperation::TagWrite, &e);
     }
 }
 

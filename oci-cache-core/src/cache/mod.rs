@@ -40,8 +40,13 @@
 //! whole blobs in memory does not fit 1 GiB layers; a ring buffer alone
 //! strands late joiners; waiting for the commit makes them wait for the whole
 //! blob.) A range request on a miss is a slice of the same fill. A client's
-//! stream ends cleanly only once the whole blob is verified; otherwise it ends
-//! with the verification or upstream error, and nothing is stored.
+//! stream yields its last byte only once the whole blob is verified; otherwise
+//! it ends with the verification error, and nothing is stored.
+//!
+//! A full or read-only disk degrades caching, never serving: verified
+//! manifests and blobs are served when storing them (or spooling a fill)
+//! fails; the failure is logged as "disk full" / "read-only filesystem" and
+//! reported to the observer ([`StorageEvent`](crate::observe::StorageEvent)).
 
 mod accept;
 mod blob;
@@ -127,6 +132,12 @@ pub struct CacheOptions {
     /// and a larger window only raised peak RSS (five 5-layer cold pulls in a
     /// row: 15.8 MiB peak at 256 KiB, 19.9 MiB at 1 MiB).
     pub fill_window: usize,
+    /// Largest blob accepted from upstream, whether announced by its
+    /// `Content-Length` or counted as it arrives (a body without a length is
+    /// cut here, so an endless body cannot fill the disk). Default 64 GiB:
+    /// above the largest layer registries accept (ECR's limit is 52,000 MiB,
+    /// Docker Hub's 10 GB), so no real image is refused.
+    pub max_blob_size: u64,
     /// Directory for blob fill spool files (anonymous, removed when the fill is
     /// done); `None` is the system temporary directory.
     pub spool_dir: Option<PathBuf>,
@@ -138,6 +149,7 @@ impl Default for CacheOptions {
             tag_ttl: Duration::from_secs(300),
             max_manifest_size: 4 * 1024 * 1024,
             fill_window: 256 * 1024,
+            max_blob_size: 64 * 1024 * 1024 * 1024,
             spool_dir: None,
         }
     }
@@ -159,6 +171,12 @@ impl CacheOptions {
     /// Sets how many bytes of each blob fill stay in memory.
     pub fn with_fill_window(mut self, bytes: usize) -> Self {
         self.fill_window = bytes;
+        self
+    }
+
+    /// Sets the largest blob accepted from upstream.
+    pub fn with_max_blob_size(mut self, bytes: u64) -> Self {
+        self.max_blob_size = bytes;
         self
     }
 
@@ -238,10 +256,36 @@ impl<S: Storage + ?Sized, U: ?Sized> Engine<S, U> {
         Ok(manifest)
     }
 
-    async fn manifest_put(&self, manifest: &StoredManifest) -> Result<()> {
-        self.storage.manifest_put(manifest).await?;
-        self.hot.put_manifest(manifest);
-        Ok(())
+    /// Stores a verified manifest. A failed write is logged and reported, not
+    /// returned: the client is served all the same, and the next request for
+    /// the manifest tries to store it again.
+    async fn manifest_put(&self, manifest: &StoredManifest) {
+        match self.storage.manifest_put(manifest).await {
+            Ok(()) => self.hot.put_manifest(manifest),
+            Err(e) => self.write_failed(observe::StorageOperation::ManifestWrite, &e),
+        }
+    }
+}
+
+impl<S: ?Sized, U: ?Sized> Engine<S, U> {
+    /// Logs and reports a write that failed while serving went on: caching is
+    /// skipped for this object only, nothing is remembered, so caching resumes
+    /// by itself once the disk has room (or is writable) again.
+    fn write_failed(&self, operation: observe::StorageOperation, error: &Error) {
+        let reason = error.write_failure();
+        warn!(
+            operation = operation.as_str(),
+            reason = reason.as_str(),
+            error = %ErrorChain(error),
+            "{}: {} skipped, the client is served without caching",
+            reason.describe(),
+            operation.as_str(),
+        );
+        self.observer.storage(&observe::StorageEvent::new(
+            operation,
+            reason,
+            ErrorChain(error).to_string(),
+        ));
     }
 }
 
@@ -334,10 +378,12 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// A blob or a range of it (end exclusive, clamped to the size); streams to
     /// the caller while storing on a miss.
     ///
-    /// On a miss the stream yields bytes as they arrive from upstream and ends
-    /// cleanly only once the whole blob is verified (also for a range, which is
-    /// cut from the same single fetch); on a verification or upstream failure
-    /// it ends with that error, and nothing is stored. A fill that has already
+    /// On a miss the stream yields bytes as they arrive from upstream, but the
+    /// last byte of the range only once the whole blob is verified (also for a
+    /// range, which is cut from the same single fetch); on a verification
+    /// failure it ends with that error instead, and nothing is stored. A
+    /// request that joined another repository's fill continues through its
+    /// own when that fill fails upstream. A fill that has already
     /// failed when the request arrives is returned as the error directly.
     pub async fn blob(
         &self,

@@ -2,9 +2,12 @@
 //!
 //! One set, shared by this crate's unit tests, the http crate's tests, the
 //! benches, and any embedder's tests: [`FakeUpstream`], a scripted in-process
-//! upstream that counts and records calls. The storage conformance suite is
+//! upstream that counts and records calls, and [`FaultyStorage`], memory
+//! storage that fails writes like a full or read-only disk, or writes slowly. The storage conformance suite is
 //! in [`storage::conformance`](crate::storage::conformance).
 
+mod storage;
 mod upstream;
 
+pub use storage::{DiskState, FaultyStorage};
 pub use upstream::{Asked, BlobScript, FakeUpstream, UpstreamCalls};

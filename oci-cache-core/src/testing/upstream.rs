@@ -27,6 +27,7 @@ pub struct BlobScript {
     truncate_at: Option<usize>,
     reset_at: Option<usize>,
     gate: Option<Arc<Semaphore>>,
+    fail: Option<(UpstreamErrorKind, Duration)>,
 }
 
 impl BlobScript {
@@ -39,6 +40,7 @@ impl BlobScript {
             truncate_at: None,
             reset_at: None,
             gate: None,
+            fail: None,
         }
     }
 
@@ -69,6 +71,14 @@ impl BlobScript {
     /// Each chunk waits for one permit of `gate`, so a test controls the pace.
     pub fn gated(mut self, gate: &Arc<Semaphore>) -> Self {
         self.gate = Some(Arc::clone(gate));
+        self
+    }
+
+    /// Answers the GET with `kind` after `delay` instead of the bytes: a
+    /// repository that does not have the blob (`NotFound`), refuses
+    /// (`Denied`), or never answers (`Timeout` after a long delay).
+    pub fn fail_after(mut self, kind: UpstreamErrorKind, delay: Duration) -> Self {
+        self.fail = Some((kind, delay));
         self
     }
 
@@ -130,12 +140,15 @@ type TagKey = (String, String, String);
 ///
 /// Tags are scoped to a registry and repository; manifests by digest and
 /// blobs are content-addressed and answered in any repository, as a real
-/// registry that holds them would. Every call is counted ([`calls`](Self::calls))
+/// registry that holds them would, unless a blob is scoped to one repository
+/// with [`add_blob_at`](Self::add_blob_at). Every call is counted ([`calls`](Self::calls))
 /// and recorded ([`asked`](Self::asked)); failures are scripted with
 /// [`set_down`](Self::set_down) and [`fail_with`](Self::fail_with).
 #[derive(Debug, Default)]
 pub struct FakeUpstream {
     blobs: Mutex<HashMap<Digest, BlobScript>>,
+    scoped_blobs: Mutex<HashMap<(String, String, Digest), BlobScript>>,
+    panic_next: AtomicBool,
     tags: Mutex<HashMap<TagKey, Vec<(String, Bytes)>>>,
     by_digest: Mutex<HashMap<Digest, (String, Bytes)>>,
     tag_lists: Mutex<HashMap<(String, String), Vec<String>>>,
@@ -164,6 +177,34 @@ impl FakeUpstream {
         let digest = Digest::sha256_of(&script.bytes);
         lock(&self.blobs).insert(digest.clone(), script);
         digest
+    }
+
+    /// Adds a blob served only in `registry/repository` (other repositories
+    /// answer 404 unless [`add_blob`](Self::add_blob) made it global); returns
+    /// its digest. With [`BlobScript::fail_after`], that repository fails or
+    /// stalls on the digest instead.
+    pub fn add_blob_at(&self, registry: &str, repository: &str, script: BlobScript) -> Digest {
+        let digest = Digest::sha256_of(&script.bytes);
+        self.add_blob_at_as(registry, repository, &digest, script);
+        digest
+    }
+
+    /// Like [`add_blob_at`](Self::add_blob_at) for `digest`, whatever the bytes hash to.
+    pub fn add_blob_at_as(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        script: BlobScript,
+    ) {
+        let key = (registry.to_owned(), repository.to_owned(), digest.clone());
+        lock(&self.scoped_blobs).insert(key, script);
+    }
+
+    /// The next call of any method panics: a bug in an upstream client, to
+    /// show that a panicking fetch does not wedge the engine.
+    pub fn panic_next(&self) {
+        self.panic_next.store(true, Ordering::SeqCst);
     }
 
     /// Serves `script` for `digest` even though the bytes do not hash to it:
@@ -272,6 +313,10 @@ impl FakeUpstream {
     ) -> Result<()> {
         counter.fetch_add(1, Ordering::SeqCst);
         lock(&self.asked).push((registry.to_string(), repository.to_string(), what));
+        #[allow(clippy::panic)] // The scripted fault itself.
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("FakeUpstream: scripted panic");
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(UpstreamError::new(
                 UpstreamErrorKind::Unavailable,
@@ -313,7 +358,16 @@ impl FakeUpstream {
         })
     }
 
-    fn blob_script(&self, digest: &Digest) -> Result<BlobScript> {
+    fn blob_script(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<BlobScript> {
+        let key = (registry.to_string(), repository.to_string(), digest.clone());
+        if let Some(script) = lock(&self.scoped_blobs).get(&key).cloned() {
+            return Ok(script);
+        }
         lock(&self.blobs).get(digest).cloned().ok_or_else(|| {
             UpstreamError::new(UpstreamErrorKind::NotFound, "fake", "blob unknown").into()
         })
@@ -383,7 +437,11 @@ impl Upstream for FakeUpstream {
             repository,
             digest.to_string(),
         )?;
-        let script = self.blob_script(digest)?;
+        let script = self.blob_script(registry, repository, digest)?;
+        if let Some((kind, delay)) = script.fail {
+            tokio::time::sleep(delay).await;
+            return Err(UpstreamError::new(kind, "fake", "scripted blob failure").into());
+        }
         let size = script.announced;
         let stream = futures::stream::unfold((script, 0usize), |(script, at)| async move {
             let end = script.truncate_at.unwrap_or(script.bytes.len());
@@ -422,7 +480,7 @@ impl Upstream for FakeUpstream {
             repository,
             digest.to_string(),
         )?;
-        Ok(self.blob_script(digest)?.bytes.len() as u64)
+        Ok(self.blob_script(registry, repository, digest)?.bytes.len() as u64)
     }
 
     async fn tag_list(

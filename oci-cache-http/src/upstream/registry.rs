@@ -244,6 +244,22 @@ impl Upstream for HyperUpstream {
                             Purpose::Blob,
                         )
                         .await?;
+                    // Asked for identity: an encoded body would not hash to the
+                    // digest, and decoding it is not ours to guess.
+                    if let Some(encoding) = response
+                        .headers()
+                        .get(http::header::CONTENT_ENCODING)
+                        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+                    {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            &target.endpoint.url,
+                            format!(
+                                "blob body sent with Content-Encoding {encoding:?} although identity was asked for; the upstream or a proxy in between must not encode blobs"
+                            ),
+                        )
+                        .into());
+                    }
                     let size = content_length(response.headers());
                     let stream = blob_stream(
                         response.into_body(),

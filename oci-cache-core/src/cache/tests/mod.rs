@@ -22,6 +22,8 @@ use crate::testing::{BlobScript, FakeUpstream};
 use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead};
 
 mod blob;
+mod degrade;
+mod hostile;
 mod manifest;
 mod memory;
 mod tags;

@@ -1,0 +1,481 @@
+//! Blob misses: one detached fill per digest, shared by every client that asks.
+//!
+//! # Design
+//!
+//! A fill is a tokio task, not tied to any request, that reads the upstream
+//! body once and tees each chunk into
+//!
+//! 1. the storage write ([`BlobSource::Preverified`] fed through a
+//!    bounded channel: the fill hashes every byte once, for its clients and
+//!    for storage, and ends the channel with its verdict, so the backend
+//!    commits atomically without hashing the blob a second time), and
+//! 2. the fill's *buffer*, which every joined client reads at its own pace.
+//!
+//! The buffer is a window of the most recent chunks in memory (at most
+//! [`CacheOptions::fill_window`](super::CacheOptions::fill_window) bytes, plus
+//! one batch) backed by an anonymous spool file: chunks leave the window only
+//! after they were written to the spool. So every byte that has arrived is
+//! always readable, either from memory or from the spool, and memory stays
+//! flat whatever the blob size. Blobs smaller than the window never touch the
+//! spool. A client that joins late, or falls behind, reads from the spool until
+//! it reaches the window and then follows live; a slow client never slows the
+//! fill or the other clients, and the fill never waits for clients.
+//!
+//! The alternatives were weaker: keeping every chunk in memory grows with the
+//! blob (1 GiB layers against a 48 MiB budget); a fixed ring with a broadcast
+//! leaves late joiners nowhere to get the bytes that already passed; waiting for
+//! the commit and then reading storage makes late joiners wait for the whole
+//! blob. The price of the spool is a second disk write for blobs larger than
+//! the window, which the page cache mostly absorbs.
+//!
+//! Clients are told about progress through a `watch` channel (no polling). A
+//! client's stream yields the last byte of its range only after the fill has
+//! verified the whole blob against its digest (see [`reader`]); when
+//! verification fails, every joined stream ends with that error instead (the
+//! http layer then cuts the connection) and nothing is stored. The fill leaves
+//! the single-flight map only after the storage write has finished, so a
+//! request arriving after that finds the blob in storage, or, after a failure,
+//! starts a clean new fill.
+//!
+//! # Hostile peers and full disks
+//!
+//! - A fill that fails for a reason of its own repository or upstream (not
+//!   found, denied, unauthorized, unavailable, timeout) does not fail the
+//!   clients that joined it through another repository: they continue with a
+//!   fill through their own, from the byte they reached. Only failures of the
+//!   content itself (wrong digest, wrong size, over
+//!   [`max_blob_size`](super::CacheOptions::max_blob_size)) are shared.
+//! - A body without a `Content-Length` is cut at `max_blob_size`.
+//! - When the spool cannot be created or written (disk full, read-only), the
+//!   fill goes on without it: the window stays bounded, clients that keep up
+//!   are served from memory, and a client that needs bytes which already left
+//!   memory gets its own verified upstream stream. A failed storage write
+//!   never fails a client. Both are logged ("disk full", "read-only") and
+//!   reported as [`StorageEvent`](crate::observe::StorageEvent)s; nothing is
+//!   sticky, so the next fill tries both again.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use super::{aborted, BlobResponse, CacheOutcome, Engine};
+use crate::digest::{Digest, DigestVerifier};
+use crate::error::ErrorChain;
+use crate::observe::{FillEvent, FillPhase, StorageOperation};
+use crate::reference::{Registry, Repository};
+use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
+use crate::upstream::Upstream;
+use crate::Result;
+
+mod buffer;
+pub(super) mod reader;
+
+use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
+use reader::{check_cap, retries_own, Origin, Reader};
+
+/// Chunks queued between the fill and the storage write.
+const STORE_QUEUE: usize = 8;
+
+/// The fills under way, by digest. Blobs are content-addressed and shared by all
+/// upstreams, so one fill serves every repository that asks for the digest.
+pub(super) struct BlobFills {
+    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+}
+
+impl std::fmt::Debug for BlobFills {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobFills")
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// How a request got its fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joined {
+    /// Joined a fill under way.
+    Existing,
+    /// Started the fill for the digest (now in the map).
+    Created,
+    /// Started a fill of its own, outside the map: another source's fill is
+    /// under way, and this request must not depend on it.
+    Private,
+}
+
+impl BlobFills {
+    pub(super) fn new() -> Self {
+        BlobFills {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Number of fills under way.
+    pub(super) fn in_flight(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    /// The size of the blob if a fill for it is under way and knows it.
+    pub(super) fn known_size(&self, digest: &Digest) -> Option<u64> {
+        let fill = lock(&self.map).get(digest).cloned()?;
+        let phase = fill.progress.borrow().clone();
+        match phase {
+            Phase::Streaming { size } => size,
+            Phase::Done(Ok(size)) => Some(size),
+            Phase::Connecting | Phase::Done(Err(_)) => None,
+        }
+    }
+
+    /// The fill for `digest`: the one under way (from any source, or with
+    /// `own_only` from `source` only), or a new one.
+    fn join(&self, digest: &Digest, source: &Source, own_only: bool) -> (Arc<Fill>, Joined) {
+        let mut map = lock(&self.map);
+        match map.get(digest) {
+            // A failed fill may linger until its task's guard removes it; it
+            // is replaced rather than joined.
+            Some(fill) if !fill.has_failed() && (!own_only || fill.source == *source) => {
+                (Arc::clone(fill), Joined::Existing)
+            }
+            Some(fill) if !fill.has_failed() => {
+                (Arc::new(Fill::new(source.clone())), Joined::Private)
+            }
+            _ => {
+                let fill = Arc::new(Fill::new(source.clone()));
+                map.insert(digest.clone(), Arc::clone(&fill));
+                (fill, Joined::Created)
+            }
+        }
+    }
+}
+
+/// A client's request for a blob: the engine and the source it asked through.
+struct ClientOrigin<S: ?Sized, U: ?Sized> {
+    engine: Arc<Engine<S, U>>,
+    source: Source,
+    digest: Digest,
+}
+
+impl<S: Storage + ?Sized, U: Upstream + ?Sized> ClientOrigin<S, U> {
+    /// Joins or starts a fill; a started one runs as its own task.
+    fn fill(&self, own_only: bool) -> (Arc<Fill>, Joined) {
+        let (fill, joined) = self
+            .engine
+            .blob_fills
+            .join(&self.digest, &self.source, own_only);
+        if joined == Joined::Existing {
+            debug!(digest = %self.digest, "joining the blob fill under way");
+        } else {
+            // Nothing between the insert and this spawn can be cancelled (no
+            // await), so a fill in the map always has a task behind it.
+            let task = FillTask {
+                engine: Arc::clone(&self.engine),
+                fill: Arc::clone(&fill),
+                registry: self.source.0.clone(),
+                repository: self.source.1.clone(),
+                digest: self.digest.clone(),
+            };
+            let span =
+                tracing::info_span!("blob_fill", digest = %self.digest, upstream = %self.source.0);
+            tokio::spawn(task.run().instrument(span));
+        }
+        (fill, joined)
+    }
+}
+
+impl<S: Storage + ?Sized, U: Upstream + ?Sized> Origin for ClientOrigin<S, U> {
+    fn source(&self) -> &Source {
+        &self.source
+    }
+
+    fn own_fill(&self) -> Arc<Fill> {
+        self.fill(true).0
+    }
+
+    fn direct(&self) -> BoxFuture<'static, Result<ByteStream>> {
+        let engine = Arc::clone(&self.engine);
+        let (registry, repository) = self.source.clone();
+        let digest = self.digest.clone();
+        async move {
+            let fetched = engine
+                .upstream
+                .blob_get(&registry, &repository, &digest)
+                .await?;
+            let max = engine.options.max_blob_size;
+            Ok(reader::verified(fetched.stream, digest, fetched.size, max))
+        }
+        .boxed()
+    }
+}
+
+/// Serves a blob that is not in storage from the fill for it, starting one if
+/// none is under way.
+pub(super) async fn fetch<S, U>(
+    engine: &Arc<Engine<S, U>>,
+    registry: &Registry,
+    repository: &Repository,
+    digest: &Digest,
+    range: Option<Range<u64>>,
+) -> Result<BlobResponse>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let origin = Arc::new(ClientOrigin {
+        engine: Arc::clone(engine),
+        source: (registry.clone(), repository.clone()),
+        digest: digest.clone(),
+    });
+    let (mut fill, joined) = origin.fill(false);
+    let mut retried = false;
+    let size = match fill.size().await {
+        Ok(size) => size,
+        Err(e) if retries_own(&fill, origin.as_ref(), &e) => {
+            debug!(%digest, error = %ErrorChain(&e), "the blob fill this request joined failed upstream; fetching through its own repository");
+            fill = origin.fill(true).0;
+            retried = true;
+            fill.size().await?
+        }
+        Err(e) => return Err(e),
+    };
+    let range = crate::storage::resolve_range(size, range)?;
+    Ok(BlobResponse {
+        size,
+        range: range.clone(),
+        stream: Reader::new(fill, range, origin, retried).into_stream(),
+        outcome: if joined == Joined::Existing {
+            CacheOutcome::Coalesced
+        } else {
+            CacheOutcome::Miss
+        },
+    })
+}
+
+/// The detached task that fetches one blob.
+struct FillTask<S: ?Sized, U: ?Sized> {
+    engine: Arc<Engine<S, U>>,
+    fill: Arc<Fill>,
+    registry: Registry,
+    repository: Repository,
+    digest: Digest,
+}
+
+impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
+    async fn run(self) {
+        let _guard = FillGuard {
+            map: Arc::clone(&self.engine.blob_fills.map),
+            fill: Arc::clone(&self.fill),
+            digest: self.digest.clone(),
+        };
+        let digest = &self.digest;
+        self.report(FillPhase::Started);
+        let fetched = match self
+            .engine
+            .upstream
+            .blob_get(&self.registry, &self.repository, digest)
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                let error = ErrorChain(&e).to_string();
+                warn!(%digest, registry = %self.registry, %error, "blob fetch failed");
+                self.report(FillPhase::Failed { error });
+                self.fill.finish(Err(Arc::new(e)));
+                return;
+            }
+        };
+        let size = fetched.size;
+        let max = self.engine.options.max_blob_size;
+        if let Some(announced) = size.filter(|&s| s > max) {
+            let e = check_cap(announced, max)
+                .err()
+                .unwrap_or_else(|| aborted("blob fill"));
+            warn!(%digest, error = %e, "blob announced over max_blob_size; not fetched");
+            self.report(FillPhase::Failed {
+                error: e.to_string(),
+            });
+            self.fill.finish(Err(Arc::new(e)));
+            return;
+        }
+        info!(%digest, registry = %self.registry, repository = %self.repository, ?size, "filling blob from upstream");
+        self.fill.progress.send_replace(Phase::Streaming { size });
+
+        let (to_store, store_rx) = mpsc::channel(STORE_QUEUE);
+        let pump = async {
+            let result = self.pump(fetched.stream, size, to_store).await;
+            // Readers are released as soon as the bytes are verified; the commit
+            // below only decides what later requests find in storage.
+            self.fill.finish(result.map_err(Arc::new));
+        };
+        let store = self.engine.storage.blob_write_from(
+            digest,
+            size,
+            BlobSource::Preverified(preverified_stream(store_rx)),
+        );
+        let ((), stored) = tokio::join!(pump, store);
+        let verified = matches!(*self.fill.progress.borrow(), Phase::Done(Ok(_)));
+        let failed = match (verified, stored) {
+            (true, Ok(bytes)) => {
+                info!(%digest, bytes, "blob verified and stored");
+                self.report(FillPhase::Stored { bytes });
+                return;
+            }
+            (true, Err(e)) => {
+                self.engine.write_failed(StorageOperation::BlobWrite, &e);
+                ErrorChain(&e).to_string()
+            }
+            (false, _) => match &*self.fill.progress.borrow() {
+                Phase::Done(Err(e)) => {
+                    let error = ErrorChain(e.as_ref()).to_string();
+                    warn!(%digest, %error, "blob fill failed; nothing stored");
+                    error
+                }
+                _ => "blob fill ended without a verdict".to_owned(),
+            },
+        };
+        self.report(FillPhase::Failed { error: failed });
+    }
+
+    fn report(&self, phase: FillPhase) {
+        self.engine.observer.fill(&FillEvent {
+            digest: self.digest.clone(),
+            upstream: self.registry.clone(),
+            phase,
+        });
+    }
+
+    /// Reads upstream to the end, feeding the buffer first (clients) and then
+    /// storage; the total size when the bytes match the digest.
+    async fn pump(
+        &self,
+        mut upstream: ByteStream,
+        size: Option<u64>,
+        to_store: mpsc::Sender<Result<Feed>>,
+    ) -> Result<u64> {
+        let mut verifier = DigestVerifier::new(self.digest.clone(), size);
+        let keep = self.engine.options.fill_window as u64;
+        let max = self.engine.options.max_blob_size;
+        let mut received = 0u64;
+        let mut spool: Option<Arc<File>> = None;
+        let mut spooling = true;
+        let mut storing = true;
+        let result = async {
+            while let Some(chunk) = upstream.next().await {
+                let chunk = chunk?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                received += chunk.len() as u64;
+                check_cap(received, max)?;
+                verifier.update(&chunk)?;
+                self.fill.push(chunk.clone());
+                if self.fill.buffer().len > keep {
+                    // Spill down to half the window so spool writes come in batches.
+                    if spooling {
+                        if let Err(e) = self.spill(&mut spool, keep / 2).await {
+                            // Serving goes on without the spool (see the module docs).
+                            self.engine.write_failed(StorageOperation::Spool, &e);
+                            spooling = false;
+                        }
+                    }
+                    if !spooling {
+                        self.fill.forget(keep / 2);
+                    }
+                }
+                if storing && to_store.send(Ok(Feed::Chunk(chunk))).await.is_err() {
+                    // The backend gave up (its error is reported when the write
+                    // returns); the clients are still served.
+                    storing = false;
+                }
+            }
+            verifier.finish()
+        }
+        .await;
+        // Storage hashes nothing itself (a preverified write): this verdict is
+        // what lets it commit, or makes it discard the staged bytes.
+        let verdict = match &result {
+            Ok(_) => Ok(Feed::Verified),
+            Err(e) => Err(e.duplicate()),
+        };
+        if storing {
+            let _ = to_store.send(verdict).await;
+        }
+        result
+    }
+
+    /// Spills the window down to `keep` bytes, creating the spool on first use.
+    async fn spill(&self, spool: &mut Option<Arc<File>>, keep: u64) -> Result<()> {
+        let file = match spool {
+            Some(file) => Arc::clone(file),
+            None => {
+                let file = Arc::new(self.create_spool().await?);
+                *spool = Some(Arc::clone(&file));
+                file
+            }
+        };
+        self.fill.spill(&file, keep).await
+    }
+
+    async fn create_spool(&self) -> Result<File> {
+        let dir = self
+            .engine
+            .options
+            .spool_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        blocking(move || tempfile::tempfile_in(&dir).map_err(|e| spool_error(&dir, e))).await
+    }
+}
+
+/// Ends the fill if its task stops without finishing (a panic, runtime
+/// shutdown), and takes it out of the single-flight map in every case.
+struct FillGuard {
+    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    fill: Arc<Fill>,
+    digest: Digest,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if !self.fill.is_done() {
+            self.fill.finish(Err(Arc::new(aborted("blob fill"))));
+        }
+        let mut map = lock(&self.map);
+        if map
+            .get(&self.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+        {
+            map.remove(&self.digest);
+        }
+    }
+}
+
+/// What the fill sends the storage write: bytes, then the verdict.
+enum Feed {
+    Chunk(Bytes),
+    /// Every byte matched the digest: the write may commit.
+    Verified,
+}
+
+/// Turns the storage channel into the stream
+/// [`BlobSource::Preverified`] consumes. It ends cleanly only on
+/// [`Feed::Verified`]; a channel closed without a verdict (the fill task went
+/// away) is an error, so the backend never commits unverified bytes.
+fn preverified_stream(rx: mpsc::Receiver<Result<Feed>>) -> PreverifiedStream {
+    let stream = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Ok(Feed::Chunk(chunk))) => Some((Ok(chunk), Some(rx))),
+            Some(Ok(Feed::Verified)) => None,
+            Some(Err(e)) => Some((Err(e), None)),
+            None => Some((Err(aborted("blob fill")), None)),
+        }
+    })
+    .boxed();
+    PreverifiedStream::new(stream)
+}
