@@ -63,14 +63,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::digest::Digest;
-use crate::error::{ErrorChain, UpstreamError, UpstreamErrorKind};
+use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::observe::{self, SharedObserver};
 use crate::reference::{Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
-use crate::upstream::{ManifestRef, TagList, Upstream};
+use crate::upstream::{ManifestRef, Upstream};
 use crate::{Error, Result};
 
 /// How a request was answered, for logs and metrics.
