@@ -14,7 +14,7 @@ use crate::error::UpstreamErrorKind;
 use crate::reference::Tag;
 use crate::storage::{BlobSource, MemoryStorage, StoredManifest, TagKey, TagRecord};
 use crate::testing::{BlobScript, FakeUpstream};
-use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead};
+use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead, TagList};
 
 mod blob;
 mod manifest;
