@@ -51,6 +51,13 @@ pub struct UpstreamOptions {
     pub idle_timeout: Duration,
     /// Largest manifest body accepted; larger is [`oci_cache_core::Error::TooLarge`].
     pub max_manifest_size: u64,
+    /// Largest tag list accepted, in bytes over all its pages; larger is
+    /// [`oci_cache_core::Error::TooLarge`].
+    pub max_tag_list_bytes: u64,
+    /// Most tags accepted in one tag list; more is [`oci_cache_core::Error::TooLarge`].
+    pub max_tags: usize,
+    /// Most idle pooled connections kept per upstream host.
+    pub max_idle_per_host: usize,
     /// Most redirects followed per request.
     pub max_redirects: usize,
     /// The `User-Agent` sent upstream.
@@ -75,6 +82,9 @@ impl Default for UpstreamOptions {
             read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             max_manifest_size: 4 * 1024 * 1024,
+            max_tag_list_bytes: 8 * 1024 * 1024,
+            max_tags: 100_000,
+            max_idle_per_host: 16,
             max_redirects: 10,
             user_agent: concat!("oci-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
             proxy: ProxyConfig::FromEnv,
