@@ -13,6 +13,7 @@ mod support;
 mod api;
 mod auth;
 mod chain;
+mod hostile_wire;
 mod resilience;
 mod routing;
 mod upstream;
