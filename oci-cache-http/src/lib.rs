@@ -68,6 +68,8 @@
 
 pub mod body;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod routes;
 mod server;
@@ -77,6 +79,6 @@ mod wire;
 
 pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, OciErrorCode, Result};
-pub use server::serve;
+pub use server::{serve, serve_with, ServerOptions};
 pub use service::{service, AppState, Engine, OciService};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

@@ -216,3 +216,218 @@ async fn responses_carry_nosniff() {
         );
     }
 }
+
+// ------------------------------------------------------------------ client connections
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<oci_cache_http::Result<()>>,
+}
+
+impl Server {
+    async fn start(options: oci_cache_http::ServerOptions) -> Server {
+        let (svc, _fake) = fake_service();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(oci_cache_http::serve_with(listener, svc, options, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Sends `GET /v2/` on a raw socket and reads the whole response head and body.
+async fn ping_v2(stream: &mut tokio::net::TcpStream) -> String {
+    send_v2(stream).await;
+    read_answer(stream).await
+}
+
+async fn send_v2(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nhost: mirror\r\n\r\n")
+        .await
+        .unwrap();
+}
+
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let server = Server::start(oci_cache_http::ServerOptions {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(ping_v2(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The kernel accepts the second connection, the server does not serve it.
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    send_v2(&mut second).await;
+    let waiting = tokio::time::timeout(Duration::from_millis(700), read_answer(&mut second)).await;
+    assert!(
+        waiting.is_err(),
+        "a second connection was served past max_connections = 1"
+    );
+    // Once the first one closes, the waiting one is served.
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut second))
+        .await
+        .expect("served once the first connection closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(second);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let server = Server::start(oci_cache_http::ServerOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/v2/", server.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // Open before the idle timeout, closed by the server after it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!connection.is_finished());
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the server closed the idle HTTP/2 connection")
+        .unwrap()
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start(oci_cache_http::ServerOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(ping_v2(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the server closed the idle HTTP/1.1 connection");
+    assert_eq!(read.unwrap(), 0);
+    server.stop().await;
+}
+
+// ------------------------------------------------------------------ upstream connection pool
+
+/// An HTTP/1.1 origin answering every request with an empty tag list after
+/// `delay`, counting the connections open right now.
+async fn counting_origin(
+    delay: Duration,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = open.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(
+                            br#"{"name":"library/alpine","tags":[]}"#,
+                        )),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, open, task)
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_capped_per_host() {
+    use std::sync::atomic::Ordering;
+    let (url, open, origin) = counting_origin(Duration::from_millis(300)).await;
+    let up = HyperUpstream::new(
+        Arc::new(mirrors(&url)),
+        UpstreamOptions {
+            max_idle_per_host: 1,
+            ..options()
+        },
+    )
+    .unwrap();
+    let (r, a) = (registry("docker.io"), repo("library/alpine"));
+    let lists = futures::future::join_all((0..4).map(|_| up.tag_list(&r, &a, None, None))).await;
+    for list in lists {
+        list.unwrap();
+    }
+    // The three connections beyond the cap are closed once idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open.load(Ordering::SeqCst) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open.load(Ordering::SeqCst), 1);
+    origin.abort();
+}
