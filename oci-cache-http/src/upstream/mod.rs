@@ -11,11 +11,11 @@
 //! through an HTTP `CONNECT` tunnel, so the proxy must allow `CONNECT` to the
 //! registry's port.
 
-mod auth;
+pub(crate) mod auth;
 mod breaker;
 mod chain;
 mod options;
-mod registry;
+pub(crate) mod registry;
 mod request;
 mod tls;
 mod transport;

@@ -70,7 +70,10 @@ async fn the_tag_list_cache_is_bounded() {
         let name = format!("made-up-{i}");
         s.upstream.set_tag_list("docker.io", &name, &["1"]);
         let repository = Repository::new(&name).unwrap();
-        s.engine.tags(&hub(), &repository, None, None).await.unwrap();
+        s.engine
+            .tags(&hub(), &repository, None, None)
+            .await
+            .unwrap();
     }
     assert!(s.engine.inner.tag_lists.cached() <= super::super::tags::MAX_CACHED_LISTS);
 }
