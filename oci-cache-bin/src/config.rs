@@ -12,6 +12,7 @@ use oci_cache_core::mirror::{
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::S3Config;
+use oci_cache_http::{ServerOptions, UpstreamOptions};
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
@@ -34,6 +35,50 @@ pub(crate) struct FileConfig {
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
+    #[serde(default)]
+    limits: LimitsEntry,
+}
+
+/// The `[limits]` table: caps against greedy clients and upstreams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsEntry {
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    max_tag_list_bytes: Option<u64>,
+    max_tags: Option<usize>,
+}
+
+/// Resolved `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) server: ServerOptions,
+    pub(crate) max_tag_list_bytes: u64,
+    pub(crate) max_tags: usize,
+}
+
+impl LimitsEntry {
+    fn resolve(self) -> Result<Limits, String> {
+        let mut server = ServerOptions::default();
+        let upstream = UpstreamOptions::default();
+        if let Some(max) = self.max_connections {
+            if max == 0 {
+                return Err("limits.max_connections must be at least 1".to_owned());
+            }
+            server.max_connections = max;
+        }
+        if let Some(text) = self.idle_timeout {
+            server.idle_timeout =
+                parse_duration(&text).map_err(|e| format!("limits.idle_timeout: {e}"))?;
+        }
+        Ok(Limits {
+            server,
+            max_tag_list_bytes: self
+                .max_tag_list_bytes
+                .unwrap_or(upstream.max_tag_list_bytes),
+            max_tags: self.max_tags.unwrap_or(upstream.max_tags),
+        })
+    }
 }
 
 /// Which storage backend to use.
@@ -80,6 +125,7 @@ pub(crate) struct Settings {
     pub(crate) mirrors: MirrorConfig,
     pub(crate) tag_ttl: Duration,
     pub(crate) offline: bool,
+    pub(crate) limits: Limits,
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -155,12 +201,14 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let limits = file.limits.resolve()?;
     Ok(Settings {
         listen,
         storage,
         mirrors,
         tag_ttl,
         offline: args.offline,
+        limits,
     })
 }
 
@@ -260,6 +308,27 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_table() {
+        let file: FileConfig = toml::from_str(
+            "[limits]\nmax_connections = 10\nidle_timeout = \"5s\"\nmax_tag_list_bytes = 1024\nmax_tags = 7\n",
+        )
+        .unwrap();
+        let limits = file.limits.resolve().unwrap();
+        assert_eq!(limits.server.max_connections, 10);
+        assert_eq!(limits.server.idle_timeout, Duration::from_secs(5));
+        assert_eq!((limits.max_tag_list_bytes, limits.max_tags), (1024, 7));
+        let defaults = FileConfig::default().limits.resolve().unwrap();
+        assert_eq!(defaults.server, ServerOptions::default());
+        let zero: FileConfig = toml::from_str("[limits]\nmax_connections = 0\n").unwrap();
+        assert!(zero
+            .limits
+            .resolve()
+            .unwrap_err()
+            .contains("max_connections"));
+        assert!(toml::from_str::<FileConfig>("[limits]\nmax_conections = 1\n").is_err());
+    }
 
     fn args() -> ServeArgs {
         ServeArgs::default()

@@ -112,8 +112,11 @@ async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxErr
 async fn serve(settings: Settings) -> Result<(), BoxError> {
     let storage = open_storage(&settings.storage).await?;
     let mirrors = Arc::new(settings.mirrors);
+    raise_fd_limit();
     let upstream_options = UpstreamOptions {
         offline: settings.offline,
+        max_tag_list_bytes: settings.limits.max_tag_list_bytes,
+        max_tags: settings.limits.max_tags,
         ..UpstreamOptions::default()
     };
     let upstream: Arc<dyn Upstream> =
@@ -138,11 +141,43 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         default_upstream = %mirrors.default_upstream,
         tag_ttl = ?settings.tag_ttl,
         offline = settings.offline,
+        max_connections = settings.limits.server.max_connections,
         "oci-cache serving"
     );
-    oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+    oci_cache_http::serve_with(
+        listener,
+        service,
+        settings.limits.server.clone(),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("oci-cache stopped");
     Ok(())
+}
+
+/// Raises the open-file soft limit to the hard limit: every client
+/// connection is a descriptor, and the usual soft limit of 1024 would make
+/// `accept` fail long before `limits.max_connections`. Returns the soft
+/// limit now in force (`None`: unknown or unlimited).
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open-file limit; clients beyond it are refused");
+                return limit.current;
+            }
+        }
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 /// Resolves on SIGINT or SIGTERM, so in-flight requests can finish.
@@ -166,4 +201,27 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = getrlimit(Resource::Nofile);
+        // Start below the hard limit, as a default 1024 soft limit does.
+        let low = before.maximum.map_or(1024, |max| max.min(1024) / 2);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(low),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        assert_eq!(super::raise_fd_limit(), before.maximum);
+        assert_eq!(getrlimit(Resource::Nofile).current, before.maximum);
+    }
 }
