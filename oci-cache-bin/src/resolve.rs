@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(
             urls(&mirrors, "alpine:3"),
             [
-                "https://h/v2/hub/library/alpine/manifests/3?ns=docker%2Eio",
+                "https://h/v2/hub/library/alpine/manifests/3?ns=docker.io",
                 "https://registry-1.docker.io/v2/library/alpine/manifests/3",
             ]
         );
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(by_digest.len(), 3);
         assert_eq!(
             by_digest[0],
-            format!("http://m:5000/v2/library/alpine/manifests/{digest}?ns=docker%2Eio")
+            format!("http://m:5000/v2/library/alpine/manifests/{digest}?ns=docker.io")
         );
     }
 

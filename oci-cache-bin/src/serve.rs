@@ -5,10 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oci_cache_core::cache::{CacheOptions, PullThrough};
+use oci_cache_core::cache::CacheOptions;
 use oci_cache_core::storage::Storage;
-use oci_cache_core::upstream::Upstream;
-use oci_cache_http::{AppState, HyperUpstream, UpstreamOptions};
+use oci_cache_http::{AccessLog, Mirror, UpstreamOptions};
 use tokio::net::TcpListener;
 
 use crate::cli::{CheckConfigArgs, ServeArgs};
@@ -111,16 +110,11 @@ async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxErr
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
     let storage = open_storage(&settings.storage).await?;
-    let mirrors = Arc::new(settings.mirrors);
     raise_fd_limit();
-    let upstream_options = UpstreamOptions {
-        offline: settings.offline,
-        max_tag_list_bytes: settings.limits.max_tag_list_bytes,
-        max_tags: settings.limits.max_tags,
-        ..UpstreamOptions::default()
-    };
-    let upstream: Arc<dyn Upstream> =
-        Arc::new(HyperUpstream::new(mirrors.clone(), upstream_options)?);
+    let upstream_options = UpstreamOptions::default()
+        .with_offline(settings.offline)
+        .with_max_tag_list_bytes(settings.limits.max_tag_list_bytes)
+        .with_max_tags(settings.limits.max_tags);
     let mut options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
     // Blob fills spill to anonymous temp files; keep them on the data disk,
     // not in a /tmp that may be RAM.
@@ -128,8 +122,15 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         options = options.with_spool_dir(dir.clone());
     }
     let storage_name = storage.to_string();
-    let engine = Arc::new(PullThrough::new(storage, upstream, options));
-    let service = oci_cache_http::service(AppState::new(engine, mirrors.clone()));
+    let mirror = Mirror::builder()
+        .upstreams(settings.mirrors)
+        .storage(storage)
+        .cache_options(options)
+        .upstream_options(upstream_options)
+        .observer(Arc::new(AccessLog))
+        .build()?;
+    let service = mirror.service();
+    let mirrors = service.mirrors();
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

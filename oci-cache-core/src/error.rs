@@ -353,3 +353,31 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn waiters_of_a_shared_fetch_see_the_whole_cause_chain() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = Error::from(
+            UpstreamError::new(
+                UpstreamErrorKind::Unavailable,
+                "https://r.example",
+                "request failed",
+            )
+            .with_source(Outer(refused)),
+        );
+        let full = "upstream https://r.example: request failed: client error (Connect): connection refused";
+        assert_eq!(ErrorChain(&err).to_string(), full);
+        let copy = err.duplicate();
+        assert_eq!(ErrorChain(&copy).to_string(), full);
+        assert!(matches!(copy, Error::Upstream(e) if e.kind() == UpstreamErrorKind::Unavailable));
+    }
+}

@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::{Body, OciService, Result};
+use crate::Result;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight requests may run after shutdown was asked for.
 const GRACE: Duration = Duration::from_secs(30);
@@ -62,24 +64,42 @@ impl Default for ServerOptions {
     }
 }
 
-/// Serves `service` on `listener` with the default [`ServerOptions`]; see [`serve_with`].
-pub async fn serve(
+/// Serves `service` on `listener` with the default [`ServerOptions`] until
+/// `shutdown` completes, then waits up to 30 s for in-flight requests (a
+/// blob download may take longer; it is cut). See [`serve_with`].
+///
+/// `service` is any hyper service: an [`OciService`](crate::OciService), or
+/// one that wraps or routes to it (e.g. an axum `Router` through
+/// `hyper_util::service::TowerToHyperService`).
+pub async fn serve<S, B>(
     listener: TcpListener,
-    service: OciService,
+    service: S,
     shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     serve_with(listener, service, ServerOptions::default(), shutdown).await
 }
 
-/// Serves `service` on `listener` under `options` until `shutdown`
-/// completes, then waits up to 30 s for in-flight requests (a blob download
-/// may take longer; it is cut).
-pub async fn serve_with(
+/// [`serve`] under the connection policy `options`.
+pub async fn serve_with<S, B>(
     listener: TcpListener,
-    service: OciService,
+    service: S,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.
     builder
@@ -234,24 +254,29 @@ impl Drop for InFlight {
 
 /// The service, counting requests in flight for the idle timeout.
 #[derive(Clone)]
-struct Tracked {
-    inner: OciService,
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for Tracked {
-    type Response = Response<TrackedBody>;
-    type Error = std::convert::Infallible;
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
     type Future =
         Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
-        let inner = self.inner.clone();
+        let response = self.inner.call(request);
         Box::pin(async move {
-            let response = inner.handle(request).await;
+            let response = response.await?;
             Ok(response.map(|body| TrackedBody {
-                body,
+                body: Box::pin(body),
                 _in_flight: in_flight,
             }))
         })
@@ -259,20 +284,20 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 }
 
 /// A response body that keeps its request counted as in flight until it ends.
-struct TrackedBody {
-    body: Body,
+struct TrackedBody<B> {
+    body: Pin<Box<B>>,
     _in_flight: InFlight,
 }
 
-impl HttpBody for TrackedBody {
-    type Data = Bytes;
-    type Error = <Body as HttpBody>::Error;
+impl<B: HttpBody> HttpBody for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+    ) -> Poll<Option<std::result::Result<Frame<B::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

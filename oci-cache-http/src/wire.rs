@@ -24,9 +24,17 @@ pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
-/// Percent-encodes a query value (everything but ASCII letters and digits).
+/// What a query value leaves unescaped: Go's `url.QueryEscape` set, the one
+/// containerd and distribution use (`ns=ghcr.io`, not `ghcr%2Eio`).
+const QUERY_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a query value (all but ASCII letters, digits and `-._~`).
 pub(crate) fn encode_query(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, QUERY_ESCAPE).to_string()
 }
 
 fn decode_query(s: &str) -> Option<String> {

@@ -17,10 +17,7 @@ const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const M: &[u8] = br#"{"schemaVersion":2}"#;
 
 fn options() -> UpstreamOptions {
-    UpstreamOptions {
-        proxy: ProxyConfig::Direct,
-        ..UpstreamOptions::default()
-    }
+    UpstreamOptions::default().with_proxy(ProxyConfig::Direct)
 }
 
 fn client_with(origin: &MockRegistry, options: UpstreamOptions) -> Arc<HyperUpstream> {
@@ -49,13 +46,7 @@ async fn a_huge_tag_list_stops_at_the_byte_cap() {
     assert!(huge.len() > 4 * 1024 * 1024);
     origin.push(Reply::ok(huge));
     let cap = 256 * 1024;
-    let up = client_with(
-        &origin,
-        UpstreamOptions {
-            max_tag_list_bytes: cap,
-            ..options()
-        },
-    );
+    let up = client_with(&origin, options().with_max_tag_list_bytes(cap));
     let err = up
         .tag_list(&registry("docker.io"), &repo("library/alpine"), None, None)
         .await
@@ -77,13 +68,7 @@ async fn the_byte_cap_covers_every_page() {
         );
     }
     let cap = 256 * 1024;
-    let up = client_with(
-        &origin,
-        UpstreamOptions {
-            max_tag_list_bytes: cap,
-            ..options()
-        },
-    );
+    let up = client_with(&origin, options().with_max_tag_list_bytes(cap));
     let err = up
         .tag_list(&registry("docker.io"), &repo("library/alpine"), None, None)
         .await
@@ -96,13 +81,7 @@ async fn the_byte_cap_covers_every_page() {
 async fn too_many_tags_is_an_error() {
     let origin = MockRegistry::start().await;
     origin.push(Reply::ok(tag_page((0..11).map(|i| i.to_string()))));
-    let up = client_with(
-        &origin,
-        UpstreamOptions {
-            max_tags: 10,
-            ..options()
-        },
-    );
+    let up = client_with(&origin, options().with_max_tags(10));
     let err = up
         .tag_list(&registry("docker.io"), &repo("library/alpine"), None, None)
         .await
@@ -410,14 +389,8 @@ async fn counting_origin(
 async fn idle_upstream_connections_are_capped_per_host() {
     use std::sync::atomic::Ordering;
     let (url, open, origin) = counting_origin(Duration::from_millis(300)).await;
-    let up = HyperUpstream::new(
-        Arc::new(mirrors(&url)),
-        UpstreamOptions {
-            max_idle_per_host: 1,
-            ..options()
-        },
-    )
-    .unwrap();
+    let up =
+        HyperUpstream::new(Arc::new(mirrors(&url)), options().with_max_idle_per_host(1)).unwrap();
     let (r, a) = (registry("docker.io"), repo("library/alpine"));
     let lists = futures::future::join_all((0..4).map(|_| up.tag_list(&r, &a, None, None))).await;
     for list in lists {

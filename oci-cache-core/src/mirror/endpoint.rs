@@ -156,12 +156,16 @@ impl Endpoint {
         let mut url = format!("{}/{repository}/{suffix}", self.api_root());
         let mut params: Vec<String> = query.map(str::to_owned).into_iter().collect();
         if send_ns {
+            // Escaped like Go's url.QueryEscape, as containerd sends it:
+            // `ns=ghcr.io`, `ns=%5B%3A%3A1%5D%3A5000`.
+            const QUERY_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+                .remove(b'-')
+                .remove(b'.')
+                .remove(b'_')
+                .remove(b'~');
             params.push(format!(
                 "ns={}",
-                percent_encoding::utf8_percent_encode(
-                    registry.as_str(),
-                    percent_encoding::NON_ALPHANUMERIC
-                )
+                percent_encoding::utf8_percent_encode(registry.as_str(), QUERY_ESCAPE)
             ));
         }
         if !params.is_empty() {

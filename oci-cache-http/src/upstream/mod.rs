@@ -16,6 +16,7 @@ mod breaker;
 mod chain;
 mod options;
 pub(crate) mod registry;
+mod report;
 mod request;
 mod tls;
 mod transport;
@@ -24,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use oci_cache_core::mirror::{Endpoint, MirrorConfig};
+use oci_cache_core::observe::{self, SharedObserver};
 
 use self::auth::AuthCache;
 use self::breaker::Breakers;
@@ -43,6 +45,7 @@ pub struct HyperUpstream {
     auth: AuthCache,
     breakers: Breakers,
     options: UpstreamOptions,
+    observer: SharedObserver,
 }
 
 impl HyperUpstream {
@@ -75,7 +78,15 @@ impl HyperUpstream {
             auth: AuthCache::default(),
             breakers: Breakers::new(options.breaker_threshold, options.breaker_cooldown),
             options,
+            observer: observe::noop(),
         })
+    }
+
+    /// Reports every attempt on an endpoint, blob body ends and breaker
+    /// changes to `observer`.
+    pub fn with_observer(mut self, observer: SharedObserver) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The client for `endpoint`: its own when it has TLS settings.

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::Addressing;
+use oci_cache_core::observe::UpstreamOperation;
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::upstream::{
     FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
@@ -99,7 +100,7 @@ impl HyperUpstream {
         repository: &Repository,
         n: Option<usize>,
         last: Option<&str>,
-    ) -> CoreResult<TagList> {
+    ) -> CoreResult<(TagList, u64)> {
         let mut query: Vec<String> = Vec::new();
         if let Some(n) = n {
             query.push(format!("n={n}"));
@@ -110,20 +111,20 @@ impl HyperUpstream {
         let query = (!query.is_empty()).then(|| query.join("&"));
         let mut url = target.url(repository, "tags/list", query.as_deref());
         let scope = pull_scope(repository);
+        // One budget over every page: a registry cannot get past the cap by paging.
+        let mut received: u64 = 0;
         let mut all = TagList {
             name: repository.to_string(),
             tags: Vec::new(),
         };
-        // One budget over every page: a registry cannot get past the cap by paging.
         let max_bytes = self.options.max_tag_list_bytes;
-        let mut read: u64 = 0;
         for _ in 0..MAX_TAG_PAGES {
             let response = self.send(&target, Method::GET, &url, None, &scope).await?;
             let next = next_link(&response, &url);
             let body = self
                 .read_body(
                     response.into_body(),
-                    max_bytes.saturating_sub(read),
+                    max_bytes.saturating_sub(received),
                     &target.endpoint.url,
                     "tag list",
                 )
@@ -132,11 +133,10 @@ impl HyperUpstream {
                     oci_cache_core::Error::TooLarge { what, limit, .. } => too_large(
                         &what,
                         max_bytes,
-                        read.saturating_add(limit).saturating_add(1),
+                        received.saturating_add(limit).saturating_add(1),
                     ),
                     other => other,
                 })?;
-            read += body.len() as u64;
             let page = parse_tag_page(&body).map_err(|e| {
                 UpstreamError::new(
                     UpstreamErrorKind::Invalid,
@@ -147,6 +147,7 @@ impl HyperUpstream {
             })?;
             all.name = page.name;
             all.tags.extend(page.tags.unwrap_or_default());
+            received += body.len() as u64;
             if all.tags.len() > self.options.max_tags {
                 return Err(too_large(
                     "tag list (entries)",
@@ -159,7 +160,7 @@ impl HyperUpstream {
                 _ => break,
             }
         }
-        Ok(all)
+        Ok((all, received))
     }
 }
 
@@ -172,23 +173,28 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<ManifestHead> {
-        self.over_chain(registry, addressing(reference), |target| {
-            Box::pin(async move {
-                let (response, endpoint) = self
-                    .manifest_request(target, Method::HEAD, repository, reference, accept)
-                    .await?;
-                let head = manifest_head(response.headers());
-                if head.media_type.is_empty() {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        endpoint,
-                        "manifest HEAD has no Content-Type",
-                    )
-                    .into());
-                }
-                Ok(head)
-            })
-        })
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestHead,
+            |target| {
+                Box::pin(async move {
+                    let (response, endpoint) = self
+                        .manifest_request(target, Method::HEAD, repository, reference, accept)
+                        .await?;
+                    let head = manifest_head(response.headers());
+                    if head.media_type.is_empty() {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            endpoint,
+                            "manifest HEAD has no Content-Type",
+                        )
+                        .into());
+                    }
+                    Ok(head)
+                })
+            },
+        )
         .await
     }
 
@@ -199,9 +205,12 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<FetchedManifest> {
-        self.over_chain(registry, addressing(reference), |target| {
-            Box::pin(self.get_manifest_once(target, repository, reference, accept))
-        })
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestGet,
+            |target| Box::pin(self.get_manifest_once(target, repository, reference, accept)),
+        )
         .await
     }
 
@@ -211,21 +220,26 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<FetchedBlob> {
-        self.over_chain(registry, Addressing::Digest, |target| {
-            Box::pin(async move {
-                let url = target.url(repository, &format!("blobs/{digest}"), None);
-                let response = self
-                    .send(&target, Method::GET, &url, None, &pull_scope(repository))
-                    .await?;
-                let size = content_length(response.headers());
-                let stream = blob_stream(
-                    response.into_body(),
-                    self.options.read_timeout,
-                    target.endpoint.url.clone(),
-                );
-                Ok(FetchedBlob { size, stream })
-            })
-        })
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobGet,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(&target, Method::GET, &url, None, &pull_scope(repository))
+                        .await?;
+                    let size = content_length(response.headers());
+                    let stream = blob_stream(
+                        response.into_body(),
+                        self.options.read_timeout,
+                        target.endpoint.url.clone(),
+                    );
+                    Ok(FetchedBlob { size, stream })
+                })
+            },
+        )
         .await
     }
 
@@ -235,22 +249,27 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<u64> {
-        self.over_chain(registry, Addressing::Digest, |target| {
-            Box::pin(async move {
-                let url = target.url(repository, &format!("blobs/{digest}"), None);
-                let response = self
-                    .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
-                    .await?;
-                content_length(response.headers()).ok_or_else(|| {
-                    UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        &target.endpoint.url,
-                        "blob HEAD has no Content-Length",
-                    )
-                    .into()
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobHead,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
+                        .await?;
+                    content_length(response.headers()).ok_or_else(|| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            &target.endpoint.url,
+                            "blob HEAD has no Content-Length",
+                        )
+                        .into()
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 
@@ -261,10 +280,14 @@ impl Upstream for HyperUpstream {
         n: Option<usize>,
         last: Option<&str>,
     ) -> CoreResult<TagList> {
-        self.over_chain(registry, Addressing::Tag, |target| {
-            Box::pin(self.tags_once(target, repository, n, last))
-        })
+        self.over_chain(
+            registry,
+            Addressing::Tag,
+            UpstreamOperation::TagList,
+            |target| Box::pin(self.tags_once(target, repository, n, last)),
+        )
         .await
+        .map(|(list, _)| list)
     }
 }
 

@@ -14,14 +14,13 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::mirror::{Endpoint, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::storage::{MemoryStorage, Storage};
 pub use oci_cache_core::testing::{BlobScript, FakeUpstream};
 use oci_cache_core::upstream::{FetchedManifest, ManifestRef, Upstream};
 use oci_cache_core::Error;
-use oci_cache_http::{service, AppState, OciService};
+use oci_cache_http::{Mirror, OciService};
 use tokio::sync::oneshot;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -274,8 +273,13 @@ pub async fn get_alpine_manifest(
 /// A service over memory storage and `upstream`, routing with `mirrors("http://unused")`.
 pub fn service_with(upstream: Arc<dyn Upstream>, mirrors: MirrorConfig) -> OciService {
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
-    service(AppState::new(engine, Arc::new(mirrors)))
+    Mirror::builder()
+        .upstreams(mirrors)
+        .storage(storage)
+        .upstream(upstream)
+        .build()
+        .unwrap()
+        .service()
 }
 
 pub fn fake_service() -> (OciService, Arc<FakeUpstream>) {
