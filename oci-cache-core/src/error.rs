@@ -84,6 +84,15 @@ pub enum Error {
         name: String,
     },
 
+    /// A manifest or index is not JSON of a shape this crate knows.
+    #[error("manifest {digest} is not a valid image manifest or index: {reason}")]
+    InvalidManifest {
+        /// The manifest's digest.
+        digest: Digest,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The operation is not something a pull-through cache does (push, delete).
     #[error("{0} is not supported by a pull-through cache")]
     Unsupported(String),
@@ -332,6 +341,10 @@ impl Error {
                 media_type: media_type.clone(),
             },
             Error::UnknownUpstream { name } => Error::UnknownUpstream { name: name.clone() },
+            Error::InvalidManifest { digest, reason } => Error::InvalidManifest {
+                digest: digest.clone(),
+                reason: reason.clone(),
+            },
             Error::Unsupported(what) => Error::Unsupported(what.clone()),
             Error::Config(what) => Error::Config(what.clone()),
             Error::Storage {

@@ -2,6 +2,7 @@
 //! header parsing and query-string encoding.
 
 use http::header::HeaderName;
+use oci_cache_core::mirror::QUERY_ESCAPE;
 use percent_encoding::percent_decode_str;
 
 /// `Docker-Content-Digest`.
@@ -23,14 +24,6 @@ pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         (decode_query(k)? == key).then(|| decode_query(v))?
     })
 }
-
-/// What a query value leaves unescaped: Go's `url.QueryEscape` set, the one
-/// containerd and distribution use (`ns=ghcr.io`, not `ghcr%2Eio`).
-const QUERY_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Percent-encodes a query value (all but ASCII letters, digits and `-._~`).
 pub(crate) fn encode_query(s: &str) -> String {

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use oci_cache_http::{OciError, OciErrorCode};
 use tower_service::Service;
 
-use crate::support::fake_service;
+use crate::support::{fake_service, BlobScript};
 
 async fn call(app: &mut Router, uri: &str) -> (StatusCode, bytes::Bytes) {
     let request = Request::get(uri).body(AxumBody::empty()).unwrap();
@@ -26,7 +26,7 @@ async fn call(app: &mut Router, uri: &str) -> (StatusCode, bytes::Bytes) {
 #[tokio::test]
 async fn mounted_in_axum_under_a_prefix_beside_app_routes() {
     let (svc, fake) = fake_service();
-    let digest = fake.add_blob(crate::support::BlobScript::new(b"layer bytes"));
+    let digest = fake.add_blob(BlobScript::new(b"layer bytes"));
     let mut app = Router::new()
         .route("/app/hello", get(|| async { "hello" }))
         .route(

@@ -5,9 +5,11 @@
 
 pub(crate) mod containerd;
 pub(crate) mod cut_proxy;
+pub(crate) mod dockerd;
 pub(crate) mod http;
 pub(crate) mod image;
 pub(crate) mod mirror;
+pub(crate) mod podman;
 pub(crate) mod registry;
 pub(crate) mod s3;
 pub(crate) mod skopeo;

@@ -6,6 +6,14 @@ use serde::{Deserialize, Serialize};
 use crate::reference::{Registry, Repository};
 use crate::{Error, Result};
 
+/// What a query value escapes, like Go's `url.QueryEscape` and so as
+/// containerd sends it: `ns=ghcr.io`, `ns=%5B%3A%3A1%5D%3A5000`.
+pub const QUERY_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Credentials for one upstream or endpoint. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

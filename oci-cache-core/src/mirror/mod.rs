@@ -26,7 +26,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::endpoint::{Addressing, Credentials, Endpoint, EndpointTls};
+pub use self::endpoint::{Addressing, Credentials, Endpoint, EndpointTls, QUERY_ESCAPE};
 pub use self::import::{HostCredentials, HostTls, Import, ImportedMirror, MirrorScope};
 pub use crate::reference::DOCKER_HUB;
 use crate::reference::{Registry, Repository};
