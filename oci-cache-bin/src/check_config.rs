@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use oci_cache_core::mirror::{Credentials, Endpoint, UpstreamConfig};
-use oci_cache_http::{HyperUpstream, UpstreamOptions};
+use oci_cache_http::HyperUpstream;
 
 use crate::cli::CheckConfigArgs;
 use crate::config::{self, Settings, StorageConfig, EXIT_CONFIG};
-use crate::duration::format_duration;
+use oci_cache_core::duration::format_duration;
 
 /// Shown instead of a secret.
 const REDACTED: &str = "<redacted>";
@@ -33,7 +33,7 @@ pub(crate) fn run(args: &CheckConfigArgs, out: &mut impl Write, err: &mut impl W
 /// missing or unreadable one fails here rather than at start-up.
 fn check_upstream_client(settings: Settings) -> Result<Settings, String> {
     let mirrors = Arc::new(settings.mirrors.clone());
-    HyperUpstream::new(mirrors, UpstreamOptions::default()).map_err(|e| e.to_string())?;
+    HyperUpstream::new(mirrors, settings.upstream_client.clone()).map_err(|e| e.to_string())?;
     Ok(settings)
 }
 
@@ -48,8 +48,8 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
     }
     writeln!(out, "listen: {}", settings.listen)?;
     writeln!(out, "storage: {}", describe_storage(&settings.storage))?;
-    writeln!(out, "tag ttl: {}", format_duration(settings.tag_ttl))?;
-    writeln!(out, "offline: {}", settings.offline)?;
+    writeln!(out, "tag ttl: {}", format_duration(settings.cache.tag_ttl))?;
+    writeln!(out, "offline: {}", settings.upstream_client.offline)?;
     writeln!(
         out,
         "default upstream: {}",
@@ -58,6 +58,16 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
     for upstream in &settings.mirrors.upstreams {
         writeln!(out, "{}", describe_upstream(upstream))?;
     }
+    for line in crate::trust::describe(
+        settings.tls.as_ref(),
+        settings.client_auth.as_ref(),
+        &settings.mirrors,
+    ) {
+        writeln!(out, "{line}")?;
+    }
+    // Debug shows every knob; anything secret in them (proxy userinfo) is redacted there.
+    writeln!(out, "[cache] {:?}", settings.cache)?;
+    writeln!(out, "[upstream_client] {:?}", settings.upstream_client)?;
     Ok(())
 }
 

@@ -114,6 +114,23 @@ pub(crate) struct ServeArgs {
         value_parser = BoolishValueParser::new()
     )]
     pub(crate) offline: bool,
+
+    /// htpasswd file (bcrypt, `htpasswd -B`) of the clients allowed to read
+    /// non-public upstreams; turns on client authentication.
+    #[arg(long, env = "OCI_CACHE_HTPASSWD", value_name = "FILE")]
+    pub(crate) htpasswd: Option<PathBuf>,
+
+    /// PEM certificate chain to serve TLS with (re-read when it changes); needs --tls-key.
+    #[arg(long, env = "OCI_CACHE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OCI_CACHE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates; clients must present a certificate signed by one.
+    #[arg(long, env = "OCI_CACHE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 //! Precedence, highest first: command-line flag, `OCI_CACHE_*` environment
 //! variable (clap reads them into the same flags), config file, built-in default.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,18 +14,21 @@ use oci_cache_core::mirror::{
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
-use oci_cache_http::{ServerOptions, UpstreamOptions};
+use oci_cache_http::client_auth::{Access, ClientAuthConfig};
+use oci_cache_http::tls_server::TlsFiles;
+use oci_cache_http::ServerOptions;
 use serde::Deserialize;
 
+use oci_cache_core::cache::CacheOptions;
+use oci_cache_http::UpstreamOptions;
+
 use crate::cli::{ConfigArgs, ServeArgs};
-use crate::duration::parse_duration;
+use oci_cache_core::duration::parse_duration;
 
 /// Where `serve` listens when nothing says otherwise.
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 /// Where the filesystem storage lives when nothing says otherwise.
 pub(crate) const DEFAULT_STORAGE_DIR: &str = "./oci-cache-data";
-/// How long a tag is trusted when nothing says otherwise.
-pub(crate) const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 /// Exit status for configuration the program cannot use.
 pub(crate) const EXIT_CONFIG: u8 = 2;
 
@@ -43,35 +47,33 @@ pub(crate) struct FileConfig {
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
+    /// `[cache]`: the engine's options, straight into the library's type.
+    #[serde(default)]
+    cache: Option<CacheOptions>,
+    /// `[upstream_client]`: the upstream client's options, likewise.
+    #[serde(default)]
+    upstream_client: UpstreamOptions,
     /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
     #[serde(skip)]
     compat_upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     limits: LimitsEntry,
+    auth: Option<crate::trust::AuthFile>,
+    tls: Option<crate::trust::TlsFile>,
 }
 
-/// The `[limits]` table: caps against greedy clients and upstreams.
+/// The `[limits]` table: the server's connection policy (the upstream
+/// client's caps are in `[upstream_client]`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsEntry {
     max_connections: Option<usize>,
     idle_timeout: Option<String>,
-    max_tag_list_bytes: Option<u64>,
-    max_tags: Option<usize>,
-}
-
-/// Resolved `[limits]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Limits {
-    pub(crate) server: ServerOptions,
-    pub(crate) max_tag_list_bytes: u64,
-    pub(crate) max_tags: usize,
 }
 
 impl LimitsEntry {
-    fn resolve(self) -> Result<Limits, String> {
+    fn resolve(self) -> Result<ServerOptions, String> {
         let mut server = ServerOptions::default();
-        let upstream = UpstreamOptions::default();
         if let Some(max) = self.max_connections {
             if max == 0 {
                 return Err("limits.max_connections must be at least 1".to_owned());
@@ -82,13 +84,7 @@ impl LimitsEntry {
             server.idle_timeout =
                 parse_duration(&text).map_err(|e| format!("limits.idle_timeout: {e}"))?;
         }
-        Ok(Limits {
-            server,
-            max_tag_list_bytes: self
-                .max_tag_list_bytes
-                .unwrap_or(upstream.max_tag_list_bytes),
-            max_tags: self.max_tags.unwrap_or(upstream.max_tags),
-        })
+        Ok(server)
     }
 }
 
@@ -113,7 +109,7 @@ fn default_storage_dir() -> PathBuf {
 }
 
 /// One `[[upstream]]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpstreamEntry {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `registry.example:5000`).
@@ -131,6 +127,18 @@ struct UpstreamEntry {
     /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
     #[serde(default)]
     tls: EndpointTls,
+    /// Other hosts whose token servers may receive the origin's credentials.
+    #[serde(default)]
+    token_realms: Vec<String>,
+    /// Other hosts manifest and tag-list requests may be redirected to.
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
+    /// Allow realms and redirects on loopback/private addresses.
+    #[serde(default)]
+    allow_private_targets: bool,
+    /// Who may read this upstream when client authentication is on.
+    #[serde(default)]
+    access: Option<Access>,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -141,9 +149,16 @@ pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
-    pub(crate) tag_ttl: Duration,
-    pub(crate) offline: bool,
-    pub(crate) limits: Limits,
+    /// The engine's options (`[cache]`, with `--tag-ttl` applied).
+    pub(crate) cache: CacheOptions,
+    /// The upstream client's options (`[upstream_client]`, with `--offline` applied).
+    pub(crate) upstream_client: UpstreamOptions,
+    /// Client authentication, when an htpasswd file is configured.
+    pub(crate) client_auth: Option<ClientAuthConfig>,
+    /// The serving certificate, when serving TLS.
+    pub(crate) tls: Option<TlsFiles>,
+    /// The server's connection policy (`[limits]`).
+    pub(crate) server: ServerOptions,
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -237,16 +252,38 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     };
     validate_storage(&storage, path)?;
 
-    let tag_ttl = match pick(
+    let mut cache = file.cache.unwrap_or_default();
+    // The top-level `tag_ttl` (older files) wins over `[cache] tag_ttl`.
+    cache.tag_ttl = match pick(
         args.tag_ttl.clone(),
         file.tag_ttl,
         path,
         ("--tag-ttl", "OCI_CACHE_TAG_TTL", "tag_ttl"),
     ) {
         Some((text, origin)) => tag_ttl(&text).map_err(|e| format!("{origin}: {e}"))?,
-        None => DEFAULT_TAG_TTL,
+        None if cache.tag_ttl.is_zero() => {
+            return Err(format!(
+                "{}: [cache] tag_ttl is zero, which would check every tag pull upstream; \
+                 write a positive duration such as 30s or 5m",
+                path.map_or_else(
+                    || "config".to_owned(),
+                    |p| format!("config file {}", p.display())
+                )
+            ))
+        }
+        None => cache.tag_ttl,
     };
+    // Blob fills spill to anonymous temp files; keep them on the data disk,
+    // not in a /tmp that may be RAM.
+    if let (None, StorageConfig::Filesystem { dir }) = (&cache.spool_dir, &storage) {
+        cache = cache.with_spool_dir(dir.clone());
+    }
+    let mut upstream_client = file.upstream_client;
+    if args.offline {
+        upstream_client = upstream_client.with_offline(true);
+    }
 
+    let mut access = HashMap::new();
     let mut upstreams = if !sources.upstreams.is_empty() {
         sources
             .upstreams
@@ -254,6 +291,11 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
             .map(|spec| upstream_from_flag(spec))
             .collect::<Result<Vec<_>, _>>()?
     } else if !file.upstreams.is_empty() || !file.compat_upstreams.is_empty() {
+        for entry in &file.upstreams {
+            if let Some(chosen) = entry.access {
+                access.insert(entry.name.clone(), chosen);
+            }
+        }
         let mut upstreams = file
             .upstreams
             .into_iter()
@@ -305,15 +347,25 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-    let limits = file.limits.resolve()?;
+    let server = file.limits.resolve()?;
+    let client_auth =
+        crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
+    let tls = crate::trust::tls(
+        args.tls_cert.as_ref(),
+        args.tls_key.as_ref(),
+        args.tls_client_ca.as_ref(),
+        file.tls,
+    )?;
     Ok(Settings {
         config_file: sources.config.clone(),
         listen,
         storage,
         mirrors,
-        tag_ttl,
-        offline: args.offline,
-        limits,
+        cache,
+        upstream_client,
+        client_auth,
+        tls,
+        server,
     })
 }
 
@@ -366,6 +418,22 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
         }
     }
     file.compat_upstreams = compat.upstreams;
+    // registry:2's serving certificate and htpasswd file, unless the TOML
+    // file has its own [tls] / [auth] (flags win over both, later).
+    if let (None, Some(tls)) = (&file.tls, compat.tls) {
+        file.tls = Some(crate::trust::TlsFile {
+            cert: tls.certificate,
+            key: tls.key,
+            client_ca: tls.client_ca,
+        });
+    }
+    if let (None, Some(htpasswd)) = (&file.auth, compat.htpasswd) {
+        file.auth = Some(crate::trust::AuthFile {
+            htpasswd: Some(htpasswd.path),
+            realm: htpasswd.realm,
+            ..Default::default()
+        });
+    }
     Ok(())
 }
 
@@ -443,11 +511,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
-        aliases: Vec::new(),
-        mirrors: Vec::new(),
-        skip_fallback: false,
-        credentials: None,
-        tls: EndpointTls::default(),
+        ..UpstreamEntry::default()
     })
 }
 
@@ -458,174 +522,15 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
     upstream.origin.tls = entry.tls;
+    upstream.origin.token_realms = entry.token_realms;
+    // Empty keeps what UpstreamConfig::new knows the origin needs.
+    if !entry.redirect_hosts.is_empty() {
+        upstream.origin.redirect_hosts = entry.redirect_hosts;
+    }
+    upstream.origin.allow_private_targets = entry.allow_private_targets;
     Ok(upstream)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_table() {
-        let file: FileConfig = toml::from_str(
-            "[limits]\nmax_connections = 10\nidle_timeout = \"5s\"\nmax_tag_list_bytes = 1024\nmax_tags = 7\n",
-        )
-        .unwrap();
-        let limits = file.limits.resolve().unwrap();
-        assert_eq!(limits.server.max_connections, 10);
-        assert_eq!(limits.server.idle_timeout, Duration::from_secs(5));
-        assert_eq!((limits.max_tag_list_bytes, limits.max_tags), (1024, 7));
-        let defaults = FileConfig::default().limits.resolve().unwrap();
-        assert_eq!(defaults.server, ServerOptions::default());
-        let zero: FileConfig = toml::from_str("[limits]\nmax_connections = 0\n").unwrap();
-        assert!(zero
-            .limits
-            .resolve()
-            .unwrap_err()
-            .contains("max_connections"));
-        assert!(toml::from_str::<FileConfig>("[limits]\nmax_conections = 1\n").is_err());
-    }
-
-    fn args() -> ServeArgs {
-        ServeArgs::default()
-    }
-
-    #[test]
-    fn defaults_serve_the_common_upstreams_from_the_data_dir() {
-        let settings = resolve(&args()).unwrap();
-        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(
-            settings.storage,
-            StorageConfig::Filesystem {
-                dir: PathBuf::from(DEFAULT_STORAGE_DIR)
-            }
-        );
-        let names: Vec<_> = settings
-            .mirrors
-            .upstreams
-            .iter()
-            .map(|u| u.name.as_str().to_owned())
-            .collect();
-        for expected in [
-            "docker.io",
-            "registry.k8s.io",
-            "gcr.io",
-            "ghcr.io",
-            "quay.io",
-        ] {
-            assert!(names.iter().any(|n| n == expected), "{names:?}");
-        }
-        assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
-        assert_eq!(settings.tag_ttl, DEFAULT_TAG_TTL);
-    }
-
-    #[test]
-    fn upstream_flags_replace_the_defaults() {
-        let mut a = args();
-        a.config.upstreams = vec!["origin.test=http://127.0.0.1:5001".into()];
-        a.config.default_upstream = Some("origin.test".into());
-        a.tag_ttl = Some("2s".into());
-        let settings = resolve(&a).unwrap();
-        assert_eq!(settings.mirrors.upstreams.len(), 1);
-        assert_eq!(
-            settings.mirrors.upstreams[0].origin.url,
-            "http://127.0.0.1:5001"
-        );
-        assert_eq!(settings.tag_ttl, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn bad_values_say_what_to_write() {
-        let mut a = args();
-        a.config.upstreams = vec!["no-equals-sign".into()];
-        assert!(resolve(&a).unwrap_err().contains("NAME=URL"));
-        let mut a = args();
-        a.listen = Some("localhost".into());
-        assert!(resolve(&a).unwrap_err().contains("0.0.0.0:5000"));
-        let mut a = args();
-        a.config.default_upstream = Some("evil.example".into());
-        assert!(resolve(&a).is_err());
-    }
-
-    #[test]
-    fn file_config_reads_storage_and_upstreams() {
-        let text = r#"
-            listen = "127.0.0.1:5001"
-            tag_ttl = "1m"
-            default_upstream = "origin.test"
-            [storage]
-            kind = "s3"
-            bucket = "cache"
-            endpoint = "http://127.0.0.1:9000"
-            path_style = true
-            [[upstream]]
-            name = "origin.test"
-            url = "http://127.0.0.1:5002"
-            credentials = { username = "u", password = "p" }
-        "#;
-        let file: FileConfig = toml::from_str(text).unwrap();
-        assert!(matches!(file.storage, Some(StorageConfig::S3(ref s3)) if s3.bucket == "cache"));
-        let bad = toml::from_str::<FileConfig>("listn = \"x\"").unwrap_err();
-        assert!(bad.to_string().contains("listn"), "{bad}");
-    }
-
-    #[test]
-    fn talos_and_containerd_imports_add_chains_after_the_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let talos = dir.path().join("talos.yaml");
-        std::fs::write(
-            &talos,
-            "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: a.test\nendpoints:\n  - url: http://127.0.0.1:7001\nskipFallback: true\n",
-        )
-        .unwrap();
-        let hosts = dir.path().join("certs.d");
-        std::fs::create_dir_all(hosts.join("b.test_5000_")).unwrap();
-        std::fs::create_dir_all(hosts.join("certs-only.test")).unwrap();
-        std::fs::write(
-            hosts.join("b.test_5000_/hosts.toml"),
-            "[host.\"http://127.0.0.1:7002\"]\nca = \"ca.pem\"\n",
-        )
-        .unwrap();
-        let mut a = args();
-        a.config.upstreams = vec!["a.test=http://127.0.0.1:7000".into()];
-        a.config.default_upstream = Some("a.test".into());
-        a.config.talos_config = Some(talos);
-        a.config.containerd_hosts = Some(hosts.clone());
-        let mirrors = resolve(&a).unwrap().mirrors;
-        let chain = |name: &str| -> Vec<String> {
-            mirrors
-                .lookup(name)
-                .unwrap()
-                .chain()
-                .iter()
-                .map(|e| e.url.clone())
-                .collect()
-        };
-        assert_eq!(chain("a.test"), ["http://127.0.0.1:7001"]);
-        assert_eq!(
-            chain("b.test:5000"),
-            ["http://127.0.0.1:7002", "https://b.test:5000"]
-        );
-        assert_eq!(
-            mirrors.lookup("b.test:5000").unwrap().endpoints[0]
-                .tls
-                .ca_file
-                .as_deref(),
-            Some(hosts.join("b.test_5000_/ca.pem").as_path())
-        );
-
-        let mut a = args();
-        a.config.containerd_hosts = Some(dir.path().to_path_buf());
-        let err = resolve(&a).unwrap_err();
-        assert!(
-            err.contains("point --containerd-hosts at the certs.d"),
-            "{err}"
-        );
-        let mut a = args();
-        a.config.talos_config = Some(dir.path().join("missing.yaml"));
-        assert!(resolve(&a)
-            .unwrap_err()
-            .contains("cannot read talos config"));
-    }
-}
+mod tests;

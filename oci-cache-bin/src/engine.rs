@@ -8,10 +8,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oci_cache_core::cache::CacheOptions;
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::storage::Storage;
-use oci_cache_http::{Mirror, MirrorBuilder, UpstreamOptions};
+use oci_cache_http::{Mirror, MirrorBuilder};
 
 use crate::cli::ServeArgs;
 use crate::config::{self, Settings, StorageConfig};
@@ -86,21 +85,11 @@ pub(crate) async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Stora
 /// engine options set), ready for `serve` to add its observers.
 pub(crate) async fn builder(settings: &Settings) -> Result<MirrorBuilder, BoxError> {
     let storage = open_storage(&settings.storage).await?;
-    let upstream_options = UpstreamOptions::default()
-        .with_offline(settings.offline)
-        .with_max_tag_list_bytes(settings.limits.max_tag_list_bytes)
-        .with_max_tags(settings.limits.max_tags);
-    let mut options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
-    // Blob fills spill to anonymous temp files; keep them on the data disk,
-    // not in a /tmp that may be RAM.
-    if let StorageConfig::Filesystem { dir } = &settings.storage {
-        options = options.with_spool_dir(dir.clone());
-    }
     Ok(Mirror::builder()
         .upstreams(settings.mirrors.clone())
         .storage(storage)
-        .cache_options(options)
-        .upstream_options(upstream_options))
+        .cache_options(settings.cache.clone())
+        .upstream_options(settings.upstream_client.clone()))
 }
 
 /// The engine `settings` describe, and the mirror configuration it routes by

@@ -10,8 +10,9 @@
 //! address and the storage (the first file that sets them wins; the others
 //! are reported). The environment applies over the first file, as
 //! registry:2 applies it over its one file. Sections this mirror does not
-//! use are listed in one warning. TLS and `auth` are refused, not ignored:
-//! the mirror does not serve TLS or check clients yet, and silently serving
+//! use are listed in one warning. `http.tls` becomes the mirror's serving
+//! certificate and `auth.htpasswd` its client authentication; any other
+//! `auth` scheme is refused, not ignored: silently serving
 //! plain, open HTTP where the operator asked for neither would be worse.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,26 @@ pub(crate) struct RegistrySettings {
     pub(crate) storage: Option<StorageConfig>,
     /// One per `proxy.remoteurl`, in file order (the environment's first).
     pub(crate) upstreams: Vec<UpstreamConfig>,
+    /// From `http.tls.certificate`/`key`/`clientcas` or `REGISTRY_HTTP_TLS_*`.
+    pub(crate) tls: Option<RegistryTls>,
+    /// From `auth.htpasswd` or `REGISTRY_AUTH_HTPASSWD_PATH`/`_REALM`.
+    pub(crate) htpasswd: Option<RegistryHtpasswd>,
+}
+
+/// registry:2's serving certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RegistryTls {
+    pub(crate) certificate: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    /// registry:2 takes a list; oci-cache trusts one CA file (the first).
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+/// registry:2's htpasswd client authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistryHtpasswd {
+    pub(crate) path: PathBuf,
+    pub(crate) realm: Option<String>,
 }
 
 /// One file (or the environment) as read, before merging.
@@ -43,9 +64,10 @@ struct Source {
     remote_url: Option<String>,
     username: Option<String>,
     password: Option<String>,
-    tls: bool,
-    htpasswd: Option<String>,
-    auth: bool,
+    tls: Option<RegistryTls>,
+    htpasswd: Option<RegistryHtpasswd>,
+    /// An `auth` scheme other than htpasswd (token, silly): refused.
+    other_auth: Option<String>,
     ignored: Vec<String>,
 }
 
@@ -107,17 +129,41 @@ fn parse(value: &Value, name: String) -> Result<Source, String> {
                 for (k, v) in entries(value) {
                     match k {
                         "addr" => source.addr = text(v),
-                        "tls" => source.tls = true,
+                        "tls" => {
+                            let path = |key: &str| v.get(key).and_then(text).map(PathBuf::from);
+                            let client_ca = v
+                                .get("clientcas")
+                                .and_then(|cas| cas.as_sequence())
+                                .and_then(|cas| cas.first())
+                                .and_then(text)
+                                .map(PathBuf::from);
+                            source.tls = Some(RegistryTls {
+                                certificate: path("certificate"),
+                                key: path("key"),
+                                client_ca,
+                            });
+                            for (k, _) in entries(v) {
+                                if !["certificate", "key", "clientcas"].contains(&k) {
+                                    source.ignored.push(format!("http.tls.{k}"));
+                                }
+                            }
+                        }
                         other => source.ignored.push(format!("http.{other}")),
                     }
                 }
             }
             "auth" => {
-                source.auth = true;
-                source.htpasswd = value
-                    .get("htpasswd")
-                    .and_then(|h| h.get("path"))
-                    .and_then(text);
+                for (scheme, v) in entries(value) {
+                    match (scheme, v.get("path").and_then(text)) {
+                        ("htpasswd", Some(path)) => {
+                            source.htpasswd = Some(RegistryHtpasswd {
+                                path: path.into(),
+                                realm: v.get("realm").and_then(text),
+                            })
+                        }
+                        (other, _) => source.other_auth = Some(other.to_owned()),
+                    }
+                }
             }
             "storage" => {
                 for (k, v) in entries(value) {
@@ -174,10 +220,17 @@ fn s3(value: &Value) -> S3Config {
 
 /// The variables registry:2 containers are started with in the seeds.
 fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
-    let tls = ["REGISTRY_HTTP_TLS_CERTIFICATE", "REGISTRY_HTTP_TLS_KEY"]
-        .iter()
-        .any(|k| env(k).is_some());
-    let htpasswd = env("REGISTRY_AUTH_HTPASSWD_PATH");
+    let certificate = env("REGISTRY_HTTP_TLS_CERTIFICATE").map(PathBuf::from);
+    let key = env("REGISTRY_HTTP_TLS_KEY").map(PathBuf::from);
+    let tls = (certificate.is_some() || key.is_some()).then_some(RegistryTls {
+        certificate,
+        key,
+        client_ca: None,
+    });
+    let htpasswd = env("REGISTRY_AUTH_HTPASSWD_PATH").map(|path| RegistryHtpasswd {
+        path: path.into(),
+        realm: env("REGISTRY_AUTH_HTPASSWD_REALM"),
+    });
     Source {
         name: "the REGISTRY_* environment".to_owned(),
         addr: env("REGISTRY_HTTP_ADDR"),
@@ -187,8 +240,8 @@ fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
         username: env("REGISTRY_PROXY_USERNAME"),
         password: env("REGISTRY_PROXY_PASSWORD"),
         tls,
-        auth: htpasswd.is_some(),
         htpasswd,
+        other_auth: None,
         ignored: Vec::new(),
     }
 }
@@ -200,8 +253,9 @@ impl Source {
             || self.remote_url.is_some()
             || self.username.is_some()
             || self.password.is_some()
-            || self.tls
-            || self.auth
+            || self.tls.is_some()
+            || self.htpasswd.is_some()
+            || self.other_auth.is_some()
     }
 
     /// `other`'s settings over this one's.
@@ -212,9 +266,9 @@ impl Source {
         self.remote_url = other.remote_url.or(self.remote_url.take());
         self.username = other.username.or(self.username.take());
         self.password = other.password.or(self.password.take());
-        self.tls |= other.tls;
-        self.auth |= other.auth;
+        self.tls = other.tls.or(self.tls.take());
         self.htpasswd = other.htpasswd.or(self.htpasswd.take());
+        self.other_auth = other.other_auth.or(self.other_auth.take());
     }
 }
 
@@ -222,22 +276,32 @@ fn merge(sources: Vec<Source>) -> Result<RegistrySettings, String> {
     let mut settings = RegistrySettings::default();
     let mut ignored: Vec<String> = Vec::new();
     for source in sources {
-        if source.tls {
+        if let Some(scheme) = &source.other_auth {
             return Err(format!(
-                "{}: http.tls (REGISTRY_HTTP_TLS_*) is set, but oci-cache does not serve TLS yet; terminate TLS in front of it and remove the setting",
+                "{}: auth.{scheme} is set, but oci-cache checks clients only with htpasswd; use auth.htpasswd (or --htpasswd) instead",
                 source.name
             ));
         }
-        if source.auth {
-            return Err(format!(
-                "{}: auth{} is set, but oci-cache does not check clients yet; put an authenticating proxy in front of it and remove the setting",
-                source.name,
-                source
-                    .htpasswd
-                    .as_deref()
-                    .map(|p| format!(" (htpasswd {p})"))
-                    .unwrap_or_default()
-            ));
+        // One process serves one certificate and one htpasswd file: the first wins.
+        if let Some(tls) = source.tls {
+            match &settings.tls {
+                None => settings.tls = Some(tls),
+                Some(first) if *first != tls => ignored.push(format!(
+                    "http.tls of {} (one process serves the first)",
+                    source.name
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(htpasswd) = source.htpasswd {
+            match &settings.htpasswd {
+                None => settings.htpasswd = Some(htpasswd),
+                Some(first) if *first != htpasswd => ignored.push(format!(
+                    "auth.htpasswd of {} (one process checks the first)",
+                    source.name
+                )),
+                Some(_) => {}
+            }
         }
         if let Some(addr) = source.addr.as_deref().map(listen_address) {
             match &settings.listen {
@@ -316,195 +380,4 @@ fn upstream(url: &str, source: &str) -> Result<UpstreamConfig, String> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
-    use super::*;
-
-    /// The registry config of the Earthly guide in the seeds, as written.
-    const EARTHLY: &str = "version: 0.1
-log:
-  fields:
-    service: registry
-storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: /var/lib/registry
-http:
-  addr: :5000
-  headers:
-    X-Content-Type-Options: [nosniff]
-health:
-  storagedriver:
-    enabled: true
-    interval: 10s
-    threshold: 3
-proxy:
-  remoteurl: https://registry-1.docker.io
-  username: [username]
-  password: [password]
-";
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    #[test]
-    fn the_earthly_seed_config_becomes_a_docker_hub_upstream() {
-        let dir = tempfile::tempdir().unwrap();
-        // The guide's placeholders are YAML lists; a real file has strings.
-        let text = EARTHLY
-            .replace("[username]", "robot")
-            .replace("[password]", "s3cret");
-        let file = write(dir.path(), "config.yml", &text);
-        let settings = load(&[file], &no_env).unwrap();
-        assert_eq!(settings.listen.as_deref(), Some("0.0.0.0:5000"));
-        assert_eq!(
-            settings.storage,
-            Some(StorageConfig::Filesystem {
-                dir: "/var/lib/registry".into()
-            })
-        );
-        let [hub] = settings.upstreams.as_slice() else {
-            panic!("{:?}", settings.upstreams);
-        };
-        assert_eq!(hub.name.as_str(), "docker.io");
-        assert_eq!(hub.origin.url, "https://registry-1.docker.io");
-        let credentials = hub.origin.credentials.as_ref().unwrap();
-        assert_eq!(
-            (credentials.username.as_str(), credentials.password.as_str()),
-            ("robot", "s3cret")
-        );
-    }
-
-    #[test]
-    fn five_files_become_five_upstreams_in_one_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Vec<PathBuf> = [
-            ("hub", "https://registry-1.docker.io", 5000),
-            ("k8s", "https://registry.k8s.io", 5001),
-            ("gcr", "https://gcr.io", 5002),
-            ("ghcr", "https://ghcr.io", 5003),
-            ("quay", "https://quay.io/", 5004),
-        ]
-        .iter()
-        .map(|(name, url, port)| {
-            write(
-                dir.path(),
-                name,
-                &format!("version: 0.1\nproxy:\n  remoteurl: {url}\nhttp:\n  addr: :{port}\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/{name}\n"),
-            )
-        })
-        .collect();
-        let settings = load(&files, &no_env).unwrap();
-        let names: Vec<&str> = settings.upstreams.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "docker.io",
-                "registry.k8s.io",
-                "gcr.io",
-                "ghcr.io",
-                "quay.io"
-            ]
-        );
-        assert_eq!(settings.upstreams[4].origin.url, "https://quay.io");
-        assert_eq!(settings.listen.as_deref(), Some("0.0.0.0:5000"));
-        assert_eq!(
-            settings.storage,
-            Some(StorageConfig::Filesystem {
-                dir: "/var/lib/hub".into()
-            })
-        );
-    }
-
-    #[test]
-    fn the_environment_applies_over_the_first_file_or_alone() {
-        let env = |k: &str| match k {
-            "REGISTRY_PROXY_REMOTEURL" => Some("http://127.0.0.1:5100".to_owned()),
-            "REGISTRY_HTTP_ADDR" => Some("127.0.0.1:5555".to_owned()),
-            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY" => Some("/data".to_owned()),
-            "REGISTRY_PROXY_USERNAME" => Some("u".to_owned()),
-            _ => None,
-        };
-        let settings = load(&[], &env).unwrap();
-        assert_eq!(settings.listen.as_deref(), Some("127.0.0.1:5555"));
-        assert_eq!(settings.upstreams[0].name.as_str(), "127.0.0.1:5100");
-        assert_eq!(settings.upstreams[0].origin.url, "http://127.0.0.1:5100");
-        assert_eq!(
-            settings.upstreams[0]
-                .origin
-                .credentials
-                .as_ref()
-                .unwrap()
-                .username,
-            "u"
-        );
-
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(
-            dir.path(),
-            "c.yml",
-            EARTHLY
-                .replace("  username: [username]\n  password: [password]\n", "")
-                .as_str(),
-        );
-        let settings = load(&[file], &env).unwrap();
-        assert_eq!(
-            settings.upstreams.len(),
-            1,
-            "the env's remote replaces the file's"
-        );
-        assert_eq!(settings.upstreams[0].origin.url, "http://127.0.0.1:5100");
-        assert_eq!(
-            settings.storage,
-            Some(StorageConfig::Filesystem {
-                dir: "/data".into()
-            })
-        );
-    }
-
-    #[test]
-    fn tls_and_auth_are_refused_with_what_to_do() {
-        let env = |k: &str| (k == "REGISTRY_HTTP_TLS_CERTIFICATE").then(|| "/c.pem".to_owned());
-        let err = load(&[], &env).unwrap_err();
-        assert!(
-            err.contains("does not serve TLS yet") && err.contains("terminate TLS"),
-            "{err}"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(
-            dir.path(),
-            "c.yml",
-            "auth:\n  htpasswd:\n    realm: r\n    path: /auth/htpasswd\nproxy:\n  remoteurl: https://ghcr.io\n",
-        );
-        let err = load(&[file], &no_env).unwrap_err();
-        assert!(
-            err.contains("htpasswd /auth/htpasswd") && err.contains("does not check clients"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn s3_storage_and_bad_urls() {
-        let value: Value = serde_norway::from_str(
-            "storage:\n  s3:\n    bucket: b\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:9000\n    forcepathstyle: true\n    rootdirectory: /cache\n",
-        )
-        .unwrap();
-        let source = parse(&value, "f".into()).unwrap();
-        let Some(StorageConfig::S3(s3)) = source.storage else {
-            panic!("{:?}", source.storage);
-        };
-        assert_eq!(s3.bucket, "b");
-        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert!(s3.path_style);
-        assert_eq!(s3.prefix.as_deref(), Some("cache"));
-        let err = upstream("registry-1.docker.io", "f").unwrap_err();
-        assert!(err.contains("http(s)://"), "{err}");
-    }
-}
+mod tests;

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oci_cache_http::AccessLog;
+use oci_cache_http::client_auth::{self, AuthService, ClientAuth};
+use oci_cache_http::{tls_server, AccessLog};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
@@ -25,7 +26,8 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         .build()?;
     let service = mirror.service();
     let storage_name = service.engine().storage().to_string();
-    let mirrors = service.mirrors();
+    // Owned: the service moves into the auth wrapper below.
+    let mirrors = service.mirrors().clone();
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -35,18 +37,44 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         storage = %storage_name,
         upstreams = %upstreams.join(","),
         default_upstream = %mirrors.default_upstream,
-        tag_ttl = ?settings.tag_ttl,
-        offline = settings.offline,
-        max_connections = settings.limits.server.max_connections,
+        tag_ttl = ?settings.cache.tag_ttl,
+        offline = settings.upstream_client.offline,
+        client_auth = settings.client_auth.is_some(),
+        tls = settings.tls.is_some(),
         "oci-cache serving"
     );
-    oci_cache_http::serve_with(
-        listener,
-        service.clone(),
-        settings.limits.server.clone(),
-        shutdown_signal(),
-    )
-    .await?;
+    let tls = match &settings.tls {
+        Some(files) => Some(tls_server::acceptor(files)?),
+        None => None,
+    };
+    match &settings.client_auth {
+        Some(config) => {
+            let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
+            let service = AuthService::new(service, auth);
+            oci_cache_http::serve_tls_with(
+                listener,
+                service,
+                tls,
+                settings.server.clone(),
+                shutdown_signal(),
+            )
+            .await?;
+        }
+        None => {
+            for name in client_auth::exposed_credentialed_upstreams(&mirrors) {
+                tracing::warn!(upstream = %name,
+                    "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
+            }
+            oci_cache_http::serve_tls_with(
+                listener,
+                service,
+                tls,
+                settings.server.clone(),
+                shutdown_signal(),
+            )
+            .await?;
+        }
+    }
     tracing::info!("oci-cache stopped");
     Ok(())
 }

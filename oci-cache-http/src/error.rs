@@ -27,6 +27,10 @@ pub enum Error {
     /// The TLS client could not be set up (for example no usable root certificates).
     #[error("tls setup failed: {0}; check the system certificate store")]
     Tls(String),
+
+    /// Client authentication could not be set up (htpasswd file, access settings).
+    #[error("client authentication: {0}")]
+    ClientAuth(String),
 }
 
 /// `Result` with [`Error`] as the default error.

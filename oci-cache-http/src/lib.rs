@@ -64,6 +64,7 @@
 //! ```
 
 pub mod body;
+pub mod client_auth;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -73,6 +74,7 @@ mod observed;
 mod routes;
 mod server;
 mod service;
+pub mod tls_server;
 pub mod upstream;
 mod wire;
 
@@ -80,6 +82,6 @@ pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
 pub use mirror::{Mirror, MirrorBuilder};
 pub use observed::AccessLog;
-pub use server::{serve, serve_with, ServerOptions};
+pub use server::{serve, serve_tls, serve_tls_with, serve_with, ServerOptions};
 pub use service::{Engine, OciService, ResponseFuture};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

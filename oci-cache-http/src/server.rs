@@ -1,5 +1,5 @@
-//! Accepting connections: HTTP/1.1 and cleartext HTTP/2 (h2c) on one port,
-//! with graceful shutdown and a connection policy ([`ServerOptions`]): a
+//! Accepting connections: HTTP/1.1 and HTTP/2 (h2c, or over TLS) on one
+//! port, with graceful shutdown and a connection policy ([`ServerOptions`]): a
 //! cap on concurrent connections, idle connections closed, HTTP/2
 //! keep-alive pings.
 
@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use tokio_rustls::TlsAcceptor;
+
+use crate::client_auth::PeerAddr;
 use crate::Result;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -66,7 +69,8 @@ impl Default for ServerOptions {
 
 /// Serves `service` on `listener` with the default [`ServerOptions`] until
 /// `shutdown` completes, then waits up to 30 s for in-flight requests (a
-/// blob download may take longer; it is cut). See [`serve_with`].
+/// blob download may take longer; it is cut). Each request carries the
+/// client's [`PeerAddr`] in its extensions. See [`serve_with`].
 ///
 /// `service` is any hyper service: an [`OciService`](crate::OciService), or
 /// one that wraps or routes to it (e.g. an axum `Router` through
@@ -100,6 +104,42 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve_tls_with(listener, service, None, options, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given (see [`tls_server`](crate::tls_server)):
+/// HTTP/2 or HTTP/1.1 as ALPN agrees.
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_tls_with(listener, service, tls, ServerOptions::default(), shutdown).await
+}
+
+/// [`serve_tls`] under the connection policy `options`.
+pub async fn serve_tls_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<TlsAcceptor>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.
     builder
@@ -113,6 +153,7 @@ where
         .keep_alive_interval(Some(options.h2_keep_alive_interval))
         .keep_alive_timeout(options.h2_keep_alive_timeout)
         .max_send_buf_size(MAX_BUFFERED);
+    let builder = Arc::new(builder);
     let max_connections = options
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
@@ -157,37 +198,70 @@ where
             () = &mut shutdown => break,
         };
         let activity = Arc::new(Activity::new());
+        let inner = service.clone();
+        let with_peer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            inner.call(request)
+        });
         let tracked = Tracked {
-            inner: service.clone(),
+            inner: with_peer,
             activity: Arc::clone(&activity),
         };
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), tracked)
-            .into_owned();
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
         let mut closing_rx = closing_rx.clone();
         let idle_timeout = options.idle_timeout;
         tokio::spawn(async move {
             // Held until the connection ends: the slot counts toward max_connections.
             let _permit = permit;
-            tokio::pin!(connection);
-            let mut asked_to_close = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // One loop for both transports; their connection types differ.
+            macro_rules! drive {
+                ($connection:expr) => {{
+                    let connection = $connection;
+                    tokio::pin!(connection);
+                    let mut asked_to_close = false;
+                    loop {
+                        tokio::select! {
+                            result = connection.as_mut() => {
+                                if let Err(e) = result {
+                                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                                }
+                                break;
+                            }
+                            () = activity.idle_for(idle_timeout), if !asked_to_close => {
+                                tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
+                                connection.as_mut().graceful_shutdown();
+                                asked_to_close = true;
+                            }
+                            _ = closing_rx.changed(), if !asked_to_close => {
+                                connection.as_mut().graceful_shutdown();
+                                asked_to_close = true;
+                            }
                         }
-                        break;
                     }
-                    () = activity.idle_for(idle_timeout), if !asked_to_close => {
-                        tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
-                        connection.as_mut().graceful_shutdown();
-                        asked_to_close = true;
-                    }
-                    _ = closing_rx.changed(), if !asked_to_close => {
-                        connection.as_mut().graceful_shutdown();
-                        asked_to_close = true;
-                    }
+                }};
+            }
+            match tls {
+                None => drive!(builder
+                    .serve_connection(TokioIo::new(stream), tracked)
+                    .into_owned()),
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    drive!(builder
+                        .serve_connection(TokioIo::new(stream), tracked)
+                        .into_owned())
                 }
             }
         });

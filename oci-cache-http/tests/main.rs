@@ -18,4 +18,5 @@ mod hostile_wire;
 mod observe;
 mod resilience;
 mod routing;
+mod trust;
 mod upstream;

@@ -192,6 +192,12 @@ fn every_commented_block_of_the_example_passes_check_config() {
         );
         let storage = stdout.lines().find(|l| l.starts_with("storage: ")).unwrap();
         kinds.push(storage.to_owned());
+        if lines[first] == "# [cache]" {
+            assert!(stdout.contains("fill_window: 262144"), "{stdout}");
+        }
+        if lines[first] == "# [upstream_client]" {
+            assert!(stdout.contains("proxy: Direct"), "{stdout}");
+        }
         if lines[first].contains("[[upstream]]") {
             let name = lines[first + 1]
                 .trim_start_matches("# name = ")

@@ -10,3 +10,4 @@ mod fixtures;
 mod oci_cache;
 mod registry_proxy;
 mod resilience;
+mod trust;

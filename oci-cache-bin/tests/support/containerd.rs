@@ -34,31 +34,7 @@ impl Containerd {
     /// Start containerd, or say loudly why not and return `None`: it needs
     /// root; without containerd installed that is a failure under `CI=true`.
     pub(crate) fn start(test: &str) -> Option<Containerd> {
-        let installed = ["containerd", "ctr"].iter().all(|tool| {
-            Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if !installed || !is_root {
-            let msg = format!(
-                "{test}: SKIPPED — containerd/ctr {} (run scripts/install-test-deps as root)",
-                if installed {
-                    "need root"
-                } else {
-                    "not installed"
-                }
-            );
-            if !installed && std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg} (CI=true: refusing to skip)");
-            }
-            eprintln!("\n!!!!!!!! {msg}\n");
+        if !super::root_tools_available(test, &["containerd", "ctr"]) {
             return None;
         }
         let dir = tempfile::Builder::new()

@@ -28,31 +28,7 @@ impl Dockerd {
     /// why not and return `None` (not installed: a failure under `CI=true`;
     /// not root: a skip).
     pub(crate) fn start(test: &str, daemon_json: &Path) -> Option<Dockerd> {
-        let installed = ["dockerd", "docker"].iter().all(|tool| {
-            Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if !installed || !is_root {
-            let msg = format!(
-                "{test}: SKIPPED — dockerd {} (run scripts/install-test-deps as root)",
-                if installed {
-                    "needs root"
-                } else {
-                    "not installed"
-                }
-            );
-            if !installed && std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg} (CI=true: refusing to skip)");
-            }
-            eprintln!("\n!!!!!!!! {msg}\n");
+        if !super::root_tools_available(test, &["dockerd", "docker"]) {
             return None;
         }
         let dir = tempfile::Builder::new()

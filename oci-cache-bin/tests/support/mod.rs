@@ -51,6 +51,42 @@ pub(crate) fn tools_available(test: &str) -> bool {
     false
 }
 
+/// True when every one of `tools` answers `--version` and this process runs
+/// as root (the daemons the client tests start need it), else says loudly
+/// why the test is skipped: a missing tool fails under `CI=true`, which
+/// installs them; not being root is a skip.
+pub(crate) fn root_tools_available(test: &str, tools: &[&str]) -> bool {
+    let installed = tools.iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if installed && is_root {
+        return true;
+    }
+    let msg = format!(
+        "{test}: SKIPPED — {} {} (run scripts/install-test-deps as root)",
+        tools.join("/"),
+        if installed {
+            "need root"
+        } else {
+            "not installed"
+        }
+    );
+    if !installed && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (CI=true: refusing to skip)");
+    }
+    eprintln!("\n!!!!!!!! {msg}\n");
+    false
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 ///
 /// The listener is dropped before the server binds, so another process could
@@ -124,8 +160,14 @@ impl ServerProcess {
                 );
             }
             // Any HTTP answer means the server is up; what it answers is
-            // for the tests to judge.
-            if http::request(&self.host(), "GET", probe_path, &[]).is_ok() {
+            // for the tests to judge. An empty path (TLS servers) probes
+            // with a TCP connection only.
+            let up = if probe_path.is_empty() {
+                std::net::TcpStream::connect(self.host()).is_ok()
+            } else {
+                http::request(&self.host(), "GET", probe_path, &[]).is_ok()
+            };
+            if up {
                 return;
             }
             if start.elapsed() > timeout {

@@ -3,7 +3,7 @@
 //! `CONTAINERS_REGISTRIES_CONF` pointing at the file under test.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tempfile::TempDir;
 
@@ -17,29 +17,7 @@ impl Podman {
     /// A fresh storage, or `None` (said loudly) when podman cannot run here:
     /// not installed (a failure under `CI=true`) or not root.
     pub(crate) fn new(test: &str) -> Option<Podman> {
-        let installed = Command::new("podman")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if !installed || !is_root {
-            let msg = format!(
-                "{test}: SKIPPED — podman {} (run scripts/install-test-deps as root)",
-                if installed {
-                    "needs root"
-                } else {
-                    "not installed"
-                }
-            );
-            if !installed && std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg} (CI=true: refusing to skip)");
-            }
-            eprintln!("\n!!!!!!!! {msg}\n");
+        if !super::root_tools_available(test, &["podman"]) {
             return None;
         }
         let dir = tempfile::Builder::new()

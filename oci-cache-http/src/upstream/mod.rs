@@ -4,7 +4,8 @@
 //! and moves on only when [`UpstreamError::is_retryable`](oci_cache_core::UpstreamError::is_retryable) says so. Per
 //! endpoint it answers `401` challenges (bearer token or basic), follows up
 //! to `max_redirects` redirects without sending `Authorization` to another
-//! host, asks for identity encoding, and streams blob bodies.
+//! host, asks for identity encoding, and streams blob bodies. Which realms
+//! get credentials and which redirects are followed is decided in `trust`.
 //!
 //! Proxies ([`ProxyConfig`]): by default `HTTPS_PROXY`/`HTTP_PROXY`/
 //! `ALL_PROXY`/`NO_PROXY` are read once at construction. Both `https://` and `http://` destinations are reached
@@ -18,8 +19,9 @@ mod options;
 pub(crate) mod registry;
 mod report;
 mod request;
-mod tls;
+pub(crate) mod tls;
 mod transport;
+mod trust;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use oci_cache_core::observe::{self, SharedObserver};
 use self::auth::AuthCache;
 use self::breaker::Breakers;
 use self::transport::{build_client, HttpClient};
+use self::trust::RefusalLog;
 
 pub use self::options::{ProxyConfig, UpstreamOptions};
 
@@ -46,6 +49,7 @@ pub struct HyperUpstream {
     breakers: Breakers,
     options: UpstreamOptions,
     observer: SharedObserver,
+    refusals: RefusalLog,
 }
 
 impl HyperUpstream {
@@ -79,11 +83,12 @@ impl HyperUpstream {
             breakers: Breakers::new(options.breaker_threshold, options.breaker_cooldown),
             options,
             observer: observe::noop(),
+            refusals: RefusalLog::default(),
         })
     }
 
-    /// Reports every attempt on an endpoint, blob body ends and breaker
-    /// changes to `observer`.
+    /// Reports every attempt on an endpoint, blob body ends, breaker
+    /// changes and refused realms and redirects to `observer`.
     pub fn with_observer(mut self, observer: SharedObserver) -> Self {
         self.observer = observer;
         self

@@ -103,7 +103,9 @@ pub struct UpstreamOptions {
     pub idle_timeout: Duration,
     /// Largest manifest body accepted; larger is
     /// [`oci_cache_core::Error::TooLarge`]. [`crate::Mirror`] sets it from
-    /// [`CacheOptions::max_manifest_size`](oci_cache_core::cache::CacheOptions::max_manifest_size).
+    /// [`CacheOptions::max_manifest_size`](oci_cache_core::cache::CacheOptions::max_manifest_size),
+    /// so a config file sets it once, under `[cache]`.
+    #[serde(skip)]
     pub max_manifest_size: u64,
     /// Largest tag list accepted, in bytes over all its pages; larger is
     /// [`oci_cache_core::Error::TooLarge`].

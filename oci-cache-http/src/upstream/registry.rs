@@ -17,6 +17,7 @@ use oci_cache_core::{UpstreamError, UpstreamErrorKind};
 
 use super::chain::{addressing, Target};
 use super::transport::{blob_stream, resolve, too_large};
+use super::trust::{self, Purpose};
 use super::{CoreResult, HyperUpstream};
 use crate::wire::{content_length, encode_query, DOCKER_CONTENT_DIGEST};
 
@@ -41,6 +42,7 @@ impl HyperUpstream {
                 &url,
                 Some(&accept),
                 &pull_scope(repository),
+                Purpose::Api,
             )
             .await?;
         Ok((response, target.endpoint.url.clone()))
@@ -119,8 +121,10 @@ impl HyperUpstream {
         };
         let max_bytes = self.options.max_tag_list_bytes;
         for _ in 0..MAX_TAG_PAGES {
-            let response = self.send(&target, Method::GET, &url, None, &scope).await?;
-            let next = next_link(&response, &url);
+            let response = self
+                .send(&target, Method::GET, &url, None, &scope, Purpose::Api)
+                .await?;
+            let next = next_link(&response, &url).and_then(|next| self.link_allowed(&target, next));
             let body = self
                 .read_body(
                     response.into_body(),
@@ -161,6 +165,24 @@ impl HyperUpstream {
             }
         }
         Ok((all, received))
+    }
+
+    /// A tag-list `Link` is followed only where a redirect of the list could go.
+    fn link_allowed(&self, target: &Target<'_>, next: String) -> Option<String> {
+        let uri: Uri = next.parse().ok()?;
+        match trust::check(target.endpoint, Purpose::Api, &uri, false) {
+            Ok(()) => Some(next),
+            Err(refusal) => {
+                self.refusals.refused(
+                    &self.observer,
+                    target.endpoint,
+                    Purpose::Api,
+                    &trust::host_of(&uri),
+                    &refusal,
+                );
+                None
+            }
+        }
     }
 }
 
@@ -228,7 +250,14 @@ impl Upstream for HyperUpstream {
                 Box::pin(async move {
                     let url = target.url(repository, &format!("blobs/{digest}"), None);
                     let response = self
-                        .send(&target, Method::GET, &url, None, &pull_scope(repository))
+                        .send(
+                            &target,
+                            Method::GET,
+                            &url,
+                            None,
+                            &pull_scope(repository),
+                            Purpose::Blob,
+                        )
                         .await?;
                     let size = content_length(response.headers());
                     let stream = blob_stream(
@@ -257,7 +286,14 @@ impl Upstream for HyperUpstream {
                 Box::pin(async move {
                     let url = target.url(repository, &format!("blobs/{digest}"), None);
                     let response = self
-                        .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
+                        .send(
+                            &target,
+                            Method::HEAD,
+                            &url,
+                            None,
+                            &pull_scope(repository),
+                            Purpose::Blob,
+                        )
                         .await?;
                     content_length(response.headers()).ok_or_else(|| {
                         UpstreamError::new(

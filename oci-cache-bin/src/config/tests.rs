@@ -1,0 +1,163 @@
+//! Configuration resolution tests: precedence, validation, error origins.
+
+use super::*;
+
+fn args() -> ServeArgs {
+    ServeArgs::default()
+}
+
+#[test]
+fn defaults_serve_the_common_upstreams_from_the_data_dir() {
+    let settings = resolve(&args()).unwrap();
+    assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(
+        settings.storage,
+        StorageConfig::Filesystem {
+            dir: PathBuf::from(DEFAULT_STORAGE_DIR)
+        }
+    );
+    let names: Vec<_> = settings
+        .mirrors
+        .upstreams
+        .iter()
+        .map(|u| u.name.as_str().to_owned())
+        .collect();
+    for expected in [
+        "docker.io",
+        "registry.k8s.io",
+        "gcr.io",
+        "ghcr.io",
+        "quay.io",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
+    assert_eq!(settings.cache.tag_ttl, CacheOptions::default().tag_ttl);
+}
+
+#[test]
+fn upstream_flags_replace_the_defaults() {
+    let mut a = args();
+    a.config.upstreams = vec!["origin.test=http://127.0.0.1:5001".into()];
+    a.config.default_upstream = Some("origin.test".into());
+    a.tag_ttl = Some("2s".into());
+    let settings = resolve(&a).unwrap();
+    assert_eq!(settings.mirrors.upstreams.len(), 1);
+    assert_eq!(
+        settings.mirrors.upstreams[0].origin.url,
+        "http://127.0.0.1:5001"
+    );
+    assert_eq!(settings.cache.tag_ttl, Duration::from_secs(2));
+}
+
+#[test]
+fn bad_values_say_what_to_write() {
+    let mut a = args();
+    a.config.upstreams = vec!["no-equals-sign".into()];
+    assert!(resolve(&a).unwrap_err().contains("NAME=URL"));
+    let mut a = args();
+    a.listen = Some("localhost".into());
+    assert!(resolve(&a).unwrap_err().contains("0.0.0.0:5000"));
+    let mut a = args();
+    a.config.default_upstream = Some("evil.example".into());
+    assert!(resolve(&a).is_err());
+}
+
+#[test]
+fn file_config_reads_storage_and_upstreams() {
+    let text = r#"
+            listen = "127.0.0.1:5001"
+            tag_ttl = "1m"
+            default_upstream = "origin.test"
+            [storage]
+            kind = "s3"
+            bucket = "cache"
+            endpoint = "http://127.0.0.1:9000"
+            path_style = true
+            [[upstream]]
+            name = "origin.test"
+            url = "http://127.0.0.1:5002"
+            credentials = { username = "u", password = "p" }
+        "#;
+    let file: FileConfig = toml::from_str(text).unwrap();
+    assert!(matches!(file.storage, Some(StorageConfig::S3(ref s3)) if s3.bucket == "cache"));
+    let bad = toml::from_str::<FileConfig>("listn = \"x\"").unwrap_err();
+    assert!(bad.to_string().contains("listn"), "{bad}");
+}
+
+#[test]
+fn talos_and_containerd_imports_add_chains_after_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let talos = dir.path().join("talos.yaml");
+    std::fs::write(
+            &talos,
+            "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: a.test\nendpoints:\n  - url: http://127.0.0.1:7001\nskipFallback: true\n",
+        )
+        .unwrap();
+    let hosts = dir.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join("b.test_5000_")).unwrap();
+    std::fs::create_dir_all(hosts.join("certs-only.test")).unwrap();
+    std::fs::write(
+        hosts.join("b.test_5000_/hosts.toml"),
+        "[host.\"http://127.0.0.1:7002\"]\nca = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let mut a = args();
+    a.config.upstreams = vec!["a.test=http://127.0.0.1:7000".into()];
+    a.config.default_upstream = Some("a.test".into());
+    a.config.talos_config = Some(talos);
+    a.config.containerd_hosts = Some(hosts.clone());
+    let mirrors = resolve(&a).unwrap().mirrors;
+    let chain = |name: &str| -> Vec<String> {
+        mirrors
+            .lookup(name)
+            .unwrap()
+            .chain()
+            .iter()
+            .map(|e| e.url.clone())
+            .collect()
+    };
+    assert_eq!(chain("a.test"), ["http://127.0.0.1:7001"]);
+    assert_eq!(
+        chain("b.test:5000"),
+        ["http://127.0.0.1:7002", "https://b.test:5000"]
+    );
+    assert_eq!(
+        mirrors.lookup("b.test:5000").unwrap().endpoints[0]
+            .tls
+            .ca_file
+            .as_deref(),
+        Some(hosts.join("b.test_5000_/ca.pem").as_path())
+    );
+
+    let mut a = args();
+    a.config.containerd_hosts = Some(dir.path().to_path_buf());
+    let err = resolve(&a).unwrap_err();
+    assert!(
+        err.contains("point --containerd-hosts at the certs.d"),
+        "{err}"
+    );
+    let mut a = args();
+    a.config.talos_config = Some(dir.path().join("missing.yaml"));
+    assert!(resolve(&a)
+        .unwrap_err()
+        .contains("cannot read talos config"));
+}
+
+#[test]
+fn limits_table() {
+    let file: FileConfig =
+        toml::from_str("[limits]\nmax_connections = 10\nidle_timeout = \"5s\"\n").unwrap();
+    let server = file.limits.resolve().unwrap();
+    assert_eq!(server.max_connections, 10);
+    assert_eq!(server.idle_timeout, Duration::from_secs(5));
+    let defaults = FileConfig::default().limits.resolve().unwrap();
+    assert_eq!(defaults, ServerOptions::default());
+    let zero: FileConfig = toml::from_str("[limits]\nmax_connections = 0\n").unwrap();
+    assert!(zero
+        .limits
+        .resolve()
+        .unwrap_err()
+        .contains("max_connections"));
+    assert!(toml::from_str::<FileConfig>("[limits]\nmax_conections = 1\n").is_err());
+}

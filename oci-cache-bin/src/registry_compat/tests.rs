@@ -1,0 +1,223 @@
+//! registry:2 drop-in tests: config.yml files and REGISTRY_* variables.
+
+use super::*;
+
+/// The registry config of the Earthly guide in the seeds, as written.
+const EARTHLY: &str = "version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: [username]
+  password: [password]
+";
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_earthly_seed_config_becomes_a_docker_hub_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    // The guide's placeholders are YAML lists; a real file has strings.
+    let text = EARTHLY
+        .replace("[username]", "robot")
+        .replace("[password]", "s3cret");
+    let file = write(dir.path(), "config.yml", &text);
+    let settings = load(&[file], &no_env).unwrap();
+    assert_eq!(settings.listen.as_deref(), Some("0.0.0.0:5000"));
+    assert_eq!(
+        settings.storage,
+        Some(StorageConfig::Filesystem {
+            dir: "/var/lib/registry".into()
+        })
+    );
+    let [hub] = settings.upstreams.as_slice() else {
+        panic!("{:?}", settings.upstreams);
+    };
+    assert_eq!(hub.name.as_str(), "docker.io");
+    assert_eq!(hub.origin.url, "https://registry-1.docker.io");
+    let credentials = hub.origin.credentials.as_ref().unwrap();
+    assert_eq!(
+        (credentials.username.as_str(), credentials.password.as_str()),
+        ("robot", "s3cret")
+    );
+}
+
+#[test]
+fn five_files_become_five_upstreams_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = [
+            ("hub", "https://registry-1.docker.io", 5000),
+            ("k8s", "https://registry.k8s.io", 5001),
+            ("gcr", "https://gcr.io", 5002),
+            ("ghcr", "https://ghcr.io", 5003),
+            ("quay", "https://quay.io/", 5004),
+        ]
+        .iter()
+        .map(|(name, url, port)| {
+            write(
+                dir.path(),
+                name,
+                &format!("version: 0.1\nproxy:\n  remoteurl: {url}\nhttp:\n  addr: :{port}\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/{name}\n"),
+            )
+        })
+        .collect();
+    let settings = load(&files, &no_env).unwrap();
+    let names: Vec<&str> = settings.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "docker.io",
+            "registry.k8s.io",
+            "gcr.io",
+            "ghcr.io",
+            "quay.io"
+        ]
+    );
+    assert_eq!(settings.upstreams[4].origin.url, "https://quay.io");
+    assert_eq!(settings.listen.as_deref(), Some("0.0.0.0:5000"));
+    assert_eq!(
+        settings.storage,
+        Some(StorageConfig::Filesystem {
+            dir: "/var/lib/hub".into()
+        })
+    );
+}
+
+#[test]
+fn the_environment_applies_over_the_first_file_or_alone() {
+    let env = |k: &str| match k {
+        "REGISTRY_PROXY_REMOTEURL" => Some("http://127.0.0.1:5100".to_owned()),
+        "REGISTRY_HTTP_ADDR" => Some("127.0.0.1:5555".to_owned()),
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY" => Some("/data".to_owned()),
+        "REGISTRY_PROXY_USERNAME" => Some("u".to_owned()),
+        _ => None,
+    };
+    let settings = load(&[], &env).unwrap();
+    assert_eq!(settings.listen.as_deref(), Some("127.0.0.1:5555"));
+    assert_eq!(settings.upstreams[0].name.as_str(), "127.0.0.1:5100");
+    assert_eq!(settings.upstreams[0].origin.url, "http://127.0.0.1:5100");
+    assert_eq!(
+        settings.upstreams[0]
+            .origin
+            .credentials
+            .as_ref()
+            .unwrap()
+            .username,
+        "u"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.yml",
+        EARTHLY
+            .replace("  username: [username]\n  password: [password]\n", "")
+            .as_str(),
+    );
+    let settings = load(&[file], &env).unwrap();
+    assert_eq!(
+        settings.upstreams.len(),
+        1,
+        "the env's remote replaces the file's"
+    );
+    assert_eq!(settings.upstreams[0].origin.url, "http://127.0.0.1:5100");
+    assert_eq!(
+        settings.storage,
+        Some(StorageConfig::Filesystem {
+            dir: "/data".into()
+        })
+    );
+}
+
+#[test]
+fn tls_and_htpasswd_become_the_mirrors_own_other_auth_is_refused() {
+    let env = |k: &str| match k {
+        "REGISTRY_HTTP_TLS_CERTIFICATE" => Some("/c.pem".to_owned()),
+        "REGISTRY_HTTP_TLS_KEY" => Some("/k.pem".to_owned()),
+        "REGISTRY_AUTH_HTPASSWD_PATH" => Some("/auth/htpasswd".to_owned()),
+        "REGISTRY_AUTH_HTPASSWD_REALM" => Some("Registry Realm".to_owned()),
+        _ => None,
+    };
+    let settings = load(&[], &env).unwrap();
+    assert_eq!(
+        settings.tls,
+        Some(RegistryTls {
+            certificate: Some("/c.pem".into()),
+            key: Some("/k.pem".into()),
+            client_ca: None,
+        })
+    );
+    assert_eq!(
+        settings.htpasswd,
+        Some(RegistryHtpasswd {
+            path: "/auth/htpasswd".into(),
+            realm: Some("Registry Realm".into()),
+        })
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+            dir.path(),
+            "c.yml",
+            "http:\n  tls:\n    certificate: /etc/c.pem\n    key: /etc/k.pem\n    clientcas: [/etc/ca.pem]\nauth:\n  htpasswd:\n    realm: r\n    path: /auth/htpasswd\nproxy:\n  remoteurl: https://ghcr.io\n",
+        );
+    let settings = load(&[file], &no_env).unwrap();
+    assert_eq!(
+        settings.tls.and_then(|t| t.client_ca),
+        Some(PathBuf::from("/etc/ca.pem"))
+    );
+    assert_eq!(
+        settings.htpasswd.map(|h| h.path),
+        Some("/auth/htpasswd".into())
+    );
+    let token = write(
+        dir.path(),
+        "t.yml",
+        "auth:\n  token:\n    realm: https://auth.example/token\n",
+    );
+    let err = load(&[token], &no_env).unwrap_err();
+    assert!(
+        err.contains("auth.token") && err.contains("htpasswd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn s3_storage_and_bad_urls() {
+    let value: Value = serde_norway::from_str(
+            "storage:\n  s3:\n    bucket: b\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:9000\n    forcepathstyle: true\n    rootdirectory: /cache\n",
+        )
+        .unwrap();
+    let source = parse(&value, "f".into()).unwrap();
+    let Some(StorageConfig::S3(s3)) = source.storage else {
+        panic!("{:?}", source.storage);
+    };
+    assert_eq!(s3.bucket, "b");
+    assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert!(s3.path_style);
+    assert_eq!(s3.prefix.as_deref(), Some("cache"));
+    let err = upstream("registry-1.docker.io", "f").unwrap_err();
+    assert!(err.contains("http(s)://"), "{err}");
+}
