@@ -16,6 +16,7 @@ use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
 use oci_cache_http::client_auth::{Access, ClientAuthConfig};
 use oci_cache_http::tls_server::TlsFiles;
+use oci_cache_http::ServerOptions;
 use serde::Deserialize;
 
 use oci_cache_core::cache::CacheOptions;
@@ -55,8 +56,36 @@ pub(crate) struct FileConfig {
     /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
     #[serde(skip)]
     compat_upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    limits: LimitsEntry,
     auth: Option<crate::trust::AuthFile>,
     tls: Option<crate::trust::TlsFile>,
+}
+
+/// The `[limits]` table: the server's connection policy (the upstream
+/// client's caps are in `[upstream_client]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsEntry {
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+}
+
+impl LimitsEntry {
+    fn resolve(self) -> Result<ServerOptions, String> {
+        let mut server = ServerOptions::default();
+        if let Some(max) = self.max_connections {
+            if max == 0 {
+                return Err("limits.max_connections must be at least 1".to_owned());
+            }
+            server.max_connections = max;
+        }
+        if let Some(text) = self.idle_timeout {
+            server.idle_timeout =
+                parse_duration(&text).map_err(|e| format!("limits.idle_timeout: {e}"))?;
+        }
+        Ok(server)
+    }
 }
 
 /// Which storage backend to use.
@@ -128,6 +157,8 @@ pub(crate) struct Settings {
     pub(crate) client_auth: Option<ClientAuthConfig>,
     /// The serving certificate, when serving TLS.
     pub(crate) tls: Option<TlsFiles>,
+    /// The server's connection policy (`[limits]`).
+    pub(crate) server: ServerOptions,
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -322,6 +353,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let server = file.limits.resolve()?;
     let client_auth =
         crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
     let tls = crate::trust::tls(
@@ -339,6 +371,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         upstream_client,
         client_auth,
         tls,
+        server,
     })
 }
 

@@ -19,6 +19,7 @@ pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
+    raise_fd_limit();
     let mirror = engine::builder(&settings)
         .await?
         .observer(Arc::new(AccessLog))
@@ -50,18 +51,57 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         Some(config) => {
             let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
             let service = AuthService::new(service, auth);
-            oci_cache_http::serve_tls(listener, service, tls, shutdown_signal()).await?;
+            oci_cache_http::serve_tls_with(
+                listener,
+                service,
+                tls,
+                settings.server.clone(),
+                shutdown_signal(),
+            )
+            .await?;
         }
         None => {
             for name in client_auth::exposed_credentialed_upstreams(&mirrors) {
                 tracing::warn!(upstream = %name,
                     "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
             }
-            oci_cache_http::serve_tls(listener, service, tls, shutdown_signal()).await?;
+            oci_cache_http::serve_tls_with(
+                listener,
+                service,
+                tls,
+                settings.server.clone(),
+                shutdown_signal(),
+            )
+            .await?;
         }
     }
     tracing::info!("oci-cache stopped");
     Ok(())
+}
+
+/// Raises the open-file soft limit to the hard limit: every client
+/// connection is a descriptor, and the usual soft limit of 1024 would make
+/// `accept` fail long before `limits.max_connections`. Returns the soft
+/// limit now in force (`None`: unknown or unlimited).
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open-file limit; clients beyond it are refused");
+                return limit.current;
+            }
+        }
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 /// Resolves on SIGINT or SIGTERM, so in-flight requests can finish.
@@ -85,4 +125,27 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = getrlimit(Resource::Nofile);
+        // Start below the hard limit, as a default 1024 soft limit does.
+        let low = before.maximum.map_or(1024, |max| max.min(1024) / 2);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(low),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        assert_eq!(super::raise_fd_limit(), before.maximum);
+        assert_eq!(getrlimit(Resource::Nofile).current, before.maximum);
+    }
 }

@@ -56,7 +56,13 @@ pub(crate) async fn dispatch(
         }
         Route::Tags { target, n, last } => {
             let (list, outcome) = engine
-                .tags(&target.upstream, &target.repository)
+                // One more than asked for tells whether a next page exists.
+                .tags(
+                    &target.upstream,
+                    &target.repository,
+                    n.map(|n| n.saturating_add(1)),
+                    last.as_deref(),
+                )
                 .await
                 .map_err(|e| fail(e, ErrorSubject::Repository))?;
             let (page, next) = paginate(list.tags, *n, last.as_deref());

@@ -66,6 +66,8 @@
 pub mod body;
 pub mod client_auth;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod mirror;
 mod observed;
@@ -80,6 +82,6 @@ pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
 pub use mirror::{Mirror, MirrorBuilder};
 pub use observed::AccessLog;
-pub use server::{serve, serve_tls};
+pub use server::{serve, serve_tls, serve_tls_with, serve_with, ServerOptions};
 pub use service::{Engine, OciService, ResponseFuture};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

@@ -1,18 +1,23 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 (h2c, or over TLS) on one
-//! port, with graceful shutdown.
+//! port, with graceful shutdown and a connection policy ([`ServerOptions`]): a
+//! cap on concurrent connections, idle connections closed, HTTP/2
+//! keep-alive pings.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
-
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
 use tokio_rustls::TlsAcceptor;
 
@@ -35,9 +40,37 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// send. Throughput on loopback is unchanged (measured with wrk).
 const MAX_BUFFERED: usize = 64 * 1024;
 
-/// Serves `service` on `listener` until `shutdown` completes, then waits up
-/// to 30 s for in-flight requests (a blob download may take longer; it is cut).
-/// Each request carries the client's [`PeerAddr`] in its extensions.
+/// How the server treats client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Most client connections served at once. Further clients wait in the
+    /// listen backlog until one closes (logged once each time the cap is reached).
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed, on
+    /// HTTP/1.1 and HTTP/2 alike (an idle HTTP/2 connection otherwise stays
+    /// open for as long as its client likes).
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged.
+    pub h2_keep_alive_interval: Duration,
+    /// An HTTP/2 peer that does not answer a ping within this is dropped.
+    pub h2_keep_alive_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(30),
+            h2_keep_alive_interval: Duration::from_secs(20),
+            h2_keep_alive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Serves `service` on `listener` with the default [`ServerOptions`] until
+/// `shutdown` completes, then waits up to 30 s for in-flight requests (a
+/// blob download may take longer; it is cut). Each request carries the
+/// client's [`PeerAddr`] in its extensions. See [`serve_with`].
 ///
 /// `service` is any hyper service: an [`OciService`](crate::OciService), or
 /// one that wraps or routes to it (e.g. an axum `Router` through
@@ -51,10 +84,27 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_tls(listener, service, None, shutdown).await
+    serve_with(listener, service, ServerOptions::default(), shutdown).await
+}
+
+/// [`serve`] under the connection policy `options`.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_tls_with(listener, service, None, options, shutdown).await
 }
 
 /// [`serve`] over TLS when `tls` is given (see [`tls_server`](crate::tls_server)):
@@ -69,7 +119,25 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_tls_with(listener, service, tls, ServerOptions::default(), shutdown).await
+}
+
+/// [`serve_tls`] under the connection policy `options`.
+pub async fn serve_tls_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<TlsAcceptor>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -82,67 +150,235 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(options.h2_keep_alive_interval))
+        .keep_alive_timeout(options.h2_keep_alive_timeout)
         .max_send_buf_size(MAX_BUFFERED);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let max_connections = options
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let (closing, closing_rx) = watch::channel(false);
+    let mut at_limit = false;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let inner = service.clone();
-                let with_peer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    inner.call(request)
-                });
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let result = match tls {
-                        None => {
-                            let connection = builder.serve_connection(TokioIo::new(stream), with_peer);
-                            watcher.watch(connection.into_owned()).await
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => {
+                at_limit = false;
+                permit
+            }
+            Err(_) => {
+                if !at_limit {
+                    at_limit = true;
+                    tracing::warn!(
+                        max_connections,
+                        "client connection limit reached; new connections wait until one \
+                         closes (raise max_connections if this is normal load)"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let activity = Arc::new(Activity::new());
+        let inner = service.clone();
+        let with_peer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            inner.call(request)
+        });
+        let tracked = Tracked {
+            inner: with_peer,
+            activity: Arc::clone(&activity),
+        };
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
+        let mut closing_rx = closing_rx.clone();
+        let idle_timeout = options.idle_timeout;
+        tokio::spawn(async move {
+            // Held until the connection ends: the slot counts toward max_connections.
+            let _permit = permit;
+            // One loop for both transports; their connection types differ.
+            macro_rules! drive {
+                ($connection:expr) => {{
+                    let connection = $connection;
+                    tokio::pin!(connection);
+                    let mut asked_to_close = false;
+                    loop {
+                        tokio::select! {
+                            result = connection.as_mut() => {
+                                if let Err(e) = result {
+                                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                                }
+                                break;
+                            }
+                            () = activity.idle_for(idle_timeout), if !asked_to_close => {
+                                tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
+                                connection.as_mut().graceful_shutdown();
+                                asked_to_close = true;
+                            }
+                            _ = closing_rx.changed(), if !asked_to_close => {
+                                connection.as_mut().graceful_shutdown();
+                                asked_to_close = true;
+                            }
                         }
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
-                            let stream = match handshake.await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let connection = builder.serve_connection(TokioIo::new(stream), with_peer);
-                            watcher.watch(connection.into_owned()).await
+                    }
+                }};
+            }
+            match tls {
+                None => drive!(builder
+                    .serve_connection(TokioIo::new(stream), tracked)
+                    .into_owned()),
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
                         }
                     };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                    drive!(builder
+                        .serve_connection(TokioIo::new(stream), tracked)
+                        .into_owned())
+                }
             }
-            () = &mut shutdown => break,
-        }
+        });
     }
     drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown())
+    let _ = closing.send(true);
+    // Every connection holds a slot: all slots back means all connections ended.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(GRACE, slots.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("in-flight requests still running after {GRACE:?}; stopping anyway");
     }
     Ok(())
+}
+
+/// Requests in flight on one connection and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    state: Mutex<(usize, Instant)>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            state: Mutex::new((0, Instant::now())),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 += 1;
+        InFlight(Arc::clone(self))
+    }
+
+    /// Completes once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let (in_flight, since) = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if in_flight == 0 && since.elapsed() >= timeout {
+                return;
+            }
+            // Busy: look again a timeout later; a request that ends resets `since`.
+            let wake = if in_flight == 0 {
+                since + timeout
+            } else {
+                Instant::now() + timeout
+            };
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+/// One request in flight, from its arrival until its response body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = state.0.saturating_sub(1);
+        state.1 = Instant::now();
+    }
+}
+
+/// The service, counting requests in flight for the idle timeout.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.begin();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                body: Box::pin(body),
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it ends.
+struct TrackedBody<B> {
+    body: Pin<Box<B>>,
+    _in_flight: InFlight,
+}
+
+impl<B: HttpBody> HttpBody for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<B::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

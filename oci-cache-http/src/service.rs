@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, X_CONTENT_TYPE_OPTIONS};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use oci_cache_core::cache::PullThrough;
@@ -136,6 +136,9 @@ impl OciService {
         let mut response = result.unwrap_or_else(|e| e.into_response());
         let headers = response.headers_mut();
         headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        // Upstream bytes are served under upstream's media types: a browser
+        // must not sniff an "application/json" manifest into HTML.
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         // Digests are over stored bytes: never let anything re-encode them.
         headers.remove(CONTENT_ENCODING);
         if let Some(v) = ns.and_then(|ns| HeaderValue::from_str(&ns).ok()) {

@@ -15,6 +15,7 @@ mod auth;
 mod chain;
 mod embed;
 mod hostile_body;
+mod hostile_wire;
 mod observe;
 mod resilience;
 mod routing;

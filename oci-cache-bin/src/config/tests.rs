@@ -143,3 +143,21 @@ fn talos_and_containerd_imports_add_chains_after_the_flags() {
         .unwrap_err()
         .contains("cannot read talos config"));
 }
+
+#[test]
+fn limits_table() {
+    let file: FileConfig =
+        toml::from_str("[limits]\nmax_connections = 10\nidle_timeout = \"5s\"\n").unwrap();
+    let server = file.limits.resolve().unwrap();
+    assert_eq!(server.max_connections, 10);
+    assert_eq!(server.idle_timeout, Duration::from_secs(5));
+    let defaults = FileConfig::default().limits.resolve().unwrap();
+    assert_eq!(defaults, ServerOptions::default());
+    let zero: FileConfig = toml::from_str("[limits]\nmax_connections = 0\n").unwrap();
+    assert!(zero
+        .limits
+        .resolve()
+        .unwrap_err()
+        .contains("max_connections"));
+    assert!(toml::from_str::<FileConfig>("[limits]\nmax_conections = 1\n").is_err());
+}

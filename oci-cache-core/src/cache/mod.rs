@@ -53,6 +53,7 @@ mod blob;
 mod flight;
 mod hot;
 mod manifest;
+mod tags;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
@@ -70,12 +71,12 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::digest::Digest;
-use crate::error::{ErrorChain, UpstreamError, UpstreamErrorKind};
+use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::observe::{self, SharedObserver};
 use crate::reference::{Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
-use crate::upstream::{ManifestRef, TagList, Upstream};
-use crate::{Error, Result};
+use crate::upstream::{ManifestRef, Upstream};
+use crate::{Error, ErrorChain, Result};
 
 /// How a request was answered, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +238,7 @@ struct Engine<S: ?Sized, U: ?Sized> {
     options: CacheOptions,
     blob_fills: blob::BlobFills,
     manifest_flights: flight::Flights<manifest::FlightKey, manifest::Served>,
+    tag_lists: tags::TagLists,
     hot: hot::HotCache,
     observer: SharedObserver,
 }
@@ -328,6 +330,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 options,
                 blob_fills: blob::BlobFills::new(),
                 manifest_flights: flight::Flights::new(),
+                tag_lists: tags::TagLists::new(),
                 hot: hot::HotCache::new(),
                 observer,
             }),
@@ -427,33 +430,6 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
             .blob_head(registry, repository, digest)
             .await?;
         Ok((size, CacheOutcome::Miss))
-    }
-
-    /// Tags of a repository: upstream first, the cached tags when upstream fails.
-    pub async fn tags(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-    ) -> Result<(TagList, CacheOutcome)> {
-        let upstream_error = match self
-            .inner
-            .upstream
-            .tag_list(registry, repository, None, None)
-            .await
-        {
-            Ok(list) => return Ok((list, CacheOutcome::Miss)),
-            Err(e) => e,
-        };
-        let cached = self.inner.storage.tag_list(registry, repository).await?;
-        if cached.is_empty() {
-            return Err(upstream_error);
-        }
-        warn!(%registry, %repository, error = %ErrorChain(&upstream_error), "tag list from upstream failed; serving cached tags");
-        let list = TagList {
-            name: repository.to_string(),
-            tags: cached.iter().map(|t| t.to_string()).collect(),
-        };
-        Ok((list, CacheOutcome::Stale))
     }
 
     /// Cached repositories, as `registry/repository` names, sorted.

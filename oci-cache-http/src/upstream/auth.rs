@@ -17,6 +17,16 @@ use crate::wire::encode_query;
 /// Lifetime assumed when the token response does not say (the spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
+/// Longest token lifetime believed. A token endpoint may say anything in
+/// `expires_in` (2^64-1 overflowed the expiry instant and panicked); a day is
+/// far beyond what registries issue (Docker Hub: 5 minutes).
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Most tokens cached. Scopes name repositories, so every made-up repository
+/// name a client asks for is a token request: without a cap those tokens
+/// would pile up until they expire.
+pub(crate) const MAX_CACHED_TOKENS: usize = 1024;
+
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Challenge {
@@ -194,7 +204,8 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Option<(String, Duration)> {
     let lifetime = parsed
         .expires_in
         .filter(|s| *s > 0)
-        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+        .min(MAX_TOKEN_LIFETIME);
     Some((token, lifetime))
 }
 
@@ -235,13 +246,31 @@ impl AuthCache {
             .map(|(token, _)| token.clone())
     }
 
-    /// Stores a token valid for `lifetime` (trusted for 90 % of it).
+    /// Stores a token valid for `lifetime` (trusted for 90 % of it, at most
+    /// [`MAX_TOKEN_LIFETIME`]). When [`MAX_CACHED_TOKENS`] are cached, the one
+    /// closest to expiry makes room.
     pub(crate) fn put_token(&self, key: TokenKey, token: String, lifetime: Duration) {
-        let expiry = Instant::now() + lifetime.mul_f64(0.9);
+        let now = Instant::now();
+        let expiry = now + lifetime.min(MAX_TOKEN_LIFETIME).mul_f64(0.9);
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.retain(|_, (_, e)| *e > Instant::now());
+            tokens.retain(|_, (_, e)| *e > now);
+            if tokens.len() >= MAX_CACHED_TOKENS && !tokens.contains_key(&key) {
+                let soonest = tokens
+                    .iter()
+                    .min_by_key(|(_, (_, e))| *e)
+                    .map(|(k, _)| k.clone());
+                if let Some(soonest) = soonest {
+                    tokens.remove(&soonest);
+                }
+            }
             tokens.insert(key, (token, expiry));
         }
+    }
+
+    /// How many tokens are cached.
+    #[cfg(test)]
+    pub(crate) fn token_count(&self) -> usize {
+        self.tokens.lock().map(|t| t.len()).unwrap_or(0)
     }
 
     /// Forgets a token the registry refused.
@@ -366,5 +395,44 @@ mod tests {
         assert!(!debug.contains("secret"), "{debug}");
         cache.drop_token(&key);
         assert_eq!(cache.token(&key), None);
+    }
+
+    #[test]
+    fn absurd_token_lifetimes_are_clamped() {
+        let (_, lifetime) =
+            parse_token_response(br#"{"token":"t","expires_in":18446744073709551615}"#).unwrap();
+        assert_eq!(lifetime, MAX_TOKEN_LIFETIME);
+        let cache = AuthCache::default();
+        let key = TokenKey {
+            realm: "r".into(),
+            service: None,
+            scope: "s".into(),
+            credential: None,
+        };
+        // Panicked with "overflow when adding duration to instant" before the clamp.
+        cache.put_token(key.clone(), "t".into(), Duration::MAX);
+        assert_eq!(cache.token(&key).as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn the_token_cache_is_bounded() {
+        let cache = AuthCache::default();
+        for i in 0..(MAX_CACHED_TOKENS + 500) {
+            let key = TokenKey {
+                realm: "r".into(),
+                service: None,
+                scope: format!("repository:made-up-{i}:pull"),
+                credential: None,
+            };
+            cache.put_token(key, "t".into(), Duration::from_secs(300));
+        }
+        assert_eq!(cache.token_count(), MAX_CACHED_TOKENS);
+        let newest = TokenKey {
+            realm: "r".into(),
+            service: None,
+            scope: format!("repository:made-up-{}:pull", MAX_CACHED_TOKENS + 499),
+            credential: None,
+        };
+        assert_eq!(cache.token(&newest).as_deref(), Some("t"));
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use oci_cache_core::UpstreamErrorKind;
 
 /// Longest `Retry-After` honoured; a registry asking for more is retried after this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 struct State {

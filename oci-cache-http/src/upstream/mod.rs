@@ -12,11 +12,11 @@
 //! through an HTTP `CONNECT` tunnel, so the proxy must allow `CONNECT` to the
 //! registry's port.
 
-mod auth;
+pub(crate) mod auth;
 mod breaker;
 mod chain;
 mod options;
-mod registry;
+pub(crate) mod registry;
 mod report;
 mod request;
 pub(crate) mod tls;

@@ -107,6 +107,13 @@ pub struct UpstreamOptions {
     /// so a config file sets it once, under `[cache]`.
     #[serde(skip)]
     pub max_manifest_size: u64,
+    /// Largest tag list accepted, in bytes over all its pages; larger is
+    /// [`oci_cache_core::Error::TooLarge`].
+    pub max_tag_list_bytes: u64,
+    /// Most tags accepted in one tag list; more is [`oci_cache_core::Error::TooLarge`].
+    pub max_tags: usize,
+    /// Most idle pooled connections kept per upstream host.
+    pub max_idle_per_host: usize,
     /// Most redirects followed per request.
     pub max_redirects: usize,
     /// The `User-Agent` sent upstream.
@@ -132,6 +139,9 @@ impl Default for UpstreamOptions {
             read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             max_manifest_size: 4 * 1024 * 1024,
+            max_tag_list_bytes: 8 * 1024 * 1024,
+            max_tags: 100_000,
+            max_idle_per_host: 16,
             max_redirects: 10,
             user_agent: concat!("oci-cache/", env!("CARGO_PKG_VERSION")).to_owned(),
             proxy: ProxyConfig::FromEnv,
@@ -188,6 +198,24 @@ impl UpstreamOptions {
     /// Sets how connections reach the network.
     pub fn with_proxy(mut self, proxy: ProxyConfig) -> Self {
         self.proxy = proxy;
+        self
+    }
+
+    /// Sets [`UpstreamOptions::max_tag_list_bytes`].
+    pub fn with_max_tag_list_bytes(mut self, bytes: u64) -> Self {
+        self.max_tag_list_bytes = bytes;
+        self
+    }
+
+    /// Sets [`UpstreamOptions::max_tags`].
+    pub fn with_max_tags(mut self, tags: usize) -> Self {
+        self.max_tags = tags;
+        self
+    }
+
+    /// Sets [`UpstreamOptions::max_idle_per_host`].
+    pub fn with_max_idle_per_host(mut self, connections: usize) -> Self {
+        self.max_idle_per_host = connections;
         self
     }
 

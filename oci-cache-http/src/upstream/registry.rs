@@ -80,15 +80,19 @@ impl HyperUpstream {
                 .into());
             }
         }
-        if head.media_type.is_empty() {
-            head.media_type = media_type_in_body(&bytes).ok_or_else(|| {
-                UpstreamError::new(
-                    UpstreamErrorKind::Invalid,
-                    &endpoint,
-                    "manifest has neither a Content-Type nor a mediaType field",
-                )
-            })?;
-        }
+        // Only a manifest is cached as one: an HTML error page or a blob
+        // answered with 200 must not become a tag's content.
+        head.media_type = manifest_media_type(&head.media_type, &bytes).ok_or_else(|| {
+            UpstreamError::new(
+                UpstreamErrorKind::Invalid,
+                &endpoint,
+                format!(
+                    "answered a manifest request with Content-Type {:?} and a body that is not a \
+                     manifest (a JSON object with a manifest media type); not caching it",
+                    head.media_type
+                ),
+            )
+        })?;
         Ok(FetchedManifest { head, bytes })
     }
 
@@ -109,11 +113,13 @@ impl HyperUpstream {
         let query = (!query.is_empty()).then(|| query.join("&"));
         let mut url = target.url(repository, "tags/list", query.as_deref());
         let scope = pull_scope(repository);
-        let mut received = 0;
+        // One budget over every page: a registry cannot get past the cap by paging.
+        let mut received: u64 = 0;
         let mut all = TagList {
             name: repository.to_string(),
             tags: Vec::new(),
         };
+        let max_bytes = self.options.max_tag_list_bytes;
         for _ in 0..MAX_TAG_PAGES {
             let response = self
                 .send(&target, Method::GET, &url, None, &scope, Purpose::Api)
@@ -122,18 +128,20 @@ impl HyperUpstream {
             let body = self
                 .read_body(
                     response.into_body(),
-                    16 * 1024 * 1024,
+                    max_bytes.saturating_sub(received),
                     &target.endpoint.url,
                     "tag list",
                 )
-                .await?;
-            #[derive(serde::Deserialize)]
-            struct Page {
-                name: String,
-                #[serde(default)]
-                tags: Option<Vec<String>>,
-            }
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                .await
+                .map_err(|e| match e {
+                    oci_cache_core::Error::TooLarge { what, limit, .. } => too_large(
+                        &what,
+                        max_bytes,
+                        received.saturating_add(limit).saturating_add(1),
+                    ),
+                    other => other,
+                })?;
+            let page = parse_tag_page(&body).map_err(|e| {
                 UpstreamError::new(
                     UpstreamErrorKind::Invalid,
                     &target.endpoint.url,
@@ -144,6 +152,13 @@ impl HyperUpstream {
             all.name = page.name;
             all.tags.extend(page.tags.unwrap_or_default());
             received += body.len() as u64;
+            if all.tags.len() > self.options.max_tags {
+                return Err(too_large(
+                    "tag list (entries)",
+                    self.options.max_tags as u64,
+                    all.tags.len() as u64,
+                ));
+            }
             match next {
                 Some(next) if n.is_none() => url = next,
                 _ => break,
@@ -375,29 +390,66 @@ fn manifest_head(headers: &http::HeaderMap) -> ManifestHead {
     }
 }
 
-fn media_type_in_body(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
+/// The manifest media type of a fetched manifest: the `Content-Type` when it
+/// names a manifest type, else (no or a generic JSON `Content-Type`) the
+/// body's `mediaType`. `None` when the body is not a JSON object or no
+/// manifest type is found.
+pub(crate) fn manifest_media_type(content_type: &str, body: &[u8]) -> Option<String> {
+    // Parsed whole: skipping unknown fields would let invalid JSON (a bad
+    // `\u` escape deep inside) pass as a manifest. Bodies are already capped.
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let known = |t: &str| KNOWN_MANIFEST_TYPES.contains(&t);
+    if known(content_type) {
+        return Some(content_type.to_owned());
     }
-    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+    let generic = content_type.is_empty()
+        || content_type.eq_ignore_ascii_case("application/json")
+        || content_type.eq_ignore_ascii_case("text/plain");
+    object
+        .get("mediaType")
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| generic && known(t))
+        .map(str::to_owned)
+}
+
+/// One page of an upstream tag list.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct TagPage {
+    /// The repository, as upstream names it.
+    pub(crate) name: String,
+    /// The tags of this page (`null` for a repository without tags).
+    #[serde(default)]
+    pub(crate) tags: Option<Vec<String>>,
+}
+
+/// Parses one page of a tag list.
+pub(crate) fn parse_tag_page(body: &[u8]) -> Result<TagPage, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 /// The `rel="next"` target of a `Link` header, resolved against `current`.
 fn next_link(response: &Response<Incoming>, current: &str) -> Option<String> {
-    let base: Uri = current.parse().ok()?;
-    response
+    let values = response
         .headers()
         .get_all(LINK)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.to_str().ok());
+    next_link_in(values, current)
+}
+
+/// The `rel="next"` target among `Link` header values, resolved against `current`.
+pub(crate) fn next_link_in<'a>(
+    values: impl Iterator<Item = &'a str>,
+    current: &str,
+) -> Option<String> {
+    let base: Uri = current.parse().ok()?;
+    values
         .flat_map(|v| v.split(','))
         .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))
         .and_then(|part| {
             let start = part.find('<')?;
             let end = part.find('>')?;
-            part.get(start + 1..end)
+            part.get(start.checked_add(1)?..end)
         })
         .and_then(|target| resolve(&base, target))
         .map(|uri| uri.to_string())
@@ -433,5 +485,33 @@ application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.index.v1+json, */*"
         );
+    }
+
+    #[test]
+    fn only_manifests_are_manifests() {
+        let oci = "application/vnd.oci.image.manifest.v1+json";
+        let body = br#"{"schemaVersion":2}"#;
+        assert_eq!(manifest_media_type(oci, body).as_deref(), Some(oci));
+        let typed = format!(r#"{{"schemaVersion":2,"mediaType":"{oci}"}}"#);
+        assert_eq!(
+            manifest_media_type("", typed.as_bytes()).as_deref(),
+            Some(oci)
+        );
+        assert_eq!(
+            manifest_media_type("application/json", typed.as_bytes()).as_deref(),
+            Some(oci)
+        );
+        assert_eq!(manifest_media_type("text/html", b"<html></html>"), None);
+        assert_eq!(manifest_media_type("text/html", typed.as_bytes()), None);
+        assert_eq!(manifest_media_type(oci, b"<html></html>"), None);
+        assert_eq!(manifest_media_type(oci, b"[1,2]"), None);
+        // Found by the manifest_json fuzz target: an invalid escape in a field
+        // nobody reads was accepted as JSON.
+        assert_eq!(
+            manifest_media_type(oci, br#"{"schemaVersion":2,"x":"\ud800"}"#),
+            None
+        );
+        assert_eq!(manifest_media_type("application/octet-stream", body), None);
+        assert_eq!(manifest_media_type("", body), None);
     }
 }

@@ -191,7 +191,10 @@ pub(super) fn check_status(
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| breaker::parse_retry_after(v, std::time::SystemTime::now()));
+        .and_then(|v| breaker::parse_retry_after(v, std::time::SystemTime::now()))
+        // Passed on to clients: capped like the mirror's own back-off, so a
+        // registry cannot tell every client to go away for a year.
+        .map(|d| d.min(breaker::MAX_RETRY_AFTER));
     Err(
         UpstreamError::new(kind, endpoint, format!("answered {status}"))
             .with_retry_after(retry_after)

@@ -69,6 +69,7 @@ pub(super) fn build_client(
         .wrap_connector(proxy);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(options.idle_timeout)
+        .pool_max_idle_per_host(options.max_idle_per_host)
         .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .build(connector))
 }

@@ -19,7 +19,7 @@ use crate::storage::{
     TagKey, TagRecord,
 };
 use crate::testing::{BlobScript, FakeUpstream};
-use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead};
+use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead, TagList};
 
 mod blob;
 mod degrade;

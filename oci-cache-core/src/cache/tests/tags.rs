@@ -9,7 +9,7 @@ async fn tags_come_from_upstream_or_from_cache_when_it_fails() {
         .set_tag_list("docker.io", "library/alpine", &["3.19", "3.20"]);
     s.upstream
         .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
-    let (list, outcome) = s.engine.tags(&hub(), &repo()).await.unwrap();
+    let (list, outcome) = s.engine.tags(&hub(), &repo(), None, None).await.unwrap();
     assert_eq!(
         (list.tags, outcome),
         (
@@ -20,18 +20,62 @@ async fn tags_come_from_upstream_or_from_cache_when_it_fails() {
 
     s.manifest(&tag("3.20"), &[]).await.unwrap();
     s.upstream.set_down(true);
-    let (list, outcome) = s.engine.tags(&hub(), &repo()).await.unwrap();
+    // Another page than the one asked above: not in the short cache.
+    let (list, outcome) = s
+        .engine
+        .tags(&hub(), &repo(), Some(10), None)
+        .await
+        .unwrap();
     assert_eq!(
         (list.tags, outcome),
         (vec!["3.20".to_string()], CacheOutcome::Stale)
     );
 
     let other = Repository::new("library/busybox").unwrap();
-    assert!(s.engine.tags(&hub(), &other).await.is_err());
+    assert!(s.engine.tags(&hub(), &other, None, None).await.is_err());
     assert_eq!(
         s.engine.catalog().await.unwrap(),
         ["docker.io/library/alpine"]
     );
+}
+
+#[tokio::test]
+async fn concurrent_identical_tag_lists_share_one_upstream_fetch() {
+    let s = setup(CacheOptions::default());
+    s.upstream
+        .set_tag_list("docker.io", "library/alpine", &["3.19", "3.20"]);
+    let engine = &s.engine;
+    let lists = futures::future::join_all(
+        (0..20).map(|_| async move { engine.tags(&hub(), &repo(), None, None).await }),
+    )
+    .await;
+    for list in lists {
+        assert_eq!(list.unwrap().0.tags, ["3.19", "3.20"]);
+    }
+    // A request moments later is answered from the short cache too.
+    engine.tags(&hub(), &repo(), None, None).await.unwrap();
+    assert_eq!(s.upstream.calls().tag_list(), 1);
+    // Another page is another upstream request, with n and last forwarded.
+    engine
+        .tags(&hub(), &repo(), Some(1), Some("3.19"))
+        .await
+        .unwrap();
+    assert_eq!(s.upstream.calls().tag_list(), 2);
+}
+
+#[tokio::test]
+async fn the_tag_list_cache_is_bounded() {
+    let s = setup(CacheOptions::default());
+    for i in 0..(super::super::tags::MAX_CACHED_LISTS + 50) {
+        let name = format!("made-up-{i}");
+        s.upstream.set_tag_list("docker.io", &name, &["1"]);
+        let repository = Repository::new(&name).unwrap();
+        s.engine
+            .tags(&hub(), &repository, None, None)
+            .await
+            .unwrap();
+    }
+    assert!(s.engine.inner.tag_lists.cached() <= super::super::tags::MAX_CACHED_LISTS);
 }
 
 #[tokio::test]
