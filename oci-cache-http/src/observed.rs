@@ -14,10 +14,13 @@ use crate::body::Body;
 use crate::Error;
 
 /// A response body that reports its request once: when the last frame has
-/// been handed out, or when it is dropped first (the client went away, or the
-/// stream failed), with `completed` false.
+/// been handed out (or the last of its `Content-Length` bytes: hyper stops
+/// polling a body once it has written that many), or when it is dropped
+/// first (the client went away, or the stream failed), with `completed` false.
 pub(crate) struct ObservedBody {
     inner: Body,
+    /// The response's `Content-Length`, when it has one.
+    length: Option<u64>,
     event: Option<RequestEvent>,
     started: Instant,
     observer: SharedObserver,
@@ -28,6 +31,7 @@ pub(crate) struct ObservedBody {
 impl ObservedBody {
     pub(crate) fn new(
         inner: Body,
+        length: Option<u64>,
         event: RequestEvent,
         started: Instant,
         observer: SharedObserver,
@@ -35,6 +39,7 @@ impl ObservedBody {
     ) -> Self {
         ObservedBody {
             inner,
+            length,
             event: Some(event),
             started,
             observer,
@@ -64,10 +69,14 @@ impl HttpBody for ObservedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                let mut all_sent = false;
                 if let (Some(event), Some(data)) = (this.event.as_mut(), frame.data_ref()) {
                     event.bytes_sent += data.len() as u64;
+                    all_sent = this.length == Some(event.bytes_sent);
                 }
-                if this.inner.is_end_stream() {
+                // A blob stream hands out its last bytes only once they are
+                // verified, so the whole length sent is a complete answer.
+                if all_sent || this.inner.is_end_stream() {
                     this.report(true);
                 }
             }

@@ -109,7 +109,9 @@ impl OciService {
             completed: false,
         };
         let (parts, inner) = response.into_parts();
-        let observed = ObservedBody::new(inner, event, started, self.observer.clone(), span);
+        let length = wire::content_length(&parts.headers);
+        let observed =
+            ObservedBody::new(inner, length, event, started, self.observer.clone(), span);
         Response::from_parts(parts, observed.boxed_unsync())
     }
 

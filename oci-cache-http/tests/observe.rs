@@ -275,3 +275,67 @@ async fn a_hang_up_over_a_socket_is_reported_cut() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Regression: hyper stops polling a body once it has written its
+/// `Content-Length` bytes, so a blob read whole over a kept-alive connection
+/// was reported `completed=false` (seen in the access log of the podman e2e).
+#[tokio::test]
+async fn a_whole_blob_over_a_socket_is_reported_complete() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let origin = MockRegistry::start().await;
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let len = blob.len() as u64;
+    let digest = Digest::sha256_of(&blob);
+    origin.push(Reply::ok(blob).header("content-length", &len.to_string()));
+    let recorder = Arc::new(Recorder::default());
+    let svc = service(&origin, &recorder);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(oci_cache_http::serve(listener, svc, async {
+        let _ = stopped.await;
+    }));
+
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /v2/library/alpine/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    // Read the head, then exactly the body, and keep the connection open.
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let body_start = loop {
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed early");
+        received.extend_from_slice(&chunk[..n]);
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    while (received.len() - body_start) < len as usize {
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before the whole body");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(Digest::sha256_of(&received[body_start..]), digest);
+
+    let mut seen = None;
+    for _ in 0..400 {
+        seen = recorder.0.lock().unwrap().iter().find_map(|s| match s {
+            Seen::Request {
+                bytes_sent,
+                completed,
+                ..
+            } => Some((*bytes_sent, *completed)),
+            _ => None,
+        });
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, Some((len, true)));
+    drop(socket);
+    recorder.fill_ended().await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
