@@ -403,7 +403,7 @@ fn podman_pulls_a_non_default_upstream_by_path_prefix() {
     assert!(
         mirror
             .log()
-            .contains("path=\"/v2/b.test/e2e/app/manifests/v1\""),
+            .contains("path=/v2/b.test/e2e/app/manifests/v1 "),
         "{}",
         mirror.log()
     );
