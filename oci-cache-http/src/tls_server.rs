@@ -3,7 +3,7 @@
 //! optional client-certificate authentication.
 //!
 //! Rotation never drops a connection: each new handshake asks
-//! [`ReloadingCert`] for the certificate, which looks at the files' modification
+//! `ReloadingCert` for the certificate, which looks at the files' modification
 //! times at most once a second and swaps in the new pair when both parse and
 //! match. Established connections keep the keys they negotiated. A half-
 //! written rotation (a new certificate with the old key) is ignored with a

@@ -214,7 +214,7 @@ impl EndpointTls {
 }
 
 impl Endpoint {
-    /// An anonymous endpoint at `url` (validated by [`MirrorConfig::validate`]).
+    /// An anonymous endpoint at `url` (validated by [`MirrorConfig::validate`](super::MirrorConfig::validate)).
     pub fn new(url: impl Into<String>) -> Self {
         Endpoint {
             url: url.into(),
