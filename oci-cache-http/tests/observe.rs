@@ -236,15 +236,9 @@ async fn a_hang_up_over_a_socket_is_reported_cut() {
     let digest = Digest::sha256_of(&blob);
     origin.push(Reply::ok(blob).header("content-length", &len.to_string()));
     let recorder = Arc::new(Recorder::default());
-    let svc = service(&origin, &recorder);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(oci_cache_http::serve(listener, svc, async {
-        let _ = stopped.await;
-    }));
+    let server = Server::start(&origin, &recorder).await;
 
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET /v2/library/alpine/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut first = vec![0u8; 64 * 1024];
@@ -252,28 +246,15 @@ async fn a_hang_up_over_a_socket_is_reported_cut() {
     assert!(n > 0);
     drop(socket);
 
-    let mut cut = None;
-    for _ in 0..400 {
-        cut = recorder.0.lock().unwrap().iter().find_map(|s| match s {
-            Seen::Request {
-                bytes_sent,
-                completed,
-                ..
-            } => Some((*bytes_sent, *completed)),
-            _ => None,
-        });
-        if cut.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let (bytes_sent, completed) = cut.expect("the cut request was reported");
+    let (bytes_sent, completed) = recorder
+        .request_reported()
+        .await
+        .expect("the cut request was reported");
     assert!(!completed);
     assert!(bytes_sent > 0 && bytes_sent < len, "{bytes_sent} of {len}");
     recorder.fill_ended().await;
     assert_eq!(origin.count(), 1);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// Regression: hyper stops polling a body once it has written its
@@ -289,15 +270,9 @@ async fn a_whole_blob_over_a_socket_is_reported_complete() {
     let digest = Digest::sha256_of(&blob);
     origin.push(Reply::ok(blob).header("content-length", &len.to_string()));
     let recorder = Arc::new(Recorder::default());
-    let svc = service(&origin, &recorder);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(oci_cache_http::serve(listener, svc, async {
-        let _ = stopped.await;
-    }));
+    let server = Server::start(&origin, &recorder).await;
 
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET /v2/library/alpine/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
     // Read the head, then exactly the body, and keep the connection open.
@@ -318,24 +293,54 @@ async fn a_whole_blob_over_a_socket_is_reported_complete() {
     }
     assert_eq!(Digest::sha256_of(&received[body_start..]), digest);
 
-    let mut seen = None;
-    for _ in 0..400 {
-        seen = recorder.0.lock().unwrap().iter().find_map(|s| match s {
-            Seen::Request {
-                bytes_sent,
-                completed,
-                ..
-            } => Some((*bytes_sent, *completed)),
-            _ => None,
-        });
-        if seen.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(seen, Some((len, true)));
+    assert_eq!(recorder.request_reported().await, Some((len, true)));
     drop(socket);
     recorder.fill_ended().await;
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+/// The service on a real socket on 127.0.0.1, until [`Server::stop`].
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<oci_cache_http::Result<()>>,
+}
+
+impl Server {
+    async fn start(origin: &MockRegistry, recorder: &Arc<Recorder>) -> Server {
+        let svc = service(origin, recorder);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(oci_cache_http::serve(listener, svc, async {
+            let _ = stopped.await;
+        }));
+        Server { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl Recorder {
+    /// (bytes sent, completed) of the first request reported, waiting up to 10 s.
+    async fn request_reported(&self) -> Option<(u64, bool)> {
+        for _ in 0..400 {
+            let seen = self.0.lock().unwrap().iter().find_map(|s| match s {
+                Seen::Request {
+                    bytes_sent,
+                    completed,
+                    ..
+                } => Some((*bytes_sent, *completed)),
+                _ => None,
+            });
+            if seen.is_some() {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
 }
