@@ -9,75 +9,19 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use oci_cache_core::cache::{CacheOptions, PullThrough, OCI_MANIFEST};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::reference::{Registry, Repository, Tag};
 use oci_cache_core::storage::{Storage, StoredManifest, TagKey, TagRecord};
-use oci_cache_core::upstream::{
-    FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
-};
-use oci_cache_core::{Error, Result, UpstreamError, UpstreamErrorKind};
-
-/// An upstream that is always down: a benchmark of a hit path fails loudly
-/// (with an error, not a number) if the path ever goes upstream.
-#[derive(Debug, Default)]
-pub struct DownUpstream;
-
-fn down() -> Error {
-    Error::Upstream(UpstreamError::new(
-        UpstreamErrorKind::Unavailable,
-        "bench",
-        "the benchmark upstream is down on purpose; a hit path must not reach it",
-    ))
-}
-
-#[async_trait]
-impl Upstream for DownUpstream {
-    async fn manifest_head(
-        &self,
-        _: &Registry,
-        _: &Repository,
-        _: &ManifestRef,
-        _: &[String],
-    ) -> Result<ManifestHead> {
-        Err(down())
-    }
-
-    async fn manifest_get(
-        &self,
-        _: &Registry,
-        _: &Repository,
-        _: &ManifestRef,
-        _: &[String],
-    ) -> Result<FetchedManifest> {
-        Err(down())
-    }
-
-    async fn blob_get(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<FetchedBlob> {
-        Err(down())
-    }
-
-    async fn blob_head(&self, _: &Registry, _: &Repository, _: &Digest) -> Result<u64> {
-        Err(down())
-    }
-
-    async fn tag_list(
-        &self,
-        _: &Registry,
-        _: &Repository,
-        _: Option<usize>,
-        _: Option<&str>,
-    ) -> Result<TagList> {
-        Err(down())
-    }
-}
+use oci_cache_core::testing::FakeUpstream;
+use oci_cache_core::upstream::Upstream;
+use oci_cache_core::Result;
 
 /// A warm cache: one OCI manifest of a realistic size (about 1 KiB), stored by
 /// digest and recorded under `library/bench:v1` on upstream `origin`.
 #[derive(Debug)]
 pub struct WarmCache {
-    /// The engine, over the given storage and a [`DownUpstream`].
+    /// The engine, over the given storage and an upstream that is down.
     pub engine: Arc<PullThrough<dyn Storage, dyn Upstream>>,
     /// The upstream name the manifest is cached under.
     pub registry: Registry,
@@ -132,7 +76,11 @@ impl WarmCache {
             checked_at: SystemTime::now(),
         };
         storage.tag_put(&key, &record).await?;
-        let upstream: Arc<dyn Upstream> = Arc::new(DownUpstream);
+        // Down on purpose: a hit path that reached upstream would fail the
+        // benchmark loudly (an error, not a number).
+        let down = FakeUpstream::new();
+        down.set_down(true);
+        let upstream: Arc<dyn Upstream> = Arc::new(down);
         // A TTL far beyond any benchmark run: every tag request is a hit.
         let options = CacheOptions::default().with_tag_ttl(std::time::Duration::from_secs(86_400));
         let engine = Arc::new(PullThrough::new(storage, upstream, options));

@@ -55,6 +55,8 @@ pub mod mirror;
 pub mod observe;
 pub mod reference;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod upstream;
 
 pub use error::{Error, ErrorChain, Result, UpstreamError, UpstreamErrorKind};

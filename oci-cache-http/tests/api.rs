@@ -24,7 +24,7 @@ async fn ping_and_health() {
         (h.status.as_u16(), h.body.as_ref()),
         (200, b"ok\n".as_ref())
     );
-    assert_eq!(fake.calls(), 0);
+    assert_eq!(fake.calls().total(), 0);
 }
 
 #[tokio::test]
@@ -49,13 +49,13 @@ async fn manifest_by_tag_miss_then_hit_with_exact_headers() {
     );
     assert_eq!(a.header("etag"), Some(format!("\"{digest}\"").as_str()));
     assert!(a.header("content-encoding").is_none());
-    let calls = fake.calls();
+    let calls = fake.calls().total();
     assert!(calls >= 1);
 
     // By digest: immutable, served from storage without asking upstream.
     let b = get(&svc, &format!("/v2/library/alpine/manifests/{digest}")).await;
     assert_eq!((b.status.as_u16(), b.body.as_ref()), (200, MANIFEST));
-    assert_eq!(fake.calls(), calls);
+    assert_eq!(fake.calls().total(), calls);
 
     // HEAD: same headers, exact Content-Length, no body.
     let h = call(
@@ -130,7 +130,7 @@ async fn accept_is_honoured_for_indexes() {
 async fn blobs_whole_ranges_and_416() {
     let (svc, fake) = fake_service();
     let data: Vec<u8> = (0..100u8).collect();
-    let digest = fake.add_blob(&data);
+    let digest = fake.add_blob(BlobScript::new(&data));
     let uri = format!("/v2/library/alpine/blobs/{digest}");
 
     let head = call(&svc, Method::HEAD, &uri, &[]).await;
@@ -147,7 +147,7 @@ async fn blobs_whole_ranges_and_416() {
         Some("application/octet-stream")
     );
     assert_eq!(whole.header("accept-ranges"), Some("bytes"));
-    let calls = fake.calls();
+    let calls = fake.calls().total();
 
     let cases = [
         ("bytes=2-5", 2..6, "bytes 2-5/100"),
@@ -172,7 +172,7 @@ async fn blobs_whole_ranges_and_416() {
     let ignored = call(&svc, Method::GET, &uri, &[("range", "bytes=5-1")]).await;
     assert_eq!((ignored.status.as_u16(), ignored.body.len()), (200, 100));
     assert_eq!(
-        fake.calls(),
+        fake.calls().total(),
         calls,
         "cached blob served without upstream calls"
     );
@@ -314,7 +314,7 @@ async fn writes_are_refused_with_405() {
             Some("registry/2.0")
         );
     }
-    assert_eq!(fake.calls(), 0);
+    assert_eq!(fake.calls().total(), 0);
 }
 
 /// Collects what the fmt subscriber writes.
@@ -396,7 +396,7 @@ async fn server_streams_past_its_buffer_limit_and_caps_request_heads() {
 
     let (svc, fake) = fake_service();
     let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let digest = fake.add_blob(&data);
+    let digest = fake.add_blob(BlobScript::new(&data));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -44,7 +44,7 @@ async fn ns_path_prefix_and_default_reach_the_right_upstream() {
         fake.add_manifest("ghcr.io", "org/app", "v1", OCI_MANIFEST, M);
         let a = get(&svc, uri).await;
         assert_eq!(a.status, 200, "{uri}: {:?}", a.body);
-        let asked = fake.asked.lock().unwrap().clone();
+        let asked = fake.asked();
         assert!(!asked.is_empty(), "{uri}: upstream not asked");
         for (r, repo, _) in asked {
             assert_eq!((r.as_str(), repo.as_str()), (registry, repository), "{uri}");
@@ -76,7 +76,7 @@ async fn unconfigured_upstreams_are_refused_without_upstream_calls() {
         assert_eq!(a.error_code(), "NAME_UNKNOWN", "{uri}");
     }
     assert_eq!(
-        fake.calls(),
+        fake.calls().total(),
         0,
         "no outbound request for an unknown upstream"
     );
@@ -109,5 +109,5 @@ async fn malformed_requests_get_oci_errors() {
     let h = call(&svc, Method::HEAD, "/v2/Library/alpine/manifests/3", &[]).await;
     assert_eq!(h.status, 400);
     assert!(h.body.is_empty());
-    assert_eq!(fake.calls(), 0);
+    assert_eq!(fake.calls().total(), 0);
 }

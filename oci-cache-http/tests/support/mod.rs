@@ -1,29 +1,26 @@
-//! Test support: a scripted mock registry on 127.0.0.1:0, an in-memory fake
-//! `Upstream` that counts calls, and helpers to call the service.
+//! Test support: a scripted mock registry on 127.0.0.1:0, the shared in-memory
+//! fake upstream (`oci_cache_core::testing::FakeUpstream`), and helpers to
+//! call the service.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use oci_cache_core::cache::{CacheOptions, PullThrough};
-use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::{Endpoint, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::storage::{MemoryStorage, Storage};
-use oci_cache_core::upstream::{
-    FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
-};
-use oci_cache_core::{Error, UpstreamError, UpstreamErrorKind};
+pub use oci_cache_core::testing::{BlobScript, FakeUpstream};
+use oci_cache_core::upstream::{FetchedManifest, ManifestRef, Upstream};
+use oci_cache_core::Error;
 use oci_cache_http::{service, AppState, OciService};
 use tokio::sync::oneshot;
 
@@ -270,216 +267,6 @@ pub async fn get_alpine_manifest(
         &[],
     )
     .await
-}
-
-// ---------------------------------------------------------------- fake upstream
-
-/// (registry, repository, tag or digest).
-type ManifestKey = (String, String, String);
-
-/// An in-memory upstream that counts calls and records what it was asked.
-#[derive(Default)]
-pub struct FakeUpstream {
-    /// Manifests as (media type, bytes).
-    pub manifests: Mutex<HashMap<ManifestKey, (String, Bytes)>>,
-    pub blobs: Mutex<HashMap<String, Bytes>>,
-    pub tags: Mutex<HashMap<(String, String), Vec<String>>>,
-    pub fail: Mutex<Option<UpstreamErrorKind>>,
-    pub calls: AtomicUsize,
-    pub asked: Mutex<Vec<ManifestKey>>,
-}
-
-impl FakeUpstream {
-    /// Adds a manifest reachable by `tag` and by its digest; returns the digest.
-    pub fn add_manifest(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> Digest {
-        let digest = Digest::sha256_of(bytes);
-        let mut m = self.manifests.lock().unwrap();
-        for r in [tag.to_string(), digest.to_string()] {
-            m.insert(
-                (registry.into(), repository.into(), r),
-                (media_type.into(), Bytes::copy_from_slice(bytes)),
-            );
-        }
-        self.tags
-            .lock()
-            .unwrap()
-            .entry((registry.into(), repository.into()))
-            .or_default()
-            .push(tag.into());
-        digest
-    }
-
-    pub fn add_blob(&self, bytes: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(bytes);
-        self.blobs
-            .lock()
-            .unwrap()
-            .insert(digest.to_string(), Bytes::copy_from_slice(bytes));
-        digest
-    }
-
-    pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    pub fn fail_with(&self, kind: Option<UpstreamErrorKind>) {
-        *self.fail.lock().unwrap() = kind;
-    }
-
-    fn enter(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        what: String,
-    ) -> Result<(), Error> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.asked
-            .lock()
-            .unwrap()
-            .push((registry.to_string(), repository.to_string(), what));
-        match *self.fail.lock().unwrap() {
-            Some(kind) => Err(UpstreamError::new(kind, "fake", "scripted failure").into()),
-            None => Ok(()),
-        }
-    }
-
-    fn manifest(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        reference: &ManifestRef,
-    ) -> Result<(String, Bytes), Error> {
-        self.enter(registry, repository, reference.to_string())?;
-        self.manifests
-            .lock()
-            .unwrap()
-            .get(&(
-                registry.to_string(),
-                repository.to_string(),
-                reference.to_string(),
-            ))
-            .cloned()
-            .ok_or_else(|| {
-                UpstreamError::new(UpstreamErrorKind::NotFound, "fake", "no such manifest").into()
-            })
-    }
-}
-
-#[async_trait]
-impl Upstream for FakeUpstream {
-    async fn manifest_head(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        reference: &ManifestRef,
-        _accept: &[String],
-    ) -> Result<ManifestHead, Error> {
-        let (media_type, bytes) = self.manifest(registry, repository, reference)?;
-        Ok(ManifestHead {
-            digest: Some(Digest::sha256_of(&bytes)),
-            media_type,
-            size: Some(bytes.len() as u64),
-        })
-    }
-
-    async fn manifest_get(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        reference: &ManifestRef,
-        _accept: &[String],
-    ) -> Result<FetchedManifest, Error> {
-        let (media_type, bytes) = self.manifest(registry, repository, reference)?;
-        Ok(FetchedManifest {
-            head: ManifestHead {
-                digest: Some(Digest::sha256_of(&bytes)),
-                media_type,
-                size: Some(bytes.len() as u64),
-            },
-            bytes,
-        })
-    }
-
-    async fn blob_get(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        digest: &Digest,
-    ) -> Result<FetchedBlob, Error> {
-        self.enter(registry, repository, digest.to_string())?;
-        let bytes = self
-            .blobs
-            .lock()
-            .unwrap()
-            .get(digest.as_str())
-            .cloned()
-            .ok_or_else(|| {
-                Error::from(UpstreamError::new(
-                    UpstreamErrorKind::NotFound,
-                    "fake",
-                    "no such blob",
-                ))
-            })?;
-        let size = bytes.len() as u64;
-        // Two chunks, to exercise streaming.
-        let mid = bytes.len() / 2;
-        let chunks = vec![Ok(bytes.slice(..mid)), Ok(bytes.slice(mid..))];
-        Ok(FetchedBlob {
-            size: Some(size),
-            stream: Box::pin(futures::stream::iter(chunks)),
-        })
-    }
-
-    async fn blob_head(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        digest: &Digest,
-    ) -> Result<u64, Error> {
-        self.enter(registry, repository, digest.to_string())?;
-        self.blobs
-            .lock()
-            .unwrap()
-            .get(digest.as_str())
-            .map(|b| b.len() as u64)
-            .ok_or_else(|| {
-                UpstreamError::new(UpstreamErrorKind::NotFound, "fake", "no such blob").into()
-            })
-    }
-
-    async fn tag_list(
-        &self,
-        registry: &Registry,
-        repository: &Repository,
-        _n: Option<usize>,
-        _last: Option<&str>,
-    ) -> Result<TagList, Error> {
-        self.enter(registry, repository, "tags".into())?;
-        let tags = self
-            .tags
-            .lock()
-            .unwrap()
-            .get(&(registry.to_string(), repository.to_string()))
-            .cloned()
-            .ok_or_else(|| {
-                Error::from(UpstreamError::new(
-                    UpstreamErrorKind::NotFound,
-                    "fake",
-                    "no such repository",
-                ))
-            })?;
-        Ok(TagList {
-            name: repository.to_string(),
-            tags,
-        })
-    }
 }
 
 // ---------------------------------------------------------------- service helpers
