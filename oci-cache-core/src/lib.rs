@@ -51,6 +51,7 @@ pub mod digest;
 pub mod duration;
 pub mod error;
 mod file_io;
+pub mod health;
 pub mod mirror;
 pub mod observe;
 pub mod reference;

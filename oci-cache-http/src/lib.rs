@@ -69,6 +69,7 @@
 pub mod body;
 pub mod error;
 mod handlers;
+pub mod metrics;
 mod routes;
 mod server;
 mod service;
