@@ -12,7 +12,7 @@ use http::Request;
 use oci_cache_benches::WarmCache;
 use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
 use oci_cache_core::storage::{MemoryStorage, Storage};
-use oci_cache_http::{service, AppState};
+use oci_cache_http::OciService;
 
 fn bench_routes(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("tokio runtime: {e}"));
@@ -28,7 +28,7 @@ fn bench_routes(c: &mut Criterion) {
         warm.registry.clone(),
     )
     .unwrap_or_else(|e| panic!("mirror config: {e}"));
-    let svc = service(AppState::new(Arc::clone(&warm.engine), Arc::new(mirrors)));
+    let svc = OciService::new((*warm.engine).clone(), Arc::new(mirrors));
     let paths = [
         ("version", "/v2/".to_owned(), 200),
         (

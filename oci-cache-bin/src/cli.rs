@@ -1,8 +1,13 @@
 //! Command-line arguments.
+//!
+//! Every subcommand that reads the configuration flattens [`ConfigArgs`], so
+//! `--config`, `--upstream` and the other sources (and their `OCI_CACHE_*`
+//! variables) mean the same everywhere and are declared once.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// A pull-through cache for OCI container registries.
 #[derive(Debug, Parser)]
@@ -12,8 +17,14 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "OCI_CACHE_LOG")]
     pub(crate) log: Option<String>,
 
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "OCI_CACHE_LOG_JSON")]
+    /// Log as JSON lines instead of text (env: 1/0, true/false, yes/no, on/off).
+    #[arg(
+        long,
+        global = true,
+        env = "OCI_CACHE_LOG_JSON",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub(crate) log_json: bool,
 
     #[command(subcommand)]
@@ -26,23 +37,34 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Parse an image reference and print its canonical and familiar forms.
     Resolve(ResolveArgs),
-    /// Check a configuration file and print the effective settings.
+    /// Validate the configuration exactly as `serve` would and print the effective settings.
     CheckConfig(CheckConfigArgs),
+    /// Print or write the configuration that points a client (containerd,
+    /// talos, docker, podman, buildkit, kind, k3s) at this mirror.
+    ClientConfig(crate::client_config::ClientConfigArgs),
+    /// Exit 0 when the mirror's /healthz answers 200 (for container HEALTHCHECKs).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
+    /// Fill the cache with images (all platforms of an index, or --platform) ahead of time.
+    Warm(WarmArgs),
+    /// Check that images are fully in the cache and every byte matches its digest.
+    Verify(VerifyArgs),
+    /// Write cached images as an OCI image layout (a directory, or --tar FILE).
+    Export(ExportArgs),
+    /// Load an OCI image layout (directory or --tar FILE) into the cache, every blob verified.
+    Import(ImportArgs),
 }
 
-/// Settings for `serve`; each overrides the config file.
-#[derive(Debug, Args, Default)]
-pub(crate) struct ServeArgs {
+/// Where the configuration comes from: the file, and the flags and
+/// variables that override it. Flatten this into every subcommand that
+/// reads the configuration.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct ConfigArgs {
     /// Configuration file (TOML); see `oci-cache.example.toml`.
-    #[arg(long, env = "OCI_CACHE_CONFIG")]
+    #[arg(long, env = "OCI_CACHE_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
-    /// Address to listen on.
-    #[arg(long, env = "OCI_CACHE_LISTEN")]
-    pub(crate) listen: Option<String>,
-
-    /// Directory of the filesystem storage.
-    #[arg(long, env = "OCI_CACHE_STORAGE_DIR")]
+    /// Directory of the filesystem storage (selects filesystem storage).
+    #[arg(long, env = "OCI_CACHE_STORAGE_DIR", value_name = "DIR")]
     pub(crate) storage_dir: Option<PathBuf>,
 
     /// An upstream as NAME=URL (repeatable); replaces the default upstreams.
@@ -50,12 +72,8 @@ pub(crate) struct ServeArgs {
     pub(crate) upstreams: Vec<String>,
 
     /// The upstream for requests that name none (default docker.io).
-    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM")]
+    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM", value_name = "NAME")]
     pub(crate) default_upstream: Option<String>,
-
-    /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
-    #[arg(long, env = "OCI_CACHE_TAG_TTL")]
-    pub(crate) tag_ttl: Option<String>,
 
     /// Talos machine configuration (YAML) whose RegistryMirrorConfig,
     /// RegistryAuthConfig and RegistryTLSConfig documents add upstreams and chains.
@@ -67,9 +85,52 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
     pub(crate) containerd_hosts: Option<PathBuf>,
 
-    /// Serve only what is cached; never contact an upstream.
-    #[arg(long, env = "OCI_CACHE_OFFLINE")]
+    /// A registry:2 `config.yml` (repeatable): its `proxy`, `http`,
+    /// `auth.htpasswd` and `storage` sections configure this mirror.
+    #[arg(long = "registry-config", value_name = "FILE")]
+    pub(crate) registry_configs: Vec<PathBuf>,
+}
+
+/// Settings for `serve`; each overrides the config file.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "OCI_CACHE_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+
+    /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
+    #[arg(long, env = "OCI_CACHE_TAG_TTL", value_name = "DURATION")]
+    pub(crate) tag_ttl: Option<String>,
+
+    /// Serve only what is cached; never contact an upstream
+    /// (env: 1/0, true/false, yes/no, on/off).
+    #[arg(
+        long,
+        env = "OCI_CACHE_OFFLINE",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub(crate) offline: bool,
+
+    /// htpasswd file (bcrypt, `htpasswd -B`) of the clients allowed to read
+    /// non-public upstreams; turns on client authentication.
+    #[arg(long, env = "OCI_CACHE_HTPASSWD", value_name = "FILE")]
+    pub(crate) htpasswd: Option<PathBuf>,
+
+    /// PEM certificate chain to serve TLS with (re-read when it changes); needs --tls-key.
+    #[arg(long, env = "OCI_CACHE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OCI_CACHE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates; clients must present a certificate signed by one.
+    #[arg(long, env = "OCI_CACHE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -81,44 +142,120 @@ pub(crate) struct ResolveArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
-    /// Configuration file (TOML) whose upstreams the reference is routed by.
-    #[arg(long, env = "OCI_CACHE_CONFIG")]
-    pub(crate) config: Option<PathBuf>,
-
-    /// An upstream as NAME=URL (repeatable); replaces the default upstreams.
-    #[arg(long = "upstream", value_name = "NAME=URL")]
-    pub(crate) upstreams: Vec<String>,
-
-    /// The upstream for requests that name none (default docker.io).
-    #[arg(long, env = "OCI_CACHE_DEFAULT_UPSTREAM")]
-    pub(crate) default_upstream: Option<String>,
-
-    /// Talos machine configuration (YAML) with registry documents, as for `serve`.
-    #[arg(long, env = "OCI_CACHE_TALOS_CONFIG", value_name = "FILE")]
-    pub(crate) talos_config: Option<PathBuf>,
-
-    /// containerd `certs.d` directory of `hosts.toml` files, as for `serve`.
-    #[arg(long, env = "OCI_CACHE_CONTAINERD_HOSTS", value_name = "DIR")]
-    pub(crate) containerd_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
 }
 
-impl ResolveArgs {
-    /// The `serve` settings that decide routing, so that both commands read
-    /// configuration through the one `config::resolve`.
+/// `check-config` takes everything `serve` takes, so it sees what `serve` would.
+#[derive(Debug, Args)]
+pub(crate) struct CheckConfigArgs {
+    /// The configuration file to check (the same as `--config FILE`, and wins over it).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+impl CheckConfigArgs {
+    /// The `serve` arguments being checked, with `FILE` as the config file.
     pub(crate) fn serve_args(&self) -> ServeArgs {
-        ServeArgs {
-            config: self.config.clone(),
-            upstreams: self.upstreams.clone(),
-            default_upstream: self.default_upstream.clone(),
-            talos_config: self.talos_config.clone(),
-            containerd_hosts: self.containerd_hosts.clone(),
-            ..ServeArgs::default()
+        let mut args = self.serve.clone();
+        if let Some(file) = &self.file {
+            args.config.config = Some(file.clone());
         }
+        args
     }
 }
 
+/// Which images an air-gap command works on.
 #[derive(Debug, Args)]
-pub(crate) struct CheckConfigArgs {
-    /// The configuration file to check.
-    pub(crate) file: PathBuf,
+pub(crate) struct ListArgs {
+    /// Image references (`alpine`, `ghcr.io/org/app:v1`, `nginx@sha256:…`).
+    #[arg(value_name = "REF")]
+    pub(crate) refs: Vec<String>,
+
+    /// A file of references, one per line, `#` comments (`-` reads stdin),
+    /// e.g. the output of `talosctl images default` or `kubeadm config images list`.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// Only this platform of a multi-platform image, e.g. `linux/amd64`
+    /// (repeatable; default: every platform).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub(crate) platforms: Vec<String>,
+}
+
+/// `oci-cache warm`.
+#[derive(Debug, Args)]
+pub(crate) struct WarmArgs {
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+
+    /// Images fetched at the same time (also the limit on concurrent blob downloads).
+    #[arg(short = 'j', long, default_value_t = 4)]
+    pub(crate) jobs: usize,
+
+    /// Resolve each image upstream and print what would be fetched; store nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+
+    /// Refetch what is missing or corrupt from upstream (otherwise storage is only read).
+    #[arg(long)]
+    pub(crate) repair: bool,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache export`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+
+    /// The OCI image layout directory to write (created; images already in it are kept).
+    #[arg(short = 'o', long, value_name = "DIR", required_unless_present = "tar")]
+    pub(crate) output: Option<PathBuf>,
+
+    /// Write the layout as one tar file instead of a directory.
+    #[arg(long, value_name = "FILE", conflicts_with = "output")]
+    pub(crate) tar: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The OCI image layout directory to read.
+    #[arg(value_name = "DIR", required_unless_present = "tar")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// Read the layout from a tar file instead of a directory.
+    #[arg(long, value_name = "FILE", conflicts_with = "dir")]
+    pub(crate) tar: Option<PathBuf>,
+
+    /// For layouts that name images by tag only (`skopeo copy … oci:DIR:v1`):
+    /// the repository they belong to, e.g. `ghcr.io/org/app`.
+    #[arg(long, value_name = "REGISTRY/REPOSITORY")]
+    pub(crate) repository: Option<String>,
+
+    /// Only this platform of a multi-platform image (repeatable; default: every platform).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub(crate) platforms: Vec<String>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
 }

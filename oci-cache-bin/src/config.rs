@@ -3,6 +3,8 @@
 //! Precedence, highest first: command-line flag, `OCI_CACHE_*` environment
 //! variable (clap reads them into the same flags), config file, built-in default.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,20 +13,30 @@ use oci_cache_core::mirror::{
     containerd, talos, Credentials, Endpoint, EndpointTls, Import, MirrorConfig, UpstreamConfig,
 };
 use oci_cache_core::reference::Registry;
-use oci_cache_core::storage::S3Config;
+use oci_cache_core::storage::{ObjectStorage, S3Config};
+use oci_cache_http::client_auth::{Access, ClientAuthConfig};
+use oci_cache_http::tls_server::TlsFiles;
 use serde::Deserialize;
 
-use crate::cli::ServeArgs;
+use oci_cache_core::cache::CacheOptions;
+use oci_cache_http::UpstreamOptions;
+
+use crate::cli::{ConfigArgs, ServeArgs};
 use crate::duration::parse_duration;
 
 /// Where `serve` listens when nothing says otherwise.
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 /// Where the filesystem storage lives when nothing says otherwise.
 pub(crate) const DEFAULT_STORAGE_DIR: &str = "./oci-cache-data";
-/// How long a tag is trusted when nothing says otherwise.
-pub(crate) const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+/// Exit status for configuration the program cannot use.
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
 /// The file as written by the operator; every field optional.
+///
+/// Library option types deserialize straight from their own table, so a
+/// knob is added in the library only: the cache engine's options go in as
+/// one `cache: Option<CacheOptions>` field (`[cache]`), the upstream client's
+/// as one `upstream_client: Option<UpstreamOptions>` field (`[upstream_client]`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
@@ -34,6 +46,17 @@ pub(crate) struct FileConfig {
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
+    /// `[cache]`: the engine's options, straight into the library's type.
+    #[serde(default)]
+    cache: Option<CacheOptions>,
+    /// `[upstream_client]`: the upstream client's options, likewise.
+    #[serde(default)]
+    upstream_client: UpstreamOptions,
+    /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
+    #[serde(skip)]
+    compat_upstreams: Vec<UpstreamConfig>,
+    auth: Option<crate::trust::AuthFile>,
+    tls: Option<crate::trust::TlsFile>,
 }
 
 /// Which storage backend to use.
@@ -42,7 +65,8 @@ pub(crate) struct FileConfig {
 pub(crate) enum StorageConfig {
     /// A directory on local disk.
     Filesystem {
-        /// The storage root.
+        /// The storage root; [`DEFAULT_STORAGE_DIR`] when left out.
+        #[serde(default = "default_storage_dir")]
         dir: PathBuf,
     },
     /// In memory; gone at exit (tests, demos).
@@ -51,8 +75,12 @@ pub(crate) enum StorageConfig {
     S3(S3Config),
 }
 
+fn default_storage_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STORAGE_DIR)
+}
+
 /// One `[[upstream]]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpstreamEntry {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `registry.example:5000`).
@@ -70,16 +98,80 @@ struct UpstreamEntry {
     /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
     #[serde(default)]
     tls: EndpointTls,
+    /// Other hosts whose token servers may receive the origin's credentials.
+    #[serde(default)]
+    token_realms: Vec<String>,
+    /// Other hosts manifest and tag-list requests may be redirected to.
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
+    /// Allow realms and redirects on loopback/private addresses.
+    #[serde(default)]
+    allow_private_targets: bool,
+    /// Who may read this upstream when client authentication is on.
+    #[serde(default)]
+    access: Option<Access>,
 }
 
 /// Everything `serve` needs, resolved and validated.
 #[derive(Debug)]
 pub(crate) struct Settings {
+    /// The config file read, if any.
+    pub(crate) config_file: Option<PathBuf>,
     pub(crate) listen: SocketAddr,
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
-    pub(crate) tag_ttl: Duration,
-    pub(crate) offline: bool,
+    /// The engine's options (`[cache]`, with `--tag-ttl` applied).
+    pub(crate) cache: CacheOptions,
+    /// The upstream client's options (`[upstream_client]`, with `--offline` applied).
+    pub(crate) upstream_client: UpstreamOptions,
+    /// Client authentication, when an htpasswd file is configured.
+    pub(crate) client_auth: Option<ClientAuthConfig>,
+    /// The serving certificate, when serving TLS.
+    pub(crate) tls: Option<TlsFiles>,
+}
+
+/// Where a setting's value came from, so an error names the key the
+/// operator actually wrote.
+enum Origin<'a> {
+    /// A flag or its environment variable.
+    Flag {
+        flag: &'static str,
+        env: &'static str,
+    },
+    /// A key of the config file.
+    File { path: &'a Path, key: &'static str },
+    /// The built-in default.
+    Default { key: &'static str },
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag { flag, env } => write!(f, "{flag} (or {env})"),
+            Origin::File { path, key } => write!(f, "config file {}: {key}", path.display()),
+            Origin::Default { key } => write!(f, "default {key}"),
+        }
+    }
+}
+
+/// The flag's value if given, else the file's, each with where it came from.
+fn pick<'a, T>(
+    flag: Option<T>,
+    file: Option<T>,
+    path: Option<&'a Path>,
+    (flag_name, env, key): (&'static str, &'static str, &'static str),
+) -> Option<(T, Origin<'a>)> {
+    match (flag, file, path) {
+        (Some(value), _, _) => Some((
+            value,
+            Origin::Flag {
+                flag: flag_name,
+                env,
+            },
+        )),
+        (None, Some(value), Some(path)) => Some((value, Origin::File { path, key })),
+        _ => None,
+    }
 }
 
 /// Reads and parses a config file; errors name the file and the bad setting.
@@ -89,55 +181,122 @@ pub(crate) fn load_file(path: &Path) -> Result<FileConfig, String> {
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
-/// Merges flags over the file over defaults.
+/// The configuration as every command other than `serve` reads it: the same
+/// sources and the same validation, with `serve`'s own flags at their defaults.
+pub(crate) fn resolve_config(args: &ConfigArgs) -> Result<Settings, String> {
+    resolve(&ServeArgs {
+        config: args.clone(),
+        ..ServeArgs::default()
+    })
+}
+
+/// Merges flags over the file over defaults and validates the result
+/// completely, without opening storage or contacting anything: what this
+/// accepts, `serve` starts with (`check-config` runs exactly this).
 pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
-    let file = match &args.config {
+    let sources = &args.config;
+    let path = sources.config.as_deref();
+    let mut file = match path {
         Some(path) => load_file(path)?,
         None => FileConfig::default(),
     };
-    let listen_text = args
-        .listen
-        .clone()
-        .or(file.listen)
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    apply_registry_compat(args, &mut file)?;
+    let (listen_text, origin) = pick(
+        args.listen.clone(),
+        file.listen.take(),
+        path,
+        ("--listen", "OCI_CACHE_LISTEN", "listen"),
+    )
+    .unwrap_or_else(|| (DEFAULT_LISTEN.to_owned(), Origin::Default { key: "listen" }));
     let listen = listen_text.parse().map_err(|_| {
-        format!("invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
+        format!("{origin}: invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
     })?;
 
-    let storage = match (&args.storage_dir, file.storage) {
+    let storage = match (&sources.storage_dir, file.storage) {
         (Some(dir), _) => StorageConfig::Filesystem { dir: dir.clone() },
         (None, Some(storage)) => storage,
         (None, None) => StorageConfig::Filesystem {
-            dir: PathBuf::from(DEFAULT_STORAGE_DIR),
+            dir: default_storage_dir(),
         },
     };
+    validate_storage(&storage, path)?;
 
-    let tag_ttl = match args.tag_ttl.as_deref().or(file.tag_ttl.as_deref()) {
-        Some(text) => parse_duration(text)?,
-        None => DEFAULT_TAG_TTL,
+    let mut cache = file.cache.unwrap_or_default();
+    // The top-level `tag_ttl` (older files) wins over `[cache] tag_ttl`.
+    cache.tag_ttl = match pick(
+        args.tag_ttl.clone(),
+        file.tag_ttl,
+        path,
+        ("--tag-ttl", "OCI_CACHE_TAG_TTL", "tag_ttl"),
+    ) {
+        Some((text, origin)) => tag_ttl(&text).map_err(|e| format!("{origin}: {e}"))?,
+        None if cache.tag_ttl.is_zero() => {
+            return Err(format!(
+                "{}: [cache] tag_ttl is zero, which would check every tag pull upstream; \
+                 write a positive duration such as 30s or 5m",
+                path.map_or_else(
+                    || "config".to_owned(),
+                    |p| format!("config file {}", p.display())
+                )
+            ))
+        }
+        None => cache.tag_ttl,
     };
+    // Blob fills spill to anonymous temp files; keep them on the data disk,
+    // not in a /tmp that may be RAM.
+    if let (None, StorageConfig::Filesystem { dir }) = (&cache.spool_dir, &storage) {
+        cache = cache.with_spool_dir(dir.clone());
+    }
+    let mut upstream_client = file.upstream_client;
+    if args.offline {
+        upstream_client = upstream_client.with_offline(true);
+    }
 
-    let mut upstreams = if !args.upstreams.is_empty() {
-        args.upstreams
+    let mut access = HashMap::new();
+    let mut upstreams = if !sources.upstreams.is_empty() {
+        sources
+            .upstreams
             .iter()
             .map(|spec| upstream_from_flag(spec))
             .collect::<Result<Vec<_>, _>>()?
-    } else if !file.upstreams.is_empty() {
-        file.upstreams
+    } else if !file.upstreams.is_empty() || !file.compat_upstreams.is_empty() {
+        for entry in &file.upstreams {
+            if let Some(chosen) = entry.access {
+                access.insert(entry.name.clone(), chosen);
+            }
+        }
+        let mut upstreams = file
+            .upstreams
             .into_iter()
             .map(upstream_from_entry)
-            .collect::<Result<Vec<_>, _>>()?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| match path {
+                Some(path) => format!("config file {}: [[upstream]]: {e}", path.display()),
+                None => e,
+            })?;
+        for compat in file.compat_upstreams {
+            upstreams.retain(|u| u.name != compat.name);
+            upstreams.push(compat);
+        }
+        upstreams
     } else {
         MirrorConfig::common().upstreams
     };
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let default_name = args
-        .default_upstream
-        .clone()
-        .or(file.default_upstream)
-        .unwrap_or_else(|| "docker.io".to_owned());
-    let default_upstream = registry(&default_name)?;
+    let default_upstream = match pick(
+        sources.default_upstream.clone(),
+        file.default_upstream,
+        path,
+        (
+            "--default-upstream",
+            "OCI_CACHE_DEFAULT_UPSTREAM",
+            "default_upstream",
+        ),
+    ) {
+        Some((name, origin)) => registry(&name).map_err(|e| format!("{origin}: {e}"))?,
+        None => Registry::docker_hub(),
+    };
     let mut mirrors = MirrorConfig {
         upstreams,
         default_upstream,
@@ -145,23 +304,104 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     // Imported chains come last: they name registries the flags and the
     // file may already have, and win for those.
     let mut import = Import::default();
-    if let Some(path) = &args.talos_config {
+    if let Some(path) = &sources.talos_config {
         import.extend(load_talos(path)?);
     }
-    if let Some(dir) = &args.containerd_hosts {
+    if let Some(dir) = &sources.containerd_hosts {
         import.extend(load_containerd_hosts(dir)?);
     }
+    // Validates the merged upstreams too (names, aliases, endpoint URLs,
+    // the default upstream), with or without anything imported.
     for warning in mirrors.apply_import(import).map_err(|e| e.to_string())? {
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let client_auth =
+        crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
+    let tls = crate::trust::tls(
+        args.tls_cert.as_ref(),
+        args.tls_key.as_ref(),
+        args.tls_client_ca.as_ref(),
+        file.tls,
+    )?;
     Ok(Settings {
+        config_file: sources.config.clone(),
         listen,
         storage,
         mirrors,
-        tag_ttl,
-        offline: args.offline,
+        cache,
+        upstream_client,
+        client_auth,
+        tls,
     })
+}
+
+/// A tag TTL: a duration above zero.
+fn tag_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl.is_zero() {
+        return Err(format!(
+            "{text:?} is zero, which would check every tag pull upstream; \
+             write a positive duration such as 30s or 5m"
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Everything about the storage that can be checked without opening it:
+/// what `serve` would otherwise find out only at start-up.
+fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), String> {
+    let table = match file {
+        Some(path) => format!("config file {}: [storage]", path.display()),
+        None => "[storage]".to_owned(),
+    };
+    match storage {
+        StorageConfig::Filesystem { dir } if dir.as_os_str().is_empty() => Err(format!(
+            "{table}: dir is empty; give a directory, or leave dir out for {DEFAULT_STORAGE_DIR}"
+        )),
+        StorageConfig::Filesystem { .. } | StorageConfig::Memory => Ok(()),
+        StorageConfig::S3(s3) if s3.bucket.trim().is_empty() => Err(format!(
+            "{table}: kind = \"s3\" needs a bucket; add bucket = \"NAME\" to the [storage] table"
+        )),
+        // Builds the client only (no request is made), which checks the
+        // endpoint, region and credential settings as `serve` will.
+        StorageConfig::S3(s3) => ObjectStorage::s3(s3)
+            .map(drop)
+            .map_err(|e| format!("{table}: {e}")),
+    }
+}
+
+/// registry:2 drop-in: `--registry-config` files and `REGISTRY_*` variables
+/// rank above the TOML file and below oci-cache's own flags; their remotes
+/// join the file's upstreams, and the only one becomes the default.
+fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), String> {
+    let compat =
+        crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
+    file.listen = compat.listen.or(file.listen.take());
+    file.storage = compat.storage.or(file.storage.take());
+    if let [only] = compat.upstreams.as_slice() {
+        if file.default_upstream.is_none() && file.upstreams.is_empty() {
+            file.default_upstream = Some(only.name.as_str().to_owned());
+        }
+    }
+    file.compat_upstreams = compat.upstreams;
+    // registry:2's serving certificate and htpasswd file, unless the TOML
+    // file has its own [tls] / [auth] (flags win over both, later).
+    if let (None, Some(tls)) = (&file.tls, compat.tls) {
+        file.tls = Some(crate::trust::TlsFile {
+            cert: tls.certificate,
+            key: tls.key,
+            client_ca: tls.client_ca,
+        });
+    }
+    if let (None, Some(htpasswd)) = (&file.auth, compat.htpasswd) {
+        file.auth = Some(crate::trust::AuthFile {
+            htpasswd: Some(htpasswd.path),
+            realm: htpasswd.realm,
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 /// The registry documents of a Talos machine configuration.
@@ -238,11 +478,7 @@ fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
     upstream_from_entry(UpstreamEntry {
         name: name.to_owned(),
         url: url.to_owned(),
-        aliases: Vec::new(),
-        mirrors: Vec::new(),
-        skip_fallback: false,
-        credentials: None,
-        tls: EndpointTls::default(),
+        ..UpstreamEntry::default()
     })
 }
 
@@ -253,6 +489,12 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     upstream.skip_fallback = entry.skip_fallback;
     upstream.origin.credentials = entry.credentials;
     upstream.origin.tls = entry.tls;
+    upstream.origin.token_realms = entry.token_realms;
+    // Empty keeps what UpstreamConfig::new knows the origin needs.
+    if !entry.redirect_hosts.is_empty() {
+        upstream.origin.redirect_hosts = entry.redirect_hosts;
+    }
+    upstream.origin.allow_private_targets = entry.allow_private_targets;
     Ok(upstream)
 }
 
@@ -291,14 +533,14 @@ mod tests {
             assert!(names.iter().any(|n| n == expected), "{names:?}");
         }
         assert_eq!(settings.mirrors.default_upstream.as_str(), "docker.io");
-        assert_eq!(settings.tag_ttl, DEFAULT_TAG_TTL);
+        assert_eq!(settings.cache.tag_ttl, CacheOptions::default().tag_ttl);
     }
 
     #[test]
     fn upstream_flags_replace_the_defaults() {
         let mut a = args();
-        a.upstreams = vec!["origin.test=http://127.0.0.1:5001".into()];
-        a.default_upstream = Some("origin.test".into());
+        a.config.upstreams = vec!["origin.test=http://127.0.0.1:5001".into()];
+        a.config.default_upstream = Some("origin.test".into());
         a.tag_ttl = Some("2s".into());
         let settings = resolve(&a).unwrap();
         assert_eq!(settings.mirrors.upstreams.len(), 1);
@@ -306,19 +548,19 @@ mod tests {
             settings.mirrors.upstreams[0].origin.url,
             "http://127.0.0.1:5001"
         );
-        assert_eq!(settings.tag_ttl, Duration::from_secs(2));
+        assert_eq!(settings.cache.tag_ttl, Duration::from_secs(2));
     }
 
     #[test]
     fn bad_values_say_what_to_write() {
         let mut a = args();
-        a.upstreams = vec!["no-equals-sign".into()];
+        a.config.upstreams = vec!["no-equals-sign".into()];
         assert!(resolve(&a).unwrap_err().contains("NAME=URL"));
         let mut a = args();
         a.listen = Some("localhost".into());
         assert!(resolve(&a).unwrap_err().contains("0.0.0.0:5000"));
         let mut a = args();
-        a.default_upstream = Some("evil.example".into());
+        a.config.default_upstream = Some("evil.example".into());
         assert!(resolve(&a).is_err());
     }
 
@@ -362,10 +604,10 @@ mod tests {
         )
         .unwrap();
         let mut a = args();
-        a.upstreams = vec!["a.test=http://127.0.0.1:7000".into()];
-        a.default_upstream = Some("a.test".into());
-        a.talos_config = Some(talos);
-        a.containerd_hosts = Some(hosts.clone());
+        a.config.upstreams = vec!["a.test=http://127.0.0.1:7000".into()];
+        a.config.default_upstream = Some("a.test".into());
+        a.config.talos_config = Some(talos);
+        a.config.containerd_hosts = Some(hosts.clone());
         let mirrors = resolve(&a).unwrap().mirrors;
         let chain = |name: &str| -> Vec<String> {
             mirrors
@@ -390,14 +632,14 @@ mod tests {
         );
 
         let mut a = args();
-        a.containerd_hosts = Some(dir.path().to_path_buf());
+        a.config.containerd_hosts = Some(dir.path().to_path_buf());
         let err = resolve(&a).unwrap_err();
         assert!(
             err.contains("point --containerd-hosts at the certs.d"),
             "{err}"
         );
         let mut a = args();
-        a.talos_config = Some(dir.path().join("missing.yaml"));
+        a.config.talos_config = Some(dir.path().join("missing.yaml"));
         assert!(resolve(&a)
             .unwrap_err()
             .contains("cannot read talos config"));

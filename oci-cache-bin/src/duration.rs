@@ -34,6 +34,26 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes `duration` the way [`parse_duration`] reads it: `5m`, `1h30m`, `250ms`.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0".to_owned();
+    }
+    let mut out = String::new();
+    let mut secs = duration.as_secs();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    let millis = duration.subsec_millis();
+    if millis > 0 {
+        out.push_str(&format!("{millis}ms"));
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -46,6 +66,18 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in ["250ms", "90s", "5m", "1h30m", "7d", "1d2h3m4s5ms", "0"] {
+            let duration = parse_duration(text).unwrap();
+            let formatted = format_duration(duration);
+            assert_eq!(parse_duration(&formatted), Ok(duration), "{text}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
     }
 
     #[test]

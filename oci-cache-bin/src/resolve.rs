@@ -12,8 +12,11 @@ use serde_json::json;
 use crate::cli::ResolveArgs;
 use crate::config;
 
-/// Exit status for a reference that does not parse.
+/// Exit status for a reference that does not parse, or unusable configuration.
 const EXIT_INVALID: u8 = 2;
+/// Exit status for a valid reference the cache would refuse to fetch: no
+/// configured upstream serves its registry.
+const EXIT_REFUSED: u8 = 3;
 
 pub(crate) fn run(args: &ResolveArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
     let reference = match args.reference.parse::<Reference>() {
@@ -35,7 +38,7 @@ pub(crate) fn run(args: &ResolveArgs, out: &mut impl Write, err: &mut impl Write
             };
         }
     };
-    let mirrors = match config::resolve(&args.serve_args()) {
+    let mirrors = match config::resolve_config(&args.config) {
         Ok(settings) => settings.mirrors,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
@@ -48,9 +51,10 @@ pub(crate) fn run(args: &ResolveArgs, out: &mut impl Write, err: &mut impl Write
     } else {
         human(out, &reference, &route)
     };
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
+    match (written, &route) {
+        (Err(_), _) => ExitCode::FAILURE,
+        (Ok(()), Route::Upstream { .. }) => ExitCode::SUCCESS,
+        (Ok(()), Route::Unconfigured(_)) => ExitCode::from(EXIT_REFUSED),
     }
 }
 
@@ -165,7 +169,7 @@ mod tests {
         assert_eq!(
             urls(&mirrors, "alpine:3"),
             [
-                "https://h/v2/hub/library/alpine/manifests/3?ns=docker%2Eio",
+                "https://h/v2/hub/library/alpine/manifests/3?ns=docker.io",
                 "https://registry-1.docker.io/v2/library/alpine/manifests/3",
             ]
         );
@@ -174,7 +178,7 @@ mod tests {
         assert_eq!(by_digest.len(), 3);
         assert_eq!(
             by_digest[0],
-            format!("http://m:5000/v2/library/alpine/manifests/{digest}?ns=docker%2Eio")
+            format!("http://m:5000/v2/library/alpine/manifests/{digest}?ns=docker.io")
         );
     }
 

@@ -1,132 +1,32 @@
-//! `oci-cache serve` and `oci-cache check-config`: wiring config to the library.
+//! `oci-cache serve`: wiring config to the library.
 
-use std::error::Error as StdError;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oci_cache_core::cache::{CacheOptions, PullThrough};
-use oci_cache_core::storage::Storage;
-use oci_cache_core::upstream::Upstream;
-use oci_cache_http::{AppState, HyperUpstream, UpstreamOptions};
+use oci_cache_http::client_auth::{self, AuthService, ClientAuth};
+use oci_cache_http::{tls_server, AccessLog};
 use tokio::net::TcpListener;
 
-use crate::cli::{CheckConfigArgs, ServeArgs};
-use crate::config::{self, Settings, StorageConfig};
-
-/// Exit status for configuration the program cannot use.
-const EXIT_CONFIG: u8 = 2;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
+use crate::cli::ServeArgs;
+use crate::config::Settings;
+use crate::engine::{self, BoxError};
 
 pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
-    let settings = match config::resolve(args) {
-        Ok(settings) => settings,
-        Err(message) => {
-            let _ = writeln!(err, "error: {message}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            print_chain(err, e.as_ref());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-pub(crate) fn check_config(
-    args: &CheckConfigArgs,
-    out: &mut impl Write,
-    err: &mut impl Write,
-) -> ExitCode {
-    let serve_args = ServeArgs {
-        config: Some(args.file.clone()),
-        ..ServeArgs::default()
-    };
-    match config::resolve(&serve_args) {
-        Ok(settings) => {
-            let _ = writeln!(out, "{}: ok", args.file.display());
-            let _ = writeln!(out, "listen: {}", settings.listen);
-            let _ = writeln!(out, "storage: {}", describe_storage(&settings.storage));
-            let _ = writeln!(out, "tag ttl: {:?}", settings.tag_ttl);
-            let _ = writeln!(
-                out,
-                "default upstream: {}",
-                settings.mirrors.default_upstream
-            );
-            for upstream in &settings.mirrors.upstreams {
-                let chain: Vec<&str> = upstream.chain().iter().map(|e| e.url.as_str()).collect();
-                let _ = writeln!(out, "upstream {}: {}", upstream.name, chain.join(" -> "));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            let _ = writeln!(err, "error: {message}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-    }
-}
-
-fn describe_storage(storage: &StorageConfig) -> String {
-    match storage {
-        StorageConfig::Filesystem { dir } => format!("filesystem at {}", dir.display()),
-        StorageConfig::Memory => "memory".to_owned(),
-        StorageConfig::S3(s3) => format!(
-            "s3 bucket {} at {}",
-            s3.bucket,
-            s3.endpoint.as_deref().unwrap_or("AWS")
-        ),
-    }
-}
-
-fn print_chain(err: &mut impl Write, e: &(dyn StdError + 'static)) {
-    let _ = writeln!(err, "error: {e}");
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = writeln!(err, "caused by: {cause}");
-        source = cause.source();
-    }
-}
-
-async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, BoxError> {
-    use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage};
-    Ok(match config {
-        StorageConfig::Filesystem { dir } => Arc::new(FsStorage::open(dir).await?),
-        StorageConfig::Memory => Arc::new(MemoryStorage::new()),
-        StorageConfig::S3(s3) => Arc::new(ObjectStorage::s3(s3)?),
+    engine::run(args, err, |settings| async move {
+        serve(settings).await.map(|()| ExitCode::SUCCESS)
     })
 }
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
-    let storage = open_storage(&settings.storage).await?;
-    let mirrors = Arc::new(settings.mirrors);
-    let upstream_options = UpstreamOptions {
-        offline: settings.offline,
-        ..UpstreamOptions::default()
-    };
-    let upstream: Arc<dyn Upstream> =
-        Arc::new(HyperUpstream::new(mirrors.clone(), upstream_options)?);
-    let mut options = CacheOptions::default().with_tag_ttl(settings.tag_ttl);
-    // Blob fills spill to anonymous temp files; keep them on the data disk,
-    // not in a /tmp that may be RAM.
-    if let StorageConfig::Filesystem { dir } = &settings.storage {
-        options = options.with_spool_dir(dir.clone());
-    }
-    let storage_name = storage.to_string();
-    let engine = Arc::new(PullThrough::new(storage, upstream, options));
-    let service = oci_cache_http::service(AppState::new(engine, mirrors.clone()));
+    let mirror = engine::builder(&settings)
+        .await?
+        .observer(Arc::new(AccessLog))
+        .build()?;
+    let service = mirror.service();
+    let storage_name = service.engine().storage().to_string();
+    // Owned: the service moves into the auth wrapper below.
+    let mirrors = service.mirrors().clone();
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -136,11 +36,30 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         storage = %storage_name,
         upstreams = %upstreams.join(","),
         default_upstream = %mirrors.default_upstream,
-        tag_ttl = ?settings.tag_ttl,
-        offline = settings.offline,
+        tag_ttl = ?settings.cache.tag_ttl,
+        offline = settings.upstream_client.offline,
+        client_auth = settings.client_auth.is_some(),
+        tls = settings.tls.is_some(),
         "oci-cache serving"
     );
-    oci_cache_http::serve(listener, service, shutdown_signal()).await?;
+    let tls = match &settings.tls {
+        Some(files) => Some(tls_server::acceptor(files)?),
+        None => None,
+    };
+    match &settings.client_auth {
+        Some(config) => {
+            let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
+            let service = AuthService::new(service, auth);
+            oci_cache_http::serve_tls(listener, service, tls, shutdown_signal()).await?;
+        }
+        None => {
+            for name in client_auth::exposed_credentialed_upstreams(&mirrors) {
+                tracing::warn!(upstream = %name,
+                    "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
+            }
+            oci_cache_http::serve_tls(listener, service, tls, shutdown_signal()).await?;
+        }
+    }
     tracing::info!("oci-cache stopped");
     Ok(())
 }

@@ -84,6 +84,15 @@ pub enum Error {
         name: String,
     },
 
+    /// A manifest or index is not JSON of a shape this crate knows.
+    #[error("manifest {digest} is not a valid image manifest or index: {reason}")]
+    InvalidManifest {
+        /// The manifest's digest.
+        digest: Digest,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The operation is not something a pull-through cache does (push, delete).
     #[error("{0} is not supported by a pull-through cache")]
     Unsupported(String),
@@ -332,6 +341,10 @@ impl Error {
                 media_type: media_type.clone(),
             },
             Error::UnknownUpstream { name } => Error::UnknownUpstream { name: name.clone() },
+            Error::InvalidManifest { digest, reason } => Error::InvalidManifest {
+                digest: digest.clone(),
+                reason: reason.clone(),
+            },
             Error::Unsupported(what) => Error::Unsupported(what.clone()),
             Error::Config(what) => Error::Config(what.clone()),
             Error::Storage {
@@ -351,5 +364,33 @@ impl Error {
                 source: cause(&e.source),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn waiters_of_a_shared_fetch_see_the_whole_cause_chain() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = Error::from(
+            UpstreamError::new(
+                UpstreamErrorKind::Unavailable,
+                "https://r.example",
+                "request failed",
+            )
+            .with_source(Outer(refused)),
+        );
+        let full = "upstream https://r.example: request failed: client error (Connect): connection refused";
+        assert_eq!(ErrorChain(&err).to_string(), full);
+        let copy = err.duplicate();
+        assert_eq!(ErrorChain(&copy).to_string(), full);
+        assert!(matches!(copy, Error::Upstream(e) if e.kind() == UpstreamErrorKind::Unavailable));
     }
 }

@@ -7,8 +7,13 @@
 //! - [`digest`]: content digests and a streaming verifier.
 //! - [`mirror`]: the configured upstream registries and their endpoint chains.
 //! - [`storage`]: the [`Storage`](storage::Storage) trait and its memory,
-//!   filesystem and object-store (S3) backends.
+//!   filesystem and object-store backends (S3, or any `object_store::ObjectStore`
+//!   through [`ObjectStorage::new`](storage::ObjectStorage::new)). A new backend
+//!   writes a handful of blob and record primitives; manifests and tags come
+//!   with the trait, and [`write_verified`](storage::write_verified) gives it
+//!   the verified, atomic blob write.
 //! - [`upstream`]: the [`Upstream`](upstream::Upstream) trait the engine fetches through.
+//! - [`manifest`]: the JSON shapes of image manifests and indexes.
 //! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
 //!   one upstream fetch per missing object, verify, then store.
 //!
@@ -52,6 +57,7 @@ pub mod duration;
 pub mod error;
 mod file_io;
 pub mod health;
+pub mod manifest;
 pub mod mirror;
 pub mod observe;
 pub mod reference;

@@ -49,6 +49,10 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 
     /// An endpoint's circuit breaker opened or closed.
     fn breaker(&self, _event: &BreakerEvent) {}
+
+    /// A token realm or redirect named by an upstream was refused because it
+    /// leads outside what the endpoint is trusted with (issue 11).
+    fn trust_refused(&self, _event: &TrustEvent) {}
 }
 
 /// The observer that ignores everything (the default).
@@ -88,6 +92,9 @@ impl Observer for Fanout {
     }
     fn breaker(&self, event: &BreakerEvent) {
         self.0.iter().for_each(|o| o.breaker(event));
+    }
+    fn trust_refused(&self, event: &TrustEvent) {
+        self.0.iter().for_each(|o| o.trust_refused(event));
     }
 }
 
@@ -239,4 +246,41 @@ pub struct BreakerEvent {
     pub endpoint: String,
     /// True when it opened (the endpoint is skipped), false when it closed.
     pub open: bool,
+}
+
+/// What a refused [`TrustEvent`] target was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrustTarget {
+    /// A token server named by a `WWW-Authenticate` challenge.
+    Realm,
+    /// A redirect (or tag-list `Link`) of a manifest or tag-list request.
+    ApiRedirect,
+    /// A redirect of a blob download.
+    BlobRedirect,
+}
+
+impl TrustTarget {
+    /// `realm`, `api_redirect` or `blob_redirect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustTarget::Realm => "realm",
+            TrustTarget::ApiRedirect => "api_redirect",
+            TrustTarget::BlobRedirect => "blob_redirect",
+        }
+    }
+}
+
+/// A realm or redirect an upstream named and the client refused to follow.
+// Not `non_exhaustive`: oci-cache-http builds it.
+#[derive(Debug, Clone)]
+pub struct TrustEvent {
+    /// The endpoint URL whose answer named the target.
+    pub endpoint: String,
+    /// The refused target's host.
+    pub target_host: String,
+    /// What the target was for.
+    pub target: TrustTarget,
+    /// Why it was refused.
+    pub reason: String,
 }

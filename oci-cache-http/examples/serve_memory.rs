@@ -11,11 +11,9 @@
 
 use std::sync::Arc;
 
-use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::mirror::{Endpoint, MirrorConfig, UpstreamConfig};
-use oci_cache_core::storage::{MemoryStorage, Storage};
-use oci_cache_core::upstream::Upstream;
-use oci_cache_http::{serve, service, AppState, HyperUpstream, UpstreamOptions};
+use oci_cache_core::storage::MemoryStorage;
+use oci_cache_http::{serve, AccessLog, Mirror};
 
 fn origin(url: &str) -> Endpoint {
     Endpoint::new(url)
@@ -28,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hub = args
         .next()
         .unwrap_or_else(|| "https://registry-1.docker.io".into());
-    let mirrors = Arc::new(MirrorConfig {
+    let mirrors = MirrorConfig {
         upstreams: vec![
             UpstreamConfig {
                 name: "docker.io".parse()?,
@@ -46,18 +44,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ],
         default_upstream: "docker.io".parse()?,
-    });
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let upstream: Arc<dyn Upstream> = Arc::new(HyperUpstream::new(
-        mirrors.clone(),
-        UpstreamOptions::default(),
-    )?);
-    let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
+    };
+    let mirror = Mirror::builder()
+        .upstreams(mirrors)
+        .storage(Arc::new(MemoryStorage::new()))
+        .observer(Arc::new(AccessLog))
+        .build()?;
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     tracing_subscriber::fmt().init();
     tracing::info!(addr = %listener.local_addr()?, "serving the registry mirror");
-    serve(listener, service(AppState::new(engine, mirrors)), async {
+    serve(listener, mirror.service(), async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

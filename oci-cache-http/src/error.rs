@@ -27,6 +27,10 @@ pub enum Error {
     /// The TLS client could not be set up (for example no usable root certificates).
     #[error("tls setup failed: {0}; check the system certificate store")]
     Tls(String),
+
+    /// Client authentication could not be set up (htpasswd file, access settings).
+    #[error("client authentication: {0}")]
+    ClientAuth(String),
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -113,16 +117,33 @@ pub struct ErrorInfo {
 
 /// What a request was about, so that "not found" gets the right code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Subject {
+#[non_exhaustive]
+pub enum ErrorSubject {
+    /// A manifest: `MANIFEST_UNKNOWN`.
     Manifest,
+    /// A blob: `BLOB_UNKNOWN`.
     Blob,
+    /// A repository (tag list): `NAME_UNKNOWN`.
     Repository,
+    /// Anything else: `NAME_UNKNOWN`.
     Other,
 }
 
-/// An error on its way to the client: status, code, safe message and extra headers.
+/// An error on its way to the client: status, code, safe message and extra
+/// headers. The one mapping from [`oci_cache_core::Error`] to OCI responses,
+/// public so an embedder's own routes answer the same error bodies:
+///
+/// ```
+/// use http::StatusCode;
+/// use oci_cache_http::{ErrorSubject, OciError, OciErrorCode};
+///
+/// let response = OciError::new(StatusCode::FORBIDDEN, OciErrorCode::Denied, "not here").into_response();
+/// assert_eq!(response.status(), 403);
+/// let core = oci_cache_core::Error::not_found("manifest");
+/// assert_eq!(OciError::from_core(&core, ErrorSubject::Manifest).code(), OciErrorCode::ManifestUnknown);
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct ApiError {
+pub struct OciError {
     pub(crate) status: StatusCode,
     pub(crate) code: OciErrorCode,
     pub(crate) message: String,
@@ -132,9 +153,10 @@ pub(crate) struct ApiError {
     pub(crate) retry_after: Option<u64>,
 }
 
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: OciErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
+impl OciError {
+    /// An error with this status, code and client-facing message.
+    pub fn new(status: StatusCode, code: OciErrorCode, message: impl Into<String>) -> Self {
+        OciError {
             status,
             code,
             message: message.into(),
@@ -145,47 +167,47 @@ impl ApiError {
 
     /// Maps a core error for a request about `subject`. The message sent is
     /// fixed per case; the full error (with causes) is logged by the caller.
-    pub(crate) fn from_core(err: &oci_cache_core::Error, subject: Subject) -> Self {
+    pub fn from_core(err: &oci_cache_core::Error, subject: ErrorSubject) -> Self {
         use oci_cache_core::Error as E;
         let not_found = |what: &str| {
             let code = match subject {
-                Subject::Manifest => OciErrorCode::ManifestUnknown,
-                Subject::Blob => OciErrorCode::BlobUnknown,
-                Subject::Repository | Subject::Other => OciErrorCode::NameUnknown,
+                ErrorSubject::Manifest => OciErrorCode::ManifestUnknown,
+                ErrorSubject::Blob => OciErrorCode::BlobUnknown,
+                ErrorSubject::Repository | ErrorSubject::Other => OciErrorCode::NameUnknown,
             };
-            ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
+            OciError::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
         };
         match err {
             E::Reference(e) => match e.kind() {
-                ParseErrorKind::InvalidTag => ApiError::new(
+                ParseErrorKind::InvalidTag => OciError::new(
                     StatusCode::BAD_REQUEST,
                     OciErrorCode::TagInvalid,
                     format!("invalid tag {:?}", e.input()),
                 ),
-                ParseErrorKind::InvalidDigest => ApiError::new(
+                ParseErrorKind::InvalidDigest => OciError::new(
                     StatusCode::BAD_REQUEST,
                     OciErrorCode::DigestInvalid,
                     format!("invalid digest {:?}", e.input()),
                 ),
-                _ => ApiError::new(
+                _ => OciError::new(
                     StatusCode::BAD_REQUEST,
                     OciErrorCode::NameInvalid,
                     format!("invalid repository name {:?}", e.input()),
                 ),
             },
-            E::Digest(e) => ApiError::new(
+            E::Digest(e) => OciError::new(
                 StatusCode::BAD_REQUEST,
                 OciErrorCode::DigestInvalid,
                 format!("invalid digest {:?}", e.input()),
             ),
             E::NotFound { what } => not_found(what),
-            E::NotAcceptable { media_type } => ApiError::new(
+            E::NotAcceptable { media_type } => OciError::new(
                 StatusCode::NOT_FOUND,
                 OciErrorCode::ManifestUnknown,
                 format!("manifest has media type {media_type}, which the accept header does not include"),
             ),
             E::RangeNotSatisfiable { size, .. } => {
-                let mut api = ApiError::new(
+                let mut api = OciError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     OciErrorCode::RangeInvalid,
                     format!("range not satisfiable for a blob of {size} bytes"),
@@ -193,22 +215,22 @@ impl ApiError {
                 api.unsatisfiable_size = Some(*size);
                 api
             }
-            E::UnknownUpstream { name } => ApiError::new(
+            E::UnknownUpstream { name } => OciError::new(
                 StatusCode::NOT_FOUND,
                 OciErrorCode::NameUnknown,
                 format!("upstream registry {name:?} is not configured on this mirror"),
             ),
-            E::Unsupported(what) => ApiError::new(
+            E::Unsupported(what) => OciError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 OciErrorCode::Unsupported,
                 format!("{what} is not supported by a pull-through cache"),
             ),
-            E::DigestMismatch { .. } | E::SizeMismatch { .. } => ApiError::new(
+            E::DigestMismatch { .. } | E::SizeMismatch { .. } => OciError::new(
                 StatusCode::BAD_GATEWAY,
                 OciErrorCode::Unknown,
                 "upstream content failed verification",
             ),
-            E::TooLarge { what, limit, .. } => ApiError::new(
+            E::TooLarge { what, limit, .. } => OciError::new(
                 StatusCode::BAD_GATEWAY,
                 OciErrorCode::ManifestInvalid,
                 format!("upstream {what} is over the limit of {limit} bytes"),
@@ -245,11 +267,11 @@ impl ApiError {
                         "upstream registry is unavailable",
                     ),
                 };
-                let mut api = ApiError::new(status, code, message);
+                let mut api = OciError::new(status, code, message);
                 api.retry_after = up.retry_after().map(|d| d.as_secs());
                 api
             }
-            _ => ApiError::new(
+            _ => OciError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 OciErrorCode::Unknown,
                 "internal error; see the mirror's logs",
@@ -257,8 +279,23 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The OCI error code.
+    pub fn code(&self) -> OciErrorCode {
+        self.code
+    }
+
+    /// The message sent to the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The response: JSON envelope (no body for HEAD, which the caller strips).
-    pub(crate) fn into_response(self) -> http::Response<Body> {
+    pub fn into_response(self) -> http::Response<Body> {
         let envelope = ErrorEnvelope {
             errors: vec![ErrorInfo {
                 code: self.code.as_str().to_owned(),
@@ -296,8 +333,8 @@ mod tests {
     use oci_cache_core::digest::Digest;
     use oci_cache_core::{Error as E, UpstreamError};
 
-    fn map(err: E, subject: Subject) -> (u16, &'static str, String) {
-        let api = ApiError::from_core(&err, subject);
+    fn map(err: E, subject: ErrorSubject) -> (u16, &'static str, String) {
+        let api = OciError::from_core(&err, subject);
         (api.status.as_u16(), api.code.as_str(), api.message)
     }
 
@@ -306,66 +343,81 @@ mod tests {
         let up = |kind| E::Upstream(UpstreamError::new(kind, "https://secret.internal", "cause"));
         let d = Digest::sha256_of(b"a");
         let cases = [
-            (E::not_found("blob x"), Subject::Blob, 404, "BLOB_UNKNOWN"),
+            (
+                E::not_found("blob x"),
+                ErrorSubject::Blob,
+                404,
+                "BLOB_UNKNOWN",
+            ),
             (
                 E::not_found("m"),
-                Subject::Manifest,
+                ErrorSubject::Manifest,
                 404,
                 "MANIFEST_UNKNOWN",
             ),
-            (E::not_found("r"), Subject::Repository, 404, "NAME_UNKNOWN"),
+            (
+                E::not_found("r"),
+                ErrorSubject::Repository,
+                404,
+                "NAME_UNKNOWN",
+            ),
             (
                 up(UpstreamErrorKind::NotFound),
-                Subject::Manifest,
+                ErrorSubject::Manifest,
                 404,
                 "MANIFEST_UNKNOWN",
             ),
             (
                 up(UpstreamErrorKind::Unauthorized),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 403,
                 "DENIED",
             ),
-            (up(UpstreamErrorKind::Denied), Subject::Blob, 403, "DENIED"),
+            (
+                up(UpstreamErrorKind::Denied),
+                ErrorSubject::Blob,
+                403,
+                "DENIED",
+            ),
             (
                 up(UpstreamErrorKind::TooManyRequests),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 429,
                 "TOOMANYREQUESTS",
             ),
             (
                 up(UpstreamErrorKind::Unavailable),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 503,
                 "UNAVAILABLE",
             ),
             (
                 up(UpstreamErrorKind::Skipped),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 503,
                 "UNAVAILABLE",
             ),
             (
                 up(UpstreamErrorKind::Timeout),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 504,
                 "UNAVAILABLE",
             ),
             (
                 up(UpstreamErrorKind::Invalid),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 502,
                 "UNKNOWN",
             ),
             (
                 E::UnknownUpstream { name: "x".into() },
-                Subject::Manifest,
+                ErrorSubject::Manifest,
                 404,
                 "NAME_UNKNOWN",
             ),
             (
                 E::Unsupported("push".into()),
-                Subject::Other,
+                ErrorSubject::Other,
                 405,
                 "UNSUPPORTED",
             ),
@@ -373,13 +425,13 @@ mod tests {
                 E::NotAcceptable {
                     media_type: "t".into(),
                 },
-                Subject::Manifest,
+                ErrorSubject::Manifest,
                 404,
                 "MANIFEST_UNKNOWN",
             ),
             (
                 E::RangeNotSatisfiable { start: 9, size: 3 },
-                Subject::Blob,
+                ErrorSubject::Blob,
                 416,
                 "RANGE_INVALID",
             ),
@@ -388,7 +440,7 @@ mod tests {
                     expected: d.clone(),
                     actual: d.clone(),
                 },
-                Subject::Blob,
+                ErrorSubject::Blob,
                 502,
                 "UNKNOWN",
             ),
@@ -398,19 +450,19 @@ mod tests {
                     limit: 1,
                     actual: 2,
                 },
-                Subject::Manifest,
+                ErrorSubject::Manifest,
                 502,
                 "MANIFEST_INVALID",
             ),
             (
                 E::Config("secret path".into()),
-                Subject::Other,
+                ErrorSubject::Other,
                 500,
                 "UNKNOWN",
             ),
             (
                 E::storage("memory", "disk exploded", std::io::Error::other("secret")),
-                Subject::Blob,
+                ErrorSubject::Blob,
                 500,
                 "UNKNOWN",
             ),
@@ -428,8 +480,10 @@ mod tests {
 
     #[test]
     fn responses_carry_the_envelope_and_extra_headers() {
-        let mut api =
-            ApiError::from_core(&E::RangeNotSatisfiable { start: 9, size: 3 }, Subject::Blob);
+        let mut api = OciError::from_core(
+            &E::RangeNotSatisfiable { start: 9, size: 3 },
+            ErrorSubject::Blob,
+        );
         api.retry_after = Some(5);
         let response = api.into_response();
         assert_eq!(response.status(), 416);

@@ -17,9 +17,9 @@ use oci_cache_core::upstream::ManifestRef;
 use serde_json::json;
 
 use crate::body::{self, Body};
-use crate::error::{ApiError, Subject};
+use crate::error::{ErrorSubject, OciError};
 use crate::routes::{Route, Target};
-use crate::service::AppState;
+use crate::service::Engine;
 use crate::wire::{encode_query, DOCKER_CONTENT_DIGEST};
 
 /// What handlers need from the request besides the route.
@@ -32,11 +32,11 @@ pub(crate) struct RequestInfo<'a> {
 
 /// Answers a routed request.
 pub(crate) async fn dispatch(
-    state: &AppState,
+    engine: &Engine,
     route: &Route,
     req: &RequestInfo<'_>,
     head: bool,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, OciError> {
     match route {
         Route::Health => Ok(with_body(
             StatusCode::OK,
@@ -45,22 +45,20 @@ pub(crate) async fn dispatch(
         )),
         Route::Ping => Ok(json_response(&json!({}))),
         Route::Catalog { n, last } => {
-            let repositories = state
-                .engine()
+            let repositories = engine
                 .catalog()
                 .await
-                .map_err(|e| fail(e, Subject::Other))?;
+                .map_err(|e| fail(e, ErrorSubject::Other))?;
             let (page, next) = paginate(repositories, *n, last.as_deref());
             let mut response = json_response(&json!({ "repositories": page }));
             add_link(&mut response, req, next);
             Ok(response)
         }
         Route::Tags { target, n, last } => {
-            let (list, outcome) = state
-                .engine()
+            let (list, outcome) = engine
                 .tags(&target.upstream, &target.repository)
                 .await
-                .map_err(|e| fail(e, Subject::Repository))?;
+                .map_err(|e| fail(e, ErrorSubject::Repository))?;
             let (page, next) = paginate(list.tags, *n, last.as_deref());
             let mut response =
                 json_response(&json!({ "name": target.repository.as_str(), "tags": page }));
@@ -68,24 +66,23 @@ pub(crate) async fn dispatch(
             response.extensions_mut().insert(outcome);
             Ok(response)
         }
-        Route::Manifest { target, reference } => manifest(state, target, reference, req).await,
-        Route::Blob { target, digest } if head => blob_head(state, target, digest).await,
-        Route::Blob { target, digest } => blob_get(state, target, digest, req).await,
+        Route::Manifest { target, reference } => manifest(engine, target, reference, req).await,
+        Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
+        Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
     }
 }
 
 async fn manifest(
-    state: &AppState,
+    engine: &Engine,
     target: &Target,
     reference: &ManifestRef,
     req: &RequestInfo<'_>,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, OciError> {
     let accept = accept_list(req.headers);
-    let m = state
-        .engine()
+    let m = engine
         .manifest(&target.upstream, &target.repository, reference, &accept)
         .await
-        .map_err(|e| fail(e, Subject::Manifest))?;
+        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
     let mut response = if if_none_match(req.headers, &m.digest) {
         let mut r = Response::new(body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -99,15 +96,14 @@ async fn manifest(
 }
 
 async fn blob_head(
-    state: &AppState,
+    engine: &Engine,
     target: &Target,
     digest: &Digest,
-) -> Result<Response<Body>, ApiError> {
-    let (size, outcome) = state
-        .engine()
+) -> Result<Response<Body>, OciError> {
+    let (size, outcome) = engine
         .blob_size(&target.upstream, &target.repository, digest)
         .await
-        .map_err(|e| fail(e, Subject::Blob))?;
+        .map_err(|e| fail(e, ErrorSubject::Blob))?;
     let mut response = Response::new(body::empty());
     blob_headers(response.headers_mut(), digest, size);
     response.extensions_mut().insert(outcome);
@@ -115,12 +111,11 @@ async fn blob_head(
 }
 
 async fn blob_get(
-    state: &AppState,
+    engine: &Engine,
     target: &Target,
     digest: &Digest,
     req: &RequestInfo<'_>,
-) -> Result<Response<Body>, ApiError> {
-    let engine = state.engine();
+) -> Result<Response<Body>, OciError> {
     let spec = req
         .headers
         .get(RANGE)
@@ -136,11 +131,11 @@ async fn blob_get(
             let (size, _) = engine
                 .blob_size(&target.upstream, &target.repository, digest)
                 .await
-                .map_err(|e| fail(e, Subject::Blob))?;
+                .map_err(|e| fail(e, ErrorSubject::Blob))?;
             if len == 0 || size == 0 {
-                return Err(ApiError::from_core(
+                return Err(OciError::from_core(
                     &oci_cache_core::Error::RangeNotSatisfiable { start: size, size },
-                    Subject::Blob,
+                    ErrorSubject::Blob,
                 ));
             }
             Some(size.saturating_sub(len)..size)
@@ -150,7 +145,7 @@ async fn blob_get(
     let blob = engine
         .blob(&target.upstream, &target.repository, digest, range)
         .await
-        .map_err(|e| fail(e, Subject::Blob))?;
+        .map_err(|e| fail(e, ErrorSubject::Blob))?;
     let whole = blob.range == (0..blob.size);
     let mut response = Response::new(body::from_stream(blob.stream));
     blob_headers(response.headers_mut(), digest, blob.size);
@@ -178,26 +173,15 @@ async fn blob_get(
 }
 
 /// Logs the full error (with causes) in the request span, then maps it.
-fn fail(err: oci_cache_core::Error, subject: Subject) -> ApiError {
-    let api = ApiError::from_core(&err, subject);
-    let chain = error_chain(&err);
+fn fail(err: oci_cache_core::Error, subject: ErrorSubject) -> OciError {
+    let api = OciError::from_core(&err, subject);
+    let chain = oci_cache_core::ErrorChain(&err);
     if api.status.is_server_error() {
         tracing::warn!(error = %chain, "request failed");
     } else {
         tracing::debug!(error = %chain, "request refused");
     }
     api
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn set_digest(headers: &mut HeaderMap, digest: &Digest) {

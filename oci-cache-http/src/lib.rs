@@ -4,11 +4,15 @@
 //!
 //! # Serving
 //!
-//! [`service`] turns an [`AppState`] (the cache engine plus the mirror
-//! configuration) into an [`OciService`]: a `Clone` hyper service that any
-//! program can mount, and that tests call directly with
-//! [`OciService::handle`]. [`serve`] runs it on a listener with HTTP/1.1 and
-//! h2c and graceful shutdown.
+//! [`Mirror::builder`] takes the upstream list once (validated), a storage,
+//! the option types ([`CacheOptions`](oci_cache_core::cache::CacheOptions),
+//! [`UpstreamOptions`]) and an [`Observer`](oci_cache_core::observe::Observer),
+//! and builds the upstream client, the engine and an [`OciService`]: a
+//! `Clone` hyper *and* tower service that [`serve`] runs (HTTP/1.1 and h2c,
+//! graceful shutdown), that any tower stack can mount (axum's
+//! `Router::nest_service`, see `examples/axum.rs`), and that tests call with
+//! [`OciService::handle`]. Errors become OCI error bodies in one place,
+//! [`OciError`], which an embedder's own routes can use too.
 //!
 //! # Design
 //!
@@ -37,28 +41,21 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use oci_cache_core::cache::{CacheOptions, PullThrough};
-//! use oci_cache_core::mirror::{Endpoint, MirrorConfig, UpstreamConfig};
-//! use oci_cache_core::storage::Storage;
-//! use oci_cache_core::upstream::Upstream;
-//! use oci_cache_http::{service, serve, AppState, HyperUpstream, UpstreamOptions};
+//! use oci_cache_core::cache::CacheOptions;
+//! use oci_cache_core::mirror::MirrorConfig;
+//! use oci_cache_core::storage::MemoryStorage;
+//! use oci_cache_http::{serve, AccessLog, Mirror, UpstreamOptions};
 //!
-//! # async fn run(storage: Arc<dyn Storage>) -> Result<(), Box<dyn std::error::Error>> {
-//! let mirrors = Arc::new(MirrorConfig {
-//!     upstreams: vec![UpstreamConfig {
-//!         name: "docker.io".parse()?,
-//!         aliases: vec!["index.docker.io".into(), "registry-1.docker.io".into()],
-//!         endpoints: vec![],
-//!         origin: Endpoint::new("https://registry-1.docker.io"),
-//!         skip_fallback: false,
-//!     }],
-//!     default_upstream: "docker.io".parse()?,
-//! });
-//! let upstream: Arc<dyn Upstream> =
-//!     Arc::new(HyperUpstream::new(mirrors.clone(), UpstreamOptions::default())?);
-//! let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mirror = Mirror::builder()
+//!     .upstreams(MirrorConfig::common()) // docker.io, ghcr.io, quay.io, …
+//!     .storage(Arc::new(MemoryStorage::new()))
+//!     .cache_options(CacheOptions::default().with_tag_ttl(std::time::Duration::from_secs(60)))
+//!     .upstream_options(UpstreamOptions::default().with_breaker_threshold(5))
+//!     .observer(Arc::new(AccessLog))
+//!     .build()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
-//! serve(listener, service(AppState::new(engine, mirrors)), async {
+//! serve(listener, mirror.service(), async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await?;
@@ -67,17 +64,23 @@
 //! ```
 
 pub mod body;
+pub mod client_auth;
 pub mod error;
 mod handlers;
 pub mod metrics;
+mod mirror;
+mod observed;
 mod routes;
 mod server;
 mod service;
+pub mod tls_server;
 pub mod upstream;
 mod wire;
 
 pub use body::Body;
-pub use error::{Error, ErrorEnvelope, ErrorInfo, OciErrorCode, Result};
-pub use server::serve;
-pub use service::{service, AppState, Engine, OciService};
+pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
+pub use mirror::{Mirror, MirrorBuilder};
+pub use observed::AccessLog;
+pub use server::{serve, serve_tls};
+pub use service::{Engine, OciService, ResponseFuture};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

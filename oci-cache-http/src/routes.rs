@@ -15,7 +15,7 @@ use oci_cache_core::reference::{Registry, Repository, Tag};
 use oci_cache_core::upstream::ManifestRef;
 use percent_encoding::percent_decode_str;
 
-use crate::error::{ApiError, OciErrorCode, Subject};
+use crate::error::{ErrorSubject, OciError, OciErrorCode};
 use crate::wire::query_param;
 
 /// Which upstream and repository a request is about.
@@ -82,7 +82,7 @@ pub(crate) fn route(
     path: &str,
     query: Option<&str>,
     mirrors: &MirrorConfig,
-) -> Result<Route, ApiError> {
+) -> Result<Route, OciError> {
     let read_only = method == Method::GET || method == Method::HEAD;
     if path == "/healthz" {
         return if read_only {
@@ -116,7 +116,7 @@ pub(crate) fn route(
         .split('/')
         .map(|s| match percent_decode_str(s).decode_utf8() {
             Ok(d) if !d.contains('/') => Ok(d.into_owned()),
-            _ => Err(ApiError::new(
+            _ => Err(OciError::new(
                 StatusCode::BAD_REQUEST,
                 OciErrorCode::NameInvalid,
                 format!("invalid path segment {s:?}"),
@@ -156,13 +156,13 @@ fn target(
     name: &[String],
     query: Option<&str>,
     mirrors: &MirrorConfig,
-) -> Result<Target, ApiError> {
+) -> Result<Target, OciError> {
     let unknown = |name: &str| {
-        ApiError::from_core(
+        OciError::from_core(
             &oci_cache_core::Error::UnknownUpstream {
                 name: name.to_owned(),
             },
-            Subject::Repository,
+            ErrorSubject::Repository,
         )
     };
     let prefixed = match name {
@@ -192,7 +192,7 @@ fn target(
     };
     let joined = path.join("/");
     let invalid = || {
-        ApiError::new(
+        OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::NameInvalid,
             format!("invalid repository name {joined:?}"),
@@ -209,12 +209,12 @@ fn target(
     })
 }
 
-fn manifest_ref(reference: &str) -> Result<ManifestRef, ApiError> {
+fn manifest_ref(reference: &str) -> Result<ManifestRef, OciError> {
     if reference.contains(':') {
         return parse_digest(reference).map(ManifestRef::Digest);
     }
     Tag::new(reference).map(ManifestRef::Tag).map_err(|_| {
-        ApiError::new(
+        OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::TagInvalid,
             format!("invalid reference {reference:?}: expected a tag or a digest"),
@@ -222,9 +222,9 @@ fn manifest_ref(reference: &str) -> Result<ManifestRef, ApiError> {
     })
 }
 
-fn parse_digest(digest: &str) -> Result<Digest, ApiError> {
+fn parse_digest(digest: &str) -> Result<Digest, OciError> {
     digest.parse().map_err(|_| {
-        ApiError::new(
+        OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::DigestInvalid,
             format!("invalid digest {digest:?}"),
@@ -232,11 +232,11 @@ fn parse_digest(digest: &str) -> Result<Digest, ApiError> {
     })
 }
 
-fn page_size(query: Option<&str>) -> Result<Option<usize>, ApiError> {
+fn page_size(query: Option<&str>) -> Result<Option<usize>, OciError> {
     query_param(query, "n")
         .map(|n| {
             n.parse().map_err(|_| {
-                ApiError::new(
+                OciError::new(
                     StatusCode::BAD_REQUEST,
                     OciErrorCode::PaginationNumberInvalid,
                     format!("invalid page size n={n:?}: expected a non-negative integer"),
@@ -246,16 +246,16 @@ fn page_size(query: Option<&str>) -> Result<Option<usize>, ApiError> {
         .transpose()
 }
 
-fn unsupported(method: &Method) -> ApiError {
-    ApiError::new(
+fn unsupported(method: &Method) -> OciError {
+    OciError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         OciErrorCode::Unsupported,
         format!("{method} is not supported by a pull-through cache"),
     )
 }
 
-fn unknown_route(path: &str) -> ApiError {
-    ApiError::new(
+fn unknown_route(path: &str) -> OciError {
+    OciError::new(
         StatusCode::NOT_FOUND,
         OciErrorCode::NameUnknown,
         format!("no registry API route for {path:?}"),
@@ -295,7 +295,7 @@ mod tests {
         }
     }
 
-    fn get(path_and_query: &str) -> Result<Route, ApiError> {
+    fn get(path_and_query: &str) -> Result<Route, OciError> {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),

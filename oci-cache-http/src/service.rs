@@ -1,42 +1,72 @@
-//! [`OciService`]: the hyper service value, one tracing span and one log
-//! line per request, and the headers every response carries.
+//! [`OciService`]: the registry pull API as a hyper and tower service, one
+//! tracing span per request, the headers every response carries, and the
+//! request event reported when the response body ends.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING};
 use http::{Method, Request, Response};
+use http_body_util::BodyExt;
 use oci_cache_core::cache::PullThrough;
 use oci_cache_core::mirror::MirrorConfig;
+use oci_cache_core::observe::{RequestEvent, SharedObserver};
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 use tracing::{field, Instrument};
 
 use crate::body::{self, Body};
 use crate::handlers::{self, RequestInfo};
+use crate::observed::ObservedBody;
 use crate::routes::{self, Route};
 use crate::wire;
 
-/// The engine as the service holds it: storage and upstream chosen at runtime.
+/// The engine as the service holds it: storage and upstream chosen at
+/// runtime. Cheap to clone (one `Arc`).
 pub type Engine = PullThrough<dyn Storage, dyn Upstream>;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 
-/// What the service needs: the cache engine and the mirror configuration used for routing.
+/// The registry pull API as a hyper and tower service; build it with
+/// [`Mirror::builder`](crate::Mirror::builder).
+///
+/// Cheap to clone (two `Arc`s and the engine handle). Mount it anywhere a
+/// `tower::Service<Request<B>>` fits, e.g. axum's `Router::nest_service`:
+/// routing uses the path it receives, so a prefix stripped by the router is
+/// invisible to it. Requests are reported to the engine's observer when their
+/// response body ends.
 #[derive(Clone)]
-pub struct AppState {
-    engine: Arc<Engine>,
+pub struct OciService {
+    engine: Engine,
     mirrors: Arc<MirrorConfig>,
+    observer: SharedObserver,
 }
 
-impl AppState {
-    /// State over `engine`, routing requests to the upstreams in `mirrors`.
-    pub fn new(engine: Arc<Engine>, mirrors: Arc<MirrorConfig>) -> Self {
-        AppState { engine, mirrors }
+impl std::fmt::Debug for OciService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciService")
+            .field("engine", &self.engine)
+            .field("observer", &self.observer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OciService {
+    /// The service over an engine built elsewhere, routing requests to the
+    /// upstreams in `mirrors` and reporting to the engine's observer.
+    /// [`Mirror::builder`](crate::Mirror::builder) builds both in one go.
+    pub fn new(engine: Engine, mirrors: Arc<MirrorConfig>) -> Self {
+        let observer = engine.observer().clone();
+        OciService {
+            engine,
+            mirrors,
+            observer,
+        }
     }
 
     /// The cache engine.
@@ -44,34 +74,11 @@ impl AppState {
         &self.engine
     }
 
-    /// The mirror configuration.
+    /// The mirror configuration requests are routed by.
     pub fn mirrors(&self) -> &MirrorConfig {
         &self.mirrors
     }
-}
 
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("mirrors", &self.mirrors)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The registry pull API as a hyper service. Cheap to clone (one `Arc`).
-#[derive(Debug, Clone)]
-pub struct OciService {
-    state: Arc<AppState>,
-}
-
-/// Builds the service over `state`.
-pub fn service(state: AppState) -> OciService {
-    OciService {
-        state: Arc::new(state),
-    }
-}
-
-impl OciService {
     /// Answers one request. Never fails: every error becomes an OCI error
     /// response. The request body is ignored (only GET and HEAD are served).
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
@@ -85,58 +92,46 @@ impl OciService {
             repository = field::Empty,
             reference = field::Empty,
             upstream = field::Empty,
-            cache = field::Empty,
-            status = field::Empty,
-            bytes = field::Empty,
-            duration_ms = field::Empty,
         );
-        async move {
-            let response = self.respond(&request).await;
-            let status = response.status().as_u16();
-            let bytes = wire::content_length(response.headers()).unwrap_or(0);
-            let cache = field::display(handlers::outcome_of(&response).map_or("-", |o| o.as_str()));
-            let duration_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(
-                path = request.uri.path(),
-                cache,
-                status,
-                bytes,
-                duration_ms,
-                "request"
-            );
-            // Recorded after the line so the text log does not show them twice;
-            // span-based consumers still get them when the span closes.
-            let span = tracing::Span::current();
-            span.record("cache", cache);
-            span.record("status", status);
-            span.record("bytes", bytes);
-            span.record("duration_ms", duration_ms);
-            response
-        }
-        .instrument(span)
-        .await
+        let (response, route) = self.respond(&request).instrument(span.clone()).await;
+        let event = RequestEvent {
+            method: request.method.to_string(),
+            path: request.uri.path().to_owned(),
+            route: route.as_ref().map_or("unknown", Route::name),
+            upstream: route
+                .as_ref()
+                .and_then(Route::target)
+                .map(|t| t.upstream.clone()),
+            cache: handlers::outcome_of(&response),
+            status: response.status().as_u16(),
+            bytes_sent: 0,
+            duration: started.elapsed(),
+            completed: false,
+        };
+        let (parts, inner) = response.into_parts();
+        let observed = ObservedBody::new(inner, event, started, self.observer.clone(), span);
+        Response::from_parts(parts, observed.boxed_unsync())
     }
 
-    async fn respond(&self, request: &http::request::Parts) -> Response<Body> {
-        let state = &self.state;
+    async fn respond(&self, request: &http::request::Parts) -> (Response<Body>, Option<Route>) {
         let method = &request.method;
         let path = request.uri.path();
         let query = request.uri.query();
         let ns = wire::query_param(query, "ns");
         let head = method == Method::HEAD;
-        let span = tracing::Span::current();
 
-        let result = match routes::route(method, path, query, state.mirrors()) {
+        let (result, route) = match routes::route(method, path, query, &self.mirrors) {
             Ok(route) => {
-                record_route(&span, &route);
+                record_route(&tracing::Span::current(), &route);
                 let info = RequestInfo {
                     path,
                     ns: ns.as_deref(),
                     headers: &request.headers,
                 };
-                handlers::dispatch(state, &route, &info, head).await
+                let result = handlers::dispatch(&self.engine, &route, &info, head).await;
+                (result, Some(route))
             }
-            Err(e) => Err(e),
+            Err(e) => (Err(e), None),
         };
         let mut response = result.unwrap_or_else(|e| e.into_response());
         let headers = response.headers_mut();
@@ -151,7 +146,7 @@ impl OciService {
             let (parts, _) = response.into_parts();
             response = Response::from_parts(parts, body::empty());
         }
-        response
+        (response, route)
     }
 }
 
@@ -172,12 +167,31 @@ fn record_route(span: &tracing::Span, route: &Route) {
     }
 }
 
+/// The future of one call: `Send` so servers can spawn it.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 impl<B: Send + 'static> hyper::service::Service<Request<B>> for OciService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn call(&self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+impl<B: Send + 'static> tower_service::Service<Request<B>> for OciService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // No back-pressure of its own: the engine bounds work per object.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.handle(request).await) })
     }

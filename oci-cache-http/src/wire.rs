@@ -2,6 +2,7 @@
 //! header parsing and query-string encoding.
 
 use http::header::HeaderName;
+use oci_cache_core::mirror::QUERY_ESCAPE;
 use percent_encoding::percent_decode_str;
 
 /// `Docker-Content-Digest`.
@@ -24,9 +25,9 @@ pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
-/// Percent-encodes a query value (everything but ASCII letters and digits).
+/// Percent-encodes a query value (all but ASCII letters, digits and `-._~`).
 pub(crate) fn encode_query(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, QUERY_ESCAPE).to_string()
 }
 
 fn decode_query(s: &str) -> Option<String> {

@@ -3,6 +3,11 @@
 use http::Method;
 use oci_cache_core::UpstreamErrorKind;
 
+use std::sync::Arc;
+
+use oci_cache_core::storage::MemoryStorage;
+use oci_cache_http::{AccessLog, Mirror};
+
 use crate::support::*;
 
 const MANIFEST: &[u8] =
@@ -243,7 +248,7 @@ async fn tags_paginate_with_link_and_fall_back_to_cache() {
     assert_eq!(page.json()["tags"], serde_json::json!(["a", "b"]));
     assert_eq!(
         page.header("link"),
-        Some("</v2/alpine/tags/list?ns=docker%2Eio&n=2&last=b>; rel=\"next\"")
+        Some("</v2/alpine/tags/list?ns=docker.io&n=2&last=b>; rel=\"next\"")
     );
     let next = get(&svc, "/v2/alpine/tags/list?ns=docker%2Eio&n=2&last=b").await;
     assert_eq!(next.json()["tags"], serde_json::json!(["c", "d"]));
@@ -288,7 +293,7 @@ async fn catalog_lists_cached_repositories() {
     );
     assert_eq!(
         page.header("link"),
-        Some("</v2/_catalog?n=1&last=docker%2Eio%2Flibrary%2Falpine>; rel=\"next\"")
+        Some("</v2/_catalog?n=1&last=docker.io%2Flibrary%2Falpine>; rel=\"next\"")
     );
     let rest = get(&svc, "/v2/_catalog?n=1&last=docker%2Eio%2Flibrary%2Falpine").await;
     assert_eq!(
@@ -352,7 +357,15 @@ fn captured_logs() -> Captured {
 #[tokio::test]
 async fn one_log_line_per_request_with_cache_outcome() {
     let captured = captured_logs();
-    let (svc, fake) = fake_service();
+    let fake = Arc::new(FakeUpstream::default());
+    let svc = Mirror::builder()
+        .upstreams(mirrors("http://127.0.0.1:9"))
+        .storage(Arc::new(MemoryStorage::new()))
+        .upstream(fake.clone())
+        .observer(Arc::new(AccessLog))
+        .build()
+        .unwrap()
+        .service();
     let digest = fake.add_manifest(
         "docker.io",
         "library/logged",
@@ -381,6 +394,7 @@ async fn one_log_line_per_request_with_cache_outcome() {
             "status=200",
             &format!("bytes={}", MANIFEST.len()),
             "duration_ms=",
+            "completed=true",
         ] {
             assert!(line.contains(field), "{field} missing in {line}");
         }

@@ -11,10 +11,7 @@ use crate::support::*;
 const M: &[u8] = br#"{"schemaVersion":2}"#;
 
 fn options() -> UpstreamOptions {
-    UpstreamOptions {
-        proxy: ProxyConfig::Direct,
-        ..UpstreamOptions::default()
-    }
+    UpstreamOptions::default().with_proxy(ProxyConfig::Direct)
 }
 
 pub fn client(mirrors: MirrorConfig) -> HyperUpstream {
@@ -60,7 +57,7 @@ async fn anonymous_bearer_flow_and_token_reuse() {
     assert_eq!(seen[0].header("authorization"), None);
     assert_eq!(
         seen[1].uri,
-        "/token?service=mock%2Eregistry&scope=repository%3Alibrary%2Falpine%3Apull"
+        "/token?service=mock.registry&scope=repository%3Alibrary%2Falpine%3Apull"
     );
     assert_eq!(
         seen[1].header("authorization"),

@@ -17,11 +17,9 @@ use crate::support::*;
 const M: &[u8] = br#"{"schemaVersion":2}"#;
 
 fn client_with_timeout(mirrors: MirrorConfig, request_timeout: Duration) -> HyperUpstream {
-    let options = UpstreamOptions {
-        request_timeout,
-        proxy: ProxyConfig::Direct,
-        ..UpstreamOptions::default()
-    };
+    let options = UpstreamOptions::default()
+        .with_request_timeout(request_timeout)
+        .with_proxy(ProxyConfig::Direct);
     HyperUpstream::new(Arc::new(mirrors), options).unwrap()
 }
 
@@ -160,7 +158,7 @@ async fn digest_only_mirrors_serve_digests_but_never_resolve_tags() {
     assert_eq!(public.count(), 1);
     assert_eq!(
         public.seen()[0].uri,
-        format!("/v2/library/alpine/manifests/{digest}?ns=docker%2Eio")
+        format!("/v2/library/alpine/manifests/{digest}?ns=docker.io")
     );
 }
 
@@ -174,7 +172,7 @@ async fn override_path_is_the_api_root_verbatim() {
     assert_eq!(get(&up, tag()).await.unwrap(), M);
     assert_eq!(
         harbor.seen()[0].uri,
-        "/v2/proxy-hub/library/alpine/manifests/3?ns=docker%2Eio"
+        "/v2/proxy-hub/library/alpine/manifests/3?ns=docker.io"
     );
     assert_eq!(origin.count(), 0);
 }

@@ -18,14 +18,12 @@ use crate::support::*;
 const M: &[u8] = br#"{"schemaVersion":2}"#;
 
 fn options() -> UpstreamOptions {
-    UpstreamOptions {
-        proxy: ProxyConfig::Direct,
-        request_timeout: Duration::from_millis(300),
-        read_timeout: Duration::from_millis(300),
-        breaker_threshold: 3,
-        breaker_cooldown: Duration::from_secs(60),
-        ..UpstreamOptions::default()
-    }
+    UpstreamOptions::default()
+        .with_proxy(ProxyConfig::Direct)
+        .with_request_timeout(Duration::from_millis(300))
+        .with_read_timeout(Duration::from_millis(300))
+        .with_breaker_threshold(3)
+        .with_breaker_cooldown(Duration::from_secs(60))
 }
 
 fn client_with(mirrors: MirrorConfig, options: UpstreamOptions) -> HyperUpstream {
@@ -137,10 +135,7 @@ async fn breaker_half_opens_after_the_cooldown_and_closes_on_an_answer() {
     let origin = MockRegistry::start().await;
     let up = client_with(
         mirrors(&origin.url()),
-        UpstreamOptions {
-            breaker_cooldown: Duration::from_millis(200),
-            ..options()
-        },
+        options().with_breaker_cooldown(Duration::from_millis(200)),
     );
     for _ in 0..3 {
         origin.push(Reply::status(503));
@@ -203,13 +198,7 @@ async fn retry_after_429_moves_on_and_skips_the_endpoint_until_then() {
 #[tokio::test]
 async fn offline_never_dials() {
     let origin = MockRegistry::start().await;
-    let up = client_with(
-        mirrors(&origin.url()),
-        UpstreamOptions {
-            offline: true,
-            ..options()
-        },
-    );
+    let up = client_with(mirrors(&origin.url()), options().with_offline(true));
     let err = get_alpine_manifest(&up).await.unwrap_err();
     assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
     let err = up
@@ -401,11 +390,9 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
     }
     let up = client_with(
         mirrors(&format!("http://{addr}")),
-        UpstreamOptions {
-            connect_timeout: Duration::from_millis(200),
-            request_timeout: Duration::from_secs(10),
-            ..options()
-        },
+        options()
+            .with_connect_timeout(Duration::from_millis(200))
+            .with_request_timeout(Duration::from_secs(10)),
     );
     let start = Instant::now();
     let err = get_alpine_manifest(&up).await.unwrap_err();
@@ -422,4 +409,18 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
         "{took:?}"
     );
     drop(listener);
+}
+
+/// A refused connection reads as such in the error chain the logs print,
+/// not only as hyper's `client error (Connect)`.
+#[tokio::test]
+async fn a_refused_connection_keeps_its_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let up = client_with(mirrors(&url), options());
+    let err = get_alpine_manifest(&up).await.unwrap_err();
+    let chain = oci_cache_core::ErrorChain(&err).to_string();
+    assert!(chain.contains("client error (Connect)"), "{chain}");
+    assert!(chain.to_lowercase().contains("refused"), "{chain}");
 }

@@ -14,7 +14,7 @@ use oci_cache_core::digest::Digest;
 use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_core::upstream::{ManifestRef, Upstream};
 use oci_cache_core::{Error, UpstreamErrorKind};
-use oci_cache_http::{serve, service, AppState, HyperUpstream, ProxyConfig, UpstreamOptions};
+use oci_cache_http::{serve, HyperUpstream, OciService, ProxyConfig, UpstreamOptions};
 
 use crate::auth::client;
 use crate::support::*;
@@ -112,7 +112,7 @@ async fn chain_moves_on_after_429_404_5xx_and_dropped_connections() {
         // The mirror is asked with ns so a multi-upstream mirror can route.
         assert_eq!(
             mirror.seen()[0].uri,
-            "/v2/library/alpine/manifests/3?ns=docker%2Eio"
+            "/v2/library/alpine/manifests/3?ns=docker.io"
         );
         assert_eq!(origin.seen()[0].uri, "/v2/library/alpine/manifests/3");
     }
@@ -155,11 +155,9 @@ async fn unknown_registry_makes_no_request() {
 #[tokio::test]
 async fn manifest_size_cap() {
     let mock = MockRegistry::start().await;
-    let options = UpstreamOptions {
-        max_manifest_size: 16,
-        proxy: ProxyConfig::Direct,
-        ..UpstreamOptions::default()
-    };
+    let options = UpstreamOptions::default()
+        .with_max_manifest_size(16)
+        .with_proxy(ProxyConfig::Direct);
     let up = HyperUpstream::new(Arc::new(mirrors(&mock.url())), options).unwrap();
     mock.push(Reply::ok(vec![b' '; 17]).header("content-type", OCI_MANIFEST));
     let err = get_alpine_manifest(&up).await.unwrap_err();
@@ -179,11 +177,9 @@ async fn manifest_size_cap() {
 #[tokio::test]
 async fn slow_upstream_times_out() {
     let mock = MockRegistry::start().await;
-    let options = UpstreamOptions {
-        request_timeout: Duration::from_millis(200),
-        proxy: ProxyConfig::Direct,
-        ..UpstreamOptions::default()
-    };
+    let options = UpstreamOptions::default()
+        .with_request_timeout(Duration::from_millis(200))
+        .with_proxy(ProxyConfig::Direct);
     let up = HyperUpstream::new(Arc::new(mirrors(&mock.url())), options).unwrap();
     mock.push(Reply::Delay(Duration::from_secs(2), Box::new(Reply::ok(M))));
     let started = std::time::Instant::now();
@@ -302,25 +298,18 @@ async fn end_to_end_over_sockets() {
     let upstream: Arc<dyn Upstream> = Arc::new(
         HyperUpstream::new(
             mirrors.clone(),
-            UpstreamOptions {
-                proxy: ProxyConfig::Direct,
-                ..UpstreamOptions::default()
-            },
+            UpstreamOptions::default().with_proxy(ProxyConfig::Direct),
         )
         .unwrap(),
     );
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
+    let engine = PullThrough::new(storage, upstream, CacheOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        service(AppState::new(engine, mirrors)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(serve(listener, OciService::new(engine, mirrors), async {
+        let _ = stopped.await;
+    }));
 
     let http1 = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri: http::Uri = format!("http://{addr}/v2/alpine/blobs/{digest}?ns=docker.io")
@@ -371,12 +360,8 @@ async fn end_to_end_over_sockets() {
 async fn explicit_proxy_tunnels_with_connect_and_honours_no_proxy() {
     let mock = MockRegistry::start().await;
     let proxy = ConnectProxy::start().await;
-    let via_proxy = |no_proxy: &str| UpstreamOptions {
-        proxy: ProxyConfig::Explicit {
-            url: proxy.url(),
-            no_proxy: no_proxy.into(),
-        },
-        ..UpstreamOptions::default()
+    let via_proxy = |no_proxy: &str| {
+        UpstreamOptions::default().with_proxy(ProxyConfig::explicit(proxy.url(), no_proxy))
     };
     mock.push(Reply::ok(M).header("content-type", OCI_MANIFEST))
         .push(Reply::ok(M).header("content-type", OCI_MANIFEST));

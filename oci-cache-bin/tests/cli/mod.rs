@@ -1,16 +1,32 @@
 //! The binary's command line, run as a user would: exit codes, stdout, stderr.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
 fn oci_cache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_oci-cache"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+    oci_cache_env(args, &[])
 }
+
+/// Runs the binary with only `env` of the `OCI_CACHE_*` variables set, so a
+/// developer's own settings cannot change the outcome.
+fn oci_cache_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oci-cache"));
+    command.args(args).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OCI_CACHE_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied()).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../oci-cache.example.toml");
 
 fn stdout_json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
@@ -115,4 +131,326 @@ fn serve_refuses_an_unconfigured_default_upstream() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("b.test"), "{stderr}");
+}
+
+/// A line of the example file that is TOML commented out (a table header or
+/// `key = value`), as opposed to prose.
+fn commented_toml(line: &str) -> Option<&str> {
+    let code = line.strip_prefix("# ")?;
+    let is_key = code.split_once(" = ").is_some_and(|(key, _)| {
+        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    });
+    (code.starts_with('[') || is_key).then_some(code)
+}
+
+/// Regression (issue 10): the commented S3 block named fields that do not
+/// exist. Every commented block of the example, uncommented on its own, must
+/// pass `check-config` and show up in its output.
+#[test]
+fn every_commented_block_of_the_example_passes_check_config() {
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let lines: Vec<&str> = example.lines().collect();
+    // Runs of consecutive commented TOML lines, as (first, end) line indexes.
+    let mut blocks = Vec::new();
+    let mut start = None;
+    for (i, line) in lines.iter().enumerate() {
+        match (commented_toml(line), start) {
+            (Some(_), None) => start = Some(i),
+            (None, Some(first)) => {
+                blocks.push((first, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = start {
+        blocks.push((first, lines.len()));
+    }
+    let firsts: Vec<&str> = blocks.iter().map(|&(first, _)| lines[first]).collect();
+    assert!(
+        blocks.len() >= 5,
+        "too few commented blocks found: {firsts:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut kinds = Vec::new();
+    for &(first, end) in &blocks {
+        let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        for line in &mut edited[first..end] {
+            *line = commented_toml(line).unwrap().to_owned();
+        }
+        let path = dir.path().join(format!("block-{first}.toml"));
+        std::fs::write(&path, edited.join("\n")).unwrap();
+        let out = oci_cache(&["check-config", path.to_str().unwrap()]);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "block at line {}: {}\n{stdout}",
+            first + 1,
+            text(&out.stderr)
+        );
+        let storage = stdout.lines().find(|l| l.starts_with("storage: ")).unwrap();
+        kinds.push(storage.to_owned());
+        if lines[first] == "# [cache]" {
+            assert!(stdout.contains("fill_window: 262144"), "{stdout}");
+        }
+        if lines[first] == "# [upstream_client]" {
+            assert!(stdout.contains("proxy: Direct"), "{stdout}");
+        }
+        if lines[first].contains("[[upstream]]") {
+            let name = lines[first + 1]
+                .trim_start_matches("# name = ")
+                .trim_matches('"');
+            assert!(stdout.contains(&format!("upstream {name}: ")), "{stdout}");
+        }
+    }
+    for expected in [
+        "storage: filesystem at /var/lib/oci-cache",
+        "storage: memory",
+        "storage: s3 bucket oci-cache at http://127.0.0.1:9000",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k.starts_with(expected)),
+            "{expected:?} not among {kinds:?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_runs_serves_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = dir.path().join("s3.toml");
+    std::fs::write(
+        &s3,
+        "[storage]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let s3 = s3.to_str().unwrap();
+    let check = oci_cache(&["check-config", s3]);
+    let serve = oci_cache(&["serve", "--listen", "127.0.0.1:0", "--config", s3]);
+    for out in [&check, &serve] {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("[storage]: kind = \"s3\" needs a bucket; add bucket = \"NAME\""),
+            "{stderr}"
+        );
+    }
+    assert_eq!(check.stderr, serve.stderr);
+
+    // A CA file that is not there fails the check, as it would fail start-up.
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        "default_upstream = \"a.test\"\n[[upstream]]\nname = \"a.test\"\nurl = \"https://a.test\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }\n",
+    )
+    .unwrap();
+    let out = oci_cache(&["check-config", tls.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("tls.ca_file /nonexistent/ca.pem"));
+}
+
+#[test]
+fn check_config_shows_the_effective_settings_from_env_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:7000\"\ntag_ttl = \"1m\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let env = [
+        ("OCI_CACHE_CONFIG", file),
+        ("OCI_CACHE_LISTEN", "127.0.0.1:7001"),
+        ("OCI_CACHE_TAG_TTL", "90s"),
+        ("OCI_CACHE_OFFLINE", "1"),
+        ("OCI_CACHE_STORAGE_DIR", "/srv/cache"),
+        ("OCI_CACHE_DEFAULT_UPSTREAM", "ghcr.io"),
+    ];
+    let out = oci_cache_env(&["check-config"], &env);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().take(6).collect::<Vec<_>>(),
+        [
+            format!("{file}: ok").as_str(),
+            "listen: 127.0.0.1:7001",
+            "storage: filesystem at /srv/cache",
+            "tag ttl: 1m30s",
+            "offline: true",
+            "default upstream: ghcr.io",
+        ]
+    );
+    // Flags win over the variables; without either the file decides.
+    let out = oci_cache_env(&["check-config", "--listen", "127.0.0.1:7002", file], &[]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("listen: 127.0.0.1:7002\n"), "{stdout}");
+    assert!(stdout.contains("tag ttl: 1m\n"), "{stdout}");
+    assert!(stdout.contains("offline: false\n"), "{stdout}");
+}
+
+#[test]
+fn check_config_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.toml");
+    std::fs::write(
+        &file,
+        r#"
+default_upstream = "a.test"
+[storage]
+kind = "s3"
+bucket = "b"
+endpoint = "http://127.0.0.1:9"
+access_key_id = "AKIAKEYID"
+secret_access_key = "S3-SECRET"
+[[upstream]]
+name = "a.test"
+url = "https://a.test"
+credentials = { username = "robot", password = "UPSTREAM-PASSWORD" }
+mirrors = [{ url = "https://m.test", credentials = { username = "m", password = "MIRROR-PASSWORD" } }]
+"#,
+    )
+    .unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for secret in [
+        "AKIAKEYID",
+        "S3-SECRET",
+        "UPSTREAM-PASSWORD",
+        "MIRROR-PASSWORD",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} in {stdout}");
+    }
+    assert!(
+        stdout.contains(
+            "upstream a.test: https://m.test [user m, password <redacted>] -> https://a.test [user robot, password <redacted>]"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("secret_access_key <redacted>"), "{stdout}");
+}
+
+/// Regression (issue 10): `OCI_CACHE_OFFLINE=1` was rejected.
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    for (value, offline) in [
+        ("1", true),
+        ("true", true),
+        ("yes", true),
+        ("on", true),
+        ("0", false),
+        ("false", false),
+        ("no", false),
+        ("off", false),
+    ] {
+        let out = oci_cache_env(
+            &["check-config"],
+            &[("OCI_CACHE_OFFLINE", value), ("OCI_CACHE_LOG_JSON", value)],
+        );
+        assert_eq!(out.status.code(), Some(0), "{value}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(&format!("offline: {offline}\n")),
+            "{value}"
+        );
+    }
+    let out = oci_cache_env(&["check-config"], &[("OCI_CACHE_OFFLINE", "maybe")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("maybe"));
+}
+
+/// Regression (issue 10): `tag_ttl = "0s"` was accepted.
+#[test]
+fn a_zero_tag_ttl_is_refused_naming_where_it_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ttl.toml");
+    std::fs::write(&file, "tag_ttl = \"0s\"\n").unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: config file {}: tag_ttl: \"0s\" is zero, which would check every tag pull upstream; write a positive duration such as 30s or 5m\n",
+            file.display()
+        )
+    );
+    let out = oci_cache_env(&["check-config"], &[("OCI_CACHE_TAG_TTL", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with("error: --tag-ttl (or OCI_CACHE_TAG_TTL): \"0\" is zero"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Regression (issue 10): `kind = "filesystem"` without `dir` failed despite the default.
+#[test]
+fn filesystem_storage_defaults_its_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fs.toml");
+    std::fs::write(&file, "[storage]\nkind = \"filesystem\"\n").unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("storage: filesystem at ./oci-cache-data\n"));
+}
+
+/// Regression (issue 10): `DOCKER.IO/alpine` printed `DOCKER.IO/alpine` as
+/// canonical while its endpoint was Docker Hub's `library/alpine`.
+#[test]
+fn resolve_folds_an_uppercase_docker_hub_domain() {
+    let out = oci_cache(&["resolve", "--json", "DOCKER.IO/alpine:3"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json = stdout_json(&out);
+    assert_eq!(json["canonical"], "docker.io/library/alpine:3");
+    assert_eq!(json["familiar"], "alpine:3");
+    assert_eq!(json["repository"], "library/alpine");
+    assert_eq!(
+        json["endpoints"],
+        serde_json::json!(["https://registry-1.docker.io/v2/library/alpine/manifests/3"])
+    );
+}
+
+/// Regression (issue 10): a reference no upstream serves exited 0.
+#[test]
+fn resolve_exits_3_for_a_reference_the_cache_refuses() {
+    let out = oci_cache(&["resolve", "--json", "evil.example/app:1"]);
+    assert_eq!(out.status.code(), Some(3));
+    let json = stdout_json(&out);
+    assert_eq!(json["upstream"], Value::Null);
+    assert_eq!(json["canonical"], "evil.example/app:1");
+
+    let out = oci_cache(&["resolve", "evil.example/app:1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stdout).contains("upstream:  none (no configured upstream is named evil.example")
+    );
+}
+
+/// `resolve` reads the configuration through the same flags and variables as `serve`.
+#[test]
+fn resolve_reads_the_shared_config_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(
+        &file,
+        "default_upstream = \"a.test\"\n[[upstream]]\nname = \"a.test\"\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let expected = "http://127.0.0.1:9/v2/app/manifests/1";
+    for out in [
+        oci_cache(&["resolve", "--json", "--config", file, "a.test/app:1"]),
+        oci_cache_env(
+            &["resolve", "--json", "a.test/app:1"],
+            &[("OCI_CACHE_CONFIG", file)],
+        ),
+    ] {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(
+            stdout_json(&out)["endpoints"],
+            serde_json::json!([expected])
+        );
+    }
+    // docker.io is not among the file's upstreams.
+    let out = oci_cache(&["resolve", "--config", file, "alpine"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(Path::new(file).exists());
 }

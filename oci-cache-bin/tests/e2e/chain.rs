@@ -178,8 +178,12 @@ fn resolve_json(args: &[&str], reference: &str) -> serde_json::Value {
         .env_remove("OCI_CACHE_CONTAINERD_HOSTS")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
+    // Exit 3: a valid reference that no configured upstream serves.
+    let refused = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .is_ok_and(|json| json["upstream"].is_null());
+    assert_eq!(
+        out.status.code(),
+        Some(if refused { 3 } else { 0 }),
         "resolve {reference}: {}",
         String::from_utf8_lossy(&out.stderr)
     );

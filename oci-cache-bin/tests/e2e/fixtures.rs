@@ -15,7 +15,7 @@ const BIG_LAYERS: usize = 4;
 /// MiB per layer of the big image; `E2E_BIG_LAYER_MIB` overrides (4 × 26 MiB = 104 MiB).
 const BIG_LAYER_MIB: u64 = 26;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -3,8 +3,11 @@
 //! `registry_proxy` proves the harness against docker-registry in proxy mode;
 //! `oci_cache` runs the same kind of pulls through the `oci-cache` binary.
 
+mod airgap;
 mod chain;
+mod clients;
 mod fixtures;
 mod oci_cache;
 mod registry_proxy;
 mod resilience;
+mod trust;

@@ -19,7 +19,7 @@ const PASSWORD: &str = "e2e-pw-Zq8XkW3";
 
 /// An anonymous origin storing in `root`, holding `layout` as `repo_tag`;
 /// stopped again, so the same storage can be served with auth.
-fn seed_storage(root: &Path, layout: &Layout, repo_tag: &str) {
+pub(super) fn seed_storage(root: &Path, layout: &Layout, repo_tag: &str) {
     let mut seeder = Origin::start_on(root, "");
     skopeo::push(layout, &seeder.host(), repo_tag);
     seeder.stop();

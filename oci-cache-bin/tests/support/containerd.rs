@@ -147,7 +147,16 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let reference = format!("{registry}/{repo_tag}");
+        self.fetch_with_hosts_dir(&hosts_dir, &format!("{registry}/{repo_tag}"))
+    }
+
+    /// Fetch `reference` (linux/amd64) with `hosts_dir` as the `certs.d`
+    /// tree, as the CRI plugin's `config_path` would use it.
+    pub(crate) fn fetch_with_hosts_dir(
+        &self,
+        hosts_dir: &std::path::Path,
+        reference: &str,
+    ) -> Result<Fetched, String> {
         self.ctr(&[
             "content",
             "fetch",
@@ -155,7 +164,7 @@ impl Containerd {
             &hosts_dir.display().to_string(),
             "--platform",
             "linux/amd64",
-            &reference,
+            reference,
         ])?;
         // `ctr images ls`: REF TYPE DIGEST SIZE PLATFORMS LABELS.
         let images = self.ctr(&["images", "ls"])?;
@@ -163,8 +172,7 @@ impl Containerd {
             .lines()
             .find_map(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.first() == Some(&reference.as_str()))
-                    .then(|| cols.get(2).map(|d| d.to_string()))
+                (cols.first() == Some(&reference)).then(|| cols.get(2).map(|d| d.to_string()))
             })
             .flatten()
             .ok_or_else(|| format!("{reference} not in ctr images ls:\n{images}"))?;

@@ -80,6 +80,10 @@ impl Mirror {
     }
 
     fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
+        Mirror::spawn_probing(dir, args, env, "/v2/")
+    }
+
+    fn spawn_probing(dir: TempDir, args: &[String], env: &[(&str, &str)], probe: &str) -> Mirror {
         let port = free_port();
         let log_path = dir.path().join("oci-cache.log");
         let log = File::create(&log_path).unwrap();
@@ -92,7 +96,7 @@ impl Mirror {
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone(), "/v2/");
+        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone(), probe);
         Mirror {
             server,
             log_path,
@@ -119,13 +123,23 @@ impl Mirror {
     /// (`dir_file` names files to write there first: `(name, contents)`; `{dir}` in
     /// `args` and contents is replaced by the temp dir).
     pub(crate) fn start_with_args(args: &[&str], dir_files: &[(&str, &str)]) -> Mirror {
+        Mirror::start_probing(args, dir_files, "/v2/")
+    }
+
+    /// [`Mirror::start_with_args`] for a mirror serving TLS: ready once it
+    /// accepts TCP connections (a plain HTTP probe would fail the handshake).
+    pub(crate) fn start_tls_with_args(args: &[&str], dir_files: &[(&str, &str)]) -> Mirror {
+        Mirror::start_probing(args, dir_files, "")
+    }
+
+    fn start_probing(args: &[&str], dir_files: &[(&str, &str)], probe: &str) -> Mirror {
         let dir = tempdir();
         let d = path_arg(dir.path());
         for (name, contents) in dir_files {
             std::fs::write(dir.path().join(name), contents.replace("{dir}", &d)).unwrap();
         }
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
-        Mirror::spawn(dir, &args, &[])
+        Mirror::spawn_probing(dir, &args, &[], probe)
     }
 
     /// The server's process id.

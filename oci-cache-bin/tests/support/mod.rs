@@ -5,9 +5,11 @@
 
 pub(crate) mod containerd;
 pub(crate) mod cut_proxy;
+pub(crate) mod dockerd;
 pub(crate) mod http;
 pub(crate) mod image;
 pub(crate) mod mirror;
+pub(crate) mod podman;
 pub(crate) mod registry;
 pub(crate) mod s3;
 pub(crate) mod skopeo;
@@ -122,8 +124,14 @@ impl ServerProcess {
                 );
             }
             // Any HTTP answer means the server is up; what it answers is
-            // for the tests to judge.
-            if http::request(&self.host(), "GET", probe_path, &[]).is_ok() {
+            // for the tests to judge. An empty path (TLS servers) probes
+            // with a TCP connection only.
+            let up = if probe_path.is_empty() {
+                std::net::TcpStream::connect(self.host()).is_ok()
+            } else {
+                http::request(&self.host(), "GET", probe_path, &[]).is_ok()
+            };
+            if up {
                 return;
             }
             if start.elapsed() > timeout {

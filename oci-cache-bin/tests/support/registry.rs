@@ -139,6 +139,15 @@ impl Origin {
     /// A line is written after its response has been sent, so a client can be
     /// done before the line is: wait until the log stops growing (at most ~2 s).
     pub(crate) fn records(&self) -> Vec<AccessRecord> {
+        self.access_log()
+            .lines()
+            .filter_map(parse_access_line)
+            .collect()
+    }
+
+    /// The raw access log (combined format, user agent last), once it
+    /// stopped growing, as for [`Origin::records`].
+    pub(crate) fn access_log(&self) -> String {
         let mut last = String::new();
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(100));
@@ -148,7 +157,7 @@ impl Origin {
             }
             last = now;
         }
-        last.lines().filter_map(parse_access_line).collect()
+        last
     }
 
     /// Requests with `method` whose path contains `path_contains`.

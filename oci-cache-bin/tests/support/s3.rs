@@ -1,13 +1,30 @@
 //! A real S3-compatible server on 127.0.0.1: moto's `moto_server` (PyPI
-//! `moto[server]`, installed by `scripts/install-test-deps`). Moto does not
-//! check signatures, so the tests can create and list buckets with plain HTTP.
+//! `moto[server]`, installed by `scripts/install-test-deps` into a virtual
+//! environment). Moto does not check signatures, so the tests can create and
+//! list buckets with plain HTTP.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tempfile::TempDir;
 
 use super::{free_port, http, ServerProcess};
+
+/// `moto_server` from the virtual environment `scripts/s3-server install`
+/// makes (`$OCI_CACHE_TEST_VENV`, default `.venv-test` in the repository),
+/// else from `PATH`.
+fn moto_server() -> PathBuf {
+    let venv = std::env::var_os("OCI_CACHE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test"));
+    let bin = venv.join("bin/moto_server");
+    if bin.is_file() {
+        bin
+    } else {
+        PathBuf::from("moto_server")
+    }
+}
 
 /// A running `moto_server`, killed on drop.
 #[derive(Debug)]
@@ -19,7 +36,7 @@ pub(crate) struct S3Server {
 impl S3Server {
     /// Start moto, or say loudly why not and return `None` (a failure under `CI=true`).
     pub(crate) fn start(test: &str) -> Option<S3Server> {
-        let found = Command::new("moto_server")
+        let found = Command::new(moto_server())
             .arg("--help")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -40,7 +57,7 @@ impl S3Server {
             .unwrap();
         let port = free_port();
         let log = dir.path().join("moto.log");
-        let mut cmd = Command::new("moto_server");
+        let mut cmd = Command::new(moto_server());
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(File::create(&log).unwrap())
             .stderr(File::create(&log).unwrap());

@@ -59,11 +59,21 @@ pub(crate) fn push(layout: &Layout, registry_host: &str, repo_tag: &str) -> Dura
 /// returning the copied top-level digest (skopeo verifies every blob's digest
 /// while copying). `src_ref` is `127.0.0.1:PORT/repo:tag`.
 pub(crate) fn copy(src_ref: &str, dest_dir: &Path) -> Result<Copied, String> {
+    copy_with(src_ref, dest_dir, &["--src-tls-verify=false"])
+}
+
+/// [`copy`] with `source_args` (e.g. `--src-creds USER:PASS`,
+/// `--src-cert-dir DIR`) instead of `--src-tls-verify=false`.
+pub(crate) fn copy_with(
+    src_ref: &str,
+    dest_dir: &Path,
+    source_args: &[&str],
+) -> Result<Copied, String> {
     let start = Instant::now();
     let digest_file = dest_dir.with_extension("digest");
     let mut cmd = skopeo();
     cmd.args(["copy", "--quiet", "--all", "--preserve-digests"])
-        .arg("--src-tls-verify=false")
+        .args(source_args)
         .arg("--digestfile")
         .arg(&digest_file)
         .arg(format!("docker://{src_ref}"))

@@ -1,4 +1,5 @@
-//! A token server for docker-registry's `auth: token` on 127.0.0.1: it
+//! A token server for docker-registry's `auth: token` on 127.0.0.1 (or
+//! another loopback address, as "another host"): it
 //! checks Basic credentials and issues ES256 JWTs whose header carries the
 //! signing certificate (`x5c`), which the registry verifies against its
 //! `rootcertbundle` (the same self-signed certificate, made with `openssl`).
@@ -28,6 +29,7 @@ pub(crate) const ISSUER: &str = "e2e-token-issuer";
 
 #[derive(Debug)]
 pub(crate) struct TokenServer {
+    ip: String,
     port: u16,
     cert_path: PathBuf,
     issued: Arc<AtomicUsize>,
@@ -48,6 +50,25 @@ struct Issuer {
 impl TokenServer {
     /// A token server in `dir` accepting `username`/`password`.
     pub(crate) fn start(
+        dir: &Path,
+        username: &str,
+        password: &str,
+        expires_in: u64,
+        stale_token: Option<usize>,
+    ) -> TokenServer {
+        TokenServer::start_on(
+            "127.0.0.1",
+            dir,
+            username,
+            password,
+            expires_in,
+            stale_token,
+        )
+    }
+
+    /// [`TokenServer::start`] listening on `ip` (e.g. `127.0.0.2`).
+    pub(crate) fn start_on(
+        ip: &str,
         dir: &Path,
         username: &str,
         password: &str,
@@ -88,7 +109,7 @@ impl TokenServer {
             expires_in,
             stale_token,
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let issued = Arc::new(AtomicUsize::new(0));
@@ -108,6 +129,7 @@ impl TokenServer {
             }
         });
         TokenServer {
+            ip: ip.to_owned(),
             port,
             cert_path,
             issued,
@@ -119,7 +141,7 @@ impl TokenServer {
 
     /// The realm URL.
     pub(crate) fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("http://{}:{}/token", self.ip, self.port)
     }
 
     /// The registry config section trusting this server.

@@ -6,13 +6,38 @@ use serde::{Deserialize, Serialize};
 use crate::reference::{Registry, Repository};
 use crate::{Error, Result};
 
-/// Credentials for one upstream or endpoint. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What a query value escapes, like Go's `url.QueryEscape` and so as
+/// containerd sends it: `ns=ghcr.io`, `ns=%5B%3A%3A1%5D%3A5000`.
+pub const QUERY_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Credentials for one upstream or endpoint. `Debug` and `Serialize` never
+/// show the password.
+///
+/// In configuration the password comes from exactly one of `password`
+/// (inline), `password_file` (the file's content without its trailing
+/// newline, e.g. a mounted Kubernetes secret) or `password_env` (an
+/// environment variable), read when the configuration is loaded.
+///
+/// ```
+/// use oci_cache_core::mirror::Credentials;
+///
+/// std::env::set_var("DOC_REGISTRY_TOKEN", "s3cret");
+/// let c: Credentials =
+///     serde_json::from_str(r#"{"username":"ci","password_env":"DOC_REGISTRY_TOKEN"}"#).unwrap();
+/// assert_eq!(c.password, "s3cret");
+/// assert!(!format!("{c:?}").contains("s3cret"));
+/// assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "CredentialsSpec")]
 pub struct Credentials {
     /// User name.
     pub username: String,
-    /// Password or access token.
+    /// Password or access token (already read from its file or variable).
     pub password: String,
 }
 
@@ -22,6 +47,77 @@ impl std::fmt::Debug for Credentials {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
+    }
+}
+
+impl Serialize for Credentials {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Credentials", 2)?;
+        s.serialize_field("username", &self.username)?;
+        s.serialize_field("password", "<redacted>")?;
+        s.end()
+    }
+}
+
+/// Credentials as written in configuration.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsSpec {
+    username: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    password_env: Option<String>,
+}
+
+impl TryFrom<CredentialsSpec> for Credentials {
+    type Error = String;
+
+    fn try_from(spec: CredentialsSpec) -> std::result::Result<Self, String> {
+        let user = &spec.username;
+        let password = match (spec.password, spec.password_file, spec.password_env) {
+            (Some(password), None, None) => password,
+            (None, Some(path), None) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "credentials of {user:?}: cannot read password_file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                let password = text.strip_suffix('\n').unwrap_or(&text);
+                let password = password.strip_suffix('\r').unwrap_or(password);
+                if password.is_empty() {
+                    return Err(format!(
+                        "credentials of {user:?}: password_file {} is empty",
+                        path.display()
+                    ));
+                }
+                password.to_owned()
+            }
+            (None, None, Some(var)) => match std::env::var(&var) {
+                Ok(password) if !password.is_empty() => password,
+                _ => {
+                    return Err(format!(
+                        "credentials of {user:?}: environment variable {var} (password_env) is not set or empty"
+                    ))
+                }
+            },
+            _ => {
+                return Err(format!(
+                    "credentials of {user:?}: set exactly one of password, password_file or password_env"
+                ))
+            }
+        };
+        Ok(Credentials {
+            username: spec.username,
+            password,
+        })
     }
 }
 
@@ -46,6 +142,20 @@ pub struct Endpoint {
     /// answers could be stale or forged while a digest is self-verifying.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub resolve: bool,
+    /// Hosts of token servers (`realm`s) that may receive this endpoint's
+    /// credentials besides its own host and registrable domain (`*.domain`
+    /// names every host below `domain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_realms: Vec<String>,
+    /// Hosts that manifest and tag-list requests may be redirected to besides
+    /// the endpoint's own origin, as in `token_realms` (blob redirects may go
+    /// to any public host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_hosts: Vec<String>,
+    /// Allow realms and redirects on loopback, link-local and private
+    /// addresses although the endpoint is not on one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private_targets: bool,
 }
 
 fn default_true() -> bool {
@@ -112,6 +222,9 @@ impl Endpoint {
             credentials: None,
             resolve: true,
             tls: EndpointTls::default(),
+            token_realms: Vec::new(),
+            redirect_hosts: Vec::new(),
+            allow_private_targets: false,
         }
     }
 
@@ -158,10 +271,7 @@ impl Endpoint {
         if send_ns {
             params.push(format!(
                 "ns={}",
-                percent_encoding::utf8_percent_encode(
-                    registry.as_str(),
-                    percent_encoding::NON_ALPHANUMERIC
-                )
+                percent_encoding::utf8_percent_encode(registry.as_str(), QUERY_ESCAPE)
             ));
         }
         if !params.is_empty() {
@@ -260,5 +370,90 @@ pub(crate) fn redact_userinfo(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((_, host)) => format!("{scheme}://<redacted>@{host}{path}"),
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(toml_text: &str) -> std::result::Result<Credentials, String> {
+        toml::from_str::<Credentials>(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn passwords_come_from_a_file_or_the_environment_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file-secret\n").unwrap();
+        let c = parse(&format!(
+            "username = \"u\"\npassword_file = {:?}",
+            file.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(c.password, "from-file-secret");
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            assert!(!shown.contains("from-file-secret"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+
+        // A variable name no other test sets.
+        std::env::set_var("OCI_CACHE_TEST_ENDPOINT_PASSWORD", "from-env");
+        let c =
+            parse("username = \"u\"\npassword_env = \"OCI_CACHE_TEST_ENDPOINT_PASSWORD\"").unwrap();
+        assert_eq!(c.password, "from-env");
+        assert_eq!(
+            parse("username = \"u\"\npassword = \"inline\"")
+                .unwrap()
+                .password,
+            "inline"
+        );
+    }
+
+    #[test]
+    fn registry_k8s_io_may_redirect_manifests_to_artifact_registry() {
+        use crate::mirror::{MirrorConfig, UpstreamConfig};
+        let k8s = UpstreamConfig::new(
+            Registry::new("registry.k8s.io").unwrap(),
+            "https://registry.k8s.io",
+        );
+        assert_eq!(k8s.origin.redirect_hosts, ["*.pkg.dev"]);
+        let common = MirrorConfig::common();
+        assert_eq!(
+            common
+                .lookup("registry.k8s.io")
+                .unwrap()
+                .origin
+                .redirect_hosts,
+            ["*.pkg.dev"]
+        );
+        let other = UpstreamConfig::new(Registry::new("ghcr.io").unwrap(), "https://ghcr.io");
+        assert!(other.origin.redirect_hosts.is_empty());
+    }
+
+    #[test]
+    fn missing_or_ambiguous_passwords_are_refused_with_the_reason() {
+        let cases = [
+            ("username = \"u\"", "exactly one"),
+            (
+                "username = \"u\"\npassword = \"a\"\npassword_env = \"B\"",
+                "exactly one",
+            ),
+            (
+                "username = \"u\"\npassword_env = \"OCI_CACHE_TEST_UNSET_VARIABLE\"",
+                "not set",
+            ),
+            (
+                "username = \"u\"\npassword_file = \"/nonexistent/oci-cache\"",
+                "cannot read",
+            ),
+            ("username = \"u\"\npasswd = \"x\"", "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 }

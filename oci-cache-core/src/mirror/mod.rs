@@ -26,7 +26,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::endpoint::{Addressing, Credentials, Endpoint, EndpointTls};
+pub use self::endpoint::{Addressing, Credentials, Endpoint, EndpointTls, QUERY_ESCAPE};
 pub use self::import::{HostCredentials, HostTls, Import, ImportedMirror, MirrorScope};
 pub use crate::reference::DOCKER_HUB;
 use crate::reference::{Registry, Repository};
@@ -53,12 +53,18 @@ pub struct UpstreamConfig {
 
 impl UpstreamConfig {
     /// An upstream `name` whose origin is `origin_url`, with no mirrors or aliases.
+    ///
+    /// A well-known origin gets the redirect hosts it needs: `registry.k8s.io`
+    /// redirects every request, manifests included, to the nearest Artifact
+    /// Registry region (`*.pkg.dev`).
     pub fn new(name: Registry, origin_url: impl Into<String>) -> Self {
+        let mut origin = Endpoint::new(origin_url);
+        origin.redirect_hosts = known_redirect_hosts(&origin.url);
         UpstreamConfig {
             name,
             aliases: Vec::new(),
             endpoints: Vec::new(),
-            origin: Endpoint::new(origin_url),
+            origin,
             skip_fallback: false,
         }
     }
@@ -149,6 +155,20 @@ impl UpstreamConfig {
         std::iter::once(self.name.as_str())
             .chain(self.aliases.iter().map(String::as_str))
             .map(lookup_key)
+    }
+}
+
+/// Hosts a well-known origin redirects manifest requests to (see
+/// [`Endpoint::redirect_hosts`]).
+fn known_redirect_hosts(origin_url: &str) -> Vec<String> {
+    let host = origin_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', ':']).next())
+        .unwrap_or_default();
+    if host.eq_ignore_ascii_case("registry.k8s.io") {
+        vec!["*.pkg.dev".to_owned()]
+    } else {
+        Vec::new()
     }
 }
 

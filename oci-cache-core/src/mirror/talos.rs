@@ -1,5 +1,8 @@
 //! Talos machine configuration documents (Talos 1.12 and later):
-//! `RegistryMirrorConfig`, `RegistryAuthConfig` and `RegistryTLSConfig`.
+//! `RegistryMirrorConfig`, `RegistryAuthConfig` and `RegistryTLSConfig`;
+//! and the `machine.registries.mirrors` section older Talos versions read
+//! (in a machine config or a patch; its `config` auth/TLS part is reported,
+//! not applied).
 //!
 //! The text is a YAML stream, as `talosctl` writes it: documents of other
 //! kinds (the `v1alpha1` machine config, network documents, …) are skipped,
@@ -124,6 +127,10 @@ pub fn parse(text: &str, source: &str) -> Result<Import> {
         let Some(mut map) = value.as_mapping().cloned() else {
             continue; // empty document (a leading or trailing `---`)
         };
+        let at = format!("{source}: document {number} (machine.registries)");
+        if legacy_registries(&map, &at, &mut import)? {
+            found += 1;
+        }
         let kind = map
             .get("kind")
             .and_then(|k| k.as_str())
@@ -195,10 +202,63 @@ pub fn parse(text: &str, source: &str) -> Result<Import> {
     }
     if found == 0 {
         return Err(Error::Config(format!(
-            "{source}: no RegistryMirrorConfig, RegistryAuthConfig or RegistryTLSConfig document (apiVersion {API_VERSION}) found; the legacy machine.registries section is not read"
+            "{source}: no RegistryMirrorConfig, RegistryAuthConfig or RegistryTLSConfig document (apiVersion {API_VERSION}) and no machine.registries.mirrors section found"
         )));
     }
     Ok(import)
+}
+
+/// One registry of the pre-1.12 `machine.registries.mirrors` section, where
+/// `overridePath` is per registry rather than per endpoint.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LegacyMirror {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    override_path: bool,
+    #[serde(default)]
+    skip_fallback: bool,
+}
+
+/// Reads `machine.registries.mirrors` of a v1alpha1 machine config or of a
+/// patch (Talos before 1.12) into `import`; true when the section was there.
+/// `machine.registries.config` (auth, TLS) is reported, not applied.
+fn legacy_registries(map: &serde_norway::Mapping, at: &str, import: &mut Import) -> Result<bool> {
+    let Some(registries) = map
+        .get("machine")
+        .and_then(|m| m.get("registries"))
+        .and_then(|r| r.as_mapping())
+    else {
+        return Ok(false);
+    };
+    if registries.get("config").is_some() {
+        import.warnings.push(format!(
+            "{at}: machine.registries.config (auth, TLS) is not read; write RegistryAuthConfig / RegistryTLSConfig documents or set them in the config file"
+        ));
+    }
+    let Some(mirrors) = registries.get("mirrors") else {
+        return Ok(false);
+    };
+    let mirrors: std::collections::BTreeMap<String, LegacyMirror> =
+        serde_norway::from_value(mirrors.clone())
+            .map_err(|e| Error::Config(format!("{at}: mirrors: {e}")))?;
+    for (name, legacy) in mirrors {
+        let doc = MirrorDoc {
+            name,
+            endpoints: legacy
+                .endpoints
+                .into_iter()
+                .map(|url| EndpointDoc {
+                    url,
+                    override_path: legacy.override_path,
+                })
+                .collect(),
+            skip_fallback: legacy.skip_fallback,
+        };
+        import.mirrors.push(mirror(doc, at)?);
+    }
+    Ok(true)
 }
 
 fn name_required(name: &str, at: &str) -> Result<()> {
@@ -397,6 +457,10 @@ hostname: node-1
                 "auth must be base64",
             ),
             ("version: v1alpha1\nmachine: {}\n", "no RegistryMirrorConfig"),
+            (
+                "machine:\n  registries:\n    mirrors:\n      docker.io:\n        endpoint: [x]\n",
+                "unknown field `endpoint`",
+            ),
             ("kind: [unclosed\n", "node.yaml: document 1"),
         ];
         for (yaml, expected) in cases {
@@ -404,6 +468,24 @@ hostname: node-1
             assert!(err.contains(expected), "{yaml:?}: {err}");
             assert!(err.contains("node.yaml"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_pre_1_12_machine_registries_patch_reads_like_the_documents() {
+        let patch = "machine:\n  registries:\n    mirrors:\n      docker.io:\n        endpoints:\n          - http://10.0.0.5:5000/v2/docker.io\n        overridePath: true\n      \"*\":\n        endpoints: [http://10.0.0.5:5000]\n        skipFallback: true\n    config:\n      10.0.0.5:5000:\n        tls:\n          insecureSkipVerify: true\n";
+        let import = parse(patch, "patch.yaml").unwrap();
+        assert_eq!(import.mirrors.len(), 2);
+        // BTreeMap order: "*" sorts before "docker.io".
+        assert_eq!(import.mirrors[0].scope, MirrorScope::Wildcard);
+        assert!(import.mirrors[0].skip_fallback);
+        let hub = &import.mirrors[1];
+        assert_eq!(
+            hub.scope,
+            MirrorScope::Registry(Registry::new("docker.io").unwrap())
+        );
+        assert_eq!(hub.endpoints[0].url, "http://10.0.0.5:5000/v2/docker.io");
+        assert!(hub.endpoints[0].override_path);
+        assert!(import.warnings[0].contains("machine.registries.config"));
     }
 
     #[test]

@@ -202,7 +202,7 @@ fn request_urls_and_digest_only_validation() {
     let mirror = Endpoint::new("https://m.example/us/");
     assert_eq!(
         mirror.request_url(&hub, &repo, "manifests/3", Some("n=1"), true),
-        "https://m.example/us/v2/library/alpine/manifests/3?n=1&ns=docker%2Eio"
+        "https://m.example/us/v2/library/alpine/manifests/3?n=1&ns=docker.io"
     );
     assert_eq!(
         Endpoint::new("http://h/v2/hub")

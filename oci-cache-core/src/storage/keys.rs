@@ -14,7 +14,7 @@
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
 
-use super::{RepositoryEntry, TagKey};
+use super::TagKey;
 
 /// Top-level directory of blobs.
 pub(crate) const BLOBS: &str = "blobs";
@@ -23,11 +23,13 @@ pub(crate) const MANIFESTS: &str = "manifests";
 /// Top-level directory of tag records.
 pub(crate) const TAGS: &str = "tags";
 /// Where in-progress writes live until they are verified (filesystem only).
+#[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
 /// The directory of a repository that holds its tag records; the leading `_`
 /// cannot start an escaped segment, so it never clashes with a repository name.
 pub(crate) const TAG_DIR: &str = "_tags";
-/// Suffix of the file that holds a manifest's media type (filesystem only).
+/// Suffix of the object that holds a record's media type where the store has
+/// no metadata of its own (the filesystem, `LocalFileSystem`).
 pub(crate) const MEDIA_TYPE_SUFFIX: &str = ".media-type";
 
 /// `blobs/<algorithm>/<first two hex>/<hex>`.
@@ -40,9 +42,14 @@ pub(crate) fn manifest(digest: &Digest) -> String {
     content(MANIFESTS, digest)
 }
 
-/// `manifests/<algorithm>/<first two hex>/<hex>.media-type`.
-pub(crate) fn manifest_media_type(digest: &Digest) -> String {
-    format!("{}{MEDIA_TYPE_SUFFIX}", manifest(digest))
+/// Where a store without object metadata keeps a record's media type:
+/// `manifests/<algorithm>/<first two hex>/<hex>.media-type` for a manifest.
+/// `None` when that name would itself be a record key (tag `v1`'s sidecar
+/// would be tag `v1.media-type`): such records cannot carry a media type
+/// there, and listings can always tell sidecars from records.
+pub(crate) fn media_type_sidecar(record_key: &str) -> Option<String> {
+    let sidecar = format!("{record_key}{MEDIA_TYPE_SUFFIX}");
+    (!is_record(&sidecar)).then_some(sidecar)
 }
 
 /// Sharding by the first two hex characters keeps directories small (256
@@ -54,16 +61,30 @@ fn content(top: &str, digest: &Digest) -> String {
 }
 
 /// The digest a blob key names, or `None` for anything that is not a blob key.
-///
-/// Re-parsing through [`Digest`] means a stray file in the tree is skipped,
-/// never trusted.
 pub(crate) fn parse_blob(key: &str) -> Option<Digest> {
+    parse_content(BLOBS, key)
+}
+
+/// The digest a `<top>/<algorithm>/<shard>/<hex>` key names, or `None`.
+///
+/// Re-parsing through [`Digest`] means a stray file in the tree (or a
+/// `.media-type` sidecar) is skipped, never trusted.
+pub(crate) fn parse_content(top: &str, key: &str) -> Option<Digest> {
     let mut parts = key.split('/');
-    let (top, algorithm, shard, hex) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if top != BLOBS || parts.next().is_some() || hex.get(..2) != Some(shard) {
+    let (first, algorithm, shard, hex) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if first != top || parts.next().is_some() || hex.get(..2) != Some(shard) {
         return None;
     }
     format!("{algorithm}:{hex}").parse().ok()
+}
+
+/// Whether `key` is a record key exactly as this module derives it (a
+/// manifest or a tag; `%61` for `a` does not count). New kinds of records
+/// get a line here.
+pub(crate) fn is_record(key: &str) -> bool {
+    parse_content(MANIFESTS, key).is_some_and(|digest| manifest(&digest) == key)
+        || parse_tag(key).is_some_and(|parsed| tag(&parsed) == key)
 }
 
 /// `tags/<registry>/<repository components…>/_tags`.
@@ -85,24 +106,6 @@ pub(crate) fn tag(key: &TagKey) -> String {
         tag_dir(&key.upstream, &key.repository),
         segment(key.tag.as_str())
     )
-}
-
-/// The sorted, distinct repositories that the given tag keys belong to;
-/// keys that are not tag keys are skipped.
-pub(crate) fn repositories_of_tag_keys<'a>(
-    keys: impl IntoIterator<Item = &'a str>,
-) -> Vec<RepositoryEntry> {
-    let mut list: Vec<RepositoryEntry> = keys
-        .into_iter()
-        .filter_map(parse_tag)
-        .map(|key| RepositoryEntry {
-            upstream: key.upstream,
-            repository: key.repository,
-        })
-        .collect();
-    list.sort();
-    list.dedup();
-    list
 }
 
 /// The tag key a `tags/…` key names, or `None` when it is not one.
@@ -170,7 +173,9 @@ mod tests {
         );
         assert_eq!(parse_blob(&blob(&digest)), Some(digest.clone()));
         assert!(manifest(&digest).starts_with("manifests/sha256/e3/e3b0"));
-        assert!(manifest_media_type(&digest).ends_with("b855.media-type"));
+        assert!(media_type_sidecar(&manifest(&digest))
+            .unwrap()
+            .ends_with("b855.media-type"));
         for bad in [
             "blobs/sha256/e3/nothex",
             "blobs/sha256/ff/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
@@ -192,6 +197,13 @@ mod tests {
         assert_eq!(text, "tags/localhost%3A5000/library/alpine/_tags/3.20");
         assert_eq!(parse_tag(&text), Some(key));
         assert_eq!(parse_tag("tags/x/_tags/latest"), None);
+        // Its sidecar name would be tag `3.20.media-type`: no sidecar there.
+        assert_eq!(media_type_sidecar(&text), None);
+        // Non-canonical escapes are not keys this module derives.
+        assert!(is_record(&text));
+        assert!(!is_record(
+            "tags/localhost%3A5000/library/%61lpine/_tags/3.20"
+        ));
         assert_eq!(parse_tag("tags/docker.io/a/_tags/%zz"), None);
     }
 

@@ -8,13 +8,14 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 
-use super::verified::{resolve_range, verify_bytes, write_verified, Staging};
+use super::verified::{resolve_range, write_verified, Staging};
 use super::{
-    BlobInfo, BlobRead, BlobSource, RepositoryEntry, Storage, StoredManifest, TagKey, TagRecord,
+    BlobInfo, BlobRead, BlobSource, Record, RecordKey, RecordPrefix, RecordWrite, Storage,
 };
 use crate::digest::Digest;
-use crate::reference::{Registry, Repository, Tag};
 use crate::Result;
 
 /// Storage that keeps everything in memory; lost when dropped.
@@ -46,8 +47,7 @@ pub struct MemoryStorage {
 #[derive(Debug, Default)]
 struct State {
     blobs: HashMap<Digest, MemoryBlob>,
-    manifests: HashMap<Digest, StoredManifest>,
-    tags: BTreeMap<(Registry, Repository, Tag), TagRecord>,
+    records: BTreeMap<RecordKey, Record>,
 }
 
 #[derive(Debug)]
@@ -113,14 +113,6 @@ impl Staging for MemoryStaging {
     async fn abort(self: Box<Self>) {}
 }
 
-fn tag_map_key(key: &TagKey) -> (Registry, Repository, Tag) {
-    (
-        key.upstream.clone(),
-        key.repository.clone(),
-        key.tag.clone(),
-    )
-}
-
 #[async_trait]
 impl Storage for MemoryStorage {
     async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
@@ -171,75 +163,51 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn blob_list(&self) -> Result<Vec<BlobInfo>> {
-        let mut list: Vec<BlobInfo> = self
+    fn blob_list(&self) -> BoxStream<'_, Result<BlobInfo>> {
+        // A snapshot: the maps are in memory already, and holding the lock
+        // across the consumer's awaits would stall every other call.
+        let list: Vec<Result<BlobInfo>> = self
             .lock()
             .blobs
             .iter()
-            .map(|(digest, blob)| BlobInfo {
-                digest: digest.clone(),
-                size: blob.bytes.len() as u64,
-                last_access: Some(blob.last_access),
+            .map(|(digest, blob)| {
+                Ok(BlobInfo {
+                    digest: digest.clone(),
+                    size: blob.bytes.len() as u64,
+                    last_access: Some(blob.last_access),
+                })
             })
             .collect();
-        list.sort_by(|a, b| a.digest.cmp(&b.digest));
-        Ok(list)
+        futures::stream::iter(list).boxed()
     }
 
-    async fn manifest_get(&self, digest: &Digest) -> Result<Option<StoredManifest>> {
-        Ok(self.lock().manifests.get(digest).cloned())
+    async fn record_get(&self, key: &RecordKey) -> Result<Option<Record>> {
+        Ok(self.lock().records.get(key).cloned())
     }
 
-    async fn manifest_put(&self, manifest: &StoredManifest) -> Result<()> {
-        verify_bytes(&manifest.digest, &manifest.bytes)?;
-        self.lock()
-            .manifests
-            .insert(manifest.digest.clone(), manifest.clone());
+    async fn record_put(&self, key: &RecordKey, record: Record, mode: RecordWrite) -> Result<bool> {
+        let mut state = self.lock();
+        if mode == RecordWrite::Create && state.records.contains_key(key) {
+            return Ok(false);
+        }
+        state.records.insert(key.clone(), record);
+        Ok(true)
+    }
+
+    async fn record_delete(&self, key: &RecordKey) -> Result<()> {
+        self.lock().records.remove(key);
         Ok(())
     }
 
-    async fn manifest_delete(&self, digest: &Digest) -> Result<()> {
-        self.lock().manifests.remove(digest);
-        Ok(())
-    }
-
-    async fn tag_get(&self, key: &TagKey) -> Result<Option<TagRecord>> {
-        Ok(self.lock().tags.get(&tag_map_key(key)).cloned())
-    }
-
-    async fn tag_put(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
-        self.lock().tags.insert(tag_map_key(key), record.clone());
-        Ok(())
-    }
-
-    async fn tag_delete(&self, key: &TagKey) -> Result<()> {
-        self.lock().tags.remove(&tag_map_key(key));
-        Ok(())
-    }
-
-    async fn tag_list(&self, upstream: &Registry, repository: &Repository) -> Result<Vec<Tag>> {
-        // The map is ordered by (upstream, repository, tag), so tags come out sorted.
-        Ok(self
+    fn record_list(&self, prefix: &RecordPrefix) -> BoxStream<'_, Result<RecordKey>> {
+        let keys: Vec<Result<RecordKey>> = self
             .lock()
-            .tags
+            .records
             .keys()
-            .filter(|(u, r, _)| u == upstream && r == repository)
-            .map(|(_, _, tag)| tag.clone())
-            .collect())
-    }
-
-    async fn repository_list(&self) -> Result<Vec<RepositoryEntry>> {
-        let mut list: Vec<RepositoryEntry> = self
-            .lock()
-            .tags
-            .keys()
-            .map(|(upstream, repository, _)| RepositoryEntry {
-                upstream: upstream.clone(),
-                repository: repository.clone(),
-            })
+            .filter(|key| prefix.contains(key))
+            .map(|key| Ok(key.clone()))
             .collect();
-        list.dedup();
-        Ok(list)
+        futures::stream::iter(keys).boxed()
     }
 }
 

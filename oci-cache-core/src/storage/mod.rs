@@ -2,7 +2,32 @@
 //!
 //! One async trait, [`Storage`], with three backends that pass the same
 //! conformance suite: [`MemoryStorage`], [`FsStorage`] (the default, feature
-//! `fs`) and [`ObjectStorage`] (S3 and S3-compatible servers with feature `s3`).
+//! `fs`) and [`ObjectStorage`], which runs over any
+//! [`object_store::ObjectStore`] (S3 and S3-compatible servers with feature
+//! `s3`; GCS, Azure, `LocalFileSystem`, `InMemory` or any decorator through
+//! [`ObjectStorage::new`]).
+//!
+//! ## Writing a backend
+//!
+//! A backend implements a handful of primitives; everything else is
+//! provided once, here, over typed keys:
+//!
+//! - **blobs**: [`blob_stat`](Storage::blob_stat), [`blob_read`](Storage::blob_read),
+//!   [`blob_write_from`](Storage::blob_write_from), [`blob_delete`](Storage::blob_delete),
+//!   [`blob_list`](Storage::blob_list) (a stream). A write hands its bytes to
+//!   [`write_verified`] with a [`Staging`] of the backend's own: the helper
+//!   hashes while streaming and commits only on a match.
+//! - **records**, small keyed objects: [`record_get`](Storage::record_get),
+//!   [`record_put`](Storage::record_put) (overwrite or create-if-absent),
+//!   [`record_delete`](Storage::record_delete), [`record_list`](Storage::record_list)
+//!   (by [`RecordPrefix`], a stream). Manifests and tag records are records
+//!   (see [`RecordKey`]); what comes next (upload sessions, last-use marks,
+//!   pins) will be records under new prefixes, not new trait methods.
+//!
+//! Manifests, tags and the repository list are provided methods built on
+//! those; a backend may override them only to answer the same thing faster.
+//! `Arc<S>` and `Box<S>` are storages too. `oci-cache-core/examples/custom_storage.rs`
+//! is a complete toy backend that passes [`conformance`] (feature `testing`).
 //!
 //! ## Keys and the on-disk layout
 //!
@@ -11,8 +36,8 @@
 //! path segment is escaped once more there: bytes outside `[A-Za-z0-9._-]`,
 //! and a leading `.` or `_`, become `%XX`, so no key can hold `..`, an empty
 //! segment or a reserved `_` name, and none can leave the storage root.
-//! [`FsStorage`] lays a root out like this (S3 uses the same keys under the
-//! optional prefix):
+//! [`FsStorage`] lays a root out like this (object stores use the same keys
+//! under the optional prefix):
 //!
 //! ```text
 //! <root>/
@@ -26,22 +51,24 @@
 //! for example `tags/localhost%3A5000/library/alpine/_tags/3.20`. Blobs are
 //! content-addressed and shared by every upstream; tag records are per
 //! upstream. Tags are case-sensitive, so keep the root on a case-sensitive
-//! filesystem.
+//! filesystem. An object store that cannot keep a Content-Type (for example
+//! `object_store`'s `LocalFileSystem`) gets the `.media-type` object beside
+//! the manifest, as on the filesystem.
 //!
 //! ## Verified, atomic writes
 //!
-//! Every backend's write goes through one helper that hashes the stream as
-//! it is stored and publishes the object only when digest and size match; a
-//! mismatch, short stream, source error, I/O error or cancelled future
-//! leaves nothing readable. The cache engine's fill, which hashes every blob
-//! for its clients anyway, writes a [`BlobSource::Preverified`]: its stream
-//! ends cleanly only after
-//! the engine's own digest check passed, so the backend counts the size but
-//! does not hash the bytes again. On the filesystem the bytes go to
-//! `_staging/<uuid>` (same filesystem), are `fsync`ed ([`FsOptions::durable`],
-//! on by default) and renamed into place; concurrent writers of one digest
-//! each rename a complete, identical file. A full disk fails the write with
-//! a "the disk is full" error and removes the staging file.
+//! Every backend's write goes through [`write_verified`], which hashes the
+//! stream as it is stored and publishes the object only when digest and size
+//! match; a mismatch, short stream, source error, I/O error or cancelled
+//! future leaves nothing readable. The cache engine's fill, which hashes
+//! every blob for its clients anyway, writes a [`BlobSource::Preverified`]:
+//! its stream ends cleanly only after the engine's own digest check passed,
+//! so the backend counts the size but does not hash the bytes again. On the
+//! filesystem the bytes go to `_staging/<uuid>` (same filesystem), are
+//! `fsync`ed ([`FsOptions::durable`], on by default) and renamed into place;
+//! concurrent writers of one digest each rename a complete, identical file.
+//! A full disk fails the write with a "the disk is full" error and removes
+//! the staging file.
 //!
 //! **S3: verify before visible.** A blob is sent as a multipart upload to its
 //! final key while it is hashed; `CompleteMultipartUpload`, the only call
@@ -68,14 +95,15 @@ use crate::Result;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod forward;
 #[cfg(feature = "fs")]
 mod fs;
 mod keys;
 mod memory;
 mod object;
+mod record;
+mod typed;
 mod verified;
-
-pub(crate) use verified::resolve_range;
 
 #[cfg(feature = "fs")]
 pub use fs::{FsOptions, FsStorage};
@@ -83,6 +111,13 @@ pub use memory::MemoryStorage;
 pub use object::ObjectStorage;
 #[cfg(feature = "s3")]
 pub use object::S3Config;
+/// The `object_store` crate [`ObjectStorage::new`] takes, re-exported so an
+/// embedder builds its store with the same version.
+pub use object_store;
+pub use record::{Record, RecordKey, RecordPrefix, RecordWrite};
+pub use verified::{
+    resolve_range, verify_bytes, write_verified, BlobSource, PreverifiedStream, Staging,
+};
 
 /// A stream of byte chunks, as read from storage or fetched upstream.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -159,72 +194,22 @@ pub struct RepositoryEntry {
     pub repository: Repository,
 }
 
-/// A blob stream whose producer hashes every byte against the digest as it
-/// goes: it ends cleanly only after the producer's digest check passed, and
-/// with an error otherwise (including when the producer goes away). Only
-/// this crate builds one: the cache engine's fill, which hashes each blob for
-/// its clients anyway, so storing it need not hash it again.
-pub struct PreverifiedStream(ByteStream);
-
-impl PreverifiedStream {
-    /// `stream` must keep the promise above; see the blob fill in `cache`.
-    pub(crate) fn new(stream: ByteStream) -> Self {
-        PreverifiedStream(stream)
-    }
-
-    /// The bytes, for a backend that verifies them itself.
-    pub fn into_stream(self) -> ByteStream {
-        self.0
-    }
-}
-
-impl Debug for PreverifiedStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PreverifiedStream")
-    }
-}
-
-/// The bytes of a blob write, and who checks them against the digest.
-pub enum BlobSource {
-    /// Any stream: the backend hashes it.
-    Unchecked(ByteStream),
-    /// A stream whose producer hashes it (see [`PreverifiedStream`]): the
-    /// backend may only count its size.
-    Preverified(PreverifiedStream),
-}
-
-impl Debug for BlobSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BlobSource::Unchecked(_) => "BlobSource::Unchecked",
-            BlobSource::Preverified(_) => "BlobSource::Preverified",
-        })
-    }
-}
-
-impl BlobSource {
-    /// The bytes, for a backend that verifies every source itself.
-    pub fn into_stream(self) -> ByteStream {
-        match self {
-            BlobSource::Unchecked(stream) => stream,
-            BlobSource::Preverified(stream) => stream.into_stream(),
-        }
-    }
-}
-
 /// The storage interface every backend implements.
 ///
 /// Every write is verified and atomic: an object becomes visible only once
 /// its bytes hash to the digest it is stored under; a failed or interrupted
-/// write leaves nothing readable.
+/// write leaves nothing readable. See the [module docs](self) for which
+/// methods a backend must write (the blob and record primitives) and which
+/// it gets for free.
 #[async_trait]
 pub trait Storage: Debug + Display + Send + Sync + 'static {
     /// Size (and last access) of a blob, or `None` when absent.
     async fn blob_stat(&self, digest: &Digest) -> Result<Option<BlobInfo>>;
 
-    /// Streams a blob, or the `range` of it (end exclusive, clamped to the size).
-    /// Absent → [`Error::NotFound`](crate::Error::NotFound); a range starting at or
-    /// past the end → [`Error::RangeNotSatisfiable`](crate::Error::RangeNotSatisfiable).
+    /// Streams a blob, or the `range` of it (end exclusive, clamped to the size,
+    /// see [`resolve_range`]). Absent → [`Error::NotFound`](crate::Error::NotFound);
+    /// a range starting at or past the end →
+    /// [`Error::RangeNotSatisfiable`](crate::Error::RangeNotSatisfiable).
     async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead>;
 
     /// Stores a blob; returns the size written. Visible only when the bytes
@@ -232,7 +217,8 @@ pub trait Storage: Debug + Display + Send + Sync + 'static {
     /// [`Unchecked`](BlobSource::Unchecked) source is hashed as it is stored,
     /// a [`Preverified`](BlobSource::Preverified) one is checked by its
     /// producer and only its size is counted here. Writing a digest that
-    /// already exists succeeds without changing it.
+    /// already exists succeeds without changing it. Backends implement this
+    /// with [`write_verified`].
     async fn blob_write_from(
         &self,
         digest: &Digest,
@@ -255,30 +241,61 @@ pub trait Storage: Debug + Display + Send + Sync + 'static {
     /// Removes a blob; absent is not an error.
     async fn blob_delete(&self, digest: &Digest) -> Result<()>;
 
-    /// Every stored blob with size and last access, for eviction.
-    async fn blob_list(&self) -> Result<Vec<BlobInfo>>;
+    /// Every stored blob with size and last access, in no particular order,
+    /// as a stream: memory stays flat however many blobs there are.
+    fn blob_list(&self) -> BoxStream<'_, Result<BlobInfo>>;
+
+    /// The record under `key`, or `None`.
+    async fn record_get(&self, key: &RecordKey) -> Result<Option<Record>>;
+
+    /// Stores a record atomically (a reader sees the old or the new one,
+    /// never a mix). Returns `false` only for [`RecordWrite::Create`] when a
+    /// record already existed, which is then left unchanged.
+    async fn record_put(&self, key: &RecordKey, record: Record, mode: RecordWrite) -> Result<bool>;
+
+    /// Removes a record; absent is not an error.
+    async fn record_delete(&self, key: &RecordKey) -> Result<()>;
+
+    /// The keys of every record under `prefix`, in no particular order, as a stream.
+    fn record_list(&self, prefix: &RecordPrefix) -> BoxStream<'_, Result<RecordKey>>;
 
     /// A manifest by digest, or `None`.
-    async fn manifest_get(&self, digest: &Digest) -> Result<Option<StoredManifest>>;
+    async fn manifest_get(&self, digest: &Digest) -> Result<Option<StoredManifest>> {
+        typed::manifest_get(self, digest).await
+    }
 
     /// Stores a manifest after checking its bytes hash to `manifest.digest`.
-    async fn manifest_put(&self, manifest: &StoredManifest) -> Result<()>;
+    async fn manifest_put(&self, manifest: &StoredManifest) -> Result<()> {
+        typed::manifest_put(self, manifest).await
+    }
 
     /// Removes a manifest; absent is not an error.
-    async fn manifest_delete(&self, digest: &Digest) -> Result<()>;
+    async fn manifest_delete(&self, digest: &Digest) -> Result<()> {
+        self.record_delete(&RecordKey::manifest(digest)).await
+    }
 
     /// The record of a tag, or `None`.
-    async fn tag_get(&self, key: &TagKey) -> Result<Option<TagRecord>>;
+    async fn tag_get(&self, key: &TagKey) -> Result<Option<TagRecord>> {
+        typed::tag_get(self, key).await
+    }
 
     /// Creates or replaces a tag record.
-    async fn tag_put(&self, key: &TagKey, record: &TagRecord) -> Result<()>;
+    async fn tag_put(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
+        typed::tag_put(self, key, record).await
+    }
 
     /// Removes a tag record; absent is not an error.
-    async fn tag_delete(&self, key: &TagKey) -> Result<()>;
+    async fn tag_delete(&self, key: &TagKey) -> Result<()> {
+        self.record_delete(&RecordKey::tag(key)).await
+    }
 
     /// Cached tags of one repository of one upstream, sorted.
-    async fn tag_list(&self, upstream: &Registry, repository: &Repository) -> Result<Vec<Tag>>;
+    async fn tag_list(&self, upstream: &Registry, repository: &Repository) -> Result<Vec<Tag>> {
+        typed::tag_list(self, upstream, repository).await
+    }
 
     /// Repositories with at least one tag record, sorted.
-    async fn repository_list(&self) -> Result<Vec<RepositoryEntry>>;
+    async fn repository_list(&self) -> Result<Vec<RepositoryEntry>> {
+        typed::repository_list(self).await
+    }
 }

@@ -6,23 +6,79 @@
 //! stores it, and publishes only when digest and size match. Any error —
 //! from the source stream, the verifier or the backend — discards the
 //! staged bytes, so nothing partial is ever visible under the digest.
+//! Backends outside this crate use the same helper.
 
+use std::fmt::Debug;
 use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::BlobSource;
+use super::ByteStream;
 use crate::digest::{Digest, DigestVerifier, SizeCheck};
 use crate::{Error, Result};
 
+/// A blob stream whose producer hashes every byte against the digest as it
+/// goes: it ends cleanly only after the producer's digest check passed, and
+/// with an error otherwise (including when the producer goes away). Only
+/// this crate builds one: the cache engine's fill, which hashes each blob for
+/// its clients anyway, so storing it need not hash it again.
+pub struct PreverifiedStream(ByteStream);
+
+impl PreverifiedStream {
+    /// `stream` must keep the promise above; see the blob fill in `cache`.
+    pub(crate) fn new(stream: ByteStream) -> Self {
+        PreverifiedStream(stream)
+    }
+
+    /// The bytes, for a backend that verifies them itself.
+    pub fn into_stream(self) -> ByteStream {
+        self.0
+    }
+}
+
+impl Debug for PreverifiedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreverifiedStream")
+    }
+}
+
+/// The bytes of a blob write, and who checks them against the digest.
+pub enum BlobSource {
+    /// Any stream: the backend hashes it.
+    Unchecked(ByteStream),
+    /// A stream whose producer hashes it (see [`PreverifiedStream`]): the
+    /// backend may only count its size.
+    Preverified(PreverifiedStream),
+}
+
+impl Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlobSource::Unchecked(_) => "BlobSource::Unchecked",
+            BlobSource::Preverified(_) => "BlobSource::Preverified",
+        })
+    }
+}
+
+impl BlobSource {
+    /// The bytes, for a backend that verifies every source itself.
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            BlobSource::Unchecked(stream) => stream,
+            BlobSource::Preverified(stream) => stream.into_stream(),
+        }
+    }
+}
+
 /// Bytes on their way into a backend, invisible until [`commit`](Self::commit).
 ///
-/// Dropping a `Staging` without committing must also leave nothing visible
-/// (the write future may be cancelled at any await point).
+/// A backend's half of [`write_verified`]. Dropping a `Staging` without
+/// committing must also leave nothing visible (the write future may be
+/// cancelled at any await point), so tidy up in `Drop` what `abort` would.
 #[async_trait]
-pub(crate) trait Staging: Send {
+pub trait Staging: Send {
     /// Stores one more chunk.
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
@@ -57,8 +113,9 @@ impl Check {
 
 /// Streams `data` into `staging`, checking it against `digest` and
 /// `expected_size`, and commits only when everything matched. Returns the
-/// size written.
-pub(crate) async fn write_verified(
+/// size written. The body of every backend's
+/// [`blob_write_from`](super::Storage::blob_write_from).
+pub async fn write_verified(
     digest: &Digest,
     expected_size: Option<u64>,
     data: BlobSource,
@@ -101,7 +158,7 @@ pub(crate) async fn write_verified(
 }
 
 /// Checks in-memory content (a manifest) against its digest.
-pub(crate) fn verify_bytes(digest: &Digest, bytes: &[u8]) -> Result<()> {
+pub fn verify_bytes(digest: &Digest, bytes: &[u8]) -> Result<()> {
     let mut verifier = DigestVerifier::new(digest.clone(), Some(bytes.len() as u64));
     verifier.update(bytes)?;
     verifier.finish().map(|_| ())
@@ -111,7 +168,7 @@ pub(crate) fn verify_bytes(digest: &Digest, bytes: &[u8]) -> Result<()> {
 ///
 /// The end is clamped to the size; a range that starts at or past the end,
 /// or that is empty, is not satisfiable.
-pub(crate) fn resolve_range(size: u64, range: Option<Range<u64>>) -> Result<Range<u64>> {
+pub fn resolve_range(size: u64, range: Option<Range<u64>>) -> Result<Range<u64>> {
     match range {
         None => Ok(0..size),
         Some(r) if r.start >= size || r.end <= r.start => Err(Error::RangeNotSatisfiable {

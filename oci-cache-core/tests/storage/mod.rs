@@ -10,12 +10,15 @@
 )]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::reference::{Registry, Repository, Tag};
 use oci_cache_core::storage::conformance::{self, collect, stream_of, unique_bytes};
+use oci_cache_core::storage::object_store;
+use oci_cache_core::storage::object_store::local::LocalFileSystem;
 use oci_cache_core::storage::{
     FsOptions, FsStorage, MemoryStorage, ObjectStorage, Storage, StoredManifest, TagKey, TagRecord,
 };
@@ -41,8 +44,55 @@ async fn fs_without_fsync_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn object_adapter_in_memory_conforms() {
-    conformance::run_all(&ObjectStorage::in_memory()).await;
+async fn object_store_in_memory_conforms() {
+    let store = Arc::new(object_store::memory::InMemory::new());
+    conformance::run_all(&ObjectStorage::new(store, "under/a/prefix")).await;
+}
+
+/// `LocalFileSystem` keeps no Content-Type: manifests get a `.media-type`
+/// object beside them, as on `FsStorage`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_local_file_system_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let storage = ObjectStorage::new(store, "");
+    conformance::run_all(&storage).await;
+    let bytes = Bytes::from_static(b"{\"schemaVersion\":2}");
+    let manifest = StoredManifest {
+        digest: Digest::sha256_of(&bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+        bytes,
+    };
+    storage.manifest_put(&manifest).await.unwrap();
+    let hex = manifest.digest.hex();
+    let on_disk = dir
+        .path()
+        .join(format!("manifests/sha256/{}/{hex}", &hex[..2]));
+    assert_eq!(std::fs::read(&on_disk).unwrap(), manifest.bytes);
+    let sidecar = on_disk.with_extension("media-type");
+    assert_eq!(
+        std::fs::read_to_string(sidecar).unwrap(),
+        manifest.media_type
+    );
+    // A second storage over the same directory (a restart) reads it back.
+    let again = ObjectStorage::new(
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()),
+        "",
+    );
+    assert_eq!(
+        again.manifest_get(&manifest.digest).await.unwrap(),
+        Some(manifest)
+    );
+}
+
+/// `Arc<S>` and `Box<S>` are storages, `dyn` included, and forward everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_and_box_forward() {
+    let shared: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    conformance::run_all(&shared).await;
+    let dir = tempfile::tempdir().unwrap();
+    let boxed: Box<FsStorage> = Box::new(FsStorage::open(dir.path()).await.unwrap());
+    conformance::run_all(&boxed).await;
 }
 
 #[cfg(feature = "s3")]

@@ -321,7 +321,7 @@ mod tests {
     fn token_requests_and_responses() {
         assert_eq!(
             token_url("https://auth.docker.io/token", Some("registry.docker.io"), "repository:library/ubuntu:pull"),
-            "https://auth.docker.io/token?service=registry%2Edocker%2Eio&scope=repository%3Alibrary%2Fubuntu%3Apull"
+            "https://auth.docker.io/token?service=registry.docker.io&scope=repository%3Alibrary%2Fubuntu%3Apull"
         );
         assert_eq!(
             token_url("http://t/x?a=1", None, "s"),

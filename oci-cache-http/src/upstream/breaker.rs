@@ -87,36 +87,40 @@ impl Breakers {
         None
     }
 
-    /// Records what a request to `endpoint` came to.
-    pub(crate) fn record(&self, endpoint: &str, outcome: Outcome) {
+    /// Records what a request to `endpoint` came to; `Some(open)` when the
+    /// breaker opened (true) or closed (false) because of it.
+    pub(crate) fn record(&self, endpoint: &str, outcome: Outcome) -> Option<bool> {
         if self.threshold == 0 {
-            return;
+            return None;
         }
         let Ok(mut states) = self.states.lock() else {
-            return;
+            return None;
         };
         match outcome {
             Outcome::Answered => {
-                if let Some(state) = states.remove(endpoint) {
-                    if state.open_until.is_some() {
-                        tracing::info!(endpoint, "endpoint answers again; circuit breaker closed");
-                    }
-                }
+                let state = states.remove(endpoint)?;
+                state.open_until.is_some().then(|| {
+                    tracing::info!(endpoint, "endpoint answers again; circuit breaker closed");
+                    false
+                })
             }
             Outcome::Failed => {
                 let state = states.entry(endpoint.to_owned()).or_default();
                 state.failures = state.failures.saturating_add(1);
-                if state.failures >= self.threshold {
-                    if state.open_until.is_none() {
-                        tracing::warn!(
-                            endpoint,
-                            failures = state.failures,
-                            cooldown_s = self.cooldown.as_secs_f64(),
-                            "endpoint keeps failing; circuit breaker open, skipping it for the cool-down"
-                        );
-                    }
-                    state.open_until = Some(Instant::now() + self.cooldown);
+                if state.failures < self.threshold {
+                    return None;
                 }
+                let opened = state.open_until.is_none();
+                if opened {
+                    tracing::warn!(
+                        endpoint,
+                        failures = state.failures,
+                        cooldown_s = self.cooldown.as_secs_f64(),
+                        "endpoint keeps failing; circuit breaker open, skipping it for the cool-down"
+                    );
+                }
+                state.open_until = Some(Instant::now() + self.cooldown);
+                opened.then_some(true)
             }
             Outcome::Throttled(retry_after) => {
                 let wait = retry_after.unwrap_or(self.cooldown).min(MAX_RETRY_AFTER);
@@ -126,7 +130,9 @@ impl Breakers {
                     "endpoint answered 429; skipping it until Retry-After has passed"
                 );
                 let state = states.entry(endpoint.to_owned()).or_default();
+                let opened = state.open_until.is_none();
                 state.open_until = Some(Instant::now() + wait);
+                opened.then_some(true)
             }
         }
     }

@@ -1,25 +1,28 @@
 //! Walking a registry's endpoint chain: mirrors, then the origin, with
 //! circuit breakers, moving on only when another endpoint could do better.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use oci_cache_core::mirror::{Addressing, Endpoint};
+use oci_cache_core::observe::{UpstreamOperation, UpstreamOutcome};
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::upstream::ManifestRef;
-use oci_cache_core::{Error as CoreError, UpstreamError, UpstreamErrorKind};
+use oci_cache_core::{Error as CoreError, ErrorChain, UpstreamError, UpstreamErrorKind};
 
 use super::breaker::Outcome;
+use super::report::{outcome_of, Received, Reporter};
 use super::{CoreResult, HyperUpstream};
 
 impl HyperUpstream {
     /// Runs `op` on each endpoint of `registry`'s chain that may answer a
     /// request `addressing` its object (digest-only mirrors are left out for
     /// tags), until one succeeds or fails in a way the next endpoint cannot fix.
-    pub(super) async fn over_chain<'a, T>(
+    pub(super) async fn over_chain<'a, T: Received>(
         &'a self,
         registry: &'a Registry,
         addressing: Addressing,
+        operation: UpstreamOperation,
         op: impl Fn(Target<'a>) -> BoxFuture<'a, CoreResult<T>>,
     ) -> CoreResult<T> {
         let upstream =
@@ -38,7 +41,18 @@ impl HyperUpstream {
         }
         let mut last_error = None;
         for endpoint in upstream.chain_for(addressing) {
+            let reporter = Reporter {
+                observer: self.observer.clone(),
+                upstream: registry.clone(),
+                endpoint: endpoint.url.clone(),
+                operation,
+            };
             if let Some(open_for) = self.breakers.check(&endpoint.url) {
+                reporter.attempt(
+                    UpstreamOutcome::Failed(UpstreamErrorKind::Skipped),
+                    0,
+                    Duration::ZERO,
+                );
                 tracing::debug!(endpoint = %endpoint.url, open_for_ms = open_for.as_millis() as u64,
                     "circuit breaker open; skipping the endpoint");
                 // The client may retry once the breaker would let a probe through.
@@ -61,16 +75,24 @@ impl HyperUpstream {
                 registry,
                 is_origin: upstream.is_origin(endpoint),
             };
+            let started = Instant::now();
             let result = op(target).await;
+            reporter.attempt(
+                outcome_of(&result),
+                result.as_ref().map_or(0, Received::body_bytes),
+                started.elapsed(),
+            );
             let outcome = match &result {
                 Err(CoreError::Upstream(e)) => Outcome::of_error(e.kind(), e.retry_after()),
                 _ => Outcome::Answered,
             };
-            self.breakers.record(&endpoint.url, outcome);
+            if let Some(open) = self.breakers.record(&endpoint.url, outcome) {
+                reporter.breaker(open);
+            }
             match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok(value.observe_body(reporter)),
                 Err(e) if moves_on(&e) => {
-                    tracing::debug!(endpoint = %endpoint.url, error = %e, "trying the next endpoint");
+                    tracing::debug!(endpoint = %endpoint.url, error = %ErrorChain(&e), "trying the next endpoint");
                     last_error = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -142,13 +164,13 @@ mod tests {
                 "https://m.example/",
                 false,
                 false,
-                "https://m.example/v2/library/alpine/manifests/3?ns=docker%2Eio",
+                "https://m.example/v2/library/alpine/manifests/3?ns=docker.io",
             ),
             (
                 "https://m.example/us",
                 false,
                 false,
-                "https://m.example/us/v2/library/alpine/manifests/3?ns=docker%2Eio",
+                "https://m.example/us/v2/library/alpine/manifests/3?ns=docker.io",
             ),
             (
                 "https://m.example/v2",

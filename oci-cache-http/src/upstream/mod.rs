@@ -4,7 +4,8 @@
 //! and moves on only when [`UpstreamError::is_retryable`](oci_cache_core::UpstreamError::is_retryable) says so. Per
 //! endpoint it answers `401` challenges (bearer token or basic), follows up
 //! to `max_redirects` redirects without sending `Authorization` to another
-//! host, asks for identity encoding, and streams blob bodies.
+//! host, asks for identity encoding, and streams blob bodies. Which realms
+//! get credentials and which redirects are followed is decided in `trust`.
 //!
 //! Proxies ([`ProxyConfig`]): by default `HTTPS_PROXY`/`HTTP_PROXY`/
 //! `ALL_PROXY`/`NO_PROXY` are read once at construction. Both `https://` and `http://` destinations are reached
@@ -16,18 +17,22 @@ mod breaker;
 mod chain;
 mod options;
 mod registry;
+mod report;
 mod request;
-mod tls;
+pub(crate) mod tls;
 mod transport;
+mod trust;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use oci_cache_core::mirror::{Endpoint, MirrorConfig};
+use oci_cache_core::observe::{self, SharedObserver};
 
 use self::auth::AuthCache;
 use self::breaker::Breakers;
 use self::transport::{build_client, HttpClient};
+use self::trust::RefusalLog;
 
 pub use self::options::{ProxyConfig, UpstreamOptions};
 
@@ -43,6 +48,8 @@ pub struct HyperUpstream {
     auth: AuthCache,
     breakers: Breakers,
     options: UpstreamOptions,
+    observer: SharedObserver,
+    refusals: RefusalLog,
 }
 
 impl HyperUpstream {
@@ -75,7 +82,16 @@ impl HyperUpstream {
             auth: AuthCache::default(),
             breakers: Breakers::new(options.breaker_threshold, options.breaker_cooldown),
             options,
+            observer: observe::noop(),
+            refusals: RefusalLog::default(),
         })
+    }
+
+    /// Reports every attempt on an endpoint, blob body ends, breaker
+    /// changes and refused realms and redirects to `observer`.
+    pub fn with_observer(mut self, observer: SharedObserver) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The client for `endpoint`: its own when it has TLS settings.

@@ -3,9 +3,16 @@
 use std::time::Duration;
 
 use hyper_util::client::proxy::matcher::Matcher;
+use oci_cache_core::duration;
 
 /// How upstream connections reach the network.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// In a config file: `proxy = "from_env"`, `proxy = "direct"`, or
+/// `proxy = { explicit = { url = "http://proxy:3128", no_proxy = "10.0.0.0/8" } }`.
+/// `Debug` hides the password of a proxy URL.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum ProxyConfig {
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their
     /// lower-case forms), read once when the client is built.
@@ -19,11 +26,20 @@ pub enum ProxyConfig {
         /// Proxy URL, e.g. `http://user:pass@proxy.example:3128`.
         url: String,
         /// Destinations reached directly.
+        #[serde(default)]
         no_proxy: String,
     },
 }
 
 impl ProxyConfig {
+    /// One proxy for everything but `no_proxy`.
+    pub fn explicit(url: impl Into<String>, no_proxy: impl Into<String>) -> Self {
+        ProxyConfig::Explicit {
+            url: url.into(),
+            no_proxy: no_proxy.into(),
+        }
+    }
+
     pub(super) fn matcher(&self) -> Option<Matcher> {
         match self {
             ProxyConfig::FromEnv => Some(Matcher::from_env()),
@@ -38,18 +54,58 @@ impl ProxyConfig {
     }
 }
 
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyConfig::FromEnv => f.write_str("FromEnv"),
+            ProxyConfig::Direct => f.write_str("Direct"),
+            ProxyConfig::Explicit { url, no_proxy } => f
+                .debug_struct("Explicit")
+                .field("url", &redact_userinfo(url))
+                .field("no_proxy", no_proxy)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Tunables of the upstream client.
-#[derive(Debug, Clone)]
+///
+/// Deserializes from a table of the field names, all optional (durations as
+/// `"30s"`), e.g. a config file's `[upstream_client]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct UpstreamOptions {
     /// TCP connect timeout per attempt.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
     /// Time allowed for response headers to arrive (each redirect hop gets its own).
+    #[serde(deserialize_with = "duration::deserialize")]
     pub request_timeout: Duration,
     /// Longest pause between two chunks of a body (blob, manifest, token, tag list).
+    #[serde(deserialize_with = "duration::deserialize")]
     pub read_timeout: Duration,
     /// How long an unused pooled connection is kept.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
-    /// Largest manifest body accepted; larger is [`oci_cache_core::Error::TooLarge`].
+    /// Largest manifest body accepted; larger is
+    /// [`oci_cache_core::Error::TooLarge`]. [`crate::Mirror`] sets it from
+    /// [`CacheOptions::max_manifest_size`](oci_cache_core::cache::CacheOptions::max_manifest_size),
+    /// so a config file sets it once, under `[cache]`.
+    #[serde(skip)]
     pub max_manifest_size: u64,
     /// Most redirects followed per request.
     pub max_redirects: usize,
@@ -64,6 +120,7 @@ pub struct UpstreamOptions {
     /// endpoint's circuit breaker opens (0 disables the breaker).
     pub breaker_threshold: u32,
     /// How long an open breaker skips its endpoint before one request probes it.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub breaker_cooldown: Duration,
 }
 
@@ -82,5 +139,112 @@ impl Default for UpstreamOptions {
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(30),
         }
+    }
+}
+
+impl UpstreamOptions {
+    /// Sets the TCP connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the time allowed for response headers.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest pause allowed between two body chunks.
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Sets how long idle pooled connections are kept.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest manifest accepted.
+    pub fn with_max_manifest_size(mut self, bytes: u64) -> Self {
+        self.max_manifest_size = bytes;
+        self
+    }
+
+    /// Sets the most redirects followed per request.
+    pub fn with_max_redirects(mut self, redirects: usize) -> Self {
+        self.max_redirects = redirects;
+        self
+    }
+
+    /// Sets the `User-Agent`.
+    pub fn with_user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// Sets how connections reach the network.
+    pub fn with_proxy(mut self, proxy: ProxyConfig) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    /// Serves only cached content when `offline`.
+    pub fn with_offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
+    /// Sets the failures in a row that open a breaker (0 disables breakers).
+    pub fn with_breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
+    /// Sets how long an open breaker skips its endpoint.
+    pub fn with_breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn proxy_password_is_not_in_debug() {
+        let options = UpstreamOptions::default()
+            .with_proxy(ProxyConfig::explicit("http://user:s3cret@proxy:3128/", ""));
+        let text = format!("{options:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("http://***@proxy:3128/"), "{text}");
+        assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
+    }
+
+    #[test]
+    fn deserializes_with_defaults_and_rejects_unknown_keys() {
+        let options: UpstreamOptions = serde_json::from_str(
+            r#"{"connect_timeout": "2s", "breaker_threshold": 0,
+                "proxy": {"explicit": {"url": "http://p:1"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(options.breaker_threshold, 0);
+        assert_eq!(options.proxy, ProxyConfig::explicit("http://p:1", ""));
+        assert_eq!(
+            options.read_timeout,
+            UpstreamOptions::default().read_timeout
+        );
+        let err = serde_json::from_str::<UpstreamOptions>(r#"{"conect_timeout": "2s"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let direct: UpstreamOptions = serde_json::from_str(r#"{"proxy": "direct"}"#).unwrap();
+        assert_eq!(direct.proxy, ProxyConfig::Direct);
     }
 }

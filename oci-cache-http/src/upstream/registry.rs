@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::Addressing;
+use oci_cache_core::observe::UpstreamOperation;
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::upstream::{
     FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
@@ -16,6 +17,7 @@ use oci_cache_core::{UpstreamError, UpstreamErrorKind};
 
 use super::chain::{addressing, Target};
 use super::transport::{blob_stream, resolve, too_large};
+use super::trust::{self, Purpose};
 use super::{CoreResult, HyperUpstream};
 use crate::wire::{content_length, encode_query, DOCKER_CONTENT_DIGEST};
 
@@ -40,6 +42,7 @@ impl HyperUpstream {
                 &url,
                 Some(&accept),
                 &pull_scope(repository),
+                Purpose::Api,
             )
             .await?;
         Ok((response, target.endpoint.url.clone()))
@@ -95,7 +98,7 @@ impl HyperUpstream {
         repository: &Repository,
         n: Option<usize>,
         last: Option<&str>,
-    ) -> CoreResult<TagList> {
+    ) -> CoreResult<(TagList, u64)> {
         let mut query: Vec<String> = Vec::new();
         if let Some(n) = n {
             query.push(format!("n={n}"));
@@ -106,13 +109,16 @@ impl HyperUpstream {
         let query = (!query.is_empty()).then(|| query.join("&"));
         let mut url = target.url(repository, "tags/list", query.as_deref());
         let scope = pull_scope(repository);
+        let mut received = 0;
         let mut all = TagList {
             name: repository.to_string(),
             tags: Vec::new(),
         };
         for _ in 0..MAX_TAG_PAGES {
-            let response = self.send(&target, Method::GET, &url, None, &scope).await?;
-            let next = next_link(&response, &url);
+            let response = self
+                .send(&target, Method::GET, &url, None, &scope, Purpose::Api)
+                .await?;
+            let next = next_link(&response, &url).and_then(|next| self.link_allowed(&target, next));
             let body = self
                 .read_body(
                     response.into_body(),
@@ -137,12 +143,31 @@ impl HyperUpstream {
             })?;
             all.name = page.name;
             all.tags.extend(page.tags.unwrap_or_default());
+            received += body.len() as u64;
             match next {
                 Some(next) if n.is_none() => url = next,
                 _ => break,
             }
         }
-        Ok(all)
+        Ok((all, received))
+    }
+
+    /// A tag-list `Link` is followed only where a redirect of the list could go.
+    fn link_allowed(&self, target: &Target<'_>, next: String) -> Option<String> {
+        let uri: Uri = next.parse().ok()?;
+        match trust::check(target.endpoint, Purpose::Api, &uri, false) {
+            Ok(()) => Some(next),
+            Err(refusal) => {
+                self.refusals.refused(
+                    &self.observer,
+                    target.endpoint,
+                    Purpose::Api,
+                    &trust::host_of(&uri),
+                    &refusal,
+                );
+                None
+            }
+        }
     }
 }
 
@@ -155,23 +180,28 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<ManifestHead> {
-        self.over_chain(registry, addressing(reference), |target| {
-            Box::pin(async move {
-                let (response, endpoint) = self
-                    .manifest_request(target, Method::HEAD, repository, reference, accept)
-                    .await?;
-                let head = manifest_head(response.headers());
-                if head.media_type.is_empty() {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        endpoint,
-                        "manifest HEAD has no Content-Type",
-                    )
-                    .into());
-                }
-                Ok(head)
-            })
-        })
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestHead,
+            |target| {
+                Box::pin(async move {
+                    let (response, endpoint) = self
+                        .manifest_request(target, Method::HEAD, repository, reference, accept)
+                        .await?;
+                    let head = manifest_head(response.headers());
+                    if head.media_type.is_empty() {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            endpoint,
+                            "manifest HEAD has no Content-Type",
+                        )
+                        .into());
+                    }
+                    Ok(head)
+                })
+            },
+        )
         .await
     }
 
@@ -182,9 +212,12 @@ impl Upstream for HyperUpstream {
         reference: &ManifestRef,
         accept: &[String],
     ) -> CoreResult<FetchedManifest> {
-        self.over_chain(registry, addressing(reference), |target| {
-            Box::pin(self.get_manifest_once(target, repository, reference, accept))
-        })
+        self.over_chain(
+            registry,
+            addressing(reference),
+            UpstreamOperation::ManifestGet,
+            |target| Box::pin(self.get_manifest_once(target, repository, reference, accept)),
+        )
         .await
     }
 
@@ -194,21 +227,33 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<FetchedBlob> {
-        self.over_chain(registry, Addressing::Digest, |target| {
-            Box::pin(async move {
-                let url = target.url(repository, &format!("blobs/{digest}"), None);
-                let response = self
-                    .send(&target, Method::GET, &url, None, &pull_scope(repository))
-                    .await?;
-                let size = content_length(response.headers());
-                let stream = blob_stream(
-                    response.into_body(),
-                    self.options.read_timeout,
-                    target.endpoint.url.clone(),
-                );
-                Ok(FetchedBlob { size, stream })
-            })
-        })
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobGet,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(
+                            &target,
+                            Method::GET,
+                            &url,
+                            None,
+                            &pull_scope(repository),
+                            Purpose::Blob,
+                        )
+                        .await?;
+                    let size = content_length(response.headers());
+                    let stream = blob_stream(
+                        response.into_body(),
+                        self.options.read_timeout,
+                        target.endpoint.url.clone(),
+                    );
+                    Ok(FetchedBlob { size, stream })
+                })
+            },
+        )
         .await
     }
 
@@ -218,22 +263,34 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<u64> {
-        self.over_chain(registry, Addressing::Digest, |target| {
-            Box::pin(async move {
-                let url = target.url(repository, &format!("blobs/{digest}"), None);
-                let response = self
-                    .send(&target, Method::HEAD, &url, None, &pull_scope(repository))
-                    .await?;
-                content_length(response.headers()).ok_or_else(|| {
-                    UpstreamError::new(
-                        UpstreamErrorKind::Invalid,
-                        &target.endpoint.url,
-                        "blob HEAD has no Content-Length",
-                    )
-                    .into()
+        self.over_chain(
+            registry,
+            Addressing::Digest,
+            UpstreamOperation::BlobHead,
+            |target| {
+                Box::pin(async move {
+                    let url = target.url(repository, &format!("blobs/{digest}"), None);
+                    let response = self
+                        .send(
+                            &target,
+                            Method::HEAD,
+                            &url,
+                            None,
+                            &pull_scope(repository),
+                            Purpose::Blob,
+                        )
+                        .await?;
+                    content_length(response.headers()).ok_or_else(|| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Invalid,
+                            &target.endpoint.url,
+                            "blob HEAD has no Content-Length",
+                        )
+                        .into()
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 
@@ -244,10 +301,14 @@ impl Upstream for HyperUpstream {
         n: Option<usize>,
         last: Option<&str>,
     ) -> CoreResult<TagList> {
-        self.over_chain(registry, Addressing::Tag, |target| {
-            Box::pin(self.tags_once(target, repository, n, last))
-        })
+        self.over_chain(
+            registry,
+            Addressing::Tag,
+            UpstreamOperation::TagList,
+            |target| Box::pin(self.tags_once(target, repository, n, last)),
+        )
         .await
+        .map(|(list, _)| list)
     }
 }
 

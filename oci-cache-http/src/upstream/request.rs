@@ -10,6 +10,7 @@ use oci_cache_core::{UpstreamError, UpstreamErrorKind};
 use super::auth::{self, Challenge, TokenKey};
 use super::chain::Target;
 use super::transport::origin_of;
+use super::trust::{self, Purpose};
 use super::{breaker, CoreResult, HyperUpstream};
 
 impl HyperUpstream {
@@ -22,6 +23,7 @@ impl HyperUpstream {
         url: &str,
         accept: Option<&str>,
         scope: &str,
+        purpose: Purpose,
     ) -> CoreResult<Response<Incoming>> {
         let endpoint = target.endpoint;
         // Invalid (not Config) so that one mistyped mirror does not block the origin.
@@ -33,15 +35,25 @@ impl HyperUpstream {
             )
         })?;
         let origin = origin_of(&uri);
+        // A remembered challenge that cannot be answered now (refused realm,
+        // token server down) must not block the host: go without, and let a
+        // fresh 401 decide.
         let mut authorization = match self.auth.challenge(&origin) {
-            Some(challenge) => self.authorize(&challenge, endpoint, scope, false).await?,
+            Some(challenge) => self
+                .authorize(&challenge, endpoint, scope, false)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(endpoint = %endpoint.url, error = %e, "could not pre-authorize");
+                    None
+                }),
             None => None,
         };
         let mut retried = false;
         loop {
             let response = self
                 .follow(
-                    self.client_for(endpoint),
+                    endpoint,
+                    purpose,
                     method.clone(),
                     uri.clone(),
                     accept,
@@ -59,8 +71,10 @@ impl HyperUpstream {
                     .flat_map(auth::parse_challenges)
                     .collect::<Vec<_>>();
                 if let Some(challenge) = auth::pick_challenge(challenge) {
-                    self.auth.put_challenge(&origin, challenge.clone());
                     let refreshed = self.authorize(&challenge, endpoint, scope, true).await?;
+                    // Remembered only once answerable, so a bad realm is not
+                    // retried before every later request.
+                    self.auth.put_challenge(&origin, challenge);
                     if refreshed.is_some() {
                         authorization = refreshed;
                         continue;
@@ -106,10 +120,26 @@ impl HyperUpstream {
                 format!("token realm {realm:?} is not a valid url"),
             )
         })?;
+        if let Err(refusal) = trust::check(endpoint, Purpose::Realm, &uri, credentials.is_some()) {
+            self.refusals.refused(
+                &self.observer,
+                endpoint,
+                Purpose::Realm,
+                &trust::host_of(&uri),
+                &refusal,
+            );
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Invalid,
+                &endpoint.url,
+                format!("token realm {realm:?} refused: {}", refusal.0),
+            )
+            .into());
+        }
         let basic = credentials.map(auth::basic_header);
         let response = self
             .follow(
-                self.client_for(endpoint),
+                endpoint,
+                Purpose::Realm,
                 Method::GET,
                 uri,
                 None,

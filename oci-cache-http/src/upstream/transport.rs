@@ -18,9 +18,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use oci_cache_core::mirror::Endpoint;
 use oci_cache_core::{Error as CoreError, UpstreamError, UpstreamErrorKind};
 use tokio::net::TcpStream;
 
+use super::trust::{self, Purpose, Refusal};
 use super::{CoreResult, HyperUpstream, UpstreamOptions};
 
 /// Largest read buffer of one upstream HTTP/1 connection (hyper's default is
@@ -72,16 +74,21 @@ pub(super) fn build_client(
 }
 
 impl HyperUpstream {
-    /// Sends a request, following redirects; `Authorization` only goes to the first origin.
+    /// Sends a request for `endpoint`, following the redirects `purpose`
+    /// allows (see `trust`); `Authorization` only goes to the first origin.
+    /// `label` names the request in errors (the endpoint, or the realm).
+    #[allow(clippy::too_many_arguments)] // one request's parts; a struct would only rename them
     pub(super) async fn follow(
         &self,
-        client: &HttpClient,
+        endpoint: &Endpoint,
+        purpose: Purpose,
         method: Method,
         uri: Uri,
         accept: Option<&str>,
         authorization: Option<&str>,
-        endpoint: &str,
+        label: &str,
     ) -> CoreResult<Response<Incoming>> {
+        let client = self.client_for(endpoint);
         let first_origin = origin_of(&uri);
         let mut current = uri;
         for _ in 0..=self.options.max_redirects {
@@ -100,7 +107,7 @@ impl HyperUpstream {
             let request = builder.body(Empty::new()).map_err(|e| {
                 UpstreamError::new(
                     UpstreamErrorKind::Invalid,
-                    endpoint,
+                    label,
                     "could not build the request",
                 )
                 .with_source(e)
@@ -111,38 +118,66 @@ impl HyperUpstream {
                     .map_err(|_| {
                         UpstreamError::new(
                             UpstreamErrorKind::Timeout,
-                            endpoint,
+                            label,
                             format!("no response within {:?}", self.options.request_timeout),
                         )
                     })?
                     .map_err(|e| {
-                        UpstreamError::new(
-                            UpstreamErrorKind::Unavailable,
-                            endpoint,
-                            "request failed",
-                        )
-                        .with_source(e)
+                        UpstreamError::new(UpstreamErrorKind::Unavailable, label, "request failed")
+                            .with_source(e)
                     })?;
-            let redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
-            let location = response
+            if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                return Ok(response);
+            }
+            let Some(location) = response
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|l| resolve(&current, l));
-            match (redirect, location) {
-                (true, Some(next)) => {
-                    tracing::debug!(from = %current, to = %origin_of(&next), "following redirect");
-                    current = next;
-                }
-                _ => return Ok(response),
-            }
+            else {
+                return Ok(response);
+            };
+            current = self.redirect_target(endpoint, purpose, &current, location, label)?;
+            tracing::debug!(to = %origin_of(&current), "following redirect");
         }
         Err(UpstreamError::new(
             UpstreamErrorKind::Invalid,
-            endpoint,
+            label,
             format!("more than {} redirects", self.options.max_redirects),
         )
         .into())
+    }
+
+    /// Where a redirect to `location` leads, if `trust` lets `purpose` go there;
+    /// a refusal is logged, reported and an `Invalid` answer (the chain moves on).
+    fn redirect_target(
+        &self,
+        endpoint: &Endpoint,
+        purpose: Purpose,
+        current: &Uri,
+        location: &str,
+        label: &str,
+    ) -> CoreResult<Uri> {
+        let refuse = |host: &str, refusal: Refusal| {
+            self.refusals
+                .refused(&self.observer, endpoint, purpose, host, &refusal);
+            UpstreamError::new(
+                UpstreamErrorKind::Invalid,
+                label,
+                format!("redirect refused: {}", refusal.0),
+            )
+            .into()
+        };
+        let Some(next) = resolve(current, location) else {
+            let refusal = Refusal(format!("{location:?} is not an http(s) url"));
+            return Err(refuse(
+                location.split('/').next().unwrap_or_default(),
+                refusal,
+            ));
+        };
+        match trust::check(endpoint, purpose, &next, false) {
+            Ok(()) => Ok(next),
+            Err(refusal) => Err(refuse(&trust::host_of(&next), refusal)),
+        }
     }
 
     /// Reads a whole body of at most `limit` bytes, giving up when it stalls
@@ -194,12 +229,32 @@ pub(super) fn origin_of(uri: &Uri) -> String {
     )
 }
 
-/// Resolves a `Location` or `Link` target against the current URL.
+/// Resolves a `Location` or `Link` target against the current URL; `None`
+/// for a target with another scheme (`ftp:`, `file:`), which must never be
+/// read as a relative path.
 pub(super) fn resolve(base: &Uri, location: &str) -> Option<Uri> {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return location.parse().ok();
+    if let Some((scheme, rest)) = location.split_once(':') {
+        let is_scheme = scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        if is_scheme {
+            let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+            if !web || !rest.starts_with("//") {
+                return None;
+            }
+            return location.parse::<Uri>().ok().filter(|u| u.host().is_some());
+        }
     }
     let origin = origin_of(base);
+    if location.starts_with("//") {
+        return format!("{}:{location}", base.scheme_str().unwrap_or("http"))
+            .parse()
+            .ok();
+    }
     if location.starts_with('/') {
         return format!("{origin}{location}").parse().ok();
     }
@@ -314,5 +369,19 @@ mod tests {
             "https://r.example/v2/a/blobs/rel"
         );
         assert_eq!(origin_of(&base), "https://r.example");
+        assert_eq!(
+            resolve(&base, "//cdn.example/x").unwrap().to_string(),
+            "https://cdn.example/x"
+        );
+        for other in [
+            "ftp://cdn.example/x",
+            "file:///etc/passwd",
+            "gopher:x",
+            "HTTPS:",
+        ] {
+            assert!(resolve(&base, other).is_none(), "{other}");
+        }
+        // RFC 3986: a first segment with a colon is a scheme, not a path.
+        assert!(resolve(&base, "sha256:abc").is_none());
     }
 }

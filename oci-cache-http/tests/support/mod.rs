@@ -14,14 +14,13 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::mirror::{Endpoint, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::storage::{MemoryStorage, Storage};
 pub use oci_cache_core::testing::{BlobScript, FakeUpstream};
 use oci_cache_core::upstream::{FetchedManifest, ManifestRef, Upstream};
 use oci_cache_core::Error;
-use oci_cache_http::{service, AppState, OciService};
+use oci_cache_http::{Mirror, OciService};
 use tokio::sync::oneshot;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -100,7 +99,12 @@ pub struct MockRegistry {
 
 impl MockRegistry {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// A mock on another loopback address (`127.0.0.2`: "another host").
+    pub async fn start_on(ip: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(MockState::default());
         let (stop, mut stopped) = oneshot::channel::<()>();
@@ -133,9 +137,13 @@ impl MockRegistry {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://IP:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn push(&self, reply: Reply) -> &Self {
@@ -274,8 +282,13 @@ pub async fn get_alpine_manifest(
 /// A service over memory storage and `upstream`, routing with `mirrors("http://unused")`.
 pub fn service_with(upstream: Arc<dyn Upstream>, mirrors: MirrorConfig) -> OciService {
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let engine = Arc::new(PullThrough::new(storage, upstream, CacheOptions::default()));
-    service(AppState::new(engine, Arc::new(mirrors)))
+    Mirror::builder()
+        .upstreams(mirrors)
+        .storage(storage)
+        .upstream(upstream)
+        .build()
+        .unwrap()
+        .service()
 }
 
 pub fn fake_service() -> (OciService, Arc<FakeUpstream>) {
@@ -336,7 +349,8 @@ pub async fn get(svc: &OciService, uri: &str) -> Answer {
 // ---------------------------------------------------------------- CONNECT proxy
 
 /// A minimal HTTP `CONNECT` proxy on 127.0.0.1:0 that counts tunnels and
-/// records their targets.
+/// records their targets; `start_with_hosts` also maps host names to IPs
+/// (a test's DNS).
 pub struct ConnectProxy {
     addr: SocketAddr,
     pub targets: Arc<Mutex<Vec<String>>>,
@@ -345,7 +359,16 @@ pub struct ConnectProxy {
 
 impl ConnectProxy {
     pub async fn start() -> Self {
+        Self::start_with_hosts(&[]).await
+    }
+
+    /// Tunnels to `name:port` go to `ip:port` for each `(name, ip)`.
+    pub async fn start_with_hosts(hosts: &[(&str, &str)]) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hosts: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(n, ip)| (n.to_string(), ip.to_string()))
+            .collect();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let targets = Arc::new(Mutex::new(Vec::new()));
@@ -353,6 +376,7 @@ impl ConnectProxy {
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let seen = seen.clone();
+                let hosts = hosts.clone();
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
@@ -370,7 +394,14 @@ impl ConnectProxy {
                         .to_string();
                     assert!(text.starts_with("CONNECT "), "{text}");
                     seen.lock().unwrap().push(target.clone());
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    let dial = match target.rsplit_once(':') {
+                        Some((name, port)) => match hosts.iter().find(|(n, _)| n == name) {
+                            Some((_, ip)) => format!("{ip}:{port}"),
+                            None => target.clone(),
+                        },
+                        None => target.clone(),
+                    };
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&dial).await else {
                         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
                         return;
                     };

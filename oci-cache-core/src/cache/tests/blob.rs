@@ -329,32 +329,20 @@ impl Storage for FailingBlobWrites {
     async fn blob_delete(&self, d: &Digest) -> Result<()> {
         self.0.blob_delete(d).await
     }
-    async fn blob_list(&self) -> Result<Vec<crate::storage::BlobInfo>> {
-        self.0.blob_list().await
+    fn blob_list(&self) -> BoxStream<'_, Result<crate::storage::BlobInfo>> {
+        self.0.blob_list()
     }
-    async fn manifest_get(&self, d: &Digest) -> Result<Option<StoredManifest>> {
-        self.0.manifest_get(d).await
+    async fn record_get(&self, k: &RecordKey) -> Result<Option<Record>> {
+        self.0.record_get(k).await
     }
-    async fn manifest_put(&self, m: &StoredManifest) -> Result<()> {
-        self.0.manifest_put(m).await
+    async fn record_put(&self, k: &RecordKey, r: Record, m: RecordWrite) -> Result<bool> {
+        self.0.record_put(k, r, m).await
     }
-    async fn manifest_delete(&self, d: &Digest) -> Result<()> {
-        self.0.manifest_delete(d).await
+    async fn record_delete(&self, k: &RecordKey) -> Result<()> {
+        self.0.record_delete(k).await
     }
-    async fn tag_get(&self, k: &TagKey) -> Result<Option<TagRecord>> {
-        self.0.tag_get(k).await
-    }
-    async fn tag_put(&self, k: &TagKey, r: &TagRecord) -> Result<()> {
-        self.0.tag_put(k, r).await
-    }
-    async fn tag_delete(&self, k: &TagKey) -> Result<()> {
-        self.0.tag_delete(k).await
-    }
-    async fn tag_list(&self, u: &Registry, r: &Repository) -> Result<Vec<Tag>> {
-        self.0.tag_list(u, r).await
-    }
-    async fn repository_list(&self) -> Result<Vec<crate::storage::RepositoryEntry>> {
-        self.0.repository_list().await
+    fn record_list(&self, p: &RecordPrefix) -> BoxStream<'_, Result<RecordKey>> {
+        self.0.record_list(p)
     }
 }
 

@@ -115,32 +115,20 @@ impl Storage for NullStorage {
     async fn blob_delete(&self, _: &Digest) -> Result<()> {
         Ok(())
     }
-    async fn blob_list(&self) -> Result<Vec<crate::storage::BlobInfo>> {
-        Ok(Vec::new())
+    fn blob_list(&self) -> BoxStream<'_, Result<crate::storage::BlobInfo>> {
+        futures::stream::empty().boxed()
     }
-    async fn manifest_get(&self, _: &Digest) -> Result<Option<StoredManifest>> {
+    async fn record_get(&self, _: &RecordKey) -> Result<Option<Record>> {
         Ok(None)
     }
-    async fn manifest_put(&self, _: &StoredManifest) -> Result<()> {
+    async fn record_put(&self, _: &RecordKey, _: Record, _: RecordWrite) -> Result<bool> {
+        Ok(true)
+    }
+    async fn record_delete(&self, _: &RecordKey) -> Result<()> {
         Ok(())
     }
-    async fn manifest_delete(&self, _: &Digest) -> Result<()> {
-        Ok(())
-    }
-    async fn tag_get(&self, _: &TagKey) -> Result<Option<TagRecord>> {
-        Ok(None)
-    }
-    async fn tag_put(&self, _: &TagKey, _: &TagRecord) -> Result<()> {
-        Ok(())
-    }
-    async fn tag_delete(&self, _: &TagKey) -> Result<()> {
-        Ok(())
-    }
-    async fn tag_list(&self, _: &Registry, _: &Repository) -> Result<Vec<Tag>> {
-        Ok(Vec::new())
-    }
-    async fn repository_list(&self) -> Result<Vec<crate::storage::RepositoryEntry>> {
-        Ok(Vec::new())
+    fn record_list(&self, _: &RecordPrefix) -> BoxStream<'_, Result<RecordKey>> {
+        futures::stream::empty().boxed()
     }
 }
 

@@ -12,7 +12,12 @@ use tokio::sync::Semaphore;
 use super::*;
 use crate::error::UpstreamErrorKind;
 use crate::reference::Tag;
-use crate::storage::{BlobSource, MemoryStorage, StoredManifest, TagKey, TagRecord};
+use futures::stream::BoxStream;
+
+use crate::storage::{
+    BlobSource, MemoryStorage, Record, RecordKey, RecordPrefix, RecordWrite, StoredManifest,
+    TagKey, TagRecord,
+};
 use crate::testing::{BlobScript, FakeUpstream};
 use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead};
 

@@ -1,22 +1,4 @@
-//! The conformance suite every [`Storage`] backend must pass.
-//!
-//! Each check is a plain `async fn` taking the backend as a trait object and
-//! panicking with a message on failure, so any test harness can call it:
-//!
-//! ```ignore
-//! #[tokio::test]
-//! async fn my_backend_conforms() {
-//!     let storage = MyBackend::new();
-//!     oci_cache_core::storage::conformance::run_all(&storage).await;
-//! }
-//! ```
-//!
-//! The checks only ever look at objects they wrote themselves (fresh random
-//! content, a random upstream name), so they can run against a shared bucket
-//! that already holds data, and several at once against the same backend.
-
-// Test support: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Blob checks: round trips, ranges, verification, atomicity, listing.
 
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
@@ -24,120 +6,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 
-use super::{
-    BlobSource, ByteStream, PreverifiedStream, RepositoryEntry, Storage, StoredManifest, TagKey,
-    TagRecord,
-};
+use super::{assert_absent, collect, list_blobs, read_all, stream_of, unique_bytes, write};
 use crate::digest::{Digest, DigestAlgorithm, DigestHasher};
-use crate::reference::{Registry, Repository, Tag};
+use crate::storage::{BlobSource, PreverifiedStream, Storage};
 use crate::Error;
-
-/// Runs every check in this module, one after another.
-pub async fn run_all(storage: &dyn Storage) {
-    blob_round_trip(storage).await;
-    blob_ranges(storage).await;
-    empty_blob(storage).await;
-    blob_digest_mismatch_leaves_nothing(storage).await;
-    blob_size_mismatch_leaves_nothing(storage).await;
-    blob_truncated_stream_leaves_nothing(storage).await;
-    blob_preverified_write(storage).await;
-    blob_write_is_invisible_until_complete(storage).await;
-    blob_concurrent_same_digest_writers(storage).await;
-    blob_rewrite_is_idempotent(storage).await;
-    blob_list_and_delete(storage).await;
-    large_blob(storage).await;
-    manifest_round_trip_and_delete(storage).await;
-    manifest_digest_mismatch_is_rejected(storage).await;
-    tags_round_trip_list_and_delete(storage).await;
-}
-
-/// `len` bytes that differ on every call (so checks never collide), made from `seed` and a fresh UUID.
-pub fn unique_bytes(len: usize) -> Bytes {
-    let mut out = Vec::with_capacity(len);
-    let mut state = u64::from_le_bytes(
-        uuid::Uuid::new_v4().as_bytes()[..8]
-            .try_into()
-            .expect("8 bytes"),
-    ) | 1;
-    while out.len() < len {
-        // xorshift64: cheap, and good enough to make every block distinct.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
-
-/// A stream yielding `bytes` in chunks of `chunk` bytes, yielding to the runtime between chunks.
-pub fn stream_of(bytes: Bytes, chunk: usize) -> ByteStream {
-    let chunks: Vec<Bytes> = (0..bytes.len())
-        .step_by(chunk.max(1))
-        .map(|start| bytes.slice(start..(start + chunk).min(bytes.len())))
-        .collect();
-    futures::stream::iter(chunks)
-        .then(|chunk| async move {
-            tokio::task::yield_now().await;
-            Ok(chunk)
-        })
-        .boxed()
-}
-
-/// Reads a whole stream into memory.
-pub async fn collect(mut stream: ByteStream) -> crate::Result<Bytes> {
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(Bytes::from(out))
-}
-
-async fn read_all(storage: &dyn Storage, digest: &Digest, range: Option<Range<u64>>) -> Bytes {
-    let read = storage
-        .blob_read(digest, range.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{storage}: reading {digest} {range:?}: {e}"));
-    let bytes = collect(read.stream)
-        .await
-        .unwrap_or_else(|e| panic!("{storage}: streaming {digest}: {e}"));
-    assert_eq!(
-        bytes.len() as u64,
-        read.range.end - read.range.start,
-        "{storage}: stream length must match the announced range {:?}",
-        read.range
-    );
-    bytes
-}
-
-async fn assert_absent(storage: &dyn Storage, digest: &Digest, why: &str) {
-    let stat = storage.blob_stat(digest).await.unwrap();
-    assert!(stat.is_none(), "{storage}: {why}: stat found {stat:?}");
-    match storage.blob_read(digest, None).await {
-        Err(e) if e.is_not_found() => {}
-        Err(e) => panic!("{storage}: {why}: read gave {e} instead of not found"),
-        Ok(r) => panic!("{storage}: {why}: read found {r:?}"),
-    }
-    let listed = storage.blob_list().await.unwrap();
-    assert!(
-        listed.iter().all(|info| &info.digest != digest),
-        "{storage}: {why}: blob_list still lists {digest}"
-    );
-}
-
-async fn write(storage: &dyn Storage, bytes: &Bytes, chunk: usize) -> Digest {
-    let digest = Digest::sha256_of(bytes);
-    let written = storage
-        .blob_write(
-            &digest,
-            Some(bytes.len() as u64),
-            stream_of(bytes.clone(), chunk),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{storage}: writing {digest}: {e}"));
-    assert_eq!(written, bytes.len() as u64, "{storage}: size written");
-    digest
-}
 
 /// Write, stat and read back a blob; sha512 digests work too.
 pub async fn blob_round_trip(storage: &dyn Storage) {
@@ -415,7 +287,7 @@ pub async fn blob_concurrent_same_digest_writers(storage: &dyn Storage) {
         assert_eq!(result.unwrap(), bytes.len() as u64);
     }
     assert_eq!(read_all(storage, &digest, None).await, bytes);
-    let listed = storage.blob_list().await.unwrap();
+    let listed = list_blobs(storage).await;
     assert_eq!(
         listed.iter().filter(|info| info.digest == digest).count(),
         1,
@@ -448,7 +320,7 @@ pub async fn blob_list_and_delete(storage: &dyn Storage) {
     let b = unique_bytes(4567);
     let da = write(storage, &a, 50).await;
     let db = write(storage, &b, 1000).await;
-    let listed = storage.blob_list().await.unwrap();
+    let listed = list_blobs(storage).await;
     for (digest, size) in [(&da, 123), (&db, 4567)] {
         let info = listed
             .iter()
@@ -491,161 +363,4 @@ pub async fn large_blob(storage: &dyn Storage) {
 
 async fn read_range_len(storage: &dyn Storage, digest: &Digest, range: Range<u64>) -> Bytes {
     read_all(storage, digest, Some(range)).await
-}
-
-fn manifest(media_type: &str) -> StoredManifest {
-    let bytes = Bytes::from(format!(
-        "{{\"schemaVersion\":2,\"mediaType\":\"{media_type}\",\"nonce\":\"{}\"}}",
-        uuid::Uuid::new_v4()
-    ));
-    StoredManifest {
-        digest: Digest::sha256_of(&bytes),
-        media_type: media_type.to_owned(),
-        bytes,
-    }
-}
-
-/// Manifests keep their exact bytes and media type; delete removes them.
-pub async fn manifest_round_trip_and_delete(storage: &dyn Storage) {
-    let index = manifest("application/vnd.oci.image.index.v1+json");
-    let docker = manifest("application/vnd.docker.distribution.manifest.v2+json");
-    for m in [&index, &docker] {
-        storage.manifest_put(m).await.unwrap();
-        // Idempotent.
-        storage.manifest_put(m).await.unwrap();
-    }
-    for m in [&index, &docker] {
-        let got = storage.manifest_get(&m.digest).await.unwrap();
-        assert_eq!(got.as_ref(), Some(m), "{storage}: manifest round trip");
-    }
-    storage.manifest_delete(&index.digest).await.unwrap();
-    assert_eq!(storage.manifest_get(&index.digest).await.unwrap(), None);
-    storage.manifest_delete(&index.digest).await.unwrap();
-    assert!(storage
-        .manifest_get(&docker.digest)
-        .await
-        .unwrap()
-        .is_some());
-    storage.manifest_delete(&docker.digest).await.unwrap();
-    // A manifest and a blob with the same digest are different objects.
-    let m = manifest("application/vnd.oci.image.manifest.v1+json");
-    storage.manifest_put(&m).await.unwrap();
-    assert!(storage.blob_stat(&m.digest).await.unwrap().is_none());
-    storage.manifest_delete(&m.digest).await.unwrap();
-}
-
-/// A manifest whose bytes do not hash to its digest is not stored.
-pub async fn manifest_digest_mismatch_is_rejected(storage: &dyn Storage) {
-    let mut m = manifest("application/vnd.oci.image.manifest.v1+json");
-    m.digest = Digest::sha256_of(b"something else");
-    let err = storage.manifest_put(&m).await.unwrap_err();
-    assert!(
-        matches!(err, Error::DigestMismatch { .. }),
-        "{storage}: got {err}"
-    );
-    assert_eq!(storage.manifest_get(&m.digest).await.unwrap(), None);
-}
-
-/// Tag records per (upstream, repository, tag): put, replace, list, delete.
-pub async fn tags_round_trip_list_and_delete(storage: &dyn Storage) {
-    let upstream = Registry::new(&format!(
-        "conformance-{}.example:5000",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ))
-    .unwrap();
-    let other = Registry::new("other.example").unwrap();
-    let alpine = Repository::new("library/alpine").unwrap();
-    let deep = Repository::new("team/sub/group/app").unwrap();
-    let key = |repository: &Repository, tag: &str| TagKey {
-        upstream: upstream.clone(),
-        repository: repository.clone(),
-        tag: Tag::new(tag).unwrap(),
-    };
-    let record = |n: u8| TagRecord {
-        digest: Digest::sha256_of(&[n]),
-        media_type: "application/vnd.oci.image.index.v1+json".to_owned(),
-        checked_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123 + n as u64),
-    };
-
-    assert_eq!(storage.tag_get(&key(&alpine, "3.20")).await.unwrap(), None);
-    for (tag, n) in [("3.20", 1), ("latest", 2), ("3.19", 3), ("Edge_1.x-y", 4)] {
-        storage
-            .tag_put(&key(&alpine, tag), &record(n))
-            .await
-            .unwrap();
-    }
-    storage
-        .tag_put(&key(&deep, "v1"), &record(5))
-        .await
-        .unwrap();
-    // Replace.
-    storage
-        .tag_put(&key(&alpine, "latest"), &record(6))
-        .await
-        .unwrap();
-    assert_eq!(
-        storage.tag_get(&key(&alpine, "latest")).await.unwrap(),
-        Some(record(6))
-    );
-    // The same repository and tag under another upstream is a different record.
-    let elsewhere = TagKey {
-        upstream: other.clone(),
-        ..key(&alpine, "latest")
-    };
-    assert_ne!(storage.tag_get(&elsewhere).await.unwrap(), Some(record(6)));
-
-    let tags: Vec<String> = storage
-        .tag_list(&upstream, &alpine)
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
-    assert_eq!(tags, ["3.19", "3.20", "Edge_1.x-y", "latest"]);
-    assert_eq!(
-        storage.tag_list(&upstream, &deep).await.unwrap(),
-        [Tag::new("v1").unwrap()]
-    );
-    assert!(storage
-        .tag_list(&upstream, &Repository::new("library/none").unwrap())
-        .await
-        .unwrap()
-        .is_empty());
-
-    let repos: Vec<RepositoryEntry> = storage
-        .repository_list()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|entry| entry.upstream == upstream)
-        .collect();
-    let expected: Vec<RepositoryEntry> = [&alpine, &deep]
-        .into_iter()
-        .map(|repository| RepositoryEntry {
-            upstream: upstream.clone(),
-            repository: repository.clone(),
-        })
-        .collect();
-    assert_eq!(repos, expected, "{storage}: repository_list");
-    let all = storage.repository_list().await.unwrap();
-    let mut sorted = all.clone();
-    sorted.sort();
-    assert_eq!(all, sorted, "{storage}: repository_list must be sorted");
-
-    for tag in ["3.20", "latest", "3.19", "Edge_1.x-y"] {
-        storage.tag_delete(&key(&alpine, tag)).await.unwrap();
-    }
-    storage.tag_delete(&key(&alpine, "latest")).await.unwrap();
-    assert!(storage
-        .tag_list(&upstream, &alpine)
-        .await
-        .unwrap()
-        .is_empty());
-    storage.tag_delete(&key(&deep, "v1")).await.unwrap();
-    assert!(storage
-        .repository_list()
-        .await
-        .unwrap()
-        .iter()
-        .all(|entry| entry.upstream != upstream));
 }

@@ -1,0 +1,105 @@
+//! `oci-cache healthcheck`: asks a running mirror's `/healthz`, for container
+//! `HEALTHCHECK`s in images without curl. Exit status 0 when it answers 200.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cli::ServeArgs;
+use crate::config;
+
+/// How long to wait for the mirror; Docker's own health timeout is longer.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `oci-cache healthcheck [--address HOST:PORT]`.
+#[derive(Debug, Args)]
+pub(crate) struct HealthcheckArgs {
+    /// The mirror's address. Default: where `serve` would listen under the
+    /// same environment (`OCI_CACHE_LISTEN`, `REGISTRY_HTTP_ADDR`, …), with
+    /// an unspecified IP (0.0.0.0) asked on 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) address: Option<SocketAddr>,
+}
+
+pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
+    let address = match args.address {
+        Some(address) => Ok(address),
+        None => config::resolve(&ServeArgs {
+            config: crate::cli::ConfigArgs {
+                config: std::env::var_os("OCI_CACHE_CONFIG").map(Into::into),
+                ..Default::default()
+            },
+            listen: std::env::var("OCI_CACHE_LISTEN").ok(),
+            ..ServeArgs::default()
+        })
+        .map(|settings| settings.listen),
+    };
+    let outcome = address.and_then(|mut address| {
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        probe(address)
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            let _ = writeln!(err, "unhealthy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `GET /healthz` over plain HTTP/1.0; Ok on a 200 status line.
+fn probe(address: SocketAddr) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{address}: {e}");
+    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(fail)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(fail)?;
+    let mut head = [0u8; 32];
+    let n = stream.read(&mut head).map_err(fail)?;
+    let status_line = String::from_utf8_lossy(head.get(..n).unwrap_or_default());
+    match status_line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!(
+            "{address}: GET /healthz answered {:?}",
+            status_line.lines().next().unwrap_or_default()
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_200_is_healthy_anything_else_is_not() {
+        for (answer, healthy) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..], true),
+            (&b"HTTP/1.1 503 Service Unavailable\r\n\r\n"[..], false),
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            let server = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut request = [0u8; 64];
+                let n = conn.read(&mut request).unwrap();
+                conn.write_all(answer).unwrap();
+                String::from_utf8_lossy(&request[..n]).into_owned()
+            });
+            assert_eq!(probe(address).is_ok(), healthy);
+            assert!(server.join().unwrap().starts_with("GET /healthz "));
+        }
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(probe(closed).unwrap_err().contains(&closed.to_string()));
+    }
+}

@@ -1,0 +1,556 @@
+//! `oci-cache export` and `oci-cache import`: cached images to and from an
+//! OCI image layout (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`), the
+//! format skopeo, umoci, crane and containerd read, so a site carries its
+//! cache across an air gap on a disk.
+//!
+//! `index.json` names each image by its full reference in the
+//! `org.opencontainers.image.ref.name` annotation
+//! (`docker.io/library/alpine:3.20`), which is how `import` knows the
+//! upstream and repository to record it under, and what `skopeo copy
+//! oci:DIR:REF` selects by.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use indicatif::HumanBytes;
+use oci_cache_core::cache::CacheOutcome;
+use oci_cache_core::digest::{Digest, DigestVerifier};
+use oci_cache_core::manifest::{Descriptor, Index, Platform, REF_NAME_ANNOTATION};
+use oci_cache_core::mirror::MirrorConfig;
+use oci_cache_core::reference::{Reference, Tag};
+use oci_cache_core::storage::{ByteStream, Storage, StoredManifest, TagRecord};
+use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::{ExportArgs, ImportArgs};
+use crate::engine::{self, BoxError, Engine};
+use crate::images::{self, Target};
+use crate::progress::Reporter;
+use crate::walk::{check, walk, Absent, ManifestSource, Tree};
+use crate::warm::{chain, wait_stored};
+
+/// The `oci-layout` file's content.
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+/// Manifests larger than this in a layout are refused (the engine's default cap).
+const MAX_MANIFEST: u64 = 4 << 20;
+/// Read size for blob files.
+const CHUNK: usize = 256 << 10;
+
+pub(crate) fn export(args: &ExportArgs, err: &mut impl Write) -> ExitCode {
+    engine::run(&args.serve, err, |settings| async move {
+        let (engine, mirrors) = engine::build(&settings).await?;
+        let targets = images::from_args(&args.list, &mirrors)?;
+        let platforms = images::platforms(&args.list.platforms)?;
+        match (&args.output, &args.tar) {
+            (Some(dir), _) => export_to(&engine, &targets, &platforms, dir).await,
+            (None, Some(tar)) => {
+                let staging = tempfile::Builder::new()
+                    .prefix(".oci-cache-export-")
+                    .tempdir_in(parent_of(tar))?;
+                let code = export_to(&engine, &targets, &platforms, staging.path()).await?;
+                write_tar(staging.path(), tar).await?;
+                Ok(code)
+            }
+            (None, None) => Err("export needs --output DIR or --tar FILE".into()),
+        }
+    })
+}
+
+pub(crate) fn import(args: &ImportArgs, err: &mut impl Write) -> ExitCode {
+    engine::run(&args.serve, err, |settings| async move {
+        let (engine, mirrors) = engine::build(&settings).await?;
+        let platforms = images::platforms(&args.platforms)?;
+        let repository = args.repository.as_deref();
+        match (&args.dir, &args.tar) {
+            (Some(dir), _) => {
+                import_from(
+                    engine.storage().as_ref(),
+                    &mirrors,
+                    dir,
+                    repository,
+                    &platforms,
+                )
+                .await
+            }
+            (None, Some(tar)) => {
+                // Unpacked under $TMPDIR: the tar's own disk may be read-only.
+                let staging = tempfile::Builder::new()
+                    .prefix("oci-cache-import-")
+                    .tempdir()?;
+                read_tar(tar, staging.path()).await?;
+                let storage = engine.storage().as_ref();
+                import_from(storage, &mirrors, staging.path(), repository, &platforms).await
+            }
+            (None, None) => Err("import needs a layout DIR or --tar FILE".into()),
+        }
+    })
+}
+
+fn parent_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs")
+        .join(digest.algorithm().as_str())
+        .join(digest.hex())
+}
+
+async fn export_to(
+    engine: &Engine,
+    targets: &[Target],
+    platforms: &[Platform],
+    dir: &Path,
+) -> Result<ExitCode, BoxError> {
+    let reporter = Reporter::new("export");
+    tokio::fs::create_dir_all(dir.join("blobs/sha256")).await?;
+    tokio::fs::write(dir.join("oci-layout"), OCI_LAYOUT).await?;
+    // Exporting into an existing layout adds to it (and replaces images of
+    // the same name); a damaged index.json is an error, not overwritten.
+    let mut index = if tokio::fs::try_exists(dir.join("index.json")).await? {
+        read_index(dir).await?
+    } else {
+        Index {
+            schema_version: 2,
+            media_type: Some(oci_cache_core::cache::OCI_INDEX.to_owned()),
+            manifests: Vec::new(),
+            annotations: Default::default(),
+        }
+    };
+    let mut failed = 0usize;
+    for target in targets {
+        let bar = reporter.image(&target.to_string());
+        let result = export_image(engine, target, platforms, dir, &bar).await;
+        bar.finish();
+        match result {
+            Ok(tree) => {
+                reporter.line(&format!(
+                    "exported {target}: {} manifests, {} blobs, {}",
+                    1 + tree.children.len(),
+                    tree.blobs.len(),
+                    HumanBytes(tree.blob_bytes())
+                ));
+                let name = target.reference.to_string();
+                index
+                    .manifests
+                    .retain(|d| d.annotations.get(REF_NAME_ANNOTATION) != Some(&name));
+                index.manifests.push(Descriptor {
+                    media_type: tree.root.media_type.clone(),
+                    digest: tree.root.digest.clone(),
+                    size: tree.root.bytes.len() as u64,
+                    platform: None,
+                    annotations: [(REF_NAME_ANNOTATION.to_owned(), name)].into(),
+                });
+            }
+            Err(e) => {
+                failed += 1;
+                reporter.line(&format!("FAILED {target}: {}", chain(e.as_ref())));
+            }
+        }
+    }
+    reporter.finish();
+    // index.json last, and atomically: a layout never names an image whose
+    // blobs are not all written.
+    let tmp = dir.join(".index.json.tmp");
+    tokio::fs::write(&tmp, serde_json::to_vec_pretty(&index)?).await?;
+    tokio::fs::rename(&tmp, dir.join("index.json")).await?;
+    reporter.line(&format!(
+        "export: {} of {} images written to {}",
+        targets.len() - failed,
+        targets.len(),
+        dir.display()
+    ));
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes one image's manifests and blobs into the layout, each verified
+/// against its digest on the way (a blob corrupt in storage is not exported).
+async fn export_image(
+    engine: &Engine,
+    target: &Target,
+    platforms: &[Platform],
+    dir: &Path,
+    bar: &crate::progress::ImageBar,
+) -> Result<Tree, BoxError> {
+    let tree = walk(engine, target, platforms, None, Absent::Fail).await?;
+    bar.set_total(tree.blob_bytes());
+    for manifest in tree.manifests() {
+        let stream: ByteStream = Box::pin(futures::stream::iter([Ok::<_, Error>(
+            manifest.bytes.clone(),
+        )]));
+        write_blob(dir, &manifest.digest, manifest.bytes.len() as u64, stream).await?;
+    }
+    let mut filled = Vec::new();
+    for blob in &tree.blobs {
+        let path = blob_path(dir, &blob.digest);
+        if tokio::fs::try_exists(&path).await? {
+            bar.inc(blob.size);
+            continue;
+        }
+        let response = engine
+            .blob(&target.upstream, &target.repository, &blob.digest, None)
+            .await?;
+        if response.outcome != CacheOutcome::Hit {
+            filled.push(&blob.digest);
+        }
+        let bar = bar.clone();
+        let stream: ByteStream = Box::pin(response.stream.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                bar.inc(chunk.len() as u64);
+            }
+        }));
+        write_blob(dir, &blob.digest, blob.size, stream).await?;
+    }
+    // Blobs export had to fetch stay cached, as with warm.
+    wait_stored(engine, &filled).await?;
+    Ok(tree)
+}
+
+/// Writes a blob file beside its final name, checks digest and size, then renames it.
+async fn write_blob(
+    dir: &Path,
+    digest: &Digest,
+    size: u64,
+    mut stream: ByteStream,
+) -> Result<(), BoxError> {
+    let path = blob_path(dir, digest);
+    if tokio::fs::try_exists(&path).await? {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let tmp = path.with_extension("partial");
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut verifier = DigestVerifier::new(digest.clone(), Some(size));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk)?;
+            file.write_all(&chunk).await?;
+        }
+        verifier.finish()?;
+        file.sync_all().await?;
+        tokio::fs::rename(&tmp, &path).await?;
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+async fn read_index(dir: &Path) -> Result<Index, BoxError> {
+    let path = dir.join("index.json");
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not an OCI image index: {e}", path.display()).into())
+}
+
+/// The reference an `index.json` entry is imported as.
+fn entry_reference(entry: &Descriptor, repository: Option<&str>) -> Result<Reference, String> {
+    let Some(name) = entry.annotations.get(REF_NAME_ANNOTATION) else {
+        return Err(format!(
+            "index.json entry {} has no {REF_NAME_ANNOTATION} annotation; it cannot be named in the cache",
+            entry.digest
+        ));
+    };
+    // A bare tag (what `skopeo copy … oci:DIR:v1` writes) belongs to --repository.
+    if let (Some(repository), Ok(tag)) = (repository, Tag::new(name)) {
+        return format!("{repository}:{tag}")
+            .parse()
+            .map_err(|e| format!("--repository {repository}: {e}"));
+    }
+    if !name.contains('/') {
+        return Err(format!(
+            "index.json names an image {name:?}, not a full reference; pass --repository REGISTRY/REPOSITORY to import it as REGISTRY/REPOSITORY:{name}"
+        ));
+    }
+    let reference: Reference = name
+        .parse()
+        .map_err(|e| format!("index.json names {name:?}: {e}"))?;
+    if let Some(digest) = reference.digest() {
+        if digest != &entry.digest {
+            return Err(format!(
+                "index.json names {name} but points at {}",
+                entry.digest
+            ));
+        }
+    }
+    Ok(reference)
+}
+
+async fn import_from(
+    storage: &dyn Storage,
+    mirrors: &MirrorConfig,
+    dir: &Path,
+    repository: Option<&str>,
+    platforms: &[Platform],
+) -> Result<ExitCode, BoxError> {
+    if !tokio::fs::try_exists(dir.join("oci-layout")).await? {
+        return Err(format!(
+            "{} is not an OCI image layout (no oci-layout file)",
+            dir.display()
+        )
+        .into());
+    }
+    let index = read_index(dir).await?;
+    let reporter = Reporter::new("import");
+    let mut failed = 0usize;
+    for entry in &index.manifests {
+        let target = entry_reference(entry, repository).and_then(|r| Target::new(r, mirrors));
+        let label = target
+            .as_ref()
+            .map_or_else(|_| entry.digest.to_string(), ToString::to_string);
+        let result = match target {
+            Ok(target) => import_image(storage, dir, &target, entry, platforms).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(tree) => reporter.line(&format!(
+                "imported {label}: {} manifests, {} blobs, {}",
+                1 + tree.children.len(),
+                tree.blobs.len(),
+                HumanBytes(tree.blob_bytes())
+            )),
+            Err(e) => {
+                failed += 1;
+                reporter.line(&format!("FAILED {label}: {}", chain(e.as_ref())));
+            }
+        }
+    }
+    reporter.finish();
+    reporter.line(&format!(
+        "import: {} of {} images imported from {}",
+        index.manifests.len() - failed,
+        index.manifests.len(),
+        dir.display()
+    ));
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Imports one image: every manifest and blob is verified in the layout
+/// first, so a bad layout leaves nothing of the image behind; then blobs,
+/// manifests bottom-up, and the tag record last.
+async fn import_image(
+    storage: &dyn Storage,
+    dir: &Path,
+    target: &Target,
+    entry: &Descriptor,
+    platforms: &[Platform],
+) -> Result<Tree, BoxError> {
+    let by_digest = Target {
+        manifest: ManifestRef::Digest(entry.digest.clone()),
+        ..target.clone()
+    };
+    let tree = walk(
+        &LayoutDir(dir),
+        &by_digest,
+        platforms,
+        Some(entry),
+        Absent::Skip,
+    )
+    .await?;
+    for blob in &tree.blobs {
+        let mut verifier = DigestVerifier::new(blob.digest.clone(), Some(blob.size));
+        let mut stream = read_file(blob_path(dir, &blob.digest)).await?;
+        while let Some(chunk) = stream.next().await {
+            verifier.update(&chunk?)?;
+        }
+        verifier.finish()?;
+    }
+    for blob in &tree.blobs {
+        if storage.blob_stat(&blob.digest).await?.is_none() {
+            let stream = read_file(blob_path(dir, &blob.digest)).await?;
+            storage
+                .blob_write(&blob.digest, Some(blob.size), stream)
+                .await?;
+        }
+    }
+    for manifest in tree.children.iter().rev().chain([&tree.root]) {
+        storage.manifest_put(manifest).await?;
+    }
+    if let ManifestRef::Tag(tag) = &target.manifest {
+        let record = TagRecord {
+            digest: tree.root.digest.clone(),
+            media_type: tree.root.media_type.clone(),
+            checked_at: SystemTime::now(),
+        };
+        storage.tag_put(&target.key_for(tag), &record).await?;
+    }
+    Ok(tree)
+}
+
+/// A file as a stream of chunks.
+async fn read_file(path: PathBuf) -> Result<ByteStream, Error> {
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::not_found(format!("{} ({e})", path.display())))?;
+    let stream = futures::stream::try_unfold(file, move |mut file| async move {
+        let mut buf = vec![0u8; CHUNK];
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::storage("layout", "cannot read a layout blob", e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), file)))
+    });
+    Ok(Box::pin(stream))
+}
+
+/// Manifests from the blobs of a layout directory, each checked against its digest.
+#[derive(Debug)]
+struct LayoutDir<'a>(&'a Path);
+
+impl ManifestSource for LayoutDir<'_> {
+    async fn manifest(
+        &self,
+        _target: &Target,
+        reference: &ManifestRef,
+        hint: Option<&Descriptor>,
+    ) -> Result<StoredManifest, Error> {
+        let ManifestRef::Digest(digest) = reference else {
+            return Err(Error::not_found(format!(
+                "manifest {reference} in the layout"
+            )));
+        };
+        let path = blob_path(self.0, digest);
+        let size = tokio::fs::metadata(&path)
+            .await
+            .map_err(|_| Error::not_found(format!("manifest {digest} in the layout")))?
+            .len();
+        if size > MAX_MANIFEST {
+            return Err(Error::TooLarge {
+                what: format!("manifest {digest}"),
+                limit: MAX_MANIFEST,
+                actual: size,
+            });
+        }
+        let bytes = Bytes::from(
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| Error::storage("layout", "cannot read a layout manifest", e))?,
+        );
+        check(digest, &bytes)?;
+        let media_type = hint
+            .map(|d| d.media_type.clone())
+            .filter(|t| !t.is_empty())
+            .or_else(|| json_media_type(&bytes))
+            .unwrap_or_else(|| oci_cache_core::cache::OCI_MANIFEST.to_owned());
+        Ok(StoredManifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        })
+    }
+}
+
+fn json_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct MediaType {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<MediaType>(bytes).ok()?.media_type
+}
+
+/// Packs a layout directory into `tar` (written beside it, then renamed).
+async fn write_tar(dir: &Path, tar: &Path) -> Result<(), BoxError> {
+    let (dir, tar) = (dir.to_owned(), tar.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+        let tmp = tar.with_extension("partial");
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+        // Top-level names without `./`, as skopeo's oci-archive writes them.
+        builder.append_path_with_name(dir.join("oci-layout"), "oci-layout")?;
+        builder.append_path_with_name(dir.join("index.json"), "index.json")?;
+        builder.append_dir_all("blobs", dir.join("blobs"))?;
+        let file = builder
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &tar)?;
+        Ok(())
+    })
+    .await?
+}
+
+/// Unpacks `tar` into `dir` (the tar crate refuses entries that would land outside it).
+async fn read_tar(tar: &Path, dir: &Path) -> Result<(), BoxError> {
+    let (tar, dir) = (tar.to_owned(), dir.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+        let file =
+            std::fs::File::open(&tar).map_err(|e| format!("cannot open {}: {e}", tar.display()))?;
+        tar::Archive::new(std::io::BufReader::new(file))
+            .unpack(&dir)
+            .map_err(|e| format!("cannot unpack {}: {e}", tar.display()))?;
+        Ok(())
+    })
+    .await?
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn entry(name: &str) -> Descriptor {
+        Descriptor {
+            media_type: oci_cache_core::cache::OCI_MANIFEST.to_owned(),
+            digest: D.parse().unwrap(),
+            size: 2,
+            platform: None,
+            annotations: [(REF_NAME_ANNOTATION.to_owned(), name.to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn layout_names_become_references() {
+        let full = entry_reference(&entry("ghcr.io/org/app:v1"), None).unwrap();
+        assert_eq!(full.to_string(), "ghcr.io/org/app:v1");
+        let by_digest = entry_reference(&entry(&format!("docker.io/library/x@{D}")), None);
+        assert_eq!(by_digest.unwrap().digest().unwrap().as_str(), D);
+        let tag = entry_reference(&entry("v1"), Some("ghcr.io/org/app")).unwrap();
+        assert_eq!(tag.to_string(), "ghcr.io/org/app:v1");
+    }
+
+    #[test]
+    fn bare_tags_and_mismatched_digests_are_refused_with_the_fix() {
+        let e = entry_reference(&entry("v1"), None).unwrap_err();
+        assert!(e.contains("pass --repository"), "{e}");
+        let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let e = entry_reference(&entry(&format!("ghcr.io/a/b@{other}")), None).unwrap_err();
+        assert!(e.contains(&format!("points at {D}")), "{e}");
+        let mut unnamed = entry("x");
+        unnamed.annotations.clear();
+        assert!(entry_reference(&unnamed, None)
+            .unwrap_err()
+            .contains("no org.opencontainers"));
+    }
+}

@@ -1,0 +1,127 @@
+//! Filesystem-only behaviour: layout, leftovers, cancellation, a full disk.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::*;
+use crate::storage::conformance::{self, stream_of, unique_bytes};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    conformance::run_all(&storage).await;
+    // Nothing left behind in staging by any of the failure cases.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn layout_is_inspectable() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    let bytes = Bytes::from_static(b"hello");
+    let digest = Digest::sha256_of(&bytes);
+    storage
+        .blob_write(&digest, Some(5), stream_of(bytes.clone(), 2))
+        .await
+        .unwrap();
+    let on_disk = dir
+        .path()
+        .join("blobs/sha256")
+        .join(&digest.hex()[..2])
+        .join(digest.hex());
+    assert_eq!(std::fs::read(on_disk).unwrap(), b"hello");
+}
+
+#[tokio::test]
+async fn open_removes_staging_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(FsStorage::open(dir.path()).await.unwrap());
+    let leftover = dir.path().join("_staging/interrupted");
+    std::fs::write(&leftover, b"half a blob").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    // Another process's write in progress (fresh mtime) is left alone.
+    let in_use = dir.path().join("_staging/in-use");
+    std::fs::write(&in_use, b"being written").unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    assert!(!leftover.exists());
+    assert!(in_use.exists());
+    let listed: Vec<BlobInfo> = storage.blob_list().try_collect().await.unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test]
+async fn cancelled_write_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    let bytes = unique_bytes(4 * WRITE_BATCH);
+    let digest = Digest::sha256_of(&bytes);
+    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    let write = storage.blob_write(&digest, None, rx.boxed());
+    let feed = async {
+        use futures::SinkExt;
+        tx.send(Ok(bytes.slice(..2 * WRITE_BATCH))).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // The feeder finishes first; `select` then drops the unfinished write.
+    tokio::select! {
+        _ = write => panic!("the write cannot finish without the rest of the stream"),
+        () = feed => {}
+    }
+    assert!(storage.blob_stat(&digest).await.unwrap().is_none());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// Always runs: a write quota at the file layer (the same `write_all` real
+/// writes go through) fails with `StorageFull`, as ENOSPC would.
+#[tokio::test]
+async fn disk_full_is_a_clear_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::from_inner(Inner {
+        root: dir.path().to_owned(),
+        options: FsOptions::default(),
+        quota: Some(Arc::new(AtomicU64::new(3 * WRITE_BATCH as u64 + 5))),
+    })
+    .await
+    .unwrap();
+    let bytes = unique_bytes(8 * WRITE_BATCH);
+    let digest = Digest::sha256_of(&bytes);
+    let err = storage
+        .blob_write(
+            &digest,
+            Some(bytes.len() as u64),
+            stream_of(bytes, 64 * 1024),
+        )
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("the disk is full"), "{message}");
+    assert!(message.contains(digest.as_str()), "{message}");
+    assert!(storage.blob_stat(&digest).await.unwrap().is_none());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -1,0 +1,184 @@
+//! Records: the small keyed objects every backend stores besides blobs.
+//!
+//! A record is a few bytes plus an optional media type under a
+//! [`RecordKey`]. Keys are built only from typed values (a [`Digest`], a
+//! [`TagKey`]) by `keys.rs`, so a backend never sees request text; it maps a
+//! key's `/`-separated [`as_str`](RecordKey::as_str) onto its own namespace
+//! (a path under a root, an object name under a prefix, a map key) and turns
+//! what it lists back into keys with [`RecordKey::parse`], which rejects
+//! anything this crate could not have written (stray files, the
+//! filesystem's `.media-type` sidecars).
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::{keys, TagKey};
+use crate::digest::Digest;
+use crate::reference::{Registry, Repository};
+
+/// Where a record lives.
+///
+/// Built only from typed values (a [`Digest`], a [`TagKey`]), so a backend
+/// never sees request text. A backend maps [`as_str`](Self::as_str) onto its
+/// own namespace (a path under a root, an object name under a prefix, a map
+/// key) and turns what it lists back into keys with [`parse`](Self::parse),
+/// which skips anything this crate could not have written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey(String);
+
+impl RecordKey {
+    /// The record of a manifest: `manifests/<algorithm>/<shard>/<hex>`.
+    pub fn manifest(digest: &Digest) -> Self {
+        RecordKey(keys::manifest(digest))
+    }
+
+    /// The record of a tag: `tags/<registry>/<repository…>/_tags/<tag>`.
+    pub fn tag(key: &TagKey) -> Self {
+        RecordKey(keys::tag(key))
+    }
+
+    /// A key read back from a backend's listing, or `None` when `key` is not
+    /// one this crate derives (so stray objects are skipped, never trusted).
+    pub fn parse(key: &str) -> Option<Self> {
+        keys::is_record(key).then(|| RecordKey(key.to_owned()))
+    }
+
+    /// The `/`-separated relative key; every segment is already escaped and
+    /// safe to use as a file or object name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The manifest digest this key names, if it is a manifest key.
+    pub fn manifest_digest(&self) -> Option<Digest> {
+        keys::parse_content(keys::MANIFESTS, &self.0)
+    }
+
+    /// The tag this key names, if it is a tag key.
+    pub fn tag_key(&self) -> Option<TagKey> {
+        keys::parse_tag(&self.0)
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A set of records to list: every key equal to the prefix or below it
+/// (whole segments only: `tags/a` does not cover `tags/ab/…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordPrefix(String);
+
+impl RecordPrefix {
+    /// Every manifest record.
+    pub fn manifests() -> Self {
+        RecordPrefix(keys::MANIFESTS.to_owned())
+    }
+
+    /// Every tag record of every upstream.
+    pub fn tags() -> Self {
+        RecordPrefix(keys::TAGS.to_owned())
+    }
+
+    /// The tag records of one repository of one upstream (not those of
+    /// repositories nested below it).
+    pub fn tags_of(upstream: &Registry, repository: &Repository) -> Self {
+        RecordPrefix(keys::tag_dir(upstream, repository))
+    }
+
+    /// The prefix as a `/`-separated relative key, without a trailing `/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `key` is under this prefix.
+    pub fn contains(&self, key: &RecordKey) -> bool {
+        key.0
+            .strip_prefix(self.0.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
+impl fmt::Display for RecordPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The content of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record {
+    /// The bytes, exactly as stored.
+    pub bytes: Bytes,
+    /// The media type kept with the bytes (a manifest's `Content-Type`).
+    pub media_type: Option<String>,
+}
+
+impl Record {
+    /// A record of `bytes` without a media type.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        Record {
+            bytes: bytes.into(),
+            media_type: None,
+        }
+    }
+
+    /// Sets the media type.
+    pub fn with_media_type(mut self, media_type: impl Into<String>) -> Self {
+        self.media_type = Some(media_type.into());
+        self
+    }
+}
+
+/// How [`Storage::record_put`](super::Storage::record_put) treats an existing record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordWrite {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Write only if nothing is there (S3 `If-None-Match: *`); the
+    /// building block for leases and upload sessions.
+    Create,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::reference::Tag;
+
+    #[test]
+    fn keys_parse_back_and_prefixes_cover_whole_segments() {
+        let digest = Digest::sha256_of(b"m");
+        let manifest = RecordKey::manifest(&digest);
+        assert_eq!(RecordKey::parse(manifest.as_str()), Some(manifest.clone()));
+        assert_eq!(manifest.manifest_digest(), Some(digest));
+        assert!(RecordPrefix::manifests().contains(&manifest));
+        assert!(!RecordPrefix::tags().contains(&manifest));
+        // The filesystem's media-type sidecar is not a record.
+        assert_eq!(
+            RecordKey::parse(&format!("{manifest}{}", keys::MEDIA_TYPE_SUFFIX)),
+            None
+        );
+        assert_eq!(RecordKey::parse("blobs/sha256/e3/e3"), None);
+        assert_eq!(RecordKey::parse("tags/x/_tags"), None);
+
+        let key = TagKey {
+            upstream: Registry::new("docker.io").unwrap(),
+            repository: Repository::new("library/alpine").unwrap(),
+            tag: Tag::new("3.20").unwrap(),
+        };
+        let tag = RecordKey::tag(&key);
+        assert_eq!(RecordKey::parse(tag.as_str()), Some(tag.clone()));
+        assert_eq!(tag.tag_key(), Some(key.clone()));
+        assert!(RecordPrefix::tags_of(&key.upstream, &key.repository).contains(&tag));
+        let nested = Repository::new("library/alpine/sub").unwrap();
+        let shorter = Repository::new("library/alp").unwrap();
+        assert!(!RecordPrefix::tags_of(&key.upstream, &nested).contains(&tag));
+        assert!(!RecordPrefix::tags_of(&key.upstream, &shorter).contains(&tag));
+    }
+}

@@ -1,0 +1,131 @@
+//! Manifests, tags and the repository list, written once over the record
+//! primitives; the provided methods of [`Storage`] call these.
+
+use std::collections::BTreeSet;
+
+use futures::TryStreamExt;
+
+use super::verified::verify_bytes;
+use super::{
+    Record, RecordKey, RecordPrefix, RecordWrite, RepositoryEntry, Storage, StoredManifest, TagKey,
+    TagRecord,
+};
+use crate::digest::Digest;
+use crate::reference::{Registry, Repository, Tag};
+use crate::{Error, Result};
+
+/// The `backend` of errors about what a record holds, whichever backend stored it.
+const RECORDS: &str = "records";
+
+pub(super) async fn manifest_get<S: Storage + ?Sized>(
+    storage: &S,
+    digest: &Digest,
+) -> Result<Option<StoredManifest>> {
+    let Some(record) = storage.record_get(&RecordKey::manifest(digest)).await? else {
+        return Ok(None);
+    };
+    let media_type = record.media_type.ok_or_else(|| Error::Storage {
+        backend: RECORDS,
+        message: format!(
+            "manifest {digest} in {storage} was stored without a media type; delete it"
+        ),
+        source: None,
+    })?;
+    Ok(Some(StoredManifest {
+        digest: digest.clone(),
+        media_type,
+        bytes: record.bytes,
+    }))
+}
+
+pub(super) async fn manifest_put<S: Storage + ?Sized>(
+    storage: &S,
+    manifest: &StoredManifest,
+) -> Result<()> {
+    verify_bytes(&manifest.digest, &manifest.bytes)?;
+    // Content-addressed, so overwriting an existing copy changes nothing.
+    let record = Record::new(manifest.bytes.clone()).with_media_type(manifest.media_type.clone());
+    storage
+        .record_put(
+            &RecordKey::manifest(&manifest.digest),
+            record,
+            RecordWrite::Overwrite,
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn tag_get<S: Storage + ?Sized>(
+    storage: &S,
+    key: &TagKey,
+) -> Result<Option<TagRecord>> {
+    let record_key = RecordKey::tag(key);
+    let Some(record) = storage.record_get(&record_key).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&record.bytes)
+        .map(Some)
+        .map_err(|e| {
+            Error::storage(
+                RECORDS,
+                format!("tag record {record_key} in {storage} is corrupt; delete it"),
+                e,
+            )
+        })
+}
+
+pub(super) async fn tag_put<S: Storage + ?Sized>(
+    storage: &S,
+    key: &TagKey,
+    record: &TagRecord,
+) -> Result<()> {
+    let json = serde_json::to_vec(record)
+        .map_err(|e| Error::storage(RECORDS, "cannot encode tag record", e))?;
+    storage
+        .record_put(
+            &RecordKey::tag(key),
+            Record::new(json),
+            RecordWrite::Overwrite,
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn tag_list<S: Storage + ?Sized>(
+    storage: &S,
+    upstream: &Registry,
+    repository: &Repository,
+) -> Result<Vec<Tag>> {
+    let mut tags: Vec<Tag> = storage
+        .record_list(&RecordPrefix::tags_of(upstream, repository))
+        .try_filter_map(|key| async move {
+            Ok(key
+                .tag_key()
+                .filter(|k| &k.upstream == upstream && &k.repository == repository)
+                .map(|k| k.tag))
+        })
+        .try_collect()
+        .await?;
+    tags.sort();
+    Ok(tags)
+}
+
+/// Memory grows with the number of repositories, not of tags: keys are
+/// folded into the set as they stream by.
+pub(super) async fn repository_list<S: Storage + ?Sized>(
+    storage: &S,
+) -> Result<Vec<RepositoryEntry>> {
+    let repositories = storage
+        .record_list(&RecordPrefix::tags())
+        .try_fold(BTreeSet::new(), |mut set, key| async move {
+            if let Some(key) = key.tag_key() {
+                set.insert(RepositoryEntry {
+                    upstream: key.upstream,
+                    repository: key.repository,
+                });
+            }
+            Ok(set)
+        })
+        .await?;
+    Ok(repositories.into_iter().collect())
+}

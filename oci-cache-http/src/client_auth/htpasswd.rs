@@ -1,0 +1,219 @@
+//! The htpasswd file registry:2 reads: `user:hash` lines with bcrypt hashes
+//! (`htpasswd -B`), reloaded when the file changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::{Error, Result};
+
+/// How often the file's modification time is looked at.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A bcrypt hash (htpasswd's default cost) unknown users are checked against,
+/// so that they take as long as known ones (no user enumeration by timing).
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| bcrypt::hash("oci-cache unknown user", 5).unwrap_or_default())
+}
+
+/// Parsed entries: user → bcrypt hash.
+#[derive(Default, Clone, PartialEq, Eq)]
+pub(crate) struct Htpasswd {
+    users: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Htpasswd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Htpasswd")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Htpasswd {
+    /// Parses an htpasswd file. Blank lines and `#` comments are skipped;
+    /// entries whose hash is not bcrypt (`$2a$`, `$2b$`, `$2y$`) are refused
+    /// with the line number, as registry:2 cannot read them either.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Self, String> {
+        let mut users = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(format!("line {}: expected user:hash", number + 1));
+            };
+            if user.is_empty() {
+                return Err(format!("line {}: empty user name", number + 1));
+            }
+            if !["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
+                return Err(format!(
+                    "line {} ({user}): only bcrypt hashes are supported; create entries with `htpasswd -B`",
+                    number + 1
+                ));
+            }
+            users.insert(user.to_owned(), hash.to_owned());
+        }
+        Ok(Htpasswd { users })
+    }
+
+    /// Whether `password` is `user`'s. Unknown users cost one bcrypt check too.
+    pub(crate) fn verify(&self, user: &str, password: &str) -> bool {
+        match self.users.get(user) {
+            // bcrypt compares the hashes in constant time.
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(password, dummy_hash());
+                false
+            }
+        }
+    }
+
+    /// Number of users.
+    pub(crate) fn len(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// An htpasswd file, re-read when its modification time or size changes.
+#[derive(Debug)]
+pub(crate) struct HtpasswdFile {
+    path: PathBuf,
+    state: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    entries: Htpasswd,
+    stamp: Option<(SystemTime, u64)>,
+    checked: Instant,
+}
+
+impl HtpasswdFile {
+    /// Loads `path`; an unreadable or invalid file is an error at start-up.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let (entries, stamp) = read(path)?;
+        tracing::info!(path = %path.display(), users = entries.len(), "loaded the htpasswd file");
+        Ok(HtpasswdFile {
+            path: path.to_owned(),
+            state: RwLock::new(Loaded {
+                entries,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// Verifies `user:password` against the current file, reloading it first
+    /// when it changed. A broken new version keeps the old one (logged).
+    pub(crate) fn verify(&self, user: &str, password: &str) -> bool {
+        self.reload_if_changed();
+        let entries = match self.state.read() {
+            Ok(state) => state.entries.clone(),
+            Err(_) => return false,
+        };
+        entries.verify(user, password)
+    }
+
+    fn reload_if_changed(&self) {
+        let due = self
+            .state
+            .read()
+            .map(|s| s.checked.elapsed() >= RELOAD_CHECK)
+            .unwrap_or(false);
+        if !due {
+            return;
+        }
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        state.checked = Instant::now();
+        if stamp_of(&self.path) == state.stamp {
+            return;
+        }
+        match read(&self.path) {
+            Ok((entries, stamp)) => {
+                tracing::info!(path = %self.path.display(), users = entries.len(), "reloaded the htpasswd file");
+                state.entries = entries;
+                state.stamp = stamp;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "htpasswd file changed but cannot be used; keeping the previous version");
+            }
+        }
+    }
+}
+
+fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read(path: &Path) -> Result<(Htpasswd, Option<(SystemTime, u64)>)> {
+    let stamp = stamp_of(path);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::ClientAuth(format!("cannot read htpasswd file {}: {e}", path.display()))
+    })?;
+    let entries = Htpasswd::parse(&text)
+        .map_err(|e| Error::ClientAuth(format!("htpasswd file {}: {e}", path.display())))?;
+    Ok((entries, stamp))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn bcrypt_entries_verify_and_others_are_refused() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let file = Htpasswd::parse(&format!("# users\n\nalice:{hash}\n")).unwrap();
+        assert!(file.verify("alice", "s3cret"));
+        assert!(!file.verify("alice", "S3cret"));
+        assert!(!file.verify("bob", "s3cret"));
+        assert!(!file.verify("", ""));
+        assert!(!format!("{file:?}").contains(&hash));
+        for bad in [
+            "alice",
+            ":$2y$x",
+            "alice:{SHA}abc",
+            "alice:$apr1$x$y",
+            "alice:plain",
+        ] {
+            assert!(Htpasswd::parse(bad).is_err(), "{bad}");
+        }
+        assert!(
+            bcrypt::verify("x", dummy_hash()).is_ok(),
+            "the dummy hash must parse"
+        );
+    }
+
+    #[test]
+    fn the_file_is_reloaded_when_it_changes_and_a_broken_version_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, format!("a:{}\n", bcrypt::hash("one", 4).unwrap())).unwrap();
+        let file = HtpasswdFile::open(&path).unwrap();
+        assert!(file.verify("a", "one"));
+        std::fs::write(
+            &path,
+            format!(
+                "a:{}\nb:{}\n",
+                bcrypt::hash("two", 4).unwrap(),
+                bcrypt::hash("b", 4).unwrap()
+            ),
+        )
+        .unwrap();
+        file.state.write().unwrap().checked -= RELOAD_CHECK;
+        assert!(file.verify("a", "two"));
+        assert!(!file.verify("a", "one"));
+        std::fs::write(&path, "garbage").unwrap();
+        file.state.write().unwrap().checked -= RELOAD_CHECK;
+        assert!(file.verify("b", "b"), "a broken file replaced the good one");
+        assert!(HtpasswdFile::open(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! Client authentication on the mirror: an htpasswd file, a Basic challenge,
+//! and per-upstream access (`public` or `authenticated`), as a service
+//! wrapped around [`OciService`].
+//!
+//! - Requests for an `authenticated` upstream, `/v2/_catalog` and the `/v2/`
+//!   ping need valid credentials; `public` upstreams are served anonymously
+//!   (so runtimes that send no credentials to mirrors keep working), but a
+//!   request that presents wrong credentials is refused anywhere.
+//! - The ping answers 401 without credentials, as registry:2 does: clients
+//!   (skopeo, podman, Docker) learn from it to send credentials, and fetch
+//!   public content anonymously when they have none.
+//! - Failed attempts are rate-limited per client address ([`PeerAddr`]).
+//! - Content served through a non-public upstream is recorded by digest, so
+//!   it is not readable by digest through a public upstream's path unless
+//!   that public upstream has it too (see `provenance`).
+
+mod htpasswd;
+mod limiter;
+mod provenance;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
+use oci_cache_core::reference::Registry;
+use oci_cache_core::upstream::ManifestRef;
+use serde::Deserialize;
+
+use self::htpasswd::HtpasswdFile;
+use self::limiter::FailureLimiter;
+use self::provenance::PrivateDigests;
+use crate::body::Body;
+use crate::error::{OciError, OciErrorCode};
+use crate::routes::{self, Route, Target};
+use crate::wire::DOCKER_CONTENT_DIGEST;
+use crate::{OciService, Result};
+
+/// The client's address, put into each request's extensions by [`serve`](crate::serve).
+/// An embedder mounting [`AuthService`] elsewhere should insert it too:
+/// without it all clients share one failed-login budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Who may read an upstream through the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Anyone who reaches the port.
+    Public,
+    /// Clients with valid htpasswd credentials.
+    Authenticated,
+}
+
+impl Access {
+    /// The default: `authenticated` for an upstream with credentials (on any
+    /// endpoint), `public` otherwise.
+    pub fn default_for(upstream: &UpstreamConfig) -> Access {
+        if has_credentials(upstream) {
+            Access::Authenticated
+        } else {
+            Access::Public
+        }
+    }
+}
+
+/// Checks the text of an htpasswd file as [`ClientAuth`] reads it, returning
+/// the number of users (for validation tools and fuzzing).
+pub fn parse_htpasswd(text: &str) -> std::result::Result<usize, String> {
+    htpasswd::Htpasswd::parse(text).map(|h| h.len())
+}
+
+/// Whether any endpoint of `upstream` has credentials.
+pub fn has_credentials(upstream: &UpstreamConfig) -> bool {
+    upstream
+        .endpoints
+        .iter()
+        .chain([&upstream.origin])
+        .any(|e| e.credentials.is_some())
+}
+
+/// The upstreams whose credentials anyone reaching the port can use: all
+/// with credentials when there is no client authentication. Logged as a
+/// warning at start-up.
+pub fn exposed_credentialed_upstreams(mirrors: &MirrorConfig) -> Vec<&Registry> {
+    mirrors
+        .upstreams
+        .iter()
+        .filter(|u| has_credentials(u))
+        .map(|u| &u.name)
+        .collect()
+}
+
+/// Settings of [`ClientAuth`].
+#[derive(Debug, Clone)]
+pub struct ClientAuthConfig {
+    /// The htpasswd file (bcrypt entries), re-read when it changes.
+    pub htpasswd: PathBuf,
+    /// The realm named in the Basic challenge.
+    pub realm: String,
+    /// Access per upstream name; unlisted upstreams get [`Access::default_for`].
+    pub access: HashMap<String, Access>,
+    /// Where digests served through non-public upstreams are recorded
+    /// (kept in memory only when `None`).
+    pub private_digests: Option<PathBuf>,
+}
+
+/// Client authentication state, shared by all connections.
+#[derive(Debug)]
+pub struct ClientAuth {
+    htpasswd: HtpasswdFile,
+    challenge: HeaderValue,
+    access: HashMap<Registry, Access>,
+    limiter: FailureLimiter,
+    private: PrivateDigests,
+    /// (upstream, digest) pairs a public upstream was found to have.
+    public_too: Mutex<HashSet<(Registry, String)>>,
+}
+
+impl ClientAuth {
+    /// Loads the htpasswd file and resolves every upstream's access.
+    pub fn new(config: &ClientAuthConfig, mirrors: &MirrorConfig) -> Result<Self> {
+        let htpasswd = HtpasswdFile::open(&config.htpasswd)?;
+        let realm = config.realm.replace(['"', '\\'], "");
+        let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
+            .map_err(|_| crate::Error::ClientAuth(format!("invalid auth realm {realm:?}")))?;
+        let mut access = HashMap::new();
+        for upstream in &mirrors.upstreams {
+            let chosen = config
+                .access
+                .get(upstream.name.as_str())
+                .copied()
+                .unwrap_or_else(|| Access::default_for(upstream));
+            tracing::info!(upstream = %upstream.name, access = ?chosen, "client access");
+            access.insert(upstream.name.clone(), chosen);
+        }
+        for name in config.access.keys() {
+            if !access.keys().any(|r| r.as_str() == name) {
+                return Err(crate::Error::ClientAuth(format!(
+                    "access is set for {name:?}, which is not a configured upstream"
+                )));
+            }
+        }
+        Ok(ClientAuth {
+            htpasswd,
+            challenge,
+            access,
+            limiter: FailureLimiter::default(),
+            private: PrivateDigests::open(config.private_digests.as_deref())?,
+            public_too: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn access(&self, upstream: &Registry) -> Access {
+        self.access
+            .get(upstream)
+            .copied()
+            .unwrap_or(Access::Authenticated)
+    }
+
+    fn unauthorized(&self, message: &str) -> Response<Body> {
+        let mut response = OciError::new(
+            StatusCode::UNAUTHORIZED,
+            OciErrorCode::Unauthorized,
+            message,
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, self.challenge.clone());
+        response
+    }
+}
+
+/// [`OciService`] behind client authentication.
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    inner: OciService,
+    auth: Arc<ClientAuth>,
+}
+
+impl AuthService {
+    /// Wraps `inner`.
+    pub fn new(inner: OciService, auth: Arc<ClientAuth>) -> Self {
+        AuthService { inner, auth }
+    }
+
+    /// Answers one request: refused here, or passed to the inner service.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+        let auth = &self.auth;
+        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let authenticated = match basic_credentials(request.headers()) {
+            None => false,
+            Some((user, password)) => {
+                let client = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                if let Some(wait) = auth.limiter.blocked(client) {
+                    let mut error = OciError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        OciErrorCode::TooManyRequests,
+                        "too many failed logins from this address; wait and retry",
+                    );
+                    error.retry_after = Some(wait);
+                    return error.into_response();
+                }
+                // bcrypt takes milliseconds of CPU: off the async workers.
+                let checker = auth.clone();
+                let name = user.clone();
+                let ok =
+                    tokio::task::spawn_blocking(move || checker.htpasswd.verify(&name, &password))
+                        .await
+                        .unwrap_or(false);
+                if !ok {
+                    auth.limiter.failed(client);
+                    tracing::warn!(user = %user, client = ?peer, "client authentication failed");
+                    return auth.unauthorized("invalid user name or password");
+                }
+                auth.limiter.succeeded(client);
+                true
+            }
+        };
+        let uri = request.uri().clone();
+        let route = routes::route(
+            request.method(),
+            uri.path(),
+            uri.query(),
+            self.inner.mirrors(),
+        );
+        let private_target = match &route {
+            Ok(Route::Ping | Route::Catalog { .. }) if !authenticated => {
+                return auth.unauthorized("authentication required");
+            }
+            Ok(route) => match route.target() {
+                Some(target) if auth.access(&target.upstream) == Access::Authenticated => {
+                    if !authenticated {
+                        return auth.unauthorized(&format!(
+                            "{} is only served to authenticated clients",
+                            target.upstream
+                        ));
+                    }
+                    if let Some(digest) = by_digest(route) {
+                        auth.private.insert(&digest);
+                    }
+                    true
+                }
+                Some(target) if !authenticated => {
+                    if let Some(refusal) = self.private_elsewhere(route, target).await {
+                        return refusal;
+                    }
+                    false
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        let response = self.inner.handle(request).await;
+        if private_target && response.status().is_success() {
+            if let Some(digest) = response
+                .headers()
+                .get(DOCKER_CONTENT_DIGEST)
+                .and_then(|v| v.to_str().ok())
+            {
+                auth.private.insert(digest);
+            }
+        }
+        response
+    }
+
+    /// A refusal when `route` asks anonymously, through public `target`, for
+    /// content recorded as private that the public upstream does not have.
+    async fn private_elsewhere(&self, route: &Route, target: &Target) -> Option<Response<Body>> {
+        let digest = by_digest(route)?;
+        if !self.auth.private.contains(&digest) {
+            return None;
+        }
+        let key = (target.upstream.clone(), digest.clone());
+        if self
+            .auth
+            .public_too
+            .lock()
+            .map(|s| s.contains(&key))
+            .unwrap_or(false)
+        {
+            return None;
+        }
+        let upstream = self.inner.engine().upstream();
+        let repository = &target.repository;
+        let found = match route {
+            Route::Blob { digest, .. } => upstream
+                .blob_head(&target.upstream, repository, digest)
+                .await
+                .is_ok(),
+            Route::Manifest { reference, .. } => upstream
+                .manifest_head(&target.upstream, repository, reference, &[])
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        if found {
+            if let Ok(mut set) = self.auth.public_too.lock() {
+                set.insert(key);
+            }
+            return None;
+        }
+        tracing::warn!(upstream = %target.upstream, %digest,
+            "refused an anonymous read of private content through a public upstream");
+        let (code, what) = match route {
+            Route::Manifest { .. } => (OciErrorCode::ManifestUnknown, "manifest"),
+            _ => (OciErrorCode::BlobUnknown, "blob"),
+        };
+        Some(OciError::new(StatusCode::NOT_FOUND, code, format!("{what} unknown")).into_response())
+    }
+}
+
+/// The digest a blob or by-digest manifest route names.
+fn by_digest(route: &Route) -> Option<String> {
+    match route {
+        Route::Blob { digest, .. } => Some(digest.to_string()),
+        Route::Manifest {
+            reference: ManifestRef::Digest(digest),
+            ..
+        } => Some(digest.to_string()),
+        _ => None,
+    }
+}
+
+/// `user` and `password` of a `Basic` `Authorization` header.
+fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    // containers/image (skopeo, podman) answers a Basic challenge it has no
+    // credentials for with an empty `:`: that is an anonymous request.
+    if user.is_empty() && password.is_empty() {
+        return None;
+    }
+    Some((user.to_owned(), password.to_owned()))
+}
+
+impl<B: Send + 'static> hyper::service::Service<Request<B>> for AuthService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header_parsing() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(basic_credentials(&headers), None);
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpwOmFzcw=="),
+        );
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("user".into(), "p:ass".into()))
+        );
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer dXNlcjpwYXNz"),
+        );
+        assert_eq!(basic_credentials(&headers), None);
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert_eq!(basic_credentials(&headers), None);
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic Og=="));
+        assert_eq!(basic_credentials(&headers), None, "skopeo's anonymous `:`");
+    }
+}

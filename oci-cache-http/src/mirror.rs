@@ -1,0 +1,137 @@
+//! [`Mirror`]: one value that builds the whole cache (upstream client, engine,
+//! service) from the upstream list, a storage and the option types.
+
+use std::sync::Arc;
+
+use oci_cache_core::cache::{CacheOptions, PullThrough};
+use oci_cache_core::mirror::MirrorConfig;
+use oci_cache_core::observe::{self, SharedObserver};
+use oci_cache_core::storage::Storage;
+use oci_cache_core::upstream::Upstream;
+
+use crate::service::{Engine, OciService};
+use crate::upstream::{HyperUpstream, UpstreamOptions};
+use crate::{Error, Result};
+
+/// A built mirror: the engine and the service over it.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    service: OciService,
+}
+
+impl Mirror {
+    /// Starts a [`MirrorBuilder`].
+    pub fn builder() -> MirrorBuilder {
+        MirrorBuilder::default()
+    }
+
+    /// The service to mount or [`serve`](crate::serve) (cheap to clone).
+    pub fn service(&self) -> OciService {
+        self.service.clone()
+    }
+
+    /// The cache engine, for embedders that call it directly.
+    pub fn engine(&self) -> &Engine {
+        self.service.engine()
+    }
+}
+
+/// Builds a [`Mirror`]. Required: [`upstreams`](Self::upstreams) and
+/// [`storage`](Self::storage); everything else has defaults.
+#[derive(Default)]
+pub struct MirrorBuilder {
+    upstreams: Option<MirrorConfig>,
+    storage: Option<Arc<dyn Storage>>,
+    upstream: Option<Arc<dyn Upstream>>,
+    cache_options: CacheOptions,
+    upstream_options: UpstreamOptions,
+    observer: Option<SharedObserver>,
+}
+
+impl std::fmt::Debug for MirrorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorBuilder")
+            .field("upstreams", &self.upstreams)
+            .field("cache_options", &self.cache_options)
+            .field("upstream_options", &self.upstream_options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MirrorBuilder {
+    /// The upstream registries, their endpoint chains and the default one;
+    /// validated by [`build`](Self::build).
+    pub fn upstreams(mut self, upstreams: MirrorConfig) -> Self {
+        self.upstreams = Some(upstreams);
+        self
+    }
+
+    /// Where cached content lives.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Engine options (tag TTL, manifest size cap, fill window, spool dir).
+    pub fn cache_options(mut self, options: CacheOptions) -> Self {
+        self.cache_options = options;
+        self
+    }
+
+    /// Upstream client options (timeouts, breaker, proxy, offline).
+    pub fn upstream_options(mut self, options: UpstreamOptions) -> Self {
+        self.upstream_options = options;
+        self
+    }
+
+    /// Receives request, upstream, fill and breaker events
+    /// ([`AccessLog`](crate::AccessLog) for the usual log line,
+    /// [`Fanout`](oci_cache_core::observe::Fanout) for several). Default: none.
+    pub fn observer(mut self, observer: SharedObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Fetches through `upstream` instead of the built-in HTTP client (tests,
+    /// or an embedder's own transport); the upstream options are then unused,
+    /// and upstream and breaker events are whatever that upstream reports.
+    pub fn upstream(mut self, upstream: Arc<dyn Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// Validates the upstream list and builds the client, engine and service.
+    ///
+    /// Errors: [`Error::Core`] with a configuration error when the upstream
+    /// list or storage is missing or invalid; [`Error::Tls`] when an
+    /// endpoint's TLS settings cannot be loaded.
+    pub fn build(self) -> Result<Mirror> {
+        let missing = |what: &str| {
+            Error::Core(oci_cache_core::Error::Config(format!(
+                "the mirror needs {what}; call MirrorBuilder::{what}"
+            )))
+        };
+        let upstreams = self.upstreams.ok_or_else(|| missing("upstreams"))?;
+        upstreams.validate()?;
+        let storage = self.storage.ok_or_else(|| missing("storage"))?;
+        let observer = self.observer.unwrap_or_else(observe::noop);
+        let mirrors = Arc::new(upstreams);
+        let upstream = match self.upstream {
+            Some(upstream) => upstream,
+            None => {
+                // One manifest size cap: the engine's.
+                let options = self
+                    .upstream_options
+                    .with_max_manifest_size(self.cache_options.max_manifest_size);
+                Arc::new(
+                    HyperUpstream::new(Arc::clone(&mirrors), options)?
+                        .with_observer(observer.clone()),
+                )
+            }
+        };
+        let engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
+        Ok(Mirror {
+            service: OciService::new(engine, mirrors),
+        })
+    }
+}

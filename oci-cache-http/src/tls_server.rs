@@ -1,0 +1,160 @@
+//! Serving over TLS: rustls with ALPN `h2` and `http/1.1`, the certificate
+//! re-read when its files change (cert-manager rotates them in place) and
+//! optional client-certificate authentication.
+//!
+//! Rotation never drops a connection: each new handshake asks
+//! [`ReloadingCert`] for the certificate, which looks at the files' modification
+//! times at most once a second and swaps in the new pair when both parse and
+//! match. Established connections keep the keys they negotiated. A half-
+//! written rotation (a new certificate with the old key) is ignored with a
+//! warning until the pair matches again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::upstream::tls::read_certs;
+use crate::{Error, Result};
+
+/// How often the certificate files' modification times are looked at.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// Files of the serving certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// PEM CA certificates client certificates must chain to; when set,
+    /// every client must present one.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A TLS acceptor over [`TlsFiles`], for [`serve_tls`](crate::serve_tls).
+pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(ReloadingCert::open(files, provider.clone())?);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(format!("no usable TLS versions: {e}")))?;
+    let builder = match &files.client_ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(
+                read_certs(path).map_err(|e| Error::Tls(format!("client CA file {e}")))?,
+            );
+            if added == 0 {
+                return Err(Error::Tls(format!(
+                    "client CA file {} holds no usable certificate",
+                    path.display()
+                )));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::Tls(format!("client CA file {}: {e}", path.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The current certificate, reloaded when its files change.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<(Stamp, Arc<CertifiedKey>)>,
+    checked: Mutex<Instant>,
+}
+
+type Stamp = Option<(SystemTime, SystemTime, u64, u64)>;
+
+impl ReloadingCert {
+    fn open(files: &TlsFiles, provider: Arc<CryptoProvider>) -> Result<Self> {
+        let stamp = stamp(&files.cert, &files.key);
+        let key = load(&files.cert, &files.key, &provider).map_err(Error::Tls)?;
+        Ok(ReloadingCert {
+            cert_path: files.cert.clone(),
+            key_path: files.key.clone(),
+            provider,
+            current: RwLock::new((stamp, Arc::new(key))),
+            checked: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn reload_if_changed(&self) {
+        {
+            let Ok(mut checked) = self.checked.lock() else {
+                return;
+            };
+            if checked.elapsed() < RELOAD_CHECK {
+                return;
+            }
+            *checked = Instant::now();
+        }
+        let now = stamp(&self.cert_path, &self.key_path);
+        if self.current.read().map(|c| c.0 == now).unwrap_or(true) {
+            return;
+        }
+        match load(&self.cert_path, &self.key_path, &self.provider) {
+            Ok(key) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = (now, Arc::new(key));
+                }
+                tracing::info!(cert = %self.cert_path.display(), "reloaded the TLS certificate");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the TLS certificate files changed but cannot be used (yet); still serving the previous certificate");
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.reload_if_changed();
+        self.current.read().ok().map(|c| c.1.clone())
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let c = std::fs::metadata(cert).ok()?;
+    let k = std::fs::metadata(key).ok()?;
+    Some((c.modified().ok()?, k.modified().ok()?, c.len(), k.len()))
+}
+
+fn load(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> std::result::Result<CertifiedKey, String> {
+    let chain = read_certs(cert).map_err(|e| format!("certificate file {e}"))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "certificate file {} holds no certificate",
+            cert.display()
+        ));
+    }
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("key file {}: {e}; give a PEM private key", key.display()))?;
+    CertifiedKey::from_der(chain, der, provider).map_err(|e| {
+        format!(
+            "certificate {} and key {} do not form a usable pair: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
