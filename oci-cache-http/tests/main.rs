@@ -14,6 +14,7 @@ mod api;
 mod auth;
 mod chain;
 mod embed;
+mod metrics;
 mod observe;
 mod resilience;
 mod routing;
