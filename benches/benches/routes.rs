@@ -12,10 +12,10 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use oci_cache_benches::WarmCache;
-use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
-use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_core::cache::PullThrough;
+use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
 use oci_cache_core::observe::SharedObserver;
+use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_http::metrics::Metrics;
 use oci_cache_http::OciService;
 
