@@ -3,9 +3,10 @@
 //! wrapped around [`OciService`].
 //!
 //! - Requests for an `authenticated` upstream, `/v2/_catalog`, `/metrics` and
-//!   the `/v2/` ping need valid credentials (`/healthz` and `/readyz` do not); `public` upstreams are served anonymously
-//!   (so runtimes that send no credentials to mirrors keep working), but a
-//!   request that presents wrong credentials is refused anywhere.
+//!   the `/v2/` ping need valid credentials (`/healthz` and `/readyz` do not);
+//!   `public` upstreams are served anonymously (so runtimes that send no
+//!   credentials to mirrors keep working), but a request that presents wrong
+//!   credentials is refused anywhere.
 //! - The ping answers 401 without credentials, as registry:2 does: clients
 //!   (skopeo, podman, Docker) learn from it to send credentials, and fetch
 //!   public content anonymously when they have none.
