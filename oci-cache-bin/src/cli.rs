@@ -101,6 +101,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "OCI_CACHE_LISTEN", value_name = "ADDR")]
     pub(crate) listen: Option<String>,
 
+    /// Serve `/metrics` on this address instead of the main listener
+    /// (which then answers 404 there).
+    #[arg(long, env = "OCI_CACHE_METRICS_LISTEN", value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<String>,
+
     /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
     #[arg(long, env = "OCI_CACHE_TAG_TTL", value_name = "DURATION")]
     pub(crate) tag_ttl: Option<String>,

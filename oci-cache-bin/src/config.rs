@@ -42,6 +42,7 @@ pub(crate) const EXIT_CONFIG: u8 = 2;
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     default_upstream: Option<String>,
     tag_ttl: Option<String>,
     storage: Option<StorageConfig>,
@@ -147,6 +148,8 @@ pub(crate) struct Settings {
     /// The config file read, if any.
     pub(crate) config_file: Option<PathBuf>,
     pub(crate) listen: SocketAddr,
+    /// Where `/metrics` is served instead of `listen`, if anywhere.
+    pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) storage: StorageConfig,
     pub(crate) mirrors: MirrorConfig,
     /// The engine's options (`[cache]`, with `--tag-ttl` applied).
@@ -248,6 +251,21 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     let listen = listen_text.parse().map_err(|_| {
         format!("{origin}: invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
     })?;
+    let metrics_listen = match pick(
+        args.metrics_listen.clone(),
+        file.metrics_listen.take(),
+        path,
+        (
+            "--metrics-listen",
+            "OCI_CACHE_METRICS_LISTEN",
+            "metrics_listen",
+        ),
+    ) {
+        Some((text, origin)) => Some(text.parse().map_err(|_| {
+            format!("{origin}: invalid metrics address {text:?}: write it like 0.0.0.0:9090")
+        })?),
+        None => None,
+    };
 
     let storage = match (&sources.storage_dir, file.storage) {
         (Some(dir), _) => StorageConfig::Filesystem { dir: dir.clone() },
@@ -365,6 +383,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     Ok(Settings {
         config_file: sources.config.clone(),
         listen,
+        metrics_listen,
         storage,
         mirrors,
         cache,

@@ -85,11 +85,17 @@ pub(crate) async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Stora
 /// engine options set), ready for `serve` to add its observers.
 pub(crate) async fn builder(settings: &Settings) -> Result<MirrorBuilder, BoxError> {
     let storage = open_storage(&settings.storage).await?;
-    Ok(Mirror::builder()
+    Ok(builder_over(settings, storage))
+}
+
+/// [`builder`] over a storage already opened (`serve` shares it with the
+/// readiness probe and the store count).
+pub(crate) fn builder_over(settings: &Settings, storage: Arc<dyn Storage>) -> MirrorBuilder {
+    Mirror::builder()
         .upstreams(settings.mirrors.clone())
         .storage(storage)
         .cache_options(settings.cache.clone())
-        .upstream_options(settings.upstream_client.clone()))
+        .upstream_options(settings.upstream_client.clone())
 }
 
 /// The engine `settings` describe, and the mirror configuration it routes by

@@ -4,7 +4,14 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_cache_core::error::ErrorChain;
+use oci_cache_core::health::Readiness;
+use oci_cache_core::storage::Storage;
 use oci_cache_http::client_auth::{self, AuthService, ClientAuth};
+use oci_cache_http::metrics::{Metrics, MetricsService};
 use oci_cache_http::{tls_server, AccessLog};
 use tokio::net::TcpListener;
 
@@ -20,11 +27,31 @@ pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
     raise_fd_limit();
-    let mirror = engine::builder(&settings)
-        .await?
+    let storage = engine::open_storage(&settings.storage).await?;
+    let metrics = Arc::new(Metrics::new());
+    count_stored(Arc::clone(&storage), Arc::clone(&metrics));
+    let readiness = Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL);
+    let mirror = engine::builder_over(&settings, storage)
         .observer(Arc::new(AccessLog))
+        .metrics(Arc::clone(&metrics))
+        .readiness(readiness)
         .build()?;
-    let service = mirror.service();
+    let mut service = mirror.service();
+    if let Some(addr) = settings.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+        tracing::info!(metrics_listen = %addr, "serving /metrics on its own listener");
+        service = service.without_metrics_endpoint();
+        let metrics_service = MetricsService::new(Arc::clone(&metrics));
+        tokio::spawn(async move {
+            if let Err(e) =
+                oci_cache_http::serve(listener, metrics_service, shutdown_signal()).await
+            {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let storage_name = service.engine().storage().to_string();
     // Owned: the service moves into the auth wrapper below.
     let mirrors = service.mirrors().clone();
@@ -34,6 +61,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     let upstreams: Vec<&str> = mirrors.upstreams.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
         listen = %settings.listen,
+        metrics_listen = ?settings.metrics_listen,
         storage = %storage_name,
         upstreams = %upstreams.join(","),
         default_upstream = %mirrors.default_upstream,
@@ -102,6 +130,33 @@ pub(crate) fn raise_fd_limit() -> Option<u64> {
         }
     }
     getrlimit(Resource::Nofile).current
+}
+
+/// How often `/readyz`'s storage probe runs.
+const READY_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts what is already stored into the storage gauges, once, in the
+/// background: a large bucket takes a while to list and serving need not
+/// wait for it.
+fn count_stored(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let (mut bytes, mut objects) = (0u64, 0u64);
+        let mut list = storage.blob_list();
+        while let Some(info) = list.next().await {
+            match info {
+                Ok(info) => {
+                    bytes += info.size;
+                    objects += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "counting the stored blobs failed; the storage gauges count only what this process stores from now on");
+                    return;
+                }
+            }
+        }
+        metrics.add_stored(bytes, objects);
+        tracing::info!(bytes, objects, "counted the stored blobs");
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM, so in-flight requests can finish.

@@ -56,6 +56,7 @@ pub mod digest;
 pub mod duration;
 pub mod error;
 mod file_io;
+pub mod health;
 pub mod manifest;
 pub mod mirror;
 pub mod observe;

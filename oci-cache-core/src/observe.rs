@@ -216,6 +216,17 @@ pub struct FillEvent {
     pub phase: FillPhase,
 }
 
+impl FillEvent {
+    /// An event for `digest` fetched from `upstream` (for observers' own tests).
+    pub fn new(digest: Digest, upstream: Registry, phase: FillPhase) -> Self {
+        FillEvent {
+            digest,
+            upstream,
+            phase,
+        }
+    }
+}
+
 /// The phase a [`FillEvent`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -13,11 +13,13 @@ use http::header::{
 use http::{Response, StatusCode};
 use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
+use oci_cache_core::health::{Readiness, ReadyState};
 use oci_cache_core::upstream::ManifestRef;
 use serde_json::json;
 
 use crate::body::{self, Body};
-use crate::error::{ErrorSubject, OciError};
+use crate::error::{ErrorSubject, OciError, OciErrorCode};
+use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::routes::{Route, Target};
 use crate::service::Engine;
 use crate::wire::{encode_query, DOCKER_CONTENT_DIGEST};
@@ -28,6 +30,10 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) path: &'a str,
     pub(crate) ns: Option<&'a str>,
     pub(crate) headers: &'a HeaderMap,
+    /// Served at `/metrics` when set; otherwise that path is unknown here.
+    pub(crate) metrics: Option<&'a Metrics>,
+    /// Answers `/readyz` when set; otherwise `/readyz` is always ready.
+    pub(crate) readiness: Option<&'a Readiness>,
 }
 
 /// Answers a routed request.
@@ -43,6 +49,19 @@ pub(crate) async fn dispatch(
             "text/plain; charset=utf-8",
             Bytes::from_static(b"ok\n"),
         )),
+        Route::Ready => Ok(ready(req.readiness)),
+        Route::Metrics => match req.metrics {
+            Some(metrics) => Ok(with_body(
+                StatusCode::OK,
+                METRICS_CONTENT_TYPE,
+                Bytes::from(metrics.encode()),
+            )),
+            None => Err(OciError::new(
+                StatusCode::NOT_FOUND,
+                OciErrorCode::NameUnknown,
+                "metrics are not served on this listener (see --metrics-listen)",
+            )),
+        },
         Route::Ping => Ok(json_response(&json!({}))),
         Route::Catalog { n, last } => {
             let repositories = engine
@@ -207,6 +226,22 @@ fn blob_headers(headers: &mut HeaderMap, digest: &Digest, size: u64) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     set_digest(headers, digest);
+}
+
+/// `/readyz`: 200 `ready`, or 503 with why (kubelet shows the body).
+fn ready(readiness: Option<&Readiness>) -> Response<Body> {
+    let (status, text) = match readiness.map(Readiness::state) {
+        None | Some(ReadyState::Ready) => (StatusCode::OK, "ready\n".to_owned()),
+        Some(ReadyState::Starting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first storage probe has not finished yet\n".to_owned(),
+        ),
+        Some(ReadyState::NotReady(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage probe failed: {reason}\n"),
+        ),
+    };
+    with_body(status, "text/plain; charset=utf-8", Bytes::from(text))
 }
 
 fn with_body(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<Body> {

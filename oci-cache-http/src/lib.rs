@@ -69,6 +69,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handlers;
+pub mod metrics;
 mod mirror;
 mod observed;
 mod routes;

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use oci_cache_core::cache::{CacheOptions, PullThrough};
+use oci_cache_core::health::Readiness;
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{self, SharedObserver};
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 
+use crate::metrics::Metrics;
 use crate::service::{Engine, OciService};
 use crate::upstream::{HyperUpstream, UpstreamOptions};
 use crate::{Error, Result};
@@ -46,6 +48,8 @@ pub struct MirrorBuilder {
     cache_options: CacheOptions,
     upstream_options: UpstreamOptions,
     observer: Option<SharedObserver>,
+    metrics: Option<Arc<Metrics>>,
+    readiness: Option<Readiness>,
 }
 
 impl std::fmt::Debug for MirrorBuilder {
@@ -92,6 +96,23 @@ impl MirrorBuilder {
         self
     }
 
+    /// Feeds `metrics` from the same events as the observer (both receive
+    /// them) and serves them at `GET /metrics`; use
+    /// [`OciService::without_metrics_endpoint`] to serve them elsewhere.
+    /// Embedders that want the figures without HTTP read
+    /// [`Metrics::encode`] or pass their own [`observer`](Self::observer).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Answers `GET /readyz` from `readiness` (start it with
+    /// [`Readiness::spawn`] on the same storage). Default: always ready.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
     /// Fetches through `upstream` instead of the built-in HTTP client (tests,
     /// or an embedder's own transport); the upstream options are then unused,
     /// and upstream and breaker events are whatever that upstream reports.
@@ -114,7 +135,15 @@ impl MirrorBuilder {
         let upstreams = self.upstreams.ok_or_else(|| missing("upstreams"))?;
         upstreams.validate()?;
         let storage = self.storage.ok_or_else(|| missing("storage"))?;
-        let observer = self.observer.unwrap_or_else(observe::noop);
+        let observer = match (self.observer, &self.metrics) {
+            (Some(observer), Some(metrics)) => Arc::new(observe::Fanout::new(vec![
+                observer,
+                Arc::clone(metrics) as SharedObserver,
+            ])) as SharedObserver,
+            (None, Some(metrics)) => Arc::clone(metrics) as SharedObserver,
+            (Some(observer), None) => observer,
+            (None, None) => observe::noop(),
+        };
         let mirrors = Arc::new(upstreams);
         let upstream = match self.upstream {
             Some(upstream) => upstream,
@@ -130,8 +159,13 @@ impl MirrorBuilder {
             }
         };
         let engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
-        Ok(Mirror {
-            service: OciService::new(engine, mirrors),
-        })
+        let mut service = OciService::new(engine, mirrors);
+        if let Some(metrics) = self.metrics {
+            service = service.with_metrics(metrics);
+        }
+        if let Some(readiness) = self.readiness {
+            service = service.with_readiness(readiness);
+        }
+        Ok(Mirror { service })
     }
 }

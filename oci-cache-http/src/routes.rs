@@ -30,6 +30,10 @@ pub(crate) struct Target {
 pub(crate) enum Route {
     /// `/healthz`.
     Health,
+    /// `/readyz`.
+    Ready,
+    /// `/metrics`.
+    Metrics,
     /// `/v2/`.
     Ping,
     /// `/v2/_catalog`.
@@ -57,6 +61,8 @@ impl Route {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
             Route::Ping => "ping",
             Route::Catalog { .. } => "catalog",
             Route::Manifest { .. } => "manifest",
@@ -84,9 +90,15 @@ pub(crate) fn route(
     mirrors: &MirrorConfig,
 ) -> Result<Route, OciError> {
     let read_only = method == Method::GET || method == Method::HEAD;
-    if path == "/healthz" {
+    let probe = match path {
+        "/healthz" => Some(Route::Health),
+        "/readyz" => Some(Route::Ready),
+        "/metrics" => Some(Route::Metrics),
+        _ => None,
+    };
+    if let Some(probe) = probe {
         return if read_only {
-            Ok(Route::Health)
+            Ok(probe)
         } else {
             Err(unsupported(method))
         };
@@ -408,6 +420,8 @@ mod tests {
         assert_eq!(get("/v2/").unwrap(), Route::Ping);
         assert_eq!(get("/v2").unwrap(), Route::Ping);
         assert_eq!(get("/healthz").unwrap(), Route::Health);
+        assert_eq!(get("/readyz").unwrap(), Route::Ready);
+        assert_eq!(get("/metrics").unwrap(), Route::Metrics);
         assert_eq!(
             get("/v2/_catalog?n=10&last=docker.io%2Fa").unwrap(),
             Route::Catalog {

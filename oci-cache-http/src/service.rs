@@ -13,6 +13,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, X_CONTENT_TYPE_OPT
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use oci_cache_core::cache::PullThrough;
+use oci_cache_core::health::Readiness;
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{RequestEvent, SharedObserver};
 use oci_cache_core::storage::Storage;
@@ -21,6 +22,7 @@ use tracing::{field, Instrument};
 
 use crate::body::{self, Body};
 use crate::handlers::{self, RequestInfo};
+use crate::metrics::Metrics;
 use crate::observed::ObservedBody;
 use crate::routes::{self, Route};
 use crate::wire;
@@ -45,6 +47,8 @@ pub struct OciService {
     engine: Engine,
     mirrors: Arc<MirrorConfig>,
     observer: SharedObserver,
+    metrics: Option<Arc<Metrics>>,
+    readiness: Option<Readiness>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -52,6 +56,8 @@ impl std::fmt::Debug for OciService {
         f.debug_struct("OciService")
             .field("engine", &self.engine)
             .field("observer", &self.observer)
+            .field("metrics", &self.metrics.is_some())
+            .field("readiness", &self.readiness)
             .finish_non_exhaustive()
     }
 }
@@ -66,7 +72,31 @@ impl OciService {
             engine,
             mirrors,
             observer,
+            metrics: None,
+            readiness: None,
         }
+    }
+
+    /// Serves `metrics` at `GET /metrics` (without it, `/metrics` is 404).
+    /// Feeding them is the observer's job: [`Mirror::builder`](crate::Mirror::builder)'s
+    /// `metrics` does both.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Stops serving `/metrics` here, for when another listener serves it
+    /// ([`MetricsService`](crate::metrics::MetricsService)).
+    pub fn without_metrics_endpoint(mut self) -> Self {
+        self.metrics = None;
+        self
+    }
+
+    /// Answers `GET /readyz` from `readiness` (without it, `/readyz` is
+    /// always 200).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// The cache engine.
@@ -129,6 +159,8 @@ impl OciService {
                     path,
                     ns: ns.as_deref(),
                     headers: &request.headers,
+                    metrics: self.metrics.as_deref(),
+                    readiness: self.readiness.as_ref(),
                 };
                 let result = handlers::dispatch(&self.engine, &route, &info, head).await;
                 (result, Some(route))

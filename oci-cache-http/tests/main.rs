@@ -16,6 +16,7 @@ mod chain;
 mod embed;
 mod hostile_body;
 mod hostile_wire;
+mod metrics;
 mod observe;
 mod resilience;
 mod routing;

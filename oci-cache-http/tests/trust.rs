@@ -343,7 +343,8 @@ mod client_auth {
         let mut config = mirrors("http://127.0.0.1:9");
         config.upstreams[1].origin.credentials = credentials();
         let fake = Arc::new(FakeUpstream::default());
-        let inner = service_with(fake.clone(), config.clone());
+        let inner = service_with(fake.clone(), config.clone())
+            .with_metrics(Arc::new(oci_cache_http::metrics::Metrics::new()));
         let auth = ClientAuth::new(
             &ClientAuthConfig {
                 htpasswd,
@@ -424,6 +425,26 @@ mod client_auth {
         );
         let (status, _, body) = get(&g, &private, Some(NODE), [10, 0, 0, 1]).await;
         assert_eq!((status, body.as_ref()), (StatusCode::OK, b"layer".as_ref()));
+    }
+
+    #[tokio::test]
+    async fn metrics_need_credentials_probes_do_not() {
+        let (g, _) = guarded();
+        let peer = [10, 0, 0, 3];
+        assert_eq!(
+            get(&g, "/metrics", None, peer).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, _, body) = get(&g, "/metrics", Some(NODE), peer).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&body).contains("# EOF"));
+        for probe in ["/healthz", "/readyz"] {
+            assert_eq!(
+                get(&g, probe, None, peer).await.0,
+                StatusCode::OK,
+                "{probe}"
+            );
+        }
     }
 
     #[tokio::test]

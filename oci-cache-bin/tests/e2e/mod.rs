@@ -7,6 +7,7 @@ mod airgap;
 mod chain;
 mod clients;
 mod fixtures;
+mod metrics;
 mod oci_cache;
 mod registry_proxy;
 mod resilience;

@@ -2,10 +2,11 @@
 //! and per-upstream access (`public` or `authenticated`), as a service
 //! wrapped around [`OciService`].
 //!
-//! - Requests for an `authenticated` upstream, `/v2/_catalog` and the `/v2/`
-//!   ping need valid credentials; `public` upstreams are served anonymously
-//!   (so runtimes that send no credentials to mirrors keep working), but a
-//!   request that presents wrong credentials is refused anywhere.
+//! - Requests for an `authenticated` upstream, `/v2/_catalog`, `/metrics` and
+//!   the `/v2/` ping need valid credentials (`/healthz` and `/readyz` do not);
+//!   `public` upstreams are served anonymously (so runtimes that send no
+//!   credentials to mirrors keep working), but a request that presents wrong
+//!   credentials is refused anywhere.
 //! - The ping answers 401 without credentials, as registry:2 does: clients
 //!   (skopeo, podman, Docker) learn from it to send credentials, and fetch
 //!   public content anonymously when they have none.
@@ -233,7 +234,9 @@ impl AuthService {
             self.inner.mirrors(),
         );
         let private_target = match &route {
-            Ok(Route::Ping | Route::Catalog { .. }) if !authenticated => {
+            // `/metrics` names every upstream and its traffic, like the catalog;
+            // `/healthz` and `/readyz` stay open for kubelet probes.
+            Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {
                 return auth.unauthorized("authentication required");
             }
             Ok(route) => match route.target() {

@@ -1,0 +1,586 @@
+//! Prometheus metrics as an [`Observer`]: [`Metrics`].
+//!
+//! Every figure comes from the events the engine and the service report, so
+//! an embedder gets the same numbers by installing [`Metrics`] as (one of)
+//! its observers and calling [`Metrics::encode`] wherever it exposes metrics;
+//! the binary serves them at `GET /metrics`. The exposition is written by
+//! `prometheus-client` (the OpenMetrics text format, which Prometheus
+//! scrapes), never by hand.
+//!
+//! Families (a counter `x` is exposed as `x_total`):
+//!
+//! | family | labels | from |
+//! |---|---|---|
+//! | `oci_cache_requests_total` | `route`, `cache`, `code` | every request, when its body ended |
+//! | `oci_cache_request_duration_seconds` | `route` | arrival to the last body byte |
+//! | `oci_cache_served_bytes_total` | `route` | body bytes actually written to clients |
+//! | `oci_cache_upstream_requests_total` | `upstream`, `endpoint`, `outcome` | each attempt on an endpoint |
+//! | `oci_cache_upstream_request_duration_seconds` | `upstream` | each attempt, until its headers |
+//! | `oci_cache_upstream_bytes_total` | `upstream` | body bytes received from upstreams |
+//! | `oci_cache_upstream_throttled_total` | `upstream` | 429 answers |
+//! | `oci_cache_fills_in_flight` | | blob fills under way |
+//! | `oci_cache_coalesced_total` | | requests fed from another request's fetch |
+//! | `oci_cache_stale_served_total` | | cached tags served while upstream failed |
+//! | `oci_cache_breaker_open` | `endpoint` | 1 while the endpoint's breaker is open |
+//! | `oci_cache_storage_bytes`, `oci_cache_storage_objects` | | stored blobs (see below) |
+//! | `oci_cache_evictions_total`, `oci_cache_evicted_bytes_total` | | blobs evicted |
+//!
+//! `cache` is `hit`, `miss`, `coalesced`, `revalidated`, `stale`, or `none`
+//! for answers that did not come from the engine (errors, `/v2/`, health).
+//! The storage gauges start from one count of the store
+//! ([`Metrics::add_stored`], done once at start) and then follow the
+//! fills and evictions this process reports, so a scrape never walks the store.
+
+use std::fmt::Write as _;
+
+use oci_cache_core::observe::{
+    BreakerEvent, FillEvent, FillPhase, Observer, RequestEvent, UpstreamEvent, UpstreamOutcome,
+};
+use oci_cache_core::UpstreamErrorKind;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    cache: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    upstream: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+fn request_histogram() -> Histogram {
+    // 1 ms … ~33 s: manifest hits are sub-millisecond, cold layers take seconds.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Prometheus metrics fed by the observer events. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    served_bytes: Family<RouteLabels, Counter>,
+    upstream_requests: Family<AttemptLabels, Counter>,
+    upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    upstream_bytes: Family<UpstreamLabels, Counter>,
+    upstream_throttled: Family<UpstreamLabels, Counter>,
+    fills_in_flight: Gauge,
+    coalesced: Counter,
+    stale_served: Counter,
+    breaker_open: Family<EndpointLabels, Gauge>,
+    storage_bytes: Gauge,
+    storage_objects: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every family registered, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::new_with_constructor(request_histogram as fn() -> Histogram);
+        let served_bytes = Family::<RouteLabels, Counter>::default();
+        let upstream_requests = Family::<AttemptLabels, Counter>::default();
+        let upstream_duration =
+            Family::new_with_constructor(request_histogram as fn() -> Histogram);
+        let upstream_bytes = Family::<UpstreamLabels, Counter>::default();
+        let upstream_throttled = Family::<UpstreamLabels, Counter>::default();
+        let fills_in_flight = Gauge::default();
+        let coalesced = Counter::default();
+        let stale_served = Counter::default();
+        let breaker_open = Family::<EndpointLabels, Gauge>::default();
+        let storage_bytes = Gauge::default();
+        let storage_objects = Gauge::default();
+        let evictions = Counter::default();
+        let evicted_bytes = Counter::default();
+
+        registry.register(
+            "oci_cache_requests",
+            "Requests answered, by route, cache result and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "oci_cache_request_duration_seconds",
+            "Time from a request's arrival to the last byte of its body",
+            request_duration.clone(),
+        );
+        registry.register(
+            "oci_cache_served_bytes",
+            "Body bytes written to clients",
+            served_bytes.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_requests",
+            "Attempts on upstream endpoints, by outcome",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_request_duration_seconds",
+            "Time from an upstream request to its response headers",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_bytes",
+            "Body bytes received from upstreams",
+            upstream_bytes.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_throttled",
+            "Upstream answers 429 Too Many Requests",
+            upstream_throttled.clone(),
+        );
+        registry.register(
+            "oci_cache_fills_in_flight",
+            "Blob fills under way",
+            fills_in_flight.clone(),
+        );
+        registry.register(
+            "oci_cache_coalesced",
+            "Requests fed from another request's upstream fetch",
+            coalesced.clone(),
+        );
+        registry.register(
+            "oci_cache_stale_served",
+            "Cached tags served because upstream failed",
+            stale_served.clone(),
+        );
+        registry.register(
+            "oci_cache_breaker_open",
+            "1 while an endpoint's circuit breaker is open",
+            breaker_open.clone(),
+        );
+        registry.register(
+            "oci_cache_storage_bytes",
+            "Bytes of stored blobs",
+            storage_bytes.clone(),
+        );
+        registry.register(
+            "oci_cache_storage_objects",
+            "Stored blobs",
+            storage_objects.clone(),
+        );
+        registry.register(
+            "oci_cache_evictions",
+            "Blobs evicted to keep storage under its cap",
+            evictions.clone(),
+        );
+        registry.register(
+            "oci_cache_evicted_bytes",
+            "Bytes of blobs evicted",
+            evicted_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            served_bytes,
+            upstream_requests,
+            upstream_duration,
+            upstream_bytes,
+            upstream_throttled,
+            fills_in_flight,
+            coalesced,
+            stale_served,
+            breaker_open,
+            storage_bytes,
+            storage_objects,
+            evictions,
+            evicted_bytes,
+        }
+    }
+
+    /// The exposition, in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            // Writing to a String only fails on a formatter bug; say so in the scrape.
+            let _ = writeln!(out, "# encoding failed: {e}");
+        }
+        out
+    }
+
+    /// Adds what was already stored (one count of the store, at start) to
+    /// the storage gauges. Added, not set, so fills that finish while the
+    /// count runs are not lost.
+    pub fn add_stored(&self, bytes: u64, objects: u64) {
+        self.storage_bytes
+            .inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.storage_objects
+            .inc_by(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// Records blobs removed from storage (eviction, purge).
+    pub fn record_eviction(&self, blobs: u64, bytes: u64) {
+        self.evictions.inc_by(blobs);
+        self.evicted_bytes.inc_by(bytes);
+        self.storage_objects
+            .dec_by(i64::try_from(blobs).unwrap_or(i64::MAX));
+        self.storage_bytes
+            .dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+impl Observer for Metrics {
+    fn request(&self, event: &RequestEvent) {
+        let cache = event.cache.map_or("none", |c| c.as_str());
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: event.route,
+                cache,
+                code: event.status,
+            })
+            .inc();
+        let route = RouteLabels { route: event.route };
+        self.request_duration
+            .get_or_create(&route)
+            .observe(event.duration.as_secs_f64());
+        self.served_bytes
+            .get_or_create(&route)
+            .inc_by(event.bytes_sent);
+        match cache {
+            "coalesced" => {
+                self.coalesced.inc();
+            }
+            "stale" => {
+                self.stale_served.inc();
+            }
+            _ => {}
+        }
+    }
+
+    fn upstream(&self, event: &UpstreamEvent) {
+        let upstream = UpstreamLabels {
+            upstream: event.upstream.to_string(),
+        };
+        self.upstream_bytes
+            .get_or_create(&upstream)
+            .inc_by(event.bytes);
+        if event.body_ended {
+            // The attempt itself was counted when its headers arrived.
+            return;
+        }
+        self.upstream_requests
+            .get_or_create(&AttemptLabels {
+                upstream: upstream.upstream.clone(),
+                endpoint: event.endpoint.clone(),
+                outcome: event.outcome.as_str(),
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&upstream)
+            .observe(event.duration.as_secs_f64());
+        if event.outcome == UpstreamOutcome::Failed(UpstreamErrorKind::TooManyRequests) {
+            self.upstream_throttled.get_or_create(&upstream).inc();
+        }
+    }
+
+    fn fill(&self, event: &FillEvent) {
+        match &event.phase {
+            FillPhase::Started => {
+                self.fills_in_flight.inc();
+            }
+            FillPhase::Stored { bytes } => {
+                self.fills_in_flight.dec();
+                self.storage_objects.inc();
+                self.storage_bytes
+                    .inc_by(i64::try_from(*bytes).unwrap_or(i64::MAX));
+            }
+            _ => {
+                self.fills_in_flight.dec();
+            }
+        }
+    }
+
+    fn breaker(&self, event: &BreakerEvent) {
+        self.breaker_open
+            .get_or_create(&EndpointLabels {
+                endpoint: event.endpoint.clone(),
+            })
+            .set(i64::from(event.open));
+    }
+}
+
+/// A service that answers only `GET /metrics` (and `/healthz`), for a
+/// separate metrics listener (`--metrics-listen`); everything else is 404.
+#[derive(Debug, Clone)]
+pub struct MetricsService {
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl MetricsService {
+    /// Serves `metrics`.
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        MetricsService { metrics }
+    }
+
+    fn answer(&self, method: &http::Method, path: &str) -> http::Response<crate::Body> {
+        use http::{Method, StatusCode};
+        let read_only = method == Method::GET || method == Method::HEAD;
+        let (status, content_type, body) = match path {
+            "/metrics" if read_only => (StatusCode::OK, CONTENT_TYPE, self.metrics.encode()),
+            "/healthz" if read_only => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ok\n".to_owned(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "this listener serves only GET /metrics and /healthz\n".to_owned(),
+            ),
+        };
+        let len = body.len();
+        let body = if method == Method::HEAD {
+            crate::body::empty()
+        } else {
+            crate::body::full(bytes::Bytes::from(body))
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        response
+    }
+}
+
+impl<B> hyper::service::Service<http::Request<B>> for MetricsService {
+    type Response = http::Response<crate::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn call(&self, request: http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(self.answer(request.method(), request.uri().path())))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::time::Duration;
+
+    use oci_cache_core::cache::CacheOutcome;
+    use oci_cache_core::digest::Digest;
+    use oci_cache_core::observe::UpstreamOperation;
+    use oci_cache_core::reference::Registry;
+
+    use super::*;
+
+    fn request(
+        route: &'static str,
+        cache: Option<CacheOutcome>,
+        status: u16,
+        bytes: u64,
+    ) -> RequestEvent {
+        RequestEvent {
+            method: "GET".into(),
+            path: "/v2/x".into(),
+            route,
+            upstream: None,
+            cache,
+            status,
+            bytes_sent: bytes,
+            duration: Duration::from_millis(3),
+            completed: true,
+        }
+    }
+
+    fn attempt(outcome: UpstreamOutcome, bytes: u64, body_ended: bool) -> UpstreamEvent {
+        UpstreamEvent {
+            upstream: Registry::new("docker.io").unwrap(),
+            endpoint: "http://127.0.0.1:5100".into(),
+            operation: UpstreamOperation::BlobGet,
+            outcome,
+            bytes,
+            duration: Duration::from_millis(5),
+            body_ended,
+        }
+    }
+
+    /// Samples of one family, read back with a Prometheus text parser.
+    fn samples(metrics: &Metrics) -> Vec<prometheus_parse::Sample> {
+        let text = metrics.encode();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        prometheus_parse::Scrape::parse(lines).unwrap().samples
+    }
+
+    fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{name} is not a single value"),
+            })
+            .collect();
+        assert_eq!(matching.len(), 1, "{name} {labels:?} in {samples:?}");
+        matching[0]
+    }
+
+    #[test]
+    fn events_become_the_documented_families() {
+        let m = Metrics::new();
+        m.request(&request("blob", Some(CacheOutcome::Miss), 200, 1000));
+        m.request(&request("blob", Some(CacheOutcome::Hit), 200, 1000));
+        m.request(&request("blob", Some(CacheOutcome::Coalesced), 200, 400));
+        m.request(&request("manifest", Some(CacheOutcome::Stale), 200, 10));
+        m.request(&request("manifest", None, 404, 0));
+        m.upstream(&attempt(UpstreamOutcome::Ok, 0, false));
+        m.upstream(&attempt(UpstreamOutcome::Ok, 1000, true));
+        m.upstream(&attempt(
+            UpstreamOutcome::Failed(UpstreamErrorKind::TooManyRequests),
+            0,
+            false,
+        ));
+        let digest = Digest::sha256_of(b"x");
+        let upstream = Registry::new("docker.io").unwrap();
+        m.fill(&FillEvent::new(
+            digest.clone(),
+            upstream.clone(),
+            FillPhase::Started,
+        ));
+        m.fill(&FillEvent::new(
+            digest.clone(),
+            upstream.clone(),
+            FillPhase::Started,
+        ));
+        m.fill(&FillEvent::new(
+            digest.clone(),
+            upstream.clone(),
+            FillPhase::Stored { bytes: 1000 },
+        ));
+        m.breaker(&BreakerEvent {
+            endpoint: "http://127.0.0.1:5100".into(),
+            open: true,
+        });
+        m.add_stored(5000, 3);
+
+        let s = samples(&m);
+        let req = "oci_cache_requests_total";
+        assert_eq!(
+            value(
+                &s,
+                req,
+                &[("route", "blob"), ("cache", "miss"), ("code", "200")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                req,
+                &[("route", "blob"), ("cache", "hit"), ("code", "200")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                req,
+                &[("route", "manifest"), ("cache", "none"), ("code", "404")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "oci_cache_served_bytes_total", &[("route", "blob")]),
+            2400.0
+        );
+        assert_eq!(value(&s, "oci_cache_coalesced_total", &[]), 1.0);
+        assert_eq!(value(&s, "oci_cache_stale_served_total", &[]), 1.0);
+        assert_eq!(
+            value(
+                &s,
+                "oci_cache_upstream_bytes_total",
+                &[("upstream", "docker.io")]
+            ),
+            1000.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "oci_cache_upstream_requests_total",
+                &[("outcome", "ok")]
+            ),
+            1.0,
+            "the body-ended event is not a second attempt"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "oci_cache_upstream_requests_total",
+                &[("outcome", "too_many_requests")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "oci_cache_upstream_throttled_total",
+                &[("upstream", "docker.io")]
+            ),
+            1.0
+        );
+        assert_eq!(value(&s, "oci_cache_fills_in_flight", &[]), 1.0);
+        assert_eq!(
+            value(
+                &s,
+                "oci_cache_breaker_open",
+                &[("endpoint", "http://127.0.0.1:5100")]
+            ),
+            1.0
+        );
+        assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 6000.0);
+        assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 4.0);
+        assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 0.0);
+        assert_eq!(
+            value(
+                &s,
+                "oci_cache_request_duration_seconds_count",
+                &[("route", "blob")]
+            ),
+            3.0
+        );
+    }
+}
