@@ -47,6 +47,13 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
         )?,
     }
     writeln!(out, "listen: {}", settings.listen)?;
+    if let Some(addr) = settings.metrics_listen {
+        writeln!(
+            out,
+            "metrics listen: {addr} (/metrics is not served on {})",
+            settings.listen
+        )?;
+    }
     writeln!(out, "storage: {}", describe_storage(&settings.storage))?;
     writeln!(out, "tag ttl: {}", format_duration(settings.cache.tag_ttl))?;
     writeln!(out, "offline: {}", settings.upstream_client.offline)?;

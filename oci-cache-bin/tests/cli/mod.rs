@@ -197,6 +197,9 @@ fn every_commented_block_of_the_example_passes_check_config() {
         );
         let storage = stdout.lines().find(|l| l.starts_with("storage: ")).unwrap();
         kinds.push(storage.to_owned());
+        if lines[first].starts_with("# metrics_listen = ") {
+            assert!(stdout.contains("metrics listen: "), "{stdout}");
+        }
         if lines[first] == "# [cache]" {
             assert!(stdout.contains("fill_window: 262144"), "{stdout}");
         }
