@@ -79,7 +79,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         Some(config) => {
             let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
             let service = AuthService::new(service, auth);
-            oci_cache_http::serve_tls_with(
+            oci_cache_http::serve_with(
                 listener,
                 service,
                 tls,
@@ -93,7 +93,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
                 tracing::warn!(upstream = %name,
                     "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
             }
-            oci_cache_http::serve_tls_with(
+            oci_cache_http::serve_with(
                 listener,
                 service,
                 tls,

@@ -83,6 +83,6 @@ pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
 pub use mirror::{Mirror, MirrorBuilder};
 pub use observed::AccessLog;
-pub use server::{serve, serve_tls, serve_tls_with, serve_with, ServerOptions};
+pub use server::{serve, serve_with, ServerOptions};
 pub use service::{Engine, OciService, ResponseFuture};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

@@ -87,46 +87,13 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_with(listener, service, ServerOptions::default(), shutdown).await
+    serve_with(listener, service, None, ServerOptions::default(), shutdown).await
 }
 
-/// [`serve`] under the connection policy `options`.
+/// [`serve`] under the connection policy `options`, over TLS when `tls` is
+/// given (see [`tls_server`](crate::tls_server): HTTP/2 or HTTP/1.1 as ALPN
+/// agrees).
 pub async fn serve_with<S, B>(
-    listener: TcpListener,
-    service: S,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    serve_tls_with(listener, service, None, options, shutdown).await
-}
-
-/// [`serve`] over TLS when `tls` is given (see [`tls_server`](crate::tls_server)):
-/// HTTP/2 or HTTP/1.1 as ALPN agrees.
-pub async fn serve_tls<S, B>(
-    listener: TcpListener,
-    service: S,
-    tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    serve_tls_with(listener, service, tls, ServerOptions::default(), shutdown).await
-}
-
-/// [`serve_tls`] under the connection policy `options`.
-pub async fn serve_tls_with<S, B>(
     listener: TcpListener,
     service: S,
     tls: Option<TlsAcceptor>,

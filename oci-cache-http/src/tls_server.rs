@@ -39,7 +39,7 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// A TLS acceptor over [`TlsFiles`], for [`serve_tls`](crate::serve_tls).
+/// A TLS acceptor over [`TlsFiles`], for [`serve_with`](crate::serve_with).
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = Arc::new(ReloadingCert::open(files, provider.clone())?);

@@ -210,9 +210,15 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(oci_cache_http::serve_with(listener, svc, options, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(oci_cache_http::serve_with(
+            listener,
+            svc,
+            None,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             addr,
             stop: Some(stop),
