@@ -4,7 +4,7 @@
 //! come from differs (the engine, storage alone, upstream alone, a layout).
 
 use bytes::Bytes;
-use oci_cache_core::cache::{DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX};
+use oci_cache_core::cache::{accept_all_known, DOCKER_MANIFEST_LIST, OCI_INDEX};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::{Descriptor, Manifest, Platform};
 use oci_cache_core::storage::{Storage, StoredManifest};
@@ -168,7 +168,7 @@ impl ManifestSource for Engine {
         reference: &ManifestRef,
         _hint: Option<&Descriptor>,
     ) -> Result<StoredManifest, Error> {
-        let accept: Vec<String> = KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect();
+        let accept = accept_all_known();
         let response = Engine::manifest(
             self,
             &target.upstream,
@@ -222,7 +222,7 @@ impl ManifestSource for UpstreamOnly<'_> {
         reference: &ManifestRef,
         _hint: Option<&Descriptor>,
     ) -> Result<StoredManifest, Error> {
-        let accept: Vec<String> = KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect();
+        let accept = accept_all_known();
         let fetched = self
             .0
             .upstream()

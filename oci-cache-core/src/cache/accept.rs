@@ -23,6 +23,12 @@ pub const KNOWN_MANIFEST_TYPES: [&str; 4] = [
     OCI_INDEX,
 ];
 
+/// [`KNOWN_MANIFEST_TYPES`] as an `accept` list: what a caller that takes
+/// any manifest (a tag lookup, `oci-cache warm`) asks upstream for.
+pub fn accept_all_known() -> Vec<String> {
+    KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect()
+}
+
 /// The media types a client accepts, parsed from its `Accept` header values.
 ///
 /// Parameters (`;q=0.5`) are dropped and types compared case-insensitively;

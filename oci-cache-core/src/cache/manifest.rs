@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use tracing::{debug, info, warn};
 
-use super::accept::{AcceptSet, KNOWN_MANIFEST_TYPES};
+use super::accept::AcceptSet;
 use super::{CacheOutcome, Engine, ManifestResponse};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::reference::{Registry, Repository, Tag};
@@ -180,7 +180,7 @@ where
     S: Storage + ?Sized,
     U: Upstream + ?Sized,
 {
-    let broad: Vec<String> = KNOWN_MANIFEST_TYPES.iter().map(|t| t.to_string()).collect();
+    let broad = super::accept_all_known();
     let flight_key: FlightKey = (
         key.upstream.clone(),
         key.repository.clone(),

@@ -59,7 +59,8 @@ mod tags;
 mod tests;
 
 pub use accept::{
-    AcceptSet, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
+    accept_all_known, AcceptSet, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES,
+    OCI_INDEX, OCI_MANIFEST,
 };
 
 use std::ops::Range;
