@@ -46,6 +46,10 @@
 //!   content itself (wrong digest, wrong size, over
 //!   [`max_blob_size`](super::CacheOptions::max_blob_size)) are shared.
 //! - A body without a `Content-Length` is cut at `max_blob_size`.
+//! - A cold blob needs its size free, not twice that: when the spool's disk
+//!   cannot hold the rest of the blob both in the spool and in storage's
+//!   staging, the fill keeps no spool (logged as "low disk space") and the
+//!   stored copy gets the space.
 //! - When the spool cannot be created or written (disk full, read-only), the
 //!   fill goes on without it: the window stays bounded, clients that keep up
 //!   are served from memory, and a client that needs bytes which already left
@@ -375,6 +379,9 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
                 verifier.update(&chunk)?;
                 self.fill.push(chunk.clone());
                 if self.fill.buffer().len > keep {
+                    if spooling && spool.is_none() && !self.spool_fits(size, received) {
+                        spooling = false;
+                    }
                     // Spill down to half the window so spool writes come in batches.
                     if spooling {
                         if let Err(e) = self.spill(&mut spool, keep / 2).await {
@@ -408,6 +415,36 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         result
     }
 
+    /// Whether the spool's disk can hold the rest of the blob twice: once in
+    /// the spool, once in storage's staging (on the filesystem backend the
+    /// two share the data disk). When not, the fill goes on without a spool
+    /// so the stored copy gets the space: a cold blob needs its size free,
+    /// not twice that. Readers that fall out of the window then fetch on
+    /// their own, as after a spool write failure. An unknown size spools
+    /// (and stops spooling if the disk fills).
+    fn spool_fits(&self, size: Option<u64>, received: u64) -> bool {
+        let Some(size) = size else {
+            return true;
+        };
+        let dir = self.spool_dir();
+        let Some(free) = crate::file_io::free_space(&dir) else {
+            return true;
+        };
+        let remaining = size.saturating_sub(received);
+        let needed = remaining.saturating_mul(2);
+        if free >= needed {
+            return true;
+        }
+        warn!(
+            digest = %self.digest,
+            free,
+            needed,
+            spool_dir = %dir.display(),
+            "low disk space: this fill keeps no spool, so the blob itself fits; clients that fall behind fetch on their own"
+        );
+        false
+    }
+
     /// Spills the window down to `keep` bytes, creating the spool on first use.
     async fn spill(&self, spool: &mut Option<Arc<File>>, keep: u64) -> Result<()> {
         let file = match spool {
@@ -421,13 +458,16 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         self.fill.spill(&file, keep).await
     }
 
-    async fn create_spool(&self) -> Result<File> {
-        let dir = self
-            .engine
+    fn spool_dir(&self) -> std::path::PathBuf {
+        self.engine
             .options
             .spool_dir
             .clone()
-            .unwrap_or_else(std::env::temp_dir);
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    async fn create_spool(&self) -> Result<File> {
+        let dir = self.spool_dir();
         blocking(move || tempfile::tempfile_in(&dir).map_err(|e| spool_error(&dir, e))).await
     }
 }

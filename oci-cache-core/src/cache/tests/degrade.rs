@@ -232,7 +232,7 @@ async fn clients_are_served_when_the_spool_cannot_be_written() {
         .is_some());
 }
 
-async fn wait_fills(engine: &PullThrough<FaultyStorage, FakeUpstream>) {
+async fn wait_fills<S: crate::storage::Storage + ?Sized>(engine: &PullThrough<S, FakeUpstream>) {
     tokio::time::timeout(Duration::from_secs(10), async {
         while engine.blob_fills_in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -251,9 +251,14 @@ struct SmallDisk {
 impl SmallDisk {
     #[allow(clippy::print_stderr)] // The test's skip notice.
     fn mount() -> Option<Self> {
+        Self::mount_sized("2m")
+    }
+
+    #[allow(clippy::print_stderr)] // The test's skip notice.
+    fn mount_sized(size: &str) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
@@ -334,4 +339,44 @@ async fn a_real_full_disk_degrades_to_streaming_and_says_disk_full() {
     })
     .await
     .expect("the small blob is cached");
+}
+
+/// Before, a fill wrote the spool and storage's staging file side by side, so
+/// a 1.5 MiB blob needed 3 MiB free and was never cached on a 2 MiB disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_blob_needs_its_size_free_not_twice_that() {
+    let Some(disk) = SmallDisk::mount_sized("2m") else {
+        return;
+    };
+    let root = disk.dir.path().join("store");
+    let storage = Arc::new(crate::storage::FsStorage::open(&root).await.unwrap());
+    let upstream = Arc::new(FakeUpstream::default());
+    let recorder = Arc::new(Recorder::default());
+    let options = CacheOptions::default()
+        .with_fill_window(64 * 1024)
+        .with_spool_dir(&root);
+    let engine = PullThrough::observed(
+        Arc::clone(&storage),
+        Arc::clone(&upstream),
+        options,
+        Arc::clone(&recorder) as _,
+    );
+    let data = pattern(1536 * 1024);
+    let digest = upstream.add_blob(BlobScript::new(&data).chunk(64 * 1024));
+    let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    assert!(collect(response.stream).await.unwrap() == data);
+    wait_fills(&engine).await;
+    let stored = storage.blob_stat(&digest).await.unwrap();
+    assert_eq!(
+        stored.map(|info| info.size),
+        Some(data.len() as u64),
+        "not cached; storage events: {:?}",
+        recorder.0.lock().unwrap()
+    );
+    // Served from the disk now. (Without a spool, the first client, which
+    // fell behind the fill's window, fetched the rest on its own.)
+    let fetched = upstream.calls().blob_get();
+    let again = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    assert!(collect(again.stream).await.unwrap() == data);
+    assert_eq!(upstream.calls().blob_get(), fetched);
 }
