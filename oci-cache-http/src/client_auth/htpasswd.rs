@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::{Error, Result};
@@ -49,12 +49,7 @@ impl Htpasswd {
             if user.is_empty() {
                 return Err(format!("line {}: empty user name", number + 1));
             }
-            if !["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
-                return Err(format!(
-                    "line {} ({user}): only bcrypt hashes are supported; create entries with `htpasswd -B`",
-                    number + 1
-                ));
-            }
+            check_bcrypt(hash).map_err(|e| format!("line {} ({user}): {e}", number + 1))?;
             users.insert(user.to_owned(), hash.to_owned());
         }
         Ok(Htpasswd { users })
@@ -76,6 +71,53 @@ impl Htpasswd {
     pub(crate) fn len(&self) -> usize {
         self.users.len()
     }
+
+    /// The highest bcrypt cost of any entry (0 without entries).
+    pub(crate) fn max_cost(&self) -> u32 {
+        self.users
+            .values()
+            .filter_map(|hash| hash.get(4..6)?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The highest bcrypt cost accepted. Every authenticated request runs one
+/// check, and each step doubles it: cost 14 is about a second of CPU, so a
+/// higher one would turn each request (and each wrong guess) into seconds of
+/// work.
+pub(crate) const MAX_BCRYPT_COST: u32 = 14;
+
+/// Checks a hash's shape at load time (`$2a$`, `$2b$` or `$2y$`, a two-digit
+/// cost, 53 characters of bcrypt's base64), so a broken line is reported with
+/// its number when the file is read instead of failing every login later.
+fn check_bcrypt(hash: &str) -> std::result::Result<(), String> {
+    const SHAPE: &str = "expected a bcrypt hash like $2y$10$ followed by 53 characters; create entries with `htpasswd -B`";
+    let Some(rest) = ["$2a$", "$2b$", "$2y$"]
+        .iter()
+        .find_map(|prefix| hash.strip_prefix(prefix))
+    else {
+        return Err(format!("only bcrypt hashes are supported; {SHAPE}"));
+    };
+    let (cost, salt_and_hash) = rest.split_once('$').ok_or(SHAPE)?;
+    let cost: u32 = match cost.as_bytes() {
+        [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => {
+            u32::from(a - b'0') * 10 + u32::from(b - b'0')
+        }
+        _ => return Err(SHAPE.to_owned()),
+    };
+    if !(4..=MAX_BCRYPT_COST).contains(&cost) {
+        return Err(format!(
+            "bcrypt cost {cost} is outside 4..={MAX_BCRYPT_COST} (every request checks the \
+             password, so a high cost makes each one slow); recreate the entry with \
+             `htpasswd -B -C 10`"
+        ));
+    }
+    let base64 = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'/';
+    if salt_and_hash.len() != 53 || !salt_and_hash.bytes().all(base64) {
+        return Err(SHAPE.to_owned());
+    }
+    Ok(())
 }
 
 /// An htpasswd file, re-read when its modification time or size changes.
@@ -87,7 +129,8 @@ pub(crate) struct HtpasswdFile {
 
 #[derive(Debug)]
 struct Loaded {
-    entries: Htpasswd,
+    /// Shared, so a check holds no lock during bcrypt and copies no map.
+    entries: Arc<Htpasswd>,
     stamp: Option<(SystemTime, u64)>,
     checked: Instant,
 }
@@ -100,7 +143,7 @@ impl HtpasswdFile {
         Ok(HtpasswdFile {
             path: path.to_owned(),
             state: RwLock::new(Loaded {
-                entries,
+                entries: Arc::new(entries),
                 stamp,
                 checked: Instant::now(),
             }),
@@ -112,7 +155,7 @@ impl HtpasswdFile {
     pub(crate) fn verify(&self, user: &str, password: &str) -> bool {
         self.reload_if_changed();
         let entries = match self.state.read() {
-            Ok(state) => state.entries.clone(),
+            Ok(state) => Arc::clone(&state.entries),
             Err(_) => return false,
         };
         entries.verify(user, password)
@@ -137,7 +180,7 @@ impl HtpasswdFile {
         match read(&self.path) {
             Ok((entries, stamp)) => {
                 tracing::info!(path = %self.path.display(), users = entries.len(), "reloaded the htpasswd file");
-                state.entries = entries;
+                state.entries = Arc::new(entries);
                 state.stamp = stamp;
             }
             Err(e) => {
@@ -183,6 +226,14 @@ mod tests {
             "alice:{SHA}abc",
             "alice:$apr1$x$y",
             "alice:plain",
+            "alice:$2y$",
+            "alice:$2y$10",
+            "alice:$2y$1x$abc",
+            // Too short, a character outside bcrypt's alphabet, cost 3 and 15.
+            "alice:$2y$10$abc",
+            &format!("alice:{}!", &hash[..hash.len() - 1]),
+            &format!("alice:{}", hash.replacen("$04$", "$03$", 1)),
+            &format!("alice:{}", hash.replacen("$04$", "$15$", 1)),
         ] {
             assert!(Htpasswd::parse(bad).is_err(), "{bad}");
         }

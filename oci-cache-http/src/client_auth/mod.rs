@@ -15,7 +15,7 @@
 //!   it is not readable by digest through a public upstream's path unless
 //!   that public upstream has it too (see `provenance`).
 
-mod htpasswd;
+pub(crate) mod htpasswd;
 mod limiter;
 mod provenance;
 
