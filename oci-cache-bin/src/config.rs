@@ -234,12 +234,18 @@ pub(crate) fn resolve_config(args: &ConfigArgs) -> Result<Settings, String> {
 /// completely, without opening storage or contacting anything: what this
 /// accepts, `serve` starts with (`check-config` runs exactly this).
 pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
-    let sources = &args.config;
-    let path = sources.config.as_deref();
-    let mut file = match path {
+    let file = match args.config.config.as_deref() {
         Some(path) => load_file(path)?,
         None => FileConfig::default(),
     };
+    resolve_with(args, file)
+}
+
+/// [`resolve`] over an already parsed file (`args.config.config` names it in
+/// messages); the fuzz target's entry point, as it reads no file itself.
+pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Settings, String> {
+    let sources = &args.config;
+    let path = sources.config.as_deref();
     apply_registry_compat(args, &mut file)?;
     let (listen_text, origin) = pick(
         args.listen.clone(),
