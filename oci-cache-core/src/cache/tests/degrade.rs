@@ -24,15 +24,22 @@ impl Recorder {
     }
 }
 
-pub(super) struct Degraded {
-    pub(super) storage: Arc<FaultyStorage>,
+pub(super) struct Degraded<S = FaultyStorage> {
+    pub(super) storage: Arc<S>,
     pub(super) upstream: Arc<FakeUpstream>,
     recorder: Arc<Recorder>,
-    pub(super) engine: PullThrough<FaultyStorage, FakeUpstream>,
+    pub(super) engine: PullThrough<S, FakeUpstream>,
 }
 
 pub(super) fn degraded(options: CacheOptions) -> Degraded {
-    let storage = Arc::new(FaultyStorage::new());
+    observed_over(Arc::new(FaultyStorage::new()), options)
+}
+
+/// An engine over `storage` and a fake upstream, its storage events recorded.
+fn observed_over<S: crate::storage::Storage>(
+    storage: Arc<S>,
+    options: CacheOptions,
+) -> Degraded<S> {
     let upstream = Arc::new(FakeUpstream::default());
     let recorder = Arc::new(Recorder::default());
     let engine = PullThrough::observed(
@@ -251,14 +258,9 @@ struct SmallDisk {
 impl SmallDisk {
     #[allow(clippy::print_stderr)] // The test's skip notice.
     fn mount() -> Option<Self> {
-        Self::mount_sized("2m")
-    }
-
-    #[allow(clippy::print_stderr)] // The test's skip notice.
-    fn mount_sized(size: &str) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
@@ -267,6 +269,18 @@ impl SmallDisk {
             return None;
         }
         Some(SmallDisk { dir })
+    }
+}
+
+impl SmallDisk {
+    /// An engine over `FsStorage` on this disk, spooling there too.
+    async fn engine(&self) -> Degraded<crate::storage::FsStorage> {
+        let root = self.dir.path().join("store");
+        let storage = Arc::new(crate::storage::FsStorage::open(&root).await.unwrap());
+        let options = CacheOptions::default()
+            .with_fill_window(64 * 1024)
+            .with_spool_dir(self.dir.path());
+        observed_over(storage, options)
     }
 }
 
@@ -283,19 +297,12 @@ async fn a_real_full_disk_degrades_to_streaming_and_says_disk_full() {
     let Some(disk) = SmallDisk::mount() else {
         return;
     };
-    let root = disk.dir.path().join("store");
-    let storage = Arc::new(crate::storage::FsStorage::open(&root).await.unwrap());
-    let upstream = Arc::new(FakeUpstream::default());
-    let recorder = Arc::new(Recorder::default());
-    let options = CacheOptions::default()
-        .with_fill_window(64 * 1024)
-        .with_spool_dir(disk.dir.path());
-    let engine = PullThrough::observed(
-        Arc::clone(&storage),
-        Arc::clone(&upstream),
-        options,
-        Arc::clone(&recorder) as _,
-    );
+    let Degraded {
+        storage,
+        upstream,
+        recorder,
+        engine,
+    } = disk.engine().await;
     // 3 MiB into 2 MiB: neither the staging file nor the spool fits.
     let data = pattern(3 * 1024 * 1024);
     let digest = upstream.add_blob(BlobScript::new(&data).chunk(64 * 1024));
@@ -312,13 +319,7 @@ async fn a_real_full_disk_degrades_to_streaming_and_says_disk_full() {
     for client in clients {
         assert!(client.await.unwrap().unwrap() == data);
     }
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while engine.blob_fills_in_flight() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_fills(&engine).await;
     let full = recorder.count(StorageOperation::BlobWrite, WriteFailure::DiskFull)
         + recorder.count(StorageOperation::Spool, WriteFailure::DiskFull);
     assert!(full >= 1, "{:?}", recorder.0.lock().unwrap());
@@ -345,22 +346,15 @@ async fn a_real_full_disk_degrades_to_streaming_and_says_disk_full() {
 /// a 1.5 MiB blob needed 3 MiB free and was never cached on a 2 MiB disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_blob_needs_its_size_free_not_twice_that() {
-    let Some(disk) = SmallDisk::mount_sized("2m") else {
+    let Some(disk) = SmallDisk::mount() else {
         return;
     };
-    let root = disk.dir.path().join("store");
-    let storage = Arc::new(crate::storage::FsStorage::open(&root).await.unwrap());
-    let upstream = Arc::new(FakeUpstream::default());
-    let recorder = Arc::new(Recorder::default());
-    let options = CacheOptions::default()
-        .with_fill_window(64 * 1024)
-        .with_spool_dir(&root);
-    let engine = PullThrough::observed(
-        Arc::clone(&storage),
-        Arc::clone(&upstream),
-        options,
-        Arc::clone(&recorder) as _,
-    );
+    let Degraded {
+        storage,
+        upstream,
+        recorder,
+        engine,
+    } = disk.engine().await;
     let data = pattern(1536 * 1024);
     let digest = upstream.add_blob(BlobScript::new(&data).chunk(64 * 1024));
     let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
