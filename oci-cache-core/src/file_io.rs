@@ -117,6 +117,19 @@ fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, at)
 }
 
+/// Bytes an unprivileged writer can still store on the filesystem holding
+/// `dir`; `None` where that cannot be asked.
+#[cfg(target_os = "linux")]
+pub(crate) fn free_space(dir: &std::path::Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn free_space(_dir: &std::path::Path) -> Option<u64> {
+    None
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -168,17 +181,4 @@ mod tests {
         assert!(reader.read_at(10, 100).await.unwrap().is_empty());
         assert_eq!(&read_blocking(&reader.file, 0, 100).unwrap()[..], b"abc");
     }
-}
-
-/// Bytes an unprivileged writer can still store on the filesystem holding
-/// `dir`; `None` where that cannot be asked.
-#[cfg(target_os = "linux")]
-pub(crate) fn free_space(dir: &std::path::Path) -> Option<u64> {
-    let stat = rustix::fs::statvfs(dir).ok()?;
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn free_space(_dir: &std::path::Path) -> Option<u64> {
-    None
 }
