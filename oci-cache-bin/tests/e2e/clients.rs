@@ -18,18 +18,32 @@ use crate::support::podman::Podman;
 use crate::support::registry::Origin;
 use crate::support::{free_port, skopeo, tools_available, ServerProcess};
 
-/// A mirror config file serving `upstreams` (`(name, origin URL)`), the
-/// first one the default.
-fn write_mirror_config(dir: &Path, upstreams: &[(&str, &str)]) -> PathBuf {
+/// A mirror config file serving `upstreams` (`(name, origin)`), the first
+/// one the default.
+fn write_mirror_config(dir: &Path, upstreams: &[(&str, &Origin)]) -> PathBuf {
     let mut text = format!("default_upstream = \"{}\"\n", upstreams[0].0);
-    for (name, url) in upstreams {
+    for (name, origin) in upstreams {
         text.push_str(&format!(
-            "\n[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n"
+            "\n[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\n",
+            origin.url()
         ));
     }
     let path = dir.join("mirror.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// oci-cache started from [`write_mirror_config`]'s file, and that file.
+fn mirror_over(dir: &Path, upstreams: &[(&str, &Origin)]) -> (Mirror, PathBuf) {
+    let config = write_mirror_config(dir, upstreams);
+    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    (mirror, config)
+}
+
+/// [`client_config`] for `mirror`, over plain HTTP, with no extra arguments.
+fn generate(kind: &str, mirror: &Mirror, config: &Path, output: &Path) {
+    let url = format!("http://{}", mirror.host());
+    client_config(kind, &url, config, output, &[]);
 }
 
 /// `oci-cache client-config KIND --mirror URL --config FILE --output DIR ARGS`.
@@ -106,19 +120,9 @@ fn containerd_pulls_both_upstreams_through_the_generated_certs_d() {
     let app = small_image(&work.path().join("app"), 161);
     let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
     let b = origin_with(&[(&app, "e2e/app:v1")]);
-    let config = write_mirror_config(
-        work.path(),
-        &[("docker.io", &hub.url()), ("b.test", &b.url())],
-    );
-    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
     let certs_d = work.path().join("certs.d");
-    client_config(
-        "containerd",
-        &format!("http://{}", mirror.host()),
-        &config,
-        &certs_d,
-        &[],
-    );
+    generate("containerd", &mirror, &config, &certs_d);
     assert!(certs_d.join("_default/hosts.toml").is_file());
 
     let got = ctrd
@@ -196,7 +200,7 @@ fn containerd_sends_the_generated_basic_header_to_an_htpasswd_mirror() {
     let mirror_url = format!("http://{}", mirror.host());
 
     let anonymous = dir.join("certs.d-anonymous");
-    client_config("containerd", &mirror_url, &config, &anonymous, &[]);
+    generate("containerd", &mirror, &config, &anonymous);
     let err = ctrd
         .fetch_with_hosts_dir(&anonymous, "private.test/e2e/secret:v1")
         .unwrap_err();
@@ -261,18 +265,10 @@ fn containerd_falls_back_to_the_origin_quickly_when_the_mirror_is_down() {
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 162);
     let b = origin_with(&[(&app, "e2e/app:v1")]);
-    let config = write_mirror_config(work.path(), &[("b.test", &b.url())]);
     let certs_d = work.path().join("certs.d");
     {
-        let mirror =
-            Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
-        client_config(
-            "containerd",
-            &format!("http://{}", mirror.host()),
-            &config,
-            &certs_d,
-            &[],
-        );
+        let (mirror, config) = mirror_over(work.path(), &[("b.test", &b)]);
+        generate("containerd", &mirror, &config, &certs_d);
     } // The mirror is stopped here: its port refuses connections.
 
     let start = Instant::now();
@@ -311,16 +307,9 @@ fn docker_daemon_pulls_alpine_through_the_generated_daemon_json() {
     let work = tempfile::tempdir().unwrap();
     let alpine = small_image(&work.path().join("alpine"), 163);
     let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
-    let config = write_mirror_config(work.path(), &[("docker.io", &hub.url())]);
-    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
     let out = work.path().join("docker");
-    client_config(
-        "docker",
-        &format!("http://{}", mirror.host()),
-        &config,
-        &out,
-        &[],
-    );
+    generate("docker", &mirror, &config, &out);
     let Some(dockerd) = Dockerd::start(test, &out.join("daemon.json")) else {
         return;
     };
@@ -361,19 +350,9 @@ fn podman_pulls_a_non_default_upstream_by_path_prefix() {
     let app = small_image(&work.path().join("app"), 165);
     let hub = origin_with(&[(&hub_image, "e2e/app:v1")]);
     let b = origin_with(&[(&app, "e2e/app:v1")]);
-    let config = write_mirror_config(
-        work.path(),
-        &[("docker.io", &hub.url()), ("b.test", &b.url())],
-    );
-    let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
     let out = work.path().join("podman");
-    client_config(
-        "podman",
-        &format!("http://{}", mirror.host()),
-        &config,
-        &out,
-        &[],
-    );
+    generate("podman", &mirror, &config, &out);
     let conf = out.join("registries.conf");
     let hub_before = hub.count("GET", "/e2e/app/");
 
