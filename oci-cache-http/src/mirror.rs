@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::health::Readiness;
+use oci_cache_core::hosted::{Hosted, HostedOptions};
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{self, SharedObserver};
+use oci_cache_core::reference::Repository;
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 
@@ -50,6 +52,8 @@ pub struct MirrorBuilder {
     observer: Option<SharedObserver>,
     metrics: Option<Arc<Metrics>>,
     readiness: Option<Readiness>,
+    local_prefixes: Vec<String>,
+    hosted_options: HostedOptions,
 }
 
 impl std::fmt::Debug for MirrorBuilder {
@@ -58,6 +62,8 @@ impl std::fmt::Debug for MirrorBuilder {
             .field("upstreams", &self.upstreams)
             .field("cache_options", &self.cache_options)
             .field("upstream_options", &self.upstream_options)
+            .field("local_prefixes", &self.local_prefixes)
+            .field("hosted_options", &self.hosted_options)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +119,27 @@ impl MirrorBuilder {
         self
     }
 
+    /// Hosts the repositories whose first path component is one of
+    /// `prefixes` (`["local"]` hosts `local/app`, `local/team/api`, …): they
+    /// accept the OCI push API, are never fetched upstream and never
+    /// evicted. Validated by [`build`](Self::build): each prefix is one
+    /// repository path component and names no configured upstream or alias.
+    pub fn local_prefixes<I, P>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.local_prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Limits of hosted repositories (manifest and blob size, age of
+    /// abandoned uploads). Default: [`HostedOptions::default`].
+    pub fn hosted_options(mut self, options: HostedOptions) -> Self {
+        self.hosted_options = options;
+        self
+    }
+
     /// Fetches through `upstream` instead of the built-in HTTP client (tests,
     /// or an embedder's own transport); the upstream options are then unused,
     /// and upstream and breaker events are whatever that upstream reports.
@@ -144,6 +171,10 @@ impl MirrorBuilder {
             (Some(observer), None) => observer,
             (None, None) => observe::noop(),
         };
+        for prefix in &self.local_prefixes {
+            validate_prefix(prefix, &upstreams)?;
+        }
+        let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
         let mirrors = Arc::new(upstreams);
         let upstream = match self.upstream {
             Some(upstream) => upstream,
@@ -159,7 +190,7 @@ impl MirrorBuilder {
             }
         };
         let engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
-        let mut service = OciService::new(engine, mirrors);
+        let mut service = OciService::new(engine, mirrors).with_hosted(self.local_prefixes, hosted);
         if let Some(metrics) = self.metrics {
             service = service.with_metrics(metrics);
         }
@@ -167,5 +198,39 @@ impl MirrorBuilder {
             service = service.with_readiness(readiness);
         }
         Ok(Mirror { service })
+    }
+}
+
+/// A local prefix is one repository path component that no upstream claims.
+fn validate_prefix(prefix: &str, upstreams: &MirrorConfig) -> Result<()> {
+    let config = |message: String| Error::Core(oci_cache_core::Error::Config(message));
+    if prefix.contains('/') || Repository::new(prefix).is_err() {
+        return Err(config(format!(
+            "local prefix {prefix:?} is not one repository path component \
+             (lowercase letters, digits and . _ -, e.g. \"local\")"
+        )));
+    }
+    if upstreams.lookup(prefix).is_some() {
+        return Err(config(format!(
+            "local prefix {prefix:?} is also the name of a configured upstream; pick another prefix"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn local_prefixes_are_one_component_that_no_upstream_claims() {
+        let upstreams = MirrorConfig::common();
+        assert!(validate_prefix("local", &upstreams).is_ok());
+        for bad in ["", "a/b", "UP", "docker.io", "ghcr.io"] {
+            let e = validate_prefix(bad, &upstreams).unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
     }
 }

@@ -7,6 +7,14 @@
 //! configured upstream or alias (`/v2/ghcr.io/org/app/…`), or else the default
 //! upstream. Only configured upstreams are ever selected: a name that is not
 //! configured is an error here, before anything could dial out.
+//!
+//! A repository whose first path component is a configured local prefix
+//! (`/v2/local/app/…`) is hosted ([`Route::Hosted`]): it has no upstream at
+//! all, so neither a read nor a write of it can reach a mirror chain. An
+//! `ns` naming a configured upstream still wins (it asks for that upstream's
+//! `local/…` explicitly); any other `ns` (containerd sends the registry host
+//! the client asked for, e.g. Kind's `localhost:5001`) is ignored for
+//! hosted repositories. Writes anywhere else are `405 UNSUPPORTED`.
 
 use http::{Method, StatusCode};
 use oci_cache_core::digest::Digest;
@@ -54,6 +62,29 @@ pub(crate) enum Route {
         n: Option<usize>,
         last: Option<String>,
     },
+    /// Anything under a hosted repository (the method decides what is done).
+    Hosted {
+        repository: Repository,
+        op: HostedOp,
+    },
+}
+
+/// What a request for a hosted repository is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostedOp {
+    /// `…/manifests/<reference>`.
+    Manifest(ManifestRef),
+    /// `…/blobs/<digest>`.
+    Blob(Digest),
+    /// `…/tags/list`.
+    Tags {
+        n: Option<usize>,
+        last: Option<String>,
+    },
+    /// `…/blobs/uploads/` (start an upload, monolithic or mount).
+    Uploads,
+    /// `…/blobs/uploads/<id>`.
+    Upload(String),
 }
 
 impl Route {
@@ -68,6 +99,12 @@ impl Route {
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::Tags { .. } => "tags",
+            Route::Hosted { op, .. } => match op {
+                HostedOp::Manifest(_) => "hosted_manifest",
+                HostedOp::Blob(_) => "hosted_blob",
+                HostedOp::Tags { .. } => "hosted_tags",
+                HostedOp::Uploads | HostedOp::Upload(_) => "upload",
+            },
         }
     }
 
@@ -82,12 +119,13 @@ impl Route {
     }
 }
 
-/// Routes a request.
+/// Routes a request; `local` are the local prefixes of hosted repositories.
 pub(crate) fn route(
     method: &Method,
     path: &str,
     query: Option<&str>,
     mirrors: &MirrorConfig,
+    local: &[String],
 ) -> Result<Route, OciError> {
     let read_only = method == Method::GET || method == Method::HEAD;
     let probe = match path {
@@ -111,6 +149,11 @@ pub(crate) fn route(
         },
         None => return Err(unknown_route(path)),
     };
+    if let Some(rest) = rest.filter(|_| !local.is_empty()) {
+        if let Some(hosted) = hosted(rest, query, mirrors, local) {
+            return hosted;
+        }
+    }
     if !read_only {
         return Err(unsupported(method));
     }
@@ -124,17 +167,7 @@ pub(crate) fn route(
         });
     }
 
-    let segments = rest
-        .split('/')
-        .map(|s| match percent_decode_str(s).decode_utf8() {
-            Ok(d) if !d.contains('/') => Ok(d.into_owned()),
-            _ => Err(OciError::new(
-                StatusCode::BAD_REQUEST,
-                OciErrorCode::NameInvalid,
-                format!("invalid path segment {s:?}"),
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let segments = segments(rest)?;
 
     match segments.as_slice() {
         [name @ .., t, l] if t == "tags" && l == "list" && !name.is_empty() => Ok(Route::Tags {
@@ -161,6 +194,88 @@ pub(crate) fn route(
         }
         _ => Err(unknown_route(path)),
     }
+}
+
+fn segments(rest: &str) -> Result<Vec<String>, OciError> {
+    rest.split('/')
+        .map(|s| match percent_decode_str(s).decode_utf8() {
+            Ok(d) if !d.contains('/') => Ok(d.into_owned()),
+            _ => Err(OciError::new(
+                StatusCode::BAD_REQUEST,
+                OciErrorCode::NameInvalid,
+                format!("invalid path segment {s:?}"),
+            )),
+        })
+        .collect()
+}
+
+/// The route of a request for a hosted repository, or `None` when the path
+/// is not under a local prefix (or `ns` names a configured upstream).
+fn hosted(
+    rest: &str,
+    query: Option<&str>,
+    mirrors: &MirrorConfig,
+    local: &[String],
+) -> Option<Result<Route, OciError>> {
+    let first = rest.split('/').next()?;
+    if !local.iter().any(|prefix| prefix == first) {
+        return None;
+    }
+    if query_param(query, "ns").is_some_and(|ns| mirrors.lookup(&ns).is_some()) {
+        return None;
+    }
+    let segments = match segments(rest) {
+        Ok(segments) => segments,
+        Err(e) => return Some(Err(e)),
+    };
+    let (name, op) = match segments.as_slice() {
+        [name @ .., t, l] if t == "tags" && l == "list" => (
+            name,
+            page_size(query).map(|n| HostedOp::Tags {
+                n,
+                last: query_param(query, "last"),
+            }),
+        ),
+        [name @ .., b, u, id] if b == "blobs" && u == "uploads" => {
+            let op = if id.is_empty() {
+                HostedOp::Uploads
+            } else {
+                HostedOp::Upload(id.clone())
+            };
+            (name, Ok(op))
+        }
+        [name @ .., b, u] if b == "blobs" && u == "uploads" => (name, Ok(HostedOp::Uploads)),
+        [name @ .., m, reference] if m == "manifests" => {
+            (name, manifest_ref(reference).map(HostedOp::Manifest))
+        }
+        [name @ .., b, digest] if b == "blobs" => (name, parse_digest(digest).map(HostedOp::Blob)),
+        _ => return None,
+    };
+    if name.len() < 2 {
+        // `/v2/local/manifests/x`: the prefix alone is not a repository.
+        return Some(Err(OciError::new(
+            StatusCode::BAD_REQUEST,
+            OciErrorCode::NameInvalid,
+            format!("a hosted repository needs a name below {first:?}, e.g. {first}/app"),
+        )));
+    }
+    let joined = name.join("/");
+    Some(
+        Repository::new(&joined)
+            .map_err(|_| {
+                OciError::new(
+                    StatusCode::BAD_REQUEST,
+                    OciErrorCode::NameInvalid,
+                    format!("invalid repository name {joined:?}"),
+                )
+            })
+            .and_then(|repository| {
+                Ok(Route::Hosted {
+                    repository,
+                    op: op?,
+                })
+            }),
+    )
 }
 
 /// Chooses the upstream and builds the repository name.
@@ -312,7 +427,7 @@ mod tests {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        route(&Method::GET, path, query, &mirrors())
+        route(&Method::GET, path, query, &mirrors(), &[])
     }
 
     fn manifest(path: &str) -> (String, String, String) {
@@ -474,11 +589,90 @@ mod tests {
         assert_eq!(err(&long), (400, "NAME_INVALID"));
     }
 
+    fn local() -> Vec<String> {
+        vec!["local".to_owned()]
+    }
+
+    #[test]
+    fn hosted_repositories_route_every_method() {
+        let hosted = |method: Method, path_and_query: &str| {
+            let (path, query) = match path_and_query.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (path_and_query, None),
+            };
+            match route(&method, path, query, &mirrors(), &local()) {
+                Ok(Route::Hosted { repository, op }) => Ok((repository.to_string(), op)),
+                Ok(other) => panic!("{path_and_query}: not hosted: {other:?}"),
+                Err(e) => Err((e.status.as_u16(), e.code.as_str())),
+            }
+        };
+        let app = || "local/app".to_owned();
+        assert_eq!(
+            hosted(Method::POST, "/v2/local/app/blobs/uploads/"),
+            Ok((app(), HostedOp::Uploads))
+        );
+        assert_eq!(
+            hosted(Method::POST, "/v2/local/app/blobs/uploads"),
+            Ok((app(), HostedOp::Uploads))
+        );
+        assert_eq!(
+            hosted(Method::PATCH, "/v2/local/app/blobs/uploads/abc"),
+            Ok((app(), HostedOp::Upload("abc".into())))
+        );
+        assert_eq!(
+            hosted(Method::PUT, "/v2/local/a/b/manifests/v1"),
+            Ok((
+                "local/a/b".into(),
+                HostedOp::Manifest(manifest_ref("v1").unwrap())
+            ))
+        );
+        // Kind's containerd names the registry it asked for in `ns`.
+        assert_eq!(
+            hosted(
+                Method::GET,
+                &format!("/v2/local/app/blobs/{DIGEST}?ns=localhost%3A5009")
+            ),
+            Ok((app(), HostedOp::Blob(DIGEST.parse().unwrap())))
+        );
+        assert_eq!(
+            hosted(Method::GET, "/v2/local/app/tags/list?n=1"),
+            Ok((
+                app(),
+                HostedOp::Tags {
+                    n: Some(1),
+                    last: None
+                }
+            ))
+        );
+        assert_eq!(
+            hosted(Method::PUT, "/v2/local/manifests/v1"),
+            Err((400, "NAME_INVALID"))
+        );
+        // `ns` naming a configured upstream asks for that upstream's repository.
+        let cached = route(
+            &Method::GET,
+            "/v2/local/app/manifests/v1",
+            Some("ns=docker.io"),
+            &mirrors(),
+            &local(),
+        )
+        .unwrap();
+        assert!(matches!(cached, Route::Manifest { .. }), "{cached:?}");
+        // Writes elsewhere stay refused, and `localx/…` is not under `local`.
+        for path in [
+            "/v2/library/alpine/manifests/x",
+            "/v2/localx/app/manifests/x",
+        ] {
+            let e = route(&Method::PUT, path, None, &mirrors(), &local()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
+        }
+    }
+
     #[test]
     fn write_methods_are_unsupported() {
         for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
             for path in ["/v2/a/blobs/uploads/", "/v2/a/manifests/t", "/v2/"] {
-                let e = route(&method, path, None, &mirrors()).unwrap_err();
+                let e = route(&method, path, None, &mirrors(), &local()).unwrap_err();
                 assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
             }
         }
