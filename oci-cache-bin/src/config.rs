@@ -24,6 +24,7 @@ use oci_cache_http::UpstreamOptions;
 
 use crate::cli::{ConfigArgs, ServeArgs};
 use oci_cache_core::duration::parse_duration;
+use oci_cache_core::hosted::HostedOptions;
 
 /// Where `serve` listens when nothing says otherwise.
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
@@ -45,6 +46,10 @@ pub(crate) struct FileConfig {
     metrics_listen: Option<String>,
     default_upstream: Option<String>,
     tag_ttl: Option<String>,
+    /// First path components of hosted (pushable) repositories.
+    local_prefixes: Option<Vec<String>>,
+    /// Age after which an untouched upload session is removed (`24h`).
+    upload_max_age: Option<String>,
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
@@ -162,6 +167,10 @@ pub(crate) struct Settings {
     pub(crate) tls: Option<TlsFiles>,
     /// The server's connection policy (`[limits]`).
     pub(crate) server: ServerOptions,
+    /// First path components of hosted repositories (empty: a pure cache).
+    pub(crate) local_prefixes: Vec<String>,
+    /// Limits of hosted repositories.
+    pub(crate) hosted: HostedOptions,
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -372,6 +381,13 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let server = file.limits.resolve()?;
+    let (local_prefixes, hosted) = hosted_settings(
+        args,
+        (file.local_prefixes.take(), file.upload_max_age.take()),
+        path,
+        &mirrors,
+        &cache,
+    )?;
     let client_auth =
         crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
     let tls = crate::trust::tls(
@@ -391,7 +407,47 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         client_auth,
         tls,
         server,
+        local_prefixes,
+        hosted,
     })
+}
+
+/// `--local-prefix` / `local_prefixes` and `upload_max_age`, validated.
+fn hosted_settings(
+    args: &ServeArgs,
+    (file_prefixes, upload_max_age): (Option<Vec<String>>, Option<String>),
+    path: Option<&Path>,
+    mirrors: &MirrorConfig,
+    cache: &CacheOptions,
+) -> Result<(Vec<String>, HostedOptions), String> {
+    let flags = (!args.local_prefixes.is_empty()).then(|| args.local_prefixes.clone());
+    let prefixes = match pick(
+        flags,
+        file_prefixes,
+        path,
+        (
+            "--local-prefix",
+            "OCI_CACHE_LOCAL_PREFIXES",
+            "local_prefixes",
+        ),
+    ) {
+        Some((prefixes, origin)) => {
+            for prefix in &prefixes {
+                oci_cache_core::hosted::validate_local_prefix(prefix, mirrors)
+                    .map_err(|e| format!("{origin}: {e}"))?;
+            }
+            prefixes
+        }
+        None => Vec::new(),
+    };
+    let mut hosted = HostedOptions::default()
+        .with_max_manifest_size(cache.max_manifest_size)
+        .with_max_blob_size(Some(cache.max_blob_size));
+    if let Some(text) = upload_max_age {
+        let age = parse_duration(&text).map_err(|e| format!("upload_max_age: {e}"))?;
+        hosted = hosted.with_upload_max_age(age);
+    }
+    Ok((prefixes, hosted))
 }
 
 /// A tag TTL: a duration above zero.

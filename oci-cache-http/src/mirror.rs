@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::health::Readiness;
-use oci_cache_core::hosted::{Hosted, HostedOptions};
+use oci_cache_core::hosted::{validate_local_prefix, Hosted, HostedOptions};
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{self, SharedObserver};
-use oci_cache_core::reference::Repository;
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 
@@ -172,7 +171,7 @@ impl MirrorBuilder {
             (None, None) => observe::noop(),
         };
         for prefix in &self.local_prefixes {
-            validate_prefix(prefix, &upstreams)?;
+            validate_local_prefix(prefix, &upstreams)?;
         }
         let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
         let mirrors = Arc::new(upstreams);
@@ -198,39 +197,5 @@ impl MirrorBuilder {
             service = service.with_readiness(readiness);
         }
         Ok(Mirror { service })
-    }
-}
-
-/// A local prefix is one repository path component that no upstream claims.
-fn validate_prefix(prefix: &str, upstreams: &MirrorConfig) -> Result<()> {
-    let config = |message: String| Error::Core(oci_cache_core::Error::Config(message));
-    if prefix.contains('/') || Repository::new(prefix).is_err() {
-        return Err(config(format!(
-            "local prefix {prefix:?} is not one repository path component \
-             (lowercase letters, digits and . _ -, e.g. \"local\")"
-        )));
-    }
-    if upstreams.lookup(prefix).is_some() {
-        return Err(config(format!(
-            "local prefix {prefix:?} is also the name of a configured upstream; pick another prefix"
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn local_prefixes_are_one_component_that_no_upstream_claims() {
-        let upstreams = MirrorConfig::common();
-        assert!(validate_prefix("local", &upstreams).is_ok());
-        for bad in ["", "a/b", "UP", "docker.io", "ghcr.io"] {
-            let e = validate_prefix(bad, &upstreams).unwrap_err();
-            assert!(e.to_string().contains(bad), "{bad}: {e}");
-        }
     }
 }

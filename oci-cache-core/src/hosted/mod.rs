@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 
 use crate::digest::Digest;
+use crate::mirror::MirrorConfig;
 use crate::reference::{Repository, Tag};
 use crate::storage::{RecordKey, RecordPrefix, Storage};
 use crate::{Error, PushErrorKind, Result};
@@ -251,6 +252,23 @@ impl<S: Storage + ?Sized> Hosted<S> {
             .await?;
         set.iter().map(|name| Ok(Repository::new(name)?)).collect()
     }
+}
+
+/// Checks a local prefix: one repository path component (`local`), naming
+/// no configured upstream or alias (a path starting with it would be ambiguous).
+pub fn validate_local_prefix(prefix: &str, upstreams: &MirrorConfig) -> Result<()> {
+    if prefix.contains('/') || Repository::new(prefix).is_err() {
+        return Err(Error::Config(format!(
+            "local prefix {prefix:?} is not one repository path component \
+             (lowercase letters, digits and . _ -, e.g. \"local\")"
+        )));
+    }
+    if upstreams.lookup(prefix).is_some() {
+        return Err(Error::Config(format!(
+            "local prefix {prefix:?} is also the name of a configured upstream; pick another prefix"
+        )));
+    }
+    Ok(())
 }
 
 /// Every manifest digest linked from any hosted repository, sorted and

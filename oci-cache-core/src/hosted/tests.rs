@@ -199,3 +199,13 @@ async fn abandoned_uploads_are_removed_with_their_pieces() {
     assert_eq!(storage.blob_list().count().await, 0);
     assert!(h.upload(&app, &state.id).await.is_err());
 }
+
+#[test]
+fn local_prefixes_are_one_component_that_no_upstream_claims() {
+    let upstreams = MirrorConfig::common();
+    assert!(validate_local_prefix("local", &upstreams).is_ok());
+    for bad in ["", "a/b", "UP", "docker.io", "ghcr.io"] {
+        let e = validate_local_prefix(bad, &upstreams).unwrap_err();
+        assert!(e.to_string().contains(bad), "{bad}: {e}");
+    }
+}
