@@ -697,3 +697,63 @@ async fn writes_outside_local_prefixes_are_refused_without_upstream_requests() {
         assert_eq!(r.fake.calls().total(), 0);
     }
 }
+
+#[tokio::test]
+async fn pushes_need_credentials_when_client_auth_is_on_and_pulls_do_not() {
+    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("dev:{}\n", bcrypt::hash("pw", 4).unwrap()),
+    )
+    .unwrap();
+    let config = mirrors("http://127.0.0.1:9");
+    let fake = Arc::new(FakeUpstream::new());
+    let inner = build(Arc::new(MemoryStorage::new()), Arc::clone(&fake));
+    let auth = ClientAuth::new(
+        &ClientAuthConfig {
+            htpasswd,
+            realm: "test-realm".into(),
+            access: Default::default(),
+            private_digests: None,
+        },
+        &config,
+    )
+    .unwrap();
+    let svc = AuthService::new(inner, Arc::new(auth));
+    let send = |method: Method, uri: String, user: Option<&'static str>, body: &'static [u8]| {
+        let svc = svc.clone();
+        async move {
+            let mut builder = Request::builder().method(method).uri(uri);
+            if let Some(user) = user {
+                builder = builder.header("authorization", user);
+            }
+            let response = svc
+                .handle(builder.body(Full::new(Bytes::from_static(body))).unwrap())
+                .await;
+            let status = response.status().as_u16();
+            (
+                status,
+                response.into_body().collect().await.unwrap().to_bytes(),
+            )
+        }
+    };
+    const DEV: &str = "Basic ZGV2OnB3"; // dev:pw
+    let layer: &'static [u8] = b"pushed layer";
+    let digest = Digest::sha256_of(layer);
+    let upload = format!("{APP}/blobs/uploads/?digest={digest}");
+    let (status, _) = send(Method::POST, upload.clone(), None, layer).await;
+    assert_eq!(status, 401, "an anonymous push");
+    let (status, _) = send(Method::POST, upload.clone(), Some("Basic ZGV2Om5v"), layer).await;
+    assert_eq!(status, 401, "wrong password");
+    let (status, _) = send(Method::POST, upload, Some(DEV), layer).await;
+    assert_eq!(status, 201);
+    // Kind's containerd pulls without credentials.
+    let (status, body) = send(Method::GET, format!("{APP}/blobs/{digest}"), None, b"").await;
+    assert_eq!((status, body.as_ref()), (200, layer));
+    let (status, _) = send(Method::DELETE, format!("{APP}/manifests/v1"), None, b"").await;
+    assert_eq!(status, 401);
+    assert_eq!(fake.calls().total(), 0);
+}
