@@ -10,11 +10,11 @@
 //!
 //! A repository whose first path component is a configured local prefix
 //! (`/v2/local/app/…`) is hosted ([`Route::Hosted`]): it has no upstream at
-//! all, so neither a read nor a write of it can reach a mirror chain. An
-//! `ns` naming a configured upstream still wins (it asks for that upstream's
-//! `local/…` explicitly); any other `ns` (containerd sends the registry host
-//! the client asked for, e.g. Kind's `localhost:5001`) is ignored for
-//! hosted repositories. Writes anywhere else are `405 UNSUPPORTED`.
+//! all, so neither a read nor a write of it can reach a mirror chain, whatever
+//! `ns` says (containerd sends the registry host the client asked for, e.g.
+//! Kind's `localhost:5001`). Pick a prefix no upstream uses as a namespace:
+//! `docker.io/local/x` is not reachable through this mirror. Writes anywhere
+//! else are `405 UNSUPPORTED`.
 
 use http::{Method, StatusCode};
 use oci_cache_core::digest::Digest;
@@ -150,7 +150,7 @@ pub(crate) fn route(
         None => return Err(unknown_route(path)),
     };
     if let Some(rest) = rest.filter(|_| !local.is_empty()) {
-        if let Some(hosted) = hosted(rest, query, mirrors, local) {
+        if let Some(hosted) = hosted(rest, query, local) {
             return hosted;
         }
     }
@@ -210,18 +210,10 @@ fn segments(rest: &str) -> Result<Vec<String>, OciError> {
 }
 
 /// The route of a request for a hosted repository, or `None` when the path
-/// is not under a local prefix (or `ns` names a configured upstream).
-fn hosted(
-    rest: &str,
-    query: Option<&str>,
-    mirrors: &MirrorConfig,
-    local: &[String],
-) -> Option<Result<Route, OciError>> {
+/// is not under a local prefix.
+fn hosted(rest: &str, query: Option<&str>, local: &[String]) -> Option<Result<Route, OciError>> {
     let first = rest.split('/').next()?;
     if !local.iter().any(|prefix| prefix == first) {
-        return None;
-    }
-    if query_param(query, "ns").is_some_and(|ns| mirrors.lookup(&ns).is_some()) {
         return None;
     }
     let segments = match segments(rest) {
@@ -648,16 +640,11 @@ mod tests {
             hosted(Method::PUT, "/v2/local/manifests/v1"),
             Err((400, "NAME_INVALID"))
         );
-        // `ns` naming a configured upstream asks for that upstream's repository.
-        let cached = route(
-            &Method::GET,
-            "/v2/local/app/manifests/v1",
-            Some("ns=docker.io"),
-            &mirrors(),
-            &local(),
-        )
-        .unwrap();
-        assert!(matches!(cached, Route::Manifest { .. }), "{cached:?}");
+        // Whatever `ns` names, a hosted repository never reaches an upstream.
+        assert_eq!(
+            hosted(Method::GET, "/v2/local/app/manifests/v1?ns=docker.io"),
+            Ok((app(), HostedOp::Manifest(manifest_ref("v1").unwrap())))
+        );
         // Writes elsewhere stay refused, and `localx/…` is not under `local`.
         for path in [
             "/v2/library/alpine/manifests/x",
