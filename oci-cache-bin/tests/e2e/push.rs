@@ -420,3 +420,58 @@ fn podman_pushes_to_local_and_pulls_back() {
         r#"{"name":"local/podman","tags":["1"]}"#
     );
 }
+
+#[test]
+fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
+    let test = "docker_pushes_to_local_reusing_cached_layers_and_pulls_back";
+    if !tools_available(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 1506);
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+    let daemon_json = work.path().join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
+    )
+    .unwrap();
+    let Some(dockerd) = crate::support::dockerd::Dockerd::start(test, &daemon_json) else {
+        return;
+    };
+    let cached = format!("{m}/e2e/app:v1");
+    let pushed = format!("{m}/local/docker:1");
+    dockerd.docker(&["pull", &cached]).unwrap();
+    let id = dockerd
+        .docker(&["image", "inspect", "--format", "{{.Id}}", &cached])
+        .unwrap();
+    dockerd.docker(&["tag", &cached, &pushed]).unwrap();
+    dockerd.docker(&["push", &pushed]).unwrap();
+    // Every blob came from the cache: mounted or found, never uploaded.
+    let log = mirror.log();
+    assert_eq!(
+        upload_requests(&mirror),
+        0,
+        "cached blobs were uploaded again"
+    );
+    assert!(
+        log.contains("route=hosted_manifest"),
+        "no manifest was pushed"
+    );
+    dockerd
+        .docker(&["rmi", "--force", &cached, &pushed])
+        .unwrap();
+    dockerd.docker(&["pull", &pushed]).unwrap();
+    let back = dockerd
+        .docker(&["image", "inspect", "--format", "{{.Id}}", &pushed])
+        .unwrap();
+    assert_eq!(back.trim(), id.trim());
+    let writes: Vec<String> = origin_requests(&origin)
+        .into_iter()
+        .filter(|r| r.contains("/local/"))
+        .collect();
+    assert_eq!(writes, Vec::<String>::new(), "the push reached the origin");
+}
