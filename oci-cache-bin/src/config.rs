@@ -381,7 +381,7 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let server = file.limits.resolve()?;
-    let (local_prefixes, hosted) = hosted_settings(
+    let (local_prefixes, hosted) = hosted::settings(
         args,
         (file.local_prefixes.take(), file.upload_max_age.take()),
         path,
@@ -410,44 +410,6 @@ pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         local_prefixes,
         hosted,
     })
-}
-
-/// `--local-prefix` / `local_prefixes` and `upload_max_age`, validated.
-fn hosted_settings(
-    args: &ServeArgs,
-    (file_prefixes, upload_max_age): (Option<Vec<String>>, Option<String>),
-    path: Option<&Path>,
-    mirrors: &MirrorConfig,
-    cache: &CacheOptions,
-) -> Result<(Vec<String>, HostedOptions), String> {
-    let flags = (!args.local_prefixes.is_empty()).then(|| args.local_prefixes.clone());
-    let prefixes = match pick(
-        flags,
-        file_prefixes,
-        path,
-        (
-            "--local-prefix",
-            "OCI_CACHE_LOCAL_PREFIXES",
-            "local_prefixes",
-        ),
-    ) {
-        Some((prefixes, origin)) => {
-            for prefix in &prefixes {
-                oci_cache_core::hosted::validate_local_prefix(prefix, mirrors)
-                    .map_err(|e| format!("{origin}: {e}"))?;
-            }
-            prefixes
-        }
-        None => Vec::new(),
-    };
-    let mut hosted = HostedOptions::default()
-        .with_max_manifest_size(cache.max_manifest_size)
-        .with_max_blob_size(Some(cache.max_blob_size));
-    if let Some(text) = upload_max_age {
-        let age = parse_duration(&text).map_err(|e| format!("upload_max_age: {e}"))?;
-        hosted = hosted.with_upload_max_age(age);
-    }
-    Ok((prefixes, hosted))
 }
 
 /// A tag TTL: a duration above zero.
@@ -612,6 +574,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     Ok(upstream)
 }
 
+mod hosted;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
