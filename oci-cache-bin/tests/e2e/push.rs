@@ -475,3 +475,80 @@ fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
         .collect();
     assert_eq!(writes, Vec::<String>::new(), "the push reached the origin");
 }
+
+#[test]
+fn hosted_repositories_work_on_s3_storage_across_a_restart() {
+    let test = "hosted_repositories_work_on_s3_storage_across_a_restart";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(s3) = crate::support::s3::S3Server::start(test) else {
+        return;
+    };
+    s3.create_bucket("oci-cache-push");
+    let work = tempfile::tempdir().unwrap();
+    let multi = multiarch_image(&work.path().join("multi"), 1507);
+    let origin = Origin::start();
+    let origin_url = origin.url();
+    let config = format!(
+        "local_prefixes = [\"local\"]\n\n[storage]\nkind = \"s3\"\nbucket = \"oci-cache-push\"\n\
+         endpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n",
+        s3.endpoint()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "e2e"),
+        ("AWS_SECRET_ACCESS_KEY", "e2e-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let start = || {
+        Mirror::start_oci_cache_with_config(
+            &config,
+            &[("a.test", &origin_url)],
+            "a.test",
+            "5m",
+            &env,
+        )
+    };
+    let mirror = start();
+    let m = mirror.host();
+    skopeo::push(&multi, &m, "local/multi:1");
+    // 10 MiB in two chunks: several pieces of the session on S3.
+    let content: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let digest = sha256_digest(&content);
+    let split = 6 * 1024 * 1024;
+    let s = http::request(&m, "POST", "/v2/local/big/blobs/uploads/", &[]).unwrap();
+    let location = s.header("location").unwrap().to_owned();
+    let range = format!("0-{}", split - 1);
+    let a = http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", &range)],
+        &content[..split],
+    )
+    .unwrap();
+    assert_eq!(a.status, 202);
+    drop(mirror);
+
+    let mirror = start();
+    let m = mirror.host();
+    let progress = http::request(&m, "GET", &location, &[]).unwrap();
+    assert_eq!(progress.header("range"), Some(range.as_str()));
+    let rest = format!("{split}-{}", content.len() - 1);
+    let a = http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", &rest)],
+        &content[split..],
+    )
+    .unwrap();
+    assert_eq!(a.status, 202);
+    let done = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
+    assert_eq!(done.status, 201, "{}", String::from_utf8_lossy(&done.body));
+    let blob = http::request(&m, "GET", &format!("/v2/local/big/blobs/{digest}"), &[]).unwrap();
+    assert!(blob.body == content, "the blob read back from S3 differs");
+    let got = skopeo::copy(&format!("{m}/local/multi:1"), &work.path().join("back")).unwrap();
+    assert_eq!(got.digest, multi.digest);
+    assert_eq!(origin_requests(&origin), Vec::<String>::new());
+}
