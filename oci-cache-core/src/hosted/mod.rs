@@ -27,7 +27,7 @@
 mod manifest;
 mod upload;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -156,6 +156,8 @@ pub struct Hosted<S: ?Sized> {
     storage: Arc<S>,
     options: HostedOptions,
     last_cleanup: Arc<Mutex<Option<Instant>>>,
+    /// Upload sessions a request of this process is writing right now.
+    busy: Arc<Mutex<HashSet<UploadId>>>,
 }
 
 impl<S: ?Sized> Clone for Hosted<S> {
@@ -164,6 +166,7 @@ impl<S: ?Sized> Clone for Hosted<S> {
             storage: Arc::clone(&self.storage),
             options: self.options.clone(),
             last_cleanup: Arc::clone(&self.last_cleanup),
+            busy: Arc::clone(&self.busy),
         }
     }
 }
@@ -183,6 +186,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
             storage,
             options,
             last_cleanup: Arc::new(Mutex::new(None)),
+            busy: Arc::default(),
         }
     }
 

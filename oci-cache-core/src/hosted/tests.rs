@@ -209,3 +209,43 @@ fn local_prefixes_are_one_component_that_no_upstream_claims() {
         assert!(e.to_string().contains(bad), "{bad}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_second_writer_of_one_upload_is_refused_while_the_first_runs() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = hosted(&storage);
+    let state = h.start_upload(&app).await.unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<crate::Result<Bytes>>();
+    tx.unbounded_send(Ok(Bytes::from_static(b"first"))).unwrap();
+    let slow = {
+        let h = h.clone();
+        let app = app.clone();
+        let id = state.id.clone();
+        tokio::spawn(async move { h.append(&app, &id, None, rx.boxed()).await })
+    };
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let e = h
+        .append(&app, &state.id, None, stream(&[b"second"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Push {
+                kind: PushErrorKind::UploadInvalid,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    drop(tx);
+    assert_eq!(slow.await.unwrap().unwrap().offset, 5);
+    // Once the first is done, the next chunk goes in.
+    let after = h
+        .append(&app, &state.id, None, stream(&[b"second"]))
+        .await
+        .unwrap();
+    assert_eq!(after.offset, 11);
+}

@@ -1,7 +1,8 @@
 //! Blob upload sessions: start, append chunks, report progress, finish with
 //! a verified write, cancel, and clean up abandoned ones.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -48,6 +49,42 @@ struct Piece {
 impl Session {
     fn offset(&self) -> u64 {
         self.pieces.iter().map(|p| p.size).sum()
+    }
+}
+
+/// Marks an upload as being written by one request of this process; a
+/// second request for it is refused until the first ends, so two chunks
+/// can never both read the session, append, and overwrite each other.
+struct Writing {
+    busy: Arc<Mutex<HashSet<UploadId>>>,
+    id: UploadId,
+}
+
+impl Writing {
+    fn claim(busy: &Arc<Mutex<HashSet<UploadId>>>, id: &UploadId) -> Result<Writing> {
+        let claimed = busy
+            .lock()
+            .map(|mut set| set.insert(id.clone()))
+            .unwrap_or(false);
+        if claimed {
+            Ok(Writing {
+                busy: Arc::clone(busy),
+                id: id.clone(),
+            })
+        } else {
+            Err(Error::push(
+                PushErrorKind::UploadInvalid,
+                format!("another request is writing upload {id}; wait for it, then resume"),
+            ))
+        }
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.busy.lock() {
+            set.remove(&self.id);
+        }
     }
 }
 
@@ -99,6 +136,17 @@ impl<S: Storage + ?Sized> Hosted<S> {
     /// piece by piece as they arrive, so a body that breaks off keeps what
     /// was stored and the client resumes from [`UploadState::offset`].
     pub async fn append(
+        &self,
+        repository: &Repository,
+        id: &UploadId,
+        range: Option<(u64, u64)>,
+        data: ByteStream,
+    ) -> Result<UploadState> {
+        let _writing = Writing::claim(&self.busy, id)?;
+        self.append_claimed(repository, id, range, data).await
+    }
+
+    async fn append_claimed(
         &self,
         repository: &Repository,
         id: &UploadId,
@@ -171,8 +219,9 @@ impl<S: Storage + ?Sized> Hosted<S> {
         digest: &Digest,
         data: Option<ByteStream>,
     ) -> Result<u64> {
+        let _writing = Writing::claim(&self.busy, id)?;
         if let Some(data) = data {
-            self.append(repository, id, None, data).await?;
+            self.append_claimed(repository, id, None, data).await?;
         }
         let session = self.load(repository, id).await?;
         let size = session.offset();
@@ -230,6 +279,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
 
     /// Cancels an upload, removing what it stored.
     pub async fn cancel(&self, repository: &Repository, id: &UploadId) -> Result<()> {
+        let _writing = Writing::claim(&self.busy, id)?;
         let session = self.load(repository, id).await?;
         self.remove(id, &session, None).await;
         Ok(())
