@@ -12,7 +12,7 @@
 //!   That is also why a cross-repository mount of anything the store holds
 //!   (cached from upstream or pushed elsewhere) succeeds without a byte sent.
 //! - **Repository membership is a link record**: `hosted/<repository…>/_tags/<tag>`
-//!   (JSON `{digest, media_type}`) and `hosted/<repository…>/_manifests/<algorithm>/<hex>`,
+//!   (JSON `{digest}`) and `hosted/<repository…>/_manifests/<algorithm>/<hex>`,
 //!   so a manifest pushed by digest only belongs to the repository it was
 //!   pushed to. [`protected_manifests`] lists every linked manifest for eviction.
 //! - **Upload sessions are records too** (`uploads/<id>`), holding the
@@ -23,6 +23,7 @@
 //!   into a verified write of the final digest, then removes them. A session
 //!   therefore survives a restart on every backend, and one left alone for
 //!   [`HostedOptions::upload_max_age`] is removed by [`Hosted::cleanup_abandoned`].
+//!   [`upload_pieces`] lists the pieces of open sessions for eviction.
 
 mod manifest;
 mod upload;
@@ -42,7 +43,7 @@ use crate::storage::{RecordKey, RecordPrefix, Storage};
 use crate::{Error, PushErrorKind, Result};
 
 pub use manifest::PushedManifest;
-pub use upload::UploadState;
+pub use upload::{upload_pieces, UploadState};
 
 /// Limits and ages for hosted repositories.
 #[derive(Debug, Clone)]

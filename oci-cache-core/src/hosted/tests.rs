@@ -195,7 +195,9 @@ async fn abandoned_uploads_are_removed_with_their_pieces() {
         .await
         .unwrap();
     assert_eq!(storage.blob_list().count().await, 3);
+    assert_eq!(upload_pieces(&*storage).await.unwrap().len(), 3);
     assert_eq!(h.cleanup_abandoned().await.unwrap(), 1);
+    assert!(upload_pieces(&*storage).await.unwrap().is_empty());
     assert_eq!(storage.blob_list().count().await, 0);
     assert!(h.upload(&app, &state.id).await.is_err());
 }

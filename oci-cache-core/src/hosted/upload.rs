@@ -101,6 +101,27 @@ fn unknown(id: &UploadId) -> Error {
     )
 }
 
+/// Every blob an open upload session stores its bytes in, sorted: eviction
+/// must not remove them while the session lives (they are removed with it,
+/// or by [`Hosted::cleanup_abandoned`]).
+pub async fn upload_pieces<S: Storage + ?Sized>(storage: &S) -> Result<Vec<Digest>> {
+    let keys: Vec<RecordKey> = storage
+        .record_list(&RecordPrefix::uploads())
+        .try_collect()
+        .await?;
+    let mut pieces = std::collections::BTreeSet::new();
+    for key in keys {
+        let Some(record) = storage.record_get(&key).await? else {
+            continue;
+        };
+        // A record that does not parse is skipped here; cleanup reports it.
+        if let Ok(session) = serde_json::from_slice::<Session>(&record.bytes) {
+            pieces.extend(session.pieces.into_iter().map(|p| p.digest));
+        }
+    }
+    Ok(pieces.into_iter().collect())
+}
+
 impl<S: Storage + ?Sized> Hosted<S> {
     /// Starts an upload session in `repository`.
     pub async fn start_upload(&self, repository: &Repository) -> Result<UploadState> {
