@@ -69,7 +69,7 @@ fn bench_routes(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let req = Request::get(path.as_str())
                     .header("accept", "application/vnd.oci.image.manifest.v1+json")
-                    .body(())
+                    .body(String::new())
                     .unwrap_or_else(|e| panic!("request: {e}"));
                 let resp = svc.handle(req).await;
                 assert_eq!(resp.status().as_u16(), *want, "{path}");

@@ -65,6 +65,19 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
     for upstream in &settings.mirrors.upstreams {
         writeln!(out, "{}", describe_upstream(upstream))?;
     }
+    if !settings.local_prefixes.is_empty() {
+        writeln!(
+            out,
+            "hosted (push): {} (abandoned uploads removed after {})",
+            settings
+                .local_prefixes
+                .iter()
+                .map(|p| format!("{p}/…"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            format_duration(settings.hosted.upload_max_age)
+        )?;
+    }
     for line in crate::trust::describe(
         settings.tls.as_ref(),
         settings.client_auth.as_ref(),

@@ -106,6 +106,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "OCI_CACHE_METRICS_LISTEN", value_name = "ADDR")]
     pub(crate) metrics_listen: Option<String>,
 
+    /// Host the repositories under this first path component (`local` hosts
+    /// `local/app`): they accept pushes and are never fetched upstream.
+    /// Repeatable; the environment variable takes a comma-separated list.
+    #[arg(
+        long = "local-prefix",
+        env = "OCI_CACHE_LOCAL_PREFIXES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub(crate) local_prefixes: Vec<String>,
+
     /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
     #[arg(long, env = "OCI_CACHE_TAG_TTL", value_name = "DURATION")]
     pub(crate) tag_ttl: Option<String>,

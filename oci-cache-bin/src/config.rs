@@ -24,6 +24,7 @@ use oci_cache_http::UpstreamOptions;
 
 use crate::cli::{ConfigArgs, ServeArgs};
 use oci_cache_core::duration::parse_duration;
+use oci_cache_core::hosted::HostedOptions;
 
 /// Where `serve` listens when nothing says otherwise.
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
@@ -45,6 +46,10 @@ pub(crate) struct FileConfig {
     metrics_listen: Option<String>,
     default_upstream: Option<String>,
     tag_ttl: Option<String>,
+    /// First path components of hosted (pushable) repositories.
+    local_prefixes: Option<Vec<String>>,
+    /// Age after which an untouched upload session is removed (`24h`).
+    upload_max_age: Option<String>,
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
@@ -162,6 +167,10 @@ pub(crate) struct Settings {
     pub(crate) tls: Option<TlsFiles>,
     /// The server's connection policy (`[limits]`).
     pub(crate) server: ServerOptions,
+    /// First path components of hosted repositories (empty: a pure cache).
+    pub(crate) local_prefixes: Vec<String>,
+    /// Limits of hosted repositories.
+    pub(crate) hosted: HostedOptions,
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -378,6 +387,13 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let server = file.limits.resolve()?;
+    let (local_prefixes, hosted) = hosted::settings(
+        args,
+        (file.local_prefixes.take(), file.upload_max_age.take()),
+        path,
+        &mirrors,
+        &cache,
+    )?;
     let client_auth =
         crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
     let tls = crate::trust::tls(
@@ -397,6 +413,8 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         client_auth,
         tls,
         server,
+        local_prefixes,
+        hosted,
     })
 }
 
@@ -562,6 +580,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
     Ok(upstream)
 }
 
+mod hosted;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;

@@ -96,6 +96,8 @@ pub(crate) fn builder_over(settings: &Settings, storage: Arc<dyn Storage>) -> Mi
         .storage(storage)
         .cache_options(settings.cache.clone())
         .upstream_options(settings.upstream_client.clone())
+        .local_prefixes(settings.local_prefixes.clone())
+        .hosted_options(settings.hosted.clone())
 }
 
 /// The engine `settings` describe, and the mirror configuration it routes by

@@ -97,6 +97,16 @@ pub enum Error {
     #[error("{0} is not supported by a pull-through cache")]
     Unsupported(String),
 
+    /// A push to a hosted repository was refused (upload session, blob or
+    /// manifest); `kind` says which OCI error it is, `message` what to fix.
+    #[error("{message}")]
+    Push {
+        /// Why the push was refused.
+        kind: PushErrorKind,
+        /// What was wrong, safe to show the client.
+        message: String,
+    },
+
     /// Configuration is invalid; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -118,7 +128,38 @@ pub enum Error {
     Upstream(#[from] UpstreamError),
 }
 
+/// Why a push was refused ([`Error::Push`]); one kind per OCI error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PushErrorKind {
+    /// The upload session does not exist (never started, finished, cancelled or expired).
+    UploadUnknown,
+    /// The upload's data is unusable (a chunk that does not follow the last one's end, or too big).
+    UploadInvalid,
+    /// A chunk did not start where the upload ends; `offset` is where it ends.
+    OutOfOrder {
+        /// Bytes received so far.
+        offset: u64,
+    },
+    /// The content does not hash to the digest given, or the digest is malformed.
+    DigestInvalid,
+    /// The manifest is not a manifest this registry accepts.
+    ManifestInvalid,
+    /// The manifest references a blob or manifest the repository does not hold.
+    ManifestBlobUnknown,
+    /// The content is over the size limit.
+    SizeInvalid,
+}
+
 impl Error {
+    /// Shorthand for [`Error::Push`].
+    pub fn push(kind: PushErrorKind, message: impl Into<String>) -> Self {
+        Error::Push {
+            kind,
+            message: message.into(),
+        }
+    }
+
     /// Shorthand for [`Error::NotFound`].
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound { what: what.into() }
@@ -406,6 +447,10 @@ impl Error {
             },
             Error::NotAcceptable { media_type } => Error::NotAcceptable {
                 media_type: media_type.clone(),
+            },
+            Error::Push { kind, message } => Error::Push {
+                kind: *kind,
+                message: message.clone(),
             },
             Error::UnknownUpstream { name } => Error::UnknownUpstream { name: name.clone() },
             Error::InvalidManifest { digest, reason } => Error::InvalidManifest {

@@ -57,6 +57,7 @@ pub mod duration;
 pub mod error;
 mod file_io;
 pub mod health;
+pub mod hosted;
 pub mod manifest;
 pub mod mirror;
 pub mod observe;
@@ -66,4 +67,4 @@ pub mod storage;
 pub mod testing;
 pub mod upstream;
 
-pub use error::{Error, ErrorChain, Result, UpstreamError, UpstreamErrorKind};
+pub use error::{Error, ErrorChain, PushErrorKind, Result, UpstreamError, UpstreamErrorKind};

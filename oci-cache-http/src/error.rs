@@ -68,6 +68,14 @@ pub enum OciErrorCode {
     TooManyRequests,
     /// Service unavailable.
     Unavailable,
+    /// The upload session is unknown (finished, cancelled or expired).
+    BlobUploadUnknown,
+    /// The upload's data is unusable.
+    BlobUploadInvalid,
+    /// A manifest references a blob or manifest the repository does not hold.
+    ManifestBlobUnknown,
+    /// Content over a size limit, or a length that does not match.
+    SizeInvalid,
     /// Anything else.
     Unknown,
 }
@@ -90,6 +98,10 @@ impl OciErrorCode {
             OciErrorCode::Unsupported => "UNSUPPORTED",
             OciErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             OciErrorCode::Unavailable => "UNAVAILABLE",
+            OciErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            OciErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            OciErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            OciErrorCode::SizeInvalid => "SIZE_INVALID",
             OciErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -225,6 +237,24 @@ impl OciError {
                 OciErrorCode::Unsupported,
                 format!("{what} is not supported by a pull-through cache"),
             ),
+            E::Push { kind, message } => {
+                use oci_cache_core::PushErrorKind as K;
+                let (status, code) = match kind {
+                    K::UploadUnknown => (StatusCode::NOT_FOUND, OciErrorCode::BlobUploadUnknown),
+                    K::OutOfOrder { .. } => {
+                        (StatusCode::RANGE_NOT_SATISFIABLE, OciErrorCode::BlobUploadInvalid)
+                    }
+                    K::DigestInvalid => (StatusCode::BAD_REQUEST, OciErrorCode::DigestInvalid),
+                    K::ManifestInvalid => (StatusCode::BAD_REQUEST, OciErrorCode::ManifestInvalid),
+                    K::ManifestBlobUnknown => {
+                        (StatusCode::BAD_REQUEST, OciErrorCode::ManifestBlobUnknown)
+                    }
+                    K::SizeInvalid => (StatusCode::PAYLOAD_TOO_LARGE, OciErrorCode::SizeInvalid),
+                    _ => (StatusCode::BAD_REQUEST, OciErrorCode::BlobUploadInvalid),
+                };
+                // Push messages name only digests, offsets and limits: safe to send.
+                OciError::new(status, code, message.clone())
+            }
             E::DigestMismatch { .. } | E::SizeMismatch { .. } => OciError::new(
                 StatusCode::BAD_GATEWAY,
                 OciErrorCode::Unknown,

@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::body::{self, Body};
 use crate::error::{ErrorSubject, OciError, OciErrorCode};
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::push::HostedEngine;
 use crate::routes::{Route, Target};
 use crate::service::Engine;
 use crate::wire::{encode_query, DOCKER_CONTENT_DIGEST};
@@ -34,6 +35,8 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) metrics: Option<&'a Metrics>,
     /// Answers `/readyz` when set; otherwise `/readyz` is always ready.
     pub(crate) readiness: Option<&'a Readiness>,
+    /// Hosted repositories, listed in `_catalog` beside cached ones.
+    pub(crate) hosted: Option<&'a HostedEngine>,
 }
 
 /// Answers a routed request.
@@ -64,10 +67,17 @@ pub(crate) async fn dispatch(
         },
         Route::Ping => Ok(json_response(&json!({}))),
         Route::Catalog { n, last } => {
-            let repositories = engine
+            let mut repositories = engine
                 .catalog()
                 .await
                 .map_err(|e| fail(e, ErrorSubject::Other))?;
+            if let Some(hosted) = req.hosted {
+                let local = hosted
+                    .repositories()
+                    .await
+                    .map_err(|e| fail(e, ErrorSubject::Other))?;
+                repositories.extend(local.iter().map(|r| r.to_string()));
+            }
             let (page, next) = paginate(repositories, *n, last.as_deref());
             let mut response = json_response(&json!({ "repositories": page }));
             add_link(&mut response, req, next);
@@ -94,6 +104,12 @@ pub(crate) async fn dispatch(
         Route::Manifest { target, reference } => manifest(engine, target, reference, req).await,
         Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
         Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
+        // The service sends these to `push::dispatch`; here only without hosting.
+        Route::Hosted { .. } => Err(OciError::new(
+            StatusCode::NOT_FOUND,
+            OciErrorCode::NameUnknown,
+            "no hosted repositories are configured here",
+        )),
     }
 }
 
@@ -141,22 +157,49 @@ async fn blob_get(
     digest: &Digest,
     req: &RequestInfo<'_>,
 ) -> Result<Response<Body>, OciError> {
-    let spec = req
-        .headers
+    let size = async {
+        // A suffix needs the size first; HEAD-like lookups are cheap on a hit.
+        engine
+            .blob_size(&target.upstream, &target.repository, digest)
+            .await
+            .map(|(size, _)| size)
+            .map_err(|e| fail(e, ErrorSubject::Blob))
+    };
+    let range = requested_range(req.headers, size).await?;
+    let asked_start = range.as_ref().map(|r| r.start);
+    let blob = engine
+        .blob(&target.upstream, &target.repository, digest, range)
+        .await
+        .map_err(|e| fail(e, ErrorSubject::Blob))?;
+    let whole = blob.range == (0..blob.size);
+    // When the engine could only give the whole blob (a miss it streams from
+    // upstream), a plain 200 is what clients handle: they skip to their offset.
+    let partial = match asked_start {
+        Some(start) => !(whole && start != 0),
+        None => false,
+    };
+    let mut response = blob_response(digest, blob.size, blob.range, blob.stream, partial);
+    response.extensions_mut().insert(blob.outcome);
+    Ok(response)
+}
+
+/// The byte range a `Range` header asks for (end exclusive, unclamped);
+/// `size` is awaited only for a suffix range.
+pub(crate) async fn requested_range(
+    headers: &HeaderMap,
+    size: impl std::future::Future<Output = Result<u64, OciError>>,
+) -> Result<Option<Range<u64>>, OciError> {
+    let spec = headers
         .get(RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_range);
-    let range = match spec {
+    Ok(match spec {
         None => None,
         Some(RangeSpec::From(start, end)) => {
             Some(start..end.map_or(u64::MAX, |e| e.saturating_add(1)))
         }
         Some(RangeSpec::Suffix(len)) => {
-            // A suffix needs the size first; HEAD-like lookups are cheap on a hit.
-            let (size, _) = engine
-                .blob_size(&target.upstream, &target.repository, digest)
-                .await
-                .map_err(|e| fail(e, ErrorSubject::Blob))?;
+            let size = size.await?;
             if len == 0 || size == 0 {
                 return Err(OciError::from_core(
                     &oci_cache_core::Error::RangeNotSatisfiable { start: size, size },
@@ -165,40 +208,35 @@ async fn blob_get(
             }
             Some(size.saturating_sub(len)..size)
         }
-    };
-    let asked_start = range.as_ref().map(|r| r.start);
-    let blob = engine
-        .blob(&target.upstream, &target.repository, digest, range)
-        .await
-        .map_err(|e| fail(e, ErrorSubject::Blob))?;
-    let whole = blob.range == (0..blob.size);
-    let mut response = Response::new(body::from_stream(blob.stream));
-    blob_headers(response.headers_mut(), digest, blob.size);
-    // When the engine could only give the whole blob (a miss it streams from
-    // upstream), a plain 200 is what clients handle: they skip to their offset.
-    let partial = match asked_start {
-        Some(start) => !(whole && start != 0),
-        None => false,
-    };
+    })
+}
+
+/// A blob body: 200 with the whole blob, or 206 with `range` of it.
+pub(crate) fn blob_response(
+    digest: &Digest,
+    size: u64,
+    range: Range<u64>,
+    stream: oci_cache_core::storage::ByteStream,
+    partial: bool,
+) -> Response<Body> {
+    let mut response = Response::new(body::from_stream(stream));
+    blob_headers(response.headers_mut(), digest, size);
     if partial {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let Range { start, end } = blob.range;
+        let Range { start, end } = range;
         let headers = response.headers_mut();
         headers.insert(CONTENT_LENGTH, HeaderValue::from(end.saturating_sub(start)));
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "bytes {start}-{}/{}",
-            end.saturating_sub(1),
-            blob.size
-        )) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end.saturating_sub(1)))
+        {
             headers.insert(CONTENT_RANGE, v);
         }
     }
-    response.extensions_mut().insert(blob.outcome);
-    Ok(response)
+    response
 }
 
 /// Logs the full error (with causes) in the request span, then maps it.
-fn fail(err: oci_cache_core::Error, subject: ErrorSubject) -> OciError {
+pub(crate) fn fail(err: oci_cache_core::Error, subject: ErrorSubject) -> OciError {
     let api = OciError::from_core(&err, subject);
     let chain = oci_cache_core::ErrorChain(&err);
     if api.status.is_server_error() {
@@ -209,7 +247,7 @@ fn fail(err: oci_cache_core::Error, subject: ErrorSubject) -> OciError {
     api
 }
 
-fn set_digest(headers: &mut HeaderMap, digest: &Digest) {
+pub(crate) fn set_digest(headers: &mut HeaderMap, digest: &Digest) {
     if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
         headers.insert(DOCKER_CONTENT_DIGEST, v);
     }
@@ -218,7 +256,7 @@ fn set_digest(headers: &mut HeaderMap, digest: &Digest) {
     }
 }
 
-fn blob_headers(headers: &mut HeaderMap, digest: &Digest, size: u64) {
+pub(crate) fn blob_headers(headers: &mut HeaderMap, digest: &Digest, size: u64) {
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -244,7 +282,7 @@ fn ready(readiness: Option<&Readiness>) -> Response<Body> {
     with_body(status, "text/plain; charset=utf-8", Bytes::from(text))
 }
 
-fn with_body(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<Body> {
+pub(crate) fn with_body(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<Body> {
     let len = bytes.len();
     let mut response = Response::new(body::full(bytes));
     *response.status_mut() = status;
@@ -256,7 +294,7 @@ fn with_body(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<B
     response
 }
 
-fn json_response(value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(value: &serde_json::Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     with_body(StatusCode::OK, "application/json", bytes.into())
 }
@@ -277,7 +315,7 @@ pub(crate) fn accept_list(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// True when `If-None-Match` names `digest` (quoted or not) or is `*`.
-fn if_none_match(headers: &HeaderMap, digest: &Digest) -> bool {
+pub(crate) fn if_none_match(headers: &HeaderMap, digest: &Digest) -> bool {
     headers.get_all(IF_NONE_MATCH).iter().any(|value| {
         value.to_str().is_ok_and(|text| {
             text.split(',').any(|tag| {
@@ -324,7 +362,7 @@ pub(crate) fn parse_range(value: &str) -> Option<RangeSpec> {
 }
 
 /// The entries after `last`, at most `n`; and the last entry shown when more follow.
-fn paginate(
+pub(crate) fn paginate(
     mut items: Vec<String>,
     n: Option<usize>,
     last: Option<&str>,
@@ -348,7 +386,11 @@ fn paginate(
 }
 
 /// `Link: <path?n=..&last=..>; rel="next"`, keeping `ns` so the next page routes the same way.
-fn add_link(response: &mut Response<Body>, req: &RequestInfo<'_>, next: Option<(usize, String)>) {
+pub(crate) fn add_link(
+    response: &mut Response<Body>,
+    req: &RequestInfo<'_>,
+    next: Option<(usize, String)>,
+) {
     let Some((n, last)) = next else { return };
     let ns = req
         .ns

@@ -25,6 +25,13 @@
 //!   reachable. Any other name is answered `404 NAME_UNKNOWN` before the
 //!   engine is called, so nothing is dialled. 404 rather than 403 because
 //!   clients treat 404 as "try the next mirror".
+//! - **Hosted repositories beside the cache.** With
+//!   [`MirrorBuilder::local_prefixes`], repositories under those first path
+//!   components (`local/…`) take the OCI push API (upload sessions, mounts,
+//!   manifest `PUT`/`DELETE`) over
+//!   [`Hosted`](oci_cache_core::hosted::Hosted) and are served from storage
+//!   only; writes anywhere else stay `405 UNSUPPORTED`. Request bodies are
+//!   streamed into storage, never held whole.
 //! - **Errors are OCI errors, mapped in one place** (`error.rs`). Internal
 //!   causes are logged in the request span, never sent.
 //! - **Upstream 401/403 become 403 `DENIED`.** A 401 would make clients try to
@@ -72,6 +79,7 @@ mod handlers;
 pub mod metrics;
 mod mirror;
 mod observed;
+mod push;
 mod routes;
 mod server;
 mod service;
@@ -83,6 +91,7 @@ pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
 pub use mirror::{Mirror, MirrorBuilder};
 pub use observed::AccessLog;
+pub use push::HostedEngine;
 pub use server::{serve, serve_with, ServerOptions};
 pub use service::{Engine, OciService, ResponseFuture};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

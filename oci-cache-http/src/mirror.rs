@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::health::Readiness;
+use oci_cache_core::hosted::{validate_local_prefix, Hosted, HostedOptions};
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{self, SharedObserver};
 use oci_cache_core::storage::Storage;
@@ -50,6 +51,8 @@ pub struct MirrorBuilder {
     observer: Option<SharedObserver>,
     metrics: Option<Arc<Metrics>>,
     readiness: Option<Readiness>,
+    local_prefixes: Vec<String>,
+    hosted_options: HostedOptions,
 }
 
 impl std::fmt::Debug for MirrorBuilder {
@@ -58,6 +61,8 @@ impl std::fmt::Debug for MirrorBuilder {
             .field("upstreams", &self.upstreams)
             .field("cache_options", &self.cache_options)
             .field("upstream_options", &self.upstream_options)
+            .field("local_prefixes", &self.local_prefixes)
+            .field("hosted_options", &self.hosted_options)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +118,27 @@ impl MirrorBuilder {
         self
     }
 
+    /// Hosts the repositories whose first path component is one of
+    /// `prefixes` (`["local"]` hosts `local/app`, `local/team/api`, …): they
+    /// accept the OCI push API, are never fetched upstream and never
+    /// evicted. Validated by [`build`](Self::build): each prefix is one
+    /// repository path component and names no configured upstream or alias.
+    pub fn local_prefixes<I, P>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.local_prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Limits of hosted repositories (manifest and blob size, age of
+    /// abandoned uploads). Default: [`HostedOptions::default`].
+    pub fn hosted_options(mut self, options: HostedOptions) -> Self {
+        self.hosted_options = options;
+        self
+    }
+
     /// Fetches through `upstream` instead of the built-in HTTP client (tests,
     /// or an embedder's own transport); the upstream options are then unused,
     /// and upstream and breaker events are whatever that upstream reports.
@@ -144,6 +170,10 @@ impl MirrorBuilder {
             (Some(observer), None) => observer,
             (None, None) => observe::noop(),
         };
+        for prefix in &self.local_prefixes {
+            validate_local_prefix(prefix, &upstreams)?;
+        }
+        let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
         let mirrors = Arc::new(upstreams);
         let upstream = match self.upstream {
             Some(upstream) => upstream,
@@ -159,7 +189,7 @@ impl MirrorBuilder {
             }
         };
         let engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
-        let mut service = OciService::new(engine, mirrors);
+        let mut service = OciService::new(engine, mirrors).with_hosted(self.local_prefixes, hosted);
         if let Some(metrics) = self.metrics {
             service = service.with_metrics(metrics);
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, X_CONTENT_TYPE_OPTIONS};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
@@ -16,7 +17,7 @@ use oci_cache_core::cache::PullThrough;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{RequestEvent, SharedObserver};
-use oci_cache_core::storage::Storage;
+use oci_cache_core::storage::{ByteStream, Storage};
 use oci_cache_core::upstream::Upstream;
 use tracing::{field, Instrument};
 
@@ -24,7 +25,8 @@ use crate::body::{self, Body};
 use crate::handlers::{self, RequestInfo};
 use crate::metrics::Metrics;
 use crate::observed::ObservedBody;
-use crate::routes::{self, Route};
+use crate::push::{self, HostedEngine};
+use crate::routes::{self, HostedOp, Route};
 use crate::wire;
 
 /// The engine as the service holds it: storage and upstream chosen at
@@ -49,6 +51,8 @@ pub struct OciService {
     observer: SharedObserver,
     metrics: Option<Arc<Metrics>>,
     readiness: Option<Readiness>,
+    /// Hosted repositories: local prefixes and the push API (none: a pure cache).
+    hosted: Option<(Arc<[String]>, Arc<HostedEngine>)>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for OciService {
             .field("observer", &self.observer)
             .field("metrics", &self.metrics.is_some())
             .field("readiness", &self.readiness)
+            .field("local_prefixes", &self.local_prefixes())
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +79,22 @@ impl OciService {
             observer,
             metrics: None,
             readiness: None,
+            hosted: None,
         }
+    }
+
+    /// Hosts the repositories under `prefixes` (first path components such
+    /// as `local`) with `hosted`: they accept pushes and are never fetched
+    /// upstream. [`Mirror::builder`](crate::Mirror::builder)'s
+    /// `local_prefixes` validates the prefixes and calls this.
+    pub fn with_hosted(mut self, prefixes: Vec<String>, hosted: HostedEngine) -> Self {
+        self.hosted = (!prefixes.is_empty()).then(|| (prefixes.into(), Arc::new(hosted)));
+        self
+    }
+
+    /// The local prefixes of hosted repositories (empty: none).
+    pub fn local_prefixes(&self) -> &[String] {
+        self.hosted.as_ref().map_or(&[], |(prefixes, _)| prefixes)
     }
 
     /// Serves `metrics` at `GET /metrics` (without it, `/metrics` is 404).
@@ -110,11 +130,15 @@ impl OciService {
     }
 
     /// Answers one request. Never fails: every error becomes an OCI error
-    /// response. The request body is ignored (only GET and HEAD are served).
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+    /// response. The body is read only by pushes to hosted repositories.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
         let started = Instant::now();
-        // Only the head matters; dropping the body keeps the future `Send` for any `B`.
-        let (request, _) = request.into_parts();
+        let (request, body) = request.into_parts();
+        let body = push::body_stream(body);
         let span = tracing::info_span!(
             "request",
             method = %request.method,
@@ -123,7 +147,7 @@ impl OciService {
             reference = field::Empty,
             upstream = field::Empty,
         );
-        let (response, route) = self.respond(&request).instrument(span.clone()).await;
+        let (response, route) = self.respond(&request, body).instrument(span.clone()).await;
         let event = RequestEvent {
             method: request.method.to_string(),
             path: request.uri.path().to_owned(),
@@ -145,14 +169,20 @@ impl OciService {
         Response::from_parts(parts, observed.boxed_unsync())
     }
 
-    async fn respond(&self, request: &http::request::Parts) -> (Response<Body>, Option<Route>) {
+    async fn respond(
+        &self,
+        request: &http::request::Parts,
+        body: ByteStream,
+    ) -> (Response<Body>, Option<Route>) {
         let method = &request.method;
         let path = request.uri.path();
         let query = request.uri.query();
         let ns = wire::query_param(query, "ns");
         let head = method == Method::HEAD;
 
-        let (result, route) = match routes::route(method, path, query, &self.mirrors) {
+        let local = self.local_prefixes();
+        let hosted = self.hosted.as_ref().map(|(_, hosted)| hosted.as_ref());
+        let (result, route) = match routes::route(method, path, query, &self.mirrors, local) {
             Ok(route) => {
                 record_route(&tracing::Span::current(), &route);
                 let info = RequestInfo {
@@ -161,8 +191,21 @@ impl OciService {
                     headers: &request.headers,
                     metrics: self.metrics.as_deref(),
                     readiness: self.readiness.as_ref(),
+                    hosted,
                 };
-                let result = handlers::dispatch(&self.engine, &route, &info, head).await;
+                let result = match (&route, hosted) {
+                    (Route::Hosted { repository, op }, Some(hosted)) => {
+                        let req = push::HostedRequest {
+                            method,
+                            query,
+                            repository,
+                            op,
+                            info: &info,
+                        };
+                        push::dispatch(hosted, req, body).await
+                    }
+                    _ => handlers::dispatch(&self.engine, &route, &info, head).await,
+                };
                 (result, Some(route))
             }
             Err(e) => (Err(e), None),
@@ -194,6 +237,18 @@ fn record_route(span: &tracing::Span, route: &Route) {
         span.record("upstream", field::display(&target.upstream));
     }
     match route {
+        Route::Hosted { repository, op } => {
+            span.record("repository", field::display(repository));
+            match op {
+                HostedOp::Manifest(reference) => {
+                    span.record("reference", field::display(reference));
+                }
+                HostedOp::Blob(digest) => {
+                    span.record("reference", field::display(digest));
+                }
+                _ => {}
+            }
+        }
         Route::Manifest { reference, .. } => {
             span.record("reference", field::display(reference));
         }
@@ -207,7 +262,11 @@ fn record_route(span: &tracing::Span, route: &Route) {
 /// The future of one call: `Send` so servers can spawn it.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl<B: Send + 'static> hyper::service::Service<Request<B>> for OciService {
+impl<B> hyper::service::Service<Request<B>> for OciService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = ResponseFuture;
@@ -218,7 +277,11 @@ impl<B: Send + 'static> hyper::service::Service<Request<B>> for OciService {
     }
 }
 
-impl<B: Send + 'static> tower_service::Service<Request<B>> for OciService {
+impl<B> tower_service::Service<Request<B>> for OciService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = ResponseFuture;

@@ -462,3 +462,31 @@ fn resolve_reads_the_shared_config_sources() {
     assert_eq!(out.status.code(), Some(3));
     assert!(Path::new(file).exists());
 }
+
+/// Issue 15: local prefixes from the flag, the variable or the file, validated.
+#[test]
+fn local_prefixes_are_shown_and_checked() {
+    let out = oci_cache_env(
+        &["check-config"],
+        &[("OCI_CACHE_LOCAL_PREFIXES", "local,team")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("hosted (push): local/…, team/… (abandoned uploads removed after 1d)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = oci_cache(&["check-config", "--local-prefix", "docker.io"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --local-prefix (or OCI_CACHE_LOCAL_PREFIXES): invalid configuration: local prefix \"docker.io\" is also the name of a configured upstream; pick another prefix\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosted.toml");
+    std::fs::write(&file, "local_prefixes = [\"local/dev\"]\n").unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("local_prefixes: invalid configuration: local prefix \"local/dev\" is not one repository path component"), "{}", text(&out.stderr));
+}

@@ -9,6 +9,7 @@ mod clients;
 mod fixtures;
 mod metrics;
 mod oci_cache;
+mod push;
 mod registry_proxy;
 mod resilience;
 mod trust;

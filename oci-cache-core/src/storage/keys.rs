@@ -15,6 +15,7 @@ use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
 
 use super::TagKey;
+use crate::hosted::{HostedKey, UploadId};
 
 /// Top-level directory of blobs.
 pub(crate) const BLOBS: &str = "blobs";
@@ -22,6 +23,12 @@ pub(crate) const BLOBS: &str = "blobs";
 pub(crate) const MANIFESTS: &str = "manifests";
 /// Top-level directory of tag records.
 pub(crate) const TAGS: &str = "tags";
+/// Top-level directory of hosted (pushed) repositories' tag and manifest links.
+pub(crate) const HOSTED: &str = "hosted";
+/// Top-level directory of upload sessions.
+pub(crate) const UPLOADS: &str = "uploads";
+/// The directory of a hosted repository that links the manifests pushed to it.
+pub(crate) const MANIFEST_DIR: &str = "_manifests";
 /// Where in-progress writes live until they are verified (filesystem only).
 #[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
@@ -85,6 +92,66 @@ pub(crate) fn parse_content(top: &str, key: &str) -> Option<Digest> {
 pub(crate) fn is_record(key: &str) -> bool {
     parse_content(MANIFESTS, key).is_some_and(|digest| manifest(&digest) == key)
         || parse_tag(key).is_some_and(|parsed| tag(&parsed) == key)
+        || parse_hosted(key).is_some_and(|parsed| hosted(&parsed) == key)
+        || parse_upload(key).is_some_and(|id| upload(&id) == key)
+}
+
+/// `hosted/<repository components…>`.
+pub(crate) fn hosted_dir(repository: &Repository) -> String {
+    let mut key = HOSTED.to_owned();
+    for component in repository.as_str().split('/') {
+        key.push('/');
+        key.push_str(&segment(component));
+    }
+    key
+}
+
+/// `hosted/<repository…>/_tags/<tag>` or `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
+pub(crate) fn hosted(key: &HostedKey) -> String {
+    match key {
+        HostedKey::Tag(repository, tag) => format!(
+            "{}/{TAG_DIR}/{}",
+            hosted_dir(repository),
+            segment(tag.as_str())
+        ),
+        HostedKey::Manifest(repository, digest) => format!(
+            "{}/{MANIFEST_DIR}/{}/{}",
+            hosted_dir(repository),
+            digest.algorithm(),
+            digest.hex()
+        ),
+    }
+}
+
+/// The hosted link a `hosted/…` key names, or `None`.
+pub(crate) fn parse_hosted(key: &str) -> Option<HostedKey> {
+    let rest = key.strip_prefix(HOSTED)?.strip_prefix('/')?;
+    let repository = |dir: &str| -> Option<Repository> {
+        let components: Option<Vec<String>> = dir.split('/').map(unsegment).collect();
+        Repository::new(&components?.join("/")).ok()
+    };
+    if let Some((dir, tail)) = rest.rsplit_once(&format!("/{TAG_DIR}/")) {
+        if !tail.contains('/') && !dir.contains(&format!("/{MANIFEST_DIR}/")) {
+            return Some(HostedKey::Tag(
+                repository(dir)?,
+                Tag::new(&unsegment(tail)?).ok()?,
+            ));
+        }
+    }
+    let (dir, tail) = rest.rsplit_once(&format!("/{MANIFEST_DIR}/"))?;
+    let (algorithm, hex) = tail.split_once('/')?;
+    let digest: Digest = format!("{algorithm}:{hex}").parse().ok()?;
+    Some(HostedKey::Manifest(repository(dir)?, digest))
+}
+
+/// `uploads/<id>`.
+pub(crate) fn upload(id: &UploadId) -> String {
+    format!("{UPLOADS}/{}", id.as_str())
+}
+
+/// The upload id an `uploads/…` key names, or `None`.
+pub(crate) fn parse_upload(key: &str) -> Option<UploadId> {
+    key.strip_prefix(UPLOADS)?.strip_prefix('/')?.parse().ok()
 }
 
 /// `tags/<registry>/<repository components…>/_tags`.
@@ -205,6 +272,29 @@ mod tests {
             "tags/localhost%3A5000/library/%61lpine/_tags/3.20"
         ));
         assert_eq!(parse_tag("tags/docker.io/a/_tags/%zz"), None);
+    }
+
+    #[test]
+    fn hosted_and_upload_keys_round_trip() {
+        let repository = Repository::new("local/app").unwrap();
+        let digest = Digest::sha256_of(b"m");
+        let tag_key = HostedKey::Tag(repository.clone(), Tag::new("v1").unwrap());
+        let manifest_key = HostedKey::Manifest(repository.clone(), digest.clone());
+        assert_eq!(hosted(&tag_key), "hosted/local/app/_tags/v1");
+        assert_eq!(
+            hosted(&manifest_key),
+            format!("hosted/local/app/_manifests/sha256/{}", digest.hex())
+        );
+        for key in [tag_key, manifest_key] {
+            assert_eq!(parse_hosted(&hosted(&key)), Some(key.clone()));
+            assert!(is_record(&hosted(&key)));
+        }
+        let id: UploadId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert_eq!(parse_upload(&upload(&id)), Some(id.clone()));
+        assert!(is_record(&upload(&id)));
+        assert!(!is_record("uploads/nothex"));
+        assert!(!is_record("hosted/local/app"));
+        assert!(!is_record("hosted/local/app/_tags/v1/x"));
     }
 
     #[test]

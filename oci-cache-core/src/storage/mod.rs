@@ -45,6 +45,9 @@
 //!   manifests/sha256/4a/4a5b…                  manifest bytes, exactly
 //!   manifests/sha256/4a/4a5b….media-type       its media type (S3: the object's Content-Type)
 //!   tags/<registry>/<repository…>/_tags/<tag>  JSON {"digest","media_type","checked_at"}
+//!   hosted/<repository…>/_tags/<tag>          hosted repositories: JSON {"digest"} (see `hosted`)
+//!   hosted/<repository…>/_manifests/<alg>/<hex>  a manifest pushed to that repository
+//!   uploads/<id>                               an upload session: JSON {repository, updated, pieces}
 //!   _staging/<uuid>                            writes in progress; emptied at open
 //! ```
 //!

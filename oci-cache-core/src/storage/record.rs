@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::{keys, TagKey};
 use crate::digest::Digest;
+use crate::hosted::{HostedKey, UploadId};
 use crate::reference::{Registry, Repository};
 
 /// Where a record lives.
@@ -36,6 +37,27 @@ impl RecordKey {
     /// The record of a tag: `tags/<registry>/<repository…>/_tags/<tag>`.
     pub fn tag(key: &TagKey) -> Self {
         RecordKey(keys::tag(key))
+    }
+
+    /// A hosted repository's link to a tag or a manifest:
+    /// `hosted/<repository…>/_tags/<tag>` or `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
+    pub fn hosted(key: &HostedKey) -> Self {
+        RecordKey(keys::hosted(key))
+    }
+
+    /// An upload session: `uploads/<id>`.
+    pub fn upload(id: &UploadId) -> Self {
+        RecordKey(keys::upload(id))
+    }
+
+    /// The hosted link this key names, if it is one.
+    pub fn hosted_key(&self) -> Option<HostedKey> {
+        keys::parse_hosted(&self.0)
+    }
+
+    /// The upload session this key names, if it is one.
+    pub fn upload_id(&self) -> Option<UploadId> {
+        keys::parse_upload(&self.0)
     }
 
     /// A key read back from a backend's listing, or `None` when `key` is not
@@ -81,6 +103,30 @@ impl RecordPrefix {
     /// Every tag record of every upstream.
     pub fn tags() -> Self {
         RecordPrefix(keys::TAGS.to_owned())
+    }
+
+    /// Every hosted repository's links.
+    pub fn hosted() -> Self {
+        RecordPrefix(keys::HOSTED.to_owned())
+    }
+
+    /// The links of one hosted repository (and of repositories nested below it).
+    pub fn hosted_repository(repository: &Repository) -> Self {
+        RecordPrefix(keys::hosted_dir(repository))
+    }
+
+    /// The tag links of one hosted repository.
+    pub fn hosted_tags(repository: &Repository) -> Self {
+        RecordPrefix(format!(
+            "{}/{}",
+            keys::hosted_dir(repository),
+            keys::TAG_DIR
+        ))
+    }
+
+    /// Every upload session.
+    pub fn uploads() -> Self {
+        RecordPrefix(keys::UPLOADS.to_owned())
     }
 
     /// The tag records of one repository of one upstream (not those of

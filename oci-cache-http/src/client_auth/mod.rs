@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::Registry;
 use oci_cache_core::upstream::ManifestRef;
@@ -40,7 +40,7 @@ use self::limiter::FailureLimiter;
 use self::provenance::PrivateDigests;
 use crate::body::Body;
 use crate::error::{OciError, OciErrorCode};
-use crate::routes::{self, Route, Target};
+use crate::routes::{self, HostedOp, Route, Target};
 use crate::wire::DOCKER_CONTENT_DIGEST;
 use crate::{OciService, Result};
 
@@ -194,7 +194,11 @@ impl AuthService {
     }
 
     /// Answers one request: refused here, or passed to the inner service.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
         let auth = &self.auth;
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let authenticated = match basic_credentials(request.headers()) {
@@ -232,12 +236,33 @@ impl AuthService {
             uri.path(),
             uri.query(),
             self.inner.mirrors(),
+            self.inner.local_prefixes(),
         );
         let private_target = match &route {
             // `/metrics` names every upstream and its traffic, like the catalog;
             // `/healthz` and `/readyz` stay open for kubelet probes.
             Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {
                 return auth.unauthorized("authentication required");
+            }
+            // Pushes and deletes need a user; hosted pulls stay anonymous (what
+            // a Kind node's containerd sends), except content recorded as private.
+            Ok(Route::Hosted { op, .. }) if !authenticated => {
+                let read = matches!(*request.method(), Method::GET | Method::HEAD);
+                let private = match op {
+                    HostedOp::Blob(digest) => auth.private.contains(digest.as_str()),
+                    HostedOp::Manifest(ManifestRef::Digest(digest)) => {
+                        auth.private.contains(digest.as_str())
+                    }
+                    _ => false,
+                };
+                if !read {
+                    return auth.unauthorized("pushing needs credentials (docker login)");
+                }
+                if private {
+                    return auth
+                        .unauthorized("this content is only served to authenticated clients");
+                }
+                false
             }
             Ok(route) => match route.target() {
                 Some(target) if auth.access(&target.upstream) == Access::Authenticated => {
@@ -353,7 +378,11 @@ fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-impl<B: Send + 'static> hyper::service::Service<Request<B>> for AuthService {
+impl<B> hyper::service::Service<Request<B>> for AuthService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;

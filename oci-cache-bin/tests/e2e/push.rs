@@ -1,0 +1,554 @@
+//! Issue 15: hosted repositories (`--local-prefix local`) beside the cache,
+//! pushed and pulled by real clients (skopeo, podman) and by raw HTTP, with
+//! a docker-registry origin that must never see a request for them.
+
+use std::path::Path;
+
+use super::fixtures::{multiarch_image, small_image};
+use crate::support::http::{self, sha256_digest};
+use crate::support::image::Layout;
+use crate::support::mirror::Mirror;
+use crate::support::podman::Podman;
+use crate::support::registry::Origin;
+use crate::support::{skopeo, tools_available};
+
+/// A mirror with `local` hosted and `a.test` (the origin) as the default upstream,
+/// storing in `storage` (a directory that outlives the process, for restarts).
+fn hosted_mirror(origin: &Origin, storage: &Path) -> Mirror {
+    let storage = storage.display().to_string();
+    let upstream = format!("a.test={}", origin.url());
+    Mirror::start_with_args(
+        &[
+            "--storage-dir",
+            &storage,
+            "--upstream",
+            &upstream,
+            "--default-upstream",
+            "a.test",
+            "--local-prefix",
+            "local",
+        ],
+        &[],
+    )
+}
+
+/// Requests the origin served for repository paths (its own readiness
+/// probe of `/v2/` is not one).
+fn origin_requests(origin: &Origin) -> Vec<String> {
+    origin
+        .records()
+        .into_iter()
+        .filter(|r| r.path != "/v2/")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+/// How many blob upload requests carrying data (`PATCH`, `PUT` on an
+/// upload, monolithic `POST ?digest=`) the mirror's access log shows.
+fn upload_requests(mirror: &Mirror) -> usize {
+    mirror
+        .log()
+        .lines()
+        .filter(|l| l.contains("path=/v2/local/") && l.contains("/blobs/uploads/"))
+        .filter(|l| l.contains("method=PATCH") || l.contains("method=PUT"))
+        .count()
+}
+
+fn push_layout(layout: &Layout, host: &str, repo_tag: &str) -> Result<(), String> {
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+        ])
+        .arg("--dest-tls-verify=false")
+        .arg(format!("oci:{}:{}", layout.dir.display(), layout.tag))
+        .arg(format!("docker://{host}/{repo_tag}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn skopeo_copies_images_and_indexes_into_local_and_back_with_identical_digests() {
+    if !tools_available("skopeo_copies_images_and_indexes_into_local_and_back") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 1501);
+    let multi = multiarch_image(&work.path().join("multi"), 1502);
+    let origin = Origin::start();
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+
+    skopeo::push(&app, &m, "local/app:1");
+    skopeo::push(&multi, &m, "local/multi:1");
+    let got = skopeo::copy(&format!("{m}/local/app:1"), &work.path().join("out-app")).unwrap();
+    assert_eq!(got.digest, app.digest);
+    let got = skopeo::copy(
+        &format!("{m}/local/multi:1"),
+        &work.path().join("out-multi"),
+    )
+    .unwrap();
+    assert_eq!(got.digest, multi.digest);
+    // Every platform's blobs came back byte for byte (skopeo verified each digest).
+    let mut want: Vec<String> = multi.all_blobs().into_iter().map(|b| b.digest).collect();
+    want.sort();
+    want.dedup();
+    let back = skopeo::layout_blobs(&work.path().join("out-multi"));
+    for digest in &want {
+        assert!(
+            back.contains(digest),
+            "{digest} missing from the pulled index"
+        );
+    }
+    // Data went in through upload sessions, and the origin never heard of any of it.
+    assert!(upload_requests(&mirror) > 0, "no upload reached the mirror");
+    assert_eq!(
+        origin_requests(&origin),
+        Vec::<String>::new(),
+        "a hosted repository reached the origin"
+    );
+
+    let tags = http::request(&m, "GET", "/v2/local/app/tags/list", &[]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tags.body),
+        r#"{"name":"local/app","tags":["1"]}"#
+    );
+    let catalog = http::request(&m, "GET", "/v2/_catalog", &[]).unwrap();
+    let catalog = String::from_utf8_lossy(&catalog.body).into_owned();
+    assert!(
+        catalog.contains("\"local/app\"") && catalog.contains("\"local/multi\""),
+        "{catalog}"
+    );
+}
+
+#[test]
+fn pushing_an_image_whose_layers_are_cached_uploads_none_of_them() {
+    if !tools_available("pushing_an_image_whose_layers_are_cached_uploads_none_of_them") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let base = small_image(&work.path().join("base"), 1503);
+    let origin = Origin::start();
+    skopeo::push(&base, &origin.host(), "library/base:v1");
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+    // Pull through the cache: every blob of the image is now stored.
+    let got = skopeo::copy(&format!("{m}/library/base:v1"), &work.path().join("pulled")).unwrap();
+    assert_eq!(got.digest, base.digest);
+    let origin_before = origin_requests(&origin);
+
+    skopeo::push(&base, &m, "local/derived:1");
+    assert_eq!(
+        upload_requests(&mirror),
+        0,
+        "cached layers were uploaded again"
+    );
+    let got = skopeo::copy(&format!("{m}/local/derived:1"), &work.path().join("back")).unwrap();
+    assert_eq!(got.digest, base.digest);
+    assert_eq!(
+        origin_requests(&origin),
+        origin_before,
+        "the push reached the origin"
+    );
+
+    // A mount from a cached repository answers 201 without a byte sent.
+    let layer = &base.images[0].layers[0].digest;
+    let mount = http::request(
+        &m,
+        "POST",
+        &format!("/v2/local/other/blobs/uploads/?mount={layer}&from=library/base"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(mount.status, 201);
+    assert_eq!(
+        mount.header("location"),
+        Some(format!("/v2/local/other/blobs/{layer}").as_str())
+    );
+}
+
+#[test]
+fn a_chunked_upload_interrupted_by_a_restart_resumes() {
+    if !tools_available("a_chunked_upload_interrupted_by_a_restart_resumes") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let origin = Origin::start();
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = sha256_digest(&content);
+    let (first, rest) = content.split_at(120_000);
+    let (second, third) = rest.split_at(100_000);
+
+    let mirror = hosted_mirror(&origin, &storage);
+    let m = mirror.host();
+    let started = http::request(&m, "POST", "/v2/local/big/blobs/uploads/", &[]).unwrap();
+    assert_eq!(started.status, 202);
+    let mut location = started.header("location").unwrap().to_owned();
+    for (chunk, start) in [(first, 0usize), (second, first.len())] {
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        let a =
+            http::request_with_body(&m, "PATCH", &location, &[("Content-Range", &range)], chunk)
+                .unwrap();
+        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+        location = a.header("location").unwrap().to_owned();
+    }
+    drop(mirror);
+
+    let mirror = hosted_mirror(&origin, &storage);
+    let m = mirror.host();
+    let progress = http::request(&m, "GET", &location, &[]).unwrap();
+    assert_eq!(progress.status, 204);
+    let end = first.len() + second.len();
+    assert_eq!(
+        progress.header("range"),
+        Some(format!("0-{}", end - 1).as_str())
+    );
+    // A chunk that skips bytes is refused and changes nothing.
+    let gap = http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", "250000-250009")],
+        &third[..10],
+    )
+    .unwrap();
+    assert_eq!(gap.status, 416);
+    let range = format!("{end}-{}", content.len() - 1);
+    let a = http::request_with_body(&m, "PATCH", &location, &[("Content-Range", &range)], third)
+        .unwrap();
+    assert_eq!(a.status, 202);
+    let done = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
+    assert_eq!(done.status, 201, "{}", String::from_utf8_lossy(&done.body));
+    let blob = http::request(&m, "GET", &format!("/v2/local/big/blobs/{digest}"), &[]).unwrap();
+    assert_eq!(blob.status, 200);
+    assert!(
+        blob.body == content,
+        "the blob differs from what was uploaded"
+    );
+    assert_eq!(origin_requests(&origin), Vec::<String>::new());
+}
+
+#[test]
+fn corrupt_uploads_leave_nothing_visible() {
+    if !tools_available("corrupt_uploads_leave_nothing_visible") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+    let content = b"the layer everybody wants";
+    let digest = sha256_digest(content);
+    // Wrong bytes for the digest, monolithic.
+    let a = http::request_with_body(
+        &m,
+        "POST",
+        &format!("/v2/local/x/blobs/uploads/?digest={digest}"),
+        &[],
+        b"other bytes",
+    )
+    .unwrap();
+    assert_eq!(a.status, 400);
+    // A short body, then a finish.
+    let s = http::request(&m, "POST", "/v2/local/x/blobs/uploads/", &[]).unwrap();
+    let location = s.header("location").unwrap().to_owned();
+    http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", "0-9")],
+        &content[..10],
+    )
+    .unwrap();
+    let a = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
+    assert_eq!(a.status, 400);
+    // A gap between chunks.
+    let s = http::request(&m, "POST", "/v2/local/x/blobs/uploads/", &[]).unwrap();
+    let location = s.header("location").unwrap().to_owned();
+    http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", "0-9")],
+        &content[..10],
+    )
+    .unwrap();
+    let gap = http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", "12-24")],
+        &content[12..],
+    )
+    .unwrap();
+    assert_eq!(gap.status, 416);
+    let a = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
+    assert_eq!(a.status, 400);
+    for repo in ["local/x", "local/y", "library/alpine"] {
+        let head = http::request(&m, "HEAD", &format!("/v2/{repo}/blobs/{digest}"), &[]).unwrap();
+        assert_eq!(head.status, 404, "{repo}");
+    }
+    let blobs = work.path().join("storage/blobs/sha256");
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        !blobs.join(&hex[..2]).join(hex).exists(),
+        "the blob file exists"
+    );
+}
+
+#[test]
+fn a_push_to_a_cached_repository_is_refused_without_an_origin_request() {
+    if !tools_available("a_push_to_a_cached_repository_is_refused_without_an_origin_request") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 1504);
+    let origin = Origin::start();
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+    // Raw writes: answered here, nothing sent anywhere.
+    for (method, path) in [
+        ("POST", "/v2/library/alpine/blobs/uploads/"),
+        ("PUT", "/v2/library/alpine/manifests/x"),
+        ("DELETE", "/v2/library/alpine/manifests/x"),
+    ] {
+        let a = http::request(&m, method, path, &[]).unwrap();
+        assert_eq!(a.status, 405, "{method} {path}");
+        assert!(String::from_utf8_lossy(&a.body).contains("UNSUPPORTED"));
+    }
+    assert_eq!(origin_requests(&origin), Vec::<String>::new());
+    let refused = push_layout(&app, &m, "library/alpine:x").unwrap_err();
+    assert!(
+        refused.to_lowercase().contains("unsupported") || refused.contains("405"),
+        "{refused}"
+    );
+    // skopeo first asks whether each layer exists (HEAD, a read the cache
+    // may answer from upstream); nothing it writes leaves the mirror.
+    let writes: Vec<String> = origin_requests(&origin)
+        .into_iter()
+        .filter(|r| !r.starts_with("HEAD ") && !r.starts_with("GET "))
+        .collect();
+    assert_eq!(
+        writes,
+        Vec::<String>::new(),
+        "a refused push reached the origin"
+    );
+}
+
+#[test]
+fn podman_pushes_to_local_and_pulls_back() {
+    let test = "podman_pushes_to_local_and_pulls_back";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(podman) = Podman::new(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 1505);
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+    let conf = work.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = \"{m}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    podman
+        .run(&conf, &["pull", &format!("{m}/e2e/app:v1")])
+        .unwrap();
+    let id = podman
+        .run(
+            &conf,
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                &format!("{m}/e2e/app:v1"),
+            ],
+        )
+        .unwrap();
+    podman
+        .run(
+            &conf,
+            &[
+                "tag",
+                &format!("{m}/e2e/app:v1"),
+                &format!("{m}/local/podman:1"),
+            ],
+        )
+        .unwrap();
+    podman
+        .run(&conf, &["push", &format!("{m}/local/podman:1")])
+        .unwrap();
+    podman.run(&conf, &["rmi", "--all", "--force"]).unwrap();
+    podman
+        .run(&conf, &["pull", &format!("{m}/local/podman:1")])
+        .unwrap();
+    let back = podman
+        .run(
+            &conf,
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                &format!("{m}/local/podman:1"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        back.trim(),
+        id.trim(),
+        "the image pulled back is another one"
+    );
+    let tags = http::request(&m, "GET", "/v2/local/podman/tags/list", &[]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tags.body),
+        r#"{"name":"local/podman","tags":["1"]}"#
+    );
+}
+
+#[test]
+fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
+    let test = "docker_pushes_to_local_reusing_cached_layers_and_pulls_back";
+    if !tools_available(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 1506);
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+    let daemon_json = work.path().join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
+    )
+    .unwrap();
+    let Some(dockerd) = crate::support::dockerd::Dockerd::start(test, &daemon_json) else {
+        return;
+    };
+    let cached = format!("{m}/e2e/app:v1");
+    let pushed = format!("{m}/local/docker:1");
+    dockerd.docker(&["pull", &cached]).unwrap();
+    let id = dockerd
+        .docker(&["image", "inspect", "--format", "{{.Id}}", &cached])
+        .unwrap();
+    dockerd.docker(&["tag", &cached, &pushed]).unwrap();
+    dockerd.docker(&["push", &pushed]).unwrap();
+    // Every blob came from the cache: mounted or found, never uploaded.
+    let log = mirror.log();
+    assert_eq!(
+        upload_requests(&mirror),
+        0,
+        "cached blobs were uploaded again"
+    );
+    assert!(
+        log.contains("route=hosted_manifest"),
+        "no manifest was pushed"
+    );
+    dockerd
+        .docker(&["rmi", "--force", &cached, &pushed])
+        .unwrap();
+    dockerd.docker(&["pull", &pushed]).unwrap();
+    let back = dockerd
+        .docker(&["image", "inspect", "--format", "{{.Id}}", &pushed])
+        .unwrap();
+    assert_eq!(back.trim(), id.trim());
+    let writes: Vec<String> = origin_requests(&origin)
+        .into_iter()
+        .filter(|r| r.contains("/local/"))
+        .collect();
+    assert_eq!(writes, Vec::<String>::new(), "the push reached the origin");
+}
+
+#[test]
+fn hosted_repositories_work_on_s3_storage_across_a_restart() {
+    let test = "hosted_repositories_work_on_s3_storage_across_a_restart";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(s3) = crate::support::s3::S3Server::start(test) else {
+        return;
+    };
+    s3.create_bucket("oci-cache-push");
+    let work = tempfile::tempdir().unwrap();
+    let multi = multiarch_image(&work.path().join("multi"), 1507);
+    let origin = Origin::start();
+    let origin_url = origin.url();
+    let config = format!(
+        "local_prefixes = [\"local\"]\n\n[storage]\nkind = \"s3\"\nbucket = \"oci-cache-push\"\n\
+         endpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n",
+        s3.endpoint()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "e2e"),
+        ("AWS_SECRET_ACCESS_KEY", "e2e-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let start = || {
+        Mirror::start_oci_cache_with_config(
+            &config,
+            &[("a.test", &origin_url)],
+            "a.test",
+            "5m",
+            &env,
+        )
+    };
+    let mirror = start();
+    let m = mirror.host();
+    skopeo::push(&multi, &m, "local/multi:1");
+    // 10 MiB in two chunks: several pieces of the session on S3.
+    let content: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let digest = sha256_digest(&content);
+    let split = 6 * 1024 * 1024;
+    let s = http::request(&m, "POST", "/v2/local/big/blobs/uploads/", &[]).unwrap();
+    let location = s.header("location").unwrap().to_owned();
+    let range = format!("0-{}", split - 1);
+    let a = http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", &range)],
+        &content[..split],
+    )
+    .unwrap();
+    assert_eq!(a.status, 202);
+    drop(mirror);
+
+    let mirror = start();
+    let m = mirror.host();
+    let progress = http::request(&m, "GET", &location, &[]).unwrap();
+    assert_eq!(progress.header("range"), Some(range.as_str()));
+    let rest = format!("{split}-{}", content.len() - 1);
+    let a = http::request_with_body(
+        &m,
+        "PATCH",
+        &location,
+        &[("Content-Range", &rest)],
+        &content[split..],
+    )
+    .unwrap();
+    assert_eq!(a.status, 202);
+    let done = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
+    assert_eq!(done.status, 201, "{}", String::from_utf8_lossy(&done.body));
+    let blob = http::request(&m, "GET", &format!("/v2/local/big/blobs/{digest}"), &[]).unwrap();
+    assert!(blob.body == content, "the blob read back from S3 differs");
+    let got = skopeo::copy(&format!("{m}/local/multi:1"), &work.path().join("back")).unwrap();
+    assert_eq!(got.digest, multi.digest);
+    assert_eq!(origin_requests(&origin), Vec::<String>::new());
+}

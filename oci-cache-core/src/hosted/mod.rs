@@ -1,0 +1,297 @@
+//! Hosted repositories: the push side beside the cache.
+//!
+//! Repositories under configured local prefixes (`local/…`) are not fetched
+//! from anywhere: clients push them with the OCI distribution push API and
+//! pull them back. [`Hosted`] is that API without HTTP, over any
+//! [`Storage`], so it works the same on memory, filesystem and S3:
+//!
+//! - **Blobs and manifests are the cache's own.** A pushed blob is an
+//!   ordinary content-addressed blob, a pushed manifest an ordinary manifest
+//!   record; both are written through the same verified writes as a cache
+//!   fill, so nothing becomes visible before its bytes hash to its digest.
+//!   That is also why a cross-repository mount of anything the store holds
+//!   (cached from upstream or pushed elsewhere) succeeds without a byte sent.
+//! - **Repository membership is a link record**: `hosted/<repository…>/_tags/<tag>`
+//!   (JSON `{digest}`) and `hosted/<repository…>/_manifests/<algorithm>/<hex>`,
+//!   so a manifest pushed by digest only belongs to the repository it was
+//!   pushed to. [`protected_manifests`] lists every linked manifest for eviction.
+//! - **Upload sessions are records too** (`uploads/<id>`), holding the
+//!   repository, the bytes received so far and the pieces they are stored
+//!   in. Each chunk is cut into pieces of at most
+//!   [`HostedOptions::piece_size`] bytes (the only request memory), stored as
+//!   blobs under their own digest; finishing streams the pieces, in order,
+//!   into a verified write of the final digest, then removes them. A session
+//!   therefore survives a restart on every backend, and one left alone for
+//!   [`HostedOptions::upload_max_age`] is removed by [`Hosted::cleanup_abandoned`].
+//!   [`upload_pieces`] lists the pieces of open sessions for eviction.
+
+mod manifest;
+mod upload;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+
+use crate::digest::Digest;
+use crate::mirror::MirrorConfig;
+use crate::reference::{Repository, Tag};
+use crate::storage::{RecordKey, RecordPrefix, Storage};
+use crate::{Error, PushErrorKind, Result};
+
+pub use manifest::PushedManifest;
+pub use upload::{upload_pieces, UploadState};
+
+/// Limits and ages for hosted repositories.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostedOptions {
+    /// Largest manifest accepted by `PUT` (default 4 MiB, as distribution).
+    pub max_manifest_size: u64,
+    /// Largest blob accepted (default: no limit).
+    pub max_blob_size: Option<u64>,
+    /// An upload session untouched this long is removed (default 24 h).
+    pub upload_max_age: Duration,
+    /// Chunk bytes held in memory per request before they are stored (default 4 MiB).
+    pub piece_size: usize,
+}
+
+impl Default for HostedOptions {
+    fn default() -> Self {
+        HostedOptions {
+            max_manifest_size: 4 * 1024 * 1024,
+            max_blob_size: None,
+            upload_max_age: Duration::from_secs(24 * 60 * 60),
+            piece_size: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl HostedOptions {
+    /// Sets [`max_manifest_size`](Self::max_manifest_size).
+    pub fn with_max_manifest_size(mut self, bytes: u64) -> Self {
+        self.max_manifest_size = bytes;
+        self
+    }
+
+    /// Sets [`max_blob_size`](Self::max_blob_size).
+    pub fn with_max_blob_size(mut self, bytes: Option<u64>) -> Self {
+        self.max_blob_size = bytes;
+        self
+    }
+
+    /// Sets [`upload_max_age`](Self::upload_max_age).
+    pub fn with_upload_max_age(mut self, age: Duration) -> Self {
+        self.upload_max_age = age;
+        self
+    }
+
+    /// Sets [`piece_size`](Self::piece_size) (at least 1 byte).
+    pub fn with_piece_size(mut self, bytes: usize) -> Self {
+        self.piece_size = bytes.max(1);
+        self
+    }
+}
+
+/// The id of an upload session: 32 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(String);
+
+impl UploadId {
+    /// A new random id.
+    pub fn random() -> Self {
+        UploadId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// The id as sent in `Location` and `Docker-Upload-UUID`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UploadId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let valid = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if valid {
+            Ok(UploadId(s.to_owned()))
+        } else {
+            Err(Error::push(
+                PushErrorKind::UploadUnknown,
+                format!("upload {s:?} is unknown; start a new one with POST …/blobs/uploads/"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A hosted repository's link record: to a tag, or to a manifest by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostedKey {
+    /// `hosted/<repository…>/_tags/<tag>`.
+    Tag(Repository, Tag),
+    /// `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
+    Manifest(Repository, Digest),
+}
+
+impl HostedKey {
+    /// The repository the link belongs to.
+    pub fn repository(&self) -> &Repository {
+        match self {
+            HostedKey::Tag(repository, _) | HostedKey::Manifest(repository, _) => repository,
+        }
+    }
+}
+
+/// The push API over a storage. Cheap to clone.
+pub struct Hosted<S: ?Sized> {
+    storage: Arc<S>,
+    options: HostedOptions,
+    last_cleanup: Arc<Mutex<Option<Instant>>>,
+    /// Upload sessions a request of this process is writing right now.
+    busy: Arc<Mutex<HashSet<UploadId>>>,
+}
+
+impl<S: ?Sized> Clone for Hosted<S> {
+    fn clone(&self) -> Self {
+        Hosted {
+            storage: Arc::clone(&self.storage),
+            options: self.options.clone(),
+            last_cleanup: Arc::clone(&self.last_cleanup),
+            busy: Arc::clone(&self.busy),
+        }
+    }
+}
+
+impl<S: ?Sized> fmt::Debug for Hosted<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hosted")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage + ?Sized> Hosted<S> {
+    /// The push API over `storage`.
+    pub fn new(storage: Arc<S>, options: HostedOptions) -> Self {
+        Hosted {
+            storage,
+            options,
+            last_cleanup: Arc::new(Mutex::new(None)),
+            busy: Arc::default(),
+        }
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<S> {
+        &self.storage
+    }
+
+    /// The options.
+    pub fn options(&self) -> &HostedOptions {
+        &self.options
+    }
+
+    /// Size of a stored blob, for a cross-repository mount: any blob the
+    /// store holds (pushed or cached from upstream) can be mounted, since
+    /// blobs are content-addressed. `None` when absent.
+    pub async fn mount(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.storage.blob_stat(digest).await?.map(|info| info.size))
+    }
+
+    /// Tags of a hosted repository, sorted;
+    /// [`NotFound`](Error::NotFound) when nothing was ever pushed there.
+    pub async fn tags(&self, repository: &Repository) -> Result<Vec<Tag>> {
+        let mut tags: Vec<Tag> = self
+            .storage
+            .record_list(&RecordPrefix::hosted_tags(repository))
+            .try_filter_map(|key| async move {
+                Ok(match key.hosted_key() {
+                    Some(HostedKey::Tag(repo, tag)) if &repo == repository => Some(tag),
+                    _ => None,
+                })
+            })
+            .try_collect()
+            .await?;
+        if tags.is_empty() && !self.exists(repository).await? {
+            return Err(Error::not_found(format!("repository {repository}")));
+        }
+        tags.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(tags)
+    }
+
+    /// Whether anything (a tag or a manifest) was pushed to `repository`.
+    async fn exists(&self, repository: &Repository) -> Result<bool> {
+        let mut links = self
+            .storage
+            .record_list(&RecordPrefix::hosted_repository(repository));
+        while let Some(key) = links.try_next().await? {
+            if key
+                .hosted_key()
+                .is_some_and(|k| k.repository() == repository)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Hosted repositories holding at least one tag or manifest, sorted.
+    pub async fn repositories(&self) -> Result<Vec<Repository>> {
+        let set: BTreeSet<String> = self
+            .storage
+            .record_list(&RecordPrefix::hosted())
+            .try_filter_map(|key| async move {
+                Ok(key.hosted_key().map(|k| k.repository().to_string()))
+            })
+            .try_collect()
+            .await?;
+        set.iter().map(|name| Ok(Repository::new(name)?)).collect()
+    }
+}
+
+/// Checks a local prefix: one repository path component (`local`), naming
+/// no configured upstream or alias (a path starting with it would be ambiguous).
+pub fn validate_local_prefix(prefix: &str, upstreams: &MirrorConfig) -> Result<()> {
+    if prefix.contains('/') || Repository::new(prefix).is_err() {
+        return Err(Error::Config(format!(
+            "local prefix {prefix:?} is not one repository path component \
+             (lowercase letters, digits and . _ -, e.g. \"local\")"
+        )));
+    }
+    if upstreams.lookup(prefix).is_some() {
+        return Err(Error::Config(format!(
+            "local prefix {prefix:?} is also the name of a configured upstream; pick another prefix"
+        )));
+    }
+    Ok(())
+}
+
+/// Every manifest digest linked from any hosted repository, sorted and
+/// deduplicated: what eviction must never remove (with the blobs they
+/// reference). Stable name and signature.
+pub async fn protected_manifests<S: Storage + ?Sized>(storage: &S) -> Result<Vec<Digest>> {
+    let set: BTreeSet<Digest> = storage
+        .record_list(&RecordPrefix::hosted())
+        .try_filter_map(|key: RecordKey| async move {
+            Ok(match key.hosted_key() {
+                Some(HostedKey::Manifest(_, digest)) => Some(digest),
+                _ => None,
+            })
+        })
+        .try_collect()
+        .await?;
+    Ok(set.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::*;
+use crate::storage::{ByteStream, MemoryStorage};
+use crate::upstream::ManifestRef;
+
+fn stream(parts: &[&[u8]]) -> ByteStream {
+    let parts: Vec<crate::Result<Bytes>> = parts
+        .iter()
+        .map(|p| Ok(Bytes::copy_from_slice(p)))
+        .collect();
+    futures::stream::iter(parts).boxed()
+}
+
+fn hosted(storage: &Arc<MemoryStorage>) -> Hosted<MemoryStorage> {
+    Hosted::new(
+        Arc::clone(storage),
+        HostedOptions::default().with_piece_size(4),
+    )
+}
+
+fn repo(name: &str) -> Repository {
+    Repository::new(name).unwrap()
+}
+
+async fn read_blob(storage: &MemoryStorage, digest: &Digest) -> Vec<u8> {
+    let read = storage.blob_read(digest, None).await.unwrap();
+    let chunks: Vec<Bytes> = read.stream.map(|c| c.unwrap()).collect().await;
+    chunks.concat()
+}
+
+#[tokio::test]
+async fn chunked_upload_survives_a_new_instance_and_verifies() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let content = b"hello, hosted world";
+    let digest = Digest::sha256_of(content);
+    let state = hosted(&storage).start_upload(&app).await.unwrap();
+    let after = hosted(&storage)
+        .append(
+            &app,
+            &state.id,
+            Some((0, 9)),
+            stream(&[&content[..5], &content[5..10]]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.offset, 10);
+    // A "restart": a new instance over the same storage sees the session.
+    let restarted = hosted(&storage);
+    assert_eq!(restarted.upload(&app, &state.id).await.unwrap().offset, 10);
+    // A gap is refused and changes nothing.
+    let gap = restarted
+        .append(&app, &state.id, Some((12, 14)), stream(&[b"xyz"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            gap,
+            Error::Push {
+                kind: PushErrorKind::OutOfOrder { offset: 10 },
+                ..
+            }
+        ),
+        "{gap:?}"
+    );
+    // Another repository cannot use the id.
+    assert!(restarted
+        .upload(&repo("local/other"), &state.id)
+        .await
+        .is_err());
+    let size = restarted
+        .finish(&app, &state.id, &digest, Some(stream(&[&content[10..]])))
+        .await
+        .unwrap();
+    assert_eq!(size, content.len() as u64);
+    assert_eq!(read_blob(&storage, &digest).await, content);
+    // The session and its pieces are gone: only the blob remains.
+    assert!(restarted.upload(&app, &state.id).await.is_err());
+    let blobs: Vec<_> = storage.blob_list().collect().await;
+    assert_eq!(blobs.len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_digest_leaves_nothing_visible() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = hosted(&storage);
+    let state = h.start_upload(&app).await.unwrap();
+    h.append(&app, &state.id, None, stream(&[b"some bytes here"]))
+        .await
+        .unwrap();
+    let claimed = Digest::sha256_of(b"other");
+    let e = h.finish(&app, &state.id, &claimed, None).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Push {
+                kind: PushErrorKind::DigestInvalid,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(storage.blob_stat(&claimed).await.unwrap().is_none());
+    assert_eq!(storage.blob_list().count().await, 0);
+    let e = h
+        .put_blob(&claimed, stream(&[b"not it"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Push {
+                kind: PushErrorKind::DigestInvalid,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(storage.blob_stat(&claimed).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn manifests_are_checked_linked_tagged_and_deleted() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = hosted(&storage);
+    let config = b"{}";
+    let config_digest = Digest::sha256_of(config);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[]}}"#
+    );
+    let tag = ManifestRef::Tag(Tag::new("v1").unwrap());
+    let e = h
+        .put_manifest(&app, &tag, None, Bytes::from(manifest.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Push {
+                kind: PushErrorKind::ManifestBlobUnknown,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    h.put_blob(&config_digest, stream(&[config])).await.unwrap();
+    let pushed = h
+        .put_manifest(&app, &tag, None, Bytes::from(manifest.clone()))
+        .await
+        .unwrap();
+    assert_eq!(pushed.digest, Digest::sha256_of(manifest.as_bytes()));
+    assert_eq!(
+        h.manifest(&app, &tag).await.unwrap().bytes,
+        manifest.as_bytes()
+    );
+    assert_eq!(h.tags(&app).await.unwrap(), vec![Tag::new("v1").unwrap()]);
+    assert_eq!(h.repositories().await.unwrap(), vec![app.clone()]);
+    assert_eq!(
+        protected_manifests(&*storage).await.unwrap(),
+        vec![pushed.digest.clone()]
+    );
+    // Not linked from another repository.
+    let by_digest = ManifestRef::Digest(pushed.digest.clone());
+    assert!(h
+        .manifest(&repo("local/other"), &by_digest)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    h.delete(&app, &by_digest).await.unwrap();
+    assert!(h.manifest(&app, &tag).await.unwrap_err().is_not_found());
+    assert!(protected_manifests(&*storage).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_removed_with_their_pieces() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = Hosted::new(
+        Arc::clone(&storage),
+        HostedOptions::default()
+            .with_piece_size(4)
+            .with_upload_max_age(Duration::ZERO),
+    );
+    let state = h.start_upload(&app).await.unwrap();
+    h.append(&app, &state.id, None, stream(&[b"0123456789"]))
+        .await
+        .unwrap();
+    assert_eq!(storage.blob_list().count().await, 3);
+    assert_eq!(upload_pieces(&*storage).await.unwrap().len(), 3);
+    assert_eq!(h.cleanup_abandoned().await.unwrap(), 1);
+    assert!(upload_pieces(&*storage).await.unwrap().is_empty());
+    assert_eq!(storage.blob_list().count().await, 0);
+    assert!(h.upload(&app, &state.id).await.is_err());
+}
+
+#[test]
+fn local_prefixes_are_one_component_that_no_upstream_claims() {
+    let upstreams = MirrorConfig::common();
+    assert!(validate_local_prefix("local", &upstreams).is_ok());
+    for bad in ["", "a/b", "UP", "docker.io", "ghcr.io"] {
+        let e = validate_local_prefix(bad, &upstreams).unwrap_err();
+        assert!(e.to_string().contains(bad), "{bad}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_writer_of_one_upload_is_refused_while_the_first_runs() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = hosted(&storage);
+    let state = h.start_upload(&app).await.unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<crate::Result<Bytes>>();
+    tx.unbounded_send(Ok(Bytes::from_static(b"first"))).unwrap();
+    let slow = {
+        let h = h.clone();
+        let app = app.clone();
+        let id = state.id.clone();
+        tokio::spawn(async move { h.append(&app, &id, None, rx.boxed()).await })
+    };
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let e = h
+        .append(&app, &state.id, None, stream(&[b"second"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Push {
+                kind: PushErrorKind::UploadInvalid,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    drop(tx);
+    assert_eq!(slow.await.unwrap().unwrap().offset, 5);
+    // Once the first is done, the next chunk goes in.
+    let after = h
+        .append(&app, &state.id, None, stream(&[b"second"]))
+        .await
+        .unwrap();
+    assert_eq!(after.offset, 11);
+}

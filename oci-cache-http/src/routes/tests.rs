@@ -1,0 +1,281 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use super::*;
+use oci_cache_core::mirror::{Endpoint, UpstreamConfig};
+
+const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn upstream(name: &str, aliases: &[&str]) -> UpstreamConfig {
+    UpstreamConfig {
+        name: Registry::new(name).unwrap(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        endpoints: vec![],
+        origin: Endpoint::new(format!("https://{name}")),
+        skip_fallback: false,
+    }
+}
+
+fn mirrors() -> MirrorConfig {
+    MirrorConfig {
+        upstreams: vec![
+            upstream(
+                "docker.io",
+                &["index.docker.io", "registry-1.docker.io", "proxy-docker.io"],
+            ),
+            upstream("ghcr.io", &[]),
+            upstream("localhost:5001", &[]),
+        ],
+        default_upstream: Registry::new("docker.io").unwrap(),
+    }
+}
+
+fn get(path_and_query: &str) -> Result<Route, OciError> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    route(&Method::GET, path, query, &mirrors(), &[])
+}
+
+fn manifest(path: &str) -> (String, String, String) {
+    match get(path).unwrap() {
+        Route::Manifest { target, reference } => (
+            target.upstream.to_string(),
+            target.repository.to_string(),
+            reference.to_string(),
+        ),
+        other => panic!("{path}: expected a manifest route, got {other:?}"),
+    }
+}
+
+fn err(path: &str) -> (u16, &'static str) {
+    let e = get(path).unwrap_err();
+    (e.status.as_u16(), e.code.as_str())
+}
+
+#[test]
+fn upstream_selection() {
+    let cases = [
+        (
+            "/v2/library/alpine/manifests/3.20",
+            "docker.io",
+            "library/alpine",
+        ),
+        ("/v2/alpine/manifests/3.20", "docker.io", "library/alpine"),
+        (
+            "/v2/library/alpine/manifests/3.20?ns=docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/alpine/manifests/3.20?ns=index.docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/alpine/manifests/3.20?ns=registry-1.docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/alpine/manifests/3.20?ns=DOCKER.IO",
+            "docker.io",
+            "library/alpine",
+        ),
+        ("/v2/org/app/manifests/v1?ns=ghcr.io", "ghcr.io", "org/app"),
+        ("/v2/app/manifests/v1?ns=ghcr.io", "ghcr.io", "app"),
+        ("/v2/ghcr.io/org/app/manifests/v1", "ghcr.io", "org/app"),
+        (
+            "/v2/docker.io/library/alpine/manifests/3",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/docker.io/alpine/manifests/3",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/proxy-docker.io/alpine/manifests/3",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/docker.io/library/alpine/manifests/3?ns=docker.io",
+            "docker.io",
+            "library/alpine",
+        ),
+        (
+            "/v2/img/manifests/t?ns=localhost%3A5001",
+            "localhost:5001",
+            "img",
+        ),
+        (
+            "/v2/localhost:5001/img/manifests/t",
+            "localhost:5001",
+            "img",
+        ),
+        (
+            "/v2/a/b/c/d/manifests/t?x=1&ns=ghcr.io&y",
+            "ghcr.io",
+            "a/b/c/d",
+        ),
+        // A segment that merely looks like a registry is part of the name.
+        ("/v2/quay.io/app/manifests/t", "docker.io", "quay.io/app"),
+        // A single segment equal to an upstream name is a repository.
+        ("/v2/ghcr.io/manifests/t", "docker.io", "library/ghcr.io"),
+    ];
+    for (path, up, repo) in cases {
+        let (u, r, _) = manifest(path);
+        assert_eq!((u.as_str(), r.as_str()), (up, repo), "{path}");
+    }
+}
+
+#[test]
+fn references_and_other_routes() {
+    assert_eq!(manifest(&format!("/v2/a/manifests/{DIGEST}")).2, DIGEST);
+    assert_eq!(
+        manifest(&format!("/v2/a/manifests/{}", DIGEST.replace(':', "%3A"))).2,
+        DIGEST
+    );
+    assert_eq!(manifest("/v2/a/manifests/latest").2, "latest");
+    assert_eq!(get("/v2/").unwrap(), Route::Ping);
+    assert_eq!(get("/v2").unwrap(), Route::Ping);
+    assert_eq!(get("/healthz").unwrap(), Route::Health);
+    assert_eq!(get("/readyz").unwrap(), Route::Ready);
+    assert_eq!(get("/metrics").unwrap(), Route::Metrics);
+    assert_eq!(
+        get("/v2/_catalog?n=10&last=docker.io%2Fa").unwrap(),
+        Route::Catalog {
+            n: Some(10),
+            last: Some("docker.io/a".into())
+        }
+    );
+    match get(&format!("/v2/org/blobs/blobs/{DIGEST}?ns=ghcr.io")).unwrap() {
+        Route::Blob { target, digest } => {
+            assert_eq!(target.repository.as_str(), "org/blobs");
+            assert_eq!(digest.as_str(), DIGEST);
+        }
+        other => panic!("{other:?}"),
+    }
+    match get("/v2/ghcr.io/o/tags/list/tags/list?n=2&last=a").unwrap() {
+        Route::Tags { target, n, last } => {
+            assert_eq!(target.repository.as_str(), "o/tags/list");
+            assert_eq!((n, last.as_deref()), (Some(2), Some("a")));
+        }
+        other => panic!("{other:?}"),
+    }
+    // "manifests" as a repository component still matches from the right.
+    assert_eq!(manifest("/v2/x/manifests/manifests/t").1, "x/manifests");
+}
+
+#[test]
+fn malformed_requests() {
+    let cases: [(&str, (u16, &str)); 16] = [
+        ("/v2/UPPER/manifests/t", (400, "NAME_INVALID")),
+        ("/v2/a//b/manifests/t", (400, "NAME_INVALID")),
+        ("/v2/a%2Fb/manifests/t", (400, "NAME_INVALID")),
+        ("/v2/a%ff/manifests/t", (400, "NAME_INVALID")),
+        ("/v2/-a/manifests/t", (400, "NAME_INVALID")),
+        ("/v2/a/manifests/.bad", (400, "TAG_INVALID")),
+        ("/v2/a/manifests/sha256:abc", (400, "DIGEST_INVALID")),
+        ("/v2/a/blobs/latest", (400, "DIGEST_INVALID")),
+        ("/v2/a/blobs/md5:0123", (400, "DIGEST_INVALID")),
+        ("/v2/a/tags/list?n=-1", (400, "PAGINATION_NUMBER_INVALID")),
+        ("/v2/a/manifests/t?ns=evil.example", (404, "NAME_UNKNOWN")),
+        ("/v2/a/manifests/t?ns=", (404, "NAME_UNKNOWN")),
+        ("/v2/manifests/t", (404, "NAME_UNKNOWN")),
+        ("/v2/a/tags/list/", (404, "NAME_UNKNOWN")),
+        ("/v2x", (404, "NAME_UNKNOWN")),
+        ("/v2/a/blobs/uploads/123", (405, "UNSUPPORTED")),
+    ];
+    for (path, expected) in cases {
+        assert_eq!(err(path), expected, "{path}");
+    }
+    let long = format!("/v2/{}/manifests/t", "a".repeat(256));
+    assert_eq!(err(&long), (400, "NAME_INVALID"));
+}
+
+fn local() -> Vec<String> {
+    vec!["local".to_owned()]
+}
+
+#[test]
+fn hosted_repositories_route_every_method() {
+    let hosted = |method: Method, path_and_query: &str| {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        match route(&method, path, query, &mirrors(), &local()) {
+            Ok(Route::Hosted { repository, op }) => Ok((repository.to_string(), op)),
+            Ok(other) => panic!("{path_and_query}: not hosted: {other:?}"),
+            Err(e) => Err((e.status.as_u16(), e.code.as_str())),
+        }
+    };
+    let app = || "local/app".to_owned();
+    assert_eq!(
+        hosted(Method::POST, "/v2/local/app/blobs/uploads/"),
+        Ok((app(), HostedOp::Uploads))
+    );
+    assert_eq!(
+        hosted(Method::POST, "/v2/local/app/blobs/uploads"),
+        Ok((app(), HostedOp::Uploads))
+    );
+    assert_eq!(
+        hosted(Method::PATCH, "/v2/local/app/blobs/uploads/abc"),
+        Ok((app(), HostedOp::Upload("abc".into())))
+    );
+    assert_eq!(
+        hosted(Method::PUT, "/v2/local/a/b/manifests/v1"),
+        Ok((
+            "local/a/b".into(),
+            HostedOp::Manifest(manifest_ref("v1").unwrap())
+        ))
+    );
+    // Kind's containerd names the registry it asked for in `ns`.
+    assert_eq!(
+        hosted(
+            Method::GET,
+            &format!("/v2/local/app/blobs/{DIGEST}?ns=localhost%3A5009")
+        ),
+        Ok((app(), HostedOp::Blob(DIGEST.parse().unwrap())))
+    );
+    assert_eq!(
+        hosted(Method::GET, "/v2/local/app/tags/list?n=1"),
+        Ok((
+            app(),
+            HostedOp::Tags {
+                n: Some(1),
+                last: None
+            }
+        ))
+    );
+    assert_eq!(
+        hosted(Method::PUT, "/v2/local/manifests/v1"),
+        Err((400, "NAME_INVALID"))
+    );
+    // Whatever `ns` names, a hosted repository never reaches an upstream.
+    assert_eq!(
+        hosted(Method::GET, "/v2/local/app/manifests/v1?ns=docker.io"),
+        Ok((app(), HostedOp::Manifest(manifest_ref("v1").unwrap())))
+    );
+    // Writes elsewhere stay refused, and `localx/…` is not under `local`.
+    for path in [
+        "/v2/library/alpine/manifests/x",
+        "/v2/localx/app/manifests/x",
+    ] {
+        let e = route(&Method::PUT, path, None, &mirrors(), &local()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
+    }
+}
+
+#[test]
+fn write_methods_are_unsupported() {
+    for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        for path in ["/v2/a/blobs/uploads/", "/v2/a/manifests/t", "/v2/"] {
+            let e = route(&method, path, None, &mirrors(), &local()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
+        }
+    }
+}

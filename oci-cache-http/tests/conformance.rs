@@ -1,0 +1,763 @@
+//! Conformance-style tests of hosted repositories (`local/…`), written
+//! against the text of the OCI distribution spec (spec.md, "Pull", "Push",
+//! "Content Management"), run on the in-process service with memory and
+//! filesystem storage. Every test also checks that nothing went upstream.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use oci_cache_core::digest::Digest;
+use oci_cache_core::storage::{FsStorage, MemoryStorage, Storage};
+use oci_cache_core::testing::BlobScript;
+use oci_cache_http::{Mirror, OciService};
+
+use crate::support::*;
+
+const APP: &str = "/v2/local/app";
+
+struct Registry {
+    svc: OciService,
+    fake: Arc<FakeUpstream>,
+    storage: Arc<dyn Storage>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn build(storage: Arc<dyn Storage>, fake: Arc<FakeUpstream>) -> OciService {
+    Mirror::builder()
+        .upstreams(mirrors("http://127.0.0.1:9"))
+        .storage(storage)
+        .upstream(fake)
+        .local_prefixes(["local"])
+        .build()
+        .unwrap()
+        .service()
+}
+
+/// One registry per backend the suite runs on.
+async fn registries() -> Vec<Registry> {
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).await.unwrap());
+    let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    [(memory, None), (fs, Some(dir))]
+        .into_iter()
+        .map(|(storage, dir)| {
+            let fake = Arc::new(FakeUpstream::new());
+            Registry {
+                svc: build(Arc::clone(&storage), Arc::clone(&fake)),
+                fake,
+                storage,
+                _dir: dir,
+            }
+        })
+        .collect()
+}
+
+async fn send(
+    svc: &OciService,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = svc
+        .handle(builder.body(Full::new(body.into())).unwrap())
+        .await;
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// Pushes a blob monolithically (`POST ?digest=`); returns its digest.
+async fn push_blob(svc: &OciService, repo: &str, bytes: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(bytes);
+    let a = send(
+        svc,
+        Method::POST,
+        &format!("{repo}/blobs/uploads/?digest={digest}"),
+        &[("content-type", "application/octet-stream")],
+        Bytes::copy_from_slice(bytes),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    digest
+}
+
+fn image_manifest(config: &Digest, config_size: usize, layers: &[(&Digest, usize)]) -> String {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, n)| {
+            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{n}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_size}}},"layers":[{}]}}"#,
+        layers.join(",")
+    )
+}
+
+/// Pushes a config and one layer and a manifest under `tag`; returns the manifest digest.
+async fn push_image(svc: &OciService, repo: &str, tag: &str, layer: &[u8]) -> (Digest, String) {
+    let config = push_blob(svc, repo, b"{\"architecture\":\"amd64\"}").await;
+    let layer_digest = push_blob(svc, repo, layer).await;
+    let manifest = image_manifest(&config, 24, &[(&layer_digest, layer.len())]);
+    let a = send(
+        svc,
+        Method::PUT,
+        &format!("{repo}/manifests/{tag}"),
+        &[("content-type", OCI_MANIFEST)],
+        manifest.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let digest = Digest::sha256_of(manifest.as_bytes());
+    assert_eq!(a.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(
+        a.header("location"),
+        Some(format!("{repo}/manifests/{digest}").as_str())
+    );
+    (digest, manifest)
+}
+
+#[tokio::test]
+async fn push_then_pull_by_tag_and_digest() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let (digest, manifest) = push_image(svc, APP, "v1", b"layer one").await;
+        for reference in ["v1", digest.as_str()] {
+            let a = get(svc, &format!("{APP}/manifests/{reference}")).await;
+            assert_eq!(a.status, 200, "{reference}");
+            assert_eq!(a.body, manifest.as_bytes());
+            assert_eq!(a.header("content-type"), Some(OCI_MANIFEST));
+            assert_eq!(a.header("docker-content-digest"), Some(digest.as_str()));
+            let head = call(
+                svc,
+                Method::HEAD,
+                &format!("{APP}/manifests/{reference}"),
+                &[],
+            )
+            .await;
+            assert_eq!(head.status, 200);
+            assert_eq!(
+                head.header("content-length"),
+                Some(manifest.len().to_string().as_str())
+            );
+            assert!(head.body.is_empty());
+        }
+        let layer = Digest::sha256_of(b"layer one");
+        let a = get(svc, &format!("{APP}/blobs/{layer}")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_ref()),
+            (200, &b"layer one"[..])
+        );
+        let ranged = call(
+            svc,
+            Method::GET,
+            &format!("{APP}/blobs/{layer}"),
+            &[("range", "bytes=6-")],
+        )
+        .await;
+        assert_eq!(
+            (ranged.status.as_u16(), ranged.body.as_ref()),
+            (206, &b"one"[..])
+        );
+        assert_eq!(ranged.header("content-range"), Some("bytes 6-8/9"));
+        // Missing content is a 404 with the spec's code, never an upstream fetch.
+        let missing = Digest::sha256_of(b"nope");
+        let a = get(svc, &format!("{APP}/manifests/v2")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (404, "MANIFEST_UNKNOWN")
+        );
+        let a = get(svc, &format!("{APP}/blobs/{missing}")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (404, "BLOB_UNKNOWN")
+        );
+        // Whatever upstream `ns` names (Kind's containerd sends its registry host).
+        for ns in ["localhost%3A5001", "docker.io"] {
+            let a = get(svc, &format!("{APP}/manifests/v1?ns={ns}")).await;
+            assert_eq!(a.body, manifest.as_bytes(), "ns={ns}");
+        }
+        let a = get(svc, &format!("/v2/local/other/manifests/{digest}")).await;
+        assert_eq!(
+            a.status, 404,
+            "a manifest belongs to the repository it was pushed to"
+        );
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}
+
+#[tokio::test]
+async fn post_then_put_and_chunked_patch_with_progress() {
+    for r in registries().await {
+        let svc = &r.svc;
+        // POST then a single PUT with the whole body.
+        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
+        assert_eq!(a.status, 202);
+        let location = a.header("location").unwrap().to_owned();
+        assert!(
+            location.starts_with(&format!("{APP}/blobs/uploads/")),
+            "{location}"
+        );
+        assert_eq!(a.header("range"), Some("0-0"));
+        let uuid = a.header("docker-upload-uuid").unwrap().to_owned();
+        assert!(location.ends_with(&uuid));
+        let body = b"monolithic via put";
+        let digest = Digest::sha256_of(body);
+        let a = send(
+            svc,
+            Method::PUT,
+            &format!("{location}?digest={digest}"),
+            &[],
+            &body[..],
+        )
+        .await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        assert_eq!(
+            a.header("location"),
+            Some(format!("{APP}/blobs/{digest}").as_str())
+        );
+        assert_eq!(
+            get(svc, &format!("{APP}/blobs/{digest}")).await.body,
+            &body[..]
+        );
+
+        // Chunks with Content-Range, progress after each, then PUT with no body.
+        let content: Vec<u8> = (0..100u8).collect();
+        let digest = Digest::sha256_of(&content);
+        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
+        let mut location = a.header("location").unwrap().to_owned();
+        for (start, end) in [(0usize, 39usize), (40, 79), (80, 99)] {
+            let range = format!("{start}-{end}");
+            let a = send(
+                svc,
+                Method::PATCH,
+                &location,
+                &[
+                    ("content-range", &range),
+                    ("content-type", "application/octet-stream"),
+                ],
+                content[start..=end].to_vec(),
+            )
+            .await;
+            assert_eq!(a.status, 202, "{range}: {:?}", a.body);
+            assert_eq!(a.header("range"), Some(format!("0-{end}").as_str()));
+            location = a.header("location").unwrap().to_owned();
+            let progress = get(svc, &location).await;
+            assert_eq!(progress.status, 204);
+            assert_eq!(progress.header("range"), Some(format!("0-{end}").as_str()));
+            assert!(progress.header("docker-upload-uuid").is_some());
+        }
+        // Out of order: 416 with the current range; nothing changes.
+        let a = send(
+            svc,
+            Method::PATCH,
+            &location,
+            &[("content-range", "150-159")],
+            vec![0u8; 10],
+        )
+        .await;
+        assert_eq!(a.status, 416);
+        assert_eq!(a.header("range"), Some("0-99"));
+        let a = send(
+            svc,
+            Method::PUT,
+            &format!("{location}?digest={digest}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        assert_eq!(
+            get(svc, &format!("{APP}/blobs/{digest}")).await.body,
+            content
+        );
+        // The session is gone once finished.
+        let a = get(svc, &location).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (404, "BLOB_UPLOAD_UNKNOWN")
+        );
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}
+
+#[tokio::test]
+async fn corrupt_uploads_leave_nothing_visible() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let claimed = Digest::sha256_of(b"the real content");
+        // Monolithic with the wrong bytes.
+        let a = send(
+            svc,
+            Method::POST,
+            &format!("{APP}/blobs/uploads/?digest={claimed}"),
+            &[],
+            "other content",
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "DIGEST_INVALID")
+        );
+        // A session whose chunks miss a part (a gap the client ignored).
+        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
+        let location = a.header("location").unwrap().to_owned();
+        send(
+            svc,
+            Method::PATCH,
+            &location,
+            &[("content-range", "0-7")],
+            "the real",
+        )
+        .await;
+        let gap = send(
+            svc,
+            Method::PATCH,
+            &location,
+            &[("content-range", "9-15")],
+            "content",
+        )
+        .await;
+        assert_eq!(gap.status, 416);
+        let a = send(
+            svc,
+            Method::PUT,
+            &format!("{location}?digest={claimed}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "DIGEST_INVALID")
+        );
+        // A short final body.
+        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
+        let location = a.header("location").unwrap().to_owned();
+        let a = send(
+            svc,
+            Method::PUT,
+            &format!("{location}?digest={claimed}"),
+            &[],
+            "the real conten",
+        )
+        .await;
+        assert_eq!(a.status, 400);
+        // Nothing is visible, and no upload piece was left behind.
+        let a = call(svc, Method::HEAD, &format!("{APP}/blobs/{claimed}"), &[]).await;
+        assert_eq!(a.status, 404);
+        assert!(r.storage.blob_stat(&claimed).await.unwrap().is_none());
+        use futures::StreamExt;
+        assert_eq!(r.storage.blob_list().count().await, 0);
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}
+
+#[tokio::test]
+async fn cancelled_uploads_are_unknown_afterwards() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
+        let location = a.header("location").unwrap().to_owned();
+        send(svc, Method::PATCH, &location, &[], "some bytes").await;
+        let a = send(svc, Method::DELETE, &location, &[], "").await;
+        assert_eq!(a.status, 204);
+        let a = get(svc, &location).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (404, "BLOB_UPLOAD_UNKNOWN")
+        );
+        let a = get(svc, &format!("{APP}/blobs/uploads/not-an-id")).await;
+        assert_eq!(a.error_code(), "BLOB_UPLOAD_UNKNOWN");
+    }
+}
+
+#[tokio::test]
+async fn upload_sessions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeUpstream::new());
+    let content = b"first half|second half";
+    let digest = Digest::sha256_of(content);
+    let location = {
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).await.unwrap());
+        let svc = build(storage, Arc::clone(&fake));
+        let a = send(
+            &svc,
+            Method::POST,
+            &format!("{APP}/blobs/uploads/"),
+            &[],
+            "",
+        )
+        .await;
+        let location = a.header("location").unwrap().to_owned();
+        let a = send(
+            &svc,
+            Method::PATCH,
+            &location,
+            &[("content-range", "0-10")],
+            &content[..11],
+        )
+        .await;
+        assert_eq!(a.status, 202);
+        location
+    };
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).await.unwrap());
+    let svc = build(storage, fake);
+    let progress = get(&svc, &location).await;
+    assert_eq!(
+        (progress.status.as_u16(), progress.header("range")),
+        (204, Some("0-10"))
+    );
+    let a = send(
+        &svc,
+        Method::PATCH,
+        &location,
+        &[("content-range", "11-21")],
+        &content[11..],
+    )
+    .await;
+    assert_eq!(a.status, 202);
+    let a = send(
+        &svc,
+        Method::PUT,
+        &format!("{location}?digest={digest}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(
+        get(&svc, &format!("{APP}/blobs/{digest}")).await.body,
+        &content[..]
+    );
+}
+
+#[tokio::test]
+async fn mounts_from_other_repositories_and_from_the_cache() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let pushed = push_blob(svc, "/v2/local/base", b"base layer").await;
+        let a = send(
+            svc,
+            Method::POST,
+            &format!("{APP}/blobs/uploads/?mount={pushed}&from=local/base"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 201);
+        assert_eq!(
+            a.header("location"),
+            Some(format!("{APP}/blobs/{pushed}").as_str())
+        );
+        // A blob the cache fetched from upstream mounts too (content-addressed).
+        let cached = r.fake.add_blob(BlobScript::new(b"alpine layer"));
+        assert_eq!(
+            get(svc, &format!("/v2/library/alpine/blobs/{cached}"))
+                .await
+                .status,
+            200
+        );
+        // The fill commits just after the client got the last byte.
+        for _ in 0..200 {
+            if r.storage.blob_stat(&cached).await.unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let before = r.fake.calls().total();
+        let a = send(
+            svc,
+            Method::POST,
+            &format!("{APP}/blobs/uploads/?mount={cached}&from=library/alpine"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 201);
+        assert_eq!(
+            r.fake.calls().total(),
+            before,
+            "a mount asks nobody upstream"
+        );
+        // An unknown blob: the spec's fallback is a new upload session.
+        let unknown = Digest::sha256_of(b"unknown");
+        let a = send(
+            svc,
+            Method::POST,
+            &format!("{APP}/blobs/uploads/?mount={unknown}&from=local/base"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 202);
+        assert!(a.header("docker-upload-uuid").is_some());
+    }
+}
+
+#[tokio::test]
+async fn manifest_put_checks_references_digest_size_and_answers_the_subject() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let config = Digest::sha256_of(b"{}");
+        let manifest = image_manifest(&config, 2, &[]);
+        let put = |reference: String, body: String| async move {
+            send(
+                svc,
+                Method::PUT,
+                &format!("{APP}/manifests/{reference}"),
+                &[("content-type", OCI_MANIFEST)],
+                body,
+            )
+            .await
+        };
+        let a = put("v1".into(), manifest.clone()).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "MANIFEST_BLOB_UNKNOWN")
+        );
+        push_blob(svc, APP, b"{}").await;
+        let wrong = Digest::sha256_of(b"not the manifest");
+        let a = put(wrong.to_string(), manifest.clone()).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "DIGEST_INVALID")
+        );
+        let a = put("v1".into(), "not json".into()).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "MANIFEST_INVALID")
+        );
+        let huge = format!("{}{}", manifest, " ".repeat(5 * 1024 * 1024));
+        let a = put("v1".into(), huge).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (413, "SIZE_INVALID")
+        );
+        let by_digest = Digest::sha256_of(manifest.as_bytes());
+        let a = put(by_digest.to_string(), manifest.clone()).await;
+        assert_eq!(a.status, 201);
+        // OCI 1.1: a subject that does not exist is accepted and echoed.
+        let subject = Digest::sha256_of(b"some image elsewhere");
+        let referrer = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/example","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":10}}}}"#
+        );
+        let a = put("sig".into(), referrer).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        assert_eq!(a.header("oci-subject"), Some(subject.as_str()));
+        // An index needs its manifests in the repository.
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{by_digest}","size":{}}}]}}"#,
+            manifest.len()
+        );
+        let a = send(
+            svc,
+            Method::PUT,
+            "/v2/local/empty/manifests/multi",
+            &[("content-type", OCI_INDEX)],
+            index.clone(),
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "MANIFEST_BLOB_UNKNOWN")
+        );
+        let a = send(
+            svc,
+            Method::PUT,
+            &format!("{APP}/manifests/multi"),
+            &[("content-type", OCI_INDEX)],
+            index,
+        )
+        .await;
+        assert_eq!(a.status, 201);
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}
+
+#[tokio::test]
+async fn content_management_tags_catalog_and_deletes() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let (digest, _) = push_image(svc, APP, "v1", b"layer").await;
+        for tag in ["v2", "v3"] {
+            let m = get(svc, &format!("{APP}/manifests/v1")).await;
+            let a = send(
+                svc,
+                Method::PUT,
+                &format!("{APP}/manifests/{tag}"),
+                &[("content-type", OCI_MANIFEST)],
+                m.body,
+            )
+            .await;
+            assert_eq!(a.status, 201);
+        }
+        let a = get(svc, &format!("{APP}/tags/list")).await;
+        assert_eq!(
+            a.json(),
+            serde_json::json!({"name": "local/app", "tags": ["v1", "v2", "v3"]})
+        );
+        let a = get(svc, &format!("{APP}/tags/list?n=1&last=v1")).await;
+        assert_eq!(a.json()["tags"], serde_json::json!(["v2"]));
+        assert!(
+            a.header("link").unwrap().contains("last=v2"),
+            "{:?}",
+            a.header("link")
+        );
+        let a = get(svc, "/v2/local/nothing/tags/list").await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (404, "NAME_UNKNOWN")
+        );
+        let catalog = get(svc, "/v2/_catalog").await.json();
+        assert_eq!(catalog["repositories"], serde_json::json!(["local/app"]));
+
+        // Deleting a tag leaves the manifest; deleting the manifest removes its tags.
+        let a = send(svc, Method::DELETE, &format!("{APP}/manifests/v3"), &[], "").await;
+        assert_eq!(a.status, 202);
+        assert_eq!(get(svc, &format!("{APP}/manifests/v3")).await.status, 404);
+        assert_eq!(
+            get(svc, &format!("{APP}/manifests/{digest}")).await.status,
+            200
+        );
+        let a = send(
+            svc,
+            Method::DELETE,
+            &format!("{APP}/manifests/{digest}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 202);
+        for reference in ["v1", "v2", digest.as_str()] {
+            assert_eq!(
+                get(svc, &format!("{APP}/manifests/{reference}"))
+                    .await
+                    .status,
+                404,
+                "{reference}"
+            );
+        }
+        let a = send(
+            svc,
+            Method::DELETE,
+            &format!("{APP}/manifests/{digest}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (404, "MANIFEST_UNKNOWN")
+        );
+        // Blobs are shared content: not deleted through one repository.
+        let layer = Digest::sha256_of(b"layer");
+        let a = send(
+            svc,
+            Method::DELETE,
+            &format!("{APP}/blobs/{layer}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (405, "UNSUPPORTED")
+        );
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}
+
+#[tokio::test]
+async fn writes_outside_local_prefixes_are_refused_without_upstream_requests() {
+    for r in registries().await {
+        let svc = &r.svc;
+        for (method, path) in [
+            (Method::POST, "/v2/library/alpine/blobs/uploads/"),
+            (Method::PUT, "/v2/library/alpine/manifests/x"),
+            (Method::DELETE, "/v2/library/alpine/manifests/x"),
+            (
+                Method::PATCH,
+                "/v2/library/alpine/blobs/uploads/0123456789abcdef0123456789abcdef",
+            ),
+        ] {
+            let a = send(svc, method.clone(), path, &[], "{}").await;
+            assert_eq!(
+                (a.status.as_u16(), a.error_code().as_str()),
+                (405, "UNSUPPORTED"),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}
+
+#[tokio::test]
+async fn pushes_need_credentials_when_client_auth_is_on_and_pulls_do_not() {
+    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("dev:{}\n", bcrypt::hash("pw", 4).unwrap()),
+    )
+    .unwrap();
+    let config = mirrors("http://127.0.0.1:9");
+    let fake = Arc::new(FakeUpstream::new());
+    let inner = build(Arc::new(MemoryStorage::new()), Arc::clone(&fake));
+    let auth = ClientAuth::new(
+        &ClientAuthConfig {
+            htpasswd,
+            realm: "test-realm".into(),
+            access: Default::default(),
+            private_digests: None,
+        },
+        &config,
+    )
+    .unwrap();
+    let svc = AuthService::new(inner, Arc::new(auth));
+    let send = |method: Method, uri: String, user: Option<&'static str>, body: &'static [u8]| {
+        let svc = svc.clone();
+        async move {
+            let mut builder = Request::builder().method(method).uri(uri);
+            if let Some(user) = user {
+                builder = builder.header("authorization", user);
+            }
+            let response = svc
+                .handle(builder.body(Full::new(Bytes::from_static(body))).unwrap())
+                .await;
+            let status = response.status().as_u16();
+            (
+                status,
+                response.into_body().collect().await.unwrap().to_bytes(),
+            )
+        }
+    };
+    const DEV: &str = "Basic ZGV2OnB3"; // dev:pw
+    let layer: &'static [u8] = b"pushed layer";
+    let digest = Digest::sha256_of(layer);
+    let upload = format!("{APP}/blobs/uploads/?digest={digest}");
+    let (status, _) = send(Method::POST, upload.clone(), None, layer).await;
+    assert_eq!(status, 401, "an anonymous push");
+    let (status, _) = send(Method::POST, upload.clone(), Some("Basic ZGV2Om5v"), layer).await;
+    assert_eq!(status, 401, "wrong password");
+    let (status, _) = send(Method::POST, upload, Some(DEV), layer).await;
+    assert_eq!(status, 201);
+    // Kind's containerd pulls without credentials.
+    let (status, body) = send(Method::GET, format!("{APP}/blobs/{digest}"), None, b"").await;
+    assert_eq!((status, body.as_ref()), (200, layer));
+    let (status, _) = send(Method::DELETE, format!("{APP}/manifests/v1"), None, b"").await;
+    assert_eq!(status, 401);
+    assert_eq!(fake.calls().total(), 0);
+}
