@@ -22,6 +22,8 @@ pub(crate) const BLOBS: &str = "blobs";
 pub(crate) const MANIFESTS: &str = "manifests";
 /// Top-level directory of tag records.
 pub(crate) const TAGS: &str = "tags";
+/// Top-level directory of the access index (last use of blobs, by shard).
+pub(crate) const ACCESS: &str = "access";
 /// Where in-progress writes live until they are verified (filesystem only).
 #[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
@@ -85,6 +87,26 @@ pub(crate) fn parse_content(top: &str, key: &str) -> Option<Digest> {
 pub(crate) fn is_record(key: &str) -> bool {
     parse_content(MANIFESTS, key).is_some_and(|digest| manifest(&digest) == key)
         || parse_tag(key).is_some_and(|parsed| tag(&parsed) == key)
+        || parse_access(key).is_some_and(|(algorithm, shard)| access(&algorithm, &shard) == key)
+}
+
+/// `access/<algorithm>/<shard>`: the last-use times of the blobs whose hex
+/// starts with `shard` (two hex characters).
+pub(crate) fn access(algorithm: &str, shard: &str) -> String {
+    format!("{ACCESS}/{}/{}", segment(algorithm), segment(shard))
+}
+
+/// The algorithm and shard an `access/…` key names, or `None`.
+pub(crate) fn parse_access(key: &str) -> Option<(String, String)> {
+    let mut parts = key.strip_prefix(ACCESS)?.strip_prefix('/')?.split('/');
+    let (algorithm, shard) = (parts.next()?, parts.next()?);
+    let valid = parts.next().is_none()
+        && matches!(algorithm, "sha256" | "sha512")
+        && shard.len() == 2
+        && shard
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then(|| (algorithm.to_owned(), shard.to_owned()))
 }
 
 /// `tags/<registry>/<repository components…>/_tags`.
