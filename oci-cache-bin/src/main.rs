@@ -8,6 +8,7 @@ mod cli;
 mod client_config;
 mod config;
 mod engine;
+mod evict;
 mod healthcheck;
 mod images;
 mod layout;
@@ -50,6 +51,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args, &mut stderr),
         Command::Export(args) => layout::export(args, &mut stderr),
         Command::Import(args) => layout::import(args, &mut stderr),
+        Command::Purge(args) => evict::purge(args, &mut stdout, &mut stderr),
+        Command::Gc(args) => evict::gc(args, &mut stdout, &mut stderr),
     }
 }
 
