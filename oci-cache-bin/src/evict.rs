@@ -9,30 +9,18 @@ use indicatif::HumanBytes;
 use oci_cache_core::evict::{self, DiskBudget, Evictor};
 use oci_cache_core::observe;
 use oci_cache_core::reference::Reference;
-use oci_cache_core::upstream::ManifestRef;
 
 use crate::cli::{GcArgs, PurgeArgs};
 use crate::engine::{self, BoxError};
-use crate::images::Target;
 
 pub(crate) fn purge(args: &PurgeArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
     engine::run(&args.serve, err, |settings| async move {
         let mut targets = Vec::new();
         for text in &args.refs {
             let reference = Reference::parse(text).map_err(|e| format!("{text}: {e}"))?;
-            // Routed like a pull, so an alias or a Harbor-style path names
-            // the tag records the mirror keeps.
-            let target = Target::new(reference, &settings.mirrors)?;
-            let (tag, digest) = match target.manifest {
-                ManifestRef::Tag(tag) => (Some(tag), None),
-                ManifestRef::Digest(digest) => (None, Some(digest)),
-            };
-            targets.push(Reference::from_parts(
-                target.upstream,
-                target.repository,
-                tag,
-                digest,
-            ));
+            let target = evict::purge_target(&settings.mirrors, &reference)
+                .map_err(|e| format!("{text}: {e}"))?;
+            targets.push(target);
         }
         let storage = engine::open_storage(&settings.storage).await?;
         let budget = DiskBudget::new(settings.cache.max_size);

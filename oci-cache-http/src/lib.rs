@@ -63,6 +63,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod body;
 pub mod client_auth;
 pub mod error;

@@ -604,6 +604,21 @@ mod tests {
         assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 6000.0);
         assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 4.0);
         assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 0.0);
+
+        m.eviction(&EvictionEvent {
+            blobs: 2,
+            bytes: 1500,
+            stored_bytes: 4500,
+            protected_bytes: 3000,
+            protected_over_cap: true,
+        });
+        let s = samples(&m);
+        assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 2.0);
+        assert_eq!(value(&s, "oci_cache_evicted_bytes_total", &[]), 1500.0);
+        assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 4500.0);
+        assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 2.0);
+        assert_eq!(value(&s, "oci_cache_protected_bytes", &[]), 3000.0);
+        assert_eq!(value(&s, "oci_cache_protected_over_cap_total", &[]), 1.0);
         assert_eq!(
             value(
                 &s,

@@ -74,9 +74,9 @@ use tracing::{debug, warn};
 
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
-use crate::evict::DiskBudget;
+use crate::evict::{DiskBudget, PurgeReport};
 use crate::observe::{self, SharedObserver};
-use crate::reference::{Registry, Repository};
+use crate::reference::{Reference, Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::{ManifestRef, Upstream};
 use crate::{Error, ErrorChain, Result};
@@ -147,7 +147,7 @@ pub struct CacheOptions {
     pub spool_dir: Option<PathBuf>,
     /// Cap on stored blob bytes (`"150MiB"`, `"50GiB"` or a number); `None`
     /// keeps everything. The engine tracks uses against it in its
-    /// [`DiskBudget`](crate::evict::DiskBudget); an
+    /// [`DiskBudget`]; an
     /// [`Evictor`](crate::evict::Evictor) enforces it.
     #[serde(deserialize_with = "crate::evict::deserialize_size")]
     pub max_size: Option<u64>,
@@ -477,6 +477,23 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
             .blob_head(registry, repository, digest)
             .await?;
         Ok((size, CacheOutcome::Miss))
+    }
+
+    /// Removes cached images ([`evict::purge`](crate::evict::purge), with
+    /// references as [`purge_target`](crate::evict::purge_target) makes
+    /// them) while serving: blobs being read or filled are left for a later
+    /// pass, and the in-memory manifests are dropped so none is served from
+    /// memory after its record is gone.
+    pub async fn purge(&self, targets: &[Reference]) -> Result<PurgeReport> {
+        let report = crate::evict::purge(
+            self.inner.storage.as_ref(),
+            &self.inner.budget,
+            self.inner.observer.as_ref(),
+            targets,
+        )
+        .await?;
+        self.inner.hot.clear();
+        Ok(report)
     }
 
     /// Cached repositories, as `registry/repository` names, sorted.

@@ -44,7 +44,7 @@ mod tests;
 
 pub use pass::{EvictReport, Evictor, ProtectedRoots};
 pub use pin::PinPattern;
-pub use purge::{purge, PurgeReport};
+pub use purge::{purge, purge_target, PurgeReport};
 pub(crate) use size::deserialize_opt as deserialize_size;
 pub use size::parse_size;
 

@@ -10,10 +10,35 @@ use super::DiskBudget;
 use crate::digest::Digest;
 use crate::error::ErrorChain;
 use crate::manifest::Manifest;
+use crate::mirror::MirrorConfig;
 use crate::observe::{EvictionEvent, Observer};
 use crate::reference::{Reference, Tag};
 use crate::storage::{RecordPrefix, Storage, TagKey};
-use crate::Result;
+use crate::{Error, Result};
+
+/// `reference` as the cache records it: routed to its configured upstream
+/// (an alias or a Harbor-style `registry/…` path resolves as a pull does),
+/// the repository as that upstream names it, `:latest` when neither tag nor
+/// digest is given.
+pub fn purge_target(mirrors: &MirrorConfig, reference: &Reference) -> Result<Reference> {
+    let registry = reference.registry();
+    let upstream = mirrors
+        .lookup(registry.as_str())
+        .ok_or_else(|| Error::UnknownUpstream {
+            name: registry.to_string(),
+        })?;
+    let repository = upstream.upstream_repository(reference.repository())?;
+    let tag = match reference.digest() {
+        Some(_) => None,
+        None => Some(reference.tag().cloned().unwrap_or_else(Tag::latest)),
+    };
+    Ok(Reference::from_parts(
+        upstream.name.clone(),
+        repository,
+        tag,
+        reference.digest().cloned(),
+    ))
+}
 
 /// What [`purge`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
