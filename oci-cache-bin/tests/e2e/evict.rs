@@ -379,6 +379,41 @@ fn a_max_size_evicts_lru_keeps_pins_and_purge_forces_a_miss() {
     }
     .run();
     assert!(mirror.log().contains("evicted least recently used blobs"));
+
+    // gc: one pass offline with the same rules, here under a 5 MiB cap.
+    let gc = |extra: &[&str]| {
+        Command::new(oci_cache_bin())
+            .arg("gc")
+            .args(["--storage-dir", &storage.display().to_string()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = gc(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("set --max-size"));
+    let out = gc(&["--max-size", "5MiB", "--pin", "docker.io/library/alpine:*"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "gc: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("evicted"), "{stdout}");
+    for digest in layer_digests(&images.alpine) {
+        assert!(has_blob(&digest), "gc evicted pinned {digest}");
+    }
+    for digest in layer_digests(&images.first)
+        .iter()
+        .chain(&layer_digests(&images.second))
+    {
+        assert!(!has_blob(digest), "gc left {digest} under a 5 MiB cap");
+    }
+    assert!(
+        dir_bytes(&storage) <= 5 * MIB,
+        "{} bytes after gc",
+        dir_bytes(&storage)
+    );
 }
 
 #[test]
