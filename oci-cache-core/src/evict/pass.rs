@@ -34,7 +34,8 @@ pub struct EvictReport {
     pub stored_bytes: u64,
     /// Blobs stored when the pass listed them.
     pub stored_blobs: u64,
-    /// Bytes of blobs that pins and protected roots keep.
+    /// Bytes of blobs that pins and protected roots keep (counted only by
+    /// a pass that had to evict: one under the cap does not look them up).
     pub protected_bytes: u64,
     /// Blobs deleted.
     pub evicted_blobs: u64,
@@ -137,28 +138,14 @@ impl<S: Storage + ?Sized> Evictor<S> {
     pub async fn pass(&self) -> Result<EvictReport> {
         let mut index = self.index.lock().await;
         index.load(self.storage.as_ref()).await?;
-        let protected = self.protected().await?;
         let mut report = EvictReport::default();
-        let mut candidates: Vec<(SystemTime, u64, Digest)> = Vec::new();
+        let mut listed = Vec::new();
         let mut list = self.storage.blob_list();
         while let Some(info) = list.next().await {
             let info = info?;
             report.stored_bytes += info.size;
             report.stored_blobs += 1;
-            if protected.contains(&info.digest) {
-                report.protected_bytes += info.size;
-                continue;
-            }
-            let last = [
-                self.budget.recent_use(&info.digest),
-                index.last_use(&info.digest),
-                info.last_access,
-            ]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-            candidates.push((last, info.size, info.digest));
+            listed.push(info);
         }
         drop(list);
         self.budget.set_stored(report.stored_bytes);
@@ -168,7 +155,27 @@ impl<S: Storage + ?Sized> Evictor<S> {
         let pending = self.budget.pending();
         let mut total = report.stored_bytes;
         let mut gone = Vec::new();
+        // Pins and roots are only looked up when something has to go: a pass
+        // under the cap (the one at start, most passes) costs one listing.
         if total.saturating_add(pending) > max {
+            let protected = self.protected().await?;
+            let mut candidates: Vec<(SystemTime, u64, Digest)> = Vec::with_capacity(listed.len());
+            for info in listed {
+                if protected.contains(&info.digest) {
+                    report.protected_bytes += info.size;
+                    continue;
+                }
+                let last = [
+                    self.budget.recent_use(&info.digest),
+                    index.last_use(&info.digest),
+                    info.last_access,
+                ]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+                candidates.push((last, info.size, info.digest));
+            }
             candidates.sort_unstable_by_key(|(last, _, _)| *last);
             for (_, size, digest) in candidates {
                 if total.saturating_add(pending) <= low {
