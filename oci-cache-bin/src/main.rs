@@ -33,7 +33,12 @@ fn main() -> ExitCode {
     // The operating commands report per image on stdout; engine logs at
     // `info` would bury that (and break up progress bars).
     let default_filter = match &cli.command {
-        Command::Warm(_) | Command::Verify(_) | Command::Export(_) | Command::Import(_) => "warn",
+        Command::Warm(_)
+        | Command::Verify(_)
+        | Command::Export(_)
+        | Command::Import(_)
+        | Command::Purge(_)
+        | Command::Gc(_) => "warn",
         _ => "info",
     };
     init_tracing(cli.log.as_deref(), cli.log_json, default_filter);
