@@ -22,8 +22,14 @@ use crate::Result;
 /// binary wires hosted (pushed) repositories in through this.
 #[async_trait]
 pub trait ProtectedRoots: Send + Sync + std::fmt::Debug {
-    /// The manifest digests to keep, asked once per pass.
+    /// The manifest digests to keep, asked once per pass that must evict.
     async fn manifest_roots(&self) -> Result<Vec<Digest>>;
+
+    /// Blobs to keep that no kept manifest names yet (e.g. layers pushed
+    /// before their manifest). None by default.
+    async fn blob_roots(&self) -> Result<Vec<Digest>> {
+        Ok(Vec::new())
+    }
 }
 
 /// What one pass found and did.
@@ -250,10 +256,14 @@ impl<S: Storage + ?Sized> Evictor<S> {
                 }
             }
         }
+        let mut loose = Vec::new();
         for source in &self.roots {
             roots.extend(source.manifest_roots().await?);
+            loose.extend(source.blob_roots().await?);
         }
-        Ok(reachable(self.storage.as_ref(), roots).await?.blobs)
+        let mut blobs = reachable(self.storage.as_ref(), roots).await?.blobs;
+        blobs.extend(loose);
+        Ok(blobs)
     }
 }
 

@@ -250,12 +250,16 @@ async fn pinned_images_keep_every_platform_and_over_cap_pins_are_reported() {
 }
 
 #[derive(Debug)]
-struct Hosted(Vec<Digest>);
+struct Hosted(Vec<Digest>, Vec<Digest>);
 
 #[async_trait]
 impl ProtectedRoots for Hosted {
     async fn manifest_roots(&self) -> crate::Result<Vec<Digest>> {
         Ok(self.0.clone())
+    }
+
+    async fn blob_roots(&self) -> crate::Result<Vec<Digest>> {
+        Ok(self.1.clone())
     }
 }
 
@@ -268,15 +272,19 @@ async fn protected_roots_keep_their_blobs() {
         put_blob(&storage, 2, 100).await,
     ];
     let loose = put_blob(&storage, 3, 100).await;
-    // An untagged manifest (hosted content is found by the hook, not by tags).
+    let pushed_alone = put_blob(&storage, 4, 100).await;
+    // An untagged manifest (hosted content is found by the hook, not by tags),
+    // and a blob pushed before any manifest names it.
     let root = put_manifest(&storage, DOCKER_MANIFEST, image_manifest(&hosted)).await;
     let report = evictor(&storage, &budget, &[])
-        .with_roots(Arc::new(Hosted(vec![root])))
+        .with_roots(Arc::new(Hosted(vec![root], vec![pushed_alone.clone()])))
         .pass()
         .await
         .unwrap();
     assert!(report.protected_over_cap);
+    assert_eq!(report.protected_bytes, 300);
     assert!(present(&storage, &hosted[0]).await && present(&storage, &hosted[1]).await);
+    assert!(present(&storage, &pushed_alone).await);
     assert!(!present(&storage, &loose).await);
 }
 
