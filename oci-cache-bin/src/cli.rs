@@ -52,6 +52,10 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Load an OCI image layout (directory or --tar FILE) into the cache, every blob verified.
     Import(ImportArgs),
+    /// Remove images from the cache (tag, manifests, blobs no other image uses) so the next pull is a miss.
+    Purge(PurgeArgs),
+    /// Run one eviction pass now: down to 90 % of --max-size, keeping pinned images.
+    Gc(GcArgs),
 }
 
 /// Where the configuration comes from: the file, and the flags and
@@ -120,6 +124,17 @@ pub(crate) struct ServeArgs {
     /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
     #[arg(long, env = "OCI_CACHE_TAG_TTL", value_name = "DURATION")]
     pub(crate) tag_ttl: Option<String>,
+
+    /// Cap on stored blob bytes, e.g. `150MiB`, `50GiB`: least recently used
+    /// blobs are evicted down to 90 % of it (see README "Bounded disk").
+    #[arg(long, env = "OCI_CACHE_MAX_SIZE", value_name = "SIZE")]
+    pub(crate) max_size: Option<String>,
+
+    /// Never evict images matching this `upstream/repository:tag` glob, e.g.
+    /// `docker.io/library/alpine:*` or `registry.k8s.io/*` (repeatable; added
+    /// to `[cache] pin`).
+    #[arg(long = "pin", value_name = "PATTERN")]
+    pub(crate) pins: Vec<String>,
 
     /// Serve only what is cached; never contact an upstream
     /// (env: 1/0, true/false, yes/no, on/off).
@@ -272,6 +287,25 @@ pub(crate) struct ImportArgs {
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     pub(crate) platforms: Vec<String>,
 
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache purge`.
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// Images to remove, e.g. `alpine:3.20`, `ghcr.io/org/app:v1`, `nginx@sha256:…`
+    /// (no tag means `:latest`).
+    #[arg(value_name = "REF", required = true)]
+    pub(crate) refs: Vec<String>,
+
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `oci-cache gc`.
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
 }

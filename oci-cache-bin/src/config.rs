@@ -312,6 +312,15 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         }
         None => cache.tag_ttl,
     };
+    if let Some(text) = &args.max_size {
+        let bytes = oci_cache_core::evict::parse_size(text)
+            .map_err(|e| format!("--max-size (OCI_CACHE_MAX_SIZE): {e}"))?;
+        cache = cache.with_max_size(bytes);
+    }
+    for text in &args.pins {
+        let pin = text.parse().map_err(|e| format!("--pin: {e}"))?;
+        cache = cache.with_pin(pin);
+    }
     // Blob fills spill to anonymous temp files; keep them on the data disk,
     // not in a /tmp that may be RAM.
     if let (None, StorageConfig::Filesystem { dir }) = (&cache.spool_dir, &storage) {

@@ -11,6 +11,7 @@ mod cli;
 mod client_config;
 mod config;
 mod engine;
+mod evict;
 mod healthcheck;
 mod images;
 mod layout;
@@ -39,7 +40,12 @@ pub fn run() -> ExitCode {
     // The operating commands report per image on stdout; engine logs at
     // `info` would bury that (and break up progress bars).
     let default_filter = match &cli.command {
-        Command::Warm(_) | Command::Verify(_) | Command::Export(_) | Command::Import(_) => "warn",
+        Command::Warm(_)
+        | Command::Verify(_)
+        | Command::Export(_)
+        | Command::Import(_)
+        | Command::Purge(_)
+        | Command::Gc(_) => "warn",
         _ => "info",
     };
     init_tracing(cli.log.as_deref(), cli.log_json, default_filter);
@@ -57,6 +63,8 @@ pub fn run() -> ExitCode {
         Command::Verify(args) => verify::run(args, &mut stderr),
         Command::Export(args) => layout::export(args, &mut stderr),
         Command::Import(args) => layout::import(args, &mut stderr),
+        Command::Purge(args) => evict::purge(args, &mut stdout, &mut stderr),
+        Command::Gc(args) => evict::gc(args, &mut stdout, &mut stderr),
     }
 }
 

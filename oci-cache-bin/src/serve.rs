@@ -37,6 +37,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         .readiness(readiness)
         .build()?;
     let mut service = mirror.service();
+    spawn_evictor(service.engine());
     if let Some(addr) = settings.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -157,6 +158,25 @@ fn count_stored(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) {
         metrics.add_stored(bytes, objects);
         tracing::info!(bytes, objects, "counted the stored blobs");
     });
+}
+
+/// How often last-use times go to the access index.
+const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Starts the background eviction task when a cap is set.
+fn spawn_evictor(engine: &engine::Engine) {
+    let Some(max_size) = engine.options().max_size else {
+        return;
+    };
+    let pins = engine.options().pin.clone();
+    tracing::info!(max_size, pins = ?pins.iter().map(|p| p.as_str()).collect::<Vec<_>>(), "bounded disk: evicting least recently used blobs over max_size");
+    let evictor = oci_cache_core::evict::Evictor::new(
+        Arc::clone(engine.storage()),
+        Arc::clone(engine.budget()),
+        pins,
+        Arc::clone(engine.observer()),
+    );
+    tokio::spawn(evictor.run(ACCESS_FLUSH_INTERVAL));
 }
 
 /// Resolves on SIGINT or SIGTERM, so in-flight requests can finish.

@@ -55,6 +55,7 @@ pub mod cache;
 pub mod digest;
 pub mod duration;
 pub mod error;
+pub mod evict;
 mod file_io;
 pub mod health;
 pub mod hosted;

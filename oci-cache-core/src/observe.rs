@@ -57,6 +57,9 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     /// A token realm or redirect named by an upstream was refused because it
     /// leads outside what the endpoint is trusted with (issue 11).
     fn trust_refused(&self, _event: &TrustEvent) {}
+
+    /// An eviction pass or a purge ended (also when it removed nothing).
+    fn eviction(&self, _event: &EvictionEvent) {}
 }
 
 /// The observer that ignores everything (the default).
@@ -102,6 +105,9 @@ impl Observer for Fanout {
     }
     fn trust_refused(&self, event: &TrustEvent) {
         self.0.iter().for_each(|o| o.trust_refused(event));
+    }
+    fn eviction(&self, event: &EvictionEvent) {
+        self.0.iter().for_each(|o| o.eviction(event));
     }
 }
 
@@ -339,4 +345,20 @@ pub struct TrustEvent {
     pub target: TrustTarget,
     /// Why it was refused.
     pub reason: String,
+}
+
+/// The end of an eviction pass or a purge.
+// Not `non_exhaustive`: observers' own tests build it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictionEvent {
+    /// Blobs removed.
+    pub blobs: u64,
+    /// Bytes of those blobs.
+    pub bytes: u64,
+    /// Blob bytes stored afterwards.
+    pub stored_bytes: u64,
+    /// Bytes of pinned and hosted content (kept whatever the cap; 0 for a purge).
+    pub protected_bytes: u64,
+    /// Pinned and hosted content alone is over the cap.
+    pub protected_over_cap: bool,
 }

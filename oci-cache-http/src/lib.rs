@@ -70,6 +70,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod body;
 pub mod client_auth;
 pub mod error;

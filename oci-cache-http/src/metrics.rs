@@ -23,7 +23,9 @@
 //! | `oci_cache_stale_served_total` | | cached tags served while upstream failed |
 //! | `oci_cache_breaker_open` | `endpoint` | 1 while the endpoint's breaker is open |
 //! | `oci_cache_storage_bytes`, `oci_cache_storage_objects` | | stored blobs (see below) |
-//! | `oci_cache_evictions_total`, `oci_cache_evicted_bytes_total` | | blobs evicted |
+//! | `oci_cache_evictions_total`, `oci_cache_evicted_bytes_total` | | blobs evicted (passes and purges) |
+//! | `oci_cache_protected_bytes` | | pinned and hosted blob bytes, as of the last eviction pass |
+//! | `oci_cache_protected_over_cap_total` | | passes that found pinned/hosted content alone over the cap (kept) |
 //!
 //! `cache` is `hit`, `miss`, `coalesced`, `revalidated`, `stale`, or `none`
 //! for answers that did not come from the engine (errors, `/v2/`, health).
@@ -34,7 +36,8 @@
 use std::fmt::Write as _;
 
 use oci_cache_core::observe::{
-    BreakerEvent, FillEvent, FillPhase, Observer, RequestEvent, UpstreamEvent, UpstreamOutcome,
+    BreakerEvent, EvictionEvent, FillEvent, FillPhase, Observer, RequestEvent, UpstreamEvent,
+    UpstreamOutcome,
 };
 use oci_cache_core::UpstreamErrorKind;
 use prometheus_client::encoding::text::encode;
@@ -101,6 +104,8 @@ pub struct Metrics {
     storage_objects: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
+    protected_bytes: Gauge,
+    protected_over_cap: Counter,
 }
 
 impl Default for Metrics {
@@ -129,6 +134,8 @@ impl Metrics {
         let storage_objects = Gauge::default();
         let evictions = Counter::default();
         let evicted_bytes = Counter::default();
+        let protected_bytes = Gauge::default();
+        let protected_over_cap = Counter::default();
 
         registry.register(
             "oci_cache_requests",
@@ -205,6 +212,16 @@ impl Metrics {
             "Bytes of blobs evicted",
             evicted_bytes.clone(),
         );
+        registry.register(
+            "oci_cache_protected_bytes",
+            "Pinned and hosted blob bytes, never evicted (as of the last eviction pass)",
+            protected_bytes.clone(),
+        );
+        registry.register(
+            "oci_cache_protected_over_cap",
+            "Eviction passes that found pinned and hosted content alone over max_size (kept)",
+            protected_over_cap.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -222,6 +239,8 @@ impl Metrics {
             storage_objects,
             evictions,
             evicted_bytes,
+            protected_bytes,
+            protected_over_cap,
         }
     }
 
@@ -324,6 +343,17 @@ impl Observer for Metrics {
             _ => {
                 self.fills_in_flight.dec();
             }
+        }
+    }
+
+    fn eviction(&self, event: &EvictionEvent) {
+        self.record_eviction(event.blobs, event.bytes);
+        if event.protected_bytes > 0 || event.protected_over_cap {
+            self.protected_bytes
+                .set(i64::try_from(event.protected_bytes).unwrap_or(i64::MAX));
+        }
+        if event.protected_over_cap {
+            self.protected_over_cap.inc();
         }
     }
 
@@ -574,6 +604,21 @@ mod tests {
         assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 6000.0);
         assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 4.0);
         assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 0.0);
+
+        m.eviction(&EvictionEvent {
+            blobs: 2,
+            bytes: 1500,
+            stored_bytes: 4500,
+            protected_bytes: 3000,
+            protected_over_cap: true,
+        });
+        let s = samples(&m);
+        assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 2.0);
+        assert_eq!(value(&s, "oci_cache_evicted_bytes_total", &[]), 1500.0);
+        assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 4500.0);
+        assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 2.0);
+        assert_eq!(value(&s, "oci_cache_protected_bytes", &[]), 3000.0);
+        assert_eq!(value(&s, "oci_cache_protected_over_cap_total", &[]), 1.0);
         assert_eq!(
             value(
                 &s,

@@ -474,4 +474,102 @@ mod client_auth {
             StatusCode::OK
         );
     }
+
+    async fn send(
+        g: &Guarded,
+        method: Method,
+        uri: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, Bytes) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let request = request.body(Empty::<Bytes>::new()).unwrap();
+        let (parts, body) = g.svc.handle(request).await.into_parts();
+        (parts.status, body.collect().await.unwrap().to_bytes())
+    }
+
+    /// Issue 13: the purge endpoint needs credentials, and after it the
+    /// next pull goes upstream; without client auth it does not exist.
+    #[tokio::test]
+    async fn the_admin_purge_endpoint_needs_credentials_and_forces_a_miss() {
+        let (g, fake) = guarded();
+        let layer = fake.add_blob(BlobScript::new(b"layer"));
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":5,"digest":"{layer}"}},"layers":[]}}"#
+        );
+        fake.set_tag(
+            "docker.io",
+            "library/alpine",
+            "3.20",
+            &[(
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.as_bytes(),
+            )],
+        );
+        let tag_uri = "/v2/library/alpine/manifests/3.20";
+        assert_eq!(send(&g, Method::GET, tag_uri, None).await.0, StatusCode::OK);
+        let blob_uri = format!("/v2/library/alpine/blobs/{layer}");
+        assert_eq!(
+            send(&g, Method::GET, &blob_uri, None).await.0,
+            StatusCode::OK
+        );
+        let gets = (fake.calls().manifest_get(), fake.calls().blob_get());
+        assert_eq!(send(&g, Method::GET, tag_uri, None).await.0, StatusCode::OK);
+        assert_eq!(
+            (fake.calls().manifest_get(), fake.calls().blob_get()),
+            gets,
+            "cached"
+        );
+
+        let purge = "/admin/purge?ref=alpine:3.20";
+        assert_eq!(
+            send(&g, Method::DELETE, purge, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(&g, Method::DELETE, purge, Some(WRONG)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(&g, Method::GET, purge, Some(NODE)).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let (status, body) = send(&g, Method::DELETE, purge, Some(NODE)).await;
+        assert_eq!(status, StatusCode::OK);
+        let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (&report["tags"], &report["manifests"], &report["blobs"]),
+            (&1.into(), &1.into(), &1.into()),
+            "{report}"
+        );
+        assert_eq!(send(&g, Method::GET, tag_uri, None).await.0, StatusCode::OK);
+        assert_eq!(
+            send(&g, Method::GET, &blob_uri, None).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            (fake.calls().manifest_get(), fake.calls().blob_get()),
+            (gets.0 + 1, gets.1 + 1),
+            "after the purge both came from upstream again"
+        );
+        let (status, _) = send(
+            &g,
+            Method::DELETE,
+            "/admin/purge?ref=nope.example/x:1",
+            Some(NODE),
+        )
+        .await;
+        assert!(status.is_client_error(), "{status}");
+
+        // Without client authentication there is no such endpoint.
+        let plain = service_with(fake.clone(), mirrors("http://127.0.0.1:9"));
+        let request = Request::builder()
+            .method(Method::DELETE)
+            .uri(purge)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(plain.handle(request).await.status(), StatusCode::NOT_FOUND);
+    }
 }

@@ -6,6 +6,7 @@
 mod airgap;
 mod chain;
 mod clients;
+mod evict;
 mod fixtures;
 mod metrics;
 mod oci_cache;

@@ -79,6 +79,12 @@ impl Mirror {
         Mirror::spawn(dir, &all, &[])
     }
 
+    /// `oci-cache serve` with exactly `args` (storage from them, e.g. a
+    /// `--config` naming S3) and `env` added to the environment.
+    pub(crate) fn start_oci_cache_args_env(args: &[String], env: &[(&str, &str)]) -> Mirror {
+        Mirror::spawn(tempdir(), args, env)
+    }
+
     fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
         Mirror::spawn_probing(dir, args, env, "/v2/")
     }

@@ -98,6 +98,15 @@ impl HotCache {
         map.map.get(digest).cloned()
     }
 
+    /// Forgets every manifest (after a purge deleted some from storage).
+    pub(super) fn clear(&self) {
+        let mut map = self
+            .manifests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *map = Fifo::new();
+    }
+
     pub(super) fn put_manifest(&self, manifest: &StoredManifest) {
         let size = manifest.bytes.len();
         if size > MAX_MANIFEST_BYTES / 16 {

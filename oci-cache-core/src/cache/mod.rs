@@ -69,12 +69,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tracing::{debug, warn};
 
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::evict::{DiskBudget, PurgeReport};
 use crate::observe::{self, SharedObserver};
-use crate::reference::{Registry, Repository};
+use crate::reference::{Reference, Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::{ManifestRef, Upstream};
 use crate::{Error, ErrorChain, Result};
@@ -143,6 +145,15 @@ pub struct CacheOptions {
     /// Directory for blob fill spool files (anonymous, removed when the fill is
     /// done); `None` is the system temporary directory.
     pub spool_dir: Option<PathBuf>,
+    /// Cap on stored blob bytes (`"150MiB"`, `"50GiB"` or a number); `None`
+    /// keeps everything. The engine tracks uses against it in its
+    /// [`DiskBudget`]; an
+    /// [`Evictor`](crate::evict::Evictor) enforces it.
+    #[serde(deserialize_with = "crate::evict::deserialize_size")]
+    pub max_size: Option<u64>,
+    /// Images never evicted: [`PinPattern`](crate::evict::PinPattern)s over
+    /// `upstream/repository:tag`.
+    pub pin: Vec<crate::evict::PinPattern>,
 }
 
 impl Default for CacheOptions {
@@ -153,6 +164,8 @@ impl Default for CacheOptions {
             fill_window: 256 * 1024,
             max_blob_size: 64 * 1024 * 1024 * 1024,
             spool_dir: None,
+            max_size: None,
+            pin: Vec::new(),
         }
     }
 }
@@ -179,6 +192,18 @@ impl CacheOptions {
     /// Sets the largest blob accepted from upstream.
     pub fn with_max_blob_size(mut self, bytes: u64) -> Self {
         self.max_blob_size = bytes;
+        self
+    }
+
+    /// Sets the cap on stored blob bytes.
+    pub fn with_max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+
+    /// Adds a pin pattern.
+    pub fn with_pin(mut self, pin: crate::evict::PinPattern) -> Self {
+        self.pin.push(pin);
         self
     }
 
@@ -242,6 +267,7 @@ struct Engine<S: ?Sized, U: ?Sized> {
     tag_lists: tags::TagLists,
     hot: hot::HotCache,
     observer: SharedObserver,
+    budget: Arc<DiskBudget>,
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -324,10 +350,12 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         options: CacheOptions,
         observer: SharedObserver,
     ) -> Self {
+        let budget = Arc::new(DiskBudget::new(options.max_size));
         PullThrough {
             inner: Arc::new(Engine {
                 storage,
                 upstream,
+                budget,
                 options,
                 blob_fills: blob::BlobFills::new(),
                 manifest_flights: flight::Flights::new(),
@@ -351,6 +379,13 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     /// The observer the engine reports to.
     pub fn observer(&self) -> &SharedObserver {
         &self.inner.observer
+    }
+
+    /// The budget the engine reports stored, used and busy blobs to; give it
+    /// to an [`Evictor`](crate::evict::Evictor) to enforce
+    /// [`CacheOptions::max_size`].
+    pub fn budget(&self) -> &Arc<DiskBudget> {
+        &self.inner.budget
     }
 
     /// The options the engine runs with.
@@ -396,17 +431,28 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobResponse> {
-        match self.inner.storage.blob_read(digest, range.clone()).await {
-            Ok(read) => {
-                return Ok(BlobResponse {
-                    size: read.size,
-                    range: read.range,
-                    stream: read.stream,
-                    outcome: CacheOutcome::Hit,
-                })
+        // Held until the client's stream is dropped, so eviction leaves the
+        // blob alone; none while it is being deleted: then it is a miss.
+        if let Some(guard) = self.inner.budget.guard(digest) {
+            match self.inner.storage.blob_read(digest, range.clone()).await {
+                Ok(read) => {
+                    self.inner.budget.used(digest);
+                    return Ok(BlobResponse {
+                        size: read.size,
+                        range: read.range,
+                        stream: read
+                            .stream
+                            .map(move |chunk| {
+                                let _held = &guard;
+                                chunk
+                            })
+                            .boxed(),
+                        outcome: CacheOutcome::Hit,
+                    });
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
         }
         blob::fetch(&self.inner, registry, repository, digest, range).await
     }
@@ -431,6 +477,23 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
             .blob_head(registry, repository, digest)
             .await?;
         Ok((size, CacheOutcome::Miss))
+    }
+
+    /// Removes cached images ([`evict::purge`](crate::evict::purge), with
+    /// references as [`purge_target`](crate::evict::purge_target) makes
+    /// them) while serving: blobs being read or filled are left for a later
+    /// pass, and the in-memory manifests are dropped so none is served from
+    /// memory after its record is gone.
+    pub async fn purge(&self, targets: &[Reference]) -> Result<PurgeReport> {
+        let report = crate::evict::purge(
+            self.inner.storage.as_ref(),
+            &self.inner.budget,
+            self.inner.observer.as_ref(),
+            targets,
+        )
+        .await?;
+        self.inner.hot.clear();
+        Ok(report)
     }
 
     /// Cached repositories, as `registry/repository` names, sorted.

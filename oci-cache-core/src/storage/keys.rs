@@ -29,6 +29,8 @@ pub(crate) const HOSTED: &str = "hosted";
 pub(crate) const UPLOADS: &str = "uploads";
 /// The directory of a hosted repository that links the manifests pushed to it.
 pub(crate) const MANIFEST_DIR: &str = "_manifests";
+/// Top-level directory of the access index (last use of blobs, by shard).
+pub(crate) const ACCESS: &str = "access";
 /// Where in-progress writes live until they are verified (filesystem only).
 #[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
@@ -94,6 +96,7 @@ pub(crate) fn is_record(key: &str) -> bool {
         || parse_tag(key).is_some_and(|parsed| tag(&parsed) == key)
         || parse_hosted(key).is_some_and(|parsed| hosted(&parsed) == key)
         || parse_upload(key).is_some_and(|id| upload(&id) == key)
+        || parse_access(key).is_some_and(|(algorithm, shard)| access(&algorithm, &shard) == key)
 }
 
 /// `hosted/<repository components…>`.
@@ -152,6 +155,25 @@ pub(crate) fn upload(id: &UploadId) -> String {
 /// The upload id an `uploads/…` key names, or `None`.
 pub(crate) fn parse_upload(key: &str) -> Option<UploadId> {
     key.strip_prefix(UPLOADS)?.strip_prefix('/')?.parse().ok()
+}
+
+/// `access/<algorithm>/<shard>`: the last-use times of the blobs whose hex
+/// starts with `shard` (two hex characters).
+pub(crate) fn access(algorithm: &str, shard: &str) -> String {
+    format!("{ACCESS}/{}/{}", segment(algorithm), segment(shard))
+}
+
+/// The algorithm and shard an `access/…` key names, or `None`.
+pub(crate) fn parse_access(key: &str) -> Option<(String, String)> {
+    let mut parts = key.strip_prefix(ACCESS)?.strip_prefix('/')?.split('/');
+    let (algorithm, shard) = (parts.next()?, parts.next()?);
+    let valid = parts.next().is_none()
+        && matches!(algorithm, "sha256" | "sha512")
+        && shard.len() == 2
+        && shard
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then(|| (algorithm.to_owned(), shard.to_owned()))
 }
 
 /// `tags/<registry>/<repository components…>/_tags`.

@@ -66,6 +66,14 @@ impl RecordKey {
         keys::is_record(key).then(|| RecordKey(key.to_owned()))
     }
 
+    /// The access-index record of the blobs whose `digest` shares its shard
+    /// (`access/<algorithm>/<first two hex>`): their last-use times.
+    pub fn access(digest: &Digest) -> Self {
+        let hex = digest.hex();
+        let shard = hex.get(..2).unwrap_or(hex);
+        RecordKey(keys::access(digest.algorithm().as_str(), shard))
+    }
+
     /// The `/`-separated relative key; every segment is already escaped and
     /// safe to use as a file or object name.
     pub fn as_str(&self) -> &str {
@@ -127,6 +135,11 @@ impl RecordPrefix {
     /// Every upload session.
     pub fn uploads() -> Self {
         RecordPrefix(keys::UPLOADS.to_owned())
+    }
+
+    /// Every record of the access index (see [`RecordKey::access`]).
+    pub fn access() -> Self {
+        RecordPrefix(keys::ACCESS.to_owned())
     }
 
     /// The tag records of one repository of one upstream (not those of
@@ -226,5 +239,13 @@ mod tests {
         let shorter = Repository::new("library/alp").unwrap();
         assert!(!RecordPrefix::tags_of(&key.upstream, &nested).contains(&tag));
         assert!(!RecordPrefix::tags_of(&key.upstream, &shorter).contains(&tag));
+
+        let access = RecordKey::access(&Digest::sha256_of(b""));
+        assert_eq!(access.as_str(), "access/sha256/e3");
+        assert_eq!(RecordKey::parse(access.as_str()), Some(access.clone()));
+        assert!(RecordPrefix::access().contains(&access));
+        assert_eq!(RecordKey::parse("access/sha256/E3"), None);
+        assert_eq!(RecordKey::parse("access/md5/e3"), None);
+        assert_eq!(RecordKey::parse("access/sha256/e3/x"), None);
     }
 }

@@ -10,6 +10,8 @@
 //! - The ping answers 401 without credentials, as registry:2 does: clients
 //!   (skopeo, podman, Docker) learn from it to send credentials, and fetch
 //!   public content anonymously when they have none.
+//! - `DELETE /admin/purge?ref=IMAGE` (see `admin.rs`) exists only here,
+//!   for authenticated clients: it purges one image while serving.
 //! - Failed attempts are rate-limited per client address ([`PeerAddr`]).
 //! - Content served through a non-public upstream is recorded by digest, so
 //!   it is not readable by digest through a public upstream's path unless
@@ -231,6 +233,12 @@ impl AuthService {
             }
         };
         let uri = request.uri().clone();
+        if uri.path() == crate::admin::PURGE_PATH {
+            if !authenticated {
+                return auth.unauthorized("purging needs credentials");
+            }
+            return crate::admin::purge(&self.inner, request.method(), uri.query()).await;
+        }
         let route = routes::route(
             request.method(),
             uri.path(),

@@ -277,6 +277,8 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             digest: self.digest.clone(),
         };
         let digest = &self.digest;
+        // Eviction leaves a blob alone while it is being filled.
+        let _held = self.engine.budget.hold(digest);
         self.report(FillPhase::Started);
         let fetched = match self
             .engine
@@ -308,6 +310,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         }
         info!(%digest, registry = %self.registry, repository = %self.repository, ?size, "filling blob from upstream");
         self.fill.progress.send_replace(Phase::Streaming { size });
+        let reservation = size.map(|size| self.engine.budget.reserve(size));
 
         let (to_store, store_rx) = mpsc::channel(STORE_QUEUE);
         let pump = async {
@@ -322,9 +325,12 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             BlobSource::Preverified(preverified_stream(store_rx)),
         );
         let ((), stored) = tokio::join!(pump, store);
+        drop(reservation);
         let verified = matches!(*self.fill.progress.borrow(), Phase::Done(Ok(_)));
         let failed = match (verified, stored) {
             (true, Ok(bytes)) => {
+                self.engine.budget.used(digest);
+                self.engine.budget.added(bytes);
                 info!(%digest, bytes, "blob verified and stored");
                 self.report(FillPhase::Stored { bytes });
                 return;

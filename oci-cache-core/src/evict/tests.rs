@@ -1,0 +1,442 @@
+//! The policy against [`MemoryStorage`]: LRU order, watermark, pins, roots,
+//! guards, the access index, purge; and the engine reporting to its budget.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::*;
+use crate::cache::{CacheOptions, PullThrough, DOCKER_MANIFEST, OCI_INDEX};
+use crate::observe::{self, EvictionEvent, Observer};
+use crate::reference::{Reference, Registry, Repository, Tag};
+use crate::storage::{MemoryStorage, RecordKey, Storage, StoredManifest, TagKey, TagRecord};
+use crate::testing::{BlobScript, FakeUpstream};
+
+fn blob_bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+async fn put_blob(storage: &MemoryStorage, seed: u8, len: usize) -> Digest {
+    let bytes = blob_bytes(seed, len);
+    let digest = Digest::sha256_of(&bytes);
+    storage
+        .blob_write(
+            &digest,
+            Some(len as u64),
+            futures::stream::iter([Ok(Bytes::from(bytes))]).boxed(),
+        )
+        .await
+        .unwrap();
+    digest
+}
+
+async fn present(storage: &MemoryStorage, digest: &Digest) -> bool {
+    storage.blob_stat(digest).await.unwrap().is_some()
+}
+
+/// Stores an image manifest naming `blobs` and tags it `upstream/repository:tag`.
+async fn put_image(storage: &MemoryStorage, reference: &str, blobs: &[Digest]) -> Digest {
+    let manifest = image_manifest(blobs);
+    let digest = put_manifest(storage, DOCKER_MANIFEST, manifest).await;
+    tag_it(storage, reference, &digest, DOCKER_MANIFEST).await;
+    digest
+}
+
+fn image_manifest(blobs: &[Digest]) -> String {
+    let (config, layers) = blobs.split_first().unwrap();
+    let desc = |d: &Digest| {
+        format!(r#"{{"mediaType":"application/octet-stream","size":1,"digest":"{d}"}}"#)
+    };
+    let layers: Vec<String> = layers.iter().map(desc).collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{},"layers":[{}]}}"#,
+        desc(config),
+        layers.join(",")
+    )
+}
+
+async fn put_manifest(storage: &MemoryStorage, media_type: &str, json: String) -> Digest {
+    let digest = Digest::sha256_of(json.as_bytes());
+    storage
+        .manifest_put(&StoredManifest {
+            digest: digest.clone(),
+            media_type: media_type.to_owned(),
+            bytes: Bytes::from(json),
+        })
+        .await
+        .unwrap();
+    digest
+}
+
+async fn tag_it(storage: &MemoryStorage, reference: &str, digest: &Digest, media_type: &str) {
+    let reference = Reference::parse(reference).unwrap();
+    let key = TagKey {
+        upstream: reference.registry().clone(),
+        repository: reference.repository().clone(),
+        tag: reference.tag().unwrap().clone(),
+    };
+    let record = TagRecord {
+        digest: digest.clone(),
+        media_type: media_type.to_owned(),
+        checked_at: SystemTime::now(),
+    };
+    storage.tag_put(&key, &record).await.unwrap();
+}
+
+fn evictor(
+    storage: &Arc<MemoryStorage>,
+    budget: &Arc<DiskBudget>,
+    pins: &[&str],
+) -> Evictor<MemoryStorage> {
+    let pins = pins.iter().map(|p| p.parse().unwrap()).collect();
+    Evictor::new(
+        Arc::clone(storage),
+        Arc::clone(budget),
+        pins,
+        observe::noop(),
+    )
+}
+
+/// Ten 100-byte blobs, written newest-first so the backend's own times
+/// disagree with the uses the budget then records oldest-first.
+async fn ten_blobs(storage: &MemoryStorage, budget: &DiskBudget) -> Vec<Digest> {
+    let mut blobs = Vec::new();
+    for seed in (0..10u8).rev() {
+        blobs.push(put_blob(storage, seed, 100).await);
+    }
+    blobs.reverse();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for digest in &blobs {
+        budget.used(digest);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    blobs
+}
+
+#[tokio::test]
+async fn a_pass_evicts_the_least_recently_used_down_to_the_low_watermark() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(500)));
+    assert_eq!(budget.low_watermark(), Some(450));
+    let blobs = ten_blobs(&storage, &budget).await;
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!(report.stored_bytes, 1000);
+    // 1000 → at most 450: six go, the six used longest ago.
+    assert_eq!((report.evicted_blobs, report.evicted_bytes), (6, 600));
+    for (i, digest) in blobs.iter().enumerate() {
+        assert_eq!(present(&storage, digest).await, i >= 6, "blob {i}");
+    }
+    assert_eq!(budget.stored(), 400);
+    assert!(!budget.over_cap());
+    // Under the cap, a pass deletes nothing.
+    let again = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!((again.evicted_blobs, again.stored_bytes), (0, 400));
+}
+
+#[tokio::test]
+async fn without_a_cap_a_pass_only_counts() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(None));
+    put_blob(&storage, 1, 100).await;
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!((report.stored_bytes, report.evicted_blobs), (100, 0));
+    assert_eq!(budget.stored(), 100);
+}
+
+#[tokio::test]
+async fn a_read_makes_a_blob_recent() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(500)));
+    let blobs = ten_blobs(&storage, &budget).await;
+    // The oldest, read again, is now the most recent.
+    budget.used(&blobs[0]);
+    evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert!(present(&storage, &blobs[0]).await);
+    assert!(!present(&storage, &blobs[6]).await);
+    assert!(present(&storage, &blobs[7]).await);
+}
+
+#[tokio::test]
+async fn guarded_blobs_are_skipped_and_a_read_of_a_deleting_blob_is_refused() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(500)));
+    let blobs = ten_blobs(&storage, &budget).await;
+    let guard = budget.guard(&blobs[0]).unwrap();
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!(report.skipped_busy, 1);
+    assert!(present(&storage, &blobs[0]).await);
+    // The next least recently used went instead.
+    assert!(!present(&storage, &blobs[6]).await);
+    drop(guard);
+    assert!(!budget.is_guarded(&blobs[0]));
+    // While a delete is under way, a reader gets no guard (a miss).
+    assert!(budget.begin_delete(&blobs[0]));
+    assert!(budget.guard(&blobs[0]).is_none());
+    budget.end_delete(&blobs[0]);
+    assert!(budget.guard(&blobs[0]).is_some());
+    // A held guard stops a delete from starting.
+    let _held = budget.hold(&blobs[1]);
+    assert!(!budget.begin_delete(&blobs[1]));
+}
+
+#[tokio::test]
+async fn pinned_images_keep_every_platform_and_over_cap_pins_are_reported() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(500)));
+    let amd = [
+        put_blob(&storage, 1, 100).await,
+        put_blob(&storage, 2, 100).await,
+    ];
+    let arm = [
+        put_blob(&storage, 3, 100).await,
+        put_blob(&storage, 4, 100).await,
+    ];
+    let other = [
+        put_blob(&storage, 5, 100).await,
+        put_blob(&storage, 6, 100).await,
+    ];
+    let amd_m = put_manifest(&storage, DOCKER_MANIFEST, image_manifest(&amd)).await;
+    let arm_m = put_manifest(&storage, DOCKER_MANIFEST, image_manifest(&arm)).await;
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","size":1,"digest":"{amd_m}"}},{{"mediaType":"{DOCKER_MANIFEST}","size":1,"digest":"{arm_m}"}}]}}"#
+    );
+    let index = put_manifest(&storage, OCI_INDEX, index).await;
+    tag_it(&storage, "docker.io/library/alpine:3.20", &index, OCI_INDEX).await;
+    put_image(&storage, "docker.io/library/busybox:1", &other).await;
+
+    let events = Arc::new(Events::default());
+    let pins = vec!["docker.io/library/alpine:*".parse().unwrap()];
+    let run = Evictor::new(
+        Arc::clone(&storage),
+        Arc::clone(&budget),
+        pins,
+        Arc::clone(&events) as observe::SharedObserver,
+    );
+    let report = run.pass().await.unwrap();
+    assert_eq!(report.protected_bytes, 400);
+    assert!(!report.protected_over_cap);
+    for digest in amd.iter().chain(&arm) {
+        assert!(present(&storage, digest).await, "pinned {digest}");
+    }
+    // 600 stored, 400 pinned: both unpinned blobs go to reach 450.
+    assert_eq!(report.evicted_blobs, 2);
+    for digest in &other {
+        assert!(!present(&storage, digest).await);
+    }
+    // Manifests and tags stay.
+    assert!(storage.manifest_get(&amd_m).await.unwrap().is_some());
+
+    let tight = Arc::new(DiskBudget::new(Some(300)));
+    let report = Evictor::new(
+        Arc::clone(&storage),
+        tight,
+        vec!["docker.io/library/alpine:*".parse().unwrap()],
+        Arc::clone(&events) as observe::SharedObserver,
+    )
+    .pass()
+    .await
+    .unwrap();
+    assert!(report.protected_over_cap);
+    assert_eq!(report.evicted_blobs, 0);
+    let seen = events.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!((seen[0].blobs, seen[0].bytes), (2, 200));
+    assert!(seen[1].protected_over_cap);
+}
+
+#[derive(Debug)]
+struct Hosted(Vec<Digest>, Vec<Digest>);
+
+#[async_trait]
+impl ProtectedRoots for Hosted {
+    async fn manifest_roots(&self) -> crate::Result<Vec<Digest>> {
+        Ok(self.0.clone())
+    }
+
+    async fn blob_roots(&self) -> crate::Result<Vec<Digest>> {
+        Ok(self.1.clone())
+    }
+}
+
+#[tokio::test]
+async fn protected_roots_keep_their_blobs() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(100)));
+    let hosted = [
+        put_blob(&storage, 1, 100).await,
+        put_blob(&storage, 2, 100).await,
+    ];
+    let loose = put_blob(&storage, 3, 100).await;
+    let pushed_alone = put_blob(&storage, 4, 100).await;
+    // An untagged manifest (hosted content is found by the hook, not by tags),
+    // and a blob pushed before any manifest names it.
+    let root = put_manifest(&storage, DOCKER_MANIFEST, image_manifest(&hosted)).await;
+    let report = evictor(&storage, &budget, &[])
+        .with_roots(Arc::new(Hosted(vec![root], vec![pushed_alone.clone()])))
+        .pass()
+        .await
+        .unwrap();
+    assert!(report.protected_over_cap);
+    assert_eq!(report.protected_bytes, 300);
+    assert!(present(&storage, &hosted[0]).await && present(&storage, &hosted[1]).await);
+    assert!(present(&storage, &pushed_alone).await);
+    assert!(!present(&storage, &loose).await);
+}
+
+#[tokio::test]
+async fn last_uses_survive_a_restart_through_the_access_index() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(500)));
+    let blobs = ten_blobs(&storage, &budget).await;
+    evictor(&storage, &budget, &[]).flush().await.unwrap();
+    let record = storage
+        .record_get(&RecordKey::access(&blobs[3]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&record.bytes).contains(blobs[3].hex()));
+    // A new process: nothing in memory; the index orders blobs.
+    let fresh = Arc::new(DiskBudget::new(Some(500)));
+    let run = evictor(&storage, &fresh, &[]);
+    run.flush().await.unwrap();
+    let index = run.index.lock().await;
+    let times: Vec<SystemTime> = blobs.iter().map(|d| index.last_use(d).unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+}
+
+#[tokio::test]
+async fn the_background_task_evicts_when_a_fill_crosses_the_cap() {
+    let storage = Arc::new(MemoryStorage::new());
+    let upstream = Arc::new(FakeUpstream::new());
+    let options = CacheOptions::default().with_max_size(1000);
+    let engine = PullThrough::new(Arc::clone(&storage), Arc::clone(&upstream), options);
+    let budget = Arc::clone(engine.budget());
+    let task = tokio::spawn(evictor(&storage, &budget, &[]).run(Duration::from_secs(3600)));
+    let (hub, repo) = (
+        Registry::new("docker.io").unwrap(),
+        Repository::new("library/x").unwrap(),
+    );
+    let mut digests = Vec::new();
+    for seed in 0..4u8 {
+        let digest = upstream.add_blob(BlobScript::new(&blob_bytes(seed, 400)));
+        let response = engine.blob(&hub, &repo, &digest, None).await.unwrap();
+        let mut stream = response.stream;
+        while let Some(chunk) = stream.next().await {
+            chunk.unwrap();
+        }
+        digests.push(digest);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 1600 bytes were filled under a 1000-byte cap: the oldest went.
+    let mut stored = 0;
+    for _ in 0..200 {
+        stored = 0;
+        for digest in &digests {
+            if present(&storage, digest).await {
+                stored += 400;
+            }
+        }
+        if stored <= 900 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stored <= 900, "still {stored} bytes stored");
+    assert!(present(&storage, &digests[3]).await);
+    assert!(!present(&storage, &digests[0]).await);
+
+    // A client reading a stored blob holds it until its stream is dropped.
+    let open = engine.blob(&hub, &repo, &digests[3], None).await.unwrap();
+    assert!(budget.is_guarded(&digests[3]));
+    drop(open);
+    assert!(!budget.is_guarded(&digests[3]));
+    task.abort();
+}
+
+#[tokio::test]
+async fn purge_removes_the_tag_manifest_and_unshared_blobs() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = DiskBudget::new(None);
+    let shared = put_blob(&storage, 1, 10).await;
+    let only_a = put_blob(&storage, 2, 10).await;
+    let only_b = put_blob(&storage, 3, 10).await;
+    let a = put_image(
+        &storage,
+        "docker.io/library/a:1",
+        &[shared.clone(), only_a.clone()],
+    )
+    .await;
+    let b = put_image(
+        &storage,
+        "docker.io/library/b:1",
+        &[shared.clone(), only_b.clone()],
+    )
+    .await;
+    // A second tag of image a keeps its manifest when one tag is purged…
+    tag_it(&storage, "docker.io/library/a:also", &a, DOCKER_MANIFEST).await;
+    let target = [Reference::parse("docker.io/library/a:1").unwrap()];
+    let report = purge(storage.as_ref(), &budget, &observe::NoopObserver, &target)
+        .await
+        .unwrap();
+    assert_eq!((report.tags, report.manifests, report.blobs), (1, 0, 0));
+    assert!(storage.manifest_get(&a).await.unwrap().is_some());
+
+    // …and purging the other tag removes the manifest and its own blob only.
+    let target = [Reference::parse("a:also").unwrap()];
+    let report = purge(storage.as_ref(), &budget, &observe::NoopObserver, &target)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.tags, report.manifests, report.blobs, report.bytes),
+        (1, 1, 1, 10)
+    );
+    assert!(storage.manifest_get(&a).await.unwrap().is_none());
+    assert!(!present(&storage, &only_a).await);
+    assert!(present(&storage, &shared).await && present(&storage, &only_b).await);
+    assert!(storage.manifest_get(&b).await.unwrap().is_some());
+    let key = TagKey {
+        upstream: Registry::new("docker.io").unwrap(),
+        repository: Repository::new("library/a").unwrap(),
+        tag: Tag::new("1").unwrap(),
+    };
+    assert!(storage.tag_get(&key).await.unwrap().is_none());
+
+    // By digest: every tag of the repository pointing at it goes.
+    let target = [Reference::parse(&format!("docker.io/library/b@{b}")).unwrap()];
+    let report = purge(storage.as_ref(), &budget, &observe::NoopObserver, &target)
+        .await
+        .unwrap();
+    assert_eq!((report.tags, report.manifests, report.blobs), (1, 1, 2));
+}
+
+#[derive(Debug, Default)]
+struct Events(std::sync::Mutex<Vec<EvictionEvent>>);
+
+impl Observer for Events {
+    fn eviction(&self, event: &EvictionEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+#[test]
+fn sizes_parse_with_binary_and_decimal_units() {
+    assert_eq!(parse_size("150MiB").unwrap(), 150 << 20);
+    assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
+    assert_eq!(parse_size("1 kb").unwrap(), 1000);
+    assert_eq!(parse_size("42").unwrap(), 42);
+    for bad in ["", "MiB", "1.5GiB", "10 parsecs", "-1"] {
+        let e = parse_size(bad).unwrap_err().to_string();
+        assert!(e.contains("150MiB"), "{bad}: {e}");
+    }
+    assert!(parse_size("99999999999TiB").is_err());
+    let options: CacheOptions =
+        serde_json::from_str(r#"{"max_size": "150MiB", "pin": ["registry.k8s.io/*"]}"#).unwrap();
+    assert_eq!(options.max_size, Some(150 << 20));
+    assert_eq!(options.pin[0].as_str(), "registry.k8s.io/*");
+    assert!(serde_json::from_str::<CacheOptions>(r#"{"pin": ["alpine"]}"#).is_err());
+}
