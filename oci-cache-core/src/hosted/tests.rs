@@ -251,3 +251,34 @@ async fn a_second_writer_of_one_upload_is_refused_while_the_first_runs() {
         .unwrap();
     assert_eq!(after.offset, 11);
 }
+
+/// Two pushes of one layer cut identical pieces; before, the first to finish
+/// deleted the pieces it had written, and the second failed with "a stored
+/// piece of the upload is gone".
+#[tokio::test]
+async fn two_concurrent_uploads_of_one_layer_both_finish() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let content = b"identical layer bytes";
+    let digest = Digest::sha256_of(content);
+    let engine = hosted(&storage);
+    let first = engine.start_upload(&app).await.unwrap();
+    let second = engine.start_upload(&app).await.unwrap();
+    for id in [&first.id, &second.id] {
+        engine
+            .append(&app, id, None, stream(&[content]))
+            .await
+            .unwrap();
+    }
+    engine.finish(&app, &first.id, &digest, None).await.unwrap();
+    let size = engine
+        .finish(&app, &second.id, &digest, None)
+        .await
+        .unwrap();
+    assert_eq!(size, content.len() as u64);
+    assert_eq!(read_blob(&storage, &digest).await, content);
+    // Both sessions are gone. (The second found the pieces already stored,
+    // so it does not own them and leaves them: unreferenced blobs that
+    // eviction removes like any other.)
+    assert!(upload_pieces(storage.as_ref()).await.unwrap().is_empty());
+}

@@ -453,16 +453,35 @@ impl<S: Storage + ?Sized> Hosted<S> {
         Ok(())
     }
 
-    /// Removes the session record and the pieces it owns (but never `keep`).
-    /// Failures are logged: the record goes first, so a piece left behind
-    /// is an unreferenced blob, never a session pointing at nothing.
+    /// Removes the session record and the pieces it owns (but never `keep`,
+    /// nor a piece another open session stored the same bytes in: two
+    /// uploads of one layer cut identical pieces). Failures are logged: the
+    /// record goes first, so a piece left behind is an unreferenced blob,
+    /// never a session pointing at nothing.
     async fn remove(&self, id: &UploadId, session: &Session, keep: Option<&Digest>) {
         if let Err(e) = self.storage.record_delete(&RecordKey::upload(id)).await {
             tracing::warn!(upload = %id, error = %e, "cannot remove upload record");
             return;
         }
+        let owned = session
+            .pieces
+            .iter()
+            .any(|piece| !piece.shared && Some(&piece.digest) != keep);
+        if !owned {
+            return;
+        }
+        let in_use = match upload_pieces(self.storage.as_ref()).await {
+            Ok(pieces) => pieces,
+            Err(e) => {
+                tracing::warn!(upload = %id, error = %e, "cannot list open uploads; leaving this upload's pieces for a later clean-up");
+                return;
+            }
+        };
         for piece in &session.pieces {
-            if piece.shared || Some(&piece.digest) == keep {
+            if piece.shared
+                || Some(&piece.digest) == keep
+                || in_use.binary_search(&piece.digest).is_ok()
+            {
                 continue;
             }
             if let Err(e) = self.storage.blob_delete(&piece.digest).await {
