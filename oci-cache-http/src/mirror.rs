@@ -173,7 +173,6 @@ impl MirrorBuilder {
         for prefix in &self.local_prefixes {
             validate_local_prefix(prefix, &upstreams)?;
         }
-        let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
         let mirrors = Arc::new(upstreams);
         let upstream = match self.upstream {
             Some(upstream) => upstream,
@@ -188,7 +187,10 @@ impl MirrorBuilder {
                 )
             }
         };
+        let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
         let engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
+        // Pushed bytes count against the same size cap as cached ones.
+        let hosted = hosted.with_budget(Arc::clone(engine.budget()));
         let mut service = OciService::new(engine, mirrors).with_hosted(self.local_prefixes, hosted);
         if let Some(metrics) = self.metrics {
             service = service.with_metrics(metrics);

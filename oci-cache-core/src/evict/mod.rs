@@ -29,7 +29,9 @@
 //! client reading them; a read that starts while a blob is being deleted
 //! treats it as a miss and refetches), blobs of pinned images ([`PinPattern`]
 //! over the tag records: all platforms of an index), and blobs of the
-//! manifests a [`ProtectedRoots`] names (hosted content). When protected
+//! manifests a [`ProtectedRoots`] names, and pushed content: every manifest
+//! of a hosted repository (`hosted/…` links) and the pieces of open uploads
+//! (`uploads/…`), kept by every pass without any wiring. When protected
 //! content alone is over the cap it is kept, with a warning and an
 //! [`EvictionEvent`](crate::observe::EvictionEvent) saying so.
 

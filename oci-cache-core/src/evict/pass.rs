@@ -18,8 +18,9 @@ use crate::storage::{RecordPrefix, Storage};
 use crate::Result;
 
 /// Manifests whose content eviction must keep besides the pinned images:
-/// each root's blobs, and for an index its child manifests' blobs. The
-/// binary wires hosted (pushed) repositories in through this.
+/// each root's blobs, and for an index its child manifests' blobs. For an
+/// embedder's own content; hosted (pushed) repositories and open uploads
+/// are always kept without one.
 #[async_trait]
 pub trait ProtectedRoots: Send + Sync + std::fmt::Debug {
     /// The manifest digests to keep, asked once per pass that must evict.
@@ -256,7 +257,11 @@ impl<S: Storage + ?Sized> Evictor<S> {
                 }
             }
         }
-        let mut loose = Vec::new();
+        // Pushed content (hosted repositories and open upload sessions) is
+        // never evicted, whoever built this evictor and whatever roots it got.
+        let storage = self.storage.as_ref();
+        roots.extend(crate::hosted::protected_manifests(storage).await?);
+        let mut loose = crate::hosted::upload_pieces(storage).await?;
         for source in &self.roots {
             roots.extend(source.manifest_roots().await?);
             loose.extend(source.blob_roots().await?);

@@ -440,3 +440,52 @@ fn sizes_parse_with_binary_and_decimal_units() {
     assert_eq!(options.pin[0].as_str(), "registry.k8s.io/*");
     assert!(serde_json::from_str::<CacheOptions>(r#"{"pin": ["alpine"]}"#).is_err());
 }
+
+/// Pushed content is kept by an evictor built without any roots: the hosted
+/// repositories' manifests and blobs, and the pieces of an open upload.
+#[tokio::test]
+async fn pushed_content_is_never_evicted_without_any_wiring() {
+    use crate::hosted::{Hosted, HostedOptions};
+    use crate::upstream::ManifestRef;
+
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(10)));
+    let hosted = Hosted::new(Arc::clone(&storage), HostedOptions::default());
+    let app = Repository::new("local/app").unwrap();
+    let stream = |bytes: Vec<u8>| futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
+    let layer = blob_bytes(1, 100);
+    let layer_digest = Digest::sha256_of(&layer);
+    hosted.put_blob(&layer_digest, stream(layer)).await.unwrap();
+    let config = br#"{"architecture":"amd64"}"#.to_vec();
+    let config_digest = Digest::sha256_of(&config);
+    hosted
+        .put_blob(&config_digest, stream(config))
+        .await
+        .unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":24}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":100}}]}}"#
+    );
+    hosted
+        .put_manifest(
+            &app,
+            &ManifestRef::Tag(Tag::new("v1").unwrap()),
+            None,
+            Bytes::from(manifest),
+        )
+        .await
+        .unwrap();
+    let upload = hosted.start_upload(&app).await.unwrap();
+    hosted
+        .append(&app, &upload.id, None, stream(blob_bytes(2, 50)))
+        .await
+        .unwrap();
+    let piece = Digest::sha256_of(&blob_bytes(2, 50));
+    let cached = put_blob(&storage, 3, 100).await;
+
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert!(report.protected_over_cap, "{report:?}");
+    for kept in [&layer_digest, &config_digest, &piece] {
+        assert!(present(&storage, kept).await, "{kept} was evicted");
+    }
+    assert!(!present(&storage, &cached).await, "the cached blob stayed");
+}

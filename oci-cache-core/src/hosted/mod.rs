@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 
 use crate::digest::Digest;
+use crate::evict::DiskBudget;
 use crate::mirror::MirrorConfig;
 use crate::reference::{Repository, Tag};
 use crate::storage::{RecordKey, RecordPrefix, Storage};
@@ -51,7 +52,8 @@ pub use upload::{upload_pieces, UploadState};
 pub struct HostedOptions {
     /// Largest manifest accepted by `PUT` (default 4 MiB, as distribution).
     pub max_manifest_size: u64,
-    /// Largest blob accepted (default: no limit).
+    /// Largest blob accepted (default 64 GiB, as the cache's
+    /// [`max_blob_size`](crate::cache::CacheOptions::max_blob_size); `None`: no limit).
     pub max_blob_size: Option<u64>,
     /// An upload session untouched this long is removed (default 24 h).
     pub upload_max_age: Duration,
@@ -63,7 +65,7 @@ impl Default for HostedOptions {
     fn default() -> Self {
         HostedOptions {
             max_manifest_size: 4 * 1024 * 1024,
-            max_blob_size: None,
+            max_blob_size: Some(crate::cache::CacheOptions::default().max_blob_size),
             upload_max_age: Duration::from_secs(24 * 60 * 60),
             piece_size: 4 * 1024 * 1024,
         }
@@ -159,6 +161,8 @@ pub struct Hosted<S: ?Sized> {
     last_cleanup: Arc<Mutex<Option<Instant>>>,
     /// Upload sessions a request of this process is writing right now.
     busy: Arc<Mutex<HashSet<UploadId>>>,
+    /// The cache's disk budget, told about every blob a push stores or removes.
+    budget: Option<Arc<DiskBudget>>,
 }
 
 impl<S: ?Sized> Clone for Hosted<S> {
@@ -168,6 +172,7 @@ impl<S: ?Sized> Clone for Hosted<S> {
             options: self.options.clone(),
             last_cleanup: Arc::clone(&self.last_cleanup),
             busy: Arc::clone(&self.busy),
+            budget: self.budget.clone(),
         }
     }
 }
@@ -188,6 +193,30 @@ impl<S: Storage + ?Sized> Hosted<S> {
             options,
             last_cleanup: Arc::new(Mutex::new(None)),
             busy: Arc::default(),
+            budget: None,
+        }
+    }
+
+    /// Reports the bytes pushes store and remove to `budget` (the cache
+    /// engine's, [`PullThrough::budget`](crate::cache::PullThrough::budget)),
+    /// so a size cap counts them at once instead of at the next full count.
+    pub fn with_budget(mut self, budget: Arc<DiskBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// A blob of `size` bytes was stored (and just used).
+    fn stored(&self, digest: &Digest, size: u64) {
+        if let Some(budget) = &self.budget {
+            budget.added(size);
+            budget.used(digest);
+        }
+    }
+
+    /// Blobs of `size` bytes in all were removed.
+    fn unstored(&self, size: u64) {
+        if let Some(budget) = &self.budget {
+            budget.removed(size);
         }
     }
 

@@ -282,3 +282,29 @@ async fn two_concurrent_uploads_of_one_layer_both_finish() {
     // eviction removes like any other.)
     assert!(upload_pieces(storage.as_ref()).await.unwrap().is_empty());
 }
+
+/// Pushed bytes count against the cache's size cap as they are stored, and
+/// pieces stop counting once their upload is finished.
+#[tokio::test]
+async fn pushes_report_what_they_store_to_the_disk_budget() {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(crate::evict::DiskBudget::new(Some(1000)));
+    let h = hosted(&storage).with_budget(Arc::clone(&budget));
+    let app = repo("local/app");
+    let whole = vec![7u8; 100];
+    h.put_blob(&Digest::sha256_of(&whole), stream(&[&whole]))
+        .await
+        .unwrap();
+    assert_eq!(budget.stored(), 100);
+    let content = b"0123456789";
+    let state = h.start_upload(&app).await.unwrap();
+    h.append(&app, &state.id, None, stream(&[content]))
+        .await
+        .unwrap();
+    // Three pieces of at most 4 bytes.
+    assert_eq!(budget.stored(), 110);
+    h.finish(&app, &state.id, &Digest::sha256_of(content), None)
+        .await
+        .unwrap();
+    assert_eq!(budget.stored(), 110);
+}

@@ -293,6 +293,10 @@ impl<S: Storage + ?Sized> Hosted<S> {
         };
         self.remove(id, &session, keep).await;
         if result.is_ok() {
+            // A blob that is its only piece was counted as that piece.
+            if !matches!(session.pieces.as_slice(), [only] if &only.digest == digest) {
+                self.stored(digest, size);
+            }
             tracing::info!(upload = %id, %repository, %digest, size, "blob pushed");
         }
         result
@@ -327,7 +331,8 @@ impl<S: Storage + ?Sized> Hosted<S> {
                 }
             })
             .boxed();
-        self.storage
+        let size = self
+            .storage
             .blob_write(digest, None, data)
             .await
             .map_err(|e| match e {
@@ -336,7 +341,9 @@ impl<S: Storage + ?Sized> Hosted<S> {
                     format!("the uploaded content hashes to {actual}, not {digest}"),
                 ),
                 other => other,
-            })
+            })?;
+        self.stored(digest, size);
+        Ok(size)
     }
 
     /// Removes upload sessions untouched for [`upload_max_age`](super::HostedOptions::upload_max_age),
@@ -410,6 +417,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
         if !shared {
             let stream = futures::stream::once(async move { Ok(piece) }).boxed();
             self.storage.blob_write(&digest, Some(size), stream).await?;
+            self.stored(&digest, size);
         }
         session.pieces.push(Piece {
             digest,
@@ -484,8 +492,11 @@ impl<S: Storage + ?Sized> Hosted<S> {
             {
                 continue;
             }
-            if let Err(e) = self.storage.blob_delete(&piece.digest).await {
-                tracing::warn!(upload = %id, piece = %piece.digest, error = %e, "cannot remove upload piece");
+            match self.storage.blob_delete(&piece.digest).await {
+                Ok(()) => self.unstored(piece.size),
+                Err(e) => {
+                    tracing::warn!(upload = %id, piece = %piece.digest, error = %e, "cannot remove upload piece");
+                }
             }
         }
     }
