@@ -67,13 +67,16 @@ pub(crate) async fn dispatch(
         },
         Route::Ping => Ok(json_response(&json!({}))),
         Route::Catalog { n, last } => {
+            // One more than asked for tells whether a next page exists; the
+            // first n + 1 of the union are among the first n + 1 of each.
+            let limit = n.map(|n| n.saturating_add(1));
             let mut repositories = engine
-                .catalog()
+                .catalog(last.as_deref(), limit)
                 .await
                 .map_err(|e| fail(e, ErrorSubject::Other))?;
             if let Some(hosted) = req.hosted {
                 let local = hosted
-                    .repositories()
+                    .repositories(last.as_deref(), limit)
                     .await
                     .map_err(|e| fail(e, ErrorSubject::Other))?;
                 repositories.extend(local.iter().map(|r| r.to_string()));

@@ -297,9 +297,12 @@ async fn record_tag<S: Storage + ?Sized, U: ?Sized>(
         media_type: manifest.media_type.clone(),
         checked_at: SystemTime::now(),
     };
-    if let Err(e) = engine.storage.tag_put(key, &record).await {
+    match engine.storage.tag_put(key, &record).await {
+        Ok(()) => engine
+            .catalog
+            .insert(super::catalog_name(&key.upstream, &key.repository)),
         // The client still gets a verified manifest; the next request asks again.
-        engine.write_failed(crate::observe::StorageOperation::TagWrite, &e);
+        Err(e) => engine.write_failed(crate::observe::StorageOperation::TagWrite, &e),
     }
 }
 

@@ -50,6 +50,7 @@
 
 mod accept;
 mod blob;
+pub(crate) mod catalog;
 mod flight;
 mod hot;
 mod manifest;
@@ -69,7 +70,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tracing::{debug, warn};
 
 use crate::digest::Digest;
@@ -268,6 +269,8 @@ struct Engine<S: ?Sized, U: ?Sized> {
     hot: hot::HotCache,
     observer: SharedObserver,
     budget: Arc<DiskBudget>,
+    /// `upstream/repository` names of cached repositories, for `_catalog`.
+    catalog: catalog::NameIndex,
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -351,8 +354,10 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         observer: SharedObserver,
     ) -> Self {
         let budget = Arc::new(DiskBudget::new(options.max_size));
+        let catalog = catalog::NameIndex::new(repository_lister(&storage), catalog::REFRESH);
         PullThrough {
             inner: Arc::new(Engine {
+                catalog,
                 storage,
                 upstream,
                 budget,
@@ -493,24 +498,40 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         )
         .await?;
         self.inner.hot.clear();
+        // Repositories may have lost their last tag.
+        self.inner.catalog.invalidate();
         Ok(report)
     }
 
-    /// Cached repositories, as `registry/repository` names, sorted.
-    pub async fn catalog(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .inner
-            .storage
-            .repository_list()
-            .await?
-            .into_iter()
-            .map(|entry| format!("{}/{}", entry.upstream, entry.repository))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
+    /// Cached repositories, as `registry/repository` names, sorted: up to
+    /// `limit` after `last`. Answered from an in-memory index (see
+    /// `cache/catalog.rs`), so a request does not list the store.
+    pub async fn catalog(&self, last: Option<&str>, limit: Option<usize>) -> Result<Vec<String>> {
+        let names = self.inner.catalog.page(last, limit).await?;
         debug!(repositories = names.len(), "catalog");
         Ok(names)
     }
+}
+
+/// The `_catalog` name of a cached repository.
+fn catalog_name(upstream: &Registry, repository: &Repository) -> String {
+    format!("{upstream}/{repository}")
+}
+
+/// Lists every cached repository's name from storage (the index's loader).
+fn repository_lister<S: Storage + ?Sized>(storage: &Arc<S>) -> catalog::Loader {
+    let storage = Arc::clone(storage);
+    Box::new(move || {
+        let storage = Arc::clone(&storage);
+        async move {
+            let entries = storage.repository_list().await?;
+            Ok(entries
+                .iter()
+                .map(|entry| catalog_name(&entry.upstream, &entry.repository))
+                .collect())
+        }
+        .boxed()
+    })
 }
 
 /// The error every waiter of a fetch sees when the fetch's task ended without

@@ -114,6 +114,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
         if let ManifestRef::Tag(tag) = reference {
             self.tag_put(repository, tag, &digest).await?;
         }
+        self.catalog.insert(repository.to_string());
         tracing::info!(%repository, %reference, %digest, "manifest pushed");
         Ok(PushedManifest {
             digest,
@@ -231,6 +232,8 @@ impl<S: Storage + ?Sized> Hosted<S> {
     /// them once no hosted repository links them.
     pub async fn delete(&self, repository: &Repository, reference: &ManifestRef) -> Result<()> {
         let digest = self.resolve(repository, reference).await?;
+        // The repository may lose its last link.
+        self.catalog.invalidate();
         match reference {
             ManifestRef::Tag(tag) => {
                 self.storage

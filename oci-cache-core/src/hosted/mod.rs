@@ -34,8 +34,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 
+use crate::cache::catalog::{Loader, NameIndex, REFRESH};
 use crate::digest::Digest;
 use crate::evict::DiskBudget;
 use crate::mirror::MirrorConfig;
@@ -163,6 +164,8 @@ pub struct Hosted<S: ?Sized> {
     busy: Arc<Mutex<HashSet<UploadId>>>,
     /// The cache's disk budget, told about every blob a push stores or removes.
     budget: Option<Arc<DiskBudget>>,
+    /// Names of hosted repositories, for `_catalog`.
+    catalog: Arc<NameIndex>,
 }
 
 impl<S: ?Sized> Clone for Hosted<S> {
@@ -173,6 +176,7 @@ impl<S: ?Sized> Clone for Hosted<S> {
             last_cleanup: Arc::clone(&self.last_cleanup),
             busy: Arc::clone(&self.busy),
             budget: self.budget.clone(),
+            catalog: Arc::clone(&self.catalog),
         }
     }
 }
@@ -189,6 +193,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
     /// The push API over `storage`.
     pub fn new(storage: Arc<S>, options: HostedOptions) -> Self {
         Hosted {
+            catalog: Arc::new(NameIndex::new(repository_lister(&storage), REFRESH)),
             storage,
             options,
             last_cleanup: Arc::new(Mutex::new(None)),
@@ -274,18 +279,38 @@ impl<S: Storage + ?Sized> Hosted<S> {
         Ok(false)
     }
 
-    /// Hosted repositories holding at least one tag or manifest, sorted.
-    pub async fn repositories(&self) -> Result<Vec<Repository>> {
-        let set: BTreeSet<String> = self
-            .storage
-            .record_list(&RecordPrefix::hosted())
-            .try_filter_map(|key| async move {
-                Ok(key.hosted_key().map(|k| k.repository().to_string()))
-            })
-            .try_collect()
-            .await?;
-        set.iter().map(|name| Ok(Repository::new(name)?)).collect()
+    /// Hosted repositories holding at least one tag or manifest, sorted: up
+    /// to `limit` after `last`, from an in-memory index (as the cache's
+    /// `_catalog`).
+    pub async fn repositories(
+        &self,
+        last: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Repository>> {
+        let names = self.catalog.page(last, limit).await?;
+        names
+            .iter()
+            .map(|name| Ok(Repository::new(name)?))
+            .collect()
     }
+}
+
+/// Lists every hosted repository's name from storage (the index's loader).
+fn repository_lister<S: Storage + ?Sized>(storage: &Arc<S>) -> Loader {
+    let storage = Arc::clone(storage);
+    Box::new(move || {
+        let storage = Arc::clone(&storage);
+        async move {
+            storage
+                .record_list(&RecordPrefix::hosted())
+                .try_filter_map(|key| async move {
+                    Ok(key.hosted_key().map(|k| k.repository().to_string()))
+                })
+                .try_collect()
+                .await
+        }
+        .boxed()
+    })
 }
 
 /// Checks a local prefix: one repository path component (`local`), naming

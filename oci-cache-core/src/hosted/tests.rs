@@ -163,7 +163,7 @@ async fn manifests_are_checked_linked_tagged_and_deleted() {
         manifest.as_bytes()
     );
     assert_eq!(h.tags(&app).await.unwrap(), vec![Tag::new("v1").unwrap()]);
-    assert_eq!(h.repositories().await.unwrap(), vec![app.clone()]);
+    assert_eq!(h.repositories(None, None).await.unwrap(), vec![app.clone()]);
     assert_eq!(
         protected_manifests(&*storage).await.unwrap(),
         vec![pushed.digest.clone()]

@@ -34,7 +34,7 @@ async fn tags_come_from_upstream_or_from_cache_when_it_fails() {
     let other = Repository::new("library/busybox").unwrap();
     assert!(s.engine.tags(&hub(), &other, None, None).await.is_err());
     assert_eq!(
-        s.engine.catalog().await.unwrap(),
+        s.engine.catalog(None, None).await.unwrap(),
         ["docker.io/library/alpine"]
     );
 }
@@ -107,5 +107,54 @@ async fn stale_digest_record_without_manifest_refetches() {
             media_type: OCI_INDEX.into(),
             bytes: Bytes::from_static(INDEX),
         })
+    );
+}
+
+/// `_catalog` lists the store once, then follows what the engine caches and
+/// purges: before, every request listed every tag record.
+#[tokio::test]
+async fn the_catalog_follows_what_is_cached_and_purged_without_listing_again() {
+    let s = setup(CacheOptions::default());
+    let busybox = TagKey {
+        upstream: hub(),
+        repository: Repository::new("library/busybox").unwrap(),
+        tag: Tag::new("1").unwrap(),
+    };
+    let record = TagRecord {
+        digest: Digest::sha256_of(b"x"),
+        media_type: OCI_INDEX.to_owned(),
+        checked_at: SystemTime::now(),
+    };
+    s.storage.tag_put(&busybox, &record).await.unwrap();
+    assert_eq!(
+        s.engine.catalog(None, None).await.unwrap(),
+        ["docker.io/library/busybox"]
+    );
+    // Written behind the engine's back: the index does not list again per
+    // request (another process's tags appear at the next background refresh).
+    let mut hidden = busybox.clone();
+    hidden.repository = Repository::new("library/hidden").unwrap();
+    s.storage.tag_put(&hidden, &record).await.unwrap();
+
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    s.manifest_by_tag("3.20").await;
+    assert_eq!(
+        s.engine.catalog(None, None).await.unwrap(),
+        ["docker.io/library/alpine", "docker.io/library/busybox"]
+    );
+    assert_eq!(
+        s.engine
+            .catalog(Some("docker.io/library/alpine"), Some(1))
+            .await
+            .unwrap(),
+        ["docker.io/library/busybox"]
+    );
+    let alpine = crate::reference::Reference::parse("alpine:3.20").unwrap();
+    s.engine.purge(&[alpine]).await.unwrap();
+    // A purge lists again: alpine is gone, and the hidden one shows up.
+    assert_eq!(
+        s.engine.catalog(None, None).await.unwrap(),
+        ["docker.io/library/busybox", "docker.io/library/hidden"]
     );
 }
