@@ -23,7 +23,7 @@ use crate::handlers::{
     add_link, blob_headers, blob_response, fail, if_none_match, json_response, paginate,
     requested_range, set_digest, with_body, RequestInfo,
 };
-use crate::routes::HostedOp;
+use crate::routes::{parse_digest, HostedOp};
 use crate::wire::query_param;
 
 /// The push API as the service holds it.
@@ -331,16 +331,6 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, OciError> {
     let start = start.trim().parse().map_err(|_| invalid())?;
     let end = end.trim().parse().map_err(|_| invalid())?;
     Ok(Some((start, end)))
-}
-
-fn parse_digest(digest: &str) -> Result<Digest, OciError> {
-    digest.parse().map_err(|_| {
-        OciError::new(
-            StatusCode::BAD_REQUEST,
-            OciErrorCode::DigestInvalid,
-            format!("invalid digest {digest:?}"),
-        )
-    })
 }
 
 fn status(status: StatusCode) -> Response<Body> {

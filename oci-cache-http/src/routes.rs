@@ -341,7 +341,8 @@ fn manifest_ref(reference: &str) -> Result<ManifestRef, OciError> {
     })
 }
 
-fn parse_digest(digest: &str) -> Result<Digest, OciError> {
+/// A digest from a path segment or query parameter, or `400 DIGEST_INVALID`.
+pub(crate) fn parse_digest(digest: &str) -> Result<Digest, OciError> {
     digest.parse().map_err(|_| {
         OciError::new(
             StatusCode::BAD_REQUEST,

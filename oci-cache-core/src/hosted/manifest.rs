@@ -2,14 +2,13 @@
 //! `GET` by tag or digest, `DELETE` of a manifest or a tag.
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{Hosted, HostedKey};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, Manifest};
 use crate::reference::{Repository, Tag};
-use crate::storage::{Record, RecordKey, RecordPrefix, RecordWrite, Storage, StoredManifest};
+use crate::storage::{Record, RecordKey, RecordWrite, Storage, StoredManifest};
 use crate::upstream::ManifestRef;
 use crate::{Error, PushErrorKind, Result};
 
@@ -244,17 +243,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
                     .await?;
             }
             ManifestRef::Digest(_) => {
-                let tags: Vec<Tag> = self
-                    .storage
-                    .record_list(&RecordPrefix::hosted_tags(repository))
-                    .try_filter_map(|key| async move {
-                        Ok(match key.hosted_key() {
-                            Some(HostedKey::Tag(repo, tag)) if &repo == repository => Some(tag),
-                            _ => None,
-                        })
-                    })
-                    .try_collect()
-                    .await?;
+                let tags = self.tag_links(repository).await?;
                 for tag in tags {
                     if self
                         .resolve(repository, &ManifestRef::Tag(tag.clone()))

@@ -242,11 +242,9 @@ impl<S: Storage + ?Sized> Hosted<S> {
         Ok(self.storage.blob_stat(digest).await?.map(|info| info.size))
     }
 
-    /// Tags of a hosted repository, sorted;
-    /// [`NotFound`](Error::NotFound) when nothing was ever pushed there.
-    pub async fn tags(&self, repository: &Repository) -> Result<Vec<Tag>> {
-        let mut tags: Vec<Tag> = self
-            .storage
+    /// The tags linked in `repository` (not in repositories nested below it), unsorted.
+    async fn tag_links(&self, repository: &Repository) -> Result<Vec<Tag>> {
+        self.storage
             .record_list(&RecordPrefix::hosted_tags(repository))
             .try_filter_map(|key| async move {
                 Ok(match key.hosted_key() {
@@ -255,7 +253,13 @@ impl<S: Storage + ?Sized> Hosted<S> {
                 })
             })
             .try_collect()
-            .await?;
+            .await
+    }
+
+    /// Tags of a hosted repository, sorted;
+    /// [`NotFound`](Error::NotFound) when nothing was ever pushed there.
+    pub async fn tags(&self, repository: &Repository) -> Result<Vec<Tag>> {
+        let mut tags = self.tag_links(repository).await?;
         if tags.is_empty() && !self.exists(repository).await? {
             return Err(Error::not_found(format!("repository {repository}")));
         }
