@@ -1,0 +1,202 @@
+use std::time::Duration;
+
+use oci_cache_core::cache::CacheOutcome;
+use oci_cache_core::digest::Digest;
+use oci_cache_core::observe::UpstreamOperation;
+use oci_cache_core::reference::Registry;
+
+use super::*;
+
+fn request(
+    route: &'static str,
+    cache: Option<CacheOutcome>,
+    status: u16,
+    bytes: u64,
+) -> RequestEvent {
+    RequestEvent {
+        method: "GET".into(),
+        path: "/v2/x".into(),
+        route,
+        upstream: None,
+        cache,
+        status,
+        bytes_sent: bytes,
+        duration: Duration::from_millis(3),
+        completed: true,
+    }
+}
+
+fn attempt(outcome: UpstreamOutcome, bytes: u64, body_ended: bool) -> UpstreamEvent {
+    UpstreamEvent {
+        upstream: Registry::new("docker.io").unwrap(),
+        endpoint: "http://127.0.0.1:5100".into(),
+        operation: UpstreamOperation::BlobGet,
+        outcome,
+        bytes,
+        duration: Duration::from_millis(5),
+        body_ended,
+    }
+}
+
+/// Samples of one family, read back with a Prometheus text parser.
+fn samples(metrics: &Metrics) -> Vec<prometheus_parse::Sample> {
+    let text = metrics.encode();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).unwrap().samples
+}
+
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a single value"),
+        })
+        .collect();
+    assert_eq!(matching.len(), 1, "{name} {labels:?} in {samples:?}");
+    matching[0]
+}
+
+#[test]
+fn events_become_the_documented_families() {
+    let m = Metrics::new();
+    m.request(&request("blob", Some(CacheOutcome::Miss), 200, 1000));
+    m.request(&request("blob", Some(CacheOutcome::Hit), 200, 1000));
+    m.request(&request("blob", Some(CacheOutcome::Coalesced), 200, 400));
+    m.request(&request("manifest", Some(CacheOutcome::Stale), 200, 10));
+    m.request(&request("manifest", None, 404, 0));
+    m.upstream(&attempt(UpstreamOutcome::Ok, 0, false));
+    m.upstream(&attempt(UpstreamOutcome::Ok, 1000, true));
+    m.upstream(&attempt(
+        UpstreamOutcome::Failed(UpstreamErrorKind::TooManyRequests),
+        0,
+        false,
+    ));
+    let digest = Digest::sha256_of(b"x");
+    let upstream = Registry::new("docker.io").unwrap();
+    m.fill(&FillEvent::new(
+        digest.clone(),
+        upstream.clone(),
+        FillPhase::Started,
+    ));
+    m.fill(&FillEvent::new(
+        digest.clone(),
+        upstream.clone(),
+        FillPhase::Started,
+    ));
+    m.fill(&FillEvent::new(
+        digest.clone(),
+        upstream.clone(),
+        FillPhase::Stored { bytes: 1000 },
+    ));
+    m.breaker(&BreakerEvent {
+        endpoint: "http://127.0.0.1:5100".into(),
+        open: true,
+    });
+    m.add_stored(5000, 3);
+
+    let s = samples(&m);
+    let req = "oci_cache_requests_total";
+    assert_eq!(
+        value(
+            &s,
+            req,
+            &[("route", "blob"), ("cache", "miss"), ("code", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            req,
+            &[("route", "blob"), ("cache", "hit"), ("code", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            req,
+            &[("route", "manifest"), ("cache", "none"), ("code", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "oci_cache_served_bytes_total", &[("route", "blob")]),
+        2400.0
+    );
+    assert_eq!(value(&s, "oci_cache_coalesced_total", &[]), 1.0);
+    assert_eq!(value(&s, "oci_cache_stale_served_total", &[]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_upstream_bytes_total",
+            &[("upstream", "docker.io")]
+        ),
+        1000.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_upstream_requests_total",
+            &[("outcome", "ok")]
+        ),
+        1.0,
+        "the body-ended event is not a second attempt"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_upstream_requests_total",
+            &[("outcome", "too_many_requests")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_upstream_throttled_total",
+            &[("upstream", "docker.io")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&s, "oci_cache_fills_in_flight", &[]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_breaker_open",
+            &[("endpoint", "http://127.0.0.1:5100")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 6000.0);
+    assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 4.0);
+    assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 0.0);
+
+    m.eviction(&EvictionEvent {
+        blobs: 2,
+        bytes: 1500,
+        stored_bytes: 4500,
+        protected_bytes: 3000,
+        protected_over_cap: true,
+    });
+    let s = samples(&m);
+    assert_eq!(value(&s, "oci_cache_evictions_total", &[]), 2.0);
+    assert_eq!(value(&s, "oci_cache_evicted_bytes_total", &[]), 1500.0);
+    assert_eq!(value(&s, "oci_cache_storage_bytes", &[]), 4500.0);
+    assert_eq!(value(&s, "oci_cache_storage_objects", &[]), 2.0);
+    assert_eq!(value(&s, "oci_cache_protected_bytes", &[]), 3000.0);
+    assert_eq!(value(&s, "oci_cache_protected_over_cap_total", &[]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_request_duration_seconds_count",
+            &[("route", "blob")]
+        ),
+        3.0
+    );
+}
