@@ -76,6 +76,83 @@ async fn send(
     }
 }
 
+/// `POST {APP}/blobs/uploads/{query}` with no body: a new session, or a
+/// mount when `query` names one.
+async fn post_upload(svc: &OciService, query: &str) -> Answer {
+    send(
+        svc,
+        Method::POST,
+        &format!("{APP}/blobs/uploads/{query}"),
+        &[],
+        "",
+    )
+    .await
+}
+
+/// Opens an upload session in `APP`; returns its `Location`.
+async fn start_upload(svc: &OciService) -> String {
+    let a = post_upload(svc, "").await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    a.header("location").unwrap().to_owned()
+}
+
+/// Sends one chunk of a session with its `Content-Range` (`start-end`).
+async fn patch(svc: &OciService, location: &str, range: &str, chunk: impl Into<Bytes>) -> Answer {
+    send(
+        svc,
+        Method::PATCH,
+        location,
+        &[("content-range", range)],
+        chunk,
+    )
+    .await
+}
+
+/// Closes a session with `PUT ?digest=`, sending `last` as the final chunk.
+async fn finish(
+    svc: &OciService,
+    location: &str,
+    digest: &Digest,
+    last: impl Into<Bytes>,
+) -> Answer {
+    send(
+        svc,
+        Method::PUT,
+        &format!("{location}?digest={digest}"),
+        &[],
+        last,
+    )
+    .await
+}
+
+async fn put_manifest(
+    svc: &OciService,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: impl Into<Bytes>,
+) -> Answer {
+    send(
+        svc,
+        Method::PUT,
+        &format!("{repo}/manifests/{reference}"),
+        &[("content-type", media_type)],
+        body,
+    )
+    .await
+}
+
+async fn delete(svc: &OciService, uri: &str) -> Answer {
+    send(svc, Method::DELETE, uri, &[], "").await
+}
+
+/// The status and the spec's error `code` of an answer, together so a
+/// failure shows both.
+#[track_caller]
+fn assert_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!((a.status.as_u16(), a.error_code().as_str()), (status, code));
+}
+
 /// Pushes a blob monolithically (`POST ?digest=`); returns its digest.
 async fn push_blob(svc: &OciService, repo: &str, bytes: &[u8]) -> Digest {
     let digest = Digest::sha256_of(bytes);
@@ -109,14 +186,7 @@ async fn push_image(svc: &OciService, repo: &str, tag: &str, layer: &[u8]) -> (D
     let config = push_blob(svc, repo, b"{\"architecture\":\"amd64\"}").await;
     let layer_digest = push_blob(svc, repo, layer).await;
     let manifest = image_manifest(&config, 24, &[(&layer_digest, layer.len())]);
-    let a = send(
-        svc,
-        Method::PUT,
-        &format!("{repo}/manifests/{tag}"),
-        &[("content-type", OCI_MANIFEST)],
-        manifest.clone(),
-    )
-    .await;
+    let a = put_manifest(svc, repo, tag, OCI_MANIFEST, manifest.clone()).await;
     assert_eq!(a.status, 201, "{:?}", a.body);
     let digest = Digest::sha256_of(manifest.as_bytes());
     assert_eq!(a.header("docker-content-digest"), Some(digest.as_str()));
@@ -173,15 +243,9 @@ async fn push_then_pull_by_tag_and_digest() {
         // Missing content is a 404 with the spec's code, never an upstream fetch.
         let missing = Digest::sha256_of(b"nope");
         let a = get(svc, &format!("{APP}/manifests/v2")).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (404, "MANIFEST_UNKNOWN")
-        );
+        assert_error(&a, 404, "MANIFEST_UNKNOWN");
         let a = get(svc, &format!("{APP}/blobs/{missing}")).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (404, "BLOB_UNKNOWN")
-        );
+        assert_error(&a, 404, "BLOB_UNKNOWN");
         // Whatever upstream `ns` names (Kind's containerd sends its registry host).
         for ns in ["localhost%3A5001", "docker.io"] {
             let a = get(svc, &format!("{APP}/manifests/v1?ns={ns}")).await;
@@ -201,7 +265,7 @@ async fn post_then_put_and_chunked_patch_with_progress() {
     for r in registries().await {
         let svc = &r.svc;
         // POST then a single PUT with the whole body.
-        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
+        let a = post_upload(svc, "").await;
         assert_eq!(a.status, 202);
         let location = a.header("location").unwrap().to_owned();
         assert!(
@@ -213,14 +277,7 @@ async fn post_then_put_and_chunked_patch_with_progress() {
         assert!(location.ends_with(&uuid));
         let body = b"monolithic via put";
         let digest = Digest::sha256_of(body);
-        let a = send(
-            svc,
-            Method::PUT,
-            &format!("{location}?digest={digest}"),
-            &[],
-            &body[..],
-        )
-        .await;
+        let a = finish(svc, &location, &digest, &body[..]).await;
         assert_eq!(a.status, 201, "{:?}", a.body);
         assert_eq!(
             a.header("location"),
@@ -234,10 +291,10 @@ async fn post_then_put_and_chunked_patch_with_progress() {
         // Chunks with Content-Range, progress after each, then PUT with no body.
         let content: Vec<u8> = (0..100u8).collect();
         let digest = Digest::sha256_of(&content);
-        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
-        let mut location = a.header("location").unwrap().to_owned();
+        let mut location = start_upload(svc).await;
         for (start, end) in [(0usize, 39usize), (40, 79), (80, 99)] {
             let range = format!("{start}-{end}");
+            // The spec's chunk headers in full, where `patch` sends only the range.
             let a = send(
                 svc,
                 Method::PATCH,
@@ -258,35 +315,17 @@ async fn post_then_put_and_chunked_patch_with_progress() {
             assert!(progress.header("docker-upload-uuid").is_some());
         }
         // Out of order: 416 with the current range; nothing changes.
-        let a = send(
-            svc,
-            Method::PATCH,
-            &location,
-            &[("content-range", "150-159")],
-            vec![0u8; 10],
-        )
-        .await;
+        let a = patch(svc, &location, "150-159", vec![0u8; 10]).await;
         assert_eq!(a.status, 416);
         assert_eq!(a.header("range"), Some("0-99"));
-        let a = send(
-            svc,
-            Method::PUT,
-            &format!("{location}?digest={digest}"),
-            &[],
-            "",
-        )
-        .await;
+        let a = finish(svc, &location, &digest, "").await;
         assert_eq!(a.status, 201, "{:?}", a.body);
         assert_eq!(
             get(svc, &format!("{APP}/blobs/{digest}")).await.body,
             content
         );
         // The session is gone once finished.
-        let a = get(svc, &location).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (404, "BLOB_UPLOAD_UNKNOWN")
-        );
+        assert_error(&get(svc, &location).await, 404, "BLOB_UPLOAD_UNKNOWN");
         assert_eq!(r.fake.calls().total(), 0);
     }
 }
@@ -305,53 +344,17 @@ async fn corrupt_uploads_leave_nothing_visible() {
             "other content",
         )
         .await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (400, "DIGEST_INVALID")
-        );
+        assert_error(&a, 400, "DIGEST_INVALID");
         // A session whose chunks miss a part (a gap the client ignored).
-        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
-        let location = a.header("location").unwrap().to_owned();
-        send(
-            svc,
-            Method::PATCH,
-            &location,
-            &[("content-range", "0-7")],
-            "the real",
-        )
-        .await;
-        let gap = send(
-            svc,
-            Method::PATCH,
-            &location,
-            &[("content-range", "9-15")],
-            "content",
-        )
-        .await;
+        let location = start_upload(svc).await;
+        patch(svc, &location, "0-7", "the real").await;
+        let gap = patch(svc, &location, "9-15", "content").await;
         assert_eq!(gap.status, 416);
-        let a = send(
-            svc,
-            Method::PUT,
-            &format!("{location}?digest={claimed}"),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (400, "DIGEST_INVALID")
-        );
+        let a = finish(svc, &location, &claimed, "").await;
+        assert_error(&a, 400, "DIGEST_INVALID");
         // A short final body.
-        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
-        let location = a.header("location").unwrap().to_owned();
-        let a = send(
-            svc,
-            Method::PUT,
-            &format!("{location}?digest={claimed}"),
-            &[],
-            "the real conten",
-        )
-        .await;
+        let location = start_upload(svc).await;
+        let a = finish(svc, &location, &claimed, "the real conten").await;
         assert_eq!(a.status, 400);
         // Nothing is visible, and no upload piece was left behind.
         let a = call(svc, Method::HEAD, &format!("{APP}/blobs/{claimed}"), &[]).await;
@@ -367,16 +370,11 @@ async fn corrupt_uploads_leave_nothing_visible() {
 async fn cancelled_uploads_are_unknown_afterwards() {
     for r in registries().await {
         let svc = &r.svc;
-        let a = send(svc, Method::POST, &format!("{APP}/blobs/uploads/"), &[], "").await;
-        let location = a.header("location").unwrap().to_owned();
+        let location = start_upload(svc).await;
+        // A stream-style chunk: no Content-Range.
         send(svc, Method::PATCH, &location, &[], "some bytes").await;
-        let a = send(svc, Method::DELETE, &location, &[], "").await;
-        assert_eq!(a.status, 204);
-        let a = get(svc, &location).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (404, "BLOB_UPLOAD_UNKNOWN")
-        );
+        assert_eq!(delete(svc, &location).await.status, 204);
+        assert_error(&get(svc, &location).await, 404, "BLOB_UPLOAD_UNKNOWN");
         let a = get(svc, &format!("{APP}/blobs/uploads/not-an-id")).await;
         assert_eq!(a.error_code(), "BLOB_UPLOAD_UNKNOWN");
     }
@@ -391,23 +389,8 @@ async fn upload_sessions_survive_a_restart() {
     let location = {
         let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).await.unwrap());
         let svc = build(storage, Arc::clone(&fake));
-        let a = send(
-            &svc,
-            Method::POST,
-            &format!("{APP}/blobs/uploads/"),
-            &[],
-            "",
-        )
-        .await;
-        let location = a.header("location").unwrap().to_owned();
-        let a = send(
-            &svc,
-            Method::PATCH,
-            &location,
-            &[("content-range", "0-10")],
-            &content[..11],
-        )
-        .await;
+        let location = start_upload(&svc).await;
+        let a = patch(&svc, &location, "0-10", &content[..11]).await;
         assert_eq!(a.status, 202);
         location
     };
@@ -418,23 +401,9 @@ async fn upload_sessions_survive_a_restart() {
         (progress.status.as_u16(), progress.header("range")),
         (204, Some("0-10"))
     );
-    let a = send(
-        &svc,
-        Method::PATCH,
-        &location,
-        &[("content-range", "11-21")],
-        &content[11..],
-    )
-    .await;
+    let a = patch(&svc, &location, "11-21", &content[11..]).await;
     assert_eq!(a.status, 202);
-    let a = send(
-        &svc,
-        Method::PUT,
-        &format!("{location}?digest={digest}"),
-        &[],
-        "",
-    )
-    .await;
+    let a = finish(&svc, &location, &digest, "").await;
     assert_eq!(a.status, 201, "{:?}", a.body);
     assert_eq!(
         get(&svc, &format!("{APP}/blobs/{digest}")).await.body,
@@ -447,14 +416,7 @@ async fn mounts_from_other_repositories_and_from_the_cache() {
     for r in registries().await {
         let svc = &r.svc;
         let pushed = push_blob(svc, "/v2/local/base", b"base layer").await;
-        let a = send(
-            svc,
-            Method::POST,
-            &format!("{APP}/blobs/uploads/?mount={pushed}&from=local/base"),
-            &[],
-            "",
-        )
-        .await;
+        let a = post_upload(svc, &format!("?mount={pushed}&from=local/base")).await;
         assert_eq!(a.status, 201);
         assert_eq!(
             a.header("location"),
@@ -476,14 +438,7 @@ async fn mounts_from_other_repositories_and_from_the_cache() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let before = r.fake.calls().total();
-        let a = send(
-            svc,
-            Method::POST,
-            &format!("{APP}/blobs/uploads/?mount={cached}&from=library/alpine"),
-            &[],
-            "",
-        )
-        .await;
+        let a = post_upload(svc, &format!("?mount={cached}&from=library/alpine")).await;
         assert_eq!(a.status, 201);
         assert_eq!(
             r.fake.calls().total(),
@@ -492,14 +447,7 @@ async fn mounts_from_other_repositories_and_from_the_cache() {
         );
         // An unknown blob: the spec's fallback is a new upload session.
         let unknown = Digest::sha256_of(b"unknown");
-        let a = send(
-            svc,
-            Method::POST,
-            &format!("{APP}/blobs/uploads/?mount={unknown}&from=local/base"),
-            &[],
-            "",
-        )
-        .await;
+        let a = post_upload(svc, &format!("?mount={unknown}&from=local/base")).await;
         assert_eq!(a.status, 202);
         assert!(a.header("docker-upload-uuid").is_some());
     }
@@ -511,48 +459,26 @@ async fn manifest_put_checks_references_digest_size_and_answers_the_subject() {
         let svc = &r.svc;
         let config = Digest::sha256_of(b"{}");
         let manifest = image_manifest(&config, 2, &[]);
-        let put = |reference: String, body: String| async move {
-            send(
-                svc,
-                Method::PUT,
-                &format!("{APP}/manifests/{reference}"),
-                &[("content-type", OCI_MANIFEST)],
-                body,
-            )
-            .await
-        };
-        let a = put("v1".into(), manifest.clone()).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (400, "MANIFEST_BLOB_UNKNOWN")
-        );
+        let a = put_manifest(svc, APP, "v1", OCI_MANIFEST, manifest.clone()).await;
+        assert_error(&a, 400, "MANIFEST_BLOB_UNKNOWN");
         push_blob(svc, APP, b"{}").await;
         let wrong = Digest::sha256_of(b"not the manifest");
-        let a = put(wrong.to_string(), manifest.clone()).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (400, "DIGEST_INVALID")
-        );
-        let a = put("v1".into(), "not json".into()).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (400, "MANIFEST_INVALID")
-        );
+        let a = put_manifest(svc, APP, wrong.as_str(), OCI_MANIFEST, manifest.clone()).await;
+        assert_error(&a, 400, "DIGEST_INVALID");
+        let a = put_manifest(svc, APP, "v1", OCI_MANIFEST, "not json").await;
+        assert_error(&a, 400, "MANIFEST_INVALID");
         let huge = format!("{}{}", manifest, " ".repeat(5 * 1024 * 1024));
-        let a = put("v1".into(), huge).await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (413, "SIZE_INVALID")
-        );
+        let a = put_manifest(svc, APP, "v1", OCI_MANIFEST, huge).await;
+        assert_error(&a, 413, "SIZE_INVALID");
         let by_digest = Digest::sha256_of(manifest.as_bytes());
-        let a = put(by_digest.to_string(), manifest.clone()).await;
+        let a = put_manifest(svc, APP, by_digest.as_str(), OCI_MANIFEST, manifest.clone()).await;
         assert_eq!(a.status, 201);
         // OCI 1.1: a subject that does not exist is accepted and echoed.
         let subject = Digest::sha256_of(b"some image elsewhere");
         let referrer = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/example","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":10}}}}"#
         );
-        let a = put("sig".into(), referrer).await;
+        let a = put_manifest(svc, APP, "sig", OCI_MANIFEST, referrer).await;
         assert_eq!(a.status, 201, "{:?}", a.body);
         assert_eq!(a.header("oci-subject"), Some(subject.as_str()));
         // An index needs its manifests in the repository.
@@ -560,26 +486,9 @@ async fn manifest_put_checks_references_digest_size_and_answers_the_subject() {
             r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{by_digest}","size":{}}}]}}"#,
             manifest.len()
         );
-        let a = send(
-            svc,
-            Method::PUT,
-            "/v2/local/empty/manifests/multi",
-            &[("content-type", OCI_INDEX)],
-            index.clone(),
-        )
-        .await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (400, "MANIFEST_BLOB_UNKNOWN")
-        );
-        let a = send(
-            svc,
-            Method::PUT,
-            &format!("{APP}/manifests/multi"),
-            &[("content-type", OCI_INDEX)],
-            index,
-        )
-        .await;
+        let a = put_manifest(svc, "/v2/local/empty", "multi", OCI_INDEX, index.clone()).await;
+        assert_error(&a, 400, "MANIFEST_BLOB_UNKNOWN");
+        let a = put_manifest(svc, APP, "multi", OCI_INDEX, index).await;
         assert_eq!(a.status, 201);
         assert_eq!(r.fake.calls().total(), 0);
     }
@@ -592,14 +501,7 @@ async fn content_management_tags_catalog_and_deletes() {
         let (digest, _) = push_image(svc, APP, "v1", b"layer").await;
         for tag in ["v2", "v3"] {
             let m = get(svc, &format!("{APP}/manifests/v1")).await;
-            let a = send(
-                svc,
-                Method::PUT,
-                &format!("{APP}/manifests/{tag}"),
-                &[("content-type", OCI_MANIFEST)],
-                m.body,
-            )
-            .await;
+            let a = put_manifest(svc, APP, tag, OCI_MANIFEST, m.body).await;
             assert_eq!(a.status, 201);
         }
         let a = get(svc, &format!("{APP}/tags/list")).await;
@@ -615,29 +517,19 @@ async fn content_management_tags_catalog_and_deletes() {
             a.header("link")
         );
         let a = get(svc, "/v2/local/nothing/tags/list").await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (404, "NAME_UNKNOWN")
-        );
+        assert_error(&a, 404, "NAME_UNKNOWN");
         let catalog = get(svc, "/v2/_catalog").await.json();
         assert_eq!(catalog["repositories"], serde_json::json!(["local/app"]));
 
         // Deleting a tag leaves the manifest; deleting the manifest removes its tags.
-        let a = send(svc, Method::DELETE, &format!("{APP}/manifests/v3"), &[], "").await;
+        let a = delete(svc, &format!("{APP}/manifests/v3")).await;
         assert_eq!(a.status, 202);
         assert_eq!(get(svc, &format!("{APP}/manifests/v3")).await.status, 404);
         assert_eq!(
             get(svc, &format!("{APP}/manifests/{digest}")).await.status,
             200
         );
-        let a = send(
-            svc,
-            Method::DELETE,
-            &format!("{APP}/manifests/{digest}"),
-            &[],
-            "",
-        )
-        .await;
+        let a = delete(svc, &format!("{APP}/manifests/{digest}")).await;
         assert_eq!(a.status, 202);
         for reference in ["v1", "v2", digest.as_str()] {
             assert_eq!(
@@ -648,32 +540,12 @@ async fn content_management_tags_catalog_and_deletes() {
                 "{reference}"
             );
         }
-        let a = send(
-            svc,
-            Method::DELETE,
-            &format!("{APP}/manifests/{digest}"),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (404, "MANIFEST_UNKNOWN")
-        );
+        let a = delete(svc, &format!("{APP}/manifests/{digest}")).await;
+        assert_error(&a, 404, "MANIFEST_UNKNOWN");
         // Blobs are shared content: not deleted through one repository.
         let layer = Digest::sha256_of(b"layer");
-        let a = send(
-            svc,
-            Method::DELETE,
-            &format!("{APP}/blobs/{layer}"),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(
-            (a.status.as_u16(), a.error_code().as_str()),
-            (405, "UNSUPPORTED")
-        );
+        let a = delete(svc, &format!("{APP}/blobs/{layer}")).await;
+        assert_error(&a, 405, "UNSUPPORTED");
         assert_eq!(r.fake.calls().total(), 0);
     }
 }

@@ -12,6 +12,10 @@ use crate::support::podman::Podman;
 use crate::support::registry::Origin;
 use crate::support::{skopeo, tools_available};
 
+/// The `image inspect --format` of podman and docker that prints the image
+/// id (its config's digest): a push and pull back must keep it.
+const IMAGE_ID: &str = "{{.Id}}";
+
 /// A mirror with `local` hosted and `a.test` (the origin) as the default upstream,
 /// storing in `storage` (a directory that outlives the process, for restarts).
 fn hosted_mirror(origin: &Origin, storage: &Path) -> Mirror {
@@ -30,6 +34,32 @@ fn hosted_mirror(origin: &Origin, storage: &Path) -> Mirror {
         ],
         &[],
     )
+}
+
+/// A small image pushed to a new origin as `repo_tag`, and a hosted mirror
+/// over that origin: the start of each test that pushes what the cache can
+/// already serve. Fields drop in order, so the mirror stops before its origin.
+struct CachedImage {
+    mirror: Mirror,
+    origin: Origin,
+    image: Layout,
+    work: tempfile::TempDir,
+}
+
+impl CachedImage {
+    fn start(seed: u64, repo_tag: &str) -> CachedImage {
+        let work = tempfile::tempdir().unwrap();
+        let image = small_image(&work.path().join("image"), seed);
+        let origin = Origin::start();
+        skopeo::push(&image, &origin.host(), repo_tag);
+        let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+        CachedImage {
+            mirror,
+            origin,
+            image,
+            work,
+        }
+    }
 }
 
 /// Requests the origin served for repository paths (its own readiness
@@ -52,6 +82,39 @@ fn upload_requests(mirror: &Mirror) -> usize {
         .filter(|l| l.contains("path=/v2/local/") && l.contains("/blobs/uploads/"))
         .filter(|l| l.contains("method=PATCH") || l.contains("method=PUT"))
         .count()
+}
+
+/// Opens an upload session in `repo` on mirror `m`; returns its `Location`.
+fn start_upload(m: &str, repo: &str) -> String {
+    let started = http::request(m, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[]).unwrap();
+    assert_eq!(started.status, 202, "{}", text(&started));
+    started.header("location").unwrap().to_owned()
+}
+
+/// Sends `chunk` as the session's bytes from offset `start` on, with the
+/// `Content-Range` that says so.
+fn patch(m: &str, location: &str, start: usize, chunk: &[u8]) -> http::Response {
+    let range = format!("{start}-{}", start + chunk.len() - 1);
+    http::request_with_body(m, "PATCH", location, &[("Content-Range", &range)], chunk).unwrap()
+}
+
+/// Closes the session at `location` with `PUT ?digest=` and no body.
+fn finish(m: &str, location: &str, digest: &str) -> http::Response {
+    http::request(m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap()
+}
+
+/// Finishes the session at `location` as `digest` and reads the blob back
+/// from `repo`: what a client pulling it afterwards gets.
+fn finish_and_read_back(m: &str, location: &str, digest: &str, repo: &str) -> Vec<u8> {
+    let done = finish(m, location, digest);
+    assert_eq!(done.status, 201, "{}", text(&done));
+    let blob = http::request(m, "GET", &format!("/v2/{repo}/blobs/{digest}"), &[]).unwrap();
+    assert_eq!(blob.status, 200, "{}", text(&blob));
+    blob.body
+}
+
+fn text(response: &http::Response) -> String {
+    String::from_utf8_lossy(&response.body).into_owned()
 }
 
 fn push_layout(layout: &Layout, host: &str, repo_tag: &str) -> Result<(), String> {
@@ -134,27 +197,32 @@ fn pushing_an_image_whose_layers_are_cached_uploads_none_of_them() {
     if !tools_available("pushing_an_image_whose_layers_are_cached_uploads_none_of_them") {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let base = small_image(&work.path().join("base"), 1503);
-    let origin = Origin::start();
-    skopeo::push(&base, &origin.host(), "library/base:v1");
-    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
-    let m = mirror.host();
+    let setup = CachedImage::start(1503, "library/base:v1");
+    let base = &setup.image;
+    let m = setup.mirror.host();
     // Pull through the cache: every blob of the image is now stored.
-    let got = skopeo::copy(&format!("{m}/library/base:v1"), &work.path().join("pulled")).unwrap();
+    let got = skopeo::copy(
+        &format!("{m}/library/base:v1"),
+        &setup.work.path().join("pulled"),
+    )
+    .unwrap();
     assert_eq!(got.digest, base.digest);
-    let origin_before = origin_requests(&origin);
+    let origin_before = origin_requests(&setup.origin);
 
-    skopeo::push(&base, &m, "local/derived:1");
+    skopeo::push(base, &m, "local/derived:1");
     assert_eq!(
-        upload_requests(&mirror),
+        upload_requests(&setup.mirror),
         0,
         "cached layers were uploaded again"
     );
-    let got = skopeo::copy(&format!("{m}/local/derived:1"), &work.path().join("back")).unwrap();
+    let got = skopeo::copy(
+        &format!("{m}/local/derived:1"),
+        &setup.work.path().join("back"),
+    )
+    .unwrap();
     assert_eq!(got.digest, base.digest);
     assert_eq!(
-        origin_requests(&origin),
+        origin_requests(&setup.origin),
         origin_before,
         "the push reached the origin"
     );
@@ -190,15 +258,10 @@ fn a_chunked_upload_interrupted_by_a_restart_resumes() {
 
     let mirror = hosted_mirror(&origin, &storage);
     let m = mirror.host();
-    let started = http::request(&m, "POST", "/v2/local/big/blobs/uploads/", &[]).unwrap();
-    assert_eq!(started.status, 202);
-    let mut location = started.header("location").unwrap().to_owned();
+    let mut location = start_upload(&m, "local/big");
     for (chunk, start) in [(first, 0usize), (second, first.len())] {
-        let range = format!("{start}-{}", start + chunk.len() - 1);
-        let a =
-            http::request_with_body(&m, "PATCH", &location, &[("Content-Range", &range)], chunk)
-                .unwrap();
-        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+        let a = patch(&m, &location, start, chunk);
+        assert_eq!(a.status, 202, "{}", text(&a));
         location = a.header("location").unwrap().to_owned();
     }
     drop(mirror);
@@ -213,27 +276,12 @@ fn a_chunked_upload_interrupted_by_a_restart_resumes() {
         Some(format!("0-{}", end - 1).as_str())
     );
     // A chunk that skips bytes is refused and changes nothing.
-    let gap = http::request_with_body(
-        &m,
-        "PATCH",
-        &location,
-        &[("Content-Range", "250000-250009")],
-        &third[..10],
-    )
-    .unwrap();
+    let gap = patch(&m, &location, 250_000, &third[..10]);
     assert_eq!(gap.status, 416);
-    let range = format!("{end}-{}", content.len() - 1);
-    let a = http::request_with_body(&m, "PATCH", &location, &[("Content-Range", &range)], third)
-        .unwrap();
+    let a = patch(&m, &location, end, third);
     assert_eq!(a.status, 202);
-    let done = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
-    assert_eq!(done.status, 201, "{}", String::from_utf8_lossy(&done.body));
-    let blob = http::request(&m, "GET", &format!("/v2/local/big/blobs/{digest}"), &[]).unwrap();
-    assert_eq!(blob.status, 200);
-    assert!(
-        blob.body == content,
-        "the blob differs from what was uploaded"
-    );
+    let blob = finish_and_read_back(&m, &location, &digest, "local/big");
+    assert!(blob == content, "the blob differs from what was uploaded");
     assert_eq!(origin_requests(&origin), Vec::<String>::new());
 }
 
@@ -259,40 +307,15 @@ fn corrupt_uploads_leave_nothing_visible() {
     .unwrap();
     assert_eq!(a.status, 400);
     // A short body, then a finish.
-    let s = http::request(&m, "POST", "/v2/local/x/blobs/uploads/", &[]).unwrap();
-    let location = s.header("location").unwrap().to_owned();
-    http::request_with_body(
-        &m,
-        "PATCH",
-        &location,
-        &[("Content-Range", "0-9")],
-        &content[..10],
-    )
-    .unwrap();
-    let a = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
-    assert_eq!(a.status, 400);
+    let location = start_upload(&m, "local/x");
+    patch(&m, &location, 0, &content[..10]);
+    assert_eq!(finish(&m, &location, &digest).status, 400);
     // A gap between chunks.
-    let s = http::request(&m, "POST", "/v2/local/x/blobs/uploads/", &[]).unwrap();
-    let location = s.header("location").unwrap().to_owned();
-    http::request_with_body(
-        &m,
-        "PATCH",
-        &location,
-        &[("Content-Range", "0-9")],
-        &content[..10],
-    )
-    .unwrap();
-    let gap = http::request_with_body(
-        &m,
-        "PATCH",
-        &location,
-        &[("Content-Range", "12-24")],
-        &content[12..],
-    )
-    .unwrap();
+    let location = start_upload(&m, "local/x");
+    patch(&m, &location, 0, &content[..10]);
+    let gap = patch(&m, &location, 12, &content[12..]);
     assert_eq!(gap.status, 416);
-    let a = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
-    assert_eq!(a.status, 400);
+    assert_eq!(finish(&m, &location, &digest).status, 400);
     for repo in ["local/x", "local/y", "library/alpine"] {
         let head = http::request(&m, "HEAD", &format!("/v2/{repo}/blobs/{digest}"), &[]).unwrap();
         assert_eq!(head.status, 404, "{repo}");
@@ -353,62 +376,24 @@ fn podman_pushes_to_local_and_pulls_back() {
     let Some(podman) = Podman::new(test) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let app = small_image(&work.path().join("app"), 1505);
-    let origin = Origin::start();
-    skopeo::push(&app, &origin.host(), "e2e/app:v1");
-    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
-    let m = mirror.host();
-    let conf = work.path().join("registries.conf");
+    let setup = CachedImage::start(1505, "e2e/app:v1");
+    let m = setup.mirror.host();
+    let conf = setup.work.path().join("registries.conf");
     std::fs::write(
         &conf,
         format!("[[registry]]\nlocation = \"{m}\"\ninsecure = true\n"),
     )
     .unwrap();
-    podman
-        .run(&conf, &["pull", &format!("{m}/e2e/app:v1")])
-        .unwrap();
-    let id = podman
-        .run(
-            &conf,
-            &[
-                "image",
-                "inspect",
-                "--format",
-                "{{.Id}}",
-                &format!("{m}/e2e/app:v1"),
-            ],
-        )
-        .unwrap();
-    podman
-        .run(
-            &conf,
-            &[
-                "tag",
-                &format!("{m}/e2e/app:v1"),
-                &format!("{m}/local/podman:1"),
-            ],
-        )
-        .unwrap();
-    podman
-        .run(&conf, &["push", &format!("{m}/local/podman:1")])
-        .unwrap();
-    podman.run(&conf, &["rmi", "--all", "--force"]).unwrap();
-    podman
-        .run(&conf, &["pull", &format!("{m}/local/podman:1")])
-        .unwrap();
-    let back = podman
-        .run(
-            &conf,
-            &[
-                "image",
-                "inspect",
-                "--format",
-                "{{.Id}}",
-                &format!("{m}/local/podman:1"),
-            ],
-        )
-        .unwrap();
+    let cached = format!("{m}/e2e/app:v1");
+    let pushed = format!("{m}/local/podman:1");
+    let run = |args: &[&str]| podman.run(&conf, args).unwrap();
+    run(&["pull", &cached]);
+    let id = run(&["image", "inspect", "--format", IMAGE_ID, &cached]);
+    run(&["tag", &cached, &pushed]);
+    run(&["push", &pushed]);
+    run(&["rmi", "--all", "--force"]);
+    run(&["pull", &pushed]);
+    let back = run(&["image", "inspect", "--format", IMAGE_ID, &pushed]);
     assert_eq!(
         back.trim(),
         id.trim(),
@@ -427,13 +412,9 @@ fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
     if !tools_available(test) {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let app = small_image(&work.path().join("app"), 1506);
-    let origin = Origin::start();
-    skopeo::push(&app, &origin.host(), "e2e/app:v1");
-    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
-    let m = mirror.host();
-    let daemon_json = work.path().join("daemon.json");
+    let setup = CachedImage::start(1506, "e2e/app:v1");
+    let m = setup.mirror.host();
+    let daemon_json = setup.work.path().join("daemon.json");
     std::fs::write(
         &daemon_json,
         format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
@@ -446,14 +427,14 @@ fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
     let pushed = format!("{m}/local/docker:1");
     dockerd.docker(&["pull", &cached]).unwrap();
     let id = dockerd
-        .docker(&["image", "inspect", "--format", "{{.Id}}", &cached])
+        .docker(&["image", "inspect", "--format", IMAGE_ID, &cached])
         .unwrap();
     dockerd.docker(&["tag", &cached, &pushed]).unwrap();
     dockerd.docker(&["push", &pushed]).unwrap();
     // Every blob came from the cache: mounted or found, never uploaded.
-    let log = mirror.log();
+    let log = setup.mirror.log();
     assert_eq!(
-        upload_requests(&mirror),
+        upload_requests(&setup.mirror),
         0,
         "cached blobs were uploaded again"
     );
@@ -466,10 +447,10 @@ fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
         .unwrap();
     dockerd.docker(&["pull", &pushed]).unwrap();
     let back = dockerd
-        .docker(&["image", "inspect", "--format", "{{.Id}}", &pushed])
+        .docker(&["image", "inspect", "--format", IMAGE_ID, &pushed])
         .unwrap();
     assert_eq!(back.trim(), id.trim());
-    let writes: Vec<String> = origin_requests(&origin)
+    let writes: Vec<String> = origin_requests(&setup.origin)
         .into_iter()
         .filter(|r| r.contains("/local/"))
         .collect();
@@ -516,38 +497,22 @@ fn hosted_repositories_work_on_s3_storage_across_a_restart() {
     let content: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let digest = sha256_digest(&content);
     let split = 6 * 1024 * 1024;
-    let s = http::request(&m, "POST", "/v2/local/big/blobs/uploads/", &[]).unwrap();
-    let location = s.header("location").unwrap().to_owned();
-    let range = format!("0-{}", split - 1);
-    let a = http::request_with_body(
-        &m,
-        "PATCH",
-        &location,
-        &[("Content-Range", &range)],
-        &content[..split],
-    )
-    .unwrap();
+    let location = start_upload(&m, "local/big");
+    let a = patch(&m, &location, 0, &content[..split]);
     assert_eq!(a.status, 202);
     drop(mirror);
 
     let mirror = start();
     let m = mirror.host();
     let progress = http::request(&m, "GET", &location, &[]).unwrap();
-    assert_eq!(progress.header("range"), Some(range.as_str()));
-    let rest = format!("{split}-{}", content.len() - 1);
-    let a = http::request_with_body(
-        &m,
-        "PATCH",
-        &location,
-        &[("Content-Range", &rest)],
-        &content[split..],
-    )
-    .unwrap();
+    assert_eq!(
+        progress.header("range"),
+        Some(format!("0-{}", split - 1).as_str())
+    );
+    let a = patch(&m, &location, split, &content[split..]);
     assert_eq!(a.status, 202);
-    let done = http::request(&m, "PUT", &format!("{location}?digest={digest}"), &[]).unwrap();
-    assert_eq!(done.status, 201, "{}", String::from_utf8_lossy(&done.body));
-    let blob = http::request(&m, "GET", &format!("/v2/local/big/blobs/{digest}"), &[]).unwrap();
-    assert!(blob.body == content, "the blob read back from S3 differs");
+    let blob = finish_and_read_back(&m, &location, &digest, "local/big");
+    assert!(blob == content, "the blob read back from S3 differs");
     let got = skopeo::copy(&format!("{m}/local/multi:1"), &work.path().join("back")).unwrap();
     assert_eq!(got.digest, multi.digest);
     assert_eq!(origin_requests(&origin), Vec::<String>::new());
