@@ -175,8 +175,8 @@ async fn run(blobs: usize) {
     println!(
         "  _catalog ({repos} repositories): first request (one listing) {}, then the whole list {}, a page of 100 {}",
         ms(first),
-        ms(whole),
-        ms(page)
+        us(whole),
+        us(page)
     );
 
     // Manifest hits by tag: cold (records from disk), then warm (hot cache).
