@@ -111,8 +111,10 @@ fn us(d: Duration) -> String {
 
 async fn run(blobs: usize) {
     let repos = blobs / BLOBS_PER_IMAGE;
-    let dir =
-        tempfile::tempdir_in(std::env::var_os("SCALE_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    // On the build's disk (target/tmp), not a /tmp that may be RAM;
+    // SCALE_DIR picks another filesystem to measure.
+    let root = std::env::var_os("SCALE_DIR").unwrap_or_else(|| env!("CARGO_TARGET_TMPDIR").into());
+    let dir = tempfile::tempdir_in(root).unwrap();
     let fast = FsOptions::default().with_durable(false);
     let started = Instant::now();
     let (_, bytes) = populate(
