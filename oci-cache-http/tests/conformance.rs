@@ -576,29 +576,11 @@ async fn writes_outside_local_prefixes_are_refused_without_upstream_requests() {
 
 #[tokio::test]
 async fn pushes_need_credentials_when_client_auth_is_on_and_pulls_do_not() {
-    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig};
-
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("dev:{}\n", bcrypt::hash("pw", 4).unwrap()),
-    )
-    .unwrap();
     let config = mirrors("http://127.0.0.1:9");
     let fake = Arc::new(FakeUpstream::new());
     let inner = build(Arc::new(MemoryStorage::new()), Arc::clone(&fake));
-    let auth = ClientAuth::new(
-        &ClientAuthConfig {
-            htpasswd,
-            realm: "test-realm".into(),
-            access: Default::default(),
-            private_digests: None,
-        },
-        &config,
-    )
-    .unwrap();
-    let svc = AuthService::new(inner, Arc::new(auth));
+    let svc = behind_auth(inner, &config, dir.path(), "dev");
     let send = |method: Method, uri: String, user: Option<&'static str>, body: &'static [u8]| {
         let svc = svc.clone();
         async move {

@@ -321,7 +321,7 @@ mod client_auth {
     use bytes::Bytes;
     use http::{Method, Request, StatusCode};
     use http_body_util::{BodyExt, Empty};
-    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig, PeerAddr};
+    use oci_cache_http::client_auth::{AuthService, PeerAddr};
 
     use super::*;
 
@@ -334,28 +334,12 @@ mod client_auth {
     /// client `node:pw` in the htpasswd file.
     fn guarded() -> (Guarded, Arc<FakeUpstream>) {
         let dir = tempfile::tempdir().unwrap();
-        let htpasswd = dir.path().join("htpasswd");
-        std::fs::write(
-            &htpasswd,
-            format!("node:{}\n", bcrypt::hash("pw", 4).unwrap()),
-        )
-        .unwrap();
         let mut config = mirrors("http://127.0.0.1:9");
         config.upstreams[1].origin.credentials = credentials();
         let fake = Arc::new(FakeUpstream::default());
         let inner = service_with(fake.clone(), config.clone())
             .with_metrics(Arc::new(oci_cache_http::metrics::Metrics::new()));
-        let auth = ClientAuth::new(
-            &ClientAuthConfig {
-                htpasswd,
-                realm: "test-realm".into(),
-                access: Default::default(),
-                private_digests: None,
-            },
-            &config,
-        )
-        .unwrap();
-        let svc = AuthService::new(inner, Arc::new(auth));
+        let svc = behind_auth(inner, &config, dir.path(), "node");
         (Guarded { svc, _dir: dir }, fake)
     }
 

@@ -117,27 +117,6 @@ fn text(response: &http::Response) -> String {
     String::from_utf8_lossy(&response.body).into_owned()
 }
 
-fn push_layout(layout: &Layout, host: &str, repo_tag: &str) -> Result<(), String> {
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-        ])
-        .arg("--dest-tls-verify=false")
-        .arg(format!("oci:{}:{}", layout.dir.display(), layout.tag))
-        .arg(format!("docker://{host}/{repo_tag}"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 #[test]
 fn skopeo_copies_images_and_indexes_into_local_and_back_with_identical_digests() {
     if !tools_available("skopeo_copies_images_and_indexes_into_local_and_back") {
@@ -349,7 +328,7 @@ fn a_push_to_a_cached_repository_is_refused_without_an_origin_request() {
         assert!(String::from_utf8_lossy(&a.body).contains("UNSUPPORTED"));
     }
     assert_eq!(origin_requests(&origin), Vec::<String>::new());
-    let refused = push_layout(&app, &m, "library/alpine:x").unwrap_err();
+    let refused = skopeo::try_push(&app, &m, "library/alpine:x").unwrap_err();
     assert!(
         refused.to_lowercase().contains("unsupported") || refused.contains("405"),
         "{refused}"

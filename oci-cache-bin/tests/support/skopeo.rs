@@ -45,14 +45,23 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 /// Push `layout` to `registry_host` (`127.0.0.1:PORT`) as `repo_tag` (`repo:tag`),
 /// all platforms of an index included.
 pub(crate) fn push(layout: &Layout, registry_host: &str, repo_tag: &str) -> Duration {
+    try_push(layout, registry_host, repo_tag).unwrap()
+}
+
+/// [`push`] that may fail (a refused push): skopeo's stderr on failure.
+pub(crate) fn try_push(
+    layout: &Layout,
+    registry_host: &str,
+    repo_tag: &str,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let mut cmd = skopeo();
     cmd.args(["copy", "--quiet", "--all", "--preserve-digests"])
         .arg("--dest-tls-verify=false")
         .arg(format!("oci:{}:{}", layout.dir.display(), layout.tag))
         .arg(format!("docker://{registry_host}/{repo_tag}"));
-    run(cmd, &format!("push {repo_tag}")).unwrap();
-    start.elapsed()
+    run(cmd, &format!("push {repo_tag}"))?;
+    Ok(start.elapsed())
 }
 
 /// `skopeo copy --all docker://<src_ref> oci:<dest_dir>:copy` over plain HTTP,

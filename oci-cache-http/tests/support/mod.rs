@@ -429,3 +429,32 @@ impl Drop for ConnectProxy {
         self.task.abort();
     }
 }
+
+/// `inner` behind client authentication: one user `user` with password `pw`
+/// in an htpasswd file written under `dir`, every upstream at its default
+/// access.
+pub fn behind_auth(
+    inner: OciService,
+    config: &MirrorConfig,
+    dir: &std::path::Path,
+    user: &str,
+) -> oci_cache_http::client_auth::AuthService {
+    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig};
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("{user}:{}\n", bcrypt::hash("pw", 4).unwrap()),
+    )
+    .unwrap();
+    let auth = ClientAuth::new(
+        &ClientAuthConfig {
+            htpasswd,
+            realm: "test-realm".into(),
+            access: Default::default(),
+            private_digests: None,
+        },
+        config,
+    )
+    .unwrap();
+    AuthService::new(inner, Arc::new(auth))
+}
