@@ -8,7 +8,10 @@
 //! mirror's client credentials where its client can send them to a mirror,
 //! and says so (in the file and on stderr) where it cannot.
 
+mod local_registry;
 mod render;
+
+pub(crate) use local_registry::LocalRegistry;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +51,13 @@ pub(crate) struct ClientConfigArgs {
     /// `machine-patch`; buildkit `buildkitd` (default) or `earthly`.
     #[arg(long, value_enum)]
     pub(crate) form: Option<Form>,
+
+    /// The registry name developers push to, `HOST:PORT[/PREFIX]` such as
+    /// `localhost:5001/local` (kind, containerd): its `hosts.toml` sends
+    /// pulls of that name to the mirror, and kind also gets the KEP-1755
+    /// `local-registry-hosting` ConfigMap that tells Tilt where to push.
+    #[arg(long, value_name = "HOST:PORT[/PREFIX]")]
+    pub(crate) local_registry: Option<String>,
 
     /// CA certificate clients use to trust an https mirror (its path on the
     /// client; Talos gets the PEM inlined, so the file is read here).
@@ -196,6 +206,8 @@ pub(crate) struct Request<'a> {
     pub(crate) output: Option<PathBuf>,
     /// The credentials clients send to the mirror (`--username`).
     pub(crate) auth: Option<Credentials>,
+    /// The registry name developers push to (`--local-registry`).
+    pub(crate) local_registry: Option<LocalRegistry>,
 }
 
 pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
@@ -242,6 +254,10 @@ fn generate(args: &ClientConfigArgs) -> Result<Vec<GeneratedFile>, String> {
         None => None,
     };
     let auth = credentials(args)?;
+    let local_registry = match &args.local_registry {
+        Some(text) => Some(LocalRegistry::parse(text)?),
+        None => None,
+    };
     let request = Request {
         mirror,
         upstreams,
@@ -252,6 +268,7 @@ fn generate(args: &ClientConfigArgs) -> Result<Vec<GeneratedFile>, String> {
         ca_file: args.ca_file.clone(),
         output,
         auth,
+        local_registry,
     };
     render::render(args.kind, &request)
 }

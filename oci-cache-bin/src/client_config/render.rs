@@ -18,6 +18,8 @@ use super::{ClientKind, Form, GeneratedFile, MirrorUrl, Request};
 const DIAL_TIMEOUT: &str = "1s";
 /// Where Kind nodes (and Kind's containerd config patch) read the hosts tree.
 const KIND_CERTS_DIR: &str = "/etc/containerd/certs.d";
+/// The `help` link of the generated `local-registry-hosting` ConfigMap.
+const LOCAL_REGISTRY_HELP: &str = "https://kind.sigs.k8s.io/docs/user/local-registry/";
 
 /// Renders `kind`'s files for `request`.
 pub(super) fn render(
@@ -65,6 +67,22 @@ fn check_options(kind: ClientKind, request: &Request<'_>) -> Result<(), String> 
     }
     if request.ca_file.is_some() && !request.mirror.is_https() {
         return Err("--ca-file needs an https:// --mirror".to_owned());
+    }
+    if request.local_registry.is_some()
+        && !matches!(kind, ClientKind::Containerd | ClientKind::Kind)
+    {
+        return Err(format!(
+            "--local-registry applies to kind and containerd; for {} push to the mirror's local prefix directly (MIRROR/local/app)",
+            kind_name(kind)
+        ));
+    }
+    if let Some(local) = &request.local_registry {
+        let name = local.authority();
+        if name == "_default" || request.upstreams.iter().any(|u| u.name.as_str() == name) {
+            return Err(format!(
+                "--local-registry {name} is also an upstream's name; give the name developers push to, such as localhost:5001/local"
+            ));
+        }
     }
     if request.upstreams.is_empty() {
         return Err("no upstream is configured; nothing to point clients at".to_owned());
@@ -158,12 +176,12 @@ fn header(kind: &str) -> String {
 
 /// containerd's directory name for a registry: `host:port` is used as is
 /// (containerd on Linux looks it up so), `_default` for the catch-all.
-fn containerd_host_block(request: &Request<'_>, url: &str) -> String {
+fn containerd_host_block(request: &Request<'_>, url: &str, override_path: bool) -> String {
     let mut text = format!(
         "[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
         quote(url)
     );
-    if request.path_prefix {
+    if override_path {
         text.push_str("  override_path = true\n");
     }
     let _ = writeln!(
@@ -203,7 +221,7 @@ fn containerd_tree(request: &Request<'_>, prefix: &str) -> Vec<GeneratedFile> {
             "{}# {name}: the mirror first, then the registry itself (server).\nserver = {}\n\n{}",
             header("containerd"),
             quote(&upstream.origin.url),
-            containerd_host_block(request, &endpoint_url(request, name))
+            containerd_host_block(request, &endpoint_url(request, name), request.path_prefix)
         );
         files.push(file(format!("{prefix}{name}/hosts.toml"), text));
     }
@@ -213,11 +231,45 @@ fn containerd_tree(request: &Request<'_>, prefix: &str) -> Vec<GeneratedFile> {
         let text = format!(
             "{}# Every other registry: the mirror first (it answers for the registries it\n# serves and refuses the rest), then the registry itself.\n\n{}",
             header("containerd"),
-            containerd_host_block(request, &request.mirror.base())
+            containerd_host_block(request, &request.mirror.base(), request.path_prefix)
         );
         files.push(file(format!("{prefix}_default/hosts.toml"), text));
     }
+    if let Some(local) = &request.local_registry {
+        // Hosted repositories sit at the mirror's root (`/v2/local/app`),
+        // so the mirror is this name's registry: no override_path, and
+        // `server` is the mirror too, since the pushed name (`localhost`
+        // in a Kind node is the node itself) may not reach it.
+        let text = format!(
+            "{}# {name}: the name developers push to, pulled from the mirror's hosted\n# repositories.\nserver = {}\n\n{}",
+            header("containerd"),
+            quote(&request.mirror.base()),
+            containerd_host_block(request, &request.mirror.base(), false),
+            name = local.name(),
+        );
+        files.push(file(
+            format!("{prefix}{}/hosts.toml", local.authority()),
+            text,
+        ));
+    }
     files
+}
+
+/// The KEP-1755 `local-registry-hosting` ConfigMap Tilt, ctlptl and
+/// Skaffold read to learn where to push. The nodes pull the pushed name
+/// itself (its `hosts.toml` sends them to the mirror), so image references
+/// stay the same in and out of the cluster; pods reach the mirror by the
+/// `--mirror` address.
+fn local_registry_hosting(request: &Request<'_>) -> Option<GeneratedFile> {
+    let local = request.local_registry.as_ref()?;
+    let text = format!(
+        "{}# Apply after creating the cluster: kubectl apply -f local-registry-hosting.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: local-registry-hosting\n  namespace: kube-public\ndata:\n  localRegistryHosting.v1: |\n    host: {name}\n    hostFromContainerRuntime: {name}\n    hostFromClusterNetwork: {cluster}\n    help: {help}\n",
+        header("Tilt and other KEP-1755 tools"),
+        name = quote(&local.name()),
+        cluster = quote(&local.under(request.mirror.authority())),
+        help = quote(LOCAL_REGISTRY_HELP),
+    );
+    Some(file("local-registry-hosting.yaml", text))
 }
 
 fn talos_endpoint(request: &Request<'_>, name: &str) -> String {
@@ -427,6 +479,7 @@ fn kind_cluster(request: &Request<'_>) -> Vec<GeneratedFile> {
         host = quote(&host_path),
     );
     let mut files = vec![file("kind-config.yaml", text)];
+    files.extend(local_registry_hosting(request));
     files.extend(containerd_tree(request, "certs.d/"));
     files
 }
