@@ -884,3 +884,60 @@ fn generated_talos_and_certs_d_read_back_to_the_same_chains_through_the_cli() {
         }
     }
 }
+
+/// `--local-registry`: an image pushed to the mirror's hosted `local/…` is
+/// pulled by ctr under the name developers push to (`localhost:PORT/local`,
+/// where nothing listens) through the generated hosts.toml alone.
+#[test]
+fn containerd_pulls_the_pushed_name_from_the_hosted_repository() {
+    let test = "containerd_pulls_the_pushed_name_from_the_hosted_repository";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(ctrd) = Containerd::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 163);
+    let origin = Origin::start();
+    let config = write_mirror_config(work.path(), &[("a.test", &origin)]);
+    let mirror = Mirror::start_oci_cache_args(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--local-prefix".into(),
+        "local".into(),
+    ]);
+    skopeo::push(&app, &mirror.host(), "local/app:v1");
+    let local = format!("localhost:{}", free_port());
+    let certs_d = work.path().join("certs.d");
+    client_config(
+        "containerd",
+        &format!("http://{}", mirror.host()),
+        &config,
+        &certs_d,
+        &["--local-registry", &format!("{local}/local")],
+    );
+    assert!(certs_d.join(&local).join("hosts.toml").is_file());
+
+    let got = ctrd
+        .fetch_with_hosts_dir(&certs_d, &format!("{local}/local/app:v1"))
+        .unwrap();
+    assert_eq!(got.digest, app.digest);
+    for blob in app.all_blobs() {
+        assert!(
+            got.content.contains(&blob.digest),
+            "{} missing",
+            blob.digest
+        );
+    }
+    // Only the harness's readiness probe: neither the mirror nor ctr.
+    let others: Vec<String> = user_agents(&origin)
+        .into_iter()
+        .filter(|ua| !ua.starts_with("oci-cache-e2e"))
+        .collect();
+    assert_eq!(
+        others,
+        Vec::<String>::new(),
+        "a hosted pull reached the origin"
+    );
+}
