@@ -1,6 +1,6 @@
 //! Hosted repositories on the wire: the OCI distribution push API (upload
-//! sessions, monolithic uploads, mounts, manifest `PUT`), pulls and content
-//! management, over [`Hosted`](oci_cache_core::hosted::Hosted).
+//! sessions, monolithic uploads, mounts, manifest `PUT`), pulls, content
+//! discovery (tags, referrers) and content management, over [`Hosted`](oci_cache_core::hosted::Hosted).
 //!
 //! Request bodies are streamed into storage, never buffered whole (a
 //! manifest, capped at the hosted manifest limit, is the exception).
@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{Method, Response, StatusCode};
+use oci_cache_core::cache::OCI_INDEX;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::hosted::{Hosted, UploadId, UploadState};
 use oci_cache_core::reference::Repository;
@@ -31,6 +32,7 @@ pub type HostedEngine = Hosted<dyn Storage>;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const RANGE: HeaderName = http::header::RANGE;
 const CONTENT_RANGE: HeaderName = http::header::CONTENT_RANGE;
 
@@ -102,12 +104,56 @@ pub(crate) async fn dispatch(
             add_link(&mut response, req.info, next);
             Ok(response)
         }
+        (
+            HostedOp::Referrers {
+                subject,
+                artifact_type,
+            },
+            &Method::GET | &Method::HEAD,
+        ) => referrers(hosted, repository, subject, artifact_type.as_deref()).await,
         _ => Err(OciError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             OciErrorCode::Unsupported,
             format!("{method} is not supported on this path"),
         )),
     }
+}
+
+/// `GET …/referrers/<digest>`: an image index of the manifests whose
+/// `subject` is the digest; empty, never 404, when there are none.
+async fn referrers(
+    hosted: &HostedEngine,
+    repository: &Repository,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Response<Body>, OciError> {
+    let manifests = hosted
+        .referrers(repository, subject, artifact_type)
+        .await
+        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|e| {
+        fail(
+            CoreError::Storage {
+                backend: "records",
+                message: "cannot encode the referrers index".to_owned(),
+                source: Some(Box::new(e)),
+            },
+            ErrorSubject::Manifest,
+        )
+    })?;
+    let mut response = with_body(StatusCode::OK, OCI_INDEX, bytes.into());
+    if artifact_type.is_some() {
+        response.headers_mut().insert(
+            OCI_FILTERS_APPLIED,
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(response)
 }
 
 /// `POST …/blobs/uploads/`: a mount, a monolithic upload, or a new session.

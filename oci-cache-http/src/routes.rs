@@ -14,7 +14,9 @@
 //! `ns` says (containerd sends the registry host the client asked for, e.g.
 //! Kind's `localhost:5001`). Pick a prefix no upstream uses as a namespace:
 //! `docker.io/local/x` is not reachable through this mirror. Writes anywhere
-//! else are `405 UNSUPPORTED`.
+//! else are `405 UNSUPPORTED`. The referrers API (`…/referrers/<digest>`) is
+//! a hosted route only: for a cached repository it is an unknown route (404),
+//! which clients read as "no referrers API" and fall back to the tag schema.
 
 use http::{Method, StatusCode};
 use oci_cache_core::digest::Digest;
@@ -85,6 +87,11 @@ pub(crate) enum HostedOp {
     Uploads,
     /// `…/blobs/uploads/<id>`.
     Upload(String),
+    /// `…/referrers/<digest>[?artifactType=…]` (OCI 1.1 content discovery).
+    Referrers {
+        subject: Digest,
+        artifact_type: Option<String>,
+    },
 }
 
 impl Route {
@@ -104,6 +111,7 @@ impl Route {
                 HostedOp::Blob(_) => "hosted_blob",
                 HostedOp::Tags { .. } => "hosted_tags",
                 HostedOp::Uploads | HostedOp::Upload(_) => "upload",
+                HostedOp::Referrers { .. } => "hosted_referrers",
             },
         }
     }
@@ -241,6 +249,13 @@ fn hosted(rest: &str, query: Option<&str>, local: &[String]) -> Option<Result<Ro
             (name, manifest_ref(reference).map(HostedOp::Manifest))
         }
         [name @ .., b, digest] if b == "blobs" => (name, parse_digest(digest).map(HostedOp::Blob)),
+        [name @ .., r, digest] if r == "referrers" => (
+            name,
+            parse_digest(digest).map(|subject| HostedOp::Referrers {
+                subject,
+                artifact_type: artifact_type(query),
+            }),
+        ),
         _ => return None,
     };
     if name.len() < 2 {
@@ -350,6 +365,14 @@ pub(crate) fn parse_digest(digest: &str) -> Result<Digest, OciError> {
             format!("invalid digest {digest:?}"),
         )
     })
+}
+
+/// The `artifactType` filter of a referrers request. A media type has no
+/// spaces, so a space is a `+` a client sent unescaped (`…/spdx+json`).
+fn artifact_type(query: Option<&str>) -> Option<String> {
+    query_param(query, "artifactType")
+        .map(|t| t.replace(' ', "+"))
+        .filter(|t| !t.is_empty())
 }
 
 fn page_size(query: Option<&str>) -> Result<Option<usize>, OciError> {

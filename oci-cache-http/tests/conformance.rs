@@ -615,3 +615,124 @@ async fn pushes_need_credentials_when_client_auth_is_on_and_pulls_do_not() {
     assert_eq!(status, 401);
     assert_eq!(fake.calls().total(), 0);
 }
+
+/// Content discovery, OCI 1.1 (spec.md, "Listing Referrers"): manifests
+/// pushed with a `subject` are listed by `GET …/referrers/<digest>` as an
+/// image index, filtered by `artifactType`, and gone once deleted.
+#[tokio::test]
+async fn referrers_list_filter_and_forget_manifests_with_a_subject() {
+    const SBOM: &str = "application/vnd.example.sbom+json";
+    const SIGNATURE_CONFIG: &str = "application/vnd.example.signature.config+json";
+    for r in registries().await {
+        let svc = &r.svc;
+        let (image, image_manifest) = push_image(svc, APP, "v1", b"layer").await;
+        let referrers = |subject: &Digest, query: &str| format!("{APP}/referrers/{subject}{query}");
+        // Nothing refers to it yet: an empty index, not a 404.
+        let a = get(svc, &referrers(&image, "")).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        assert_eq!(a.header("content-type"), Some(OCI_INDEX));
+        assert_eq!(
+            a.json(),
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+        );
+
+        let empty = push_blob(svc, APP, b"{}").await;
+        let subject = format!(
+            r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{image}","size":{}}}"#,
+            image_manifest.len()
+        );
+        let sbom = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"{SBOM}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[],{subject},"annotations":{{"org.opencontainers.image.created":"2026-11-26T00:00:00Z"}}}}"#
+        );
+        let signature = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{SIGNATURE_CONFIG}","digest":"{empty}","size":2}},"layers":[],{subject}}}"#
+        );
+        let mut expected = Vec::new();
+        for manifest in [&sbom, &signature] {
+            let digest = Digest::sha256_of(manifest.as_bytes());
+            let a = put_manifest(svc, APP, digest.as_str(), OCI_MANIFEST, manifest.clone()).await;
+            assert_eq!(a.status, 201, "{:?}", a.body);
+            assert_eq!(a.header("oci-subject"), Some(image.as_str()));
+            expected.push((digest, manifest.len()));
+        }
+        let (sbom_digest, sbom_size) = expected[0].clone();
+        let (signature_digest, signature_size) = expected[1].clone();
+        let sbom_entry = serde_json::json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": sbom_digest.as_str(),
+            "size": sbom_size,
+            "artifactType": SBOM,
+            "annotations": {"org.opencontainers.image.created": "2026-11-26T00:00:00Z"},
+        });
+        // An image manifest without artifactType is listed with its config's type.
+        let signature_entry = serde_json::json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": signature_digest.as_str(),
+            "size": signature_size,
+            "artifactType": SIGNATURE_CONFIG,
+        });
+        let mut all = vec![
+            (sbom_digest.clone(), sbom_entry.clone()),
+            (signature_digest.clone(), signature_entry.clone()),
+        ];
+        all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let all: Vec<_> = all.into_iter().map(|(_, entry)| entry).collect();
+
+        let a = get(svc, &referrers(&image, "")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("content-type"), Some(OCI_INDEX));
+        assert_eq!(a.header("oci-filters-applied"), None);
+        assert_eq!(
+            a.json(),
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": all})
+        );
+        let head = call(svc, Method::HEAD, &referrers(&image, ""), &[]).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.header("content-length"),
+            Some(a.body.len().to_string().as_str())
+        );
+
+        // The filter, escaped as clients send it, and the header saying it applied.
+        let a = get(
+            svc,
+            &referrers(
+                &image,
+                "?artifactType=application%2Fvnd.example.sbom%2Bjson",
+            ),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("oci-filters-applied"), Some("artifactType"));
+        assert_eq!(a.json()["manifests"], serde_json::json!([sbom_entry]));
+        let a = get(svc, &referrers(&image, "?artifactType=application%2Fnone")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("oci-filters-applied"), Some("artifactType"));
+        assert_eq!(a.json()["manifests"], serde_json::json!([]));
+
+        // Unknown subject, unknown repository: still 200 and empty.
+        let unknown = Digest::sha256_of(b"never pushed");
+        let a = get(svc, &referrers(&unknown, "")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["manifests"], serde_json::json!([]));
+        let a = get(svc, &format!("/v2/local/nothing/referrers/{image}")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["manifests"], serde_json::json!([]));
+        assert_error(
+            &get(svc, &format!("{APP}/referrers/sha256:nothex")).await,
+            400,
+            "DIGEST_INVALID",
+        );
+
+        // Deleting a referrer drops it from the list.
+        let a = delete(svc, &format!("{APP}/manifests/{sbom_digest}")).await;
+        assert_eq!(a.status, 202);
+        let a = get(svc, &referrers(&image, "")).await;
+        assert_eq!(a.json()["manifests"], serde_json::json!([signature_entry]));
+
+        // A cached repository has no referrers API (404), and asks no upstream.
+        let a = get(svc, &format!("/v2/library/alpine/referrers/{image}")).await;
+        assert_eq!(a.status, 404);
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}

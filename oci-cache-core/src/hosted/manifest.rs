@@ -1,10 +1,12 @@
 //! Manifests of hosted repositories: `PUT` (checked, linked, tagged),
 //! `GET` by tag or digest, `DELETE` of a manifest or a tag.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Hosted, HostedKey};
+use super::{Hosted, HostedKey, Referrer};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, Manifest};
 use crate::reference::{Repository, Tag};
@@ -30,9 +32,47 @@ struct TagLink {
 /// The fields a `PUT` looks at besides the shape [`Manifest::parse`] checks.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Extra {
+pub(super) struct Extra {
     media_type: Option<String>,
     subject: Option<Descriptor>,
+    artifact_type: Option<String>,
+    config: Option<ConfigType>,
+    /// Kept loose: a manifest with odd annotations is still accepted, and
+    /// its referrer descriptor then carries none.
+    annotations: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigType {
+    media_type: Option<String>,
+}
+
+impl Extra {
+    pub(super) fn parse(bytes: &[u8]) -> Result<Extra> {
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))
+    }
+
+    /// The digest the manifest's `subject` names.
+    pub(super) fn subject_digest(&self) -> Option<Digest> {
+        self.subject.as_ref().map(|s| s.digest.clone())
+    }
+
+    /// The artifact type a referrers listing reports: `artifactType`, else
+    /// an image manifest's config media type.
+    pub(super) fn artifact_type(&self) -> Option<String> {
+        self.artifact_type
+            .clone()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.config.as_ref()?.media_type.clone())
+    }
+
+    pub(super) fn annotations(&self) -> BTreeMap<String, String> {
+        self.annotations
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -78,8 +118,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
             ManifestRef::Tag(_) => Digest::sha256_of(&bytes),
         };
         let parsed = Manifest::parse(&digest, &bytes).map_err(|e| invalid(e.to_string()))?;
-        let extra: Extra =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let extra = Extra::parse(&bytes)?;
         let media_type = content_type
             .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned())
             .filter(|t| !t.is_empty() && t != "application/octet-stream")
@@ -95,6 +134,9 @@ impl<S: Storage + ?Sized> Hosted<S> {
             }
         }
         self.check_references(repository, &parsed).await?;
+        let referrer = extra
+            .subject_digest()
+            .map(|subject| (subject, Referrer::of(&media_type, &digest, &bytes, &extra)));
         self.storage
             .manifest_put(&StoredManifest {
                 digest: digest.clone(),
@@ -110,6 +152,10 @@ impl<S: Storage + ?Sized> Hosted<S> {
                 RecordWrite::Overwrite,
             )
             .await?;
+        // After the manifest link: a listed referrer can always be pulled.
+        if let Some((subject, referrer)) = &referrer {
+            self.link_referrer(repository, subject, referrer).await?;
+        }
         if let ManifestRef::Tag(tag) = reference {
             self.tag_put(repository, tag, &digest).await?;
         }
@@ -117,7 +163,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
         tracing::info!(%repository, %reference, %digest, "manifest pushed");
         Ok(PushedManifest {
             digest,
-            subject: extra.subject.map(|s| s.digest),
+            subject: referrer.map(|(subject, _)| subject),
         })
     }
 
@@ -258,6 +304,8 @@ impl<S: Storage + ?Sized> Hosted<S> {
                             .await?;
                     }
                 }
+                // Before the manifest link: a listed referrer can always be pulled.
+                self.unlink_referrer(repository, &digest).await?;
                 self.storage
                     .record_delete(&RecordKey::hosted(&HostedKey::Manifest(
                         repository.clone(),

@@ -24,8 +24,14 @@
 //!   therefore survives a restart on every backend, and one left alone for
 //!   [`HostedOptions::upload_max_age`] is removed by [`Hosted::cleanup_abandoned`].
 //!   [`upload_pieces`] lists the pieces of open sessions for eviction.
+//! - **Referrers are link records as well** (OCI 1.1 content discovery): a
+//!   manifest pushed with a `subject` also writes
+//!   `hosted/<repository…>/_referrers/<subject>/<manifest>` holding its
+//!   descriptor, so [`Hosted::referrers`] lists one prefix instead of
+//!   reading every manifest, and deleting the manifest removes the link.
 
 mod manifest;
+mod referrers;
 mod upload;
 
 use std::collections::{BTreeSet, HashSet};
@@ -45,6 +51,7 @@ use crate::storage::{RecordKey, RecordPrefix, Storage};
 use crate::{Error, PushErrorKind, Result};
 
 pub use manifest::PushedManifest;
+pub use referrers::Referrer;
 pub use upload::{upload_pieces, UploadState};
 
 /// Limits and ages for hosted repositories.
@@ -137,20 +144,35 @@ impl fmt::Display for UploadId {
     }
 }
 
-/// A hosted repository's link record: to a tag, or to a manifest by digest.
+/// A hosted repository's link record: to a tag, to a manifest by digest, or
+/// from a `subject` to a manifest referring to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostedKey {
     /// `hosted/<repository…>/_tags/<tag>`.
     Tag(Repository, Tag),
     /// `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
     Manifest(Repository, Digest),
+    /// `hosted/<repository…>/_referrers/<subject algorithm>/<subject hex>/<algorithm>/<hex>`:
+    /// `manifest` names `subject` as its subject; the record holds its
+    /// [`Referrer`] descriptor, so listing a subject's referrers reads only
+    /// these records.
+    Referrer {
+        /// The repository both manifests are in.
+        repository: Repository,
+        /// The digest the referring manifest's `subject` names.
+        subject: Digest,
+        /// The referring manifest.
+        manifest: Digest,
+    },
 }
 
 impl HostedKey {
     /// The repository the link belongs to.
     pub fn repository(&self) -> &Repository {
         match self {
-            HostedKey::Tag(repository, _) | HostedKey::Manifest(repository, _) => repository,
+            HostedKey::Tag(repository, _)
+            | HostedKey::Manifest(repository, _)
+            | HostedKey::Referrer { repository, .. } => repository,
         }
     }
 }

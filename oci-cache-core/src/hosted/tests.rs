@@ -273,3 +273,125 @@ async fn pushes_report_what_they_store_to_the_disk_budget() {
         .unwrap();
     assert_eq!(budget.stored(), 110);
 }
+
+/// Pushes an empty config blob and an image manifest of it to `repository`
+/// by digest; `extra` is spliced into the manifest's JSON (`"subject":…`).
+async fn push_image(
+    h: &Hosted<MemoryStorage>,
+    repository: &Repository,
+    config_type: &str,
+    extra: &str,
+) -> (Digest, usize) {
+    let config = b"{}";
+    let config_digest = Digest::sha256_of(config);
+    h.put_blob(&config_digest, stream(&[config])).await.unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"{config_type}","digest":"{config_digest}","size":2}},"layers":[]{extra}}}"#
+    );
+    let digest = Digest::sha256_of(manifest.as_bytes());
+    h.put_manifest(
+        repository,
+        &ManifestRef::Digest(digest.clone()),
+        None,
+        Bytes::from(manifest.clone()),
+    )
+    .await
+    .unwrap();
+    (digest, manifest.len())
+}
+
+#[tokio::test]
+async fn referrers_are_listed_filtered_and_removed_with_their_manifest() {
+    const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    const SBOM: &str = "application/vnd.example.sbom";
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = hosted(&storage);
+    let (image, image_size) = push_image(&h, &app, IMAGE_CONFIG, "").await;
+    let subject = format!(
+        r#","subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{image}","size":{image_size}}}"#
+    );
+    // An artifact with its own artifactType and annotations, and one whose
+    // type comes from its config media type.
+    let (sbom, sbom_size) = push_image(
+        &h,
+        &app,
+        "application/vnd.oci.empty.v1+json",
+        &format!(
+            r#","artifactType":"{SBOM}","annotations":{{"org.example.kind":"sbom"}}{subject}"#
+        ),
+    )
+    .await;
+    let (signature, _) = push_image(&h, &app, "application/vnd.example.signature", &subject).await;
+
+    let all = h.referrers(&app, &image, None).await.unwrap();
+    let mut expected = vec![sbom.clone(), signature.clone()];
+    expected.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(
+        all.iter().map(|r| r.digest.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    let sbom_entry = all.iter().find(|r| r.digest == sbom).unwrap();
+    assert_eq!(
+        sbom_entry,
+        &Referrer {
+            media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            digest: sbom.clone(),
+            size: sbom_size as u64,
+            artifact_type: Some(SBOM.to_owned()),
+            annotations: [("org.example.kind".to_owned(), "sbom".to_owned())].into(),
+        }
+    );
+    let signature_entry = all.iter().find(|r| r.digest == signature).unwrap();
+    assert_eq!(
+        signature_entry.artifact_type.as_deref(),
+        Some("application/vnd.example.signature")
+    );
+    assert!(signature_entry.annotations.is_empty());
+
+    let filtered = h.referrers(&app, &image, Some(SBOM)).await.unwrap();
+    assert_eq!(filtered, vec![sbom_entry.clone()]);
+    assert!(h
+        .referrers(&app, &image, Some("application/x-none"))
+        .await
+        .unwrap()
+        .is_empty());
+    // Scoped to the repository, and empty (not an error) for unknown subjects.
+    assert!(h
+        .referrers(&repo("local/other"), &image, None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(h
+        .referrers(&app, &Digest::sha256_of(b"unknown"), None)
+        .await
+        .unwrap()
+        .is_empty());
+    // The image itself has no subject: nothing refers to the artifacts.
+    assert!(h.referrers(&app, &sbom, None).await.unwrap().is_empty());
+
+    h.delete(&app, &ManifestRef::Digest(sbom.clone()))
+        .await
+        .unwrap();
+    let left = h.referrers(&app, &image, None).await.unwrap();
+    assert_eq!(
+        left.iter().map(|r| r.digest.clone()).collect::<Vec<_>>(),
+        vec![signature.clone()]
+    );
+    // Deleting the subject leaves its referrers listed (the spec allows
+    // referrers of a missing subject); deleting the last referrer empties it.
+    h.delete(&app, &ManifestRef::Digest(image.clone()))
+        .await
+        .unwrap();
+    assert_eq!(h.referrers(&app, &image, None).await.unwrap().len(), 1);
+    h.delete(&app, &ManifestRef::Digest(signature))
+        .await
+        .unwrap();
+    assert!(h.referrers(&app, &image, None).await.unwrap().is_empty());
+    assert!(storage
+        .record_list(&RecordPrefix::hosted())
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -29,6 +29,9 @@ pub(crate) const HOSTED: &str = "hosted";
 pub(crate) const UPLOADS: &str = "uploads";
 /// The directory of a hosted repository that links the manifests pushed to it.
 pub(crate) const MANIFEST_DIR: &str = "_manifests";
+/// The directory of a hosted repository that links each `subject` to the
+/// manifests referring to it (the OCI 1.1 referrers API).
+pub(crate) const REFERRER_DIR: &str = "_referrers";
 /// Top-level directory of the access index (last use of blobs, by shard).
 pub(crate) const ACCESS: &str = "access";
 /// Where in-progress writes live until they are verified (filesystem only).
@@ -109,7 +112,19 @@ pub(crate) fn hosted_dir(repository: &Repository) -> String {
     key
 }
 
-/// `hosted/<repository…>/_tags/<tag>` or `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
+/// `hosted/<repository…>/_referrers/<subject algorithm>/<subject hex>`: the
+/// links to every manifest of `repository` whose `subject` is `subject`.
+pub(crate) fn hosted_referrers(repository: &Repository, subject: &Digest) -> String {
+    format!(
+        "{}/{REFERRER_DIR}/{}/{}",
+        hosted_dir(repository),
+        segment(subject.algorithm().as_str()),
+        segment(subject.hex())
+    )
+}
+
+/// `hosted/<repository…>/_tags/<tag>`, `hosted/<repository…>/_manifests/<algorithm>/<hex>`
+/// or `hosted/<repository…>/_referrers/<subject algorithm>/<subject hex>/<algorithm>/<hex>`.
 pub(crate) fn hosted(key: &HostedKey) -> String {
     match key {
         HostedKey::Tag(repository, tag) => format!(
@@ -123,6 +138,16 @@ pub(crate) fn hosted(key: &HostedKey) -> String {
             digest.algorithm(),
             digest.hex()
         ),
+        HostedKey::Referrer {
+            repository,
+            subject,
+            manifest,
+        } => format!(
+            "{}/{}/{}",
+            hosted_referrers(repository, subject),
+            segment(manifest.algorithm().as_str()),
+            segment(manifest.hex())
+        ),
     }
 }
 
@@ -133,6 +158,26 @@ pub(crate) fn parse_hosted(key: &str) -> Option<HostedKey> {
         let components: Option<Vec<String>> = dir.split('/').map(unsegment).collect();
         Repository::new(&components?.join("/")).ok()
     };
+    // Escaped repository components never start with `_`, so the first
+    // `/_referrers/` ends the repository.
+    if let Some((dir, tail)) = rest.split_once(&format!("/{REFERRER_DIR}/")) {
+        let digest = |algorithm: &str, hex: &str| -> Option<Digest> {
+            format!("{}:{}", unsegment(algorithm)?, unsegment(hex)?)
+                .parse()
+                .ok()
+        };
+        let mut parts = tail.split('/');
+        let (subject_algorithm, subject_hex, algorithm, hex) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        return Some(HostedKey::Referrer {
+            repository: repository(dir)?,
+            subject: digest(subject_algorithm, subject_hex)?,
+            manifest: digest(algorithm, hex)?,
+        });
+    }
     if let Some((dir, tail)) = rest.rsplit_once(&format!("/{TAG_DIR}/")) {
         if !tail.contains('/') && !dir.contains(&format!("/{MANIFEST_DIR}/")) {
             return Some(HostedKey::Tag(
@@ -317,6 +362,43 @@ mod tests {
         assert!(!is_record("uploads/nothex"));
         assert!(!is_record("hosted/local/app"));
         assert!(!is_record("hosted/local/app/_tags/v1/x"));
+    }
+
+    #[test]
+    fn referrer_keys_round_trip() {
+        let repository = Repository::new("local/app/sub").unwrap();
+        let subject = Digest::sha256_of(b"image");
+        let manifest = Digest::sha256_of(b"signature");
+        let key = HostedKey::Referrer {
+            repository: repository.clone(),
+            subject: subject.clone(),
+            manifest: manifest.clone(),
+        };
+        let text = hosted(&key);
+        assert_eq!(
+            text,
+            format!(
+                "hosted/local/app/sub/_referrers/sha256/{}/sha256/{}",
+                subject.hex(),
+                manifest.hex()
+            )
+        );
+        assert!(text.starts_with(&format!("{}/", hosted_referrers(&repository, &subject))));
+        assert_eq!(parse_hosted(&text), Some(key));
+        assert!(is_record(&text));
+        // Not a referrer link: the subject directory, a key one segment too
+        // long, a digest that is not hex, a non-canonical escape.
+        assert!(!is_record(&hosted_referrers(&repository, &subject)));
+        assert!(!is_record(&format!("{text}/x")));
+        assert!(!is_record(&format!(
+            "hosted/local/app/_referrers/sha256/{}/sha256/zz",
+            subject.hex()
+        )));
+        assert!(!is_record(&format!(
+            "hosted/local/%61pp/_referrers/sha256/{}/sha256/{}",
+            subject.hex(),
+            manifest.hex()
+        )));
     }
 
     #[test]

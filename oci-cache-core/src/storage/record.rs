@@ -39,8 +39,10 @@ impl RecordKey {
         RecordKey(keys::tag(key))
     }
 
-    /// A hosted repository's link to a tag or a manifest:
-    /// `hosted/<repository…>/_tags/<tag>` or `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
+    /// A hosted repository's link to a tag, a manifest, or a manifest by its
+    /// subject: `hosted/<repository…>/_tags/<tag>`,
+    /// `hosted/<repository…>/_manifests/<algorithm>/<hex>` or
+    /// `hosted/<repository…>/_referrers/<subject algorithm>/<subject hex>/<algorithm>/<hex>`.
     pub fn hosted(key: &HostedKey) -> Self {
         RecordKey(keys::hosted(key))
     }
@@ -121,6 +123,12 @@ impl RecordPrefix {
     /// The links of one hosted repository (and of repositories nested below it).
     pub fn hosted_repository(repository: &Repository) -> Self {
         RecordPrefix(keys::hosted_dir(repository))
+    }
+
+    /// The links to the manifests of one hosted repository whose `subject`
+    /// is `subject` (see [`HostedKey::Referrer`]).
+    pub fn hosted_referrers(repository: &Repository, subject: &Digest) -> Self {
+        RecordPrefix(keys::hosted_referrers(repository, subject))
     }
 
     /// The tag links of one hosted repository.

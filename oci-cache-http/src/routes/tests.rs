@@ -255,6 +255,57 @@ fn hosted_repositories_route_every_method() {
         hosted(Method::PUT, "/v2/local/manifests/v1"),
         Err((400, "NAME_INVALID"))
     );
+    assert_eq!(
+        hosted(Method::GET, &format!("/v2/local/a/b/referrers/{DIGEST}")),
+        Ok((
+            "local/a/b".into(),
+            HostedOp::Referrers {
+                subject: DIGEST.parse().unwrap(),
+                artifact_type: None
+            }
+        ))
+    );
+    // Escaped or not, the `+` of a media type survives; an empty filter is none.
+    for (query, wanted) in [
+        (
+            "artifactType=application%2Fspdx%2Bjson",
+            Some("application/spdx+json"),
+        ),
+        (
+            "artifactType=application/spdx+json",
+            Some("application/spdx+json"),
+        ),
+        ("artifactType=", None),
+    ] {
+        assert_eq!(
+            hosted(
+                Method::GET,
+                &format!("/v2/local/app/referrers/{DIGEST}?{query}")
+            ),
+            Ok((
+                app(),
+                HostedOp::Referrers {
+                    subject: DIGEST.parse().unwrap(),
+                    artifact_type: wanted.map(str::to_owned)
+                }
+            )),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        hosted(Method::GET, "/v2/local/app/referrers/sha256:nothex"),
+        Err((400, "DIGEST_INVALID"))
+    );
+    // A cached repository has no referrers API: an unknown route.
+    let e = route(
+        &Method::GET,
+        &format!("/v2/library/alpine/referrers/{DIGEST}"),
+        None,
+        &mirrors(),
+        &local(),
+    )
+    .unwrap_err();
+    assert_eq!((e.status.as_u16(), e.code.as_str()), (404, "NAME_UNKNOWN"));
     // Whatever `ns` names, a hosted repository never reaches an upstream.
     assert_eq!(
         hosted(Method::GET, "/v2/local/app/manifests/v1?ns=docker.io"),
