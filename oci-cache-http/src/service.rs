@@ -243,7 +243,10 @@ fn record_route(span: &tracing::Span, route: &Route) {
                 HostedOp::Manifest(reference) => {
                     span.record("reference", field::display(reference));
                 }
-                HostedOp::Blob(digest) => {
+                HostedOp::Blob(digest)
+                | HostedOp::Referrers {
+                    subject: digest, ..
+                } => {
                     span.record("reference", field::display(digest));
                 }
                 _ => {}
