@@ -54,6 +54,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         });
     }
     let storage_name = service.engine().storage().to_string();
+    let engine = service.engine().clone();
     // Owned: the service moves into the auth wrapper below.
     let mirrors = service.mirrors().clone();
     let listener = TcpListener::bind(settings.listen)
@@ -104,8 +105,37 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
             .await?;
         }
     }
+    drain_fills(&engine).await;
     tracing::info!("oci-cache stopped");
     Ok(())
+}
+
+/// How long shutdown waits for blob fills to finish storing.
+const FILL_DRAIN: Duration = Duration::from_secs(20);
+
+/// Waits (up to [`FILL_DRAIN`]) for blob fills still under way once the
+/// last request ended: a client may already have every byte of a blob whose
+/// verified copy is still being committed, and stopping now would throw that
+/// copy away, so the next pull fetches it again (or, offline, cannot). Fits
+/// in Kubernetes' default 30 s termination grace period.
+async fn drain_fills(engine: &engine::Engine) {
+    let deadline = tokio::time::Instant::now() + FILL_DRAIN;
+    let mut logged = false;
+    loop {
+        let fills = engine.blob_fills_in_flight();
+        if fills == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(fills, "stopping with blob fills unfinished; they are not stored (nothing partial is ever visible)");
+            return;
+        }
+        if !logged {
+            tracing::info!(fills, "waiting for blob fills to finish storing");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Raises the open-file soft limit to the hard limit: every client

@@ -264,13 +264,17 @@ fn d_offline_serves_the_cache_and_never_dials_out() {
         a
     };
     {
-        let online = Mirror::start_with_args(&args(false), &[("oci-cache.toml", &config)]);
+        let mut online = Mirror::start_with_args(&args(false), &[("oci-cache.toml", &config)]);
         let got = skopeo::copy(
             &format!("{}/e2e/app:v1", online.host()),
             &work.path().join("warm"),
         )
         .unwrap();
         assert_eq!(got.digest, app.digest);
+        // Stopped as an operator would: a blob skopeo already has may still
+        // be committing, and a graceful stop waits for it (a kill would
+        // lose it, and the offline mirror below could not serve it).
+        online.terminate();
     }
     let before = origin.records().len();
     let offline = Mirror::start_with_args(&args(true), &[("oci-cache.toml", &config)]);

@@ -148,6 +148,16 @@ impl Mirror {
         Mirror::spawn_probing(dir, &args, &[], probe)
     }
 
+    /// A graceful stop (SIGTERM): in-flight requests finish and blob fills
+    /// are stored before it exits. Panics if it does not exit within 30 s.
+    pub(crate) fn terminate(&mut self) {
+        assert!(
+            self.server.terminate(std::time::Duration::from_secs(30)),
+            "oci-cache did not stop within 30 s of SIGTERM:\n{}",
+            self.log()
+        );
+    }
+
     /// The server's process id.
     #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
     pub(crate) fn pid(&self) -> u32 {

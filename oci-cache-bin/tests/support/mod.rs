@@ -143,6 +143,27 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops the process the way an operator does (SIGTERM, by PID) and
+    /// waits up to `grace` for it to exit, then kills it. Returns whether
+    /// it exited by itself.
+    pub(crate) fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) else {
+            return false;
+        };
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        false
+    }
+
     /// The process id, for reading its resource use from /proc.
     #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
     pub(crate) fn pid(&self) -> u32 {
