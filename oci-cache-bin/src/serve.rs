@@ -116,8 +116,9 @@ const FILL_DRAIN: Duration = Duration::from_secs(20);
 /// Waits (up to [`FILL_DRAIN`]) for blob fills still under way once the
 /// last request ended: a client may already have every byte of a blob whose
 /// verified copy is still being committed, and stopping now would throw that
-/// copy away, so the next pull fetches it again (or, offline, cannot). Fits
-/// in Kubernetes' default 30 s termination grace period.
+/// copy away, so the next pull fetches it again (or, offline, cannot). A
+/// fill outlives its last client only by its commit (fsync and rename, or
+/// the S3 upload's completion), so this is usually milliseconds.
 async fn drain_fills(engine: &engine::Engine) {
     let deadline = tokio::time::Instant::now() + FILL_DRAIN;
     let mut logged = false;
