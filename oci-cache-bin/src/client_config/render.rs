@@ -523,3 +523,7 @@ fn k3s(request: &Request<'_>) -> GeneratedFile {
 #[cfg(test)]
 #[path = "render_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "render_local_registry_tests.rs"]
+mod local_registry_tests;
