@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::fixtures::small_image;
 use super::resilience::seed_storage;
-use crate::support::containerd::Containerd;
+use crate::support::containerd::{Containerd, Fetched};
 use crate::support::dockerd::Dockerd;
 use crate::support::image::Layout;
 use crate::support::mirror::{oci_cache_bin, Mirror};
@@ -98,6 +98,18 @@ fn assert_only_the_mirror_reached(origin: &Origin, client: &str) {
     );
 }
 
+/// ctr resolved `image` and its content store holds every one of its blobs.
+fn assert_fetched(got: &Fetched, image: &Layout) {
+    assert_eq!(got.digest, image.digest);
+    for blob in image.all_blobs() {
+        assert!(
+            got.content.contains(&blob.digest),
+            "{} missing",
+            blob.digest
+        );
+    }
+}
+
 fn origin_with(images: &[(&Layout, &str)]) -> Origin {
     let origin = Origin::start();
     for (layout, repo_tag) in images {
@@ -128,14 +140,7 @@ fn containerd_pulls_both_upstreams_through_the_generated_certs_d() {
     let got = ctrd
         .fetch_with_hosts_dir(&certs_d, "docker.io/library/alpine:3.20")
         .unwrap();
-    assert_eq!(got.digest, alpine.digest);
-    for blob in alpine.all_blobs() {
-        assert!(
-            got.content.contains(&blob.digest),
-            "{} missing",
-            blob.digest
-        );
-    }
+    assert_fetched(&got, &alpine);
     let got = ctrd
         .fetch_with_hosts_dir(&certs_d, "b.test/e2e/app:v1")
         .unwrap();
@@ -233,14 +238,7 @@ fn containerd_sends_the_generated_basic_header_to_an_htpasswd_mirror() {
     let got = ctrd
         .fetch_with_hosts_dir(&certs_d, "private.test/e2e/secret:v1")
         .unwrap();
-    assert_eq!(got.digest, app.digest);
-    for blob in app.all_blobs() {
-        assert!(
-            got.content.contains(&blob.digest),
-            "{} missing",
-            blob.digest
-        );
-    }
+    assert_fetched(&got, &app);
     let agents = user_agents(&origin);
     let direct_after = agents.iter().filter(|ua| !is_mirror_or_harness(ua)).count();
     assert_eq!(
@@ -922,14 +920,7 @@ fn containerd_pulls_the_pushed_name_from_the_hosted_repository() {
     let got = ctrd
         .fetch_with_hosts_dir(&certs_d, &format!("{local}/local/app:v1"))
         .unwrap();
-    assert_eq!(got.digest, app.digest);
-    for blob in app.all_blobs() {
-        assert!(
-            got.content.contains(&blob.digest),
-            "{} missing",
-            blob.digest
-        );
-    }
+    assert_fetched(&got, &app);
     // Only the harness's readiness probe: neither the mirror nor ctr.
     let others: Vec<String> = user_agents(&origin)
         .into_iter()
