@@ -23,5 +23,6 @@
 )]
 
 mod cli;
+mod docs;
 mod e2e;
 mod support;

@@ -11,7 +11,7 @@ fn oci_cache(args: &[&str]) -> Output {
 
 /// Runs the binary with only `env` of the `OCI_CACHE_*` variables set, so a
 /// developer's own settings cannot change the outcome.
-fn oci_cache_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn oci_cache_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_oci-cache"));
     command.args(args).env_remove("RUST_LOG");
     for (name, _) in std::env::vars_os() {
@@ -22,7 +22,7 @@ fn oci_cache_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.envs(env.iter().copied()).output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
