@@ -1,9 +1,11 @@
 //! Every TOML and YAML block of the pages says what it is, after the
 //! language: ` ```toml oci-cache`, ` ```yaml registry-config`,
-//! ` ```yaml talos` or ` ```toml other` (GitHub highlights by the first
-//! word only). Configuration blocks are handed to `oci-cache check-config`
-//! as the file, `--registry-config` or `--talos-config` they are and must be
-//! accepted; `other` blocks (containerd `hosts.toml`, Kubernetes objects,
+//! ` ```yaml talos`, ` ```toml containerd-hosts` or ` ```toml other`
+//! (GitHub highlights by the first word only). Configuration blocks are
+//! handed to `oci-cache check-config` as the file, `--registry-config`,
+//! `--talos-config` or `--containerd-hosts` tree they are and must be
+//! accepted (a `hosts.toml` block starts with a comment naming its path,
+//! `# certs.d/REGISTRY/hosts.toml`); `other` blocks (containerd `hosts.toml`, Kubernetes objects,
 //! Cargo manifests) must at least parse as TOML or YAML.
 //!
 //! Files a block names (certificates, keys, htpasswd and password files)
@@ -20,7 +22,13 @@ use super::{pages, report, root, split_fences, Fence};
 use crate::cli::{oci_cache_env, text};
 
 /// What a block is, from its second info word.
-const KINDS: &[&str] = &["oci-cache", "registry-config", "talos", "other"];
+const KINDS: &[&str] = &[
+    "oci-cache",
+    "registry-config",
+    "talos",
+    "containerd-hosts",
+    "other",
+];
 
 /// Files for the paths a block names, made once per test run.
 struct Fixtures {
@@ -65,9 +73,8 @@ impl Fixtures {
     /// configuration reads that file.
     fn for_key(&self, key: &str) -> Option<&Path> {
         match key {
-            "cert" | "certificate" | "client_cert" | "client_ca" | "ca_file" | "clientcas" => {
-                Some(&self.cert)
-            }
+            "cert" | "certificate" | "client_cert" | "client_ca" | "ca_file" | "ca"
+            | "clientcas" => Some(&self.cert),
             "key" | "client_key" => Some(&self.key),
             "htpasswd" => Some(&self.htpasswd),
             "password_file" => Some(&self.secret),
@@ -120,17 +127,33 @@ fn password_envs(body: &str) -> Vec<(String, String)> {
 fn check(kind: &str, fence: &Fence, fixtures: &Fixtures) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let body = fixtures.substitute(&fence.body);
-    let path = dir.path().join(if kind == "oci-cache" {
-        "block.toml"
-    } else {
-        "block.yaml"
-    });
-    std::fs::write(&path, &body).unwrap();
+    let path = match kind {
+        "oci-cache" => dir.path().join("block.toml"),
+        // The tree --containerd-hosts reads: certs.d/REGISTRY/hosts.toml.
+        "containerd-hosts" => {
+            let registry = body
+                .lines()
+                .next()
+                .and_then(|first| first.strip_suffix("/hosts.toml"))
+                .and_then(|first| first.rsplit('/').next())
+                .ok_or_else(|| {
+                    "a hosts.toml block must start with `# certs.d/REGISTRY/hosts.toml`".to_owned()
+                })?;
+            std::fs::create_dir_all(dir.path().join(registry)).unwrap();
+            std::fs::write(dir.path().join(registry).join("hosts.toml"), &body).unwrap();
+            dir.path().to_owned()
+        }
+        _ => dir.path().join("block.yaml"),
+    };
+    if kind != "containerd-hosts" {
+        std::fs::write(&path, &body).unwrap();
+    }
     let path = path.to_str().unwrap();
     let args: Vec<&str> = match kind {
         "oci-cache" => vec!["check-config", path],
         "registry-config" => vec!["check-config", "--registry-config", path],
         "talos" => vec!["check-config", "--talos-config", path],
+        "containerd-hosts" => vec!["check-config", "--containerd-hosts", path],
         _ => unreachable!("only configuration kinds are checked"),
     };
     let envs = password_envs(&body);
