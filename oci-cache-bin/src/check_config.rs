@@ -94,7 +94,7 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
 fn describe_storage(storage: &StorageConfig) -> String {
     match storage {
         StorageConfig::Filesystem { dir } => format!("filesystem at {}", dir.display()),
-        StorageConfig::Memory => "memory (gone at exit)".to_owned(),
+        StorageConfig::Memory {} => "memory (gone at exit)".to_owned(),
         StorageConfig::S3(s3) => {
             let mut text = format!(
                 "s3 bucket {} at {}",

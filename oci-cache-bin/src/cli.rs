@@ -126,7 +126,7 @@ pub(crate) struct ServeArgs {
     pub(crate) tag_ttl: Option<String>,
 
     /// Cap on stored blob bytes, e.g. `150MiB`, `50GiB`: least recently used
-    /// blobs are evicted down to 90 % of it (see README "Bounded disk").
+    /// blobs are evicted down to 90 % of it (see docs/operations.md, "Bounded disk").
     #[arg(long, env = "OCI_CACHE_MAX_SIZE", value_name = "SIZE")]
     pub(crate) max_size: Option<String>,
 

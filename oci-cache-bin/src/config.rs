@@ -104,8 +104,10 @@ pub(crate) enum StorageConfig {
         #[serde(default = "default_storage_dir")]
         dir: PathBuf,
     },
-    /// In memory; gone at exit (tests, demos).
-    Memory,
+    /// In memory; gone at exit (tests, demos). A struct variant, not a
+    /// unit one: serde lets a unit variant of an internally tagged enum
+    /// ignore every other key, and a misspelt key must be refused.
+    Memory {},
     /// An S3 bucket or an S3-compatible server.
     S3(S3Config),
 }
@@ -450,7 +452,7 @@ fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), 
         StorageConfig::Filesystem { dir } if dir.as_os_str().is_empty() => Err(format!(
             "{table}: dir is empty; give a directory, or leave dir out for {DEFAULT_STORAGE_DIR}"
         )),
-        StorageConfig::Filesystem { .. } | StorageConfig::Memory => Ok(()),
+        StorageConfig::Filesystem { .. } | StorageConfig::Memory {} => Ok(()),
         StorageConfig::S3(s3) if s3.bucket.trim().is_empty() => Err(format!(
             "{table}: kind = \"s3\" needs a bucket; add bucket = \"NAME\" to the [storage] table"
         )),

@@ -76,7 +76,7 @@ pub(crate) async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Stora
     use oci_cache_core::storage::{FsStorage, MemoryStorage, ObjectStorage};
     Ok(match config {
         StorageConfig::Filesystem { dir } => Arc::new(FsStorage::open(dir).await?),
-        StorageConfig::Memory => Arc::new(MemoryStorage::new()),
+        StorageConfig::Memory {} => Arc::new(MemoryStorage::new()),
         StorageConfig::S3(s3) => Arc::new(ObjectStorage::s3(s3)?),
     })
 }

@@ -195,7 +195,7 @@ mod tests {
             Some(&PathBuf::from("/h")),
             None,
             HashMap::new(),
-            &StorageConfig::Memory,
+            &StorageConfig::Memory {},
         );
         assert_eq!(memory.unwrap().unwrap().private_digests, None);
     }

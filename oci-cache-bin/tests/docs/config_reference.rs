@@ -23,9 +23,7 @@ fn probes(heading: &str) -> Option<(Vec<String>, &'static [&'static str])> {
     let upstream = "[[upstream]]\nname = \"a.example\"\nurl = \"https://a.example\"\n";
     let files: Vec<String> = match heading {
         "Top level" => vec!["{} = 1\n".into()],
-        // Not "memory": serde lets a unit variant of an internally tagged
-        // enum ignore other keys, so `kind = "memory"` takes any key.
-        "`[storage]`" => ["filesystem", "s3"]
+        "`[storage]`" => ["filesystem", "memory", "s3"]
             .iter()
             .map(|kind| format!("[storage]\nkind = \"{kind}\"\n{{}} = 1\n"))
             .collect(),
