@@ -158,7 +158,7 @@ pub(crate) fn route(
         None => return Err(unknown_route(path)),
     };
     if let Some(rest) = rest.filter(|_| !local.is_empty()) {
-        if let Some(hosted) = hosted(rest, query, local) {
+        if let Some(hosted) = hosted(rest, query, local, read_only) {
             return hosted;
         }
     }
@@ -190,7 +190,7 @@ pub(crate) fn route(
             let target = target(name, query, mirrors)?;
             Ok(Route::Manifest {
                 target,
-                reference: manifest_ref(reference)?,
+                reference: manifest_ref(reference, read_only)?,
             })
         }
         [name @ .., b, digest] if b == "blobs" && !name.is_empty() => {
@@ -219,7 +219,12 @@ fn segments(rest: &str) -> Result<Vec<String>, OciError> {
 
 /// The route of a request for a hosted repository, or `None` when the path
 /// is not under a local prefix.
-fn hosted(rest: &str, query: Option<&str>, local: &[String]) -> Option<Result<Route, OciError>> {
+fn hosted(
+    rest: &str,
+    query: Option<&str>,
+    local: &[String],
+    read_only: bool,
+) -> Option<Result<Route, OciError>> {
     let first = rest.split('/').next()?;
     if !local.iter().any(|prefix| prefix == first) {
         return None;
@@ -245,9 +250,10 @@ fn hosted(rest: &str, query: Option<&str>, local: &[String]) -> Option<Result<Ro
             (name, Ok(op))
         }
         [name @ .., b, u] if b == "blobs" && u == "uploads" => (name, Ok(HostedOp::Uploads)),
-        [name @ .., m, reference] if m == "manifests" => {
-            (name, manifest_ref(reference).map(HostedOp::Manifest))
-        }
+        [name @ .., m, reference] if m == "manifests" => (
+            name,
+            manifest_ref(reference, read_only).map(HostedOp::Manifest),
+        ),
         [name @ .., b, digest] if b == "blobs" => (name, parse_digest(digest).map(HostedOp::Blob)),
         [name @ .., r, digest] if r == "referrers" => (
             name,
@@ -343,16 +349,24 @@ fn target(
     })
 }
 
-fn manifest_ref(reference: &str) -> Result<ManifestRef, OciError> {
+/// The reference of a manifest path. A tag that cannot exist names no
+/// manifest: a read of it is `404 MANIFEST_UNKNOWN`, as the distribution
+/// spec has it; a write of it (`read_only` false) is `400 TAG_INVALID`.
+fn manifest_ref(reference: &str, read_only: bool) -> Result<ManifestRef, OciError> {
     if reference.contains(':') {
         return parse_digest(reference).map(ManifestRef::Digest);
     }
     Tag::new(reference).map(ManifestRef::Tag).map_err(|_| {
-        OciError::new(
-            StatusCode::BAD_REQUEST,
-            OciErrorCode::TagInvalid,
-            format!("invalid reference {reference:?}: expected a tag or a digest"),
-        )
+        let message = format!("invalid reference {reference:?}: expected a tag or a digest");
+        if read_only {
+            OciError::new(
+                StatusCode::NOT_FOUND,
+                OciErrorCode::ManifestUnknown,
+                message,
+            )
+        } else {
+            OciError::new(StatusCode::BAD_REQUEST, OciErrorCode::TagInvalid, message)
+        }
     })
 }
 

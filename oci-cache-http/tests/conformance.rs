@@ -736,3 +736,31 @@ async fn referrers_list_filter_and_forget_manifests_with_a_subject() {
         assert_eq!(r.fake.calls().total(), 0);
     }
 }
+
+#[tokio::test]
+async fn reads_of_an_impossible_tag_are_unknown_manifests_and_writes_are_invalid_tags() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let bad = "-not-a-tag";
+        assert_error(
+            &get(svc, &format!("{APP}/manifests/{bad}")).await,
+            404,
+            "MANIFEST_UNKNOWN",
+        );
+        let head = send(
+            svc,
+            Method::HEAD,
+            &format!("{APP}/manifests/{bad}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(head.status, 404);
+        assert!(head.body.is_empty());
+        let manifest = image_manifest(&Digest::sha256_of(b"{}"), 2, &[]);
+        push_blob(svc, APP, b"{}").await;
+        let a = put_manifest(svc, APP, bad, OCI_MANIFEST, manifest).await;
+        assert_error(&a, 400, "TAG_INVALID");
+        assert_eq!(r.fake.calls().total(), 0);
+    }
+}

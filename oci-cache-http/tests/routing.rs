@@ -88,7 +88,7 @@ async fn malformed_requests_get_oci_errors() {
     let cases = [
         ("/v2/Library/alpine/manifests/3", 400, "NAME_INVALID"),
         ("/v2/a//b/manifests/3", 400, "NAME_INVALID"),
-        ("/v2/alpine/manifests/-bad", 400, "TAG_INVALID"),
+        ("/v2/alpine/manifests/-bad", 404, "MANIFEST_UNKNOWN"),
         ("/v2/alpine/manifests/sha256:123", 400, "DIGEST_INVALID"),
         ("/v2/alpine/blobs/sha256:XYZ", 400, "DIGEST_INVALID"),
         (

@@ -177,7 +177,8 @@ fn malformed_requests() {
         ("/v2/a%2Fb/manifests/t", (400, "NAME_INVALID")),
         ("/v2/a%ff/manifests/t", (400, "NAME_INVALID")),
         ("/v2/-a/manifests/t", (400, "NAME_INVALID")),
-        ("/v2/a/manifests/.bad", (400, "TAG_INVALID")),
+        // A tag that cannot exist names no manifest.
+        ("/v2/a/manifests/.bad", (404, "MANIFEST_UNKNOWN")),
         ("/v2/a/manifests/sha256:abc", (400, "DIGEST_INVALID")),
         ("/v2/a/blobs/latest", (400, "DIGEST_INVALID")),
         ("/v2/a/blobs/md5:0123", (400, "DIGEST_INVALID")),
@@ -230,7 +231,7 @@ fn hosted_repositories_route_every_method() {
         hosted(Method::PUT, "/v2/local/a/b/manifests/v1"),
         Ok((
             "local/a/b".into(),
-            HostedOp::Manifest(manifest_ref("v1").unwrap())
+            HostedOp::Manifest(manifest_ref("v1", true).unwrap())
         ))
     );
     // Kind's containerd names the registry it asked for in `ns`.
@@ -254,6 +255,15 @@ fn hosted_repositories_route_every_method() {
     assert_eq!(
         hosted(Method::PUT, "/v2/local/manifests/v1"),
         Err((400, "NAME_INVALID"))
+    );
+    // An impossible tag: nothing to read (404), nothing to write under (400).
+    assert_eq!(
+        hosted(Method::HEAD, "/v2/local/app/manifests/.bad"),
+        Err((404, "MANIFEST_UNKNOWN"))
+    );
+    assert_eq!(
+        hosted(Method::PUT, "/v2/local/app/manifests/.bad"),
+        Err((400, "TAG_INVALID"))
     );
     assert_eq!(
         hosted(Method::GET, &format!("/v2/local/a/b/referrers/{DIGEST}")),
@@ -309,7 +319,7 @@ fn hosted_repositories_route_every_method() {
     // Whatever `ns` names, a hosted repository never reaches an upstream.
     assert_eq!(
         hosted(Method::GET, "/v2/local/app/manifests/v1?ns=docker.io"),
-        Ok((app(), HostedOp::Manifest(manifest_ref("v1").unwrap())))
+        Ok((app(), HostedOp::Manifest(manifest_ref("v1", true).unwrap())))
     );
     // Writes elsewhere stay refused, and `localx/…` is not under `local`.
     for path in [
