@@ -208,22 +208,9 @@ async fn upload(
         }
         Method::PATCH => {
             let range = content_range(req.info.headers)?;
-            match hosted.append(repository, id, range, body).await {
+            match append(hosted, req, id, range, body).await {
                 Ok(state) => Ok(upload_response(StatusCode::ACCEPTED, &state)),
-                Err(e) => {
-                    let offset = match &e {
-                        CoreError::Push {
-                            kind: PushErrorKind::OutOfOrder { offset },
-                            ..
-                        } => Some(*offset),
-                        _ => None,
-                    };
-                    let mut response = fail(e, ErrorSubject::Blob).into_response();
-                    if let Some(offset) = offset {
-                        set_range(response.headers_mut(), offset);
-                    }
-                    Ok(response)
-                }
+                Err(refused) => Ok(refused),
             }
         }
         Method::PUT => {
@@ -235,8 +222,17 @@ async fn upload(
                 )
             })?;
             let digest = parse_digest(&digest)?;
+            // A last chunk with a `Content-Range` must continue the upload,
+            // as a `PATCH` must; without one, the body is simply appended.
+            let body = match content_range(req.info.headers)? {
+                Some(range) => match append(hosted, req, id, Some(range), body).await {
+                    Ok(_) => None,
+                    Err(refused) => return Ok(refused),
+                },
+                None => Some(body),
+            };
             hosted
-                .finish(repository, id, &digest, Some(body))
+                .finish(repository, id, &digest, body)
                 .await
                 .map_err(upload_error)?;
             Ok(blob_created(repository, &digest))
@@ -251,6 +247,83 @@ async fn upload(
             format!("{} is not supported on an upload", req.method),
         )),
     }
+}
+
+/// Appends a chunk (`PATCH`, or the body of the final `PUT`) to an upload;
+/// a refusal is the response to send, with the upload's `Range` when the
+/// chunk does not continue it.
+///
+/// A `Content-Range` whose length is not the body's is refused with `416`,
+/// as the spec says: before the body is read when `Content-Length` already
+/// disagrees, else once it has been (what arrived stays, and the `Range` of
+/// the answer says where the upload now ends).
+async fn append(
+    hosted: &HostedEngine,
+    req: &HostedRequest<'_>,
+    id: &UploadId,
+    range: Option<(u64, u64)>,
+    body: ByteStream,
+) -> Result<UploadState, Response<Body>> {
+    let repository = req.repository;
+    let mismatch = |start: u64, end: u64, length: u64| {
+        OciError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            OciErrorCode::BlobUploadInvalid,
+            format!(
+                "Content-Range {start}-{end} is not the {length} bytes of the body; \
+                 send the range the body covers"
+            ),
+        )
+    };
+    let refuse_at = |error: OciError, offset: u64| {
+        let mut response = error.into_response();
+        set_range(response.headers_mut(), offset);
+        response
+    };
+    if let Some((start, end)) = range {
+        let declared = req
+            .info
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(length) = declared.filter(|&l| Some(l) != range_length(start, end)) {
+            let state = hosted
+                .upload(repository, id)
+                .await
+                .map_err(|e| fail(e, ErrorSubject::Blob).into_response())?;
+            return Err(refuse_at(mismatch(start, end, length), state.offset));
+        }
+    }
+    match hosted.append(repository, id, range, body).await {
+        Ok(state) => match range {
+            Some((start, end)) if Some(state.offset) != end.checked_add(1) => {
+                let length = state.offset.saturating_sub(start);
+                Err(refuse_at(mismatch(start, end, length), state.offset))
+            }
+            _ => Ok(state),
+        },
+        Err(e) => {
+            let offset = match &e {
+                CoreError::Push {
+                    kind: PushErrorKind::OutOfOrder { offset },
+                    ..
+                } => Some(*offset),
+                _ => None,
+            };
+            let mut response = fail(e, ErrorSubject::Blob).into_response();
+            if let Some(offset) = offset {
+                set_range(response.headers_mut(), offset);
+            }
+            Err(response)
+        }
+    }
+}
+
+/// The number of bytes of the inclusive range `start-end`; `None` when `end`
+/// is before `start`.
+fn range_length(start: u64, end: u64) -> Option<u64> {
+    end.checked_sub(start)?.checked_add(1)
 }
 
 async fn put_manifest(

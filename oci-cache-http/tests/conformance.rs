@@ -764,3 +764,67 @@ async fn reads_of_an_impossible_tag_are_unknown_manifests_and_writes_are_invalid
         assert_eq!(r.fake.calls().total(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_final_put_with_a_content_range_must_continue_the_upload() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let content: Vec<u8> = (0..20u8).collect();
+        let digest = Digest::sha256_of(&content);
+        let location = start_upload(svc).await;
+        let a = patch(svc, &location, "0-9", content[..10].to_vec()).await;
+        assert_eq!(a.status, 202, "{:?}", a.body);
+        let location = a.header("location").unwrap().to_owned();
+        let put = |range: &'static str, body: Vec<u8>| {
+            let uri = format!("{location}?digest={digest}");
+            async move { send(svc, Method::PUT, &uri, &[("content-range", range)], body).await }
+        };
+        // A last chunk that skips bytes (or repeats them) is not the upload's end.
+        let a = put("12-21", content[10..].to_vec()).await;
+        assert_error(&a, 416, "BLOB_UPLOAD_INVALID");
+        assert_eq!(a.header("range"), Some("0-9"));
+        let a = put("0-9", content[10..].to_vec()).await;
+        assert_error(&a, 416, "BLOB_UPLOAD_INVALID");
+        // Refused, the session is as it was; the right range completes it.
+        assert_eq!(get(svc, &location).await.header("range"), Some("0-9"));
+        let a = put("10-19", content[10..].to_vec()).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        assert_eq!(
+            get(svc, &format!("{APP}/blobs/{digest}")).await.body,
+            content
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_patch_whose_content_range_is_not_its_body_length_is_refused() {
+    for r in registries().await {
+        let svc = &r.svc;
+        let location = start_upload(svc).await;
+        // Content-Length disagrees with the range: refused before anything is stored.
+        let a = send(
+            svc,
+            Method::PATCH,
+            &location,
+            &[("content-range", "0-9"), ("content-length", "4")],
+            vec![7u8; 4],
+        )
+        .await;
+        assert_error(&a, 416, "BLOB_UPLOAD_INVALID");
+        assert_eq!(a.header("range"), Some("0-0"));
+        assert_eq!(get(svc, &location).await.header("range"), Some("0-0"));
+        // No Content-Length (a chunked body): the range's end is checked
+        // against what arrived, which stays, and the answer says so.
+        let a = patch(svc, &location, "0-9", vec![7u8; 4]).await;
+        assert_error(&a, 416, "BLOB_UPLOAD_INVALID");
+        assert_eq!(a.header("range"), Some("0-3"));
+        let a = patch(svc, &location, "4-5", vec![7u8; 6]).await;
+        assert_error(&a, 416, "BLOB_UPLOAD_INVALID");
+        assert_eq!(a.header("range"), Some("0-9"));
+        // The client carries on from what the registry holds.
+        let a = patch(svc, &location, "10-11", vec![7u8; 2]).await;
+        assert_eq!(a.status, 202, "{:?}", a.body);
+        let digest = Digest::sha256_of(&[7u8; 12]);
+        assert_eq!(finish(svc, &location, &digest, "").await.status, 201);
+    }
+}
