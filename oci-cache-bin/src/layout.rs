@@ -19,7 +19,9 @@ use futures::StreamExt;
 use indicatif::HumanBytes;
 use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::{Digest, DigestVerifier};
-use oci_cache_core::manifest::{Descriptor, Index, Platform, REF_NAME_ANNOTATION};
+use oci_cache_core::manifest::{
+    is_manifest_type, Descriptor, Index, Platform, REF_NAME_ANNOTATION,
+};
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::reference::{Reference, Tag};
 use oci_cache_core::storage::{ByteStream, Storage, StoredManifest, TagRecord};
@@ -459,6 +461,16 @@ impl ManifestSource for LayoutDir<'_> {
             .filter(|t| !t.is_empty())
             .or_else(|| json_media_type(&bytes))
             .unwrap_or_else(|| oci_cache_core::cache::OCI_MANIFEST.to_owned());
+        // The cache serves a manifest with its media type as Content-Type.
+        if !is_manifest_type(&media_type) {
+            return Err(Error::InvalidManifest {
+                digest: digest.clone(),
+                reason: format!(
+                    "its media type {media_type} is not a manifest media type \
+                     (an OCI or Docker image manifest or index)"
+                ),
+            });
+        }
         Ok(StoredManifest {
             digest: digest.clone(),
             media_type,

@@ -828,3 +828,32 @@ async fn a_patch_whose_content_range_is_not_its_body_length_is_refused() {
         assert_eq!(finish(svc, &location, &digest, "").await.status, 201);
     }
 }
+
+#[tokio::test]
+async fn a_manifest_needs_a_manifest_media_type() {
+    for r in registries().await {
+        let svc = &r.svc;
+        push_blob(svc, APP, b"{}").await;
+        // A valid image manifest without mediaType, sent as a web page.
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[]}}"#,
+            Digest::sha256_of(b"{}")
+        );
+        for media_type in ["text/html", "text/html; charset=utf-8", "image/svg+xml"] {
+            let a = put_manifest(svc, APP, "page", media_type, manifest.clone()).await;
+            assert_error(&a, 400, "MANIFEST_INVALID");
+            assert!(
+                String::from_utf8_lossy(&a.body).contains("not a manifest media type"),
+                "{:?}",
+                a.body
+            );
+        }
+        assert_error(
+            &get(svc, &format!("{APP}/manifests/page")).await,
+            404,
+            "MANIFEST_UNKNOWN",
+        );
+        let a = put_manifest(svc, APP, "page", OCI_MANIFEST, manifest).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+    }
+}

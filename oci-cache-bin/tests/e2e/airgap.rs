@@ -671,3 +671,68 @@ fn bench_warm_vs_parallel_skopeo() {
         rate(skopeo)
     );
 }
+
+/// `sha256:<hex>` of `bytes`.
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// A one-image layout written by hand, named `a.test/e2e/hand:v1` in an
+/// `index.json` entry of `media_type`; returns the manifest and config digests.
+fn hand_layout(dir: &Path, media_type: &str) -> (String, String) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let config = b"{}";
+    let config_digest = sha256(config);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[]}}"#
+    );
+    let manifest_digest = sha256(manifest.as_bytes());
+    for (digest, bytes) in [
+        (&config_digest, &config[..]),
+        (&manifest_digest, manifest.as_bytes()),
+    ] {
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": media_type,
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "a.test/e2e/hand:v1"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    (manifest_digest, config_digest)
+}
+
+/// A layout entry that is not a manifest media type is not imported: the
+/// cache would serve it with that type as its Content-Type.
+#[test]
+fn airgap_import_refuses_a_manifest_that_is_not_a_manifest_media_type() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let (manifest, _) = hand_layout(&layout, "text/html");
+    let site = work.path().join("site");
+    let out = command(
+        "import",
+        &config_args(&site, "http://127.0.0.1:9"),
+        &[&layout.display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAILED a.test/e2e/hand:v1"), "{text}");
+    assert!(
+        text.contains("text/html is not a manifest media type"),
+        "{text}"
+    );
+    assert!(text.contains("import: 0 of 1 images imported"), "{text}");
+    let stored = files_under(&site).join("\n");
+    assert!(
+        !stored.contains(manifest.trim_start_matches("sha256:")),
+        "{stored}"
+    );
+}

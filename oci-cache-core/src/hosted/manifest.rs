@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Hosted, HostedKey, Referrer};
 use crate::digest::Digest;
-use crate::manifest::{Descriptor, Manifest};
+use crate::manifest::{is_manifest_type, Descriptor, Manifest};
 use crate::reference::{Repository, Tag};
 use crate::storage::{Record, RecordKey, RecordWrite, Storage, StoredManifest};
 use crate::upstream::ManifestRef;
@@ -126,6 +126,14 @@ impl<S: Storage + ?Sized> Hosted<S> {
             .ok_or_else(|| {
                 invalid("the manifest has no media type: send it as Content-Type or mediaType")
             })?;
+        if !is_manifest_type(&media_type) {
+            // Served back as its Content-Type from the registry's origin: a
+            // `text/html` "manifest" would be a page a browser renders there.
+            return Err(invalid(format!(
+                "{media_type} is not a manifest media type; push an OCI or Docker \
+                 image manifest or index"
+            )));
+        }
         if let Some(declared) = &extra.media_type {
             if declared != &media_type {
                 return Err(invalid(format!(
