@@ -6,7 +6,10 @@
 //! query parameter (percent-decoded), by a first path segment that names a
 //! configured upstream or alias (`/v2/ghcr.io/org/app/…`), or else the default
 //! upstream. Only configured upstreams are ever selected: a name that is not
-//! configured is an error here, before anything could dial out.
+//! configured is an error here, before anything could dial out; that includes
+//! a first segment that is a host name (`/v2/quay.io/app/…`: it holds a `.` or
+//! `:`, or is `localhost`), which is never taken for a repository of the
+//! default upstream.
 //!
 //! A repository whose first path component is a configured local prefix
 //! (`/v2/local/app/…`) is hosted ([`Route::Hosted`]): it has no upstream at
@@ -322,6 +325,15 @@ fn target(
         None => match prefixed {
             Some((upstream, rest)) => (upstream, rest),
             None => {
+                // `quay.io/app` names a registry, as distribution/reference
+                // reads it; sending it to the default upstream as a repository
+                // would ask a registry the client never meant for a name it
+                // never had.
+                if let [first, _, ..] = name {
+                    if looks_like_host(first) {
+                        return Err(unknown(first));
+                    }
+                }
                 let default = mirrors.default_upstream.as_str();
                 (
                     mirrors.default_upstream().ok_or_else(|| unknown(default))?,
@@ -347,6 +359,12 @@ fn target(
         upstream: upstream.name.clone(),
         repository,
     })
+}
+
+/// True when the first component of a name is a registry host, by the rule
+/// of distribution/reference: it holds a `.` or a `:`, or is `localhost`.
+fn looks_like_host(component: &str) -> bool {
+    component.contains(['.', ':']) || component == "localhost"
 }
 
 /// The reference of a manifest path. A tag that cannot exist names no

@@ -111,3 +111,35 @@ async fn malformed_requests_get_oci_errors() {
     assert!(h.body.is_empty());
     assert_eq!(fake.calls().total(), 0);
 }
+
+#[tokio::test]
+async fn a_registry_in_the_path_that_is_not_configured_is_unknown_not_a_repository() {
+    let (svc, fake) = fake_service();
+    // What the default upstream would have been asked for, were these names.
+    fake.add_manifest("docker.io", "quay.io/app", "v1", OCI_MANIFEST, M);
+    fake.add_manifest("docker.io", "localhost/app", "v1", OCI_MANIFEST, M);
+    for (uri, registry) in [
+        ("/v2/quay.io/app/manifests/v1", "quay.io"),
+        (
+            "/v2/evil.example:8443/org/app/manifests/v1",
+            "evil.example:8443",
+        ),
+        ("/v2/localhost/app/manifests/v1", "localhost"),
+        ("/v2/10.0.0.1/app/tags/list", "10.0.0.1"),
+    ] {
+        for method in [Method::GET, Method::HEAD] {
+            let a = call(&svc, method.clone(), uri, &[]).await;
+            assert_eq!(a.status, 404, "{method} {uri}");
+            if method == Method::GET {
+                assert_eq!(a.error_code(), "NAME_UNKNOWN", "{uri}");
+                let body = String::from_utf8_lossy(&a.body);
+                assert!(body.contains(registry), "{uri}: {body}");
+            }
+        }
+    }
+    assert_eq!(
+        fake.calls().total(),
+        0,
+        "nothing may leave for an unconfigured registry"
+    );
+}

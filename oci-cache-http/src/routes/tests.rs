@@ -120,8 +120,20 @@ fn upstream_selection() {
             "ghcr.io",
             "a/b/c/d",
         ),
-        // A segment that merely looks like a registry is part of the name.
-        ("/v2/quay.io/app/manifests/t", "docker.io", "quay.io/app"),
+        // With `ns`, the path is the repository, whatever it looks like.
+        (
+            "/v2/quay.io/app/manifests/t?ns=ghcr.io",
+            "ghcr.io",
+            "quay.io/app",
+        ),
+        // A host-like first segment that is a configured upstream (or alias).
+        (
+            "/v2/registry-1.docker.io/a/b/manifests/t",
+            "docker.io",
+            "a/b",
+        ),
+        // A single segment is a repository, never a registry.
+        ("/v2/my.app/manifests/t", "docker.io", "library/my.app"),
         // A single segment equal to an upstream name is a repository.
         ("/v2/ghcr.io/manifests/t", "docker.io", "library/ghcr.io"),
     ];
@@ -171,7 +183,16 @@ fn references_and_other_routes() {
 
 #[test]
 fn malformed_requests() {
-    let cases: [(&str, (u16, &str)); 16] = [
+    let cases: [(&str, (u16, &str)); 21] = [
+        // A registry that is not configured, named in the path.
+        ("/v2/quay.io/app/manifests/t", (404, "NAME_UNKNOWN")),
+        (
+            "/v2/evil.example:443/a/b/manifests/t",
+            (404, "NAME_UNKNOWN"),
+        ),
+        ("/v2/localhost/app/manifests/t", (404, "NAME_UNKNOWN")),
+        ("/v2/127.0.0.1/app/blobs/sha256:0", (404, "NAME_UNKNOWN")),
+        ("/v2/quay.io/app/tags/list", (404, "NAME_UNKNOWN")),
         ("/v2/UPPER/manifests/t", (400, "NAME_INVALID")),
         ("/v2/a//b/manifests/t", (400, "NAME_INVALID")),
         ("/v2/a%2Fb/manifests/t", (400, "NAME_INVALID")),
@@ -339,4 +360,28 @@ fn write_methods_are_unsupported() {
             assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
         }
     }
+}
+
+#[test]
+fn a_local_prefix_that_looks_like_a_host_is_hosted() {
+    let local = vec!["registry.local".to_owned()];
+    let r = route(
+        &Method::GET,
+        "/v2/registry.local/app/manifests/v1",
+        None,
+        &mirrors(),
+        &local,
+    );
+    assert!(matches!(r, Ok(Route::Hosted { .. })), "{r:?}");
+    // Any other host-like first segment is still an unknown registry.
+    let e = route(
+        &Method::GET,
+        "/v2/other.local/app/manifests/v1",
+        None,
+        &mirrors(),
+        &local,
+    )
+    .unwrap_err();
+    assert_eq!((e.status.as_u16(), e.code.as_str()), (404, "NAME_UNKNOWN"));
+    assert!(e.message.contains("other.local"), "{}", e.message);
 }
