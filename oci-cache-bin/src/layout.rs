@@ -35,6 +35,7 @@ use crate::images::{self, Target};
 use crate::progress::Reporter;
 use crate::walk::{check, walk, Absent, ManifestSource, Tree};
 use crate::warm::{chain, wait_stored};
+use archive::{read_tar, write_tar};
 
 /// The `oci-layout` file's content.
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -488,42 +489,7 @@ fn json_media_type(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<MediaType>(bytes).ok()?.media_type
 }
 
-/// Packs a layout directory into `tar` (written beside it, then renamed).
-async fn write_tar(dir: &Path, tar: &Path) -> Result<(), BoxError> {
-    let (dir, tar) = (dir.to_owned(), tar.to_owned());
-    tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
-        let tmp = tar.with_extension("partial");
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
-        // Top-level names without `./`, as skopeo's oci-archive writes them.
-        builder.append_path_with_name(dir.join("oci-layout"), "oci-layout")?;
-        builder.append_path_with_name(dir.join("index.json"), "index.json")?;
-        builder.append_dir_all("blobs", dir.join("blobs"))?;
-        let file = builder
-            .into_inner()?
-            .into_inner()
-            .map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &tar)?;
-        Ok(())
-    })
-    .await?
-}
-
-/// Unpacks `tar` into `dir` (the tar crate refuses entries that would land outside it).
-async fn read_tar(tar: &Path, dir: &Path) -> Result<(), BoxError> {
-    let (tar, dir) = (tar.to_owned(), dir.to_owned());
-    tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
-        let file =
-            std::fs::File::open(&tar).map_err(|e| format!("cannot open {}: {e}", tar.display()))?;
-        tar::Archive::new(std::io::BufReader::new(file))
-            .unpack(&dir)
-            .map_err(|e| format!("cannot unpack {}: {e}", tar.display()))?;
-        Ok(())
-    })
-    .await?
-}
+mod archive;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -709,6 +709,116 @@ fn hand_layout(dir: &Path, media_type: &str) -> (String, String) {
     (manifest_digest, config_digest)
 }
 
+/// The layout in `dir` as a tar, its config blob replaced by `link` (a
+/// symlink or hard link entry to `target`) written by `add_link`.
+fn tar_with_link(dir: &Path, tar: &Path, config: &str, kind: tar::EntryType, target: &str) {
+    let mut builder = tar::Builder::new(std::fs::File::create(tar).unwrap());
+    builder
+        .append_path_with_name(dir.join("oci-layout"), "oci-layout")
+        .unwrap();
+    builder
+        .append_path_with_name(dir.join("index.json"), "index.json")
+        .unwrap();
+    // A regular copy of the config, for a hard link to point at.
+    builder
+        .append_path_with_name(dir.join("oci-layout"), "spare")
+        .unwrap();
+    let config_name = format!("blobs/sha256/{}", config.trim_start_matches("sha256:"));
+    for entry in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = format!(
+            "blobs/sha256/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        if name != config_name {
+            builder.append_path_with_name(&path, &name).unwrap();
+        }
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(0);
+    header.set_mode(0o644);
+    builder
+        .append_link(&mut header, &config_name, target)
+        .unwrap();
+    builder.finish().unwrap();
+}
+
+/// A crafted archive cannot make `import` read a file outside it, and
+/// `export --tar` does not write through links planted where it writes.
+/// Needs only the oci-cache binary.
+#[test]
+fn airgap_tar_links_are_refused_and_never_followed() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let (manifest, config) = hand_layout(&layout, "application/vnd.oci.image.manifest.v1+json");
+    // A file outside any archive that happens to hold the config's bytes
+    // (for a real attack: any file whose digest the attacker knows).
+    let outside = work.path().join("outside");
+    std::fs::write(&outside, b"{}").unwrap();
+    let cases = [
+        (
+            tar::EntryType::Symlink,
+            outside.display().to_string(),
+            "symbolic link",
+        ),
+        (tar::EntryType::Link, "spare".to_owned(), "hard link"),
+    ];
+    for (i, (kind, target, said)) in cases.into_iter().enumerate() {
+        let tar = work.path().join(format!("crafted-{i}.tar"));
+        tar_with_link(&layout, &tar, &config, kind, &target);
+        let site = work.path().join(format!("site-{i}"));
+        let config_site = config_args(&site, "http://127.0.0.1:9");
+        let out = command(
+            "import",
+            &config_site,
+            &["--tar", &tar.display().to_string()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{said}: {stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+        assert!(stderr.contains("refused"), "{stderr}");
+        let stored = files_under(&site).join("\n");
+        assert!(
+            !stored.contains(manifest.trim_start_matches("sha256:")),
+            "{said}: the image was imported: {stored}"
+        );
+    }
+
+    // Export --tar with links planted at the archive's name and at the name
+    // a partial archive used to have: the files they point at stay as they were.
+    let site = work.path().join("site-export");
+    let config_site = config_args(&site, "http://127.0.0.1:9");
+    let out = command("import", &config_site, &[&layout.display().to_string()]);
+    assert!(out.status.success());
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let tar = work.path().join("out.tar");
+    for planted in [tar.clone(), tar.with_extension("partial")] {
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    }
+    let out = command(
+        "export",
+        &config_site,
+        &[
+            "--offline",
+            "a.test/e2e/hand:v1",
+            "--tar",
+            &tar.display().to_string(),
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(&tar).unwrap().is_file());
+    let again = work.path().join("site-again");
+    let out = command(
+        "import",
+        &config_args(&again, "http://127.0.0.1:9"),
+        &["--tar", &tar.display().to_string()],
+    );
+    assert!(stdout(&out).contains("import: 1 of 1 images imported"));
+}
+
 /// A layout entry that is not a manifest media type is not imported: the
 /// cache would serve it with that type as its Content-Type.
 #[test]
