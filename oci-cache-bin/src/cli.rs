@@ -223,9 +223,10 @@ pub(crate) struct WarmArgs {
     #[command(flatten)]
     pub(crate) list: ListArgs,
 
-    /// Images fetched at the same time (also the limit on concurrent blob downloads).
-    #[arg(short = 'j', long, default_value_t = 4)]
-    pub(crate) jobs: usize,
+    /// Images fetched at the same time (also the limit on concurrent blob downloads), 1 to 256.
+    #[arg(short = 'j', long, default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) jobs: u16,
 
     /// Resolve each image upstream and print what would be fetched; store nothing.
     #[arg(long)]

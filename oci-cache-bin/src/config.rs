@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_cache_core::mirror::{
-    containerd, talos, Credentials, Endpoint, EndpointTls, Import, MirrorConfig, UpstreamConfig,
+    Credentials, Endpoint, EndpointTls, Import, MirrorConfig, UpstreamConfig,
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
@@ -23,6 +23,7 @@ use oci_cache_core::cache::CacheOptions;
 use oci_cache_http::UpstreamOptions;
 
 use crate::cli::{ConfigArgs, ServeArgs};
+use oci_cache_core::bounds;
 use oci_cache_core::duration::parse_duration;
 use oci_cache_core::hosted::HostedOptions;
 
@@ -90,6 +91,9 @@ impl LimitsEntry {
             server.idle_timeout =
                 parse_duration(&text).map_err(|e| format!("limits.idle_timeout: {e}"))?;
         }
+        server
+            .validate()
+            .map_err(|e| format!("[limits] {}", config_message(e)))?;
         Ok(server)
     }
 }
@@ -301,22 +305,24 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         path,
         ("--tag-ttl", "OCI_CACHE_TAG_TTL", "tag_ttl"),
     ) {
-        Some((text, origin)) => tag_ttl(&text).map_err(|e| format!("{origin}: {e}"))?,
+        Some((text, origin)) => {
+            let ttl = tag_ttl(&text).map_err(|e| format!("{origin}: {e}"))?;
+            bounds::duration_in(&origin.to_string(), ttl, CacheOptions::TAG_TTL)
+                .map_err(config_message)?
+        }
         None if cache.tag_ttl.is_zero() => {
             return Err(format!(
                 "{}: [cache] tag_ttl is zero, which would check every tag pull upstream; \
                  write a positive duration such as 30s or 5m",
-                path.map_or_else(
-                    || "config".to_owned(),
-                    |p| format!("config file {}", p.display())
-                )
+                file_label(path)
             ))
         }
         None => cache.tag_ttl,
     };
     if let Some(text) = &args.max_size {
-        let bytes = oci_cache_core::evict::parse_size(text)
-            .map_err(|e| format!("--max-size (OCI_CACHE_MAX_SIZE): {e}"))?;
+        let flag = "--max-size (OCI_CACHE_MAX_SIZE)";
+        let bytes = oci_cache_core::evict::parse_size(text).map_err(|e| format!("{flag}: {e}"))?;
+        let bytes = bounds::size_in(flag, bytes, CacheOptions::MAX_SIZE).map_err(config_message)?;
         cache = cache.with_max_size(bytes);
     }
     for text in &args.pins {
@@ -328,7 +334,17 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
     if let (None, StorageConfig::Filesystem { dir }) = (&cache.spool_dir, &storage) {
         cache = cache.with_spool_dir(dir.clone());
     }
+    cache
+        .validate()
+        .map_err(|e| format!("{}: [cache] {}", file_label(path), config_message(e)))?;
     let mut upstream_client = file.upstream_client;
+    upstream_client.validate().map_err(|e| {
+        format!(
+            "{}: [upstream_client] {}",
+            file_label(path),
+            config_message(e)
+        )
+    })?;
     if args.offline {
         upstream_client = upstream_client.with_offline(true);
     }
@@ -386,10 +402,10 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
     // file may already have, and win for those.
     let mut import = Import::default();
     if let Some(path) = &sources.talos_config {
-        import.extend(load_talos(path)?);
+        import.extend(imports::load_talos(path)?);
     }
     if let Some(dir) = &sources.containerd_hosts {
-        import.extend(load_containerd_hosts(dir)?);
+        import.extend(imports::load_containerd_hosts(dir)?);
     }
     // Validates the merged upstreams too (names, aliases, endpoint URLs,
     // the default upstream), with or without anything imported.
@@ -397,7 +413,10 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-    let server = file.limits.resolve()?;
+    let server = file
+        .limits
+        .resolve()
+        .map_err(|e| format!("{}: {e}", file_label(path)))?;
     let (local_prefixes, hosted) = hosted::settings(
         args,
         (file.local_prefixes.take(), file.upload_max_age.take()),
@@ -427,6 +446,23 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         local_prefixes,
         hosted,
     })
+}
+
+/// Where a file-level setting came from, for messages: the config file, or
+/// `config` (registry:2 settings and defaults).
+pub(super) fn file_label(path: Option<&Path>) -> String {
+    path.map_or_else(
+        || "config".to_owned(),
+        |p| format!("config file {}", p.display()),
+    )
+}
+
+/// The message of a configuration error from a library's `validate`.
+pub(super) fn config_message(e: oci_cache_core::Error) -> String {
+    match e {
+        oci_cache_core::Error::Config(message) => message,
+        other => other.to_string(),
+    }
 }
 
 /// A tag TTL: a duration above zero.
@@ -497,68 +533,6 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
     Ok(())
 }
 
-/// The registry documents of a Talos machine configuration.
-fn load_talos(path: &Path) -> Result<Import, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read talos config {}: {e}", path.display()))?;
-    talos::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
-}
-
-/// Every `<dir>/<registry>/hosts.toml` of a containerd `certs.d` tree, in
-/// name order; directories without one (certificates only) are skipped.
-fn load_containerd_hosts(dir: &Path) -> Result<Import, String> {
-    let cannot =
-        |e: std::io::Error| format!("cannot read containerd hosts dir {}: {e}", dir.display());
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(cannot)? {
-        let entry = entry.map_err(cannot)?;
-        if entry.file_type().map_err(cannot)?.is_dir() {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names.sort();
-    let mut import = Import::default();
-    for name in names {
-        let file = dir.join(&name).join("hosts.toml");
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                import.warnings.push(format!(
-                    "{}: no hosts.toml; the directory is skipped (its certificates are not used)",
-                    dir.join(&name).display()
-                ));
-                continue;
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
-        };
-        let mut parsed = containerd::parse_hosts_toml(&name, &text, &file.display().to_string())
-            .map_err(|e| e.to_string())?;
-        // containerd reads relative certificate paths from the host's directory.
-        let host_dir = dir.join(&name);
-        for entry in &mut parsed.mirrors {
-            for endpoint in entry.endpoints.iter_mut().chain(entry.origin.as_mut()) {
-                let tls = &mut endpoint.tls;
-                for path in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
-                    .into_iter()
-                    .flatten()
-                {
-                    if path.is_relative() {
-                        *path = host_dir.join(&*path);
-                    }
-                }
-            }
-        }
-        import.extend(parsed);
-    }
-    if import.mirrors.is_empty() {
-        return Err(format!(
-            "containerd hosts dir {} has no <registry>/hosts.toml; point --containerd-hosts at the certs.d directory itself",
-            dir.display()
-        ));
-    }
-    Ok(import)
-}
-
 fn registry(name: &str) -> Result<Registry, String> {
     Registry::new(name).map_err(|e| format!("invalid upstream name {name:?}: {e}"))
 }
@@ -592,6 +566,7 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
 }
 
 mod hosted;
+mod imports;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;

@@ -42,7 +42,7 @@ pub(crate) fn run(args: &WarmArgs, err: &mut impl Write) -> ExitCode {
         if args.dry_run {
             return dry_run(&engine, &targets, &platforms).await;
         }
-        warm(&engine, &targets, &platforms, args.jobs.max(1)).await
+        warm(&engine, &targets, &platforms, usize::from(args.jobs)).await
     })
 }
 

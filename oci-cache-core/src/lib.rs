@@ -51,6 +51,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bounds;
 pub mod cache;
 pub mod digest;
 pub mod duration;

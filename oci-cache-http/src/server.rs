@@ -56,6 +56,37 @@ pub struct ServerOptions {
     pub h2_keep_alive_timeout: Duration,
 }
 
+impl ServerOptions {
+    /// Checks [`max_connections`](Self::max_connections) and the timeouts
+    /// against their ranges (see [`oci_cache_core::bounds`]); the error names
+    /// the field and the range.
+    pub fn validate(&self) -> oci_cache_core::Result<()> {
+        use oci_cache_core::bounds::{count_in, duration_in, DAY};
+        count_in(
+            "max_connections",
+            self.max_connections as u64,
+            1..=1_000_000,
+        )?;
+        duration_in(
+            "idle_timeout",
+            self.idle_timeout,
+            Duration::from_secs(1)..=DAY,
+        )?;
+        let keep_alive = Duration::from_secs(1)..=DAY;
+        duration_in(
+            "h2_keep_alive_interval",
+            self.h2_keep_alive_interval,
+            keep_alive.clone(),
+        )?;
+        duration_in(
+            "h2_keep_alive_timeout",
+            self.h2_keep_alive_timeout,
+            keep_alive,
+        )?;
+        Ok(())
+    }
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
@@ -272,11 +303,16 @@ impl Activity {
                 return;
             }
             // Busy: look again a timeout later; a request that ends resets `since`.
-            let wake = if in_flight == 0 {
-                since + timeout
+            // Checked: an embedder's idle timeout may be any Duration (the
+            // configuration bounds it); past the clock's end, look again in a day.
+            let from = if in_flight == 0 {
+                since
             } else {
-                Instant::now() + timeout
+                Instant::now()
             };
+            let wake = from
+                .checked_add(timeout)
+                .unwrap_or_else(|| Instant::now() + oci_cache_core::bounds::DAY);
             tokio::time::sleep_until(wake).await;
         }
     }

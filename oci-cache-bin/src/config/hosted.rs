@@ -46,5 +46,8 @@ pub(super) fn settings(
         let age = parse_duration(&text).map_err(|e| format!("upload_max_age: {e}"))?;
         hosted = hosted.with_upload_max_age(age);
     }
+    hosted
+        .validate()
+        .map_err(|e| format!("{}: {}", super::file_label(path), super::config_message(e)))?;
     Ok((prefixes, hosted))
 }

@@ -490,3 +490,101 @@ fn local_prefixes_are_shown_and_checked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("local_prefixes: invalid configuration: local prefix \"local/dev\" is not one repository path component"), "{}", text(&out.stderr));
 }
+
+/// Every duration and size setting has a range; a value outside it is exit 2
+/// naming the key and the range. `breaker_cooldown = "18446744073709551615s"`
+/// used to pass check-config and then panic a worker on every request that
+/// opened the breaker.
+#[test]
+fn durations_and_sizes_out_of_range_are_refused_naming_key_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bounds.toml");
+    let cases = [
+        (
+            "[upstream_client]\nbreaker_cooldown = \"18446744073709551615s\"\n",
+            "[upstream_client] breaker_cooldown = 213503982334601d7h15s is out of range: write a duration from 0 to 1d",
+        ),
+        (
+            "[upstream_client]\nconnect_timeout = \"0\"\n",
+            "[upstream_client] connect_timeout = 0 is out of range: write a duration from 10ms to 10m",
+        ),
+        (
+            "[upstream_client]\nread_timeout = \"30d\"\n",
+            "[upstream_client] read_timeout = 30d is out of range: write a duration from 10ms to 1h",
+        ),
+        (
+            "[upstream_client]\nmax_redirects = 1000\n",
+            "[upstream_client] max_redirects = 1000 is out of range: write a number from 0 to 50",
+        ),
+        (
+            "[cache]\nfill_window = 1\n",
+            "[cache] fill_window = 1 is out of range: write a size from 4KiB to 1GiB",
+        ),
+        (
+            "[cache]\nmax_size = \"2000000TiB\"\n",
+            "[cache] max_size = 2000000TiB is out of range: write a size from 1MiB to 1EiB",
+        ),
+        (
+            "tag_ttl = \"400d\"\n",
+            "tag_ttl = 400d is out of range: write a duration from 1s to 365d",
+        ),
+        (
+            "upload_max_age = \"10s\"\n",
+            "upload_max_age = 10s is out of range: write a duration from 1m to 365d",
+        ),
+        (
+            "[limits]\nidle_timeout = \"99999d\"\n",
+            "[limits] idle_timeout = 99999d is out of range: write a duration from 1s to 1d",
+        ),
+        (
+            "[limits]\nmax_connections = 9223372036854775807\n",
+            "[limits] max_connections = 9223372036854775807 is out of range: write a number from 1 to 1000000",
+        ),
+    ];
+    for (toml, message) in cases {
+        std::fs::write(&file, toml).unwrap();
+        let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: config file {}: ", file.display())),
+            "{toml}: {stderr}"
+        );
+        assert!(stderr.contains(message), "{toml}: {stderr}");
+    }
+    // Flags and their variables name themselves.
+    let out = oci_cache_env(&["check-config"], &[("OCI_CACHE_MAX_SIZE", "1KiB")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --max-size (OCI_CACHE_MAX_SIZE) = 1KiB is out of range: write a size from 1MiB to 1EiB\n"
+    );
+    let out = oci_cache(&["check-config", "--tag-ttl", "1000d"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--tag-ttl (or OCI_CACHE_TAG_TTL) = 1000d is out of range"),
+        "{}",
+        text(&out.stderr)
+    );
+    // `warm -j` sizes a semaphore, which panics above 2^61 permits.
+    for jobs in ["0", "1000"] {
+        let out = oci_cache(&["warm", "-j", jobs, "a.test/x:v1"]);
+        assert_eq!(out.status.code(), Some(2), "{jobs}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{jobs} is not in 1..=256")),
+            "{stderr}"
+        );
+    }
+    // The ends of each range are accepted.
+    std::fs::write(
+        &file,
+        "tag_ttl = \"365d\"\nupload_max_age = \"1m\"\n\
+         [upstream_client]\nbreaker_cooldown = \"1d\"\nconnect_timeout = \"10ms\"\nmax_redirects = 50\n\
+         [cache]\nfill_window = 4096\nmax_size = \"1MiB\"\n\
+         [limits]\nmax_connections = 1\nidle_timeout = \"1d\"\n",
+    )
+    .unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -213,6 +213,26 @@ impl CacheOptions {
         self.spool_dir = Some(dir.into());
         self
     }
+
+    /// Checks every duration and size against its allowed range (see
+    /// [`bounds`](crate::bounds)); the error names the field and the range.
+    pub fn validate(&self) -> Result<()> {
+        use crate::bounds::{duration_in, size_in, GIB, KIB, MIB, PIB};
+        duration_in("tag_ttl", self.tag_ttl, Self::TAG_TTL)?;
+        size_in("max_manifest_size", self.max_manifest_size, KIB..=64 * MIB)?;
+        size_in("fill_window", self.fill_window as u64, 4 * KIB..=GIB)?;
+        size_in("max_blob_size", self.max_blob_size, KIB..=PIB)?;
+        if let Some(max) = self.max_size {
+            size_in("max_size", max, Self::MAX_SIZE)?;
+        }
+        Ok(())
+    }
+
+    /// The allowed [`tag_ttl`](Self::tag_ttl): a second to a year.
+    pub const TAG_TTL: std::ops::RangeInclusive<Duration> =
+        Duration::from_secs(1)..=crate::bounds::YEAR;
+    /// The allowed [`max_size`](Self::max_size): 1 MiB to 1 EiB.
+    pub const MAX_SIZE: std::ops::RangeInclusive<u64> = crate::bounds::MIB..=crate::bounds::EIB;
 }
 
 /// A manifest ready to serve.

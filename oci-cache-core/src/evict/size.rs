@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::{Error, Result};
 
 /// Parses a byte size: a whole number with an optional unit, `B`, `K`/`KB`
-/// (1000), `KiB` (1024), and so on up to `T`/`TB`/`TiB`; case does not
+/// (1000), `KiB` (1024), and so on up to `E`/`EB`/`EiB`; case does not
 /// matter, a space before the unit is allowed.
 ///
 /// ```
@@ -36,6 +36,10 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "gib" => 1 << 30,
         "t" | "tb" => 1000 * 1000 * 1000 * 1000,
         "tib" => 1 << 40,
+        "p" | "pb" => 1000 * 1000 * 1000 * 1000 * 1000,
+        "pib" => 1 << 50,
+        "e" | "eb" => 1000 * 1000 * 1000 * 1000 * 1000 * 1000,
+        "eib" => 1 << 60,
         _ => return Err(bad()),
     };
     number

@@ -99,6 +99,18 @@ impl HostedOptions {
         self
     }
 
+    /// Checks [`upload_max_age`](Self::upload_max_age) against its range, a
+    /// minute to a year (the sizes come from the cache's options, checked
+    /// there); the error names the setting and the range.
+    pub fn validate(&self) -> Result<()> {
+        crate::bounds::duration_in(
+            "upload_max_age",
+            self.upload_max_age,
+            Duration::from_secs(60)..=crate::bounds::YEAR,
+        )?;
+        Ok(())
+    }
+
     /// Sets [`piece_size`](Self::piece_size) (at least 1 byte).
     pub fn with_piece_size(mut self, bytes: usize) -> Self {
         self.piece_size = bytes.max(1);

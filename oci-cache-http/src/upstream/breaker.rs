@@ -18,6 +18,9 @@ use oci_cache_core::UpstreamErrorKind;
 
 /// Longest `Retry-After` honoured; a registry asking for more is retried after this.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Longest cool-down: the configuration refuses more, and an embedder's
+/// larger value is cut to it, so `now + cooldown` cannot overflow.
+const MAX_COOLDOWN: Duration = oci_cache_core::bounds::DAY;
 
 #[derive(Debug, Default)]
 struct State {
@@ -63,7 +66,7 @@ impl Breakers {
     pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Breakers {
             threshold,
-            cooldown,
+            cooldown: cooldown.min(MAX_COOLDOWN),
             states: Mutex::new(HashMap::new()),
         }
     }
@@ -185,6 +188,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_cooldown_past_the_clock_does_not_panic() {
+        // `Instant::now() + Duration::MAX` panicked the worker that opened it.
+        let b = Breakers::new(1, Duration::MAX);
+        assert_eq!(b.record("e", Outcome::Failed), Some(true));
+        let open_for = b.check("e").unwrap();
+        assert!(
+            open_for <= MAX_COOLDOWN && open_for > MAX_COOLDOWN / 2,
+            "{open_for:?}"
+        );
+    }
 
     #[test]
     fn opens_after_threshold_and_probes_once_after_cooldown() {

@@ -56,7 +56,7 @@ impl HyperUpstream {
                 tracing::debug!(endpoint = %endpoint.url, open_for_ms = open_for.as_millis() as u64,
                     "circuit breaker open; skipping the endpoint");
                 // The client may retry once the breaker would let a probe through.
-                let retry_after = Duration::from_secs(open_for.as_secs() + 1);
+                let retry_after = Duration::from_secs(open_for.as_secs().saturating_add(1));
                 last_error = Some(CoreError::from(
                     UpstreamError::new(
                         UpstreamErrorKind::Skipped,

@@ -236,6 +236,43 @@ impl UpstreamOptions {
         self.breaker_cooldown = cooldown;
         self
     }
+    /// Checks every duration and count against its allowed range (see
+    /// [`oci_cache_core::bounds`]); the error names the field and the range.
+    pub fn validate(&self) -> oci_cache_core::Result<()> {
+        use oci_cache_core::bounds::{count_in, duration_in, size_in, DAY, GIB, KIB};
+        let ms = Duration::from_millis;
+        duration_in(
+            "connect_timeout",
+            self.connect_timeout,
+            ms(10)..=ms(600_000),
+        )?;
+        duration_in(
+            "request_timeout",
+            self.request_timeout,
+            ms(10)..=ms(3_600_000),
+        )?;
+        duration_in("read_timeout", self.read_timeout, ms(10)..=ms(3_600_000))?;
+        duration_in("idle_timeout", self.idle_timeout, Duration::ZERO..=DAY)?;
+        duration_in(
+            "breaker_cooldown",
+            self.breaker_cooldown,
+            Duration::ZERO..=DAY,
+        )?;
+        size_in("max_tag_list_bytes", self.max_tag_list_bytes, KIB..=GIB)?;
+        count_in("max_tags", self.max_tags as u64, 1..=10_000_000)?;
+        count_in(
+            "max_idle_per_host",
+            self.max_idle_per_host as u64,
+            0..=10_000,
+        )?;
+        count_in("max_redirects", self.max_redirects as u64, 0..=50)?;
+        count_in(
+            "breaker_threshold",
+            u64::from(self.breaker_threshold),
+            0..=10_000,
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
