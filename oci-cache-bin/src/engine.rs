@@ -13,10 +13,7 @@ use oci_cache_core::storage::Storage;
 use oci_cache_http::{Mirror, MirrorBuilder};
 
 use crate::cli::ServeArgs;
-use crate::config::{self, Settings, StorageConfig};
-
-/// Exit status for configuration the program cannot use.
-pub(crate) const EXIT_CONFIG: u8 = 2;
+use crate::config::{self, Settings, StorageConfig, EXIT_CONFIG};
 
 /// Any error, with its chain of causes.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
