@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
@@ -44,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     OciErrorCode::Denied,
                     "this app keeps its own images private",
                 )
-                .into_response()
+                // An `http::Response`, which axum serves as it is.
                 .into_response()
             }),
         )
