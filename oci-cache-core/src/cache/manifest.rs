@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 
 use super::accept::AcceptSet;
-use super::{CacheOutcome, Engine, ManifestResponse};
+use super::{CacheOutcome, ManifestResponse, Shared};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::reference::{Registry, Repository, Tag};
 use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
@@ -36,7 +36,7 @@ pub(super) type FlightKey = (Registry, Repository, ManifestRef, Vec<String>);
 
 /// The whole manifest request: local first, upstream as needed.
 pub(super) async fn manifest<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     registry: &Registry,
     repository: &Repository,
     reference: &ManifestRef,
@@ -55,7 +55,7 @@ where
 }
 
 async fn by_digest<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     registry: &Registry,
     repository: &Repository,
     digest: &Digest,
@@ -116,7 +116,7 @@ where
 }
 
 async fn by_tag<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     registry: &Registry,
     repository: &Repository,
     tag: &Tag,
@@ -160,7 +160,7 @@ where
     }
 }
 
-fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, engine: &Engine<S, U>) -> bool {
+fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, engine: &Shared<S, U>) -> bool {
     // A record from the future (clock moved back) counts as stale: it is cheap
     // to revalidate and wrong to trust forever.
     SystemTime::now()
@@ -172,7 +172,7 @@ fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, engine: &Engine<S, U>) -> 
 /// With a cached answer (`known`) it revalidates with a HEAD and falls back to
 /// the cached answer when upstream fails; without one it GETs.
 async fn broad_flight<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     key: &TagKey,
     known: Option<(TagRecord, StoredManifest)>,
 ) -> (Result<Served>, bool)
@@ -222,7 +222,7 @@ where
 /// HEAD upstream; same digest → refresh `checked_at`; new digest → fetch (or
 /// find in storage) the new manifest and move the tag.
 async fn revalidate<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     key: &TagKey,
     accept: &[String],
     record: &TagRecord,
@@ -263,7 +263,7 @@ where
 /// GETs a manifest by tag, verifies it (against `expected`, from a HEAD, when
 /// given) and stores it by digest.
 async fn get_tag<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     key: &TagKey,
     accept: &[String],
     expected: Option<&Digest>,
@@ -288,7 +288,7 @@ where
 }
 
 async fn record_tag<S: Storage + ?Sized, U: ?Sized>(
-    engine: &Engine<S, U>,
+    engine: &Shared<S, U>,
     key: &TagKey,
     manifest: &StoredManifest,
 ) {
@@ -310,7 +310,7 @@ async fn record_tag<S: Storage + ?Sized, U: ?Sized>(
 /// `Accept`, serve from storage when the digest is there, else GET. The result
 /// is stored by digest only, never recorded under the tag.
 async fn narrow<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     key: &TagKey,
     accept: &AcceptSet,
 ) -> Result<ManifestResponse>
@@ -360,7 +360,7 @@ where
 fn verify<S: ?Sized, U: ?Sized>(
     fetched: FetchedManifest,
     expected: Option<&Digest>,
-    engine: &Engine<S, U>,
+    engine: &Shared<S, U>,
 ) -> Result<StoredManifest> {
     let limit = engine.options.max_manifest_size;
     let size = fetched.bytes.len() as u64;

@@ -275,11 +275,11 @@ impl std::fmt::Debug for BlobResponse {
 /// Cheap to clone: clones share the storage, upstream and in-flight fetches.
 /// Needs a tokio runtime (fetches run as spawned tasks).
 pub struct PullThrough<S: ?Sized, U: ?Sized> {
-    inner: Arc<Engine<S, U>>,
+    inner: Arc<Shared<S, U>>,
 }
 
-/// What the detached fetch tasks share with the engine.
-struct Engine<S: ?Sized, U: ?Sized> {
+/// The state a [`PullThrough`] and its detached fetch tasks share.
+struct Shared<S: ?Sized, U: ?Sized> {
     storage: Arc<S>,
     upstream: Arc<U>,
     options: CacheOptions,
@@ -296,7 +296,7 @@ struct Engine<S: ?Sized, U: ?Sized> {
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
 /// access of the engine goes through these. Tag records are always read from
 /// storage, the source of truth another process (or replica) may update.
-impl<S: Storage + ?Sized, U: ?Sized> Engine<S, U> {
+impl<S: Storage + ?Sized, U: ?Sized> Shared<S, U> {
     async fn manifest_get(&self, digest: &Digest) -> Result<Option<StoredManifest>> {
         if let Some(manifest) = self.hot.manifest(digest) {
             return Ok(Some(manifest));
@@ -319,7 +319,7 @@ impl<S: Storage + ?Sized, U: ?Sized> Engine<S, U> {
     }
 }
 
-impl<S: ?Sized, U: ?Sized> Engine<S, U> {
+impl<S: ?Sized, U: ?Sized> Shared<S, U> {
     /// Logs and reports a write that failed while serving went on: caching is
     /// skipped for this object only, nothing is remembered, so caching resumes
     /// by itself once the disk has room (or is writable) again.
@@ -376,7 +376,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         let budget = Arc::new(DiskBudget::new(options.max_size));
         let catalog = catalog::NameIndex::new(repository_lister(&storage), catalog::REFRESH);
         PullThrough {
-            inner: Arc::new(Engine {
+            inner: Arc::new(Shared {
                 catalog,
                 storage,
                 upstream,

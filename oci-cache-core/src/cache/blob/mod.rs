@@ -69,7 +69,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{aborted, BlobResponse, CacheOutcome, Engine};
+use super::{aborted, BlobResponse, CacheOutcome, Shared};
 use crate::digest::{Digest, DigestVerifier};
 use crate::error::ErrorChain;
 use crate::observe::{FillEvent, FillPhase, StorageOperation};
@@ -160,7 +160,7 @@ impl BlobFills {
 
 /// A client's request for a blob: the engine and the source it asked through.
 struct ClientOrigin<S: ?Sized, U: ?Sized> {
-    engine: Arc<Engine<S, U>>,
+    engine: Arc<Shared<S, U>>,
     source: Source,
     digest: Digest,
 }
@@ -220,7 +220,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> Origin for ClientOrigin<S, U> {
 /// Serves a blob that is not in storage from the fill for it, starting one if
 /// none is under way.
 pub(super) async fn fetch<S, U>(
-    engine: &Arc<Engine<S, U>>,
+    engine: &Arc<Shared<S, U>>,
     registry: &Registry,
     repository: &Repository,
     digest: &Digest,
@@ -262,7 +262,7 @@ where
 
 /// The detached task that fetches one blob.
 struct FillTask<S: ?Sized, U: ?Sized> {
-    engine: Arc<Engine<S, U>>,
+    engine: Arc<Shared<S, U>>,
     fill: Arc<Fill>,
     registry: Registry,
     repository: Repository,
