@@ -336,7 +336,9 @@ fn target(
                 }
                 let default = mirrors.default_upstream.as_str();
                 (
-                    mirrors.default_upstream().ok_or_else(|| unknown(default))?,
+                    mirrors
+                        .default_upstream_config()
+                        .ok_or_else(|| unknown(default))?,
                     name,
                 )
             }

@@ -274,7 +274,7 @@ impl MirrorConfig {
                 )));
             }
         }
-        if self.default_upstream().is_none() {
+        if self.default_upstream_config().is_none() {
             return Err(Error::Config(format!(
                 "default upstream {} is not configured; add it to the upstreams or choose one of them",
                 self.default_upstream
@@ -298,8 +298,9 @@ impl MirrorConfig {
         })
     }
 
-    /// The default upstream.
-    pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
+    /// The configuration of the [`default_upstream`](Self::default_upstream),
+    /// if it is one of [`upstreams`](Self::upstreams).
+    pub fn default_upstream_config(&self) -> Option<&UpstreamConfig> {
         self.lookup(self.default_upstream.as_str())
     }
 }

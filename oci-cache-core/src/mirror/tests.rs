@@ -22,7 +22,7 @@ fn common_has_five_upstreams_and_validates() {
         ]
     );
     assert_eq!(
-        config.default_upstream().unwrap().name.as_str(),
+        config.default_upstream_config().unwrap().name.as_str(),
         "docker.io"
     );
     assert_eq!(config, MirrorConfig::default());
