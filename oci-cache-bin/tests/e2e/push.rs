@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::fixtures::{multiarch_image, small_image};
 use crate::support::http::{self, sha256_digest};
-use crate::support::image::Layout;
+use crate::support::image::{build_image, ImageSpec, Layout};
 use crate::support::mirror::Mirror;
 use crate::support::podman::Podman;
 use crate::support::registry::Origin;
@@ -495,4 +495,61 @@ fn hosted_repositories_work_on_s3_storage_across_a_restart() {
     let got = skopeo::copy(&format!("{m}/local/multi:1"), &work.path().join("back")).unwrap();
     assert_eq!(got.digest, multi.digest);
     assert_eq!(origin_requests(&origin), Vec::<String>::new());
+}
+
+/// Issue 22: two CI jobs push images sharing a small layer; a third dies
+/// after its `PATCH` of that layer and its upload is cancelled. Before, the
+/// dying upload's piece was the layer blob itself: skopeo found it (`HEAD`)
+/// and skipped the upload, and the cancel deleted the layer of both pushed
+/// images for good.
+#[test]
+fn cancelling_an_upload_keeps_the_layers_other_pushes_share() {
+    if !tools_available("cancelling_an_upload_keeps_the_layers_other_pushes_share") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let spec = ImageSpec::new(2201, 2, 3000);
+    let first = build_image(&work.path().join("first"), "v1", &spec);
+    let second = build_image(
+        &work.path().join("second"),
+        "v1",
+        &spec.clone().with_config_seed(2202),
+    );
+    assert_ne!(first.digest, second.digest);
+    let shared = first.images[0].layers[0].clone();
+    assert_eq!(second.images[0].layers[0], shared);
+    let origin = Origin::start();
+    let mirror = hosted_mirror(&origin, &work.path().join("storage"));
+    let m = mirror.host();
+
+    let dying = start_upload(&m, "local/dying");
+    let bytes = std::fs::read(first.blob_path(&shared.digest)).unwrap();
+    let patched = patch(&m, &dying, 0, &bytes);
+    assert_eq!(patched.status, 202, "{}", text(&patched));
+    // The unfinished upload's bytes are no blob: not even a HEAD finds them.
+    let head = http::request(
+        &m,
+        "HEAD",
+        &format!("/v2/local/a/blobs/{}", shared.digest),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(head.status, 404);
+
+    skopeo::push(&first, &m, "local/a:1");
+    skopeo::push(&second, &m, "local/b:1");
+    let cancelled = http::request(&m, "DELETE", &dying, &[]).unwrap();
+    assert_eq!(cancelled.status, 204, "{}", text(&cancelled));
+
+    for (image, repo) in [(&first, "local/a"), (&second, "local/b")] {
+        let out = work.path().join(repo.replace('/', "-"));
+        let got = skopeo::copy(&format!("{m}/{repo}:1"), &out).unwrap();
+        assert_eq!(got.digest, image.digest);
+        for blob in image.all_blobs() {
+            let back = http::request(&m, "GET", &format!("/v2/{repo}/blobs/{}", blob.digest), &[])
+                .unwrap();
+            assert_eq!(back.status, 200, "{repo}: {} is gone", blob.digest);
+            assert_eq!(sha256_digest(&back.body), blob.digest);
+        }
+    }
 }

@@ -27,6 +27,9 @@ pub(crate) struct ImageSpec {
     pub(crate) seed: u64,
     /// Size in bytes of the file in each layer.
     pub(crate) layer_sizes: Vec<u64>,
+    /// Seed of the config alone (its label); `seed` when `None`. Two specs
+    /// that differ only here give two images sharing every layer.
+    pub(crate) config_seed: Option<u64>,
 }
 
 impl ImageSpec {
@@ -35,7 +38,14 @@ impl ImageSpec {
         ImageSpec {
             seed,
             layer_sizes: vec![layer_size; layers],
+            config_seed: None,
         }
+    }
+
+    /// The same layers under a config (hence an image) of its own.
+    pub(crate) fn with_config_seed(mut self, seed: u64) -> ImageSpec {
+        self.config_seed = Some(seed);
+        self
     }
 }
 
@@ -180,7 +190,7 @@ fn write_image(dir: &Path, spec: &ImageSpec, arch: &str) -> BuiltImage {
         "architecture": arch,
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
-        "config": { "Labels": { "e2e.seed": spec.seed.to_string() } },
+        "config": { "Labels": { "e2e.seed": spec.config_seed.unwrap_or(spec.seed).to_string() } },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "history": layers.iter().map(|_| json!({ "created_by": "oci-cache e2e" })).collect::<Vec<_>>(),
     });

@@ -30,8 +30,10 @@
 //! treats it as a miss and refetches), blobs of pinned images ([`PinPattern`]
 //! over the tag records: all platforms of an index), and blobs of the
 //! manifests a [`ProtectedRoots`] names, and pushed content: every manifest
-//! of a hosted repository (`hosted/…` links) and the pieces of open uploads
-//! (`uploads/…`), kept by every pass without any wiring. When protected
+//! of a hosted repository (`hosted/…` links), with its config, layers and
+//! index children, kept by every pass without any wiring (open uploads keep
+//! their bytes as records under `upload-pieces/…`, never as blobs, so there
+//! is nothing of theirs to evict). When protected
 //! content alone is over the cap it is kept, with a warning and an
 //! [`EvictionEvent`](crate::observe::EvictionEvent) saying so.
 

@@ -19,8 +19,8 @@ use crate::Result;
 
 /// Manifests whose content eviction must keep besides the pinned images:
 /// each root's blobs, and for an index its child manifests' blobs. For an
-/// embedder's own content; hosted (pushed) repositories and open uploads
-/// are always kept without one.
+/// embedder's own content; hosted (pushed) repositories are always kept
+/// without one.
 #[async_trait]
 pub trait ProtectedRoots: Send + Sync + std::fmt::Debug {
     /// The manifest digests to keep, asked once per pass that must evict.
@@ -257,11 +257,11 @@ impl<S: Storage + ?Sized> Evictor<S> {
                 }
             }
         }
-        // Pushed content (hosted repositories and open upload sessions) is
-        // never evicted, whoever built this evictor and whatever roots it got.
-        let storage = self.storage.as_ref();
-        roots.extend(crate::hosted::protected_manifests(storage).await?);
-        let mut loose = crate::hosted::upload_pieces(storage).await?;
+        // Pushed content (hosted repositories) is never evicted, whoever
+        // built this evictor and whatever roots it got. (Open uploads keep
+        // their bytes as records, not blobs: nothing here to protect.)
+        roots.extend(crate::hosted::protected_manifests(self.storage.as_ref()).await?);
+        let mut loose = Vec::new();
         for source in &self.roots {
             roots.extend(source.manifest_roots().await?);
             loose.extend(source.blob_roots().await?);

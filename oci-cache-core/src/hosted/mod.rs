@@ -16,14 +16,17 @@
 //!   so a manifest pushed by digest only belongs to the repository it was
 //!   pushed to. [`protected_manifests`] lists every linked manifest for eviction.
 //! - **Upload sessions are records too** (`uploads/<id>`), holding the
-//!   repository, the bytes received so far and the pieces they are stored
-//!   in. Each chunk is cut into pieces of at most
-//!   [`HostedOptions::piece_size`] bytes (the only request memory), stored as
-//!   blobs under their own digest; finishing streams the pieces, in order,
-//!   into a verified write of the final digest, then removes them. A session
-//!   therefore survives a restart on every backend, and one left alone for
-//!   [`HostedOptions::upload_max_age`] is removed by [`Hosted::cleanup_abandoned`].
-//!   [`upload_pieces`] lists the pieces of open sessions for eviction.
+//!   repository and the size of each piece received so far. Each chunk is
+//!   cut into pieces of at most [`HostedOptions::piece_size`] bytes (the
+//!   only request memory), stored as records under the session's own prefix
+//!   (`upload-pieces/<id>/<n>`), **never as blobs**: nobody can mount, pull
+//!   or reference an unfinished upload's bytes, so cancelling or expiring a
+//!   session removes only what is its own, and eviction need not know about
+//!   it. Finishing streams the pieces, in order, into a verified write of
+//!   the final digest, removing each as it is read (the bytes are on disk
+//!   once). A session survives a restart on every backend, and one left
+//!   alone for [`HostedOptions::upload_max_age`] is removed by
+//!   [`Hosted::cleanup_abandoned`].
 //! - **Referrers are link records as well** (OCI 1.1 content discovery): a
 //!   manifest pushed with a `subject` also writes
 //!   `hosted/<repository…>/_referrers/<subject>/<manifest>` holding its
@@ -52,7 +55,7 @@ use crate::{Error, PushErrorKind, Result};
 
 pub use manifest::PushedManifest;
 pub use referrers::Referrer;
-pub use upload::{upload_pieces, UploadState};
+pub use upload::UploadState;
 
 /// Limits and ages for hosted repositories.
 #[derive(Debug, Clone)]
@@ -249,13 +252,6 @@ impl<S: Storage + ?Sized> Hosted<S> {
         if let Some(budget) = &self.budget {
             budget.added(size);
             budget.used(digest);
-        }
-    }
-
-    /// Blobs of `size` bytes in all were removed.
-    fn unstored(&self, size: u64) {
-        if let Some(budget) = &self.budget {
-            budget.removed(size);
         }
     }
 

@@ -29,6 +29,15 @@ fn repo(name: &str) -> Repository {
     Repository::new(name).unwrap()
 }
 
+/// The keys of every stored upload piece.
+async fn piece_records(storage: &MemoryStorage) -> Vec<RecordKey> {
+    storage
+        .record_list(&RecordPrefix::upload_pieces())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
 async fn read_blob(storage: &MemoryStorage, digest: &Digest) -> Vec<u8> {
     let read = storage.blob_read(digest, None).await.unwrap();
     let chunks: Vec<Bytes> = read.stream.map(|c| c.unwrap()).collect().await;
@@ -86,6 +95,7 @@ async fn chunked_upload_survives_a_new_instance_and_verifies() {
     assert!(restarted.upload(&app, &state.id).await.is_err());
     let blobs: Vec<_> = storage.blob_list().collect().await;
     assert_eq!(blobs.len(), 1);
+    assert!(piece_records(&storage).await.is_empty());
 }
 
 #[tokio::test]
@@ -168,11 +178,23 @@ async fn abandoned_uploads_are_removed_with_their_pieces() {
     h.append(&app, &state.id, None, stream(&[b"0123456789"]))
         .await
         .unwrap();
-    assert_eq!(storage.blob_list().count().await, 3);
-    assert_eq!(upload_pieces(&*storage).await.unwrap().len(), 3);
-    assert_eq!(h.cleanup_abandoned().await.unwrap(), 1);
-    assert!(upload_pieces(&*storage).await.unwrap().is_empty());
+    // Three pieces of at most 4 bytes, none of them a blob.
+    assert_eq!(piece_records(&storage).await.len(), 3);
     assert_eq!(storage.blob_list().count().await, 0);
+    assert_eq!(h.cleanup_abandoned().await.unwrap(), 1);
+    assert!(piece_records(&storage).await.is_empty());
+    // A piece whose session is gone (a crash between the two) goes too.
+    let stray = RecordKey::upload_piece(&UploadId::random(), 0);
+    storage
+        .record_put(
+            &stray,
+            crate::storage::Record::new(&b"left"[..]),
+            crate::storage::RecordWrite::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.cleanup_abandoned().await.unwrap(), 0);
+    assert!(piece_records(&storage).await.is_empty());
     assert!(h.upload(&app, &state.id).await.is_err());
 }
 
@@ -242,14 +264,13 @@ async fn two_concurrent_uploads_of_one_layer_both_finish() {
         .unwrap();
     assert_eq!(size, content.len() as u64);
     assert_eq!(read_blob(&storage, &digest).await, content);
-    // Both sessions are gone. (The second found the pieces already stored,
-    // so it does not own them and leaves them: unreferenced blobs that
-    // eviction removes like any other.)
-    assert!(upload_pieces(storage.as_ref()).await.unwrap().is_empty());
+    // Both sessions are gone, with their pieces.
+    assert!(piece_records(&storage).await.is_empty());
+    assert_eq!(storage.blob_list().count().await, 1);
 }
 
-/// Pushed bytes count against the cache's size cap as they are stored, and
-/// pieces stop counting once their upload is finished.
+/// Pushed blobs count against the cache's size cap as they are stored; the
+/// pieces of an open upload are not blobs (the upload caps bound them).
 #[tokio::test]
 async fn pushes_report_what_they_store_to_the_disk_budget() {
     let storage = Arc::new(MemoryStorage::new());
@@ -266,8 +287,7 @@ async fn pushes_report_what_they_store_to_the_disk_budget() {
     h.append(&app, &state.id, None, stream(&[content]))
         .await
         .unwrap();
-    // Three pieces of at most 4 bytes.
-    assert_eq!(budget.stored(), 110);
+    assert_eq!(budget.stored(), 100);
     h.finish(&app, &state.id, &Digest::sha256_of(content), None)
         .await
         .unwrap();
@@ -394,4 +414,82 @@ async fn referrers_are_listed_filtered_and_removed_with_their_manifest() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Pushes `layer` (with an empty config) and an image manifest naming it to
+/// `repository` under `tag`, as a second client would while another
+/// upload of the same layer is open.
+async fn push_image_with_layer(
+    h: &Hosted<MemoryStorage>,
+    repository: &Repository,
+    tag: &str,
+    layer: &[u8],
+) -> Digest {
+    let config = b"{}";
+    let config_digest = Digest::sha256_of(config);
+    let layer_digest = Digest::sha256_of(layer);
+    h.put_blob(&config_digest, stream(&[config])).await.unwrap();
+    if h.mount(&layer_digest).await.unwrap().is_none() {
+        h.put_blob(&layer_digest, stream(&[layer])).await.unwrap();
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+        layer.len()
+    );
+    h.put_manifest(
+        repository,
+        &ManifestRef::Tag(Tag::new(tag).unwrap()),
+        None,
+        Bytes::from(manifest.clone()),
+    )
+    .await
+    .unwrap()
+    .digest
+}
+
+/// Two CI jobs push images sharing a small layer; one dies after its
+/// `PATCH` and its upload is cancelled (or expires). Before, the dying
+/// upload's piece was the layer blob itself, the other job mounted it, and
+/// the cancel deleted it: the other image lost its layer for good.
+#[tokio::test]
+async fn a_cancelled_or_expired_upload_never_removes_a_layer_another_push_uses() {
+    let layer = b"tiny";
+    let layer_digest = Digest::sha256_of(layer);
+    for expire in [false, true] {
+        let storage = Arc::new(MemoryStorage::new());
+        let age = if expire {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        };
+        let h = Hosted::new(
+            Arc::clone(&storage),
+            HostedOptions::default().with_upload_max_age(age),
+        );
+        let dying = h.start_upload(&repo("local/a")).await.unwrap();
+        h.append(&repo("local/a"), &dying.id, None, stream(&[layer]))
+            .await
+            .unwrap();
+        // An unfinished upload's bytes are not a blob anyone can mount.
+        assert_eq!(h.mount(&layer_digest).await.unwrap(), None);
+        let b = repo("local/b");
+        let pushed = push_image_with_layer(&h, &b, "v1", layer).await;
+        if expire {
+            assert_eq!(h.cleanup_abandoned().await.unwrap(), 1);
+        } else {
+            h.cancel(&repo("local/a"), &dying.id).await.unwrap();
+        }
+        assert_eq!(
+            read_blob(&storage, &layer_digest).await,
+            layer,
+            "expire: {expire}"
+        );
+        let pulled = h
+            .manifest(&b, &ManifestRef::Tag(Tag::new("v1").unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(pulled.digest, pushed);
+        // Nothing of the dying upload is left.
+        assert!(piece_records(&storage).await.is_empty());
+    }
 }

@@ -32,23 +32,19 @@ struct Session {
     repository: String,
     /// Seconds since the epoch of the last change; abandoned sessions are found by it.
     updated: u64,
-    pieces: Vec<Piece>,
-}
-
-/// One stored piece of the upload: a blob under its own digest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Piece {
-    digest: Digest,
-    size: u64,
-    /// The blob existed before this upload stored it (another upload's piece,
-    /// a pushed or cached blob): it is not this session's to remove.
+    /// The size of each stored piece, in order: piece `i` is the record
+    /// `upload-pieces/<id>/<i>`.
     #[serde(default)]
-    shared: bool,
+    parts: Vec<u64>,
+    /// Pieces as an older version stored them (as blobs): such a session
+    /// cannot be continued, the client starts a new one.
+    #[serde(default, rename = "pieces", skip_serializing)]
+    legacy_pieces: Vec<serde::de::IgnoredAny>,
 }
 
 impl Session {
     fn offset(&self) -> u64 {
-        self.pieces.iter().map(|p| p.size).sum()
+        self.parts.iter().sum()
     }
 }
 
@@ -94,32 +90,26 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A verified write that found other bytes than `digest`, as the client's error.
+fn upload_content_error(e: Error, digest: &Digest) -> Error {
+    match e {
+        Error::DigestMismatch { actual, .. } => Error::push(
+            PushErrorKind::DigestInvalid,
+            format!("the uploaded content hashes to {actual}, not {digest}"),
+        ),
+        Error::SizeMismatch { .. } => Error::push(
+            PushErrorKind::DigestInvalid,
+            format!("the uploaded content does not match {digest}"),
+        ),
+        other => other,
+    }
+}
+
 fn unknown(id: &UploadId) -> Error {
     Error::push(
         PushErrorKind::UploadUnknown,
         format!("upload {id} is unknown (finished, cancelled or expired); start a new one"),
     )
-}
-
-/// Every blob an open upload session stores its bytes in, sorted: eviction
-/// must not remove them while the session lives (they are removed with it,
-/// or by [`Hosted::cleanup_abandoned`]).
-pub async fn upload_pieces<S: Storage + ?Sized>(storage: &S) -> Result<Vec<Digest>> {
-    let keys: Vec<RecordKey> = storage
-        .record_list(&RecordPrefix::uploads())
-        .try_collect()
-        .await?;
-    let mut pieces = std::collections::BTreeSet::new();
-    for key in keys {
-        let Some(record) = storage.record_get(&key).await? else {
-            continue;
-        };
-        // A record that does not parse is skipped here; cleanup reports it.
-        if let Ok(session) = serde_json::from_slice::<Session>(&record.bytes) {
-            pieces.extend(session.pieces.into_iter().map(|p| p.digest));
-        }
-    }
-    Ok(pieces.into_iter().collect())
 }
 
 impl<S: Storage + ?Sized> Hosted<S> {
@@ -130,7 +120,8 @@ impl<S: Storage + ?Sized> Hosted<S> {
         let session = Session {
             repository: repository.to_string(),
             updated: now_secs(),
-            pieces: Vec::new(),
+            parts: Vec::new(),
+            legacy_pieces: Vec::new(),
         };
         self.save(&id, &session, RecordWrite::Create).await?;
         tracing::debug!(upload = %id, %repository, "upload started");
@@ -229,10 +220,14 @@ impl<S: Storage + ?Sized> Hosted<S> {
         })
     }
 
-    /// Finishes an upload: appends `data` (the `PUT` body, possibly empty),
-    /// then writes the blob `digest` from the stored pieces through the
-    /// verified write. On a digest or size mismatch nothing becomes visible
-    /// and the session is removed. Returns the blob's size.
+    /// Finishes an upload: streams the stored pieces, in order, then `data`
+    /// (the `PUT` body, possibly empty) into a verified write of the blob
+    /// `digest`. Each piece is removed as soon as it has been read, and the
+    /// body is never stored as pieces, so the upload's bytes are on disk
+    /// once, not twice. The session ends either way: on a digest or size
+    /// mismatch nothing becomes visible, and after a failed write the
+    /// pieces already handed over are gone, so the client uploads again.
+    /// Returns the blob's size.
     pub async fn finish(
         &self,
         repository: &Repository,
@@ -241,113 +236,92 @@ impl<S: Storage + ?Sized> Hosted<S> {
         data: Option<ByteStream>,
     ) -> Result<u64> {
         let _writing = Writing::claim(&self.busy, id)?;
-        if let Some(data) = data {
-            self.append_claimed(repository, id, None, data).await?;
-        }
         let session = self.load(repository, id).await?;
-        let size = session.offset();
-        let result = match session.pieces.as_slice() {
-            // One piece that is the blob itself was verified when it was stored.
-            [only] if &only.digest == digest => Ok(only.size),
-            pieces => {
-                let storage = Arc::clone(&self.storage);
-                let digests: Vec<Digest> = pieces.iter().map(|p| p.digest.clone()).collect();
-                let stream = futures::stream::iter(digests)
-                    .then(move |piece| {
-                        let storage = Arc::clone(&storage);
-                        async move {
-                            let read = storage.blob_read(&piece, None).await.map_err(|e| {
-                                if e.is_not_found() {
-                                    Error::push(
-                                        PushErrorKind::UploadInvalid,
-                                        format!("a stored piece ({piece}) of the upload is gone; upload the blob again"),
-                                    )
-                                } else {
-                                    e
-                                }
-                            })?;
-                            Ok::<_, Error>(read.stream)
-                        }
-                    })
-                    .try_flatten()
-                    .boxed();
-                self.storage.blob_write(digest, Some(size), stream).await
-            }
-        };
-        let result = result.map_err(|e| match e {
-            Error::DigestMismatch { actual, .. } => Error::push(
-                PushErrorKind::DigestInvalid,
-                format!("the uploaded content hashes to {actual}, not {digest}"),
+        let stored = session.offset();
+        let pieces = self.consume_pieces(id, session.parts.len());
+        let (stream, expected) = match data {
+            Some(body) => (
+                pieces.chain(self.limit_blob_size(body, stored)).boxed(),
+                None,
             ),
-            Error::SizeMismatch { .. } => Error::push(
-                PushErrorKind::DigestInvalid,
-                format!("the uploaded content does not match {digest}"),
-            ),
-            other => other,
-        });
-        let keep = match &result {
-            Ok(_) => Some(digest),
-            Err(Error::Push { .. }) => None,
-            // A storage failure: leave the session so the client may retry the PUT.
-            Err(_) => return result,
+            None => (pieces, Some(stored)),
         };
-        self.remove(id, &session, keep).await;
-        if result.is_ok() {
-            // A blob that is its only piece was counted as that piece.
-            if !matches!(session.pieces.as_slice(), [only] if &only.digest == digest) {
-                self.stored(digest, size);
-            }
-            tracing::info!(upload = %id, %repository, %digest, size, "blob pushed");
-        }
-        result
+        let result = self
+            .storage
+            .blob_write(digest, expected, stream)
+            .await
+            .map_err(|e| upload_content_error(e, digest));
+        self.remove(id, &session).await;
+        let size = result?;
+        self.stored(digest, size);
+        tracing::info!(upload = %id, %repository, %digest, size, "blob pushed");
+        Ok(size)
     }
 
-    /// Cancels an upload, removing what it stored.
+    /// The pieces of upload `id` in order, each read whole (one piece in
+    /// memory) and removed once read: from then on the blob write holds
+    /// its bytes.
+    fn consume_pieces(&self, id: &UploadId, count: usize) -> ByteStream {
+        let storage = Arc::clone(&self.storage);
+        let id = id.clone();
+        futures::stream::iter(0..count as u64)
+            .then(move |index| {
+                let storage = Arc::clone(&storage);
+                let key = RecordKey::upload_piece(&id, index);
+                let id = id.clone();
+                async move {
+                    let record = storage.record_get(&key).await?.ok_or_else(|| {
+                        Error::push(
+                            PushErrorKind::UploadInvalid,
+                            format!("piece {index} of upload {id} is gone; upload the blob again"),
+                        )
+                    })?;
+                    storage.record_delete(&key).await?;
+                    Ok(record.bytes)
+                }
+            })
+            .boxed()
+    }
+
+    /// Cancels an upload, removing what it stored (its own pieces only:
+    /// they were never blobs, so nothing else can be using them).
     pub async fn cancel(&self, repository: &Repository, id: &UploadId) -> Result<()> {
         let _writing = Writing::claim(&self.busy, id)?;
         let session = self.load(repository, id).await?;
-        self.remove(id, &session, None).await;
+        self.remove(id, &session).await;
         Ok(())
     }
 
     /// Writes a whole blob in one go (`POST …?digest=` or a `PUT` without
     /// a session): verified, visible only on a match.
     pub async fn put_blob(&self, digest: &Digest, data: ByteStream) -> Result<u64> {
-        let limit = self.options.max_blob_size;
-        let mut seen = 0_u64;
-        let data = data
-            .and_then(move |chunk| {
-                seen = seen.saturating_add(chunk.len() as u64);
-                let over = limit.is_some_and(|l| seen > l);
-                async move {
-                    if over {
-                        Err(Error::push(
-                            PushErrorKind::SizeInvalid,
-                            "the blob is over the mirror's size limit",
-                        ))
-                    } else {
-                        Ok(chunk)
-                    }
-                }
-            })
-            .boxed();
+        let data = self.limit_blob_size(data, 0);
         let size = self
             .storage
             .blob_write(digest, None, data)
             .await
-            .map_err(|e| match e {
-                Error::DigestMismatch { actual, .. } => Error::push(
-                    PushErrorKind::DigestInvalid,
-                    format!("the uploaded content hashes to {actual}, not {digest}"),
-                ),
-                other => other,
-            })?;
+            .map_err(|e| upload_content_error(e, digest))?;
         self.stored(digest, size);
         Ok(size)
     }
 
+    /// `data` cut off with a size error once `already` plus its bytes pass
+    /// [`max_blob_size`](super::HostedOptions::max_blob_size).
+    fn limit_blob_size(&self, data: ByteStream, already: u64) -> ByteStream {
+        let this = self.clone();
+        let mut seen = already;
+        data.and_then(move |chunk| {
+            seen = seen.saturating_add(chunk.len() as u64);
+            let checked = this.check_blob_size(seen).map(|()| chunk);
+            async move { checked }
+        })
+        .boxed()
+    }
+
     /// Removes upload sessions untouched for [`upload_max_age`](super::HostedOptions::upload_max_age),
-    /// with the pieces they stored. Returns how many were removed.
+    /// with the pieces they stored, and pieces no session owns (left by a
+    /// crash between storing a piece and its session). Returns how many
+    /// sessions were removed.
     pub async fn cleanup_abandoned(&self) -> Result<usize> {
         let max_age = self.options.upload_max_age.as_secs();
         let cutoff = now_secs().saturating_sub(max_age);
@@ -358,19 +332,54 @@ impl<S: Storage + ?Sized> Hosted<S> {
             .try_collect()
             .await?;
         let mut removed = 0;
-        for id in ids {
-            let Some(session) = self.read(&id).await? else {
+        for id in &ids {
+            if self.is_busy(id) {
+                continue;
+            }
+            let Some(session) = self.read(id).await? else {
                 continue;
             };
             if session.updated <= cutoff {
-                self.remove(&id, &session, None).await;
+                self.remove(id, &session).await;
                 removed += 1;
             }
         }
-        if removed > 0 {
-            tracing::info!(removed, "removed abandoned upload sessions");
+        let stray: Vec<RecordKey> = self
+            .storage
+            .record_list(&RecordPrefix::upload_pieces())
+            .try_filter(|key| {
+                let owned = key
+                    .upload_piece_index()
+                    .is_some_and(|(id, _)| ids.contains(&id) || self.is_busy(&id));
+                async move { !owned }
+            })
+            .try_collect()
+            .await?;
+        for key in &stray {
+            // A session started after the listing above has its record by now.
+            let session = key
+                .upload_piece_index()
+                .map(|(id, _)| RecordKey::upload(&id));
+            if let Some(session) = session {
+                if self.storage.record_get(&session).await?.is_some() {
+                    continue;
+                }
+            }
+            self.storage.record_delete(key).await?;
+        }
+        if removed > 0 || !stray.is_empty() {
+            tracing::info!(
+                removed,
+                stray_pieces = stray.len(),
+                "removed abandoned upload sessions"
+            );
         }
         Ok(removed)
+    }
+
+    /// Whether a request of this process is writing upload `id` right now.
+    fn is_busy(&self, id: &UploadId) -> bool {
+        self.busy.lock().map(|set| set.contains(id)).unwrap_or(true)
     }
 
     /// Runs [`cleanup_abandoned`](Self::cleanup_abandoned) in the background
@@ -410,20 +419,15 @@ impl<S: Storage + ?Sized> Hosted<S> {
         }
     }
 
+    /// Stores `piece` as the next piece of upload `id` (a record under the
+    /// upload's own prefix, never a blob), then the session that counts it.
     async fn store_piece(&self, id: &UploadId, session: &mut Session, piece: Bytes) -> Result<()> {
-        let digest = Digest::sha256_of(&piece);
         let size = piece.len() as u64;
-        let shared = self.storage.blob_stat(&digest).await?.is_some();
-        if !shared {
-            let stream = futures::stream::once(async move { Ok(piece) }).boxed();
-            self.storage.blob_write(&digest, Some(size), stream).await?;
-            self.stored(&digest, size);
-        }
-        session.pieces.push(Piece {
-            digest,
-            size,
-            shared,
-        });
+        let key = RecordKey::upload_piece(id, session.parts.len() as u64);
+        self.storage
+            .record_put(&key, Record::new(piece), RecordWrite::Overwrite)
+            .await?;
+        session.parts.push(size);
         session.updated = now_secs();
         self.save(id, session, RecordWrite::Overwrite).await
     }
@@ -443,8 +447,14 @@ impl<S: Storage + ?Sized> Hosted<S> {
 
     async fn load(&self, repository: &Repository, id: &UploadId) -> Result<Session> {
         match self.read(id).await? {
-            // An id is only valid in the repository it was started in.
-            Some(session) if session.repository == repository.as_str() => Ok(session),
+            // An id is only valid in the repository it was started in; a
+            // session an older version stored as blobs cannot be continued.
+            Some(session)
+                if session.repository == repository.as_str()
+                    && session.legacy_pieces.is_empty() =>
+            {
+                Ok(session)
+            }
             _ => Err(unknown(id)),
         }
     }
@@ -461,42 +471,21 @@ impl<S: Storage + ?Sized> Hosted<S> {
         Ok(())
     }
 
-    /// Removes the session record and the pieces it owns (but never `keep`,
-    /// nor a piece another open session stored the same bytes in: two
-    /// uploads of one layer cut identical pieces). Failures are logged: the
-    /// record goes first, so a piece left behind is an unreferenced blob,
-    /// never a session pointing at nothing.
-    async fn remove(&self, id: &UploadId, session: &Session, keep: Option<&Digest>) {
+    /// Removes the session record, then its pieces. Failures are logged:
+    /// the record goes first, so a piece left behind belongs to no session
+    /// and [`cleanup_abandoned`](Self::cleanup_abandoned) removes it.
+    async fn remove(&self, id: &UploadId, session: &Session) {
         if let Err(e) = self.storage.record_delete(&RecordKey::upload(id)).await {
             tracing::warn!(upload = %id, error = %e, "cannot remove upload record");
             return;
         }
-        let owned = session
-            .pieces
-            .iter()
-            .any(|piece| !piece.shared && Some(&piece.digest) != keep);
-        if !owned {
-            return;
-        }
-        let in_use = match upload_pieces(self.storage.as_ref()).await {
-            Ok(pieces) => pieces,
-            Err(e) => {
-                tracing::warn!(upload = %id, error = %e, "cannot list open uploads; leaving this upload's pieces for a later clean-up");
-                return;
-            }
-        };
-        for piece in &session.pieces {
-            if piece.shared
-                || Some(&piece.digest) == keep
-                || in_use.binary_search(&piece.digest).is_ok()
+        for index in 0..session.parts.len() as u64 {
+            if let Err(e) = self
+                .storage
+                .record_delete(&RecordKey::upload_piece(id, index))
+                .await
             {
-                continue;
-            }
-            match self.storage.blob_delete(&piece.digest).await {
-                Ok(()) => self.unstored(piece.size),
-                Err(e) => {
-                    tracing::warn!(upload = %id, piece = %piece.digest, error = %e, "cannot remove upload piece");
-                }
+                tracing::warn!(upload = %id, index, error = %e, "cannot remove upload piece; a later clean-up removes it");
             }
         }
     }

@@ -27,6 +27,9 @@ pub(crate) const TAGS: &str = "tags";
 pub(crate) const HOSTED: &str = "hosted";
 /// Top-level directory of upload sessions.
 pub(crate) const UPLOADS: &str = "uploads";
+/// Top-level directory of the bytes of open upload sessions, one directory
+/// per session: never blobs, so nothing but the session can see or remove them.
+pub(crate) const UPLOAD_PIECES: &str = "upload-pieces";
 /// The directory of a hosted repository that links the manifests pushed to it.
 pub(crate) const MANIFEST_DIR: &str = "_manifests";
 /// The directory of a hosted repository that links each `subject` to the
@@ -99,6 +102,7 @@ pub(crate) fn is_record(key: &str) -> bool {
         || parse_tag(key).is_some_and(|parsed| tag(&parsed) == key)
         || parse_hosted(key).is_some_and(|parsed| hosted(&parsed) == key)
         || parse_upload(key).is_some_and(|id| upload(&id) == key)
+        || parse_upload_piece(key).is_some_and(|(id, index)| upload_piece(&id, index) == key)
         || parse_access(key).is_some_and(|(algorithm, shard)| access(&algorithm, &shard) == key)
 }
 
@@ -200,6 +204,23 @@ pub(crate) fn upload(id: &UploadId) -> String {
 /// The upload id an `uploads/…` key names, or `None`.
 pub(crate) fn parse_upload(key: &str) -> Option<UploadId> {
     key.strip_prefix(UPLOADS)?.strip_prefix('/')?.parse().ok()
+}
+
+/// `upload-pieces/<id>`: the pieces of one upload session.
+pub(crate) fn upload_pieces_dir(id: &UploadId) -> String {
+    format!("{UPLOAD_PIECES}/{}", id.as_str())
+}
+
+/// `upload-pieces/<id>/<index>`: the `index`th piece (from 0) of an upload's bytes.
+pub(crate) fn upload_piece(id: &UploadId, index: u64) -> String {
+    format!("{}/{index}", upload_pieces_dir(id))
+}
+
+/// The upload and index an `upload-pieces/…` key names, or `None`.
+pub(crate) fn parse_upload_piece(key: &str) -> Option<(UploadId, u64)> {
+    let rest = key.strip_prefix(UPLOAD_PIECES)?.strip_prefix('/')?;
+    let (id, index) = rest.split_once('/')?;
+    Some((id.parse().ok()?, index.parse().ok()?))
 }
 
 /// `access/<algorithm>/<shard>`: the last-use times of the blobs whose hex
@@ -360,6 +381,13 @@ mod tests {
         assert_eq!(parse_upload(&upload(&id)), Some(id.clone()));
         assert!(is_record(&upload(&id)));
         assert!(!is_record("uploads/nothex"));
+        let piece = upload_piece(&id, 12);
+        assert_eq!(piece, format!("upload-pieces/{id}/12"));
+        assert_eq!(parse_upload_piece(&piece), Some((id.clone(), 12)));
+        assert!(is_record(&piece));
+        assert!(!is_record(&format!("upload-pieces/{id}/012")));
+        assert!(!is_record(&format!("upload-pieces/{id}/x")));
+        assert!(!is_record(&format!("upload-pieces/{id}")));
         assert!(!is_record("hosted/local/app"));
         assert!(!is_record("hosted/local/app/_tags/v1/x"));
     }

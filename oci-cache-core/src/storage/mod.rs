@@ -47,7 +47,8 @@
 //!   tags/<registry>/<repository…>/_tags/<tag>  JSON {"digest","media_type","checked_at"}
 //!   hosted/<repository…>/_tags/<tag>          hosted repositories: JSON {"digest"} (see `hosted`)
 //!   hosted/<repository…>/_manifests/<alg>/<hex>  a manifest pushed to that repository
-//!   uploads/<id>                               an upload session: JSON {repository, updated, pieces}
+//!   uploads/<id>                               an upload session: JSON {repository, updated, parts}
+//!   upload-pieces/<id>/<n>                     the bytes of that session, piece by piece (never blobs)
 //!   _staging/<uuid>                            writes in progress; emptied at open
 //! ```
 //!

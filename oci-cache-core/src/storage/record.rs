@@ -52,6 +52,17 @@ impl RecordKey {
         RecordKey(keys::upload(id))
     }
 
+    /// The `index`th piece (from 0) of an upload session's bytes:
+    /// `upload-pieces/<id>/<index>`.
+    pub fn upload_piece(id: &UploadId, index: u64) -> Self {
+        RecordKey(keys::upload_piece(id, index))
+    }
+
+    /// The upload session and piece index this key names, if it is a piece.
+    pub fn upload_piece_index(&self) -> Option<(UploadId, u64)> {
+        keys::parse_upload_piece(&self.0)
+    }
+
     /// The hosted link this key names, if it is one.
     pub fn hosted_key(&self) -> Option<HostedKey> {
         keys::parse_hosted(&self.0)
@@ -143,6 +154,16 @@ impl RecordPrefix {
     /// Every upload session.
     pub fn uploads() -> Self {
         RecordPrefix(keys::UPLOADS.to_owned())
+    }
+
+    /// The pieces of every upload session.
+    pub fn upload_pieces() -> Self {
+        RecordPrefix(keys::UPLOAD_PIECES.to_owned())
+    }
+
+    /// The pieces of one upload session.
+    pub fn upload_pieces_of(id: &UploadId) -> Self {
+        RecordPrefix(keys::upload_pieces_dir(id))
     }
 
     /// Every record of the access index (see [`RecordKey::access`]).
