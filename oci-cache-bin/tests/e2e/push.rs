@@ -3,11 +3,12 @@
 //! a docker-registry origin that must never see a request for them.
 
 use std::path::Path;
+use std::process::Command;
 
 use super::fixtures::{multiarch_image, small_image};
 use crate::support::http::{self, sha256_digest};
 use crate::support::image::{build_image, ImageSpec, Layout};
-use crate::support::mirror::Mirror;
+use crate::support::mirror::{oci_cache_bin, Mirror};
 use crate::support::podman::Podman;
 use crate::support::registry::Origin;
 use crate::support::{skopeo, tools_available};
@@ -551,5 +552,77 @@ fn cancelling_an_upload_keeps_the_layers_other_pushes_share() {
             assert_eq!(back.status, 200, "{repo}: {} is gone", blob.digest);
             assert_eq!(sha256_digest(&back.body), blob.digest);
         }
+    }
+}
+
+/// Runs `oci-cache ARGS` (a second process on the mirror's storage) and
+/// returns its standard output; fails the test when it fails.
+fn oci_cache(args: &[&str]) -> String {
+    let out = Command::new(oci_cache_bin()).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "oci-cache {args:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Issue 22: an image pulled through the cache and pushed, unchanged, into
+/// `local/…` shares its manifest and every blob with the cached copy.
+/// Before, purging the cached tag removed that manifest and then every blob
+/// no manifest named any more: the pushed image was gone. Neither purge nor
+/// gc under a 1-byte cap may touch it.
+#[test]
+fn purge_and_gc_of_a_cached_image_keep_the_pushed_copy() {
+    if !tools_available("purge_and_gc_of_a_cached_image_keep_the_pushed_copy") {
+        return;
+    }
+    let setup = CachedImage::start(2203, "library/base:v1");
+    let m = setup.mirror.host();
+    let storage = setup.work.path().join("storage");
+    let storage = storage.display().to_string();
+    let got = skopeo::copy(
+        &format!("{m}/library/base:v1"),
+        &setup.work.path().join("pulled"),
+    )
+    .unwrap();
+    assert_eq!(got.digest, setup.image.digest);
+    skopeo::push(&setup.image, &m, "local/kept:1");
+
+    let upstream = format!("a.test={}", setup.origin.url());
+    let purged = oci_cache(&[
+        "purge",
+        "--storage-dir",
+        &storage,
+        "--upstream",
+        &upstream,
+        "--default-upstream",
+        "a.test",
+        "a.test/library/base:v1",
+    ]);
+    assert!(
+        purged.contains("purged 1 tag(s), 0 manifest(s), 0 blob(s)"),
+        "{purged}"
+    );
+    let collected = oci_cache(&["gc", "--storage-dir", &storage, "--max-size", "1"]);
+    assert!(collected.contains("evicted 0 blob(s)"), "{collected}");
+
+    let back = skopeo::copy(
+        &format!("{m}/local/kept:1"),
+        &setup.work.path().join("back"),
+    )
+    .unwrap();
+    assert_eq!(back.digest, setup.image.digest);
+    for blob in setup.image.all_blobs() {
+        let got = http::request(
+            &m,
+            "GET",
+            &format!("/v2/local/kept/blobs/{}", blob.digest),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(got.status, 200, "{} is gone", blob.digest);
+        assert_eq!(sha256_digest(&got.body), blob.digest);
     }
 }

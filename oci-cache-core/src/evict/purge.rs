@@ -58,8 +58,8 @@ pub struct PurgeReport {
 
 /// Removes each image of `targets`: its tag record (by tag; by digest every
 /// tag of the repository that points at it), its manifests unless another
-/// tag record still leads to them, and the blobs no remaining manifest
-/// uses. A reference without tag or digest means `:latest`. Guarded blobs
+/// tag record or a hosted repository still leads to them, and the blobs no
+/// remaining manifest uses. A reference without tag or digest means `:latest`. Guarded blobs
 /// (being read or filled) are left for a later pass.
 pub async fn purge<S: Storage + ?Sized>(
     storage: &S,
@@ -90,8 +90,10 @@ pub async fn purge<S: Storage + ?Sized>(
         }
     }
     let doomed = reachable(storage, roots).await?;
-    // What other tags still lead to stays.
-    let mut kept_roots = Vec::new();
+    // What other tags still lead to stays, and so does everything a hosted
+    // repository links (pushed content is never purged): its manifests with
+    // their index children, configs and layers.
+    let mut kept_roots = crate::hosted::protected_manifests(storage).await?;
     let mut tags = storage.record_list(&RecordPrefix::tags());
     while let Some(key) = tags.next().await {
         let Some(tag) = key?.tag_key() else { continue };

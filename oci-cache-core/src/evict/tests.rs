@@ -495,3 +495,70 @@ async fn pushed_content_is_never_evicted_without_any_wiring() {
         .unwrap();
     assert!(present(&storage, &uploaded).await);
 }
+
+/// Issue 22: a cached index (with its child image) that was also pushed to
+/// a hosted repository, by the same digest. Before, purging the cached tag
+/// removed the shared manifests and then every blob no manifest named any
+/// more: the pushed image was gone for good.
+#[tokio::test]
+async fn purge_and_eviction_never_remove_what_a_hosted_repository_references() {
+    use crate::hosted::{Hosted, HostedOptions};
+    use crate::upstream::ManifestRef;
+
+    let storage = Arc::new(MemoryStorage::new());
+    let config = put_blob(&storage, 1, 10).await;
+    let layer = put_blob(&storage, 2, 10).await;
+    let child = put_manifest(
+        &storage,
+        DOCKER_MANIFEST,
+        image_manifest(&[config.clone(), layer.clone()]),
+    )
+    .await;
+    let index_json = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","size":1,"digest":"{child}"}}]}}"#
+    );
+    let index = put_manifest(&storage, OCI_INDEX, index_json.clone()).await;
+    tag_it(&storage, "docker.io/library/app:1", &index, OCI_INDEX).await;
+    // The same index pushed (its child and blobs mounted) into local/app.
+    let hosted = Hosted::new(Arc::clone(&storage), HostedOptions::default());
+    let app = Repository::new("local/app").unwrap();
+    hosted
+        .put_manifest(
+            &app,
+            &ManifestRef::Digest(child.clone()),
+            Some(DOCKER_MANIFEST),
+            Bytes::from(image_manifest(&[config.clone(), layer.clone()])),
+        )
+        .await
+        .unwrap();
+    hosted
+        .put_manifest(
+            &app,
+            &ManifestRef::Tag(Tag::new("v1").unwrap()),
+            Some(OCI_INDEX),
+            Bytes::from(index_json),
+        )
+        .await
+        .unwrap();
+
+    let budget = Arc::new(DiskBudget::new(Some(1)));
+    let target = [Reference::parse("docker.io/library/app:1").unwrap()];
+    let report = purge(storage.as_ref(), &budget, &observe::NoopObserver, &target)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.tags, report.manifests, report.blobs),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    // Eviction under a 1-byte cap keeps them too.
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!(report.evicted_blobs, 0, "{report:?}");
+    let pulled = hosted
+        .manifest(&app, &ManifestRef::Tag(Tag::new("v1").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(pulled.digest, index);
+    assert!(storage.manifest_get(&child).await.unwrap().is_some());
+    assert!(present(&storage, &config).await && present(&storage, &layer).await);
+}
