@@ -10,6 +10,7 @@ use oci_cache_http::HyperUpstream;
 
 use crate::cli::CheckConfigArgs;
 use crate::config::{self, Settings, StorageConfig, EXIT_CONFIG};
+use indicatif::HumanBytes;
 use oci_cache_core::duration::format_duration;
 
 /// Shown instead of a secret.
@@ -76,6 +77,16 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
             format_duration(settings.hosted.upload_max_age)
+        )?;
+        let hosted = &settings.hosted;
+        let bytes =
+            |limit: Option<u64>| limit.map_or("no limit".to_owned(), |b| HumanBytes(b).to_string());
+        writeln!(
+            out,
+            "push limits: {} open uploads per client, {} held by open uploads in all, blobs up to {}",
+            hosted.max_uploads_per_client,
+            bytes(hosted.max_upload_bytes),
+            bytes(hosted.max_blob_size),
         )?;
     }
     for line in crate::trust::describe(

@@ -121,6 +121,15 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) local_prefixes: Vec<String>,
 
+    /// Upload sessions one client address may hold open at once (default 64).
+    #[arg(long, env = "OCI_CACHE_MAX_UPLOADS_PER_CLIENT", value_name = "N")]
+    pub(crate) max_uploads_per_client: Option<usize>,
+
+    /// Bytes all open upload sessions may hold together, e.g. `20GiB`
+    /// (default: the per-blob push limit, which follows the disk).
+    #[arg(long, env = "OCI_CACHE_MAX_UPLOAD_BYTES", value_name = "SIZE")]
+    pub(crate) max_upload_bytes: Option<String>,
+
     /// How long a cached tag is trusted before it is checked upstream, e.g. `30s`, `5m`, `1h`.
     #[arg(long, env = "OCI_CACHE_TAG_TTL", value_name = "DURATION")]
     pub(crate) tag_ttl: Option<String>,

@@ -51,6 +51,9 @@ pub(crate) struct FileConfig {
     local_prefixes: Option<Vec<String>>,
     /// Age after which an untouched upload session is removed (`24h`).
     upload_max_age: Option<String>,
+    /// Open upload sessions per client address, and their bytes in all.
+    max_uploads_per_client: Option<usize>,
+    max_upload_bytes: Option<String>,
     storage: Option<StorageConfig>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
@@ -262,6 +265,7 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
     let sources = &args.config;
     let path = sources.config.as_deref();
     apply_registry_compat(args, &mut file)?;
+    let hosted_keys = hosted::FileKeys::take(&mut file);
     let (listen_text, origin) = pick(
         args.listen.clone(),
         file.listen.take(),
@@ -413,17 +417,12 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let (local_prefixes, hosted) =
+        hosted::settings(args, hosted_keys, path, &mirrors, (&cache, &storage))?;
     let server = file
         .limits
         .resolve()
         .map_err(|e| format!("{}: {e}", file_label(path)))?;
-    let (local_prefixes, hosted) = hosted::settings(
-        args,
-        (file.local_prefixes.take(), file.upload_max_age.take()),
-        path,
-        &mirrors,
-        &cache,
-    )?;
     let client_auth =
         crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
     let tls = crate::trust::tls(

@@ -149,6 +149,9 @@ pub enum PushErrorKind {
     ManifestBlobUnknown,
     /// The content is over the size limit.
     SizeInvalid,
+    /// The client holds as many open upload sessions as the mirror allows,
+    /// or open sessions hold as many bytes as it allows.
+    TooManyUploads,
 }
 
 impl Error {

@@ -250,6 +250,9 @@ impl OciError {
                         (StatusCode::BAD_REQUEST, OciErrorCode::ManifestBlobUnknown)
                     }
                     K::SizeInvalid => (StatusCode::PAYLOAD_TOO_LARGE, OciErrorCode::SizeInvalid),
+                    K::TooManyUploads => {
+                        (StatusCode::TOO_MANY_REQUESTS, OciErrorCode::TooManyRequests)
+                    }
                     _ => (StatusCode::BAD_REQUEST, OciErrorCode::BlobUploadInvalid),
                 };
                 // Push messages name only digests, offsets and limits: safe to send.

@@ -5,6 +5,8 @@
 //! Request bodies are streamed into storage, never buffered whole (a
 //! manifest, capped at the hosted manifest limit, is the exception).
 
+use std::net::IpAddr;
+
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -43,6 +45,8 @@ pub(crate) struct HostedRequest<'a> {
     pub(crate) repository: &'a Repository,
     pub(crate) op: &'a HostedOp,
     pub(crate) info: &'a RequestInfo<'a>,
+    /// The client's address, for the per-client cap on upload sessions.
+    pub(crate) client: Option<IpAddr>,
 }
 
 /// Answers a request for a hosted repository; `body` is the request body.
@@ -55,7 +59,9 @@ pub(crate) async fn dispatch(
     let headers = req.info.headers;
     let method = req.method;
     match (req.op, method) {
-        (HostedOp::Uploads, &Method::POST) => start(hosted, repository, req.query, body).await,
+        (HostedOp::Uploads, &Method::POST) => {
+            start(hosted, repository, req.query, req.client, body).await
+        }
         (HostedOp::Upload(id), _) => {
             let id: UploadId = id.parse().map_err(|e| fail(e, ErrorSubject::Blob))?;
             upload(hosted, &req, &id, body).await
@@ -161,6 +167,7 @@ async fn start(
     hosted: &HostedEngine,
     repository: &Repository,
     query: Option<&str>,
+    client: Option<IpAddr>,
     body: ByteStream,
 ) -> Result<Response<Body>, OciError> {
     if let Some(mount) = query_param(query, "mount") {
@@ -186,7 +193,7 @@ async fn start(
         return Ok(blob_created(repository, &digest));
     }
     let state = hosted
-        .start_upload(repository)
+        .start_upload(repository, client)
         .await
         .map_err(|e| fail(e, ErrorSubject::Blob))?;
     Ok(upload_response(StatusCode::ACCEPTED, &state))

@@ -201,6 +201,10 @@ impl OciService {
                             repository,
                             op,
                             info: &info,
+                            client: request
+                                .extensions
+                                .get::<crate::client_auth::PeerAddr>()
+                                .map(|peer| peer.0.ip()),
                         };
                         push::dispatch(hosted, req, body).await
                     }

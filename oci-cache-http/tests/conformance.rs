@@ -857,3 +857,55 @@ async fn a_manifest_needs_a_manifest_media_type() {
         assert_eq!(a.status, 201, "{:?}", a.body);
     }
 }
+
+/// Issue 22: open upload sessions are capped per client address and in
+/// total bytes; a refusal is `429 TOOMANYREQUESTS` naming the limit.
+#[tokio::test]
+async fn open_uploads_are_capped_per_client_with_a_429_naming_the_limit() {
+    use oci_cache_core::hosted::HostedOptions;
+    use oci_cache_http::client_auth::PeerAddr;
+
+    let svc = Mirror::builder()
+        .upstreams(mirrors("http://127.0.0.1:9"))
+        .storage(Arc::new(MemoryStorage::new()))
+        .upstream(Arc::new(FakeUpstream::new()))
+        .local_prefixes(["local"])
+        .hosted_options(
+            HostedOptions::default()
+                .with_max_uploads_per_client(2)
+                .with_max_upload_bytes(Some(8)),
+        )
+        .build()
+        .unwrap()
+        .service();
+    let post_from = |last: u8| {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{APP}/blobs/uploads/"))
+            .extension(PeerAddr(([192, 0, 2, last], 40000).into()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        svc.handle(request)
+    };
+    assert_eq!(post_from(1).await.status(), 202);
+    let second = post_from(1).await;
+    assert_eq!(second.status(), 202);
+    let refused = post_from(1).await;
+    assert_eq!(refused.status(), 429);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("TOOMANYREQUESTS") && text.contains("max_uploads_per_client = 2"),
+        "{text}"
+    );
+    assert_eq!(
+        post_from(2).await.status(),
+        202,
+        "another client is refused"
+    );
+
+    let location = second.headers()["location"].to_str().unwrap().to_owned();
+    let over = patch(&svc, &location, "0-8", &b"123456789"[..]).await;
+    assert_eq!(over.status, 429, "{:?}", over.body);
+    assert!(String::from_utf8_lossy(&over.body).contains("max_upload_bytes"));
+}

@@ -1,28 +1,50 @@
-//! Hosted repositories' settings: `--local-prefix` / `local_prefixes` and
-//! `upload_max_age`.
+//! Hosted repositories' settings: `--local-prefix` / `local_prefixes`,
+//! `upload_max_age`, and the limits on pushes that follow the disk.
 
 use std::path::Path;
 
 use oci_cache_core::cache::CacheOptions;
 use oci_cache_core::duration::parse_duration;
+use oci_cache_core::evict::parse_size;
 use oci_cache_core::hosted::HostedOptions;
 use oci_cache_core::mirror::MirrorConfig;
 
-use super::pick;
+use super::{pick, FileConfig, StorageConfig};
 use crate::cli::ServeArgs;
 
-/// `--local-prefix` / `local_prefixes` and `upload_max_age`, validated.
+/// The file's keys for hosted repositories, taken out of it whole.
+pub(super) struct FileKeys {
+    local_prefixes: Option<Vec<String>>,
+    upload_max_age: Option<String>,
+    max_uploads_per_client: Option<usize>,
+    max_upload_bytes: Option<String>,
+}
+
+impl FileKeys {
+    pub(super) fn take(file: &mut FileConfig) -> FileKeys {
+        FileKeys {
+            local_prefixes: file.local_prefixes.take(),
+            upload_max_age: file.upload_max_age.take(),
+            max_uploads_per_client: file.max_uploads_per_client.take(),
+            max_upload_bytes: file.max_upload_bytes.take(),
+        }
+    }
+}
+
+/// `--local-prefix` / `local_prefixes`, `upload_max_age`,
+/// `--max-uploads-per-client` / `max_uploads_per_client` and
+/// `--max-upload-bytes` / `max_upload_bytes`, validated.
 pub(super) fn settings(
     args: &ServeArgs,
-    (file_prefixes, upload_max_age): (Option<Vec<String>>, Option<String>),
+    file: FileKeys,
     path: Option<&Path>,
     mirrors: &MirrorConfig,
-    cache: &CacheOptions,
+    (cache, _storage): (&CacheOptions, &StorageConfig),
 ) -> Result<(Vec<String>, HostedOptions), String> {
     let flags = (!args.local_prefixes.is_empty()).then(|| args.local_prefixes.clone());
     let prefixes = match pick(
         flags,
-        file_prefixes,
+        file.local_prefixes,
         path,
         (
             "--local-prefix",
@@ -39,15 +61,49 @@ pub(super) fn settings(
         }
         None => Vec::new(),
     };
+    let blob_limit = cache.max_blob_size;
     let mut hosted = HostedOptions::default()
         .with_max_manifest_size(cache.max_manifest_size)
-        .with_max_blob_size(Some(cache.max_blob_size));
-    if let Some(text) = upload_max_age {
+        .with_max_blob_size(Some(blob_limit))
+        .with_max_upload_bytes(Some(blob_limit));
+    if let Some(text) = file.upload_max_age {
         let age = parse_duration(&text).map_err(|e| format!("upload_max_age: {e}"))?;
         hosted = hosted.with_upload_max_age(age);
     }
     hosted
         .validate()
         .map_err(|e| format!("{}: {}", super::file_label(path), super::config_message(e)))?;
+    let per_client = pick(
+        args.max_uploads_per_client,
+        file.max_uploads_per_client,
+        path,
+        (
+            "--max-uploads-per-client",
+            "OCI_CACHE_MAX_UPLOADS_PER_CLIENT",
+            "max_uploads_per_client",
+        ),
+    );
+    if let Some((sessions, origin)) = per_client {
+        if sessions == 0 {
+            return Err(format!(
+                "{origin}: 0 would refuse every push; give at least 1 (default 64)"
+            ));
+        }
+        hosted = hosted.with_max_uploads_per_client(sessions);
+    }
+    let total = pick(
+        args.max_upload_bytes.clone(),
+        file.max_upload_bytes,
+        path,
+        (
+            "--max-upload-bytes",
+            "OCI_CACHE_MAX_UPLOAD_BYTES",
+            "max_upload_bytes",
+        ),
+    );
+    if let Some((text, origin)) = total {
+        let bytes = parse_size(&text).map_err(|e| format!("{origin}: {e}"))?;
+        hosted = hosted.with_max_upload_bytes(Some(bytes));
+    }
     Ok((prefixes, hosted))
 }

@@ -477,6 +477,59 @@ fn local_prefixes_are_shown_and_checked() {
         "{}",
         text(&out.stdout)
     );
+    // The push limits: defaults that follow the disk, then flag, variable and file.
+    assert!(
+        text(&out.stdout).contains("push limits: 64 open uploads per client"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = oci_cache_env(
+        &[
+            "check-config",
+            "--local-prefix",
+            "local",
+            "--max-size",
+            "1GiB",
+        ],
+        &[("OCI_CACHE_MAX_UPLOADS_PER_CLIENT", "3")],
+    );
+    assert!(
+        text(&out.stdout).contains("push limits: 3 open uploads per client"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = oci_cache(&[
+        "check-config",
+        "--local-prefix",
+        "local",
+        "--max-upload-bytes",
+        "1GiB",
+    ]);
+    assert!(
+        text(&out.stdout).contains("1.00 GiB held by open uploads in all"),
+        "{}",
+        text(&out.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.toml");
+    std::fs::write(
+        &file,
+        "local_prefixes = [\"local\"]\nmax_uploads_per_client = 5\nmax_upload_bytes = \"2GiB\"\n",
+    )
+    .unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    assert!(
+        text(&out.stdout).contains("push limits: 5 open uploads per client, 2.00 GiB held"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = oci_cache(&["check-config", "--max-uploads-per-client", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--max-uploads-per-client"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = oci_cache(&["check-config", "--local-prefix", "docker.io"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(

@@ -475,7 +475,7 @@ async fn pushed_content_is_never_evicted_without_any_wiring() {
         )
         .await
         .unwrap();
-    let upload = hosted.start_upload(&app).await.unwrap();
+    let upload = hosted.start_upload(&app, None).await.unwrap();
     hosted
         .append(&app, &upload.id, None, stream(blob_bytes(2, 50)))
         .await

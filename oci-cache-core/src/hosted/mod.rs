@@ -34,6 +34,7 @@
 //!   reading every manifest, and deleting the manifest removes the link.
 
 mod manifest;
+mod quota;
 mod referrers;
 mod upload;
 
@@ -70,6 +71,11 @@ pub struct HostedOptions {
     pub upload_max_age: Duration,
     /// Chunk bytes held in memory per request before they are stored (default 4 MiB).
     pub piece_size: usize,
+    /// Upload sessions one client address may hold open at once (default 64).
+    pub max_uploads_per_client: usize,
+    /// Bytes all open upload sessions may hold together (default: as
+    /// [`max_blob_size`](Self::max_blob_size); `None`: no limit).
+    pub max_upload_bytes: Option<u64>,
 }
 
 impl Default for HostedOptions {
@@ -79,6 +85,8 @@ impl Default for HostedOptions {
             max_blob_size: Some(crate::cache::CacheOptions::default().max_blob_size),
             upload_max_age: Duration::from_secs(24 * 60 * 60),
             piece_size: 4 * 1024 * 1024,
+            max_uploads_per_client: 64,
+            max_upload_bytes: Some(crate::cache::CacheOptions::default().max_blob_size),
         }
     }
 }
@@ -112,6 +120,18 @@ impl HostedOptions {
             Duration::from_secs(60)..=crate::bounds::YEAR,
         )?;
         Ok(())
+    }
+
+    /// Sets [`max_uploads_per_client`](Self::max_uploads_per_client) (at least 1).
+    pub fn with_max_uploads_per_client(mut self, sessions: usize) -> Self {
+        self.max_uploads_per_client = sessions.max(1);
+        self
+    }
+
+    /// Sets [`max_upload_bytes`](Self::max_upload_bytes).
+    pub fn with_max_upload_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.max_upload_bytes = bytes;
+        self
     }
 
     /// Sets [`piece_size`](Self::piece_size) (at least 1 byte).
@@ -199,6 +219,8 @@ pub struct Hosted<S: ?Sized> {
     last_cleanup: Arc<Mutex<Option<Instant>>>,
     /// Upload sessions a request of this process is writing right now.
     busy: Arc<Mutex<HashSet<UploadId>>>,
+    /// Open upload sessions and the bytes they hold, for the caps.
+    open: Arc<Mutex<quota::OpenUploads>>,
     /// The cache's disk budget, told about every blob a push stores or removes.
     budget: Option<Arc<DiskBudget>>,
     /// Names of hosted repositories, for `_catalog`.
@@ -212,6 +234,7 @@ impl<S: ?Sized> Clone for Hosted<S> {
             options: self.options.clone(),
             last_cleanup: Arc::clone(&self.last_cleanup),
             busy: Arc::clone(&self.busy),
+            open: Arc::clone(&self.open),
             budget: self.budget.clone(),
             catalog: Arc::clone(&self.catalog),
         }
@@ -235,6 +258,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
             options,
             last_cleanup: Arc::new(Mutex::new(None)),
             busy: Arc::default(),
+            open: Arc::default(),
             budget: None,
         }
     }

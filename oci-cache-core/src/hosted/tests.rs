@@ -60,7 +60,7 @@ async fn chunked_upload_survives_a_new_instance_and_verifies() {
     let app = repo("local/app");
     let content = b"hello, hosted world";
     let digest = Digest::sha256_of(content);
-    let state = hosted(&storage).start_upload(&app).await.unwrap();
+    let state = hosted(&storage).start_upload(&app, None).await.unwrap();
     let after = hosted(&storage)
         .append(
             &app,
@@ -103,7 +103,7 @@ async fn wrong_digest_leaves_nothing_visible() {
     let storage = Arc::new(MemoryStorage::new());
     let app = repo("local/app");
     let h = hosted(&storage);
-    let state = h.start_upload(&app).await.unwrap();
+    let state = h.start_upload(&app, None).await.unwrap();
     h.append(&app, &state.id, None, stream(&[b"some bytes here"]))
         .await
         .unwrap();
@@ -174,7 +174,7 @@ async fn abandoned_uploads_are_removed_with_their_pieces() {
             .with_piece_size(4)
             .with_upload_max_age(Duration::ZERO),
     );
-    let state = h.start_upload(&app).await.unwrap();
+    let state = h.start_upload(&app, None).await.unwrap();
     h.append(&app, &state.id, None, stream(&[b"0123456789"]))
         .await
         .unwrap();
@@ -213,7 +213,7 @@ async fn a_second_writer_of_one_upload_is_refused_while_the_first_runs() {
     let storage = Arc::new(MemoryStorage::new());
     let app = repo("local/app");
     let h = hosted(&storage);
-    let state = h.start_upload(&app).await.unwrap();
+    let state = h.start_upload(&app, None).await.unwrap();
     let (tx, rx) = futures::channel::mpsc::unbounded::<crate::Result<Bytes>>();
     tx.unbounded_send(Ok(Bytes::from_static(b"first"))).unwrap();
     let slow = {
@@ -249,8 +249,8 @@ async fn two_concurrent_uploads_of_one_layer_both_finish() {
     let content = b"identical layer bytes";
     let digest = Digest::sha256_of(content);
     let engine = hosted(&storage);
-    let first = engine.start_upload(&app).await.unwrap();
-    let second = engine.start_upload(&app).await.unwrap();
+    let first = engine.start_upload(&app, None).await.unwrap();
+    let second = engine.start_upload(&app, None).await.unwrap();
     for id in [&first.id, &second.id] {
         engine
             .append(&app, id, None, stream(&[content]))
@@ -283,7 +283,7 @@ async fn pushes_report_what_they_store_to_the_disk_budget() {
         .unwrap();
     assert_eq!(budget.stored(), 100);
     let content = b"0123456789";
-    let state = h.start_upload(&app).await.unwrap();
+    let state = h.start_upload(&app, None).await.unwrap();
     h.append(&app, &state.id, None, stream(&[content]))
         .await
         .unwrap();
@@ -466,7 +466,7 @@ async fn a_cancelled_or_expired_upload_never_removes_a_layer_another_push_uses()
             Arc::clone(&storage),
             HostedOptions::default().with_upload_max_age(age),
         );
-        let dying = h.start_upload(&repo("local/a")).await.unwrap();
+        let dying = h.start_upload(&repo("local/a"), None).await.unwrap();
         h.append(&repo("local/a"), &dying.id, None, stream(&[layer]))
             .await
             .unwrap();
@@ -492,4 +492,51 @@ async fn a_cancelled_or_expired_upload_never_removes_a_layer_another_push_uses()
         // Nothing of the dying upload is left.
         assert!(piece_records(&storage).await.is_empty());
     }
+}
+
+/// An anonymous pusher cannot hold more than its share of sessions, nor
+/// make open sessions hold more than the byte cap; what ends a session
+/// (finish, cancel, expiry) gives its share back.
+#[tokio::test]
+async fn open_uploads_are_capped_per_client_and_in_total_bytes() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = Hosted::new(
+        Arc::clone(&storage),
+        HostedOptions::default()
+            .with_piece_size(4)
+            .with_max_uploads_per_client(2)
+            .with_max_upload_bytes(Some(10)),
+    );
+    let pusher = Some(std::net::IpAddr::from([192, 0, 2, 1]));
+    let other = Some(std::net::IpAddr::from([192, 0, 2, 2]));
+    let first = h.start_upload(&app, pusher).await.unwrap();
+    let second = h.start_upload(&app, pusher).await.unwrap();
+    let e = h.start_upload(&app, pusher).await.unwrap_err();
+    assert_push_refused(&e, PushErrorKind::TooManyUploads);
+    assert!(e.to_string().contains("max_uploads_per_client = 2"), "{e}");
+    // Another client is not affected; a cancelled session frees a slot.
+    let third = h.start_upload(&app, other).await.unwrap();
+    h.cancel(&app, &second.id).await.unwrap();
+    let second = h.start_upload(&app, pusher).await.unwrap();
+
+    h.append(&app, &first.id, None, stream(&[b"12345678"]))
+        .await
+        .unwrap();
+    let e = h
+        .append(&app, &third.id, None, stream(&[b"abcdef"]))
+        .await
+        .unwrap_err();
+    assert_push_refused(&e, PushErrorKind::TooManyUploads);
+    assert!(e.to_string().contains("max_upload_bytes"), "{e}");
+    // Nothing of the refused chunk was stored; once the first push is done it fits.
+    assert_eq!(h.upload(&app, &third.id).await.unwrap().offset, 0);
+    h.finish(&app, &first.id, &Digest::sha256_of(b"12345678"), None)
+        .await
+        .unwrap();
+    let resumed = h
+        .append(&app, &second.id, None, stream(&[b"abcdef"]))
+        .await
+        .unwrap();
+    assert_eq!(resumed.offset, 6);
 }

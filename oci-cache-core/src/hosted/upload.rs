@@ -2,13 +2,15 @@
 //! a verified write, cancel, and clean up abandoned ones.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::quota::OpenUploads;
 use super::{Hosted, UploadId};
 use crate::digest::Digest;
 use crate::reference::Repository;
@@ -113,17 +115,26 @@ fn unknown(id: &UploadId) -> Error {
 }
 
 impl<S: Storage + ?Sized> Hosted<S> {
-    /// Starts an upload session in `repository`.
-    pub async fn start_upload(&self, repository: &Repository) -> Result<UploadState> {
+    /// Starts an upload session in `repository` for `client` (its address,
+    /// when known: the per-client cap counts by it).
+    pub async fn start_upload(
+        &self,
+        repository: &Repository,
+        client: Option<IpAddr>,
+    ) -> Result<UploadState> {
         self.maybe_cleanup();
         let id = UploadId::random();
+        self.open_uploads().start(&id, client, &self.options)?;
         let session = Session {
             repository: repository.to_string(),
             updated: now_secs(),
             parts: Vec::new(),
             legacy_pieces: Vec::new(),
         };
-        self.save(&id, &session, RecordWrite::Create).await?;
+        if let Err(e) = self.save(&id, &session, RecordWrite::Create).await {
+            self.open_uploads().end(&id);
+            return Err(e);
+        }
         tracing::debug!(upload = %id, %repository, "upload started");
         Ok(UploadState {
             id,
@@ -421,15 +432,28 @@ impl<S: Storage + ?Sized> Hosted<S> {
 
     /// Stores `piece` as the next piece of upload `id` (a record under the
     /// upload's own prefix, never a blob), then the session that counts it.
+    /// Refused when open sessions would hold more than
+    /// [`max_upload_bytes`](super::HostedOptions::max_upload_bytes).
     async fn store_piece(&self, id: &UploadId, session: &mut Session, piece: Bytes) -> Result<()> {
         let size = piece.len() as u64;
+        self.open_uploads().reserve(id, size, &self.options)?;
         let key = RecordKey::upload_piece(id, session.parts.len() as u64);
-        self.storage
+        let stored = self
+            .storage
             .record_put(&key, Record::new(piece), RecordWrite::Overwrite)
-            .await?;
+            .await;
+        if let Err(e) = stored {
+            self.open_uploads().release(id, size);
+            return Err(e);
+        }
         session.parts.push(size);
         session.updated = now_secs();
         self.save(id, session, RecordWrite::Overwrite).await
+    }
+
+    fn open_uploads(&self) -> MutexGuard<'_, OpenUploads> {
+        // The counts stay consistent under a panic elsewhere: use them.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn read(&self, id: &UploadId) -> Result<Option<Session>> {
@@ -475,6 +499,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
     /// the record goes first, so a piece left behind belongs to no session
     /// and [`cleanup_abandoned`](Self::cleanup_abandoned) removes it.
     async fn remove(&self, id: &UploadId, session: &Session) {
+        self.open_uploads().end(id);
         if let Err(e) = self.storage.record_delete(&RecordKey::upload(id)).await {
             tracing::warn!(upload = %id, error = %e, "cannot remove upload record");
             return;
