@@ -120,13 +120,13 @@ fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
 /// Bytes an unprivileged writer can still store on the filesystem holding
 /// `dir`; `None` where that cannot be asked.
 #[cfg(target_os = "linux")]
-pub(crate) fn free_space(dir: &std::path::Path) -> Option<u64> {
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn free_space(_dir: &std::path::Path) -> Option<u64> {
+pub fn free_space(_dir: &std::path::Path) -> Option<u64> {
     None
 }
 

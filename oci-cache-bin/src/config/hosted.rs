@@ -39,7 +39,7 @@ pub(super) fn settings(
     file: FileKeys,
     path: Option<&Path>,
     mirrors: &MirrorConfig,
-    (cache, _storage): (&CacheOptions, &StorageConfig),
+    (cache, storage): (&CacheOptions, &StorageConfig),
 ) -> Result<(Vec<String>, HostedOptions), String> {
     let flags = (!args.local_prefixes.is_empty()).then(|| args.local_prefixes.clone());
     let prefixes = match pick(
@@ -61,7 +61,7 @@ pub(super) fn settings(
         }
         None => Vec::new(),
     };
-    let blob_limit = cache.max_blob_size;
+    let blob_limit = push_blob_limit(cache, storage);
     let mut hosted = HostedOptions::default()
         .with_max_manifest_size(cache.max_manifest_size)
         .with_max_blob_size(Some(blob_limit))
@@ -106,4 +106,26 @@ pub(super) fn settings(
         hosted = hosted.with_max_upload_bytes(Some(bytes));
     }
     Ok((prefixes, hosted))
+}
+
+/// The largest blob a push may store unless configured otherwise: the
+/// cache's `max_blob_size`, but at most half the cache's size cap and half
+/// the space free on the storage's disk at start (a push cannot be evicted,
+/// so one must never be able to take the disk alone).
+fn push_blob_limit(cache: &CacheOptions, storage: &StorageConfig) -> u64 {
+    let mut limit = cache.max_blob_size;
+    if let Some(cap) = cache.max_size {
+        limit = limit.min(cap / 2);
+    }
+    if let StorageConfig::Filesystem { dir } = storage {
+        // The root may not exist yet: ask the nearest directory that does.
+        let free = dir
+            .ancestors()
+            .find(|d| d.is_dir())
+            .and_then(oci_cache_core::storage::free_space);
+        if let Some(free) = free {
+            limit = limit.min(free / 2);
+        }
+    }
+    limit.max(1)
 }

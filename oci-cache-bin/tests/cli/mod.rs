@@ -498,6 +498,11 @@ fn local_prefixes_are_shown_and_checked() {
         "{}",
         text(&out.stdout)
     );
+    assert!(
+        text(&out.stdout).contains("blobs up to 512.00 MiB"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = oci_cache(&[
         "check-config",
         "--local-prefix",

@@ -540,3 +540,166 @@ async fn open_uploads_are_capped_per_client_and_in_total_bytes() {
         .unwrap();
     assert_eq!(resumed.offset, 6);
 }
+
+/// A memory storage that tracks the bytes it holds (records, blobs, and a
+/// blob write's bytes as they stream in) and the most it ever held.
+#[derive(Debug, Default)]
+struct PeakStorage {
+    inner: MemoryStorage,
+    held: Arc<std::sync::atomic::AtomicU64>,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Display for PeakStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("peak-measuring memory")
+    }
+}
+
+impl PeakStorage {
+    fn add(held: &std::sync::atomic::AtomicU64, peak: &std::sync::atomic::AtomicU64, n: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = held.fetch_add(n, SeqCst) + n;
+        peak.fetch_max(now, SeqCst);
+    }
+
+    fn sub(&self, n: u64) {
+        self.held.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for PeakStorage {
+    async fn blob_stat(&self, digest: &Digest) -> crate::Result<Option<crate::storage::BlobInfo>> {
+        self.inner.blob_stat(digest).await
+    }
+
+    async fn blob_read(
+        &self,
+        digest: &Digest,
+        range: Option<std::ops::Range<u64>>,
+    ) -> crate::Result<crate::storage::BlobRead> {
+        self.inner.blob_read(digest, range).await
+    }
+
+    async fn blob_write_from(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        data: crate::storage::BlobSource,
+    ) -> crate::Result<u64> {
+        let crate::storage::BlobSource::Unchecked(stream) = data else {
+            unreachable!("pushes write unchecked streams")
+        };
+        let existed = self.inner.blob_stat(digest).await?.is_some();
+        let (held, peak) = (Arc::clone(&self.held), Arc::clone(&self.peak));
+        let streamed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&streamed);
+        let stream = stream
+            .inspect_ok(move |chunk| {
+                counted.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                PeakStorage::add(&held, &peak, chunk.len() as u64);
+            })
+            .boxed();
+        let result = self.inner.blob_write(digest, expected_size, stream).await;
+        if result.is_err() || existed {
+            self.sub(streamed.load(std::sync::atomic::Ordering::SeqCst));
+        }
+        result
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> crate::Result<()> {
+        if let Some(info) = self.inner.blob_stat(digest).await? {
+            self.sub(info.size);
+        }
+        self.inner.blob_delete(digest).await
+    }
+
+    fn blob_list(&self) -> futures::stream::BoxStream<'_, crate::Result<crate::storage::BlobInfo>> {
+        self.inner.blob_list()
+    }
+
+    async fn record_get(&self, key: &RecordKey) -> crate::Result<Option<crate::storage::Record>> {
+        self.inner.record_get(key).await
+    }
+
+    async fn record_put(
+        &self,
+        key: &RecordKey,
+        record: crate::storage::Record,
+        mode: crate::storage::RecordWrite,
+    ) -> crate::Result<bool> {
+        let old = self
+            .inner
+            .record_get(key)
+            .await?
+            .map_or(0, |r| r.bytes.len() as u64);
+        let new = record.bytes.len() as u64;
+        let written = self.inner.record_put(key, record, mode).await?;
+        if written {
+            PeakStorage::add(&self.held, &self.peak, new);
+            self.sub(old);
+        }
+        Ok(written)
+    }
+
+    async fn record_delete(&self, key: &RecordKey) -> crate::Result<()> {
+        if let Some(old) = self.inner.record_get(key).await? {
+            self.sub(old.bytes.len() as u64);
+        }
+        self.inner.record_delete(key).await
+    }
+
+    fn record_list(
+        &self,
+        prefix: &RecordPrefix,
+    ) -> futures::stream::BoxStream<'_, crate::Result<RecordKey>> {
+        self.inner.record_list(prefix)
+    }
+}
+
+/// A blob pushed with `PATCH` then `PUT`, or with a `PUT` body of unknown
+/// length, is on disk once: before, its pieces were blobs that stayed
+/// until the final blob had been written from them (twice its size), and
+/// a `PUT` body was first stored as pieces too.
+#[tokio::test]
+async fn a_pushed_blob_takes_one_copy_of_disk_not_two() {
+    let content = vec![42u8; 64 * 1024];
+    let digest = Digest::sha256_of(&content);
+    let app = repo("local/app");
+    let piece = 4 * 1024_u64;
+    for via_put_body in [false, true] {
+        let storage = Arc::new(PeakStorage::default());
+        let h = Hosted::new(
+            Arc::clone(&storage),
+            HostedOptions::default().with_piece_size(piece as usize),
+        );
+        let state = h.start_upload(&app, None).await.unwrap();
+        let chunks: Vec<&[u8]> = content.chunks(1000).collect();
+        if via_put_body {
+            h.finish(&app, &state.id, &digest, Some(stream(&chunks)))
+                .await
+                .unwrap();
+        } else {
+            h.append(&app, &state.id, None, stream(&chunks))
+                .await
+                .unwrap();
+            h.finish(&app, &state.id, &digest, None).await.unwrap();
+        }
+        let size = content.len() as u64;
+        // The session record is a few dozen bytes; one piece may overlap.
+        let peak = storage.peak();
+        assert!(
+            peak <= size + piece + 4096,
+            "put body: {via_put_body}: {peak} bytes held at the peak for a {size}-byte blob"
+        );
+        assert_eq!(
+            storage.blob_stat(&digest).await.unwrap().unwrap().size,
+            size
+        );
+    }
+}

@@ -109,6 +109,10 @@ mod record;
 mod typed;
 mod verified;
 
+/// Bytes still free for an unprivileged writer on the filesystem holding a
+/// directory (`None` where that cannot be asked): what a default limit that
+/// must follow the disk is computed from.
+pub use crate::file_io::free_space;
 #[cfg(feature = "fs")]
 pub use fs::{FsOptions, FsStorage};
 pub use memory::MemoryStorage;
