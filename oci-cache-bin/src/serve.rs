@@ -38,6 +38,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         .build()?;
     let mut service = mirror.service();
     spawn_evictor(service.engine());
+    spawn_sweeper(&service, settings.hosted.upload_max_age);
     if let Some(addr) = settings.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -188,6 +189,39 @@ fn count_stored(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) {
         }
         metrics.add_stored(bytes, objects);
         tracing::info!(bytes, objects, "counted the stored blobs");
+    });
+}
+
+/// How often, at most, leftovers of interrupted writes and abandoned
+/// uploads are swept while serving (a crash of another process on the same
+/// storage leaves staging files a restart would otherwise have to find).
+const SWEEP_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Starts the periodic sweep: storage leftovers (stale staging files) and,
+/// when hosting, upload sessions untouched for `upload_max_age` — every
+/// [`SWEEP_EVERY`], or a quarter of that age when it is shorter.
+fn spawn_sweeper(service: &oci_cache_http::OciService, upload_max_age: Duration) {
+    let storage = Arc::clone(service.engine().storage());
+    let hosted = service.hosted().cloned();
+    let every = SWEEP_EVERY
+        .min(upload_max_age / 4)
+        .max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Opening the storage has just swept it.
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = storage.sweep_leftovers().await {
+                tracing::warn!(error = %ErrorChain(&e), "sweeping leftovers of interrupted writes failed; retrying at the next sweep");
+            }
+            if let Some(hosted) = &hosted {
+                if let Err(e) = hosted.cleanup_abandoned().await {
+                    tracing::warn!(error = %ErrorChain(&e), "removing abandoned uploads failed; retrying at the next sweep");
+                }
+            }
+        }
     });
 }
 

@@ -92,6 +92,12 @@ impl OciService {
         self
     }
 
+    /// The push API of the hosted repositories, when there are any (for
+    /// the server's periodic clean-up of abandoned uploads).
+    pub fn hosted(&self) -> Option<&Arc<HostedEngine>> {
+        self.hosted.as_ref().map(|(_, hosted)| hosted)
+    }
+
     /// The local prefixes of hosted repositories (empty: none).
     pub fn local_prefixes(&self) -> &[String] {
         self.hosted.as_ref().map_or(&[], |(prefixes, _)| prefixes)

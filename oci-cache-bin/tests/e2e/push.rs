@@ -626,3 +626,57 @@ fn purge_and_gc_of_a_cached_image_keep_the_pushed_copy() {
         assert_eq!(sha256_digest(&got.body), blob.digest);
     }
 }
+
+/// Issue 22: what a crash leaves (a stale staging file) and an abandoned
+/// upload (pieces nobody finishes) are swept while the mirror serves;
+/// before, only a start at least 15 minutes later removed staging files,
+/// and abandoned sessions went only when another session started.
+#[test]
+fn stale_staging_files_and_abandoned_uploads_are_swept_while_serving() {
+    let mirror = Mirror::start_with_args(
+        &[
+            "--config",
+            "{dir}/hosted.toml",
+            "--storage-dir",
+            "{dir}/storage",
+            "--local-prefix",
+            "local",
+        ],
+        &[("hosted.toml", "upload_max_age = \"2s\"\n")],
+    );
+    let m = mirror.host();
+    let storage = mirror.dir().join("storage");
+    let leftover = storage.join("_staging/left-by-a-crash");
+    std::fs::write(&leftover, b"half a blob").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let abandoned = start_upload(&m, "local/app");
+    assert_eq!(patch(&m, &abandoned, 0, b"some bytes").status, 202);
+    assert!(storage
+        .join("upload-pieces")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_some());
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let swept = || {
+        let pieces_left = storage
+            .join("upload-pieces")
+            .read_dir()
+            .map_or(0, |d| d.count());
+        !leftover.exists() && pieces_left == 0
+    };
+    while !swept() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!leftover.exists(), "the stale staging file is still there");
+    let status = http::request(&m, "GET", &abandoned, &[]).unwrap().status;
+    assert_eq!(status, 404, "the abandoned upload is still open");
+    assert!(swept(), "the abandoned upload's pieces are still stored");
+}

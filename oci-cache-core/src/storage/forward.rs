@@ -116,6 +116,10 @@ macro_rules! forward_storage {
             async fn repository_list(&self) -> Result<Vec<RepositoryEntry>> {
                 (**self).repository_list().await
             }
+
+            async fn sweep_leftovers(&self) -> Result<u64> {
+                (**self).sweep_leftovers().await
+            }
         }
     };
 }

@@ -49,7 +49,7 @@
 //!   hosted/<repository…>/_manifests/<alg>/<hex>  a manifest pushed to that repository
 //!   uploads/<id>                               an upload session: JSON {repository, updated, parts}
 //!   upload-pieces/<id>/<n>                     the bytes of that session, piece by piece (never blobs)
-//!   _staging/<uuid>                            writes in progress; emptied at open
+//!   _staging/<uuid>                            writes in progress; stale ones swept at open and while serving
 //! ```
 //!
 //! for example `tags/localhost%3A5000/library/alpine/_tags/3.20`. Blobs are
@@ -305,5 +305,15 @@ pub trait Storage: Debug + Display + Send + Sync + 'static {
     /// Repositories with at least one tag record, sorted.
     async fn repository_list(&self) -> Result<Vec<RepositoryEntry>> {
         typed::repository_list(self).await
+    }
+
+    /// Removes what interrupted writes (a crash, a killed process) left
+    /// behind and nobody touched for long enough that no writer can own it;
+    /// returns how many objects went. Servers call it periodically. The
+    /// filesystem removes `_staging` files untouched for 15 minutes;
+    /// backends without such leftovers (memory; object stores, whose
+    /// incomplete multipart uploads a bucket lifecycle rule aborts) do nothing.
+    async fn sweep_leftovers(&self) -> Result<u64> {
+        Ok(0)
     }
 }

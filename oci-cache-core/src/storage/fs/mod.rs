@@ -117,7 +117,8 @@ impl FsStorage {
 }
 
 /// A staging file written to this recently may belong to another process
-/// sharing the root; older ones are leftovers of interrupted writes.
+/// sharing the root; older ones are leftovers of interrupted writes (swept
+/// at open, and by [`Storage::sweep_leftovers`] while serving).
 const STAGING_IN_USE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl Inner {
@@ -131,6 +132,15 @@ impl Inner {
                 )
             })?;
         }
+        self.sweep_staging(STAGING_IN_USE)?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Removes the staging files untouched for `older_than`: leftovers of
+    /// interrupted writes. Returns how many went.
+    fn sweep_staging(&self, older_than: std::time::Duration) -> Result<u64> {
         let staging = self.path(keys::STAGING);
         let entries = std::fs::read_dir(&staging)
             .map_err(|e| io_error(e, format!("cannot list {}", staging.display())))?;
@@ -144,7 +154,7 @@ impl Inner {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < STAGING_IN_USE);
+                .is_none_or(|age| age < older_than);
             if recent {
                 continue;
             }
@@ -157,7 +167,7 @@ impl Inner {
         if removed > 0 {
             tracing::info!(removed, root = %self.root.display(), "removed leftovers of interrupted writes");
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -404,5 +414,10 @@ impl Storage for FsStorage {
                 }
             })
             .boxed()
+    }
+
+    async fn sweep_leftovers(&self) -> Result<u64> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.sweep_staging(STAGING_IN_USE)).await
     }
 }

@@ -65,6 +65,36 @@ async fn open_removes_staging_leftovers() {
     assert!(listed.is_empty(), "{listed:?}");
 }
 
+/// A crash of another process on the same root (an `import` beside the
+/// server) leaves staging files while this one serves: the periodic sweep
+/// removes them without a restart, and leaves writes in progress alone.
+#[tokio::test]
+async fn sweeping_while_open_removes_stale_staging_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    let leftover = dir.path().join("_staging/crashed");
+    std::fs::write(&leftover, b"half a blob").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let in_use = dir.path().join("_staging/in-use");
+    std::fs::write(&in_use, b"being written").unwrap();
+    assert_eq!(storage.sweep_leftovers().await.unwrap(), 1);
+    assert!(!leftover.exists());
+    assert!(in_use.exists());
+    assert_eq!(
+        crate::storage::MemoryStorage::new()
+            .sweep_leftovers()
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 #[tokio::test]
 async fn cancelled_write_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
