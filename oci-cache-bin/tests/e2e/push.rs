@@ -546,12 +546,17 @@ fn cancelling_an_upload_keeps_the_layers_other_pushes_share() {
         let out = work.path().join(repo.replace('/', "-"));
         let got = skopeo::copy(&format!("{m}/{repo}:1"), &out).unwrap();
         assert_eq!(got.digest, image.digest);
-        for blob in image.all_blobs() {
-            let back = http::request(&m, "GET", &format!("/v2/{repo}/blobs/{}", blob.digest), &[])
-                .unwrap();
-            assert_eq!(back.status, 200, "{repo}: {} is gone", blob.digest);
-            assert_eq!(sha256_digest(&back.body), blob.digest);
-        }
+        assert_blobs_served(&m, repo, image);
+    }
+}
+
+/// Asserts that `repo` on mirror `m` serves every blob of `image`, byte-exact.
+fn assert_blobs_served(m: &str, repo: &str, image: &Layout) {
+    for blob in image.all_blobs() {
+        let path = format!("/v2/{repo}/blobs/{}", blob.digest);
+        let got = http::request(m, "GET", &path, &[]).unwrap();
+        assert_eq!(got.status, 200, "{repo}: {} is gone", blob.digest);
+        assert_eq!(sha256_digest(&got.body), blob.digest);
     }
 }
 
@@ -614,17 +619,7 @@ fn purge_and_gc_of_a_cached_image_keep_the_pushed_copy() {
     )
     .unwrap();
     assert_eq!(back.digest, setup.image.digest);
-    for blob in setup.image.all_blobs() {
-        let got = http::request(
-            &m,
-            "GET",
-            &format!("/v2/local/kept/blobs/{}", blob.digest),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(got.status, 200, "{} is gone", blob.digest);
-        assert_eq!(sha256_digest(&got.body), blob.digest);
-    }
+    assert_blobs_served(&m, "local/kept", &setup.image);
 }
 
 /// Issue 22: what a crash leaves (a stale staging file) and an abandoned

@@ -42,19 +42,26 @@ async fn layout_is_inspectable() {
     assert_eq!(std::fs::read(on_disk).unwrap(), b"hello");
 }
 
+/// A staging file under `root` last written an hour ago: what an
+/// interrupted write leaves.
+fn stale_staging_file(root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = root.join("_staging").join(name);
+    std::fs::write(&path, b"half a blob").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    path
+}
+
 #[tokio::test]
 async fn open_removes_staging_leftovers() {
     let dir = tempfile::tempdir().unwrap();
     drop(FsStorage::open(dir.path()).await.unwrap());
-    let leftover = dir.path().join("_staging/interrupted");
-    std::fs::write(&leftover, b"half a blob").unwrap();
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&leftover)
-        .unwrap()
-        .set_modified(an_hour_ago)
-        .unwrap();
+    let leftover = stale_staging_file(dir.path(), "interrupted");
     // Another process's write in progress (fresh mtime) is left alone.
     let in_use = dir.path().join("_staging/in-use");
     std::fs::write(&in_use, b"being written").unwrap();
@@ -72,15 +79,7 @@ async fn open_removes_staging_leftovers() {
 async fn sweeping_while_open_removes_stale_staging_files() {
     let dir = tempfile::tempdir().unwrap();
     let storage = FsStorage::open(dir.path()).await.unwrap();
-    let leftover = dir.path().join("_staging/crashed");
-    std::fs::write(&leftover, b"half a blob").unwrap();
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&leftover)
-        .unwrap()
-        .set_modified(an_hour_ago)
-        .unwrap();
+    let leftover = stale_staging_file(dir.path(), "crashed");
     let in_use = dir.path().join("_staging/in-use");
     std::fs::write(&in_use, b"being written").unwrap();
     assert_eq!(storage.sweep_leftovers().await.unwrap(), 1);
