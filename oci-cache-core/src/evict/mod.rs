@@ -30,7 +30,9 @@
 //! treats it as a miss and refetches), blobs of pinned images ([`PinPattern`]
 //! over the tag records: all platforms of an index), and blobs of the
 //! manifests a [`ProtectedRoots`] names, and pushed content: every manifest
-//! of a hosted repository (`hosted/…` links), with its config, layers and
+//! a record under a protecting prefix links ([`RecordPrefix::protecting`](crate::storage::RecordPrefix::protecting):
+//! a hosted repository's `hosted/…` links, read from storage, so eviction
+//! needs nothing from the push side), with its config, layers and
 //! index children, kept by every pass without any wiring (open uploads keep
 //! their bytes as records under `upload-pieces/…`, never as blobs, so there
 //! is nothing of theirs to evict). When protected

@@ -260,7 +260,7 @@ impl<S: Storage + ?Sized> Evictor<S> {
         // Pushed content (hosted repositories) is never evicted, whoever
         // built this evictor and whatever roots it got. (Open uploads keep
         // their bytes as records, not blobs: nothing here to protect.)
-        roots.extend(crate::hosted::protected_manifests(self.storage.as_ref()).await?);
+        roots.extend(crate::storage::protected_manifests(self.storage.as_ref()).await?);
         let mut loose = Vec::new();
         for source in &self.roots {
             roots.extend(source.manifest_roots().await?);

@@ -93,7 +93,7 @@ pub async fn purge<S: Storage + ?Sized>(
     // What other tags still lead to stays, and so does everything a hosted
     // repository links (pushed content is never purged): its manifests with
     // their index children, configs and layers.
-    let mut kept_roots = crate::hosted::protected_manifests(storage).await?;
+    let mut kept_roots = crate::storage::protected_manifests(storage).await?;
     let mut tags = storage.record_list(&RecordPrefix::tags());
     while let Some(key) = tags.next().await {
         let Some(tag) = key?.tag_key() else { continue };

@@ -38,7 +38,7 @@ mod quota;
 mod referrers;
 mod upload;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,7 @@ use crate::digest::Digest;
 use crate::evict::DiskBudget;
 use crate::mirror::MirrorConfig;
 use crate::reference::{Repository, Tag};
-use crate::storage::{RecordKey, RecordPrefix, Storage};
+use crate::storage::{RecordPrefix, Storage};
 use crate::{Error, PushErrorKind, Result};
 
 pub use manifest::PushedManifest;
@@ -389,21 +389,10 @@ pub fn validate_local_prefix(prefix: &str, upstreams: &MirrorConfig) -> Result<(
 }
 
 /// Every manifest digest linked from any hosted repository, sorted and
-/// deduplicated: what eviction must never remove (with the blobs they
-/// reference). Stable name and signature.
-pub async fn protected_manifests<S: Storage + ?Sized>(storage: &S) -> Result<Vec<Digest>> {
-    let set: BTreeSet<Digest> = storage
-        .record_list(&RecordPrefix::hosted())
-        .try_filter_map(|key: RecordKey| async move {
-            Ok(match key.hosted_key() {
-                Some(HostedKey::Manifest(_, digest)) => Some(digest),
-                _ => None,
-            })
-        })
-        .try_collect()
-        .await?;
-    Ok(set.into_iter().collect())
-}
+/// deduplicated: what eviction and purge never remove (with the blobs they
+/// reference). Stable name and signature; eviction reads the same records
+/// through [`storage::protected_manifests`](crate::storage::protected_manifests).
+pub use crate::storage::protected_manifests;
 
 #[cfg(test)]
 mod tests;

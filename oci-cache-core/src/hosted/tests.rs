@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::*;
-use crate::storage::{ByteStream, MemoryStorage};
+use crate::storage::{ByteStream, MemoryStorage, RecordKey};
 use crate::upstream::ManifestRef;
 
 fn stream(parts: &[&[u8]]) -> ByteStream {

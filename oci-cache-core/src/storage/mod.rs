@@ -123,6 +123,7 @@ pub use object::S3Config;
 /// embedder builds its store with the same version.
 pub use object_store;
 pub use record::{Record, RecordKey, RecordPrefix, RecordWrite};
+pub use typed::protected_manifests;
 pub use verified::{
     resolve_range, verify_bytes, write_verified, BlobSource, PreverifiedStream, Staging,
 };

@@ -63,6 +63,16 @@ impl RecordKey {
         keys::parse_upload_piece(&self.0)
     }
 
+    /// The manifest this record keeps from eviction and purge, if it lies
+    /// under one of [`RecordPrefix::protecting`] and links one (a hosted
+    /// repository's `_manifests/<algorithm>/<hex>` link).
+    pub fn protected_manifest(&self) -> Option<Digest> {
+        match keys::parse_hosted(&self.0)? {
+            HostedKey::Manifest(_, digest) => Some(digest),
+            HostedKey::Tag(..) | HostedKey::Referrer { .. } => None,
+        }
+    }
+
     /// The hosted link this key names, if it is one.
     pub fn hosted_key(&self) -> Option<HostedKey> {
         keys::parse_hosted(&self.0)
@@ -156,6 +166,15 @@ impl RecordPrefix {
         RecordPrefix(keys::UPLOADS.to_owned())
     }
 
+    /// The prefixes whose records protect content: every manifest a record
+    /// there links ([`RecordKey::protected_manifest`]), with its index
+    /// children, config and layers, is never evicted or purged. Today the
+    /// hosted repositories' links; whatever else must be kept is added here,
+    /// and eviction reads it from storage without knowing what wrote it.
+    pub fn protecting() -> [Self; 1] {
+        [Self::hosted()]
+    }
+
     /// The pieces of every upload session.
     pub fn upload_pieces() -> Self {
         RecordPrefix(keys::UPLOAD_PIECES.to_owned())
@@ -244,7 +263,7 @@ mod tests {
         let digest = Digest::sha256_of(b"m");
         let manifest = RecordKey::manifest(&digest);
         assert_eq!(RecordKey::parse(manifest.as_str()), Some(manifest.clone()));
-        assert_eq!(manifest.manifest_digest(), Some(digest));
+        assert_eq!(manifest.manifest_digest(), Some(digest.clone()));
         assert!(RecordPrefix::manifests().contains(&manifest));
         assert!(!RecordPrefix::tags().contains(&manifest));
         // The filesystem's media-type sidecar is not a record.
@@ -268,6 +287,15 @@ mod tests {
         let shorter = Repository::new("library/alp").unwrap();
         assert!(!RecordPrefix::tags_of(&key.upstream, &nested).contains(&tag));
         assert!(!RecordPrefix::tags_of(&key.upstream, &shorter).contains(&tag));
+
+        // Only a hosted repository's manifest link protects a manifest.
+        let app = Repository::new("local/app").unwrap();
+        let link = RecordKey::hosted(&HostedKey::Manifest(app.clone(), digest.clone()));
+        assert_eq!(link.protected_manifest(), Some(digest.clone()));
+        assert!(RecordPrefix::protecting().iter().any(|p| p.contains(&link)));
+        let tag_link = RecordKey::hosted(&HostedKey::Tag(app, Tag::new("v1").unwrap()));
+        assert_eq!(tag_link.protected_manifest(), None);
+        assert_eq!(manifest.protected_manifest(), None);
 
         let access = RecordKey::access(&Digest::sha256_of(b""));
         assert_eq!(access.as_str(), "access/sha256/e3");

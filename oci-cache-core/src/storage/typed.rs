@@ -129,3 +129,16 @@ pub(super) async fn repository_list<S: Storage + ?Sized>(
         .await?;
     Ok(repositories.into_iter().collect())
 }
+
+/// Every manifest a record under [`RecordPrefix::protecting`] links, sorted
+/// and deduplicated: the roots of what eviction and purge must keep.
+pub async fn protected_manifests<S: Storage + ?Sized>(storage: &S) -> Result<Vec<Digest>> {
+    let mut found = BTreeSet::new();
+    for prefix in RecordPrefix::protecting() {
+        let mut keys = storage.record_list(&prefix);
+        while let Some(key) = keys.try_next().await? {
+            found.extend(key.protected_manifest());
+        }
+    }
+    Ok(found.into_iter().collect())
+}
