@@ -70,9 +70,6 @@ pub(super) fn settings(
         let age = parse_duration(&text).map_err(|e| format!("upload_max_age: {e}"))?;
         hosted = hosted.with_upload_max_age(age);
     }
-    hosted
-        .validate()
-        .map_err(|e| format!("{}: {}", super::file_label(path), super::config_message(e)))?;
     let per_client = pick(
         args.max_uploads_per_client,
         file.max_uploads_per_client,
@@ -105,6 +102,9 @@ pub(super) fn settings(
         let bytes = parse_size(&text).map_err(|e| format!("{origin}: {e}"))?;
         hosted = hosted.with_max_upload_bytes(Some(bytes));
     }
+    hosted
+        .validate()
+        .map_err(|e| format!("{}: {}", super::file_label(path), super::config_message(e)))?;
     Ok((prefixes, hosted))
 }
 
@@ -127,5 +127,6 @@ fn push_blob_limit(cache: &CacheOptions, storage: &StorageConfig) -> u64 {
             limit = limit.min(free / 2);
         }
     }
-    limit.max(1)
+    // Never under the smallest total the configuration accepts.
+    limit.max(oci_cache_core::bounds::MIB)
 }

@@ -528,6 +528,13 @@ fn local_prefixes_are_shown_and_checked() {
         "{}",
         text(&out.stdout)
     );
+    let out = oci_cache(&["check-config", "--max-upload-bytes", "1KiB"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("max_upload_bytes = 1KiB is out of range"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = oci_cache(&["check-config", "--max-uploads-per-client", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

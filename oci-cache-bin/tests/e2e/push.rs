@@ -49,8 +49,13 @@ struct CachedImage {
 
 impl CachedImage {
     fn start(seed: u64, repo_tag: &str) -> CachedImage {
+        CachedImage::start_with(repo_tag, |dir| small_image(dir, seed))
+    }
+
+    /// [`CachedImage::start`] with the image `build` writes into the directory it gets.
+    fn start_with(repo_tag: &str, build: impl FnOnce(&Path) -> Layout) -> CachedImage {
         let work = tempfile::tempdir().unwrap();
-        let image = small_image(&work.path().join("image"), seed);
+        let image = build(&work.path().join("image"));
         let origin = Origin::start();
         skopeo::push(&image, &origin.host(), repo_tag);
         let mirror = hosted_mirror(&origin, &work.path().join("storage"));
@@ -577,13 +582,16 @@ fn oci_cache(args: &[&str]) -> String {
 /// `local/…` shares its manifest and every blob with the cached copy.
 /// Before, purging the cached tag removed that manifest and then every blob
 /// no manifest named any more: the pushed image was gone. Neither purge nor
-/// gc under a 1-byte cap may touch it.
+/// gc under a cap it is over may touch it.
 #[test]
 fn purge_and_gc_of_a_cached_image_keep_the_pushed_copy() {
     if !tools_available("purge_and_gc_of_a_cached_image_keep_the_pushed_copy") {
         return;
     }
-    let setup = CachedImage::start(2203, "library/base:v1");
+    // 2 MiB of layers: over the smallest cap gc accepts (1 MiB).
+    let setup = CachedImage::start_with("library/base:v1", |dir| {
+        build_image(dir, "v1", &ImageSpec::new(2203, 2, 1 << 20))
+    });
     let m = setup.mirror.host();
     let storage = setup.work.path().join("storage");
     let storage = storage.display().to_string();
@@ -610,7 +618,8 @@ fn purge_and_gc_of_a_cached_image_keep_the_pushed_copy() {
         purged.contains("purged 1 tag(s), 0 manifest(s), 0 blob(s)"),
         "{purged}"
     );
-    let collected = oci_cache(&["gc", "--storage-dir", &storage, "--max-size", "1"]);
+    let collected = oci_cache(&["gc", "--storage-dir", &storage, "--max-size", "1MiB"]);
+    assert!(collected.contains("stored 2.00 MiB"), "{collected}");
     assert!(collected.contains("evicted 0 blob(s)"), "{collected}");
 
     let back = skopeo::copy(
@@ -637,7 +646,7 @@ fn stale_staging_files_and_abandoned_uploads_are_swept_while_serving() {
             "--local-prefix",
             "local",
         ],
-        &[("hosted.toml", "upload_max_age = \"2s\"\n")],
+        &[("hosted.toml", "upload_max_age = \"1m\"\n")],
     );
     let m = mirror.host();
     let storage = mirror.dir().join("storage");
@@ -658,8 +667,16 @@ fn stale_staging_files_and_abandoned_uploads_are_swept_while_serving() {
         .unwrap()
         .next()
         .is_some());
+    // Abandoned long ago: its record says it was last touched at the epoch.
+    let id = abandoned.rsplit('/').next().unwrap();
+    let record = storage.join("uploads").join(id);
+    let mut session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    session["updated"] = 0.into();
+    std::fs::write(&record, serde_json::to_vec(&session).unwrap()).unwrap();
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // A 1-minute upload_max_age sweeps every 15 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     let swept = || {
         let pieces_left = storage
             .join("upload-pieces")

@@ -110,15 +110,23 @@ impl HostedOptions {
         self
     }
 
-    /// Checks [`upload_max_age`](Self::upload_max_age) against its range, a
-    /// minute to a year (the sizes come from the cache's options, checked
-    /// there); the error names the setting and the range.
+    /// Checks [`upload_max_age`](Self::upload_max_age) (a minute to a
+    /// year), [`max_uploads_per_client`](Self::max_uploads_per_client) (1 to
+    /// 65536) and [`max_upload_bytes`](Self::max_upload_bytes) (1 MiB to
+    /// 1 EiB) against their ranges (the other sizes come from the cache's
+    /// options, checked there); the error names the setting and the range.
     pub fn validate(&self) -> Result<()> {
+        use crate::bounds::{count_in, size_in, EIB, MIB, YEAR};
         crate::bounds::duration_in(
             "upload_max_age",
             self.upload_max_age,
-            Duration::from_secs(60)..=crate::bounds::YEAR,
+            Duration::from_secs(60)..=YEAR,
         )?;
+        let sessions = u64::try_from(self.max_uploads_per_client).unwrap_or(u64::MAX);
+        count_in("max_uploads_per_client", sessions, 1..=65_536)?;
+        if let Some(bytes) = self.max_upload_bytes {
+            size_in("max_upload_bytes", bytes, MIB..=EIB)?;
+        }
         Ok(())
     }
 
