@@ -44,7 +44,7 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     /// failed), or its blob body ended.
     fn upstream(&self, _event: &UpstreamEvent) {}
 
-    /// A blob fill started or finished.
+    /// A blob fill started, resumed after a cut connection, or finished.
     fn fill(&self, _event: &FillEvent) {}
 
     /// An endpoint's circuit breaker opened or closed.
@@ -249,6 +249,43 @@ pub enum FillPhase {
         /// The error and its cause chain.
         error: String,
     },
+    /// The upstream connection was cut after `offset` bytes and upstream
+    /// honoured a `Range: bytes=offset-`: the fill continues from there.
+    Resumed {
+        /// Bytes hashed and staged before the cut.
+        offset: u64,
+    },
+    /// The upstream connection was cut after `offset` bytes and upstream
+    /// sent the whole blob again: those `offset` bytes crossed the link
+    /// twice (they are read and dropped; the digest still covers every byte).
+    Restarted {
+        /// Bytes hashed and staged before the cut.
+        offset: u64,
+        /// Why upstream started again from byte 0.
+        reason: RestartReason,
+    },
+}
+
+/// Why a cut fill was fetched again from byte 0 ([`FillPhase::Restarted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestartReason {
+    /// Upstream answered the ranged GET with the whole blob (`200`), or the
+    /// upstream client knows no ranges.
+    RangeIgnored,
+    /// Upstream's entity changed since the bytes before the cut (another
+    /// `ETag`, or another total length in `Content-Range`).
+    EntityChanged,
+}
+
+impl RestartReason {
+    /// `range_ignored` or `entity_changed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::RangeIgnored => "range_ignored",
+            RestartReason::EntityChanged => "entity_changed",
+        }
+    }
 }
 
 /// A circuit breaker changing state.

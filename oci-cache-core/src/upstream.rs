@@ -65,6 +65,129 @@ impl std::fmt::Debug for FetchedBlob {
     }
 }
 
+/// Where a ranged blob GET ([`Upstream::blob_get_range`]) starts, and what
+/// the bytes before that came with. Built with [`BlobRange::from_offset`]
+/// and the `with_*` setters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlobRange {
+    /// The first byte wanted (`Range: bytes=offset-`); 0 asks for the whole blob.
+    pub offset: u64,
+    /// The entity tag the bytes before `offset` came with, sent as
+    /// `If-Range`: an upstream whose entity changed answers with the whole
+    /// blob rather than a part of another one.
+    pub if_range: Option<String>,
+    /// The endpoint that served the bytes before `offset`
+    /// ([`FetchedRange::endpoint`]): tried first.
+    pub prefer: Option<String>,
+    /// Endpoints the caller gave up on for this blob: not tried.
+    pub avoid: Vec<String>,
+}
+
+impl BlobRange {
+    /// From byte `offset` on (0: the whole blob), any endpoint.
+    pub fn from_offset(offset: u64) -> Self {
+        BlobRange {
+            offset,
+            ..BlobRange::default()
+        }
+    }
+
+    /// Sends `etag` as `If-Range`.
+    pub fn with_if_range(mut self, etag: Option<String>) -> Self {
+        self.if_range = etag;
+        self
+    }
+
+    /// Tries `endpoint` first.
+    pub fn with_prefer(mut self, endpoint: Option<String>) -> Self {
+        self.prefer = endpoint;
+        self
+    }
+
+    /// Leaves `endpoints` out.
+    pub fn with_avoid(mut self, endpoints: Vec<String>) -> Self {
+        self.avoid = endpoints;
+        self
+    }
+}
+
+/// A blob body from [`Upstream::blob_get_range`]: the part asked for, or the
+/// whole blob when upstream ignored the range.
+#[non_exhaustive]
+pub struct FetchedRange {
+    /// Offset of the body's first byte: the offset asked for when upstream
+    /// honoured the range (`206`), 0 when it sent the whole blob (`200`).
+    pub start: u64,
+    /// The whole blob's size: the `Content-Length` of a whole answer, the
+    /// total of a `Content-Range`; `None` when upstream did not say.
+    pub total: Option<u64>,
+    /// The `ETag`, when upstream sent one.
+    pub etag: Option<String>,
+    /// The endpoint that answered, when the implementation has several
+    /// (for [`BlobRange::prefer`] and [`BlobRange::avoid`]).
+    pub endpoint: Option<String>,
+    /// The body, from `start` on.
+    pub stream: ByteStream,
+}
+
+impl FetchedRange {
+    /// A whole blob (`start` 0, `total` its size).
+    pub fn whole(blob: FetchedBlob) -> Self {
+        FetchedRange {
+            start: 0,
+            total: blob.size,
+            etag: None,
+            endpoint: None,
+            stream: blob.stream,
+        }
+    }
+
+    /// The blob from `start` on, of `total` bytes in all.
+    pub fn partial(start: u64, total: Option<u64>, stream: ByteStream) -> Self {
+        FetchedRange {
+            start,
+            total,
+            etag: None,
+            endpoint: None,
+            stream,
+        }
+    }
+
+    /// With the answer's `ETag`.
+    pub fn with_etag(mut self, etag: Option<String>) -> Self {
+        self.etag = etag;
+        self
+    }
+
+    /// With the endpoint that answered.
+    pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+}
+
+/// The answer to a GET from offset 0 as a whole-blob fetch (`size` is the total).
+impl From<FetchedRange> for FetchedBlob {
+    fn from(answer: FetchedRange) -> Self {
+        FetchedBlob {
+            size: answer.total,
+            stream: answer.stream,
+        }
+    }
+}
+
+impl std::fmt::Debug for FetchedRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchedRange")
+            .field("start", &self.start)
+            .field("total", &self.total)
+            .field("etag", &self.etag)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One page of a tag list.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TagList {
@@ -127,4 +250,24 @@ pub trait Upstream: Send + Sync + 'static {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<TagList>;
+
+    /// GET a blob from `range.offset` on (`Range: bytes=N-`), so a fill whose
+    /// connection was cut continues where it stopped; offset 0 is the whole
+    /// blob, with the `ETag` and endpoint the engine needs to resume it.
+    ///
+    /// The default knows no ranges: it GETs the whole blob
+    /// ([`blob_get`](Self::blob_get)), and the engine drops the bytes it
+    /// already has (a restart, reported as
+    /// [`FillPhase::Restarted`](crate::observe::FillPhase::Restarted)).
+    async fn blob_get_range(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+        range: &BlobRange,
+    ) -> Result<FetchedRange> {
+        let _ = range;
+        let whole = self.blob_get(registry, repository, digest).await?;
+        Ok(FetchedRange::whole(whole))
+    }
 }

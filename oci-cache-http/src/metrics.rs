@@ -19,6 +19,8 @@
 //! | `oci_cache_upstream_bytes_total` | `upstream` | body bytes received from upstreams |
 //! | `oci_cache_upstream_throttled_total` | `upstream` | 429 answers |
 //! | `oci_cache_fills_in_flight` | | blob fills under way |
+//! | `oci_cache_fill_resumes_total` | `how` | cut upstream connections a fill continued: `range` (a `206` from the byte reached), or `range_ignored` / `entity_changed` (upstream sent the blob from byte 0 again) |
+//! | `oci_cache_fill_refetched_bytes_total` | | bytes before a cut that upstream sent again (restarts) |
 //! | `oci_cache_coalesced_total` | | requests fed from another request's fetch |
 //! | `oci_cache_stale_served_total` | | cached tags served while upstream failed |
 //! | `oci_cache_breaker_open` | `endpoint` | 1 while the endpoint's breaker is open |
@@ -76,6 +78,11 @@ struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResumeLabels {
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: String,
 }
@@ -97,6 +104,8 @@ pub struct Metrics {
     upstream_bytes: Family<UpstreamLabels, Counter>,
     upstream_throttled: Family<UpstreamLabels, Counter>,
     fills_in_flight: Gauge,
+    fill_resumes: Family<ResumeLabels, Counter>,
+    fill_refetched_bytes: Counter,
     coalesced: Counter,
     stale_served: Counter,
     breaker_open: Family<EndpointLabels, Gauge>,
@@ -127,6 +136,8 @@ impl Metrics {
         let upstream_bytes = Family::<UpstreamLabels, Counter>::default();
         let upstream_throttled = Family::<UpstreamLabels, Counter>::default();
         let fills_in_flight = Gauge::default();
+        let fill_resumes = Family::<ResumeLabels, Counter>::default();
+        let fill_refetched_bytes = Counter::default();
         let coalesced = Counter::default();
         let stale_served = Counter::default();
         let breaker_open = Family::<EndpointLabels, Gauge>::default();
@@ -176,6 +187,16 @@ impl Metrics {
             "oci_cache_fills_in_flight",
             "Blob fills under way",
             fills_in_flight.clone(),
+        );
+        registry.register(
+            "oci_cache_fill_resumes",
+            "Cut upstream connections a blob fill continued, by how upstream answered",
+            fill_resumes.clone(),
+        );
+        registry.register(
+            "oci_cache_fill_refetched_bytes",
+            "Bytes before a cut that upstream sent again because it restarted from byte 0",
+            fill_refetched_bytes.clone(),
         );
         registry.register(
             "oci_cache_coalesced",
@@ -232,6 +253,8 @@ impl Metrics {
             upstream_bytes,
             upstream_throttled,
             fills_in_flight,
+            fill_resumes,
+            fill_refetched_bytes,
             coalesced,
             stale_served,
             breaker_open,
@@ -339,6 +362,19 @@ impl Observer for Metrics {
                 self.storage_objects.inc();
                 self.storage_bytes
                     .inc_by(i64::try_from(*bytes).unwrap_or(i64::MAX));
+            }
+            FillPhase::Resumed { .. } => {
+                self.fill_resumes
+                    .get_or_create(&ResumeLabels { how: "range" })
+                    .inc();
+            }
+            FillPhase::Restarted { offset, reason } => {
+                self.fill_resumes
+                    .get_or_create(&ResumeLabels {
+                        how: reason.as_str(),
+                    })
+                    .inc();
+                self.fill_refetched_bytes.inc_by(*offset);
             }
             _ => {
                 self.fills_in_flight.dec();

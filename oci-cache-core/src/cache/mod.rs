@@ -64,6 +64,7 @@ pub use accept::{
     OCI_INDEX, OCI_MANIFEST,
 };
 
+pub use blob::FillRetry;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -155,6 +156,9 @@ pub struct CacheOptions {
     /// Images never evicted: [`PinPattern`](crate::evict::PinPattern)s over
     /// `upstream/repository:tag`.
     pub pin: Vec<crate::evict::PinPattern>,
+    /// How a fill whose upstream connection was cut resumes
+    /// (`[cache.fill_retry]`): attempts per endpoint and backoff.
+    pub fill_retry: FillRetry,
 }
 
 impl Default for CacheOptions {
@@ -167,6 +171,7 @@ impl Default for CacheOptions {
             spool_dir: None,
             max_size: None,
             pin: Vec::new(),
+            fill_retry: FillRetry::default(),
         }
     }
 }
@@ -205,6 +210,12 @@ impl CacheOptions {
     /// Adds a pin pattern.
     pub fn with_pin(mut self, pin: crate::evict::PinPattern) -> Self {
         self.pin.push(pin);
+        self
+    }
+
+    /// Sets how cut fills are retried.
+    pub fn with_fill_retry(mut self, retry: FillRetry) -> Self {
+        self.fill_retry = retry;
         self
     }
 

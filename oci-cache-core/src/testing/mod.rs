@@ -6,8 +6,10 @@
 //! storage that fails writes like a full or read-only disk, or writes slowly. The storage conformance suite is
 //! in [`storage::conformance`](crate::storage::conformance).
 
+mod blob_script;
 mod storage;
 mod upstream;
 
+pub use blob_script::{BlobScript, Cut};
 pub use storage::{DiskState, FaultyStorage};
-pub use upstream::{Asked, BlobScript, FakeUpstream, UpstreamCalls};
+pub use upstream::{Asked, FakeUpstream, UpstreamCalls};

@@ -2,91 +2,23 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::sync::Semaphore;
 
 use crate::cache::AcceptSet;
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::reference::{Registry, Repository};
-use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream};
+use crate::upstream::{
+    BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, ManifestRef, TagList,
+    Upstream,
+};
+
+use super::BlobScript;
 use crate::{Error, Result};
-
-/// How [`FakeUpstream`] serves one blob: the bytes, the chunking, and the
-/// ways a real peer misbehaves.
-#[derive(Debug, Clone)]
-pub struct BlobScript {
-    bytes: Bytes,
-    chunk: usize,
-    announced: Option<u64>,
-    truncate_at: Option<usize>,
-    reset_at: Option<usize>,
-    gate: Option<Arc<Semaphore>>,
-    fail: Option<(UpstreamErrorKind, Duration)>,
-}
-
-impl BlobScript {
-    /// `bytes`, sent in 1 KiB chunks with a correct `Content-Length`.
-    pub fn new(bytes: &[u8]) -> Self {
-        BlobScript {
-            bytes: Bytes::copy_from_slice(bytes),
-            chunk: 1024,
-            announced: Some(bytes.len() as u64),
-            truncate_at: None,
-            reset_at: None,
-            gate: None,
-            fail: None,
-        }
-    }
-
-    /// Sends chunks of `chunk` bytes.
-    pub fn chunk(mut self, chunk: usize) -> Self {
-        self.chunk = chunk.max(1);
-        self
-    }
-
-    /// Announces `size` as the `Content-Length` (`None`: no length at all).
-    pub fn announce(mut self, size: Option<u64>) -> Self {
-        self.announced = size;
-        self
-    }
-
-    /// Ends the body cleanly after `at` bytes: a truncated answer.
-    pub fn truncate_at(mut self, at: usize) -> Self {
-        self.truncate_at = Some(at);
-        self
-    }
-
-    /// Fails the body after `at` bytes: a reset connection.
-    pub fn reset_at(mut self, at: usize) -> Self {
-        self.reset_at = Some(at);
-        self
-    }
-
-    /// Each chunk waits for one permit of `gate`, so a test controls the pace.
-    pub fn gated(mut self, gate: &Arc<Semaphore>) -> Self {
-        self.gate = Some(Arc::clone(gate));
-        self
-    }
-
-    /// Answers the GET with `kind` after `delay` instead of the bytes: a
-    /// repository that does not have the blob (`NotFound`), refuses
-    /// (`Denied`), or never answers (`Timeout` after a long delay).
-    pub fn fail_after(mut self, kind: UpstreamErrorKind, delay: Duration) -> Self {
-        self.fail = Some((kind, delay));
-        self
-    }
-
-    /// The whole blob as scripted (before truncation).
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
-    }
-}
 
 /// How many times each [`Upstream`] method of a [`FakeUpstream`] was called.
 #[derive(Debug, Default)]
@@ -158,6 +90,7 @@ pub struct FakeUpstream {
     manifest_delay: Mutex<Duration>,
     accepts_seen: Mutex<Vec<Vec<String>>>,
     asked: Mutex<Vec<Asked>>,
+    blob_ranges: Mutex<Vec<BlobRange>>,
     calls: UpstreamCalls,
 }
 
@@ -299,6 +232,17 @@ impl FakeUpstream {
         lock(&self.asked).clone()
     }
 
+    /// The range of every blob GET so far, in order (offset 0 for a whole
+    /// blob, as [`blob_get`](Upstream::blob_get) asks).
+    pub fn blob_ranges(&self) -> Vec<BlobRange> {
+        lock(&self.blob_ranges).clone()
+    }
+
+    /// The offsets of [`blob_ranges`](Self::blob_ranges).
+    pub fn blob_offsets(&self) -> Vec<u64> {
+        lock(&self.blob_ranges).iter().map(|r| r.offset).collect()
+    }
+
     /// The `accept` list of every manifest request so far, in order.
     pub fn accepts_seen(&self) -> Vec<Vec<String>> {
         lock(&self.accepts_seen).clone()
@@ -431,41 +375,31 @@ impl Upstream for FakeUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<FetchedBlob> {
+        self.blob_get_range(registry, repository, digest, &BlobRange::default())
+            .await
+            .map(FetchedBlob::from)
+    }
+
+    async fn blob_get_range(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+        range: &BlobRange,
+    ) -> Result<FetchedRange> {
         self.enter(
             &self.calls.blob_get,
             registry,
             repository,
             digest.to_string(),
         )?;
+        lock(&self.blob_ranges).push(range.clone());
         let script = self.blob_script(registry, repository, digest)?;
         if let Some((kind, delay)) = script.fail {
             tokio::time::sleep(delay).await;
             return Err(UpstreamError::new(kind, "fake", "scripted blob failure").into());
         }
-        let size = script.announced;
-        let stream = futures::stream::unfold((script, 0usize), |(script, at)| async move {
-            let end = script.truncate_at.unwrap_or(script.bytes.len());
-            if at >= end {
-                return None;
-            }
-            if let Some(gate) = &script.gate {
-                // A closed gate ends the body like a dropped connection.
-                if let Ok(permit) = gate.acquire().await {
-                    permit.forget();
-                }
-            }
-            if script.reset_at.is_some_and(|r| at >= r) {
-                let reset: Error =
-                    UpstreamError::new(UpstreamErrorKind::Unavailable, "fake", "connection reset")
-                        .into();
-                return Some((Err(reset), (script, usize::MAX)));
-            }
-            let next = (at + script.chunk).min(end);
-            let chunk = script.bytes.slice(at..next);
-            Some((Ok(chunk), (script, next)))
-        })
-        .boxed();
-        Ok(FetchedBlob { size, stream })
+        script.answer(range)
     }
 
     async fn blob_head(

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
-use oci_cache_core::observe::UpstreamOperation;
+use oci_cache_core::observe::{RestartReason, UpstreamOperation};
 use oci_cache_core::reference::Registry;
 
 use super::*;
@@ -198,5 +198,38 @@ fn events_become_the_documented_families() {
             &[("route", "blob")]
         ),
         3.0
+    );
+}
+
+#[test]
+fn resumed_and_restarted_fills_are_counted_and_stay_in_flight() {
+    let m = Metrics::new();
+    let digest = Digest::sha256_of(b"x");
+    let upstream = Registry::new("docker.io").unwrap();
+    let fill = |phase| FillEvent::new(digest.clone(), upstream.clone(), phase);
+    m.fill(&fill(FillPhase::Started));
+    m.fill(&fill(FillPhase::Resumed { offset: 100 }));
+    m.fill(&fill(FillPhase::Resumed { offset: 200 }));
+    m.fill(&fill(FillPhase::Restarted {
+        offset: 300,
+        reason: RestartReason::RangeIgnored,
+    }));
+    m.fill(&fill(FillPhase::Restarted {
+        offset: 400,
+        reason: RestartReason::EntityChanged,
+    }));
+    let s = samples(&m);
+    let resumes = "oci_cache_fill_resumes_total";
+    assert_eq!(value(&s, resumes, &[("how", "range")]), 2.0);
+    assert_eq!(value(&s, resumes, &[("how", "range_ignored")]), 1.0);
+    assert_eq!(value(&s, resumes, &[("how", "entity_changed")]), 1.0);
+    assert_eq!(
+        value(&s, "oci_cache_fill_refetched_bytes_total", &[]),
+        700.0
+    );
+    assert_eq!(
+        value(&s, "oci_cache_fills_in_flight", &[]),
+        1.0,
+        "a resume is not the end of the fill"
     );
 }

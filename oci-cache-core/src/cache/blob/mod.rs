@@ -37,6 +37,13 @@
 //! request arriving after that finds the blob in storage, or, after a failure,
 //! starts a clean new fill.
 //!
+//! # Cut connections
+//!
+//! The fill reads upstream through a [`resume`] body: a connection cut
+//! mid-body is continued with `Range: bytes=N-` from the first byte not yet
+//! hashed and staged, so clients never see the cut and the staged write goes
+//! on; see [`resume`] for the checks on the answer and the retry bounds.
+//!
 //! # Hostile peers and full disks
 //!
 //! - A fill that fails for a reason of its own repository or upstream (not
@@ -80,9 +87,13 @@ use crate::Result;
 
 mod buffer;
 pub(super) mod reader;
+mod resume;
 
 use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
 use reader::{check_cap, retries_own, Origin, Reader};
+use resume::ResumingBody;
+
+pub use resume::FillRetry;
 
 /// Chunks queued between the fill and the storage write.
 const STORE_QUEUE: usize = 8;
@@ -280,13 +291,15 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         // Eviction leaves a blob alone while it is being filled.
         let _held = self.engine.budget.hold(digest);
         self.report(FillPhase::Started);
-        let fetched = match self
-            .engine
-            .upstream
-            .blob_get(&self.registry, &self.repository, digest)
-            .await
-        {
-            Ok(fetched) => fetched,
+        let target = resume::Target {
+            upstream: self.engine.upstream.as_ref(),
+            registry: &self.registry,
+            repository: &self.repository,
+            digest,
+            observer: &self.engine.observer,
+        };
+        let body = match ResumingBody::open(target, self.engine.options.fill_retry).await {
+            Ok(body) => body,
             Err(e) => {
                 let error = ErrorChain(&e).to_string();
                 warn!(%digest, registry = %self.registry, %error, "blob fetch failed");
@@ -295,7 +308,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
                 return;
             }
         };
-        let size = fetched.size;
+        let size = body.size();
         let max = self.engine.options.max_blob_size;
         if let Some(announced) = size.filter(|&s| s > max) {
             let e = check_cap(announced, max)
@@ -314,7 +327,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
 
         let (to_store, store_rx) = mpsc::channel(STORE_QUEUE);
         let pump = async {
-            let result = self.pump(fetched.stream, size, to_store).await;
+            let result = self.pump(body, size, to_store).await;
             // Readers are released as soon as the bytes are verified; the commit
             // below only decides what later requests find in storage.
             self.fill.finish(result.map_err(Arc::new));
@@ -363,7 +376,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
     /// storage; the total size when the bytes match the digest.
     async fn pump(
         &self,
-        mut upstream: ByteStream,
+        mut upstream: ResumingBody<'_, U>,
         size: Option<u64>,
         to_store: mpsc::Sender<Result<Feed>>,
     ) -> Result<u64> {

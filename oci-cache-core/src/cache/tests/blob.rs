@@ -162,6 +162,8 @@ async fn wrong_digest_is_never_stored_and_the_next_request_refetches() {
     assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
 }
 
+/// Faults that asking again does not mend (every answer ends at the same
+/// byte): the fill gives up after its attempts. Cuts a range mends are in `resume`.
 #[tokio::test]
 async fn truncated_or_reset_body_errors_and_stores_nothing() {
     let s = setup(CacheOptions::default());

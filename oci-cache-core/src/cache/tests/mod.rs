@@ -26,6 +26,7 @@ mod degrade;
 mod hostile;
 mod manifest;
 mod memory;
+mod resume;
 mod tags;
 
 type Engine = PullThrough<MemoryStorage, FakeUpstream>;

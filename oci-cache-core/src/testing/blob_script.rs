@@ -1,0 +1,223 @@
+//! [`BlobScript`]: how [`FakeUpstream`](super::FakeUpstream) serves one blob,
+//! including the ways a real peer or the link to it misbehaves.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::storage::ByteStream;
+use crate::upstream::{BlobRange, FetchedRange};
+use crate::{Error, Result};
+
+/// How a [`BlobScript::cut_every`] cut ends an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cut {
+    /// The connection is reset: the body fails as unavailable.
+    Reset,
+    /// The connection closes cleanly before the announced length.
+    Eof,
+    /// The body stalls: it fails as a read timeout.
+    Stall,
+}
+
+/// How [`FakeUpstream`](super::FakeUpstream) serves one blob: the bytes, the
+/// chunking, and the ways a real peer misbehaves. Clones share the count of
+/// answers given, which the per-answer faults go by.
+#[derive(Debug, Clone)]
+pub struct BlobScript {
+    pub(super) bytes: Bytes,
+    chunk: usize,
+    pub(super) announced: Option<u64>,
+    truncate_at: Option<usize>,
+    reset_at: Option<usize>,
+    gate: Option<Arc<Semaphore>>,
+    pub(super) fail: Option<(UpstreamErrorKind, Duration)>,
+    cut: Option<(usize, Cut, usize)>,
+    ignore_ranges: bool,
+    etags: Option<(String, usize, String)>,
+    ranged_total: Option<u64>,
+    failed_resumes: Option<(usize, UpstreamErrorKind)>,
+    answers: Arc<AtomicUsize>,
+    resumes: Arc<AtomicUsize>,
+}
+
+impl BlobScript {
+    /// `bytes`, sent in 1 KiB chunks with a correct `Content-Length`.
+    pub fn new(bytes: &[u8]) -> Self {
+        BlobScript {
+            bytes: Bytes::copy_from_slice(bytes),
+            chunk: 1024,
+            announced: Some(bytes.len() as u64),
+            truncate_at: None,
+            reset_at: None,
+            gate: None,
+            fail: None,
+            cut: None,
+            ignore_ranges: false,
+            etags: None,
+            ranged_total: None,
+            failed_resumes: None,
+            answers: Arc::default(),
+            resumes: Arc::default(),
+        }
+    }
+
+    /// Sends chunks of `chunk` bytes.
+    pub fn chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// Announces `size` as the `Content-Length` (`None`: no length at all).
+    pub fn announce(mut self, size: Option<u64>) -> Self {
+        self.announced = size;
+        self
+    }
+
+    /// Ends every answer cleanly at byte `at` of the blob: a truncated answer
+    /// that asking again does not mend.
+    pub fn truncate_at(mut self, at: usize) -> Self {
+        self.truncate_at = Some(at);
+        self
+    }
+
+    /// Fails every answer at byte `at` of the blob: a connection reset that
+    /// asking again does not mend.
+    pub fn reset_at(mut self, at: usize) -> Self {
+        self.reset_at = Some(at);
+        self
+    }
+
+    /// Cuts each of the first `answers` answers (`usize::MAX`: every one)
+    /// after `bytes` bytes of its own body, as a link that drops every
+    /// connection after a fixed number of bytes does.
+    pub fn cut_every(mut self, bytes: usize, how: Cut, answers: usize) -> Self {
+        self.cut = Some((bytes, how, answers));
+        self
+    }
+
+    /// Answers a ranged GET with the whole blob (`200`), as an upstream
+    /// without range support does.
+    pub fn ignore_ranges(mut self) -> Self {
+        self.ignore_ranges = true;
+        self
+    }
+
+    /// Sends `etag` with the first `answers` answers and `then` with the
+    /// later ones: the entity changed. A ranged GET whose `If-Range` is not
+    /// the current tag gets the whole blob, as HTTP says.
+    pub fn etags(mut self, etag: &str, answers: usize, then: &str) -> Self {
+        self.etags = Some((etag.to_owned(), answers, then.to_owned()));
+        self
+    }
+
+    /// Reports `total` as the length in every `Content-Range`.
+    pub fn ranged_total(mut self, total: u64) -> Self {
+        self.ranged_total = Some(total);
+        self
+    }
+
+    /// Fails the first `count` ranged GETs with `kind` before any byte
+    /// (`Unavailable` for a `503`).
+    pub fn fail_resumes(mut self, count: usize, kind: UpstreamErrorKind) -> Self {
+        self.failed_resumes = Some((count, kind));
+        self
+    }
+
+    /// Each chunk waits for one permit of `gate`, so a test controls the pace.
+    pub fn gated(mut self, gate: &Arc<Semaphore>) -> Self {
+        self.gate = Some(Arc::clone(gate));
+        self
+    }
+
+    /// Answers the GET with `kind` after `delay` instead of the bytes: a
+    /// repository that does not have the blob (`NotFound`), refuses
+    /// (`Denied`), or never answers (`Timeout` after a long delay).
+    pub fn fail_after(mut self, kind: UpstreamErrorKind, delay: Duration) -> Self {
+        self.fail = Some((kind, delay));
+        self
+    }
+
+    /// The whole blob as scripted (before truncation).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The answer to a GET of `range`, as a registry behind this script's
+    /// link would give it.
+    pub(super) fn answer(&self, range: &BlobRange) -> Result<FetchedRange> {
+        let index = self.answers.fetch_add(1, Ordering::SeqCst);
+        if range.offset > 0 {
+            let resume = self.resumes.fetch_add(1, Ordering::SeqCst);
+            if let Some((_, kind)) = self.failed_resumes.filter(|(n, _)| resume < *n) {
+                return Err(UpstreamError::new(kind, "fake", "scripted resume failure").into());
+            }
+        }
+        let etag = self
+            .etags
+            .as_ref()
+            .map(|(first, n, then)| if index < *n { first } else { then }.clone());
+        let same_entity = match (&range.if_range, &etag) {
+            (Some(asked), Some(current)) => asked == current,
+            _ => true,
+        };
+        let honoured = range.offset > 0 && !self.ignore_ranges && same_entity;
+        let (start, total) = if honoured {
+            let total = self.ranged_total.unwrap_or(self.bytes.len() as u64);
+            (range.offset, Some(total))
+        } else {
+            (0, self.announced)
+        };
+        let start_at = usize::try_from(start).unwrap_or(usize::MAX);
+        let cut = self
+            .cut
+            .filter(|(_, _, answers)| index < *answers)
+            .map(|(after, how, _)| (start_at.saturating_add(after), how));
+        let stream = self.body(start_at, cut);
+        Ok(FetchedRange::partial(start, total, stream).with_etag(etag))
+    }
+
+    /// The body from byte `from`, cut at byte `cut` of the blob.
+    pub(super) fn body(&self, from: usize, cut: Option<(usize, Cut)>) -> ByteStream {
+        let state = (self.clone(), from.min(self.bytes.len()));
+        futures::stream::unfold(state, move |(script, at)| async move {
+            let end = script.truncate_at.unwrap_or(script.bytes.len());
+            if at >= end {
+                return None;
+            }
+            if let Some(gate) = &script.gate {
+                // A closed gate ends the body like a dropped connection.
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            let failure = |kind, message| {
+                let error: Error = UpstreamError::new(kind, "fake", message).into();
+                Some((Err(error), (script.clone(), usize::MAX)))
+            };
+            if script.reset_at.is_some_and(|r| at >= r) {
+                return failure(UpstreamErrorKind::Unavailable, "connection reset");
+            }
+            let mut next = (at + script.chunk).min(end);
+            if let Some((cut_at, how)) = cut {
+                match how {
+                    _ if at < cut_at => next = next.min(cut_at),
+                    Cut::Reset => {
+                        return failure(UpstreamErrorKind::Unavailable, "connection reset")
+                    }
+                    Cut::Stall => return failure(UpstreamErrorKind::Timeout, "body stalled"),
+                    Cut::Eof => return None,
+                }
+            }
+            let chunk = script.bytes.slice(at..next);
+            Some((Ok(chunk), (script, next)))
+        })
+        .boxed()
+    }
+}
