@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::{EndpointTls, MirrorConfig};
-use oci_cache_core::upstream::{ManifestRef, Upstream};
+use oci_cache_core::upstream::{BlobRange, ManifestRef, Upstream};
 use oci_cache_core::{Error, UpstreamErrorKind};
 use oci_cache_http::{HyperUpstream, ProxyConfig, UpstreamOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -423,4 +423,129 @@ async fn a_refused_connection_keeps_its_cause() {
     let chain = oci_cache_core::ErrorChain(&err).to_string();
     assert!(chain.contains("client error (Connect)"), "{chain}");
     assert!(chain.to_lowercase().contains("refused"), "{chain}");
+}
+
+/// The `Range` and `If-Range` of one request a [`cutting_link`] served.
+type RangeAsked = (Option<String>, Option<String>);
+
+/// A registry behind a link that drops every connection after `cut` body
+/// bytes, serving `blob` with `ETag: "v1"`; with `ranges` it answers
+/// `Range: bytes=N-` with a `206`, else always the whole blob. Records what
+/// each request asked for.
+async fn cutting_link(
+    blob: Vec<u8>,
+    cut: usize,
+    ranges: bool,
+) -> (
+    String,
+    Arc<std::sync::Mutex<Vec<RangeAsked>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .map(|v| v.trim().to_owned())
+            };
+            let (range, if_range) = (header("range"), header("if-range"));
+            seen.lock().unwrap().push((range.clone(), if_range));
+            let start: usize = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+                .filter(|_| ranges)
+                .unwrap_or(0);
+            let len = blob.len();
+            let status = if start > 0 {
+                format!(
+                    "206 Partial Content\r\nContent-Range: bytes {start}-{}/{len}",
+                    len - 1
+                )
+            } else {
+                "200 OK".to_owned()
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\
+                 Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                len - start
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.write_all(&blob[start..(start + cut).min(len)]).await;
+            // Dropped: the link goes down after `cut` bytes.
+        }
+    });
+    (url, asked, task)
+}
+
+#[tokio::test]
+async fn a_link_that_drops_every_connection_delivers_the_blob_through_ranged_resumes() {
+    let blob: Vec<u8> = (0..350_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let digest = Digest::sha256_of(&blob);
+    let (url, asked, task) = cutting_link(blob.clone(), 100_000, true).await;
+    let up = client_with(mirrors(&url), options());
+    let svc = service_with(Arc::new(up), mirrors(&url));
+    let answer = get(&svc, &format!("/v2/library/alpine/blobs/{digest}")).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == blob, "the client got other bytes");
+    let asked = asked.lock().unwrap().clone();
+    let ranges: Vec<Option<&str>> = asked.iter().map(|(r, _)| r.as_deref()).collect();
+    assert_eq!(
+        ranges,
+        [
+            None,
+            Some("bytes=100000-"),
+            Some("bytes=200000-"),
+            Some("bytes=300000-")
+        ]
+    );
+    assert!(
+        asked[1..]
+            .iter()
+            .all(|(_, if_range)| if_range.as_deref() == Some("\"v1\"")),
+        "{asked:?}"
+    );
+    // Stored: the next request is a hit, without the link.
+    task.abort();
+    let again = get(&svc, &format!("/v2/library/alpine/blobs/{digest}")).await;
+    assert!(again.status == 200 && again.body == blob);
+}
+
+#[tokio::test]
+async fn an_upstream_without_ranges_is_read_again_from_byte_zero() {
+    let blob: Vec<u8> = (0..250_000u32).map(|i| (i * 11 % 251) as u8).collect();
+    let digest = Digest::sha256_of(&blob);
+    // Every answer is the whole blob, and only the first is cut.
+    let (url, asked, task) = cutting_link(blob.clone(), 100_000, false).await;
+    let up = client_with(mirrors(&url), options());
+    let fetched = up
+        .blob_get_range(
+            &registry("docker.io"),
+            &repo("library/alpine"),
+            &digest,
+            &BlobRange::from_offset(100_000).with_if_range(Some("\"v1\"".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!((fetched.start, fetched.total), (0, Some(250_000)));
+    assert_eq!(fetched.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(fetched.endpoint.as_deref(), Some(url.as_str()));
+    assert_eq!(
+        asked.lock().unwrap()[0],
+        (Some("bytes=100000-".into()), Some("\"v1\"".into()))
+    );
+    task.abort();
 }

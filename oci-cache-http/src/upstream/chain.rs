@@ -25,6 +25,22 @@ impl HyperUpstream {
         operation: UpstreamOperation,
         op: impl Fn(Target<'a>) -> BoxFuture<'a, CoreResult<T>>,
     ) -> CoreResult<T> {
+        self.over_chain_routed(registry, addressing, operation, Route::default(), op)
+            .await
+    }
+
+    /// [`over_chain`](Self::over_chain) in `route`'s order: its preferred
+    /// endpoint first, then the rest of the chain, leaving out the endpoints
+    /// it avoids (a resumed blob fill goes back to the endpoint that was
+    /// serving it, and on to the next one once it gave that up).
+    pub(super) async fn over_chain_routed<'a, T: Received>(
+        &'a self,
+        registry: &'a Registry,
+        addressing: Addressing,
+        operation: UpstreamOperation,
+        route: Route<'_>,
+        op: impl Fn(Target<'a>) -> BoxFuture<'a, CoreResult<T>>,
+    ) -> CoreResult<T> {
         let upstream =
             self.mirrors
                 .lookup(registry.as_str())
@@ -39,8 +55,28 @@ impl HyperUpstream {
             )
             .into());
         }
+        let mut chain: Vec<&Endpoint> = upstream
+            .chain_for(addressing)
+            .into_iter()
+            .filter(|e| !route.avoid.contains(&e.url))
+            .collect();
+        if let Some(first) = chain
+            .iter()
+            .position(|e| Some(e.url.as_str()) == route.prefer)
+        {
+            let preferred = chain.remove(first);
+            chain.insert(0, preferred);
+        }
+        if chain.is_empty() {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Skipped,
+                &upstream.origin.url,
+                "every endpoint of the chain was given up on for this blob",
+            )
+            .into());
+        }
         let mut last_error = None;
-        for endpoint in upstream.chain_for(addressing) {
+        for endpoint in chain {
             let reporter = Reporter {
                 observer: self.observer.clone(),
                 upstream: registry.clone(),
@@ -102,6 +138,15 @@ impl HyperUpstream {
             name: registry.to_string(),
         }))
     }
+}
+
+/// The order a chain is walked in: [`Route::default`] is the configured order.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Route<'r> {
+    /// Tried first, when it is in the chain.
+    pub(super) prefer: Option<&'r str>,
+    /// Left out.
+    pub(super) avoid: &'r [String],
 }
 
 /// One endpoint of a chain, and whether it is the registry's origin.

@@ -13,6 +13,7 @@
 //! registry's port.
 
 pub(crate) mod auth;
+mod blob;
 mod breaker;
 mod chain;
 mod options;

@@ -11,12 +11,13 @@ use oci_cache_core::mirror::Addressing;
 use oci_cache_core::observe::UpstreamOperation;
 use oci_cache_core::reference::{Registry, Repository};
 use oci_cache_core::upstream::{
-    FetchedBlob, FetchedManifest, ManifestHead, ManifestRef, TagList, Upstream,
+    BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, ManifestRef, TagList,
+    Upstream,
 };
 use oci_cache_core::{UpstreamError, UpstreamErrorKind};
 
 use super::chain::{addressing, Target};
-use super::transport::{blob_stream, resolve, too_large};
+use super::transport::{resolve, too_large};
 use super::trust::{self, Purpose};
 use super::{CoreResult, HyperUpstream};
 use crate::wire::{content_length, encode_query, DOCKER_CONTENT_DIGEST};
@@ -242,50 +243,19 @@ impl Upstream for HyperUpstream {
         repository: &Repository,
         digest: &Digest,
     ) -> CoreResult<FetchedBlob> {
-        self.over_chain(
-            registry,
-            Addressing::Digest,
-            UpstreamOperation::BlobGet,
-            |target| {
-                Box::pin(async move {
-                    let url = target.url(repository, &format!("blobs/{digest}"), None);
-                    let response = self
-                        .send(
-                            &target,
-                            Method::GET,
-                            &url,
-                            None,
-                            &pull_scope(repository),
-                            Purpose::Blob,
-                        )
-                        .await?;
-                    // Asked for identity: an encoded body would not hash to the
-                    // digest, and decoding it is not ours to guess.
-                    if let Some(encoding) = response
-                        .headers()
-                        .get(http::header::CONTENT_ENCODING)
-                        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-                    {
-                        return Err(UpstreamError::new(
-                            UpstreamErrorKind::Invalid,
-                            &target.endpoint.url,
-                            format!(
-                                "blob body sent with Content-Encoding {encoding:?} although identity was asked for; the upstream or a proxy in between must not encode blobs"
-                            ),
-                        )
-                        .into());
-                    }
-                    let size = content_length(response.headers());
-                    let stream = blob_stream(
-                        response.into_body(),
-                        self.options.read_timeout,
-                        target.endpoint.url.clone(),
-                    );
-                    Ok(FetchedBlob { size, stream })
-                })
-            },
-        )
-        .await
+        self.blob_range(registry, repository, digest, &BlobRange::default())
+            .await
+            .map(FetchedBlob::from)
+    }
+
+    async fn blob_get_range(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        digest: &Digest,
+        range: &BlobRange,
+    ) -> CoreResult<FetchedRange> {
+        self.blob_range(registry, repository, digest, range).await
     }
 
     async fn blob_head(
@@ -368,7 +338,7 @@ fn upstream_accept(accept: &[String]) -> String {
     types.join(", ")
 }
 
-fn pull_scope(repository: &Repository) -> String {
+pub(super) fn pull_scope(repository: &Repository) -> String {
     format!("repository:{repository}:pull")
 }
 

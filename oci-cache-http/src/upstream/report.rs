@@ -12,7 +12,7 @@ use oci_cache_core::observe::{
 };
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::ByteStream;
-use oci_cache_core::upstream::{FetchedBlob, FetchedManifest, ManifestHead, TagList};
+use oci_cache_core::upstream::{FetchedManifest, FetchedRange, ManifestHead, TagList};
 use oci_cache_core::{Error as CoreError, UpstreamErrorKind};
 
 use super::CoreResult;
@@ -40,16 +40,14 @@ impl Received for FetchedManifest {
 }
 
 /// Blob bytes are reported when the body ends ([`ReportedStream`]).
-impl Received for FetchedBlob {
+impl Received for FetchedRange {
     fn body_bytes(&self) -> u64 {
         0
     }
 
-    fn observe_body(self, reporter: Reporter) -> Self {
-        FetchedBlob {
-            size: self.size,
-            stream: reporter.blob_body(self.stream),
-        }
+    fn observe_body(mut self, reporter: Reporter) -> Self {
+        self.stream = reporter.blob_body(self.stream);
+        self
     }
 }
 

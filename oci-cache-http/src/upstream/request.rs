@@ -2,7 +2,7 @@
 //! with a bearer token or basic credentials, and the final status classified.
 
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Method, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use oci_cache_core::mirror::Endpoint;
 use oci_cache_core::{UpstreamError, UpstreamErrorKind};
@@ -24,6 +24,24 @@ impl HyperUpstream {
         accept: Option<&str>,
         scope: &str,
         purpose: Purpose,
+    ) -> CoreResult<Response<Incoming>> {
+        let no_headers = HeaderMap::new();
+        self.send_with(target, method, url, accept, scope, purpose, &no_headers)
+            .await
+    }
+
+    /// [`send`](Self::send) with `headers` on every request (and redirect)
+    /// of the exchange: a blob's `Range` and `If-Range`.
+    #[allow(clippy::too_many_arguments)] // send's arguments and the headers
+    pub(super) async fn send_with(
+        &self,
+        target: &Target<'_>,
+        method: Method,
+        url: &str,
+        accept: Option<&str>,
+        scope: &str,
+        purpose: Purpose,
+        headers: &HeaderMap,
     ) -> CoreResult<Response<Incoming>> {
         let endpoint = target.endpoint;
         // Invalid (not Config) so that one mistyped mirror does not block the origin.
@@ -59,6 +77,7 @@ impl HyperUpstream {
                     accept,
                     authorization.as_deref(),
                     &endpoint.url,
+                    headers,
                 )
                 .await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
@@ -145,6 +164,7 @@ impl HyperUpstream {
                 None,
                 basic.as_deref(),
                 realm,
+                &HeaderMap::new(),
             )
             .await?;
         let response = check_status(response, realm)?;

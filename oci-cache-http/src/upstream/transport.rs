@@ -88,6 +88,7 @@ impl HyperUpstream {
         accept: Option<&str>,
         authorization: Option<&str>,
         label: &str,
+        headers: &http::HeaderMap,
     ) -> CoreResult<Response<Incoming>> {
         let client = self.client_for(endpoint);
         let first_origin = origin_of(&uri);
@@ -104,6 +105,9 @@ impl HyperUpstream {
             }
             if let (Some(value), true) = (authorization, same_origin) {
                 builder = builder.header(AUTHORIZATION, value);
+            }
+            for (name, value) in headers {
+                builder = builder.header(name, value);
             }
             let request = builder.body(Empty::new()).map_err(|e| {
                 UpstreamError::new(
