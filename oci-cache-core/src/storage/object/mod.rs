@@ -9,6 +9,12 @@
 //! than one part) are buffered, verified and sent as a single `PUT`, which S3
 //! also applies atomically. So readers never see a partial or wrong object,
 //! there is no second copy of the data, and no 5 GiB copy limit applies.
+//! Parts are sized from the blob's size so that every blob up to S3's
+//! largest object (5 TiB) fits in its 10,000 parts: 5 MiB up to ~44 GiB,
+//! then size / 9,000 (583 MiB for 5 TiB); without a known size they start
+//! at 5 MiB and double every 900 parts. At most two parts are in memory per
+//! upload (the one being filled and the one being sent), so memory stays at
+//! 10 MiB per upload for any blob under ~44 GiB.
 //! A crash mid-upload leaves an *incomplete multipart upload*: invisible to
 //! readers, but billed until aborted; give the bucket a lifecycle rule
 //! `AbortIncompleteMultipartUpload` (e.g. after 1 day) to reclaim them,

@@ -16,20 +16,43 @@ use crate::digest::Digest;
 use crate::storage::Staging;
 use crate::{Error, Result};
 
+const MIB: u64 = 1024 * 1024;
 /// The smallest part S3 accepts (except the last).
-const MIN_PART: u64 = 5 * 1024 * 1024;
-/// S3 allows 10 000 parts; stay below so a blob of known size always fits.
-const MAX_PARTS: u64 = 9_000;
-/// Parts uploading at once while the next one is hashed and buffered; with
-/// the part being filled this bounds memory to three parts per write.
-const PARTS_IN_FLIGHT: usize = 2;
+const MIN_PART: u64 = 5 * MIB;
+/// The largest part S3 accepts.
+const MAX_PART: u64 = 5 * 1024 * MIB;
+/// The most parts a blob of known size is cut into: S3 allows 10,000.
+const TARGET_PARTS: u64 = 9_000;
+/// With the size unknown, parts double every this many parts (from 5 MiB,
+/// up to 5 GiB): blobs up to ~4.4 GiB keep 5 MiB parts, and 5 TiB (S3's
+/// largest object) fits in 9,125 parts.
+const GROWTH_EVERY: u64 = 900;
+/// Parts uploading while the next one is hashed and buffered: with the part
+/// being filled, memory holds at most two parts per write.
+const PARTS_IN_FLIGHT: usize = 1;
+
+/// The size of part `index` (from 0) of a blob of `size` bytes: one size for
+/// every part of a blob of known size (some S3-compatible stores require
+/// that), so that it fits in 9,000 parts; growing as parts accumulate when
+/// the size is unknown. Always between S3's 5 MiB and 5 GiB.
+pub(super) fn part_size(size: Option<u64>, index: u64) -> u64 {
+    let bytes = match size {
+        Some(size) => size.div_ceil(TARGET_PARTS).next_multiple_of(MIB),
+        None => MIN_PART.saturating_mul(1 << (index / GROWTH_EVERY).min(10)),
+    };
+    bytes.clamp(MIN_PART, MAX_PART)
+}
 
 /// An in-progress blob upload; see the [module docs](super) for why it is safe.
 pub(super) struct ObjectStaging {
     store: Arc<dyn ObjectStore>,
     location: Path,
     digest: Digest,
+    expected_size: Option<u64>,
+    /// The size of the part being filled ([`part_size`]).
     part_size: usize,
+    /// Parts sent so far.
+    parts: u64,
     /// Created with the first full part, so small blobs need a single `PUT`.
     upload: Option<Box<dyn MultipartUpload>>,
     buffer: Vec<Bytes>,
@@ -71,6 +94,8 @@ impl ObjectStaging {
         self.buffered = 0;
         self.in_flight
             .push_back(tokio::spawn(upload.put_part(payload)));
+        self.parts += 1;
+        self.part_size = part_bytes(self.expected_size, self.parts);
         Ok(())
     }
 }
@@ -158,18 +183,80 @@ impl ObjectStaging {
         digest: Digest,
         expected_size: Option<u64>,
     ) -> Self {
-        let part_size =
-            expected_size.map_or(MIN_PART, |size| size.div_ceil(MAX_PARTS).max(MIN_PART));
         ObjectStaging {
             store,
             location,
             digest,
-            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+            expected_size,
+            part_size: part_bytes(expected_size, 0),
+            parts: 0,
             upload: None,
             buffer: Vec::new(),
             buffered: 0,
             in_flight: VecDeque::new(),
             done: false,
         }
+    }
+}
+
+/// [`part_size`] as a buffer length.
+fn part_bytes(size: Option<u64>, index: u64) -> usize {
+    usize::try_from(part_size(size, index)).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1024 * MIB;
+    const TIB: u64 = 1024 * GIB;
+    /// S3's largest object.
+    const S3_MAX_OBJECT: u64 = 5 * TIB;
+
+    /// Parts needed for `size` bytes cut as [`part_size`] says.
+    fn parts_for(size: u64, known: bool) -> u64 {
+        let (mut sent, mut parts) = (0u64, 0u64);
+        while sent < size {
+            sent += part_size(known.then_some(size), parts);
+            parts += 1;
+        }
+        parts
+    }
+
+    #[test]
+    fn a_known_size_gets_one_part_size_that_fits_s3s_part_limit() {
+        assert_eq!(part_size(Some(0), 0), MIN_PART);
+        assert_eq!(part_size(Some(300 * MIB), 0), MIN_PART);
+        // At 5 MiB parts, 10,000 parts end at 48.8 GiB: larger blobs get larger parts.
+        assert_eq!(part_size(Some(100 * GIB), 0), 12 * MIB);
+        for size in [
+            MIN_PART,
+            44 * GIB,
+            49 * GIB,
+            TIB,
+            S3_MAX_OBJECT - 1,
+            S3_MAX_OBJECT,
+        ] {
+            let parts = parts_for(size, true);
+            assert!(parts < 10_000, "{size} bytes in {parts} parts");
+            assert_eq!(part_size(Some(size), 0), part_size(Some(size), parts - 1));
+        }
+        assert_eq!(part_size(Some(S3_MAX_OBJECT), 0), 583 * MIB);
+        assert_eq!(parts_for(S3_MAX_OBJECT, true), 8_993);
+        assert_eq!(part_size(Some(u64::MAX), 0), MAX_PART);
+    }
+
+    #[test]
+    fn an_unknown_size_grows_the_parts_as_they_accumulate() {
+        assert_eq!(part_size(None, 0), MIN_PART);
+        assert_eq!(part_size(None, 899), MIN_PART);
+        assert_eq!(part_size(None, 900), 2 * MIN_PART);
+        assert_eq!(part_size(None, 1_800), 4 * MIN_PART);
+        assert_eq!(part_size(None, 9_000), MAX_PART);
+        assert_eq!(part_size(None, u64::MAX), MAX_PART);
+        // A typical layer never leaves 5 MiB parts; S3's largest object fits.
+        assert_eq!(parts_for(4 * GIB, false), 820);
+        assert_eq!(parts_for(S3_MAX_OBJECT, false), 9_125);
+        assert!(parts_for(S3_MAX_OBJECT, false) < 10_000);
     }
 }
