@@ -13,4 +13,5 @@ mod oci_cache;
 mod push;
 mod registry_proxy;
 mod resilience;
+mod resume;
 mod trust;

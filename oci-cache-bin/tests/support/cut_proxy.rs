@@ -1,11 +1,13 @@
 //! A TCP proxy on 127.0.0.1 that cuts connections mid-transfer: while armed,
 //! a connection is closed once more than `cut_after` response bytes have
-//! passed through it. Std threads only; stops (and closes every connection)
-//! on drop.
+//! passed through it ([`CutProxy::resetting`]: every connection, as a link
+//! that drops each transfer after a fixed number of bytes does). Counts the
+//! bytes it read from the target. Std threads only; stops (and closes every
+//! connection) on drop.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,10 +19,17 @@ const MAX_CONNECTIONS: usize = 32;
 pub(crate) struct CutProxy {
     port: u16,
     stop: Arc<AtomicBool>,
-    cuts_left: Arc<AtomicUsize>,
-    cuts_done: Arc<AtomicUsize>,
+    counters: Counters,
     open: Arc<Mutex<Vec<TcpStream>>>,
     accept: Option<JoinHandle<()>>,
+}
+
+/// What one relayed connection shares with the proxy.
+#[derive(Debug, Clone)]
+struct Counters {
+    cuts_left: Arc<AtomicUsize>,
+    cuts_done: Arc<AtomicUsize>,
+    from_target: Arc<AtomicU64>,
 }
 
 impl CutProxy {
@@ -31,17 +40,15 @@ impl CutProxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
-        let cuts_left = Arc::new(AtomicUsize::new(cuts));
-        let cuts_done = Arc::new(AtomicUsize::new(0));
+        let counters = Counters {
+            cuts_left: Arc::new(AtomicUsize::new(cuts)),
+            cuts_done: Arc::new(AtomicUsize::new(0)),
+            from_target: Arc::new(AtomicU64::new(0)),
+        };
         let open = Arc::new(Mutex::new(Vec::new()));
         let active = Arc::new(AtomicUsize::new(0));
         let target = target.to_owned();
-        let (s, left, done, o) = (
-            stop.clone(),
-            cuts_left.clone(),
-            cuts_done.clone(),
-            open.clone(),
-        );
+        let (s, c, o) = (stop.clone(), counters.clone(), open.clone());
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
@@ -61,9 +68,9 @@ impl CutProxy {
                     open.push(upstream.try_clone().unwrap());
                 }
                 active.fetch_add(1, Ordering::SeqCst);
-                let (left, done, active) = (left.clone(), done.clone(), active.clone());
+                let (c, active) = (c.clone(), active.clone());
                 std::thread::spawn(move || {
-                    relay(client, upstream, cut_after, &left, &done);
+                    relay(client, upstream, cut_after, &c);
                     active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -71,11 +78,22 @@ impl CutProxy {
         CutProxy {
             port,
             stop,
-            cuts_left,
-            cuts_done,
+            counters,
             open,
             accept: Some(accept),
         }
+    }
+
+    /// A proxy to `target` that cuts every connection once more than
+    /// `cut_after` response bytes passed through it.
+    pub(crate) fn resetting(target: &str, cut_after: u64) -> CutProxy {
+        CutProxy::start(target, cut_after, usize::MAX)
+    }
+
+    /// Bytes read from the target so far (all responses, headers included,
+    /// and what was read but dropped at a cut).
+    pub(crate) fn bytes_from_target(&self) -> u64 {
+        self.counters.from_target.load(Ordering::SeqCst)
     }
 
     /// `127.0.0.1:PORT`.
@@ -85,24 +103,18 @@ impl CutProxy {
 
     /// Connections cut so far.
     pub(crate) fn cuts(&self) -> usize {
-        self.cuts_done.load(Ordering::SeqCst)
+        self.counters.cuts_done.load(Ordering::SeqCst)
     }
 
     /// Cuts the next `n` large transfers.
     pub(crate) fn arm(&self, n: usize) {
-        self.cuts_left.store(n, Ordering::SeqCst);
+        self.counters.cuts_left.store(n, Ordering::SeqCst);
     }
 }
 
 /// Copies requests up and responses down; cuts both sides once the response
 /// passes `cut_after` bytes while cuts are left.
-fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
-    cut_after: u64,
-    cuts_left: &AtomicUsize,
-    cuts_done: &AtomicUsize,
-) {
+fn relay(client: TcpStream, upstream: TcpStream, cut_after: u64, counters: &Counters) {
     let (mut c_read, mut u_write) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
     let up = std::thread::spawn(move || {
         let _ = std::io::copy(&mut c_read, &mut u_write);
@@ -116,15 +128,17 @@ fn relay(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        counters.from_target.fetch_add(n as u64, Ordering::SeqCst);
         let after = sent + n as u64;
         if after > cut_after
-            && cuts_left
+            && counters
+                .cuts_left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
                 .is_ok()
         {
             let keep = (cut_after - sent) as usize;
             let _ = c_write.write_all(&buf[..keep]);
-            cuts_done.fetch_add(1, Ordering::SeqCst);
+            counters.cuts_done.fetch_add(1, Ordering::SeqCst);
             break;
         }
         if c_write.write_all(&buf[..n]).is_err() {
