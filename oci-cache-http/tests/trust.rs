@@ -459,6 +459,34 @@ mod client_auth {
         );
     }
 
+    /// Issue 22: a burst of concurrent guesses gets the same ten checks as
+    /// guesses one after another (counted after the check, all 60 were checked).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_guesses_are_limited_before_they_are_checked() {
+        let (g, _) = guarded();
+        let guesses = (0..60).map(|_| get(&g, "/v2/", Some(WRONG), [10, 0, 0, 4]));
+        let statuses: Vec<StatusCode> = futures::future::join_all(guesses)
+            .await
+            .into_iter()
+            .map(|(status, _, _)| status)
+            .collect();
+        let checked = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count();
+        let refused = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!((checked, refused), (10, 50), "{statuses:?}");
+
+        // The right password from many requests at once is slowed, never refused.
+        let pulls = (0..30).map(|_| get(&g, "/v2/", Some(NODE), [10, 0, 0, 5]));
+        for (status, _, _) in futures::future::join_all(pulls).await {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+
     async fn send(
         g: &Guarded,
         method: Method,

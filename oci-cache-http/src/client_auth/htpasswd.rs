@@ -11,11 +11,29 @@ use crate::{Error, Result};
 /// How often the file's modification time is looked at.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-/// A bcrypt hash (htpasswd's default cost) unknown users are checked against,
-/// so that they take as long as known ones (no user enumeration by timing).
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| bcrypt::hash("oci-cache unknown user", 5).unwrap_or_default())
+/// The bcrypt cost of the dummy hash when the file has no entries.
+const DEFAULT_DUMMY_COST: u32 = 10;
+
+/// A bcrypt hash of cost `cost` that unknown users are checked against, so
+/// that they take as long as known ones (no user enumeration by timing):
+/// the cost must be the file's, as each step doubles the time. One hash per
+/// cost, made on first use.
+fn dummy_hash(cost: u32) -> String {
+    static DUMMIES: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut dummies = DUMMIES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, hash)) = dummies.iter().find(|(c, _)| *c == cost) {
+        return hash.clone();
+    }
+    let hash = bcrypt::hash("oci-cache unknown user", cost).unwrap_or_default();
+    dummies.push((cost, hash.clone()));
+    hash
+}
+
+/// The cost field of a bcrypt hash (`$2y$10$…` → 10).
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.get(4..6)?.parse().ok()
 }
 
 /// Parsed entries: user → bcrypt hash.
@@ -61,7 +79,7 @@ impl Htpasswd {
             // bcrypt compares the hashes in constant time.
             Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
             None => {
-                let _ = bcrypt::verify(password, dummy_hash());
+                let _ = bcrypt::verify(password, &self.dummy_hash());
                 false
             }
         }
@@ -76,9 +94,19 @@ impl Htpasswd {
     pub(crate) fn max_cost(&self) -> u32 {
         self.users
             .values()
-            .filter_map(|hash| hash.get(4..6)?.parse().ok())
+            .filter_map(|hash| cost_of(hash))
             .max()
             .unwrap_or(0)
+    }
+
+    /// The hash an unknown user's password is checked against: of the
+    /// file's highest cost, so that no user name answers faster than a
+    /// real one.
+    fn dummy_hash(&self) -> String {
+        match self.max_cost() {
+            0 => dummy_hash(DEFAULT_DUMMY_COST),
+            cost => dummy_hash(cost),
+        }
     }
 }
 
@@ -238,8 +266,26 @@ mod tests {
             assert!(Htpasswd::parse(bad).is_err(), "{bad}");
         }
         assert!(
-            bcrypt::verify("x", dummy_hash()).is_ok(),
+            bcrypt::verify("x", &file.dummy_hash()).is_ok(),
             "the dummy hash must parse"
+        );
+    }
+
+    /// An unknown user is checked against a hash of the file's cost: a
+    /// cheaper dummy answered unknown names faster than known ones.
+    #[test]
+    fn unknown_users_cost_a_check_at_the_files_cost() {
+        for cost in [4, 6] {
+            let hash = bcrypt::hash("pw", cost).unwrap();
+            let file = Htpasswd::parse(&format!("alice:{hash}\n")).unwrap();
+            let dummy = file.dummy_hash();
+            assert_eq!(cost_of(&dummy), Some(cost), "{dummy}");
+            check_bcrypt(&dummy).unwrap();
+            assert!(!file.verify("mallory", "pw"));
+        }
+        assert_eq!(
+            cost_of(&Htpasswd::default().dummy_hash()),
+            Some(DEFAULT_DUMMY_COST)
         );
     }
 

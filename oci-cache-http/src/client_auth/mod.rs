@@ -121,7 +121,7 @@ pub struct ClientAuth {
     htpasswd: HtpasswdFile,
     challenge: HeaderValue,
     access: HashMap<Registry, Access>,
-    limiter: FailureLimiter,
+    limiter: Arc<FailureLimiter>,
     private: PrivateDigests,
     /// (upstream, digest) pairs a public upstream was found to have.
     public_too: Mutex<HashSet<(Registry, String)>>,
@@ -155,7 +155,7 @@ impl ClientAuth {
             htpasswd,
             challenge,
             access,
-            limiter: FailureLimiter::default(),
+            limiter: Arc::default(),
             private: PrivateDigests::open(config.private_digests.as_deref())?,
             public_too: Mutex::new(HashSet::new()),
         })
@@ -207,15 +207,20 @@ impl AuthService {
             None => false,
             Some((user, password)) => {
                 let client = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-                if let Some(wait) = auth.limiter.blocked(client) {
-                    let mut error = OciError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        OciErrorCode::TooManyRequests,
-                        "too many failed logins from this address; wait and retry",
-                    );
-                    error.retry_after = Some(wait);
-                    return error.into_response();
-                }
+                // Reserved before the check, so a burst of guesses cannot
+                // all be checked before the first failure is counted.
+                let attempt = match auth.limiter.reserve(client).await {
+                    Ok(attempt) => attempt,
+                    Err(wait) => {
+                        let mut error = OciError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            OciErrorCode::TooManyRequests,
+                            "too many failed logins from this address; wait and retry",
+                        );
+                        error.retry_after = Some(wait);
+                        return error.into_response();
+                    }
+                };
                 // bcrypt takes milliseconds of CPU: off the async workers.
                 let checker = auth.clone();
                 let name = user.clone();
@@ -224,11 +229,11 @@ impl AuthService {
                         .await
                         .unwrap_or(false);
                 if !ok {
-                    auth.limiter.failed(client);
+                    drop(attempt);
                     tracing::warn!(user = %user, client = ?peer, "client authentication failed");
                     return auth.unauthorized("invalid user name or password");
                 }
-                auth.limiter.succeeded(client);
+                attempt.succeeded();
                 true
             }
         };
