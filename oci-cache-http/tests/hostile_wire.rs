@@ -250,31 +250,6 @@ async fn send_v2(stream: &mut tokio::net::TcpStream) {
         .unwrap();
 }
 
-async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before answering");
-        answer.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&answer).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                return text;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn connections_over_the_limit_wait_for_a_free_slot() {
     let server = Server::start(oci_cache_http::ServerOptions {

@@ -13,6 +13,7 @@ mod support;
 mod api;
 mod auth;
 mod chain;
+mod client_auth;
 mod conformance;
 mod embed;
 mod hostile_body;

@@ -20,6 +20,7 @@
 pub(crate) mod htpasswd;
 mod limiter;
 mod provenance;
+mod refusal;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -182,6 +183,15 @@ impl ClientAuth {
     }
 }
 
+/// What [`AuthService::admit`] lets through.
+enum Admitted {
+    /// The purge endpoint, for an authenticated client.
+    Purge,
+    /// On to the inner service; `private_target` records what it serves
+    /// as private content.
+    Forward { private_target: bool },
+}
+
 /// [`OciService`] behind client authentication.
 #[derive(Debug, Clone)]
 pub struct AuthService {
@@ -201,9 +211,39 @@ impl AuthService {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
+        // The head alone is looked at (a body need not be `Sync`).
+        let (head, body) = request.into_parts();
+        let admitted = self.admit(&head).await;
+        let request = Request::from_parts(head, body);
+        let private_target = match admitted {
+            Ok(Admitted::Forward { private_target }) => private_target,
+            Ok(Admitted::Purge) => {
+                let uri = request.uri();
+                return crate::admin::purge(&self.inner, request.method(), uri.query()).await;
+            }
+            Err(refusal) => return refusal::answer(request, refusal).await,
+        };
+        let response = self.inner.handle(request).await;
+        if private_target && response.status().is_success() {
+            if let Some(digest) = response
+                .headers()
+                .get(DOCKER_CONTENT_DIGEST)
+                .and_then(|v| v.to_str().ok())
+            {
+                self.auth.private.insert(digest);
+            }
+        }
+        response
+    }
+
+    /// Whether `request` may go on, and how; `Err` holds the refusal.
+    async fn admit(
+        &self,
+        request: &http::request::Parts,
+    ) -> std::result::Result<Admitted, Response<Body>> {
         let auth = &self.auth;
-        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-        let authenticated = match basic_credentials(request.headers()) {
+        let peer = request.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        let authenticated = match basic_credentials(&request.headers) {
             None => false,
             Some((user, password)) => {
                 let client = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -218,7 +258,7 @@ impl AuthService {
                             "too many failed logins from this address; wait and retry",
                         );
                         error.retry_after = Some(wait);
-                        return error.into_response();
+                        return Err(error.into_response());
                     }
                 };
                 // bcrypt takes milliseconds of CPU: off the async workers.
@@ -231,21 +271,21 @@ impl AuthService {
                 if !ok {
                     drop(attempt);
                     tracing::warn!(user = %user, client = ?peer, "client authentication failed");
-                    return auth.unauthorized("invalid user name or password");
+                    return Err(auth.unauthorized("invalid user name or password"));
                 }
                 attempt.succeeded();
                 true
             }
         };
-        let uri = request.uri().clone();
+        let uri = &request.uri;
         if uri.path() == crate::admin::PURGE_PATH {
             if !authenticated {
-                return auth.unauthorized("purging needs credentials");
+                return Err(auth.unauthorized("purging needs credentials"));
             }
-            return crate::admin::purge(&self.inner, request.method(), uri.query()).await;
+            return Ok(Admitted::Purge);
         }
         let route = routes::route(
-            request.method(),
+            &request.method,
             uri.path(),
             uri.query(),
             self.inner.mirrors(),
@@ -255,12 +295,12 @@ impl AuthService {
             // `/metrics` names every upstream and its traffic, like the catalog;
             // `/healthz` and `/readyz` stay open for kubelet probes.
             Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {
-                return auth.unauthorized("authentication required");
+                return Err(auth.unauthorized("authentication required"));
             }
             // Pushes and deletes need a user; hosted pulls stay anonymous (what
             // a Kind node's containerd sends), except content recorded as private.
             Ok(Route::Hosted { op, .. }) if !authenticated => {
-                let read = matches!(*request.method(), Method::GET | Method::HEAD);
+                let read = matches!(request.method, Method::GET | Method::HEAD);
                 let private = match op {
                     HostedOp::Blob(digest) => auth.private.contains(digest.as_str()),
                     HostedOp::Manifest(ManifestRef::Digest(digest)) => {
@@ -269,21 +309,22 @@ impl AuthService {
                     _ => false,
                 };
                 if !read {
-                    return auth.unauthorized("pushing needs credentials (docker login)");
+                    return Err(auth.unauthorized("pushing needs credentials (docker login)"));
                 }
                 if private {
-                    return auth
-                        .unauthorized("this content is only served to authenticated clients");
+                    return Err(
+                        auth.unauthorized("this content is only served to authenticated clients")
+                    );
                 }
                 false
             }
             Ok(route) => match route.target() {
                 Some(target) if auth.access(&target.upstream) == Access::Authenticated => {
                     if !authenticated {
-                        return auth.unauthorized(&format!(
+                        return Err(auth.unauthorized(&format!(
                             "{} is only served to authenticated clients",
                             target.upstream
-                        ));
+                        )));
                     }
                     if let Some(digest) = by_digest(route) {
                         auth.private.insert(&digest);
@@ -292,7 +333,7 @@ impl AuthService {
                 }
                 Some(target) if !authenticated => {
                     if let Some(refusal) = self.private_elsewhere(route, target).await {
-                        return refusal;
+                        return Err(refusal);
                     }
                     false
                 }
@@ -300,17 +341,7 @@ impl AuthService {
             },
             Err(_) => false,
         };
-        let response = self.inner.handle(request).await;
-        if private_target && response.status().is_success() {
-            if let Some(digest) = response
-                .headers()
-                .get(DOCKER_CONTENT_DIGEST)
-                .and_then(|v| v.to_str().ok())
-            {
-                auth.private.insert(digest);
-            }
-        }
-        response
+        Ok(Admitted::Forward { private_target })
     }
 
     /// A refusal when `route` asks anonymously, through public `target`, for
