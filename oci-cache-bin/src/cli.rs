@@ -156,9 +156,22 @@ pub(crate) struct ServeArgs {
     pub(crate) offline: bool,
 
     /// htpasswd file (bcrypt, `htpasswd -B`) of the clients allowed to read
-    /// non-public upstreams; turns on client authentication.
+    /// the mirror; turns on client authentication, which protects every
+    /// upstream and hosted repository not made public.
     #[arg(long, env = "OCI_CACHE_HTPASSWD", value_name = "FILE")]
     pub(crate) htpasswd: Option<PathBuf>,
+
+    /// With --htpasswd, serve this upstream (or local prefix) to anonymous
+    /// clients too, e.g. `docker.io` for Docker daemons, which send no
+    /// credentials to a registry mirror. Repeatable; the environment
+    /// variable takes a comma-separated list.
+    #[arg(
+        long = "public-upstream",
+        env = "OCI_CACHE_PUBLIC_UPSTREAMS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub(crate) public_upstreams: Vec<String>,
 
     /// PEM certificate chain to serve TLS with (re-read when it changes); needs --tls-key.
     #[arg(long, env = "OCI_CACHE_TLS_CERT", value_name = "FILE")]

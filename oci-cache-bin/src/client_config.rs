@@ -214,7 +214,9 @@ pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl 
     match generate(args) {
         Ok(files) => match emit(&files, args.output.as_deref(), args.username.is_some(), out) {
             Ok(()) => {
-                if args.username.is_some() {
+                // dockerd cannot authenticate to a mirror at all: say so
+                // even without --username, as the mirror may need it.
+                if args.username.is_some() || args.kind == ClientKind::Docker {
                     if let Some(note) = render::auth_note(args.kind, &args.mirror) {
                         let _ = writeln!(err, "note: {note}");
                     }

@@ -423,8 +423,13 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         .limits
         .resolve()
         .map_err(|e| format!("{}: {e}", file_label(path)))?;
-    let client_auth =
-        crate::trust::client_auth(args.htpasswd.as_ref(), file.auth, access, &storage)?;
+    let client_auth = crate::trust::client_auth(
+        (args.htpasswd.as_ref(), &args.public_upstreams),
+        file.auth,
+        access,
+        (&mirrors, &local_prefixes),
+        &storage,
+    )?;
     let tls = crate::trust::tls(
         args.tls_cert.as_ref(),
         args.tls_key.as_ref(),

@@ -80,7 +80,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     };
     match &settings.client_auth {
         Some(config) => {
-            let auth = Arc::new(ClientAuth::new(config, &mirrors)?);
+            let auth = Arc::new(ClientAuth::new(config, &mirrors, &settings.local_prefixes)?);
             let service = AuthService::new(service, auth);
             oci_cache_http::serve_with(
                 listener,

@@ -26,26 +26,63 @@ pub(crate) struct AuthFile {
     /// Where digests of private content are recorded (default: in the
     /// filesystem storage directory; in memory for other storages).
     pub(crate) private_digests: Option<PathBuf>,
+    /// Upstreams and local prefixes served to anonymous clients too (as
+    /// `--public-upstream`; an upstream's `access = "public"` does the same).
+    #[serde(default)]
+    pub(crate) public: Vec<String>,
 }
 
 /// Client authentication settings from the flag, the file and the
-/// upstreams' `access`; `None` when no htpasswd file is given.
+/// upstreams' `access` (flags included); `None` when no htpasswd file is
+/// given. Every upstream and local prefix of `served` not set `public` is
+/// protected; a name that is neither is refused.
 pub(crate) fn client_auth(
-    flag: Option<&PathBuf>,
+    (flag, public_flags): (Option<&PathBuf>, &[String]),
     file: Option<AuthFile>,
-    access: HashMap<String, Access>,
+    mut access: HashMap<String, Access>,
+    served: (&MirrorConfig, &[String]),
     storage: &StorageConfig,
 ) -> Result<Option<ClientAuthConfig>, String> {
     let file = file.unwrap_or_default();
+    // The flag wins over an upstream's `access`; `[auth] public` does not.
+    for name in public_flags {
+        access.insert(name.clone(), Access::Public);
+    }
+    for name in &file.public {
+        access.entry(name.clone()).or_insert(Access::Public);
+    }
     let Some(htpasswd) = flag.cloned().or(file.htpasswd) else {
         if !access.is_empty() {
             return Err(
-                "an upstream sets access, but client authentication is off; give --htpasswd or [auth] htpasswd"
+                "an upstream is set public or authenticated (access, --public-upstream or [auth] public), but client authentication is off; give --htpasswd or [auth] htpasswd"
                     .to_owned(),
             );
         }
         return Ok(None);
     };
+    let (mirrors, local_prefixes) = served;
+    let mut unknown: Vec<&str> = access
+        .keys()
+        .map(String::as_str)
+        .filter(|name| {
+            !mirrors.upstreams.iter().any(|u| u.name.as_str() == *name)
+                && !local_prefixes.iter().any(|p| p == name)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        let known: Vec<&str> = mirrors
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .chain(local_prefixes.iter().map(String::as_str))
+            .collect();
+        return Err(format!(
+            "access is set for {}, which is neither a configured upstream nor a local prefix (known: {})",
+            unknown.join(", "),
+            known.join(", ")
+        ));
+    }
     let private_digests = file.private_digests.or(match storage {
         StorageConfig::Filesystem { dir } => Some(dir.join("_private-digests")),
         _ => None,
@@ -93,12 +130,12 @@ pub(crate) fn tls(
 }
 
 /// The trust settings as `check-config` prints them: TLS, client
-/// authentication, and per upstream who may read it and whose credentials
-/// it uses (never a password).
+/// authentication, and per upstream and local prefix who may read it and
+/// whose credentials it uses (never a password).
 pub(crate) fn describe(
     tls: Option<&TlsFiles>,
     client_auth: Option<&ClientAuthConfig>,
-    mirrors: &MirrorConfig,
+    (mirrors, local_prefixes): (&MirrorConfig, &[String]),
 ) -> Vec<String> {
     let mut lines = Vec::new();
     lines.push(match tls {
@@ -115,9 +152,19 @@ pub(crate) fn describe(
         None => "tls: off (plain HTTP)".to_owned(),
     });
     lines.push(match client_auth {
-        Some(auth) => format!("client auth: htpasswd {}", auth.htpasswd.display()),
+        Some(auth) => format!(
+            "client auth: htpasswd {} (every upstream and hosted repository not set public needs credentials)",
+            auth.htpasswd.display()
+        ),
         None => "client auth: off".to_owned(),
     });
+    let access_of = |name: &str| match client_auth {
+        Some(auth) => match auth.access_of(name) {
+            Access::Public => "public",
+            Access::Authenticated => "authenticated",
+        },
+        None => "public",
+    };
     for upstream in &mirrors.upstreams {
         let users: Vec<String> = upstream
             .endpoints
@@ -126,18 +173,11 @@ pub(crate) fn describe(
             .filter_map(|e| e.credentials.as_ref())
             .map(|c| format!("{} (password <redacted>)", c.username))
             .collect();
-        let access = match client_auth {
-            Some(auth) => match auth.access.get(upstream.name.as_str()) {
-                Some(access) => *access,
-                None => Access::default_for(upstream),
-            },
-            None => Access::Public,
-        };
-        let access = match access {
-            Access::Public => "public",
-            Access::Authenticated => "authenticated",
-        };
-        let mut line = format!("upstream {}: access {access}", upstream.name);
+        let mut line = format!(
+            "upstream {}: access {}",
+            upstream.name,
+            access_of(upstream.name.as_str())
+        );
         if !users.is_empty() {
             line.push_str(&format!("; credentials: {}", users.join(", ")));
             if client_auth.is_none() {
@@ -147,6 +187,12 @@ pub(crate) fn describe(
             }
         }
         lines.push(line);
+    }
+    for prefix in local_prefixes {
+        lines.push(format!(
+            "hosted {prefix}/…: pull access {}",
+            access_of(prefix)
+        ));
     }
     lines
 }
@@ -179,11 +225,13 @@ mod tests {
         let fs = StorageConfig::Filesystem {
             dir: PathBuf::from("/data"),
         };
-        let access: HashMap<String, Access> = [("a".to_owned(), Access::Public)].into();
-        assert!(client_auth(None, None, access.clone(), &fs)
+        let mirrors = MirrorConfig::common();
+        let served = (&mirrors, &["local".to_owned()][..]);
+        let access: HashMap<String, Access> = [("docker.io".to_owned(), Access::Public)].into();
+        assert!(client_auth((None, &[]), None, access.clone(), served, &fs)
             .unwrap_err()
             .contains("--htpasswd"));
-        let auth = client_auth(Some(&PathBuf::from("/h")), None, access, &fs)
+        let auth = client_auth((Some(&PathBuf::from("/h")), &[]), None, access, served, &fs)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -192,11 +240,79 @@ mod tests {
         );
         assert_eq!(auth.realm, "oci-cache");
         let memory = client_auth(
-            Some(&PathBuf::from("/h")),
+            (Some(&PathBuf::from("/h")), &[]),
             None,
             HashMap::new(),
+            served,
             &StorageConfig::Memory {},
         );
         assert_eq!(memory.unwrap().unwrap().private_digests, None);
+    }
+
+    /// Issue 22: with an htpasswd file every upstream and local prefix is
+    /// authenticated unless named public (by `access`, the flag or `[auth]
+    /// public`); a public name that is nothing served is refused.
+    #[test]
+    fn everything_is_authenticated_unless_named_public() {
+        let mirrors = MirrorConfig::common();
+        let local = ["local".to_owned()];
+        let served = (&mirrors, &local[..]);
+        let file: AuthFile = toml::from_str("htpasswd = \"/h\"\npublic = [\"local\"]").unwrap();
+        let access: HashMap<String, Access> = [
+            ("docker.io".to_owned(), Access::Public),
+            ("quay.io".to_owned(), Access::Authenticated),
+        ]
+        .into();
+        let flags = ["quay.io".to_owned()];
+        let auth = client_auth(
+            (None, &flags),
+            Some(file),
+            access,
+            served,
+            &StorageConfig::Memory {},
+        )
+        .unwrap()
+        .unwrap();
+        for upstream in &mirrors.upstreams {
+            let expected = match upstream.name.as_str() {
+                "docker.io" | "quay.io" => Access::Public,
+                _ => Access::Authenticated,
+            };
+            assert_eq!(
+                auth.access_of(upstream.name.as_str()),
+                expected,
+                "{}",
+                upstream.name
+            );
+        }
+        assert_eq!(auth.access_of("local"), Access::Public);
+        let lines = describe(None, Some(&auth), served).join("\n");
+        assert!(
+            lines.contains("upstream ghcr.io: access authenticated"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("upstream docker.io: access public"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("hosted local/…: pull access public"),
+            "{lines}"
+        );
+
+        let typo: HashMap<String, Access> = [("dockerio".to_owned(), Access::Public)].into();
+        let err = client_auth(
+            (Some(&PathBuf::from("/h")), &[]),
+            None,
+            typo,
+            served,
+            &StorageConfig::Memory {},
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("\"dockerio\"") || err.contains("dockerio"),
+            "{err}"
+        );
+        assert!(err.contains("docker.io"), "names the known ones: {err}");
     }
 }

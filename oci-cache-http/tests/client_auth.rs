@@ -32,7 +32,7 @@ impl Served {
             .build()
             .unwrap()
             .service();
-        let svc = behind_auth(inner, &config, dir.path(), "dev");
+        let svc = behind_auth(inner, &config, dir.path(), "dev", &[]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -133,4 +133,138 @@ async fn a_401_to_a_large_body_says_connection_close() {
             .contains("\r\nconnection: close\r\n"),
         "{refused}"
     );
+}
+
+mod defaults {
+    use bytes::Bytes;
+    use http::{Method, Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use oci_cache_core::digest::Digest;
+    use oci_cache_core::testing::BlobScript;
+    use oci_cache_http::client_auth::AuthService;
+
+    use super::*;
+
+    /// A mirror hosting `local/…` in front of a fake upstream, behind client
+    /// authentication with `public` made public.
+    fn guarded(public: &[&str]) -> (AuthService, Arc<FakeUpstream>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = mirrors("http://127.0.0.1:9");
+        let fake = Arc::new(FakeUpstream::new());
+        let inner = Mirror::builder()
+            .upstreams(config.clone())
+            .storage(Arc::new(MemoryStorage::new()))
+            .upstream(fake.clone())
+            .local_prefixes(["local"])
+            .build()
+            .unwrap()
+            .service();
+        let svc = behind_auth(inner, &config, dir.path(), "dev", public);
+        (svc, fake, dir)
+    }
+
+    async fn send(
+        svc: &AuthService,
+        method: Method,
+        uri: &str,
+        authorization: Option<&str>,
+        body: &'static [u8],
+    ) -> (StatusCode, Bytes) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let request = request.body(Full::new(Bytes::from_static(body))).unwrap();
+        let (parts, body) = svc.handle(request).await.into_parts();
+        (parts.status, body.collect().await.unwrap().to_bytes())
+    }
+
+    /// Issue 22: with client authentication on, an upstream without
+    /// credentials (docker.io here) and the hosted repositories are not open
+    /// to anonymous clients unless marked public; nothing goes upstream for
+    /// a refused request.
+    #[tokio::test]
+    async fn every_upstream_and_hosted_repository_needs_credentials_by_default() {
+        let (svc, fake, _dir) = guarded(&[]);
+        let layer = fake.add_blob(BlobScript::new(b"upstream layer"));
+        for path in [
+            format!("/v2/library/alpine/blobs/{layer}"),
+            format!("/v2/docker.io/library/alpine/blobs/{layer}"),
+            format!("/v2/ghcr.io/org/app/blobs/{layer}"),
+            "/v2/library/alpine/manifests/3.20".to_owned(),
+            "/v2/local/app/tags/list".to_owned(),
+            format!("/v2/local/app/blobs/{layer}"),
+        ] {
+            let (status, _) = send(&svc, Method::GET, &path, None, b"").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        }
+        assert_eq!(fake.calls().total(), 0, "a refused request went upstream");
+        let (status, body) = send(
+            &svc,
+            Method::GET,
+            &format!("/v2/library/alpine/blobs/{layer}"),
+            Some(DEV),
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (status, body.as_ref()),
+            (StatusCode::OK, &b"upstream layer"[..])
+        );
+    }
+
+    /// Made public, an upstream and a local prefix serve anonymous pulls;
+    /// a blob pushed to a protected prefix does not leak through a public
+    /// upstream's path by its digest.
+    #[tokio::test]
+    async fn public_names_are_anonymous_and_protected_pushes_stay_private() {
+        let (svc, fake, _dir) = guarded(&["docker.io"]);
+        let layer = fake.add_blob(BlobScript::new(b"upstream layer"));
+        let (status, _) = send(
+            &svc,
+            Method::GET,
+            &format!("/v2/library/alpine/blobs/{layer}"),
+            None,
+            b"",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+
+        let secret: &'static [u8] = b"pushed to a protected prefix";
+        let digest = Digest::sha256_of(secret);
+        let upload = format!("/v2/local/app/blobs/uploads/?digest={digest}");
+        let (status, _) = send(&svc, Method::POST, &upload, Some(DEV), secret).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = send(
+            &svc,
+            Method::GET,
+            &format!("/v2/library/alpine/blobs/{digest}"),
+            None,
+            b"",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "the pushed blob leaked");
+        let (status, _) = send(
+            &svc,
+            Method::GET,
+            &format!("/v2/local/app/blobs/{digest}"),
+            None,
+            b"",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        let (public_hosted, _, _dir) = guarded(&["local"]);
+        let (status, _) = send(&public_hosted, Method::POST, &upload, Some(DEV), secret).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) = send(
+            &public_hosted,
+            Method::GET,
+            &format!("/v2/local/app/blobs/{digest}"),
+            None,
+            b"",
+        )
+        .await;
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, secret));
+    }
 }

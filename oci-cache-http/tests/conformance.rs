@@ -574,46 +574,58 @@ async fn writes_outside_local_prefixes_are_refused_without_upstream_requests() {
     }
 }
 
+/// Pushes always need credentials; anonymous pulls of hosted repositories
+/// only from a local prefix made public (issue 22: protected by default).
 #[tokio::test]
-async fn pushes_need_credentials_when_client_auth_is_on_and_pulls_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = mirrors("http://127.0.0.1:9");
-    let fake = Arc::new(FakeUpstream::new());
-    let inner = build(Arc::new(MemoryStorage::new()), Arc::clone(&fake));
-    let svc = behind_auth(inner, &config, dir.path(), "dev");
-    let send = |method: Method, uri: String, user: Option<&'static str>, body: &'static [u8]| {
-        let svc = svc.clone();
-        async move {
-            let mut builder = Request::builder().method(method).uri(uri);
-            if let Some(user) = user {
-                builder = builder.header("authorization", user);
-            }
-            let response = svc
-                .handle(builder.body(Full::new(Bytes::from_static(body))).unwrap())
-                .await;
-            let status = response.status().as_u16();
-            (
-                status,
-                response.into_body().collect().await.unwrap().to_bytes(),
-            )
+async fn pushes_need_credentials_and_pulls_too_unless_the_prefix_is_public() {
+    for public in [&["local"][..], &[]] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = mirrors("http://127.0.0.1:9");
+        let fake = Arc::new(FakeUpstream::new());
+        let inner = build(Arc::new(MemoryStorage::new()), Arc::clone(&fake));
+        let svc = behind_auth(inner, &config, dir.path(), "dev", public);
+        let send =
+            |method: Method, uri: String, user: Option<&'static str>, body: &'static [u8]| {
+                let svc = svc.clone();
+                async move {
+                    let mut builder = Request::builder().method(method).uri(uri);
+                    if let Some(user) = user {
+                        builder = builder.header("authorization", user);
+                    }
+                    let response = svc
+                        .handle(builder.body(Full::new(Bytes::from_static(body))).unwrap())
+                        .await;
+                    let status = response.status().as_u16();
+                    (
+                        status,
+                        response.into_body().collect().await.unwrap().to_bytes(),
+                    )
+                }
+            };
+        const DEV: &str = "Basic ZGV2OnB3"; // dev:pw
+        let layer: &'static [u8] = b"pushed layer";
+        let digest = Digest::sha256_of(layer);
+        let upload = format!("{APP}/blobs/uploads/?digest={digest}");
+        let (status, _) = send(Method::POST, upload.clone(), None, layer).await;
+        assert_eq!(status, 401, "an anonymous push");
+        let (status, _) = send(Method::POST, upload.clone(), Some("Basic ZGV2Om5v"), layer).await;
+        assert_eq!(status, 401, "wrong password");
+        let (status, _) = send(Method::POST, upload, Some(DEV), layer).await;
+        assert_eq!(status, 201);
+        let blob = format!("{APP}/blobs/{digest}");
+        let (status, body) = send(Method::GET, blob.clone(), None, b"").await;
+        if public.is_empty() {
+            assert_eq!(status, 401, "an anonymous pull of a protected prefix");
+        } else {
+            // Kind's containerd pulls without credentials.
+            assert_eq!((status, body.as_ref()), (200, layer));
         }
-    };
-    const DEV: &str = "Basic ZGV2OnB3"; // dev:pw
-    let layer: &'static [u8] = b"pushed layer";
-    let digest = Digest::sha256_of(layer);
-    let upload = format!("{APP}/blobs/uploads/?digest={digest}");
-    let (status, _) = send(Method::POST, upload.clone(), None, layer).await;
-    assert_eq!(status, 401, "an anonymous push");
-    let (status, _) = send(Method::POST, upload.clone(), Some("Basic ZGV2Om5v"), layer).await;
-    assert_eq!(status, 401, "wrong password");
-    let (status, _) = send(Method::POST, upload, Some(DEV), layer).await;
-    assert_eq!(status, 201);
-    // Kind's containerd pulls without credentials.
-    let (status, body) = send(Method::GET, format!("{APP}/blobs/{digest}"), None, b"").await;
-    assert_eq!((status, body.as_ref()), (200, layer));
-    let (status, _) = send(Method::DELETE, format!("{APP}/manifests/v1"), None, b"").await;
-    assert_eq!(status, 401);
-    assert_eq!(fake.calls().total(), 0);
+        let (status, body) = send(Method::GET, blob, Some(DEV), b"").await;
+        assert_eq!((status, body.as_ref()), (200, layer));
+        let (status, _) = send(Method::DELETE, format!("{APP}/manifests/v1"), None, b"").await;
+        assert_eq!(status, 401);
+        assert_eq!(fake.calls().total(), 0);
+    }
 }
 
 /// Content discovery, OCI 1.1 (spec.md, "Listing Referrers"): manifests

@@ -330,8 +330,8 @@ mod client_auth {
         _dir: tempfile::TempDir,
     }
 
-    /// docker.io public, ghcr.io with credentials (so authenticated), one
-    /// client `node:pw` in the htpasswd file.
+    /// docker.io made public, ghcr.io (with credentials) at the default,
+    /// authenticated; one client `node:pw` in the htpasswd file.
     fn guarded() -> (Guarded, Arc<FakeUpstream>) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = mirrors("http://127.0.0.1:9");
@@ -339,7 +339,7 @@ mod client_auth {
         let fake = Arc::new(FakeUpstream::default());
         let inner = service_with(fake.clone(), config.clone())
             .with_metrics(Arc::new(oci_cache_http::metrics::Metrics::new()));
-        let svc = behind_auth(inner, &config, dir.path(), "node");
+        let svc = behind_auth(inner, &config, dir.path(), "node", &["docker.io"]);
         (Guarded { svc, _dir: dir }, fake)
     }
 

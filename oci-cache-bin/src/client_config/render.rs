@@ -110,7 +110,7 @@ pub(super) fn auth_note(kind: ClientKind, mirror: &str) -> Option<String> {
         .unwrap_or_else(|_| mirror.to_owned());
     match kind {
         ClientKind::Docker => Some(format!(
-            "the Docker daemon sends no credentials to a registry-mirror and daemon.json has no field for them, so a mirror with client authentication is not usable from `registry-mirrors`; give docker.io anonymous access on the mirror (access = \"public\") or pull {host}/docker.io/IMAGE after `docker login {host}`"
+            "the Docker daemon sends no credentials to a registry-mirror and daemon.json has no field for them; if the mirror runs with client authentication (--htpasswd, which protects every upstream by default), docker.io must be public on it (`--public-upstream docker.io`, or access = \"public\" in its [[upstream]]), or else pull {host}/docker.io/IMAGE after `docker login {host}`"
         )),
         ClientKind::Podman => Some(format!(
             "registries.conf holds no credentials; run `podman login {host}` (it writes auth.json, which podman, CRI-O and skopeo read for the mirror location)"

@@ -464,6 +464,10 @@ fn docker_podman_and_buildkit_get_a_note_and_no_password() {
     );
     let note = auth_note(ClientKind::Docker, "http://10.0.0.5:5000").unwrap();
     assert!(note.contains("docker login 10.0.0.5:5000"), "{note}");
+    assert!(
+        note.contains("docker.io must be public") && note.contains("--public-upstream docker.io"),
+        "{note}"
+    );
 
     let podman = one(render(ClientKind::Podman, &req).unwrap()).contents;
     toml::from_str::<toml::Table>(&podman).unwrap();

@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod secure;
+
 fn oci_cache(args: &[&str]) -> Output {
     oci_cache_env(args, &[])
 }

@@ -66,7 +66,8 @@ fn htpasswd_guards_private_upstreams_and_their_digests() {
 
     let config = format!(
         "[auth]\nhtpasswd = \"{clients}\"\nrealm = \"e2e-mirror\"\n\n\
-         [[upstream]]\nname = \"public.test\"\nurl = \"{public}\"\n\n\
+         [[upstream]]\nname = \"public.test\"\nurl = \"{public}\"\naccess = \"public\"\n\n\
+         [[upstream]]\nname = \"plain.test\"\nurl = \"{public}\"\n\n\
          [[upstream]]\nname = \"private.test\"\nurl = \"{private}\"\n\
          credentials = {{ username = \"mirror\", password_file = \"{pwfile}\" }}\n",
         clients = clients.display(),
@@ -124,6 +125,25 @@ fn htpasswd_guards_private_upstreams_and_their_digests() {
     .unwrap();
     assert_eq!(got.digest, public_app.digest);
 
+    // An upstream without credentials is protected too unless set public
+    // (issue 22), as registry:2 protects everything behind its htpasswd.
+    let plain = skopeo::copy(
+        &format!("{host}/plain.test/e2e/app:v1"),
+        &work.path().join("c5"),
+    )
+    .unwrap_err();
+    assert!(
+        plain.contains("401") || plain.to_lowercase().contains("unauthorized"),
+        "{plain}"
+    );
+    let got = skopeo::copy_with(
+        &format!("{host}/plain.test/e2e/app:v1"),
+        &work.path().join("c6"),
+        &["--src-tls-verify=false", "--src-creds", &creds],
+    )
+    .unwrap();
+    assert_eq!(got.digest, public_app.digest);
+
     // A cached private layer is not public because its digest is known.
     let layer = &private_app.images[0].layers[0].digest;
     let path = format!("/v2/public.test/e2e/app/blobs/{layer}");
@@ -175,6 +195,14 @@ fn htpasswd_guards_private_upstreams_and_their_digests() {
         assert!(!log.contains(secret), "a password reached the log");
     }
     assert!(!log.contains("client authentication is off"), "{log}");
+    // One warning per public upstream, none for the protected ones.
+    assert_eq!(
+        log.matches("upstream public.test is public").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("plain.test is public"), "{log}");
+    assert!(!log.contains("private.test is public"), "{log}");
 }
 
 #[test]

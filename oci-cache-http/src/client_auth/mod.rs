@@ -2,20 +2,27 @@
 //! and per-upstream access (`public` or `authenticated`), as a service
 //! wrapped around [`OciService`].
 //!
-//! - Requests for an `authenticated` upstream, `/v2/_catalog`, `/metrics` and
-//!   the `/v2/` ping need valid credentials (`/healthz` and `/readyz` do not);
-//!   `public` upstreams are served anonymously (so runtimes that send no
-//!   credentials to mirrors keep working), but a request that presents wrong
-//!   credentials is refused anywhere.
+//! - Every upstream and every local prefix (hosted repositories) is
+//!   `authenticated` unless the configuration marks it `public`, as
+//!   registry:2 protects everything behind its htpasswd file; each public one
+//!   is named in a warning at start-up. Requests for an `authenticated`
+//!   upstream or hosted repository, `/v2/_catalog`, `/metrics` and the `/v2/`
+//!   ping need valid credentials (`/healthz` and `/readyz` do not); `public`
+//!   ones are served anonymously (so runtimes that send no credentials to
+//!   mirrors, such as the Docker daemon, keep working), but a request that
+//!   presents wrong credentials is refused anywhere. Pushes and deletes
+//!   always need credentials.
 //! - The ping answers 401 without credentials, as registry:2 does: clients
 //!   (skopeo, podman, Docker) learn from it to send credentials, and fetch
 //!   public content anonymously when they have none.
 //! - `DELETE /admin/purge?ref=IMAGE` (see `admin.rs`) exists only here,
 //!   for authenticated clients: it purges one image while serving.
-//! - Failed attempts are rate-limited per client address ([`PeerAddr`]).
-//! - Content served through a non-public upstream is recorded by digest, so
-//!   it is not readable by digest through a public upstream's path unless
-//!   that public upstream has it too (see `provenance`).
+//! - Failed attempts are rate-limited per client address ([`PeerAddr`]),
+//!   counted before the password is checked (see `limiter`).
+//! - A refused request keeps its connection usable (see `refusal`).
+//! - Content served through a non-public upstream or hosted repository is
+//!   recorded by digest, so it is not readable by digest through a public
+//!   path unless that public upstream has it too (see `provenance`).
 
 pub(crate) mod htpasswd;
 mod limiter;
@@ -63,15 +70,12 @@ pub enum Access {
     Authenticated,
 }
 
-impl Access {
-    /// The default: `authenticated` for an upstream with credentials (on any
-    /// endpoint), `public` otherwise.
-    pub fn default_for(upstream: &UpstreamConfig) -> Access {
-        if has_credentials(upstream) {
-            Access::Authenticated
-        } else {
-            Access::Public
-        }
+/// `authenticated`, as registry:2 protects everything behind its htpasswd
+/// file: turning on client authentication must never leave an upstream
+/// open because nobody thought to list it.
+impl Default for Access {
+    fn default() -> Self {
+        Access::Authenticated
     }
 }
 
@@ -109,11 +113,19 @@ pub struct ClientAuthConfig {
     pub htpasswd: PathBuf,
     /// The realm named in the Basic challenge.
     pub realm: String,
-    /// Access per upstream name; unlisted upstreams get [`Access::default_for`].
+    /// Access per upstream name or local prefix (the hosted repositories
+    /// under it); unlisted ones are [`Access::Authenticated`].
     pub access: HashMap<String, Access>,
     /// Where digests served through non-public upstreams are recorded
     /// (kept in memory only when `None`).
     pub private_digests: Option<PathBuf>,
+}
+
+impl ClientAuthConfig {
+    /// Who may read the upstream or local prefix `name`.
+    pub fn access_of(&self, name: &str) -> Access {
+        self.access.get(name).copied().unwrap_or_default()
+    }
 }
 
 /// Client authentication state, shared by all connections.
@@ -122,6 +134,8 @@ pub struct ClientAuth {
     htpasswd: HtpasswdFile,
     challenge: HeaderValue,
     access: HashMap<Registry, Access>,
+    /// Access per local prefix.
+    hosted_access: HashMap<String, Access>,
     limiter: Arc<FailureLimiter>,
     private: PrivateDigests,
     /// (upstream, digest) pairs a public upstream was found to have.
@@ -129,33 +143,59 @@ pub struct ClientAuth {
 }
 
 impl ClientAuth {
-    /// Loads the htpasswd file and resolves every upstream's access.
-    pub fn new(config: &ClientAuthConfig, mirrors: &MirrorConfig) -> Result<Self> {
+    /// Loads the htpasswd file and resolves the access of every upstream
+    /// and every local prefix (hosted repositories), warning once for each
+    /// public one.
+    pub fn new(
+        config: &ClientAuthConfig,
+        mirrors: &MirrorConfig,
+        local_prefixes: &[String],
+    ) -> Result<Self> {
         let htpasswd = HtpasswdFile::open(&config.htpasswd)?;
         let realm = config.realm.replace(['"', '\\'], "");
         let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
             .map_err(|_| crate::Error::ClientAuth(format!("invalid auth realm {realm:?}")))?;
-        let mut access = HashMap::new();
-        for upstream in &mirrors.upstreams {
-            let chosen = config
-                .access
-                .get(upstream.name.as_str())
-                .copied()
-                .unwrap_or_else(|| Access::default_for(upstream));
-            tracing::info!(upstream = %upstream.name, access = ?chosen, "client access");
-            access.insert(upstream.name.clone(), chosen);
-        }
         for name in config.access.keys() {
-            if !access.keys().any(|r| r.as_str() == name) {
+            let known = mirrors.upstreams.iter().any(|u| u.name.as_str() == name)
+                || local_prefixes.contains(name);
+            if !known {
                 return Err(crate::Error::ClientAuth(format!(
-                    "access is set for {name:?}, which is not a configured upstream"
+                    "access is set for {name:?}, which is neither a configured upstream nor a local prefix"
                 )));
+            }
+        }
+        let access: HashMap<Registry, Access> = mirrors
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), config.access_of(u.name.as_str())))
+            .collect();
+        let hosted_access: HashMap<String, Access> = local_prefixes
+            .iter()
+            .map(|prefix| (prefix.clone(), config.access_of(prefix)))
+            .collect();
+        for (name, chosen) in access.iter().map(|(r, a)| (r.as_str(), a)) {
+            match chosen {
+                Access::Public => tracing::warn!(upstream = %name,
+                    "upstream {name} is public: anyone who reaches the port reads it without credentials"),
+                Access::Authenticated => {
+                    tracing::info!(upstream = %name, "upstream {name} is served to authenticated clients only")
+                }
+            }
+        }
+        for (prefix, chosen) in &hosted_access {
+            match chosen {
+                Access::Public => tracing::warn!(local_prefix = %prefix,
+                    "hosted repositories {prefix}/… are public: anyone who reaches the port pulls them without credentials (pushes still need them)"),
+                Access::Authenticated => {
+                    tracing::info!(local_prefix = %prefix, "hosted repositories {prefix}/… are served to authenticated clients only")
+                }
             }
         }
         Ok(ClientAuth {
             htpasswd,
             challenge,
             access,
+            hosted_access,
             limiter: Arc::default(),
             private: PrivateDigests::open(config.private_digests.as_deref())?,
             public_too: Mutex::new(HashSet::new()),
@@ -163,10 +203,13 @@ impl ClientAuth {
     }
 
     fn access(&self, upstream: &Registry) -> Access {
-        self.access
-            .get(upstream)
-            .copied()
-            .unwrap_or(Access::Authenticated)
+        self.access.get(upstream).copied().unwrap_or_default()
+    }
+
+    /// Who may read the hosted `repository` (by its first path component).
+    fn hosted_access(&self, repository: &str) -> Access {
+        let prefix = repository.split('/').next().unwrap_or_default();
+        self.hosted_access.get(prefix).copied().unwrap_or_default()
     }
 
     fn unauthorized(&self, message: &str) -> Response<Body> {
@@ -297,26 +340,44 @@ impl AuthService {
             Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {
                 return Err(auth.unauthorized("authentication required"));
             }
-            // Pushes and deletes need a user; hosted pulls stay anonymous (what
-            // a Kind node's containerd sends), except content recorded as private.
-            Ok(Route::Hosted { op, .. }) if !authenticated => {
-                let read = matches!(request.method, Method::GET | Method::HEAD);
-                let private = match op {
-                    HostedOp::Blob(digest) => auth.private.contains(digest.as_str()),
-                    HostedOp::Manifest(ManifestRef::Digest(digest)) => {
-                        auth.private.contains(digest.as_str())
+            // Pushes and deletes always need a user; pulls too unless the
+            // local prefix is public (what a Kind node's containerd, which
+            // sends no credentials, needs), and never of content recorded
+            // as private.
+            Ok(Route::Hosted { repository, op }) => {
+                let public = auth.hosted_access(repository.as_str()) == Access::Public;
+                if authenticated {
+                    if let HostedOp::Blob(digest)
+                    | HostedOp::Manifest(ManifestRef::Digest(digest)) = op
+                    {
+                        if !public {
+                            auth.private.insert(digest.as_str());
+                        }
                     }
-                    _ => false,
-                };
-                if !read {
-                    return Err(auth.unauthorized("pushing needs credentials (docker login)"));
+                    !public
+                } else {
+                    let read = matches!(request.method, Method::GET | Method::HEAD);
+                    if !read {
+                        return Err(auth.unauthorized("pushing needs credentials (docker login)"));
+                    }
+                    if !public {
+                        return Err(auth.unauthorized(&format!(
+                            "{repository} is only served to authenticated clients"
+                        )));
+                    }
+                    let private = match op {
+                        HostedOp::Blob(digest) => auth.private.contains(digest.as_str()),
+                        HostedOp::Manifest(ManifestRef::Digest(digest)) => {
+                            auth.private.contains(digest.as_str())
+                        }
+                        _ => false,
+                    };
+                    if private {
+                        return Err(auth
+                            .unauthorized("this content is only served to authenticated clients"));
+                    }
+                    false
                 }
-                if private {
-                    return Err(
-                        auth.unauthorized("this content is only served to authenticated clients")
-                    );
-                }
-                false
             }
             Ok(route) => match route.target() {
                 Some(target) if auth.access(&target.upstream) == Access::Authenticated => {

@@ -431,15 +431,16 @@ impl Drop for ConnectProxy {
 }
 
 /// `inner` behind client authentication: one user `user` with password `pw`
-/// in an htpasswd file written under `dir`, every upstream at its default
-/// access.
+/// in an htpasswd file written under `dir`; the upstreams and local prefixes
+/// named in `public` are public, all others at the default (authenticated).
 pub fn behind_auth(
     inner: OciService,
     config: &MirrorConfig,
     dir: &std::path::Path,
     user: &str,
+    public: &[&str],
 ) -> oci_cache_http::client_auth::AuthService {
-    use oci_cache_http::client_auth::{AuthService, ClientAuth, ClientAuthConfig};
+    use oci_cache_http::client_auth::{Access, AuthService, ClientAuth, ClientAuthConfig};
     let htpasswd = dir.join("htpasswd");
     std::fs::write(
         &htpasswd,
@@ -450,10 +451,14 @@ pub fn behind_auth(
         &ClientAuthConfig {
             htpasswd,
             realm: "test-realm".into(),
-            access: Default::default(),
+            access: public
+                .iter()
+                .map(|name| (name.to_string(), Access::Public))
+                .collect(),
             private_digests: None,
         },
         config,
+        inner.local_prefixes(),
     )
     .unwrap();
     AuthService::new(inner, Arc::new(auth))
