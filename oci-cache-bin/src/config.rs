@@ -508,6 +508,7 @@ fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), 
 /// rank above the TOML file and below oci-cache's own flags; their remotes
 /// join the file's upstreams, and the only one becomes the default.
 fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), String> {
+    crate::registry_compat::check_env_names(std::env::vars_os().map(|(name, _)| name))?;
     let compat =
         crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
     file.listen = compat.listen.or(file.listen.take());

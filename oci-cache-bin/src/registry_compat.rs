@@ -11,10 +11,16 @@
 //! are reported). The environment applies over the first file, as
 //! registry:2 applies it over its one file. Sections this mirror does not
 //! use are listed in one warning. `http.tls` becomes the mirror's serving
-//! certificate and `auth.htpasswd` its client authentication; any other
-//! `auth` scheme is refused, not ignored: silently serving
-//! plain, open HTTP where the operator asked for neither would be worse.
+//! certificate and `auth.htpasswd` its client authentication. A security
+//! setting that cannot be honoured is refused, not ignored, whatever its
+//! source: another `auth` scheme (`token`, `silly`, `REGISTRY_AUTH=token`),
+//! `auth` written as a scalar, htpasswd without a path, `http.tls` without a
+//! certificate (oci-cache has no Let's Encrypt client), and any
+//! `REGISTRY_AUTH_*` / `REGISTRY_HTTP_TLS_*` variable it does not read:
+//! silently serving plain, open HTTP where the operator asked for neither
+//! would be worse.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use oci_cache_core::mirror::{Credentials, UpstreamConfig, DOCKER_HUB};
@@ -80,7 +86,7 @@ pub(crate) fn load(
         .iter()
         .map(|path| read_file(path))
         .collect::<Result<Vec<_>, _>>()?;
-    let from_env = env_source(env);
+    let from_env = env_source(env)?;
     if from_env.touched() {
         match sources.first_mut() {
             Some(first) => first.overlay(from_env),
@@ -129,42 +135,12 @@ fn parse(value: &Value, name: String) -> Result<Source, String> {
                 for (k, v) in entries(value) {
                     match k {
                         "addr" => source.addr = text(v),
-                        "tls" => {
-                            let path = |key: &str| v.get(key).and_then(text).map(PathBuf::from);
-                            let client_ca = v
-                                .get("clientcas")
-                                .and_then(|cas| cas.as_sequence())
-                                .and_then(|cas| cas.first())
-                                .and_then(text)
-                                .map(PathBuf::from);
-                            source.tls = Some(RegistryTls {
-                                certificate: path("certificate"),
-                                key: path("key"),
-                                client_ca,
-                            });
-                            for (k, _) in entries(v) {
-                                if !["certificate", "key", "clientcas"].contains(&k) {
-                                    source.ignored.push(format!("http.tls.{k}"));
-                                }
-                            }
-                        }
+                        "tls" => source.tls = Some(tls(v, &source.name)?),
                         other => source.ignored.push(format!("http.{other}")),
                     }
                 }
             }
-            "auth" => {
-                for (scheme, v) in entries(value) {
-                    match (scheme, v.get("path").and_then(text)) {
-                        ("htpasswd", Some(path)) => {
-                            source.htpasswd = Some(RegistryHtpasswd {
-                                path: path.into(),
-                                realm: v.get("realm").and_then(text),
-                            })
-                        }
-                        (other, _) => source.other_auth = Some(other.to_owned()),
-                    }
-                }
-            }
+            "auth" => auth(value, &mut source)?,
             "storage" => {
                 for (k, v) in entries(value) {
                     match k {
@@ -183,6 +159,109 @@ fn parse(value: &Value, name: String) -> Result<Source, String> {
         }
     }
     Ok(source)
+}
+
+/// `http.tls`: a certificate and key. registry:2 can also get one from
+/// Let's Encrypt (`letsencrypt`); oci-cache cannot, and serving plain HTTP
+/// where TLS was asked for would be worse than not starting.
+fn tls(value: &Value, name: &str) -> Result<RegistryTls, String> {
+    let path = |key: &str| value.get(key).and_then(text).map(PathBuf::from);
+    let client_ca = value
+        .get("clientcas")
+        .and_then(|cas| cas.as_sequence())
+        .and_then(|cas| cas.first())
+        .and_then(text)
+        .map(PathBuf::from);
+    let tls = RegistryTls {
+        certificate: path("certificate"),
+        key: path("key"),
+        client_ca,
+    };
+    if let Some(other) = entries(value)
+        .map(|(k, _)| k)
+        .find(|k| !["certificate", "key", "clientcas"].contains(k))
+    {
+        return Err(format!(
+            "{name}: http.tls.{other} is set, but oci-cache serves TLS only from certificate and key files{}; \
+             give http.tls.certificate and http.tls.key (or --tls-cert and --tls-key)",
+            if other == "letsencrypt" { " (it has no Let's Encrypt/ACME client)" } else { "" }
+        ));
+    }
+    if tls.certificate.is_none() {
+        return Err(format!(
+            "{name}: http.tls has no certificate, so TLS cannot be served; give http.tls.certificate \
+             and http.tls.key (or --tls-cert and --tls-key), or remove http.tls to serve plain HTTP"
+        ));
+    }
+    Ok(tls)
+}
+
+/// `auth`: only `htpasswd` with a `path` is honoured; anything else is
+/// refused rather than ignored, as ignoring it would serve an open mirror
+/// where authentication was asked for.
+fn auth(value: &Value, source: &mut Source) -> Result<(), String> {
+    let name = &source.name;
+    let Some(schemes) = value.as_mapping() else {
+        if value.is_null() {
+            return Ok(());
+        }
+        return Err(format!(
+            "{name}: auth is written as a scalar ({}); write it as a mapping, e.g. \
+             auth:\\n  htpasswd:\\n    realm: registry\\n    path: /auth/htpasswd",
+            text(value).unwrap_or_else(|| "a list".to_owned())
+        ));
+    };
+    for (scheme, v) in schemes {
+        match scheme.as_str().unwrap_or_default() {
+            "htpasswd" => {
+                let Some(path) = v.get("path").and_then(text).filter(|p| !p.is_empty()) else {
+                    return Err(format!(
+                        "{name}: auth.htpasswd has no path; give auth.htpasswd.path (the htpasswd file)"
+                    ));
+                };
+                source.htpasswd = Some(RegistryHtpasswd {
+                    path: path.into(),
+                    realm: v.get("realm").and_then(text),
+                });
+            }
+            other => source.other_auth = Some(other.to_owned()),
+        }
+    }
+    Ok(())
+}
+
+/// The `REGISTRY_*` variables this mirror reads; any other `REGISTRY_AUTH…`
+/// or `REGISTRY_HTTP_TLS…` one is refused by [`check_env_names`].
+const HONOURED_SECURITY_ENV: &[&str] = &[
+    "REGISTRY_AUTH",
+    "REGISTRY_AUTH_HTPASSWD_PATH",
+    "REGISTRY_AUTH_HTPASSWD_REALM",
+    "REGISTRY_HTTP_TLS_CERTIFICATE",
+    "REGISTRY_HTTP_TLS_KEY",
+];
+
+/// Refuses security settings in the environment that oci-cache would
+/// otherwise ignore (`REGISTRY_AUTH_TOKEN_REALM`,
+/// `REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL`, …): a registry:2 container
+/// started with them expects authentication or TLS it would not get.
+pub(crate) fn check_env_names(names: impl IntoIterator<Item = OsString>) -> Result<(), String> {
+    let mut refused: Vec<String> = names
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n.starts_with("REGISTRY_AUTH") || n.starts_with("REGISTRY_HTTP_TLS"))
+        .filter(|n| !HONOURED_SECURITY_ENV.contains(&n.as_str()))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    refused.sort_unstable();
+    Err(format!(
+        "the REGISTRY_* environment sets {}, which oci-cache does not implement; it checks clients \
+         only with htpasswd (REGISTRY_AUTH_HTPASSWD_PATH, _REALM) and serves TLS only from files \
+         (REGISTRY_HTTP_TLS_CERTIFICATE, _KEY); unset {}",
+        refused.join(", "),
+        if refused.len() == 1 { "it" } else { "them" }
+    ))
 }
 
 fn entries(value: &Value) -> impl Iterator<Item = (&str, &Value)> {
@@ -219,7 +298,7 @@ fn s3(value: &Value) -> S3Config {
 }
 
 /// The variables registry:2 containers are started with in the seeds.
-fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
+fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Result<Source, String> {
     let certificate = env("REGISTRY_HTTP_TLS_CERTIFICATE").map(PathBuf::from);
     let key = env("REGISTRY_HTTP_TLS_KEY").map(PathBuf::from);
     let tls = (certificate.is_some() || key.is_some()).then_some(RegistryTls {
@@ -231,7 +310,34 @@ fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
         path: path.into(),
         realm: env("REGISTRY_AUTH_HTPASSWD_REALM"),
     });
-    Source {
+    // `REGISTRY_AUTH=htpasswd` needs the path; any other scheme is refused.
+    let other_auth = match env("REGISTRY_AUTH") {
+        Some(scheme) if scheme == "htpasswd" => {
+            if htpasswd
+                .as_ref()
+                .is_none_or(|h| h.path.as_os_str().is_empty())
+            {
+                return Err(
+                    "the REGISTRY_* environment: REGISTRY_AUTH=htpasswd has no path; set \
+                     REGISTRY_AUTH_HTPASSWD_PATH to the htpasswd file"
+                        .to_owned(),
+                );
+            }
+            None
+        }
+        Some(scheme) => Some(scheme),
+        None => None,
+    };
+    if htpasswd
+        .as_ref()
+        .is_some_and(|h| h.path.as_os_str().is_empty())
+    {
+        return Err(
+            "the REGISTRY_* environment: REGISTRY_AUTH_HTPASSWD_PATH is empty; give the htpasswd file"
+                .to_owned(),
+        );
+    }
+    Ok(Source {
         name: "the REGISTRY_* environment".to_owned(),
         addr: env("REGISTRY_HTTP_ADDR"),
         storage: env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")
@@ -241,9 +347,9 @@ fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Source {
         password: env("REGISTRY_PROXY_PASSWORD"),
         tls,
         htpasswd,
-        other_auth: None,
+        other_auth,
         ignored: Vec::new(),
-    }
+    })
 }
 
 impl Source {

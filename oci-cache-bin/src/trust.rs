@@ -111,6 +111,22 @@ pub(crate) fn tls(
     client_ca: Option<&PathBuf>,
     file: Option<TlsFile>,
 ) -> Result<Option<TlsFiles>, String> {
+    let empty_table = matches!(
+        file,
+        Some(TlsFile {
+            cert: None,
+            key: None,
+            client_ca: None,
+        })
+    );
+    if empty_table && cert.is_none() && key.is_none() {
+        // An empty table asks for TLS without saying with what: serving
+        // plain HTTP instead would silently drop it.
+        return Err(
+            "[tls] is empty: give cert and key (the serving certificate and its key), or remove the [tls] table to serve plain HTTP"
+                .to_owned(),
+        );
+    }
     let file = file.unwrap_or_default();
     let cert = cert.cloned().or(file.cert);
     let key = key.cloned().or(file.key);
@@ -214,6 +230,9 @@ mod tests {
             .contains("--tls-cert"));
         let file: TlsFile = toml::from_str("cert = \"fc\"\nkey = \"fk\"").unwrap();
         let files = tls(Some(&p("c")), None, None, Some(file)).unwrap().unwrap();
+        assert!(tls(None, None, None, Some(TlsFile::default()))
+            .unwrap_err()
+            .contains("[tls] is empty"));
         assert_eq!(
             (files.cert, files.key, files.client_ca),
             (p("c"), p("fk"), None)

@@ -221,3 +221,91 @@ fn s3_storage_and_bad_urls() {
     let err = upstream("registry-1.docker.io", "f").unwrap_err();
     assert!(err.contains("http(s)://"), "{err}");
 }
+
+/// Issue 22: every registry:2 security setting oci-cache cannot honour is
+/// refused with a message naming it, from a file or the environment.
+#[test]
+fn security_settings_that_cannot_be_honoured_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (yaml, expected) in [
+        ("auth: htpasswd\n", "auth is written as a scalar"),
+        ("auth:\n  - htpasswd\n", "auth is written as a scalar"),
+        (
+            "auth:\n  htpasswd:\n    realm: r\n",
+            "auth.htpasswd has no path",
+        ),
+        (
+            "auth:\n  htpasswd: /auth/htpasswd\n",
+            "auth.htpasswd has no path",
+        ),
+        (
+            "auth:\n  silly:\n    realm: r\n    service: s\n",
+            "auth.silly is set",
+        ),
+        ("http:\n  tls: {}\n", "http.tls has no certificate"),
+        (
+            "http:\n  tls:\n    key: /k.pem\n",
+            "http.tls has no certificate",
+        ),
+        (
+            "http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n      email: a@b.c\n",
+            "Let's Encrypt",
+        ),
+    ] {
+        let file = write(dir.path(), "c.yml", yaml);
+        let err = load(&[file], &no_env).unwrap_err();
+        assert!(err.contains(expected), "{yaml:?}: {err}");
+    }
+    let null = write(
+        dir.path(),
+        "n.yml",
+        "auth:\nproxy:\n  remoteurl: https://ghcr.io\n",
+    );
+    assert!(load(&[null], &no_env).unwrap().htpasswd.is_none());
+
+    for (vars, expected) in [
+        (&[("REGISTRY_AUTH", "token")][..], "auth.token is set"),
+        (&[("REGISTRY_AUTH", "silly")][..], "auth.silly is set"),
+        (
+            &[("REGISTRY_AUTH", "htpasswd")][..],
+            "REGISTRY_AUTH=htpasswd has no path",
+        ),
+        (
+            &[("REGISTRY_AUTH_HTPASSWD_PATH", "")][..],
+            "REGISTRY_AUTH_HTPASSWD_PATH is empty",
+        ),
+    ] {
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let err = load(&[], &env).unwrap_err();
+        assert!(err.contains(expected), "{vars:?}: {err}");
+    }
+    let htpasswd = |k: &str| match k {
+        "REGISTRY_AUTH" => Some("htpasswd".to_owned()),
+        "REGISTRY_AUTH_HTPASSWD_PATH" => Some("/auth/htpasswd".to_owned()),
+        _ => None,
+    };
+    assert!(load(&[], &htpasswd).unwrap().htpasswd.is_some());
+
+    let names = |names: &[&str]| names.iter().map(OsString::from).collect::<Vec<_>>();
+    check_env_names(names(&[
+        "PATH",
+        "REGISTRY_AUTH_HTPASSWD_PATH",
+        "REGISTRY_HTTP_TLS_KEY",
+    ]))
+    .unwrap();
+    let err = check_env_names(names(&[
+        "REGISTRY_AUTH_TOKEN_REALM",
+        "REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL",
+        "REGISTRY_HTTP_ADDR",
+    ]))
+    .unwrap_err();
+    assert!(
+        err.contains("REGISTRY_AUTH_TOKEN_REALM, REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL"),
+        "{err}"
+    );
+    assert!(!err.contains("REGISTRY_HTTP_ADDR"), "{err}");
+}

@@ -91,3 +91,77 @@ fn client_config_docker_says_docker_io_must_be_public() {
     );
     assert!(text(&out.stdout).contains("registry-mirrors"));
 }
+
+/// registry:2 settings that cannot be honoured stop the start with exit 2
+/// and a message naming them, from a config.yml or the environment; so does
+/// an empty `[tls]` table in our own file.
+#[test]
+fn registry_settings_that_cannot_be_honoured_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let proxy = "proxy:\n  remoteurl: https://ghcr.io\n";
+    for (file, expected) in [
+        (
+            yaml(
+                "token.yml",
+                &format!("{proxy}auth:\n  token:\n    realm: https://a/t\n"),
+            ),
+            "auth.token is set",
+        ),
+        (
+            yaml("scalar.yml", &format!("{proxy}auth: htpasswd\n")),
+            "auth is written as a scalar",
+        ),
+        (
+            yaml(
+                "nopath.yml",
+                &format!("{proxy}auth:\n  htpasswd:\n    realm: r\n"),
+            ),
+            "auth.htpasswd has no path",
+        ),
+        (
+            yaml("tls.yml", &format!("{proxy}http:\n  tls: {{}}\n")),
+            "http.tls has no certificate",
+        ),
+        (
+            yaml(
+                "acme.yml",
+                &format!("{proxy}http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n"),
+            ),
+            "Let's Encrypt",
+        ),
+    ] {
+        let (code, _, err) = check(&["--registry-config", &file], &[]);
+        assert_eq!(code, Some(2), "{file}: {err}");
+        assert!(err.contains(expected), "{file}: {err}");
+    }
+    for (vars, expected) in [
+        (&[("REGISTRY_AUTH", "token")][..], "auth.token is set"),
+        (&[("REGISTRY_AUTH", "silly")][..], "auth.silly is set"),
+        (
+            &[("REGISTRY_AUTH", "htpasswd")][..],
+            "REGISTRY_AUTH=htpasswd has no path",
+        ),
+        (
+            &[("REGISTRY_AUTH_TOKEN_REALM", "https://a/t")][..],
+            "REGISTRY_AUTH_TOKEN_REALM, which oci-cache does not implement",
+        ),
+        (
+            &[("REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL", "a@b.c")][..],
+            "REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL",
+        ),
+    ] {
+        let (code, _, err) = check(&[], vars);
+        assert_eq!(code, Some(2), "{vars:?}: {err}");
+        assert!(err.contains(expected), "{vars:?}: {err}");
+    }
+    let toml = dir.path().join("empty-tls.toml");
+    std::fs::write(&toml, "[tls]\n").unwrap();
+    let (code, _, err) = check(&["--config", &toml.display().to_string()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("[tls] is empty"), "{err}");
+}
