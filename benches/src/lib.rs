@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use oci_cache_core::cache::{CacheOptions, PullThrough, OCI_MANIFEST};
+use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::digest::Digest;
+use oci_cache_core::manifest::media_type::OCI_MANIFEST;
 use oci_cache_core::reference::{Registry, Repository, Tag};
 use oci_cache_core::storage::{Storage, StoredManifest, TagKey, TagRecord};
 use oci_cache_core::testing::FakeUpstream;

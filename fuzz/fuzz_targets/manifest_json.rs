@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oci_cache_core::cache::KNOWN_MANIFEST_TYPES;
+use oci_cache_core::manifest::media_type::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::Manifest;
 use oci_cache_http::fuzzing::manifest_media_type;

@@ -123,7 +123,7 @@ async fn export_to(
     } else {
         Index {
             schema_version: 2,
-            media_type: Some(oci_cache_core::cache::OCI_INDEX.to_owned()),
+            media_type: Some(oci_cache_core::manifest::media_type::OCI_INDEX.to_owned()),
             manifests: Vec::new(),
             annotations: Default::default(),
         }
@@ -461,7 +461,7 @@ impl ManifestSource for LayoutDir<'_> {
             .map(|d| d.media_type.clone())
             .filter(|t| !t.is_empty())
             .or_else(|| json_media_type(&bytes))
-            .unwrap_or_else(|| oci_cache_core::cache::OCI_MANIFEST.to_owned());
+            .unwrap_or_else(|| oci_cache_core::manifest::media_type::OCI_MANIFEST.to_owned());
         // The cache serves a manifest with its media type as Content-Type.
         if !is_manifest_type(&media_type) {
             return Err(Error::InvalidManifest {
@@ -500,7 +500,7 @@ mod tests {
 
     fn entry(name: &str) -> Descriptor {
         Descriptor {
-            media_type: oci_cache_core::cache::OCI_MANIFEST.to_owned(),
+            media_type: oci_cache_core::manifest::media_type::OCI_MANIFEST.to_owned(),
             digest: D.parse().unwrap(),
             size: 2,
             platform: None,

@@ -4,8 +4,9 @@
 //! come from differs (the engine, storage alone, upstream alone, a layout).
 
 use bytes::Bytes;
-use oci_cache_core::cache::{accept_all_known, DOCKER_MANIFEST_LIST, OCI_INDEX};
+use oci_cache_core::cache::accept_all_known;
 use oci_cache_core::digest::Digest;
+use oci_cache_core::manifest::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use oci_cache_core::manifest::{Descriptor, Manifest, Platform};
 use oci_cache_core::storage::{Storage, StoredManifest};
 use oci_cache_core::upstream::ManifestRef;
@@ -260,7 +261,7 @@ pub(crate) fn check(digest: &Digest, bytes: &Bytes) -> Result<(), Error> {
 mod tests {
     use std::collections::HashMap;
 
-    use oci_cache_core::cache::OCI_MANIFEST;
+    use oci_cache_core::manifest::media_type::OCI_MANIFEST;
     use oci_cache_core::mirror::MirrorConfig;
     use serde_json::json;
 

@@ -5,23 +5,7 @@
 //! media type. Clients send the list as one comma-joined header or as one header
 //! per type (distribution's Go client); both forms parse to the same set.
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index (multi-platform).
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker schema 2 manifest.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list (multi-platform).
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// The four manifest types every current client accepts; what the engine asks
-/// upstream for when it resolves a tag on behalf of any such client.
-pub const KNOWN_MANIFEST_TYPES: [&str; 4] = [
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    OCI_MANIFEST,
-    OCI_INDEX,
-];
+use crate::manifest::media_type::KNOWN_MANIFEST_TYPES;
 
 /// [`KNOWN_MANIFEST_TYPES`] as an `accept` list: what a caller that takes
 /// any manifest (a tag lookup, `oci-cache warm`) asks upstream for.
@@ -105,6 +89,9 @@ fn essence(media_type: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::manifest::media_type::{
+        DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+    };
 
     #[test]
     fn repeated_and_comma_joined_headers_parse_alike() {

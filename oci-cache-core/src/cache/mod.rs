@@ -59,9 +59,11 @@ mod tags;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
-pub use accept::{
-    accept_all_known, AcceptSet, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES,
-    OCI_INDEX, OCI_MANIFEST,
+pub use accept::{accept_all_known, AcceptSet};
+// The media types moved to `manifest::media_type`; the old paths stay valid.
+#[doc(hidden)]
+pub use crate::manifest::media_type::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
 };
 
 pub use blob::FillRetry;

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::*;
-use crate::cache::{CacheOptions, PullThrough, DOCKER_MANIFEST, OCI_INDEX};
+use crate::cache::{CacheOptions, PullThrough};
+use crate::manifest::media_type::{DOCKER_MANIFEST, OCI_INDEX};
 use crate::observe::{self, EvictionEvent, Observer};
 use crate::reference::{Reference, Registry, Repository, Tag};
 use crate::storage::{MemoryStorage, RecordKey, Storage, StoredManifest, TagKey, TagRecord};

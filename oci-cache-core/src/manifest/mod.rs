@@ -19,15 +19,18 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod media_type;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::digest::Digest;
 use crate::{Error, Result};
+
+use media_type::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 
 /// The annotation an OCI image layout's `index.json` names an image by.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
