@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use oci_cache_benches::WarmCache;
+use oci_cache_core::reference::ManifestRef;
 use oci_cache_core::storage::{FsStorage, MemoryStorage, Storage};
-use oci_cache_core::upstream::ManifestRef;
 
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json, \

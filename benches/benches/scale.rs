@@ -24,10 +24,9 @@ use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::evict::{DiskBudget, Evictor};
 use oci_cache_core::observe;
-use oci_cache_core::reference::{Registry, Repository, Tag};
+use oci_cache_core::reference::{ManifestRef, Registry, Repository, Tag};
 use oci_cache_core::storage::{FsOptions, FsStorage, Storage, StoredManifest, TagKey, TagRecord};
 use oci_cache_core::testing::FakeUpstream;
-use oci_cache_core::upstream::ManifestRef;
 
 const BLOBS_PER_IMAGE: usize = 10;
 const BLOB_SIZE: usize = 512;

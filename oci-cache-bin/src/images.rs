@@ -8,9 +8,8 @@ use std::path::Path;
 
 use oci_cache_core::manifest::Platform;
 use oci_cache_core::mirror::MirrorConfig;
-use oci_cache_core::reference::{Reference, Registry, Repository, Tag};
+use oci_cache_core::reference::{ManifestRef, Reference, Registry, Repository, Tag};
 use oci_cache_core::storage::TagKey;
-use oci_cache_core::upstream::ManifestRef;
 
 use crate::cli::ListArgs;
 

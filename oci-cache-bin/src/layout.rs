@@ -23,9 +23,8 @@ use oci_cache_core::manifest::{
     is_manifest_type, Descriptor, Index, Platform, REF_NAME_ANNOTATION,
 };
 use oci_cache_core::mirror::MirrorConfig;
-use oci_cache_core::reference::{Reference, Tag};
+use oci_cache_core::reference::{ManifestRef, Reference, Tag};
 use oci_cache_core::storage::{ByteStream, Storage, StoredManifest, TagRecord};
-use oci_cache_core::upstream::ManifestRef;
 use oci_cache_core::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

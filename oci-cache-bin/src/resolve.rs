@@ -5,8 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use oci_cache_core::mirror::{Addressing, MirrorConfig};
-use oci_cache_core::reference::Reference;
-use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::reference::{ManifestRef, Reference};
 use serde_json::json;
 
 use crate::cli::ResolveArgs;

@@ -8,8 +8,8 @@ use oci_cache_core::cache::accept_all_known;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use oci_cache_core::manifest::{Descriptor, Manifest, Platform};
+use oci_cache_core::reference::ManifestRef;
 use oci_cache_core::storage::{Storage, StoredManifest};
-use oci_cache_core::upstream::ManifestRef;
 use oci_cache_core::Error;
 
 use crate::engine::Engine;

@@ -7,27 +7,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::digest::Digest;
-use crate::reference::{Registry, Repository, Tag};
+use crate::reference::{Registry, Repository};
 use crate::storage::ByteStream;
 use crate::Result;
 
-/// What a manifest request names: a tag or a digest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ManifestRef {
-    /// A mutable tag.
-    Tag(Tag),
-    /// An immutable digest.
-    Digest(Digest),
-}
-
-impl std::fmt::Display for ManifestRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ManifestRef::Tag(t) => t.fmt(f),
-            ManifestRef::Digest(d) => d.fmt(f),
-        }
-    }
-}
+// `ManifestRef` moved to `reference`; the old path stays valid.
+#[doc(hidden)]
+pub use crate::reference::ManifestRef;
 
 /// The headers of a manifest (from HEAD, or alongside a GET body).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::health::{Readiness, ReadyState};
-use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::reference::ManifestRef;
 use serde_json::json;
 
 use crate::body::{self, Body};

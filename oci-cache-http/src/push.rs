@@ -14,9 +14,8 @@ use http::{Method, Response, StatusCode};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::hosted::{Hosted, UploadId, UploadState};
 use oci_cache_core::manifest::media_type::OCI_INDEX;
-use oci_cache_core::reference::Repository;
+use oci_cache_core::reference::{ManifestRef, Repository};
 use oci_cache_core::storage::{ByteStream, Storage};
-use oci_cache_core::upstream::ManifestRef;
 use oci_cache_core::{Error as CoreError, PushErrorKind};
 use serde_json::json;
 

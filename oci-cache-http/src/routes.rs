@@ -24,8 +24,7 @@
 use http::{Method, StatusCode};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::MirrorConfig;
-use oci_cache_core::reference::{Registry, Repository, Tag};
-use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::reference::{ManifestRef, Registry, Repository, Tag};
 use percent_encoding::percent_decode_str;
 
 use crate::error::{ErrorSubject, OciError, OciErrorCode};

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use oci_cache_core::mirror::{Credentials, MirrorConfig};
-use oci_cache_core::upstream::{ManifestRef, Upstream};
+use oci_cache_core::reference::ManifestRef;
+use oci_cache_core::upstream::Upstream;
 use oci_cache_http::{HyperUpstream, ProxyConfig, UpstreamOptions};
 
 use crate::support::*;

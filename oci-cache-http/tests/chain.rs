@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::{Endpoint, MirrorConfig};
-use oci_cache_core::upstream::{ManifestRef, Upstream};
+use oci_cache_core::reference::ManifestRef;
+use oci_cache_core::upstream::Upstream;
 use oci_cache_core::{Error, UpstreamErrorKind};
 use oci_cache_http::{HyperUpstream, ProxyConfig, UpstreamOptions};
 

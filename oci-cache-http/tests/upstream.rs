@@ -11,8 +11,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::digest::Digest;
+use oci_cache_core::reference::ManifestRef;
 use oci_cache_core::storage::{MemoryStorage, Storage};
-use oci_cache_core::upstream::{ManifestRef, Upstream};
+use oci_cache_core::upstream::Upstream;
 use oci_cache_core::{Error, UpstreamErrorKind};
 use oci_cache_http::{serve, HyperUpstream, OciService, ProxyConfig, UpstreamOptions};
 

@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 use super::accept::AcceptSet;
 use super::{CacheOutcome, ManifestResponse, Shared};
 use crate::digest::{Digest, DigestAlgorithm};
-use crate::reference::{Registry, Repository, Tag};
+use crate::reference::{ManifestRef, Registry, Repository, Tag};
 use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
-use crate::upstream::{FetchedManifest, ManifestRef, Upstream};
+use crate::upstream::{FetchedManifest, Upstream};
 use crate::{Error, ErrorChain, Result};
 
 /// What one manifest flight produced.

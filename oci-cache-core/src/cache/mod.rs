@@ -80,9 +80,9 @@ use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::evict::{DiskBudget, PurgeReport};
 use crate::observe::{self, SharedObserver};
-use crate::reference::{Reference, Registry, Repository};
+use crate::reference::{ManifestRef, Reference, Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
-use crate::upstream::{ManifestRef, Upstream};
+use crate::upstream::Upstream;
 use crate::{Error, ErrorChain, Result};
 
 /// How a request was answered, for logs and metrics.

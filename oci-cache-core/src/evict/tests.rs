@@ -448,7 +448,7 @@ fn sizes_parse_with_binary_and_decimal_units() {
 #[tokio::test]
 async fn pushed_content_is_never_evicted_without_any_wiring() {
     use crate::hosted::{Hosted, HostedOptions};
-    use crate::upstream::ManifestRef;
+    use crate::reference::ManifestRef;
 
     let storage = Arc::new(MemoryStorage::new());
     let budget = Arc::new(DiskBudget::new(Some(10)));
@@ -504,7 +504,7 @@ async fn pushed_content_is_never_evicted_without_any_wiring() {
 #[tokio::test]
 async fn purge_and_eviction_never_remove_what_a_hosted_repository_references() {
     use crate::hosted::{Hosted, HostedOptions};
-    use crate::upstream::ManifestRef;
+    use crate::reference::ManifestRef;
 
     let storage = Arc::new(MemoryStorage::new());
     let config = put_blob(&storage, 1, 10).await;

@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::{Hosted, HostedKey, Referrer};
 use crate::digest::Digest;
 use crate::manifest::{is_manifest_type, Descriptor, Manifest};
-use crate::reference::{Repository, Tag};
+use crate::reference::{ManifestRef, Repository, Tag};
 use crate::storage::{Record, RecordKey, RecordWrite, Storage, StoredManifest};
-use crate::upstream::ManifestRef;
 use crate::{Error, PushErrorKind, Result};
 
 /// What a manifest `PUT` stored.

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::*;
+use crate::reference::ManifestRef;
 use crate::storage::{ByteStream, MemoryStorage, RecordKey};
-use crate::upstream::ManifestRef;
 
 fn stream(parts: &[&[u8]]) -> ByteStream {
     let parts: Vec<crate::Result<Bytes>> = parts

@@ -32,6 +32,7 @@
 //! - errors about the registry host, the tag or the digest pattern get their own
 //!   kinds where Go says only "invalid reference format".
 
+mod manifest_ref;
 mod normalize;
 mod parse;
 
@@ -39,8 +40,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::Digest;
-use crate::upstream::ManifestRef;
 
+pub use manifest_ref::ManifestRef;
 use normalize::OFFICIAL_PREFIX;
 
 /// Docker Hub's canonical registry name.

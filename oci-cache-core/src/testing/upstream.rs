@@ -11,10 +11,9 @@ use bytes::Bytes;
 use crate::cache::AcceptSet;
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
-use crate::reference::{Registry, Repository};
+use crate::reference::{ManifestRef, Registry, Repository};
 use crate::upstream::{
-    BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, ManifestRef, TagList,
-    Upstream,
+    BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, TagList, Upstream,
 };
 
 use super::BlobScript;

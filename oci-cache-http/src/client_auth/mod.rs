@@ -41,8 +41,7 @@ use base64::Engine as _;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
-use oci_cache_core::reference::Registry;
-use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::reference::{ManifestRef, Registry};
 use serde::Deserialize;
 
 use self::htpasswd::HtpasswdFile;

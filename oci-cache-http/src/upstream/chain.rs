@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use oci_cache_core::mirror::{Addressing, Endpoint};
 use oci_cache_core::observe::{UpstreamOperation, UpstreamOutcome};
-use oci_cache_core::reference::{Registry, Repository};
-use oci_cache_core::upstream::ManifestRef;
+use oci_cache_core::reference::{ManifestRef, Registry, Repository};
 use oci_cache_core::{Error as CoreError, ErrorChain, UpstreamError, UpstreamErrorKind};
 
 use super::breaker::Outcome;

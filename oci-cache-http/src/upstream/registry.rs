@@ -9,10 +9,9 @@ use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::media_type::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::mirror::Addressing;
 use oci_cache_core::observe::UpstreamOperation;
-use oci_cache_core::reference::{Registry, Repository};
+use oci_cache_core::reference::{ManifestRef, Registry, Repository};
 use oci_cache_core::upstream::{
-    BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, ManifestRef, TagList,
-    Upstream,
+    BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, TagList, Upstream,
 };
 use oci_cache_core::{UpstreamError, UpstreamErrorKind};
 
