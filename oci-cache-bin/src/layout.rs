@@ -17,12 +17,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::HumanBytes;
-use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::{Digest, DigestVerifier};
 use oci_cache_core::manifest::{
     is_manifest_type, Descriptor, Index, Platform, REF_NAME_ANNOTATION,
 };
 use oci_cache_core::mirror::MirrorConfig;
+use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::reference::{ManifestRef, Reference, Tag};
 use oci_cache_core::storage::{ByteStream, Storage, StoredManifest, TagRecord};
 use oci_cache_core::Error;

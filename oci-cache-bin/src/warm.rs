@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use indicatif::HumanBytes;
-use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::{Descriptor, Platform};
+use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::Error;
 use tokio::sync::Semaphore;
 

@@ -30,10 +30,37 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::CacheOutcome;
 use crate::digest::Digest;
 use crate::error::{UpstreamErrorKind, WriteFailure};
 use crate::reference::Registry;
+
+/// How a request was answered, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Served from storage without asking upstream.
+    Hit,
+    /// Fetched from upstream (and stored).
+    Miss,
+    /// Fed from another request's in-flight fetch.
+    Coalesced,
+    /// A cached tag was confirmed (or updated) with a HEAD upstream.
+    Revalidated,
+    /// Upstream failed; a cached tag was served anyway (stale-if-error).
+    Stale,
+}
+
+impl CacheOutcome {
+    /// `hit`, `miss`, `coalesced`, `revalidated` or `stale`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Stale => "stale",
+        }
+    }
+}
 
 /// Receives events from the engine and the HTTP service.
 pub trait Observer: Send + Sync + std::fmt::Debug {

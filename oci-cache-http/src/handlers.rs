@@ -11,9 +11,9 @@ use http::header::{
     ETAG, IF_NONE_MATCH, LINK, RANGE,
 };
 use http::{Response, StatusCode};
-use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::health::{Readiness, ReadyState};
+use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::reference::ManifestRef;
 use serde_json::json;
 

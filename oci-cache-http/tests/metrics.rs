@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::health::Readiness;
+use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::observe::{
     BreakerEvent, Observer, RequestEvent, UpstreamEvent, UpstreamOperation, UpstreamOutcome,
 };

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
+use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::observe::{
     FillEvent, FillPhase, Observer, RequestEvent, UpstreamEvent, UpstreamOperation, UpstreamOutcome,
 };

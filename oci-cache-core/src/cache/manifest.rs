@@ -17,8 +17,9 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 
 use super::accept::AcceptSet;
-use super::{CacheOutcome, ManifestResponse, Shared};
+use super::{ManifestResponse, Shared};
 use crate::digest::{Digest, DigestAlgorithm};
+use crate::observe::CacheOutcome;
 use crate::reference::{ManifestRef, Registry, Repository, Tag};
 use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{FetchedManifest, Upstream};

@@ -65,6 +65,9 @@ pub use accept::{accept_all_known, AcceptSet};
 pub use crate::manifest::media_type::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, KNOWN_MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
 };
+// `CacheOutcome` moved to `observe`; the old path stays valid.
+#[doc(hidden)]
+pub use crate::observe::CacheOutcome;
 
 pub use blob::FillRetry;
 use std::ops::Range;
@@ -84,34 +87,6 @@ use crate::reference::{ManifestRef, Reference, Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::Upstream;
 use crate::{Error, ErrorChain, Result};
-
-/// How a request was answered, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheOutcome {
-    /// Served from storage without asking upstream.
-    Hit,
-    /// Fetched from upstream (and stored).
-    Miss,
-    /// Fed from another request's in-flight fetch.
-    Coalesced,
-    /// A cached tag was confirmed (or updated) with a HEAD upstream.
-    Revalidated,
-    /// Upstream failed; a cached tag was served anyway (stale-if-error).
-    Stale,
-}
-
-impl CacheOutcome {
-    /// `hit`, `miss`, `coalesced`, `revalidated` or `stale`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Coalesced => "coalesced",
-            CacheOutcome::Revalidated => "revalidated",
-            CacheOutcome::Stale => "stale",
-        }
-    }
-}
 
 /// Tunables of the engine.
 ///

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{flight, CacheOutcome, PullThrough};
+use super::{flight, PullThrough};
 use crate::error::ErrorChain;
+use crate::observe::CacheOutcome;
 use crate::reference::{Registry, Repository};
 use crate::storage::Storage;
 use crate::upstream::{TagList, Upstream};

@@ -1,8 +1,7 @@
 use std::time::Duration;
 
-use oci_cache_core::cache::CacheOutcome;
 use oci_cache_core::digest::Digest;
-use oci_cache_core::observe::{RestartReason, UpstreamOperation};
+use oci_cache_core::observe::{CacheOutcome, RestartReason, UpstreamOperation};
 use oci_cache_core::reference::Registry;
 
 use super::*;

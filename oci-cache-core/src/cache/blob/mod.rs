@@ -76,10 +76,10 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{aborted, BlobResponse, CacheOutcome, Shared};
+use super::{aborted, BlobResponse, Shared};
 use crate::digest::{Digest, DigestVerifier};
 use crate::error::ErrorChain;
-use crate::observe::{FillEvent, FillPhase, StorageOperation};
+use crate::observe::{CacheOutcome, FillEvent, FillPhase, StorageOperation};
 use crate::reference::{Registry, Repository};
 use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
 use crate::upstream::Upstream;
