@@ -12,10 +12,10 @@ use futures::{StreamExt, TryStreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{Method, Response, StatusCode};
 use oci_cache_core::digest::Digest;
-use oci_cache_core::hosted::{Hosted, UploadId, UploadState};
+use oci_cache_core::hosted::{Hosted, UploadState};
 use oci_cache_core::manifest::media_type::OCI_INDEX;
 use oci_cache_core::reference::{ManifestRef, Repository};
-use oci_cache_core::storage::{ByteStream, Storage};
+use oci_cache_core::storage::{ByteStream, Storage, UploadId};
 use oci_cache_core::{Error as CoreError, PushErrorKind};
 use serde_json::json;
 

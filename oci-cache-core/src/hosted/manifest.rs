@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Hosted, HostedKey, Referrer};
+use super::{Hosted, Referrer};
 use crate::digest::Digest;
 use crate::manifest::{is_manifest_type, Descriptor, Manifest};
 use crate::reference::{ManifestRef, Repository, Tag};
-use crate::storage::{Record, RecordKey, RecordWrite, Storage, StoredManifest};
+use crate::storage::{HostedKey, Record, RecordKey, RecordWrite, Storage, StoredManifest};
 use crate::{Error, PushErrorKind, Result};
 
 /// What a manifest `PUT` stored.

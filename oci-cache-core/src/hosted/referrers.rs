@@ -12,10 +12,10 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::Extra;
-use super::{Hosted, HostedKey};
+use super::Hosted;
 use crate::digest::Digest;
 use crate::reference::Repository;
-use crate::storage::{Record, RecordKey, RecordPrefix, RecordWrite, Storage};
+use crate::storage::{HostedKey, Record, RecordKey, RecordPrefix, RecordWrite, Storage};
 use crate::{Error, Result};
 
 /// One manifest referring to a subject: an entry of the referrers index.

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use super::*;
 use crate::reference::ManifestRef;
 use crate::storage::{ByteStream, MemoryStorage, RecordKey};
+use crate::PushErrorKind;
 
 fn stream(parts: &[&[u8]]) -> ByteStream {
     let parts: Vec<crate::Result<Bytes>> = parts

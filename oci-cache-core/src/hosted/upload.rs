@@ -11,10 +11,10 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::quota::OpenUploads;
-use super::{Hosted, UploadId};
+use super::Hosted;
 use crate::digest::Digest;
 use crate::reference::Repository;
-use crate::storage::{ByteStream, Record, RecordKey, RecordPrefix, RecordWrite, Storage};
+use crate::storage::{ByteStream, Record, RecordKey, RecordPrefix, RecordWrite, Storage, UploadId};
 use crate::{Error, PushErrorKind, Result};
 
 /// Where an upload session stands, as `GET` on it reports.

@@ -11,11 +11,14 @@
 //! segment, a `/` inside a segment, or one of the reserved `_`-names: keys
 //! cannot leave the storage root.
 
+use std::fmt;
+use std::str::FromStr;
+
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository, Tag};
+use crate::{Error, PushErrorKind, Result};
 
 use super::TagKey;
-use crate::hosted::{HostedKey, UploadId};
 
 /// Top-level directory of blobs.
 pub(crate) const BLOBS: &str = "blobs";
@@ -312,6 +315,77 @@ pub(crate) fn unsegment(encoded: &str) -> Option<String> {
         }
     }
     String::from_utf8(bytes).ok()
+}
+
+/// The id of an upload session: 32 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(String);
+
+impl UploadId {
+    /// A new random id.
+    pub fn random() -> Self {
+        UploadId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// The id as sent in `Location` and `Docker-Upload-UUID`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UploadId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let valid = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if valid {
+            Ok(UploadId(s.to_owned()))
+        } else {
+            Err(Error::push(
+                PushErrorKind::UploadUnknown,
+                format!("upload {s:?} is unknown; start a new one with POST …/blobs/uploads/"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A hosted repository's link record: to a tag, to a manifest by digest, or
+/// from a `subject` to a manifest referring to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostedKey {
+    /// `hosted/<repository…>/_tags/<tag>`.
+    Tag(Repository, Tag),
+    /// `hosted/<repository…>/_manifests/<algorithm>/<hex>`.
+    Manifest(Repository, Digest),
+    /// `hosted/<repository…>/_referrers/<subject algorithm>/<subject hex>/<algorithm>/<hex>`:
+    /// `manifest` names `subject` as its subject; the record holds its
+    /// [`Referrer`](crate::hosted::Referrer) descriptor, so listing a subject's referrers reads only
+    /// these records.
+    Referrer {
+        /// The repository both manifests are in.
+        repository: Repository,
+        /// The digest the referring manifest's `subject` names.
+        subject: Digest,
+        /// The referring manifest.
+        manifest: Digest,
+    },
+}
+
+impl HostedKey {
+    /// The repository the link belongs to.
+    pub fn repository(&self) -> &Repository {
+        match self {
+            HostedKey::Tag(repository, _)
+            | HostedKey::Manifest(repository, _)
+            | HostedKey::Referrer { repository, .. } => repository,
+        }
+    }
 }
 
 #[cfg(test)]

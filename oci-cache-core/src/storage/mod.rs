@@ -115,6 +115,7 @@ mod verified;
 pub use crate::file_io::free_space;
 #[cfg(feature = "fs")]
 pub use fs::{FsOptions, FsStorage};
+pub use keys::{HostedKey, UploadId};
 pub use memory::MemoryStorage;
 pub use object::ObjectStorage;
 #[cfg(feature = "s3")]

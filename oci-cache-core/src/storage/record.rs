@@ -13,9 +13,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use super::{keys, TagKey};
+use super::{keys, HostedKey, TagKey, UploadId};
 use crate::digest::Digest;
-use crate::hosted::{HostedKey, UploadId};
 use crate::reference::{Registry, Repository};
 
 /// Where a record lives.
