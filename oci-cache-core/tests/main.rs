@@ -10,5 +10,6 @@
     clippy::print_stderr
 )]
 
+mod floors;
 mod reference_vectors;
 mod storage;
