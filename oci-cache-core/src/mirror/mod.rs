@@ -5,6 +5,10 @@
 //! world: a name the client sends (`ns=`, a path prefix) is only ever a key into
 //! the configured upstreams, never a host to dial.
 //!
+//! The importers of other tools' files ([`talos`], [`containerd`], [`Import`])
+//! are behind the default feature `mirror-import`, with their YAML and TOML
+//! parsers; an embedder that builds its [`MirrorConfig`] itself can turn it off.
+//!
 //! ```
 //! use oci_cache_core::mirror::MirrorConfig;
 //!
@@ -16,9 +20,12 @@
 //! assert!(mirrors.lookup("evil.example").is_none());
 //! ```
 
+#[cfg(feature = "mirror-import")]
 pub mod containerd;
 mod endpoint;
+#[cfg(feature = "mirror-import")]
 mod import;
+#[cfg(feature = "mirror-import")]
 pub mod talos;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -27,6 +34,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use self::endpoint::{Addressing, Credentials, Endpoint, EndpointTls, QUERY_ESCAPE};
+#[cfg(feature = "mirror-import")]
 pub use self::import::{HostCredentials, HostTls, Import, ImportedMirror, MirrorScope};
 pub use crate::reference::DOCKER_HUB;
 use crate::reference::{Registry, Repository};
