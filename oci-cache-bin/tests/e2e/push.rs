@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::fixtures::{multiarch_image, small_image};
 use crate::support::http::{self, sha256_digest};
-use crate::support::image::{build_image, ImageSpec, Layout};
+use crate::support::image::{build_image, Blob, ImageSpec, Layout};
 use crate::support::mirror::{oci_cache_bin, Mirror};
 use crate::support::podman::Podman;
 use crate::support::registry::Origin;
@@ -20,21 +20,31 @@ const IMAGE_ID: &str = "{{.Id}}";
 /// A mirror with `local` hosted and `a.test` (the origin) as the default upstream,
 /// storing in `storage` (a directory that outlives the process, for restarts).
 fn hosted_mirror(origin: &Origin, storage: &Path) -> Mirror {
+    hosted_mirror_with(origin, storage, &[], &[])
+}
+
+/// [`hosted_mirror`] with `extra` arguments and the files they name
+/// (as [`Mirror::start_with_args`] takes them).
+fn hosted_mirror_with(
+    origin: &Origin,
+    storage: &Path,
+    extra: &[&str],
+    dir_files: &[(&str, &str)],
+) -> Mirror {
     let storage = storage.display().to_string();
     let upstream = format!("a.test={}", origin.url());
-    Mirror::start_with_args(
-        &[
-            "--storage-dir",
-            &storage,
-            "--upstream",
-            &upstream,
-            "--default-upstream",
-            "a.test",
-            "--local-prefix",
-            "local",
-        ],
-        &[],
-    )
+    let mut args = vec![
+        "--storage-dir",
+        &storage,
+        "--upstream",
+        &upstream,
+        "--default-upstream",
+        "a.test",
+        "--local-prefix",
+        "local",
+    ];
+    args.extend_from_slice(extra);
+    Mirror::start_with_args(&args, dir_files)
 }
 
 /// A small image pushed to a new origin as `repo_tag`, and a hosted mirror
@@ -514,38 +524,15 @@ fn cancelling_an_upload_keeps_the_layers_other_pushes_share() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let spec = ImageSpec::new(2201, 2, 3000);
-    let first = build_image(&work.path().join("first"), "v1", &spec);
-    let second = build_image(
-        &work.path().join("second"),
-        "v1",
-        &spec.clone().with_config_seed(2202),
-    );
-    assert_ne!(first.digest, second.digest);
-    let shared = first.images[0].layers[0].clone();
-    assert_eq!(second.images[0].layers[0], shared);
+    let (first, second, shared) = two_images_sharing_a_layer(work.path(), 2201);
     let origin = Origin::start();
     let mirror = hosted_mirror(&origin, &work.path().join("storage"));
     let m = mirror.host();
 
-    let dying = start_upload(&m, "local/dying");
-    let bytes = std::fs::read(first.blob_path(&shared.digest)).unwrap();
-    let patched = patch(&m, &dying, 0, &bytes);
-    assert_eq!(patched.status, 202, "{}", text(&patched));
-    // The unfinished upload's bytes are no blob: not even a HEAD finds them.
-    let head = http::request(
-        &m,
-        "HEAD",
-        &format!("/v2/local/a/blobs/{}", shared.digest),
-        &[],
-    )
-    .unwrap();
-    assert_eq!(head.status, 404);
-
+    let dying = open_dying_upload(&m, &first, &shared);
     skopeo::push(&first, &m, "local/a:1");
     skopeo::push(&second, &m, "local/b:1");
-    let cancelled = http::request(&m, "DELETE", &dying, &[]).unwrap();
-    assert_eq!(cancelled.status, 204, "{}", text(&cancelled));
+    end_upload(&mirror, &dying, UploadEnd::Cancelled);
 
     for (image, repo) in [(&first, "local/a"), (&second, "local/b")] {
         let out = work.path().join(repo.replace('/', "-"));
@@ -553,6 +540,88 @@ fn cancelling_an_upload_keeps_the_layers_other_pushes_share() {
         assert_eq!(got.digest, image.digest);
         assert_blobs_served(&m, repo, image);
     }
+}
+
+/// Two images (distinct configs) sharing their first layer, built in
+/// `work`, and that layer: what two CI jobs push in the issue 22 tests.
+fn two_images_sharing_a_layer(work: &Path, seed: u64) -> (Layout, Layout, Blob) {
+    let spec = ImageSpec::new(seed, 2, 3000);
+    let first = build_image(&work.join("first"), "v1", &spec);
+    let second = build_image(
+        &work.join("second"),
+        "v1",
+        &spec.clone().with_config_seed(seed + 1),
+    );
+    assert_ne!(first.digest, second.digest);
+    let shared = first.images[0].layers[0].clone();
+    assert_eq!(second.images[0].layers[0], shared);
+    (first, second, shared)
+}
+
+/// Opens an upload in `local/dying` on mirror `m` and sends every byte of
+/// `layer` (of `image`) without finishing: a third job that dies mid-push.
+/// Returns the session's `Location`.
+fn open_dying_upload(m: &str, image: &Layout, layer: &Blob) -> String {
+    let dying = start_upload(m, "local/dying");
+    let bytes = std::fs::read(image.blob_path(&layer.digest)).unwrap();
+    let patched = patch(m, &dying, 0, &bytes);
+    assert_eq!(patched.status, 202, "{}", text(&patched));
+    // The unfinished upload's bytes are no blob: not even a HEAD finds them.
+    let head = http::request(
+        m,
+        "HEAD",
+        &format!("/v2/local/a/blobs/{}", layer.digest),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(head.status, 404);
+    dying
+}
+
+/// How an unfinished upload session ends.
+#[derive(Debug, Clone, Copy)]
+enum UploadEnd<'a> {
+    /// Its client cancels it (`DELETE`).
+    Cancelled,
+    /// Nobody touches it for longer than the mirror's `upload_max_age` and
+    /// the sweep removes it (the mirror, storing in `storage`, must run
+    /// with a short one).
+    Expired { storage: &'a Path },
+}
+
+/// Ends the upload session at `location` on `mirror` as `how` says, and
+/// waits until the mirror no longer knows it.
+fn end_upload(mirror: &Mirror, location: &str, how: UploadEnd<'_>) {
+    let m = mirror.host();
+    match how {
+        UploadEnd::Cancelled => {
+            let cancelled = http::request(&m, "DELETE", location, &[]).unwrap();
+            assert_eq!(cancelled.status, 204, "{}", text(&cancelled));
+        }
+        UploadEnd::Expired { storage } => {
+            age_upload_record(storage, location);
+            // A 1-minute upload_max_age sweeps every 15 s.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+            while http::request(&m, "GET", location, &[]).unwrap().status != 404
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    let status = http::request(&m, "GET", location, &[]).unwrap().status;
+    assert_eq!(status, 404, "the upload at {location} is still open");
+}
+
+/// Rewrites the record of the upload at `location` in `storage` to say it
+/// was last touched at the epoch: abandoned long ago.
+fn age_upload_record(storage: &Path, location: &str) {
+    let id = location.rsplit('/').next().unwrap();
+    let record = storage.join("uploads").join(id);
+    let mut session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    session["updated"] = 0.into();
+    std::fs::write(&record, serde_json::to_vec(&session).unwrap()).unwrap();
 }
 
 /// Asserts that `repo` on mirror `m` serves every blob of `image`, byte-exact.
@@ -667,13 +736,7 @@ fn stale_staging_files_and_abandoned_uploads_are_swept_while_serving() {
         .unwrap()
         .next()
         .is_some());
-    // Abandoned long ago: its record says it was last touched at the epoch.
-    let id = abandoned.rsplit('/').next().unwrap();
-    let record = storage.join("uploads").join(id);
-    let mut session: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    session["updated"] = 0.into();
-    std::fs::write(&record, serde_json::to_vec(&session).unwrap()).unwrap();
+    age_upload_record(&storage, &abandoned);
 
     // A 1-minute upload_max_age sweeps every 15 s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
@@ -691,4 +754,157 @@ fn stale_staging_files_and_abandoned_uploads_are_swept_while_serving() {
     let status = http::request(&m, "GET", &abandoned, &[]).unwrap().status;
     assert_eq!(status, 404, "the abandoned upload is still open");
     assert!(swept(), "the abandoned upload's pieces are still stored");
+}
+
+/// The images of [`two_images_sharing_a_layer`] on a new origin as
+/// `e2e/a:v1` and `e2e/b:v1`, behind a hosted mirror (started with `extra`
+/// arguments and files), with a dying upload of their shared layer open in
+/// `local/dying` before any client asked for it. Fields drop in order, so
+/// the mirror stops before its origin.
+struct SharedLayerPush {
+    mirror: Mirror,
+    _origin: Origin,
+    first: Layout,
+    second: Layout,
+    dying: String,
+    work: tempfile::TempDir,
+}
+
+impl SharedLayerPush {
+    fn start(seed: u64, extra: &[&str], dir_files: &[(&str, &str)]) -> SharedLayerPush {
+        let work = tempfile::tempdir().unwrap();
+        let (first, second, shared) = two_images_sharing_a_layer(work.path(), seed);
+        let origin = Origin::start();
+        skopeo::push(&first, &origin.host(), "e2e/a:v1");
+        skopeo::push(&second, &origin.host(), "e2e/b:v1");
+        let storage = work.path().join("storage");
+        let mirror = hosted_mirror_with(&origin, &storage, extra, dir_files);
+        let dying = open_dying_upload(&mirror.host(), &first, &shared);
+        SharedLayerPush {
+            mirror,
+            _origin: origin,
+            first,
+            second,
+            dying,
+            work,
+        }
+    }
+
+    /// Each image, the cached reference a client pulls, and the hosted one
+    /// it pushes to, on mirror `m`.
+    fn images(&self, m: &str) -> [(&Layout, String, String); 2] {
+        [
+            (
+                &self.first,
+                format!("{m}/e2e/a:v1"),
+                format!("{m}/local/a:1"),
+            ),
+            (
+                &self.second,
+                format!("{m}/e2e/b:v1"),
+                format!("{m}/local/b:1"),
+            ),
+        ]
+    }
+}
+
+/// Issue 22 with podman as the client: it pushes two images sharing a layer
+/// while a third upload of that layer is open; cancelling that upload leaves
+/// both images whole, pulled back with the same ids and every blob intact.
+#[test]
+fn podman_pushes_sharing_a_layer_survive_a_cancelled_upload_of_it() {
+    let test = "podman_pushes_sharing_a_layer_survive_a_cancelled_upload_of_it";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(podman) = Podman::new(test) else {
+        return;
+    };
+    let setup = SharedLayerPush::start(2205, &[], &[]);
+    let m = setup.mirror.host();
+    let conf = setup.work.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = \"{m}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| podman.run(&conf, args).unwrap();
+    let mut ids = Vec::new();
+    for (_, cached, pushed) in setup.images(&m) {
+        run(&["pull", &cached]);
+        ids.push(run(&["image", "inspect", "--format", IMAGE_ID, &cached]));
+        run(&["tag", &cached, &pushed]);
+        run(&["push", &pushed]);
+    }
+    end_upload(&setup.mirror, &setup.dying, UploadEnd::Cancelled);
+
+    run(&["rmi", "--all", "--force"]);
+    for ((image, _, pushed), id) in setup.images(&m).into_iter().zip(&ids) {
+        run(&["pull", &pushed]);
+        let back = run(&["image", "inspect", "--format", IMAGE_ID, &pushed]);
+        assert_eq!(
+            back.trim(),
+            id.trim(),
+            "{pushed} pulled back is another image"
+        );
+        let repo = pushed
+            .trim_start_matches(&format!("{m}/"))
+            .trim_end_matches(":1");
+        assert_blobs_served(&m, repo, image);
+    }
+}
+
+/// Issue 22 with the Docker daemon as the client, the third upload of the
+/// shared layer left to expire (a 1-minute `upload_max_age`) instead of
+/// cancelled: its sweep leaves both pushed images whole.
+#[test]
+fn docker_pushes_sharing_a_layer_survive_an_expired_upload_of_it() {
+    let test = "docker_pushes_sharing_a_layer_survive_an_expired_upload_of_it";
+    if !tools_available(test) {
+        return;
+    }
+    let setup = SharedLayerPush::start(
+        2207,
+        &["--config", "{dir}/hosted.toml"],
+        &[("hosted.toml", "upload_max_age = \"1m\"\n")],
+    );
+    let m = setup.mirror.host();
+    let daemon_json = setup.work.path().join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
+    )
+    .unwrap();
+    let Some(dockerd) = crate::support::dockerd::Dockerd::start(test, &daemon_json) else {
+        return;
+    };
+    let docker = |args: &[&str]| dockerd.docker(args).unwrap();
+    let mut ids = Vec::new();
+    for (_, cached, pushed) in setup.images(&m) {
+        docker(&["pull", &cached]);
+        ids.push(docker(&["image", "inspect", "--format", IMAGE_ID, &cached]));
+        docker(&["tag", &cached, &pushed]);
+        docker(&["push", &pushed]);
+    }
+    let storage = setup.work.path().join("storage");
+    end_upload(
+        &setup.mirror,
+        &setup.dying,
+        UploadEnd::Expired { storage: &storage },
+    );
+
+    for ((image, cached, pushed), id) in setup.images(&m).into_iter().zip(&ids) {
+        docker(&["rmi", "--force", &cached, &pushed]);
+        docker(&["pull", &pushed]);
+        let back = docker(&["image", "inspect", "--format", IMAGE_ID, &pushed]);
+        assert_eq!(
+            back.trim(),
+            id.trim(),
+            "{pushed} pulled back is another image"
+        );
+        let repo = pushed
+            .trim_start_matches(&format!("{m}/"))
+            .trim_end_matches(":1");
+        assert_blobs_served(&m, repo, image);
+    }
 }
