@@ -35,7 +35,10 @@
 //! needs nothing from the push side), with its config, layers and
 //! index children, kept by every pass without any wiring (open uploads keep
 //! their bytes as records under `upload-pieces/…`, never as blobs, so there
-//! is nothing of theirs to evict). When protected
+//! is nothing of theirs to evict), and every blob a record under
+//! [`RecordPrefix::protecting_blobs`](crate::storage::RecordPrefix::protecting_blobs)
+//! keeps until its grace ends (a blob a push completed, waiting for the
+//! manifest that names it). When protected
 //! content alone is over the cap it is kept, with a warning and an
 //! [`EvictionEvent`](crate::observe::EvictionEvent) saying so.
 

@@ -261,7 +261,8 @@ impl<S: Storage + ?Sized> Evictor<S> {
         // built this evictor and whatever roots it got. (Open uploads keep
         // their bytes as records, not blobs: nothing here to protect.)
         roots.extend(crate::storage::protected_manifests(self.storage.as_ref()).await?);
-        let mut loose = Vec::new();
+        // Blobs a push completed, in their grace until a manifest names them.
+        let mut loose = crate::storage::protected_blobs(self.storage.as_ref()).await?;
         for source in &self.roots {
             roots.extend(source.manifest_roots().await?);
             loose.extend(source.blob_roots().await?);

@@ -109,7 +109,9 @@ pub async fn purge<S: Storage + ?Sized>(
             report.manifests += 1;
         }
     }
-    let in_use = blobs_of_stored_manifests(storage).await?;
+    let mut in_use = blobs_of_stored_manifests(storage).await?;
+    // A blob just pushed for a manifest still to come is in use too.
+    in_use.extend(crate::storage::protected_blobs(storage).await?);
     for digest in doomed.blobs.difference(&in_use) {
         let Some(info) = storage.blob_stat(digest).await? else {
             continue;

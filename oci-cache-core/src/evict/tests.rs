@@ -442,28 +442,52 @@ fn sizes_parse_with_binary_and_decimal_units() {
     assert!(serde_json::from_str::<CacheOptions>(r#"{"pin": ["alpine"]}"#).is_err());
 }
 
+/// A hosted `local/app` over a new store with a `cap`: storage, budget,
+/// hosted side and repository of the tests of pushed content.
+fn hosted_store(
+    cap: u64,
+) -> (
+    Arc<MemoryStorage>,
+    Arc<DiskBudget>,
+    crate::hosted::Hosted<MemoryStorage>,
+    Repository,
+) {
+    let storage = Arc::new(MemoryStorage::new());
+    let budget = Arc::new(DiskBudget::new(Some(cap)));
+    let hosted = crate::hosted::Hosted::new(
+        Arc::clone(&storage),
+        crate::hosted::HostedOptions::default(),
+    );
+    (
+        storage,
+        budget,
+        hosted,
+        Repository::new("local/app").unwrap(),
+    )
+}
+
+/// `bytes` as a one-chunk body.
+fn body(bytes: Vec<u8>) -> crate::storage::ByteStream {
+    futures::stream::iter([Ok(Bytes::from(bytes))]).boxed()
+}
+
+/// Pushes `bytes` whole (`POST …?digest=`) through `hosted`; returns the digest.
+async fn push_whole(hosted: &crate::hosted::Hosted<MemoryStorage>, bytes: Vec<u8>) -> Digest {
+    let digest = Digest::sha256_of(&bytes);
+    hosted.put_blob(&digest, body(bytes)).await.unwrap();
+    digest
+}
+
 /// Pushed content is kept by an evictor built without any roots: the hosted
 /// repositories' manifests and blobs; an open upload (whose pieces are not
 /// blobs) still finishes after the pass.
 #[tokio::test]
 async fn pushed_content_is_never_evicted_without_any_wiring() {
-    use crate::hosted::{Hosted, HostedOptions};
     use crate::reference::ManifestRef;
 
-    let storage = Arc::new(MemoryStorage::new());
-    let budget = Arc::new(DiskBudget::new(Some(10)));
-    let hosted = Hosted::new(Arc::clone(&storage), HostedOptions::default());
-    let app = Repository::new("local/app").unwrap();
-    let stream = |bytes: Vec<u8>| futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
-    let layer = blob_bytes(1, 100);
-    let layer_digest = Digest::sha256_of(&layer);
-    hosted.put_blob(&layer_digest, stream(layer)).await.unwrap();
-    let config = br#"{"architecture":"amd64"}"#.to_vec();
-    let config_digest = Digest::sha256_of(&config);
-    hosted
-        .put_blob(&config_digest, stream(config))
-        .await
-        .unwrap();
+    let (storage, budget, hosted, app) = hosted_store(10);
+    let layer_digest = push_whole(&hosted, blob_bytes(1, 100)).await;
+    let config_digest = push_whole(&hosted, br#"{"architecture":"amd64"}"#.to_vec()).await;
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":24}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":100}}]}}"#
     );
@@ -478,7 +502,7 @@ async fn pushed_content_is_never_evicted_without_any_wiring() {
         .unwrap();
     let upload = hosted.start_upload(&app, None).await.unwrap();
     hosted
-        .append(&app, &upload.id, None, stream(blob_bytes(2, 50)))
+        .append(&app, &upload.id, None, body(blob_bytes(2, 50)))
         .await
         .unwrap();
     let uploaded = Digest::sha256_of(&blob_bytes(2, 50));
@@ -562,4 +586,81 @@ async fn purge_and_eviction_never_remove_what_a_hosted_repository_references() {
     assert_eq!(pulled.digest, index);
     assert!(storage.manifest_get(&child).await.unwrap().is_some());
     assert!(present(&storage, &config).await && present(&storage, &layer).await);
+}
+
+/// A push sends layers and config before the manifest naming them. Before,
+/// an eviction pass (or a purge of a cached image sharing them) in between
+/// deleted them, and the manifest was then refused with
+/// `MANIFEST_BLOB_UNKNOWN`. Now a grace record keeps each until the
+/// manifest arrives; once a grace ends, a blob no manifest names is
+/// evictable again and the sweep drops the record.
+#[tokio::test]
+async fn blobs_pushed_before_their_manifest_are_kept_until_it_arrives() {
+    use crate::hosted::{Hosted, HostedOptions};
+    use crate::reference::ManifestRef;
+
+    let (storage, budget, hosted, app) = hosted_store(10);
+    // The layer through a session (PATCH, then PUT), the config monolithic.
+    let layer = blob_bytes(1, 100);
+    let layer_digest = Digest::sha256_of(&layer);
+    let upload = hosted.start_upload(&app, None).await.unwrap();
+    hosted
+        .append(&app, &upload.id, None, body(layer))
+        .await
+        .unwrap();
+    hosted
+        .finish(&app, &upload.id, &layer_digest, None)
+        .await
+        .unwrap();
+    let config_digest = push_whole(&hosted, blob_bytes(2, 100)).await;
+    let blobs = [config_digest.clone(), layer_digest.clone()];
+    // A cached image naming the same blobs, purged in the window.
+    put_image(&storage, "docker.io/library/base:1", &blobs).await;
+    let cached = put_blob(&storage, 3, 100).await;
+
+    let target = [Reference::parse("docker.io/library/base:1").unwrap()];
+    let purged = purge(storage.as_ref(), &budget, &observe::NoopObserver, &target)
+        .await
+        .unwrap();
+    assert_eq!(purged.blobs, 0, "{purged:?}");
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
+    assert!(!present(&storage, &cached).await, "the cap did not bite");
+    for kept in &blobs {
+        assert!(present(&storage, kept).await, "{kept} was evicted");
+    }
+    hosted
+        .put_manifest(
+            &app,
+            &ManifestRef::Tag(Tag::new("v1").unwrap()),
+            Some(DOCKER_MANIFEST),
+            Bytes::from(image_manifest(&blobs)),
+        )
+        .await
+        .unwrap();
+    // The manifest keeps them now: their grace records are gone.
+    for digest in &blobs {
+        let grace = storage
+            .record_get(&RecordKey::pushed_blob(digest))
+            .await
+            .unwrap();
+        assert!(grace.is_none(), "{digest} is still in its grace");
+    }
+
+    // A blob whose grace ended and that no manifest names is evicted, and
+    // the sweep drops its record.
+    let no_grace = Hosted::new(
+        Arc::clone(&storage),
+        HostedOptions::default().with_upload_max_age(Duration::ZERO),
+    );
+    let orphan_digest = push_whole(&no_grace, blob_bytes(4, 100)).await;
+    let report = evictor(&storage, &budget, &[]).pass().await.unwrap();
+    assert_eq!(report.evicted_blobs, 1, "{report:?}");
+    assert!(!present(&storage, &orphan_digest).await);
+    no_grace.cleanup_abandoned().await.unwrap();
+    let grace = storage
+        .record_get(&RecordKey::pushed_blob(&orphan_digest))
+        .await
+        .unwrap();
+    assert!(grace.is_none(), "the ended grace was not swept");
 }

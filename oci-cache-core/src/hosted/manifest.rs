@@ -159,6 +159,17 @@ impl<S: Storage + ?Sized> Hosted<S> {
                 RecordWrite::Overwrite,
             )
             .await?;
+        // The link keeps the manifest's blobs now: their push graces end.
+        let named: Vec<Digest> = match &parsed {
+            Manifest::Image(image) => image.blobs().map(|blob| blob.digest.clone()).collect(),
+            Manifest::Index(index) => index
+                .manifests
+                .iter()
+                .filter(|child| !child.is_manifest())
+                .map(|child| child.digest.clone())
+                .collect(),
+        };
+        self.release_pushed(&named).await;
         // After the manifest link: a listed referrer can always be pulled.
         if let Some((subject, referrer)) = &referrer {
             self.link_referrer(repository, subject, referrer).await?;

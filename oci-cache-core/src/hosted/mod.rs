@@ -43,6 +43,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::{FutureExt, TryStreamExt};
 
 use crate::cache::catalog::{Loader, NameIndex, REFRESH};
@@ -50,8 +51,8 @@ use crate::digest::Digest;
 use crate::evict::DiskBudget;
 use crate::mirror::MirrorConfig;
 use crate::reference::{Repository, Tag};
-use crate::storage::{RecordPrefix, Storage};
-use crate::{Error, Result};
+use crate::storage::{Record, RecordKey, RecordPrefix, RecordWrite, Storage};
+use crate::{Error, PushErrorKind, Result};
 
 pub use manifest::PushedManifest;
 pub use referrers::Referrer;
@@ -210,6 +211,57 @@ impl<S: Storage + ?Sized> Hosted<S> {
         self
     }
 
+    /// Keeps the blob `digest` a push is about to complete from eviction
+    /// and purge for [`upload_max_age`](HostedOptions::upload_max_age):
+    /// clients push layers and config before the manifest that names them,
+    /// and until it arrives nothing else protects them. Written before the
+    /// blob, so there is no moment it is stored unprotected; the manifest
+    /// ([`release_pushed`](Self::release_pushed)) or the sweep of ended
+    /// graces removes it.
+    async fn protect_pushed(&self, digest: &Digest) -> Result<()> {
+        let until =
+            crate::storage::now_secs().saturating_add(self.options.upload_max_age.as_secs());
+        self.storage
+            .record_put(
+                &RecordKey::pushed_blob(digest),
+                Record::new(Bytes::from(until.to_string())),
+                RecordWrite::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the grace records of `blobs`: a manifest of a hosted
+    /// repository names them now and keeps them itself. A failure only
+    /// leaves a record the sweep removes when its grace ends.
+    async fn release_pushed(&self, blobs: &[Digest]) {
+        for digest in blobs {
+            if let Err(e) = self
+                .storage
+                .record_delete(&RecordKey::pushed_blob(digest))
+                .await
+            {
+                tracing::warn!(%digest, error = %e, "cannot drop a pushed blob's grace record");
+            }
+        }
+    }
+
+    /// Removes the grace records whose grace has ended (see
+    /// [`protect_pushed`](Self::protect_pushed)); returns how many.
+    async fn sweep_ended_graces(&self) -> Result<usize> {
+        let now = crate::storage::now_secs();
+        let mut removed = 0;
+        for (digest, until) in crate::storage::blob_graces(self.storage.as_ref()).await? {
+            if until <= now {
+                self.storage
+                    .record_delete(&RecordKey::pushed_blob(&digest))
+                    .await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// A blob of `size` bytes was stored (and just used).
     fn stored(&self, digest: &Digest, size: u64) {
         if let Some(budget) = &self.budget {
@@ -230,9 +282,16 @@ impl<S: Storage + ?Sized> Hosted<S> {
 
     /// Size of a stored blob, for a cross-repository mount: any blob the
     /// store holds (pushed or cached from upstream) can be mounted, since
-    /// blobs are content-addressed. `None` when absent.
+    /// blobs are content-addressed. `None` when absent. A mounted blob is
+    /// pushed as much as an uploaded one: it gets the same grace until its
+    /// manifest arrives ([`protect_pushed`](Self::protect_pushed)).
     pub async fn mount(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self.storage.blob_stat(digest).await?.map(|info| info.size))
+        self.protect_pushed(digest).await?;
+        let size = self.storage.blob_stat(digest).await?.map(|info| info.size);
+        if size.is_none() {
+            self.release_pushed(std::slice::from_ref(digest)).await;
+        }
+        Ok(size)
     }
 
     /// The tags linked in `repository` (not in repositories nested below it), unsorted.

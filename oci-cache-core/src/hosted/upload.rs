@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
@@ -14,7 +14,9 @@ use super::quota::OpenUploads;
 use super::Hosted;
 use crate::digest::Digest;
 use crate::reference::Repository;
-use crate::storage::{ByteStream, Record, RecordKey, RecordPrefix, RecordWrite, Storage, UploadId};
+use crate::storage::{
+    now_secs, ByteStream, Record, RecordKey, RecordPrefix, RecordWrite, Storage, UploadId,
+};
 use crate::{Error, PushErrorKind, Result};
 
 /// Where an upload session stands, as `GET` on it reports.
@@ -84,12 +86,6 @@ impl Drop for Writing {
             set.remove(&self.id);
         }
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A verified write that found other bytes than `digest`, as the client's error.
@@ -249,6 +245,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
         let _writing = Writing::claim(&self.busy, id)?;
         let session = self.load(repository, id).await?;
         let stored = session.offset();
+        self.protect_pushed(digest).await?;
         let pieces = self.consume_pieces(id, session.parts.len());
         let (stream, expected) = match data {
             Some(body) => (
@@ -307,6 +304,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
     /// a session): verified, visible only on a match.
     pub async fn put_blob(&self, digest: &Digest, data: ByteStream) -> Result<u64> {
         let data = self.limit_blob_size(data, 0);
+        self.protect_pushed(digest).await?;
         let size = self
             .storage
             .blob_write(digest, None, data)
@@ -378,10 +376,12 @@ impl<S: Storage + ?Sized> Hosted<S> {
             }
             self.storage.record_delete(key).await?;
         }
-        if removed > 0 || !stray.is_empty() {
+        let ended_graces = self.sweep_ended_graces().await?;
+        if removed > 0 || !stray.is_empty() || ended_graces > 0 {
             tracing::info!(
                 removed,
                 stray_pieces = stray.len(),
+                ended_graces,
                 "removed abandoned upload sessions"
             );
         }

@@ -33,6 +33,8 @@ pub(crate) const UPLOADS: &str = "uploads";
 /// Top-level directory of the bytes of open upload sessions, one directory
 /// per session: never blobs, so nothing but the session can see or remove them.
 pub(crate) const UPLOAD_PIECES: &str = "upload-pieces";
+/// Top of the records keeping a just-pushed blob until a manifest names it.
+pub(crate) const PUSHED: &str = "pushed";
 /// The directory of a hosted repository that links the manifests pushed to it.
 pub(crate) const MANIFEST_DIR: &str = "_manifests";
 /// The directory of a hosted repository that links each `subject` to the
@@ -107,6 +109,12 @@ pub(crate) fn is_record(key: &str) -> bool {
         || parse_upload(key).is_some_and(|id| upload(&id) == key)
         || parse_upload_piece(key).is_some_and(|(id, index)| upload_piece(&id, index) == key)
         || parse_access(key).is_some_and(|(algorithm, shard)| access(&algorithm, &shard) == key)
+        || parse_content(PUSHED, key).is_some_and(|digest| pushed(&digest) == key)
+}
+
+/// `pushed/<algorithm>/<shard>/<hex>`: a just-pushed blob's grace record.
+pub(crate) fn pushed(digest: &Digest) -> String {
+    content(PUSHED, digest)
 }
 
 /// `hosted/<repository components…>`.

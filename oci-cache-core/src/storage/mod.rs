@@ -49,6 +49,7 @@
 //!   hosted/<repository…>/_manifests/<alg>/<hex>  a manifest pushed to that repository
 //!   uploads/<id>                               an upload session: JSON {repository, updated, parts}
 //!   upload-pieces/<id>/<n>                     the bytes of that session, piece by piece (never blobs)
+//!   pushed/sha256/e3/e3b0c442…b855             a pushed blob's grace: kept until this Unix time (decimal)
 //!   _staging/<uuid>                            writes in progress; stale ones swept at open and while serving
 //! ```
 //!
@@ -124,7 +125,8 @@ pub use object::S3Config;
 /// embedder builds its store with the same version.
 pub use object_store;
 pub use record::{Record, RecordKey, RecordPrefix, RecordWrite};
-pub use typed::protected_manifests;
+pub(crate) use typed::now_secs;
+pub use typed::{blob_graces, protected_blobs, protected_manifests};
 pub use verified::{
     resolve_range, verify_bytes, write_verified, BlobSource, PreverifiedStream, Staging,
 };

@@ -57,6 +57,19 @@ impl RecordKey {
         RecordKey(keys::upload_piece(id, index))
     }
 
+    /// The grace record of a blob a push just completed, which keeps it
+    /// until a manifest names it or the grace ends:
+    /// `pushed/<algorithm>/<shard>/<hex>` (see [`RecordPrefix::protecting_blobs`]).
+    pub fn pushed_blob(digest: &Digest) -> Self {
+        RecordKey(keys::pushed(digest))
+    }
+
+    /// The blob this key keeps, if it is a grace record under
+    /// [`RecordPrefix::protecting_blobs`].
+    pub fn protected_blob(&self) -> Option<Digest> {
+        keys::parse_content(keys::PUSHED, &self.0)
+    }
+
     /// The upload session and piece index this key names, if it is a piece.
     pub fn upload_piece_index(&self) -> Option<(UploadId, u64)> {
         keys::parse_upload_piece(&self.0)
@@ -172,6 +185,15 @@ impl RecordPrefix {
     /// and eviction reads it from storage without knowing what wrote it.
     pub fn protecting() -> [Self; 1] {
         [Self::hosted()]
+    }
+
+    /// The prefixes whose records each keep one blob (named by the key,
+    /// [`RecordKey::protected_blob`]) from eviction and purge until the
+    /// time their body holds (decimal Unix seconds): today the grace
+    /// records of blobs a push completed, so that the layers pushed before
+    /// their manifest are still there when it arrives.
+    pub fn protecting_blobs() -> [Self; 1] {
+        [RecordPrefix(keys::PUSHED.to_owned())]
     }
 
     /// The pieces of every upload session.

@@ -142,3 +142,48 @@ pub async fn protected_manifests<S: Storage + ?Sized>(storage: &S) -> Result<Vec
     }
     Ok(found.into_iter().collect())
 }
+
+/// The current time in Unix seconds (0 before the epoch): what grace
+/// records and upload sessions store.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Every blob a record under [`RecordPrefix::protecting_blobs`] keeps now:
+/// its grace has not ended. A record whose body is not a time keeps
+/// nothing (it is swept like an ended one).
+pub async fn protected_blobs<S: Storage + ?Sized>(storage: &S) -> Result<Vec<Digest>> {
+    let now = now_secs();
+    let mut found = BTreeSet::new();
+    for (digest, until) in blob_graces(storage).await? {
+        if until > now {
+            found.insert(digest);
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// Each record under [`RecordPrefix::protecting_blobs`] as the blob it
+/// names and the end of its grace (0 when the body is not a time).
+pub async fn blob_graces<S: Storage + ?Sized>(storage: &S) -> Result<Vec<(Digest, u64)>> {
+    let mut found = Vec::new();
+    for prefix in RecordPrefix::protecting_blobs() {
+        let mut keys = storage.record_list(&prefix);
+        while let Some(key) = keys.try_next().await? {
+            let Some(digest) = key.protected_blob() else {
+                continue;
+            };
+            let Some(record) = storage.record_get(&key).await? else {
+                continue;
+            };
+            let until = std::str::from_utf8(&record.bytes)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(0);
+            found.push((digest, until));
+        }
+    }
+    Ok(found)
+}
