@@ -2,10 +2,11 @@
 //! pushed and pulled by real clients (skopeo, podman) and by raw HTTP, with
 //! a docker-registry origin that must never see a request for them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::fixtures::{multiarch_image, small_image};
+use crate::support::dockerd::Dockerd;
 use crate::support::http::{self, sha256_digest};
 use crate::support::image::{build_image, Blob, ImageSpec, Layout};
 use crate::support::mirror::{oci_cache_bin, Mirror};
@@ -127,6 +128,29 @@ fn finish_and_read_back(m: &str, location: &str, digest: &str, repo: &str) -> Ve
     let blob = http::request(m, "GET", &format!("/v2/{repo}/blobs/{digest}"), &[]).unwrap();
     assert_eq!(blob.status, 200, "{}", text(&blob));
     blob.body
+}
+
+/// A podman `registries.conf` in `work` that reaches mirror `m` over plain HTTP.
+fn registries_conf_trusting(work: &Path, m: &str) -> PathBuf {
+    let conf = work.join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = \"{m}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    conf
+}
+
+/// A Docker daemon of the test's own (its `daemon.json` in `work`) that
+/// reaches mirror `m` over plain HTTP; `None` when dockerd cannot run here.
+fn dockerd_trusting(test: &str, work: &Path, m: &str) -> Option<Dockerd> {
+    let daemon_json = work.join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
+    )
+    .unwrap();
+    Dockerd::start(test, &daemon_json)
 }
 
 fn text(response: &http::Response) -> String {
@@ -373,12 +397,7 @@ fn podman_pushes_to_local_and_pulls_back() {
     };
     let setup = CachedImage::start(1505, "e2e/app:v1");
     let m = setup.mirror.host();
-    let conf = setup.work.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!("[[registry]]\nlocation = \"{m}\"\ninsecure = true\n"),
-    )
-    .unwrap();
+    let conf = registries_conf_trusting(setup.work.path(), &m);
     let cached = format!("{m}/e2e/app:v1");
     let pushed = format!("{m}/local/podman:1");
     let run = |args: &[&str]| podman.run(&conf, args).unwrap();
@@ -409,13 +428,7 @@ fn docker_pushes_to_local_reusing_cached_layers_and_pulls_back() {
     }
     let setup = CachedImage::start(1506, "e2e/app:v1");
     let m = setup.mirror.host();
-    let daemon_json = setup.work.path().join("daemon.json");
-    std::fs::write(
-        &daemon_json,
-        format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
-    )
-    .unwrap();
-    let Some(dockerd) = crate::support::dockerd::Dockerd::start(test, &daemon_json) else {
+    let Some(dockerd) = dockerd_trusting(test, setup.work.path(), &m) else {
         return;
     };
     let cached = format!("{m}/e2e/app:v1");
@@ -790,21 +803,39 @@ impl SharedLayerPush {
         }
     }
 
-    /// Each image, the cached reference a client pulls, and the hosted one
-    /// it pushes to, on mirror `m`.
-    fn images(&self, m: &str) -> [(&Layout, String, String); 2] {
-        [
-            (
-                &self.first,
-                format!("{m}/e2e/a:v1"),
-                format!("{m}/local/a:1"),
-            ),
-            (
-                &self.second,
-                format!("{m}/e2e/b:v1"),
-                format!("{m}/local/b:1"),
-            ),
-        ]
+    /// With `client` (podman or docker: they share these commands) pulls
+    /// each image through the mirror, tags it into `local/…` and pushes it;
+    /// ends the dying upload as `how` says; then removes both images from
+    /// the client, pulls them back and checks each has its old id and that
+    /// the mirror serves every blob of it byte-exact.
+    fn push_end_and_pull_back(&self, client: impl Fn(&[&str]) -> String, how: UploadEnd<'_>) {
+        let m = self.mirror.host();
+        let images = [
+            (&self.first, "e2e/a:v1", "local/a"),
+            (&self.second, "e2e/b:v1", "local/b"),
+        ];
+        let mut ids = Vec::new();
+        for (_, cached, repo) in images {
+            let (cached, pushed) = (format!("{m}/{cached}"), format!("{m}/{repo}:1"));
+            client(&["pull", &cached]);
+            ids.push(client(&["image", "inspect", "--format", IMAGE_ID, &cached]));
+            client(&["tag", &cached, &pushed]);
+            client(&["push", &pushed]);
+        }
+        end_upload(&self.mirror, &self.dying, how);
+
+        for ((image, cached, repo), id) in images.into_iter().zip(&ids) {
+            let (cached, pushed) = (format!("{m}/{cached}"), format!("{m}/{repo}:1"));
+            client(&["rmi", "--force", &cached, &pushed]);
+            client(&["pull", &pushed]);
+            let back = client(&["image", "inspect", "--format", IMAGE_ID, &pushed]);
+            assert_eq!(
+                back.trim(),
+                id.trim(),
+                "{pushed} pulled back is another image"
+            );
+            assert_blobs_served(&m, repo, image);
+        }
     }
 }
 
@@ -822,36 +853,9 @@ fn podman_pushes_sharing_a_layer_survive_a_cancelled_upload_of_it() {
     };
     let setup = SharedLayerPush::start(2205, &[], &[]);
     let m = setup.mirror.host();
-    let conf = setup.work.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!("[[registry]]\nlocation = \"{m}\"\ninsecure = true\n"),
-    )
-    .unwrap();
-    let run = |args: &[&str]| podman.run(&conf, args).unwrap();
-    let mut ids = Vec::new();
-    for (_, cached, pushed) in setup.images(&m) {
-        run(&["pull", &cached]);
-        ids.push(run(&["image", "inspect", "--format", IMAGE_ID, &cached]));
-        run(&["tag", &cached, &pushed]);
-        run(&["push", &pushed]);
-    }
-    end_upload(&setup.mirror, &setup.dying, UploadEnd::Cancelled);
-
-    run(&["rmi", "--all", "--force"]);
-    for ((image, _, pushed), id) in setup.images(&m).into_iter().zip(&ids) {
-        run(&["pull", &pushed]);
-        let back = run(&["image", "inspect", "--format", IMAGE_ID, &pushed]);
-        assert_eq!(
-            back.trim(),
-            id.trim(),
-            "{pushed} pulled back is another image"
-        );
-        let repo = pushed
-            .trim_start_matches(&format!("{m}/"))
-            .trim_end_matches(":1");
-        assert_blobs_served(&m, repo, image);
-    }
+    let conf = registries_conf_trusting(setup.work.path(), &m);
+    let podman = |args: &[&str]| podman.run(&conf, args).unwrap();
+    setup.push_end_and_pull_back(podman, UploadEnd::Cancelled);
 }
 
 /// Issue 22 with the Docker daemon as the client, the third upload of the
@@ -869,42 +873,10 @@ fn docker_pushes_sharing_a_layer_survive_an_expired_upload_of_it() {
         &[("hosted.toml", "upload_max_age = \"1m\"\n")],
     );
     let m = setup.mirror.host();
-    let daemon_json = setup.work.path().join("daemon.json");
-    std::fs::write(
-        &daemon_json,
-        format!("{{\"insecure-registries\": [\"{m}\"]}}\n"),
-    )
-    .unwrap();
-    let Some(dockerd) = crate::support::dockerd::Dockerd::start(test, &daemon_json) else {
+    let Some(dockerd) = dockerd_trusting(test, setup.work.path(), &m) else {
         return;
     };
     let docker = |args: &[&str]| dockerd.docker(args).unwrap();
-    let mut ids = Vec::new();
-    for (_, cached, pushed) in setup.images(&m) {
-        docker(&["pull", &cached]);
-        ids.push(docker(&["image", "inspect", "--format", IMAGE_ID, &cached]));
-        docker(&["tag", &cached, &pushed]);
-        docker(&["push", &pushed]);
-    }
     let storage = setup.work.path().join("storage");
-    end_upload(
-        &setup.mirror,
-        &setup.dying,
-        UploadEnd::Expired { storage: &storage },
-    );
-
-    for ((image, cached, pushed), id) in setup.images(&m).into_iter().zip(&ids) {
-        docker(&["rmi", "--force", &cached, &pushed]);
-        docker(&["pull", &pushed]);
-        let back = docker(&["image", "inspect", "--format", IMAGE_ID, &pushed]);
-        assert_eq!(
-            back.trim(),
-            id.trim(),
-            "{pushed} pulled back is another image"
-        );
-        let repo = pushed
-            .trim_start_matches(&format!("{m}/"))
-            .trim_end_matches(":1");
-        assert_blobs_served(&m, repo, image);
-    }
+    setup.push_end_and_pull_back(docker, UploadEnd::Expired { storage: &storage });
 }
