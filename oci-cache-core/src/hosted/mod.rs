@@ -52,7 +52,7 @@ use crate::evict::DiskBudget;
 use crate::mirror::MirrorConfig;
 use crate::reference::{Repository, Tag};
 use crate::storage::{Record, RecordKey, RecordPrefix, RecordWrite, Storage};
-use crate::{Error, PushErrorKind, Result};
+use crate::{Error, Result};
 
 pub use manifest::PushedManifest;
 pub use referrers::Referrer;
