@@ -57,8 +57,13 @@ impl std::fmt::Debug for FetchedBlob {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BlobRange {
-    /// The first byte wanted (`Range: bytes=offset-`); 0 asks for the whole blob.
+    /// The first byte wanted (`Range: bytes=offset-`); 0 (without an
+    /// [`end`](Self::end)) asks for the whole blob.
     pub offset: u64,
+    /// The byte after the last one wanted (`Range: bytes=offset-(end-1)`);
+    /// `None`: up to the blob's end. An upstream may still send more (the
+    /// whole blob, or up to the end): the caller takes what it asked for.
+    pub end: Option<u64>,
     /// The entity tag the bytes before `offset` came with, sent as
     /// `If-Range`: an upstream whose entity changed answers with the whole
     /// blob rather than a part of another one.
@@ -77,6 +82,12 @@ impl BlobRange {
             offset,
             ..BlobRange::default()
         }
+    }
+
+    /// Up to (not including) byte `end`.
+    pub fn with_end(mut self, end: Option<u64>) -> Self {
+        self.end = end;
+        self
     }
 
     /// Sends `etag` as `If-Range`.

@@ -1,7 +1,7 @@
 //! [`BlobScript`]: how [`FakeUpstream`](super::FakeUpstream) serves one blob,
 //! including the ways a real peer or the link to it misbehaves.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ pub struct BlobScript {
     truncate_at: Option<usize>,
     reset_at: Option<usize>,
     gate: Option<Arc<Semaphore>>,
+    pace: Option<Duration>,
     pub(super) fail: Option<(UpstreamErrorKind, Duration)>,
     cut: Option<(usize, Cut, usize)>,
     ignore_ranges: bool,
@@ -45,6 +46,7 @@ pub struct BlobScript {
     failed_resumes: Option<(usize, UpstreamErrorKind)>,
     answers: Arc<AtomicUsize>,
     resumes: Arc<AtomicUsize>,
+    sent: Arc<AtomicU64>,
 }
 
 impl BlobScript {
@@ -57,6 +59,7 @@ impl BlobScript {
             truncate_at: None,
             reset_at: None,
             gate: None,
+            pace: None,
             fail: None,
             cut: None,
             ignore_ranges: false,
@@ -65,6 +68,7 @@ impl BlobScript {
             failed_resumes: None,
             answers: Arc::default(),
             resumes: Arc::default(),
+            sent: Arc::default(),
         }
     }
 
@@ -130,6 +134,13 @@ impl BlobScript {
         self
     }
 
+    /// Each chunk of every answer comes `delay` after the one before: a slow
+    /// link, paced per connection.
+    pub fn paced(mut self, delay: Duration) -> Self {
+        self.pace = Some(delay);
+        self
+    }
+
     /// Each chunk waits for one permit of `gate`, so a test controls the pace.
     pub fn gated(mut self, gate: &Arc<Semaphore>) -> Self {
         self.gate = Some(Arc::clone(gate));
@@ -142,6 +153,11 @@ impl BlobScript {
     pub fn fail_after(mut self, kind: UpstreamErrorKind, delay: Duration) -> Self {
         self.fail = Some((kind, delay));
         self
+    }
+
+    /// Body bytes sent so far, over every answer (clones share the count).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
     }
 
     /// The whole blob as scripted (before truncation).
@@ -167,7 +183,8 @@ impl BlobScript {
             (Some(asked), Some(current)) => asked == current,
             _ => true,
         };
-        let honoured = range.offset > 0 && !self.ignore_ranges && same_entity;
+        let ranged = range.offset > 0 || range.end.is_some();
+        let honoured = ranged && !self.ignore_ranges && same_entity;
         let (start, total) = if honoured {
             let total = self.ranged_total.unwrap_or(self.bytes.len() as u64);
             (range.offset, Some(total))
@@ -179,17 +196,33 @@ impl BlobScript {
             .cut
             .filter(|(_, _, answers)| index < *answers)
             .map(|(after, how, _)| (start_at.saturating_add(after), how));
-        let stream = self.body(start_at, cut);
+        let until = range
+            .end
+            .filter(|_| honoured)
+            .and_then(|end| usize::try_from(end).ok());
+        let stream = self.body(start_at, until, cut);
         Ok(FetchedRange::partial(start, total, stream).with_etag(etag))
     }
 
-    /// The body from byte `from`, cut at byte `cut` of the blob.
-    pub(super) fn body(&self, from: usize, cut: Option<(usize, Cut)>) -> ByteStream {
+    /// The body from byte `from` to `until` (or the end), cut at byte `cut`
+    /// of the blob.
+    pub(super) fn body(
+        &self,
+        from: usize,
+        until: Option<usize>,
+        cut: Option<(usize, Cut)>,
+    ) -> ByteStream {
         let state = (self.clone(), from.min(self.bytes.len()));
         futures::stream::unfold(state, move |(script, at)| async move {
-            let end = script.truncate_at.unwrap_or(script.bytes.len());
+            let end = script
+                .truncate_at
+                .unwrap_or(script.bytes.len())
+                .min(until.unwrap_or(usize::MAX));
             if at >= end {
                 return None;
+            }
+            if let Some(delay) = script.pace {
+                tokio::time::sleep(delay).await;
             }
             if let Some(gate) = &script.gate {
                 // A closed gate ends the body like a dropped connection.
@@ -216,6 +249,7 @@ impl BlobScript {
                 }
             }
             let chunk = script.bytes.slice(at..next);
+            script.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
             Some((Ok(chunk), (script, next)))
         })
         .boxed()

@@ -118,13 +118,17 @@ impl HyperUpstream {
 }
 
 /// `Range` (and `If-Range` with a strong entity tag) for a GET from
-/// `range.offset`; none for a whole blob.
+/// `range.offset` (to `range.end`); none for a whole blob.
 fn range_headers(range: &BlobRange) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if range.offset == 0 {
+    let last = range
+        .end
+        .map(|end| end.saturating_sub(1).to_string())
+        .unwrap_or_default();
+    if range.offset == 0 && last.is_empty() {
         return headers;
     }
-    if let Ok(value) = HeaderValue::from_str(&format!("bytes={}-", range.offset)) {
+    if let Ok(value) = HeaderValue::from_str(&format!("bytes={}-{last}", range.offset)) {
         headers.insert(RANGE, value);
     }
     // A weak tag cannot validate a range (RFC 9110, 13.1.5).
@@ -186,6 +190,10 @@ mod tests {
         let strong =
             range_headers(&BlobRange::from_offset(42).with_if_range(Some("\"sha256:ab\"".into())));
         assert_eq!(strong.get(RANGE).unwrap(), "bytes=42-");
+        let bounded = range_headers(&BlobRange::from_offset(42).with_end(Some(100)));
+        assert_eq!(bounded.get(RANGE).unwrap(), "bytes=42-99");
+        let head = range_headers(&BlobRange::from_offset(0).with_end(Some(10)));
+        assert_eq!(head.get(RANGE).unwrap(), "bytes=0-9");
         assert_eq!(strong.get(IF_RANGE).unwrap(), "\"sha256:ab\"");
         let weak = range_headers(&BlobRange::from_offset(42).with_if_range(Some("W/\"x\"".into())));
         assert!(weak.get(IF_RANGE).is_none());
