@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -36,6 +37,9 @@ pub(super) struct Fill {
     /// Where the bytes come from: a client asking through another source
     /// retries a failure of this one that is not about the content.
     pub(super) source: Source,
+    /// Bytes of ranges ahead of this fill forwarded upstream on their own
+    /// (see [`forward`](super::forward)).
+    forwarded: AtomicU64,
 }
 
 /// Bytes `[0, start)` are in the spool (or, once the spool failed, gone),
@@ -57,7 +61,8 @@ pub(super) enum Located {
 }
 
 impl Buffer {
-    fn written(&self) -> u64 {
+    /// The bytes the fill has received so far.
+    pub(super) fn written(&self) -> u64 {
         self.start + self.len
     }
 
@@ -121,7 +126,23 @@ impl Fill {
                 spool: None,
             }),
             source,
+            forwarded: AtomicU64::new(0),
         }
+    }
+
+    /// Counts `len` more forwarded bytes if the total stays within `budget`;
+    /// false (and nothing counted) otherwise.
+    pub(super) fn reserve_forward(&self, len: u64, budget: u64) -> bool {
+        self.forwarded
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(len).filter(|&total| total <= budget)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `len` bytes reserved by a forward that did not happen.
+    pub(super) fn release_forward(&self, len: u64) {
+        self.forwarded.fetch_sub(len, Ordering::SeqCst);
     }
 
     /// Waits until the blob's size is known: announced by upstream, or, when

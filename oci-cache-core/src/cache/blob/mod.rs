@@ -29,8 +29,11 @@
 //! the window, which the page cache mostly absorbs.
 //!
 //! Clients are told about progress through a `watch` channel (no polling). A
-//! client's stream yields the last byte of its range only after the fill has
-//! verified the whole blob against its digest (see [`reader`]); when
+//! client's stream of the whole blob, or of a range up to its end, yields its
+//! last byte only after the fill has verified the whole blob against its
+//! digest (see [`reader`]); a range that ends before the blob's end is
+//! answered as soon as the fill has passed it, and a range far ahead of the
+//! fill is forwarded upstream on its own ([`forward`]). When
 //! verification fails, every joined stream ends with that error instead (the
 //! http layer then cuts the connection) and nothing is stored. The fill leaves
 //! the single-flight map only after the storage write has finished, so a
@@ -86,6 +89,7 @@ use crate::upstream::Upstream;
 use crate::Result;
 
 mod buffer;
+mod forward;
 pub(super) mod reader;
 mod resume;
 
@@ -259,15 +263,22 @@ where
         Err(e) => return Err(e),
     };
     let range = crate::storage::resolve_range(size, range)?;
+    let outcome = if joined == Joined::Existing {
+        CacheOutcome::Coalesced
+    } else {
+        CacheOutcome::Miss
+    };
+    let source = (&origin.source.0, &origin.source.1);
+    let upstream = engine.upstream.as_ref();
+    let stream = match forward::ahead_of_fill(upstream, source, digest, &fill, &range, size).await {
+        Some(forwarded) => forwarded,
+        None => Reader::new(fill, range.clone(), size, origin, retried).into_stream(),
+    };
     Ok(BlobResponse {
         size,
-        range: range.clone(),
-        stream: Reader::new(fill, range, origin, retried).into_stream(),
-        outcome: if joined == Joined::Existing {
-            CacheOutcome::Coalesced
-        } else {
-            CacheOutcome::Miss
-        },
+        range,
+        stream,
+        outcome,
     })
 }
 

@@ -1,13 +1,18 @@
 //! One client's view of a fill, and the unshared upstream stream a client
 //! falls back to.
 //!
-//! A stream never yields the last byte of its range before the whole blob is
-//! verified: the http layer sends a response's last byte only when the stream
-//! gives it, so a client can never see a complete body whose bytes did not
-//! match the digest; on a mismatch the stream ends with the error instead and
-//! the connection is cut short (HTTP/1.1) or the stream reset (HTTP/2). A range
-//! that ends before the blob does waits for the verdict on the whole blob
-//! before its last byte too: its bytes cannot be checked on their own.
+//! A stream that reaches the blob's end (the whole blob, or a range up to
+//! its end) never yields its last byte before the whole blob is verified: the
+//! http layer sends a response's last byte only when the stream gives it, so
+//! a client can never see a complete blob whose bytes did not match the
+//! digest; on a mismatch the stream ends with the error instead and the
+//! connection is cut short (HTTP/1.1) or the stream reset (HTTP/2).
+//!
+//! A range that ends before the blob does is answered as soon as the fill has
+//! passed its end, without waiting for the verdict: its bytes cannot be
+//! checked on their own, so holding them back would only make lazy pullers
+//! wait for the whole blob, and no ranged answer of a registry is checked
+//! either. When the fill later fails verification, nothing is stored.
 
 use std::sync::Arc;
 
@@ -47,6 +52,8 @@ pub(super) struct Reader {
     rx: watch::Receiver<Phase>,
     pos: u64,
     end: u64,
+    /// The range reaches the blob's end: its last byte waits for the verdict.
+    hold_last: bool,
     ended: bool,
     /// Opened the first time this reader falls behind the window.
     spool: Option<ChunkReader>,
@@ -61,6 +68,7 @@ impl Reader {
     pub(super) fn new(
         fill: Arc<Fill>,
         range: std::ops::Range<u64>,
+        size: u64,
         origin: Arc<dyn Origin>,
         retried: bool,
     ) -> Self {
@@ -70,6 +78,7 @@ impl Reader {
             rx,
             pos: range.start,
             end: range.end,
+            hold_last: range.end >= size,
             ended: false,
             spool: None,
             origin,
@@ -112,6 +121,9 @@ impl Reader {
             // Marks this state as seen before looking at the buffer, so any bytes
             // pushed after the look wake the `changed()` below.
             let phase = self.rx.borrow_and_update().clone();
+            if !self.hold_last && self.pos >= self.end {
+                return None;
+            }
             if let Phase::Done(Err(e)) = &phase {
                 if !self.retried && retries_own(&self.fill, self.origin.as_ref(), e) {
                     tracing::debug!(error = %e, "shared blob fill failed upstream; continuing through the client's own repository");
@@ -123,7 +135,7 @@ impl Reader {
             }
             let verified = matches!(phase, Phase::Done(Ok(_)));
             // The last byte waits for the verdict (see the module docs).
-            let limit = if verified {
+            let limit = if verified || !self.hold_last {
                 self.end
             } else {
                 self.end.saturating_sub(1)

@@ -26,6 +26,7 @@ mod degrade;
 mod hostile;
 mod manifest;
 mod memory;
+mod ranges;
 mod resume;
 mod tags;
 
