@@ -176,6 +176,14 @@ async fn blobs_whole_ranges_and_416() {
     // A malformed Range is ignored: the whole blob.
     let ignored = call(&svc, Method::GET, &uri, &[("range", "bytes=5-1")]).await;
     assert_eq!((ignored.status.as_u16(), ignored.body.len()), (200, 100));
+    // Several ranges are answered with the whole representation as one 200,
+    // as RFC 9110 (14.2) allows: never a 206 holding only the first range.
+    for multi in ["bytes=0-1,5-9", "bytes=0-1, -3", "bytes=90-,0-0"] {
+        let whole = call(&svc, Method::GET, &uri, &[("range", multi)]).await;
+        assert_eq!(whole.status, 200, "{multi}");
+        assert_eq!(whole.body.as_ref(), data.as_slice(), "{multi}");
+        assert_eq!(whole.header("content-range"), None, "{multi}");
+    }
     assert_eq!(
         fake.calls().total(),
         calls,
