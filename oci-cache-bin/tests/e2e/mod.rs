@@ -11,6 +11,7 @@ mod fixtures;
 mod metrics;
 mod oci_cache;
 mod push;
+mod ranges;
 mod registry_proxy;
 mod resilience;
 mod resume;

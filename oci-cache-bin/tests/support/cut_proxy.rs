@@ -1,16 +1,17 @@
 //! A TCP proxy on 127.0.0.1 that cuts connections mid-transfer: while armed,
 //! a connection is closed once more than `cut_after` response bytes have
 //! passed through it ([`CutProxy::resetting`]: every connection, as a link
-//! that drops each transfer after a fixed number of bytes does). Counts the
-//! bytes it read from the target. Std threads only; stops (and closes every
-//! connection) on drop.
+//! that drops each transfer after a fixed number of bytes does), and
+//! [`CutProxy::throttled`] passes responses at a fixed rate shared by every
+//! connection, as one slow link does. Counts the bytes it read from the
+//! target. Std threads only; stops (and closes every connection) on drop.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 32;
@@ -30,12 +31,40 @@ struct Counters {
     cuts_left: Arc<AtomicUsize>,
     cuts_done: Arc<AtomicUsize>,
     from_target: Arc<AtomicU64>,
+    /// Response bytes per second over all connections; `None`: unlimited.
+    rate: Option<u64>,
+    /// When the link has sent everything handed to it so far.
+    link_free_at: Arc<Mutex<Instant>>,
+}
+
+impl Counters {
+    /// Waits until the link has carried `n` more bytes at its rate.
+    fn pace(&self, n: usize) {
+        let Some(rate) = self.rate else { return };
+        let done = {
+            let mut free_at = self.link_free_at.lock().unwrap();
+            let start = (*free_at).max(Instant::now());
+            *free_at = start + Duration::from_secs_f64(n as f64 / rate as f64);
+            *free_at
+        };
+        std::thread::sleep(done.saturating_duration_since(Instant::now()));
+    }
 }
 
 impl CutProxy {
     /// A proxy to `target` (`127.0.0.1:PORT`) that cuts the next `cuts`
     /// connections carrying more than `cut_after` response bytes.
     pub(crate) fn start(target: &str, cut_after: u64, cuts: usize) -> CutProxy {
+        CutProxy::start_with_rate(target, cut_after, cuts, None)
+    }
+
+    /// A proxy to `target` that never cuts and passes responses at
+    /// `bytes_per_second`, shared by all connections.
+    pub(crate) fn throttled(target: &str, bytes_per_second: u64) -> CutProxy {
+        CutProxy::start_with_rate(target, u64::MAX, 0, Some(bytes_per_second))
+    }
+
+    fn start_with_rate(target: &str, cut_after: u64, cuts: usize, rate: Option<u64>) -> CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -44,6 +73,8 @@ impl CutProxy {
             cuts_left: Arc::new(AtomicUsize::new(cuts)),
             cuts_done: Arc::new(AtomicUsize::new(0)),
             from_target: Arc::new(AtomicU64::new(0)),
+            rate,
+            link_free_at: Arc::new(Mutex::new(Instant::now())),
         };
         let open = Arc::new(Mutex::new(Vec::new()));
         let active = Arc::new(AtomicUsize::new(0));
@@ -129,6 +160,7 @@ fn relay(client: TcpStream, upstream: TcpStream, cut_after: u64, counters: &Coun
             Ok(n) => n,
         };
         counters.from_target.fetch_add(n as u64, Ordering::SeqCst);
+        counters.pace(n);
         let after = sent + n as u64;
         if after > cut_after
             && counters

@@ -1,0 +1,107 @@
+//! Issue 29: behind a slow link to the real origin, a range of a cold blob is
+//! answered without waiting for the whole blob (forwarded upstream as a range
+//! while the one full fill runs), and the blob is cached afterwards.
+
+use std::time::{Duration, Instant};
+
+use crate::support::cut_proxy::CutProxy;
+use crate::support::http::{request, sha256_digest};
+use crate::support::image::{build_image, Blob, ImageSpec};
+use crate::support::mirror::Mirror;
+use crate::support::registry::Origin;
+use crate::support::{skopeo, tools_available};
+
+/// The link between mirror and origin: about 20 MiB/s.
+const LINK_RATE: u64 = 20 << 20;
+const LAYER: u64 = 40 << 20;
+const TAIL: u64 = 1 << 20;
+
+fn blob_path(blob: &Blob) -> String {
+    format!("/v2/e2e/app/blobs/{}", blob.digest)
+}
+
+#[test]
+fn the_tail_of_a_cold_blob_comes_without_the_whole_blob_and_the_blob_is_cached() {
+    let test = "the_tail_of_a_cold_blob_comes_without_the_whole_blob_and_the_blob_is_cached";
+    if !tools_available(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let app = build_image(
+        &work.path().join("app"),
+        "v1",
+        &ImageSpec::new(2901, 2, LAYER),
+    );
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    let pushed = origin.blob_gets().len();
+    let link = CutProxy::throttled(&origin.host(), LINK_RATE);
+    let url = format!("http://{}", link.host());
+    let mirror = Mirror::start_oci_cache(&[("origin.test", &url)], "origin.test", "5m");
+    let layers = &app.images[0].layers;
+    let (whole_layer, ranged_layer) = (&layers[0], &layers[1]);
+
+    // The reference: one whole cold blob through the link.
+    let started = Instant::now();
+    let whole = request(&mirror.host(), "GET", &blob_path(whole_layer), &[]).unwrap();
+    let whole_time = started.elapsed();
+    assert_eq!(whole.status, 200);
+    assert_eq!(sha256_digest(&whole.body), whole_layer.digest);
+
+    // The last 1 MiB of the other cold blob.
+    let size = ranged_layer.size;
+    let range = format!("bytes={}-{}", size - TAIL, size - 1);
+    let started = Instant::now();
+    let tail = request(
+        &mirror.host(),
+        "GET",
+        &blob_path(ranged_layer),
+        &[("range", &range)],
+    )
+    .unwrap();
+    let tail_time = started.elapsed();
+    assert_eq!(tail.status, 206);
+    assert_eq!(
+        tail.header("content-range"),
+        Some(format!("bytes {}-{}/{size}", size - TAIL, size - 1).as_str())
+    );
+    let origin_bytes = std::fs::read(app.blob_path(&ranged_layer.digest)).unwrap();
+    assert!(
+        tail.body == origin_bytes[(size - TAIL) as usize..],
+        "the tail differs from the origin's bytes"
+    );
+    eprintln!(
+        "cold blob of {} MiB behind a {} MiB/s link: whole {:.2} s, last 1 MiB {:.2} s ({:.2}x)",
+        LAYER >> 20,
+        LINK_RATE >> 20,
+        whole_time.as_secs_f64(),
+        tail_time.as_secs_f64(),
+        tail_time.as_secs_f64() / whole_time.as_secs_f64()
+    );
+
+    // The origin got one full GET (the fill) and one ranged GET for it; once
+    // the fill has stored the blob, a full pull sends no blob byte over the
+    // link.
+    let stored = format!("blob verified and stored digest={}", ranged_layer.digest);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mirror.log().contains(&stored) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let counts = origin.blob_get_counts(pushed);
+    assert_eq!(
+        counts.get(&ranged_layer.digest),
+        Some(&2),
+        "one fill and one forwarded range: {counts:?}"
+    );
+    let before = link.bytes_from_target();
+    let again = request(&mirror.host(), "GET", &blob_path(ranged_layer), &[]).unwrap();
+    assert_eq!(again.status, 200);
+    assert_eq!(sha256_digest(&again.body), ranged_layer.digest);
+    let resent = link.bytes_from_target() - before;
+    assert!(resent < 64 * 1024, "{resent} B over the link for a hit");
+    assert_eq!(
+        origin.blob_get_counts(pushed),
+        counts,
+        "no origin blob GET for the hit"
+    );
+}
