@@ -104,6 +104,9 @@ pub(crate) async fn dispatch(
             response.extensions_mut().insert(outcome);
             Ok(response)
         }
+        Route::Manifest { target, reference } if head => {
+            manifest_head(engine, target, reference, req).await
+        }
         Route::Manifest { target, reference } => manifest(engine, target, reference, req).await,
         Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
         Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
@@ -135,6 +138,33 @@ async fn manifest(
         with_body(StatusCode::OK, &m.media_type, m.bytes)
     };
     set_digest(response.headers_mut(), &m.digest);
+    response.extensions_mut().insert(m.outcome);
+    Ok(response)
+}
+
+/// A manifest `HEAD`: the headers a `GET` would send, without fetching a
+/// cold manifest's body from upstream.
+async fn manifest_head(
+    engine: &Engine,
+    target: &Target,
+    reference: &ManifestRef,
+    req: &RequestInfo<'_>,
+) -> Result<Response<Body>, OciError> {
+    let accept = accept_list(req.headers);
+    let m = engine
+        .manifest_head(&target.upstream, &target.repository, reference, &accept)
+        .await
+        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
+    let mut response = Response::new(body::empty());
+    if if_none_match(req.headers, &m.digest) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
+        headers.insert(CONTENT_TYPE, v);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(m.size));
+    set_digest(headers, &m.digest);
     response.extensions_mut().insert(m.outcome);
     Ok(response)
 }

@@ -403,3 +403,43 @@ async fn a_malformed_mirror_url_does_not_block_the_origin() {
     assert_eq!(get_alpine_manifest(&up).await.unwrap().bytes.as_ref(), M);
     assert_eq!(origin.count(), 1);
 }
+
+#[tokio::test]
+async fn head_on_a_cold_manifest_costs_one_upstream_head_and_the_get_one_get() {
+    let origin = MockRegistry::start().await;
+    let digest = Digest::sha256_of(M);
+    let answer = || {
+        Reply::ok(M)
+            .header("content-type", OCI_MANIFEST)
+            .header("docker-content-digest", digest.as_str())
+    };
+    origin.push(answer()).push(answer());
+    let config = mirrors(&origin.url());
+    let svc = service_with(Arc::new(client(config.clone())), config);
+    let uri = "/v2/library/alpine/manifests/1";
+
+    let head = call(&svc, http::Method::HEAD, uri, &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(head.header("content-type"), Some(OCI_MANIFEST));
+    let length = M.len().to_string();
+    assert_eq!(head.header("content-length"), Some(length.as_str()));
+    assert!(head.body.is_empty());
+    let methods = |origin: &MockRegistry| -> Vec<http::Method> {
+        origin.seen().into_iter().map(|s| s.method).collect()
+    };
+    assert_eq!(methods(&origin), [http::Method::HEAD]);
+
+    let got = get(&svc, uri).await;
+    assert_eq!((got.status.as_u16(), got.body.as_ref()), (200, M));
+    assert_eq!(methods(&origin), [http::Method::HEAD, http::Method::GET]);
+
+    // Warm: HEAD and GET by tag and by digest ask the origin nothing.
+    let by_digest = format!("/v2/library/alpine/manifests/{digest}");
+    for uri in [uri, by_digest.as_str()] {
+        let head = call(&svc, http::Method::HEAD, uri, &[]).await;
+        assert_eq!(head.header("content-length"), Some(length.as_str()));
+        assert_eq!(get(&svc, uri).await.body.as_ref(), M);
+    }
+    assert_eq!(origin.count(), 2);
+}

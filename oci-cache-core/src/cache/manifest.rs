@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 
 use super::accept::AcceptSet;
-use super::{ManifestResponse, Shared};
+use super::{ManifestHeadResponse, ManifestResponse, Shared};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::observe::CacheOutcome;
 use crate::reference::{ManifestRef, Registry, Repository, Tag};
@@ -52,6 +52,108 @@ where
             by_digest(engine, registry, repository, digest, accept).await
         }
         ManifestRef::Tag(tag) => by_tag(engine, registry, repository, tag, accept).await,
+    }
+}
+
+/// A manifest `HEAD`: from storage when held (a digest, or a fresh tag),
+/// else from upstream's `HEAD` without downloading the body. Nothing learned
+/// from a `HEAD` is stored: it carries no bytes to verify. A stale or
+/// unacceptable tag record goes the `GET` way, whose revalidation is itself a
+/// `HEAD` and downloads only a moved tag.
+pub(super) async fn manifest_head<S, U>(
+    engine: &Arc<Shared<S, U>>,
+    registry: &Registry,
+    repository: &Repository,
+    reference: &ManifestRef,
+    accept: &AcceptSet,
+) -> Result<ManifestHeadResponse>
+where
+    S: Storage + ?Sized,
+    U: Upstream + ?Sized,
+{
+    let held = match reference {
+        ManifestRef::Digest(digest) => engine.manifest_get(digest).await?,
+        ManifestRef::Tag(tag) => {
+            let key = TagKey {
+                upstream: registry.clone(),
+                repository: repository.clone(),
+                tag: tag.clone(),
+            };
+            match engine.storage.tag_get(&key).await? {
+                Some(record) if is_fresh(&record, engine) => {
+                    engine.manifest_get(&record.digest).await?
+                }
+                Some(_) => {
+                    let full = manifest(engine, registry, repository, reference, accept).await?;
+                    return Ok(head_of(full));
+                }
+                None => None,
+            }
+        }
+    };
+    if let Some(held) = held.filter(|m| accept.accepts(&m.media_type)) {
+        return Ok(head_of(respond(held, CacheOutcome::Hit)));
+    }
+    // The same `Accept` a `GET` would send, so both see the same answer.
+    let upstream_accept = match reference {
+        ManifestRef::Tag(_) if accept.is_broad() => super::accept_all_known(),
+        _ => accept.types().to_vec(),
+    };
+    match engine
+        .upstream
+        .manifest_head(registry, repository, reference, &upstream_accept)
+        .await
+    {
+        Ok(head) => {
+            let limit = engine.options.max_manifest_size;
+            if let Some(answer) = head_answer(head, reference, accept, limit) {
+                debug!(digest = %answer.digest, %registry, %repository, "manifest HEAD answered from upstream's HEAD");
+                return Ok(answer);
+            }
+        }
+        Err(e) if e.is_not_found() => return Err(e),
+        Err(e) => {
+            debug!(%registry, %repository, error = %ErrorChain(&e), "upstream manifest HEAD failed; trying GET");
+        }
+    }
+    let full = manifest(engine, registry, repository, reference, accept).await?;
+    Ok(head_of(full))
+}
+
+/// Upstream's `HEAD` as the answer, when complete: a digest (the one asked
+/// for, by digest), a size within `limit` and a type the client accepts.
+/// `None` sends the request the `GET` way, which verifies (and refuses what
+/// it must).
+fn head_answer(
+    head: crate::upstream::ManifestHead,
+    reference: &ManifestRef,
+    accept: &AcceptSet,
+    limit: u64,
+) -> Option<ManifestHeadResponse> {
+    let digest = head.digest?;
+    let size = head.size.filter(|size| *size <= limit)?;
+    if let ManifestRef::Digest(asked) = reference {
+        if *asked != digest {
+            return None;
+        }
+    }
+    if head.media_type.is_empty() || !accept.accepts(&head.media_type) {
+        return None;
+    }
+    Some(ManifestHeadResponse {
+        digest,
+        media_type: head.media_type,
+        size,
+        outcome: CacheOutcome::Miss,
+    })
+}
+
+fn head_of(full: ManifestResponse) -> ManifestHeadResponse {
+    ManifestHeadResponse {
+        size: full.bytes.len() as u64,
+        digest: full.digest,
+        media_type: full.media_type,
+        outcome: full.outcome,
     }
 }
 

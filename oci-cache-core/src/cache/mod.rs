@@ -236,6 +236,20 @@ pub struct ManifestResponse {
     pub outcome: CacheOutcome,
 }
 
+/// What a manifest `HEAD` answers: the headers of the manifest, no body.
+#[derive(Debug, Clone)]
+pub struct ManifestHeadResponse {
+    /// `Docker-Content-Digest` to send.
+    pub digest: Digest,
+    /// `Content-Type` to send.
+    pub media_type: String,
+    /// `Content-Length` to send: the size of the manifest body.
+    pub size: u64,
+    /// How it was obtained ([`CacheOutcome::Miss`] for an answer taken from
+    /// upstream's `HEAD`, which stores nothing).
+    pub outcome: CacheOutcome,
+}
+
 /// A blob (or a range of it) ready to serve.
 pub struct BlobResponse {
     /// Size of the whole blob.
@@ -425,6 +439,25 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     ) -> Result<ManifestResponse> {
         let accept = AcceptSet::parse(accept);
         manifest::manifest(&self.inner, registry, repository, reference, &accept).await
+    }
+
+    /// A manifest's headers without its body (`HEAD`), honouring `accept` as
+    /// [`manifest`](Self::manifest) does.
+    ///
+    /// Served from storage when the digest (or a fresh tag) is cached; a cold
+    /// manifest is answered from upstream's `HEAD` alone, so its body is not
+    /// downloaded and nothing is stored (the later `GET` fetches it once). A
+    /// stale tag, or an upstream `HEAD` that fails or lacks the digest or
+    /// size, takes the `GET` path.
+    pub async fn manifest_head(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        reference: &ManifestRef,
+        accept: &[String],
+    ) -> Result<ManifestHeadResponse> {
+        let accept = AcceptSet::parse(accept);
+        manifest::manifest_head(&self.inner, registry, repository, reference, &accept).await
     }
 
     /// A blob or a range of it (end exclusive, clamped to the size); streams to

@@ -273,3 +273,86 @@ async fn manifest_fetch_finishes_when_the_client_gives_up() {
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(s.upstream.calls().manifest_get(), 1);
 }
+
+impl Setup {
+    async fn manifest_head(
+        &self,
+        reference: &ManifestRef,
+    ) -> Result<crate::cache::ManifestHeadResponse> {
+        self.engine
+            .manifest_head(&hub(), &repo(), reference, &broad())
+            .await
+    }
+}
+
+#[tokio::test]
+async fn head_on_a_cold_manifest_asks_upstream_head_only_and_stores_nothing() {
+    let s = setup(CacheOptions::default());
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    let digest = Digest::sha256_of(INDEX);
+    let by_digest = ManifestRef::Digest(digest.clone());
+
+    for (reference, heads) in [(tag("3.20"), 1), (by_digest.clone(), 2)] {
+        let head = s.manifest_head(&reference).await.unwrap();
+        assert_eq!(head.outcome, CacheOutcome::Miss);
+        assert_eq!(
+            (&head.digest, head.media_type.as_str(), head.size),
+            (&digest, OCI_INDEX, INDEX.len() as u64)
+        );
+        assert_eq!(s.manifest_calls(), (heads, 0), "{reference}: no GET");
+    }
+    assert!(s.storage.manifest_get(&digest).await.unwrap().is_none());
+    assert!(s.storage.tag_get(&tag_key("3.20")).await.unwrap().is_none());
+
+    // The later GET fetches the body once; then HEAD and GET are hits.
+    let got = s.manifest_by_tag("3.20").await;
+    assert_eq!(
+        (got.outcome, got.bytes.as_ref()),
+        (CacheOutcome::Miss, INDEX)
+    );
+    assert_eq!(s.manifest_calls(), (2, 1));
+    for reference in [tag("3.20"), by_digest.clone()] {
+        let head = s.manifest_head(&reference).await.unwrap();
+        assert_eq!(head.outcome, CacheOutcome::Hit);
+        assert_eq!(head.size, INDEX.len() as u64);
+    }
+    let hit = s.manifest(&by_digest, &broad()).await.unwrap();
+    assert_eq!(hit.outcome, CacheOutcome::Hit);
+    assert_eq!(s.manifest_calls(), (2, 1));
+}
+
+#[tokio::test]
+async fn head_on_a_cold_manifest_goes_the_get_way_when_upstream_head_lacks_the_digest() {
+    let s = setup(CacheOptions::default());
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    s.upstream.set_head_without_digest(true);
+    let head = s.manifest_head(&tag("3.20")).await.unwrap();
+    assert_eq!(head.outcome, CacheOutcome::Miss);
+    assert_eq!(head.digest, Digest::sha256_of(INDEX));
+    assert_eq!(s.manifest_calls(), (1, 1));
+    // What the GET fetched was verified and stored.
+    let stored = s.storage.manifest_get(&head.digest).await.unwrap().unwrap();
+    assert_eq!(stored.bytes.as_ref(), INDEX);
+}
+
+#[tokio::test]
+async fn head_on_a_missing_manifest_is_not_found_without_a_get() {
+    let s = setup(CacheOptions::default());
+    let err = s.manifest_head(&tag("nope")).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(s.manifest_calls(), (1, 0));
+}
+
+#[tokio::test]
+async fn head_on_a_stale_tag_revalidates_with_head_only() {
+    let s = setup(CacheOptions::default().with_tag_ttl(Duration::ZERO));
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    s.manifest_by_tag("3.20").await;
+    assert_eq!(s.manifest_calls(), (0, 1));
+    let head = s.manifest_head(&tag("3.20")).await.unwrap();
+    assert_eq!(head.outcome, CacheOutcome::Revalidated);
+    assert_eq!(s.manifest_calls(), (1, 1));
+}
