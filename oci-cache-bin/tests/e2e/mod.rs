@@ -4,6 +4,7 @@
 //! `oci_cache` runs the same kind of pulls through the `oci-cache` binary.
 
 mod airgap;
+mod artifacts;
 mod chain;
 mod clients;
 mod evict;

@@ -160,6 +160,99 @@ pub(crate) fn build_multiarch(dir: &Path, tag: &str, spec: &ImageSpec) -> Layout
     }
 }
 
+/// An OCI artifact: an image manifest with its own config type (or the empty
+/// config) and blobs of any media type, as Helm, cosign and ORAS push them.
+#[derive(Debug, Clone)]
+pub(crate) struct ArtifactSpec {
+    /// The manifest's `artifactType`, when set (OCI 1.1).
+    pub(crate) artifact_type: Option<String>,
+    /// `config.mediaType`.
+    pub(crate) config_media_type: String,
+    /// The config blob's bytes.
+    pub(crate) config: Vec<u8>,
+    /// The blobs: media type, bytes, annotations (a JSON object or null).
+    pub(crate) layers: Vec<(String, Vec<u8>, serde_json::Value)>,
+    /// Manifest annotations (a JSON object or null).
+    pub(crate) annotations: serde_json::Value,
+}
+
+/// A layout holding one artifact, tagged `tag`.
+pub(crate) fn build_artifact(dir: &Path, tag: &str, spec: &ArtifactSpec) -> Layout {
+    init_layout(dir);
+    let artifact = write_artifact(dir, spec);
+    write_index_json(dir, tag, OCI_MANIFEST, &artifact.manifest);
+    Layout {
+        dir: dir.to_owned(),
+        tag: tag.to_owned(),
+        digest: artifact.manifest.digest.clone(),
+        images: vec![artifact],
+    }
+}
+
+/// A layout holding an OCI index whose children are `specs` (each listed with
+/// its `artifactType`), tagged `tag`.
+pub(crate) fn build_artifact_index(dir: &Path, tag: &str, specs: &[ArtifactSpec]) -> Layout {
+    init_layout(dir);
+    let images: Vec<BuiltImage> = specs.iter().map(|s| write_artifact(dir, s)).collect();
+    let manifests: Vec<_> = images
+        .iter()
+        .zip(specs)
+        .map(|(built, spec)| {
+            let mut entry = json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": built.manifest.digest,
+                "size": built.manifest.size,
+            });
+            if let Some(t) = &spec.artifact_type {
+                entry["artifactType"] = json!(t);
+            }
+            entry
+        })
+        .collect();
+    let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let index_blob = write_bytes_blob(dir, &serde_json::to_vec(&index).unwrap());
+    write_index_json(dir, tag, OCI_INDEX, &index_blob);
+    Layout {
+        dir: dir.to_owned(),
+        tag: tag.to_owned(),
+        digest: index_blob.digest,
+        images,
+    }
+}
+
+fn write_artifact(dir: &Path, spec: &ArtifactSpec) -> BuiltImage {
+    let config = write_bytes_blob(dir, &spec.config);
+    let layers: Vec<Blob> = spec
+        .layers
+        .iter()
+        .map(|(_, bytes, _)| write_bytes_blob(dir, bytes))
+        .collect();
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": spec.config_media_type, "digest": config.digest, "size": config.size },
+        "layers": layers.iter().zip(&spec.layers).map(|(blob, (media_type, _, annotations))| {
+            let mut d = json!({ "mediaType": media_type, "digest": blob.digest, "size": blob.size });
+            if !annotations.is_null() {
+                d["annotations"] = annotations.clone();
+            }
+            d
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(t) = &spec.artifact_type {
+        manifest["artifactType"] = json!(t);
+    }
+    if !spec.annotations.is_null() {
+        manifest["annotations"] = spec.annotations.clone();
+    }
+    let manifest = write_bytes_blob(dir, &serde_json::to_vec(&manifest).unwrap());
+    BuiltImage {
+        manifest,
+        config,
+        layers,
+    }
+}
+
 fn init_layout(dir: &Path) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
