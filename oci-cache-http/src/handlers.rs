@@ -11,6 +11,7 @@ use http::header::{
     ETAG, IF_NONE_MATCH, LINK, RANGE,
 };
 use http::{Response, StatusCode};
+use oci_cache_core::cache::ManifestHeadResponse;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::health::{Readiness, ReadyState};
 use oci_cache_core::observe::CacheOutcome;
@@ -130,16 +131,14 @@ async fn manifest(
         .manifest(&target.upstream, &target.repository, reference, &accept)
         .await
         .map_err(|e| fail(e, ErrorSubject::Manifest))?;
-    let mut response = if if_none_match(req.headers, &m.digest) {
-        let mut r = Response::new(body::empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        with_body(StatusCode::OK, &m.media_type, m.bytes)
+    let size = m.bytes.len() as u64;
+    let head = ManifestHeadResponse {
+        digest: m.digest,
+        media_type: m.media_type,
+        size,
+        outcome: m.outcome,
     };
-    set_digest(response.headers_mut(), &m.digest);
-    response.extensions_mut().insert(m.outcome);
-    Ok(response)
+    Ok(manifest_response(req.headers, head, body::full(m.bytes)))
 }
 
 /// A manifest `HEAD`: the headers a `GET` would send, without fetching a
@@ -151,22 +150,36 @@ async fn manifest_head(
     req: &RequestInfo<'_>,
 ) -> Result<Response<Body>, OciError> {
     let accept = accept_list(req.headers);
-    let m = engine
+    let head = engine
         .manifest_head(&target.upstream, &target.repository, reference, &accept)
         .await
         .map_err(|e| fail(e, ErrorSubject::Manifest))?;
-    let mut response = Response::new(body::empty());
-    if if_none_match(req.headers, &m.digest) {
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-    }
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
-        headers.insert(CONTENT_TYPE, v);
-    }
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(m.size));
-    set_digest(headers, &m.digest);
-    response.extensions_mut().insert(m.outcome);
-    Ok(response)
+    Ok(manifest_response(req.headers, head, body::empty()))
+}
+
+/// `304` when the client holds the digest, else `200` with `body` and the
+/// manifest's type and length; the digest headers either way.
+fn manifest_response(
+    request_headers: &HeaderMap,
+    head: ManifestHeadResponse,
+    body: Body,
+) -> Response<Body> {
+    let mut response = if if_none_match(request_headers, &head.digest) {
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(body);
+        let headers = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&head.media_type) {
+            headers.insert(CONTENT_TYPE, v);
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(head.size));
+        r
+    };
+    set_digest(response.headers_mut(), &head.digest);
+    response.extensions_mut().insert(head.outcome);
+    response
 }
 
 async fn blob_head(

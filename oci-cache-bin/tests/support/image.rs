@@ -112,6 +112,11 @@ fn blob_path(dir: &Path, digest: &str) -> PathBuf {
 pub(crate) fn build_image(dir: &Path, tag: &str, spec: &ImageSpec) -> Layout {
     init_layout(dir);
     let image = write_image(dir, spec, "amd64");
+    manifest_layout(dir, tag, image)
+}
+
+/// Tags the image manifest of `image` (already written) in the layout at `dir`.
+fn manifest_layout(dir: &Path, tag: &str, image: BuiltImage) -> Layout {
     write_index_json(dir, tag, OCI_MANIFEST, &image.manifest);
     Layout {
         dir: dir.to_owned(),
@@ -145,6 +150,16 @@ pub(crate) fn build_multiarch(dir: &Path, tag: &str, spec: &ImageSpec) -> Layout
             })
         })
         .collect();
+    index_layout(dir, tag, manifests, images)
+}
+
+/// Writes an OCI index of `manifests` (descriptors of `images`) and tags it.
+fn index_layout(
+    dir: &Path,
+    tag: &str,
+    manifests: Vec<serde_json::Value>,
+    images: Vec<BuiltImage>,
+) -> Layout {
     let index = json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
@@ -180,13 +195,7 @@ pub(crate) struct ArtifactSpec {
 pub(crate) fn build_artifact(dir: &Path, tag: &str, spec: &ArtifactSpec) -> Layout {
     init_layout(dir);
     let artifact = write_artifact(dir, spec);
-    write_index_json(dir, tag, OCI_MANIFEST, &artifact.manifest);
-    Layout {
-        dir: dir.to_owned(),
-        tag: tag.to_owned(),
-        digest: artifact.manifest.digest.clone(),
-        images: vec![artifact],
-    }
+    manifest_layout(dir, tag, artifact)
 }
 
 /// A layout holding an OCI index whose children are `specs` (each listed with
@@ -209,15 +218,7 @@ pub(crate) fn build_artifact_index(dir: &Path, tag: &str, specs: &[ArtifactSpec]
             entry
         })
         .collect();
-    let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
-    let index_blob = write_bytes_blob(dir, &serde_json::to_vec(&index).unwrap());
-    write_index_json(dir, tag, OCI_INDEX, &index_blob);
-    Layout {
-        dir: dir.to_owned(),
-        tag: tag.to_owned(),
-        digest: index_blob.digest,
-        images,
-    }
+    index_layout(dir, tag, manifests, images)
 }
 
 fn write_artifact(dir: &Path, spec: &ArtifactSpec) -> BuiltImage {

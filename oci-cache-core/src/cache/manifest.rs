@@ -10,6 +10,9 @@
 //! Every upstream fetch runs as a single flight keyed by (registry,
 //! repository, reference, upstream `Accept`): concurrent requests make one
 //! upstream request, and the fetch finishes and stores even if the clients left.
+//!
+//! A `HEAD` on a manifest not held is answered from upstream's `HEAD` and
+//! stores nothing: without the body there is nothing to verify.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,13 +20,27 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 
 use super::accept::AcceptSet;
-use super::{ManifestHeadResponse, ManifestResponse, Shared};
+use super::{ManifestResponse, Shared};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::observe::CacheOutcome;
 use crate::reference::{ManifestRef, Registry, Repository, Tag};
 use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{FetchedManifest, Upstream};
 use crate::{Error, ErrorChain, Result};
+
+/// What a manifest `HEAD` answers: the headers of the manifest, no body.
+#[derive(Debug, Clone)]
+pub struct ManifestHeadResponse {
+    /// `Docker-Content-Digest` to send.
+    pub digest: Digest,
+    /// `Content-Type` to send.
+    pub media_type: String,
+    /// `Content-Length` to send: the size of the manifest body.
+    pub size: u64,
+    /// How it was obtained ([`CacheOutcome::Miss`] for an answer taken from
+    /// upstream's `HEAD`, which stores nothing).
+    pub outcome: CacheOutcome,
+}
 
 /// What one manifest flight produced.
 #[derive(Debug, Clone)]

@@ -70,6 +70,7 @@ pub use crate::manifest::media_type::{
 pub use crate::observe::CacheOutcome;
 
 pub use blob::FillRetry;
+pub use manifest::ManifestHeadResponse;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -233,20 +234,6 @@ pub struct ManifestResponse {
     /// Exact bytes.
     pub bytes: Bytes,
     /// How it was obtained.
-    pub outcome: CacheOutcome,
-}
-
-/// What a manifest `HEAD` answers: the headers of the manifest, no body.
-#[derive(Debug, Clone)]
-pub struct ManifestHeadResponse {
-    /// `Docker-Content-Digest` to send.
-    pub digest: Digest,
-    /// `Content-Type` to send.
-    pub media_type: String,
-    /// `Content-Length` to send: the size of the manifest body.
-    pub size: u64,
-    /// How it was obtained ([`CacheOutcome::Miss`] for an answer taken from
-    /// upstream's `HEAD`, which stores nothing).
     pub outcome: CacheOutcome,
 }
 
@@ -442,13 +429,8 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     }
 
     /// A manifest's headers without its body (`HEAD`), honouring `accept` as
-    /// [`manifest`](Self::manifest) does.
-    ///
-    /// Served from storage when the digest (or a fresh tag) is cached; a cold
-    /// manifest is answered from upstream's `HEAD` alone, so its body is not
-    /// downloaded and nothing is stored (the later `GET` fetches it once). A
-    /// stale tag, or an upstream `HEAD` that fails or lacks the digest or
-    /// size, takes the `GET` path.
+    /// [`manifest`](Self::manifest) does: from storage when held, else from
+    /// upstream's `HEAD` alone, storing nothing (see `cache/manifest.rs`).
     pub async fn manifest_head(
         &self,
         registry: &Registry,
