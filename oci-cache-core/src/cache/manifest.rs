@@ -26,7 +26,7 @@ use crate::observe::CacheOutcome;
 use crate::reference::{ManifestRef, Registry, Repository, Tag};
 use crate::storage::{Storage, StoredManifest, TagKey, TagRecord};
 use crate::upstream::{FetchedManifest, Upstream};
-use crate::{Error, ErrorChain, Result};
+use crate::{Error, ErrorChain, Result, UpstreamErrorKind};
 
 /// What a manifest `HEAD` answers: the headers of the manifest, no body.
 #[derive(Debug, Clone)]
@@ -76,7 +76,8 @@ where
 /// else from upstream's `HEAD` without downloading the body. Nothing learned
 /// from a `HEAD` is stored: it carries no bytes to verify. A stale or
 /// unacceptable tag record goes the `GET` way, whose revalidation is itself a
-/// `HEAD` and downloads only a moved tag.
+/// `HEAD` and downloads only a moved tag. An upstream `HEAD` answer that is
+/// incomplete or unusable goes the `GET` way too.
 pub(super) async fn manifest_head<S, U>(
     engine: &Arc<Shared<S, U>>,
     registry: &Registry,
@@ -128,10 +129,12 @@ where
                 return Ok(answer);
             }
         }
-        Err(e) if e.is_not_found() => return Err(e),
-        Err(e) => {
-            debug!(%registry, %repository, error = %ErrorChain(&e), "upstream manifest HEAD failed; trying GET");
+        // An answer we cannot use (a 405, no Content-Type): a GET may do.
+        Err(Error::Upstream(e)) if e.kind() == UpstreamErrorKind::Invalid => {
+            debug!(%registry, %repository, error = %ErrorChain(&e), "upstream manifest HEAD unusable; trying GET");
         }
+        // Not found, down, refused, offline: a GET would fare no better.
+        Err(e) => return Err(e),
     }
     let full = manifest(engine, registry, repository, reference, accept).await?;
     Ok(head_of(full))

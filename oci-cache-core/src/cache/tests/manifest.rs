@@ -346,6 +346,20 @@ async fn head_on_a_missing_manifest_is_not_found_without_a_get() {
 }
 
 #[tokio::test]
+async fn head_on_a_cold_manifest_with_upstream_down_fails_without_a_get() {
+    let s = setup(CacheOptions::default());
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    s.upstream.fail_with(Some(UpstreamErrorKind::Unavailable));
+    let err = s.manifest_head(&tag("3.20")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Upstream(e) if e.kind() == UpstreamErrorKind::Unavailable),
+        "{err}"
+    );
+    assert_eq!(s.manifest_calls(), (1, 0));
+}
+
+#[tokio::test]
 async fn head_on_a_stale_tag_revalidates_with_head_only() {
     let s = setup(CacheOptions::default().with_tag_ttl(Duration::ZERO));
     s.upstream
