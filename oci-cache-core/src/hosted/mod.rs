@@ -283,8 +283,8 @@ impl<S: Storage + ?Sized> Hosted<S> {
     /// Size of a stored blob, for a cross-repository mount: any blob the
     /// store holds (pushed or cached from upstream) can be mounted, since
     /// blobs are content-addressed. `None` when absent. A mounted blob is
-    /// pushed as much as an uploaded one: it gets the same grace until its
-    /// manifest arrives ([`protect_pushed`](Self::protect_pushed)).
+    /// pushed as much as an uploaded one: it gets the same grace record,
+    /// which keeps eviction and purge off it until its manifest arrives.
     pub async fn mount(&self, digest: &Digest) -> Result<Option<u64>> {
         self.protect_pushed(digest).await?;
         let size = self.storage.blob_stat(digest).await?.map(|info| info.size);
