@@ -10,7 +10,7 @@ use futures::StreamExt;
 use oci_cache_core::error::ErrorChain;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::storage::Storage;
-use oci_cache_http::client_auth::{self, AuthService, ClientAuth};
+use oci_cache_http::client_auth;
 use oci_cache_http::metrics::{Metrics, MetricsService};
 use oci_cache_http::{tls_server, AccessLog};
 use tokio::net::TcpListener;
@@ -31,12 +31,17 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     let metrics = Arc::new(Metrics::new());
     count_stored(Arc::clone(&storage), Arc::clone(&metrics));
     let readiness = Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL);
-    let mirror = engine::builder_over(&settings, storage)
+    let mut builder = engine::builder_over(&settings, storage)
         .observer(Arc::new(AccessLog))
         .metrics(Arc::clone(&metrics))
         .readiness(readiness)
-        .build()?;
-    let mut service = mirror.service();
+        // Served on its own listener when one is set.
+        .metrics_endpoint(settings.metrics_listen.is_none());
+    if let Some(config) = &settings.client_auth {
+        builder = builder.client_auth(config.clone());
+    }
+    let mirror = builder.build()?;
+    let service = mirror.service();
     spawn_evictor(service.engine());
     spawn_sweeper(&service, settings.hosted.upload_max_age);
     if let Some(addr) = settings.metrics_listen {
@@ -44,7 +49,6 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
             .await
             .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
         tracing::info!(metrics_listen = %addr, "serving /metrics on its own listener");
-        service = service.without_metrics_endpoint();
         let metrics_service = MetricsService::new(Arc::clone(&metrics));
         tokio::spawn(async move {
             if let Err(e) =
@@ -56,8 +60,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     }
     let storage_name = service.engine().storage().to_string();
     let engine = service.engine().clone();
-    // Owned: the service moves into the auth wrapper below.
-    let mirrors = service.mirrors().clone();
+    let mirrors = service.mirrors();
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -78,34 +81,20 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         Some(files) => Some(tls_server::acceptor(files)?),
         None => None,
     };
-    match &settings.client_auth {
-        Some(config) => {
-            let auth = Arc::new(ClientAuth::new(config, &mirrors, &settings.local_prefixes)?);
-            let service = AuthService::new(service, auth);
-            oci_cache_http::serve_with(
-                listener,
-                service,
-                tls,
-                settings.server.clone(),
-                shutdown_signal(),
-            )
-            .await?;
-        }
-        None => {
-            for name in client_auth::exposed_credentialed_upstreams(&mirrors) {
-                tracing::warn!(upstream = %name,
-                    "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
-            }
-            oci_cache_http::serve_with(
-                listener,
-                service,
-                tls,
-                settings.server.clone(),
-                shutdown_signal(),
-            )
-            .await?;
+    if settings.client_auth.is_none() {
+        for name in client_auth::exposed_credentialed_upstreams(mirrors) {
+            tracing::warn!(upstream = %name,
+                "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
         }
     }
+    oci_cache_http::serve_with(
+        listener,
+        mirror.pipeline(),
+        tls,
+        settings.server.clone(),
+        shutdown_signal(),
+    )
+    .await?;
     drain_fills(&engine).await;
     tracing::info!("oci-cache stopped");
     Ok(())

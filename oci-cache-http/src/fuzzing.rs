@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::handlers::RangeSpec;
+use crate::response::RangeSpec;
 
 /// One parsed `WWW-Authenticate` challenge: lower-cased scheme and
 /// parameters (lower-cased names, unquoted values).
@@ -50,7 +50,7 @@ pub const MAX_TOKEN_LIFETIME: Duration = crate::upstream::auth::MAX_TOKEN_LIFETI
 /// A `Range` request header: `(Some(start), end)` for `bytes=start-[end]`,
 /// `(None, Some(n))` for the last `n` bytes.
 pub fn parse_range(value: &str) -> Option<(Option<u64>, Option<u64>)> {
-    crate::handlers::parse_range(value).map(|spec| match spec {
+    crate::response::parse_range(value).map(|spec| match spec {
         RangeSpec::From(start, end) => (Some(start), end),
         RangeSpec::Suffix(n) => (None, Some(n)),
     })

@@ -7,16 +7,36 @@
 //! [`Mirror::builder`] takes the upstream list once (validated), a storage,
 //! the option types ([`CacheOptions`](oci_cache_core::cache::CacheOptions),
 //! [`UpstreamOptions`]) and an [`Observer`](oci_cache_core::observe::Observer),
-//! and builds the upstream client, the engine and an [`OciService`]: a
-//! `Clone` hyper *and* tower service that [`serve`] runs (HTTP/1.1 and h2c,
-//! graceful shutdown), that any tower stack can mount (axum's
-//! `Router::nest_service`, see `examples/axum.rs`), and that tests call with
-//! [`OciService::handle`]. Errors become OCI error bodies in one place,
-//! [`OciError`], which an embedder's own routes can use too.
+//! and builds the upstream client, the engine, an [`OciService`] and the
+//! layers in front of it. [`Mirror::pipeline`] is the whole request path
+//! that [`serve`] runs (HTTP/1.1 and h2c, graceful shutdown);
+//! [`Mirror::service`] is the `Clone` hyper *and* tower service alone, which
+//! any tower stack can mount (axum's `Router::nest_service`, see
+//! `examples/axum.rs`) and tests call with [`OciService::handle`]. Errors
+//! become OCI error bodies in one place, [`OciError`], which an embedder's
+//! own routes can use too.
+//!
+//! # The life of a request
+//!
+//! The [`Pipeline`] is ordinary tower pieces, each reading what the one
+//! before it put into the request's extensions:
+//!
+//! 1. [`serve`] inserts the client's [`PeerAddr`].
+//! 2. [`RoutingLayer`] routes the request once (`(method, path, query)` →
+//!    route, pure) and inserts the [`MatchedRoute`], as axum's
+//!    `MatchedPath`; nothing after it parses the path again.
+//! 3. [`ClientAuthLayer`](client_auth::ClientAuthLayer), when
+//!    [`MirrorBuilder::client_auth`] configured it, admits or refuses by the
+//!    matched route and inserts the [`ClientIdentity`](client_auth::ClientIdentity)
+//!    a client proved; it wraps any tower service.
+//! 4. [`OciService`] opens the request span, answers with the handler of the
+//!    route's family (pull, push, probes, admin), adds the headers every
+//!    answer carries, and reports the request when its body ends. Mounted
+//!    bare, it routes a request that carries no [`MatchedRoute`] itself.
 //!
 //! # Design
 //!
-//! - **Routing is pure.** `(method, path, query)` → route, matched from the
+//! - **Routing is pure and done once.** `(method, path, query)` → route, matched from the
 //!   right because repository names have any number of segments. The upstream
 //!   is chosen by `?ns=` (what containerd sends), else by a first path segment
 //!   naming a configured upstream (`/v2/ghcr.io/org/app/…`, what podman and
@@ -62,7 +82,7 @@
 //!     .observer(Arc::new(AccessLog))
 //!     .build()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
-//! serve(listener, mirror.service(), async {
+//! serve(listener, mirror.pipeline(), async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await?;
@@ -70,7 +90,6 @@
 //! # }
 //! ```
 
-mod admin;
 pub mod body;
 pub mod client_auth;
 pub mod error;
@@ -80,8 +99,12 @@ mod handlers;
 pub mod metrics;
 mod mirror;
 mod observed;
-mod push;
+mod peer;
+mod pem;
+mod pipeline;
+mod response;
 mod routes;
+mod routing;
 mod server;
 mod service;
 pub mod tls_server;
@@ -90,9 +113,12 @@ mod wire;
 
 pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
+pub use handlers::{Engine, HostedEngine};
 pub use mirror::{Mirror, MirrorBuilder};
 pub use observed::AccessLog;
-pub use push::HostedEngine;
+pub use peer::PeerAddr;
+pub use pipeline::Pipeline;
+pub use routing::{MatchedRoute, Routing, RoutingLayer};
 pub use server::{serve, serve_with, ServerOptions};
-pub use service::{Engine, OciService, ResponseFuture};
+pub use service::{OciService, ResponseFuture};
 pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};

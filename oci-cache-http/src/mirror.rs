@@ -1,5 +1,6 @@
 //! [`Mirror`]: one value that builds the whole cache (upstream client, engine,
-//! service) from the upstream list, a storage and the option types.
+//! service, the layers in front of it) from the upstream list, a storage and
+//! the option types.
 
 use std::sync::Arc;
 
@@ -11,15 +12,19 @@ use oci_cache_core::observe::{self, SharedObserver};
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 
+use crate::client_auth::{ClientAuth, ClientAuthConfig};
+use crate::handlers::Engine;
 use crate::metrics::Metrics;
-use crate::service::{Engine, OciService};
+use crate::pipeline::Pipeline;
+use crate::service::OciService;
 use crate::upstream::{HyperUpstream, UpstreamOptions};
 use crate::{Error, Result};
 
-/// A built mirror: the engine and the service over it.
+/// A built mirror: the engine, the service over it and the layers in front.
 #[derive(Debug, Clone)]
 pub struct Mirror {
     service: OciService,
+    client_auth: Option<Arc<ClientAuth>>,
 }
 
 impl Mirror {
@@ -28,9 +33,18 @@ impl Mirror {
         MirrorBuilder::default()
     }
 
-    /// The service to mount or [`serve`](crate::serve) (cheap to clone).
+    /// The service alone, without the layers (cheap to clone): to mount in
+    /// an embedder's own stack (axum's `nest_service`), where the embedder
+    /// decides who may reach it. It routes each request itself.
     pub fn service(&self) -> OciService {
         self.service.clone()
+    }
+
+    /// The whole request pipeline to [`serve`](crate::serve): routing, client
+    /// authentication when [`MirrorBuilder::client_auth`] set it up, then
+    /// the service (cheap to clone).
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline::new(self.service.clone(), self.client_auth.clone())
     }
 
     /// The cache engine, for embedders that call it directly.
@@ -41,7 +55,6 @@ impl Mirror {
 
 /// Builds a [`Mirror`]. Required: [`upstreams`](Self::upstreams) and
 /// [`storage`](Self::storage); everything else has defaults.
-#[derive(Default)]
 pub struct MirrorBuilder {
     upstreams: Option<MirrorConfig>,
     storage: Option<Arc<dyn Storage>>,
@@ -53,6 +66,27 @@ pub struct MirrorBuilder {
     readiness: Option<Readiness>,
     local_prefixes: Vec<String>,
     hosted_options: HostedOptions,
+    client_auth: Option<ClientAuthConfig>,
+    metrics_endpoint: bool,
+}
+
+impl Default for MirrorBuilder {
+    fn default() -> Self {
+        MirrorBuilder {
+            upstreams: None,
+            storage: None,
+            upstream: None,
+            cache_options: CacheOptions::default(),
+            upstream_options: UpstreamOptions::default(),
+            observer: None,
+            metrics: None,
+            readiness: None,
+            local_prefixes: Vec::new(),
+            hosted_options: HostedOptions::default(),
+            client_auth: None,
+            metrics_endpoint: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for MirrorBuilder {
@@ -63,6 +97,8 @@ impl std::fmt::Debug for MirrorBuilder {
             .field("upstream_options", &self.upstream_options)
             .field("local_prefixes", &self.local_prefixes)
             .field("hosted_options", &self.hosted_options)
+            .field("client_auth", &self.client_auth)
+            .field("metrics_endpoint", &self.metrics_endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -102,12 +138,30 @@ impl MirrorBuilder {
     }
 
     /// Feeds `metrics` from the same events as the observer (both receive
-    /// them) and serves them at `GET /metrics`; use
-    /// [`OciService::without_metrics_endpoint`] to serve them elsewhere.
+    /// them) and serves them at `GET /metrics`; turn the route off with
+    /// [`metrics_endpoint`](Self::metrics_endpoint) to serve them elsewhere.
     /// Embedders that want the figures without HTTP read
     /// [`Metrics::encode`] or pass their own [`observer`](Self::observer).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether `GET /metrics` is served here (default: yes, when
+    /// [`metrics`](Self::metrics) is set). Off when another listener serves
+    /// them ([`MetricsService`](crate::metrics::MetricsService)).
+    pub fn metrics_endpoint(mut self, served: bool) -> Self {
+        self.metrics_endpoint = served;
+        self
+    }
+
+    /// Puts client authentication into the [`Pipeline`]: an htpasswd file
+    /// and access per upstream and local prefix (see
+    /// [`client_auth`](crate::client_auth)). Loaded and checked against the
+    /// upstreams and local prefixes by [`build`](Self::build). Default: none,
+    /// every route is open (and the purge endpoint is 404).
+    pub fn client_auth(mut self, config: ClientAuthConfig) -> Self {
+        self.client_auth = Some(config);
         self
     }
 
@@ -147,11 +201,13 @@ impl MirrorBuilder {
         self
     }
 
-    /// Validates the upstream list and builds the client, engine and service.
+    /// Validates the upstream list and builds the client, engine, service
+    /// and client authentication.
     ///
     /// Errors: [`Error::Core`] with a configuration error when the upstream
     /// list or storage is missing or invalid; [`Error::Tls`] when an
-    /// endpoint's TLS settings cannot be loaded.
+    /// endpoint's TLS settings cannot be loaded; [`Error::ClientAuth`] when
+    /// the htpasswd file cannot be read or access names an unknown upstream.
     pub fn build(self) -> Result<Mirror> {
         let missing = |what: &str| {
             Error::Core(oci_cache_core::Error::Config(format!(
@@ -173,6 +229,14 @@ impl MirrorBuilder {
         for prefix in &self.local_prefixes {
             validate_local_prefix(prefix, &upstreams)?;
         }
+        let client_auth = match &self.client_auth {
+            Some(config) => Some(Arc::new(ClientAuth::new(
+                config,
+                &upstreams,
+                &self.local_prefixes,
+            )?)),
+            None => None,
+        };
         let mirrors = Arc::new(upstreams);
         let upstream = match self.upstream {
             Some(upstream) => upstream,
@@ -192,12 +256,15 @@ impl MirrorBuilder {
         // Pushed bytes count against the same size cap as cached ones.
         let hosted = hosted.with_budget(Arc::clone(engine.budget()));
         let mut service = OciService::new(engine, mirrors).with_hosted(self.local_prefixes, hosted);
-        if let Some(metrics) = self.metrics {
+        if let Some(metrics) = self.metrics.filter(|_| self.metrics_endpoint) {
             service = service.with_metrics(metrics);
         }
         if let Some(readiness) = self.readiness {
             service = service.with_readiness(readiness);
         }
-        Ok(Mirror { service })
+        Ok(Mirror {
+            service,
+            client_auth,
+        })
     }
 }

@@ -46,6 +46,8 @@ pub(crate) enum Route {
     Ready,
     /// `/metrics`.
     Metrics,
+    /// `/admin/purge` (any method: the handler says which one it takes).
+    Purge,
     /// `/v2/`.
     Ping,
     /// `/v2/_catalog`.
@@ -103,6 +105,7 @@ impl Route {
             Route::Health => "healthz",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
+            Route::Purge => "purge",
             Route::Ping => "ping",
             Route::Catalog { .. } => "catalog",
             Route::Manifest { .. } => "manifest",
@@ -129,6 +132,9 @@ impl Route {
     }
 }
 
+/// The path of the purge endpoint (admin family).
+pub(crate) const PURGE_PATH: &str = "/admin/purge";
+
 /// Routes a request; `local` are the local prefixes of hosted repositories.
 pub(crate) fn route(
     method: &Method,
@@ -144,6 +150,9 @@ pub(crate) fn route(
         "/metrics" => Some(Route::Metrics),
         _ => None,
     };
+    if path == PURGE_PATH {
+        return Ok(Route::Purge);
+    }
     if let Some(probe) = probe {
         return if read_only {
             Ok(probe)
@@ -430,7 +439,7 @@ fn unsupported(method: &Method) -> OciError {
     )
 }
 
-fn unknown_route(path: &str) -> OciError {
+pub(crate) fn unknown_route(path: &str) -> OciError {
     OciError::new(
         StatusCode::NOT_FOUND,
         OciErrorCode::NameUnknown,

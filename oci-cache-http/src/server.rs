@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_auth::PeerAddr;
+use crate::peer::PeerAddr;
 use crate::Result;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

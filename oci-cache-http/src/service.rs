@@ -13,25 +13,21 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, X_CONTENT_TYPE_OPTIONS};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use oci_cache_core::cache::PullThrough;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{RequestEvent, SharedObserver};
-use oci_cache_core::storage::{ByteStream, Storage};
-use oci_cache_core::upstream::Upstream;
+use oci_cache_core::storage::ByteStream;
 use tracing::{field, Instrument};
 
 use crate::body::{self, Body};
-use crate::handlers::{self, RequestInfo};
+use crate::handlers::push::body_stream;
+use crate::handlers::{self, Engine, HostedEngine, RequestInfo};
 use crate::metrics::Metrics;
 use crate::observed::ObservedBody;
-use crate::push::{self, HostedEngine};
-use crate::routes::{self, HostedOp, Route};
+use crate::response::outcome_of;
+use crate::routes::{HostedOp, Route};
+use crate::routing::{MatchedRoute, RouteTable};
 use crate::wire;
-
-/// The engine as the service holds it: storage and upstream chosen at
-/// runtime. Cheap to clone (one `Arc`).
-pub type Engine = PullThrough<dyn Storage, dyn Upstream>;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
@@ -47,12 +43,13 @@ const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 #[derive(Clone)]
 pub struct OciService {
     engine: Engine,
-    mirrors: Arc<MirrorConfig>,
+    routes: RouteTable,
     observer: SharedObserver,
     metrics: Option<Arc<Metrics>>,
     readiness: Option<Readiness>,
-    /// Hosted repositories: local prefixes and the push API (none: a pure cache).
-    hosted: Option<(Arc<[String]>, Arc<HostedEngine>)>,
+    /// The push API of hosted repositories (none: a pure cache); their
+    /// local prefixes are in `routes`.
+    hosted: Option<Arc<HostedEngine>>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -75,7 +72,7 @@ impl OciService {
         let observer = engine.observer().clone();
         OciService {
             engine,
-            mirrors,
+            routes: RouteTable::new(mirrors, Arc::new([])),
             observer,
             metrics: None,
             readiness: None,
@@ -88,19 +85,24 @@ impl OciService {
     /// upstream. [`Mirror::builder`](crate::Mirror::builder)'s
     /// `local_prefixes` validates the prefixes and calls this.
     pub fn with_hosted(mut self, prefixes: Vec<String>, hosted: HostedEngine) -> Self {
-        self.hosted = (!prefixes.is_empty()).then(|| (prefixes.into(), Arc::new(hosted)));
+        if prefixes.is_empty() {
+            self.hosted = None;
+        } else {
+            self.hosted = Some(Arc::new(hosted));
+        }
+        self.routes = self.routes.with_local_prefixes(prefixes.into());
         self
     }
 
     /// The push API of the hosted repositories, when there are any (for
     /// the server's periodic clean-up of abandoned uploads).
     pub fn hosted(&self) -> Option<&Arc<HostedEngine>> {
-        self.hosted.as_ref().map(|(_, hosted)| hosted)
+        self.hosted.as_ref()
     }
 
     /// The local prefixes of hosted repositories (empty: none).
     pub fn local_prefixes(&self) -> &[String] {
-        self.hosted.as_ref().map_or(&[], |(prefixes, _)| prefixes)
+        self.routes.local_prefixes()
     }
 
     /// Serves `metrics` at `GET /metrics` (without it, `/metrics` is 404).
@@ -132,19 +134,26 @@ impl OciService {
 
     /// The mirror configuration requests are routed by.
     pub fn mirrors(&self) -> &MirrorConfig {
-        &self.mirrors
+        self.routes.mirrors()
+    }
+
+    /// What requests are routed by, for the routing layer in front.
+    pub(crate) fn route_table(&self) -> &RouteTable {
+        &self.routes
     }
 
     /// Answers one request. Never fails: every error becomes an OCI error
     /// response. The body is read only by pushes to hosted repositories.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    pub async fn handle<B>(&self, mut request: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
         let started = Instant::now();
+        // Routed by the routing layer in front, or here when mounted bare.
+        let matched = self.routes.ensure_routed(&mut request);
         let (request, body) = request.into_parts();
-        let body = push::body_stream(body);
+        let body = body_stream(body);
         let span = tracing::info_span!(
             "request",
             method = %request.method,
@@ -153,16 +162,20 @@ impl OciService {
             reference = field::Empty,
             upstream = field::Empty,
         );
-        let (response, route) = self.respond(&request, body).instrument(span.clone()).await;
+        let response = self
+            .respond(&request, &matched, body)
+            .instrument(span.clone())
+            .await;
         let event = RequestEvent {
             method: request.method.to_string(),
             path: request.uri.path().to_owned(),
-            route: route.as_ref().map_or("unknown", Route::name),
-            upstream: route
-                .as_ref()
+            route: matched.name(),
+            upstream: matched
+                .route()
+                .ok()
                 .and_then(Route::target)
                 .map(|t| t.upstream.clone()),
-            cache: handlers::outcome_of(&response),
+            cache: outcome_of(&response),
             status: response.status().as_u16(),
             bytes_sent: 0,
             duration: started.elapsed(),
@@ -178,47 +191,31 @@ impl OciService {
     async fn respond(
         &self,
         request: &http::request::Parts,
+        matched: &MatchedRoute,
         body: ByteStream,
-    ) -> (Response<Body>, Option<Route>) {
+    ) -> Response<Body> {
         let method = &request.method;
-        let path = request.uri.path();
         let query = request.uri.query();
         let ns = wire::query_param(query, "ns");
         let head = method == Method::HEAD;
-
-        let local = self.local_prefixes();
-        let hosted = self.hosted.as_ref().map(|(_, hosted)| hosted.as_ref());
-        let (result, route) = match routes::route(method, path, query, &self.mirrors, local) {
+        let result = match matched.route() {
             Ok(route) => {
-                record_route(&tracing::Span::current(), &route);
+                record_route(&tracing::Span::current(), route);
                 let info = RequestInfo {
-                    path,
+                    method,
+                    path: request.uri.path(),
+                    query,
                     ns: ns.as_deref(),
                     headers: &request.headers,
+                    extensions: &request.extensions,
+                    mirrors: self.mirrors(),
                     metrics: self.metrics.as_deref(),
                     readiness: self.readiness.as_ref(),
-                    hosted,
+                    hosted: self.hosted.as_deref(),
                 };
-                let result = match (&route, hosted) {
-                    (Route::Hosted { repository, op }, Some(hosted)) => {
-                        let req = push::HostedRequest {
-                            method,
-                            query,
-                            repository,
-                            op,
-                            info: &info,
-                            client: request
-                                .extensions
-                                .get::<crate::client_auth::PeerAddr>()
-                                .map(|peer| peer.0.ip()),
-                        };
-                        push::dispatch(hosted, req, body).await
-                    }
-                    _ => handlers::dispatch(&self.engine, &route, &info, head).await,
-                };
-                (result, Some(route))
+                handlers::dispatch(&self.engine, route, &info, body).await
             }
-            Err(e) => (Err(e), None),
+            Err(e) => Err(e.clone()),
         };
         let mut response = result.unwrap_or_else(|e| e.into_response());
         let headers = response.headers_mut();
@@ -236,7 +233,7 @@ impl OciService {
             let (parts, _) = response.into_parts();
             response = Response::from_parts(parts, body::empty());
         }
-        (response, route)
+        response
     }
 }
 

@@ -14,14 +14,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::upstream::tls::read_certs;
+use crate::pem::{read_certs, read_key};
 use crate::{Error, Result};
 
 /// How often the certificate files' modification times are looked at.
@@ -148,8 +146,7 @@ fn load(
             cert.display()
         ));
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("key file {}: {e}; give a PEM private key", key.display()))?;
+    let der = read_key(key).map_err(|e| format!("key file {e}"))?;
     CertifiedKey::from_der(chain, der, provider).map_err(|e| {
         format!(
             "certificate {} and key {} do not form a usable pair: {e}",

@@ -141,13 +141,13 @@ mod defaults {
     use http_body_util::{BodyExt, Full};
     use oci_cache_core::digest::Digest;
     use oci_cache_core::testing::BlobScript;
-    use oci_cache_http::client_auth::AuthService;
+    use oci_cache_http::Pipeline;
 
     use super::*;
 
     /// A mirror hosting `local/…` in front of a fake upstream, behind client
     /// authentication with `public` made public.
-    fn guarded(public: &[&str]) -> (AuthService, Arc<FakeUpstream>, tempfile::TempDir) {
+    fn guarded(public: &[&str]) -> (Pipeline, Arc<FakeUpstream>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let config = mirrors("http://127.0.0.1:9");
         let fake = Arc::new(FakeUpstream::new());
@@ -164,7 +164,7 @@ mod defaults {
     }
 
     async fn send(
-        svc: &AuthService,
+        svc: &Pipeline,
         method: Method,
         uri: &str,
         authorization: Option<&str>,

@@ -18,6 +18,7 @@ mod conformance;
 mod embed;
 mod hostile_body;
 mod hostile_wire;
+mod layers;
 mod metrics;
 mod observe;
 mod resilience;

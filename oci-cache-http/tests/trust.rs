@@ -321,12 +321,13 @@ mod client_auth {
     use bytes::Bytes;
     use http::{Method, Request, StatusCode};
     use http_body_util::{BodyExt, Empty};
-    use oci_cache_http::client_auth::{AuthService, PeerAddr};
+    use oci_cache_http::client_auth::PeerAddr;
+    use oci_cache_http::Pipeline;
 
     use super::*;
 
     struct Guarded {
-        svc: AuthService,
+        svc: Pipeline,
         _dir: tempfile::TempDir,
     }
 

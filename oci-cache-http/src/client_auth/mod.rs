@@ -1,6 +1,8 @@
 //! Client authentication on the mirror: an htpasswd file, a Basic challenge,
-//! and per-upstream access (`public` or `authenticated`), as a service
-//! wrapped around [`OciService`].
+//! and per-upstream access (`public` or `authenticated`), as a tower layer
+//! ([`ClientAuthLayer`]) over any service, deciding by the route the routing
+//! layer matched. [`MirrorBuilder::client_auth`](crate::MirrorBuilder::client_auth)
+//! puts it into the [`Pipeline`](crate::Pipeline).
 //!
 //! - Every upstream and every local prefix (hosted repositories) is
 //!   `authenticated` unless the configuration marks it `public`, as
@@ -15,8 +17,9 @@
 //! - The ping answers 401 without credentials, as registry:2 does: clients
 //!   (skopeo, podman, Docker) learn from it to send credentials, and fetch
 //!   public content anonymously when they have none.
-//! - `DELETE /admin/purge?ref=IMAGE` (see `admin.rs`) exists only here,
-//!   for authenticated clients: it purges one image while serving.
+//! - `DELETE /admin/purge?ref=IMAGE` (the admin route) is answered only for
+//!   authenticated clients ([`ClientIdentity`]): it purges one image while
+//!   serving. Without client authentication it is 404.
 //! - Failed attempts are rate-limited per client address ([`PeerAddr`]),
 //!   counted before the password is checked (see `limiter`).
 //! - A refused request keeps its connection usable (see `refusal`).
@@ -25,23 +28,22 @@
 //!   path unless that public upstream has it too (see `provenance`).
 
 pub(crate) mod htpasswd;
+mod layer;
 mod limiter;
 mod provenance;
 mod refusal;
 
+pub use self::layer::{ClientAuthLayer, ClientAuthService, ClientIdentity};
+pub use crate::peer::PeerAddr;
+
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::WWW_AUTHENTICATE;
+use http::{HeaderValue, Response, StatusCode};
 use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
-use oci_cache_core::reference::{ManifestRef, Registry};
+use oci_cache_core::reference::Registry;
 use serde::Deserialize;
 
 use self::htpasswd::HtpasswdFile;
@@ -49,15 +51,7 @@ use self::limiter::FailureLimiter;
 use self::provenance::PrivateDigests;
 use crate::body::Body;
 use crate::error::{OciError, OciErrorCode};
-use crate::routes::{self, HostedOp, Route, Target};
-use crate::wire::DOCKER_CONTENT_DIGEST;
-use crate::{OciService, Result};
-
-/// The client's address, put into each request's extensions by [`serve`](crate::serve).
-/// An embedder mounting [`AuthService`] elsewhere should insert it too:
-/// without it all clients share one failed-login budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
+use crate::Result;
 
 /// Who may read an upstream through the mirror.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -222,305 +216,5 @@ impl ClientAuth {
             .headers_mut()
             .insert(WWW_AUTHENTICATE, self.challenge.clone());
         response
-    }
-}
-
-/// What [`AuthService::admit`] lets through.
-enum Admitted {
-    /// The purge endpoint, for an authenticated client.
-    Purge,
-    /// On to the inner service; `private_target` records what it serves
-    /// as private content.
-    Forward { private_target: bool },
-}
-
-/// [`OciService`] behind client authentication.
-#[derive(Debug, Clone)]
-pub struct AuthService {
-    inner: OciService,
-    auth: Arc<ClientAuth>,
-}
-
-impl AuthService {
-    /// Wraps `inner`.
-    pub fn new(inner: OciService, auth: Arc<ClientAuth>) -> Self {
-        AuthService { inner, auth }
-    }
-
-    /// Answers one request: refused here, or passed to the inner service.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
-    where
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
-    {
-        // The head alone is looked at (a body need not be `Sync`).
-        let (head, body) = request.into_parts();
-        let admitted = self.admit(&head).await;
-        let request = Request::from_parts(head, body);
-        let private_target = match admitted {
-            Ok(Admitted::Forward { private_target }) => private_target,
-            Ok(Admitted::Purge) => {
-                let uri = request.uri();
-                return crate::admin::purge(&self.inner, request.method(), uri.query()).await;
-            }
-            Err(refusal) => return refusal::answer(request, refusal).await,
-        };
-        let response = self.inner.handle(request).await;
-        if private_target && response.status().is_success() {
-            if let Some(digest) = response
-                .headers()
-                .get(DOCKER_CONTENT_DIGEST)
-                .and_then(|v| v.to_str().ok())
-            {
-                self.auth.private.insert(digest);
-            }
-        }
-        response
-    }
-
-    /// Whether `request` may go on, and how; `Err` holds the refusal.
-    async fn admit(
-        &self,
-        request: &http::request::Parts,
-    ) -> std::result::Result<Admitted, Response<Body>> {
-        let auth = &self.auth;
-        let peer = request.extensions.get::<PeerAddr>().map(|p| p.0.ip());
-        let authenticated = match basic_credentials(&request.headers) {
-            None => false,
-            Some((user, password)) => {
-                let client = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-                // Reserved before the check, so a burst of guesses cannot
-                // all be checked before the first failure is counted.
-                let attempt = match auth.limiter.reserve(client).await {
-                    Ok(attempt) => attempt,
-                    Err(wait) => {
-                        let mut error = OciError::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            OciErrorCode::TooManyRequests,
-                            "too many failed logins from this address; wait and retry",
-                        );
-                        error.retry_after = Some(wait);
-                        return Err(error.into_response());
-                    }
-                };
-                // bcrypt takes milliseconds of CPU: off the async workers.
-                let checker = auth.clone();
-                let name = user.clone();
-                let ok =
-                    tokio::task::spawn_blocking(move || checker.htpasswd.verify(&name, &password))
-                        .await
-                        .unwrap_or(false);
-                if !ok {
-                    drop(attempt);
-                    tracing::warn!(user = %user, client = ?peer, "client authentication failed");
-                    return Err(auth.unauthorized("invalid user name or password"));
-                }
-                attempt.succeeded();
-                true
-            }
-        };
-        let uri = &request.uri;
-        if uri.path() == crate::admin::PURGE_PATH {
-            if !authenticated {
-                return Err(auth.unauthorized("purging needs credentials"));
-            }
-            return Ok(Admitted::Purge);
-        }
-        let route = routes::route(
-            &request.method,
-            uri.path(),
-            uri.query(),
-            self.inner.mirrors(),
-            self.inner.local_prefixes(),
-        );
-        let private_target = match &route {
-            // `/metrics` names every upstream and its traffic, like the catalog;
-            // `/healthz` and `/readyz` stay open for kubelet probes.
-            Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {
-                return Err(auth.unauthorized("authentication required"));
-            }
-            // Pushes and deletes always need a user; pulls too unless the
-            // local prefix is public (what a Kind node's containerd, which
-            // sends no credentials, needs), and never of content recorded
-            // as private.
-            Ok(Route::Hosted { repository, op }) => {
-                let public = auth.hosted_access(repository.as_str()) == Access::Public;
-                if authenticated {
-                    if let HostedOp::Blob(digest)
-                    | HostedOp::Manifest(ManifestRef::Digest(digest)) = op
-                    {
-                        if !public {
-                            auth.private.insert(digest.as_str());
-                        }
-                    }
-                    !public
-                } else {
-                    let read = matches!(request.method, Method::GET | Method::HEAD);
-                    if !read {
-                        return Err(auth.unauthorized("pushing needs credentials (docker login)"));
-                    }
-                    if !public {
-                        return Err(auth.unauthorized(&format!(
-                            "{repository} is only served to authenticated clients"
-                        )));
-                    }
-                    let private = match op {
-                        HostedOp::Blob(digest) => auth.private.contains(digest.as_str()),
-                        HostedOp::Manifest(ManifestRef::Digest(digest)) => {
-                            auth.private.contains(digest.as_str())
-                        }
-                        _ => false,
-                    };
-                    if private {
-                        return Err(auth
-                            .unauthorized("this content is only served to authenticated clients"));
-                    }
-                    false
-                }
-            }
-            Ok(route) => match route.target() {
-                Some(target) if auth.access(&target.upstream) == Access::Authenticated => {
-                    if !authenticated {
-                        return Err(auth.unauthorized(&format!(
-                            "{} is only served to authenticated clients",
-                            target.upstream
-                        )));
-                    }
-                    if let Some(digest) = by_digest(route) {
-                        auth.private.insert(&digest);
-                    }
-                    true
-                }
-                Some(target) if !authenticated => {
-                    if let Some(refusal) = self.private_elsewhere(route, target).await {
-                        return Err(refusal);
-                    }
-                    false
-                }
-                _ => false,
-            },
-            Err(_) => false,
-        };
-        Ok(Admitted::Forward { private_target })
-    }
-
-    /// A refusal when `route` asks anonymously, through public `target`, for
-    /// content recorded as private that the public upstream does not have.
-    async fn private_elsewhere(&self, route: &Route, target: &Target) -> Option<Response<Body>> {
-        let digest = by_digest(route)?;
-        if !self.auth.private.contains(&digest) {
-            return None;
-        }
-        let key = (target.upstream.clone(), digest.clone());
-        if self
-            .auth
-            .public_too
-            .lock()
-            .map(|s| s.contains(&key))
-            .unwrap_or(false)
-        {
-            return None;
-        }
-        let upstream = self.inner.engine().upstream();
-        let repository = &target.repository;
-        let found = match route {
-            Route::Blob { digest, .. } => upstream
-                .blob_head(&target.upstream, repository, digest)
-                .await
-                .is_ok(),
-            Route::Manifest { reference, .. } => upstream
-                .manifest_head(&target.upstream, repository, reference, &[])
-                .await
-                .is_ok(),
-            _ => false,
-        };
-        if found {
-            if let Ok(mut set) = self.auth.public_too.lock() {
-                set.insert(key);
-            }
-            return None;
-        }
-        tracing::warn!(upstream = %target.upstream, %digest,
-            "refused an anonymous read of private content through a public upstream");
-        let (code, what) = match route {
-            Route::Manifest { .. } => (OciErrorCode::ManifestUnknown, "manifest"),
-            _ => (OciErrorCode::BlobUnknown, "blob"),
-        };
-        Some(OciError::new(StatusCode::NOT_FOUND, code, format!("{what} unknown")).into_response())
-    }
-}
-
-/// The digest a blob or by-digest manifest route names.
-fn by_digest(route: &Route) -> Option<String> {
-    match route {
-        Route::Blob { digest, .. } => Some(digest.to_string()),
-        Route::Manifest {
-            reference: ManifestRef::Digest(digest),
-            ..
-        } => Some(digest.to_string()),
-        _ => None,
-    }
-}
-
-/// `user` and `password` of a `Basic` `Authorization` header.
-fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    // containers/image (skopeo, podman) answers a Basic challenge it has no
-    // credentials for with an empty `:`: that is an anonymous request.
-    if user.is_empty() && password.is_empty() {
-        return None;
-    }
-    Some((user.to_owned(), password.to_owned()))
-}
-
-impl<B> hyper::service::Service<Request<B>> for AuthService
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn call(&self, request: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_header_parsing() {
-        let mut headers = http::HeaderMap::new();
-        assert_eq!(basic_credentials(&headers), None);
-        headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Basic dXNlcjpwOmFzcw=="),
-        );
-        assert_eq!(
-            basic_credentials(&headers),
-            Some(("user".into(), "p:ass".into()))
-        );
-        headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer dXNlcjpwYXNz"),
-        );
-        assert_eq!(basic_credentials(&headers), None);
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
-        assert_eq!(basic_credentials(&headers), None);
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic Og=="));
-        assert_eq!(basic_credentials(&headers), None, "skopeo's anonymous `:`");
     }
 }

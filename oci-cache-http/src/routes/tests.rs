@@ -156,6 +156,16 @@ fn references_and_other_routes() {
     assert_eq!(get("/healthz").unwrap(), Route::Health);
     assert_eq!(get("/readyz").unwrap(), Route::Ready);
     assert_eq!(get("/metrics").unwrap(), Route::Metrics);
+    // Purge is a route for every method: its handler names the one it takes
+    // (405 otherwise), and refuses (404) without an authenticated client.
+    for method in [Method::GET, Method::DELETE, Method::POST] {
+        let routed = route(&method, "/admin/purge", Some("ref=alpine"), &mirrors(), &[]);
+        assert_eq!(routed.unwrap(), Route::Purge, "{method}");
+    }
+    assert_eq!(
+        get("/admin/purge/x").unwrap_err().status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         get("/v2/_catalog?n=10&last=docker.io%2Fa").unwrap(),
         Route::Catalog {

@@ -2,16 +2,16 @@
 //! certificate for mTLS, and skipping verification — each set explicitly in
 //! the endpoint's [`EndpointTls`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use oci_cache_core::mirror::EndpointTls;
 use oci_cache_core::Error as CoreError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::pem::{read_certs, read_key};
 
 /// The rustls configuration for an endpoint at `url` with settings `tls`.
 /// Errors name the endpoint, the setting and the file.
@@ -63,12 +63,7 @@ pub(crate) fn client_config(
                     cert.display()
                 )));
             }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                bad(format!(
-                    "tls.client_key {}: {e}; give a PEM private key",
-                    key.display()
-                ))
-            })?;
+            let key = read_key(key).map_err(|e| bad(format!("tls.client_key {e}")))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 bad(format!(
                     "tls.client_cert/client_key do not fit together: {e}"
@@ -80,12 +75,6 @@ pub(crate) fn client_config(
             "tls.client_cert and tls.client_key must be set together".to_owned(),
         )),
     }
-}
-
-pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}; give a readable PEM file", path.display()))
 }
 
 /// Accepts any server certificate (signatures are still checked, so the

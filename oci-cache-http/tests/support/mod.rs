@@ -439,8 +439,8 @@ pub fn behind_auth(
     dir: &std::path::Path,
     user: &str,
     public: &[&str],
-) -> oci_cache_http::client_auth::AuthService {
-    use oci_cache_http::client_auth::{Access, AuthService, ClientAuth, ClientAuthConfig};
+) -> oci_cache_http::Pipeline {
+    use oci_cache_http::client_auth::{Access, ClientAuth, ClientAuthConfig};
     let htpasswd = dir.join("htpasswd");
     std::fs::write(
         &htpasswd,
@@ -461,7 +461,7 @@ pub fn behind_auth(
         inner.local_prefixes(),
     )
     .unwrap();
-    AuthService::new(inner, Arc::new(auth))
+    oci_cache_http::Pipeline::new(inner, Some(Arc::new(auth)))
 }
 
 /// Reads one HTTP/1.1 response (head and a `Content-Length` body) from a raw socket.

@@ -12,24 +12,23 @@ use futures::{StreamExt, TryStreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{Method, Response, StatusCode};
 use oci_cache_core::digest::Digest;
-use oci_cache_core::hosted::{Hosted, UploadState};
+use oci_cache_core::hosted::UploadState;
 use oci_cache_core::manifest::media_type::OCI_INDEX;
 use oci_cache_core::reference::{ManifestRef, Repository};
 use oci_cache_core::storage::{ByteStream, Storage, UploadId};
 use oci_cache_core::{Error as CoreError, PushErrorKind};
 use serde_json::json;
 
+use super::{HostedEngine, RequestInfo};
 use crate::body::{self, Body};
 use crate::error::{ErrorSubject, OciError, OciErrorCode};
-use crate::handlers::{
+use crate::peer::PeerAddr;
+use crate::response::{
     add_link, blob_headers, blob_response, fail, if_none_match, json_response, paginate,
-    requested_range, set_digest, with_body, RequestInfo,
+    requested_range, set_digest, with_body,
 };
 use crate::routes::{parse_digest, HostedOp};
 use crate::wire::query_param;
-
-/// The push API as the service holds it.
-pub type HostedEngine = Hosted<dyn Storage>;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
@@ -38,22 +37,33 @@ const RANGE: HeaderName = http::header::RANGE;
 const CONTENT_RANGE: HeaderName = http::header::CONTENT_RANGE;
 
 /// A request for a hosted repository.
-pub(crate) struct HostedRequest<'a> {
-    pub(crate) method: &'a Method,
-    pub(crate) query: Option<&'a str>,
-    pub(crate) repository: &'a Repository,
-    pub(crate) op: &'a HostedOp,
-    pub(crate) info: &'a RequestInfo<'a>,
+struct HostedRequest<'a> {
+    method: &'a Method,
+    query: Option<&'a str>,
+    repository: &'a Repository,
+    op: &'a HostedOp,
+    info: &'a RequestInfo<'a>,
     /// The client's address, for the per-client cap on upload sessions.
-    pub(crate) client: Option<IpAddr>,
+    client: Option<IpAddr>,
 }
 
-/// Answers a request for a hosted repository; `body` is the request body.
-pub(crate) async fn dispatch(
+/// Answers a request for `op` on the hosted `repository`; `body` is the
+/// request body.
+pub(super) async fn dispatch(
     hosted: &HostedEngine,
-    req: HostedRequest<'_>,
+    repository: &Repository,
+    op: &HostedOp,
+    info: &RequestInfo<'_>,
     body: ByteStream,
 ) -> Result<Response<Body>, OciError> {
+    let req = HostedRequest {
+        method: info.method,
+        query: info.query,
+        repository,
+        op,
+        info,
+        client: info.extensions.get::<PeerAddr>().map(|peer| peer.0.ip()),
+    };
     let repository = req.repository;
     let headers = req.info.headers;
     let method = req.method;
@@ -106,7 +116,7 @@ pub(crate) async fn dispatch(
             let tags = tags.iter().map(|t| t.as_str().to_owned()).collect();
             let (page, next) = paginate(tags, *n, last.as_deref());
             let mut response = json_response(&json!({ "name": repository.as_str(), "tags": page }));
-            add_link(&mut response, req.info, next);
+            add_link(&mut response, req.info.path, req.info.ns, next);
             Ok(response)
         }
         (

@@ -1,7 +1,6 @@
-//! One function per route: ask the engine, shape the response headers.
-//!
-//! The cache outcome of a request travels to the log line as a response
-//! extension, so handlers return plain responses.
+//! Building OCI responses: bodies with exact lengths, digest and blob
+//! headers, byte ranges, pagination, and the mapping of engine errors. Shared
+//! by every handler family, and importing none of them.
 
 use std::ops::Range;
 
@@ -11,223 +10,12 @@ use http::header::{
     ETAG, IF_NONE_MATCH, LINK, RANGE,
 };
 use http::{Response, StatusCode};
-use oci_cache_core::cache::ManifestHeadResponse;
 use oci_cache_core::digest::Digest;
-use oci_cache_core::health::{Readiness, ReadyState};
 use oci_cache_core::observe::CacheOutcome;
-use oci_cache_core::reference::ManifestRef;
-use serde_json::json;
 
 use crate::body::{self, Body};
-use crate::error::{ErrorSubject, OciError, OciErrorCode};
-use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-use crate::push::HostedEngine;
-use crate::routes::{Route, Target};
-use crate::service::Engine;
+use crate::error::{ErrorSubject, OciError};
 use crate::wire::{encode_query, DOCKER_CONTENT_DIGEST};
-
-/// What handlers need from the request besides the route.
-#[derive(Debug)]
-pub(crate) struct RequestInfo<'a> {
-    pub(crate) path: &'a str,
-    pub(crate) ns: Option<&'a str>,
-    pub(crate) headers: &'a HeaderMap,
-    /// Served at `/metrics` when set; otherwise that path is unknown here.
-    pub(crate) metrics: Option<&'a Metrics>,
-    /// Answers `/readyz` when set; otherwise `/readyz` is always ready.
-    pub(crate) readiness: Option<&'a Readiness>,
-    /// Hosted repositories, listed in `_catalog` beside cached ones.
-    pub(crate) hosted: Option<&'a HostedEngine>,
-}
-
-/// Answers a routed request.
-pub(crate) async fn dispatch(
-    engine: &Engine,
-    route: &Route,
-    req: &RequestInfo<'_>,
-    head: bool,
-) -> Result<Response<Body>, OciError> {
-    match route {
-        Route::Health => Ok(with_body(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"ok\n"),
-        )),
-        Route::Ready => Ok(ready(req.readiness)),
-        Route::Metrics => match req.metrics {
-            Some(metrics) => Ok(with_body(
-                StatusCode::OK,
-                METRICS_CONTENT_TYPE,
-                Bytes::from(metrics.encode()),
-            )),
-            None => Err(OciError::new(
-                StatusCode::NOT_FOUND,
-                OciErrorCode::NameUnknown,
-                "metrics are not served on this listener (see --metrics-listen)",
-            )),
-        },
-        Route::Ping => Ok(json_response(&json!({}))),
-        Route::Catalog { n, last } => {
-            // One more than asked for tells whether a next page exists; the
-            // first n + 1 of the union are among the first n + 1 of each.
-            let limit = n.map(|n| n.saturating_add(1));
-            let mut repositories = engine
-                .catalog(last.as_deref(), limit)
-                .await
-                .map_err(|e| fail(e, ErrorSubject::Other))?;
-            if let Some(hosted) = req.hosted {
-                let local = hosted
-                    .repositories(last.as_deref(), limit)
-                    .await
-                    .map_err(|e| fail(e, ErrorSubject::Other))?;
-                repositories.extend(local.iter().map(|r| r.to_string()));
-            }
-            let (page, next) = paginate(repositories, *n, last.as_deref());
-            let mut response = json_response(&json!({ "repositories": page }));
-            add_link(&mut response, req, next);
-            Ok(response)
-        }
-        Route::Tags { target, n, last } => {
-            let (list, outcome) = engine
-                // One more than asked for tells whether a next page exists.
-                .tags(
-                    &target.upstream,
-                    &target.repository,
-                    n.map(|n| n.saturating_add(1)),
-                    last.as_deref(),
-                )
-                .await
-                .map_err(|e| fail(e, ErrorSubject::Repository))?;
-            let (page, next) = paginate(list.tags, *n, last.as_deref());
-            let mut response =
-                json_response(&json!({ "name": target.repository.as_str(), "tags": page }));
-            add_link(&mut response, req, next);
-            response.extensions_mut().insert(outcome);
-            Ok(response)
-        }
-        Route::Manifest { target, reference } if head => {
-            manifest_head(engine, target, reference, req).await
-        }
-        Route::Manifest { target, reference } => manifest(engine, target, reference, req).await,
-        Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
-        Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
-        // The service sends these to `push::dispatch`; here only without hosting.
-        Route::Hosted { .. } => Err(OciError::new(
-            StatusCode::NOT_FOUND,
-            OciErrorCode::NameUnknown,
-            "no hosted repositories are configured here",
-        )),
-    }
-}
-
-async fn manifest(
-    engine: &Engine,
-    target: &Target,
-    reference: &ManifestRef,
-    req: &RequestInfo<'_>,
-) -> Result<Response<Body>, OciError> {
-    let accept = accept_list(req.headers);
-    let m = engine
-        .manifest(&target.upstream, &target.repository, reference, &accept)
-        .await
-        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
-    let size = m.bytes.len() as u64;
-    let head = ManifestHeadResponse {
-        digest: m.digest,
-        media_type: m.media_type,
-        size,
-        outcome: m.outcome,
-    };
-    Ok(manifest_response(req.headers, head, body::full(m.bytes)))
-}
-
-/// A manifest `HEAD`: the headers a `GET` would send, without fetching a
-/// cold manifest's body from upstream.
-async fn manifest_head(
-    engine: &Engine,
-    target: &Target,
-    reference: &ManifestRef,
-    req: &RequestInfo<'_>,
-) -> Result<Response<Body>, OciError> {
-    let accept = accept_list(req.headers);
-    let head = engine
-        .manifest_head(&target.upstream, &target.repository, reference, &accept)
-        .await
-        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
-    Ok(manifest_response(req.headers, head, body::empty()))
-}
-
-/// `304` when the client holds the digest, else `200` with `body` and the
-/// manifest's type and length; the digest headers either way.
-fn manifest_response(
-    request_headers: &HeaderMap,
-    head: ManifestHeadResponse,
-    body: Body,
-) -> Response<Body> {
-    let mut response = if if_none_match(request_headers, &head.digest) {
-        let mut r = Response::new(body::empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        let mut r = Response::new(body);
-        let headers = r.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&head.media_type) {
-            headers.insert(CONTENT_TYPE, v);
-        }
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(head.size));
-        r
-    };
-    set_digest(response.headers_mut(), &head.digest);
-    response.extensions_mut().insert(head.outcome);
-    response
-}
-
-async fn blob_head(
-    engine: &Engine,
-    target: &Target,
-    digest: &Digest,
-) -> Result<Response<Body>, OciError> {
-    let (size, outcome) = engine
-        .blob_size(&target.upstream, &target.repository, digest)
-        .await
-        .map_err(|e| fail(e, ErrorSubject::Blob))?;
-    let mut response = Response::new(body::empty());
-    blob_headers(response.headers_mut(), digest, size);
-    response.extensions_mut().insert(outcome);
-    Ok(response)
-}
-
-async fn blob_get(
-    engine: &Engine,
-    target: &Target,
-    digest: &Digest,
-    req: &RequestInfo<'_>,
-) -> Result<Response<Body>, OciError> {
-    let size = async {
-        // A suffix needs the size first; HEAD-like lookups are cheap on a hit.
-        engine
-            .blob_size(&target.upstream, &target.repository, digest)
-            .await
-            .map(|(size, _)| size)
-            .map_err(|e| fail(e, ErrorSubject::Blob))
-    };
-    let range = requested_range(req.headers, size).await?;
-    let asked_start = range.as_ref().map(|r| r.start);
-    let blob = engine
-        .blob(&target.upstream, &target.repository, digest, range)
-        .await
-        .map_err(|e| fail(e, ErrorSubject::Blob))?;
-    let whole = blob.range == (0..blob.size);
-    // When the engine could only give the whole blob (a miss it streams from
-    // upstream), a plain 200 is what clients handle: they skip to their offset.
-    let partial = match asked_start {
-        Some(start) => !(whole && start != 0),
-        None => false,
-    };
-    let mut response = blob_response(digest, blob.size, blob.range, blob.stream, partial);
-    response.extensions_mut().insert(blob.outcome);
-    Ok(response)
-}
 
 /// The byte range a `Range` header asks for (end exclusive, unclamped);
 /// `size` is awaited only for a suffix range.
@@ -310,22 +98,6 @@ pub(crate) fn blob_headers(headers: &mut HeaderMap, digest: &Digest, size: u64) 
     headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     set_digest(headers, digest);
-}
-
-/// `/readyz`: 200 `ready`, or 503 with why (kubelet shows the body).
-fn ready(readiness: Option<&Readiness>) -> Response<Body> {
-    let (status, text) = match readiness.map(Readiness::state) {
-        None | Some(ReadyState::Ready) => (StatusCode::OK, "ready\n".to_owned()),
-        Some(ReadyState::Starting) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first storage probe has not finished yet\n".to_owned(),
-        ),
-        Some(ReadyState::NotReady(reason)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: storage probe failed: {reason}\n"),
-        ),
-    };
-    with_body(status, "text/plain; charset=utf-8", Bytes::from(text))
 }
 
 pub(crate) fn with_body(status: StatusCode, content_type: &str, bytes: Bytes) -> Response<Body> {
@@ -434,17 +206,17 @@ pub(crate) fn paginate(
 /// `Link: <path?n=..&last=..>; rel="next"`, keeping `ns` so the next page routes the same way.
 pub(crate) fn add_link(
     response: &mut Response<Body>,
-    req: &RequestInfo<'_>,
+    path: &str,
+    ns: Option<&str>,
     next: Option<(usize, String)>,
 ) {
     let Some((n, last)) = next else { return };
-    let ns = req
-        .ns
+    let ns = ns
         .map(|ns| format!("ns={}&", encode_query(ns)))
         .unwrap_or_default();
     let link = format!(
         "<{}?{ns}n={n}&last={}>; rel=\"next\"",
-        req.path,
+        path,
         encode_query(&last)
     );
     if let Ok(v) = HeaderValue::from_str(&link) {

@@ -1,8 +1,9 @@
 //! `DELETE /admin/purge?ref=REF`: purge one cached image while serving.
 //!
-//! Reached only through [`AuthService`](crate::client_auth::AuthService),
-//! and only with valid credentials: a mirror without client authentication
-//! answers 404 here (the plain [`OciService`] has no such route), so the
+//! Answered only for a request that carries a
+//! [`ClientIdentity`](crate::client_auth::ClientIdentity), which the client
+//! authentication layer puts there for valid credentials: a mirror without
+//! client authentication answers 404 here, as for any unknown path, so the
 //! endpoint cannot be used anonymously. Answers 200 with what was removed,
 //! as JSON: `{"tags":1,"manifests":1,"blobs":2,"bytes":3145728,"busy":0}`.
 
@@ -11,21 +12,19 @@ use oci_cache_core::evict::purge_target;
 use oci_cache_core::reference::Reference;
 use oci_cache_core::ErrorChain;
 
+use super::{Engine, RequestInfo};
 use crate::body::{self, Body};
+use crate::client_auth::ClientIdentity;
 use crate::error::{ErrorSubject, OciError, OciErrorCode};
+use crate::routes::unknown_route;
 use crate::wire::query_param;
-use crate::OciService;
 
-/// The path of the purge endpoint.
-pub(crate) const PURGE_PATH: &str = "/admin/purge";
-
-/// Answers a request for [`PURGE_PATH`] from an authenticated client.
-pub(crate) async fn purge(
-    service: &OciService,
-    method: &Method,
-    query: Option<&str>,
-) -> Response<Body> {
-    if method != Method::DELETE {
+/// Answers a request for the purge route.
+pub(super) async fn purge(engine: &Engine, req: &RequestInfo<'_>) -> Response<Body> {
+    if req.extensions.get::<ClientIdentity>().is_none() {
+        return unknown_route(req.path).into_response();
+    }
+    if req.method != Method::DELETE {
         let mut response = OciError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             OciErrorCode::Unsupported,
@@ -38,7 +37,7 @@ pub(crate) async fn purge(
         );
         return response;
     }
-    let Some(text) = query_param(query, "ref") else {
+    let Some(text) = query_param(req.query, "ref") else {
         return OciError::new(
             StatusCode::BAD_REQUEST,
             OciErrorCode::NameInvalid,
@@ -48,12 +47,12 @@ pub(crate) async fn purge(
     };
     let target = match Reference::parse(&text)
         .map_err(oci_cache_core::Error::from)
-        .and_then(|reference| purge_target(service.mirrors(), &reference))
+        .and_then(|reference| purge_target(req.mirrors, &reference))
     {
         Ok(target) => target,
         Err(e) => return OciError::from_core(&e, ErrorSubject::Other).into_response(),
     };
-    match service.engine().purge(std::slice::from_ref(&target)).await {
+    match engine.purge(std::slice::from_ref(&target)).await {
         Ok(report) => {
             tracing::info!(reference = %target, ?report, "purged through the admin endpoint");
             let json = serde_json::json!({

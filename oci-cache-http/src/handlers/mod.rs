@@ -1,0 +1,79 @@
+//! The handlers, one module per family of routes: [`pull`] (the read API of
+//! cached repositories), [`push`] (hosted repositories), [`probes`]
+//! (`/healthz`, `/readyz`, `/metrics`) and [`admin`] (purge). Each asks the
+//! engine and shapes its answer with [`crate::response`]; none imports
+//! another family or the service, so the service sits on top and the
+//! response helpers at the bottom.
+//!
+//! The cache outcome of a request travels to the log line as a response
+//! extension, so handlers return plain responses.
+
+pub(crate) mod admin;
+pub(crate) mod probes;
+pub(crate) mod pull;
+pub(crate) mod push;
+
+use http::{Extensions, HeaderMap, Method, Response, StatusCode};
+use oci_cache_core::cache::PullThrough;
+use oci_cache_core::health::Readiness;
+use oci_cache_core::hosted::Hosted;
+use oci_cache_core::mirror::MirrorConfig;
+use oci_cache_core::storage::{ByteStream, Storage};
+use oci_cache_core::upstream::Upstream;
+
+use crate::body::Body;
+use crate::error::{OciError, OciErrorCode};
+use crate::metrics::Metrics;
+use crate::routes::Route;
+
+/// The engine as the service holds it: storage and upstream chosen at
+/// runtime. Cheap to clone (one `Arc`).
+pub type Engine = PullThrough<dyn Storage, dyn Upstream>;
+
+/// The push API as the service holds it.
+pub type HostedEngine = Hosted<dyn Storage>;
+
+/// What handlers need besides the route: the request head and the parts of
+/// the service a family may use.
+#[derive(Debug)]
+pub(crate) struct RequestInfo<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    /// The `ns` query parameter (the upstream containerd asked for).
+    pub(crate) ns: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    /// What layers in front put there: [`PeerAddr`](crate::PeerAddr),
+    /// [`ClientIdentity`](crate::client_auth::ClientIdentity).
+    pub(crate) extensions: &'a Extensions,
+    /// The upstreams requests are routed to (purge resolves references by them).
+    pub(crate) mirrors: &'a MirrorConfig,
+    /// Served at `/metrics` when set; otherwise that path is unknown here.
+    pub(crate) metrics: Option<&'a Metrics>,
+    /// Answers `/readyz` when set; otherwise `/readyz` is always ready.
+    pub(crate) readiness: Option<&'a Readiness>,
+    /// Hosted repositories, listed in `_catalog` beside cached ones.
+    pub(crate) hosted: Option<&'a HostedEngine>,
+}
+
+/// Answers a routed request by its family; `body` is read by pushes only.
+pub(crate) async fn dispatch(
+    engine: &Engine,
+    route: &Route,
+    info: &RequestInfo<'_>,
+    body: ByteStream,
+) -> Result<Response<Body>, OciError> {
+    match route {
+        Route::Health | Route::Ready | Route::Metrics => probes::answer(route, info),
+        Route::Purge => Ok(admin::purge(engine, info).await),
+        Route::Hosted { repository, op } => match info.hosted {
+            Some(hosted) => push::dispatch(hosted, repository, op, info, body).await,
+            None => Err(OciError::new(
+                StatusCode::NOT_FOUND,
+                OciErrorCode::NameUnknown,
+                "no hosted repositories are configured here",
+            )),
+        },
+        _ => pull::dispatch(engine, route, info).await,
+    }
+}
