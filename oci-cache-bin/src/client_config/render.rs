@@ -362,7 +362,7 @@ fn talos_machine_patch(request: &Request<'_>) -> GeneratedFile {
 /// Docker mirrors Docker Hub only, and sends no registry name: the mirror
 /// must serve docker.io as its default upstream.
 fn docker(request: &Request<'_>) -> Result<GeneratedFile, String> {
-    if !request.upstreams.iter().any(|u| u.is_docker_hub()) {
+    if !request.upstreams.iter().any(|u| u.serves_docker_hub()) {
         return Err(
             "the Docker daemon mirrors docker.io only; include --upstream docker.io".to_owned(),
         );

@@ -402,16 +402,21 @@ fn filesystem_storage_defaults_its_dir() {
     assert!(text(&out.stdout).contains("storage: filesystem at ./oci-cache-data\n"));
 }
 
-/// Regression (issue 10): `DOCKER.IO/alpine` printed `DOCKER.IO/alpine` as
-/// canonical while its endpoint was Docker Hub's `library/alpine`.
+/// `DOCKER.IO/alpine` reads as `distribution/reference` reads it: repository
+/// `alpine` on a registry named `DOCKER.IO`, no `library/` (issue 23). The
+/// upstream is found ignoring case, as host names are compared, and Docker
+/// Hub's upstream names the repository its own way, which the endpoints
+/// show. (Issue 10 had folded the domain into `docker.io`.)
 #[test]
-fn resolve_folds_an_uppercase_docker_hub_domain() {
+fn resolve_reads_an_uppercase_docker_hub_domain_as_distribution_does() {
     let out = oci_cache(&["resolve", "--json", "DOCKER.IO/alpine:3"]);
     assert_eq!(out.status.code(), Some(0));
     let json = stdout_json(&out);
-    assert_eq!(json["canonical"], "docker.io/library/alpine:3");
-    assert_eq!(json["familiar"], "alpine:3");
-    assert_eq!(json["repository"], "library/alpine");
+    assert_eq!(json["canonical"], "DOCKER.IO/alpine:3");
+    assert_eq!(json["familiar"], "DOCKER.IO/alpine:3");
+    assert_eq!(json["registry"], "DOCKER.IO");
+    assert_eq!(json["repository"], "alpine");
+    assert_eq!(json["upstream"], "docker.io");
     assert_eq!(
         json["endpoints"],
         serde_json::json!(["https://registry-1.docker.io/v2/library/alpine/manifests/3"])

@@ -210,7 +210,7 @@ pub(super) fn is_registry_host(authority: &str, name: &Registry) -> bool {
     let hub = MirrorConfig::common();
     let folded = |s: &str| {
         hub.lookup(s)
-            .filter(|u| u.is_docker_hub())
+            .filter(|u| u.serves_docker_hub())
             .map_or_else(|| lookup_key(s), |u| u.name.as_str().to_owned())
     };
     folded(authority) == folded(name.as_str())

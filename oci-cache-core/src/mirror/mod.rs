@@ -131,8 +131,13 @@ impl UpstreamConfig {
         std::ptr::eq(endpoint, &self.origin)
     }
 
-    /// True for Docker Hub, whose single-component names live under `library/`.
-    pub fn is_docker_hub(&self) -> bool {
+    /// True when this upstream serves Docker Hub, whose single-component
+    /// names live under `library/`. Its name is a host name, compared
+    /// ignoring ASCII case as routing compares it (`Docker.IO` serves Docker
+    /// Hub too); whether a parsed reference names Docker Hub is
+    /// [`Registry::is_docker_hub`](crate::reference::Registry::is_docker_hub),
+    /// which compares as `distribution/reference` does.
+    pub fn serves_docker_hub(&self) -> bool {
         self.name.as_str().eq_ignore_ascii_case(DOCKER_HUB)
     }
 
@@ -152,7 +157,7 @@ impl UpstreamConfig {
     /// assert_eq!(ghcr.upstream_repository(&alpine).unwrap().as_str(), "alpine");
     /// ```
     pub fn upstream_repository(&self, repository: &Repository) -> Result<Repository> {
-        if self.is_docker_hub() && !repository.as_str().contains('/') {
+        if self.serves_docker_hub() && !repository.as_str().contains('/') {
             return Ok(Repository::new(&format!("library/{repository}"))?);
         }
         Ok(repository.clone())

@@ -273,7 +273,10 @@ impl Registry {
     pub fn docker_hub() -> Self {
         Registry(DOCKER_HUB.into())
     }
-    /// Whether this is Docker Hub's canonical name, `docker.io`.
+    /// Whether this is Docker Hub's canonical name, `docker.io`, compared
+    /// case-sensitively as `distribution/reference` compares it: `DOCKER.IO`
+    /// is another registry name here (routing finds upstreams ignoring
+    /// case; see [`MirrorConfig::lookup`](crate::mirror::MirrorConfig::lookup)).
     pub fn is_docker_hub(&self) -> bool {
         &*self.0 == DOCKER_HUB
     }

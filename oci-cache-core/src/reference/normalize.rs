@@ -6,7 +6,9 @@
 //! 1. a bare 64-hex string is an image ID, not a name;
 //! 2. the first `/`-separated component is a domain iff it is `localhost`, holds
 //!    `.` or `:`, or holds an uppercase letter; `index.docker.io` becomes
-//!    `docker.io` (both matched ignoring ASCII case, unlike Go); with no domain (or no `/` at all) the domain is `docker.io`;
+//!    `docker.io` (both matched case-sensitively, as Go does: `DOCKER.IO` is
+//!    just another domain); with no domain (or no `/` at all) the domain is
+//!    `docker.io`;
 //! 3. on `docker.io`, a path with no `/` gets `library/` in front;
 //! 4. the text after the domain, up to the first `:`, must be lowercase;
 //! 5. `domain/path[:tag][@digest]` must match the reference grammar; if it does
@@ -116,13 +118,11 @@ fn split_docker_domain(input: &str) -> Domain<'_> {
     let Some((first, _)) = input.split_once('/') else {
         return Domain::Hub(0);
     };
-    // DIVERGENCE from Go, which matches these names case-sensitively and
-    // reads `DOCKER.IO/alpine` as repository `alpine` on a registry named
-    // `DOCKER.IO`. Host names are case-insensitive and the cache routes that
-    // name to Docker Hub, where a one-component path is an official image;
-    // the reference must say `docker.io/library/alpine` to agree with where
-    // it is fetched from.
-    if first.eq_ignore_ascii_case(LEGACY_DOCKER_HUB) || first.eq_ignore_ascii_case(DOCKER_HUB) {
+    // Case-sensitive, as in Go: `DOCKER.IO/alpine` is repository `alpine` on
+    // a registry named `DOCKER.IO` (no `library/`), so a reference reads the
+    // same here as in docker and containerd. Which upstream serves it is
+    // routing's question, where host names are case-insensitive.
+    if first == LEGACY_DOCKER_HUB || first == DOCKER_HUB {
         Domain::Hub(first.len() + 1)
     } else if first == "localhost" || first.contains(['.', ':']) || parse::has_upper(first) {
         Domain::Explicit(first)
