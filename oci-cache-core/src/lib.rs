@@ -16,6 +16,8 @@
 //! - [`manifest`]: the JSON shapes of image manifests and indexes.
 //! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
 //!   one upstream fetch per missing object, verify, then store.
+//! - [`fleet`]: several replicas on one bucket: fill leases, and fetching an
+//!   in-flight fill from the replica that holds its lease.
 //!
 //! # Design
 //!
@@ -58,6 +60,7 @@ pub mod duration;
 pub mod error;
 pub mod evict;
 mod file_io;
+pub mod fleet;
 pub mod health;
 pub mod hosted;
 pub mod manifest;

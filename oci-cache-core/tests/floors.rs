@@ -9,7 +9,8 @@
 //! error                              the crate's Error (names references and digests)
 //! storage, mirror, manifest, observe what is stored, where upstreams are, what it means, events;
 //!   bounds                           the allowed ranges of settings
-//! upstream, health                   the engine's view of a registry; storage probes
+//! upstream, health                   the engine's view of a registry; storage probes;
+//!   fleet                            fill leases and peer fetches between replicas
 //! cache, hosted, evict               the engines
 //! testing                            test support (feature `testing`), may use anything
 //! ```
@@ -31,7 +32,7 @@ const FLOORS: &[&[&str]] = &[
     &["reference"],
     &["error"],
     &["storage", "mirror", "manifest", "observe", "bounds"],
-    &["upstream", "health"],
+    &["upstream", "health", "fleet"],
     &["cache", "hosted", "evict"],
     &["testing"],
 ];
