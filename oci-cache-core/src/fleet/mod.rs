@@ -9,11 +9,23 @@
 //! addressed by digest and verified before it becomes visible, so any lease
 //! trouble means filling alone, as a single replica does.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use tracing::{info, warn};
 
 use crate::digest::Digest;
+use crate::storage::ObjectStorage;
 use crate::upstream::FetchedBlob;
-use crate::Result;
+use crate::{ErrorChain, Result};
+
+mod lease;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
+
+pub(crate) use lease::{Claim, KeptLease, LeaseKey, Observed};
+pub use lease::{LeaseTimings, Leases};
 
 /// Fetches a blob that another replica is filling, from that replica.
 ///
@@ -35,4 +47,87 @@ pub struct FleetIdentity {
     pub holder_id: String,
     /// The URL other replicas reach this replica's internal routes at.
     pub advertise_url: String,
+}
+
+/// Fleet mode of an engine ([`PullThrough::with_fleet`]): this replica's
+/// leases in the shared bucket and the way to fetch from the others.
+///
+/// [`PullThrough::with_fleet`]: crate::cache::PullThrough::with_fleet
+#[derive(Clone)]
+pub struct Fleet {
+    leases: Leases,
+    /// False when the bucket failed the conditional-write probe: every
+    /// replica then fills alone.
+    enabled: bool,
+    peers: Arc<dyn PeerFills>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("identity", self.leases.identity())
+            .field("timings", &self.leases.timings())
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// A fleet over `leases`, trusted to honour conditional writes (see
+    /// [`connect`](Self::connect) for the probing constructor).
+    pub fn new(leases: Leases, peers: Arc<dyn PeerFills>) -> Self {
+        Fleet {
+            leases,
+            enabled: true,
+            peers,
+        }
+    }
+
+    /// A fleet on `storage`'s bucket: probes once that the bucket honours
+    /// conditional writes ([`Leases::probe`]); when it does not, or the probe
+    /// fails, warns and leaves leases off (every replica fills alone, as
+    /// without a fleet).
+    pub async fn connect(
+        storage: &ObjectStorage,
+        identity: FleetIdentity,
+        timings: LeaseTimings,
+        peers: Arc<dyn PeerFills>,
+    ) -> Self {
+        let leases = Leases::new(storage, identity, timings);
+        let enabled = match leases.probe().await {
+            Ok(()) => {
+                info!(storage = %storage, "bucket honours conditional writes: fill leases on");
+                true
+            }
+            Err(e) => {
+                warn!(storage = %storage, error = %ErrorChain(&e), "fill leases off: every replica fills alone");
+                false
+            }
+        };
+        Fleet {
+            leases,
+            enabled,
+            peers,
+        }
+    }
+
+    /// Whether leases are in use (the probe passed).
+    pub fn leases_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> &FleetIdentity {
+        self.leases.identity()
+    }
+
+    /// The leases, when in use.
+    pub(crate) fn leases(&self) -> Option<&Leases> {
+        self.enabled.then_some(&self.leases)
+    }
+
+    /// How blobs are fetched from other replicas.
+    pub(crate) fn peers(&self) -> &Arc<dyn PeerFills> {
+        &self.peers
+    }
 }

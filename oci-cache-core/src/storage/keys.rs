@@ -42,6 +42,9 @@ pub(crate) const MANIFEST_DIR: &str = "_manifests";
 pub(crate) const REFERRER_DIR: &str = "_referrers";
 /// Top-level directory of the access index (last use of blobs, by shard).
 pub(crate) const ACCESS: &str = "access";
+/// Top-level directory of the leases replicas on one bucket coordinate
+/// with (see `fleet`): fill leases by digest, and single ones by name.
+pub(crate) const LEASES: &str = "leases";
 /// Where in-progress writes live until they are verified (filesystem only).
 #[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
@@ -55,6 +58,19 @@ pub(crate) const MEDIA_TYPE_SUFFIX: &str = ".media-type";
 /// `blobs/<algorithm>/<first two hex>/<hex>`.
 pub(crate) fn blob(digest: &Digest) -> String {
     content(BLOBS, digest)
+}
+
+/// `leases/fill/<algorithm>/<first two hex>/<hex>`: the lease of the
+/// replica filling a blob.
+pub(crate) fn fill_lease(digest: &Digest) -> String {
+    content(&format!("{LEASES}/fill"), digest)
+}
+
+/// `leases/<name>`: a fleet-wide lease that is not about one blob (the
+/// eviction pass, the conditional-write probe). `name` is one of ours,
+/// never request text.
+pub(crate) fn named_lease(name: &'static str) -> String {
+    format!("{LEASES}/{}", segment(name))
 }
 
 /// `manifests/<algorithm>/<first two hex>/<hex>`.

@@ -116,6 +116,7 @@ mod verified;
 pub use crate::file_io::free_space;
 #[cfg(feature = "fs")]
 pub use fs::{FsOptions, FsStorage};
+pub(crate) use keys::{fill_lease, named_lease};
 pub use keys::{HostedKey, UploadId};
 pub use memory::MemoryStorage;
 pub use object::ObjectStorage;

@@ -111,8 +111,14 @@ impl ObjectStorage {
         }
     }
 
+    /// The object store underneath: the fleet's leases are conditional
+    /// writes to it, beside the cache's objects.
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// The object path of `key` (from `keys`) under the prefix.
-    fn path(&self, key: &str) -> Result<Path> {
+    pub(crate) fn path(&self, key: &str) -> Result<Path> {
         let full = if self.prefix.is_empty() {
             key.to_owned()
         } else {
