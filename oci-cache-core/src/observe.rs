@@ -291,6 +291,50 @@ pub enum FillPhase {
         /// Why upstream started again from byte 0.
         reason: RestartReason,
     },
+    /// On a bucket shared by several replicas: what the fill did about the
+    /// digest's fill lease (before any byte, or after the replica it
+    /// streamed from went away). Not an end of the fill.
+    Lease {
+        /// What happened.
+        outcome: LeaseOutcome,
+    },
+    /// Another replica stored the blob: this fill relayed it, verified
+    /// (`bytes` long), and stored no second copy. An end of the fill, like
+    /// [`Stored`](Self::Stored).
+    Relayed {
+        /// Blob size.
+        bytes: u64,
+    },
+}
+
+/// How a fill on a bucket shared by several replicas dealt with the fill
+/// lease of its digest ([`FillPhase::Lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseOutcome {
+    /// This replica took the lease: it fetches upstream and stores.
+    Acquired,
+    /// Another replica holds the lease: this one streams that replica's
+    /// fill and re-hashes it, fetching nothing upstream.
+    Peer,
+    /// The replica this one streamed from went away, and this one took its
+    /// lease over: it goes on upstream from the byte it had reached.
+    Takeover,
+    /// No lease could be used (leases off, a failed or slow lease call, an
+    /// unreachable holder): this replica fills alone, as without a fleet.
+    Unavailable,
+}
+
+impl LeaseOutcome {
+    /// `acquired`, `peer`, `takeover` or `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseOutcome::Acquired => "acquired",
+            LeaseOutcome::Peer => "peer",
+            LeaseOutcome::Takeover => "takeover",
+            LeaseOutcome::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// Why a cut fill was fetched again from byte 0 ([`FillPhase::Restarted`]).

@@ -21,6 +21,7 @@
 //! | `oci_cache_fills_in_flight` | | blob fills under way |
 //! | `oci_cache_fill_resumes_total` | `how` | cut upstream connections a fill continued: `range` (a `206` from the byte reached), or `range_ignored` / `entity_changed` (upstream sent the blob from byte 0 again) |
 //! | `oci_cache_fill_refetched_bytes_total` | | bytes before a cut that upstream sent again (restarts) |
+//! | `oci_cache_fill_leases_total` | `outcome` | replicas on one bucket: `acquired` (this replica fills), `peer` (streamed from the replica filling it), `takeover` (that replica went away; this one took its lease and went on), `unavailable` (no lease usable: filled alone) |
 //! | `oci_cache_coalesced_total` | | requests fed from another request's fetch |
 //! | `oci_cache_stale_served_total` | | cached tags served while upstream failed |
 //! | `oci_cache_breaker_open` | `endpoint` | 1 while the endpoint's breaker is open |
@@ -83,6 +84,11 @@ struct ResumeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: String,
 }
@@ -106,6 +112,7 @@ pub struct Metrics {
     fills_in_flight: Gauge,
     fill_resumes: Family<ResumeLabels, Counter>,
     fill_refetched_bytes: Counter,
+    fill_leases: Family<LeaseLabels, Counter>,
     coalesced: Counter,
     stale_served: Counter,
     breaker_open: Family<EndpointLabels, Gauge>,
@@ -138,6 +145,7 @@ impl Metrics {
         let fills_in_flight = Gauge::default();
         let fill_resumes = Family::<ResumeLabels, Counter>::default();
         let fill_refetched_bytes = Counter::default();
+        let fill_leases = Family::<LeaseLabels, Counter>::default();
         let coalesced = Counter::default();
         let stale_served = Counter::default();
         let breaker_open = Family::<EndpointLabels, Gauge>::default();
@@ -199,6 +207,11 @@ impl Metrics {
             fill_refetched_bytes.clone(),
         );
         registry.register(
+            "oci_cache_fill_leases",
+            "Blob fills on a bucket shared by several replicas, by what happened to the fill lease",
+            fill_leases.clone(),
+        );
+        registry.register(
             "oci_cache_coalesced",
             "Requests fed from another request's upstream fetch",
             coalesced.clone(),
@@ -255,6 +268,7 @@ impl Metrics {
             fills_in_flight,
             fill_resumes,
             fill_refetched_bytes,
+            fill_leases,
             coalesced,
             stale_served,
             breaker_open,
@@ -375,6 +389,13 @@ impl Observer for Metrics {
                     })
                     .inc();
                 self.fill_refetched_bytes.inc_by(*offset);
+            }
+            FillPhase::Lease { outcome } => {
+                self.fill_leases
+                    .get_or_create(&LeaseLabels {
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
             }
             _ => {
                 self.fills_in_flight.dec();

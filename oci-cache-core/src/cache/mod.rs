@@ -83,6 +83,7 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::evict::{DiskBudget, PurgeReport};
+use crate::fleet::Fleet;
 use crate::observe::{self, SharedObserver};
 use crate::reference::{ManifestRef, Reference, Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
@@ -280,6 +281,8 @@ struct Shared<S: ?Sized, U: ?Sized> {
     budget: Arc<DiskBudget>,
     /// `upstream/repository` names of cached repositories, for `_catalog`.
     catalog: catalog::NameIndex,
+    /// Fleet mode ([`PullThrough::with_fleet`]): set at most once.
+    fleet: std::sync::OnceLock<Fleet>,
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -376,8 +379,25 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 tag_lists: tags::TagLists::new(),
                 hot: hot::HotCache::new(),
                 observer,
+                fleet: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Fleet mode: replicas on one bucket coordinate their blob fills
+    /// through `fleet`'s leases, and a miss another replica is filling is
+    /// streamed from that replica instead of upstream (see `cache/blob/fleet.rs`).
+    /// Set once; a second call keeps the first fleet (and logs it).
+    pub fn with_fleet(self, fleet: Fleet) -> Self {
+        if self.inner.fleet.set(fleet).is_err() {
+            warn!("this engine is already in fleet mode; the second fleet is ignored");
+        }
+        self
+    }
+
+    /// The fleet this engine is part of, if any.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.inner.fleet.get()
     }
 
     /// The storage backend.

@@ -341,6 +341,7 @@ impl Leases {
 
     /// Whether the lease at `key` is gone or changed since `seen`: the
     /// holder released it (its work is done) or someone took it over.
+    #[cfg(test)]
     pub(crate) async fn changed(&self, key: &LeaseKey, seen: &Observed) -> Result<bool> {
         Ok(match self.read(key).await? {
             None => true,
@@ -505,6 +506,7 @@ impl HeldLease {
     }
 
     /// Whether a heartbeat found the lease taken over.
+    #[cfg(test)]
     pub(crate) fn is_lost(&self) -> bool {
         self.lost
     }

@@ -232,3 +232,30 @@ fn resumed_and_restarted_fills_are_counted_and_stay_in_flight() {
         "a resume is not the end of the fill"
     );
 }
+
+#[test]
+fn lease_outcomes_are_counted_and_a_relay_ends_the_fill() {
+    use oci_cache_core::observe::LeaseOutcome;
+    let m = Metrics::new();
+    let digest = Digest::sha256_of(b"x");
+    let upstream = Registry::new("docker.io").unwrap();
+    let fill = |phase| FillEvent::new(digest.clone(), upstream.clone(), phase);
+    m.fill(&fill(FillPhase::Started));
+    m.fill(&fill(FillPhase::Lease {
+        outcome: LeaseOutcome::Peer,
+    }));
+    m.fill(&fill(FillPhase::Lease {
+        outcome: LeaseOutcome::Takeover,
+    }));
+    assert_eq!(
+        value(&samples(&m), "oci_cache_fills_in_flight", &[]),
+        1.0,
+        "a lease outcome is not the end of the fill"
+    );
+    m.fill(&fill(FillPhase::Relayed { bytes: 10 }));
+    let s = samples(&m);
+    let leases = "oci_cache_fill_leases_total";
+    assert_eq!(value(&s, leases, &[("outcome", "peer")]), 1.0);
+    assert_eq!(value(&s, leases, &[("outcome", "takeover")]), 1.0);
+    assert_eq!(value(&s, "oci_cache_fills_in_flight", &[]), 0.0);
+}

@@ -89,13 +89,14 @@ use crate::upstream::Upstream;
 use crate::Result;
 
 mod buffer;
+mod fleet;
 mod forward;
 pub(super) mod reader;
 mod resume;
 
 use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
+use fleet::{FillBody, LeaseSlot};
 use reader::{check_cap, retries_own, Origin, Reader};
-use resume::ResumingBody;
 
 pub use resume::FillRetry;
 
@@ -298,18 +299,19 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             fill: Arc::clone(&self.fill),
             digest: self.digest.clone(),
         };
-        let digest = &self.digest;
         // Eviction leaves a blob alone while it is being filled.
-        let _held = self.engine.budget.hold(digest);
+        let _held = self.engine.budget.hold(&self.digest);
         self.report(FillPhase::Started);
-        let target = resume::Target {
-            upstream: self.engine.upstream.as_ref(),
-            registry: &self.registry,
-            repository: &self.repository,
-            digest,
-            observer: &self.engine.observer,
-        };
-        let body = match ResumingBody::open(target, self.engine.options.fill_retry).await {
+        let lease = LeaseSlot::default();
+        self.fill_and_store(&lease).await;
+        // After the commit (or the failure), never before: a replica that
+        // then misses the blob finds it stored (or fills it itself).
+        lease.release().await;
+    }
+
+    async fn fill_and_store(&self, lease: &LeaseSlot) {
+        let digest = &self.digest;
+        let body = match FillBody::open(self, lease).await {
             Ok(body) => body,
             Err(e) => {
                 let error = ErrorChain(&e).to_string();
@@ -332,38 +334,64 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             self.fill.finish(Err(Arc::new(e)));
             return;
         }
-        info!(%digest, registry = %self.registry, repository = %self.repository, ?size, "filling blob from upstream");
+        info!(%digest, registry = %self.registry, repository = %self.repository, ?size, "filling blob");
         self.fill.progress.send_replace(Phase::Streaming { size });
         let reservation = size.map(|size| self.engine.budget.reserve(size));
 
+        let stores = body.stores();
         let (to_store, store_rx) = mpsc::channel(STORE_QUEUE);
+        let mut taken_over = None;
         let pump = async {
-            let result = self.pump(body, size, to_store).await;
+            let to_store = stores.then_some(to_store);
+            let result = self.pump(body, size, to_store, &mut taken_over).await;
             // Readers are released as soon as the bytes are verified; the commit
             // below only decides what later requests find in storage.
             self.fill.finish(result.map_err(Arc::new));
         };
-        let store = self.engine.storage.blob_write_from(
-            digest,
-            size,
-            BlobSource::Preverified(preverified_stream(store_rx)),
-        );
+        let store = async {
+            if !stores {
+                return None;
+            }
+            let source = BlobSource::Preverified(preverified_stream(store_rx));
+            let stored = self.engine.storage.blob_write_from(digest, size, source);
+            Some(stored.await)
+        };
         let ((), stored) = tokio::join!(pump, store);
+        let stored = match (stored, taken_over) {
+            (Some(stored), _) => Some(stored),
+            (None, Some(write)) => Some(write.await.unwrap_or_else(|_| Err(aborted("blob write")))),
+            (None, None) => None,
+        };
         drop(reservation);
-        let verified = matches!(*self.fill.progress.borrow(), Phase::Done(Ok(_)));
+        self.conclude(stored);
+    }
+
+    /// Reports how the fill ended: `stored` is the storage write's result,
+    /// `None` for a relay that stored nothing (another replica did).
+    fn conclude(&self, stored: Option<Result<u64>>) {
+        let digest = &self.digest;
+        let verified = match &*self.fill.progress.borrow() {
+            Phase::Done(Ok(bytes)) => Some(*bytes),
+            _ => None,
+        };
         let failed = match (verified, stored) {
-            (true, Ok(bytes)) => {
+            (Some(_), Some(Ok(bytes))) => {
                 self.engine.budget.used(digest);
                 self.engine.budget.added(bytes);
                 info!(%digest, bytes, "blob verified and stored");
                 self.report(FillPhase::Stored { bytes });
                 return;
             }
-            (true, Err(e)) => {
+            (Some(bytes), None) => {
+                info!(%digest, bytes, "blob relayed from another replica and verified");
+                self.report(FillPhase::Relayed { bytes });
+                return;
+            }
+            (Some(_), Some(Err(e))) => {
                 self.engine.write_failed(StorageOperation::BlobWrite, &e);
                 ErrorChain(&e).to_string()
             }
-            (false, _) => match &*self.fill.progress.borrow() {
+            (None, _) => match &*self.fill.progress.borrow() {
                 Phase::Done(Err(e)) => {
                     let error = ErrorChain(e.as_ref()).to_string();
                     warn!(%digest, %error, "blob fill failed; nothing stored");
@@ -387,9 +415,10 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
     /// storage; the total size when the bytes match the digest.
     async fn pump(
         &self,
-        mut upstream: ResumingBody<'_, U>,
+        mut upstream: FillBody<'_, S, U>,
         size: Option<u64>,
-        to_store: mpsc::Sender<Result<Feed>>,
+        to_store: Option<mpsc::Sender<Result<Feed>>>,
+        taken_over: &mut Option<tokio::task::JoinHandle<Result<u64>>>,
     ) -> Result<u64> {
         let mut verifier = DigestVerifier::new(self.digest.clone(), size);
         let keep = self.engine.options.fill_window as u64;
@@ -424,10 +453,18 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
                         self.fill.forget(keep / 2);
                     }
                 }
-                if storing && to_store.send(Ok(Feed::Chunk(chunk))).await.is_err() {
-                    // The backend gave up (its error is reported when the write
-                    // returns); the clients are still served.
-                    storing = false;
+                if upstream.start_storing() {
+                    let storage = Arc::clone(&self.engine.storage);
+                    let fill = Arc::clone(&self.fill);
+                    let write = fleet::store_from_fill(storage, fill, self.digest.clone(), size);
+                    *taken_over = Some(write);
+                }
+                if let (true, Some(to_store)) = (storing, &to_store) {
+                    if to_store.send(Ok(Feed::Chunk(chunk))).await.is_err() {
+                        // The backend gave up (its error is reported when the
+                        // write returns); the clients are still served.
+                        storing = false;
+                    }
                 }
             }
             verifier.finish()
@@ -439,7 +476,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             Ok(_) => Ok(Feed::Verified),
             Err(e) => Err(e.duplicate()),
         };
-        if storing {
+        if let (true, Some(to_store)) = (storing, &to_store) {
             let _ = to_store.send(verdict).await;
         }
         result

@@ -174,6 +174,37 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         Ok(body)
     }
 
+    /// Continues a blob whose first `offset` bytes this fill already has
+    /// from elsewhere (another replica's fill it relayed): one ranged GET
+    /// from `offset`, checked as a resume after a cut is. `size` is what
+    /// the bytes so far announced.
+    pub(super) async fn open_at(
+        target: Target<'a, U>,
+        retry: FillRetry,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<Self> {
+        if offset == 0 {
+            return Self::open(target, retry).await;
+        }
+        let mut body = ResumingBody {
+            target,
+            retry,
+            size,
+            etag: None,
+            endpoint: None,
+            avoid: Vec::new(),
+            stream: None,
+            pos: offset,
+            skip: 0,
+            answer_start: offset,
+            stalled: 0,
+            cuts: 0,
+        };
+        body.resume().await?;
+        Ok(body)
+    }
+
     /// The size the first answer announced.
     pub(super) fn size(&self) -> Option<u64> {
         self.size

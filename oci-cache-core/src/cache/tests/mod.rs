@@ -23,6 +23,7 @@ use crate::upstream::{FetchedBlob, FetchedManifest, ManifestHead, TagList};
 
 mod blob;
 mod degrade;
+mod fleet;
 mod hostile;
 mod manifest;
 mod memory;

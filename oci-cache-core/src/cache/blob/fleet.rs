@@ -1,0 +1,411 @@
+//! Where a fill's bytes come from when several replicas share a bucket.
+//!
+//! Before the first byte, a fill of an engine in fleet mode
+//! ([`PullThrough::with_fleet`](crate::cache::PullThrough::with_fleet))
+//! claims the digest's fill lease (see [`fleet`](crate::fleet)):
+//!
+//! - **mine**: it fetches upstream and stores, as a single replica does,
+//!   renewing the lease until the end and releasing it after the commit
+//!   (or the failure);
+//! - **held by a live replica**: it streams that replica's fill through
+//!   [`PeerFills`](crate::fleet::PeerFills) instead of upstream. The fill
+//!   hashes what it relays exactly as it hashes an upstream body, so its
+//!   clients get nothing unverified. It stores nothing: the holder writes
+//!   the one copy in the shared bucket, and a second upload of the same
+//!   object would only double the bucket's requests and bytes;
+//! - **anything else** (leases off, a failed or slow lease call, a holder
+//!   that cannot be reached): it fills alone, as without a fleet.
+//!
+//! When the relayed stream breaks mid-blob, the fill first looks for the
+//! blob in the bucket (the holder may just have committed it) and reads on
+//! from there. Otherwise it waits for the lease to be released or to go
+//! stale (a TTL without heartbeats, on this replica's clock) and takes it
+//! over; of several relaying replicas exactly one wins and the others
+//! stream from it. The taker goes on **upstream with `Range: bytes=N-`**
+//! from the byte it had relayed, and starts storing: its storage write
+//! reads the bytes `0..N` back from the fill's own buffer and spool (they
+//! were hashed as they were relayed) and then follows the fill live. The
+//! dead holder's multipart parts are not reused: S3 offers no way to read
+//! the parts of an incomplete multipart upload (nor `object_store` to list
+//! them), so the bytes this replica already relayed are what it resumes
+//! from. Waiting is bounded (TTL plus two heartbeats); after that, or on
+//! any lease error, it goes on upstream alone.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::buffer::{lock, Fill, Source};
+use super::reader::{Origin, Reader};
+use super::resume::{ResumingBody, Target};
+use super::{aborted, FillTask};
+use crate::digest::Digest;
+use crate::error::ErrorChain;
+use crate::fleet::{Claim, Fleet, KeptLease, LeaseKey, Observed};
+use crate::observe::{FillPhase, LeaseOutcome};
+use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
+use crate::upstream::Upstream;
+use crate::{Error, Result};
+
+/// The lease a fill holds, if any: taken before the first byte or on a
+/// takeover, released once the fill has stored (or failed).
+#[derive(Debug, Default)]
+pub(super) struct LeaseSlot(Mutex<Option<KeptLease>>);
+
+impl LeaseSlot {
+    fn hold(&self, lease: KeptLease) {
+        *lock(&self.0) = Some(lease);
+    }
+
+    /// Releases the lease, if one is held.
+    pub(super) async fn release(&self) {
+        let lease = lock(&self.0).take();
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+    }
+}
+
+/// A fill's body: upstream, or another replica's fill, or (after that one
+/// committed) the bucket.
+pub(super) struct FillBody<'a, S: ?Sized, U: ?Sized> {
+    task: &'a FillTask<S, U>,
+    lease: &'a LeaseSlot,
+    from: From<'a, U>,
+    /// Bytes handed to the fill so far.
+    pos: u64,
+    size: Option<u64>,
+    /// The fill is the one that stores (not a relay).
+    stores: bool,
+    /// Set when a relay took over and must now store; the pump starts the
+    /// storage write when it sees it ([`FillBody::start_storing`]).
+    store_now: bool,
+}
+
+enum From<'a, U: ?Sized> {
+    Upstream(ResumingBody<'a, U>),
+    /// Another replica's fill (or, after it committed, the bucket).
+    Relay {
+        stream: ByteStream,
+        /// Bytes of `stream` to drop: a replacement peer stream starts at 0.
+        skip: u64,
+        /// The lease key and holder the relay follows.
+        key: LeaseKey,
+        holder_url: String,
+        seen: Option<Observed>,
+    },
+}
+
+impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
+    /// Claims the lease (in fleet mode) and opens the body it calls for.
+    pub(super) async fn open(task: &'a FillTask<S, U>, lease: &'a LeaseSlot) -> Result<Self> {
+        let body = |from, size, stores| FillBody {
+            task,
+            lease,
+            from,
+            pos: 0,
+            size,
+            stores,
+            store_now: false,
+        };
+        let Some(fleet) = task.engine.fleet.get() else {
+            return Self::upstream(task, lease, 0, None).await;
+        };
+        let Some((key, claim)) = claim(task, fleet).await else {
+            task.report(FillPhase::Lease {
+                outcome: LeaseOutcome::Unavailable,
+            });
+            return Self::upstream(task, lease, 0, None).await;
+        };
+        let outcome = match claim {
+            Claim::Mine(held) => {
+                lease.hold(held.keep());
+                LeaseOutcome::Acquired
+            }
+            Claim::Held(seen) if seen.holder_id() == fleet.identity().holder_id => {
+                // Only a second fill of this digest in this process (through
+                // another repository) meets its own lease.
+                LeaseOutcome::Unavailable
+            }
+            Claim::Held(seen) => {
+                let url = seen.holder_url().to_owned();
+                match fleet.peers().fetch(&url, &task.digest).await {
+                    Ok(fetched) => {
+                        info!(digest = %task.digest, holder = %url, size = ?fetched.size, "another replica is filling this blob; streaming it from there");
+                        task.report(FillPhase::Lease {
+                            outcome: LeaseOutcome::Peer,
+                        });
+                        let from = From::Relay {
+                            stream: fetched.stream,
+                            skip: 0,
+                            key,
+                            holder_url: url,
+                            seen: Some(seen),
+                        };
+                        return Ok(body(from, fetched.size, false));
+                    }
+                    Err(e) => {
+                        warn!(digest = %task.digest, holder = %url, error = %ErrorChain(&e), "the replica filling this blob cannot be reached; filling alone");
+                        LeaseOutcome::Unavailable
+                    }
+                }
+            }
+        };
+        task.report(FillPhase::Lease { outcome });
+        Self::upstream(task, lease, 0, None).await
+    }
+
+    async fn upstream(
+        task: &'a FillTask<S, U>,
+        lease: &'a LeaseSlot,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<Self> {
+        let body =
+            ResumingBody::open_at(target(task), task.engine.options.fill_retry, offset, size)
+                .await?;
+        let size = size.or(body.size());
+        Ok(FillBody {
+            task,
+            lease,
+            from: From::Upstream(body),
+            pos: offset,
+            size,
+            stores: true,
+            store_now: false,
+        })
+    }
+
+    /// The blob's size, as announced.
+    pub(super) fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// Whether this fill writes storage from its first byte (false for a relay).
+    pub(super) fn stores(&self) -> bool {
+        self.stores
+    }
+
+    /// True once, when a relay has taken over and must store from now on.
+    pub(super) fn start_storing(&mut self) -> bool {
+        std::mem::take(&mut self.store_now)
+    }
+
+    /// The next bytes of the blob; `None` at its end.
+    pub(super) async fn next(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            let cut = match &mut self.from {
+                From::Upstream(body) => {
+                    let item = body.next().await;
+                    if let Some(Ok(chunk)) = &item {
+                        self.pos += chunk.len() as u64;
+                    }
+                    return item;
+                }
+                From::Relay { stream, skip, .. } => match stream.next().await {
+                    Some(Ok(mut chunk)) => {
+                        let dropped = (*skip).min(chunk.len() as u64);
+                        *skip -= dropped;
+                        let _ = chunk.split_to(usize::try_from(dropped).unwrap_or(chunk.len()));
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        self.pos += chunk.len() as u64;
+                        return Some(Ok(chunk));
+                    }
+                    None if self.size.is_none_or(|size| self.pos >= size) => return None,
+                    None => aborted("the relayed blob stream"),
+                    Some(Err(e)) => e,
+                },
+            };
+            if let Err(e) = self.recover(cut).await {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// After the relayed stream broke (`cut`): reads on from the bucket,
+    /// another replica, or upstream under a taken-over lease (or alone).
+    async fn recover(&mut self, cut: Error) -> Result<()> {
+        let task = self.task;
+        let digest = &task.digest;
+        let From::Relay {
+            key,
+            holder_url,
+            seen,
+            ..
+        } = &mut self.from
+        else {
+            return Err(cut);
+        };
+        let (key, failed_url, mut seen) = (key.clone(), holder_url.clone(), seen.take());
+        warn!(%digest, holder = %failed_url, offset = self.pos, error = %ErrorChain(&cut), "the replica this blob was streamed from went away; recovering");
+        let fleet = task.engine.fleet.get();
+        let leases = fleet.and_then(Fleet::leases);
+        if let (Some(fleet), Some(leases)) = (fleet, leases) {
+            let timings = leases.timings();
+            let deadline = Instant::now() + timings.ttl + timings.heartbeat.saturating_mul(2);
+            loop {
+                if let Some(stream) = committed(task, self.pos).await {
+                    info!(%digest, offset = self.pos, "the blob was committed meanwhile; reading on from storage");
+                    self.relay(stream, 0, key, failed_url, None);
+                    return Ok(());
+                }
+                match leases.claim(&key, seen.take()).await {
+                    Ok(Claim::Mine(held)) => {
+                        self.lease.hold(held.keep());
+                        task.report(FillPhase::Lease {
+                            outcome: LeaseOutcome::Takeover,
+                        });
+                        return self.continue_upstream().await;
+                    }
+                    Ok(Claim::Held(now)) if now.holder_url() != failed_url => {
+                        let url = now.holder_url().to_owned();
+                        if let Ok(fetched) = fleet.peers().fetch(&url, digest).await {
+                            info!(%digest, holder = %url, offset = self.pos, "another replica took this fill over; streaming from it");
+                            let skip = self.pos;
+                            self.relay(fetched.stream, skip, key, url, Some(now));
+                            return Ok(());
+                        }
+                        seen = Some(now);
+                    }
+                    Ok(Claim::Held(now)) => seen = Some(now),
+                    Err(e) => {
+                        warn!(%digest, error = %ErrorChain(&e), "lease call failed; going on alone");
+                        break;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    warn!(%digest, "the lease holder still renews but cannot be streamed from; going on alone");
+                    break;
+                }
+                tokio::time::sleep(timings.heartbeat).await;
+            }
+        }
+        task.report(FillPhase::Lease {
+            outcome: LeaseOutcome::Unavailable,
+        });
+        self.continue_upstream().await
+    }
+
+    fn relay(
+        &mut self,
+        stream: ByteStream,
+        skip: u64,
+        key: LeaseKey,
+        holder_url: String,
+        seen: Option<Observed>,
+    ) {
+        self.from = From::Relay {
+            stream,
+            skip,
+            key,
+            holder_url,
+            seen,
+        };
+    }
+
+    /// Goes on upstream from the byte reached, and stores from now on.
+    async fn continue_upstream(&mut self) -> Result<()> {
+        let task = self.task;
+        let retry = task.engine.options.fill_retry;
+        let body = ResumingBody::open_at(target(task), retry, self.pos, self.size).await?;
+        self.from = From::Upstream(body);
+        if !self.stores {
+            self.stores = true;
+            self.store_now = true;
+        }
+        Ok(())
+    }
+}
+
+/// The fill lease of the task's digest, claimed; `None` (logged) when
+/// leases are off or the claim failed.
+async fn claim<S: ?Sized, U: ?Sized>(
+    task: &FillTask<S, U>,
+    fleet: &Fleet,
+) -> Option<(LeaseKey, Claim)> {
+    let leases = fleet.leases()?;
+    let key = leases.fill_key(&task.digest);
+    let claimed = match key {
+        Ok(key) => leases.claim(&key, None).await.map(|claim| (key, claim)),
+        Err(e) => Err(e),
+    };
+    match claimed {
+        Ok(claimed) => Some(claimed),
+        Err(e) => {
+            warn!(digest = %task.digest, error = %ErrorChain(&e), "fill lease unavailable; filling alone");
+            None
+        }
+    }
+}
+
+/// The rest of the blob from byte `pos` on, from storage, if it was
+/// committed meanwhile. (Not a method: a `&FillBody` held across the await
+/// would make the fill's future not `Send`.)
+async fn committed<S: Storage + ?Sized, U: ?Sized>(
+    task: &FillTask<S, U>,
+    pos: u64,
+) -> Option<ByteStream> {
+    let storage = &task.engine.storage;
+    let read = storage.blob_read(&task.digest, Some(pos..u64::MAX)).await;
+    read.ok().map(|read| read.stream)
+}
+
+fn target<S: ?Sized, U: ?Sized>(task: &FillTask<S, U>) -> Target<'_, U> {
+    Target {
+        upstream: task.engine.upstream.as_ref(),
+        registry: &task.registry,
+        repository: &task.repository,
+        digest: &task.digest,
+        observer: &task.engine.observer,
+    }
+}
+
+/// The storage write of a relay that took over: the whole blob read back
+/// from the fill (its buffer and spool hold every byte relayed so far,
+/// already hashed), then followed live; it ends cleanly only once the fill
+/// verified the whole blob, so the write commits nothing unverified.
+pub(super) fn store_from_fill<S: Storage + ?Sized>(
+    storage: Arc<S>,
+    fill: Arc<Fill>,
+    digest: Digest,
+    size: Option<u64>,
+) -> tokio::task::JoinHandle<Result<u64>> {
+    tokio::spawn(async move {
+        let size = size.ok_or_else(|| {
+            aborted("storing a relayed blob of unknown size (the replica sent no length)")
+        })?;
+        let origin = Arc::new(ReadBack(fill.source.clone(), Arc::clone(&fill)));
+        let reader = Reader::new(fill, 0..size, size, origin, true).into_stream();
+        let source = BlobSource::Preverified(PreverifiedStream::new(reader));
+        storage.blob_write_from(&digest, Some(size), source).await
+    })
+}
+
+/// The origin of a fill's read-back: the fill itself; bytes that left it
+/// (no spool) are not fetched again, the write fails instead.
+struct ReadBack(Source, Arc<Fill>);
+
+impl Origin for ReadBack {
+    fn source(&self) -> &Source {
+        &self.0
+    }
+
+    fn own_fill(&self) -> Arc<Fill> {
+        Arc::clone(&self.1)
+    }
+
+    fn direct(&self) -> BoxFuture<'static, Result<ByteStream>> {
+        async {
+            Err(aborted(
+                "storing a relayed blob whose first bytes left memory without a spool",
+            ))
+        }
+        .boxed()
+    }
+}
