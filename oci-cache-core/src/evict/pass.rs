@@ -12,6 +12,7 @@ use super::access::AccessIndex;
 use super::{DiskBudget, PinPattern};
 use crate::digest::Digest;
 use crate::error::ErrorChain;
+use crate::fleet::{Claim, Fleet, KeptLease, Leases};
 use crate::manifest::Manifest;
 use crate::observe::{EvictionEvent, SharedObserver};
 use crate::storage::{RecordPrefix, Storage};
@@ -50,6 +51,9 @@ pub struct EvictReport {
     pub evicted_bytes: u64,
     /// Over the cap but left alone because a client or fill held them.
     pub skipped_busy: u64,
+    /// Over the cap, but another replica on the same bucket holds the
+    /// eviction lease and is evicting: this pass deleted nothing.
+    pub left_to_another_replica: bool,
     /// Protected content alone is over the cap (it is kept).
     pub protected_over_cap: bool,
 }
@@ -63,6 +67,18 @@ pub struct Evictor<S: ?Sized> {
     roots: Vec<Arc<dyn ProtectedRoots>>,
     observer: SharedObserver,
     pub(super) index: tokio::sync::Mutex<AccessIndex>,
+    /// Replicas on one bucket elect one evicting pass at a time.
+    leases: Option<Leases>,
+}
+
+/// Whether this pass may delete ([`Evictor::with_fleet`]).
+enum Election {
+    /// No fleet, or leases off or failing: evict as a single replica does.
+    Alone,
+    /// Elected: the eviction lease is held (renewed) until the pass ends.
+    Mine(KeptLease),
+    /// Another replica is evicting.
+    Other,
 }
 
 impl<S: Storage + ?Sized> Evictor<S> {
@@ -80,6 +96,41 @@ impl<S: Storage + ?Sized> Evictor<S> {
             roots: Vec::new(),
             observer,
             index: tokio::sync::Mutex::new(AccessIndex::default()),
+            leases: None,
+        }
+    }
+
+    /// Replicas on one bucket: a pass deletes only while it holds the
+    /// fleet's eviction lease, so one replica evicts at a time and two
+    /// passes never pick their victims from the same listing. Without
+    /// usable leases (off, or a failing call) every pass evicts as alone.
+    pub fn with_fleet(mut self, fleet: &Fleet) -> Self {
+        self.leases = fleet.leases().cloned();
+        self
+    }
+
+    /// Takes the eviction lease for a pass that must delete.
+    async fn elect(&self) -> Election {
+        let Some(leases) = &self.leases else {
+            return Election::Alone;
+        };
+        let claimed = match leases.named_key("eviction") {
+            Ok(key) => leases.claim(&key, None).await,
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(Claim::Mine(held)) => Election::Mine(held.keep()),
+            Ok(Claim::Held(other)) => {
+                debug!(
+                    holder = other.holder_id(),
+                    "another replica is evicting; this pass deletes nothing"
+                );
+                Election::Other
+            }
+            Err(e) => {
+                warn!(error = %ErrorChain(&e), "eviction lease unavailable; evicting as a single replica");
+                Election::Alone
+            }
         }
     }
 
@@ -162,9 +213,19 @@ impl<S: Storage + ?Sized> Evictor<S> {
         let pending = self.budget.pending();
         let mut total = report.stored_bytes;
         let mut gone = Vec::new();
+        let over = total.saturating_add(pending) > max;
+        let election = if over {
+            self.elect().await
+        } else {
+            Election::Alone
+        };
+        if let Election::Other = election {
+            report.left_to_another_replica = true;
+            return Ok(report);
+        }
         // Pins and roots are only looked up when something has to go: a pass
         // under the cap (the one at start, most passes) costs one listing.
-        if total.saturating_add(pending) > max {
+        if over {
             let protected = self.protected().await?;
             let mut candidates: Vec<(SystemTime, u64, Digest)> = Vec::with_capacity(listed.len());
             for info in listed {
@@ -240,6 +301,9 @@ impl<S: Storage + ?Sized> Evictor<S> {
             protected_bytes: report.protected_bytes,
             protected_over_cap: report.protected_over_cap,
         });
+        if let Election::Mine(lease) = election {
+            lease.release().await;
+        }
         Ok(report)
     }
 

@@ -664,3 +664,46 @@ async fn blobs_pushed_before_their_manifest_are_kept_until_it_arrives() {
         .unwrap();
     assert!(grace.is_none(), "the ended grace was not swept");
 }
+
+/// Replicas on one bucket: a pass deletes only while it holds the eviction lease.
+#[tokio::test]
+async fn one_replica_evicts_at_a_time() {
+    use crate::fleet::{Claim, Fleet, FleetIdentity, LeaseTimings, Leases};
+    use crate::storage::ObjectStorage;
+    let storage = Arc::new(ObjectStorage::in_memory());
+    let identity = |n: u32| FleetIdentity {
+        holder_id: format!("replica-{n}"),
+        advertise_url: format!("http://127.0.0.{n}:5000"),
+    };
+    let budget = Arc::new(DiskBudget::new(Some(500)));
+    for seed in 0..10u8 {
+        let bytes = blob_bytes(seed, 100);
+        let digest = Digest::sha256_of(&bytes);
+        let stream = futures::stream::iter([Ok(Bytes::from(bytes))]).boxed();
+        storage
+            .blob_write(&digest, Some(100), stream)
+            .await
+            .unwrap();
+    }
+    let peers = Arc::new(crate::fleet::tests::NoPeers);
+    let fleet = Fleet::connect(&storage, identity(1), LeaseTimings::default(), peers).await;
+    let evictor =
+        Evictor::new(Arc::clone(&storage), budget, Vec::new(), observe::noop()).with_fleet(&fleet);
+
+    // Replica 2 is evicting.
+    let other = Leases::new(&storage, identity(2), LeaseTimings::default());
+    let key = other.named_key("eviction").unwrap();
+    let Ok(Claim::Mine(held)) = other.claim(&key, None).await else {
+        panic!("replica 2 could not take the eviction lease");
+    };
+    let report = evictor.pass().await.unwrap();
+    assert!(report.left_to_another_replica);
+    assert_eq!((report.evicted_blobs, report.stored_bytes), (0, 1000));
+
+    held.release().await;
+    let report = evictor.pass().await.unwrap();
+    assert!(!report.left_to_another_replica);
+    assert_eq!(report.evicted_blobs, 6);
+    // Released after the pass: the next replica's pass may evict.
+    assert!(matches!(other.claim(&key, None).await, Ok(Claim::Mine(_))));
+}

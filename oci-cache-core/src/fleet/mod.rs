@@ -22,7 +22,7 @@ use crate::{ErrorChain, Result};
 mod lease;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests;
+pub(crate) mod tests;
 
 pub(crate) use lease::{Claim, KeptLease, LeaseKey, Observed};
 pub use lease::{LeaseTimings, Leases};
