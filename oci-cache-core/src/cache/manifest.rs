@@ -98,7 +98,7 @@ where
                 tag: tag.clone(),
             };
             match engine.storage.tag_get(&key).await? {
-                Some(record) if is_fresh(&record, engine) => {
+                Some(record) if is_fresh(&record, &key, engine) => {
                     engine.manifest_get(&record.digest).await?
                 }
                 Some(_) => {
@@ -261,7 +261,7 @@ where
     };
     match (record, cached) {
         (Some(record), Some(manifest)) if accept.accepts(&manifest.media_type) => {
-            if is_fresh(&record, engine) {
+            if is_fresh(&record, &key, engine) {
                 return Ok(respond(manifest, CacheOutcome::Hit));
             }
             let (served, started) = broad_flight(engine, &key, Some((record, manifest))).await;
@@ -283,12 +283,17 @@ where
     }
 }
 
-fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, engine: &Shared<S, U>) -> bool {
-    // A record from the future (clock moved back) counts as stale: it is cheap
-    // to revalidate and wrong to trust forever.
-    SystemTime::now()
-        .duration_since(record.checked_at)
-        .is_ok_and(|age| age < engine.options.tag_ttl)
+fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, key: &TagKey, engine: &Shared<S, U>) -> bool {
+    let ttl = engine.options.tag_ttl;
+    // Another replica's clock may be ahead: a record up to a TTL in the
+    // future is fresh (trusted at most two TTLs); further ahead (a clock
+    // moved back) it is stale: cheap to revalidate, wrong to trust forever.
+    // And whatever the clocks, this replica checks a tag at most once per TTL.
+    let by_record = match SystemTime::now().duration_since(record.checked_at) {
+        Ok(age) => age < ttl,
+        Err(ahead) => ahead.duration() <= ttl,
+    };
+    by_record || engine.revalidated.within(key, ttl)
 }
 
 /// Resolves a tag with the broad `Accept` and keeps the tag record up to date.
@@ -379,7 +384,16 @@ where
         info!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag,
             from = %record.digest, to = %manifest.digest, "tag moved upstream");
     }
-    record_tag(engine, key, &manifest).await;
+    engine.revalidated.checked(key, engine.options.tag_ttl);
+    // A record that changed while this check ran holds another replica's
+    // check, made after this one began: it is kept (compared by content,
+    // not by the two replicas' clocks).
+    match engine.storage.tag_get(key).await {
+        Ok(Some(now)) if now != *record => {
+            debug!(tag = %key.tag, "another replica revalidated this tag meanwhile; keeping its record");
+        }
+        _ => record_tag(engine, key, &manifest).await,
+    }
     Ok(Served { manifest, outcome })
 }
 

@@ -54,6 +54,7 @@ pub(crate) mod catalog;
 mod flight;
 mod hot;
 mod manifest;
+mod revalidated;
 mod tags;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -281,6 +282,8 @@ struct Shared<S: ?Sized, U: ?Sized> {
     budget: Arc<DiskBudget>,
     /// `upstream/repository` names of cached repositories, for `_catalog`.
     catalog: catalog::NameIndex,
+    /// Tags this replica revalidated, on its own clock.
+    revalidated: revalidated::Revalidated,
     /// Fleet mode ([`PullThrough::with_fleet`]): set at most once.
     fleet: std::sync::OnceLock<Fleet>,
 }
@@ -380,6 +383,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 hot: hot::HotCache::new(),
                 observer,
                 fleet: std::sync::OnceLock::new(),
+                revalidated: revalidated::Revalidated::default(),
             }),
         }
     }

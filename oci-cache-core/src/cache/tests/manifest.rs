@@ -370,3 +370,93 @@ async fn head_on_a_stale_tag_revalidates_with_head_only() {
     assert_eq!(head.outcome, CacheOutcome::Revalidated);
     assert_eq!(s.manifest_calls(), (1, 1));
 }
+
+/// Replicas on one bucket whose clocks disagree (issue 24).
+#[tokio::test]
+async fn a_tag_checked_by_a_replica_whose_clock_is_ahead_is_not_revalidated() {
+    let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(300)));
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    s.manifest_by_tag("3.20").await;
+    let record = s.storage.tag_get(&tag_key("3.20")).await.unwrap().unwrap();
+    // Written by a replica 60 s ahead.
+    let ahead = TagRecord {
+        checked_at: SystemTime::now() + Duration::from_secs(60),
+        ..record
+    };
+    s.storage.tag_put(&tag_key("3.20"), &ahead).await.unwrap();
+    assert_eq!(s.manifest_by_tag("3.20").await.outcome, CacheOutcome::Hit);
+    assert_eq!(s.manifest_calls(), (0, 1));
+}
+
+#[tokio::test]
+async fn a_replica_revalidates_a_tag_once_per_ttl_whatever_the_other_clocks_write() {
+    let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(300)));
+    s.upstream
+        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
+    s.manifest_by_tag("3.20").await;
+    let record = s.storage.tag_get(&tag_key("3.20")).await.unwrap().unwrap();
+    // Another replica, two hours behind, keeps writing what it sees as now.
+    let behind = TagRecord {
+        checked_at: SystemTime::now() - Duration::from_secs(7200),
+        ..record
+    };
+    for round in 0..3 {
+        s.storage.tag_put(&tag_key("3.20"), &behind).await.unwrap();
+        let served = s.manifest_by_tag("3.20").await;
+        assert_eq!(served.bytes.as_ref(), INDEX, "round {round}");
+    }
+    assert_eq!(s.manifest_calls(), (1, 1), "one HEAD, not one per request");
+}
+
+#[tokio::test]
+async fn a_revalidation_keeps_the_record_another_replica_wrote_meanwhile() {
+    let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(300)));
+    s.upstream.set_tag(
+        "docker.io",
+        "library/alpine",
+        "latest",
+        &[(OCI_INDEX, INDEX)],
+    );
+    s.manifest_by_tag("latest").await;
+    let record = s
+        .storage
+        .tag_get(&tag_key("latest"))
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = TagRecord {
+        checked_at: SystemTime::now() - Duration::from_secs(3600),
+        ..record
+    };
+    s.storage.tag_put(&tag_key("latest"), &stale).await.unwrap();
+    let moved: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}"#;
+    s.upstream.set_tag(
+        "docker.io",
+        "library/alpine",
+        "latest",
+        &[(OCI_INDEX, moved)],
+    );
+    s.upstream.set_manifest_delay(Duration::from_millis(200));
+
+    let request = s.manifest_by_tag("latest");
+    let other_replica = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let newer = TagRecord {
+            digest: Digest::sha256_of(moved),
+            media_type: OCI_INDEX.to_owned(),
+            checked_at: SystemTime::now() - Duration::from_secs(30),
+        };
+        s.storage.tag_put(&tag_key("latest"), &newer).await.unwrap();
+        newer
+    };
+    let (served, newer) = tokio::join!(request, other_replica);
+    assert_eq!(served.bytes.as_ref(), moved);
+    let kept = s
+        .storage
+        .tag_get(&tag_key("latest"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, newer, "the other replica's record is not overwritten");
+}
