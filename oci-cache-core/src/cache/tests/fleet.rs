@@ -176,16 +176,6 @@ async fn pull(replica: &Replica, digest: &Digest) -> Result<Vec<u8>> {
     collect(response.stream).await
 }
 
-async fn settled(replica: &Replica) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while replica.blob_fills_in_flight() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("fills did not settle");
-}
-
 #[tokio::test]
 async fn a_miss_another_replica_is_filling_is_streamed_from_it_not_from_upstream() {
     let site = Site::new();
@@ -213,8 +203,8 @@ async fn a_miss_another_replica_is_filling_is_streamed_from_it_not_from_upstream
 
     assert_eq!(first.await.unwrap().unwrap(), bytes);
     assert_eq!(second.await.unwrap().unwrap(), bytes);
-    settled(&a).await;
-    settled(&b).await;
+    fills_settled(&a).await;
+    fills_settled(&b).await;
     assert_eq!(
         site.origin.calls().blob_get(),
         1,
@@ -252,7 +242,7 @@ async fn an_unreachable_holder_means_filling_alone() {
     site.dead_holder(7, &digest).await;
 
     assert_eq!(pull(&b, &digest).await.unwrap(), bytes);
-    settled(&b).await;
+    fills_settled(&b).await;
     assert_eq!(site.peers.fetches(), ["http://127.0.0.7:5000"]);
     assert_eq!(site.origin.calls().blob_get(), 1);
     assert_eq!(
@@ -281,8 +271,8 @@ async fn a_holder_that_dies_mid_stream_is_taken_over_and_the_taker_resumes_upstr
     let (from_b, from_c) = tokio::join!(pull(&b, &digest), pull(&c, &digest));
     assert_eq!(from_b.unwrap(), bytes);
     assert_eq!(from_c.unwrap(), bytes);
-    settled(&b).await;
-    settled(&c).await;
+    fills_settled(&b).await;
+    fills_settled(&c).await;
 
     // One of the two took over and fetched the rest once, with a range; the
     // other streamed from the taker.
@@ -356,7 +346,7 @@ async fn bucket_requests_per_miss_relay_and_hit() {
     let alone = site.origin.add_blob(BlobScript::new(&pattern(100_000)));
     site.bucket.reset();
     pull(&a, &alone).await.unwrap();
-    settled(&a).await;
+    fills_settled(&a).await;
     let miss = expect(&[("get", 1), ("put_create", 1), ("put", 1), ("delete", 1)]);
     assert_eq!(site.bucket.counts(), miss);
 
@@ -391,8 +381,8 @@ async fn bucket_requests_per_miss_relay_and_hit() {
     let (relayed, ()) = tokio::join!(pull(&b, &shared), release);
     assert_eq!(relayed.unwrap(), bytes);
     first.await.unwrap().unwrap();
-    settled(&a).await;
-    settled(&b).await;
+    fills_settled(&a).await;
+    fills_settled(&b).await;
     assert_eq!(
         site.phases
             .take()

@@ -371,14 +371,20 @@ async fn head_on_a_stale_tag_revalidates_with_head_only() {
     assert_eq!(s.manifest_calls(), (1, 1));
 }
 
-/// Replicas on one bucket whose clocks disagree (issue 24).
-#[tokio::test]
-async fn a_tag_checked_by_a_replica_whose_clock_is_ahead_is_not_revalidated() {
+/// Replicas on one bucket whose clocks disagree (issue 24): an engine with
+/// a 300 s tag TTL that has cached `name`, and the tag's record.
+async fn cached_tag(name: &str) -> (Setup, TagRecord) {
     let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(300)));
     s.upstream
-        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
-    s.manifest_by_tag("3.20").await;
-    let record = s.storage.tag_get(&tag_key("3.20")).await.unwrap().unwrap();
+        .set_tag("docker.io", "library/alpine", name, &[(OCI_INDEX, INDEX)]);
+    s.manifest_by_tag(name).await;
+    let record = s.storage.tag_get(&tag_key(name)).await.unwrap().unwrap();
+    (s, record)
+}
+
+#[tokio::test]
+async fn a_tag_checked_by_a_replica_whose_clock_is_ahead_is_not_revalidated() {
+    let (s, record) = cached_tag("3.20").await;
     // Written by a replica 60 s ahead.
     let ahead = TagRecord {
         checked_at: SystemTime::now() + Duration::from_secs(60),
@@ -391,11 +397,7 @@ async fn a_tag_checked_by_a_replica_whose_clock_is_ahead_is_not_revalidated() {
 
 #[tokio::test]
 async fn a_replica_revalidates_a_tag_once_per_ttl_whatever_the_other_clocks_write() {
-    let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(300)));
-    s.upstream
-        .set_tag("docker.io", "library/alpine", "3.20", &[(OCI_INDEX, INDEX)]);
-    s.manifest_by_tag("3.20").await;
-    let record = s.storage.tag_get(&tag_key("3.20")).await.unwrap().unwrap();
+    let (s, record) = cached_tag("3.20").await;
     // Another replica, two hours behind, keeps writing what it sees as now.
     let behind = TagRecord {
         checked_at: SystemTime::now() - Duration::from_secs(7200),
@@ -411,20 +413,7 @@ async fn a_replica_revalidates_a_tag_once_per_ttl_whatever_the_other_clocks_writ
 
 #[tokio::test]
 async fn a_revalidation_keeps_the_record_another_replica_wrote_meanwhile() {
-    let s = setup(CacheOptions::default().with_tag_ttl(Duration::from_secs(300)));
-    s.upstream.set_tag(
-        "docker.io",
-        "library/alpine",
-        "latest",
-        &[(OCI_INDEX, INDEX)],
-    );
-    s.manifest_by_tag("latest").await;
-    let record = s
-        .storage
-        .tag_get(&tag_key("latest"))
-        .await
-        .unwrap()
-        .unwrap();
+    let (s, record) = cached_tag("latest").await;
     let stale = TagRecord {
         checked_at: SystemTime::now() - Duration::from_secs(3600),
         ..record

@@ -128,7 +128,9 @@ async fn blob_bytes(engine: &Engine, digest: &Digest) -> Result<Vec<u8>> {
 }
 
 /// Waits (bounded) until no blob fill is under way.
-async fn fills_settled(engine: &Engine) {
+async fn fills_settled<S: Storage + ?Sized, U: crate::upstream::Upstream + ?Sized>(
+    engine: &PullThrough<S, U>,
+) {
     tokio::time::timeout(Duration::from_secs(10), async {
         while engine.blob_fills_in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
