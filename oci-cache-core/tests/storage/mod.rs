@@ -105,6 +105,24 @@ async fn s3_conforms() {
     conformance::run_all(&storage).await;
 }
 
+/// Fill leases need conditional writes (issue 24): the S3 server honours
+/// `If-None-Match: *` and `If-Match` through `object_store`.
+#[cfg(feature = "s3")]
+#[tokio::test]
+async fn s3_honours_the_conditional_writes_fill_leases_need() {
+    use oci_cache_core::fleet::{FleetIdentity, LeaseTimings, Leases};
+    let Some(config) = s3_env::s3_config() else {
+        return;
+    };
+    let storage = ObjectStorage::s3(&config).unwrap();
+    let identity = FleetIdentity {
+        holder_id: "replica-1".to_owned(),
+        advertise_url: "http://127.0.0.2:5000".to_owned(),
+    };
+    let leases = Leases::new(&storage, identity, LeaseTimings::default());
+    leases.probe().await.unwrap();
+}
+
 #[cfg(not(feature = "s3"))]
 #[test]
 fn s3_conforms() {
