@@ -50,7 +50,8 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Write cached images as an OCI image layout (a directory, or --tar FILE).
     Export(ExportArgs),
-    /// Load an OCI image layout (directory or --tar FILE) into the cache, every blob verified.
+    /// Load an OCI image layout (directory or --tar FILE), or a registry:2
+    /// container's storage (--registry2-dir), into the cache, every blob verified.
     Import(ImportArgs),
     /// Remove images from the cache (tag, manifests, blobs no other image uses) so the next pull is a miss.
     Purge(PurgeArgs),
@@ -72,6 +73,8 @@ pub(crate) struct ConfigArgs {
     pub(crate) storage_dir: Option<PathBuf>,
 
     /// An upstream as NAME=URL (repeatable); replaces the default upstreams.
+    /// (`import --registry2-dir` also takes a bare NAME: the upstream the
+    /// imported repositories belong to.)
     #[arg(long = "upstream", value_name = "NAME=URL")]
     pub(crate) upstreams: Vec<String>,
 
@@ -294,12 +297,29 @@ pub(crate) struct ExportArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
     /// The OCI image layout directory to read.
-    #[arg(value_name = "DIR", required_unless_present = "tar")]
+    #[arg(
+        value_name = "DIR",
+        required_unless_present_any = ["tar", "registry2_dir", "registry2_config"]
+    )]
     pub(crate) dir: Option<PathBuf>,
 
     /// Read the layout from a tar file instead of a directory.
-    #[arg(long, value_name = "FILE", conflicts_with = "dir")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["dir", "registry2_dir", "registry2_config"])]
     pub(crate) tar: Option<PathBuf>,
+
+    /// Adopt a registry:2 container's cache: its storage directory (the
+    /// `/var/lib/registry` volume). Its repositories go to the default
+    /// upstream, to `--upstream NAME`, or to the upstream `--registry2-config`
+    /// proxies.
+    #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+    pub(crate) registry2_dir: Option<PathBuf>,
+
+    /// The `config.yml` of the registry:2 container whose storage is
+    /// imported: its `proxy.remoteurl` names the upstream (which must be
+    /// configured here), its `storage.filesystem.rootdirectory` the
+    /// directory when `--registry2-dir` is not given.
+    #[arg(long, value_name = "FILE", conflicts_with = "dir")]
+    pub(crate) registry2_config: Option<PathBuf>,
 
     /// For layouts that name images by tag only (`skopeo copy … oci:DIR:v1`):
     /// the repository they belong to, e.g. `ghcr.io/org/app`.

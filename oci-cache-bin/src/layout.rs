@@ -14,25 +14,22 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::HumanBytes;
 use oci_cache_core::digest::{Digest, DigestVerifier};
-use oci_cache_core::manifest::{
-    is_manifest_type, Descriptor, Index, Platform, REF_NAME_ANNOTATION,
-};
+use oci_cache_core::manifest::{Descriptor, Index, Platform, REF_NAME_ANNOTATION};
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::reference::{ManifestRef, Reference, Tag};
-use oci_cache_core::storage::{ByteStream, Storage, StoredManifest, TagRecord};
+use oci_cache_core::storage::{ByteStream, Storage, TagRecord};
 use oci_cache_core::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::cli::{ExportArgs, ImportArgs};
 use crate::engine::{self, BoxError, Engine};
 use crate::images::{self, Target};
 use crate::progress::Reporter;
-use crate::walk::{check, walk, Absent, ManifestSource, Tree};
+use crate::walk::{walk, Absent, Tree};
 use crate::warm::{chain, wait_stored};
 use archive::{read_tar, write_tar};
 
@@ -64,6 +61,9 @@ pub(crate) fn export(args: &ExportArgs, err: &mut impl Write) -> ExitCode {
 }
 
 pub(crate) fn import(args: &ImportArgs, err: &mut impl Write) -> ExitCode {
+    if args.registry2_dir.is_some() || args.registry2_config.is_some() {
+        return registry2::import(args, err);
+    }
     engine::run(&args.serve, err, |settings| async move {
         let (engine, mirrors) = engine::build(&settings).await?;
         let platforms = images::platforms(&args.platforms)?;
@@ -312,6 +312,7 @@ async fn import_from(
         .into());
     }
     let index = read_index(dir).await?;
+    let source = BlobDir::open(dir, DirKind::Layout)?;
     let reporter = Reporter::new("import");
     let mut failed = 0usize;
     for entry in &index.manifests {
@@ -320,7 +321,17 @@ async fn import_from(
             .as_ref()
             .map_or_else(|_| entry.digest.to_string(), ToString::to_string);
         let result = match target {
-            Ok(target) => import_image(storage, dir, &target, entry, platforms).await,
+            Ok(target) => {
+                import_image(
+                    storage,
+                    &source,
+                    &target,
+                    &entry.digest,
+                    Some(entry),
+                    platforms,
+                )
+                .await
+            }
             Err(e) => Err(e.into()),
         };
         match result {
@@ -350,39 +361,38 @@ async fn import_from(
     })
 }
 
-/// Imports one image: every manifest and blob is verified in the layout
-/// first, so a bad layout leaves nothing of the image behind; then blobs,
-/// manifests bottom-up, and the tag record last.
-async fn import_image(
+/// Imports one image from `source`, starting at manifest `root` (`hint`:
+/// the descriptor that names it, when there is one): every manifest and
+/// blob is verified in the source first, so a bad source leaves nothing of
+/// the image behind; then blobs, manifests bottom-up, and the tag record
+/// last. The one write path of `import` for layouts and registry:2
+/// directories alike.
+pub(crate) async fn import_image(
     storage: &dyn Storage,
-    dir: &Path,
+    source: &BlobDir,
     target: &Target,
-    entry: &Descriptor,
+    root: &Digest,
+    hint: Option<&Descriptor>,
     platforms: &[Platform],
 ) -> Result<Tree, BoxError> {
     let by_digest = Target {
-        manifest: ManifestRef::Digest(entry.digest.clone()),
+        manifest: ManifestRef::Digest(root.clone()),
         ..target.clone()
     };
-    let tree = walk(
-        &LayoutDir(dir),
-        &by_digest,
-        platforms,
-        Some(entry),
-        Absent::Skip,
-    )
-    .await?;
+    let tree = walk(source, &by_digest, platforms, hint, Absent::Skip).await?;
     for blob in &tree.blobs {
         let mut verifier = DigestVerifier::new(blob.digest.clone(), Some(blob.size));
-        let mut stream = read_file(blob_path(dir, &blob.digest)).await?;
+        let mut stream = read_file(source.file(&blob.digest)?).await?;
         while let Some(chunk) = stream.next().await {
             verifier.update(&chunk?)?;
         }
-        verifier.finish()?;
+        verifier
+            .finish()
+            .map_err(|e| format!("blob {} in {source}: {e}", blob.digest))?;
     }
     for blob in &tree.blobs {
         if storage.blob_stat(&blob.digest).await?.is_none() {
-            let stream = read_file(blob_path(dir, &blob.digest)).await?;
+            let stream = read_file(source.file(&blob.digest)?).await?;
             storage
                 .blob_write(&blob.digest, Some(blob.size), stream)
                 .await?;
@@ -402,93 +412,12 @@ async fn import_image(
     Ok(tree)
 }
 
-/// A file as a stream of chunks.
-async fn read_file(path: PathBuf) -> Result<ByteStream, Error> {
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Error::not_found(format!("{} ({e})", path.display())))?;
-    let stream = futures::stream::try_unfold(file, move |mut file| async move {
-        let mut buf = vec![0u8; CHUNK];
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::storage("layout", "cannot read a layout blob", e))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.truncate(n);
-        Ok(Some((Bytes::from(buf), file)))
-    });
-    Ok(Box::pin(stream))
-}
-
-/// Manifests from the blobs of a layout directory, each checked against its digest.
-#[derive(Debug)]
-struct LayoutDir<'a>(&'a Path);
-
-impl ManifestSource for LayoutDir<'_> {
-    async fn manifest(
-        &self,
-        _target: &Target,
-        reference: &ManifestRef,
-        hint: Option<&Descriptor>,
-    ) -> Result<StoredManifest, Error> {
-        let ManifestRef::Digest(digest) = reference else {
-            return Err(Error::not_found(format!(
-                "manifest {reference} in the layout"
-            )));
-        };
-        let path = blob_path(self.0, digest);
-        let size = tokio::fs::metadata(&path)
-            .await
-            .map_err(|_| Error::not_found(format!("manifest {digest} in the layout")))?
-            .len();
-        if size > MAX_MANIFEST {
-            return Err(Error::TooLarge {
-                what: format!("manifest {digest}"),
-                limit: MAX_MANIFEST,
-                actual: size,
-            });
-        }
-        let bytes = Bytes::from(
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| Error::storage("layout", "cannot read a layout manifest", e))?,
-        );
-        check(digest, &bytes)?;
-        let media_type = hint
-            .map(|d| d.media_type.clone())
-            .filter(|t| !t.is_empty())
-            .or_else(|| json_media_type(&bytes))
-            .unwrap_or_else(|| oci_cache_core::manifest::media_type::OCI_MANIFEST.to_owned());
-        // The cache serves a manifest with its media type as Content-Type.
-        if !is_manifest_type(&media_type) {
-            return Err(Error::InvalidManifest {
-                digest: digest.clone(),
-                reason: format!(
-                    "its media type {media_type} is not a manifest media type \
-                     (an OCI or Docker image manifest or index)"
-                ),
-            });
-        }
-        Ok(StoredManifest {
-            digest: digest.clone(),
-            media_type,
-            bytes,
-        })
-    }
-}
-
-fn json_media_type(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct MediaType {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    serde_json::from_slice::<MediaType>(bytes).ok()?.media_type
-}
-
 mod archive;
+mod registry2;
+mod source;
+
+use source::read_file;
+pub(crate) use source::{BlobDir, DirKind};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

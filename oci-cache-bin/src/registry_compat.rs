@@ -77,6 +77,43 @@ struct Source {
     ignored: Vec<String>,
 }
 
+/// What `import --registry2-config` reads from a registry:2 `config.yml`.
+#[derive(Debug)]
+pub(crate) struct RegistryProxy {
+    /// The file, for messages.
+    pub(crate) file: PathBuf,
+    /// The upstream `proxy.remoteurl` names, if it is set.
+    pub(crate) upstream: Option<UpstreamConfig>,
+    /// `storage.filesystem.rootdirectory`, if set.
+    pub(crate) root_directory: Option<PathBuf>,
+}
+
+/// The upstream and storage directory of the registry:2 `config.yml` at
+/// `path`; only those two settings are read (the container is being retired,
+/// its other settings do not matter to an import).
+pub(crate) fn proxy_of(path: &Path) -> Result<RegistryProxy, String> {
+    let (value, name) = read_yaml(path)?;
+    let upstream = match value
+        .get("proxy")
+        .and_then(|p| p.get("remoteurl"))
+        .and_then(text)
+    {
+        Some(url) => Some(upstream(&url, &name)?),
+        None => None,
+    };
+    let root_directory = value
+        .get("storage")
+        .and_then(|s| s.get("filesystem"))
+        .and_then(|f| f.get("rootdirectory"))
+        .and_then(text)
+        .map(PathBuf::from);
+    Ok(RegistryProxy {
+        file: path.to_path_buf(),
+        upstream,
+        root_directory,
+    })
+}
+
 /// Reads `files` and the `REGISTRY_*` variables `env` returns.
 pub(crate) fn load(
     files: &[PathBuf],
@@ -97,12 +134,18 @@ pub(crate) fn load(
 }
 
 fn read_file(path: &Path) -> Result<Source, String> {
+    let (value, name) = read_yaml(path)?;
+    parse(&value, name)
+}
+
+/// A registry:2 `config.yml` as YAML, with its name for messages.
+fn read_yaml(path: &Path) -> Result<(Value, String), String> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read registry config {name}: {e}"))?;
     let value: Value =
         serde_norway::from_str(&text).map_err(|e| format!("registry config {name}: {e}"))?;
-    parse(&value, name)
+    Ok((value, name))
 }
 
 /// The settings of one registry:2 config document.

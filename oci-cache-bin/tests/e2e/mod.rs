@@ -13,6 +13,7 @@ mod metrics;
 mod oci_cache;
 mod push;
 mod ranges;
+mod registry2;
 mod registry_proxy;
 mod resilience;
 mod resume;

@@ -113,6 +113,11 @@ impl Origin {
             .join("data")
     }
 
+    /// The registry's storage directory (`storage.filesystem.rootdirectory`).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Stops the registry process; its port then refuses connections.
     pub(crate) fn stop(&mut self) {
         self.server.stop();
