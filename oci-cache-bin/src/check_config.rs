@@ -47,12 +47,13 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
             "no config file: ok (defaults, flags and OCI_CACHE_* variables)"
         )?,
     }
-    writeln!(out, "listen: {}", settings.listen)?;
+    for listener in &settings.listeners {
+        writeln!(out, "listen: {listener}")?;
+    }
     if let Some(addr) = settings.metrics_listen {
         writeln!(
             out,
-            "metrics listen: {addr} (/metrics is not served on {})",
-            settings.listen
+            "metrics listen: {addr} (/metrics is not served on the listeners above)"
         )?;
     }
     writeln!(out, "storage: {}", describe_storage(&settings.storage))?;

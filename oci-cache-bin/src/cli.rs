@@ -57,6 +57,43 @@ pub(crate) enum Command {
     Purge(PurgeArgs),
     /// Run one eviction pass now: down to 90 % of --max-size, keeping pinned images.
     Gc(GcArgs),
+    /// registry:2's command line: `registry serve config.yml` runs `serve
+    /// --registry-config config.yml`.
+    Registry(RegistryArgs),
+}
+
+/// `oci-cache registry …`, as a registry:2 container is started
+/// (`registry serve /etc/docker/registry/config.yml`).
+#[derive(Debug, Args)]
+pub(crate) struct RegistryArgs {
+    #[command(subcommand)]
+    pub(crate) command: RegistryCommand,
+}
+
+/// The registry:2 subcommands oci-cache answers.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegistryCommand {
+    /// `serve --registry-config FILE`.
+    Serve {
+        /// The registry:2 `config.yml`.
+        #[arg(value_name = "CONFIG.YML")]
+        file: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+impl RegistryCommand {
+    /// The `serve` arguments this stands for.
+    pub(crate) fn serve_args(&self) -> ServeArgs {
+        match self {
+            RegistryCommand::Serve { file, serve } => {
+                let mut args = serve.clone();
+                args.config.registry_configs.insert(0, file.clone());
+                args
+            }
+        }
+    }
 }
 
 /// Where the configuration comes from: the file, and the flags and

@@ -55,6 +55,9 @@ pub(crate) struct FileConfig {
     max_uploads_per_client: Option<usize>,
     max_upload_bytes: Option<String>,
     storage: Option<StorageConfig>,
+    /// More listening addresses, each with its own default upstream.
+    #[serde(default, rename = "listener")]
+    listeners: Vec<listeners::ListenerEntry>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamEntry>,
     /// `[cache]`: the engine's options, straight into the library's type.
@@ -66,6 +69,9 @@ pub(crate) struct FileConfig {
     /// Upstreams from registry:2 configuration (`registry_compat`), not the file.
     #[serde(skip)]
     compat_upstreams: Vec<UpstreamConfig>,
+    /// Listeners from registry:2 configuration (`registry_compat`).
+    #[serde(skip)]
+    compat_listeners: Vec<crate::registry_compat::RegistryListener>,
     #[serde(default)]
     limits: LimitsEntry,
     auth: Option<crate::trust::AuthFile>,
@@ -161,7 +167,8 @@ struct UpstreamEntry {
 pub(crate) struct Settings {
     /// The config file read, if any.
     pub(crate) config_file: Option<PathBuf>,
-    pub(crate) listen: SocketAddr,
+    /// Where to listen (at least one), each with its default upstream.
+    pub(crate) listeners: Vec<Listener>,
     /// Where `/metrics` is served instead of `listen`, if anywhere.
     pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) storage: StorageConfig,
@@ -180,6 +187,17 @@ pub(crate) struct Settings {
     pub(crate) local_prefixes: Vec<String>,
     /// Limits of hosted repositories.
     pub(crate) hosted: HostedOptions,
+}
+
+impl Settings {
+    /// The first listening address: where one address is wanted (the
+    /// health check, messages).
+    pub(crate) fn primary_listen(&self) -> SocketAddr {
+        self.listeners.first().map_or_else(
+            || SocketAddr::from(([0, 0, 0, 0], 5000)),
+            |listener| listener.addr,
+        )
+    }
 }
 
 /// Where a setting's value came from, so an error names the key the
@@ -236,7 +254,16 @@ fn pick<'a, T>(
 pub(crate) fn load_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        if crate::registry_compat::looks_like_registry_config(&text) {
+            return format!(
+                "config file {path} is not TOML but looks like a registry:2 config.yml; \
+                 run `oci-cache serve --registry-config {path}` (or name it *.yml)",
+                path = path.display()
+            );
+        }
+        format!("config file {}: {e}", path.display())
+    })
 }
 
 /// The configuration as every command other than `serve` reads it: the same
@@ -252,11 +279,26 @@ pub(crate) fn resolve_config(args: &ConfigArgs) -> Result<Settings, String> {
 /// completely, without opening storage or contacting anything: what this
 /// accepts, `serve` starts with (`check-config` runs exactly this).
 pub(crate) fn resolve(args: &ServeArgs) -> Result<Settings, String> {
+    // `--config config.yml` is registry:2's file, the one its container
+    // was started with: read it as `--registry-config` would.
+    if let Some(path) = args.config.config.as_deref().filter(|p| is_yaml(p)) {
+        tracing::info!(file = %path.display(), "reading a .yml/.yaml --config as a registry:2 config.yml (as --registry-config does)");
+        let mut args = args.clone();
+        args.config.config = None;
+        args.config.registry_configs.insert(0, path.to_path_buf());
+        return resolve_with(&args, FileConfig::default());
+    }
     let file = match args.config.config.as_deref() {
         Some(path) => load_file(path)?,
         None => FileConfig::default(),
     };
     resolve_with(args, file)
+}
+
+/// A `.yml` or `.yaml` file: registry:2's configuration, never ours (TOML).
+fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"))
 }
 
 /// [`resolve`] over an already parsed file (`args.config.config` names it in
@@ -266,16 +308,12 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
     let path = sources.config.as_deref();
     apply_registry_compat(args, &mut file)?;
     let hosted_keys = hosted::FileKeys::take(&mut file);
-    let (listen_text, origin) = pick(
-        args.listen.clone(),
-        file.listen.take(),
-        path,
-        ("--listen", "OCI_CACHE_LISTEN", "listen"),
-    )
-    .unwrap_or_else(|| (DEFAULT_LISTEN.to_owned(), Origin::Default { key: "listen" }));
-    let listen = listen_text.parse().map_err(|_| {
-        format!("{origin}: invalid listen address {listen_text:?}: write it like 0.0.0.0:5000")
-    })?;
+    let listen_sources = listeners::ListenSources {
+        flag: args.listen.clone(),
+        registry: std::mem::take(&mut file.compat_listeners),
+        file_listen: file.listen.take(),
+        file_listeners: std::mem::take(&mut file.listeners),
+    };
     let metrics_listen = match pick(
         args.metrics_listen.clone(),
         file.metrics_listen.take(),
@@ -417,6 +455,7 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         tracing::warn!("{warning}");
     }
     mirrors.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let listeners = listeners::resolve(listen_sources, path, &mirrors)?;
     let (local_prefixes, hosted) =
         hosted::settings(args, hosted_keys, path, &mirrors, (&cache, &storage))?;
     let server = file
@@ -438,7 +477,7 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
     )?;
     Ok(Settings {
         config_file: sources.config.clone(),
-        listen,
+        listeners,
         metrics_listen,
         storage,
         mirrors,
@@ -511,7 +550,7 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
     crate::registry_compat::check_env_names(std::env::vars_os().map(|(name, _)| name))?;
     let compat =
         crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
-    file.listen = compat.listen.or(file.listen.take());
+    file.compat_listeners = compat.listeners;
     file.storage = compat.storage.or(file.storage.take());
     if let [only] = compat.upstreams.as_slice() {
         if file.default_upstream.is_none() && file.upstreams.is_empty() {
@@ -572,6 +611,9 @@ fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
 
 mod hosted;
 mod imports;
+mod listeners;
+
+pub(crate) use listeners::Listener;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;

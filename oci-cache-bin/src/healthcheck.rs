@@ -35,7 +35,7 @@ pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
             listen: std::env::var("OCI_CACHE_LISTEN").ok(),
             ..ServeArgs::default()
         })
-        .map(|settings| settings.listen),
+        .map(|settings| settings.primary_listen()),
     };
     let outcome = address.and_then(|mut address| {
         if address.ip().is_unspecified() {

@@ -65,6 +65,7 @@ pub fn run() -> ExitCode {
         Command::Import(args) => layout::import(args, &mut stderr),
         Command::Purge(args) => evict::purge(args, &mut stdout, &mut stderr),
         Command::Gc(args) => evict::gc(args, &mut stdout, &mut stderr),
+        Command::Registry(args) => serve::run(&args.command.serve_args(), &mut stderr),
     }
 }
 

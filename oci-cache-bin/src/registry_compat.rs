@@ -5,10 +5,11 @@
 //! Each file's `proxy.remoteurl` becomes an upstream named after its
 //! registry (`https://registry-1.docker.io` → `docker.io`), with
 //! `proxy.username`/`password` as the origin's credentials; so the one
-//! container per upstream the seeds run becomes one process. `http.addr`
-//! and `storage.filesystem.rootdirectory` / `storage.s3` give the listen
-//! address and the storage (the first file that sets them wins; the others
-//! are reported). The environment applies over the first file, as
+//! container per upstream the seeds run becomes one process. Each file's
+//! `http.addr` stays a listening address, whose requests go to that file's
+//! upstream when they name none, so nodes pointed at one port per upstream
+//! need no change. `storage.filesystem.rootdirectory` / `storage.s3` give
+//! the storage (the first file that sets it wins; the others are reported). The environment applies over the first file, as
 //! registry:2 applies it over its one file. Sections this mirror does not
 //! use are listed in one warning. `http.tls` becomes the mirror's serving
 //! certificate and `auth.htpasswd` its client authentication. A security
@@ -33,8 +34,9 @@ use crate::config::StorageConfig;
 /// What registry:2 configuration says, for `config::resolve` to merge.
 #[derive(Debug, Default)]
 pub(crate) struct RegistrySettings {
-    /// From `http.addr` / `REGISTRY_HTTP_ADDR` (`:5000` becomes `0.0.0.0:5000`).
-    pub(crate) listen: Option<String>,
+    /// One per file with an `http.addr` (`REGISTRY_HTTP_ADDR` over the
+    /// first), in file order: each serves its file's upstream by default.
+    pub(crate) listeners: Vec<RegistryListener>,
     /// From `storage.filesystem` / `storage.s3` / `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`.
     pub(crate) storage: Option<StorageConfig>,
     /// One per `proxy.remoteurl`, in file order (the environment's first).
@@ -43,6 +45,17 @@ pub(crate) struct RegistrySettings {
     pub(crate) tls: Option<RegistryTls>,
     /// From `auth.htpasswd` or `REGISTRY_AUTH_HTPASSWD_PATH`/`_REALM`.
     pub(crate) htpasswd: Option<RegistryHtpasswd>,
+}
+
+/// One container's port: `http.addr` (`:5000` becomes `0.0.0.0:5000`) and
+/// the upstream its `proxy.remoteurl` names, which requests arriving there
+/// get when they name none (nodes point one port per upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistryListener {
+    pub(crate) addr: String,
+    pub(crate) upstream: Option<Registry>,
+    /// The file (or the environment) it came from, for messages.
+    pub(crate) source: String,
 }
 
 /// registry:2's serving certificate.
@@ -75,6 +88,17 @@ struct Source {
     /// An `auth` scheme other than htpasswd (token, silly): refused.
     other_auth: Option<String>,
     ignored: Vec<String>,
+}
+
+/// True when `text` is YAML with registry:2's top-level sections (`version`
+/// and one of `proxy`, `http`, `storage`): a file given where oci-cache's
+/// TOML was expected, to answer with what to type instead.
+pub(crate) fn looks_like_registry_config(text: &str) -> bool {
+    let Ok(Value::Mapping(top)) = serde_norway::from_str::<Value>(text) else {
+        return false;
+    };
+    let has = |key: &str| top.contains_key(key);
+    has("version") && (has("proxy") || has("http") || has("storage"))
 }
 
 /// What `import --registry2-config` reads from a registry:2 `config.yml`.
@@ -452,16 +476,6 @@ fn merge(sources: Vec<Source>) -> Result<RegistrySettings, String> {
                 Some(_) => {}
             }
         }
-        if let Some(addr) = source.addr.as_deref().map(listen_address) {
-            match &settings.listen {
-                None => settings.listen = Some(addr),
-                Some(first) if *first != addr => ignored.push(format!(
-                    "http.addr {addr} of {} (one process listens on {first})",
-                    source.name
-                )),
-                Some(_) => {}
-            }
-        }
         if let Some(storage) = source.storage {
             match &settings.storage {
                 None => settings.storage = Some(storage),
@@ -471,6 +485,20 @@ fn merge(sources: Vec<Source>) -> Result<RegistrySettings, String> {
                 )),
                 Some(_) => {}
             }
+        }
+        let proxied = match &source.remote_url {
+            Some(url) => Some(upstream(url, &source.name)?.name),
+            None => None,
+        };
+        if let Some(addr) = source.addr.as_deref().map(listen_address) {
+            add_listener(
+                &mut settings.listeners,
+                RegistryListener {
+                    addr,
+                    upstream: proxied,
+                    source: source.name.clone(),
+                },
+            )?;
         }
         if let Some(url) = source.remote_url {
             let mut upstream = upstream(&url, &source.name)?;
@@ -497,6 +525,37 @@ fn merge(sources: Vec<Source>) -> Result<RegistrySettings, String> {
         );
     }
     Ok(settings)
+}
+
+/// Adds `listener`, unless a file before it listens on the same address:
+/// the same upstream there is the same container twice; another one is
+/// refused, as one port has one default upstream.
+fn add_listener(
+    listeners: &mut Vec<RegistryListener>,
+    listener: RegistryListener,
+) -> Result<(), String> {
+    let Some(first) = listeners.iter().find(|l| l.addr == listener.addr) else {
+        listeners.push(listener);
+        return Ok(());
+    };
+    if first.upstream == listener.upstream {
+        return Ok(());
+    }
+    let name = |l: &RegistryListener| {
+        l.upstream
+            .as_ref()
+            .map_or_else(|| "no upstream".to_owned(), ToString::to_string)
+    };
+    Err(format!(
+        "{} and {} both set http.addr {} but proxy different registries ({} and {}); \
+         one port serves one upstream by default, so give each file its own http.addr \
+         (as each container had its own port: -p 5000:5000, -p 5001:5000, …)",
+        first.source,
+        listener.source,
+        listener.addr,
+        name(first),
+        name(&listener)
+    ))
 }
 
 /// registry:2 writes `:5000` for every interface.

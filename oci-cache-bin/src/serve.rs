@@ -61,12 +61,13 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     let storage_name = service.engine().storage().to_string();
     let engine = service.engine().clone();
     let mirrors = service.mirrors();
-    let listener = TcpListener::bind(settings.listen)
+    let listen = settings.primary_listen();
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let upstreams: Vec<&str> = mirrors.upstreams.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
-        listen = %settings.listen,
+        listen = %listen,
         metrics_listen = ?settings.metrics_listen,
         storage = %storage_name,
         upstreams = %upstreams.join(","),

@@ -9,7 +9,7 @@ fn args() -> ServeArgs {
 #[test]
 fn defaults_serve_the_common_upstreams_from_the_data_dir() {
     let settings = resolve(&args()).unwrap();
-    assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(settings.primary_listen().to_string(), DEFAULT_LISTEN);
     assert_eq!(
         settings.storage,
         StorageConfig::Filesystem {
@@ -160,4 +160,113 @@ fn limits_table() {
         .unwrap_err()
         .contains("max_connections"));
     assert!(toml::from_str::<FileConfig>("[limits]\nmax_conections = 1\n").is_err());
+}
+
+/// `text` written to `name` in a fresh directory; the directory is kept
+/// alive by the returned guard.
+fn file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn listeners(settings: &Settings) -> Vec<String> {
+    settings.listeners.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn listener_tables_add_addresses_with_their_own_default_upstream() {
+    let (_dir, path) = file(
+        "oci-cache.toml",
+        "listen = \"127.0.0.1:5000\"\n\
+         [[listener]]\naddr = \"127.0.0.1:5001\"\ndefault_upstream = \"registry.k8s.io\"\n\
+         [[listener]]\naddr = \"127.0.0.1:5002\"\n",
+    );
+    let mut a = args();
+    a.config.config = Some(path.clone());
+    let settings = resolve(&a).unwrap();
+    assert_eq!(
+        listeners(&settings),
+        [
+            "127.0.0.1:5000",
+            "127.0.0.1:5001 (default upstream registry.k8s.io)",
+            "127.0.0.1:5002"
+        ]
+    );
+    // --listen is one address: it replaces the tables.
+    a.listen = Some("127.0.0.1:6000".into());
+    assert_eq!(listeners(&resolve(&a).unwrap()), ["127.0.0.1:6000"]);
+}
+
+#[test]
+fn a_listener_upstream_that_is_not_configured_or_a_repeated_address_is_refused() {
+    let (_dir, path) = file(
+        "oci-cache.toml",
+        "[[listener]]\naddr = \"127.0.0.1:5001\"\ndefault_upstream = \"quay.example\"\n",
+    );
+    let mut a = args();
+    a.config.config = Some(path);
+    let e = resolve(&a).unwrap_err();
+    assert!(
+        e.contains("[[listener]] #1: default upstream quay.example is not a configured upstream"),
+        "{e}"
+    );
+    let (_dir, path) = file(
+        "oci-cache.toml",
+        "listen = \"127.0.0.1:5001\"\n[[listener]]\naddr = \"127.0.0.1:5001\"\n",
+    );
+    a.config.config = Some(path);
+    let e = resolve(&a).unwrap_err();
+    assert!(
+        e.contains("127.0.0.1:5001 is already a listening address"),
+        "{e}"
+    );
+}
+
+const HUB_YML: &str = "version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\nhttp:\n  addr: 127.0.0.1:5000\n";
+const K8S_YML: &str =
+    "version: 0.1\nproxy:\n  remoteurl: https://registry.k8s.io\nhttp:\n  addr: 127.0.0.1:5001\n";
+
+#[test]
+fn every_registry_config_keeps_its_port_and_its_upstream() {
+    let (_hub_dir, hub) = file("hub.yml", HUB_YML);
+    let (_k8s_dir, k8s) = file("k8s.yml", K8S_YML);
+    let mut a = args();
+    a.config.registry_configs = vec![hub, k8s];
+    let settings = resolve(&a).unwrap();
+    assert_eq!(
+        listeners(&settings),
+        [
+            "127.0.0.1:5000 (default upstream docker.io)",
+            "127.0.0.1:5001 (default upstream registry.k8s.io)"
+        ]
+    );
+}
+
+#[test]
+fn a_yaml_config_file_is_read_as_registry2_configuration() {
+    let (_dir, path) = file("config.yml", K8S_YML);
+    let mut a = args();
+    a.config.config = Some(path);
+    let settings = resolve(&a).unwrap();
+    assert_eq!(
+        listeners(&settings),
+        ["127.0.0.1:5001 (default upstream registry.k8s.io)"]
+    );
+    assert_eq!(
+        settings.mirrors.default_upstream.as_str(),
+        "registry.k8s.io"
+    );
+    // Under another name it is refused with the command to type.
+    let (_dir, path) = file("config", K8S_YML);
+    a.config.config = Some(path.clone());
+    let e = resolve(&a).unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "looks like a registry:2 config.yml; run `oci-cache serve --registry-config {}`",
+            path.display()
+        )),
+        "{e}"
+    );
 }

@@ -46,7 +46,11 @@ fn the_earthly_seed_config_becomes_a_docker_hub_upstream() {
         .replace("[password]", "s3cret");
     let file = write(dir.path(), "config.yml", &text);
     let settings = load(&[file], &no_env).unwrap();
-    assert_eq!(settings.listen.as_deref(), Some("0.0.0.0:5000"));
+    let [listener] = settings.listeners.as_slice() else {
+        panic!("{:?}", settings.listeners);
+    };
+    assert_eq!(listener.addr, "0.0.0.0:5000");
+    assert_eq!(listener.upstream.as_ref().unwrap().as_str(), "docker.io");
     assert_eq!(
         settings.storage,
         Some(StorageConfig::Filesystem {
@@ -97,13 +101,58 @@ fn five_files_become_five_upstreams_in_one_process() {
         ]
     );
     assert_eq!(settings.upstreams[4].origin.url, "https://quay.io");
-    assert_eq!(settings.listen.as_deref(), Some("0.0.0.0:5000"));
+    // Every container's port stays, serving its own upstream by default.
+    let listeners: Vec<(&str, &str)> = settings
+        .listeners
+        .iter()
+        .map(|l| (l.addr.as_str(), l.upstream.as_ref().unwrap().as_str()))
+        .collect();
+    assert_eq!(
+        listeners,
+        [
+            ("0.0.0.0:5000", "docker.io"),
+            ("0.0.0.0:5001", "registry.k8s.io"),
+            ("0.0.0.0:5002", "gcr.io"),
+            ("0.0.0.0:5003", "ghcr.io"),
+            ("0.0.0.0:5004", "quay.io")
+        ]
+    );
     assert_eq!(
         settings.storage,
         Some(StorageConfig::Filesystem {
             dir: "/var/lib/hub".into()
         })
     );
+}
+
+#[test]
+fn two_files_on_one_port_with_different_upstreams_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = write(
+        dir.path(),
+        "hub.yml",
+        "proxy:\n  remoteurl: https://registry-1.docker.io\nhttp:\n  addr: :5000\n",
+    );
+    let again = write(
+        dir.path(),
+        "again.yml",
+        "proxy:\n  remoteurl: https://registry-1.docker.io\nhttp:\n  addr: :5000\n",
+    );
+    let k8s = write(
+        dir.path(),
+        "k8s.yml",
+        "proxy:\n  remoteurl: https://registry.k8s.io\nhttp:\n  addr: :5000\n",
+    );
+    assert_eq!(
+        load(&[hub.clone(), again], &no_env)
+            .unwrap()
+            .listeners
+            .len(),
+        1
+    );
+    let e = load(&[hub, k8s], &no_env).unwrap_err();
+    assert!(e.contains("both set http.addr 0.0.0.0:5000"), "{e}");
+    assert!(e.contains("give each file its own http.addr"), "{e}");
 }
 
 #[test]
@@ -116,7 +165,7 @@ fn the_environment_applies_over_the_first_file_or_alone() {
         _ => None,
     };
     let settings = load(&[], &env).unwrap();
-    assert_eq!(settings.listen.as_deref(), Some("127.0.0.1:5555"));
+    assert_eq!(settings.listeners[0].addr, "127.0.0.1:5555");
     assert_eq!(settings.upstreams[0].name.as_str(), "127.0.0.1:5100");
     assert_eq!(settings.upstreams[0].origin.url, "http://127.0.0.1:5100");
     assert_eq!(

@@ -28,6 +28,7 @@ fn probes(heading: &str) -> Option<(Vec<String>, &'static [&'static str])> {
             .map(|kind| format!("[storage]\nkind = \"{kind}\"\n{{}} = 1\n"))
             .collect(),
         "`[[upstream]]`" => vec![format!("{upstream}{{}} = 1\n")],
+        "`[[listener]]`" => vec!["[[listener]]\naddr = \"127.0.0.1:5001\"\n{} = 1\n".into()],
         "`mirrors` entries" => vec![format!(
             "{upstream}mirrors = [{{ url = \"https://m.example\", {{}} = 1 }}]\n"
         )],
