@@ -9,12 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_cache_core::mirror::{
-    Credentials, Endpoint, EndpointTls, Import, MirrorConfig, UpstreamConfig,
-};
+use oci_cache_core::mirror::{Import, MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
-use oci_cache_http::client_auth::{Access, ClientAuthConfig};
+use oci_cache_http::client_auth::ClientAuthConfig;
 use oci_cache_http::tls_server::TlsFiles;
 use oci_cache_http::ServerOptions;
 use serde::Deserialize;
@@ -127,39 +125,6 @@ pub(crate) enum StorageConfig {
 
 fn default_storage_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STORAGE_DIR)
-}
-
-/// One `[[upstream]]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpstreamEntry {
-    /// The registry name clients use (`docker.io`, `ghcr.io`, `registry.example:5000`).
-    name: String,
-    /// The registry's own API base URL.
-    url: String,
-    #[serde(default)]
-    aliases: Vec<String>,
-    #[serde(default)]
-    mirrors: Vec<Endpoint>,
-    #[serde(default)]
-    skip_fallback: bool,
-    #[serde(default)]
-    credentials: Option<Credentials>,
-    /// TLS settings of the origin (`ca_file`, `client_cert`, `client_key`, `insecure_skip_verify`).
-    #[serde(default)]
-    tls: EndpointTls,
-    /// Other hosts whose token servers may receive the origin's credentials.
-    #[serde(default)]
-    token_realms: Vec<String>,
-    /// Other hosts manifest and tag-list requests may be redirected to.
-    #[serde(default)]
-    redirect_hosts: Vec<String>,
-    /// Allow realms and redirects on loopback/private addresses.
-    #[serde(default)]
-    allow_private_targets: bool,
-    /// Who may read this upstream when client authentication is on.
-    #[serde(default)]
-    access: Option<Access>,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -577,41 +542,12 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
     Ok(())
 }
 
-fn registry(name: &str) -> Result<Registry, String> {
-    Registry::new(name).map_err(|e| format!("invalid upstream name {name:?}: {e}"))
-}
-
-/// `NAME=URL`, as given to `--upstream`.
-fn upstream_from_flag(spec: &str) -> Result<UpstreamConfig, String> {
-    let (name, url) = spec.split_once('=').ok_or_else(|| {
-        format!("invalid --upstream {spec:?}: write it as NAME=URL, e.g. ghcr.io=https://ghcr.io")
-    })?;
-    upstream_from_entry(UpstreamEntry {
-        name: name.to_owned(),
-        url: url.to_owned(),
-        ..UpstreamEntry::default()
-    })
-}
-
-fn upstream_from_entry(entry: UpstreamEntry) -> Result<UpstreamConfig, String> {
-    let mut upstream = UpstreamConfig::new(registry(&entry.name)?, &entry.url);
-    upstream.aliases = entry.aliases;
-    upstream.endpoints = entry.mirrors;
-    upstream.skip_fallback = entry.skip_fallback;
-    upstream.origin.credentials = entry.credentials;
-    upstream.origin.tls = entry.tls;
-    upstream.origin.token_realms = entry.token_realms;
-    // Empty keeps what UpstreamConfig::new knows the origin needs.
-    if !entry.redirect_hosts.is_empty() {
-        upstream.origin.redirect_hosts = entry.redirect_hosts;
-    }
-    upstream.origin.allow_private_targets = entry.allow_private_targets;
-    Ok(upstream)
-}
-
 mod hosted;
 mod imports;
 mod listeners;
+mod upstreams;
+
+use upstreams::{registry, upstream_from_entry, upstream_from_flag, UpstreamEntry};
 
 pub(crate) use listeners::Listener;
 #[cfg(test)]
