@@ -227,7 +227,10 @@ pub(crate) fn load_file(path: &Path) -> Result<FileConfig, String> {
                 path = path.display()
             );
         }
-        format!("config file {}: {e}", path.display())
+        match misplaced::hint(&e.to_string()) {
+            Some(hint) => format!("config file {}: {e}{hint}", path.display()),
+            None => format!("config file {}: {e}", path.display()),
+        }
     })
 }
 
@@ -545,6 +548,7 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
 mod hosted;
 mod imports;
 mod listeners;
+mod misplaced;
 mod upstreams;
 
 use upstreams::{registry, upstream_from_entry, upstream_from_flag, UpstreamEntry};

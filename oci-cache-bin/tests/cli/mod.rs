@@ -99,6 +99,41 @@ fn resolve_rejects_bad_references_with_exit_2() {
 }
 
 #[test]
+fn a_key_in_the_wrong_table_says_where_it_belongs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("oci-cache.toml");
+    std::fs::write(&file, "max_size = \"50GiB\"\n").unwrap();
+    for command in ["check-config", "serve", "gc"] {
+        let out = oci_cache(&[command, "--config", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("`max_size` belongs in the [cache] table; move it there"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+/// `serve` and `gc` read the cap from the same file: gc needs no flag.
+#[test]
+fn gc_reads_the_cap_from_the_config_file_serve_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("oci-cache.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[storage]\nkind = \"filesystem\"\ndir = \"{}\"\n[cache]\nmax_size = \"10MiB\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = oci_cache(&["gc", "--config", file.to_str().unwrap()]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("cap 10.00 MiB"), "{stdout}");
+}
+
+#[test]
 fn check_config_reports_a_bad_file_and_accepts_the_example() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
