@@ -97,10 +97,28 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
     ) {
         writeln!(out, "{line}")?;
     }
-    // Debug shows every knob; anything secret in them (proxy userinfo) is redacted there.
-    writeln!(out, "[cache] {:?}", settings.cache)?;
-    writeln!(out, "[upstream_client] {:?}", settings.upstream_client)?;
+    write!(out, "{}", tunables_toml(settings))?;
     Ok(())
+}
+
+/// Every knob of `[cache]` and `[upstream_client]` in effect, as the TOML
+/// that sets them (a proxy URL's password as `***`): what to copy into a
+/// config file to change one.
+fn tunables_toml(settings: &Settings) -> String {
+    #[derive(serde::Serialize)]
+    struct Tunables<'a> {
+        cache: &'a oci_cache_core::cache::CacheOptions,
+        upstream_client: &'a oci_cache_http::UpstreamOptions,
+    }
+    let tunables = Tunables {
+        cache: &settings.cache,
+        upstream_client: &settings.upstream_client,
+    };
+    match toml::to_string(&tunables) {
+        Ok(text) => format!("\n# in effect (config file syntax)\n{text}"),
+        // Only a type serde's TOML cannot write (none today) gets here.
+        Err(e) => format!("[cache] and [upstream_client]: cannot be shown ({e})\n"),
+    }
 }
 
 fn describe_storage(storage: &StorageConfig) -> String {

@@ -55,6 +55,12 @@ pub fn format_duration(duration: Duration) -> String {
     out
 }
 
+/// `#[serde(with = "oci_cache_core::duration")]`: writes a [`Duration`] as
+/// [`format_duration`] does (`"30s"`), so it reads back unchanged.
+pub fn serialize<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*duration))
+}
+
 /// `#[serde(deserialize_with = "…")]` for a [`Duration`] written as `"30s"`.
 pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = <String as serde::Deserialize>::deserialize(d)?;

@@ -238,10 +238,10 @@ fn every_commented_block_of_the_example_passes_check_config() {
             assert!(stdout.contains("metrics listen: "), "{stdout}");
         }
         if lines[first] == "# [cache]" {
-            assert!(stdout.contains("fill_window: 262144"), "{stdout}");
+            assert!(stdout.contains("fill_window = 262144\n"), "{stdout}");
         }
         if lines[first] == "# [upstream_client]" {
-            assert!(stdout.contains("proxy: Direct"), "{stdout}");
+            assert!(stdout.contains("proxy = \"direct\"\n"), "{stdout}");
         }
         if lines[first].contains("[[upstream]]") {
             let name = lines[first + 1]
@@ -330,6 +330,50 @@ fn check_config_shows_the_effective_settings_from_env_and_flags() {
     assert!(stdout.contains("listen: 127.0.0.1:7002\n"), "{stdout}");
     assert!(stdout.contains("tag ttl: 1m\n"), "{stdout}");
     assert!(stdout.contains("offline: false\n"), "{stdout}");
+}
+
+/// The tunables are printed as the TOML that sets them, which reads back
+/// to the same settings (not as Rust `Debug`), a proxy password as `***`.
+#[test]
+fn check_config_prints_settings_in_the_config_file_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("oci-cache.toml");
+    std::fs::write(
+        &file,
+        "[cache]\nmax_size = \"10MiB\"\npin = [\"docker.io/library/alpine:*\"]\n\
+         [upstream_client]\nread_timeout = \"90s\"\n\
+         proxy = { explicit = { url = \"http://user:PROXY-PASSWORD@proxy.test:3128\", no_proxy = \"10.0.0.0/8\" } }\n",
+    )
+    .unwrap();
+    let out = oci_cache(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("CacheOptions {"), "{stdout}");
+    assert!(!stdout.contains("PROXY-PASSWORD"), "{stdout}");
+    let (_, toml_part) = stdout
+        .split_once("# in effect (config file syntax)\n")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    for line in [
+        "[cache]\n",
+        "max_size = 10485760\n",
+        "pin = [\"docker.io/library/alpine:*\"]\n",
+        "[cache.fill_retry]\n",
+        "[upstream_client]\n",
+        "read_timeout = \"1m30s\"\n",
+        "url = \"http://***@proxy.test:3128\"\n",
+    ] {
+        assert!(toml_part.contains(line), "{line:?} not in {toml_part}");
+    }
+    // Read back (the redacted proxy aside), it is the same configuration.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, toml_part.replace("***@", "")).unwrap();
+    let out = oci_cache(&["check-config", again.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let reread = text(&out.stdout);
+    let (_, reread_toml) = reread
+        .split_once("# in effect (config file syntax)\n")
+        .unwrap();
+    assert_eq!(reread_toml, toml_part.replace("***@", ""));
 }
 
 #[test]

@@ -103,12 +103,12 @@ use crate::{Error, ErrorChain, Result};
 /// assert_eq!(options.max_manifest_size, CacheOptions::default().max_manifest_size);
 /// # Ok::<_, serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CacheOptions {
     /// How long a tag → digest mapping is trusted before a HEAD upstream.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
+    #[serde(with = "crate::duration")]
     pub tag_ttl: Duration,
     /// Largest manifest accepted from upstream.
     pub max_manifest_size: u64,
@@ -126,12 +126,16 @@ pub struct CacheOptions {
     pub max_blob_size: u64,
     /// Directory for blob fill spool files (anonymous, removed when the fill is
     /// done); `None` is the system temporary directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_dir: Option<PathBuf>,
     /// Cap on stored blob bytes (`"150MiB"`, `"50GiB"` or a number); `None`
     /// keeps everything. The engine tracks uses against it in its
     /// [`DiskBudget`]; an
     /// [`Evictor`](crate::evict::Evictor) enforces it.
-    #[serde(deserialize_with = "crate::evict::deserialize_size")]
+    #[serde(
+        deserialize_with = "crate::evict::deserialize_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_size: Option<u64>,
     /// Images never evicted: [`PinPattern`](crate::evict::PinPattern)s over
     /// `upstream/repository:tag`.

@@ -54,6 +54,34 @@ impl ProxyConfig {
     }
 }
 
+/// As written in a config file, with the password of a proxy URL as `***`
+/// (as [`Debug`] shows it): serialized settings are for people to read.
+impl serde::Serialize for ProxyConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Explicit<'a> {
+            url: String,
+            no_proxy: &'a str,
+        }
+        match self {
+            ProxyConfig::FromEnv => s.serialize_str("from_env"),
+            ProxyConfig::Direct => s.serialize_str("direct"),
+            ProxyConfig::Explicit { url, no_proxy } => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry(
+                    "explicit",
+                    &Explicit {
+                        url: redact_userinfo(url),
+                        no_proxy,
+                    },
+                )?;
+                map.end()
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for ProxyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -85,21 +113,24 @@ fn redact_userinfo(url: &str) -> String {
 ///
 /// Deserializes from a table of the field names, all optional (durations as
 /// `"30s"`), e.g. a config file's `[upstream_client]`.
-#[derive(Debug, Clone, serde::Deserialize)]
+///
+/// Serializes as it deserializes (the password of a proxy URL written as
+/// `***`), so a program can print the effective settings as a config file.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamOptions {
     /// TCP connect timeout per attempt.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Time allowed for response headers to arrive (each redirect hop gets its own).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Longest pause between two chunks of a body (blob, manifest, token, tag list).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub read_timeout: Duration,
     /// How long an unused pooled connection is kept.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Largest manifest body accepted; larger is
     /// [`oci_cache_core::Error::TooLarge`]. [`crate::Mirror`] sets it from
@@ -127,7 +158,7 @@ pub struct UpstreamOptions {
     /// endpoint's circuit breaker opens (0 disables the breaker).
     pub breaker_threshold: u32,
     /// How long an open breaker skips its endpoint before one request probes it.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "duration")]
     pub breaker_cooldown: Duration,
 }
 

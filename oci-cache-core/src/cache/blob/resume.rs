@@ -57,7 +57,7 @@ const MAX_DELAY: Duration = Duration::from_secs(30);
 /// let retry = FillRetry::default().with_attempts(2).with_backoff(Duration::from_millis(10));
 /// assert_eq!((retry.attempts, retry.backoff), (2, Duration::from_millis(10)));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FillRetry {
@@ -68,7 +68,7 @@ pub struct FillRetry {
     /// The wait before the second attempt without new bytes, doubled for
     /// each further one (at most 30 s; longer when upstream's `Retry-After`
     /// asks, up to that cap). Default 250 ms.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
+    #[serde(with = "crate::duration")]
     pub backoff: Duration,
 }
 
