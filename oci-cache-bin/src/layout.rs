@@ -46,12 +46,12 @@ pub(crate) fn export(args: &ExportArgs, err: &mut impl Write) -> ExitCode {
         let targets = images::from_args(&args.list, &mirrors)?;
         let platforms = images::platforms(&args.list.platforms)?;
         match (&args.output, &args.tar) {
-            (Some(dir), _) => export_to(&engine, &targets, &platforms, dir).await,
+            (Some(dir), _) => export_to(&engine, &targets, &platforms, dir, dir).await,
             (None, Some(tar)) => {
                 let staging = tempfile::Builder::new()
                     .prefix(".oci-cache-export-")
                     .tempdir_in(parent_of(tar))?;
-                let code = export_to(&engine, &targets, &platforms, staging.path()).await?;
+                let code = export_to(&engine, &targets, &platforms, staging.path(), tar).await?;
                 write_tar(staging.path(), tar).await?;
                 Ok(code)
             }
@@ -70,10 +70,11 @@ pub(crate) fn import(args: &ImportArgs, err: &mut impl Write) -> ExitCode {
         let repository = args.repository.as_deref();
         match (&args.dir, &args.tar) {
             (Some(dir), _) => {
+                let layout = Layout { dir, named: dir };
                 import_from(
                     engine.storage().as_ref(),
                     &mirrors,
-                    dir,
+                    &layout,
                     repository,
                     &platforms,
                 )
@@ -86,7 +87,11 @@ pub(crate) fn import(args: &ImportArgs, err: &mut impl Write) -> ExitCode {
                     .tempdir()?;
                 read_tar(tar, staging.path()).await?;
                 let storage = engine.storage().as_ref();
-                import_from(storage, &mirrors, staging.path(), repository, &platforms).await
+                let layout = Layout {
+                    dir: staging.path(),
+                    named: tar,
+                };
+                import_from(storage, &mirrors, &layout, repository, &platforms).await
             }
             (None, None) => Err("import needs a layout DIR or --tar FILE".into()),
         }
@@ -106,11 +111,14 @@ fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
         .join(digest.hex())
 }
 
+/// Exports `targets` into the layout directory `dir`; `named` is what the
+/// operator named (the directory, or the tar file it becomes).
 async fn export_to(
     engine: &Engine,
     targets: &[Target],
     platforms: &[Platform],
     dir: &Path,
+    named: &Path,
 ) -> Result<ExitCode, BoxError> {
     let reporter = Reporter::new("export");
     tokio::fs::create_dir_all(dir.join("blobs/sha256")).await?;
@@ -168,7 +176,7 @@ async fn export_to(
         "export: {} of {} images written to {}",
         targets.len() - failed,
         targets.len(),
-        dir.display()
+        named.display()
     ));
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -297,24 +305,33 @@ fn entry_reference(entry: &Descriptor, repository: Option<&str>) -> Result<Refer
     Ok(reference)
 }
 
+/// A layout directory to import, and what the operator named: the
+/// directory, or the archive it was unpacked from (messages name that).
+struct Layout<'a> {
+    dir: &'a Path,
+    named: &'a Path,
+}
+
 async fn import_from(
     storage: &dyn Storage,
     mirrors: &MirrorConfig,
-    dir: &Path,
+    layout: &Layout<'_>,
     repository: Option<&str>,
     platforms: &[Platform],
 ) -> Result<ExitCode, BoxError> {
+    let dir = layout.dir;
     if !tokio::fs::try_exists(dir.join("oci-layout")).await? {
         return Err(format!(
             "{} is not an OCI image layout (no oci-layout file)",
-            dir.display()
+            layout.named.display()
         )
         .into());
     }
     let index = read_index(dir).await?;
-    let source = BlobDir::open(dir, DirKind::Layout)?;
+    let source = BlobDir::open(dir, DirKind::Layout)?.named(layout.named);
     let reporter = Reporter::new("import");
     let mut failed = 0usize;
+    let mut cached = Cached::default();
     for entry in &index.manifests {
         let target = entry_reference(entry, repository).and_then(|r| Target::new(r, mirrors));
         let label = target
@@ -335,12 +352,10 @@ async fn import_from(
             Err(e) => Err(e.into()),
         };
         match result {
-            Ok(tree) => reporter.line(&format!(
-                "imported {label}: {} manifests, {} blobs, {}",
-                1 + tree.children.len(),
-                tree.blobs.len(),
-                HumanBytes(tree.blob_bytes())
-            )),
+            Ok(imported) => {
+                reporter.line(&format!("imported {label}: {imported}"));
+                cached.add(&imported.cached);
+            }
             Err(e) => {
                 failed += 1;
                 reporter.line(&format!("FAILED {label}: {}", chain(e.as_ref())));
@@ -349,10 +364,11 @@ async fn import_from(
     }
     reporter.finish();
     reporter.line(&format!(
-        "import: {} of {} images imported from {}",
+        "import: {} of {} images imported from {}{}",
         index.manifests.len() - failed,
         index.manifests.len(),
-        dir.display()
+        layout.named.display(),
+        cached.skipped_note()
     ));
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -374,7 +390,7 @@ pub(crate) async fn import_image(
     root: &Digest,
     hint: Option<&Descriptor>,
     platforms: &[Platform],
-) -> Result<Tree, BoxError> {
+) -> Result<Imported, BoxError> {
     let by_digest = Target {
         manifest: ManifestRef::Digest(root.clone()),
         ..target.clone()
@@ -390,13 +406,17 @@ pub(crate) async fn import_image(
             .finish()
             .map_err(|e| format!("blob {} in {source}: {e}", blob.digest))?;
     }
+    let mut cached = Cached::default();
     for blob in &tree.blobs {
-        if storage.blob_stat(&blob.digest).await?.is_none() {
-            let stream = read_file(source.file(&blob.digest)?).await?;
-            storage
-                .blob_write(&blob.digest, Some(blob.size), stream)
-                .await?;
+        if storage.blob_stat(&blob.digest).await?.is_some() {
+            cached.blobs += 1;
+            cached.bytes += blob.size;
+            continue;
         }
+        let stream = read_file(source.file(&blob.digest)?).await?;
+        storage
+            .blob_write(&blob.digest, Some(blob.size), stream)
+            .await?;
     }
     for manifest in tree.children.iter().rev().chain([&tree.root]) {
         storage.manifest_put(manifest).await?;
@@ -409,7 +429,63 @@ pub(crate) async fn import_image(
         };
         storage.tag_put(&target.key_for(tag), &record).await?;
     }
-    Ok(tree)
+    Ok(Imported { tree, cached })
+}
+
+/// What [`import_image`] brought in.
+pub(crate) struct Imported {
+    pub(crate) tree: Tree,
+    /// Blobs of the image the cache already held (not written again).
+    pub(crate) cached: Cached,
+}
+
+/// Blobs an import found already in the cache and skipped.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Cached {
+    pub(crate) blobs: usize,
+    pub(crate) bytes: u64,
+}
+
+impl Cached {
+    pub(crate) fn add(&mut self, other: &Cached) {
+        self.blobs += other.blobs;
+        self.bytes += other.bytes;
+    }
+
+    /// `; N blobs (SIZE) already in the cache were skipped`, or nothing.
+    pub(crate) fn skipped_note(&self) -> String {
+        if self.blobs == 0 {
+            return String::new();
+        }
+        format!(
+            "; {} blobs ({}) already in the cache were skipped",
+            self.blobs,
+            HumanBytes(self.bytes)
+        )
+    }
+}
+
+/// `N manifests, M blobs, SIZE`, and what was already cached.
+impl std::fmt::Display for Imported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tree = &self.tree;
+        write!(
+            f,
+            "{} manifests, {} blobs, {}",
+            1 + tree.children.len(),
+            tree.blobs.len(),
+            HumanBytes(tree.blob_bytes())
+        )?;
+        match self.cached.blobs {
+            0 => Ok(()),
+            n if n == tree.blobs.len() => f.write_str(" (every blob already cached; skipped)"),
+            n => write!(
+                f,
+                " ({n} blobs, {} already cached; skipped)",
+                HumanBytes(self.cached.bytes)
+            ),
+        }
+    }
 }
 
 mod archive;

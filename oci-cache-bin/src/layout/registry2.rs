@@ -21,7 +21,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use indicatif::HumanBytes;
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::Platform;
 use oci_cache_core::mirror::MirrorConfig;
@@ -29,7 +28,7 @@ use oci_cache_core::reference::{Reference, Registry, Tag};
 use oci_cache_core::storage::Storage;
 use oci_cache_core::Error;
 
-use super::{import_image, BlobDir, DirKind};
+use super::{import_image, BlobDir, Cached, DirKind, Imported};
 use crate::cli::ImportArgs;
 use crate::engine::{self, BoxError};
 use crate::images::{self, Target};
@@ -50,7 +49,7 @@ struct Repo {
 
 /// What became of one image.
 enum Outcome {
-    Imported,
+    Imported(Cached),
     /// Part of it is not in the directory (registry:2 caches what was
     /// pulled, which may be a manifest without its layers): not an error.
     Incomplete,
@@ -169,8 +168,12 @@ async fn import_registry2(
     }
     let reporter = Reporter::new("import");
     let (mut imported, mut incomplete, mut failed) = (0usize, 0usize, 0usize);
+    let mut cached = Cached::default();
     let mut count = |outcome: Outcome| match outcome {
-        Outcome::Imported => imported += 1,
+        Outcome::Imported(skipped) => {
+            imported += 1;
+            cached.add(&skipped);
+        }
         Outcome::Incomplete => incomplete += 1,
         Outcome::Failed => failed += 1,
     };
@@ -215,8 +218,9 @@ async fn import_registry2(
     reporter.finish();
     reporter.line(&format!(
         "import: {imported} images imported from registry:2 storage {} as upstream {upstream}; \
-         {incomplete} incomplete (not imported; the first pull fetches them), {failed} failed",
-        dir.display()
+         {incomplete} incomplete (not imported; the first pull fetches them), {failed} failed{}",
+        dir.display(),
+        cached.skipped_note()
     ));
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -235,24 +239,19 @@ async fn import_one(
     root: &Digest,
     platforms: &[Platform],
     done: &mut HashSet<Digest>,
-) -> Result<String, BoxError> {
+) -> Result<Imported, BoxError> {
     let reference: Reference = name.parse().map_err(|e| format!("{name}: {e}"))?;
     let target = Target::new(reference, mirrors)?;
-    let tree = import_image(storage, source, &target, root, None, platforms).await?;
-    done.extend(tree.manifests().map(|m| m.digest.clone()));
-    Ok(format!(
-        "{} manifests, {} blobs, {}",
-        1 + tree.children.len(),
-        tree.blobs.len(),
-        HumanBytes(tree.blob_bytes())
-    ))
+    let imported = import_image(storage, source, &target, root, None, platforms).await?;
+    done.extend(imported.tree.manifests().map(|m| m.digest.clone()));
+    Ok(imported)
 }
 
-fn report(reporter: &Reporter, name: &str, result: Result<String, BoxError>) -> Outcome {
+fn report(reporter: &Reporter, name: &str, result: Result<Imported, BoxError>) -> Outcome {
     match result {
-        Ok(summary) => {
-            reporter.line(&format!("imported {name}: {summary}"));
-            Outcome::Imported
+        Ok(imported) => {
+            reporter.line(&format!("imported {name}: {imported}"));
+            Outcome::Imported(imported.cached)
         }
         Err(e) if e.downcast_ref::<Error>().is_some_and(Error::is_not_found) => {
             reporter.line(&format!(

@@ -55,6 +55,9 @@ pub(crate) struct BlobDir {
     /// The directory with every link resolved.
     root: PathBuf,
     kind: DirKind,
+    /// What messages call it: the directory as given, or the archive it
+    /// was unpacked from.
+    named: PathBuf,
 }
 
 impl BlobDir {
@@ -62,7 +65,18 @@ impl BlobDir {
     pub(crate) fn open(dir: &Path, kind: DirKind) -> Result<BlobDir, BoxError> {
         let root = std::fs::canonicalize(dir)
             .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-        Ok(BlobDir { root, kind })
+        Ok(BlobDir {
+            root,
+            kind,
+            named: dir.to_path_buf(),
+        })
+    }
+
+    /// The same directory, called `named` in messages (the archive a
+    /// layout was unpacked from).
+    pub(crate) fn named(mut self, named: &Path) -> BlobDir {
+        self.named = named.to_path_buf();
+        self
     }
 
     /// The directory, links resolved.
@@ -113,7 +127,7 @@ impl BlobDir {
 
 impl std::fmt::Display for BlobDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.root.display().fmt(f)
+        self.named.display().fmt(f)
     }
 }
 

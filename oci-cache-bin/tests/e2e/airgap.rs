@@ -427,11 +427,37 @@ fn airgap_export_import_round_trip() {
         &["--offline", "-f", &list_arg, "--tar", &tar_arg],
     );
     assert!(out.status.success());
+    // Messages name the archive, not the directory it was staged in.
+    assert!(
+        stdout(&out).contains(&format!("images written to {tar_arg}\n")),
+        "{}",
+        stdout(&out)
+    );
     let site_c = work.path().join("site-c");
     let config_c = config_args(&site_c, "http://127.0.0.1:9");
-    assert!(command("import", &config_c, &["--tar", &tar_arg])
-        .status
-        .success());
+    let out = command("import", &config_c, &["--tar", &tar_arg]);
+    assert!(out.status.success());
+    let first = stdout(&out);
+    assert!(
+        first.contains(&format!("images imported from {tar_arg}\n")),
+        "{first}"
+    );
+    // A second import says what it skipped.
+    let out = command("import", &config_c, &["--tar", &tar_arg]);
+    assert!(out.status.success());
+    let second = stdout(&out);
+    assert!(
+        second.contains("(every blob already cached; skipped)"),
+        "{second}"
+    );
+    assert!(
+        second.contains(&format!("images imported from {tar_arg}; ")),
+        "{second}"
+    );
+    assert!(
+        second.contains("already in the cache were skipped"),
+        "{second}"
+    );
     assert!(command("verify", &config_c, &["-f", &list_arg])
         .status
         .success());
