@@ -12,7 +12,7 @@ use crate::support::registry::Origin;
 use crate::support::{skopeo, tools_available};
 
 /// Runs `oci-cache ARGS` to completion (stdout/stderr are pipes: no progress bars).
-fn oci_cache(args: &[&str]) -> Output {
+pub(super) fn oci_cache(args: &[&str]) -> Output {
     let out = Command::new(oci_cache_bin())
         .args(args)
         .env("RUST_LOG", "warn")

@@ -13,18 +13,7 @@ use crate::support::{skopeo, tools_available};
 
 /// Runs `oci-cache ARGS` to completion.
 fn oci_cache(args: &[String]) -> Output {
-    let out = Command::new(oci_cache_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ oci-cache {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    super::airgap::oci_cache(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Waits until docker-registry in proxy mode has written every blob of
