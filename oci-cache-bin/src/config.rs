@@ -513,16 +513,22 @@ fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), 
 
 /// registry:2 drop-in: `--registry-config` files and `REGISTRY_*` variables
 /// rank above the TOML file and below oci-cache's own flags; their remotes
-/// join the file's upstreams, and the only one becomes the default.
+/// join the file's upstreams, and each file's http.addr becomes a listener.
 fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), String> {
     crate::registry_compat::check_env_names(std::env::vars_os().map(|(name, _)| name))?;
     let compat =
         crate::registry_compat::load(&args.config.registry_configs, &|k| std::env::var(k).ok())?;
     file.compat_listeners = compat.listeners;
     file.storage = compat.storage.or(file.storage.take());
-    if let [only] = compat.upstreams.as_slice() {
-        if file.default_upstream.is_none() && file.upstreams.is_empty() {
-            file.default_upstream = Some(only.name.as_str().to_owned());
+    // The default upstream (for a listener without its own): Docker Hub
+    // when one of the files proxies it, else the first file's.
+    if let Some(first) = compat.upstreams.first() {
+        let hub = compat
+            .upstreams
+            .iter()
+            .any(|u| u.name == Registry::docker_hub());
+        if file.default_upstream.is_none() && file.upstreams.is_empty() && !hub {
+            file.default_upstream = Some(first.name.as_str().to_owned());
         }
     }
     file.compat_upstreams = compat.upstreams;

@@ -12,11 +12,11 @@ use oci_cache_core::health::Readiness;
 use oci_cache_core::storage::Storage;
 use oci_cache_http::client_auth;
 use oci_cache_http::metrics::{Metrics, MetricsService};
-use oci_cache_http::{tls_server, AccessLog};
+use oci_cache_http::{tls_server, AccessLog, Listening};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
-use crate::config::Settings;
+use crate::config::{Listener, Settings};
 use crate::engine::{self, BoxError};
 
 pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
@@ -61,13 +61,11 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     let storage_name = service.engine().storage().to_string();
     let engine = service.engine().clone();
     let mirrors = service.mirrors();
-    let listen = settings.primary_listen();
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listeners = bind_all(&settings.listeners).await?;
+    let listen: Vec<String> = settings.listeners.iter().map(ToString::to_string).collect();
     let upstreams: Vec<&str> = mirrors.upstreams.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
-        listen = %listen,
+        listen = %listen.join(", "),
         metrics_listen = ?settings.metrics_listen,
         storage = %storage_name,
         upstreams = %upstreams.join(","),
@@ -88,8 +86,8 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
                 "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
         }
     }
-    oci_cache_http::serve_with(
-        listener,
+    oci_cache_http::serve_all(
+        listeners,
         mirror.pipeline(),
         tls,
         settings.server.clone(),
@@ -99,6 +97,22 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     drain_fills(&engine).await;
     tracing::info!("oci-cache stopped");
     Ok(())
+}
+
+/// Binds every listener (all or none: a port taken fails the start, naming it).
+async fn bind_all(listeners: &[Listener]) -> Result<Vec<Listening>, BoxError> {
+    let mut bound = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        let socket = TcpListener::bind(listener.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", listener.addr))?;
+        let mut listening = Listening::new(socket);
+        if let Some(upstream) = &listener.default_upstream {
+            listening = listening.with_default_upstream(upstream.clone());
+        }
+        bound.push(listening);
+    }
+    Ok(bound)
 }
 
 /// How long shutdown waits for blob fills to finish storing.

@@ -135,13 +135,16 @@ impl Route {
 /// The path of the purge endpoint (admin family).
 pub(crate) const PURGE_PATH: &str = "/admin/purge";
 
-/// Routes a request; `local` are the local prefixes of hosted repositories.
+/// Routes a request; `local` are the local prefixes of hosted repositories,
+/// `listener` the [`ListenerUpstream`](crate::ListenerUpstream) of the
+/// listener it arrived on (the upstream when the request names none).
 pub(crate) fn route(
     method: &Method,
     path: &str,
     query: Option<&str>,
     mirrors: &MirrorConfig,
     local: &[String],
+    listener: Option<&Registry>,
 ) -> Result<Route, OciError> {
     let read_only = method == Method::GET || method == Method::HEAD;
     let probe = match path {
@@ -190,7 +193,7 @@ pub(crate) fn route(
 
     match segments.as_slice() {
         [name @ .., t, l] if t == "tags" && l == "list" && !name.is_empty() => Ok(Route::Tags {
-            target: target(name, query, mirrors)?,
+            target: target(name, query, mirrors, listener)?,
             n: page_size(query)?,
             last: query_param(query, "last"),
         }),
@@ -198,14 +201,14 @@ pub(crate) fn route(
             Err(unsupported(method))
         }
         [name @ .., m, reference] if m == "manifests" && !name.is_empty() => {
-            let target = target(name, query, mirrors)?;
+            let target = target(name, query, mirrors, listener)?;
             Ok(Route::Manifest {
                 target,
                 reference: manifest_ref(reference, read_only)?,
             })
         }
         [name @ .., b, digest] if b == "blobs" && !name.is_empty() => {
-            let target = target(name, query, mirrors)?;
+            let target = target(name, query, mirrors, listener)?;
             Ok(Route::Blob {
                 target,
                 digest: parse_digest(digest)?,
@@ -307,6 +310,7 @@ fn target(
     name: &[String],
     query: Option<&str>,
     mirrors: &MirrorConfig,
+    listener: Option<&Registry>,
 ) -> Result<Target, OciError> {
     let unknown = |name: &str| {
         OciError::from_core(
@@ -342,11 +346,9 @@ fn target(
                         return Err(unknown(first));
                     }
                 }
-                let default = mirrors.default_upstream.as_str();
+                let default = listener.unwrap_or(&mirrors.default_upstream).as_str();
                 (
-                    mirrors
-                        .default_upstream_config()
-                        .ok_or_else(|| unknown(default))?,
+                    mirrors.lookup(default).ok_or_else(|| unknown(default))?,
                     name,
                 )
             }

@@ -17,6 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::OciError;
+use crate::listening::ListenerUpstream;
 use crate::routes::{self, Route};
 
 /// The route a request matched (or the error answer when none did), in
@@ -73,12 +74,14 @@ impl RouteTable {
             return matched.clone();
         }
         let uri = request.uri();
+        let listener = request.extensions().get::<ListenerUpstream>();
         let matched = MatchedRoute(routes::route(
             request.method(),
             uri.path(),
             uri.query(),
             &self.mirrors,
             &self.local,
+            listener.map(|l| &l.0),
         ));
         request.extensions_mut().insert(matched.clone());
         matched

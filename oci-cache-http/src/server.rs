@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::listening::{ListenerUpstream, Listening};
 use crate::peer::PeerAddr;
 use crate::Result;
 
@@ -138,6 +140,47 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve_all(
+        vec![Listening::new(listener)],
+        service,
+        tls,
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`] on every listener of `listeners` at once, under one
+/// connection policy (`max_connections` counts them all). A request that
+/// arrives on a listener with a default upstream carries it as a
+/// [`ListenerUpstream`] extension, beside its [`PeerAddr`].
+pub async fn serve_all<S, B>(
+    listeners: Vec<Listening>,
+    service: S,
+    tls: Option<TlsAcceptor>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // One stream of accepted connections from every listener, each tagged
+    // with its listener's upstream.
+    let mut incoming = futures::stream::select_all(listeners.into_iter().map(|listening| {
+        let upstream = listening.default_upstream.map(ListenerUpstream);
+        Box::pin(futures::stream::unfold(
+            (listening.listener, upstream),
+            |(listener, upstream)| async move {
+                let accepted = listener.accept().await;
+                let tagged = (accepted, upstream.clone());
+                Some((tagged, (listener, upstream)))
+            },
+        ))
+    }));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper drop clients that never finish sending their headers.
     builder
@@ -183,15 +226,16 @@ where
                 }
             }
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
+        let (stream, peer, upstream) = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some((Ok((stream, peer)), upstream)) => (stream, peer, upstream),
+                Some((Err(e), _)) => {
                     // Out of file descriptors and similar: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+                None => break,
             },
             () = &mut shutdown => break,
         };
@@ -199,6 +243,9 @@ where
         let inner = service.clone();
         let with_peer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(PeerAddr(peer));
+            if let Some(upstream) = &upstream {
+                request.extensions_mut().insert(upstream.clone());
+            }
             inner.call(request)
         });
         let tracked = Tracked {
@@ -264,7 +311,7 @@ where
             }
         });
     }
-    drop(listener);
+    drop(incoming);
     let _ = closing.send(true);
     // Every connection holds a slot: all slots back means all connections ended.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);

@@ -34,7 +34,7 @@ fn get(path_and_query: &str) -> Result<Route, OciError> {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    route(&Method::GET, path, query, &mirrors(), &[])
+    route(&Method::GET, path, query, &mirrors(), &[], None)
 }
 
 fn manifest(path: &str) -> (String, String, String) {
@@ -159,7 +159,14 @@ fn references_and_other_routes() {
     // Purge is a route for every method: its handler names the one it takes
     // (405 otherwise), and refuses (404) without an authenticated client.
     for method in [Method::GET, Method::DELETE, Method::POST] {
-        let routed = route(&method, "/admin/purge", Some("ref=alpine"), &mirrors(), &[]);
+        let routed = route(
+            &method,
+            "/admin/purge",
+            Some("ref=alpine"),
+            &mirrors(),
+            &[],
+            None,
+        );
         assert_eq!(routed.unwrap(), Route::Purge, "{method}");
     }
     assert_eq!(
@@ -239,7 +246,7 @@ fn hosted_repositories_route_every_method() {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        match route(&method, path, query, &mirrors(), &local()) {
+        match route(&method, path, query, &mirrors(), &local(), None) {
             Ok(Route::Hosted { repository, op }) => Ok((repository.to_string(), op)),
             Ok(other) => panic!("{path_and_query}: not hosted: {other:?}"),
             Err(e) => Err((e.status.as_u16(), e.code.as_str())),
@@ -344,6 +351,7 @@ fn hosted_repositories_route_every_method() {
         None,
         &mirrors(),
         &local(),
+        None,
     )
     .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (404, "NAME_UNKNOWN"));
@@ -357,7 +365,7 @@ fn hosted_repositories_route_every_method() {
         "/v2/library/alpine/manifests/x",
         "/v2/localx/app/manifests/x",
     ] {
-        let e = route(&Method::PUT, path, None, &mirrors(), &local()).unwrap_err();
+        let e = route(&Method::PUT, path, None, &mirrors(), &local(), None).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
     }
 }
@@ -366,7 +374,7 @@ fn hosted_repositories_route_every_method() {
 fn write_methods_are_unsupported() {
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         for path in ["/v2/a/blobs/uploads/", "/v2/a/manifests/t", "/v2/"] {
-            let e = route(&method, path, None, &mirrors(), &local()).unwrap_err();
+            let e = route(&method, path, None, &mirrors(), &local(), None).unwrap_err();
             assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
         }
     }
@@ -381,6 +389,7 @@ fn a_local_prefix_that_looks_like_a_host_is_hosted() {
         None,
         &mirrors(),
         &local,
+        None,
     );
     assert!(matches!(r, Ok(Route::Hosted { .. })), "{r:?}");
     // Any other host-like first segment is still an unknown registry.
@@ -390,8 +399,37 @@ fn a_local_prefix_that_looks_like_a_host_is_hosted() {
         None,
         &mirrors(),
         &local,
+        None,
     )
     .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (404, "NAME_UNKNOWN"));
     assert!(e.message.contains("other.local"), "{}", e.message);
+}
+
+/// A request that names no upstream goes to the upstream of the listener it
+/// arrived on; `?ns=` and path prefixes still choose any upstream there.
+#[test]
+fn the_listener_upstream_is_the_default_for_requests_that_name_none() {
+    let ghcr = Registry::new("ghcr.io").unwrap();
+    let on_ghcr = |path_and_query: &str| {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        match route(&Method::GET, path, query, &mirrors(), &[], Some(&ghcr)) {
+            Ok(Route::Manifest { target, .. }) => {
+                format!("{}/{}", target.upstream, target.repository)
+            }
+            other => panic!("{path_and_query}: {other:?}"),
+        }
+    };
+    assert_eq!(on_ghcr("/v2/org/app/manifests/v1"), "ghcr.io/org/app");
+    assert_eq!(
+        on_ghcr("/v2/library/alpine/manifests/3?ns=docker.io"),
+        "docker.io/library/alpine"
+    );
+    assert_eq!(
+        on_ghcr("/v2/docker.io/library/alpine/manifests/3"),
+        "docker.io/library/alpine"
+    );
 }
