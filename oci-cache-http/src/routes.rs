@@ -177,7 +177,7 @@ pub(crate) fn route(
         }
     }
     if !read_only {
-        return Err(unsupported(method));
+        return Err(write_outside_hosted(method, path, local));
     }
     let Some(rest) = rest else {
         return Ok(Route::Ping);
@@ -438,6 +438,29 @@ fn unsupported(method: &Method) -> OciError {
         StatusCode::METHOD_NOT_ALLOWED,
         OciErrorCode::Unsupported,
         format!("{method} is not supported by a pull-through cache"),
+    )
+}
+
+/// A write (push, delete) that is not under a hosted prefix: refused as
+/// [`unsupported`], naming where pushes go, or how to accept them.
+fn write_outside_hosted(method: &Method, path: &str, local: &[String]) -> OciError {
+    let message = if local.is_empty() {
+        format!(
+            "{method} {path}: this mirror is a pull-through cache and hosts no repositories; \
+             to accept pushes, start it with --local-prefix NAME and push to NAME/…"
+        )
+    } else {
+        let prefixes: Vec<String> = local.iter().map(|p| format!("{p}/…")).collect();
+        format!(
+            "{method} {path}: pushes are accepted only under the hosted prefixes {}; \
+             every other repository is a pull-through cache of its upstream",
+            prefixes.join(", ")
+        )
+    };
+    OciError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        OciErrorCode::Unsupported,
+        message,
     )
 }
 

@@ -367,6 +367,13 @@ fn hosted_repositories_route_every_method() {
     ] {
         let e = route(&Method::PUT, path, None, &mirrors(), &local(), None).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
+        // The refusal names where pushes go.
+        assert!(
+            e.message
+                .contains("pushes are accepted only under the hosted prefixes local/…"),
+            "{}",
+            e.message
+        );
     }
 }
 
@@ -374,8 +381,9 @@ fn hosted_repositories_route_every_method() {
 fn write_methods_are_unsupported() {
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         for path in ["/v2/a/blobs/uploads/", "/v2/a/manifests/t", "/v2/"] {
-            let e = route(&method, path, None, &mirrors(), &local(), None).unwrap_err();
+            let e = route(&method, path, None, &mirrors(), &[], None).unwrap_err();
             assert_eq!((e.status.as_u16(), e.code.as_str()), (405, "UNSUPPORTED"));
+            assert!(e.message.contains("--local-prefix NAME"), "{}", e.message);
         }
     }
 }
