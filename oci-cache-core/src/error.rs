@@ -284,13 +284,19 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// The endpoint answered with something that is not a valid registry response.
     Invalid,
-    /// The endpoint is skipped because its circuit breaker is open or the cache is offline.
+    /// The endpoint is skipped because its circuit breaker is open (or the
+    /// chain has given up on it for this blob).
     Skipped,
+    /// The cache is offline: no upstream is contacted, so what is not
+    /// cached does not exist here (a client is told "not cached", not
+    /// "unavailable").
+    Offline,
 }
 
 impl UpstreamErrorKind {
     /// A short label for logs and metrics: `not_found`, `unauthorized`,
-    /// `denied`, `too_many_requests`, `unavailable`, `timeout`, `invalid`, `skipped`.
+    /// `denied`, `too_many_requests`, `unavailable`, `timeout`, `invalid`,
+    /// `skipped`, `offline`.
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorKind::NotFound => "not_found",
@@ -301,6 +307,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Invalid => "invalid",
             UpstreamErrorKind::Skipped => "skipped",
+            UpstreamErrorKind::Offline => "offline",
         }
     }
 }
@@ -370,6 +377,7 @@ impl UpstreamError {
                 | UpstreamErrorKind::Timeout
                 | UpstreamErrorKind::Invalid
                 | UpstreamErrorKind::Skipped
+                | UpstreamErrorKind::Offline
         )
     }
 }

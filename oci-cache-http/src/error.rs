@@ -271,6 +271,14 @@ impl OciError {
             E::Upstream(up) => {
                 let (status, code, message) = match up.kind() {
                     UpstreamErrorKind::NotFound => return not_found("upstream object"),
+                    // Offline, what is not cached does not exist here: a
+                    // 404 a client reports as "not found", not a 503 it
+                    // retries. The handler names what was asked for.
+                    UpstreamErrorKind::Offline => {
+                        let mut api = not_found("upstream object");
+                        api.message = "not cached (offline)".to_owned();
+                        return api;
+                    }
                     // A 401 from upstream means our (absent or configured) upstream
                     // credentials are not enough; answering 401 would make clients
                     // start an auth flow with us that cannot succeed.

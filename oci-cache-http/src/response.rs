@@ -81,6 +81,23 @@ pub(crate) fn fail(err: oci_cache_core::Error, subject: ErrorSubject) -> OciErro
     api
 }
 
+/// [`fail`] for a request about one object, `what` (`docker.io/library/nginx:1.27`):
+/// an offline mirror's "not cached (offline)" names it, so the operator
+/// knows what to warm.
+pub(crate) fn fail_naming(
+    err: oci_cache_core::Error,
+    subject: ErrorSubject,
+    what: impl FnOnce() -> String,
+) -> OciError {
+    let offline = matches!(&err, oci_cache_core::Error::Upstream(up)
+        if up.kind() == oci_cache_core::UpstreamErrorKind::Offline);
+    let mut api = fail(err, subject);
+    if offline {
+        api.message = format!("{}: {}", api.message, what());
+    }
+    api
+}
+
 pub(crate) fn set_digest(headers: &mut HeaderMap, digest: &Digest) {
     if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
         headers.insert(DOCKER_CONTENT_DIGEST, v);

@@ -201,7 +201,7 @@ async fn offline_never_dials() {
     let origin = MockRegistry::start().await;
     let up = client_with(mirrors(&origin.url()), options().with_offline(true));
     let err = get_alpine_manifest(&up).await.unwrap_err();
-    assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
+    assert_eq!(kind_of(&err), UpstreamErrorKind::Offline);
     let err = up
         .blob_get(
             &registry("docker.io"),
@@ -211,7 +211,7 @@ async fn offline_never_dials() {
         .await
         .err()
         .unwrap();
-    assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
+    assert_eq!(kind_of(&err), UpstreamErrorKind::Offline);
     assert_eq!(origin.count(), 0);
 }
 

@@ -257,6 +257,25 @@ fn airgap_warm_verify_then_serve_offline() {
     serve_args.push("--offline");
     let mirror = Mirror::start_with_args(&serve_args, &[]);
     let m = mirror.host();
+    // What it does not hold is "not cached", by name: a 404, not a 503.
+    for (path, what) in [
+        (
+            "/v2/library/nginx/manifests/1.27?ns=docker.io",
+            "docker.io/library/nginx:1.27",
+        ),
+        (
+            "/v2/a.test/e2e/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "a.test/e2e/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ] {
+        let resp = crate::support::http::request(&m, "GET", path, &[]).unwrap();
+        let body = String::from_utf8_lossy(&resp.body);
+        assert_eq!(resp.status, 404, "{path}: {body}");
+        assert!(
+            body.contains(&format!("not cached (offline): {what}")),
+            "{path}: {body}"
+        );
+    }
     let dest = |name: &str| format!("dir:{}", work.path().join(name).display());
     assert_eq!(
         skopeo_copy(&format!("docker://{m}/a.test/e2e/multi:v1"), &dest("multi")).unwrap(),

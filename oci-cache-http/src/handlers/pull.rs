@@ -12,8 +12,8 @@ use super::{Engine, RequestInfo};
 use crate::body::{self, Body};
 use crate::error::{ErrorSubject, OciError, OciErrorCode};
 use crate::response::{
-    accept_list, add_link, blob_headers, blob_response, fail, if_none_match, json_response,
-    paginate, requested_range, set_digest,
+    accept_list, add_link, blob_headers, blob_response, fail, fail_naming, if_none_match,
+    json_response, paginate, requested_range, set_digest,
 };
 use crate::routes::{Route, Target};
 
@@ -91,7 +91,11 @@ async fn manifest(
     let m = engine
         .manifest(&target.upstream, &target.repository, reference, &accept)
         .await
-        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
+        .map_err(|e| {
+            fail_naming(e, ErrorSubject::Manifest, || {
+                manifest_name(target, reference)
+            })
+        })?;
     let size = m.bytes.len() as u64;
     let head = ManifestHeadResponse {
         digest: m.digest,
@@ -114,7 +118,11 @@ async fn manifest_head(
     let head = engine
         .manifest_head(&target.upstream, &target.repository, reference, &accept)
         .await
-        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
+        .map_err(|e| {
+            fail_naming(e, ErrorSubject::Manifest, || {
+                manifest_name(target, reference)
+            })
+        })?;
     Ok(manifest_response(req.headers, head, body::empty()))
 }
 
@@ -151,7 +159,7 @@ async fn blob_head(
     let (size, outcome) = engine
         .blob_size(&target.upstream, &target.repository, digest)
         .await
-        .map_err(|e| fail(e, ErrorSubject::Blob))?;
+        .map_err(|e| fail_naming(e, ErrorSubject::Blob, || blob_name(target, digest)))?;
     let mut response = Response::new(body::empty());
     blob_headers(response.headers_mut(), digest, size);
     response.extensions_mut().insert(outcome);
@@ -170,14 +178,14 @@ async fn blob_get(
             .blob_size(&target.upstream, &target.repository, digest)
             .await
             .map(|(size, _)| size)
-            .map_err(|e| fail(e, ErrorSubject::Blob))
+            .map_err(|e| fail_naming(e, ErrorSubject::Blob, || blob_name(target, digest)))
     };
     let range = requested_range(req.headers, size).await?;
     let asked_start = range.as_ref().map(|r| r.start);
     let blob = engine
         .blob(&target.upstream, &target.repository, digest, range)
         .await
-        .map_err(|e| fail(e, ErrorSubject::Blob))?;
+        .map_err(|e| fail_naming(e, ErrorSubject::Blob, || blob_name(target, digest)))?;
     let whole = blob.range == (0..blob.size);
     // When the engine could only give the whole blob (a miss it streams from
     // upstream), a plain 200 is what clients handle: they skip to their offset.
@@ -188,4 +196,21 @@ async fn blob_get(
     let mut response = blob_response(digest, blob.size, blob.range, blob.stream, partial);
     response.extensions_mut().insert(blob.outcome);
     Ok(response)
+}
+
+/// `docker.io/library/nginx:1.27` (or `…@sha256:…`), for messages.
+fn manifest_name(target: &Target, reference: &ManifestRef) -> String {
+    let separator = match reference {
+        ManifestRef::Tag(_) => ':',
+        ManifestRef::Digest(_) => '@',
+    };
+    format!(
+        "{}/{}{separator}{reference}",
+        target.upstream, target.repository
+    )
+}
+
+/// `docker.io/library/nginx@sha256:…`, for messages.
+fn blob_name(target: &Target, digest: &Digest) -> String {
+    format!("{}/{}@{digest}", target.upstream, target.repository)
 }

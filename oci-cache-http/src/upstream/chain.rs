@@ -48,7 +48,7 @@ impl HyperUpstream {
                 })?;
         if self.options.offline {
             return Err(UpstreamError::new(
-                UpstreamErrorKind::Skipped,
+                UpstreamErrorKind::Offline,
                 &upstream.origin.url,
                 "offline: not contacting upstream; only cached content is served",
             )

@@ -397,6 +397,7 @@ fn resumable(error: &Error) -> bool {
                 | UpstreamErrorKind::TooManyRequests
                 | UpstreamErrorKind::Invalid
                 | UpstreamErrorKind::Skipped
+                | UpstreamErrorKind::Offline
         ),
         _ => false,
     }
