@@ -42,6 +42,9 @@ pub(crate) enum Command {
     /// Print or write the configuration that points a client (containerd,
     /// talos, docker, podman, buildkit, kind, k3s) at this mirror.
     ClientConfig(crate::client_config::ClientConfigArgs),
+    /// Check that this node's container runtimes pull through the mirror
+    /// (exit 0), or say why not and how to fix it.
+    Doctor(crate::doctor::DoctorArgs),
     /// Exit 0 when the mirror's /healthz answers 200 (for container HEALTHCHECKs).
     Healthcheck(crate::healthcheck::HealthcheckArgs),
     /// Fill the cache with images (all platforms of an index, or --platform) ahead of time.

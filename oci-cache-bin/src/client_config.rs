@@ -238,18 +238,7 @@ pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl 
 /// Resolves the configuration and renders the KIND's files.
 fn generate(args: &ClientConfigArgs) -> Result<Vec<GeneratedFile>, String> {
     let mirror = MirrorUrl::parse(&args.mirror)?;
-    // One `--upstream` flag for both meanings (clap allows one per command).
-    let (defined, selected): (Vec<String>, Vec<String>) = args
-        .config
-        .upstreams
-        .iter()
-        .cloned()
-        .partition(|u| u.contains('='));
-    let sources = ConfigArgs {
-        upstreams: defined,
-        ..args.config.clone()
-    };
-    let mirrors = config::resolve_config(&sources)?.mirrors;
+    let (mirrors, selected) = mirror_upstreams(&args.config)?;
     let upstreams = select(&mirrors, &selected)?;
     let output = match &args.output {
         Some(dir) => Some(absolute(dir)?),
@@ -273,6 +262,22 @@ fn generate(args: &ClientConfigArgs) -> Result<Vec<GeneratedFile>, String> {
         local_registry,
     };
     render::render(args.kind, &request)
+}
+
+/// The mirror's upstreams from its configuration sources, and the names a
+/// bare `--upstream NAME` selects: one `--upstream` flag has both meanings
+/// (clap allows one per command), `NAME=URL` defining an upstream.
+pub(crate) fn mirror_upstreams(config: &ConfigArgs) -> Result<(MirrorConfig, Vec<String>), String> {
+    let (defined, selected): (Vec<String>, Vec<String>) = config
+        .upstreams
+        .iter()
+        .cloned()
+        .partition(|u| u.contains('='));
+    let sources = ConfigArgs {
+        upstreams: defined,
+        ..config.clone()
+    };
+    Ok((config::resolve_config(&sources)?.mirrors, selected))
 }
 
 /// The mirror credentials from `--username` and its password source, read
@@ -305,7 +310,7 @@ fn credentials(args: &ClientConfigArgs) -> Result<Option<Credentials>, String> {
 }
 
 /// The named upstreams (each must be configured), or all of them.
-fn select<'a>(
+pub(crate) fn select<'a>(
     mirrors: &'a MirrorConfig,
     names: &[String],
 ) -> Result<Vec<&'a UpstreamConfig>, String> {

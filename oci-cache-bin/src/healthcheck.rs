@@ -54,23 +54,39 @@ pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
 
 /// `GET /healthz` over plain HTTP/1.0; Ok on a 200 status line.
 fn probe(address: SocketAddr) -> Result<(), String> {
+    match http_status(&address.to_string(), "/healthz")? {
+        (200, _) => Ok(()),
+        (_, status_line) => Err(format!("{address}: GET /healthz answered {status_line:?}")),
+    }
+}
+
+/// `GET path` over plain HTTP/1.0 to `address` (`host:port`): the status
+/// code and the status line. Shared with `doctor`, which asks a mirror's `/v2/`.
+pub(crate) fn http_status(address: &str, path: &str) -> Result<(u16, String), String> {
+    use std::net::ToSocketAddrs as _;
     let fail = |e: std::io::Error| format!("{address}: {e}");
-    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(fail)?;
+    let resolved = address
+        .to_socket_addrs()
+        .map_err(fail)?
+        .next()
+        .ok_or_else(|| format!("{address}: the name resolves to no address"))?;
+    let mut stream = TcpStream::connect_timeout(&resolved, TIMEOUT).map_err(fail)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
     stream
-        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(fail)?;
-    let mut head = [0u8; 32];
+    let mut head = [0u8; 64];
     let n = stream.read(&mut head).map_err(fail)?;
-    let status_line = String::from_utf8_lossy(head.get(..n).unwrap_or_default());
-    match status_line.split_whitespace().nth(1) {
-        Some("200") => Ok(()),
-        _ => Err(format!(
-            "{address}: GET /healthz answered {:?}",
-            status_line.lines().next().unwrap_or_default()
-        )),
-    }
+    let text = String::from_utf8_lossy(head.get(..n).unwrap_or_default());
+    let status_line = text.lines().next().unwrap_or_default().to_owned();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, status_line))
 }
 
 #[cfg(test)]

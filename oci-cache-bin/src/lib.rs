@@ -10,6 +10,7 @@ mod check_config;
 mod cli;
 mod client_config;
 mod config;
+mod doctor;
 mod engine;
 mod evict;
 mod healthcheck;
@@ -58,6 +59,7 @@ pub fn run() -> ExitCode {
         Command::CheckConfig(args) => check_config::run(args, &mut stdout, &mut stderr),
         Command::Serve(args) => serve::run(args, &mut stderr),
         Command::ClientConfig(args) => client_config::run(args, &mut stdout, &mut stderr),
+        Command::Doctor(args) => doctor::run(args, &mut stdout, &mut stderr),
         Command::Healthcheck(args) => healthcheck::run(args, &mut stderr),
         Command::Warm(args) => warm::run(args, &mut stderr),
         Command::Verify(args) => verify::run(args, &mut stderr),
