@@ -20,7 +20,7 @@ use crate::support::{free_port, skopeo, tools_available, ServerProcess};
 
 /// A mirror config file serving `upstreams` (`(name, origin)`), the first
 /// one the default.
-fn write_mirror_config(dir: &Path, upstreams: &[(&str, &Origin)]) -> PathBuf {
+pub(super) fn write_mirror_config(dir: &Path, upstreams: &[(&str, &Origin)]) -> PathBuf {
     let mut text = format!("default_upstream = \"{}\"\n", upstreams[0].0);
     for (name, origin) in upstreams {
         text.push_str(&format!(
@@ -34,14 +34,14 @@ fn write_mirror_config(dir: &Path, upstreams: &[(&str, &Origin)]) -> PathBuf {
 }
 
 /// oci-cache started from [`write_mirror_config`]'s file, and that file.
-fn mirror_over(dir: &Path, upstreams: &[(&str, &Origin)]) -> (Mirror, PathBuf) {
+pub(super) fn mirror_over(dir: &Path, upstreams: &[(&str, &Origin)]) -> (Mirror, PathBuf) {
     let config = write_mirror_config(dir, upstreams);
     let mirror = Mirror::start_oci_cache_args(&["--config".into(), config.display().to_string()]);
     (mirror, config)
 }
 
 /// [`client_config`] for `mirror`, over plain HTTP, with no extra arguments.
-fn generate(kind: &str, mirror: &Mirror, config: &Path, output: &Path) {
+pub(super) fn generate(kind: &str, mirror: &Mirror, config: &Path, output: &Path) {
     let url = format!("http://{}", mirror.host());
     client_config(kind, &url, config, output, &[]);
 }
@@ -82,7 +82,7 @@ fn is_mirror_or_harness(ua: &str) -> bool {
 }
 
 /// Every request the origin saw came from the mirror, and there was one.
-fn assert_only_the_mirror_reached(origin: &Origin, client: &str) {
+pub(super) fn assert_only_the_mirror_reached(origin: &Origin, client: &str) {
     let agents = user_agents(origin);
     assert!(
         agents.iter().any(|ua| ua.starts_with("oci-cache/")),
@@ -99,7 +99,7 @@ fn assert_only_the_mirror_reached(origin: &Origin, client: &str) {
 }
 
 /// ctr resolved `image` and its content store holds every one of its blobs.
-fn assert_fetched(got: &Fetched, image: &Layout) {
+pub(super) fn assert_fetched(got: &Fetched, image: &Layout) {
     assert_eq!(got.digest, image.digest);
     for blob in image.all_blobs() {
         assert!(
@@ -110,7 +110,7 @@ fn assert_fetched(got: &Fetched, image: &Layout) {
     }
 }
 
-fn origin_with(images: &[(&Layout, &str)]) -> Origin {
+pub(super) fn origin_with(images: &[(&Layout, &str)]) -> Origin {
     let origin = Origin::start();
     for (layout, repo_tag) in images {
         skopeo::push(layout, &origin.host(), repo_tag);

@@ -7,6 +7,7 @@ mod airgap;
 mod artifacts;
 mod chain;
 mod clients;
+mod doctor;
 mod evict;
 mod fixtures;
 mod metrics;

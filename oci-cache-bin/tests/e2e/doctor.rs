@@ -1,0 +1,216 @@
+//! Issue 26: `oci-cache doctor` against the configuration `client-config`
+//! generates, used by the real clients. Each test lays the generated files
+//! out under a node root, shows doctor passes, shows the real client pulls
+//! through the mirror with those very files (the origin saw only the
+//! mirror), then breaks the files in each known way and shows doctor fails
+//! naming the cause.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::clients::{
+    assert_fetched, assert_only_the_mirror_reached, generate, mirror_over, origin_with,
+    write_mirror_config,
+};
+use super::fixtures::small_image;
+use crate::support::containerd::Containerd;
+use crate::support::dockerd::Dockerd;
+use crate::support::mirror::{oci_cache_bin, Mirror};
+use crate::support::podman::Podman;
+use crate::support::{free_port, tools_available};
+
+/// `oci-cache doctor --mirror URL --root ROOT --config CONFIG --json`:
+/// the exit code and the report.
+fn doctor(mirror_url: &str, root: &Path, config: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new(oci_cache_bin())
+        .args([
+            "doctor",
+            "--no-probe",
+            "--json",
+            "--mirror",
+            mirror_url,
+            "--root",
+        ])
+        .arg(root)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// The problem codes the report names for `runtime`'s `upstream`.
+fn codes(report: &serde_json::Value, runtime: &str, upstream: &str) -> Vec<String> {
+    let runtime = report["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["runtime"] == runtime)
+        .unwrap_or_else(|| panic!("no {runtime} in {report:#}"));
+    let route = runtime["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == upstream)
+        .unwrap_or_else(|| panic!("no {upstream} in {runtime:#}"));
+    route["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn url(mirror: &Mirror) -> String {
+    format!("http://{}", mirror.host())
+}
+
+const CONTAINERD_CONFIG: &str = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n";
+
+#[test]
+fn doctor_passes_the_certs_d_ctr_pulls_through_and_names_each_break() {
+    let test = "doctor_passes_the_certs_d_ctr_pulls_through_and_names_each_break";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(ctrd) = Containerd::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 170);
+    let hub = origin_with(&[]);
+    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
+    let root = work.path().join("node");
+    let etc = root.join("etc/containerd");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("config.toml"), CONTAINERD_CONFIG).unwrap();
+    let certs_d = etc.join("certs.d");
+    generate("containerd", &mirror, &config, &certs_d);
+
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["verdict"], "pass");
+    // The files doctor passed are the ones ctr pulls through.
+    let got = ctrd
+        .fetch_with_hosts_dir(&certs_d, "b.test/e2e/app:v1")
+        .unwrap();
+    assert_fetched(&got, &app);
+    assert_only_the_mirror_reached(&b, "containerd");
+
+    // Wrong host: the docker.io file points at another port.
+    let hub_file = certs_d.join("docker.io/hosts.toml");
+    let generated = std::fs::read_to_string(&hub_file).unwrap();
+    let other = format!("127.0.0.1:{}", free_port());
+    std::fs::write(&hub_file, generated.replace(&mirror.host(), &other)).unwrap();
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(codes(&report, "containerd", "docker.io"), ["wrong-host"]);
+    std::fs::write(&hub_file, &generated).unwrap();
+
+    // No b.test directory and no _default: b.test goes to the registry itself.
+    std::fs::remove_dir_all(certs_d.join("b.test")).unwrap();
+    std::fs::remove_dir_all(certs_d.join("_default")).unwrap();
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(codes(&report, "containerd", "b.test"), ["no-hosts-toml"]);
+    assert!(codes(&report, "containerd", "docker.io").is_empty());
+    generate("containerd", &mirror, &config, &certs_d);
+
+    // config_path not set: containerd ignores certs.d altogether.
+    std::fs::write(etc.join("config.toml"), "version = 2\n").unwrap();
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        codes(&report, "containerd", "docker.io"),
+        ["config-path-not-set"]
+    );
+    std::fs::write(etc.join("config.toml"), CONTAINERD_CONFIG).unwrap();
+
+    // The mirror down: doctor says so with its own exit code.
+    let mirror_url = url(&mirror);
+    drop(mirror);
+    let (code, report) = doctor(&mirror_url, &root, &config);
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["verdict"], "mirror-unreachable");
+    assert_eq!(report["mirror"]["reachable"], false);
+}
+
+#[test]
+fn doctor_passes_the_daemon_json_dockerd_pulls_through_and_wants_docker_io_default() {
+    let test = "doctor_passes_the_daemon_json_dockerd_pulls_through_and_wants_docker_io_default";
+    if !tools_available(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let alpine = small_image(&work.path().join("alpine"), 171);
+    let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
+    let root = work.path().join("node");
+    let etc = root.join("etc/docker");
+    generate("docker", &mirror, &config, &etc);
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 0, "{report:#}");
+    let Some(dockerd) = Dockerd::start(test, &etc.join("daemon.json")) else {
+        return;
+    };
+    dockerd.docker(&["pull", "alpine:3.20"]).unwrap();
+    assert_only_the_mirror_reached(&hub, "dockerd");
+
+    // A mirror whose default upstream is not docker.io answers dockerd's
+    // unnamed requests with another registry's images.
+    let other = work.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let b_config = write_mirror_config(&other, &[("b.test", &hub), ("docker.io", &hub)]);
+    let (code, report) = doctor(&url(&mirror), &root, &b_config);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        codes(&report, "docker", "docker.io"),
+        ["docker-default-upstream"]
+    );
+}
+
+#[test]
+fn doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path() {
+    let test = "doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(podman) = Podman::new(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let app = small_image(&work.path().join("app"), 172);
+    let hub = origin_with(&[]);
+    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
+    let root = work.path().join("node");
+    let conf_d = root.join("etc/containers/registries.conf.d");
+    generate("podman", &mirror, &config, &conf_d);
+    let conf = conf_d.join("registries.conf");
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 0, "{report:#}");
+    podman.run(&conf, &["pull", "b.test/e2e/app:v1"]).unwrap();
+    assert_only_the_mirror_reached(&b, "podman");
+
+    // The mirror location without its path prefix: b.test would be asked
+    // of the mirror's default upstream.
+    let generated = std::fs::read_to_string(&conf).unwrap();
+    let broken = generated.replace(
+        &format!("{}/b.test\"", mirror.host()),
+        &format!("{}\"", mirror.host()),
+    );
+    assert_ne!(broken, generated);
+    std::fs::write(&conf, broken).unwrap();
+    let (code, report) = doctor(&url(&mirror), &root, &config);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(codes(&report, "podman", "b.test"), ["wrong-path"]);
+    assert!(codes(&report, "podman", "docker.io").is_empty());
+}
