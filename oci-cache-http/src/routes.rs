@@ -48,6 +48,8 @@ pub(crate) enum Route {
     Metrics,
     /// `/admin/purge` (any method: the handler says which one it takes).
     Purge,
+    /// `/doctor/probe/<nonce>`: whether the doctor's probe pull arrived.
+    DoctorProbe { nonce: String },
     /// `/v2/`.
     Ping,
     /// `/v2/_catalog`.
@@ -106,6 +108,7 @@ impl Route {
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
             Route::Purge => "purge",
+            Route::DoctorProbe { .. } => "doctor_probe",
             Route::Ping => "ping",
             Route::Catalog { .. } => "catalog",
             Route::Manifest { .. } => "manifest",
@@ -135,6 +138,9 @@ impl Route {
 /// The path of the purge endpoint (admin family).
 pub(crate) const PURGE_PATH: &str = "/admin/purge";
 
+/// The path under which the doctor asks whether its probe pull arrived.
+pub(crate) const DOCTOR_PROBE_PATH: &str = "/doctor/probe/";
+
 /// Routes a request; `local` are the local prefixes of hosted repositories,
 /// `listener` the [`ListenerUpstream`](crate::ListenerUpstream) of the
 /// listener it arrived on (the upstream when the request names none).
@@ -155,6 +161,17 @@ pub(crate) fn route(
     };
     if path == PURGE_PATH {
         return Ok(Route::Purge);
+    }
+    if let Some(nonce) = path.strip_prefix(DOCTOR_PROBE_PATH) {
+        if !read_only {
+            return Err(unsupported(method));
+        }
+        // The nonce is a tag of the probe repository.
+        return Tag::new(nonce)
+            .map(|_| Route::DoctorProbe {
+                nonce: nonce.to_owned(),
+            })
+            .map_err(|_| unknown_route(path));
     }
     if let Some(probe) = probe {
         return if read_only {

@@ -50,6 +50,8 @@ pub struct OciService {
     /// The push API of hosted repositories (none: a pure cache); their
     /// local prefixes are in `routes`.
     hosted: Option<Arc<HostedEngine>>,
+    /// The doctor's probe pulls seen (shared by clones).
+    probes: Arc<handlers::doctor::ProbeLog>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -77,6 +79,7 @@ impl OciService {
             metrics: None,
             readiness: None,
             hosted: None,
+            probes: Arc::default(),
         }
     }
 
@@ -212,6 +215,7 @@ impl OciService {
                     metrics: self.metrics.as_deref(),
                     readiness: self.readiness.as_ref(),
                     hosted: self.hosted.as_deref(),
+                    probes: &self.probes,
                 };
                 handlers::dispatch(&self.engine, route, &info, body).await
             }

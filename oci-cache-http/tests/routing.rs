@@ -143,3 +143,50 @@ async fn a_registry_in_the_path_that_is_not_configured_is_unknown_not_a_reposito
         "nothing may leave for an unconfigured registry"
     );
 }
+
+/// The doctor's probe repository is answered from memory under every
+/// upstream, never asked upstream, and each nonce pulled is recorded.
+#[tokio::test]
+async fn the_doctor_probe_is_served_from_memory_and_recorded() {
+    let (svc, fake) = fake_service();
+    let unseen = get(&svc, "/doctor/probe/n1").await;
+    assert_eq!(unseen.status, 200);
+    assert_eq!(unseen.json()["seen"], false);
+    for uri in [
+        "/v2/oci-cache-doctor/probe/manifests/n1?ns=docker.io",
+        "/v2/ghcr.io/oci-cache-doctor/probe/manifests/n1",
+        "/v2/oci-cache-doctor/probe/manifests/n1",
+    ] {
+        let manifest = get(&svc, uri).await;
+        assert_eq!(manifest.status, 200, "{uri}: {:?}", manifest.body);
+        let json = manifest.json();
+        for blob in [&json["config"], &json["layers"][0]] {
+            let digest = blob["digest"].as_str().unwrap();
+            let got = get(
+                &svc,
+                &format!("/v2/oci-cache-doctor/probe/blobs/{digest}?ns=docker.io"),
+            )
+            .await;
+            assert_eq!(got.status, 200);
+            assert_eq!(got.body.len() as u64, blob["size"].as_u64().unwrap());
+            assert_eq!(got.header("docker-content-digest"), Some(digest));
+        }
+    }
+    let seen = get(&svc, "/doctor/probe/n1").await.json();
+    assert_eq!(seen["seen"], true);
+    assert_eq!(seen["requests"].as_array().unwrap().len(), 3);
+    assert_eq!(get(&svc, "/doctor/probe/n2").await.json()["seen"], false);
+    let other = get(
+        &svc,
+        "/v2/oci-cache-doctor/probe/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    )
+    .await;
+    assert_eq!(other.status, 404);
+    assert_eq!(
+        call(&svc, Method::POST, "/doctor/probe/n1", &[])
+            .await
+            .status,
+        405
+    );
+    assert_eq!(fake.calls().total(), 0, "the probe reached upstream");
+}

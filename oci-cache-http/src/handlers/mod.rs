@@ -1,6 +1,7 @@
 //! The handlers, one module per family of routes: [`pull`] (the read API of
 //! cached repositories), [`push`] (hosted repositories), [`probes`]
-//! (`/healthz`, `/readyz`, `/metrics`) and [`admin`] (purge). Each asks the
+//! (`/healthz`, `/readyz`, `/metrics`), [`admin`] (purge) and [`doctor`]
+//! (the doctor's probe image and whether its pull arrived). Each asks the
 //! engine and shapes its answer with [`crate::response`]; none imports
 //! another family or the service, so the service sits on top and the
 //! response helpers at the bottom.
@@ -9,6 +10,7 @@
 //! extension, so handlers return plain responses.
 
 pub(crate) mod admin;
+pub(crate) mod doctor;
 pub(crate) mod probes;
 pub(crate) mod pull;
 pub(crate) mod push;
@@ -54,6 +56,8 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) readiness: Option<&'a Readiness>,
     /// Hosted repositories, listed in `_catalog` beside cached ones.
     pub(crate) hosted: Option<&'a HostedEngine>,
+    /// The doctor's probe pulls seen.
+    pub(crate) probes: &'a doctor::ProbeLog,
 }
 
 /// Answers a routed request by its family; `body` is read by pushes only.
@@ -66,6 +70,9 @@ pub(crate) async fn dispatch(
     match route {
         Route::Health | Route::Ready | Route::Metrics => probes::answer(route, info),
         Route::Purge => Ok(admin::purge(engine, info).await),
+        Route::DoctorProbe { nonce } => Ok(doctor::seen(nonce, info.probes)),
+        // Never fetched upstream, whatever the upstream.
+        _ if doctor::is_probe(route) => doctor::answer_pull(route, info, info.probes),
         Route::Hosted { repository, op } => match info.hosted {
             Some(hosted) => push::dispatch(hosted, repository, op, info, body).await,
             None => Err(OciError::new(

@@ -71,13 +71,16 @@ pub(super) async fn dispatch(
         Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
         Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
         // Probes, purge and hosted routes are other families'.
-        Route::Health | Route::Ready | Route::Metrics | Route::Purge | Route::Hosted { .. } => {
-            Err(OciError::new(
-                StatusCode::NOT_FOUND,
-                OciErrorCode::NameUnknown,
-                format!("no registry API route for {:?}", req.path),
-            ))
-        }
+        Route::Health
+        | Route::Ready
+        | Route::Metrics
+        | Route::Purge
+        | Route::DoctorProbe { .. }
+        | Route::Hosted { .. } => Err(OciError::new(
+            StatusCode::NOT_FOUND,
+            OciErrorCode::NameUnknown,
+            format!("no registry API route for {:?}", req.path),
+        )),
     }
 }
 
