@@ -12,6 +12,7 @@ mod containerd;
 mod docker;
 mod k3s;
 mod podman;
+mod probe;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_MIRROR_UNREACHABLE: u8 = 3;
 /// Exit status: no runtime configuration was found under `--root`.
 pub(crate) const EXIT_NO_RUNTIME: u8 = 4;
+/// Exit status: the configuration looks right, but a runtime's probe pull
+/// did not reach the mirror.
+pub(crate) const EXIT_PROBE_NOT_SEEN: u8 = 5;
 
 /// `oci-cache doctor --mirror URL [--root DIR] [--no-probe] [--json]`.
 #[derive(Debug, Args)]
@@ -45,8 +49,7 @@ pub(crate) struct DoctorArgs {
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub(crate) root: PathBuf,
 
-    /// Check the configuration only (the end-to-end pull probe is not
-    /// implemented yet, so this is what doctor does either way).
+    /// Check the configuration only: no probe pull by the node's runtimes.
     #[arg(long)]
     pub(crate) no_probe: bool,
 
@@ -198,7 +201,9 @@ pub(crate) struct Report {
     pub(crate) mirror: MirrorCheck,
     /// Every runtime configured under the root.
     pub(crate) runtimes: Vec<RuntimeReport>,
-    /// `pass`, `bypassed`, `mirror-unreachable` or `no-runtime`.
+    /// The probe pulls (empty with `--no-probe`).
+    pub(crate) probes: Vec<probe::ProbeResult>,
+    /// `pass`, `bypassed`, `mirror-unreachable`, `probe-not-seen` or `no-runtime`.
     pub(crate) verdict: &'static str,
     /// The exit status.
     pub(crate) exit_code: u8,
@@ -269,17 +274,29 @@ pub(crate) fn same_host(mirror: &MirrorUrl, url: &str) -> HostMatch {
     }
 }
 
-/// Every runtime's report, and the mirror's answer.
-pub(crate) fn diagnose(node: &Node<'_>, mirror: MirrorCheck) -> Result<Report, String> {
+/// Every runtime's report and the mirror's answer; with `run_probe`, each
+/// runtime's client also pulls the probe image (when the mirror answers).
+pub(crate) fn diagnose(
+    node: &Node<'_>,
+    mirror: MirrorCheck,
+    run_probe: bool,
+) -> Result<Report, String> {
     let mut runtimes = Vec::new();
     runtimes.extend(containerd::check(node)?);
     runtimes.extend(docker::check(node)?);
     runtimes.extend(podman::check(node)?);
     runtimes.extend(k3s::check(node)?);
+    let probes = if run_probe && mirror.reachable {
+        probe::probe_all(node, &runtimes)
+    } else {
+        Vec::new()
+    };
     let (verdict, exit_code) = if !mirror.reachable {
         ("mirror-unreachable", EXIT_MIRROR_UNREACHABLE)
     } else if runtimes.iter().any(|r| !r.through_mirror()) {
         ("bypassed", EXIT_BYPASSED)
+    } else if probes.iter().any(|p| !p.seen_by_mirror) {
+        ("probe-not-seen", EXIT_PROBE_NOT_SEEN)
     } else if runtimes.is_empty() {
         ("no-runtime", EXIT_NO_RUNTIME)
     } else {
@@ -288,6 +305,7 @@ pub(crate) fn diagnose(node: &Node<'_>, mirror: MirrorCheck) -> Result<Report, S
     Ok(Report {
         mirror,
         runtimes,
+        probes,
         verdict,
         exit_code,
     })
@@ -310,9 +328,9 @@ fn check_mirror(mirror: &MirrorUrl) -> MirrorCheck {
             Err(e) => (false, format!("cannot connect to {authority}: {e}")),
         }
     } else {
-        match crate::healthcheck::http_status(&authority, "/v2/") {
-            Ok((200 | 401, line)) => (true, format!("GET /v2/ answered {line}")),
-            Ok((_, line)) => (false, format!("GET /v2/ answered {line:?}: not a registry")),
+        match crate::healthcheck::http_get(&authority, "/v2/") {
+            Ok((200 | 401, line, _)) => (true, format!("GET /v2/ answered {line}")),
+            Ok((_, line, _)) => (false, format!("GET /v2/ answered {line:?}: not a registry")),
             Err(e) => (false, e),
         }
     };
@@ -345,7 +363,7 @@ pub(crate) fn run(args: &DoctorArgs, out: &mut impl Write, err: &mut impl Write)
         upstreams: &upstreams,
         default_upstream: &default_upstream,
     };
-    let report = match diagnose(&node, check_mirror(&mirror)) {
+    let report = match diagnose(&node, check_mirror(&mirror), !args.no_probe) {
         Ok(report) => report,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");

@@ -54,15 +54,16 @@ pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
 
 /// `GET /healthz` over plain HTTP/1.0; Ok on a 200 status line.
 fn probe(address: SocketAddr) -> Result<(), String> {
-    match http_status(&address.to_string(), "/healthz")? {
-        (200, _) => Ok(()),
-        (_, status_line) => Err(format!("{address}: GET /healthz answered {status_line:?}")),
+    match http_get(&address.to_string(), "/healthz")? {
+        (200, _, _) => Ok(()),
+        (_, status_line, _) => Err(format!("{address}: GET /healthz answered {status_line:?}")),
     }
 }
 
 /// `GET path` over plain HTTP/1.0 to `address` (`host:port`): the status
-/// code and the status line. Shared with `doctor`, which asks a mirror's `/v2/`.
-pub(crate) fn http_status(address: &str, path: &str) -> Result<(u16, String), String> {
+/// code, the status line and the body (up to 64 KiB). Shared with `doctor`,
+/// which asks a mirror's `/v2/` and its probe record.
+pub(crate) fn http_get(address: &str, path: &str) -> Result<(u16, String, String), String> {
     use std::net::ToSocketAddrs as _;
     let fail = |e: std::io::Error| format!("{address}: {e}");
     let resolved = address
@@ -77,16 +78,26 @@ pub(crate) fn http_status(address: &str, path: &str) -> Result<(u16, String), St
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(fail)?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(fail)?;
-    let text = String::from_utf8_lossy(head.get(..n).unwrap_or_default());
+    // HTTP/1.0: the server closes the connection after the response.
+    let mut response = Vec::new();
+    let _ = stream.take(64 * 1024).read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
     let status_line = text.lines().next().unwrap_or_default().to_owned();
     let code = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok((code, status_line))
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    if response.is_empty() {
+        return Err(format!(
+            "{address}: the connection closed without an answer"
+        ));
+    }
+    Ok((code, status_line, body))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ fn diagnose_root(root: &Path, upstreams: &[&str], default_upstream: &str) -> Rep
         upstreams: &upstreams,
         default_upstream,
     };
-    diagnose(&node, reachable()).unwrap()
+    diagnose(&node, reachable(), false).unwrap()
 }
 
 fn codes(report: &Report, runtime: &str, upstream: &str) -> Vec<&'static str> {
@@ -317,7 +317,7 @@ fn an_empty_root_is_no_runtime_and_an_unreachable_mirror_wins() {
         detail: "refused".to_owned(),
     };
     assert_eq!(
-        diagnose(&node, down).unwrap().exit_code,
+        diagnose(&node, down, true).unwrap().exit_code,
         EXIT_MIRROR_UNREACHABLE
     );
 }

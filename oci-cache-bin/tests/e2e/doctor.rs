@@ -17,23 +17,41 @@ use crate::support::containerd::Containerd;
 use crate::support::dockerd::Dockerd;
 use crate::support::mirror::{oci_cache_bin, Mirror};
 use crate::support::podman::Podman;
+use crate::support::registry::Origin;
 use crate::support::{free_port, tools_available};
 
-/// `oci-cache doctor --mirror URL --root ROOT --config CONFIG --json`:
-/// the exit code and the report.
+/// `oci-cache doctor --no-probe --mirror URL --root ROOT --config CONFIG
+/// --json`: the exit code and the report.
 fn doctor(mirror_url: &str, root: &Path, config: &Path) -> (i32, serde_json::Value) {
+    doctor_with(&["--no-probe"], &[], mirror_url, root, config)
+}
+
+/// [`doctor`] with the probe: the runtime clients reach the test's daemons
+/// by their own variables in `env`.
+fn doctor_probing(
+    env: &[(&str, &Path)],
+    mirror_url: &str,
+    root: &Path,
+    config: &Path,
+) -> (i32, serde_json::Value) {
+    doctor_with(&[], env, mirror_url, root, config)
+}
+
+fn doctor_with(
+    args: &[&str],
+    env: &[(&str, &Path)],
+    mirror_url: &str,
+    root: &Path,
+    config: &Path,
+) -> (i32, serde_json::Value) {
     let out = Command::new(oci_cache_bin())
-        .args([
-            "doctor",
-            "--no-probe",
-            "--json",
-            "--mirror",
-            mirror_url,
-            "--root",
-        ])
+        .arg("doctor")
+        .args(args)
+        .args(["--json", "--mirror", mirror_url, "--root"])
         .arg(root)
         .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -66,6 +84,19 @@ fn codes(report: &serde_json::Value, runtime: &str, upstream: &str) -> Vec<Strin
         .iter()
         .map(|p| p["code"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The one probe of the report: the mirror saw it, the image is gone, and
+/// the origin never saw the probe repository (the mirror answered it alone).
+fn assert_probe_seen(report: &serde_json::Value, runtime: &str, origin: &Origin) {
+    let probes = report["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 1, "{report:#}");
+    assert_eq!(probes[0]["runtime"], runtime);
+    assert_eq!(probes[0]["pulled"], true, "{report:#}");
+    assert_eq!(probes[0]["seen_by_mirror"], true, "{report:#}");
+    assert_eq!(probes[0]["removed"], true, "{report:#}");
+    assert_eq!(origin.count("GET", "oci-cache-doctor"), 0);
+    assert_eq!(origin.count("HEAD", "oci-cache-doctor"), 0);
 }
 
 fn url(mirror: &Mirror) -> String {
@@ -104,6 +135,19 @@ fn doctor_passes_the_certs_d_ctr_pulls_through_and_names_each_break() {
         .unwrap();
     assert_fetched(&got, &app);
     assert_only_the_mirror_reached(&b, "containerd");
+    // The probe: ctr pulls the nonce image through the same tree.
+    let (code, report) = doctor_probing(
+        &[("CONTAINERD_ADDRESS", ctrd.address())],
+        &url(&mirror),
+        &root,
+        &config,
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_probe_seen(&report, "containerd", &hub);
+    let left = ctrd
+        .ctr_in("oci-cache-doctor", &["images", "ls", "-q"])
+        .unwrap();
+    assert!(left.trim().is_empty(), "the probe image stayed: {left}");
 
     // Wrong host: the docker.io file points at another port.
     let hub_file = certs_d.join("docker.io/hosts.toml");
@@ -163,6 +207,19 @@ fn doctor_passes_the_daemon_json_dockerd_pulls_through_and_wants_docker_io_defau
     };
     dockerd.docker(&["pull", "alpine:3.20"]).unwrap();
     assert_only_the_mirror_reached(&hub, "dockerd");
+    let socket = dockerd.host();
+    let (code, report) = doctor_probing(
+        &[("DOCKER_HOST", Path::new(&socket))],
+        &url(&mirror),
+        &root,
+        &config,
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_probe_seen(&report, "docker", &hub);
+    let left = dockerd
+        .docker(&["images", "-q", "oci-cache-doctor/probe"])
+        .unwrap();
+    assert!(left.trim().is_empty(), "the probe image stayed: {left}");
 
     // A mirror whose default upstream is not docker.io answers dockerd's
     // unnamed requests with another registry's images.
@@ -199,6 +256,59 @@ fn doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path
     assert_eq!(code, 0, "{report:#}");
     podman.run(&conf, &["pull", "b.test/e2e/app:v1"]).unwrap();
     assert_only_the_mirror_reached(&b, "podman");
+    // The probe: podman (storage and engine settings of its own, by its
+    // variables) pulls the nonce image through the same file.
+    let podman_dir = work.path().join("podman-probe");
+    std::fs::create_dir_all(&podman_dir).unwrap();
+    let storage_conf = podman_dir.join("storage.conf");
+    std::fs::write(
+        &storage_conf,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            podman_dir.join("root").display(),
+            podman_dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    let containers_conf = podman_dir.join("containers.conf");
+    std::fs::write(
+        &containers_conf,
+        "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    let (code, report) = doctor_probing(
+        &[
+            ("CONTAINERS_REGISTRIES_CONF", conf.as_path()),
+            ("CONTAINERS_STORAGE_CONF", storage_conf.as_path()),
+            ("CONTAINERS_CONF", containers_conf.as_path()),
+            ("HOME", podman_dir.as_path()),
+        ],
+        &url(&mirror),
+        &root,
+        &config,
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_probe_seen(&report, "podman", &hub);
+
+    // The files on disk are right, but podman reads another one (a runtime
+    // not restarted, a variable overriding the file): only the probe sees it.
+    let stale = podman_dir.join("stale-registries.conf");
+    std::fs::write(&stale, "unqualified-search-registries = []\n").unwrap();
+    let (code, report) = doctor_probing(
+        &[
+            ("CONTAINERS_REGISTRIES_CONF", stale.as_path()),
+            ("CONTAINERS_STORAGE_CONF", storage_conf.as_path()),
+            ("CONTAINERS_CONF", containers_conf.as_path()),
+            ("HOME", podman_dir.as_path()),
+        ],
+        &url(&mirror),
+        &root,
+        &config,
+    );
+    assert_eq!(code, 5, "{report:#}");
+    assert_eq!(report["verdict"], "probe-not-seen");
+    assert_eq!(report["probes"][0]["seen_by_mirror"], false);
+    assert!(report["runtimes"][0]["upstreams"][0]["via_mirror"] == true);
 
     // The mirror location without its path prefix: b.test would be asked
     // of the mirror's default upstream.

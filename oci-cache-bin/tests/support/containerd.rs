@@ -82,11 +82,26 @@ impl Containerd {
         Some(ctrd)
     }
 
+    /// The socket, for `ctr --address` or `CONTAINERD_ADDRESS`.
+    pub(crate) fn address(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Runs `ctr --address SOCKET ARGS` in namespace `namespace`.
+    pub(crate) fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["--namespace", namespace];
+        all.extend_from_slice(args);
+        self.ctr_raw(&all)
+    }
+
     fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        self.ctr_in("e2e", args)
+    }
+
+    fn ctr_raw(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", "e2e"])
             .args(args)
             .output()
             .map_err(|e| format!("cannot run ctr: {e}"))?;
