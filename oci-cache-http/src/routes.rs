@@ -124,6 +124,13 @@ impl Route {
         }
     }
 
+    /// True for a pull route of the doctor's probe repository (under any
+    /// upstream), which is answered from memory, never upstream.
+    pub(crate) fn is_doctor_probe(&self) -> bool {
+        self.target()
+            .is_some_and(|t| t.repository.as_str() == DOCTOR_PROBE_REPOSITORY)
+    }
+
     /// The upstream and repository, for routes that have one.
     pub(crate) fn target(&self) -> Option<&Target> {
         match self {
@@ -137,6 +144,9 @@ impl Route {
 
 /// The path of the purge endpoint (admin family).
 pub(crate) const PURGE_PATH: &str = "/admin/purge";
+
+/// The repository the doctor's probe image is served under, for every upstream.
+pub(crate) const DOCTOR_PROBE_REPOSITORY: &str = "oci-cache-doctor/probe";
 
 /// The path under which the doctor asks whether its probe pull arrived.
 pub(crate) const DOCTOR_PROBE_PATH: &str = "/doctor/probe/";

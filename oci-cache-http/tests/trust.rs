@@ -412,6 +412,41 @@ mod client_auth {
         assert_eq!((status, body.as_ref()), (StatusCode::OK, b"layer".as_ref()));
     }
 
+    /// The doctor's probe: its record is open like `/healthz`, its image
+    /// follows each upstream's access, and an authenticated pull of it
+    /// through a protected upstream does not make it private for the next
+    /// anonymous probe through a public one.
+    #[tokio::test]
+    async fn the_doctor_probe_follows_upstream_access_and_is_never_private() {
+        let (g, fake) = guarded();
+        let peer = [10, 0, 0, 4];
+        let (status, _, body) = get(&g, "/doctor/probe/n1", None, peer).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&body).contains("\"seen\":false"));
+        let protected = "/v2/ghcr.io/oci-cache-doctor/probe/manifests/n1";
+        assert_eq!(
+            get(&g, protected, None, peer).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, _, manifest) = get(&g, protected, Some(NODE), peer).await;
+        assert_eq!(status, StatusCode::OK);
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let config = manifest["config"]["digest"].as_str().unwrap();
+        let by_digest =
+            |upstream: &str| format!("/v2/{upstream}/oci-cache-doctor/probe/blobs/{config}");
+        assert_eq!(
+            get(&g, &by_digest("ghcr.io"), Some(NODE), peer).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&g, &by_digest("docker.io"), None, peer).await.0,
+            StatusCode::OK
+        );
+        let (_, _, body) = get(&g, "/doctor/probe/n1", None, peer).await;
+        assert!(String::from_utf8_lossy(&body).contains("\"seen\":true"));
+        assert_eq!(fake.calls().total(), 0, "the probe reached upstream");
+    }
+
     #[tokio::test]
     async fn metrics_need_credentials_probes_do_not() {
         let (g, _) = guarded();

@@ -271,10 +271,14 @@ impl Guard {
                             target.upstream
                         )));
                     }
-                    if let Some(digest) = by_digest(route) {
+                    // The doctor's probe image is no upstream's content:
+                    // recorded as private, it would refuse the next
+                    // anonymous probe through a public upstream.
+                    let private = !route.is_doctor_probe();
+                    if let Some(digest) = by_digest(route).filter(|_| private) {
                         auth.private.insert(&digest);
                     }
-                    true
+                    private
                 }
                 Some(target) if !authenticated => {
                     if let Some(refusal) = self.private_elsewhere(route, target).await {

@@ -23,10 +23,8 @@ use super::RequestInfo;
 use crate::body::Body;
 use crate::error::{OciError, OciErrorCode};
 use crate::response::{blob_headers, json_response, set_digest, with_body};
-use crate::routes::Route;
+use crate::routes::{Route, DOCTOR_PROBE_REPOSITORY as PROBE_REPOSITORY};
 
-/// The repository the probe image is served under, for every upstream.
-pub(crate) const PROBE_REPOSITORY: &str = "oci-cache-doctor/probe";
 /// How many nonces are remembered.
 pub(crate) const MAX_NONCES: usize = 256;
 
@@ -140,13 +138,6 @@ fn probe_image() -> &'static ProbeImage {
             layer: (layer, layer_digest),
         }
     })
-}
-
-/// True for a pull route of the probe repository (of any upstream).
-pub(crate) fn is_probe(route: &Route) -> bool {
-    route
-        .target()
-        .is_some_and(|t| t.repository.as_str() == PROBE_REPOSITORY)
 }
 
 fn agent(info: &RequestInfo<'_>) -> String {

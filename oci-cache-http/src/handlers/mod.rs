@@ -72,7 +72,7 @@ pub(crate) async fn dispatch(
         Route::Purge => Ok(admin::purge(engine, info).await),
         Route::DoctorProbe { nonce } => Ok(doctor::seen(nonce, info.probes)),
         // Never fetched upstream, whatever the upstream.
-        _ if doctor::is_probe(route) => doctor::answer_pull(route, info, info.probes),
+        _ if route.is_doctor_probe() => doctor::answer_pull(route, info, info.probes),
         Route::Hosted { repository, op } => match info.hosted {
             Some(hosted) => push::dispatch(hosted, repository, op, info, body).await,
             None => Err(OciError::new(
