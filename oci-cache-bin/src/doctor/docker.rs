@@ -96,6 +96,13 @@ pub(crate) fn check(node: &Node<'_>) -> Result<Option<RuntimeReport>, String> {
             format!("add a {DOCKER_HUB} upstream to the mirror, or remove it from registry-mirrors"),
         ));
     }
+    if mirrors.is_empty() {
+        problems.push(Problem::new(
+            "no-registry-mirrors",
+            format!("{DAEMON_JSON} has no registry-mirrors: dockerd pulls {DOCKER_HUB} from Docker Hub"),
+            format!("install `oci-cache client-config docker --mirror {}` as {DAEMON_JSON} and restart dockerd", node.mirror.base()),
+        ));
+    }
     let mut endpoints = mirrors;
     endpoints.push(HUB_API.to_owned());
     report.upstreams.push(UpstreamRoute::new(
