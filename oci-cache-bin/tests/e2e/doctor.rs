@@ -276,17 +276,20 @@ fn doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path
         "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
     )
     .unwrap();
-    let (code, report) = doctor_probing(
-        &[
-            ("CONTAINERS_REGISTRIES_CONF", conf.as_path()),
-            ("CONTAINERS_STORAGE_CONF", storage_conf.as_path()),
-            ("CONTAINERS_CONF", containers_conf.as_path()),
-            ("HOME", podman_dir.as_path()),
-        ],
-        &url(&mirror),
-        &root,
-        &config,
-    );
+    let probe_with = |registries_conf: &Path| {
+        doctor_probing(
+            &[
+                ("CONTAINERS_REGISTRIES_CONF", registries_conf),
+                ("CONTAINERS_STORAGE_CONF", storage_conf.as_path()),
+                ("CONTAINERS_CONF", containers_conf.as_path()),
+                ("HOME", podman_dir.as_path()),
+            ],
+            &url(&mirror),
+            &root,
+            &config,
+        )
+    };
+    let (code, report) = probe_with(&conf);
     assert_eq!(code, 0, "{report:#}");
     assert_probe_seen(&report, "podman", &hub);
 
@@ -294,17 +297,7 @@ fn doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path
     // not restarted, a variable overriding the file): only the probe sees it.
     let stale = podman_dir.join("stale-registries.conf");
     std::fs::write(&stale, "unqualified-search-registries = []\n").unwrap();
-    let (code, report) = doctor_probing(
-        &[
-            ("CONTAINERS_REGISTRIES_CONF", stale.as_path()),
-            ("CONTAINERS_STORAGE_CONF", storage_conf.as_path()),
-            ("CONTAINERS_CONF", containers_conf.as_path()),
-            ("HOME", podman_dir.as_path()),
-        ],
-        &url(&mirror),
-        &root,
-        &config,
-    );
+    let (code, report) = probe_with(&stale);
     assert_eq!(code, 5, "{report:#}");
     assert_eq!(report["verdict"], "probe-not-seen");
     assert_eq!(report["probes"][0]["seen_by_mirror"], false);
