@@ -78,7 +78,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tracing::{debug, warn};
 
 use crate::digest::Digest;
@@ -487,28 +487,8 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobResponse> {
-        // Held until the client's stream is dropped, so eviction leaves the
-        // blob alone; none while it is being deleted: then it is a miss.
-        if let Some(guard) = self.inner.budget.guard(digest) {
-            match self.inner.storage.blob_read(digest, range.clone()).await {
-                Ok(read) => {
-                    self.inner.budget.used(digest);
-                    return Ok(BlobResponse {
-                        size: read.size,
-                        range: read.range,
-                        stream: read
-                            .stream
-                            .map(move |chunk| {
-                                let _held = &guard;
-                                chunk
-                            })
-                            .boxed(),
-                        outcome: CacheOutcome::Hit,
-                    });
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
+        if let Some(hit) = self.inner.stored_blob(digest, range.clone()).await? {
+            return Ok(hit);
         }
         blob::fetch(&self.inner, registry, repository, digest, range).await
     }

@@ -91,8 +91,10 @@ use crate::Result;
 mod buffer;
 mod fleet;
 mod forward;
+mod peer;
 pub(super) mod reader;
 mod resume;
+mod stored;
 
 use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
 use fleet::{FillBody, LeaseSlot};

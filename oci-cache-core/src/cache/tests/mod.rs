@@ -27,6 +27,7 @@ mod fleet;
 mod hostile;
 mod manifest;
 mod memory;
+mod peer;
 mod ranges;
 mod resume;
 mod tags;
