@@ -31,6 +31,10 @@ pub enum Error {
     /// Client authentication could not be set up (htpasswd file, access settings).
     #[error("client authentication: {0}")]
     ClientAuth(String),
+
+    /// Fleet settings are unusable (the peer secret, the advertised URL).
+    #[error("fleet: {0}")]
+    Fleet(String),
 }
 
 /// `Result` with [`Error`] as the default error.

@@ -93,6 +93,7 @@
 pub mod body;
 pub mod client_auth;
 pub mod error;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handlers;

@@ -50,6 +50,11 @@ pub(crate) enum Route {
     Purge,
     /// `/doctor/probe/<nonce>`: whether the doctor's probe pull arrived.
     DoctorProbe { nonce: String },
+    /// `/_oci-cache/peer/blobs/<digest>`: a blob for another replica of a
+    /// fleet (any method: the handler says which one it takes). The digest
+    /// is the raw text: the handler checks the fleet's secret before it
+    /// looks at anything else, a malformed digest included.
+    PeerBlob { digest: String },
     /// `/v2/`.
     Ping,
     /// `/v2/_catalog`.
@@ -109,6 +114,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Purge => "purge",
             Route::DoctorProbe { .. } => "doctor_probe",
+            Route::PeerBlob { .. } => "peer_blob",
             Route::Ping => "ping",
             Route::Catalog { .. } => "catalog",
             Route::Manifest { .. } => "manifest",
@@ -151,6 +157,9 @@ pub(crate) const DOCTOR_PROBE_REPOSITORY: &str = "oci-cache-doctor/probe";
 /// The path under which the doctor asks whether its probe pull arrived.
 pub(crate) const DOCTOR_PROBE_PATH: &str = "/doctor/probe/";
 
+/// The path prefix of the peer blob route (fleet family); the digest follows.
+pub(crate) use crate::fleet::PEER_BLOBS_PATH;
+
 /// Routes a request; `local` are the local prefixes of hosted repositories,
 /// `listener` the [`ListenerUpstream`](crate::ListenerUpstream) of the
 /// listener it arrived on (the upstream when the request names none).
@@ -182,6 +191,11 @@ pub(crate) fn route(
                 nonce: nonce.to_owned(),
             })
             .map_err(|_| unknown_route(path));
+    }
+    if let Some(digest) = path.strip_prefix(PEER_BLOBS_PATH) {
+        return Ok(Route::PeerBlob {
+            digest: digest.to_owned(),
+        });
     }
     if let Some(probe) = probe {
         return if read_only {

@@ -20,6 +20,7 @@ use oci_cache_core::storage::ByteStream;
 use tracing::{field, Instrument};
 
 use crate::body::{self, Body};
+use crate::fleet::PeerSecret;
 use crate::handlers::push::body_stream;
 use crate::handlers::{self, Engine, HostedEngine, RequestInfo};
 use crate::metrics::Metrics;
@@ -52,6 +53,10 @@ pub struct OciService {
     hosted: Option<Arc<HostedEngine>>,
     /// The doctor's probe pulls seen (shared by clones).
     probes: Arc<handlers::doctor::ProbeLog>,
+    /// The fleet's shared secret: with it, other replicas may fetch blobs
+    /// over the peer route (see [`crate::fleet`]); without it the route
+    /// does not exist.
+    peer_secret: Option<PeerSecret>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -62,6 +67,7 @@ impl std::fmt::Debug for OciService {
             .field("metrics", &self.metrics.is_some())
             .field("readiness", &self.readiness)
             .field("local_prefixes", &self.local_prefixes())
+            .field("peer_route", &self.peer_secret.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -80,7 +86,17 @@ impl OciService {
             readiness: None,
             hosted: None,
             probes: Arc::default(),
+            peer_secret: None,
         }
+    }
+
+    /// Serves blobs to the other replicas of a fleet that present `secret`
+    /// at `/_oci-cache/peer/blobs/<digest>` (from a fill under way or
+    /// storage, never from upstream). Without it that path is 404.
+    /// [`Mirror::builder`](crate::Mirror::builder)'s `fleet` calls this.
+    pub fn with_peer_secret(mut self, secret: PeerSecret) -> Self {
+        self.peer_secret = Some(secret);
+        self
     }
 
     /// Hosts the repositories under `prefixes` (first path components such
@@ -216,6 +232,7 @@ impl OciService {
                     readiness: self.readiness.as_ref(),
                     hosted: self.hosted.as_deref(),
                     probes: &self.probes,
+                    peer_secret: self.peer_secret.as_ref(),
                 };
                 handlers::dispatch(&self.engine, route, &info, body).await
             }

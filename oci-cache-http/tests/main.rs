@@ -16,6 +16,7 @@ mod chain;
 mod client_auth;
 mod conformance;
 mod embed;
+mod fleet;
 mod hostile_body;
 mod hostile_wire;
 mod layers;

@@ -219,6 +219,9 @@ impl Guard {
             Ok(Route::Purge) if !authenticated => {
                 return Err(auth.unauthorized("purging needs credentials"));
             }
+            // Replicas of a fleet send no user: the handler checks the
+            // fleet's secret instead.
+            Ok(Route::PeerBlob { .. }) => false,
             // `/metrics` names every upstream and its traffic, like the catalog;
             // `/healthz` and `/readyz` stay open for kubelet probes.
             Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {

@@ -11,6 +11,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod doctor;
+pub(crate) mod fleet;
 pub(crate) mod probes;
 pub(crate) mod pull;
 pub(crate) mod push;
@@ -25,6 +26,7 @@ use oci_cache_core::upstream::Upstream;
 
 use crate::body::Body;
 use crate::error::{OciError, OciErrorCode};
+use crate::fleet::PeerSecret;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 
@@ -58,6 +60,8 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) hosted: Option<&'a HostedEngine>,
     /// The doctor's probe pulls seen.
     pub(crate) probes: &'a doctor::ProbeLog,
+    /// The fleet's shared secret: without it the peer route does not exist.
+    pub(crate) peer_secret: Option<&'a PeerSecret>,
 }
 
 /// Answers a routed request by its family; `body` is read by pushes only.
@@ -73,6 +77,7 @@ pub(crate) async fn dispatch(
         Route::DoctorProbe { nonce } => Ok(doctor::seen(nonce, info.probes)),
         // Never fetched upstream, whatever the upstream.
         _ if route.is_doctor_probe() => doctor::answer_pull(route, info, info.probes),
+        Route::PeerBlob { digest } => fleet::peer_blob(engine, digest, info).await,
         Route::Hosted { repository, op } => match info.hosted {
             Some(hosted) => push::dispatch(hosted, repository, op, info, body).await,
             None => Err(OciError::new(

@@ -70,12 +70,13 @@ pub(super) async fn dispatch(
         Route::Manifest { target, reference } => manifest(engine, target, reference, req).await,
         Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
         Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
-        // Probes, purge and hosted routes are other families'.
+        // Probes, purge, the peer route and hosted routes are other families'.
         Route::Health
         | Route::Ready
         | Route::Metrics
         | Route::Purge
         | Route::DoctorProbe { .. }
+        | Route::PeerBlob { .. }
         | Route::Hosted { .. } => Err(OciError::new(
             StatusCode::NOT_FOUND,
             OciErrorCode::NameUnknown,

@@ -24,6 +24,8 @@ pub(crate) mod tls;
 mod transport;
 mod trust;
 
+pub(crate) use transport::{blob_stream, direct_client, HttpClient};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -32,7 +34,7 @@ use oci_cache_core::observe::{self, SharedObserver};
 
 use self::auth::AuthCache;
 use self::breaker::Breakers;
-use self::transport::{build_client, HttpClient};
+use self::transport::build_client;
 use self::trust::RefusalLog;
 
 pub use self::options::{ProxyConfig, UpstreamOptions};

@@ -31,7 +31,7 @@ use super::{CoreResult, HyperUpstream, UpstreamOptions};
 /// fill holds; 128 KiB reads are still few per MiB.
 const UPSTREAM_READ_BUFFER: usize = 128 * 1024;
 
-pub(super) type HttpClient = Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>;
+pub(crate) type HttpClient = Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>;
 
 /// A client with `tls` (or the system roots, falling back to the bundled
 /// Mozilla roots, when `None`).
@@ -40,14 +40,43 @@ pub(super) fn build_client(
     provider: Arc<rustls::crypto::CryptoProvider>,
     tls: Option<rustls::ClientConfig>,
 ) -> crate::Result<HttpClient> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(options.connect_timeout));
-    http.set_nodelay(true);
     let proxy = ProxyConnector {
-        http,
+        http: http_connector(options.connect_timeout),
         matcher: options.proxy.matcher().map(Arc::new),
     };
+    let pool = (options.idle_timeout, options.max_idle_per_host);
+    client_over(proxy, pool, provider, tls)
+}
+
+/// A client that never goes through a proxy, with the system roots: for the
+/// replicas of a fleet, which reach each other directly and send each other
+/// a secret no proxy should see.
+pub(crate) fn direct_client(connect_timeout: Duration) -> crate::Result<HttpClient> {
+    let direct = ProxyConnector {
+        http: http_connector(connect_timeout),
+        matcher: None,
+    };
+    let defaults = UpstreamOptions::default();
+    let pool = (defaults.idle_timeout, defaults.max_idle_per_host);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_over(direct, pool, provider, None)
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http
+}
+
+/// The client over `proxy`; `pool` is (idle timeout, idle connections per host).
+fn client_over(
+    proxy: ProxyConnector,
+    pool: (Duration, usize),
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    tls: Option<rustls::ClientConfig>,
+) -> crate::Result<HttpClient> {
     let builder = match tls {
         Some(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
         None => match hyper_rustls::HttpsConnectorBuilder::new()
@@ -68,8 +97,8 @@ pub(super) fn build_client(
         .enable_http2()
         .wrap_connector(proxy);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(options.idle_timeout)
-        .pool_max_idle_per_host(options.max_idle_per_host)
+        .pool_idle_timeout(pool.0)
+        .pool_max_idle_per_host(pool.1)
         .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .build(connector))
 }
@@ -277,7 +306,7 @@ pub(super) fn too_large(what: &str, limit: u64, actual: u64) -> CoreError {
 }
 
 /// A blob body as a stream that fails when no chunk arrives for `read_timeout`.
-pub(super) fn blob_stream(
+pub(crate) fn blob_stream(
     body: Incoming,
     read_timeout: Duration,
     endpoint: String,
@@ -318,7 +347,7 @@ pub(super) fn blob_stream(
 /// Connects directly, or through an HTTP `CONNECT` tunnel when the proxy
 /// environment says so for this destination.
 #[derive(Debug, Clone)]
-pub(super) struct ProxyConnector {
+pub(crate) struct ProxyConnector {
     http: HttpConnector,
     matcher: Option<Arc<Matcher>>,
 }
