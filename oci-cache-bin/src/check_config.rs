@@ -97,6 +97,14 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
     ) {
         writeln!(out, "{line}")?;
     }
+    match &settings.fleet {
+        Some(fleet) => writeln!(
+            out,
+            "fleet: advertised as {}, peer secret read",
+            fleet.advertise_url
+        )?,
+        None => writeln!(out, "fleet: off (one replica on its own)")?,
+    }
     write!(out, "{}", tunables_toml(settings))?;
     Ok(())
 }

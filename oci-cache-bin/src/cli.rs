@@ -227,6 +227,16 @@ pub(crate) struct ServeArgs {
     /// PEM CA certificates; clients must present a certificate signed by one.
     #[arg(long, env = "OCI_CACHE_TLS_CLIENT_CA", value_name = "FILE")]
     pub(crate) tls_client_ca: Option<PathBuf>,
+
+    /// Fleet mode: the URL the other replicas on the same bucket reach this
+    /// one at, e.g. `http://10.0.0.7:5000`; needs --peer-secret-file and S3 storage.
+    #[arg(long, env = "OCI_CACHE_ADVERTISE_URL", value_name = "URL")]
+    pub(crate) advertise_url: Option<String>,
+
+    /// Fleet mode: the file holding the secret every replica shares (not
+    /// readable by every user); needs --advertise-url.
+    #[arg(long, env = "OCI_CACHE_PEER_SECRET_FILE", value_name = "FILE")]
+    pub(crate) peer_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -74,6 +74,7 @@ pub(crate) struct FileConfig {
     limits: LimitsEntry,
     auth: Option<crate::trust::AuthFile>,
     tls: Option<crate::trust::TlsFile>,
+    fleet: Option<crate::fleet::FleetFile>,
 }
 
 /// The `[limits]` table: the server's connection policy (the upstream
@@ -152,6 +153,8 @@ pub(crate) struct Settings {
     pub(crate) local_prefixes: Vec<String>,
     /// Limits of hosted repositories.
     pub(crate) hosted: HostedOptions,
+    /// Fleet mode (`--advertise-url`, `--peer-secret-file`, `[fleet]`).
+    pub(crate) fleet: Option<crate::fleet::FleetSettings>,
 }
 
 impl Settings {
@@ -443,7 +446,14 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         args.tls_client_ca.as_ref(),
         file.tls,
     )?;
+    let fleet = crate::fleet::settings(
+        (args.advertise_url.as_ref(), args.peer_secret_file.as_ref()),
+        file.fleet,
+        path,
+        &storage,
+    )?;
     Ok(Settings {
+        fleet,
         config_file: sources.config.clone(),
         listeners,
         metrics_listen,

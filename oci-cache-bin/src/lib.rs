@@ -13,6 +13,7 @@ mod config;
 mod doctor;
 mod engine;
 mod evict;
+mod fleet;
 mod healthcheck;
 mod images;
 mod layout;

@@ -74,6 +74,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         offline = settings.upstream_client.offline,
         client_auth = settings.client_auth.is_some(),
         tls = settings.tls.is_some(),
+        advertise_url = settings.fleet.as_ref().map(|f| f.advertise_url.as_str()),
         "oci-cache serving"
     );
     let tls = match &settings.tls {

@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod fleet;
 mod secure;
 
 fn oci_cache(args: &[&str]) -> Output {

@@ -45,7 +45,12 @@ fn probes(heading: &str) -> Option<(Vec<String>, &'static [&'static str])> {
                 "{upstream}mirrors = [{{ url = \"https://m.example\", tls = {{ {{}} = 1 }} }}]\n"
             ),
         ],
-        "`[cache]`" | "`[upstream_client]`" | "`[limits]`" | "`[tls]`" | "`[auth]`" => {
+        "`[cache]`"
+        | "`[upstream_client]`"
+        | "`[limits]`"
+        | "`[tls]`"
+        | "`[auth]`"
+        | "`[fleet]`" => {
             let table = heading.trim_matches('`');
             vec![format!("{table}\n{{}} = 1\n")]
         }

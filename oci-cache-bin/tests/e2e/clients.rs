@@ -722,10 +722,14 @@ fn the_systemd_unit_verifies_and_is_hardened() {
 fn the_kubernetes_manifests_validate_against_the_schemas() {
     let test = "the_kubernetes_manifests_validate_against_the_schemas";
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
-    let files: Vec<String> = ["oci-cache.yaml", "oci-cache-daemonset.yaml"]
-        .iter()
-        .map(|f| dir.join(f).display().to_string())
-        .collect();
+    let files: Vec<String> = [
+        "oci-cache.yaml",
+        "oci-cache-daemonset.yaml",
+        "oci-cache-fleet.yaml",
+    ]
+    .iter()
+    .map(|f| dir.join(f).display().to_string())
+    .collect();
     let mut args = vec!["--strict"];
     args.extend(files.iter().map(String::as_str));
     let Some(out) = run_tool(test, "kubernetes-validate", &args) else {
@@ -744,6 +748,11 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         "deployment/oci-cache",
         "service/oci-cache",
         "daemonset/oci-cache",
+        "secret/oci-cache-peer",
+        "configmap/oci-cache-fleet",
+        "deployment/oci-cache-fleet",
+        "service/oci-cache-fleet",
+        "service/oci-cache-peers",
     ] {
         assert!(
             text.contains(&format!("passed for resource {resource}")),
@@ -776,6 +785,70 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     );
     assert!(
         stdout.contains("storage: filesystem at /data/oci-cache-data"),
+        "{stdout}"
+    );
+}
+
+/// The fleet manifest's `oci-cache.toml`, with its peer secret at a path of
+/// the test's and the advertised URL the pod would get: the manifest's
+/// placeholder secret is refused (so nobody runs a fleet on it), a real one
+/// passes.
+#[test]
+fn the_fleet_manifest_config_refuses_its_placeholder_secret_and_takes_a_real_one() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let manifest = std::fs::read_to_string(dir.join("oci-cache-fleet.yaml")).unwrap();
+    let block = |start: &str| -> String {
+        manifest
+            .split(start)
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect()
+    };
+    let placeholder = manifest
+        .split("peer-secret: \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let secret = work.path().join("peer-secret");
+    let toml = block("oci-cache.toml: |\n").replace(
+        "/etc/oci-cache-peer/peer-secret",
+        &secret.display().to_string(),
+    );
+    let config = work.path().join("oci-cache.toml");
+    std::fs::write(&config, toml).unwrap();
+    let check = |secret_text: &str| {
+        std::fs::write(&secret, secret_text).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o440))
+            .unwrap();
+        Command::new(oci_cache_bin())
+            .arg("check-config")
+            .arg(&config)
+            .env("OCI_CACHE_ADVERTISE_URL", "http://10.0.0.7:5000")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "y")
+            .output()
+            .unwrap()
+    };
+    let refused = check(&placeholder);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
+    let accepted = check("3f9c2a7e5b1d40c8a6e2f7b9d1c3e5a7\n");
+    let stdout = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(
+        stdout.contains("fleet: advertised as http://10.0.0.7:5000"),
         "{stdout}"
     );
 }

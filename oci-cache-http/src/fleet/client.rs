@@ -184,19 +184,34 @@ fn peer_error(kind: UpstreamErrorKind, origin: &str, message: impl Into<String>)
     UpstreamError::new(kind, format!("replica {origin}"), message)
 }
 
-/// The origin of `holder_url` and the URI of `digest` on it. Only a bare
-/// `http(s)://host[:port]` (a trailing `/` allowed) is taken: credentials,
-/// a path or a query would mean the URL is not what a replica advertises.
+/// The origin of `holder_url` and the URI of `digest` on it.
 fn blob_uri(holder_url: &str, digest: &Digest) -> CoreResult<(String, Uri)> {
-    let refuse = |why: &str| -> CoreError {
-        peer_error(
+    let origin = replica_origin(holder_url).map_err(|e| {
+        CoreError::from(peer_error(
             UpstreamErrorKind::Invalid,
             holder_url,
-            format!("not a replica URL ({why}); replicas advertise http(s)://host:port"),
-        )
-        .into()
+            e.to_string(),
+        ))
+    })?;
+    let uri = format!("{origin}{PEER_BLOBS_PATH}{digest}")
+        .parse()
+        .map_err(|e| {
+            peer_error(UpstreamErrorKind::Invalid, holder_url, "unusable URL").with_source(e)
+        })?;
+    Ok((origin, uri))
+}
+
+/// The origin (`scheme://host[:port]`) of a URL a replica advertises. Only
+/// a bare `http(s)://host[:port]` (a trailing `/` allowed) is taken:
+/// credentials, a path or a query would mean the URL is not one a replica
+/// advertises, and the secret must not go there.
+pub fn replica_origin(url: &str) -> crate::Result<String> {
+    let refuse = |why: &str| {
+        crate::Error::Fleet(format!(
+            "{url:?} is not a replica URL ({why}); write it like http://10.0.0.7:5000"
+        ))
     };
-    let uri: Uri = holder_url.parse().map_err(|_| refuse("unparsable"))?;
+    let uri: Uri = url.parse().map_err(|_| refuse("unparsable"))?;
     let scheme = uri.scheme().ok_or_else(|| refuse("no scheme"))?;
     if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
         return Err(refuse("scheme other than http or https"));
@@ -205,14 +220,13 @@ fn blob_uri(holder_url: &str, digest: &Digest) -> CoreResult<(String, Uri)> {
     if authority.as_str().contains('@') {
         return Err(refuse("credentials in the URL"));
     }
+    if authority.host().is_empty() {
+        return Err(refuse("no host"));
+    }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(refuse("a path or query"));
     }
-    let origin = format!("{scheme}://{authority}");
-    let uri = format!("{origin}{PEER_BLOBS_PATH}{digest}")
-        .parse()
-        .map_err(|_| refuse("unparsable"))?;
-    Ok((origin, uri))
+    Ok(format!("{scheme}://{authority}"))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use oci_cache_core::digest::Digest;
 
 mod client;
 
-pub use client::{HyperPeerFills, PeerOptions};
+pub use client::{replica_origin, HyperPeerFills, PeerOptions};
 
 /// The path prefix of the internal blob route; the digest follows.
 pub const PEER_BLOBS_PATH: &str = "/_oci-cache/peer/blobs/";

@@ -1,0 +1,115 @@
+//! Fleet mode: several `serve` replicas on one bucket that hand blob fills
+//! to each other. `--advertise-url` and `--peer-secret-file` (or the
+//! `[fleet]` table) turn it on; both or neither, on S3 storage only.
+
+use std::path::{Path, PathBuf};
+
+use oci_cache_http::fleet::{replica_origin, PeerSecret};
+use serde::Deserialize;
+
+use crate::config::StorageConfig;
+
+/// The `[fleet]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FleetFile {
+    /// The URL the other replicas reach this one at.
+    advertise_url: Option<String>,
+    /// The file holding the secret the replicas share.
+    peer_secret_file: Option<PathBuf>,
+}
+
+/// Fleet mode, resolved: this replica's URL and the shared secret, read.
+#[derive(Debug, Clone)]
+pub(crate) struct FleetSettings {
+    pub(crate) advertise_url: String,
+    pub(crate) secret: PeerSecret,
+}
+
+/// Fleet mode from the flags over the `[fleet]` table, validated
+/// completely (the secret file is read here, so `check-config` catches what
+/// `serve` would).
+pub(crate) fn settings(
+    (url_flag, secret_flag): (Option<&String>, Option<&PathBuf>),
+    file: Option<FleetFile>,
+    config: Option<&Path>,
+    storage: &StorageConfig,
+) -> Result<Option<FleetSettings>, String> {
+    let file = file.unwrap_or_default();
+    let label = |flag: &str, key: &str, from_flag: bool| match (from_flag, config) {
+        (true, _) | (false, None) => flag.to_owned(),
+        (false, Some(path)) => format!("config file {}: [fleet] {key}", path.display()),
+    };
+    let url = url_flag
+        .map(|u| (u.clone(), label("--advertise-url", "advertise_url", true)))
+        .or_else(|| {
+            let key = label("--advertise-url", "advertise_url", false);
+            file.advertise_url.map(|u| (u, key))
+        });
+    let secret = secret_flag
+        .map(|p| {
+            (
+                p.clone(),
+                label("--peer-secret-file", "peer_secret_file", true),
+            )
+        })
+        .or_else(|| {
+            let key = label("--peer-secret-file", "peer_secret_file", false);
+            file.peer_secret_file.map(|p| (p, key))
+        });
+    let ((url, url_origin), (secret_path, secret_origin)) = match (url, secret) {
+        (None, None) => return Ok(None),
+        (Some(url), Some(secret)) => (url, secret),
+        (Some((_, origin)), None) => {
+            return Err(format!(
+                "{origin} is set but --peer-secret-file (or [fleet] peer_secret_file) is not: \
+                 replicas authenticate to each other with a shared secret; give both, or neither to run alone"
+            ))
+        }
+        (None, Some((_, origin))) => {
+            return Err(format!(
+                "{origin} is set but --advertise-url (or [fleet] advertise_url) is not: \
+                 the other replicas need this one's URL, e.g. http://POD_IP:5000; give both, or neither to run alone"
+            ))
+        }
+    };
+    if !matches!(storage, StorageConfig::S3(_)) {
+        return Err(format!(
+            "{url_origin}: fleet mode needs S3 storage ([storage] kind = \"s3\"), the bucket every replica shares; \
+             replicas on their own disks share nothing. Point every replica at one bucket, or run one replica without fleet settings"
+        ));
+    }
+    replica_origin(&url).map_err(|e| format!("{url_origin}: {e}"))?;
+    let secret = read_secret(&secret_path).map_err(|e| format!("{secret_origin}: {e}"))?;
+    Ok(Some(FleetSettings {
+        advertise_url: url,
+        secret,
+    }))
+}
+
+/// Reads the shared secret, refusing a file anyone on the machine can read.
+fn read_secret(path: &Path) -> Result<PeerSecret, String> {
+    let shown = path.display();
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the peer secret file {shown}: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if metadata.permissions().mode() & 0o004 != 0 {
+            return Err(format!(
+                "the peer secret file {shown} is readable by every user; `chmod 600 {shown}` \
+                 (in Kubernetes, mount the Secret with defaultMode: 0400)"
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = metadata;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the peer secret file {shown}: {e}"))?;
+    if text.trim().is_empty() {
+        return Err(format!(
+            "the peer secret file {shown} is empty; write a secret into it, e.g. `openssl rand -hex 32 > {shown}`"
+        ));
+    }
+    PeerSecret::new(&text).map_err(|e| format!("{shown}: {e}"))
+}
