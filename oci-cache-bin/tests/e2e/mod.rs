@@ -10,6 +10,7 @@ mod clients;
 mod doctor;
 mod evict;
 mod fixtures;
+mod fleet;
 mod metrics;
 mod oci_cache;
 mod push;

@@ -85,24 +85,37 @@ impl Mirror {
         Mirror::spawn(tempdir(), args, env)
     }
 
-    fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
-        Mirror::spawn_probing(dir, args, env, "/v2/")
+    /// `oci-cache serve` on `ip` (another loopback address, standing for
+    /// another host) with exactly `args` and `env`; `{url}` in `args` is
+    /// replaced by the replica's own `http://IP:PORT` (for `--advertise-url`).
+    pub(crate) fn start_replica(ip: &str, args: &[String], env: &[(&str, &str)]) -> Mirror {
+        Mirror::spawn_probing(tempdir(), (ip, free_port()), args, env, "/v2/")
     }
 
-    fn spawn_probing(dir: TempDir, args: &[String], env: &[(&str, &str)], probe: &str) -> Mirror {
-        let port = free_port();
+    fn spawn(dir: TempDir, args: &[String], env: &[(&str, &str)]) -> Mirror {
+        Mirror::spawn_probing(dir, ("127.0.0.1", free_port()), args, env, "/v2/")
+    }
+
+    fn spawn_probing(
+        dir: TempDir,
+        (ip, port): (&str, u16),
+        args: &[String],
+        env: &[(&str, &str)],
+        probe: &str,
+    ) -> Mirror {
+        let url = format!("http://{ip}:{port}");
         let log_path = dir.path().join("oci-cache.log");
         let log = File::create(&log_path).unwrap();
         let mut cmd = Command::new(oci_cache_bin());
         cmd.arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(args)
+            .arg(format!("{ip}:{port}"))
+            .args(args.iter().map(|a| a.replace("{url}", &url)))
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let server = ServerProcess::spawn("oci-cache", cmd, port, log_path.clone(), probe);
+        let server = ServerProcess::spawn_at("oci-cache", cmd, (ip, port), log_path.clone(), probe);
         Mirror {
             server,
             log_path,
@@ -145,7 +158,7 @@ impl Mirror {
             std::fs::write(dir.path().join(name), contents.replace("{dir}", &d)).unwrap();
         }
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
-        Mirror::spawn_probing(dir, &args, &[], probe)
+        Mirror::spawn_probing(dir, ("127.0.0.1", free_port()), &args, &[], probe)
     }
 
     /// A graceful stop (SIGTERM): in-flight requests finish and blob fills

@@ -102,6 +102,8 @@ pub(crate) struct ServerProcess {
     child: Child,
     /// Port the server listens on.
     pub(crate) port: u16,
+    /// The loopback address it listens on (127.0.0.1 unless started `_at` another).
+    ip: String,
     /// What the process is, for messages.
     name: String,
     /// Where its stderr goes, shown when it fails to start.
@@ -113,8 +115,20 @@ impl ServerProcess {
     /// `GET probe_path` gets an HTTP answer on `port`.
     pub(crate) fn spawn(
         name: &str,
-        mut cmd: Command,
+        cmd: Command,
         port: u16,
+        stderr_path: PathBuf,
+        probe_path: &str,
+    ) -> ServerProcess {
+        ServerProcess::spawn_at(name, cmd, ("127.0.0.1", port), stderr_path, probe_path)
+    }
+
+    /// [`ServerProcess::spawn`] for a server on another loopback address
+    /// (127.0.0.2 stands for another host).
+    pub(crate) fn spawn_at(
+        name: &str,
+        mut cmd: Command,
+        (ip, port): (&str, u16),
         stderr_path: PathBuf,
         probe_path: &str,
     ) -> ServerProcess {
@@ -125,6 +139,7 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child,
             port,
+            ip: ip.to_owned(),
             name: name.to_owned(),
             stderr_path,
         };
@@ -132,9 +147,9 @@ impl ServerProcess {
         server
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or the other loopback address it listens on).
     pub(crate) fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Kills the process (by PID) and reaps it; the port then refuses connections.
