@@ -12,7 +12,7 @@ use crate::support::http;
 use crate::support::image::{build_image, ImageSpec, Layout};
 use crate::support::mirror::Mirror;
 use crate::support::registry::Origin;
-use crate::support::s3::S3Server;
+use crate::support::s3::{S3Server, UnconditionalRelay};
 use crate::support::{skopeo, tools_available};
 
 /// The loopback addresses the replicas listen on, one "host" each.
@@ -363,5 +363,46 @@ fn a_stopped_holder_is_taken_over_and_serves_nothing_wrong_when_it_resumes() {
         let got = skopeo::copy(&format!("{}/e2e/app:v1", replica.host()), &dest)
             .unwrap_or_else(|e| panic!("replica {i}: {e}\n{}", fill.fleet.logs()));
         assert_eq!(got.digest, fill.app.digest);
+    }
+}
+
+/// Fail open: on a bucket that ignores conditional writes (every lease
+/// "taken" by everyone), every pull still completes with the right image.
+#[test]
+fn a_bucket_without_conditional_writes_still_serves_every_pull() {
+    let test = "a_bucket_without_conditional_writes_still_serves_every_pull";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(s3) = S3Server::start(test) else {
+        return;
+    };
+    let relay = UnconditionalRelay::start(&s3);
+    let work = tempfile::tempdir().unwrap();
+    let app = build_image(
+        &work.path().join("app"),
+        "v1",
+        &ImageSpec::new(2491, 3, 2 << 20),
+    );
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    s3.create_bucket("fleet-unconditional");
+    let fleet = Fleet::start(3, &relay.endpoint(), "fleet-unconditional", &origin.url());
+    pull_concurrently(&fleet, 6, &app, work.path());
+    // And again, warm, from whatever the replicas stored.
+    let warm = work.path().join("warm");
+    std::fs::create_dir(&warm).unwrap();
+    pull_concurrently(&fleet, 3, &app, &warm);
+    eprintln!(
+        "fleet: without conditional writes, {} conditional headers were dropped; every pull completed",
+        relay.stripped()
+    );
+    for layer in &app.images[0].layers {
+        let hex = layer.digest.trim_start_matches("sha256:");
+        let keys = s3.keys("fleet-unconditional");
+        assert!(
+            keys.iter().any(|k| k.ends_with(hex)),
+            "{hex} not stored: {keys:?}"
+        );
     }
 }

@@ -94,6 +94,66 @@ impl S3Server {
     }
 }
 
+/// A relay in front of an S3 server that drops `If-None-Match` and
+/// `If-Match` from every request (`scripts/unconditional_s3.py`): the bucket
+/// behind it ignores conditional writes, as S3 did until 2024 and as some
+/// S3-compatible servers still do. Moto itself honours them and has no
+/// setting to stop, and a test-only switch in the binary would test the
+/// switch, not a bucket.
+#[derive(Debug)]
+pub(crate) struct UnconditionalRelay {
+    server: ServerProcess,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl UnconditionalRelay {
+    /// A relay to `s3`, in the Python of moto's virtual environment.
+    pub(crate) fn start(s3: &S3Server) -> UnconditionalRelay {
+        let python = moto_server().with_file_name("python3");
+        let python = if python.is_file() {
+            python
+        } else {
+            PathBuf::from("python3")
+        };
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/scripts/unconditional_s3.py");
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-s3-relay-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let log = dir.path().join("relay.log");
+        let target = s3.server.host();
+        let (host, target_port) = target.split_once(':').unwrap();
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
+            .args([&port.to_string(), host, target_port])
+            .stdout(File::create(&log).unwrap())
+            .stderr(File::create(&log).unwrap());
+        let server = ServerProcess::spawn("unconditional_s3.py", cmd, port, log.clone(), "/");
+        UnconditionalRelay {
+            server,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: use it as the bucket's endpoint.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://{}", self.server.host())
+    }
+
+    /// How many conditional headers it dropped so far.
+    pub(crate) fn stripped(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("stripped "))
+            .count()
+    }
+}
+
 #[test]
 fn moto_creates_and_lists() {
     let Some(s3) = S3Server::start("moto_creates_and_lists") else {
@@ -111,4 +171,51 @@ fn moto_creates_and_lists() {
     .unwrap();
     assert_eq!(put.status, 200);
     assert_eq!(s3.keys("e2e-probe"), vec!["a/b.txt".to_owned()]);
+}
+
+/// Moto refuses a second `If-None-Match: *` PUT of a key; through the relay
+/// both succeed, the second overwriting, as on a bucket without
+/// conditional writes.
+#[test]
+fn the_unconditional_relay_makes_moto_ignore_conditional_writes() {
+    let Some(s3) = S3Server::start("the_unconditional_relay_makes_moto_ignore_conditional_writes")
+    else {
+        return;
+    };
+    s3.create_bucket("e2e-cond");
+    // Moto answers an anonymous failed precondition 403; signed, 412 as S3
+    // does (it does not check the signature).
+    let auth = "AWS4-HMAC-SHA256 Credential=e2e/20260101/us-east-1/s3/aws4_request, \
+                SignedHeaders=host, Signature=0";
+    let put = |host: &str, key: &str, body: &[u8]| {
+        let headers = [("if-none-match", "*"), ("authorization", auth)];
+        http::request_with_body(host, "PUT", key, &headers, body)
+            .unwrap()
+            .status
+    };
+    let moto = s3.server.host();
+    assert_eq!(put(&moto, "/e2e-cond/direct", b"one"), 200);
+    assert_eq!(put(&moto, "/e2e-cond/direct", b"two"), 412);
+    let relay = UnconditionalRelay::start(&s3);
+    let host = relay.endpoint().trim_start_matches("http://").to_owned();
+    assert_eq!(put(&host, "/e2e-cond/relayed", b"one"), 200);
+    assert_eq!(put(&host, "/e2e-cond/relayed", b"two"), 200);
+    let got = http::request(
+        &host,
+        "GET",
+        "/e2e-cond/relayed",
+        &[("authorization", auth)],
+    )
+    .unwrap();
+    assert_eq!((got.status, got.body.as_slice()), (200, b"two".as_slice()));
+    let head = http::request(
+        &host,
+        "HEAD",
+        "/e2e-cond/relayed",
+        &[("authorization", auth)],
+    )
+    .unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("3"));
+    assert_eq!(relay.stripped(), 2);
 }
