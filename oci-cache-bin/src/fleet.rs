@@ -3,11 +3,15 @@
 //! `[fleet]` table) turn it on; both or neither, on S3 storage only.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use oci_cache_http::fleet::{replica_origin, PeerSecret};
+use oci_cache_core::fleet::{Fleet, FleetIdentity, LeaseTimings};
+use oci_cache_core::storage::{ObjectStorage, S3Config};
+use oci_cache_http::fleet::{replica_origin, HyperPeerFills, PeerOptions, PeerSecret};
 use serde::Deserialize;
 
 use crate::config::StorageConfig;
+use crate::engine::BoxError;
 
 /// The `[fleet]` table of the config file.
 #[derive(Debug, Default, Deserialize)]
@@ -17,6 +21,9 @@ pub(crate) struct FleetFile {
     advertise_url: Option<String>,
     /// The file holding the secret the replicas share.
     peer_secret_file: Option<PathBuf>,
+    /// `[fleet.lease]`: heartbeat, takeover TTL and call timeout of the
+    /// fill leases, straight into the library's type.
+    lease: Option<LeaseTimings>,
 }
 
 /// Fleet mode, resolved: this replica's URL and the shared secret, read.
@@ -24,6 +31,7 @@ pub(crate) struct FleetFile {
 pub(crate) struct FleetSettings {
     pub(crate) advertise_url: String,
     pub(crate) secret: PeerSecret,
+    pub(crate) timings: LeaseTimings,
 }
 
 /// Fleet mode from the flags over the `[fleet]` table, validated
@@ -81,10 +89,47 @@ pub(crate) fn settings(
     }
     replica_origin(&url).map_err(|e| format!("{url_origin}: {e}"))?;
     let secret = read_secret(&secret_path).map_err(|e| format!("{secret_origin}: {e}"))?;
+    let timings = file.lease.unwrap_or_default();
+    timings.validate().map_err(|e| {
+        let table = config.map_or_else(
+            || "[fleet.lease]".to_owned(),
+            |p| format!("config file {}: [fleet.lease]", p.display()),
+        );
+        format!("{table}: {}", crate::config::config_message(e))
+    })?;
     Ok(Some(FleetSettings {
         advertise_url: url,
         secret,
+        timings,
     }))
+}
+
+/// Opens the shared bucket and joins the fleet on it: probes once that the
+/// bucket honours conditional writes (without them, leases stay off and
+/// every replica fills alone, with a warning).
+pub(crate) async fn join(
+    fleet: &FleetSettings,
+    s3: &S3Config,
+    max_blob_size: u64,
+) -> Result<(Arc<ObjectStorage>, Fleet), BoxError> {
+    let storage = Arc::new(ObjectStorage::s3(s3)?);
+    let identity = FleetIdentity {
+        holder_id: holder_id(&fleet.advertise_url),
+        advertise_url: fleet.advertise_url.clone(),
+    };
+    let options = PeerOptions::default().with_max_blob_size(max_blob_size);
+    let peers = Arc::new(HyperPeerFills::new(fleet.secret.clone(), options)?);
+    let joined = Fleet::connect(&storage, identity, fleet.timings, peers).await;
+    Ok((storage, joined))
+}
+
+/// Unique per process run: a restarted replica is a new holder, so it
+/// never mistakes a lease of its previous life for its own.
+fn holder_id(advertise_url: &str) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{advertise_url}#{}-{started}", std::process::id())
 }
 
 /// Reads the shared secret, refusing a file anyone on the machine can read.

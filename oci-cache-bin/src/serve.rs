@@ -16,7 +16,7 @@ use oci_cache_http::{tls_server, AccessLog, Listening};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
-use crate::config::{Listener, Settings};
+use crate::config::{Listener, Settings, StorageConfig};
 use crate::engine::{self, BoxError};
 
 pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
@@ -27,7 +27,15 @@ pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
     raise_fd_limit();
-    let storage = engine::open_storage(&settings.storage).await?;
+    let (storage, fleet) = match (&settings.fleet, &settings.storage) {
+        (Some(fleet), StorageConfig::S3(s3)) => {
+            let (bucket, fleet) =
+                crate::fleet::join(fleet, s3, settings.cache.max_blob_size).await?;
+            let storage: Arc<dyn Storage> = bucket;
+            (storage, Some(fleet))
+        }
+        _ => (engine::open_storage(&settings.storage).await?, None),
+    };
     let metrics = Arc::new(Metrics::new());
     count_stored(Arc::clone(&storage), Arc::clone(&metrics));
     let readiness = Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL);
@@ -75,6 +83,7 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         client_auth = settings.client_auth.is_some(),
         tls = settings.tls.is_some(),
         advertise_url = settings.fleet.as_ref().map(|f| f.advertise_url.as_str()),
+        fill_leases = fleet.as_ref().map(|f| f.leases_enabled()),
         "oci-cache serving"
     );
     let tls = match &settings.tls {

@@ -164,3 +164,15 @@ fn a_complete_fleet_configuration_is_shown_by_check_config() {
     );
     assert!(text(&out.stdout).contains("advertised as http://127.0.0.3:5000"));
 }
+
+#[test]
+fn lease_timings_that_would_let_a_live_holder_be_taken_over_are_refused() {
+    let files = Files::new();
+    let secret = files.secret("peer", SECRET, 0o600);
+    let config = files.config(&format!(
+        "{S3}[fleet]\nadvertise_url = \"http://127.0.0.2:5000\"\npeer_secret_file = \"{}\"\n\
+         [fleet.lease]\nheartbeat = \"5s\"\nttl = \"6s\"\n",
+        secret.display()
+    ));
+    refused(&config, &[], &["[fleet.lease]"]);
+}

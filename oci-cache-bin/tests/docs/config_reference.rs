@@ -50,7 +50,8 @@ fn probes(heading: &str) -> Option<(Vec<String>, &'static [&'static str])> {
         | "`[limits]`"
         | "`[tls]`"
         | "`[auth]`"
-        | "`[fleet]`" => {
+        | "`[fleet]`"
+        | "`[fleet.lease]`" => {
             let table = heading.trim_matches('`');
             vec![format!("{table}\n{{}} = 1\n")]
         }

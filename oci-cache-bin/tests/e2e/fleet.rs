@@ -172,6 +172,9 @@ fn a_fleet_of_one_fetches_once_and_serves_its_blobs_to_peers_with_the_secret_onl
     pull_concurrently(&fleet, 3, &app, work.path());
     let amplification = origin_blob_bytes(&origin, pushed) as f64 / image_bytes(&app) as f64;
     assert!(amplification <= MAX_AMPLIFICATION, "{amplification:.3}x");
+    // moto honours conditional writes: the probe at start turned leases on.
+    let log = fleet.replicas[0].log();
+    assert!(log.contains("fill_leases=true"), "{log}");
 
     let replica = fleet.replicas[0].host();
     let layer = &app.images[0].layers[0];
@@ -388,6 +391,12 @@ fn a_bucket_without_conditional_writes_still_serves_every_pull() {
     skopeo::push(&app, &origin.host(), "e2e/app:v1");
     s3.create_bucket("fleet-unconditional");
     let fleet = Fleet::start(3, &relay.endpoint(), "fleet-unconditional", &origin.url());
+    // The probe at start saw the conditions ignored: leases off, with a warning.
+    for replica in &fleet.replicas {
+        let log = replica.log();
+        assert!(log.contains("fill_leases=false"), "{log}");
+        assert!(log.contains("WARN"), "{log}");
+    }
     pull_concurrently(&fleet, 6, &app, work.path());
     // And again, warm, from whatever the replicas stored.
     let warm = work.path().join("warm");
