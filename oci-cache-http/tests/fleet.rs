@@ -251,3 +251,37 @@ async fn the_client_refuses_a_blob_over_the_cap_before_reading_it() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_replica_that_does_not_answer_costs_at_most_the_read_timeout() {
+    let holder = MockRegistry::start().await;
+    holder.push(Reply::Delay(
+        std::time::Duration::from_secs(5),
+        Box::new(Reply::ok(Bytes::from_static(b"late"))),
+    ));
+    let quick = PeerOptions::default().with_read_timeout(std::time::Duration::from_millis(200));
+    let client = HyperPeerFills::new(secret(), quick).unwrap();
+    let started = std::time::Instant::now();
+    let error = client
+        .fetch(&holder.url(), &Digest::sha256_of(b"x"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    match &error {
+        oci_cache_core::Error::Upstream(e) => assert_eq!(e.kind(), UpstreamErrorKind::Timeout),
+        other => panic!("{other}"),
+    }
+    // Nothing listens here: unreachable, not a hang.
+    let closed = format!("http://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let error = client
+        .fetch(&closed, &Digest::sha256_of(b"x"))
+        .await
+        .unwrap_err();
+    match &error {
+        oci_cache_core::Error::Upstream(e) => assert_eq!(e.kind(), UpstreamErrorKind::Unavailable),
+        other => panic!("{other}"),
+    }
+}
