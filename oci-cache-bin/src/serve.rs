@@ -48,6 +48,9 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     if let Some(config) = &settings.client_auth {
         builder = builder.client_auth(config.clone());
     }
+    if let (Some(joined), Some(fleet)) = (&fleet, &settings.fleet) {
+        builder = builder.fleet(joined.clone(), fleet.secret.clone());
+    }
     let mirror = builder.build()?;
     let service = mirror.service();
     spawn_evictor(service.engine());

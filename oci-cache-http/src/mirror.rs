@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use oci_cache_core::cache::{CacheOptions, PullThrough};
+use oci_cache_core::fleet::Fleet;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::hosted::{validate_local_prefix, Hosted, HostedOptions};
 use oci_cache_core::mirror::MirrorConfig;
@@ -13,6 +14,7 @@ use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 
 use crate::client_auth::{ClientAuth, ClientAuthConfig};
+use crate::fleet::PeerSecret;
 use crate::handlers::Engine;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -68,6 +70,8 @@ pub struct MirrorBuilder {
     hosted_options: HostedOptions,
     client_auth: Option<ClientAuthConfig>,
     metrics_endpoint: bool,
+    /// Fleet mode: the engine's fleet and the secret the peer route takes.
+    fleet: Option<(Fleet, PeerSecret)>,
 }
 
 impl Default for MirrorBuilder {
@@ -85,6 +89,7 @@ impl Default for MirrorBuilder {
             hosted_options: HostedOptions::default(),
             client_auth: None,
             metrics_endpoint: true,
+            fleet: None,
         }
     }
 }
@@ -201,6 +206,17 @@ impl MirrorBuilder {
         self
     }
 
+    /// Fleet mode: the engine coordinates its blob fills with the other
+    /// replicas on the bucket through `fleet`
+    /// ([`PullThrough::with_fleet`]), and the service serves them blobs at
+    /// the peer route to requests carrying `secret` (see [`crate::fleet`]).
+    /// The two go together: a replica that advertises itself in a lease
+    /// must answer its peers.
+    pub fn fleet(mut self, fleet: Fleet, secret: PeerSecret) -> Self {
+        self.fleet = Some((fleet, secret));
+        self
+    }
+
     /// Validates the upstream list and builds the client, engine, service
     /// and client authentication.
     ///
@@ -252,10 +268,18 @@ impl MirrorBuilder {
             }
         };
         let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
-        let engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
+        let mut engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
+        let mut peer_secret = None;
+        if let Some((fleet, secret)) = self.fleet {
+            engine = engine.with_fleet(fleet);
+            peer_secret = Some(secret);
+        }
         // Pushed bytes count against the same size cap as cached ones.
         let hosted = hosted.with_budget(Arc::clone(engine.budget()));
         let mut service = OciService::new(engine, mirrors).with_hosted(self.local_prefixes, hosted);
+        if let Some(secret) = peer_secret {
+            service = service.with_peer_secret(secret);
+        }
         if let Some(metrics) = self.metrics.filter(|_| self.metrics_endpoint) {
             service = service.with_metrics(metrics);
         }

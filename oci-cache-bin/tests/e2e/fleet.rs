@@ -209,7 +209,6 @@ fn a_fleet_of_one_fetches_once_and_serves_its_blobs_to_peers_with_the_secret_onl
 
 /// The figures of the issue: 1, 2 and 3 replicas, 3 and then 16 pulls.
 #[test]
-#[ignore = "needs fill leases"]
 fn three_replicas_on_one_bucket_fetch_each_blob_once_under_3_and_16_concurrent_pulls() {
     let test = "three_replicas_on_one_bucket_fetch_each_blob_once_under_3_and_16_concurrent_pulls";
     if !tools_available(test) {
@@ -314,7 +313,6 @@ impl SlowFill {
 }
 
 #[test]
-#[ignore = "needs fill leases"]
 fn killing_the_holder_mid_blob_costs_the_others_at_most_a_tenth_of_it() {
     let test = "killing_the_holder_mid_blob_costs_the_others_at_most_a_tenth_of_it";
     if !tools_available(test) {
@@ -342,9 +340,12 @@ fn killing_the_holder_mid_blob_costs_the_others_at_most_a_tenth_of_it() {
     );
 }
 
+/// A stopped holder (SIGSTOP: its socket still accepts, nothing answers):
+/// the others' pulls complete, and after SIGCONT every replica, the woken
+/// one included, serves the right image.
 #[test]
-fn a_stopped_holder_is_taken_over_and_serves_nothing_wrong_when_it_resumes() {
-    let test = "a_stopped_holder_is_taken_over_and_serves_nothing_wrong_when_it_resumes";
+fn a_stopped_holder_delays_the_others_but_nothing_wrong_is_served_when_it_resumes() {
+    let test = "a_stopped_holder_delays_the_others_but_nothing_wrong_is_served_when_it_resumes";
     if !tools_available(test) {
         return;
     }
@@ -352,9 +353,11 @@ fn a_stopped_holder_is_taken_over_and_serves_nothing_wrong_when_it_resumes() {
         return;
     };
     let fill = slow_fill(&s3, "fleet-stop", 2481);
-    signal(&fill.fleet.replicas[0], rustix::process::Signal::STOP);
-    let others = fill.others_pull();
-    fill.check(others);
+    let sent = stop_holder_while_the_others_pull(&fill);
+    eprintln!(
+        "fleet: while the holder was stopped the origin sent {sent} B for the others ({:.3}x the layer)",
+        sent as f64 / fill.layer as f64
+    );
     signal(&fill.fleet.replicas[0], rustix::process::Signal::CONT);
     // The holder's own client gets the right blob, or an error; never wrong bytes.
     if let Ok(got) = fill.holder_pull.join().unwrap() {
@@ -367,6 +370,40 @@ fn a_stopped_holder_is_taken_over_and_serves_nothing_wrong_when_it_resumes() {
             .unwrap_or_else(|e| panic!("replica {i}: {e}\n{}", fill.fleet.logs()));
         assert_eq!(got.digest, fill.app.digest);
     }
+}
+
+/// SIGSTOPs the holder, pulls through the other two replicas, checks what
+/// they got, and returns what the origin sent meanwhile.
+fn stop_holder_while_the_others_pull(fill: &SlowFill) -> u64 {
+    signal(&fill.fleet.replicas[0], rustix::process::Signal::STOP);
+    let stopped_at = fill.link.bytes_from_target();
+    let others = fill.others_pull();
+    fill.check(others);
+    fill.link.bytes_from_target() - stopped_at
+}
+
+/// A stopped holder is taken over by exactly one of the waiting replicas
+/// (the other streams from the taker), so the origin sends the layer about
+/// once more, not once per waiting replica.
+#[test]
+#[ignore = "needs the fleet fill to wait out an unanswering holder and take over (today it fills alone)"]
+fn a_stopped_holder_is_taken_over_by_exactly_one_replica() {
+    let test = "a_stopped_holder_is_taken_over_by_exactly_one_replica";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(s3) = S3Server::start(test) else {
+        return;
+    };
+    let fill = slow_fill(&s3, "fleet-takeover", 2482);
+    let sent = stop_holder_while_the_others_pull(&fill);
+    let ratio = sent as f64 / fill.layer as f64;
+    signal(&fill.fleet.replicas[0], rustix::process::Signal::CONT);
+    assert!(
+        ratio <= MAX_AFTER_KILL,
+        "{ratio:.3}x the layer\n{}",
+        fill.fleet.logs()
+    );
 }
 
 /// Fail open: on a bucket that ignores conditional writes (every lease
