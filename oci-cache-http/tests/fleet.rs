@@ -285,3 +285,54 @@ async fn a_replica_that_does_not_answer_costs_at_most_the_read_timeout() {
         other => panic!("{other}"),
     }
 }
+
+/// With client authentication on, replicas (which send no user) still get
+/// the peer route with the secret, and nothing without it.
+#[tokio::test]
+async fn client_authentication_leaves_the_peer_route_to_the_fleet_secret() {
+    let (svc, fake) = peer_service();
+    let bytes = data(20_000);
+    let digest = fake.add_blob(BlobScript::new(&bytes));
+    let dir = tempfile::tempdir().unwrap();
+    let config = mirrors("http://127.0.0.1:9");
+    let pipeline = behind_auth(svc.clone(), &config, dir.path(), "dev", &[]);
+    let call = |authorization: Option<String>, path: String| {
+        let pipeline = pipeline.clone();
+        async move {
+            let mut request = http::Request::get(path);
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let response = pipeline
+                .handle(request.body(http_body_util::Empty::<Bytes>::new()).unwrap())
+                .await;
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, body)
+        }
+    };
+    // Filled through the service itself (the test's own client).
+    assert_eq!(
+        get(&svc, &format!("/v2/library/alpine/blobs/{digest}"))
+            .await
+            .body,
+        bytes
+    );
+    let mut served = call(Some(bearer()), peer_path(&digest)).await;
+    for _ in 0..100 {
+        if served.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        served = call(Some(bearer()), peer_path(&digest)).await;
+    }
+    assert_eq!(served, (http::StatusCode::OK, Bytes::from(bytes)));
+    let refused = call(None, peer_path(&digest)).await;
+    assert_eq!(refused.0, 401);
+    // The registry API still needs a user.
+    let api = call(Some(bearer()), format!("/v2/library/alpine/blobs/{digest}")).await;
+    assert_eq!(api.0, 401);
+}
