@@ -126,6 +126,16 @@ pub enum Error {
     /// An upstream registry failed or refused.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+
+    /// The pull policy denies this repository or tag (see [`crate::policy`]);
+    /// nothing was asked of upstream or storage.
+    #[error("{what} is denied by the pull policy (rule {rule:?}); ask the mirror's operator")]
+    Denied {
+        /// The rule that denied it.
+        rule: String,
+        /// What was asked for, e.g. `docker.io/library/alpine:3`.
+        what: String,
+    },
 }
 
 /// Why a push was refused ([`Error::Push`]); one kind per OCI error code.
@@ -464,6 +474,10 @@ impl Error {
                 message: message.clone(),
             },
             Error::UnknownUpstream { name } => Error::UnknownUpstream { name: name.clone() },
+            Error::Denied { rule, what } => Error::Denied {
+                rule: rule.clone(),
+                what: what.clone(),
+            },
             Error::InvalidManifest { digest, reason } => Error::InvalidManifest {
                 digest: digest.clone(),
                 reason: reason.clone(),

@@ -66,6 +66,7 @@ pub mod hosted;
 pub mod manifest;
 pub mod mirror;
 pub mod observe;
+pub mod policy;
 pub mod reference;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]

@@ -8,7 +8,7 @@
 //! reference                          names: Reference, Repository, Tag, ManifestRef
 //! error                              the crate's Error (names references and digests)
 //! storage, mirror, manifest, observe what is stored, where upstreams are, what it means, events;
-//!   bounds                           the allowed ranges of settings
+//!   bounds, policy                   the allowed ranges of settings; the pull policy
 //! upstream, health                   the engine's view of a registry; storage probes;
 //!   fleet                            fill leases and peer fetches between replicas
 //! cache, hosted, evict               the engines
@@ -31,7 +31,7 @@ const FLOORS: &[&[&str]] = &[
     &["digest", "duration", "file_io"],
     &["reference"],
     &["error"],
-    &["storage", "mirror", "manifest", "observe", "bounds"],
+    &["storage", "mirror", "manifest", "observe", "bounds", "policy"],
     &["upstream", "health", "fleet"],
     &["cache", "hosted", "evict"],
     &["testing"],

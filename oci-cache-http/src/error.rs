@@ -272,6 +272,11 @@ impl OciError {
                 OciErrorCode::ManifestInvalid,
                 format!("upstream {what} is over the limit of {limit} bytes"),
             ),
+            // The rule's name tells the user whom to ask; it is the
+            // operator's own configuration, so safe to show.
+            E::Denied { .. } => {
+                OciError::new(StatusCode::FORBIDDEN, OciErrorCode::Denied, err.to_string())
+            }
             E::Upstream(up) => {
                 let (status, code, message) = match up.kind() {
                     UpstreamErrorKind::NotFound => return not_found("upstream object"),

@@ -86,6 +86,7 @@ use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::evict::{DiskBudget, PurgeReport};
 use crate::fleet::Fleet;
 use crate::observe::{self, SharedObserver};
+use crate::policy::SharedPolicy;
 use crate::reference::{ManifestRef, Reference, Registry, Repository};
 use crate::storage::{ByteStream, Storage, StoredManifest};
 use crate::upstream::Upstream;
@@ -290,6 +291,8 @@ struct Shared<S: ?Sized, U: ?Sized> {
     revalidated: revalidated::Revalidated,
     /// Fleet mode ([`PullThrough::with_fleet`]): set at most once.
     fleet: std::sync::OnceLock<Fleet>,
+    /// Checked before storage or upstream is asked anything.
+    policy: SharedPolicy,
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -388,6 +391,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 observer,
                 fleet: std::sync::OnceLock::new(),
                 revalidated: revalidated::Revalidated::default(),
+                policy: SharedPolicy::default(),
             }),
         }
     }
@@ -430,6 +434,12 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         &self.inner.budget
     }
 
+    /// The pull policy every request is checked against first (allow-all
+    /// until [`SharedPolicy::replace`]d); swappable while serving.
+    pub fn policy(&self) -> &SharedPolicy {
+        &self.inner.policy
+    }
+
     /// The options the engine runs with.
     pub fn options(&self) -> &CacheOptions {
         &self.inner.options
@@ -452,6 +462,9 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<ManifestResponse> {
+        self.inner
+            .policy
+            .check(registry, repository, Some(reference))?;
         let accept = AcceptSet::parse(accept);
         manifest::manifest(&self.inner, registry, repository, reference, &accept).await
     }
@@ -466,6 +479,9 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<ManifestHeadResponse> {
+        self.inner
+            .policy
+            .check(registry, repository, Some(reference))?;
         let accept = AcceptSet::parse(accept);
         manifest::manifest_head(&self.inner, registry, repository, reference, &accept).await
     }
@@ -487,6 +503,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobResponse> {
+        self.inner.policy.check(registry, repository, None)?;
         if let Some(hit) = self.inner.stored_blob(digest, range.clone()).await? {
             return Ok(hit);
         }
@@ -501,6 +518,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<(u64, CacheOutcome)> {
+        self.inner.policy.check(registry, repository, None)?;
         if let Some(info) = self.inner.storage.blob_stat(digest).await? {
             return Ok((info.size, CacheOutcome::Hit));
         }

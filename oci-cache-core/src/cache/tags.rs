@@ -105,6 +105,7 @@ where
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<(TagList, CacheOutcome)> {
+        self.inner.policy.check(registry, repository, None)?;
         let key = TagsKey {
             registry: registry.clone(),
             repository: repository.clone(),
