@@ -87,6 +87,12 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 
     /// An eviction pass or a purge ended (also when it removed nothing).
     fn eviction(&self, _event: &EvictionEvent) {}
+
+    /// A request joined or left an upstream's budget queue.
+    fn budget(&self, _event: &BudgetEvent) {}
+
+    /// An upstream told its rate-limit allowance (`ratelimit-*` headers).
+    fn rate_limit(&self, _event: &RateLimitEvent) {}
 }
 
 /// The observer that ignores everything (the default).
@@ -136,6 +142,38 @@ impl Observer for Fanout {
     fn eviction(&self, event: &EvictionEvent) {
         self.0.iter().for_each(|o| o.eviction(event));
     }
+    fn budget(&self, event: &BudgetEvent) {
+        self.0.iter().for_each(|o| o.budget(event));
+    }
+    fn rate_limit(&self, event: &RateLimitEvent) {
+        self.0.iter().for_each(|o| o.rate_limit(event));
+    }
+}
+
+/// An upstream's request budget (concurrency cap and rate) after a request
+/// joined its queue or was let through.
+// Not `non_exhaustive`: oci-cache-http builds it.
+#[derive(Debug, Clone)]
+pub struct BudgetEvent {
+    /// The configured upstream.
+    pub upstream: Registry,
+    /// Requests waiting for the budget now.
+    pub queued: usize,
+    /// Set when a request was let through: how long it waited (queue and rate).
+    pub waited: Option<Duration>,
+}
+
+/// An upstream's pull allowance, from its `ratelimit-limit` /
+/// `ratelimit-remaining` (or `RateLimit`) response headers.
+// Not `non_exhaustive`: oci-cache-http builds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitEvent {
+    /// The configured upstream.
+    pub upstream: Registry,
+    /// Requests allowed per window, when the upstream said.
+    pub limit: Option<u64>,
+    /// Requests left in the current window, when the upstream said.
+    pub remaining: Option<u64>,
 }
 
 /// A request, reported when its response body has ended or was dropped.

@@ -18,6 +18,9 @@
 //! | `oci_cache_upstream_request_duration_seconds` | `upstream` | each attempt, until its headers |
 //! | `oci_cache_upstream_bytes_total` | `upstream` | body bytes received from upstreams |
 //! | `oci_cache_upstream_throttled_total` | `upstream` | 429 answers |
+//! | `oci_cache_upstream_queued` | `upstream` | requests waiting for the upstream's budget (concurrency cap, rate) |
+//! | `oci_cache_upstream_wait_seconds` | `upstream` | time each request waited for the budget |
+//! | `oci_cache_upstream_ratelimit_remaining`, `oci_cache_upstream_ratelimit_limit` | `upstream` | the pull allowance from the upstream's `ratelimit-*` headers, as last answered |
 //! | `oci_cache_fills_in_flight` | | blob fills under way |
 //! | `oci_cache_fill_resumes_total` | `how` | cut upstream connections a fill continued: `range` (a `206` from the byte reached), or `range_ignored` / `entity_changed` (upstream sent the blob from byte 0 again) |
 //! | `oci_cache_fill_refetched_bytes_total` | | bytes before a cut that upstream sent again (restarts) |
@@ -39,8 +42,8 @@
 use std::fmt::Write as _;
 
 use oci_cache_core::observe::{
-    BreakerEvent, EvictionEvent, FillEvent, FillPhase, Observer, RequestEvent, UpstreamEvent,
-    UpstreamOutcome,
+    BreakerEvent, BudgetEvent, EvictionEvent, FillEvent, FillPhase, Observer, RateLimitEvent,
+    RequestEvent, UpstreamEvent, UpstreamOutcome,
 };
 use oci_cache_core::UpstreamErrorKind;
 use prometheus_client::encoding::text::encode;
@@ -109,6 +112,10 @@ pub struct Metrics {
     upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_bytes: Family<UpstreamLabels, Counter>,
     upstream_throttled: Family<UpstreamLabels, Counter>,
+    upstream_queued: Family<UpstreamLabels, Gauge>,
+    upstream_wait: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    ratelimit_remaining: Family<UpstreamLabels, Gauge>,
+    ratelimit_limit: Family<UpstreamLabels, Gauge>,
     fills_in_flight: Gauge,
     fill_resumes: Family<ResumeLabels, Counter>,
     fill_refetched_bytes: Counter,
@@ -142,6 +149,10 @@ impl Metrics {
             Family::new_with_constructor(request_histogram as fn() -> Histogram);
         let upstream_bytes = Family::<UpstreamLabels, Counter>::default();
         let upstream_throttled = Family::<UpstreamLabels, Counter>::default();
+        let upstream_queued = Family::<UpstreamLabels, Gauge>::default();
+        let upstream_wait = Family::new_with_constructor(request_histogram as fn() -> Histogram);
+        let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
+        let ratelimit_limit = Family::<UpstreamLabels, Gauge>::default();
         let fills_in_flight = Gauge::default();
         let fill_resumes = Family::<ResumeLabels, Counter>::default();
         let fill_refetched_bytes = Counter::default();
@@ -190,6 +201,26 @@ impl Metrics {
             "oci_cache_upstream_throttled",
             "Upstream answers 429 Too Many Requests",
             upstream_throttled.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_queued",
+            "Requests waiting for an upstream's budget (concurrency cap and rate)",
+            upstream_queued.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_wait_seconds",
+            "Time requests waited for an upstream's budget",
+            upstream_wait.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_ratelimit_remaining",
+            "Requests left in the upstream's rate-limit window, as it last said",
+            ratelimit_remaining.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_ratelimit_limit",
+            "Requests the upstream allows per rate-limit window, as it last said",
+            ratelimit_limit.clone(),
         );
         registry.register(
             "oci_cache_fills_in_flight",
@@ -265,6 +296,10 @@ impl Metrics {
             upstream_duration,
             upstream_bytes,
             upstream_throttled,
+            upstream_queued,
+            upstream_wait,
+            ratelimit_remaining,
+            ratelimit_limit,
             fills_in_flight,
             fill_resumes,
             fill_refetched_bytes,
@@ -313,6 +348,37 @@ impl Metrics {
 }
 
 impl Observer for Metrics {
+    fn budget(&self, event: &BudgetEvent) {
+        let upstream = UpstreamLabels {
+            upstream: event.upstream.to_string(),
+        };
+        self.upstream_queued
+            .get_or_create(&upstream)
+            .set(i64::try_from(event.queued).unwrap_or(i64::MAX));
+        if let Some(waited) = event.waited {
+            self.upstream_wait
+                .get_or_create(&upstream)
+                .observe(waited.as_secs_f64());
+        }
+    }
+
+    fn rate_limit(&self, event: &RateLimitEvent) {
+        let upstream = UpstreamLabels {
+            upstream: event.upstream.to_string(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(remaining) = event.remaining {
+            self.ratelimit_remaining
+                .get_or_create(&upstream)
+                .set(gauge(remaining));
+        }
+        if let Some(limit) = event.limit {
+            self.ratelimit_limit
+                .get_or_create(&upstream)
+                .set(gauge(limit));
+        }
+    }
+
     fn request(&self, event: &RequestEvent) {
         let cache = event.cache.map_or("none", |c| c.as_str());
         self.requests

@@ -172,7 +172,7 @@ impl PeerFills for HyperPeerFills {
                 actual: size,
             });
         }
-        let stream = blob_stream(response.into_body(), self.options.read_timeout, origin);
+        let stream = blob_stream(response, self.options.read_timeout, origin);
         Ok(FetchedBlob {
             size: Some(size),
             stream,

@@ -106,11 +106,7 @@ impl HyperUpstream {
             .get(ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let stream = blob_stream(
-            response.into_body(),
-            self.options.read_timeout,
-            endpoint.clone(),
-        );
+        let stream = blob_stream(response, self.options.read_timeout, endpoint.clone());
         Ok(FetchedRange::partial(start, total, stream)
             .with_etag(etag)
             .with_endpoint(Some(endpoint.clone())))

@@ -5,8 +5,9 @@
 //! any answer (even a 404) resets the count. After `threshold` failures in a
 //! row the breaker opens for `cooldown`: the endpoint is skipped. When the
 //! cool-down is over one request probes it (half-open) while the others keep
-//! skipping; its outcome closes or reopens the breaker. A `429` opens the
-//! breaker at once for the `Retry-After` the endpoint asked for.
+//! skipping; its outcome closes or reopens the breaker. A `429` without
+//! `Retry-After` opens the breaker at once for the cool-down; one with it
+//! pauses the whole host instead (`backoff`).
 //!
 //! Decisions use [`UpstreamErrorKind`] only, never message text.
 
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use oci_cache_core::UpstreamErrorKind;
 
-/// Longest `Retry-After` honoured; a registry asking for more is retried after this.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Longest `Retry-After` honoured (ten minutes); a registry asking for more
+/// is retried after this.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Longest cool-down: the configuration refuses more, and an embedder's
 /// larger value is cut to it, so `now + cooldown` cannot overflow.
 const MAX_COOLDOWN: Duration = oci_cache_core::bounds::DAY;
@@ -54,7 +56,10 @@ impl Outcome {
     pub(crate) fn of_error(kind: UpstreamErrorKind, retry_after: Option<Duration>) -> Outcome {
         match kind {
             UpstreamErrorKind::Unavailable | UpstreamErrorKind::Timeout => Outcome::Failed,
-            UpstreamErrorKind::TooManyRequests => Outcome::Throttled(retry_after),
+            // With a Retry-After the whole host is paused (`backoff`), and
+            // clients are told 429 rather than "skipped": the breaker stays out.
+            UpstreamErrorKind::TooManyRequests if retry_after.is_some() => Outcome::Answered,
+            UpstreamErrorKind::TooManyRequests => Outcome::Throttled(None),
             _ => Outcome::Answered,
         }
     }
@@ -287,7 +292,12 @@ mod tests {
                 UpstreamErrorKind::TooManyRequests,
                 Some(Duration::from_secs(1))
             ),
-            Outcome::Throttled(Some(Duration::from_secs(1)))
+            Outcome::Answered,
+            "the host's pause honours a Retry-After"
+        );
+        assert_eq!(
+            Outcome::of_error(UpstreamErrorKind::TooManyRequests, None),
+            Outcome::Throttled(None)
         );
     }
 }

@@ -11,7 +11,7 @@ use oci_cache_core::{Error as CoreError, ErrorChain, UpstreamError, UpstreamErro
 
 use super::breaker::Outcome;
 use super::report::{outcome_of, Received, Reporter};
-use super::{CoreResult, HyperUpstream};
+use super::{CoreResult, HyperUpstream, UpstreamState};
 
 impl HyperUpstream {
     /// Runs `op` on each endpoint of `registry`'s chain that may answer a
@@ -43,6 +43,12 @@ impl HyperUpstream {
         let upstream =
             self.mirrors
                 .lookup(registry.as_str())
+                .ok_or_else(|| CoreError::UnknownUpstream {
+                    name: registry.to_string(),
+                })?;
+        let budget =
+            self.budgets
+                .get(upstream.name.as_str())
                 .ok_or_else(|| CoreError::UnknownUpstream {
                     name: registry.to_string(),
                 })?;
@@ -109,6 +115,8 @@ impl HyperUpstream {
                 endpoint,
                 registry,
                 is_origin: upstream.is_origin(endpoint),
+                upstream: &upstream.name,
+                budget,
             };
             let started = Instant::now();
             let result = op(target).await;
@@ -148,12 +156,16 @@ pub(super) struct Route<'r> {
     pub(super) avoid: &'r [String],
 }
 
-/// One endpoint of a chain, and whether it is the registry's origin.
+/// One endpoint of a chain, whether it is the registry's origin, and the
+/// budget of the upstream it serves.
 #[derive(Clone, Copy)]
 pub(super) struct Target<'a> {
     pub(super) endpoint: &'a Endpoint,
     pub(super) registry: &'a Registry,
     pub(super) is_origin: bool,
+    /// The configured upstream's name (`registry` may be an alias).
+    pub(super) upstream: &'a Registry,
+    pub(super) budget: &'a UpstreamState,
 }
 
 impl Target<'_> {
@@ -229,12 +241,26 @@ mod tests {
                 "http://h/v2/docker.io/library/alpine/manifests/3",
             ),
         ];
+        let limits = super::super::BudgetLimits {
+            max_concurrent: 8,
+            per_second: None,
+        };
+        let state = UpstreamState {
+            budget: std::sync::Arc::new(super::super::Budget::new(
+                registry.clone(),
+                limits,
+                oci_cache_core::observe::noop(),
+            )),
+            allowance: Default::default(),
+        };
         for (base, override_path, is_origin, expected) in cases {
             let ep = endpoint(base, override_path);
             let target = Target {
                 endpoint: &ep,
                 registry: &registry,
                 is_origin,
+                upstream: &registry,
+                budget: &state,
             };
             assert_eq!(target.url(&repo, "manifests/3", None), expected);
         }

@@ -13,8 +13,10 @@
 //! registry's port.
 
 pub(crate) mod auth;
+mod backoff;
 mod blob;
 mod breaker;
+mod budget;
 mod chain;
 mod options;
 pub(crate) mod registry;
@@ -33,11 +35,13 @@ use oci_cache_core::mirror::{Endpoint, MirrorConfig};
 use oci_cache_core::observe::{self, SharedObserver};
 
 use self::auth::AuthCache;
+use self::backoff::{Allowance, Pauses};
 use self::breaker::Breakers;
+use self::budget::{Budget, BudgetLimits};
 use self::transport::build_client;
 use self::trust::RefusalLog;
 
-pub use self::options::{ProxyConfig, UpstreamOptions};
+pub use self::options::{ProxyConfig, UpstreamBudget, UpstreamOptions};
 
 type CoreResult<T> = oci_cache_core::Result<T>;
 
@@ -53,6 +57,17 @@ pub struct HyperUpstream {
     options: UpstreamOptions,
     observer: SharedObserver,
     refusals: RefusalLog,
+    /// Each upstream's request budget and pull allowance, by upstream name.
+    budgets: HashMap<String, UpstreamState>,
+    /// Hosts that answered 429/503 with `Retry-After`, until then.
+    pauses: Pauses,
+}
+
+/// What the client keeps per configured upstream.
+#[derive(Debug)]
+struct UpstreamState {
+    budget: Arc<Budget>,
+    allowance: Allowance,
 }
 
 impl HyperUpstream {
@@ -78,7 +93,10 @@ impl HyperUpstream {
         if options.offline {
             tracing::info!("offline: serving only cached content, never contacting upstreams");
         }
+        let budgets = budgets(&mirrors, &options, &observe::noop());
         Ok(HyperUpstream {
+            budgets,
+            pauses: Pauses::default(),
             mirrors,
             client,
             tls_clients,
@@ -93,6 +111,7 @@ impl HyperUpstream {
     /// Reports every attempt on an endpoint, blob body ends, breaker
     /// changes and refused realms and redirects to `observer`.
     pub fn with_observer(mut self, observer: SharedObserver) -> Self {
+        self.budgets = budgets(&self.mirrors, &self.options, &observer);
         self.observer = observer;
         self
     }
@@ -101,4 +120,35 @@ impl HyperUpstream {
     fn client_for(&self, endpoint: &Endpoint) -> &HttpClient {
         self.tls_clients.get(&endpoint.url).unwrap_or(&self.client)
     }
+}
+
+/// A budget for every configured upstream: its own limits when
+/// [`UpstreamOptions::budgets`] has them, else the defaults.
+fn budgets(
+    mirrors: &MirrorConfig,
+    options: &UpstreamOptions,
+    observer: &SharedObserver,
+) -> HashMap<String, UpstreamState> {
+    mirrors
+        .upstreams
+        .iter()
+        .map(|upstream| {
+            let name = upstream.name.as_str();
+            let own = options.budgets.get(name);
+            let limits = BudgetLimits {
+                max_concurrent: own
+                    .and_then(|b| b.max_concurrent_requests)
+                    .unwrap_or(options.max_concurrent_requests),
+                per_second: own
+                    .and_then(|b| b.requests_per_second)
+                    .or(options.requests_per_second),
+            };
+            let budget = Budget::new(upstream.name.clone(), limits, observer.clone());
+            let state = UpstreamState {
+                budget: Arc::new(budget),
+                allowance: Allowance::default(),
+            };
+            (name.to_owned(), state)
+        })
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! The client's tunables: [`UpstreamOptions`] and [`ProxyConfig`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use hyper_util::client::proxy::matcher::Matcher;
@@ -109,6 +110,9 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
+/// The default cap on requests in flight to one upstream: safe for Docker Hub.
+const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
+
 /// Tunables of the upstream client.
 ///
 /// Deserializes from a table of the field names, all optional (durations as
@@ -160,6 +164,38 @@ pub struct UpstreamOptions {
     /// How long an open breaker skips its endpoint before one request probes it.
     #[serde(with = "duration")]
     pub breaker_cooldown: Duration,
+    /// Requests in flight to one upstream at most (a blob counts until its
+    /// body has streamed); a quarter of them (at least one) is kept for
+    /// tokens and manifests. At least 2.
+    pub max_concurrent_requests: usize,
+    /// Requests started per second to one upstream at most; unlimited when unset.
+    pub requests_per_second: Option<f64>,
+    /// Limits of single upstreams, by upstream name, over the two above
+    /// (a config file sets them in the upstream's `[[upstream]]` table).
+    #[serde(skip)]
+    pub budgets: HashMap<String, UpstreamBudget>,
+}
+
+/// One upstream's own request budget; a field left `None` takes
+/// [`UpstreamOptions`]' default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct UpstreamBudget {
+    /// See [`UpstreamOptions::max_concurrent_requests`].
+    pub max_concurrent_requests: Option<usize>,
+    /// See [`UpstreamOptions::requests_per_second`].
+    pub requests_per_second: Option<f64>,
+}
+
+impl UpstreamBudget {
+    /// A budget of at most `max_concurrent_requests` in flight and
+    /// `requests_per_second` started per second (`None`: the defaults).
+    pub fn new(max_concurrent_requests: Option<usize>, requests_per_second: Option<f64>) -> Self {
+        UpstreamBudget {
+            max_concurrent_requests,
+            requests_per_second,
+        }
+    }
 }
 
 impl Default for UpstreamOptions {
@@ -179,6 +215,9 @@ impl Default for UpstreamOptions {
             offline: false,
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(30),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            requests_per_second: None,
+            budgets: HashMap::new(),
         }
     }
 }
@@ -267,6 +306,24 @@ impl UpstreamOptions {
         self.breaker_cooldown = cooldown;
         self
     }
+
+    /// Sets the default cap on requests in flight per upstream.
+    pub fn with_max_concurrent_requests(mut self, requests: usize) -> Self {
+        self.max_concurrent_requests = requests;
+        self
+    }
+
+    /// Sets the default request rate per upstream (`None`: unlimited).
+    pub fn with_requests_per_second(mut self, rate: Option<f64>) -> Self {
+        self.requests_per_second = rate;
+        self
+    }
+
+    /// Gives the upstream named `upstream` its own budget.
+    pub fn with_budget(mut self, upstream: impl Into<String>, budget: UpstreamBudget) -> Self {
+        self.budgets.insert(upstream.into(), budget);
+        self
+    }
     /// Checks every duration and count against its allowed range (see
     /// [`oci_cache_core::bounds`]); the error names the field and the range.
     pub fn validate(&self) -> oci_cache_core::Result<()> {
@@ -302,7 +359,40 @@ impl UpstreamOptions {
             u64::from(self.breaker_threshold),
             0..=10_000,
         )?;
+        validate_budget("", self.max_concurrent_requests, self.requests_per_second)?;
+        for (name, budget) in &self.budgets {
+            validate_budget(
+                &format!("upstream {name:?}: "),
+                budget
+                    .max_concurrent_requests
+                    .unwrap_or(self.max_concurrent_requests),
+                budget.requests_per_second,
+            )?;
+        }
         Ok(())
+    }
+}
+
+/// A cap of 2..=10000 requests in flight and a rate of 0.01..=100000 per second.
+fn validate_budget(
+    prefix: &str,
+    max_concurrent: usize,
+    per_second: Option<f64>,
+) -> oci_cache_core::Result<()> {
+    use oci_cache_core::bounds::count_in;
+    count_in(
+        &format!("{prefix}max_concurrent_requests"),
+        max_concurrent as u64,
+        2..=10_000,
+    )?;
+    match per_second {
+        Some(rate) if !(0.01..=100_000.0).contains(&rate) => {
+            Err(oci_cache_core::Error::Config(format!(
+                "{prefix}requests_per_second is {rate}; write a rate from 0.01 to 100000 \
+                 (0.5 is one request every two seconds), or leave it out for no rate limit"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

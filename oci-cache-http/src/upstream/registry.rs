@@ -64,7 +64,7 @@ impl HyperUpstream {
             return Err(too_large("manifest", limit, size));
         }
         let bytes = self
-            .read_body(response.into_body(), limit, &endpoint, "manifest")
+            .read_body(response, limit, &endpoint, "manifest")
             .await?;
         head.size = Some(bytes.len() as u64);
         // A lying endpoint is skipped here (Invalid moves the chain on), so the
@@ -127,7 +127,7 @@ impl HyperUpstream {
             let next = next_link(&response, &url).and_then(|next| self.link_allowed(&target, next));
             let body = self
                 .read_body(
-                    response.into_body(),
+                    response,
                     max_bytes.saturating_sub(received),
                     &target.endpoint.url,
                     "tag list",

@@ -4,7 +4,6 @@
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use oci_cache_core::mirror::Endpoint;
 use oci_cache_core::{UpstreamError, UpstreamErrorKind};
 
 use super::auth::{self, Challenge, TokenKey};
@@ -58,7 +57,7 @@ impl HyperUpstream {
         // fresh 401 decide.
         let mut authorization = match self.auth.challenge(&origin) {
             Some(challenge) => self
-                .authorize(&challenge, endpoint, scope, false)
+                .authorize(&challenge, target, scope, false)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::debug!(endpoint = %endpoint.url, error = %e, "could not pre-authorize");
@@ -70,7 +69,7 @@ impl HyperUpstream {
         loop {
             let response = self
                 .follow(
-                    endpoint,
+                    target,
                     purpose,
                     method.clone(),
                     uri.clone(),
@@ -90,7 +89,10 @@ impl HyperUpstream {
                     .flat_map(auth::parse_challenges)
                     .collect::<Vec<_>>();
                 if let Some(challenge) = auth::pick_challenge(challenge) {
-                    let refreshed = self.authorize(&challenge, endpoint, scope, true).await?;
+                    // The 401 gives its budget permit back before the token
+                    // request takes one: holding both could use up the budget.
+                    let unauthorized = check_status(response, &endpoint.url);
+                    let refreshed = self.authorize(&challenge, target, scope, true).await?;
                     // Remembered only once answerable, so a bad realm is not
                     // retried before every later request.
                     self.auth.put_challenge(&origin, challenge);
@@ -98,6 +100,7 @@ impl HyperUpstream {
                         authorization = refreshed;
                         continue;
                     }
+                    return unauthorized;
                 }
             }
             return check_status(response, &endpoint.url);
@@ -109,10 +112,11 @@ impl HyperUpstream {
     pub(super) async fn authorize(
         &self,
         challenge: &Challenge,
-        endpoint: &Endpoint,
+        target: &Target<'_>,
         scope: &str,
         refresh: bool,
     ) -> CoreResult<Option<String>> {
+        let endpoint = target.endpoint;
         let credentials = endpoint.credentials.as_ref();
         if challenge.scheme == "basic" {
             return Ok(credentials.map(auth::basic_header));
@@ -157,7 +161,7 @@ impl HyperUpstream {
         let basic = credentials.map(auth::basic_header);
         let response = self
             .follow(
-                endpoint,
+                target,
                 Purpose::Realm,
                 Method::GET,
                 uri,
@@ -169,7 +173,7 @@ impl HyperUpstream {
             .await?;
         let response = check_status(response, realm)?;
         let body = self
-            .read_body(response.into_body(), 64 * 1024, realm, "token response")
+            .read_body(response, 64 * 1024, realm, "token response")
             .await?;
         let (token, lifetime) = auth::parse_token_response(&body).ok_or_else(|| {
             UpstreamError::new(

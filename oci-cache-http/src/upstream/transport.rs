@@ -22,6 +22,8 @@ use oci_cache_core::mirror::Endpoint;
 use oci_cache_core::{Error as CoreError, UpstreamError, UpstreamErrorKind};
 use tokio::net::TcpStream;
 
+use super::budget::{Permit, Priority};
+use super::chain::Target;
 use super::trust::{self, Purpose, Refusal};
 use super::{CoreResult, HyperUpstream, UpstreamOptions};
 
@@ -104,13 +106,18 @@ fn client_over(
 }
 
 impl HyperUpstream {
-    /// Sends a request for `endpoint`, following the redirects `purpose`
-    /// allows (see `trust`); `Authorization` only goes to the first origin.
-    /// `label` names the request in errors (the endpoint, or the realm).
+    /// Sends a request for `target`'s endpoint, following the redirects
+    /// `purpose` allows (see `trust`); `Authorization` only goes to the first
+    /// origin. `label` names the request in errors (the endpoint, or the realm).
+    ///
+    /// Every request to an upstream passes here, so this is where its budget
+    /// is taken (the [`Permit`] travels in the response's extensions until
+    /// the answer is read, see [`permit_of`]) and where a host that asked to
+    /// be left alone is not asked (see `backoff`).
     #[allow(clippy::too_many_arguments)] // one request's parts; a struct would only rename them
     pub(super) async fn follow(
         &self,
-        endpoint: &Endpoint,
+        target: &Target<'_>,
         purpose: Purpose,
         method: Method,
         uri: Uri,
@@ -119,8 +126,17 @@ impl HyperUpstream {
         label: &str,
         headers: &http::HeaderMap,
     ) -> CoreResult<Response<Incoming>> {
+        let endpoint = target.endpoint;
         let client = self.client_for(endpoint);
         let first_origin = origin_of(&uri);
+        self.pauses.check(&first_origin, label)?;
+        let priority = match purpose {
+            Purpose::Blob => Priority::Bulk,
+            Purpose::Api | Purpose::Realm => Priority::Urgent,
+        };
+        let permit = Arc::new(target.budget.budget.acquire(priority).await);
+        // The pause may have begun while this request queued.
+        self.pauses.check(&first_origin, label)?;
         let mut current = uri;
         for _ in 0..=self.options.max_redirects {
             let same_origin = origin_of(&current) == first_origin;
@@ -160,16 +176,25 @@ impl HyperUpstream {
                         UpstreamError::new(UpstreamErrorKind::Unavailable, label, "request failed")
                             .with_source(e)
                     })?;
-            if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
-                return Ok(response);
-            }
-            let Some(location) = response
+            let mut response = response;
+            self.pauses
+                .record(&origin_of(&current), response.status(), response.headers());
+            target
+                .budget
+                .allowance
+                .record(target.upstream, response.headers(), &self.observer);
+            let redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = response
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-            else {
+                .filter(|_| redirect)
+                .map(str::to_owned);
+            let Some(location) = location else {
+                response.extensions_mut().insert(permit);
                 return Ok(response);
             };
+            let location = location.as_str();
             current = self.redirect_target(endpoint, purpose, &current, location, label)?;
             tracing::debug!(to = %origin_of(&current), "following redirect");
         }
@@ -216,13 +241,15 @@ impl HyperUpstream {
 
     /// Reads a whole body of at most `limit` bytes, giving up when it stalls
     /// for the read timeout.
+    /// The response's budget permit is held until the body is in.
     pub(super) async fn read_body(
         &self,
-        mut body: Incoming,
+        response: Response<Incoming>,
         limit: u64,
         endpoint: &str,
         what: &str,
     ) -> CoreResult<Bytes> {
+        let (_held, mut body) = response.into_parts();
         let mut buffer = BytesMut::new();
         loop {
             let frame = tokio::time::timeout(self.options.read_timeout, body.frame())
@@ -305,19 +332,26 @@ pub(super) fn too_large(what: &str, limit: u64, actual: u64) -> CoreError {
     }
 }
 
-/// A blob body as a stream that fails when no chunk arrives for `read_timeout`.
+/// The budget permit `follow` put in a response, to hold while its body is read.
+pub(super) fn permit_of(response: &mut Response<Incoming>) -> Option<Arc<Permit>> {
+    response.extensions_mut().remove::<Arc<Permit>>()
+}
+
+/// A blob body as a stream that fails when no chunk arrives for
+/// `read_timeout`; `permit` is held until the stream ends or is dropped.
 pub(crate) fn blob_stream(
-    body: Incoming,
+    mut response: Response<Incoming>,
     read_timeout: Duration,
     endpoint: String,
 ) -> oci_cache_core::storage::ByteStream {
-    let chunks = BodyDataStream::new(body);
-    futures::stream::unfold(Some(chunks), move |state| {
+    let permit = permit_of(&mut response);
+    let chunks = BodyDataStream::new(response.into_body());
+    futures::stream::unfold(Some((chunks, permit)), move |state| {
         let endpoint = endpoint.clone();
         async move {
-            let mut chunks = state?;
+            let (mut chunks, permit) = state?;
             match tokio::time::timeout(read_timeout, chunks.next()).await {
-                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(chunks))),
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((chunks, permit)))),
                 Ok(None) => None,
                 Ok(Some(Err(e))) => Some((
                     Err(UpstreamError::new(
