@@ -10,6 +10,7 @@ use oci_cache_core::health::Readiness;
 use oci_cache_core::hosted::{validate_local_prefix, Hosted, HostedOptions};
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{self, SharedObserver};
+use oci_cache_core::policy::PullPolicy;
 use oci_cache_core::storage::Storage;
 use oci_cache_core::upstream::Upstream;
 
@@ -72,6 +73,7 @@ pub struct MirrorBuilder {
     metrics_endpoint: bool,
     /// Fleet mode: the engine's fleet and the secret the peer route takes.
     fleet: Option<(Fleet, PeerSecret)>,
+    policy: PullPolicy,
 }
 
 impl Default for MirrorBuilder {
@@ -90,6 +92,7 @@ impl Default for MirrorBuilder {
             client_auth: None,
             metrics_endpoint: true,
             fleet: None,
+            policy: PullPolicy::default(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl std::fmt::Debug for MirrorBuilder {
             .field("hosted_options", &self.hosted_options)
             .field("client_auth", &self.client_auth)
             .field("metrics_endpoint", &self.metrics_endpoint)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +202,15 @@ impl MirrorBuilder {
         self
     }
 
+    /// The pull policy checked before anything is fetched or served
+    /// (default: allow everything). To change it while serving, replace it
+    /// in [`Engine::policy`](oci_cache_core::cache::PullThrough::policy) of
+    /// [`Mirror::engine`].
+    pub fn pull_policy(mut self, policy: PullPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Fetches through `upstream` instead of the built-in HTTP client (tests,
     /// or an embedder's own transport); the upstream options are then unused,
     /// and upstream and breaker events are whatever that upstream reports.
@@ -274,6 +287,7 @@ impl MirrorBuilder {
             engine = engine.with_fleet(fleet);
             peer_secret = Some(secret);
         }
+        engine.policy().replace(self.policy);
         // Pushed bytes count against the same size cap as cached ones.
         let hosted = hosted.with_budget(Arc::clone(engine.budget()));
         let mut service = OciService::new(engine, mirrors).with_hosted(self.local_prefixes, hosted);

@@ -12,6 +12,7 @@ mod support;
 
 mod api;
 mod auth;
+mod budgets;
 mod chain;
 mod client_auth;
 mod conformance;

@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
+pub mod limited;
+
 // ---------------------------------------------------------------- mock registry
 
 /// One scripted answer.
