@@ -124,4 +124,4 @@ pub use pipeline::Pipeline;
 pub use routing::{MatchedRoute, Routing, RoutingLayer};
 pub use server::{serve, serve_all, serve_with, ServerOptions};
 pub use service::{OciService, ResponseFuture};
-pub use upstream::{HyperUpstream, ProxyConfig, UpstreamOptions};
+pub use upstream::{HyperUpstream, ProxyConfig, UpstreamBudget, UpstreamOptions};
