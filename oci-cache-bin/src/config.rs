@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_cache_core::mirror::{Import, MirrorConfig, UpstreamConfig};
+use oci_cache_core::policy::{PolicyRule, PullPolicy};
 use oci_cache_core::reference::Registry;
 use oci_cache_core::storage::{ObjectStorage, S3Config};
 use oci_cache_http::client_auth::ClientAuthConfig;
@@ -75,6 +76,17 @@ pub(crate) struct FileConfig {
     auth: Option<crate::trust::AuthFile>,
     tls: Option<crate::trust::TlsFile>,
     fleet: Option<crate::fleet::FleetFile>,
+    /// `[policy]` with its `[[policy.rule]]` tables.
+    #[serde(default)]
+    policy: PolicyFile,
+}
+
+/// The `[policy]` table: the pull policy's rules, in order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    rule: Vec<PolicyRule>,
 }
 
 /// The `[limits]` table: the server's connection policy (the upstream
@@ -155,6 +167,8 @@ pub(crate) struct Settings {
     pub(crate) hosted: HostedOptions,
     /// Fleet mode (`--advertise-url`, `--peer-secret-file`, `[fleet]`).
     pub(crate) fleet: Option<crate::fleet::FleetSettings>,
+    /// The pull policy (`[[policy.rule]]`; allow everything without rules).
+    pub(crate) policy: PullPolicy,
 }
 
 impl Settings {
@@ -351,6 +365,11 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         .validate()
         .map_err(|e| format!("{}: [cache] {}", file_label(path), config_message(e)))?;
     let mut upstream_client = file.upstream_client;
+    for entry in &file.upstreams {
+        if let Some(budget) = entry.budget() {
+            upstream_client = upstream_client.with_budget(&entry.name, budget);
+        }
+    }
     upstream_client.validate().map_err(|e| {
         format!(
             "{}: [upstream_client] {}",
@@ -452,8 +471,16 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         path,
         &storage,
     )?;
+    let policy = PullPolicy::new(file.policy.rule).map_err(|e| {
+        format!(
+            "{}: [[policy.rule]] {}",
+            file_label(path),
+            config_message(e)
+        )
+    })?;
     Ok(Settings {
         fleet,
+        policy,
         config_file: sources.config.clone(),
         listeners,
         metrics_listen,

@@ -95,6 +95,7 @@ pub(crate) fn builder_over(settings: &Settings, storage: Arc<dyn Storage>) -> Mi
         .upstream_options(settings.upstream_client.clone())
         .local_prefixes(settings.local_prefixes.clone())
         .hosted_options(settings.hosted.clone())
+        .pull_policy(settings.policy.clone())
 }
 
 /// The engine `settings` describe, and the mirror configuration it routes by

@@ -270,3 +270,57 @@ fn a_yaml_config_file_is_read_as_registry2_configuration() {
         "{e}"
     );
 }
+
+#[test]
+fn budgets_and_the_pull_policy_are_read_and_checked() {
+    let text = r#"
+            [upstream_client]
+            max_concurrent_requests = 6
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            max_concurrent_requests = 4
+            requests_per_second = 0.5
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            [[policy.rule]]
+            name = "no-latest"
+            action = "deny"
+            tag = "latest"
+            [[policy.rule]]
+            name = "alpine"
+            action = "allow"
+            upstream = "docker.io"
+            repository = "library/alpine"
+        "#;
+    let settings = resolve_with(&args(), toml::from_str(text).unwrap()).unwrap();
+    let client = &settings.upstream_client;
+    assert_eq!(client.max_concurrent_requests, 6);
+    assert_eq!(
+        client.budgets.get("docker.io"),
+        Some(&oci_cache_http::UpstreamBudget::new(Some(4), Some(0.5)))
+    );
+    assert!(!client.budgets.contains_key("ghcr.io"));
+    let rules = settings.policy.rules();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].name, "no-latest");
+
+    for (bad, says) in [
+        ("[upstream_client]\nmax_concurrent_requests = 1\n", "max_concurrent_requests"),
+        (
+            "[[upstream]]\nname = \"a.test\"\nurl = \"http://a\"\nrequests_per_second = 0\n",
+            "requests_per_second",
+        ),
+        (
+            "[[policy.rule]]\nname = \"x\"\naction = \"deny\"\n[[policy.rule]]\nname = \"x\"\naction = \"allow\"\n",
+            "two policy rules",
+        ),
+    ] {
+        let err = resolve_with(&args(), toml::from_str(bad).unwrap()).unwrap_err();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    let err = toml::from_str::<FileConfig>("[[policy.rule]]\nname = \"x\"\naction = \"block\"\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("block"), "{err}");
+}

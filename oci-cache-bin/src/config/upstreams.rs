@@ -3,6 +3,7 @@
 use oci_cache_core::mirror::{Credentials, Endpoint, EndpointTls, UpstreamConfig};
 use oci_cache_core::reference::Registry;
 use oci_cache_http::client_auth::Access;
+use oci_cache_http::UpstreamBudget;
 use serde::Deserialize;
 
 /// One `[[upstream]]` table.
@@ -36,6 +37,21 @@ pub(super) struct UpstreamEntry {
     /// Who may read this upstream when client authentication is on.
     #[serde(default)]
     pub(super) access: Option<Access>,
+    /// This upstream's own cap on requests in flight.
+    #[serde(default)]
+    max_concurrent_requests: Option<usize>,
+    /// This upstream's own request rate.
+    #[serde(default)]
+    requests_per_second: Option<f64>,
+}
+
+impl UpstreamEntry {
+    /// The entry's own request budget, if it sets one.
+    pub(super) fn budget(&self) -> Option<UpstreamBudget> {
+        (self.max_concurrent_requests.is_some() || self.requests_per_second.is_some()).then(
+            || UpstreamBudget::new(self.max_concurrent_requests, self.requests_per_second),
+        )
+    }
 }
 
 pub(super) fn registry(name: &str) -> Result<Registry, String> {

@@ -45,6 +45,9 @@ fn probes(heading: &str) -> Option<(Vec<String>, &'static [&'static str])> {
                 "{upstream}mirrors = [{{ url = \"https://m.example\", tls = {{ {{}} = 1 }} }}]\n"
             ),
         ],
+        "`[[policy.rule]]`" => {
+            vec!["[[policy.rule]]\nname = \"a\"\naction = \"deny\"\n{} = 1\n".into()]
+        }
         "`[cache]`"
         | "`[upstream_client]`"
         | "`[limits]`"
