@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use oci_cache_core::cache::CacheOptions;
 use oci_cache_core::policy::{PolicyAction, PolicyRule, PullPolicy};
 use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_http::metrics::Metrics;
@@ -19,11 +20,21 @@ fn mirror(
     options: UpstreamOptions,
     policy: PullPolicy,
 ) -> (OciService, Arc<Metrics>) {
+    mirror_with(registry, options, policy, CacheOptions::default())
+}
+
+fn mirror_with(
+    registry: &LimitedRegistry,
+    options: UpstreamOptions,
+    policy: PullPolicy,
+    cache: CacheOptions,
+) -> (OciService, Arc<Metrics>) {
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let metrics = Arc::new(Metrics::new());
     let mirror = Mirror::builder()
         .upstreams(mirrors(&registry.url()))
         .storage(storage)
+        .cache_options(cache)
         .upstream_options(options.with_proxy(ProxyConfig::Direct))
         .metrics(metrics.clone())
         .pull_policy(policy)
@@ -207,6 +218,46 @@ async fn retry_after_pauses_the_upstream_until_it_expires() {
     assert_eq!(
         sample(&metrics, "oci_cache_upstream_ratelimit_limit"),
         Some(1.0)
+    );
+}
+
+/// While the upstream is paused, a cached tag past its TTL is served stale
+/// instead of asking upstream.
+#[tokio::test]
+async fn a_paused_upstream_leaves_cached_tags_served_stale() {
+    let registry = LimitedRegistry::start(Limits {
+        allowance: Some((1, Duration::from_secs(3))),
+        ..Limits::default()
+    })
+    .await;
+    let cache = CacheOptions::default().with_tag_ttl(Duration::from_millis(500));
+    let (svc, _) = mirror_with(
+        &registry,
+        UpstreamOptions::default(),
+        PullPolicy::default(),
+        cache,
+    );
+    assert_eq!(
+        get(&svc, "/v2/library/img0/manifests/latest").await.status,
+        200
+    );
+    assert_eq!(
+        get(&svc, "/v2/library/img1/manifests/latest").await.status,
+        429
+    );
+    let seen = registry.log().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stale = get(&svc, "/v2/library/img0/manifests/latest").await;
+    assert_eq!(stale.status, 200);
+    let (digest, _) = LimitedRegistry::digests(0);
+    assert_eq!(
+        stale.header("docker-content-digest"),
+        Some(&*digest.to_string())
+    );
+    assert_eq!(
+        registry.log().len(),
+        seen,
+        "the paused upstream was not asked"
     );
 }
 

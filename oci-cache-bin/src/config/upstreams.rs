@@ -48,9 +48,8 @@ pub(super) struct UpstreamEntry {
 impl UpstreamEntry {
     /// The entry's own request budget, if it sets one.
     pub(super) fn budget(&self) -> Option<UpstreamBudget> {
-        (self.max_concurrent_requests.is_some() || self.requests_per_second.is_some()).then(
-            || UpstreamBudget::new(self.max_concurrent_requests, self.requests_per_second),
-        )
+        (self.max_concurrent_requests.is_some() || self.requests_per_second.is_some())
+            .then(|| UpstreamBudget::new(self.max_concurrent_requests, self.requests_per_second))
     }
 }
 

@@ -740,3 +740,36 @@ fn durations_and_sizes_out_of_range_are_refused_naming_key_and_range() {
     let out = oci_cache(&["check-config", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// `warm` goes through the pull policy: a denied image fails naming the
+/// rule, and the upstream is never contacted.
+#[test]
+fn warm_refuses_a_denied_image_without_contacting_upstream() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "default_upstream = \"a.test\"\n[storage]\nkind = \"memory\"\n\
+             [[upstream]]\nname = \"a.test\"\nurl = \"http://{}\"\n\
+             [[policy.rule]]\nname = \"no-team-x\"\naction = \"deny\"\nrepository = \"team-x/*\"\n",
+            upstream.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = oci_cache(&[
+        "warm",
+        "--config",
+        file.to_str().unwrap(),
+        "a.test/team-x/app:v1",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no-team-x"), "{stderr}");
+    assert!(
+        matches!(upstream.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the upstream was contacted"
+    );
+}
