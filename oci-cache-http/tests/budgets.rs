@@ -58,6 +58,27 @@ fn sample(metrics: &Metrics, name: &str) -> Option<f64> {
         })
 }
 
+/// The gauges of the allowance, as the upstream's headers last said.
+fn assert_allowance(metrics: &Metrics, remaining: f64, limit: f64) {
+    let gauge = |name| sample(metrics, name);
+    assert_eq!(
+        (
+            gauge("oci_cache_upstream_ratelimit_remaining"),
+            gauge("oci_cache_upstream_ratelimit_limit")
+        ),
+        (Some(remaining), Some(limit))
+    );
+}
+
+/// A registry allowing `pulls` manifest GETs per `window`.
+async fn with_allowance(pulls: u64, window: Duration) -> LimitedRegistry {
+    LimitedRegistry::start(Limits {
+        allowance: Some((pulls, window)),
+        ..Limits::default()
+    })
+    .await
+}
+
 /// Pulls image `n` the way a client does: the manifest by tag, then its blobs.
 /// `Err` carries a refusal: its status and `Retry-After`.
 async fn pull(svc: &OciService, n: usize) -> Result<(), (StatusCode, Option<String>)> {
@@ -89,11 +110,7 @@ async fn pull(svc: &OciService, n: usize) -> Result<(), (StatusCode, Option<Stri
 /// completes, and the queue was visible while it was used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_of_cold_pulls_stays_under_the_cap() {
-    let registry = LimitedRegistry::start(Limits {
-        allowance: Some((100, Duration::from_secs(3600))),
-        ..Limits::default()
-    })
-    .await;
+    let registry = with_allowance(100, Duration::from_secs(3600)).await;
     let options = UpstreamOptions::default().with_max_concurrent_requests(4);
     let (svc, metrics) = mirror(&registry, options, PullPolicy::default());
     let pulls = (0..50).map(|i| {
@@ -135,11 +152,7 @@ async fn a_fleet_of_cold_pulls_stays_under_the_cap() {
 /// sent to it until its Retry-After has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn past_the_allowance_clients_are_told_when_to_come_back() {
-    let registry = LimitedRegistry::start(Limits {
-        allowance: Some((8, Duration::from_secs(30))),
-        ..Limits::default()
-    })
-    .await;
+    let registry = with_allowance(8, Duration::from_secs(30)).await;
     let options = UpstreamOptions::default().with_max_concurrent_requests(4);
     let (svc, metrics) = mirror(&registry, options, PullPolicy::default());
     let pulls = (0..50).map(|i| {
@@ -166,25 +179,14 @@ async fn past_the_allowance_clients_are_told_when_to_come_back() {
     // none is sent after it.
     let after: Vec<_> = log.iter().filter(|l| l.at > first_429).collect();
     assert!(after.len() < 4, "sent after the 429: {after:?}");
-    assert_eq!(
-        sample(&metrics, "oci_cache_upstream_ratelimit_remaining"),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample(&metrics, "oci_cache_upstream_ratelimit_limit"),
-        Some(8.0)
-    );
+    assert_allowance(&metrics, 0.0, 8.0);
 }
 
 /// Retry-After is honoured: no request reaches the upstream before it
 /// expires, clients get 429 with our own Retry-After, and after it the pull works.
 #[tokio::test]
 async fn retry_after_pauses_the_upstream_until_it_expires() {
-    let registry = LimitedRegistry::start(Limits {
-        allowance: Some((1, Duration::from_secs(2))),
-        ..Limits::default()
-    })
-    .await;
+    let registry = with_allowance(1, Duration::from_secs(2)).await;
     let (svc, metrics) = mirror(&registry, UpstreamOptions::default(), PullPolicy::default());
     let first = get(&svc, "/v2/library/img0/manifests/latest").await;
     assert_eq!(first.status, 200);
@@ -211,25 +213,14 @@ async fn retry_after_pauses_the_upstream_until_it_expires() {
     assert_eq!(after.status, 200);
     let log = registry.log();
     assert_eq!(log.len(), seen + 1);
-    assert_eq!(
-        sample(&metrics, "oci_cache_upstream_ratelimit_remaining"),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample(&metrics, "oci_cache_upstream_ratelimit_limit"),
-        Some(1.0)
-    );
+    assert_allowance(&metrics, 0.0, 1.0);
 }
 
 /// While the upstream is paused, a cached tag past its TTL is served stale
 /// instead of asking upstream.
 #[tokio::test]
 async fn a_paused_upstream_leaves_cached_tags_served_stale() {
-    let registry = LimitedRegistry::start(Limits {
-        allowance: Some((1, Duration::from_secs(3))),
-        ..Limits::default()
-    })
-    .await;
+    let registry = with_allowance(1, Duration::from_secs(3)).await;
     let cache = CacheOptions::default().with_tag_ttl(Duration::from_millis(500));
     let (svc, _) = mirror_with(
         &registry,

@@ -203,6 +203,52 @@ mod tests {
         );
     }
 
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<RateLimitEvent>>);
+
+    impl oci_cache_core::observe::Observer for Seen {
+        fn rate_limit(&self, event: &RateLimitEvent) {
+            self.0.lock().unwrap().push(event.clone());
+        }
+    }
+
+    #[test]
+    fn the_allowance_is_reported_and_warned_about_once_per_window() {
+        let seen = std::sync::Arc::new(Seen::default());
+        let observer: SharedObserver = seen.clone();
+        let hub = Registry::docker_hub();
+        let allowance = Allowance::default();
+        let answer = |left: &str| {
+            headers(&[
+                ("ratelimit-limit", "100;w=21600"),
+                ("ratelimit-remaining", left),
+            ])
+        };
+        allowance.record(&hub, &answer("76;w=21600"), &observer);
+        assert!(!allowance.warned.load(Ordering::Relaxed));
+        allowance.record(&hub, &answer("9;w=21600"), &observer);
+        assert!(allowance.warned.load(Ordering::Relaxed), "low: warned");
+        allowance.record(&hub, &answer("8;w=21600"), &observer);
+        assert!(
+            allowance.warned.load(Ordering::Relaxed),
+            "still this window"
+        );
+        allowance.record(&hub, &answer("100;w=21600"), &observer);
+        assert!(
+            !allowance.warned.load(Ordering::Relaxed),
+            "a new window re-arms it"
+        );
+        allowance.record(&hub, &HeaderMap::new(), &observer);
+        let events = seen.0.lock().unwrap();
+        assert_eq!(
+            events.len(),
+            4,
+            "answers without the headers report nothing"
+        );
+        assert_eq!(events[1].remaining, Some(9));
+        assert_eq!(events[1].limit, Some(100));
+    }
+
     #[test]
     fn a_pause_holds_until_retry_after_and_is_capped() {
         let pauses = Pauses::default();

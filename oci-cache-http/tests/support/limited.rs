@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use oci_cache_core::digest::Digest;
 use tokio::sync::oneshot;
 
@@ -107,31 +106,12 @@ impl LimitedRegistry {
             log: Mutex::new(Vec::new()),
             window: Mutex::new((0, Instant::now())),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let shared = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::io::Error>(answer(&state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, stop) = super::serve_http("127.0.0.1", move |req| {
+            let state = shared.clone();
+            async move { Ok::<_, std::io::Error>(answer(&state, req).await) }
+        })
+        .await;
         LimitedRegistry {
             addr,
             state,

@@ -106,32 +106,13 @@ impl MockRegistry {
 
     /// A mock on another loopback address (`127.0.0.2`: "another host").
     pub async fn start_on(ip: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(MockState::default());
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let shared = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { answer(&state, req).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, stop) = serve_http(ip, move |req| {
+            let state = shared.clone();
+            async move { answer(&state, req).await }
+        })
+        .await;
         MockRegistry {
             addr,
             state,
@@ -172,6 +153,39 @@ impl Drop for MockRegistry {
             let _ = stop.send(());
         }
     }
+}
+
+/// Serves HTTP/1 on `ip`, port 0, answering each request with `handle`,
+/// until the returned sender is dropped or sent to.
+pub async fn serve_http<F, Fut>(ip: &str, handle: F) -> (SocketAddr, oneshot::Sender<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::io::Error>>
+        + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                _ = &mut stopped => break,
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(handle);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, stop)
 }
 
 async fn answer(
