@@ -13,6 +13,7 @@ mod fixtures;
 mod fleet;
 mod metrics;
 mod oci_cache;
+mod policy;
 mod push;
 mod ranges;
 mod registry2;
