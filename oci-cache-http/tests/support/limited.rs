@@ -46,7 +46,9 @@ impl Default for Limits {
 pub struct Logged {
     pub method: Method,
     pub path: String,
+    /// When it arrived and when it was answered.
     pub at: Instant,
+    pub answered: Instant,
     pub status: u16,
 }
 
@@ -171,6 +173,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         method,
         path,
         at,
+        answered: Instant::now(),
         status: response.status().as_u16(),
     });
     response
