@@ -346,6 +346,18 @@ fn hosted(
     )
 }
 
+/// The cached repository a mount's `from` names by its upstream
+/// (`docker.io/library/alpine`, as pulls through this mirror name it);
+/// `None` for anything else (a hosted repository, an unknown name).
+pub(crate) fn cached_source(from: &str, mirrors: &MirrorConfig) -> Option<Target> {
+    let name: Vec<String> = from.split('/').map(str::to_owned).collect();
+    let (first, rest) = name.split_first()?;
+    if rest.is_empty() || mirrors.lookup(first).is_none() {
+        return None;
+    }
+    target(&name, None, mirrors, None).ok()
+}
+
 /// Chooses the upstream and builds the repository name.
 fn target(
     name: &[String],

@@ -383,3 +383,42 @@ async fn denied_references_cause_no_upstream_request() {
     assert_eq!(by_digest.status, 200);
     assert_eq!(registry.log().len(), 1);
 }
+
+/// The policy is swapped while serving, applies to cached content too, and
+/// a hosted repository cannot mount a blob `from` a denied cached repository.
+#[tokio::test]
+async fn a_replaced_policy_denies_cached_content_and_mounts_from_it() {
+    let registry = LimitedRegistry::start(Limits::default()).await;
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let mirror = Mirror::builder()
+        .upstreams(mirrors(&registry.url()))
+        .storage(storage)
+        .upstream_options(UpstreamOptions::default().with_proxy(ProxyConfig::Direct))
+        .local_prefixes(["team"])
+        .build()
+        .unwrap();
+    let svc = mirror.service();
+    let (_, blobs) = LimitedRegistry::digests(0);
+    let layer = format!("/v2/docker.io/library/img0/blobs/{}", blobs[1]);
+    assert_eq!(get(&svc, &layer).await.status, 200);
+    let seen = registry.log().len();
+
+    mirror.engine().policy().replace(
+        PullPolicy::new(vec![
+            PolicyRule::new("img0-withdrawn", PolicyAction::Deny).with_repository("library/img0")
+        ])
+        .unwrap(),
+    );
+    let cached = get(&svc, &layer).await;
+    assert_eq!(cached.status, 403, "a cached blob of a denied repository");
+    let mount = |from: &str| format!("/v2/team/app/blobs/uploads/?mount={}&from={from}", blobs[1]);
+    let refused = call(&svc, Method::POST, &mount("docker.io/library/img0"), &[]).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error_code(), "DENIED");
+    assert!(refused.json()["errors"][0]["message"]
+        .to_string()
+        .contains("img0-withdrawn"));
+    let other = call(&svc, Method::POST, &mount("docker.io/library/img2"), &[]).await;
+    assert_eq!(other.status, 201, "a mount from an allowed repository");
+    assert_eq!(registry.log().len(), seen, "nothing was asked upstream");
+}

@@ -79,7 +79,9 @@ pub(crate) async fn dispatch(
         _ if route.is_doctor_probe() => doctor::answer_pull(route, info, info.probes),
         Route::PeerBlob { digest } => fleet::peer_blob(engine, digest, info).await,
         Route::Hosted { repository, op } => match info.hosted {
-            Some(hosted) => push::dispatch(hosted, repository, op, info, body).await,
+            Some(hosted) => {
+                push::dispatch(hosted, engine.policy(), repository, op, info, body).await
+            }
             None => Err(OciError::new(
                 StatusCode::NOT_FOUND,
                 OciErrorCode::NameUnknown,

@@ -14,6 +14,7 @@ use http::{Method, Response, StatusCode};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::hosted::UploadState;
 use oci_cache_core::manifest::media_type::OCI_INDEX;
+use oci_cache_core::policy::SharedPolicy;
 use oci_cache_core::reference::{ManifestRef, Repository};
 use oci_cache_core::storage::{ByteStream, Storage, UploadId};
 use oci_cache_core::{Error as CoreError, PushErrorKind};
@@ -27,7 +28,7 @@ use crate::response::{
     add_link, blob_headers, blob_response, fail, if_none_match, json_response, paginate,
     requested_range, set_digest, with_body,
 };
-use crate::routes::{parse_digest, HostedOp};
+use crate::routes::{cached_source, parse_digest, HostedOp};
 use crate::wire::query_param;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -51,6 +52,7 @@ struct HostedRequest<'a> {
 /// request body.
 pub(super) async fn dispatch(
     hosted: &HostedEngine,
+    policy: &SharedPolicy,
     repository: &Repository,
     op: &HostedOp,
     info: &RequestInfo<'_>,
@@ -69,6 +71,7 @@ pub(super) async fn dispatch(
     let method = req.method;
     match (req.op, method) {
         (HostedOp::Uploads, &Method::POST) => {
+            mount_source_allowed(policy, &req)?;
             start(hosted, repository, req.query, req.client, body).await
         }
         (HostedOp::Upload(id), _) => {
@@ -169,6 +172,23 @@ async fn referrers(
         );
     }
     Ok(response)
+}
+
+/// A mount `from` a cached repository the pull policy denies is refused
+/// (`403 DENIED` naming the rule): copying it into a hosted repository
+/// would be a pull by another name.
+fn mount_source_allowed(policy: &SharedPolicy, req: &HostedRequest<'_>) -> Result<(), OciError> {
+    if query_param(req.query, "mount").is_none() {
+        return Ok(());
+    }
+    let Some(source) =
+        query_param(req.query, "from").and_then(|from| cached_source(&from, req.info.mirrors))
+    else {
+        return Ok(());
+    };
+    policy
+        .check(&source.upstream, &source.repository, None)
+        .map_err(|e| fail(e, ErrorSubject::Blob))
 }
 
 /// `POST …/blobs/uploads/`: a mount, a monolithic upload, or a new session.
