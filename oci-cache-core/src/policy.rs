@@ -243,16 +243,6 @@ impl SharedPolicy {
         let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
         *guard = Arc::new(policy);
     }
-
-    /// [`PullPolicy::check`] against the policy in force.
-    pub fn check(
-        &self,
-        upstream: &Registry,
-        repository: &Repository,
-        reference: Option<&ManifestRef>,
-    ) -> Result<()> {
-        self.current().check(upstream, repository, reference)
-    }
 }
 
 /// `*`-only glob match (`*` matches any run of characters, `/` and `:`
@@ -387,9 +377,9 @@ mod tests {
 
         let shared = SharedPolicy::default();
         let clone = shared.clone();
-        assert!(clone.check(&hub(), &repo("a/b"), None).is_ok());
+        assert!(clone.current().check(&hub(), &repo("a/b"), None).is_ok());
         shared.replace(PullPolicy::new(vec![PolicyRule::new("all", PolicyAction::Deny)]).unwrap());
-        assert!(clone.check(&hub(), &repo("a/b"), None).is_err());
+        assert!(clone.current().check(&hub(), &repo("a/b"), None).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::support::s3::S3Server;
 use crate::support::{skopeo, tools_available};
 
 /// An origin holding `images` (`(layout, "repo:tag")`).
-fn origin_with(images: &[(&Layout, &str)]) -> Origin {
+pub(super) fn origin_with(images: &[(&Layout, &str)]) -> Origin {
     let origin = Origin::start();
     for (layout, repo_tag) in images {
         skopeo::push(layout, &origin.host(), repo_tag);

@@ -464,6 +464,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     ) -> Result<ManifestResponse> {
         self.inner
             .policy
+            .current()
             .check(registry, repository, Some(reference))?;
         let accept = AcceptSet::parse(accept);
         manifest::manifest(&self.inner, registry, repository, reference, &accept).await
@@ -481,6 +482,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
     ) -> Result<ManifestHeadResponse> {
         self.inner
             .policy
+            .current()
             .check(registry, repository, Some(reference))?;
         let accept = AcceptSet::parse(accept);
         manifest::manifest_head(&self.inner, registry, repository, reference, &accept).await
@@ -503,7 +505,10 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobResponse> {
-        self.inner.policy.check(registry, repository, None)?;
+        self.inner
+            .policy
+            .current()
+            .check(registry, repository, None)?;
         if let Some(hit) = self.inner.stored_blob(digest, range.clone()).await? {
             return Ok(hit);
         }
@@ -518,7 +523,10 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<(u64, CacheOutcome)> {
-        self.inner.policy.check(registry, repository, None)?;
+        self.inner
+            .policy
+            .current()
+            .check(registry, repository, None)?;
         if let Some(info) = self.inner.storage.blob_stat(digest).await? {
             return Ok((info.size, CacheOutcome::Hit));
         }

@@ -105,7 +105,10 @@ where
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<(TagList, CacheOutcome)> {
-        self.inner.policy.check(registry, repository, None)?;
+        self.inner
+            .policy
+            .current()
+            .check(registry, repository, None)?;
         let key = TagsKey {
             registry: registry.clone(),
             repository: repository.clone(),

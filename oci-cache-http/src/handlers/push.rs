@@ -187,6 +187,7 @@ fn mount_source_allowed(policy: &SharedPolicy, req: &HostedRequest<'_>) -> Resul
         return Ok(());
     };
     policy
+        .current()
         .check(&source.upstream, &source.repository, None)
         .map_err(|e| fail(e, ErrorSubject::Blob))
 }
