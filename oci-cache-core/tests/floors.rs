@@ -31,7 +31,9 @@ const FLOORS: &[&[&str]] = &[
     &["digest", "duration", "file_io"],
     &["reference"],
     &["error"],
-    &["storage", "mirror", "manifest", "observe", "bounds", "policy"],
+    &[
+        "storage", "mirror", "manifest", "observe", "bounds", "policy",
+    ],
     &["upstream", "health", "fleet"],
     &["cache", "hosted", "evict"],
     &["testing"],

@@ -49,6 +49,7 @@
 //! reported to the observer ([`StorageEvent`](crate::observe::StorageEvent)).
 
 mod accept;
+mod allowed;
 mod blob;
 pub(crate) mod catalog;
 mod flight;
@@ -291,8 +292,7 @@ struct Shared<S: ?Sized, U: ?Sized> {
     revalidated: revalidated::Revalidated,
     /// Fleet mode ([`PullThrough::with_fleet`]): set at most once.
     fleet: std::sync::OnceLock<Fleet>,
-    /// Checked before storage or upstream is asked anything.
-    policy: SharedPolicy,
+    policy: SharedPolicy, // see `allowed`
 }
 
 /// Manifest storage behind the in-memory [`hot::HotCache`]: every manifest
@@ -434,12 +434,6 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         &self.inner.budget
     }
 
-    /// The pull policy every request is checked against first (allow-all
-    /// until [`SharedPolicy::replace`]d); swappable while serving.
-    pub fn policy(&self) -> &SharedPolicy {
-        &self.inner.policy
-    }
-
     /// The options the engine runs with.
     pub fn options(&self) -> &CacheOptions {
         &self.inner.options
@@ -462,10 +456,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<ManifestResponse> {
-        self.inner
-            .policy
-            .current()
-            .check(registry, repository, Some(reference))?;
+        self.allowed(registry, repository, Some(reference))?;
         let accept = AcceptSet::parse(accept);
         manifest::manifest(&self.inner, registry, repository, reference, &accept).await
     }
@@ -480,10 +471,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         reference: &ManifestRef,
         accept: &[String],
     ) -> Result<ManifestHeadResponse> {
-        self.inner
-            .policy
-            .current()
-            .check(registry, repository, Some(reference))?;
+        self.allowed(registry, repository, Some(reference))?;
         let accept = AcceptSet::parse(accept);
         manifest::manifest_head(&self.inner, registry, repository, reference, &accept).await
     }
@@ -505,10 +493,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobResponse> {
-        self.inner
-            .policy
-            .current()
-            .check(registry, repository, None)?;
+        self.allowed(registry, repository, None)?;
         if let Some(hit) = self.inner.stored_blob(digest, range.clone()).await? {
             return Ok(hit);
         }
@@ -523,10 +508,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<(u64, CacheOutcome)> {
-        self.inner
-            .policy
-            .current()
-            .check(registry, repository, None)?;
+        self.allowed(registry, repository, None)?;
         if let Some(info) = self.inner.storage.blob_stat(digest).await? {
             return Ok((info.size, CacheOutcome::Hit));
         }

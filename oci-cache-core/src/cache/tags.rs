@@ -105,10 +105,7 @@ where
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<(TagList, CacheOutcome)> {
-        self.inner
-            .policy
-            .current()
-            .check(registry, repository, None)?;
+        self.allowed(registry, repository, None)?;
         let key = TagsKey {
             registry: registry.clone(),
             repository: repository.clone(),
