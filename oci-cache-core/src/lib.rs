@@ -14,6 +14,7 @@
 //!   the verified, atomic blob write.
 //! - [`upstream`]: the [`Upstream`](upstream::Upstream) trait the engine fetches through.
 //! - [`manifest`]: the JSON shapes of image manifests and indexes.
+//! - [`referrers`]: OCI 1.1 referrers and the index a referrers request gets.
 //! - [`cache`]: [`PullThrough`](cache::PullThrough), the engine: local first,
 //!   one upstream fetch per missing object, verify, then store.
 //! - [`fleet`]: several replicas on one bucket: fill leases, and fetching an
@@ -68,6 +69,7 @@ pub mod mirror;
 pub mod observe;
 pub mod policy;
 pub mod reference;
+pub mod referrers;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

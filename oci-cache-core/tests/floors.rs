@@ -8,7 +8,7 @@
 //! reference                          names: Reference, Repository, Tag, ManifestRef
 //! error                              the crate's Error (names references and digests)
 //! storage, mirror, manifest, observe what is stored, where upstreams are, what it means, events;
-//!   bounds, policy                   the allowed ranges of settings; the pull policy
+//!   bounds, policy, referrers        the allowed ranges of settings; the pull policy; OCI 1.1 referrers
 //! upstream, health                   the engine's view of a registry; storage probes;
 //!   fleet                            fill leases and peer fetches between replicas
 //! cache, hosted, evict               the engines
@@ -32,7 +32,13 @@ const FLOORS: &[&[&str]] = &[
     &["reference"],
     &["error"],
     &[
-        "storage", "mirror", "manifest", "observe", "bounds", "policy",
+        "storage",
+        "mirror",
+        "manifest",
+        "observe",
+        "bounds",
+        "policy",
+        "referrers",
     ],
     &["upstream", "health", "fleet"],
     &["cache", "hosted", "evict"],

@@ -1,14 +1,12 @@
 //! Manifests of hosted repositories: `PUT` (checked, linked, tagged),
 //! `GET` by tag or digest, `DELETE` of a manifest or a tag.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{Hosted, Referrer};
 use crate::digest::Digest;
-use crate::manifest::{is_manifest_type, Descriptor, Manifest};
+use crate::manifest::{is_manifest_type, Manifest, ManifestFields};
 use crate::reference::{ManifestRef, Repository, Tag};
 use crate::storage::{HostedKey, Record, RecordKey, RecordWrite, Storage, StoredManifest};
 use crate::{Error, PushErrorKind, Result};
@@ -26,52 +24,6 @@ pub struct PushedManifest {
 #[derive(Debug, Serialize, Deserialize)]
 struct TagLink {
     digest: Digest,
-}
-
-/// The fields a `PUT` looks at besides the shape [`Manifest::parse`] checks.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Extra {
-    media_type: Option<String>,
-    subject: Option<Descriptor>,
-    artifact_type: Option<String>,
-    config: Option<ConfigType>,
-    /// Kept loose: a manifest with odd annotations is still accepted, and
-    /// its referrer descriptor then carries none.
-    annotations: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConfigType {
-    media_type: Option<String>,
-}
-
-impl Extra {
-    pub(super) fn parse(bytes: &[u8]) -> Result<Extra> {
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))
-    }
-
-    /// The digest the manifest's `subject` names.
-    pub(super) fn subject_digest(&self) -> Option<Digest> {
-        self.subject.as_ref().map(|s| s.digest.clone())
-    }
-
-    /// The artifact type a referrers listing reports: `artifactType`, else
-    /// an image manifest's config media type.
-    pub(super) fn artifact_type(&self) -> Option<String> {
-        self.artifact_type
-            .clone()
-            .filter(|t| !t.is_empty())
-            .or_else(|| self.config.as_ref()?.media_type.clone())
-    }
-
-    pub(super) fn annotations(&self) -> BTreeMap<String, String> {
-        self.annotations
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
-    }
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -117,11 +69,11 @@ impl<S: Storage + ?Sized> Hosted<S> {
             ManifestRef::Tag(_) => Digest::sha256_of(&bytes),
         };
         let parsed = Manifest::parse(&digest, &bytes).map_err(|e| invalid(e.to_string()))?;
-        let extra = Extra::parse(&bytes)?;
+        let extra = ManifestFields::parse(&bytes)?;
         let media_type = content_type
             .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned())
             .filter(|t| !t.is_empty() && t != "application/octet-stream")
-            .or(extra.media_type.clone())
+            .or(extra.media_type())
             .ok_or_else(|| {
                 invalid("the manifest has no media type: send it as Content-Type or mediaType")
             })?;
@@ -133,8 +85,8 @@ impl<S: Storage + ?Sized> Hosted<S> {
                  image manifest or index"
             )));
         }
-        if let Some(declared) = &extra.media_type {
-            if declared != &media_type {
+        if let Some(declared) = extra.media_type() {
+            if declared != media_type {
                 return Err(invalid(format!(
                     "Content-Type {media_type} differs from the manifest's mediaType {declared}"
                 )));

@@ -55,7 +55,9 @@ use crate::storage::{Record, RecordKey, RecordPrefix, RecordWrite, Storage};
 use crate::{Error, Result};
 
 pub use manifest::PushedManifest;
-pub use referrers::Referrer;
+// `Referrer` moved to `referrers`, shared with cached repositories; the old path stays valid.
+#[doc(hidden)]
+pub use crate::referrers::Referrer;
 pub use upload::UploadState;
 // The link and upload-session key types moved to `storage`; the old paths stay valid.
 #[doc(hidden)]

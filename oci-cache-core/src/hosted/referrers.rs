@@ -5,50 +5,15 @@
 //! link holding the descriptor the listing answers with, so a listing reads
 //! one prefix of link records, never the repository's manifests.
 
-use std::collections::BTreeMap;
-
-use bytes::Bytes;
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
-use super::manifest::Extra;
 use super::Hosted;
 use crate::digest::Digest;
+use crate::manifest::ManifestFields;
 use crate::reference::Repository;
+use crate::referrers::Referrer;
 use crate::storage::{HostedKey, Record, RecordKey, RecordPrefix, RecordWrite, Storage};
 use crate::{Error, Result};
-
-/// One manifest referring to a subject: an entry of the referrers index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Referrer {
-    /// The referring manifest's media type.
-    pub media_type: String,
-    /// Its digest.
-    pub digest: Digest,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its `artifactType`, or for an image manifest without one its config's
-    /// media type; `None` for an index without one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    /// Its annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Referrer {
-    /// The descriptor of a pushed manifest, from its parsed fields.
-    pub(super) fn of(media_type: &str, digest: &Digest, bytes: &Bytes, extra: &Extra) -> Self {
-        Referrer {
-            media_type: media_type.to_owned(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            artifact_type: extra.artifact_type(),
-            annotations: extra.annotations(),
-        }
-    }
-}
 
 fn encoding_error(what: &str, e: serde_json::Error) -> Error {
     Error::Storage {
@@ -96,8 +61,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
                     ),
                     source: Some(Box::new(e)),
                 })?;
-            if artifact_type.is_none_or(|wanted| referrer.artifact_type.as_deref() == Some(wanted))
-            {
+            if referrer.matches(artifact_type) {
                 referrers.push(referrer);
             }
         }
@@ -142,7 +106,7 @@ impl<S: Storage + ?Sized> Hosted<S> {
             tracing::warn!(%repository, %digest, "manifest to delete is gone; its referrer link may stay");
             return Ok(());
         };
-        let Some(subject) = Extra::parse(&stored.bytes)?.subject_digest() else {
+        let Some(subject) = ManifestFields::parse(&stored.bytes)?.subject_digest() else {
             return Ok(());
         };
         let key = HostedKey::Referrer {

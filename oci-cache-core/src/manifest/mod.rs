@@ -19,6 +19,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+mod fields;
 pub mod media_type;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::{Error, Result};
 
+pub(crate) use fields::ManifestFields;
 use media_type::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 
 /// The annotation an OCI image layout's `index.json` names an image by.
