@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::digest::Digest;
 use crate::reference::{Registry, Repository};
+use crate::referrers::Referrer;
 use crate::storage::ByteStream;
 use crate::Result;
 
@@ -266,5 +267,21 @@ pub trait Upstream: Send + Sync + 'static {
         let _ = range;
         let whole = self.blob_get(registry, repository, digest).await?;
         Ok(FetchedRange::whole(whole))
+    }
+
+    /// The referrers of `subject` in `repository` from the upstream's OCI 1.1
+    /// referrers API (`GET …/referrers/<digest>`): every page, unfiltered.
+    /// `Ok(None)` when the upstream has no such API (it answered `404`), so
+    /// the engine falls back to the tag schema as clients do.
+    ///
+    /// The default knows no referrers API: `Ok(None)`.
+    async fn referrers(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        subject: &Digest,
+    ) -> Result<Option<Vec<Referrer>>> {
+        let _ = (registry, repository, subject);
+        Ok(None)
     }
 }

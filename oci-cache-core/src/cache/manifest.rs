@@ -15,7 +15,7 @@
 //! stores nothing: without the body there is nothing to verify.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
 
@@ -285,15 +285,20 @@ where
 
 fn is_fresh<S: ?Sized, U: ?Sized>(record: &TagRecord, key: &TagKey, engine: &Shared<S, U>) -> bool {
     let ttl = engine.options.tag_ttl;
-    // Another replica's clock may be ahead: a record up to a TTL in the
-    // future is fresh (trusted at most two TTLs); further ahead (a clock
-    // moved back) it is stale: cheap to revalidate, wrong to trust forever.
-    // And whatever the clocks, this replica checks a tag at most once per TTL.
-    let by_record = match SystemTime::now().duration_since(record.checked_at) {
+    // Whatever the clocks, this replica checks a tag at most once per TTL.
+    checked_within(record.checked_at, ttl) || engine.revalidated.within(key, ttl)
+}
+
+/// Whether what upstream said at `checked_at` (a tag, a referrers list) is
+/// still trusted without asking again. Another replica's clock may be
+/// ahead: a record up to a TTL in the future is fresh (trusted at most two
+/// TTLs); further ahead (a clock moved back) it is stale: cheap to
+/// revalidate, wrong to trust forever.
+pub(super) fn checked_within(checked_at: SystemTime, ttl: Duration) -> bool {
+    match SystemTime::now().duration_since(checked_at) {
         Ok(age) => age < ttl,
         Err(ahead) => ahead.duration() <= ttl,
-    };
-    by_record || engine.revalidated.within(key, ttl)
+    }
 }
 
 /// Resolves a tag with the broad `Accept` and keeps the tag record up to date.

@@ -12,6 +12,9 @@
 //!   revalidated with a HEAD upstream (free under Docker Hub's limits); a moved
 //!   tag fetches the new manifest. When upstream fails, the cached tag is served
 //!   ([`CacheOutcome::Stale`]).
+//! - **Referrers** (OCI 1.1) are learned from upstream's referrers API, or
+//!   its tag schema when it has none, and kept under the tag rules
+//!   (`cache/referrers.rs`).
 //! - **Accept** is honoured ([`AcceptSet`]): a cached manifest is served only to
 //!   a client that accepts its media type, otherwise the request goes upstream
 //!   with the client's `Accept`.
@@ -55,6 +58,7 @@ pub(crate) mod catalog;
 mod flight;
 mod hot;
 mod manifest;
+mod referrers;
 mod revalidated;
 mod tags;
 #[cfg(test)]
@@ -73,6 +77,7 @@ pub use crate::observe::CacheOutcome;
 
 pub use blob::FillRetry;
 pub use manifest::ManifestHeadResponse;
+pub use referrers::{ReferrersResponse, ReferrersSource, MAX_TAG_SCHEMA_MANIFESTS};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -282,6 +287,7 @@ struct Shared<S: ?Sized, U: ?Sized> {
     options: CacheOptions,
     blob_fills: blob::BlobFills,
     manifest_flights: flight::Flights<manifest::FlightKey, manifest::Served>,
+    referrer_flights: flight::Flights<referrers::FlightKey, referrers::Learned>,
     tag_lists: tags::TagLists,
     hot: hot::HotCache,
     observer: SharedObserver,
@@ -386,6 +392,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> PullThrough<S, U> {
                 options,
                 blob_fills: blob::BlobFills::new(),
                 manifest_flights: flight::Flights::new(),
+                referrer_flights: flight::Flights::new(),
                 tag_lists: tags::TagLists::new(),
                 hot: hot::HotCache::new(),
                 observer,

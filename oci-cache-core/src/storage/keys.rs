@@ -40,6 +40,9 @@ pub(crate) const MANIFEST_DIR: &str = "_manifests";
 /// The directory of a hosted repository that links each `subject` to the
 /// manifests referring to it (the OCI 1.1 referrers API).
 pub(crate) const REFERRER_DIR: &str = "_referrers";
+/// Top-level directory of what cached repositories' upstreams said refers
+/// to a digest (OCI 1.1 referrers, from the API or the tag schema).
+pub(crate) const REFERRERS: &str = "referrers";
 /// Top-level directory of the access index (last use of blobs, by shard).
 pub(crate) const ACCESS: &str = "access";
 /// Top-level directory of the leases replicas on one bucket coordinate
@@ -126,6 +129,45 @@ pub(crate) fn is_record(key: &str) -> bool {
         || parse_upload_piece(key).is_some_and(|(id, index)| upload_piece(&id, index) == key)
         || parse_access(key).is_some_and(|(algorithm, shard)| access(&algorithm, &shard) == key)
         || parse_content(PUSHED, key).is_some_and(|digest| pushed(&digest) == key)
+        || parse_cached_referrers(key).is_some_and(|(upstream, repository, subject)| {
+            cached_referrers(&upstream, &repository, &subject) == key
+        })
+}
+
+/// `referrers/<registry>/<repository components…>/_referrers/<algorithm>/<hex>`:
+/// the referrers of `subject` in a cached repository, as last learned upstream.
+pub(crate) fn cached_referrers(
+    upstream: &Registry,
+    repository: &Repository,
+    subject: &Digest,
+) -> String {
+    let mut key = format!("{REFERRERS}/{}", segment(upstream.as_str()));
+    for component in repository.as_str().split('/') {
+        key.push('/');
+        key.push_str(&segment(component));
+    }
+    format!(
+        "{key}/{REFERRER_DIR}/{}/{}",
+        segment(subject.algorithm().as_str()),
+        segment(subject.hex())
+    )
+}
+
+/// The upstream, repository and subject a `referrers/…` key names, or `None`.
+pub(crate) fn parse_cached_referrers(key: &str) -> Option<(Registry, Repository, Digest)> {
+    let rest = key.strip_prefix(REFERRERS)?.strip_prefix('/')?;
+    let (upstream, rest) = rest.split_once('/')?;
+    // Escaped repository components never start with `_`.
+    let (repository, subject) = rest.split_once(&format!("/{REFERRER_DIR}/"))?;
+    let (algorithm, hex) = subject.split_once('/')?;
+    let components: Option<Vec<String>> = repository.split('/').map(unsegment).collect();
+    Some((
+        Registry::new(&unsegment(upstream)?).ok()?,
+        Repository::new(&components?.join("/")).ok()?,
+        format!("{}:{}", unsegment(algorithm)?, unsegment(hex)?)
+            .parse()
+            .ok()?,
+    ))
 }
 
 /// `pushed/<algorithm>/<shard>/<hex>`: a just-pushed blob's grace record.
@@ -524,6 +566,32 @@ mod tests {
             "hosted/local/%61pp/_referrers/sha256/{}/sha256/{}",
             subject.hex(),
             manifest.hex()
+        )));
+    }
+
+    #[test]
+    fn cached_referrer_keys_round_trip() {
+        let upstream = Registry::new("localhost:5000").unwrap();
+        let repository = Repository::new("org/app").unwrap();
+        let subject = Digest::sha256_of(b"image");
+        let text = cached_referrers(&upstream, &repository, &subject);
+        assert_eq!(
+            text,
+            format!(
+                "referrers/localhost%3A5000/org/app/_referrers/sha256/{}",
+                subject.hex()
+            )
+        );
+        assert_eq!(
+            parse_cached_referrers(&text),
+            Some((upstream, repository, subject.clone()))
+        );
+        assert!(is_record(&text));
+        assert!(!is_record(&format!("{text}/x")));
+        assert!(!is_record("referrers/x/org/app/_referrers/sha256/zz"));
+        assert!(!is_record(&format!(
+            "referrers/x/%61pp/_referrers/sha256/{}",
+            subject.hex()
         )));
     }
 

@@ -46,6 +46,16 @@ impl RecordKey {
         RecordKey(keys::hosted(key))
     }
 
+    /// What a cached repository's upstream said refers to `subject` (OCI
+    /// 1.1 referrers): `referrers/<registry>/<repository…>/_referrers/<algorithm>/<hex>`.
+    pub fn cached_referrers(
+        upstream: &Registry,
+        repository: &Repository,
+        subject: &Digest,
+    ) -> Self {
+        RecordKey(keys::cached_referrers(upstream, repository, subject))
+    }
+
     /// An upload session: `uploads/<id>`.
     pub fn upload(id: &UploadId) -> Self {
         RecordKey(keys::upload(id))

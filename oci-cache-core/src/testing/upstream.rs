@@ -12,6 +12,7 @@ use crate::cache::AcceptSet;
 use crate::digest::Digest;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::reference::{ManifestRef, Registry, Repository};
+use crate::referrers::Referrer;
 use crate::upstream::{
     BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, TagList, Upstream,
 };
@@ -27,6 +28,7 @@ pub struct UpstreamCalls {
     blob_get: AtomicUsize,
     blob_head: AtomicUsize,
     tag_list: AtomicUsize,
+    referrers: AtomicUsize,
 }
 
 impl UpstreamCalls {
@@ -50,6 +52,10 @@ impl UpstreamCalls {
     pub fn tag_list(&self) -> usize {
         self.tag_list.load(Ordering::SeqCst)
     }
+    /// `referrers` calls.
+    pub fn referrers(&self) -> usize {
+        self.referrers.load(Ordering::SeqCst)
+    }
     /// Calls of every method together.
     pub fn total(&self) -> usize {
         self.manifest_head()
@@ -57,6 +63,7 @@ impl UpstreamCalls {
             + self.blob_get()
             + self.blob_head()
             + self.tag_list()
+            + self.referrers()
     }
 }
 
@@ -66,6 +73,9 @@ pub type Asked = (String, String, String);
 
 /// (registry, repository, tag) → the representations upstream has, by media type.
 type TagKey = (String, String, String);
+
+/// (registry, repository, subject) → its referrers.
+type ReferrersKey = (String, String, Digest);
 
 /// An in-process upstream registry for tests of the engine and the service.
 ///
@@ -90,6 +100,8 @@ pub struct FakeUpstream {
     accepts_seen: Mutex<Vec<Vec<String>>>,
     asked: Mutex<Vec<Asked>>,
     blob_ranges: Mutex<Vec<BlobRange>>,
+    /// `None`: no referrers API (the default), as distribution 2.8.
+    referrers: Mutex<Option<HashMap<ReferrersKey, Vec<Referrer>>>>,
     calls: UpstreamCalls,
 }
 
@@ -199,6 +211,29 @@ impl FakeUpstream {
             (registry.to_owned(), repository.to_owned()),
             tags.iter().map(|t| t.to_string()).collect(),
         );
+    }
+
+    /// Gives the upstream a referrers API (without one, the default, it
+    /// answers [`referrers`](Upstream::referrers) with `None`).
+    pub fn enable_referrers_api(&self) {
+        lock(&self.referrers).get_or_insert_with(HashMap::new);
+    }
+
+    /// Lists `referrer` for `subject` in `registry/repository` through the
+    /// referrers API (which this enables).
+    pub fn add_referrer(
+        &self,
+        registry: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: Referrer,
+    ) {
+        let key = (registry.to_owned(), repository.to_owned(), subject.clone());
+        lock(&self.referrers)
+            .get_or_insert_with(HashMap::new)
+            .entry(key)
+            .or_default()
+            .push(referrer);
     }
 
     /// While `down`, every call fails as unavailable (connection refused).
@@ -438,5 +473,27 @@ impl Upstream for FakeUpstream {
             name: repository.to_string(),
             tags,
         })
+    }
+
+    async fn referrers(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        subject: &Digest,
+    ) -> Result<Option<Vec<Referrer>>> {
+        self.enter(
+            &self.calls.referrers,
+            registry,
+            repository,
+            format!("referrers/{subject}"),
+        )?;
+        let key = (
+            registry.to_string(),
+            repository.to_string(),
+            subject.clone(),
+        );
+        Ok(lock(&self.referrers)
+            .as_ref()
+            .map(|api| api.get(&key).cloned().unwrap_or_default()))
     }
 }

@@ -29,6 +29,7 @@ mod manifest;
 mod memory;
 mod peer;
 mod ranges;
+mod referrers;
 mod resume;
 mod tags;
 
