@@ -215,10 +215,13 @@ pub enum UpstreamOperation {
     BlobHead,
     /// Tag list.
     TagList,
+    /// OCI 1.1 referrers list.
+    Referrers,
 }
 
 impl UpstreamOperation {
-    /// `manifest_head`, `manifest_get`, `blob_get`, `blob_head` or `tag_list`.
+    /// `manifest_head`, `manifest_get`, `blob_get`, `blob_head`, `tag_list`
+    /// or `referrers`.
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamOperation::ManifestHead => "manifest_head",
@@ -226,6 +229,7 @@ impl UpstreamOperation {
             UpstreamOperation::BlobGet => "blob_get",
             UpstreamOperation::BlobHead => "blob_head",
             UpstreamOperation::TagList => "tag_list",
+            UpstreamOperation::Referrers => "referrers",
         }
     }
 }

@@ -23,6 +23,7 @@ mod hostile_wire;
 mod layers;
 mod metrics;
 mod observe;
+mod referrers;
 mod resilience;
 mod routing;
 mod trust;

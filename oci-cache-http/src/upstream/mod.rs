@@ -19,6 +19,7 @@ mod breaker;
 mod budget;
 mod chain;
 mod options;
+mod referrers;
 pub(crate) mod registry;
 mod report;
 mod request;

@@ -10,6 +10,7 @@ use oci_cache_core::manifest::media_type::KNOWN_MANIFEST_TYPES;
 use oci_cache_core::mirror::Addressing;
 use oci_cache_core::observe::UpstreamOperation;
 use oci_cache_core::reference::{ManifestRef, Registry, Repository};
+use oci_cache_core::referrers::Referrer;
 use oci_cache_core::upstream::{
     BlobRange, FetchedBlob, FetchedManifest, FetchedRange, ManifestHead, TagList, Upstream,
 };
@@ -23,6 +24,17 @@ use crate::wire::{content_length, encode_query, DOCKER_CONTENT_DIGEST};
 
 /// Most tag-list pages followed when the caller asked for all tags.
 const MAX_TAG_PAGES: usize = 1000;
+
+/// The bounds of a paged list ([`HyperUpstream::read_pages`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PageLimits {
+    /// What is read, for errors ("tag list").
+    pub(super) what: &'static str,
+    /// Most pages followed.
+    pub(super) max_pages: usize,
+    /// Most body bytes over all pages.
+    pub(super) max_bytes: u64,
+}
 
 impl HyperUpstream {
     async fn manifest_request(
@@ -111,26 +123,71 @@ impl HyperUpstream {
             query.push(format!("last={}", encode_query(last)));
         }
         let query = (!query.is_empty()).then(|| query.join("&"));
-        let mut url = target.url(repository, "tags/list", query.as_deref());
-        let scope = pull_scope(repository);
-        // One budget over every page: a registry cannot get past the cap by paging.
-        let mut received: u64 = 0;
+        let url = target.url(repository, "tags/list", query.as_deref());
         let mut all = TagList {
             name: repository.to_string(),
             tags: Vec::new(),
         };
-        let max_bytes = self.options.max_tag_list_bytes;
-        for _ in 0..MAX_TAG_PAGES {
+        let limits = PageLimits {
+            what: "tag list",
+            max_pages: MAX_TAG_PAGES,
+            max_bytes: self.options.max_tag_list_bytes,
+        };
+        let received = self
+            .read_pages(&target, repository, url, None, limits, |_, body| {
+                let page = parse_tag_page(body).map_err(|e| {
+                    UpstreamError::new(
+                        UpstreamErrorKind::Invalid,
+                        &target.endpoint.url,
+                        "tag list is not valid json",
+                    )
+                    .with_source(e)
+                })?;
+                all.name = page.name;
+                all.tags.extend(page.tags.unwrap_or_default());
+                if all.tags.len() > self.options.max_tags {
+                    return Err(too_large(
+                        "tag list (entries)",
+                        self.options.max_tags as u64,
+                        all.tags.len() as u64,
+                    ));
+                }
+                // A page asked for (`n`) is one page.
+                Ok(n.is_none())
+            })
+            .await?;
+        Ok((all, received))
+    }
+
+    /// Reads a paged list from `url` on, following `Link: <…>; rel="next"`
+    /// where a redirect of the list could go, within `limits`: one byte
+    /// budget over every page, so a registry cannot get past the cap by
+    /// paging. `page` reads each page's headers and body and says whether
+    /// to go on. Returns the body bytes read.
+    pub(super) async fn read_pages(
+        &self,
+        target: &Target<'_>,
+        repository: &Repository,
+        mut url: String,
+        accept: Option<&str>,
+        limits: PageLimits,
+        mut page: impl FnMut(&http::HeaderMap, &[u8]) -> CoreResult<bool>,
+    ) -> CoreResult<u64> {
+        let scope = pull_scope(repository);
+        let mut received: u64 = 0;
+        let max_bytes = limits.max_bytes;
+        for _ in 0..limits.max_pages {
             let response = self
-                .send(&target, Method::GET, &url, None, &scope, Purpose::Api)
+                .send(target, Method::GET, &url, accept, &scope, Purpose::Api)
                 .await?;
-            let next = next_link(&response, &url).and_then(|next| self.link_allowed(&target, next));
+            let next = next_link(&response, &url).and_then(|next| self.link_allowed(target, next));
+            let headers = response.headers().clone();
             let body = self
                 .read_body(
                     response,
                     max_bytes.saturating_sub(received),
                     &target.endpoint.url,
-                    "tag list",
+                    limits.what,
                 )
                 .await
                 .map_err(|e| match e {
@@ -141,30 +198,14 @@ impl HyperUpstream {
                     ),
                     other => other,
                 })?;
-            let page = parse_tag_page(&body).map_err(|e| {
-                UpstreamError::new(
-                    UpstreamErrorKind::Invalid,
-                    &target.endpoint.url,
-                    "tag list is not valid json",
-                )
-                .with_source(e)
-            })?;
-            all.name = page.name;
-            all.tags.extend(page.tags.unwrap_or_default());
             received += body.len() as u64;
-            if all.tags.len() > self.options.max_tags {
-                return Err(too_large(
-                    "tag list (entries)",
-                    self.options.max_tags as u64,
-                    all.tags.len() as u64,
-                ));
-            }
+            let go_on = page(&headers, &body)?;
             match next {
-                Some(next) if n.is_none() => url = next,
+                Some(next) if go_on => url = next,
                 _ => break,
             }
         }
-        Ok((all, received))
+        Ok(received)
     }
 
     /// A tag-list `Link` is followed only where a redirect of the list could go.
@@ -309,6 +350,15 @@ impl Upstream for HyperUpstream {
         )
         .await
         .map(|(list, _)| list)
+    }
+
+    async fn referrers(
+        &self,
+        registry: &Registry,
+        repository: &Repository,
+        subject: &Digest,
+    ) -> CoreResult<Option<Vec<Referrer>>> {
+        self.referrers_list(registry, repository, subject).await
     }
 }
 

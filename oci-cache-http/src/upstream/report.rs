@@ -11,6 +11,7 @@ use oci_cache_core::observe::{
     BreakerEvent, SharedObserver, UpstreamEvent, UpstreamOperation, UpstreamOutcome,
 };
 use oci_cache_core::reference::Registry;
+use oci_cache_core::referrers::Referrer;
 use oci_cache_core::storage::ByteStream;
 use oci_cache_core::upstream::{FetchedManifest, FetchedRange, ManifestHead, TagList};
 use oci_cache_core::{Error as CoreError, UpstreamErrorKind};
@@ -60,6 +61,13 @@ impl Received for u64 {
 
 /// A tag list and the body bytes of all its pages.
 impl Received for (TagList, u64) {
+    fn body_bytes(&self) -> u64 {
+        self.1
+    }
+}
+
+/// A referrers list and the body bytes of all its pages.
+impl Received for (Vec<Referrer>, u64) {
     fn body_bytes(&self) -> u64 {
         self.1
     }
