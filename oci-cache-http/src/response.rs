@@ -6,12 +6,14 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
-    ETAG, IF_NONE_MATCH, LINK, RANGE,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, IF_NONE_MATCH, LINK, RANGE,
 };
 use http::{Response, StatusCode};
 use oci_cache_core::digest::Digest;
+use oci_cache_core::manifest::media_type::OCI_INDEX;
 use oci_cache_core::observe::CacheOutcome;
+use oci_cache_core::referrers::Referrer;
 
 use crate::body::{self, Body};
 use crate::error::{ErrorSubject, OciError};
@@ -239,6 +241,29 @@ pub(crate) fn add_link(
     if let Ok(v) = HeaderValue::from_str(&link) {
         response.headers_mut().insert(LINK, v);
     }
+}
+
+/// Sent with a referrers answer whose `artifactType` filter was applied.
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// The answer to `GET …/referrers/<digest>`, hosted or cached: an image
+/// index of `referrers` (already filtered by `artifact_type`), `200` also
+/// when empty as the spec requires, and `OCI-Filters-Applied: artifactType`
+/// when filtered.
+pub(crate) fn referrers_index(
+    referrers: &[Referrer],
+    artifact_type: Option<&str>,
+) -> Result<Response<Body>, OciError> {
+    let bytes = oci_cache_core::referrers::index_bytes(referrers)
+        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
+    let mut response = with_body(StatusCode::OK, OCI_INDEX, bytes);
+    if artifact_type.is_some() {
+        response.headers_mut().insert(
+            OCI_FILTERS_APPLIED,
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(response)
 }
 
 /// The outcome a handler recorded, for the log line.

@@ -13,7 +13,6 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_T
 use http::{Method, Response, StatusCode};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::hosted::UploadState;
-use oci_cache_core::manifest::media_type::OCI_INDEX;
 use oci_cache_core::policy::SharedPolicy;
 use oci_cache_core::reference::{ManifestRef, Repository};
 use oci_cache_core::storage::{ByteStream, Storage, UploadId};
@@ -26,14 +25,13 @@ use crate::error::{ErrorSubject, OciError, OciErrorCode};
 use crate::peer::PeerAddr;
 use crate::response::{
     add_link, blob_headers, blob_response, fail, if_none_match, json_response, paginate,
-    requested_range, set_digest, with_body,
+    referrers_index, requested_range, set_digest, with_body,
 };
 use crate::routes::{cached_source, parse_digest, HostedOp};
 use crate::wire::query_param;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
-const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const RANGE: HeaderName = http::header::RANGE;
 const CONTENT_RANGE: HeaderName = http::header::CONTENT_RANGE;
 
@@ -149,29 +147,7 @@ async fn referrers(
         .referrers(repository, subject, artifact_type)
         .await
         .map_err(|e| fail(e, ErrorSubject::Manifest))?;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": manifests,
-    });
-    let bytes = serde_json::to_vec(&index).map_err(|e| {
-        fail(
-            CoreError::Storage {
-                backend: "records",
-                message: "cannot encode the referrers index".to_owned(),
-                source: Some(Box::new(e)),
-            },
-            ErrorSubject::Manifest,
-        )
-    })?;
-    let mut response = with_body(StatusCode::OK, OCI_INDEX, bytes.into());
-    if artifact_type.is_some() {
-        response.headers_mut().insert(
-            OCI_FILTERS_APPLIED,
-            HeaderValue::from_static("artifactType"),
-        );
-    }
-    Ok(response)
+    referrers_index(&manifests, artifact_type)
 }
 
 /// A mount `from` a cached repository the pull policy denies is refused
