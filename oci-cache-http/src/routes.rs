@@ -18,8 +18,8 @@
 //! Kind's `localhost:5001`). Pick a prefix no upstream uses as a namespace:
 //! `docker.io/local/x` is not reachable through this mirror. Writes anywhere
 //! else are `405 UNSUPPORTED`. The referrers API (`…/referrers/<digest>`) is
-//! a hosted route only: for a cached repository it is an unknown route (404),
-//! which clients read as "no referrers API" and fall back to the tag schema.
+//! answered for both: hosted repositories from their own links, cached ones
+//! from what their upstream knows ([`Route::Referrers`]).
 
 use http::{Method, StatusCode};
 use oci_cache_core::digest::Digest;
@@ -75,6 +75,12 @@ pub(crate) enum Route {
         n: Option<usize>,
         last: Option<String>,
     },
+    /// `/v2/<name>/referrers/<digest>[?artifactType=…]` of a cached repository.
+    Referrers {
+        target: Target,
+        subject: Digest,
+        artifact_type: Option<String>,
+    },
     /// Anything under a hosted repository (the method decides what is done).
     Hosted {
         repository: Repository,
@@ -120,6 +126,7 @@ impl Route {
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
             Route::Hosted { op, .. } => match op {
                 HostedOp::Manifest(_) => "hosted_manifest",
                 HostedOp::Blob(_) => "hosted_blob",
@@ -142,7 +149,8 @@ impl Route {
         match self {
             Route::Manifest { target, .. }
             | Route::Blob { target, .. }
-            | Route::Tags { target, .. } => Some(target),
+            | Route::Tags { target, .. }
+            | Route::Referrers { target, .. } => Some(target),
             _ => None,
         }
     }
@@ -253,6 +261,14 @@ pub(crate) fn route(
             Ok(Route::Blob {
                 target,
                 digest: parse_digest(digest)?,
+            })
+        }
+        [name @ .., r, digest] if r == "referrers" && !name.is_empty() => {
+            let target = target(name, query, mirrors, listener)?;
+            Ok(Route::Referrers {
+                target,
+                subject: parse_digest(digest)?,
+                artifact_type: artifact_type(query),
             })
         }
         _ => Err(unknown_route(path)),

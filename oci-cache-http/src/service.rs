@@ -180,6 +180,8 @@ impl OciService {
             repository = field::Empty,
             reference = field::Empty,
             upstream = field::Empty,
+            // How a cached repository's referrers were learned (`api`, `tag-schema`).
+            referrers = field::Empty,
         );
         let response = self
             .respond(&request, &matched, body)
@@ -283,7 +285,10 @@ fn record_route(span: &tracing::Span, route: &Route) {
         Route::Manifest { reference, .. } => {
             span.record("reference", field::display(reference));
         }
-        Route::Blob { digest, .. } => {
+        Route::Blob { digest, .. }
+        | Route::Referrers {
+            subject: digest, ..
+        } => {
             span.record("reference", field::display(digest));
         }
         _ => {}

@@ -1,10 +1,11 @@
 //! The read API of cached repositories: the `/v2/` ping, the catalog, tag
-//! lists, manifests and blobs, each asked of the pull-through engine.
+//! lists, manifests, blobs and referrers, each asked of the pull-through engine.
 
-use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use oci_cache_core::cache::ManifestHeadResponse;
 use oci_cache_core::digest::Digest;
+use oci_cache_core::observe::CacheOutcome;
 use oci_cache_core::reference::ManifestRef;
 use serde_json::json;
 
@@ -13,7 +14,7 @@ use crate::body::{self, Body};
 use crate::error::{ErrorSubject, OciError, OciErrorCode};
 use crate::response::{
     accept_list, add_link, blob_headers, blob_response, fail, fail_naming, if_none_match,
-    json_response, paginate, requested_range, set_digest,
+    json_response, paginate, referrers_index, requested_range, set_digest,
 };
 use crate::routes::{Route, Target};
 
@@ -70,6 +71,11 @@ pub(super) async fn dispatch(
         Route::Manifest { target, reference } => manifest(engine, target, reference, req).await,
         Route::Blob { target, digest } if head => blob_head(engine, target, digest).await,
         Route::Blob { target, digest } => blob_get(engine, target, digest, req).await,
+        Route::Referrers {
+            target,
+            subject,
+            artifact_type,
+        } => referrers(engine, target, subject, artifact_type.as_deref()).await,
         // Probes, purge, the peer route and hosted routes are other families'.
         Route::Health
         | Route::Ready
@@ -217,4 +223,36 @@ fn manifest_name(target: &Target, reference: &ManifestRef) -> String {
 /// `docker.io/library/nginx@sha256:…`, for messages.
 fn blob_name(target: &Target, digest: &Digest) -> String {
     format!("{}/{}@{digest}", target.upstream, target.repository)
+}
+
+/// How a cached repository's referrers answer was learned: `api` or
+/// `tag-schema` (upstream asked for this request), or `cache` (the stored
+/// list answered, fresh or stale).
+const REFERRERS_SOURCE: HeaderName = HeaderName::from_static("oci-cache-referrers-source");
+
+/// `GET …/referrers/<digest>` of a cached repository: the index of what its
+/// upstream says refers to `subject`, with how it was learned in
+/// [`REFERRERS_SOURCE`] and in the request span (`referrers=`, on the
+/// access log line).
+async fn referrers(
+    engine: &Engine,
+    target: &Target,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Response<Body>, OciError> {
+    let answer = engine
+        .referrers(&target.upstream, &target.repository, subject, artifact_type)
+        .await
+        .map_err(|e| fail(e, ErrorSubject::Manifest))?;
+    let mut response = referrers_index(&answer.referrers, artifact_type)?;
+    let source = match answer.outcome {
+        CacheOutcome::Hit | CacheOutcome::Stale => "cache",
+        _ => answer.source.as_str(),
+    };
+    response
+        .headers_mut()
+        .insert(REFERRERS_SOURCE, HeaderValue::from_static(source));
+    tracing::Span::current().record("referrers", tracing::field::display(answer.source.as_str()));
+    response.extensions_mut().insert(answer.outcome);
+    Ok(response)
 }

@@ -344,10 +344,31 @@ fn hosted_repositories_route_every_method() {
         hosted(Method::GET, "/v2/local/app/referrers/sha256:nothex"),
         Err((400, "DIGEST_INVALID"))
     );
-    // A cached repository has no referrers API: an unknown route.
+    // A cached repository answers the referrers API too, through its upstream.
+    let cached = route(
+        &Method::GET,
+        &format!("/v2/ghcr.io/org/app/referrers/{DIGEST}"),
+        Some("artifactType=application/spdx+json"),
+        &mirrors(),
+        &local(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        cached,
+        Route::Referrers {
+            target: Target {
+                upstream: Registry::new("ghcr.io").unwrap(),
+                repository: Repository::new("org/app").unwrap(),
+            },
+            subject: DIGEST.parse().unwrap(),
+            artifact_type: Some("application/spdx+json".into()),
+        }
+    );
+    // An upstream that is not configured: refused before anything dials out.
     let e = route(
         &Method::GET,
-        &format!("/v2/library/alpine/referrers/{DIGEST}"),
+        &format!("/v2/evil.example/app/referrers/{DIGEST}"),
         None,
         &mirrors(),
         &local(),
