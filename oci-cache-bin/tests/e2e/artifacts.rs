@@ -91,7 +91,7 @@ fn empty_config_artifact(artifact_type: &str, media_type: &str, bytes: &[u8]) ->
     )
 }
 
-fn sbom() -> ArtifactSpec {
+pub(super) fn sbom() -> ArtifactSpec {
     empty_config_artifact(
         "application/spdx+json",
         "application/spdx+json",

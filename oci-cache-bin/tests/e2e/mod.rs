@@ -16,6 +16,7 @@ mod oci_cache;
 mod policy;
 mod push;
 mod ranges;
+mod referrers;
 mod registry2;
 mod registry_proxy;
 mod resilience;
