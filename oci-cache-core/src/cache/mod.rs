@@ -150,6 +150,13 @@ pub struct CacheOptions {
     /// How a fill whose upstream connection was cut resumes
     /// (`[cache.fill_retry]`): attempts per endpoint and backoff.
     pub fill_retry: FillRetry,
+    /// Whether a `Range` request for a blob neither stored nor being
+    /// filled starts the full verified fill in the background (default
+    /// `true`: the next request is a hit). `false` forwards such a range
+    /// upstream alone and stores nothing, for sites whose clients read a
+    /// few ranges of huge blobs (lazy pulling) and should not cache them
+    /// whole; a range of a blob under fill still joins that fill.
+    pub fill_on_range: bool,
 }
 
 impl Default for CacheOptions {
@@ -163,6 +170,7 @@ impl Default for CacheOptions {
             max_size: None,
             pin: Vec::new(),
             fill_retry: FillRetry::default(),
+            fill_on_range: true,
         }
     }
 }
@@ -207,6 +215,12 @@ impl CacheOptions {
     /// Sets how cut fills are retried.
     pub fn with_fill_retry(mut self, retry: FillRetry) -> Self {
         self.fill_retry = retry;
+        self
+    }
+
+    /// Sets whether a range of a cold blob starts the full fill.
+    pub fn with_fill_on_range(mut self, fill: bool) -> Self {
+        self.fill_on_range = fill;
         self
     }
 

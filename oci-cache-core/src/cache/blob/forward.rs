@@ -25,8 +25,10 @@ use tracing::debug;
 
 use super::super::aborted;
 use super::buffer::Fill;
+use crate::cache::BlobResponse;
 use crate::digest::Digest;
 use crate::error::ErrorChain;
+use crate::observe::CacheOutcome;
 use crate::reference::{Registry, Repository};
 use crate::storage::ByteStream;
 use crate::upstream::{BlobRange, Upstream};
@@ -80,6 +82,41 @@ pub(super) async fn ahead_of_fill<U: Upstream + ?Sized>(
             None
         }
     }
+}
+
+/// A range of a cold blob forwarded upstream alone, no fill started
+/// ([`CacheOptions::fill_on_range`](crate::cache::CacheOptions::fill_on_range)
+/// off): its bytes relayed, nothing stored. `None` when the upstream did not
+/// answer it as asked (a whole blob, no total, an error): the fill path then
+/// serves it (and answers `416` for a range past the end).
+pub(super) async fn alone<U: Upstream + ?Sized>(
+    upstream: &U,
+    source: (&Registry, &Repository),
+    digest: &Digest,
+    range: &Range<u64>,
+) -> Option<BlobResponse> {
+    let end = (range.end != u64::MAX).then_some(range.end);
+    let asked = BlobRange::from_offset(range.start).with_end(end);
+    let (registry, repository) = source;
+    let answer = match upstream
+        .blob_get_range(registry, repository, digest, &asked)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) => {
+            debug!(%digest, ?range, error = %ErrorChain(&e), "range forwarded alone failed; filling instead");
+            return None;
+        }
+    };
+    let size = answer.total.filter(|_| answer.start == range.start)?;
+    let range = crate::storage::resolve_range(size, Some(range.clone())).ok()?;
+    debug!(%digest, ?range, "range of a cold blob forwarded alone, nothing stored");
+    Some(BlobResponse {
+        size,
+        stream: exactly(answer.stream, range.end - range.start),
+        range,
+        outcome: CacheOutcome::Miss,
+    })
 }
 
 /// The first `len` bytes of `stream`; shorter is an error, never a clean end.

@@ -143,6 +143,13 @@ impl BlobFills {
         lock(&self.map).len()
     }
 
+    /// Whether a fill for `digest` is under way (and has not failed).
+    pub(super) fn is_filling(&self, digest: &Digest) -> bool {
+        lock(&self.map)
+            .get(digest)
+            .is_some_and(|fill| !fill.has_failed())
+    }
+
     /// The size of the blob if a fill for it is under way and knows it.
     pub(super) fn known_size(&self, digest: &Digest) -> Option<u64> {
         let fill = lock(&self.map).get(digest).cloned()?;
@@ -248,6 +255,16 @@ where
     S: Storage + ?Sized,
     U: Upstream + ?Sized,
 {
+    if let Some(asked) = range.as_ref().filter(|_| !engine.options.fill_on_range) {
+        if !engine.blob_fills.is_filling(digest) {
+            let source = (registry, repository);
+            if let Some(alone) =
+                forward::alone(engine.upstream.as_ref(), source, digest, asked).await
+            {
+                return Ok(alone);
+            }
+        }
+    }
     let origin = Arc::new(ClientOrigin {
         engine: Arc::clone(engine),
         source: (registry.clone(), repository.clone()),

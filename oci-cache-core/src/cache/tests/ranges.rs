@@ -142,3 +142,40 @@ async fn forwarded_range_answered_with_the_whole_blob_falls_back_to_the_fill() {
     fills_settled(&s.engine).await;
     assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fill_on_range_a_cold_range_is_forwarded_alone_and_nothing_stored() {
+    let s = setup(CacheOptions::default().with_fill_on_range(false));
+    let (data, script) = slow_blob(4 * MIB);
+    let digest = s.upstream.add_blob(script.clone());
+    let slice = 1000u64..5000;
+
+    let response = s.blob(&digest, Some(slice.clone())).await.unwrap();
+    assert_eq!(
+        (response.size, response.range.clone()),
+        (4 * MIB as u64, slice.clone())
+    );
+    assert_eq!(response.outcome, CacheOutcome::Miss);
+    assert_eq!(collect(response.stream).await.unwrap(), data[1000..5000]);
+    // One ranged request, no fill: nothing stored, the next range asks again.
+    fills_settled(&s.engine).await;
+    assert_eq!(forwarded(&s.upstream), vec![slice.clone()]);
+    assert_eq!(s.upstream.calls().blob_get(), 1);
+    assert_eq!(stored_blob(&s.storage, &digest).await, None);
+    let open_ended = s
+        .blob(&digest, Some(4 * MIB as u64 - 10..u64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(open_ended.stream).await.unwrap(),
+        data[4 * MIB - 10..]
+    );
+    assert_eq!(s.upstream.calls().blob_get(), 2);
+
+    // A whole-blob request still fills and stores; ranges are hits after.
+    assert_eq!(blob_bytes(&s.engine, &digest).await.unwrap(), data);
+    fills_settled(&s.engine).await;
+    assert_eq!(stored_blob(&s.storage, &digest).await.unwrap(), data);
+    let hit = s.blob(&digest, Some(slice)).await.unwrap();
+    assert_eq!(hit.outcome, CacheOutcome::Hit);
+}
