@@ -105,3 +105,108 @@ fn the_tail_of_a_cold_blob_comes_without_the_whole_blob_and_the_blob_is_cached()
         "no origin blob GET for the hit"
     );
 }
+
+/// Item 5 and its figure: 8 parallel ranged GETs covering a cold 200 MiB
+/// blob in 25 MiB slices (containerd 2.x chunked pulls, model loaders) are
+/// each answered correctly, cost the origin at most 1.3× the blob, and
+/// leave the blob cached.
+#[test]
+fn parallel_slices_of_a_cold_200_mib_blob_cost_the_origin_under_1_3x_and_cache_it() {
+    let test = "parallel_slices_of_a_cold_200_mib_blob_cost_the_origin_under_1_3x_and_cache_it";
+    if !tools_available(test) {
+        return;
+    }
+    const BIG: u64 = 200 << 20;
+    const SLICE: u64 = 25 << 20;
+    // The layout and both registries' copies live in temp dirs removed at the end.
+    let work = tempfile::tempdir().unwrap();
+    let app = build_image(
+        &work.path().join("app"),
+        "v1",
+        &ImageSpec::new(2905, 1, BIG),
+    );
+    let origin = Origin::start();
+    skopeo::push(&app, &origin.host(), "e2e/big:v1");
+    let before = origin.records().len();
+    let origin_url = origin.url();
+    let mirror = Mirror::start_oci_cache(&[("origin.test", &origin_url)], "origin.test", "5m");
+    let layer = &app.images[0].layers[0];
+    let size = layer.size;
+    let path = format!("/v2/e2e/big/blobs/{}", layer.digest);
+    let file = app.blob_path(&layer.digest);
+
+    let slices: Vec<(u64, u64)> = (0..size.div_ceil(SLICE))
+        .map(|i| (i * SLICE, ((i + 1) * SLICE).min(size) - 1))
+        .collect();
+    assert_eq!(
+        slices.len(),
+        9,
+        "200 MiB of file plus the tar header: 8 full slices and a tail"
+    );
+    let m = mirror.host();
+    std::thread::scope(|scope| {
+        for &(first, last) in slices.iter().take(8) {
+            let (m, path, file) = (&m, &path, &file);
+            scope.spawn(move || {
+                let range = format!("bytes={first}-{last}");
+                let got = request(m, "GET", path, &[("range", &range)]).unwrap();
+                assert_eq!(got.status, 206, "{range}");
+                assert_eq!(
+                    got.header("content-range"),
+                    Some(format!("bytes {first}-{last}/{size}").as_str())
+                );
+                let mut want = vec![0u8; (last - first + 1) as usize];
+                let mut f = std::fs::File::open(file).unwrap();
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(first)).unwrap();
+                std::io::Read::read_exact(&mut f, &mut want).unwrap();
+                assert!(got.body == want, "{range}: bytes differ from the origin's");
+            });
+        }
+    });
+
+    // The fill stores the blob; what it and the forwarded slices cost the origin.
+    let stored = format!("blob verified and stored digest={}", layer.digest);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !mirror.log().contains(&stored) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(mirror.log().contains(&stored), "the blob was not stored");
+    let sent: u64 = origin.records()[before..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(layer.digest.as_str()))
+        .map(|r| r.bytes)
+        .sum();
+    eprintln!(
+        "8 parallel 25 MiB slices of a cold {:.1} MiB blob: origin sent {:.1} MiB ({:.2}x the blob)",
+        size as f64 / 1048576.0,
+        sent as f64 / 1048576.0,
+        sent as f64 / size as f64
+    );
+    assert!(sent >= size, "the fill alone sends the whole blob: {sent}");
+    assert!(
+        sent * 10 <= size * 13,
+        "origin sent {sent} B for a {size} B blob: over 1.3x"
+    );
+
+    // Cached: the whole blob and the slice nobody asked for, no origin request.
+    let after = origin.records().len();
+    let whole = request(&m, "GET", &path, &[]).unwrap();
+    assert_eq!(whole.status, 200);
+    assert_eq!(sha256_digest(&whole.body), layer.digest);
+    drop(whole);
+    let (first, last) = slices[8];
+    let tail = request(
+        &m,
+        "GET",
+        &path,
+        &[("range", &format!("bytes={first}-{last}"))],
+    )
+    .unwrap();
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body.len() as u64, last - first + 1);
+    let blob_requests = origin.records()[after..]
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .count();
+    assert_eq!(blob_requests, 0, "the cached blob reached the origin");
+}
