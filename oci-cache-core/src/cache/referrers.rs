@@ -102,6 +102,8 @@ where
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrersResponse> {
+        // A denied repository's signatures and SBOMs are denied too.
+        self.allowed(registry, repository, None)?;
         let engine = &self.inner;
         let key = RecordKey::cached_referrers(registry, repository, subject);
         let cached = read(engine.storage.as_ref(), &key).await?;

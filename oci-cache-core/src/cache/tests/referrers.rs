@@ -244,3 +244,22 @@ async fn concurrent_requests_share_one_upstream_flight() {
     assert_eq!(s.upstream.calls().referrers(), 1);
     assert_eq!(s.manifest_calls(), (0, 2));
 }
+
+#[tokio::test]
+async fn a_denied_repository_has_no_referrers_and_upstream_is_not_asked() {
+    use crate::policy::{PolicyAction, PolicyRule, PullPolicy};
+    let s = setup(CacheOptions::default());
+    s.attach_via_api(&artifact(SBOM), SBOM);
+    s.engine.policy().replace(
+        PullPolicy::new(vec![
+            PolicyRule::new("no-alpine", PolicyAction::Deny).with_repository("library/alpine")
+        ])
+        .unwrap(),
+    );
+    let err = s.referrers(None).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Denied { rule, .. } if rule == "no-alpine"),
+        "{err}"
+    );
+    assert_eq!(s.upstream.calls().referrers(), 0);
+}
