@@ -19,10 +19,15 @@ fn a_denied_repository_never_reaches_the_origin() {
     let origin = origin_with(&[(&app, "e2e/app:v1"), (&blocked, "e2e/blocked:v1")]);
     let blocked_digest = origin.manifest_digest("e2e/blocked", "v1");
     let origin_url = origin.url();
-    let config = "[[policy.rule]]\nname = \"no-blocked\"\naction = \"deny\"\n\
-                  upstream = \"a.test\"\nrepository = \"e2e/blocked\"\n";
+    // Stored in the test's own directory, never the working directory.
+    let config = format!(
+        "[storage]\nkind = \"filesystem\"\ndir = {:?}\n\
+         [[policy.rule]]\nname = \"no-blocked\"\naction = \"deny\"\n\
+         upstream = \"a.test\"\nrepository = \"e2e/blocked\"\n",
+        work.path().join("storage")
+    );
     let mirror = Mirror::start_oci_cache_with_config(
-        config,
+        &config,
         &[("a.test", &origin_url)],
         "a.test",
         "5m",
