@@ -117,7 +117,11 @@ pub(crate) async fn join(
         holder_id: holder_id(&fleet.advertise_url),
         advertise_url: fleet.advertise_url.clone(),
     };
-    let options = PeerOptions::default().with_max_blob_size(max_blob_size);
+    // A holder that does not answer is waited out on its lease: asking it
+    // must end well before the lease could go stale.
+    let options = PeerOptions::default()
+        .with_max_blob_size(max_blob_size)
+        .with_answer_timeout(fleet.timings.ttl / 2);
     let peers = Arc::new(HyperPeerFills::new(fleet.secret.clone(), options)?);
     let joined = Fleet::connect(&storage, identity, fleet.timings, peers).await;
     Ok((storage, joined))

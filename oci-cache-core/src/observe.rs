@@ -359,8 +359,9 @@ pub enum LeaseOutcome {
     /// Another replica holds the lease: this one streams that replica's
     /// fill and re-hashes it, fetching nothing upstream.
     Peer,
-    /// The replica this one streamed from went away, and this one took its
-    /// lease over: it goes on upstream from the byte it had reached.
+    /// The holder went away (its stream broke, or it never answered) and
+    /// this one took its lease over: it goes on upstream from the byte it
+    /// had reached.
     Takeover,
     /// No lease could be used (leases off, a failed or slow lease call, an
     /// unreachable holder): this replica fills alone, as without a fleet.

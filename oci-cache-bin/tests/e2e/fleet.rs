@@ -386,7 +386,6 @@ fn stop_holder_while_the_others_pull(fill: &SlowFill) -> u64 {
 /// (the other streams from the taker), so the origin sends the layer about
 /// once more, not once per waiting replica.
 #[test]
-#[ignore = "needs the fleet fill to wait out an unanswering holder and take over (today it fills alone)"]
 fn a_stopped_holder_is_taken_over_by_exactly_one_replica() {
     let test = "a_stopped_holder_is_taken_over_by_exactly_one_replica";
     if !tools_available(test) {

@@ -158,6 +158,12 @@ impl Observed {
         &self.body.holder
     }
 
+    /// Whether `other` is this very lease write (same `ETag` and `seq`):
+    /// the holder has not renewed it in between.
+    pub(crate) fn same_lease(&self, other: &Observed) -> bool {
+        self.same(&other.body, &other.version)
+    }
+
     fn same(&self, body: &LeaseBody, version: &UpdateVersion) -> bool {
         self.body.seq == body.seq && self.version == *version
     }

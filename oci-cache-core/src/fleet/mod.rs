@@ -24,6 +24,8 @@ mod lease;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub(crate) mod tests;
 
+#[cfg(test)]
+pub(crate) use lease::HeldLease;
 pub(crate) use lease::{Claim, KeptLease, LeaseKey, Observed};
 pub use lease::{LeaseTimings, Leases};
 

@@ -25,10 +25,15 @@ pub struct PeerOptions {
     /// Longest wait for a connection to a replica (default 2 s: replicas
     /// are near each other, and a dead one should cost little).
     pub connect_timeout: Duration,
-    /// Longest wait for the answer and then for each chunk of the body
-    /// (default 15 s). A holder's fill pauses while it resumes a cut
-    /// upstream connection, so this is longer than the connect timeout; a
-    /// stopped holder costs at most this before the replica fills alone.
+    /// Longest wait for the answer (status and headers; default 5 s, half
+    /// the default lease TTL). A stopped holder's socket still accepts
+    /// connections and then says nothing: after this the asking replica
+    /// watches the holder's lease and takes it over once it is stale, so
+    /// this must be shorter than the lease TTL (`serve` uses half of it).
+    pub answer_timeout: Duration,
+    /// Longest wait for each chunk of the body (default 15 s). A holder's
+    /// fill pauses while it resumes a cut upstream connection, so this is
+    /// longer than the connect timeout.
     pub read_timeout: Duration,
     /// Largest blob taken from a replica (the engine's `max_blob_size`).
     pub max_blob_size: u64,
@@ -38,6 +43,7 @@ impl Default for PeerOptions {
     fn default() -> Self {
         PeerOptions {
             connect_timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(15),
             max_blob_size: oci_cache_core::cache::CacheOptions::default().max_blob_size,
         }
@@ -48,6 +54,12 @@ impl PeerOptions {
     /// Sets [`connect_timeout`](Self::connect_timeout).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`answer_timeout`](Self::answer_timeout).
+    pub fn with_answer_timeout(mut self, timeout: Duration) -> Self {
+        self.answer_timeout = timeout;
         self
     }
 
@@ -98,7 +110,7 @@ impl HyperPeerFills {
                 peer_error(UpstreamErrorKind::Invalid, origin, "request not buildable")
                     .with_source(e)
             })?;
-        let timeout = self.options.read_timeout;
+        let timeout = self.options.answer_timeout;
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(peer_error(
@@ -256,5 +268,33 @@ mod tests {
         ] {
             assert!(blob_uri(bad, &digest).is_err(), "{bad}");
         }
+    }
+
+    /// A stopped replica: the kernel completes the connection (the socket
+    /// listens), nobody reads the request. The fetch gives up after the
+    /// answer timeout, not the longer body timeout, so the asking replica
+    /// gets to watch the lease well before it could go stale.
+    #[tokio::test]
+    async fn a_replica_that_accepts_and_never_answers_costs_the_answer_timeout() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let options = PeerOptions::default()
+            .with_answer_timeout(Duration::from_millis(300))
+            .with_read_timeout(Duration::from_secs(30));
+        let secret = PeerSecret::new("0123456789abcdef0123").unwrap();
+        let peers = HyperPeerFills::new(secret, options).unwrap();
+        let started = std::time::Instant::now();
+        let err = peers
+            .fetch(&url, &Digest::sha256_of(b"x"))
+            .await
+            .err()
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(err.to_string().contains("did not answer within"), "{err}");
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        drop(silent);
     }
 }

@@ -13,23 +13,28 @@
 //!   clients get nothing unverified. It stores nothing: the holder writes
 //!   the one copy in the shared bucket, and a second upload of the same
 //!   object would only double the bucket's requests and bytes;
-//! - **anything else** (leases off, a failed or slow lease call, a holder
-//!   that cannot be reached): it fills alone, as without a fleet.
+//! - **held by a replica that does not answer** (killed, stopped,
+//!   partitioned): it watches the lease as when a relayed stream breaks,
+//!   below, from byte 0;
+//! - **anything else** (leases off, a failed or slow lease call): it fills
+//!   alone, as without a fleet.
 //!
-//! When the relayed stream breaks mid-blob, the fill first looks for the
-//! blob in the bucket (the holder may just have committed it) and reads on
-//! from there. Otherwise it waits for the lease to be released or to go
-//! stale (a TTL without heartbeats, on this replica's clock) and takes it
-//! over; of several relaying replicas exactly one wins and the others
-//! stream from it. The taker goes on **upstream with `Range: bytes=N-`**
+//! When the holder does not answer or the relayed stream breaks mid-blob,
+//! the fill first looks for the blob in the bucket (the holder may just
+//! have committed it) and reads on from there. Otherwise it watches the
+//! lease every heartbeat: a holder that renews is alive and asked again; a
+//! lease released or left unchanged for the TTL (on this replica's clock)
+//! is taken over; of several waiting replicas exactly one wins and the
+//! others stream from it. The taker goes on **upstream with `Range: bytes=N-`**
 //! from the byte it had relayed, and starts storing: its storage write
 //! reads the bytes `0..N` back from the fill's own buffer and spool (they
 //! were hashed as they were relayed) and then follows the fill live. The
 //! dead holder's multipart parts are not reused: S3 offers no way to read
 //! the parts of an incomplete multipart upload (nor `object_store` to list
 //! them), so the bytes this replica already relayed are what it resumes
-//! from. Waiting is bounded (TTL plus two heartbeats); after that, or on
-//! any lease error, it goes on upstream alone.
+//! from. Waiting is bounded (TTL plus two heartbeats): a holder that still
+//! renews but never answers by then, or any lease error, means going on
+//! upstream alone.
 
 use std::sync::{Arc, Mutex};
 
@@ -47,8 +52,8 @@ use crate::digest::Digest;
 use crate::error::ErrorChain;
 use crate::fleet::{Claim, Fleet, KeptLease, LeaseKey, Observed};
 use crate::observe::{FillPhase, LeaseOutcome};
-use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
-use crate::upstream::Upstream;
+use crate::storage::{BlobRead, BlobSource, ByteStream, PreverifiedStream, Storage};
+use crate::upstream::{FetchedBlob, Upstream};
 use crate::{Error, Result};
 
 /// The lease a fill holds, if any: taken before the first byte or on a
@@ -133,25 +138,45 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
             }
             Claim::Held(seen) => {
                 let url = seen.holder_url().to_owned();
+                let relay = |stream, size, holder_url, seen| {
+                    let key = key.clone();
+                    let from = From::Relay {
+                        stream,
+                        skip: 0,
+                        key,
+                        holder_url,
+                        seen,
+                    };
+                    body(from, size, false)
+                };
+                let peer = |url: &str, fetched: &FetchedBlob| {
+                    info!(digest = %task.digest, holder = %url, size = ?fetched.size, "another replica is filling this blob; streaming it from there");
+                    task.report(FillPhase::Lease {
+                        outcome: LeaseOutcome::Peer,
+                    });
+                };
                 match fleet.peers().fetch(&url, &task.digest).await {
                     Ok(fetched) => {
-                        info!(digest = %task.digest, holder = %url, size = ?fetched.size, "another replica is filling this blob; streaming it from there");
-                        task.report(FillPhase::Lease {
-                            outcome: LeaseOutcome::Peer,
-                        });
-                        let from = From::Relay {
-                            stream: fetched.stream,
-                            skip: 0,
-                            key,
-                            holder_url: url,
-                            seen: Some(seen),
-                        };
-                        return Ok(body(from, fetched.size, false));
+                        peer(&url, &fetched);
+                        return Ok(relay(fetched.stream, fetched.size, url, Some(seen)));
                     }
                     Err(e) => {
-                        warn!(digest = %task.digest, holder = %url, error = %ErrorChain(&e), "the replica filling this blob cannot be reached; filling alone");
-                        LeaseOutcome::Unavailable
+                        warn!(digest = %task.digest, holder = %url, error = %ErrorChain(&e), "the replica filling this blob does not answer; watching its lease");
                     }
+                }
+                match follow_lease(task, fleet, key.clone(), &url, Some(seen), 0).await {
+                    Followed::Stored(read) => {
+                        return Ok(relay(read.stream, Some(read.size), url, None));
+                    }
+                    Followed::Peer { url, seen, fetched } => {
+                        peer(&url, &fetched);
+                        return Ok(relay(fetched.stream, fetched.size, url, Some(seen)));
+                    }
+                    Followed::Mine(held) => {
+                        lease.hold(held);
+                        LeaseOutcome::Takeover
+                    }
+                    Followed::Alone => LeaseOutcome::Unavailable,
                 }
             }
         };
@@ -242,54 +267,37 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
         else {
             return Err(cut);
         };
-        let (key, failed_url, mut seen) = (key.clone(), holder_url.clone(), seen.take());
+        let (key, failed_url, seen) = (key.clone(), holder_url.clone(), seen.take());
         warn!(%digest, holder = %failed_url, offset = self.pos, error = %ErrorChain(&cut), "the replica this blob was streamed from went away; recovering");
-        let fleet = task.engine.fleet.get();
-        let leases = fleet.and_then(Fleet::leases);
-        if let (Some(fleet), Some(leases)) = (fleet, leases) {
-            let timings = leases.timings();
-            let deadline = Instant::now() + timings.ttl + timings.heartbeat.saturating_mul(2);
-            loop {
-                if let Some(stream) = committed(task, self.pos).await {
-                    info!(%digest, offset = self.pos, "the blob was committed meanwhile; reading on from storage");
-                    self.relay(stream, 0, key, failed_url, None);
-                    return Ok(());
-                }
-                match leases.claim(&key, seen.take()).await {
-                    Ok(Claim::Mine(held)) => {
-                        self.lease.hold(held.keep());
-                        task.report(FillPhase::Lease {
-                            outcome: LeaseOutcome::Takeover,
-                        });
-                        return self.continue_upstream().await;
-                    }
-                    Ok(Claim::Held(now)) if now.holder_url() != failed_url => {
-                        let url = now.holder_url().to_owned();
-                        if let Ok(fetched) = fleet.peers().fetch(&url, digest).await {
-                            info!(%digest, holder = %url, offset = self.pos, "another replica took this fill over; streaming from it");
-                            let skip = self.pos;
-                            self.relay(fetched.stream, skip, key, url, Some(now));
-                            return Ok(());
-                        }
-                        seen = Some(now);
-                    }
-                    Ok(Claim::Held(now)) => seen = Some(now),
-                    Err(e) => {
-                        warn!(%digest, error = %ErrorChain(&e), "lease call failed; going on alone");
-                        break;
-                    }
-                }
-                if Instant::now() >= deadline {
-                    warn!(%digest, "the lease holder still renews but cannot be streamed from; going on alone");
-                    break;
-                }
-                tokio::time::sleep(timings.heartbeat).await;
+        let Some(fleet) = task.engine.fleet.get() else {
+            return self.continue_upstream().await;
+        };
+        match follow_lease(task, fleet, key.clone(), &failed_url, seen, self.pos).await {
+            Followed::Stored(read) => {
+                info!(%digest, offset = self.pos, "the blob was committed meanwhile; reading on from storage");
+                self.relay(read.stream, 0, key, failed_url, None);
+                Ok(())
+            }
+            Followed::Peer { url, seen, fetched } => {
+                info!(%digest, holder = %url, offset = self.pos, "another replica took this fill over; streaming from it");
+                let skip = self.pos;
+                self.relay(fetched.stream, skip, key, url, Some(seen));
+                Ok(())
+            }
+            Followed::Mine(held) => {
+                self.lease.hold(held);
+                task.report(FillPhase::Lease {
+                    outcome: LeaseOutcome::Takeover,
+                });
+                self.continue_upstream().await
+            }
+            Followed::Alone => {
+                task.report(FillPhase::Lease {
+                    outcome: LeaseOutcome::Unavailable,
+                });
+                self.continue_upstream().await
             }
         }
-        task.report(FillPhase::Lease {
-            outcome: LeaseOutcome::Unavailable,
-        });
-        self.continue_upstream().await
     }
 
     fn relay(
@@ -344,16 +352,96 @@ async fn claim<S: ?Sized, U: ?Sized>(
     }
 }
 
+/// Where a fill goes on after the replica it followed stopped answering
+/// ([`follow_lease`]).
+enum Followed {
+    /// The blob was committed meanwhile: the rest of it, from storage.
+    Stored(BlobRead),
+    /// Another replica holds the lease now (or the holder renews it and
+    /// answers again): its stream, from byte 0.
+    Peer {
+        url: String,
+        seen: Observed,
+        fetched: FetchedBlob,
+    },
+    /// This replica took the lease over: it fetches upstream and stores.
+    Mine(KeptLease),
+    /// No lease to follow (a lease call failed, or the holder renews but
+    /// never answers within the wait): this replica goes on alone.
+    Alone,
+}
+
+/// After the holder at `failed_url` did not answer or its stream broke at
+/// byte `pos`: watches the lease every heartbeat until the blob is
+/// committed, another replica holds the lease and answers, the holder
+/// renews and answers again, or the lease is released or unchanged for the
+/// TTL on this replica's clock (then this replica takes it over; of several
+/// waiters exactly one wins, the conditional write decides). Bounded by the
+/// TTL plus two heartbeats; a holder that renews but never answers by then
+/// (a partition between replicas) means going on alone.
+///
+/// (Not a method: a `&FillBody` held across the awaits would make the
+/// fill's future not `Send`.)
+async fn follow_lease<S: Storage + ?Sized, U: ?Sized>(
+    task: &FillTask<S, U>,
+    fleet: &Fleet,
+    key: LeaseKey,
+    failed_url: &str,
+    mut seen: Option<Observed>,
+    pos: u64,
+) -> Followed {
+    let digest = &task.digest;
+    let Some(leases) = fleet.leases() else {
+        return Followed::Alone;
+    };
+    let timings = leases.timings();
+    let deadline = Instant::now() + timings.ttl + timings.heartbeat.saturating_mul(2);
+    loop {
+        if let Some(read) = committed(task, pos).await {
+            return Followed::Stored(read);
+        }
+        let before = seen.take();
+        match leases.claim(&key, before.clone()).await {
+            Ok(Claim::Mine(held)) => return Followed::Mine(held.keep()),
+            Ok(Claim::Held(now)) => {
+                let url = now.holder_url().to_owned();
+                // Another holder, or the same one renewing (alive): ask it.
+                let renewed = before.is_none_or(|before| !before.same_lease(&now));
+                if url != failed_url || renewed {
+                    if let Ok(fetched) = fleet.peers().fetch(&url, digest).await {
+                        return Followed::Peer {
+                            url,
+                            seen: now,
+                            fetched,
+                        };
+                    }
+                }
+                seen = Some(now);
+            }
+            Err(e) => {
+                warn!(%digest, error = %ErrorChain(&e), "lease call failed; going on alone");
+                return Followed::Alone;
+            }
+        }
+        if Instant::now() >= deadline {
+            warn!(%digest, holder = %failed_url, "the lease holder still renews but cannot be streamed from; going on alone");
+            return Followed::Alone;
+        }
+        tokio::time::sleep(timings.heartbeat).await;
+    }
+}
+
 /// The rest of the blob from byte `pos` on, from storage, if it was
-/// committed meanwhile. (Not a method: a `&FillBody` held across the await
-/// would make the fill's future not `Send`.)
+/// committed meanwhile.
 async fn committed<S: Storage + ?Sized, U: ?Sized>(
     task: &FillTask<S, U>,
     pos: u64,
-) -> Option<ByteStream> {
+) -> Option<BlobRead> {
     let storage = &task.engine.storage;
-    let read = storage.blob_read(&task.digest, Some(pos..u64::MAX)).await;
-    read.ok().map(|read| read.stream)
+    storage
+        .blob_read(&task.digest, Some(pos..u64::MAX))
+        .await
+        .ok()
 }
 
 fn target<S: ?Sized, U: ?Sized>(task: &FillTask<S, U>) -> Target<'_, U> {

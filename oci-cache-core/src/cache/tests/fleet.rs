@@ -8,7 +8,7 @@ use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
 use super::*;
-use crate::fleet::{Fleet, FleetIdentity, LeaseTimings, Leases, PeerFills};
+use crate::fleet::{Fleet, FleetIdentity, HeldLease, LeaseTimings, Leases, PeerFills};
 use crate::observe::{FillEvent, FillPhase, LeaseOutcome, Observer};
 use crate::storage::ObjectStorage;
 use crate::testing::CountingStore;
@@ -56,12 +56,15 @@ fn lease(outcome: LeaseOutcome) -> FillPhase {
 }
 
 /// Peers reached through in-process engines by URL; a URL with a
-/// scripted answer gets that instead, one without either fails.
+/// scripted answer gets that instead, one without either fails (after
+/// `silence`: a stopped replica accepts the connection and says nothing
+/// until the client's answer timeout).
 #[derive(Default)]
 struct Peers {
     replicas: Mutex<HashMap<String, Replica>>,
     scripted: Mutex<HashMap<String, BlobScript>>,
     fetches: Mutex<Vec<String>>,
+    silence: Mutex<Duration>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -89,11 +92,15 @@ impl PeerFills for Peers {
                 let digest = fake.add_blob(script);
                 fake.blob_get(&hub(), &repo(), &digest).await
             }
-            None => Err(Error::Storage {
-                backend: "peer",
-                message: format!("{holder_url} refused the connection"),
-                source: None,
-            }),
+            None => {
+                let silence = *self.silence.lock().unwrap();
+                tokio::time::sleep(silence).await;
+                Err(Error::Storage {
+                    backend: "peer",
+                    message: format!("{holder_url} did not answer"),
+                    source: None,
+                })
+            }
         }
     }
 }
@@ -132,9 +139,14 @@ impl Site {
 
     /// Replica `n`, in fleet mode (the bucket probed as at start).
     async fn replica(&self, n: u32) -> Replica {
+        self.replica_with(n, timings()).await
+    }
+
+    /// Replica `n`, in fleet mode with `timings`.
+    async fn replica_with(&self, n: u32, timings: LeaseTimings) -> Replica {
         let storage = self.storage();
         let peers: Arc<dyn PeerFills> = Arc::clone(&self.peers) as _;
-        let fleet = Fleet::connect(&storage, identity(n), timings(), peers).await;
+        let fleet = Fleet::connect(&storage, identity(n), timings, peers).await;
         let replica = PullThrough::observed(
             Arc::new(storage),
             Arc::clone(&self.origin),
@@ -154,12 +166,17 @@ impl Site {
     /// The lease of `digest` taken in the name of replica `n`, which then
     /// never renews it (a replica that died after taking it).
     async fn dead_holder(&self, n: u32, digest: &Digest) {
-        let leases = Leases::new(&self.storage(), identity(n), timings());
+        drop(self.holder(n, digest, timings()).await);
+    }
+
+    /// The lease of `digest` taken in the name of replica `n`.
+    async fn holder(&self, n: u32, digest: &Digest, timings: LeaseTimings) -> HeldLease {
+        let leases = Leases::new(&self.storage(), identity(n), timings);
         let key = leases.fill_key(digest).unwrap();
-        assert!(matches!(
-            leases.claim(&key, None).await.unwrap(),
-            crate::fleet::Claim::Mine(_)
-        ));
+        match leases.claim(&key, None).await.unwrap() {
+            crate::fleet::Claim::Mine(held) => held,
+            crate::fleet::Claim::Held(seen) => panic!("held by {}", seen.holder_url()),
+        }
     }
 
     async fn stored(&self, digest: &Digest) -> Option<Vec<u8>> {
@@ -234,7 +251,7 @@ async fn a_miss_another_replica_is_filling_is_streamed_from_it_not_from_upstream
 }
 
 #[tokio::test]
-async fn an_unreachable_holder_means_filling_alone() {
+async fn an_unreachable_holder_that_stopped_renewing_is_taken_over() {
     let site = Site::new();
     let b = site.replica(2).await;
     let bytes = pattern(50_000);
@@ -244,15 +261,99 @@ async fn an_unreachable_holder_means_filling_alone() {
     assert_eq!(pull(&b, &digest).await.unwrap(), bytes);
     fills_settled(&b).await;
     assert_eq!(site.peers.fetches(), ["http://127.0.0.7:5000"]);
-    assert_eq!(site.origin.calls().blob_get(), 1);
+    assert_eq!(site.origin.blob_offsets(), [0]);
     assert_eq!(
         site.phases.take(),
         [
-            lease(LeaseOutcome::Unavailable),
+            lease(LeaseOutcome::Takeover),
             FillPhase::Stored { bytes: 50_000 }
         ]
     );
     assert_eq!(site.stored(&digest).await.unwrap(), bytes);
+}
+
+/// A stopped holder (SIGSTOP): its socket accepts and nothing answers, and
+/// its lease is not renewed. Of the replicas waiting for it, exactly one
+/// takes the lease over after the TTL on its own clock and fetches the blob
+/// once; the others stream from the taker.
+#[tokio::test(start_paused = true)]
+async fn a_silent_holder_is_taken_over_by_exactly_one_waiting_replica_after_the_ttl() {
+    let site = Site::new();
+    let timings = LeaseTimings::default();
+    *site.peers.silence.lock().unwrap() = timings.ttl / 2;
+    let bytes = pattern(200_000);
+    let digest = site.origin.add_blob(BlobScript::new(&bytes).chunk(4096));
+    drop(site.holder(7, &digest, timings).await);
+    let (b, c, d) = (
+        site.replica_with(2, timings).await,
+        site.replica_with(3, timings).await,
+        site.replica_with(4, timings).await,
+    );
+
+    let started = tokio::time::Instant::now();
+    let (from_b, from_c, from_d) =
+        tokio::join!(pull(&b, &digest), pull(&c, &digest), pull(&d, &digest));
+    let waited = started.elapsed();
+    for got in [from_b, from_c, from_d] {
+        assert_eq!(got.unwrap(), bytes);
+    }
+    for replica in [&b, &c, &d] {
+        fills_settled(replica).await;
+    }
+    // Not before the TTL (a live holder keeps its lease), and within a
+    // heartbeat of it (plus the taker's answer to the others).
+    assert!(
+        waited >= timings.ttl && waited <= timings.ttl + timings.heartbeat * 2,
+        "{waited:?}"
+    );
+    assert_eq!(site.origin.blob_offsets(), [0], "one upstream fetch");
+    let phases = site.phases.take();
+    let count = |phase: FillPhase| phases.iter().filter(|p| **p == phase).count();
+    assert_eq!(count(lease(LeaseOutcome::Takeover)), 1, "{phases:?}");
+    assert_eq!(count(lease(LeaseOutcome::Peer)), 2, "{phases:?}");
+    assert_eq!(count(lease(LeaseOutcome::Unavailable)), 0, "{phases:?}");
+    assert_eq!(count(FillPhase::Stored { bytes: 200_000 }), 1, "{phases:?}");
+    assert_eq!(
+        count(FillPhase::Relayed { bytes: 200_000 }),
+        2,
+        "{phases:?}"
+    );
+    assert_eq!(site.stored(&digest).await.unwrap(), bytes);
+}
+
+/// A holder that renews its lease but cannot be reached (a partition
+/// between replicas, not between a replica and the bucket) is never taken
+/// over: after the bounded wait the replica fills alone.
+#[tokio::test(start_paused = true)]
+async fn a_live_holder_that_cannot_be_reached_means_filling_alone_after_the_wait() {
+    let site = Site::new();
+    let timings = LeaseTimings::default();
+    let bytes = pattern(30_000);
+    let digest = site.origin.add_blob(BlobScript::new(&bytes));
+    let renewing = site.holder(7, &digest, timings).await.keep();
+    let b = site.replica_with(2, timings).await;
+
+    let started = tokio::time::Instant::now();
+    assert_eq!(pull(&b, &digest).await.unwrap(), bytes);
+    let waited = started.elapsed();
+    fills_settled(&b).await;
+    let bound = timings.ttl + timings.heartbeat * 3;
+    assert!(waited >= timings.ttl && waited <= bound, "{waited:?}");
+    assert_eq!(
+        site.phases.take(),
+        [
+            lease(LeaseOutcome::Unavailable),
+            FillPhase::Stored { bytes: 30_000 }
+        ]
+    );
+    // Asked again each time it renewed, never taken over.
+    assert!(
+        site.peers.fetches().len() >= 3,
+        "{:?}",
+        site.peers.fetches()
+    );
+    assert_eq!(site.origin.blob_offsets(), [0]);
+    renewing.release().await;
 }
 
 #[tokio::test]
