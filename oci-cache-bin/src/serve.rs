@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oci_cache_core::error::ErrorChain;
+use oci_cache_core::evict::Evictor;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::storage::Storage;
 use oci_cache_http::client_auth;
@@ -247,18 +248,30 @@ const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Starts the background eviction task when a cap is set.
 fn spawn_evictor(engine: &engine::Engine) {
-    let Some(max_size) = engine.options().max_size else {
-        return;
-    };
+    if let Some(evictor) = evictor(engine) {
+        tokio::spawn(evictor.run(ACCESS_FLUSH_INTERVAL));
+    }
+}
+
+/// The evictor of a bounded cache (`max_size`), `None` without a bound. In
+/// fleet mode its passes are elected through the bucket's eviction lease:
+/// one replica evicts at a time, from the access times every replica
+/// flushed to the shared index.
+fn evictor(engine: &engine::Engine) -> Option<Evictor<dyn Storage>> {
+    let max_size = engine.options().max_size?;
     let pins = engine.options().pin.clone();
-    tracing::info!(max_size, pins = ?pins.iter().map(|p| p.as_str()).collect::<Vec<_>>(), "bounded disk: evicting least recently used blobs over max_size");
-    let evictor = oci_cache_core::evict::Evictor::new(
+    let fleet = engine.fleet().filter(|fleet| fleet.leases_enabled());
+    tracing::info!(max_size, pins = ?pins.iter().map(|p| p.as_str()).collect::<Vec<_>>(), one_pass_per_fleet = fleet.is_some(), "bounded disk: evicting least recently used blobs over max_size");
+    let evictor = Evictor::new(
         Arc::clone(engine.storage()),
         Arc::clone(engine.budget()),
         pins,
         Arc::clone(engine.observer()),
     );
-    tokio::spawn(evictor.run(ACCESS_FLUSH_INTERVAL));
+    Some(match fleet {
+        Some(fleet) => evictor.with_fleet(fleet),
+        None => evictor,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM, so in-flight requests can finish.
@@ -287,6 +300,42 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use oci_cache_core::fleet::{Fleet, FleetIdentity, LeaseTimings};
+    use oci_cache_core::storage::{ObjectStorage, Storage};
+    use oci_cache_http::fleet::{HyperPeerFills, PeerOptions, PeerSecret};
+
+    use crate::engine::{builder_over, Engine};
+
+    fn engine(builder: oci_cache_http::MirrorBuilder) -> Engine {
+        builder.build().unwrap().service().engine().clone()
+    }
+
+    /// A bounded cache in fleet mode elects one eviction pass per bucket;
+    /// alone (or unbounded) it does not ask for any lease.
+    #[tokio::test]
+    async fn a_bounded_replica_in_a_fleet_evicts_under_the_fleet_lease() {
+        let mut settings = crate::config::resolve(&crate::cli::ServeArgs::default()).unwrap();
+        let bucket = Arc::new(ObjectStorage::in_memory());
+        let storage = || -> Arc<dyn Storage> { bucket.clone() };
+        assert!(super::evictor(&engine(builder_over(&settings, storage()))).is_none());
+        settings.cache.max_size = Some(1 << 20);
+        let alone = engine(builder_over(&settings, storage()));
+        assert!(!super::evictor(&alone).unwrap().elected_in_fleet());
+
+        let secret = PeerSecret::new("0123456789abcdef0123").unwrap();
+        let peers = Arc::new(HyperPeerFills::new(secret.clone(), PeerOptions::default()).unwrap());
+        let identity = FleetIdentity {
+            holder_id: "replica-1".to_owned(),
+            advertise_url: "http://127.0.0.2:5000".to_owned(),
+        };
+        let fleet = Fleet::connect(&bucket, identity, LeaseTimings::default(), peers).await;
+        assert!(fleet.leases_enabled());
+        let replica = engine(builder_over(&settings, storage()).fleet(fleet, secret));
+        assert!(super::evictor(&replica).unwrap().elected_in_fleet());
+    }
 
     #[test]
     fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {

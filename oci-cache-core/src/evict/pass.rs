@@ -109,6 +109,12 @@ impl<S: Storage + ?Sized> Evictor<S> {
         self
     }
 
+    /// Whether passes are elected through the fleet's eviction lease
+    /// ([`with_fleet`](Self::with_fleet) on a bucket with leases on).
+    pub fn elected_in_fleet(&self) -> bool {
+        self.leases.is_some()
+    }
+
     /// Takes the eviction lease for a pass that must delete.
     async fn elect(&self) -> Election {
         let Some(leases) = &self.leases else {

@@ -665,17 +665,16 @@ async fn blobs_pushed_before_their_manifest_are_kept_until_it_arrives() {
     assert!(grace.is_none(), "the ended grace was not swept");
 }
 
-/// Replicas on one bucket: a pass deletes only while it holds the eviction lease.
-#[tokio::test]
-async fn one_replica_evicts_at_a_time() {
-    use crate::fleet::{Claim, Fleet, FleetIdentity, LeaseTimings, Leases};
-    use crate::storage::ObjectStorage;
-    let storage = Arc::new(ObjectStorage::in_memory());
-    let identity = |n: u32| FleetIdentity {
+fn replica_identity(n: u32) -> crate::fleet::FleetIdentity {
+    crate::fleet::FleetIdentity {
         holder_id: format!("replica-{n}"),
         advertise_url: format!("http://127.0.0.{n}:5000"),
-    };
-    let budget = Arc::new(DiskBudget::new(Some(500)));
+    }
+}
+
+/// Ten 100-byte blobs in one in-memory bucket.
+async fn shared_bucket_of_ten_blobs() -> Arc<crate::storage::ObjectStorage> {
+    let storage = Arc::new(crate::storage::ObjectStorage::in_memory());
     for seed in 0..10u8 {
         let bytes = blob_bytes(seed, 100);
         let digest = Digest::sha256_of(&bytes);
@@ -685,10 +684,31 @@ async fn one_replica_evicts_at_a_time() {
             .await
             .unwrap();
     }
+    storage
+}
+
+/// Replica `n`'s evictor on `storage` with a 500-byte cap, in fleet mode.
+async fn fleet_evictor(
+    storage: &Arc<crate::storage::ObjectStorage>,
+    n: u32,
+) -> Evictor<crate::storage::ObjectStorage> {
+    use crate::fleet::{Fleet, LeaseTimings};
     let peers = Arc::new(crate::fleet::tests::NoPeers);
-    let fleet = Fleet::connect(&storage, identity(1), LeaseTimings::default(), peers).await;
+    let fleet = Fleet::connect(storage, replica_identity(n), LeaseTimings::default(), peers).await;
+    let budget = Arc::new(DiskBudget::new(Some(500)));
     let evictor =
-        Evictor::new(Arc::clone(&storage), budget, Vec::new(), observe::noop()).with_fleet(&fleet);
+        Evictor::new(Arc::clone(storage), budget, Vec::new(), observe::noop()).with_fleet(&fleet);
+    assert!(evictor.elected_in_fleet());
+    evictor
+}
+
+/// Replicas on one bucket: a pass deletes only while it holds the eviction lease.
+#[tokio::test]
+async fn one_replica_evicts_at_a_time() {
+    use crate::fleet::{Claim, LeaseTimings, Leases};
+    let storage = shared_bucket_of_ten_blobs().await;
+    let identity = replica_identity;
+    let evictor = fleet_evictor(&storage, 1).await;
 
     // Replica 2 is evicting.
     let other = Leases::new(&storage, identity(2), LeaseTimings::default());
@@ -706,4 +726,23 @@ async fn one_replica_evicts_at_a_time() {
     assert_eq!(report.evicted_blobs, 6);
     // Released after the pass: the next replica's pass may evict.
     assert!(matches!(other.claim(&key, None).await, Ok(Claim::Mine(_))));
+}
+
+/// Two replicas over the cap at the same moment: the excess is deleted
+/// once, by one of them (without the election both would pick the same
+/// victims from the same listing and count them twice).
+#[tokio::test]
+async fn two_replicas_passing_at_once_delete_the_excess_once() {
+    let storage = shared_bucket_of_ten_blobs().await;
+    let (a, b) = (
+        fleet_evictor(&storage, 1).await,
+        fleet_evictor(&storage, 2).await,
+    );
+    let (from_a, from_b) = tokio::join!(a.pass(), b.pass());
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    let evicted = [from_a.evicted_blobs, from_b.evicted_blobs];
+    assert!(evicted.contains(&0), "{evicted:?}");
+    assert_eq!(evicted.iter().sum::<u64>(), 6, "{evicted:?}");
+    let left: Vec<_> = storage.blob_list().collect().await;
+    assert_eq!(left.len(), 4);
 }
