@@ -384,7 +384,8 @@ fn stop_holder_while_the_others_pull(fill: &SlowFill) -> u64 {
 
 /// A stopped holder is taken over by exactly one of the waiting replicas
 /// (the other streams from the taker), so the origin sends the layer about
-/// once more, not once per waiting replica.
+/// once more, not once per waiting replica (2.09x before the waiting
+/// replicas watched the lease).
 #[test]
 fn a_stopped_holder_is_taken_over_by_exactly_one_replica() {
     let test = "a_stopped_holder_is_taken_over_by_exactly_one_replica";
@@ -395,9 +396,23 @@ fn a_stopped_holder_is_taken_over_by_exactly_one_replica() {
         return;
     };
     let fill = slow_fill(&s3, "fleet-takeover", 2482);
+    let started = Instant::now();
     let sent = stop_holder_while_the_others_pull(&fill);
+    let waited = started.elapsed();
     let ratio = sent as f64 / fill.layer as f64;
     signal(&fill.fleet.replicas[0], rustix::process::Signal::CONT);
+    eprintln!(
+        "fleet: holder stopped at half of a {} B layer; the two other replicas' pulls took {waited:?} \
+         and the origin sent {sent} B for them ({ratio:.3}x the layer)",
+        fill.layer
+    );
+    let logs = fill.fleet.logs();
+    assert_eq!(
+        logs.matches("lease holder stopped renewing; taken over")
+            .count(),
+        1,
+        "{logs}"
+    );
     assert!(
         ratio <= MAX_AFTER_KILL,
         "{ratio:.3}x the layer\n{}",
