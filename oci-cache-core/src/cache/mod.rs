@@ -75,7 +75,7 @@ pub use crate::manifest::media_type::{
 #[doc(hidden)]
 pub use crate::observe::CacheOutcome;
 
-pub use blob::FillRetry;
+pub use blob::{FillProgress, FillRetry};
 pub use manifest::ManifestHeadResponse;
 pub use referrers::{ReferrersResponse, ReferrersSource, MAX_TAG_SCHEMA_MANIFESTS};
 use std::ops::Range;

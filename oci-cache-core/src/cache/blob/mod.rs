@@ -92,6 +92,7 @@ mod buffer;
 mod fleet;
 mod forward;
 mod peer;
+mod progress;
 pub(super) mod reader;
 mod resume;
 mod stored;
@@ -100,6 +101,7 @@ use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
 use fleet::{FillBody, LeaseSlot};
 use reader::{check_cap, retries_own, Origin, Reader};
 
+pub use progress::FillProgress;
 pub use resume::FillRetry;
 
 /// Chunks queued between the fill and the storage write.
