@@ -20,6 +20,7 @@ use crate::handlers::Engine;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::service::OciService;
+use crate::status::StatusBoard;
 use crate::upstream::{HyperUpstream, UpstreamOptions};
 use crate::{Error, Result};
 
@@ -246,15 +247,14 @@ impl MirrorBuilder {
         let upstreams = self.upstreams.ok_or_else(|| missing("upstreams"))?;
         upstreams.validate()?;
         let storage = self.storage.ok_or_else(|| missing("storage"))?;
-        let observer = match (self.observer, &self.metrics) {
-            (Some(observer), Some(metrics)) => Arc::new(observe::Fanout::new(vec![
-                observer,
-                Arc::clone(metrics) as SharedObserver,
-            ])) as SharedObserver,
-            (None, Some(metrics)) => Arc::clone(metrics) as SharedObserver,
-            (Some(observer), None) => observer,
-            (None, None) => observe::noop(),
-        };
+        // The status page's board hears every event too.
+        let board = Arc::new(StatusBoard::new());
+        let mut observers: Vec<SharedObserver> = self.observer.into_iter().collect();
+        if let Some(metrics) = &self.metrics {
+            observers.push(Arc::clone(metrics) as SharedObserver);
+        }
+        observers.push(Arc::clone(&board) as SharedObserver);
+        let observer: SharedObserver = Arc::new(observe::Fanout::new(observers));
         for prefix in &self.local_prefixes {
             validate_local_prefix(prefix, &upstreams)?;
         }
@@ -294,6 +294,8 @@ impl MirrorBuilder {
         if let Some(secret) = peer_secret {
             service = service.with_peer_secret(secret);
         }
+        // The page reads the metrics wherever they are served.
+        service = service.with_status(board, self.metrics.clone());
         if let Some(metrics) = self.metrics.filter(|_| self.metrics_endpoint) {
             service = service.with_metrics(metrics);
         }

@@ -46,6 +46,10 @@ pub(crate) enum Route {
     Ready,
     /// `/metrics`.
     Metrics,
+    /// `/`: the status page, HTML.
+    StatusPage,
+    /// `/status.json`: the status page's data.
+    StatusJson,
     /// `/admin/purge` (any method: the handler says which one it takes).
     Purge,
     /// `/doctor/probe/<nonce>`: whether the doctor's probe pull arrived.
@@ -118,6 +122,7 @@ impl Route {
             Route::Health => "healthz",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
+            Route::StatusPage | Route::StatusJson => "status",
             Route::Purge => "purge",
             Route::DoctorProbe { .. } => "doctor_probe",
             Route::PeerBlob { .. } => "peer_blob",
@@ -156,6 +161,9 @@ impl Route {
     }
 }
 
+/// The path of the status page's data (probes family; the page is `/`).
+pub(crate) const STATUS_JSON_PATH: &str = "/status.json";
+
 /// The path of the purge endpoint (admin family).
 pub(crate) const PURGE_PATH: &str = "/admin/purge";
 
@@ -184,6 +192,8 @@ pub(crate) fn route(
         "/healthz" => Some(Route::Health),
         "/readyz" => Some(Route::Ready),
         "/metrics" => Some(Route::Metrics),
+        "/" => Some(Route::StatusPage),
+        STATUS_JSON_PATH => Some(Route::StatusJson),
         _ => None,
     };
     if path == PURGE_PATH {

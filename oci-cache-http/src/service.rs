@@ -28,6 +28,7 @@ use crate::observed::ObservedBody;
 use crate::response::outcome_of;
 use crate::routes::{HostedOp, Route};
 use crate::routing::{MatchedRoute, RouteTable};
+use crate::status::{StatusBoard, StatusSource};
 use crate::wire;
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -57,6 +58,8 @@ pub struct OciService {
     /// over the peer route (see [`crate::fleet`]); without it the route
     /// does not exist.
     peer_secret: Option<PeerSecret>,
+    /// What the status page reads; without it `/` and `/status.json` are 404.
+    status: Option<StatusSource>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for OciService {
             .field("readiness", &self.readiness)
             .field("local_prefixes", &self.local_prefixes())
             .field("peer_route", &self.peer_secret.is_some())
+            .field("status_page", &self.status.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +91,18 @@ impl OciService {
             hosted: None,
             probes: Arc::default(),
             peer_secret: None,
+            status: None,
         }
+    }
+
+    /// Serves the status page at `/` and its data at `/status.json`:
+    /// `board` must receive the engine's events (install it as one of the
+    /// observers), `metrics` are read for every counted figure (`None`: the
+    /// page counts nothing). [`Mirror::builder`](crate::Mirror::builder)
+    /// does both.
+    pub fn with_status(mut self, board: Arc<StatusBoard>, metrics: Option<Arc<Metrics>>) -> Self {
+        self.status = Some(StatusSource { board, metrics });
+        self
     }
 
     /// Serves blobs to the other replicas of a fleet that present `secret`
@@ -187,6 +202,15 @@ impl OciService {
             .respond(&request, &matched, body)
             .instrument(span.clone())
             .await;
+        if let (Some(status), Ok(route)) = (&self.status, matched.route()) {
+            if response.status().is_success() && !route.is_doctor_probe() {
+                if let Route::Manifest { target, reference } = route {
+                    status
+                        .board
+                        .record_manifest(&target.upstream, &target.repository, reference);
+                }
+            }
+        }
         let event = RequestEvent {
             method: request.method.to_string(),
             path: request.uri.path().to_owned(),
@@ -232,6 +256,7 @@ impl OciService {
                     mirrors: self.mirrors(),
                     metrics: self.metrics.as_deref(),
                     readiness: self.readiness.as_ref(),
+                    status: self.status.as_ref(),
                     hosted: self.hosted.as_deref(),
                     probes: &self.probes,
                     peer_secret: self.peer_secret.as_ref(),

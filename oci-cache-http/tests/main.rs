@@ -26,5 +26,6 @@ mod observe;
 mod referrers;
 mod resilience;
 mod routing;
+mod status;
 mod trust;
 mod upstream;

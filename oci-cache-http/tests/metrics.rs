@@ -35,7 +35,8 @@ async fn fetch(svc: &OciService, uri: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The sum of the samples of `name` whose labels include `labels`.
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines)
         .unwrap()

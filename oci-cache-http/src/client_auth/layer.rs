@@ -222,9 +222,16 @@ impl Guard {
             // Replicas of a fleet send no user: the handler checks the
             // fleet's secret instead.
             Ok(Route::PeerBlob { .. }) => false,
-            // `/metrics` names every upstream and its traffic, like the catalog;
-            // `/healthz` and `/readyz` stay open for kubelet probes.
-            Ok(Route::Ping | Route::Catalog { .. } | Route::Metrics) if !authenticated => {
+            // `/metrics` names every upstream and its traffic, like the
+            // catalog, and the status page the images pulled; `/healthz`
+            // and `/readyz` stay open for kubelet probes.
+            Ok(
+                Route::Ping
+                | Route::Catalog { .. }
+                | Route::Metrics
+                | Route::StatusPage
+                | Route::StatusJson,
+            ) if !authenticated => {
                 return Err(auth.unauthorized("authentication required"));
             }
             // Pushes and deletes always need a user; pulls too unless the

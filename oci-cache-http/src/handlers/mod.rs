@@ -1,6 +1,7 @@
 //! The handlers, one module per family of routes: [`pull`] (the read API of
 //! cached repositories), [`push`] (hosted repositories), [`probes`]
-//! (`/healthz`, `/readyz`, `/metrics`), [`admin`] (purge) and [`doctor`]
+//! (`/healthz`, `/readyz`, `/metrics`, the status page at `/` and
+//! `/status.json`), [`admin`] (purge) and [`doctor`]
 //! (the doctor's probe image and whether its pull arrived). Each asks the
 //! engine and shapes its answer with [`crate::response`]; none imports
 //! another family or the service, so the service sits on top and the
@@ -29,6 +30,7 @@ use crate::error::{OciError, OciErrorCode};
 use crate::fleet::PeerSecret;
 use crate::metrics::Metrics;
 use crate::routes::Route;
+use crate::status::StatusSource;
 
 /// The engine as the service holds it: storage and upstream chosen at
 /// runtime. Cheap to clone (one `Arc`).
@@ -54,6 +56,8 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) mirrors: &'a MirrorConfig,
     /// Served at `/metrics` when set; otherwise that path is unknown here.
     pub(crate) metrics: Option<&'a Metrics>,
+    /// Answers `/` and `/status.json` when set; otherwise they are unknown here.
+    pub(crate) status: Option<&'a StatusSource>,
     /// Answers `/readyz` when set; otherwise `/readyz` is always ready.
     pub(crate) readiness: Option<&'a Readiness>,
     /// Hosted repositories, listed in `_catalog` beside cached ones.
@@ -73,6 +77,7 @@ pub(crate) async fn dispatch(
 ) -> Result<Response<Body>, OciError> {
     match route {
         Route::Health | Route::Ready | Route::Metrics => probes::answer(route, info),
+        Route::StatusPage | Route::StatusJson => probes::status(engine, route, info),
         Route::Purge => Ok(admin::purge(engine, info).await),
         Route::DoctorProbe { nonce } => Ok(doctor::seen(nonce, info.probes)),
         // Never fetched upstream, whatever the upstream.

@@ -80,6 +80,8 @@ pub(super) async fn dispatch(
         Route::Health
         | Route::Ready
         | Route::Metrics
+        | Route::StatusPage
+        | Route::StatusJson
         | Route::Purge
         | Route::DoctorProbe { .. }
         | Route::PeerBlob { .. }

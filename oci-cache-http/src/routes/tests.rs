@@ -156,6 +156,8 @@ fn references_and_other_routes() {
     assert_eq!(get("/healthz").unwrap(), Route::Health);
     assert_eq!(get("/readyz").unwrap(), Route::Ready);
     assert_eq!(get("/metrics").unwrap(), Route::Metrics);
+    assert_eq!(get("/").unwrap(), Route::StatusPage);
+    assert_eq!(get("/status.json").unwrap(), Route::StatusJson);
     // Purge is a route for every method: its handler names the one it takes
     // (405 otherwise), and refuses (404) without an authenticated client.
     for method in [Method::GET, Method::DELETE, Method::POST] {
