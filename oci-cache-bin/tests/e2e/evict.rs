@@ -330,7 +330,7 @@ impl Scenario<'_> {
     }
 }
 
-fn serve_args(cap: &str, origin: &Origin) -> Vec<String> {
+pub(super) fn serve_args(cap: &str, origin: &Origin) -> Vec<String> {
     [
         "--upstream",
         &format!("docker.io={}", origin.url()),

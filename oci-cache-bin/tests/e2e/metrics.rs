@@ -11,10 +11,10 @@ use crate::support::registry::Origin;
 use crate::support::{free_port, skopeo, tools_available};
 
 /// One scrape, parsed.
-struct Scrape(Vec<prometheus_parse::Sample>);
+pub(super) struct Scrape(Vec<prometheus_parse::Sample>);
 
 impl Scrape {
-    fn of(host: &str) -> Scrape {
+    pub(super) fn of(host: &str) -> Scrape {
         let resp = http::request(host, "GET", "/metrics", &[]).unwrap();
         assert_eq!(resp.status, 200, "GET /metrics on {host}");
         let text = String::from_utf8(resp.body).unwrap();
@@ -23,7 +23,7 @@ impl Scrape {
     }
 
     /// The sum of the samples of `name` whose labels include `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(super) fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
             .iter()
             .filter(|s| s.metric == name)

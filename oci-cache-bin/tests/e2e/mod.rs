@@ -21,4 +21,5 @@ mod registry2;
 mod registry_proxy;
 mod resilience;
 mod resume;
+mod status_page;
 mod trust;

@@ -26,8 +26,14 @@ use std::time::{Duration, Instant};
 /// under `CI=true`: CI installs them (`scripts/install-test-deps`), so their
 /// absence there is a broken setup, not a reason to pass.
 pub(crate) fn tools_available(test: &str) -> bool {
-    let missing: Vec<&str> = ["docker-registry", "skopeo"]
-        .into_iter()
+    these_tools_available(test, &["docker-registry", "skopeo"])
+}
+
+/// [`tools_available`] for another set of `tools` (e.g. adding `chromium`).
+pub(crate) fn these_tools_available(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
         .filter(|tool| {
             !Command::new(tool)
                 .arg("--version")
