@@ -32,6 +32,7 @@ pub struct CountingStore {
     counts: Arc<Mutex<RequestCounts>>,
     ignore_conditions: bool,
     conditional_delay: Option<Duration>,
+    hidden_get: Arc<Mutex<Option<String>>>,
 }
 
 impl CountingStore {
@@ -42,6 +43,7 @@ impl CountingStore {
             counts: Arc::new(Mutex::new(RequestCounts::new())),
             ignore_conditions: false,
             conditional_delay: None,
+            hidden_get: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -56,6 +58,16 @@ impl CountingStore {
     pub fn with_conditional_delay(mut self, delay: Duration) -> Self {
         self.conditional_delay = Some(delay);
         self
+    }
+
+    /// Answers the next `GET` of an object whose path ends with `suffix`
+    /// with "not found", as a read that raced another writer's commit saw
+    /// it.
+    pub fn hide_next_get(&self, suffix: &str) {
+        *self
+            .hidden_get
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(suffix.to_owned());
     }
 
     /// The requests so far.
@@ -142,6 +154,22 @@ impl ObjectStore for CountingStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.count(if options.head { "head" } else { "get" });
+        if !options.head {
+            let mut hidden = self
+                .hidden_get
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if hidden
+                .as_deref()
+                .is_some_and(|suffix| location.as_ref().ends_with(suffix))
+            {
+                *hidden = None;
+                return Err(object_store::Error::NotFound {
+                    path: location.to_string(),
+                    source: "hidden by the test (a read before the commit)".into(),
+                });
+            }
+        }
         self.inner.get_opts(location, options).await
     }
 

@@ -4,7 +4,9 @@
 //! ([`PullThrough::with_fleet`](crate::cache::PullThrough::with_fleet))
 //! claims the digest's fill lease (see [`fleet`](crate::fleet)):
 //!
-//! - **mine**: it fetches upstream and stores, as a single replica does,
+//! - **mine**: it looks in the bucket once more (its miss may have come
+//!   just before another replica committed the blob and released the
+//!   lease), then fetches upstream and stores, as a single replica does,
 //!   renewing the lease until the end and releasing it after the commit
 //!   (or the failure);
 //! - **held by a live replica**: it streams that replica's fill through
@@ -129,6 +131,10 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
         let outcome = match claim {
             Claim::Mine(held) => {
                 lease.hold(held.keep());
+                if let Some(read) = committed(task, 0).await {
+                    lease.release().await;
+                    return Ok(stored_meanwhile(body, read, key));
+                }
                 LeaseOutcome::Acquired
             }
             Claim::Held(seen) if seen.holder_id() == fleet.identity().holder_id => {
@@ -174,6 +180,10 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
                     }
                     Followed::Mine(held) => {
                         lease.hold(held);
+                        if let Some(read) = committed(task, 0).await {
+                            lease.release().await;
+                            return Ok(stored_meanwhile(body, read, key));
+                        }
                         LeaseOutcome::Takeover
                     }
                     Followed::Alone => LeaseOutcome::Unavailable,
@@ -431,6 +441,25 @@ async fn follow_lease<S: Storage + ?Sized, U: ?Sized>(
     }
 }
 
+/// A body over the stored blob, for a fill that won a lease only because
+/// another replica had just committed and released it: the storage miss
+/// that started this fill came before that commit, so the bucket is asked
+/// once more before anything is fetched upstream.
+fn stored_meanwhile<'a, S: ?Sized, U: ?Sized>(
+    body: impl FnOnce(From<'a, U>, Option<u64>, bool) -> FillBody<'a, S, U>,
+    read: BlobRead,
+    key: LeaseKey,
+) -> FillBody<'a, S, U> {
+    let from = From::Relay {
+        stream: read.stream,
+        skip: 0,
+        key,
+        holder_url: String::new(),
+        seen: None,
+    };
+    body(from, Some(read.size), false)
+}
+
 /// The rest of the blob from byte `pos` on, from storage, if it was
 /// committed meanwhile.
 async fn committed<S: Storage + ?Sized, U: ?Sized>(
@@ -438,10 +467,9 @@ async fn committed<S: Storage + ?Sized, U: ?Sized>(
     pos: u64,
 ) -> Option<BlobRead> {
     let storage = &task.engine.storage;
-    storage
-        .blob_read(&task.digest, Some(pos..u64::MAX))
-        .await
-        .ok()
+    // From byte 0, a plain read: one GET, where a range costs a HEAD too.
+    let range = (pos > 0).then_some(pos..u64::MAX);
+    storage.blob_read(&task.digest, range).await.ok()
 }
 
 fn target<S: ?Sized, U: ?Sized>(task: &FillTask<S, U>) -> Target<'_, U> {

@@ -250,6 +250,36 @@ async fn a_miss_another_replica_is_filling_is_streamed_from_it_not_from_upstream
     );
 }
 
+/// A replica whose storage miss came just before another replica
+/// committed the blob and released its lease wins that released lease:
+/// it must find the blob in the bucket, not fetch it upstream again.
+#[tokio::test]
+async fn a_lease_won_just_after_another_replica_committed_reads_the_bucket() {
+    let site = Site::new();
+    let (a, b) = (site.replica(1).await, site.replica(2).await);
+    let bytes = pattern(60_000);
+    let digest = site.origin.add_blob(BlobScript::new(&bytes));
+    assert_eq!(pull(&a, &digest).await.unwrap(), bytes);
+    fills_settled(&a).await;
+    site.phases.take();
+
+    site.bucket.hide_next_get(digest.hex());
+    assert_eq!(pull(&b, &digest).await.unwrap(), bytes);
+    fills_settled(&b).await;
+    assert_eq!(site.origin.calls().blob_get(), 1, "fetched upstream once");
+    assert_eq!(
+        site.phases.take(),
+        [FillPhase::Relayed { bytes: 60_000 }],
+        "no fill of its own: the stored blob, relayed"
+    );
+    let left: Vec<_> = site.bucket.list(None).collect().await;
+    assert!(
+        left.iter()
+            .all(|m| !m.as_ref().unwrap().location.as_ref().contains("leases")),
+        "the lease is released: {left:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_holder_that_stopped_renewing_is_taken_over() {
     let site = Site::new();
@@ -442,13 +472,15 @@ async fn bucket_requests_per_miss_relay_and_hit() {
             .collect::<crate::testing::RequestCounts>()
     };
 
-    // A miss on one replica: the read that missed, the lease, the blob (one
-    // PUT under a part), the release. No heartbeat: the fill is shorter than one.
+    // A miss on one replica: the read that missed, the lease, a second read
+    // (another replica may have committed and released the lease between
+    // the two), the blob (one PUT under a part), the release. No heartbeat:
+    // the fill is shorter than one.
     let alone = site.origin.add_blob(BlobScript::new(&pattern(100_000)));
     site.bucket.reset();
     pull(&a, &alone).await.unwrap();
     fills_settled(&a).await;
-    let miss = expect(&[("get", 1), ("put_create", 1), ("put", 1), ("delete", 1)]);
+    let miss = expect(&[("get", 2), ("put_create", 1), ("put", 1), ("delete", 1)]);
     assert_eq!(site.bucket.counts(), miss);
 
     // A hit: one GET.
