@@ -121,6 +121,38 @@ async fn wrong_digest_leaves_nothing_visible() {
     assert!(storage.blob_stat(&claimed).await.unwrap().is_none());
 }
 
+/// Knowing a digest the mirror holds is not owning its bytes: an upload
+/// that claims a held digest with other bytes is refused, in one piece and
+/// in a session, and the held blob stays as it was.
+#[tokio::test]
+async fn wrong_bytes_for_a_held_digest_are_refused() {
+    let storage = Arc::new(MemoryStorage::new());
+    let app = repo("local/app");
+    let h = hosted(&storage);
+    let held = b"the mirror already holds these bytes";
+    let digest = Digest::sha256_of(held);
+    h.put_blob(&digest, stream(&[held])).await.unwrap();
+
+    let e = h
+        .put_blob(&digest, stream(&[b"guessing the digest"]))
+        .await
+        .unwrap_err();
+    assert_push_refused(&e, PushErrorKind::DigestInvalid);
+    let state = h.start_upload(&app, None).await.unwrap();
+    h.append(&app, &state.id, None, stream(&[b"guessing"]))
+        .await
+        .unwrap();
+    let e = h
+        .finish(&app, &state.id, &digest, Some(stream(&[b" again"])))
+        .await
+        .unwrap_err();
+    assert_push_refused(&e, PushErrorKind::DigestInvalid);
+    let state = h.start_upload(&app, None).await.unwrap();
+    let e = h.finish(&app, &state.id, &digest, None).await.unwrap_err();
+    assert_push_refused(&e, PushErrorKind::DigestInvalid);
+    assert_eq!(read_blob(&storage, &digest).await, held);
+}
+
 #[tokio::test]
 async fn manifests_are_checked_linked_tagged_and_deleted() {
     let storage = Arc::new(MemoryStorage::new());
