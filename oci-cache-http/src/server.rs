@@ -151,7 +151,9 @@ where
 }
 
 /// [`serve_with`] on every listener of `listeners` at once, under one
-/// connection policy (`max_connections` counts them all). A request that
+/// connection policy (`max_connections` counts them all). Options outside
+/// their ranges ([`ServerOptions::validate`]) are refused before anything
+/// is served. A request that
 /// arrives on a listener with a default upstream carries it as a
 /// [`ListenerUpstream`] extension, beside its [`PeerAddr`].
 pub async fn serve_all<S, B>(
@@ -168,6 +170,9 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    // An embedder's options get the checks the binary's config gets: a zero
+    // timeout would make hyper panic, zero connections would serve nobody.
+    options.validate()?;
     // One stream of accepted connections from every listener, each tagged
     // with its listener's upstream.
     let mut incoming = futures::stream::select_all(listeners.into_iter().map(|listening| {

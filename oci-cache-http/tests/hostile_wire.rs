@@ -251,6 +251,37 @@ async fn send_v2(stream: &mut tokio::net::TcpStream) {
 }
 
 #[tokio::test]
+async fn options_out_of_range_are_refused_before_serving() {
+    for (options, field) in [
+        (
+            oci_cache_http::ServerOptions {
+                max_connections: 0,
+                ..Default::default()
+            },
+            "max_connections",
+        ),
+        (
+            oci_cache_http::ServerOptions {
+                h2_keep_alive_interval: Duration::ZERO,
+                ..Default::default()
+            },
+            "h2_keep_alive_interval",
+        ),
+    ] {
+        let (svc, _fake) = fake_service();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            oci_cache_http::serve_with(listener, svc, None, options, std::future::pending()),
+        )
+        .await
+        .expect("refused at once, not served");
+        let e = served.unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+    }
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_wait_for_a_free_slot() {
     let server = Server::start(oci_cache_http::ServerOptions {
         max_connections: 1,
