@@ -236,15 +236,36 @@ async fn write_blob(
     mut stream: ByteStream,
 ) -> Result<(), BoxError> {
     let path = blob_path(dir, digest);
-    if tokio::fs::try_exists(&path).await? {
-        return Ok(());
+    match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a regular file (a link or a directory); remove it and export again",
+                path.display()
+            )
+            .into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot check {}: {e}", path.display()).into()),
     }
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
     let tmp = path.with_extension("partial");
+    // A leftover (or planted) `.partial` is removed, not followed: creating
+    // with O_EXCL refuses any link someone left at that name.
+    match tokio::fs::remove_file(&tmp).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot remove {}: {e}", tmp.display()).into())
+        }
+        _ => {}
+    }
     let result = async {
-        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await?;
         let mut verifier = DigestVerifier::new(digest.clone(), Some(size));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -510,6 +531,38 @@ mod tests {
             platform: None,
             annotations: [(REF_NAME_ANNOTATION.to_owned(), name.to_owned())].into(),
         }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn export_writes_through_no_link_planted_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let bytes = b"layer bytes".to_vec();
+        let digest = Digest::sha256_of(&bytes);
+        let path = blob_path(dir.path(), &digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, path.with_extension("partial")).unwrap();
+        let stream = futures::stream::iter([Ok(bytes::Bytes::from(bytes.clone()))]).boxed();
+        write_blob(dir.path(), &digest, bytes.len() as u64, stream)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+
+        // A link at the blob's own name is refused, not taken as the blob.
+        let other = b"other layer".to_vec();
+        let other_digest = Digest::sha256_of(&other);
+        let other_path = blob_path(dir.path(), &other_digest);
+        std::os::unix::fs::symlink(&victim, &other_path).unwrap();
+        let stream = futures::stream::iter([Ok(bytes::Bytes::from(other.clone()))]).boxed();
+        let e = write_blob(dir.path(), &other_digest, other.len() as u64, stream)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
     }
 
     #[test]
