@@ -154,7 +154,7 @@ fn read_secret(path: &Path) -> Result<PeerSecret, String> {
     #[cfg(not(unix))]
     let _ = metadata;
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the peer secret file {shown}: {e}"))?;
+        .map_err(|e| oci_cache_core::unreadable::unreadable("the peer secret file", path, &e))?;
     if text.trim().is_empty() {
         return Err(format!(
             "the peer secret file {shown} is empty; write a secret into it, e.g. `openssl rand -hex 32 > {shown}`"

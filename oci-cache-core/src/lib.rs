@@ -73,6 +73,7 @@ pub mod referrers;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod unreadable;
 pub mod upstream;
 
 pub use error::{Error, ErrorChain, PushErrorKind, Result, UpstreamError, UpstreamErrorKind};

@@ -7,19 +7,29 @@
 
 use std::path::Path;
 
+use oci_cache_core::unreadable::unreadable;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Every certificate in the PEM file at `path` (none is not an error here:
 /// callers say what they needed).
 pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = read(path)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}; give a readable PEM file", path.display()))
 }
 
 /// The first private key in the PEM file at `path`.
 pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("{}: {e}; give a PEM private key", path.display()))
+}
+
+/// The file's bytes; a refused permission names the user to grant it to.
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path)
+        .map_err(|e| format!("{}: {}", path.display(), unreadable("the file", path, &e)))
 }

@@ -226,7 +226,11 @@ fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
 fn read(path: &Path) -> Result<(Htpasswd, Option<(SystemTime, u64)>)> {
     let stamp = stamp_of(path);
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::ClientAuth(format!("cannot read htpasswd file {}: {e}", path.display()))
+        Error::ClientAuth(oci_cache_core::unreadable::unreadable(
+            "htpasswd file",
+            path,
+            &e,
+        ))
     })?;
     let entries = Htpasswd::parse(&text)
         .map_err(|e| Error::ClientAuth(format!("htpasswd file {}: {e}", path.display())))?;
