@@ -121,7 +121,7 @@ pub use listening::{ListenerUpstream, Listening};
 pub use mirror::{Mirror, MirrorBuilder};
 pub use observed::AccessLog;
 pub use peer::PeerAddr;
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, ReloadablePipeline};
 pub use routing::{MatchedRoute, Routing, RoutingLayer};
 pub use server::{serve, serve_all, serve_with, ServerOptions};
 pub use service::{OciService, ResponseFuture};

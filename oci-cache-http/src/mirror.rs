@@ -29,6 +29,8 @@ use crate::{Error, Result};
 pub struct Mirror {
     service: OciService,
     client_auth: Option<Arc<ClientAuth>>,
+    /// The status page's board, kept across reloads.
+    board: Arc<StatusBoard>,
 }
 
 impl Mirror {
@@ -75,6 +77,8 @@ pub struct MirrorBuilder {
     /// Fleet mode: the engine's fleet and the secret the peer route takes.
     fleet: Option<(Fleet, PeerSecret)>,
     policy: PullPolicy,
+    /// A reload: the mirror this one replaces (see [`MirrorBuilder::reload_of`]).
+    previous: Option<Mirror>,
 }
 
 impl Default for MirrorBuilder {
@@ -94,6 +98,7 @@ impl Default for MirrorBuilder {
             metrics_endpoint: true,
             fleet: None,
             policy: PullPolicy::default(),
+            previous: None,
         }
     }
 }
@@ -231,6 +236,24 @@ impl MirrorBuilder {
         self
     }
 
+    /// Builds a replacement for `previous` (a configuration reload): the
+    /// new mirror's engine is [`PullThrough::reconfigured`] from the old
+    /// one, so it shares its storage, disk budget, pull policy, fleet, the
+    /// blob fills under way and the events' observers (metrics, access log,
+    /// status page) with it, and takes everything else (upstreams and their
+    /// credentials, upstream client and cache options, client
+    /// authentication, local prefixes) from this builder. The storage,
+    /// [`observer`](Self::observer) and [`fleet`](Self::fleet) given here
+    /// are unused: they are the old mirror's. Serve the new
+    /// [`pipeline`](Mirror::pipeline) in place of the old one (see
+    /// [`ReloadablePipeline`](crate::ReloadablePipeline)); requests already
+    /// under way finish on the old mirror.
+    pub fn reload_of(mut self, previous: &Mirror) -> Self {
+        self.storage = Some(Arc::clone(previous.engine().storage()));
+        self.previous = Some(previous.clone());
+        self
+    }
+
     /// Validates the upstream list and builds the client, engine, service
     /// and client authentication.
     ///
@@ -247,14 +270,23 @@ impl MirrorBuilder {
         let upstreams = self.upstreams.ok_or_else(|| missing("upstreams"))?;
         upstreams.validate()?;
         let storage = self.storage.ok_or_else(|| missing("storage"))?;
-        // The status page's board hears every event too.
-        let board = Arc::new(StatusBoard::new());
-        let mut observers: Vec<SharedObserver> = self.observer.into_iter().collect();
-        if let Some(metrics) = &self.metrics {
-            observers.push(Arc::clone(metrics) as SharedObserver);
-        }
-        observers.push(Arc::clone(&board) as SharedObserver);
-        let observer: SharedObserver = Arc::new(observe::Fanout::new(observers));
+        let (board, observer) = match &self.previous {
+            Some(previous) => (
+                Arc::clone(&previous.board),
+                previous.engine().observer().clone(),
+            ),
+            None => {
+                // The status page's board hears every event too.
+                let board = Arc::new(StatusBoard::new());
+                let mut observers: Vec<SharedObserver> = self.observer.into_iter().collect();
+                if let Some(metrics) = &self.metrics {
+                    observers.push(Arc::clone(metrics) as SharedObserver);
+                }
+                observers.push(Arc::clone(&board) as SharedObserver);
+                let observer: SharedObserver = Arc::new(observe::Fanout::new(observers));
+                (board, observer)
+            }
+        };
         for prefix in &self.local_prefixes {
             validate_local_prefix(prefix, &upstreams)?;
         }
@@ -281,10 +313,15 @@ impl MirrorBuilder {
             }
         };
         let hosted = Hosted::new(Arc::clone(&storage), self.hosted_options);
-        let mut engine = PullThrough::observed(storage, upstream, self.cache_options, observer);
+        let mut engine = match &self.previous {
+            Some(previous) => previous.engine().reconfigured(upstream, self.cache_options),
+            None => PullThrough::observed(storage, upstream, self.cache_options, observer),
+        };
         let mut peer_secret = None;
         if let Some((fleet, secret)) = self.fleet {
-            engine = engine.with_fleet(fleet);
+            if engine.fleet().is_none() {
+                engine = engine.with_fleet(fleet);
+            }
             peer_secret = Some(secret);
         }
         engine.policy().replace(self.policy);
@@ -295,7 +332,7 @@ impl MirrorBuilder {
             service = service.with_peer_secret(secret);
         }
         // The page reads the metrics wherever they are served.
-        service = service.with_status(board, self.metrics.clone());
+        service = service.with_status(Arc::clone(&board), self.metrics.clone());
         if let Some(metrics) = self.metrics.filter(|_| self.metrics_endpoint) {
             service = service.with_metrics(metrics);
         }
@@ -305,6 +342,7 @@ impl MirrorBuilder {
         Ok(Mirror {
             service,
             client_auth,
+            board,
         })
     }
 }

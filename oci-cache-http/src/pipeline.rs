@@ -11,7 +11,7 @@
 //! one [`serve_with`](crate::serve_with) call.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -130,5 +130,55 @@ where
 
     fn call(&self, request: Request<B>) -> Self::Future {
         self.routed.clone().call(request)
+    }
+}
+
+/// A [`Pipeline`] that can be replaced while serving (a configuration
+/// reload): serve this instead of the pipeline, and
+/// [`replace`](Self::replace) it with one built by
+/// [`MirrorBuilder::reload_of`](crate::MirrorBuilder::reload_of).
+///
+/// Each request reads the current pipeline once, when it arrives (a
+/// read lock held only to clone an `Arc`, never across an await) and is
+/// answered by it to the end: requests and fills under way when the
+/// pipeline is replaced finish on the old one. Cheap to clone; clones share
+/// the current pipeline.
+#[derive(Debug, Clone)]
+pub struct ReloadablePipeline {
+    current: Arc<RwLock<Arc<Pipeline>>>,
+}
+
+impl ReloadablePipeline {
+    /// Serves `pipeline` until it is replaced.
+    pub fn new(pipeline: Pipeline) -> Self {
+        ReloadablePipeline {
+            current: Arc::new(RwLock::new(Arc::new(pipeline))),
+        }
+    }
+
+    /// The pipeline new requests go to.
+    pub fn current(&self) -> Arc<Pipeline> {
+        // A poisoned lock still holds a whole `Arc`: keep serving it.
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Sends every request from now on to `pipeline`.
+    pub fn replace(&self, pipeline: Pipeline) {
+        let pipeline = Arc::new(pipeline);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = pipeline;
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for ReloadablePipeline
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        hyper::service::Service::call(&*self.current(), request)
     }
 }

@@ -3,14 +3,19 @@
 //! optional client-certificate authentication.
 //!
 //! Rotation never drops a connection: each new handshake asks
-//! `ReloadingCert` for the certificate, which looks at the files' modification
+//! [`ServingCert`] for the certificate, which looks at the files' modification
 //! times at most once a second and swaps in the new pair when both parse and
 //! match. Established connections keep the keys they negotiated. A half-
 //! written rotation (a new certificate with the old key) is ignored with a
 //! warning until the pair matches again.
+//!
+//! [`ServingCert`] is the one place the serving certificate lives: a
+//! configuration reload points it at other files
+//! ([`ServingCert::reload`]), and another certificate source (ACME) can
+//! install its certificates through the same resolver.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
@@ -39,8 +44,16 @@ pub struct TlsFiles {
 
 /// A TLS acceptor over [`TlsFiles`], for [`serve_with`](crate::serve_with).
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
+    reloadable_acceptor(files).map(|(acceptor, _)| acceptor)
+}
+
+/// [`acceptor`], and the [`ServingCert`] its handshakes take the
+/// certificate from (to point it at other files on a configuration reload).
+/// The client CA is part of the acceptor: a new one needs a new acceptor.
+pub fn reloadable_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<ServingCert>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = Arc::new(ReloadingCert::open(files, provider.clone())?);
+    let resolver = Arc::new(ServingCert::open(files, provider.clone())?);
+    let serving = Arc::clone(&resolver);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(format!("no usable TLS versions: {e}")))?;
@@ -65,14 +78,15 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), serving))
 }
 
-/// The current certificate, reloaded when its files change.
+/// The serving certificate: what each new handshake is answered with,
+/// re-read when its files change, and swapped for other files by
+/// [`reload`](Self::reload). Established connections keep theirs.
 #[derive(Debug)]
-struct ReloadingCert {
-    cert_path: PathBuf,
-    key_path: PathBuf,
+pub struct ServingCert {
+    files: RwLock<(PathBuf, PathBuf)>,
     provider: Arc<CryptoProvider>,
     current: RwLock<(Stamp, Arc<CertifiedKey>)>,
     checked: Mutex<Instant>,
@@ -80,17 +94,39 @@ struct ReloadingCert {
 
 type Stamp = Option<(SystemTime, SystemTime, u64, u64)>;
 
-impl ReloadingCert {
+impl ServingCert {
     fn open(files: &TlsFiles, provider: Arc<CryptoProvider>) -> Result<Self> {
         let stamp = stamp(&files.cert, &files.key);
         let key = load(&files.cert, &files.key, &provider).map_err(Error::Tls)?;
-        Ok(ReloadingCert {
-            cert_path: files.cert.clone(),
-            key_path: files.key.clone(),
+        Ok(ServingCert {
+            files: RwLock::new((files.cert.clone(), files.key.clone())),
             provider,
             current: RwLock::new((stamp, Arc::new(key))),
             checked: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Serves the certificate and key of `files` from the next handshake
+    /// on (and watches those files from now on), once both load and form a
+    /// pair; on an error the previous certificate stays. `files.client_ca`
+    /// is not looked at (see [`reloadable_acceptor`]).
+    ///
+    /// Errors: [`Error::Tls`] naming the file that cannot be read or used.
+    pub fn reload(&self, files: &TlsFiles) -> Result<()> {
+        let now = stamp(&files.cert, &files.key);
+        let key = load(&files.cert, &files.key, &self.provider).map_err(Error::Tls)?;
+        self.install(now, Arc::new(key));
+        *self.files.write().unwrap_or_else(PoisonError::into_inner) =
+            (files.cert.clone(), files.key.clone());
+        tracing::info!(cert = %files.cert.display(), "serving the reloaded TLS certificate");
+        Ok(())
+    }
+
+    /// Answers the next handshakes with `key` (the seam for a certificate
+    /// source other than files; a later change of the watched files
+    /// replaces it again).
+    pub(crate) fn install(&self, stamp: Stamp, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (stamp, key);
     }
 
     fn reload_if_changed(&self) {
@@ -103,16 +139,19 @@ impl ReloadingCert {
             }
             *checked = Instant::now();
         }
-        let now = stamp(&self.cert_path, &self.key_path);
+        let (cert_path, key_path) = self
+            .files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let now = stamp(&cert_path, &key_path);
         if self.current.read().map(|c| c.0 == now).unwrap_or(true) {
             return;
         }
-        match load(&self.cert_path, &self.key_path, &self.provider) {
+        match load(&cert_path, &key_path, &self.provider) {
             Ok(key) => {
-                if let Ok(mut current) = self.current.write() {
-                    *current = (now, Arc::new(key));
-                }
-                tracing::info!(cert = %self.cert_path.display(), "reloaded the TLS certificate");
+                self.install(now, Arc::new(key));
+                tracing::info!(cert = %cert_path.display(), "reloaded the TLS certificate");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the TLS certificate files changed but cannot be used (yet); still serving the previous certificate");
@@ -121,7 +160,7 @@ impl ReloadingCert {
     }
 }
 
-impl ResolvesServerCert for ReloadingCert {
+impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.reload_if_changed();
         self.current.read().ok().map(|c| c.1.clone())

@@ -59,6 +59,7 @@ mod flight;
 mod hot;
 mod manifest;
 mod referrers;
+mod reload;
 mod revalidated;
 mod tags;
 #[cfg(test)]

@@ -140,6 +140,14 @@ impl BlobFills {
         }
     }
 
+    /// The same fills, for an engine reconfigured from this one: a request
+    /// to either joins a fill the other started.
+    pub(super) fn shared(&self) -> Self {
+        BlobFills {
+            map: Arc::clone(&self.map),
+        }
+    }
+
     /// Number of fills under way.
     pub(super) fn in_flight(&self) -> usize {
         lock(&self.map).len()
