@@ -12,7 +12,6 @@ use std::time::Duration;
 use oci_cache_core::mirror::{Import, MirrorConfig, UpstreamConfig};
 use oci_cache_core::policy::{PolicyRule, PullPolicy};
 use oci_cache_core::reference::Registry;
-use oci_cache_core::storage::{ObjectStorage, S3Config};
 use oci_cache_http::client_auth::ClientAuthConfig;
 use oci_cache_http::tls_server::TlsFiles;
 use oci_cache_http::ServerOptions;
@@ -116,28 +115,6 @@ impl LimitsEntry {
             .map_err(|e| format!("[limits] {}", config_message(e)))?;
         Ok(server)
     }
-}
-
-/// Which storage backend to use.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub(crate) enum StorageConfig {
-    /// A directory on local disk.
-    Filesystem {
-        /// The storage root; [`DEFAULT_STORAGE_DIR`] when left out.
-        #[serde(default = "default_storage_dir")]
-        dir: PathBuf,
-    },
-    /// In memory; gone at exit (tests, demos). A struct variant, not a
-    /// unit one: serde lets a unit variant of an internally tagged enum
-    /// ignore every other key, and a misspelt key must be refused.
-    Memory {},
-    /// An S3 bucket or an S3-compatible server.
-    S3(S3Config),
-}
-
-fn default_storage_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_STORAGE_DIR)
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -525,29 +502,6 @@ fn tag_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// Everything about the storage that can be checked without opening it:
-/// what `serve` would otherwise find out only at start-up.
-fn validate_storage(storage: &StorageConfig, file: Option<&Path>) -> Result<(), String> {
-    let table = match file {
-        Some(path) => format!("config file {}: [storage]", path.display()),
-        None => "[storage]".to_owned(),
-    };
-    match storage {
-        StorageConfig::Filesystem { dir } if dir.as_os_str().is_empty() => Err(format!(
-            "{table}: dir is empty; give a directory, or leave dir out for {DEFAULT_STORAGE_DIR}"
-        )),
-        StorageConfig::Filesystem { .. } | StorageConfig::Memory {} => Ok(()),
-        StorageConfig::S3(s3) if s3.bucket.trim().is_empty() => Err(format!(
-            "{table}: kind = \"s3\" needs a bucket; add bucket = \"NAME\" to the [storage] table"
-        )),
-        // Builds the client only (no request is made), which checks the
-        // endpoint, region and credential settings as `serve` will.
-        StorageConfig::S3(s3) => ObjectStorage::s3(s3)
-            .map(drop)
-            .map_err(|e| format!("{table}: {e}")),
-    }
-}
-
 /// registry:2 drop-in: `--registry-config` files and `REGISTRY_*` variables
 /// rank above the TOML file and below oci-cache's own flags; their remotes
 /// join the file's upstreams, and each file's http.addr becomes a listener.
@@ -592,11 +546,14 @@ mod hosted;
 mod imports;
 mod listeners;
 mod misplaced;
+mod storage;
 mod upstreams;
 
 use upstreams::{registry, upstream_from_entry, upstream_from_flag, UpstreamEntry};
 
 pub(crate) use listeners::Listener;
+pub(crate) use storage::StorageConfig;
+use storage::{default_storage_dir, validate_storage};
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests;
