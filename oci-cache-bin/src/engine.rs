@@ -88,9 +88,14 @@ pub(crate) async fn builder(settings: &Settings) -> Result<MirrorBuilder, BoxErr
 /// [`builder`] over a storage already opened (`serve` shares it with the
 /// readiness probe and the store count).
 pub(crate) fn builder_over(settings: &Settings, storage: Arc<dyn Storage>) -> MirrorBuilder {
+    settings_builder(settings).storage(storage)
+}
+
+/// The mirror `settings` describe, without its storage (a reload keeps the
+/// running one).
+pub(crate) fn settings_builder(settings: &Settings) -> MirrorBuilder {
     Mirror::builder()
         .upstreams(settings.mirrors.clone())
-        .storage(storage)
         .cache_options(settings.cache.clone())
         .upstream_options(settings.upstream_client.clone())
         .local_prefixes(settings.local_prefixes.clone())

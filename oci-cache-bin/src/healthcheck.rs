@@ -1,5 +1,11 @@
 //! `oci-cache healthcheck`: asks a running mirror's `/healthz`, for container
 //! `HEALTHCHECK`s in images without curl. Exit status 0 when it answers 200.
+//!
+//! It reads the same configuration as `serve` (config file, `OCI_CACHE_*`
+//! and `REGISTRY_*` variables), so it asks where `serve` listens, and over
+//! TLS when `serve` serves TLS: it then trusts exactly the certificate in
+//! `serve`'s certificate file (the leaf it serves), whatever CA issued it
+//! and whatever names it holds, since the probe goes to 127.0.0.1.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,23 +31,15 @@ pub(crate) struct HealthcheckArgs {
 }
 
 pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
-    let address = match args.address {
-        Some(address) => Ok(address),
-        None => config::resolve(&ServeArgs {
-            config: crate::cli::ConfigArgs {
-                config: std::env::var_os("OCI_CACHE_CONFIG").map(Into::into),
-                ..Default::default()
-            },
-            listen: std::env::var("OCI_CACHE_LISTEN").ok(),
-            ..ServeArgs::default()
-        })
-        .map(|settings| settings.primary_listen()),
-    };
-    let outcome = address.and_then(|mut address| {
+    let outcome = serve_settings().and_then(|settings| {
+        let mut address = args.address.unwrap_or_else(|| settings.primary_listen());
         if address.ip().is_unspecified() {
             address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        probe(address)
+        match &settings.tls {
+            Some(files) => probe_tls(address, &files.cert),
+            None => probe(address),
+        }
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,11 +50,50 @@ pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
     }
 }
 
+/// The settings `serve` would run with in this environment: its flags at
+/// their defaults, read from the same `OCI_CACHE_*` variables.
+fn serve_settings() -> Result<config::Settings, String> {
+    use clap::{Args as _, FromArgMatches as _};
+    let command = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
+    let matches = command
+        .try_get_matches_from(std::iter::empty::<String>())
+        .map_err(|e| format!("the OCI_CACHE_* environment: {e}"))?;
+    let args = ServeArgs::from_arg_matches(&matches)
+        .map_err(|e| format!("the OCI_CACHE_* environment: {e}"))?;
+    config::resolve(&args)
+}
+
 /// `GET /healthz` over plain HTTP/1.0; Ok on a 200 status line.
 fn probe(address: SocketAddr) -> Result<(), String> {
-    match http_get(&address.to_string(), "/healthz")? {
-        (200, _, _) => Ok(()),
-        (_, status_line, _) => Err(format!("{address}: GET /healthz answered {status_line:?}")),
+    healthy(address, http_get(&address.to_string(), "/healthz")?)
+}
+
+/// `GET /healthz` over TLS, trusting the leaf certificate of `cert_file`.
+fn probe_tls(address: SocketAddr, cert_file: &std::path::Path) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{address}: {e}");
+    let pinned = crate::pinned_tls::client_config(cert_file)?;
+    let server_name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    let mut tls = rustls::ClientConnection::new(pinned, server_name)
+        .map_err(|e| format!("{address}: {e}"))?;
+    let mut socket = TcpStream::connect_timeout(&address, TIMEOUT).map_err(fail)?;
+    socket.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
+    socket.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
+    let stream = rustls::Stream::new(&mut tls, &mut socket);
+    let host = address.ip().to_string();
+    healthy(
+        address,
+        exchange(stream, &address.to_string(), &host, "/healthz")?,
+    )
+}
+
+/// Ok for a 200 answer.
+fn healthy(
+    address: SocketAddr,
+    (code, status_line, _): (u16, String, String),
+) -> Result<(), String> {
+    match code {
+        200 => Ok(()),
+        _ => Err(format!("{address}: GET /healthz answered {status_line:?}")),
     }
 }
 
@@ -71,10 +108,21 @@ pub(crate) fn http_get(address: &str, path: &str) -> Result<(u16, String, String
         .map_err(fail)?
         .next()
         .ok_or_else(|| format!("{address}: the name resolves to no address"))?;
-    let mut stream = TcpStream::connect_timeout(&resolved, TIMEOUT).map_err(fail)?;
+    let stream = TcpStream::connect_timeout(&resolved, TIMEOUT).map_err(fail)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    exchange(stream, address, host, path)
+}
+
+/// Sends `GET path` (HTTP/1.0) on `stream` and reads the answer.
+fn exchange(
+    mut stream: impl Read + Write,
+    address: &str,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String, String), String> {
+    let fail = |e: std::io::Error| format!("{address}: {e}");
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(fail)?;

@@ -9,25 +9,40 @@ use std::time::Duration;
 use futures::StreamExt;
 use oci_cache_core::error::ErrorChain;
 use oci_cache_core::evict::Evictor;
+use oci_cache_core::fleet::Fleet;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::storage::Storage;
 use oci_cache_http::client_auth;
+use oci_cache_http::fleet::PeerSecret;
 use oci_cache_http::metrics::{Metrics, MetricsService};
-use oci_cache_http::{tls_server, AccessLog, Listening};
+use oci_cache_http::{tls_server, AccessLog, Listening, MirrorBuilder, ReloadablePipeline};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::{Listener, Settings, StorageConfig};
 use crate::engine::{self, BoxError};
+use crate::reload::Reloader;
 
 pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
+    let reload_args = args.clone();
     engine::run(args, err, |settings| async move {
-        serve(settings).await.map(|()| ExitCode::SUCCESS)
+        serve(reload_args, settings)
+            .await
+            .map(|()| ExitCode::SUCCESS)
     })
 }
 
-async fn serve(settings: Settings) -> Result<(), BoxError> {
+async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
     raise_fd_limit();
+    // Everything that can fail comes before the listeners are bound, and
+    // nothing says "serving" before they are.
+    let (tls, serving_cert) = match &settings.tls {
+        Some(files) => {
+            let (acceptor, serving) = tls_server::reloadable_acceptor(files)?;
+            (Some(acceptor), Some(serving))
+        }
+        None => (None, None),
+    };
     let (storage, fleet) = match (&settings.fleet, &settings.storage) {
         (Some(fleet), StorageConfig::S3(s3)) => {
             let (bucket, fleet) =
@@ -39,27 +54,28 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     };
     let metrics = Arc::new(Metrics::new());
     count_stored(Arc::clone(&storage), Arc::clone(&metrics));
-    let readiness = Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL);
-    let mut builder = engine::builder_over(&settings, storage)
-        .observer(Arc::new(AccessLog))
-        .metrics(Arc::clone(&metrics))
-        .readiness(readiness)
-        // Served on its own listener when one is set.
-        .metrics_endpoint(settings.metrics_listen.is_none());
-    if let Some(config) = &settings.client_auth {
-        builder = builder.client_auth(config.clone());
-    }
-    if let (Some(joined), Some(fleet)) = (&fleet, &settings.fleet) {
-        builder = builder.fleet(joined.clone(), fleet.secret.clone());
-    }
-    let mirror = builder.build()?;
+    let parts = MirrorParts {
+        metrics: Arc::clone(&metrics),
+        readiness: Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL),
+        fleet: match (&fleet, &settings.fleet) {
+            (Some(joined), Some(fleet)) => Some((joined.clone(), fleet.secret.clone())),
+            _ => None,
+        },
+    };
+    let mirror = mirror_builder(&settings, &parts).storage(storage).build()?;
     let service = mirror.service();
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?,
+        ),
+        None => None,
+    };
+    let listeners = bind_all(&settings.listeners).await?;
     spawn_evictor(service.engine());
     spawn_sweeper(&service, settings.hosted.upload_max_age);
-    if let Some(addr) = settings.metrics_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    if let (Some(listener), Some(addr)) = (metrics_listener, settings.metrics_listen) {
         tracing::info!(metrics_listen = %addr, "serving /metrics on its own listener");
         let metrics_service = MetricsService::new(Arc::clone(&metrics));
         tokio::spawn(async move {
@@ -73,7 +89,6 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
     let storage_name = service.engine().storage().to_string();
     let engine = service.engine().clone();
     let mirrors = service.mirrors();
-    let listeners = bind_all(&settings.listeners).await?;
     let listen: Vec<String> = settings.listeners.iter().map(ToString::to_string).collect();
     let upstreams: Vec<&str> = mirrors.upstreams.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
@@ -90,27 +105,54 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
         fill_leases = fleet.as_ref().map(|f| f.leases_enabled()),
         "oci-cache serving"
     );
-    let tls = match &settings.tls {
-        Some(files) => Some(tls_server::acceptor(files)?),
-        None => None,
-    };
     if settings.client_auth.is_none() {
         for name in client_auth::exposed_credentialed_upstreams(mirrors) {
             tracing::warn!(upstream = %name,
                 "upstream {name} has credentials but client authentication is off: anyone who reaches the port can read it through them; set --htpasswd");
         }
     }
-    oci_cache_http::serve_all(
-        listeners,
-        mirror.pipeline(),
-        tls,
-        settings.server.clone(),
-        shutdown_signal(),
-    )
-    .await?;
+    let pipeline = ReloadablePipeline::new(mirror.pipeline());
+    let server = settings.server.clone();
+    Reloader {
+        args,
+        running: settings,
+        mirror,
+        pipeline: pipeline.clone(),
+        serving_cert,
+        parts,
+    }
+    .spawn();
+    oci_cache_http::serve_all(listeners, pipeline, tls, server, shutdown_signal()).await?;
     drain_fills(&engine).await;
     tracing::info!("oci-cache stopped");
     Ok(())
+}
+
+/// What every mirror `serve` builds shares besides its settings: the
+/// metrics, the readiness probe and the fleet it joined (kept for reloads).
+#[derive(Clone)]
+pub(crate) struct MirrorParts {
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    fleet: Option<(Fleet, PeerSecret)>,
+}
+
+/// The mirror `settings` describe as `serve` runs it (access log, metrics,
+/// readiness, client authentication, fleet), storage still to be set.
+pub(crate) fn mirror_builder(settings: &Settings, parts: &MirrorParts) -> MirrorBuilder {
+    let mut builder = engine::settings_builder(settings)
+        .observer(Arc::new(AccessLog))
+        .metrics(Arc::clone(&parts.metrics))
+        .readiness(parts.readiness.clone())
+        // Served on its own listener when one is set.
+        .metrics_endpoint(settings.metrics_listen.is_none());
+    if let Some(config) = &settings.client_auth {
+        builder = builder.client_auth(config.clone());
+    }
+    if let Some((fleet, secret)) = &parts.fleet {
+        builder = builder.fleet(fleet.clone(), secret.clone());
+    }
+    builder
 }
 
 /// Binds every listener (all or none: a port taken fails the start, naming it).

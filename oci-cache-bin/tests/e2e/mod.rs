@@ -19,6 +19,7 @@ mod ranges;
 mod referrers;
 mod registry2;
 mod registry_proxy;
+mod reload;
 mod resilience;
 mod resume;
 mod status_page;

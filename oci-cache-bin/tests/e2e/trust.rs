@@ -255,7 +255,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
 /// A test CA (`ca.crt`), two server certificates for 127.0.0.1 signed by
 /// it, `first.{crt,key}` and `second.{crt,key}` (CN first / second), and a
 /// client certificate `client.{crt,key}`.
-fn test_pki(dir: &Path) {
+pub(super) fn test_pki(dir: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -322,7 +322,7 @@ fn replace(src: &Path, dest: &Path) {
 }
 
 /// The subject and ALPN protocol `openssl s_client` sees on `host`.
-fn handshake(dir: &Path, host: &str) -> String {
+pub(super) fn handshake(dir: &Path, host: &str) -> String {
     let out = Command::new("openssl")
         .args([
             "s_client",

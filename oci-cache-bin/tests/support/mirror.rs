@@ -171,6 +171,28 @@ impl Mirror {
         );
     }
 
+    /// Sends SIGHUP (what `systemctl reload` does) and waits until the log
+    /// has one more line containing `outcome` than before, for up to 10 s;
+    /// returns the log lines the reload wrote.
+    pub(crate) fn reload(&self, outcome: &str) -> String {
+        let before = self.log().len();
+        let pid = rustix::process::Pid::from_raw(self.server.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let new = log.get(before..).unwrap_or_default();
+            if new.contains(outcome) {
+                return new.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {outcome:?} in the log within 10 s of SIGHUP:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id.
     #[allow(dead_code)] // Used by benches/compare.rs, not by the tests.
     pub(crate) fn pid(&self) -> u32 {
