@@ -71,7 +71,8 @@ fn probe(address: SocketAddr) -> Result<(), String> {
 /// `GET /healthz` over TLS, trusting the leaf certificate of `cert_file`.
 fn probe_tls(address: SocketAddr, cert_file: &std::path::Path) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("{address}: {e}");
-    let pinned = crate::pinned_tls::client_config(cert_file)?;
+    let pinned =
+        oci_cache_http::tls_server::client_trusting(cert_file).map_err(|e| e.to_string())?;
     let server_name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
     let mut tls = rustls::ClientConnection::new(pinned, server_name)
         .map_err(|e| format!("{address}: {e}"))?;

@@ -17,7 +17,6 @@ mod fleet;
 mod healthcheck;
 mod images;
 mod layout;
-mod pinned_tls;
 mod progress;
 mod registry_compat;
 mod reload;

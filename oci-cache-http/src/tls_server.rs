@@ -81,6 +81,28 @@ pub fn reloadable_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<Serving
     Ok((TlsAcceptor::from(Arc::new(config)), serving))
 }
 
+/// A TLS client configuration that trusts exactly the leaf certificate of
+/// `cert_file` (the certificate this server serves): for probing the
+/// server's own listener on a loopback address, which the certificate
+/// does not name, with an issuer the prober need not know
+/// (`oci-cache healthcheck`).
+///
+/// Errors: [`Error::Tls`] when the file cannot be read or holds no
+/// certificate.
+pub fn client_trusting(cert_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let leaf = read_certs(cert_file)
+        .map_err(|e| Error::Tls(format!("certificate file {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            Error::Tls(format!(
+                "certificate file {} holds no certificate",
+                cert_file.display()
+            ))
+        })?;
+    crate::upstream::tls::pinned(leaf).map_err(Error::Tls)
+}
+
 /// The serving certificate: what each new handshake is answered with,
 /// re-read when its files change, and swapped for other files by
 /// [`reload`](Self::reload). Established connections keep theirs.

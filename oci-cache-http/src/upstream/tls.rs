@@ -32,7 +32,10 @@ pub(crate) fn client_config(
         );
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_custom_certificate_verifier(Arc::new(LeafCheck {
+                provider,
+                pinned: None,
+            }))
     } else {
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -77,21 +80,50 @@ pub(crate) fn client_config(
     }
 }
 
-/// Accepts any server certificate (signatures are still checked, so the
-/// handshake stays well-formed); only for `insecure_skip_verify`.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+/// A client configuration that accepts a server only when it presents
+/// exactly `leaf` (and proves it holds its key), whatever its names and
+/// issuer: for probing our own TLS listener (see
+/// [`tls_server::client_trusting`](crate::tls_server::client_trusting)).
+pub(crate) fn pinned(leaf: CertificateDer<'static>) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(LeafCheck {
+        provider: Arc::clone(&provider),
+        pinned: Some(leaf),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("no usable TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
 
-impl ServerCertVerifier for NoVerification {
+/// Accepts one given server certificate, or with `pinned: None` any
+/// (`insecure_skip_verify`); signatures are checked either way, so the
+/// handshake stays well-formed.
+#[derive(Debug)]
+struct LeafCheck {
+    provider: Arc<CryptoProvider>,
+    pinned: Option<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for LeafCheck {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.pinned {
+            Some(leaf) if leaf.as_ref() != end_entity.as_ref() => Err(rustls::Error::General(
+                "the server presented a certificate other than the one in its certificate file"
+                    .to_owned(),
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -104,7 +136,7 @@ impl ServerCertVerifier for NoVerification {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -118,11 +150,13 @@ impl ServerCertVerifier for NoVerification {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
