@@ -13,6 +13,8 @@
 //!   flush of the last-use times every interval. Requests never wait for it.
 //! - [`purge`] removes an image's tag record, manifests and the blobs no
 //!   other cached manifest uses.
+//! - [`announce_removal`] and [`RemovalWatch`]: a command that removed blobs
+//!   beside a running server tells it so through the storage.
 //!
 //! **Only blobs are evicted.** Manifests and tag records stay: they are a
 //! few KiB, they are what lets a pin or a purge find an image's blobs, and a
@@ -46,6 +48,7 @@ mod access;
 mod pass;
 mod pin;
 mod purge;
+mod removals;
 mod size;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -54,6 +57,7 @@ mod tests;
 pub use pass::{EvictReport, Evictor, ProtectedRoots};
 pub use pin::PinPattern;
 pub use purge::{purge, purge_target, PurgeReport};
+pub use removals::{announce_removal, Removal, RemovalWatch};
 pub(crate) use size::deserialize_opt as deserialize_size;
 pub use size::parse_size;
 

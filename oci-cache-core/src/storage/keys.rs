@@ -48,6 +48,10 @@ pub(crate) const ACCESS: &str = "access";
 /// Top-level directory of the leases replicas on one bucket coordinate
 /// with (see `fleet`): fill leases by digest, and single ones by name.
 pub(crate) const LEASES: &str = "leases";
+/// Top-level directory of removal notices: blobs another process (`purge`,
+/// `gc`) removed, so that a server on the same storage can follow (see
+/// `evict::removals`).
+pub(crate) const REMOVALS: &str = "removals";
 /// Where in-progress writes live until they are verified (filesystem only).
 #[cfg_attr(not(feature = "fs"), allow(dead_code))]
 pub(crate) const STAGING: &str = "_staging";
@@ -74,6 +78,20 @@ pub(crate) fn fill_lease(digest: &Digest) -> String {
 /// never request text.
 pub(crate) fn named_lease(name: &'static str) -> String {
     format!("{LEASES}/{}", segment(name))
+}
+
+/// `removals/<id>`: one removal notice. `id` is one of ours, never request text.
+pub(crate) fn removal(id: &str) -> String {
+    format!("{REMOVALS}/{}", segment(id))
+}
+
+/// The id of a removal notice's key, or `None` for any other key.
+pub(crate) fn parse_removal(key: &str) -> Option<String> {
+    let id = key.strip_prefix(REMOVALS)?.strip_prefix('/')?;
+    if id.contains('/') {
+        return None;
+    }
+    unsegment(id)
 }
 
 /// `manifests/<algorithm>/<first two hex>/<hex>`.
@@ -129,6 +147,7 @@ pub(crate) fn is_record(key: &str) -> bool {
         || parse_upload_piece(key).is_some_and(|(id, index)| upload_piece(&id, index) == key)
         || parse_access(key).is_some_and(|(algorithm, shard)| access(&algorithm, &shard) == key)
         || parse_content(PUSHED, key).is_some_and(|digest| pushed(&digest) == key)
+        || parse_removal(key).is_some_and(|id| removal(&id) == key)
         || parse_cached_referrers(key).is_some_and(|(upstream, repository, subject)| {
             cached_referrers(&upstream, &repository, &subject) == key
         })

@@ -74,6 +74,17 @@ impl RecordKey {
         RecordKey(keys::pushed(digest))
     }
 
+    /// A removal notice: `removals/<id>` (see
+    /// [`evict::announce_removal`](crate::evict::announce_removal)).
+    pub fn removal(id: &str) -> Self {
+        RecordKey(keys::removal(id))
+    }
+
+    /// The id of a removal notice's key.
+    pub fn removal_id(&self) -> Option<String> {
+        keys::parse_removal(&self.0)
+    }
+
     /// The blob this key keeps, if it is a grace record under
     /// [`RecordPrefix::protecting_blobs`].
     pub fn protected_blob(&self) -> Option<Digest> {
@@ -214,6 +225,11 @@ impl RecordPrefix {
     /// The pieces of one upload session.
     pub fn upload_pieces_of(id: &UploadId) -> Self {
         RecordPrefix(keys::upload_pieces_dir(id))
+    }
+
+    /// Every removal notice.
+    pub fn removals() -> Self {
+        RecordPrefix(keys::REMOVALS.to_owned())
     }
 
     /// Every record of the access index (see [`RecordKey::access`]).
