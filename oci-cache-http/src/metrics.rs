@@ -11,9 +11,10 @@
 //!
 //! | family | labels | from |
 //! |---|---|---|
-//! | `oci_cache_requests_total` | `route`, `cache`, `code` | every request, when its body ended |
+//! | `oci_cache_requests_total` | `route`, `upstream`, `cache`, `code` | every request, when its body ended |
 //! | `oci_cache_request_duration_seconds` | `route` | arrival to the last body byte |
-//! | `oci_cache_served_bytes_total` | `route` | body bytes actually written to clients |
+//! | `oci_cache_served_bytes_total` | `route`, `upstream`, `cache` | body bytes actually written to clients |
+//! | `oci_cache_upstream_manifest_gets_avoided_total` | `upstream` | manifest GETs answered without an upstream GET |
 //! | `oci_cache_upstream_requests_total` | `upstream`, `endpoint`, `outcome` | each attempt on an endpoint |
 //! | `oci_cache_upstream_request_duration_seconds` | `upstream` | each attempt, until its headers |
 //! | `oci_cache_upstream_bytes_total` | `upstream` | body bytes received from upstreams |
@@ -32,15 +33,24 @@
 //! | `oci_cache_evictions_total`, `oci_cache_evicted_bytes_total` | | blobs evicted (passes and purges) |
 //! | `oci_cache_protected_bytes` | | pinned and hosted blob bytes, as of the last eviction pass |
 //! | `oci_cache_protected_over_cap_total` | | passes that found pinned/hosted content alone over the cap (kept) |
+//! | `oci_cache_storage_cap_bytes` | | `max_size` (absent without a cap) |
+//! | `oci_cache_build_info` | `version`, `os`, `arch` | always 1 |
+//! | `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, `process_cpu_seconds_total` | | from `/proc` at each scrape (Linux) |
 //!
 //! `cache` is `hit`, `miss`, `coalesced`, `revalidated`, `stale`, or `none`
 //! for answers that did not come from the engine (errors, `/v2/`, health).
+//! `upstream` is a configured upstream's name ([`Metrics::label_upstreams`]),
+//! `hosted` for pushed repositories, `none` for requests naming no
+//! repository, or `other` (a registry reached through `allow_any_upstream`):
+//! bounded, whatever clients ask for.
 //! The storage gauges start from one count of the store
 //! ([`Metrics::add_stored`], done once at start) and then follow the
 //! fills and evictions this process reports, so a scrape never walks the store.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
+use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{
     BreakerEvent, BudgetEvent, EvictionEvent, FillEvent, FillPhase, Observer, RateLimitEvent,
     RequestEvent, UpstreamEvent, UpstreamOutcome,
@@ -57,11 +67,27 @@ use prometheus_client::registry::Registry;
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+use labels::{UpstreamName, UpstreamNames};
+
+mod labels;
+mod scraped;
+mod service;
+
+pub use service::MetricsService;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
+    upstream: UpstreamName,
     cache: &'static str,
     code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServedLabels {
+    route: &'static str,
+    upstream: UpstreamName,
+    cache: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,12 +97,12 @@ struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
-    upstream: String,
+    upstream: UpstreamName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
-    upstream: String,
+    upstream: UpstreamName,
     endpoint: String,
     outcome: &'static str,
 }
@@ -107,7 +133,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    served_bytes: Family<RouteLabels, Counter>,
+    served_bytes: Family<ServedLabels, Counter>,
+    manifest_gets_avoided: Family<UpstreamLabels, Counter>,
     upstream_requests: Family<AttemptLabels, Counter>,
     upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_bytes: Family<UpstreamLabels, Counter>,
@@ -129,6 +156,8 @@ pub struct Metrics {
     evicted_bytes: Counter,
     protected_bytes: Gauge,
     protected_over_cap: Counter,
+    upstream_names: UpstreamNames,
+    scraped: Arc<scraped::Scraped>,
 }
 
 impl Default for Metrics {
@@ -143,7 +172,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::new_with_constructor(request_histogram as fn() -> Histogram);
-        let served_bytes = Family::<RouteLabels, Counter>::default();
+        let served_bytes = Family::<ServedLabels, Counter>::default();
+        let manifest_gets_avoided = Family::<UpstreamLabels, Counter>::default();
         let upstream_requests = Family::<AttemptLabels, Counter>::default();
         let upstream_duration =
             Family::new_with_constructor(request_histogram as fn() -> Histogram);
@@ -179,8 +209,13 @@ impl Metrics {
         );
         registry.register(
             "oci_cache_served_bytes",
-            "Body bytes written to clients",
+            "Body bytes written to clients, by route, upstream and cache result",
             served_bytes.clone(),
+        );
+        registry.register(
+            "oci_cache_upstream_manifest_gets_avoided",
+            "Manifest GETs answered without a manifest GET upstream (what registries' pull limits count)",
+            manifest_gets_avoided.clone(),
         );
         registry.register(
             "oci_cache_upstream_requests",
@@ -287,11 +322,14 @@ impl Metrics {
             "Eviction passes that found pinned and hosted content alone over max_size (kept)",
             protected_over_cap.clone(),
         );
+        let scraped = Arc::new(scraped::Scraped::default());
+        registry.register_collector(Box::new(Arc::clone(&scraped)));
         Metrics {
             registry,
             requests,
             request_duration,
             served_bytes,
+            manifest_gets_avoided,
             upstream_requests,
             upstream_duration,
             upstream_bytes,
@@ -313,7 +351,24 @@ impl Metrics {
             evicted_bytes,
             protected_bytes,
             protected_over_cap,
+            upstream_names: UpstreamNames::default(),
+            scraped,
         }
+    }
+
+    /// Labels requests and upstream traffic with the upstreams `mirrors`
+    /// configures (others: `other`), and no longer with any name a request
+    /// carries. [`Mirror::builder`](crate::Mirror::builder) calls it; call
+    /// it again after changing the upstreams.
+    pub fn label_upstreams(&self, mirrors: &MirrorConfig) {
+        self.upstream_names
+            .configure(mirrors.upstreams.iter().map(|u| &u.name));
+    }
+
+    /// Sets `oci_cache_storage_cap_bytes` (`None`: no cap, no sample).
+    /// [`Mirror::builder`](crate::Mirror::builder) sets the engine's `max_size`.
+    pub fn set_storage_cap(&self, max_size: Option<u64>) {
+        self.scraped.set_cap(max_size);
     }
 
     /// The exposition, in the OpenMetrics text format ([`CONTENT_TYPE`]).
@@ -347,10 +402,22 @@ impl Metrics {
     }
 }
 
+/// Whether a client's manifest GET was answered without a manifest GET
+/// upstream: from storage (`hit`; `revalidated` asked with a HEAD, which
+/// pull limits such as Docker Hub's do not count; `stale`) or from another
+/// request's GET (`coalesced`).
+fn avoided_a_manifest_get(event: &RequestEvent) -> bool {
+    use oci_cache_core::observe::CacheOutcome::{Coalesced, Hit, Revalidated, Stale};
+    event.route == "manifest"
+        && event.method == "GET"
+        && (200..300).contains(&event.status)
+        && matches!(event.cache, Some(Hit | Revalidated | Stale | Coalesced))
+}
+
 impl Observer for Metrics {
     fn budget(&self, event: &BudgetEvent) {
         let upstream = UpstreamLabels {
-            upstream: event.upstream.to_string(),
+            upstream: self.upstream_names.upstream(&event.upstream),
         };
         self.upstream_queued
             .get_or_create(&upstream)
@@ -364,7 +431,7 @@ impl Observer for Metrics {
 
     fn rate_limit(&self, event: &RateLimitEvent) {
         let upstream = UpstreamLabels {
-            upstream: event.upstream.to_string(),
+            upstream: self.upstream_names.upstream(&event.upstream),
         };
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         if let Some(remaining) = event.remaining {
@@ -381,20 +448,32 @@ impl Observer for Metrics {
 
     fn request(&self, event: &RequestEvent) {
         let cache = event.cache.map_or("none", |c| c.as_str());
+        let upstream = self.upstream_names.of(event.route, event.upstream.as_ref());
+        self.request_duration
+            .get_or_create(&RouteLabels { route: event.route })
+            .observe(event.duration.as_secs_f64());
+        self.served_bytes
+            .get_or_create(&ServedLabels {
+                route: event.route,
+                upstream: upstream.clone(),
+                cache,
+            })
+            .inc_by(event.bytes_sent);
+        if avoided_a_manifest_get(event) {
+            self.manifest_gets_avoided
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.clone(),
+                })
+                .inc();
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 route: event.route,
+                upstream,
                 cache,
                 code: event.status,
             })
             .inc();
-        let route = RouteLabels { route: event.route };
-        self.request_duration
-            .get_or_create(&route)
-            .observe(event.duration.as_secs_f64());
-        self.served_bytes
-            .get_or_create(&route)
-            .inc_by(event.bytes_sent);
         match cache {
             "coalesced" => {
                 self.coalesced.inc();
@@ -408,7 +487,7 @@ impl Observer for Metrics {
 
     fn upstream(&self, event: &UpstreamEvent) {
         let upstream = UpstreamLabels {
-            upstream: event.upstream.to_string(),
+            upstream: self.upstream_names.upstream(&event.upstream),
         };
         self.upstream_bytes
             .get_or_create(&upstream)
@@ -486,63 +565,6 @@ impl Observer for Metrics {
                 endpoint: event.endpoint.clone(),
             })
             .set(i64::from(event.open));
-    }
-}
-
-/// A service that answers only `GET /metrics` (and `/healthz`), for a
-/// separate metrics listener (`--metrics-listen`); everything else is 404.
-#[derive(Debug, Clone)]
-pub struct MetricsService {
-    metrics: std::sync::Arc<Metrics>,
-}
-
-impl MetricsService {
-    /// Serves `metrics`.
-    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
-        MetricsService { metrics }
-    }
-
-    fn answer(&self, method: &http::Method, path: &str) -> http::Response<crate::Body> {
-        use http::{Method, StatusCode};
-        let read_only = method == Method::GET || method == Method::HEAD;
-        let (status, content_type, body) = match path {
-            "/metrics" if read_only => (StatusCode::OK, CONTENT_TYPE, self.metrics.encode()),
-            "/healthz" if read_only => (
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                "ok\n".to_owned(),
-            ),
-            _ => (
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                "this listener serves only GET /metrics and /healthz\n".to_owned(),
-            ),
-        };
-        let len = body.len();
-        let body = if method == Method::HEAD {
-            crate::body::empty()
-        } else {
-            crate::body::full(bytes::Bytes::from(body))
-        };
-        let mut response = http::Response::new(body);
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
-        );
-        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-        response
-    }
-}
-
-impl<B> hyper::service::Service<http::Request<B>> for MetricsService {
-    type Response = http::Response<crate::Body>;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-    fn call(&self, request: http::Request<B>) -> Self::Future {
-        std::future::ready(Ok(self.answer(request.method(), request.uri().path())))
     }
 }
 

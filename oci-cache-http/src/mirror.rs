@@ -270,6 +270,12 @@ impl MirrorBuilder {
         let upstreams = self.upstreams.ok_or_else(|| missing("upstreams"))?;
         upstreams.validate()?;
         let storage = self.storage.ok_or_else(|| missing("storage"))?;
+        if let Some(metrics) = &self.metrics {
+            // Label values for the upstreams of this build (a reload may
+            // bring new ones) and the cap, once, not per request.
+            metrics.label_upstreams(&upstreams);
+            metrics.set_storage_cap(self.cache_options.max_size);
+        }
         let (board, observer) = match &self.previous {
             Some(previous) => (
                 Arc::clone(&previous.board),

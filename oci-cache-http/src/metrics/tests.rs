@@ -37,7 +37,7 @@ fn attempt(outcome: UpstreamOutcome, bytes: u64, body_ended: bool) -> UpstreamEv
     }
 }
 
-/// Samples of one family, read back with a Prometheus text parser.
+/// Samples of the exposition, read back with a Prometheus text parser.
 fn samples(metrics: &Metrics) -> Vec<prometheus_parse::Sample> {
     let text = metrics.encode();
     let lines = text.lines().map(|l| Ok(l.to_owned()));
@@ -56,8 +56,9 @@ fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str
             _ => panic!("{name} is not a single value"),
         })
         .collect();
-    assert_eq!(matching.len(), 1, "{name} {labels:?} in {samples:?}");
-    matching[0]
+    // Labels not named are summed over, as a PromQL `sum` would.
+    assert!(!matching.is_empty(), "{name} {labels:?} in {samples:?}");
+    matching.iter().sum()
 }
 
 #[test]
@@ -258,4 +259,213 @@ fn lease_outcomes_are_counted_and_a_relay_ends_the_fill() {
     assert_eq!(value(&s, leases, &[("outcome", "peer")]), 1.0);
     assert_eq!(value(&s, leases, &[("outcome", "takeover")]), 1.0);
     assert_eq!(value(&s, "oci_cache_fills_in_flight", &[]), 0.0);
+}
+
+fn mirrors(names: &[&str]) -> MirrorConfig {
+    let upstreams = names
+        .iter()
+        .map(|n| {
+            oci_cache_core::mirror::UpstreamConfig::new(
+                Registry::new(n).unwrap(),
+                format!("https://{n}"),
+            )
+        })
+        .collect();
+    MirrorConfig::new(upstreams, Registry::new(names[0]).unwrap()).unwrap()
+}
+
+fn routed(
+    route: &'static str,
+    upstream: &str,
+    method: &str,
+    cache: Option<CacheOutcome>,
+    status: u16,
+    bytes: u64,
+) -> RequestEvent {
+    RequestEvent {
+        method: method.into(),
+        upstream: Some(Registry::new(upstream).unwrap()),
+        ..request(route, cache, status, bytes)
+    }
+}
+
+#[test]
+fn requests_and_bytes_carry_a_bounded_upstream_label() {
+    let m = Metrics::new();
+    m.label_upstreams(&mirrors(&["docker.io", "ghcr.io"]));
+    m.request(&routed(
+        "blob",
+        "docker.io",
+        "GET",
+        Some(CacheOutcome::Miss),
+        200,
+        700,
+    ));
+    m.request(&routed(
+        "blob",
+        "docker.io",
+        "GET",
+        Some(CacheOutcome::Hit),
+        200,
+        700,
+    ));
+    m.request(&routed(
+        "blob",
+        "ghcr.io",
+        "GET",
+        Some(CacheOutcome::Hit),
+        200,
+        50,
+    ));
+    // Not configured (allow_any_upstream): one label for all such names.
+    m.request(&routed(
+        "blob",
+        "a.example",
+        "GET",
+        Some(CacheOutcome::Miss),
+        200,
+        1,
+    ));
+    m.request(&routed(
+        "blob",
+        "b.example",
+        "GET",
+        Some(CacheOutcome::Miss),
+        200,
+        1,
+    ));
+    m.request(&request("hosted_blob", None, 200, 9));
+    m.request(&request("ping", None, 200, 2));
+    m.upstream(&UpstreamEvent {
+        upstream: Registry::new("z.example").unwrap(),
+        ..attempt(UpstreamOutcome::Ok, 5, true)
+    });
+    let s = samples(&m);
+    let requests = "oci_cache_requests_total";
+    assert_eq!(value(&s, requests, &[("upstream", "docker.io")]), 2.0);
+    assert_eq!(
+        value(&s, requests, &[("upstream", "docker.io"), ("cache", "hit")]),
+        1.0
+    );
+    assert_eq!(value(&s, requests, &[("upstream", "ghcr.io")]), 1.0);
+    assert_eq!(value(&s, requests, &[("upstream", "other")]), 2.0);
+    assert_eq!(value(&s, requests, &[("upstream", "hosted")]), 1.0);
+    assert_eq!(value(&s, requests, &[("upstream", "none")]), 1.0);
+    let served = "oci_cache_served_bytes_total";
+    assert_eq!(
+        value(&s, served, &[("upstream", "docker.io"), ("cache", "hit")]),
+        700.0
+    );
+    assert_eq!(
+        value(&s, served, &[("upstream", "docker.io"), ("cache", "miss")]),
+        700.0
+    );
+    assert_eq!(value(&s, served, &[("upstream", "ghcr.io")]), 50.0);
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_upstream_bytes_total",
+            &[("upstream", "other")]
+        ),
+        5.0
+    );
+    assert!(
+        !m.encode().contains("example"),
+        "names outside the configuration never become labels"
+    );
+}
+
+#[test]
+fn manifest_gets_answered_without_an_upstream_get_are_counted_per_upstream() {
+    let m = Metrics::new();
+    m.label_upstreams(&mirrors(&["docker.io", "ghcr.io"]));
+    for cache in [
+        CacheOutcome::Hit,
+        CacheOutcome::Revalidated,
+        CacheOutcome::Stale,
+        CacheOutcome::Coalesced,
+    ] {
+        m.request(&routed(
+            "manifest",
+            "docker.io",
+            "GET",
+            Some(cache),
+            200,
+            10,
+        ));
+    }
+    // A GET upstream, a HEAD (not what pull limits count), a failure, a blob.
+    m.request(&routed(
+        "manifest",
+        "docker.io",
+        "GET",
+        Some(CacheOutcome::Miss),
+        200,
+        10,
+    ));
+    m.request(&routed(
+        "manifest",
+        "docker.io",
+        "HEAD",
+        Some(CacheOutcome::Hit),
+        200,
+        0,
+    ));
+    m.request(&routed("manifest", "docker.io", "GET", None, 404, 0));
+    m.request(&routed(
+        "blob",
+        "docker.io",
+        "GET",
+        Some(CacheOutcome::Hit),
+        200,
+        10,
+    ));
+    m.request(&routed(
+        "manifest",
+        "ghcr.io",
+        "GET",
+        Some(CacheOutcome::Hit),
+        200,
+        10,
+    ));
+    let s = samples(&m);
+    let avoided = "oci_cache_upstream_manifest_gets_avoided_total";
+    assert_eq!(value(&s, avoided, &[("upstream", "docker.io")]), 4.0);
+    assert_eq!(value(&s, avoided, &[("upstream", "ghcr.io")]), 1.0);
+}
+
+#[test]
+fn the_cap_build_info_and_process_figures_are_exposed() {
+    let m = Metrics::new();
+    assert!(
+        !m.encode().contains("oci_cache_storage_cap_bytes"),
+        "no cap, no sample"
+    );
+    m.set_storage_cap(Some(50 << 30));
+    let s = samples(&m);
+    assert_eq!(
+        value(&s, "oci_cache_storage_cap_bytes", &[]),
+        (50u64 << 30) as f64
+    );
+    assert_eq!(
+        value(
+            &s,
+            "oci_cache_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    if cfg!(target_os = "linux") {
+        assert!(value(&s, "process_resident_memory_bytes", &[]) > 1e6);
+        assert!(value(&s, "process_open_fds", &[]) >= 3.0);
+        let started = value(&s, "process_start_time_seconds", &[]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} vs {now}"
+        );
+    }
 }
