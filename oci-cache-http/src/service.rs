@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, X_CONTENT_TYPE_OPTIONS};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, USER_AGENT, X_CONTENT_TYPE_OPTIONS};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use oci_cache_core::health::Readiness;
@@ -25,6 +25,7 @@ use crate::handlers::push::body_stream;
 use crate::handlers::{self, Engine, HostedEngine, RequestInfo};
 use crate::metrics::Metrics;
 use crate::observed::ObservedBody;
+use crate::peer::PeerAddr;
 use crate::response::outcome_of;
 use crate::routes::{HostedOp, Route};
 use crate::routing::{MatchedRoute, RouteTable};
@@ -188,9 +189,18 @@ impl OciService {
         let matched = self.routes.ensure_routed(&mut request);
         let (request, body) = request.into_parts();
         let body = body_stream(body);
+        // Who asked, for the access log: the address the connection came
+        // from and the client's own name for itself (quoted: it may hold spaces).
+        let client = request.extensions.get::<PeerAddr>().map(|peer| peer.0.ip());
+        let user_agent = request
+            .headers
+            .get(USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
         let span = tracing::info_span!(
             "request",
             method = %request.method,
+            client = client.map(field::display),
+            user_agent = user_agent.as_deref().map(field::debug),
             route = field::Empty,
             repository = field::Empty,
             reference = field::Empty,
