@@ -6,12 +6,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use indicatif::HumanBytes;
-use oci_cache_core::evict::{self, DiskBudget, Evictor};
+use oci_cache_core::error::ErrorChain;
+use oci_cache_core::evict::{self, DiskBudget, Evictor, Removal};
 use oci_cache_core::observe;
 use oci_cache_core::reference::Reference;
+use oci_cache_core::storage::Storage;
 
 use crate::cli::{GcArgs, PurgeArgs};
 use crate::engine::{self, BoxError};
+
+/// Leaves a removal notice for servers running on the same storage, so
+/// their storage figures and disk budget follow (the blobs are gone either
+/// way: a failure here only leaves their figures high until a restart).
+async fn tell_servers(storage: &dyn Storage, blobs: u64, bytes: u64) {
+    if let Err(e) = evict::announce_removal(storage, Removal { blobs, bytes }).await {
+        tracing::warn!(error = %ErrorChain(&e), "cannot tell running servers what was removed; their storage figures stay high until they restart");
+    }
+}
 
 pub(crate) fn purge(args: &PurgeArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
     engine::run(&args.serve, err, |settings| async move {
@@ -26,6 +37,7 @@ pub(crate) fn purge(args: &PurgeArgs, out: &mut impl Write, err: &mut impl Write
         let budget = DiskBudget::new(settings.cache.max_size);
         let report =
             evict::purge(storage.as_ref(), &budget, &observe::NoopObserver, &targets).await?;
+        tell_servers(storage.as_ref(), report.blobs, report.bytes).await;
         writeln!(
             out,
             "purged {} tag(s), {} manifest(s), {} blob(s) ({})",
@@ -51,9 +63,15 @@ pub(crate) fn gc(args: &GcArgs, out: &mut impl Write, err: &mut impl Write) -> E
         };
         let storage = engine::open_storage(&settings.storage).await?;
         let budget = Arc::new(DiskBudget::new(Some(max)));
-        let report = Evictor::new(storage, budget, settings.cache.pin.clone(), observe::noop())
-            .pass()
-            .await?;
+        let report = Evictor::new(
+            Arc::clone(&storage),
+            budget,
+            settings.cache.pin.clone(),
+            observe::noop(),
+        )
+        .pass()
+        .await?;
+        tell_servers(storage.as_ref(), report.evicted_blobs, report.evicted_bytes).await;
         writeln!(
             out,
             "stored {} in {} blob(s), cap {}; evicted {} blob(s) ({}); {} pinned",

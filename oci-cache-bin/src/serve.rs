@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oci_cache_core::error::ErrorChain;
-use oci_cache_core::evict::Evictor;
+use oci_cache_core::evict::{Evictor, RemovalWatch};
 use oci_cache_core::fleet::Fleet;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::storage::Storage;
@@ -53,7 +53,6 @@ async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
         _ => (engine::open_storage(&settings.storage).await?, None),
     };
     let metrics = Arc::new(Metrics::new());
-    count_stored(Arc::clone(&storage), Arc::clone(&metrics));
     let parts = MirrorParts {
         metrics: Arc::clone(&metrics),
         readiness: Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL),
@@ -64,6 +63,7 @@ async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
     };
     let mirror = mirror_builder(&settings, &parts).storage(storage).build()?;
     let service = mirror.service();
+    follow_storage(service.engine(), Arc::clone(&metrics));
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -228,28 +228,67 @@ pub(crate) fn raise_fd_limit() -> Option<u64> {
 /// How often `/readyz`'s storage probe runs.
 const READY_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Counts what is already stored into the storage gauges, once, in the
-/// background: a large bucket takes a while to list and serving need not
-/// wait for it.
-fn count_stored(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) {
+/// How often the storage is checked for blobs another process removed.
+const REMOVALS_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the storage gauges right, in the background: counts what is
+/// already stored, once (a large bucket takes a while to list and serving
+/// need not wait for it), then applies what `purge` and `gc` run beside
+/// this server removed (their removal notices; the process's own fills and
+/// evictions reach the gauges as events). The disk budget follows too, so
+/// eviction does not start early.
+fn follow_storage(engine: &engine::Engine, metrics: Arc<Metrics>) {
+    let storage = Arc::clone(engine.storage());
+    let budget = Arc::clone(engine.budget());
     tokio::spawn(async move {
-        let (mut bytes, mut objects) = (0u64, 0u64);
-        let mut list = storage.blob_list();
-        while let Some(info) = list.next().await {
-            match info {
-                Ok(info) => {
-                    bytes += info.size;
-                    objects += 1;
+        // Before the count, so a removal during it is not applied twice.
+        let watch = RemovalWatch::start(storage.as_ref()).await;
+        count_stored(storage.as_ref(), &metrics).await;
+        let mut watch = match watch {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot read removal notices; the storage gauges do not follow purge and gc run beside this server");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(REMOVALS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match watch.poll(storage.as_ref()).await {
+                Ok(removals) => {
+                    for removal in removals {
+                        tracing::info!(blobs = removal.blobs, bytes = removal.bytes, "blobs removed by another process (purge or gc); storage figures updated");
+                        metrics.record_eviction(removal.blobs, removal.bytes);
+                        budget.removed(removal.bytes);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "counting the stored blobs failed; the storage gauges count only what this process stores from now on");
-                    return;
+                    tracing::debug!(error = %ErrorChain(&e), "reading removal notices failed; retrying");
                 }
             }
         }
-        metrics.add_stored(bytes, objects);
-        tracing::info!(bytes, objects, "counted the stored blobs");
     });
+}
+
+/// Counts what is already stored into the storage gauges.
+async fn count_stored(storage: &dyn Storage, metrics: &Metrics) {
+    let (mut bytes, mut objects) = (0u64, 0u64);
+    let mut list = storage.blob_list();
+    while let Some(info) = list.next().await {
+        match info {
+            Ok(info) => {
+                bytes += info.size;
+                objects += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "counting the stored blobs failed; the storage gauges count only what this process stores from now on");
+                return;
+            }
+        }
+    }
+    metrics.add_stored(bytes, objects);
+    tracing::info!(bytes, objects, "counted the stored blobs");
 }
 
 /// How often, at most, leftovers of interrupted writes and abandoned
