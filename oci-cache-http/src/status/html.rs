@@ -94,6 +94,21 @@ fn figure(name: &str, value: u64, text: &str) -> String {
     )
 }
 
+/// A ratio as a percentage; its `data-value` is the ratio (empty: none yet).
+fn ratio_figure(name: &str, ratio: Option<f64>) -> String {
+    match ratio {
+        Some(ratio) => format!(
+            "<span data-figure=\"{}\" data-value=\"{ratio:.4}\">{:.1}%</span>",
+            escape(name),
+            ratio * 100.0
+        ),
+        None => format!(
+            "<span data-figure=\"{}\" data-value=\"\">–</span>",
+            escape(name)
+        ),
+    }
+}
+
 fn bytes_figure(name: &str, value: u64) -> String {
     figure(name, value, &human_bytes(value))
 }
@@ -155,13 +170,7 @@ fn summary(out: &mut String, status: &Status) {
     let b = &status.bytes;
     out.push_str("<div class=\"cards\">");
     card(out, "requests", &count_figure("requests", r.total), "");
-    let ratio = match r.hit_ratio {
-        Some(ratio) => format!(
-            "<span data-figure=\"hit_ratio\" data-value=\"{ratio:.4}\">{:.1}%</span>",
-            ratio * 100.0
-        ),
-        None => "<span data-figure=\"hit_ratio\" data-value=\"\">–</span>".to_owned(),
-    };
+    let ratio = ratio_figure("hit_ratio", r.hit_ratio);
     let hits = r.by_cache.get("hit").copied().unwrap_or(0);
     let misses = r.by_cache.get("miss").copied().unwrap_or(0);
     card(
@@ -220,9 +229,10 @@ fn upstream_section(out: &mut String, u: &UpstreamStatus) {
     }
     let attempts: u64 = u.attempts.values().sum();
     let ok = u.attempts.get("ok").copied().unwrap_or(0);
+    let ratio = ratio_figure("upstream_hit_ratio", u.hit_ratio);
     let _ = write!(
         out,
-        "<br>attempts: {} ({ok} ok) · fetched {} · throttled {}",
+        "<br>hit ratio {ratio} · attempts: {} ({ok} ok) · fetched {} · throttled {}",
         count_figure("upstream_attempts", attempts),
         bytes_figure("upstream_bytes", u.bytes_fetched),
         count_figure("upstream_throttled", u.throttled),

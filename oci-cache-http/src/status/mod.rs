@@ -92,6 +92,9 @@ pub(crate) struct UpstreamStatus {
     pub(crate) last_error: Option<ErrorStatus>,
     /// Attempts by outcome (`ok`, `not_found`, `unavailable`, …).
     pub(crate) attempts: BTreeMap<String, u64>,
+    /// This upstream's share of [`Requests::hit_ratio`]: its blob and
+    /// manifest requests answered from the cache (`None`: none yet).
+    pub(crate) hit_ratio: Option<f64>,
     pub(crate) bytes_fetched: u64,
     pub(crate) throttled: u64,
     /// The pull allowance, when the upstream reports one (Docker Hub does).
@@ -174,21 +177,7 @@ impl StatusSource {
         let s = &samples;
         let (started_at, uptime) = self.board.uptime();
         let by_cache = by_label(s, "oci_cache_requests_total", "cache", |_| true);
-        let content = |x: &Sample| {
-            x.label("route")
-                .is_some_and(|r| CONTENT_ROUTES.contains(&r))
-        };
-        let content_by_cache = by_label(s, "oci_cache_requests_total", "cache", content);
-        let from_cache: u64 = FROM_CACHE
-            .iter()
-            .filter_map(|c| content_by_cache.get(*c))
-            .sum();
-        let about_content: u64 = content_by_cache
-            .iter()
-            .filter(|(c, _)| c.as_str() != "none")
-            .map(|(_, n)| n)
-            .sum();
-        let served = figures::sum(s, "oci_cache_served_bytes_total", content);
+        let served = figures::sum(s, "oci_cache_served_bytes_total", is_content);
         let fetched = figures::sum(s, "oci_cache_upstream_bytes_total", |_| true);
         let gauge = |name: &str| figures::sum(s, name, |_| true);
         Status {
@@ -198,7 +187,7 @@ impl StatusSource {
             metrics: self.metrics.is_some(),
             requests: Requests {
                 total: by_cache.values().sum(),
-                hit_ratio: (about_content > 0).then(|| from_cache as f64 / about_content as f64),
+                hit_ratio: hit_ratio(s, |_| true),
                 by_cache,
             },
             bytes: Bytes {
@@ -281,6 +270,7 @@ impl StatusSource {
                 kind: e.kind,
             }),
             attempts,
+            hit_ratio: hit_ratio(s, this),
             bytes_fetched: figures::sum(s, "oci_cache_upstream_bytes_total", this),
             throttled: figures::sum(s, "oci_cache_upstream_throttled_total", this),
             ratelimit: (remaining.is_some() || limit.is_some())
@@ -289,6 +279,28 @@ impl StatusSource {
             default,
         }
     }
+}
+
+/// A sample of a blob or manifest request.
+fn is_content(x: &Sample) -> bool {
+    x.label("route")
+        .is_some_and(|r| CONTENT_ROUTES.contains(&r))
+}
+
+/// Blob and manifest requests answered without a new upstream fetch, over
+/// all those the cache answered, among the requests `keep` passes (`None`:
+/// none yet).
+fn hit_ratio(s: &[Sample], keep: impl Fn(&Sample) -> bool) -> Option<f64> {
+    let by_cache = by_label(s, "oci_cache_requests_total", "cache", |x| {
+        is_content(x) && keep(x)
+    });
+    let from_cache: u64 = FROM_CACHE.iter().filter_map(|c| by_cache.get(*c)).sum();
+    let answered: u64 = by_cache
+        .iter()
+        .filter(|(c, _)| c.as_str() != "none")
+        .map(|(_, n)| n)
+        .sum();
+    (answered > 0).then(|| from_cache as f64 / answered as f64)
 }
 
 /// Sums the samples named `name` that pass `keep` by the value of `label`.

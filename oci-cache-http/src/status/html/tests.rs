@@ -30,6 +30,7 @@ fn status(image: &str, error_endpoint: &str) -> Status {
                 kind: "unavailable",
             }),
             attempts: BTreeMap::new(),
+            hit_ratio: Some(0.5),
             bytes_fetched: 0,
             throttled: 0,
             ratelimit: Some(crate::status::RateLimit {
