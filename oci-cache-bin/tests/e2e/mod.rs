@@ -13,6 +13,7 @@ mod fixtures;
 mod fleet;
 mod metrics;
 mod oci_cache;
+mod operator_metrics;
 mod policy;
 mod push;
 mod ranges;
