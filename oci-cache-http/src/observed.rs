@@ -112,8 +112,9 @@ pub struct AccessLog;
 
 impl Observer for AccessLog {
     fn request(&self, event: &RequestEvent) {
-        // Route, repository, upstream and reference are fields of the
-        // request span this runs in; not repeated here.
+        // Client address, user agent, route, repository, upstream and
+        // reference are fields of the request span this runs in; not
+        // repeated here.
         tracing::info!(
             path = %event.path,
             cache = %event.cache.map_or("-", |c| c.as_str()),
