@@ -73,9 +73,8 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
@@ -84,11 +83,12 @@ use crate::digest::{Digest, DigestVerifier};
 use crate::error::ErrorChain;
 use crate::observe::{CacheOutcome, FillEvent, FillPhase, StorageOperation};
 use crate::reference::{Registry, Repository};
-use crate::storage::{BlobSource, ByteStream, PreverifiedStream, Storage};
+use crate::storage::{BlobSource, ByteStream, Storage};
 use crate::upstream::Upstream;
 use crate::Result;
 
 mod buffer;
+mod feed;
 mod fleet;
 mod forward;
 mod peer;
@@ -98,6 +98,7 @@ mod resume;
 mod stored;
 
 use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
+use feed::{preverified_stream, Feed};
 use fleet::{FillBody, LeaseSlot};
 use reader::{check_cap, retries_own, Origin, Reader};
 
@@ -589,29 +590,4 @@ impl Drop for FillGuard {
             map.remove(&self.digest);
         }
     }
-}
-
-/// What the fill sends the storage write: bytes, then the verdict.
-enum Feed {
-    Chunk(Bytes),
-    /// Every byte matched the digest: the write may commit.
-    Verified,
-}
-
-/// Turns the storage channel into the stream
-/// [`BlobSource::Preverified`] consumes. It ends cleanly only on
-/// [`Feed::Verified`]; a channel closed without a verdict (the fill task went
-/// away) is an error, so the backend never commits unverified bytes.
-fn preverified_stream(rx: mpsc::Receiver<Result<Feed>>) -> PreverifiedStream {
-    let stream = futures::stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
-        match rx.recv().await {
-            Some(Ok(Feed::Chunk(chunk))) => Some((Ok(chunk), Some(rx))),
-            Some(Ok(Feed::Verified)) => None,
-            Some(Err(e)) => Some((Err(e), None)),
-            None => Some((Err(aborted("blob fill")), None)),
-        }
-    })
-    .boxed();
-    PreverifiedStream::new(stream)
 }
