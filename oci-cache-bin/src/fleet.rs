@@ -4,9 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use oci_cache_core::fleet::{Fleet, FleetIdentity, LeaseTimings};
-use oci_cache_core::storage::{ObjectStorage, S3Config};
+use oci_cache_core::observe::{Observer, UploadAbortReason, UploadsAbortedEvent};
+use oci_cache_core::storage::{ObjectStorage, S3Config, MIN_STALE_BOUND};
 use oci_cache_http::fleet::{replica_origin, HyperPeerFills, PeerOptions, PeerSecret};
 use serde::Deserialize;
 
@@ -24,7 +26,19 @@ pub(crate) struct FleetFile {
     /// `[fleet.lease]`: heartbeat, takeover TTL and call timeout of the
     /// fill leases, straight into the library's type.
     lease: Option<LeaseTimings>,
+    /// Incomplete multipart uploads whose marker is untouched for this long
+    /// are a dead writer's: aborted at start. Default 1 h, at least 30 min.
+    #[serde(default, deserialize_with = "some_duration")]
+    abort_uploads_after: Option<Duration>,
 }
+
+fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    oci_cache_core::duration::deserialize(d).map(Some)
+}
+
+/// How long an upload marker stays untouched before its upload counts as a
+/// dead writer's, unless `[fleet] abort_uploads_after` says otherwise.
+pub(crate) const ABORT_UPLOADS_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// Fleet mode, resolved: this replica's URL and the shared secret, read.
 #[derive(Debug, Clone)]
@@ -32,6 +46,7 @@ pub(crate) struct FleetSettings {
     pub(crate) advertise_url: String,
     pub(crate) secret: PeerSecret,
     pub(crate) timings: LeaseTimings,
+    pub(crate) abort_uploads_after: Duration,
 }
 
 /// Fleet mode from the flags over the `[fleet]` table, validated
@@ -97,10 +112,18 @@ pub(crate) fn settings(
         );
         format!("{table}: {}", crate::config::config_message(e))
     })?;
+    let abort_uploads_after = file.abort_uploads_after.unwrap_or(ABORT_UPLOADS_AFTER);
+    if abort_uploads_after < MIN_STALE_BOUND {
+        return Err(format!(
+            "[fleet] abort_uploads_after ({abort_uploads_after:?}) must be at least {MIN_STALE_BOUND:?}: \
+             a live writer renews its upload markers every 10 minutes, and a shorter bound would abort its uploads"
+        ));
+    }
     Ok(Some(FleetSettings {
         advertise_url: url,
         secret,
         timings,
+        abort_uploads_after,
     }))
 }
 
@@ -112,11 +135,13 @@ pub(crate) async fn join(
     s3: &S3Config,
     max_blob_size: u64,
 ) -> Result<(Arc<ObjectStorage>, Fleet), BoxError> {
-    let storage = Arc::new(ObjectStorage::s3(s3)?);
     let identity = FleetIdentity {
         holder_id: holder_id(&fleet.advertise_url),
         advertise_url: fleet.advertise_url.clone(),
     };
+    // Upload markers name the holder, so the replica taking a fill over
+    // finds this one's uploads.
+    let storage = Arc::new(ObjectStorage::s3(s3)?.with_upload_owner(&identity.holder_id));
     // A holder that does not answer is waited out on its lease: asking it
     // must end well before the lease could go stale.
     let options = PeerOptions::default()
@@ -125,6 +150,37 @@ pub(crate) async fn join(
     let peers = Arc::new(HyperPeerFills::new(fleet.secret.clone(), options)?);
     let joined = Fleet::connect(&storage, identity, fleet.timings, peers).await;
     Ok((storage, joined))
+}
+
+/// Aborts, in the background, the incomplete multipart uploads in the
+/// bucket whose markers are untouched for `older_than` (writers killed
+/// mid-upload), counting them in `observer`.
+pub(crate) fn spawn_upload_sweep(
+    s3: &S3Config,
+    older_than: Duration,
+    observer: Arc<dyn Observer>,
+) -> Result<(), BoxError> {
+    let storage = ObjectStorage::s3(s3)?;
+    tokio::spawn(async move {
+        match storage.abort_stale_uploads(older_than).await {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(
+                    count,
+                    ?older_than,
+                    "aborted incomplete multipart uploads left by writers that died"
+                );
+                observer.uploads_aborted(&UploadsAbortedEvent {
+                    count,
+                    reason: UploadAbortReason::Stale,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %oci_cache_core::ErrorChain(&e), "sweeping incomplete multipart uploads failed; the next start retries");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Unique per process run: a restarted replica is a new holder, so it

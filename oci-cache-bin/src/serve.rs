@@ -53,6 +53,13 @@ async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
         _ => (engine::open_storage(&settings.storage).await?, None),
     };
     let metrics = Arc::new(Metrics::new());
+    if let StorageConfig::S3(s3) = &settings.storage {
+        let after = settings
+            .fleet
+            .as_ref()
+            .map_or(crate::fleet::ABORT_UPLOADS_AFTER, |f| f.abort_uploads_after);
+        crate::fleet::spawn_upload_sweep(s3, after, Arc::clone(&metrics) as _)?;
+    }
     let parts = MirrorParts {
         metrics: Arc::clone(&metrics),
         readiness: Readiness::spawn(Arc::clone(&storage), READY_PROBE_INTERVAL),

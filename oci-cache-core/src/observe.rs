@@ -93,6 +93,9 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 
     /// An upstream told its rate-limit allowance (`ratelimit-*` headers).
     fn rate_limit(&self, _event: &RateLimitEvent) {}
+
+    /// Incomplete multipart uploads a dead writer left in the bucket were aborted.
+    fn uploads_aborted(&self, _event: &UploadsAbortedEvent) {}
 }
 
 /// The observer that ignores everything (the default).
@@ -147,6 +150,9 @@ impl Observer for Fanout {
     }
     fn rate_limit(&self, event: &RateLimitEvent) {
         self.0.iter().for_each(|o| o.rate_limit(event));
+    }
+    fn uploads_aborted(&self, event: &UploadsAbortedEvent) {
+        self.0.iter().for_each(|o| o.uploads_aborted(event));
     }
 }
 
@@ -496,6 +502,37 @@ pub struct TrustEvent {
     pub target: TrustTarget,
     /// Why it was refused.
     pub reason: String,
+}
+
+/// Incomplete multipart uploads of a dead writer, aborted (they are billed
+/// until then).
+// Not `non_exhaustive`: observers' own tests build it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadsAbortedEvent {
+    /// Uploads aborted.
+    pub count: u64,
+    /// Who found them.
+    pub reason: UploadAbortReason,
+}
+
+/// Why incomplete multipart uploads were aborted ([`UploadsAbortedEvent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UploadAbortReason {
+    /// This replica took the fill lease over from their writer.
+    Takeover,
+    /// Their markers were untouched for longer than the bound (a sweep at start).
+    Stale,
+}
+
+impl UploadAbortReason {
+    /// `takeover` or `stale`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadAbortReason::Takeover => "takeover",
+            UploadAbortReason::Stale => "stale",
+        }
+    }
 }
 
 /// The end of an eviction pass or a purge.

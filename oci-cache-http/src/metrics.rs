@@ -26,6 +26,7 @@
 //! | `oci_cache_fill_resumes_total` | `how` | cut upstream connections a fill continued: `range` (a `206` from the byte reached), or `range_ignored` / `entity_changed` (upstream sent the blob from byte 0 again) |
 //! | `oci_cache_fill_refetched_bytes_total` | | bytes before a cut that upstream sent again (restarts) |
 //! | `oci_cache_fill_leases_total` | `outcome` | replicas on one bucket: `acquired` (this replica fills), `peer` (streamed from the replica filling it), `takeover` (that replica went away; this one took its lease and went on), `unavailable` (no lease usable: filled alone) |
+//! | `oci_cache_multipart_uploads_aborted_total` | `reason` | incomplete S3 multipart uploads a dead writer left, aborted: `takeover` (by the replica that took its fill over), `stale` (marker untouched for the bound, at start) |
 //! | `oci_cache_coalesced_total` | | requests fed from another request's fetch |
 //! | `oci_cache_stale_served_total` | | cached tags served while upstream failed |
 //! | `oci_cache_breaker_open` | `endpoint` | 1 while the endpoint's breaker is open |
@@ -53,7 +54,7 @@ use std::sync::Arc;
 use oci_cache_core::mirror::MirrorConfig;
 use oci_cache_core::observe::{
     BreakerEvent, BudgetEvent, EvictionEvent, FillEvent, FillPhase, Observer, RateLimitEvent,
-    RequestEvent, UpstreamEvent, UpstreamOutcome,
+    RequestEvent, UploadsAbortedEvent, UpstreamEvent, UpstreamOutcome,
 };
 use oci_cache_core::UpstreamErrorKind;
 use prometheus_client::encoding::text::encode;
@@ -118,6 +119,11 @@ struct LeaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AbortLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: String,
 }
@@ -147,6 +153,7 @@ pub struct Metrics {
     fill_resumes: Family<ResumeLabels, Counter>,
     fill_refetched_bytes: Counter,
     fill_leases: Family<LeaseLabels, Counter>,
+    uploads_aborted: Family<AbortLabels, Counter>,
     coalesced: Counter,
     stale_served: Counter,
     breaker_open: Family<EndpointLabels, Gauge>,
@@ -187,6 +194,7 @@ impl Metrics {
         let fill_resumes = Family::<ResumeLabels, Counter>::default();
         let fill_refetched_bytes = Counter::default();
         let fill_leases = Family::<LeaseLabels, Counter>::default();
+        let uploads_aborted = Family::<AbortLabels, Counter>::default();
         let coalesced = Counter::default();
         let stale_served = Counter::default();
         let breaker_open = Family::<EndpointLabels, Gauge>::default();
@@ -278,6 +286,11 @@ impl Metrics {
             fill_leases.clone(),
         );
         registry.register(
+            "oci_cache_multipart_uploads_aborted",
+            "Incomplete multipart uploads a dead writer left in the bucket, aborted",
+            uploads_aborted.clone(),
+        );
+        registry.register(
             "oci_cache_coalesced",
             "Requests fed from another request's upstream fetch",
             coalesced.clone(),
@@ -342,6 +355,7 @@ impl Metrics {
             fill_resumes,
             fill_refetched_bytes,
             fill_leases,
+            uploads_aborted,
             coalesced,
             stale_served,
             breaker_open,
@@ -546,6 +560,14 @@ impl Observer for Metrics {
                 self.fills_in_flight.dec();
             }
         }
+    }
+
+    fn uploads_aborted(&self, event: &UploadsAbortedEvent) {
+        self.uploads_aborted
+            .get_or_create(&AbortLabels {
+                reason: event.reason.as_str(),
+            })
+            .inc_by(event.count);
     }
 
     fn eviction(&self, event: &EvictionEvent) {

@@ -338,6 +338,29 @@ fn killing_the_holder_mid_blob_costs_the_others_at_most_a_tenth_of_it() {
         "{ratio:.3}x\n{}",
         fill.fleet.logs()
     );
+    // The killed holder's multipart upload (half the layer in parts) was
+    // aborted by the replica that took its fill over: nothing is left
+    // billed in the bucket once the taker committed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = s3.incomplete_uploads("fleet-kill");
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incomplete uploads left: {left:?}\n{}",
+            fill.fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        fill.fleet
+            .logs()
+            .contains("aborted an incomplete multipart upload"),
+        "{}",
+        fill.fleet.logs()
+    );
 }
 
 /// A stopped holder (SIGSTOP: its socket still accepts, nothing answers):

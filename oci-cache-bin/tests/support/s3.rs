@@ -76,6 +76,25 @@ impl S3Server {
         assert_eq!(resp.status, 200, "create bucket {bucket}");
     }
 
+    /// Keys of the incomplete multipart uploads in `bucket`, from
+    /// ListMultipartUploads (`GET /bucket?uploads`).
+    pub(crate) fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
+        let resp = http::request(
+            &self.server.host(),
+            "GET",
+            &format!("/{bucket}?uploads"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(resp.status, 200, "list multipart uploads of {bucket}");
+        let body = String::from_utf8_lossy(&resp.body);
+        body.split("<Upload>")
+            .skip(1)
+            .filter_map(|upload| upload.split_once("<Key>")?.1.split_once("</Key>"))
+            .map(|(key, _)| key.to_owned())
+            .collect()
+    }
+
     /// Keys in `bucket` (first 1000), from ListObjectsV2.
     pub(crate) fn keys(&self, bucket: &str) -> Vec<String> {
         let resp = http::request(

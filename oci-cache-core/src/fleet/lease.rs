@@ -282,6 +282,17 @@ impl Leases {
         self.inner.storage.path(&crate::storage::fill_lease(digest))
     }
 
+    /// Aborts the incomplete multipart uploads of `digest` that `holder` (a
+    /// replica whose lease this one took over) left in the bucket; the
+    /// number aborted.
+    pub(crate) async fn abort_uploads_of(
+        &self,
+        holder: &str,
+        digest: &crate::digest::Digest,
+    ) -> Result<u64> {
+        self.inner.storage.abort_uploads_of(holder, digest).await
+    }
+
     /// A fleet-wide lease by name (`eviction`).
     pub(crate) fn named_key(&self, name: &'static str) -> Result<LeaseKey> {
         self.inner.storage.path(&crate::storage::named_lease(name))
@@ -324,7 +335,9 @@ impl Leases {
             match self.put(key, seq, PutMode::Update(version)).await {
                 Ok(put) => {
                     warn!(lease = %key, holder = %body.holder, "lease holder stopped renewing; taken over");
-                    return Ok(Claim::Mine(self.held(key, seq, &put)));
+                    let mut held = self.held(key, seq, &put);
+                    held.taken_from = Some(body.holder);
+                    return Ok(Claim::Mine(held));
                 }
                 // Another taker won, or the holder renewed at the last moment.
                 Err(PutRefused::Precondition) => seen = None,
@@ -362,6 +375,7 @@ impl Leases {
             seq,
             version: version_of(put),
             lost: false,
+            taken_from: None,
         }
     }
 
@@ -485,6 +499,8 @@ pub(crate) struct HeldLease {
     version: UpdateVersion,
     /// A heartbeat found the lease taken over (or deleted).
     lost: bool,
+    /// The holder this replica took the lease over from, if it did.
+    taken_from: Option<String>,
 }
 
 impl HeldLease {
@@ -509,6 +525,12 @@ impl HeldLease {
             }
             Err(PutRefused::Failed(e)) => Err(e),
         }
+    }
+
+    /// The holder id of the replica this lease was taken over from (`None`
+    /// when it was free).
+    pub(crate) fn taken_from(&self) -> Option<&str> {
+        self.taken_from.as_deref()
     }
 
     /// Whether a heartbeat found the lease taken over.

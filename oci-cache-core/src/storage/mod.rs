@@ -119,9 +119,9 @@ pub use fs::{FsOptions, FsStorage};
 pub(crate) use keys::{fill_lease, named_lease};
 pub use keys::{HostedKey, UploadId};
 pub use memory::MemoryStorage;
-pub use object::ObjectStorage;
 #[cfg(feature = "s3")]
 pub use object::S3Config;
+pub use object::{ObjectStorage, MIN_STALE_BOUND};
 /// The `object_store` crate [`ObjectStorage::new`] takes, re-exported so an
 /// embedder builds its store with the same version.
 pub use object_store;

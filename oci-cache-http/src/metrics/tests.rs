@@ -468,4 +468,20 @@ fn the_cap_build_info_and_process_figures_are_exposed() {
             "{started} vs {now}"
         );
     }
+#[test]
+fn aborted_multipart_uploads_are_counted_by_reason() {
+    use oci_cache_core::observe::{UploadAbortReason, UploadsAbortedEvent};
+    let m = Metrics::new();
+    m.uploads_aborted(&UploadsAbortedEvent {
+        count: 2,
+        reason: UploadAbortReason::Stale,
+    });
+    m.uploads_aborted(&UploadsAbortedEvent {
+        count: 1,
+        reason: UploadAbortReason::Takeover,
+    });
+    let s = samples(&m);
+    let aborted = "oci_cache_multipart_uploads_aborted_total";
+    assert_eq!(value(&s, aborted, &[("reason", "stale")]), 2.0);
+    assert_eq!(value(&s, aborted, &[("reason", "takeover")]), 1.0);
 }

@@ -34,7 +34,9 @@
 //! dead holder's multipart parts are not reused: S3 offers no way to read
 //! the parts of an incomplete multipart upload (nor `object_store` to list
 //! them), so the bytes this replica already relayed are what it resumes
-//! from. Waiting is bounded (TTL plus two heartbeats): a holder that still
+//! from; it aborts the dead holder's incomplete upload of the blob (found
+//! through its marker, see `storage::object::uploads`), which would
+//! otherwise be billed until a lifecycle rule reclaims it. Waiting is bounded (TTL plus two heartbeats): a holder that still
 //! renews but never answers by then, or any lease error, means going on
 //! upstream alone.
 
@@ -53,7 +55,7 @@ use super::{aborted, FillTask};
 use crate::digest::Digest;
 use crate::error::ErrorChain;
 use crate::fleet::{Claim, Fleet, KeptLease, LeaseKey, Observed};
-use crate::observe::{FillPhase, LeaseOutcome};
+use crate::observe::{FillPhase, LeaseOutcome, UploadAbortReason, UploadsAbortedEvent};
 use crate::storage::{BlobRead, BlobSource, ByteStream, PreverifiedStream, Storage};
 use crate::upstream::{FetchedBlob, Upstream};
 use crate::{Error, Result};
@@ -412,7 +414,12 @@ async fn follow_lease<S: Storage + ?Sized, U: ?Sized>(
         }
         let before = seen.take();
         match leases.claim(&key, before.clone()).await {
-            Ok(Claim::Mine(held)) => return Followed::Mine(held.keep()),
+            Ok(Claim::Mine(held)) => {
+                if let Some(holder) = held.taken_from() {
+                    abort_uploads_left(task, leases, holder);
+                }
+                return Followed::Mine(held.keep());
+            }
             Ok(Claim::Held(now)) => {
                 let url = now.holder_url().to_owned();
                 // Another holder, or the same one renewing (alive): ask it.
@@ -458,6 +465,32 @@ fn stored_meanwhile<'a, S: ?Sized, U: ?Sized>(
         seen: None,
     };
     body(from, Some(read.size), false)
+}
+
+/// Aborts, in the background, the incomplete multipart uploads of the
+/// task's blob that `holder` (whose lease this replica just took over) left
+/// in the bucket: they are billed until aborted, and the holder will never
+/// complete them (a stopped one that comes back fails its commit, which
+/// costs its clients nothing: they are served from its fill).
+fn abort_uploads_left<S: ?Sized, U: ?Sized>(
+    task: &FillTask<S, U>,
+    leases: &crate::fleet::Leases,
+    holder: &str,
+) {
+    let (leases, holder) = (leases.clone(), holder.to_owned());
+    let (digest, observer) = (task.digest.clone(), task.engine.observer.clone());
+    tokio::spawn(async move {
+        match leases.abort_uploads_of(&holder, &digest).await {
+            Ok(0) => {}
+            Ok(count) => observer.uploads_aborted(&UploadsAbortedEvent {
+                count,
+                reason: UploadAbortReason::Takeover,
+            }),
+            Err(e) => {
+                warn!(%digest, %holder, error = %ErrorChain(&e), "the previous holder's upload was not aborted; the sweep at start will");
+            }
+        }
+    });
 }
 
 /// The rest of the blob from byte `pos` on, from storage, if it was

@@ -73,6 +73,31 @@ pub(crate) fn fill_lease(digest: &Digest) -> String {
     content(&format!("{LEASES}/fill"), digest)
 }
 
+/// `leases/uploads`: the markers of blob uploads in progress.
+pub(crate) const UPLOAD_MARKERS: &str = "leases/uploads";
+
+/// `leases/uploads/<algorithm>/<first two hex>/<hex>`: the markers of the
+/// multipart uploads of one blob in progress, one per upload.
+pub(crate) fn upload_markers(digest: &Digest) -> String {
+    content(UPLOAD_MARKERS, digest)
+}
+
+/// `leases/uploads/<algorithm>/<first two hex>/<hex>/<marker>`: the marker
+/// naming one multipart upload of a blob (its id and its writer), so that
+/// another replica can abort it when its writer died.
+pub(crate) fn upload_marker(digest: &Digest, marker: &str) -> String {
+    format!("{}/{}", upload_markers(digest), segment(marker))
+}
+
+/// The blob an upload marker key names, or `None`.
+pub(crate) fn parse_upload_marker(key: &str) -> Option<Digest> {
+    let (dir, marker) = key.rsplit_once('/')?;
+    // `<algorithm>/<shard>/<hex>` as under `blobs/`.
+    let rest = dir.strip_prefix(UPLOAD_MARKERS)?.strip_prefix('/')?;
+    let digest = parse_content(BLOBS, &format!("{BLOBS}/{rest}"))?;
+    (upload_marker(&digest, marker) == key).then_some(digest)
+}
+
 /// `leases/<name>`: a fleet-wide lease that is not about one blob (the
 /// eviction pass, the conditional-write probe). `name` is one of ours,
 /// never request text.

@@ -171,3 +171,22 @@ fn hostile_segments_stay_one_safe_segment() {
         }
     }
 }
+
+#[test]
+fn upload_marker_keys_round_trip() {
+    let digest = Digest::sha256_of(b"layer");
+    let key = upload_marker(&digest, "0123abcd");
+    assert_eq!(
+        key,
+        format!(
+            "leases/uploads/sha256/{}/{}/0123abcd",
+            &digest.hex()[..2],
+            digest.hex()
+        )
+    );
+    assert!(key.starts_with(&format!("{}/", upload_markers(&digest))));
+    assert_eq!(parse_upload_marker(&key), Some(digest.clone()));
+    assert_eq!(parse_upload_marker(&upload_markers(&digest)), None);
+    assert_eq!(parse_upload_marker(&format!("{key}/x")), None);
+    assert_eq!(parse_upload_marker(&fill_lease(&digest)), None);
+}

@@ -16,9 +16,12 @@
 //! upload (the one being filled and the one being sent), so memory stays at
 //! 10 MiB per upload for any blob under ~44 GiB.
 //! A crash mid-upload leaves an *incomplete multipart upload*: invisible to
-//! readers, but billed until aborted; give the bucket a lifecycle rule
-//! `AbortIncompleteMultipartUpload` (e.g. after 1 day) to reclaim them,
-//! since `object_store` cannot list them for a cleanup at open.
+//! readers, but billed until aborted. `object_store` cannot list them, so on
+//! stores with the low-level multipart API ([`ObjectStorage::multipart`],
+//! which S3 gets) each upload is recorded in a marker object, and a dead
+//! writer's uploads are aborted by the replica taking its fill over or by a
+//! sweep at start (see [`uploads`]). A lifecycle rule
+//! `AbortIncompleteMultipartUpload` (e.g. after 1 day) stays the backstop.
 //!
 //! A record's media type travels as the object's `Content-Type`, so a
 //! manifest is one object and one atomic `PUT`. A store that refuses
@@ -35,6 +38,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
@@ -52,10 +56,13 @@ mod s3;
 mod staging;
 #[cfg(test)]
 mod tests;
+mod uploads;
 
 #[cfg(feature = "s3")]
 pub use s3::S3Config;
 use staging::ObjectStaging;
+use uploads::Tracking;
+pub use uploads::MIN_STALE_BOUND;
 
 const BACKEND: &str = "object";
 
@@ -78,6 +85,9 @@ pub struct ObjectStorage {
     /// Set once the store refused object attributes: media types then go
     /// to sidecar objects, and deletes remove those too.
     sidecars: Arc<AtomicBool>,
+    /// Where multipart uploads are recorded, on stores with the low-level
+    /// multipart API.
+    tracking: Option<Tracking>,
 }
 
 impl ObjectStorage {
@@ -87,16 +97,42 @@ impl ObjectStorage {
     /// another with the same prefix.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         let name = format!("object store {store}");
-        Self::with_store(store, prefix, name)
+        Self::with_store(store, prefix, name, None)
+    }
+
+    /// Storage in a store with the low-level multipart API as well (S3,
+    /// GCS, Azure, memory): every multipart upload of a blob is recorded in
+    /// a marker object, so that an upload its writer left behind (killed
+    /// mid-fill) can be aborted by another replica or by
+    /// [`abort_stale_uploads`](Self::abort_stale_uploads) at start.
+    pub fn multipart<T: ObjectStore + MultipartStore>(store: Arc<T>, prefix: &str) -> Self {
+        let name = format!("object store {store}");
+        let multipart: Arc<dyn MultipartStore> = Arc::clone(&store) as _;
+        Self::with_store(store, prefix, name, Some(multipart))
+    }
+
+    /// Names this writer `owner` in its upload markers (a fleet replica's
+    /// holder id, so the replica taking its fill over finds its uploads);
+    /// a random name per storage by default.
+    pub fn with_upload_owner(mut self, owner: &str) -> Self {
+        if let Some(tracking) = &mut self.tracking {
+            tracking.owner = owner.into();
+        }
+        self
     }
 
     /// The object-store adapter over `object_store`'s in-memory store: the
     /// same code path as S3 without a server.
     pub fn in_memory() -> Self {
-        Self::new(Arc::new(object_store::memory::InMemory::new()), "")
+        Self::multipart(Arc::new(object_store::memory::InMemory::new()), "")
     }
 
-    fn with_store(store: Arc<dyn ObjectStore>, prefix: &str, name: String) -> Self {
+    fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        name: String,
+        multipart: Option<Arc<dyn MultipartStore>>,
+    ) -> Self {
         let prefix = prefix.trim_matches('/').to_owned();
         let name = if prefix.is_empty() {
             name
@@ -108,6 +144,10 @@ impl ObjectStorage {
             prefix,
             name,
             sidecars: Arc::new(AtomicBool::new(false)),
+            tracking: multipart.map(|multipart| Tracking {
+                multipart,
+                owner: uuid::Uuid::new_v4().simple().to_string().into(),
+            }),
         }
     }
 
@@ -292,11 +332,20 @@ impl Storage for ObjectStorage {
         data: BlobSource,
     ) -> Result<u64> {
         let location = self.path(&keys::blob(digest))?;
+        let tracking = match &self.tracking {
+            Some(tracking) => {
+                let marker = uuid::Uuid::new_v4().simple().to_string();
+                let marker = self.path(&keys::upload_marker(digest, &marker))?;
+                Some((tracking.clone(), marker))
+            }
+            None => None,
+        };
         let staging = ObjectStaging::new(
             Arc::clone(&self.store),
             location,
             digest.clone(),
             expected_size,
+            tracking,
         );
         write_verified(digest, expected_size, data, Box::new(staging)).await
     }

@@ -95,10 +95,13 @@ impl ObjectStorage {
             Some(endpoint) => format!("s3 bucket {} at {endpoint}", config.bucket),
             None => format!("s3 bucket {}", config.bucket),
         };
+        let store = Arc::new(store);
+        let multipart = Arc::clone(&store) as _;
         Ok(Self::with_store(
-            Arc::new(store),
+            store,
             config.prefix.as_deref().unwrap_or_default(),
             name,
+            Some(multipart),
         ))
     }
 }

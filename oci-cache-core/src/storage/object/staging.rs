@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::task::JoinHandle;
 
+use super::uploads::{MarkedUpload, Tracking};
 use super::{failed, BACKEND};
 use crate::digest::Digest;
 use crate::storage::Staging;
@@ -53,12 +55,93 @@ pub(super) struct ObjectStaging {
     part_size: usize,
     /// Parts sent so far.
     parts: u64,
+    /// Where multipart uploads are recorded (stores with the low-level API).
+    tracking: Option<(Tracking, Path)>,
     /// Created with the first full part, so small blobs need a single `PUT`.
-    upload: Option<Box<dyn MultipartUpload>>,
+    upload: Option<Upload>,
+    /// The ids of the parts sent, in order.
+    sent: Vec<PartId>,
     buffer: Vec<Bytes>,
     buffered: usize,
-    in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
+    in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
     done: bool,
+}
+
+/// A multipart upload: recorded in a marker when the store has the
+/// low-level API (see [`uploads`](super::uploads)), else `object_store`'s own.
+enum Upload {
+    Marked(MarkedUpload),
+    Plain(Box<dyn MultipartUpload>),
+}
+
+impl Upload {
+    async fn start(
+        store: &Arc<dyn ObjectStore>,
+        location: &Path,
+        tracking: Option<&(Tracking, Path)>,
+    ) -> object_store::Result<Self> {
+        Ok(match tracking {
+            Some((tracking, marker)) => Upload::Marked(
+                MarkedUpload::start(
+                    tracking,
+                    Arc::clone(store),
+                    location.clone(),
+                    marker.clone(),
+                )
+                .await?,
+            ),
+            None => Upload::Plain(store.put_multipart(location).await?),
+        })
+    }
+
+    /// Sends part `index` (from 0) in a task of its own.
+    async fn put_part(
+        &mut self,
+        index: usize,
+        payload: PutPayload,
+    ) -> JoinHandle<object_store::Result<PartId>> {
+        match self {
+            Upload::Marked(upload) => {
+                upload.refresh().await;
+                let multipart = Arc::clone(&upload.multipart);
+                let (location, id) = (upload.location.clone(), upload.id.clone());
+                tokio::spawn(
+                    async move { multipart.put_part(&location, &id, index, payload).await },
+                )
+            }
+            Upload::Plain(upload) => {
+                let part = upload.put_part(payload);
+                tokio::spawn(async move {
+                    part.await.map(|()| PartId {
+                        content_id: String::new(),
+                    })
+                })
+            }
+        }
+    }
+
+    async fn complete(&mut self, parts: Vec<PartId>) -> object_store::Result<()> {
+        match self {
+            Upload::Marked(upload) => {
+                let completed = upload
+                    .multipart
+                    .complete_multipart(&upload.location, &upload.id, parts)
+                    .await;
+                if completed.is_ok() {
+                    upload.unmark().await;
+                }
+                completed.map(|_| ())
+            }
+            Upload::Plain(upload) => upload.complete().await.map(|_| ()),
+        }
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        match self {
+            Upload::Marked(upload) => upload.abort().await,
+            Upload::Plain(upload) => upload.abort().await,
+        }
+    }
 }
 
 impl ObjectStaging {
@@ -69,9 +152,11 @@ impl ObjectStaging {
     async fn wait_for_parts(&mut self, keep: usize) -> Result<()> {
         while self.in_flight.len() > keep {
             if let Some(part) = self.in_flight.pop_front() {
-                part.await
+                let part = part
+                    .await
                     .map_err(|e| Error::storage(BACKEND, "upload task failed", e))?
                     .map_err(|e| self.error(e))?;
+                self.sent.push(part);
             }
         }
         Ok(())
@@ -82,9 +167,7 @@ impl ObjectStaging {
         let upload = match &mut self.upload {
             Some(upload) => upload,
             None => {
-                let upload = self
-                    .store
-                    .put_multipart(&self.location)
+                let upload = Upload::start(&self.store, &self.location, self.tracking.as_ref())
                     .await
                     .map_err(|e| self.error(e))?;
                 self.upload.insert(upload)
@@ -92,8 +175,9 @@ impl ObjectStaging {
         };
         let payload: PutPayload = std::mem::take(&mut self.buffer).into_iter().collect();
         self.buffered = 0;
-        self.in_flight
-            .push_back(tokio::spawn(upload.put_part(payload)));
+        let index = usize::try_from(self.parts).unwrap_or(usize::MAX);
+        let part = upload.put_part(index, payload).await;
+        self.in_flight.push_back(part);
         self.parts += 1;
         self.part_size = part_bytes(self.expected_size, self.parts);
         Ok(())
@@ -131,7 +215,8 @@ impl Staging for ObjectStaging {
         }
         self.wait_for_parts(0).await?;
         if let Some(mut upload) = self.upload.take() {
-            if let Err(e) = upload.complete().await {
+            let parts = std::mem::take(&mut self.sent);
+            if let Err(e) = upload.complete(parts).await {
                 let _ = upload.abort().await;
                 self.done = true;
                 return Err(self.error(e));
@@ -176,12 +261,14 @@ impl Drop for ObjectStaging {
 
 impl ObjectStaging {
     /// An upload of `digest` to `location`, in parts sized so that a blob of
-    /// `expected_size` fits in S3's part limit.
+    /// `expected_size` fits in S3's part limit; with `tracking`, a multipart
+    /// upload is recorded in the marker at the path given beside it.
     pub(super) fn new(
         store: Arc<dyn ObjectStore>,
         location: Path,
         digest: Digest,
         expected_size: Option<u64>,
+        tracking: Option<(Tracking, Path)>,
     ) -> Self {
         ObjectStaging {
             store,
@@ -190,7 +277,9 @@ impl ObjectStaging {
             expected_size,
             part_size: part_bytes(expected_size, 0),
             parts: 0,
+            tracking,
             upload: None,
+            sent: Vec::new(),
             buffer: Vec::new(),
             buffered: 0,
             in_flight: VecDeque::new(),
