@@ -372,16 +372,20 @@ pub enum LeaseOutcome {
     /// No lease could be used (leases off, a failed or slow lease call, an
     /// unreachable holder): this replica fills alone, as without a fleet.
     Unavailable,
+    /// The holder sent wrong bytes to this replica before (within the last
+    /// ten minutes): this replica fills alone rather than relay it again.
+    BadPeer,
 }
 
 impl LeaseOutcome {
-    /// `acquired`, `peer`, `takeover` or `unavailable`.
+    /// `acquired`, `peer`, `takeover`, `unavailable` or `bad_peer`.
     pub fn as_str(self) -> &'static str {
         match self {
             LeaseOutcome::Acquired => "acquired",
             LeaseOutcome::Peer => "peer",
             LeaseOutcome::Takeover => "takeover",
             LeaseOutcome::Unavailable => "unavailable",
+            LeaseOutcome::BadPeer => "bad_peer",
         }
     }
 }

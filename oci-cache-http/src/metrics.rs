@@ -25,7 +25,7 @@
 //! | `oci_cache_fills_in_flight` | | blob fills under way |
 //! | `oci_cache_fill_resumes_total` | `how` | cut upstream connections a fill continued: `range` (a `206` from the byte reached), or `range_ignored` / `entity_changed` (upstream sent the blob from byte 0 again) |
 //! | `oci_cache_fill_refetched_bytes_total` | | bytes before a cut that upstream sent again (restarts) |
-//! | `oci_cache_fill_leases_total` | `outcome` | replicas on one bucket: `acquired` (this replica fills), `peer` (streamed from the replica filling it), `takeover` (that replica went away; this one took its lease and went on), `unavailable` (no lease usable: filled alone) |
+//! | `oci_cache_fill_leases_total` | `outcome` | replicas on one bucket: `acquired` (this replica fills), `peer` (streamed from the replica filling it), `takeover` (that replica went away; this one took its lease and went on), `unavailable` (no lease usable: filled alone), `bad_peer` (the holder sent wrong bytes before: filled alone) |
 //! | `oci_cache_multipart_uploads_aborted_total` | `reason` | incomplete S3 multipart uploads a dead writer left, aborted: `takeover` (by the replica that took its fill over), `stale` (marker untouched for the bound, at start) |
 //! | `oci_cache_coalesced_total` | | requests fed from another request's fetch |
 //! | `oci_cache_stale_served_total` | | cached tags served while upstream failed |

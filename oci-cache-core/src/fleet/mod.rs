@@ -9,7 +9,9 @@
 //! addressed by digest and verified before it becomes visible, so any lease
 //! trouble means filling alone, as a single replica does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tracing::{info, warn};
@@ -62,7 +64,14 @@ pub struct Fleet {
     /// replica then fills alone.
     enabled: bool,
     peers: Arc<dyn PeerFills>,
+    /// Replicas whose relayed bytes failed verification, by URL, with when.
+    distrusted: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
 }
+
+/// How long a replica that sent wrong bytes is not relayed from.
+const DISTRUST_FOR: Duration = Duration::from_secs(10 * 60);
+/// The most replicas remembered as untrusted (the oldest is forgotten first).
+const DISTRUSTED_MAX: usize = 64;
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,6 +91,7 @@ impl Fleet {
             leases,
             enabled: true,
             peers,
+            distrusted: Arc::default(),
         }
     }
 
@@ -110,6 +120,7 @@ impl Fleet {
             leases,
             enabled,
             peers,
+            distrusted: Arc::default(),
         }
     }
 
@@ -131,5 +142,29 @@ impl Fleet {
     /// How blobs are fetched from other replicas.
     pub(crate) fn peers(&self) -> &Arc<dyn PeerFills> {
         &self.peers
+    }
+
+    /// Whether this replica relays from the replica at `url`: not within
+    /// ten minutes of its relayed bytes failing verification.
+    pub(crate) fn trusts(&self, url: &str) -> bool {
+        let mut distrusted = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        distrusted.retain(|_, since| since.elapsed() < DISTRUST_FOR);
+        !distrusted.contains_key(url)
+    }
+
+    /// Remembers that the replica at `url` sent bytes that failed
+    /// verification (bounded: the oldest entry goes first).
+    pub(crate) fn distrust(&self, url: &str) {
+        let mut distrusted = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        if distrusted.len() >= DISTRUSTED_MAX && !distrusted.contains_key(url) {
+            let oldest = distrusted
+                .iter()
+                .min_by_key(|(_, since)| **since)
+                .map(|(url, _)| url.clone());
+            if let Some(oldest) = oldest {
+                distrusted.remove(&oldest);
+            }
+        }
+        distrusted.insert(url.to_owned(), tokio::time::Instant::now());
     }
 }

@@ -18,6 +18,11 @@
 //! - **held by a replica that does not answer** (killed, stopped,
 //!   partitioned): it watches the lease as when a relayed stream breaks,
 //!   below, from byte 0;
+//! - **held by a replica that sent wrong bytes** (a relay from it failed
+//!   verification within the last ten minutes): it fills alone, from
+//!   upstream. The relay that found the lie fails its clients (they got no
+//!   complete body: the last byte waits for the verdict) and their retry
+//!   gets the right bytes from upstream;
 //! - **anything else** (leases off, a failed or slow lease call): it fills
 //!   alone, as without a fleet.
 //!
@@ -144,6 +149,10 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
                 // another repository) meets its own lease.
                 LeaseOutcome::Unavailable
             }
+            Claim::Held(seen) if !fleet.trusts(seen.holder_url()) => {
+                info!(digest = %task.digest, holder = %seen.holder_url(), "the replica filling this blob sent wrong bytes before; fetching upstream instead");
+                LeaseOutcome::BadPeer
+            }
             Claim::Held(seen) => {
                 let url = seen.holder_url().to_owned();
                 let relay = |stream, size, holder_url, seen| {
@@ -262,6 +271,22 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
             if let Err(e) = self.recover(cut).await {
                 return Some(Err(e));
             }
+        }
+    }
+
+    /// Called with the fill's error: relayed bytes that failed verification
+    /// make their replica untrusted for a while, so the next fill of the
+    /// blob fetches upstream instead of relaying the same lie.
+    pub(super) fn blame(&self, error: &Error) {
+        let (Some(fleet), From::Relay { holder_url, .. }) =
+            (self.task.engine.fleet.get(), &self.from)
+        else {
+            return;
+        };
+        // An empty URL is a read of the bucket, not of a replica.
+        if error.is_content_failure() && !holder_url.is_empty() {
+            warn!(digest = %self.task.digest, holder = %holder_url, error = %ErrorChain(error), "the replica this blob was relayed from sent wrong bytes; not relaying from it for a while");
+            fleet.distrust(holder_url);
         }
     }
 
@@ -419,6 +444,10 @@ async fn follow_lease<S: Storage + ?Sized, U: ?Sized>(
                     abort_uploads_left(task, leases, holder);
                 }
                 return Followed::Mine(held.keep());
+            }
+            Ok(Claim::Held(now)) if !fleet.trusts(now.holder_url()) => {
+                warn!(%digest, holder = %now.holder_url(), "the lease holder sent wrong bytes before; going on alone");
+                return Followed::Alone;
             }
             Ok(Claim::Held(now)) => {
                 let url = now.holder_url().to_owned();

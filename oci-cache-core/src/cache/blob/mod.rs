@@ -500,6 +500,9 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             verifier.finish()
         }
         .await;
+        if let Err(e) = &result {
+            upstream.blame(e);
+        }
         // Storage hashes nothing itself (a preverified write): this verdict is
         // what lets it commit, or makes it discard the staged bytes.
         let verdict = match &result {

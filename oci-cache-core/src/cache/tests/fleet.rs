@@ -532,3 +532,44 @@ async fn bucket_requests_per_miss_relay_and_hit() {
     }
     assert_eq!(site.bucket.counts(), both);
 }
+
+/// A holder whose relayed bytes fail verification: the relay's clients get
+/// no complete body (the last byte waits for the verdict), the liar is not
+/// asked again, and the retry gets upstream's bytes, fetched once.
+#[tokio::test]
+async fn a_peer_that_sends_wrong_bytes_is_not_relayed_again_and_the_retry_gets_upstreams_bytes() {
+    let site = Site::new();
+    let bytes = pattern(100_000);
+    let digest = site.origin.add_blob(BlobScript::new(&bytes).chunk(4096));
+    // Replica 8 holds the lease and answers with one byte flipped.
+    let liar = site.holder(8, &digest, timings()).await;
+    let mut lie = bytes.clone();
+    lie[50_000] ^= 0xff;
+    site.peers.scripted.lock().unwrap().insert(
+        "http://127.0.0.8:5000".to_owned(),
+        BlobScript::new(&lie).chunk(4096),
+    );
+    let b = site.replica(2).await;
+
+    assert!(pull(&b, &digest).await.is_err(), "the lie never completes");
+    fills_settled(&b).await;
+    assert_eq!(site.origin.blob_offsets(), Vec::<u64>::new());
+    assert_eq!(site.stored(&digest).await, None, "nothing stored");
+
+    assert_eq!(pull(&b, &digest).await.unwrap(), bytes);
+    fills_settled(&b).await;
+    assert_eq!(site.origin.blob_offsets(), [0], "upstream asked once");
+    assert_eq!(
+        site.peers.fetches(),
+        ["http://127.0.0.8:5000"],
+        "the liar asked once"
+    );
+    let phases = site.phases.take();
+    assert!(phases.contains(&lease(LeaseOutcome::BadPeer)), "{phases:?}");
+    assert!(
+        phases.contains(&FillPhase::Stored { bytes: 100_000 }),
+        "{phases:?}"
+    );
+    assert_eq!(site.stored(&digest).await.unwrap(), bytes);
+    drop(liar);
+}
