@@ -25,6 +25,7 @@ mod lease;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub(crate) mod tests;
+mod timings;
 
 #[cfg(test)]
 pub(crate) use lease::HeldLease;
