@@ -77,34 +77,26 @@ impl S3Server {
     }
 
     /// Keys of the incomplete multipart uploads in `bucket`, from
-    /// ListMultipartUploads (`GET /bucket?uploads`).
+    /// ListMultipartUploads.
     pub(crate) fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
-        let resp = http::request(
-            &self.server.host(),
-            "GET",
-            &format!("/{bucket}?uploads"),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(resp.status, 200, "list multipart uploads of {bucket}");
-        let body = String::from_utf8_lossy(&resp.body);
-        body.split("<Upload>")
-            .skip(1)
-            .filter_map(|upload| upload.split_once("<Key>")?.1.split_once("</Key>"))
-            .map(|(key, _)| key.to_owned())
-            .collect()
+        self.listed_keys(bucket, "uploads")
     }
 
     /// Keys in `bucket` (first 1000), from ListObjectsV2.
     pub(crate) fn keys(&self, bucket: &str) -> Vec<String> {
+        self.listed_keys(bucket, "list-type=2")
+    }
+
+    /// Every `<Key>` of the answer to `GET /bucket?query` (a listing).
+    fn listed_keys(&self, bucket: &str, query: &str) -> Vec<String> {
         let resp = http::request(
             &self.server.host(),
             "GET",
-            &format!("/{bucket}?list-type=2"),
+            &format!("/{bucket}?{query}"),
             &[],
         )
         .unwrap();
-        assert_eq!(resp.status, 200, "list bucket {bucket}");
+        assert_eq!(resp.status, 200, "list {bucket}?{query}");
         let body = String::from_utf8_lossy(&resp.body);
         body.split("<Key>")
             .skip(1)
