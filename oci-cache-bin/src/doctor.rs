@@ -13,6 +13,7 @@ mod docker;
 mod k3s;
 mod podman;
 mod probe;
+mod talos;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,14 @@ pub(crate) struct DoctorArgs {
     /// Read the node's files under DIR (a mounted node disk, a fixture).
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub(crate) root: PathBuf,
+
+    /// A Talos node's machine config to check (repeatable): what `talosctl
+    /// get machineconfig -o yaml` prints, a config patch, or
+    /// `RegistryMirrorConfig` documents. Under `--root`, the STATE
+    /// partition's `/system/state/config.yaml` is checked as well. (The
+    /// shared `--talos-config` is a source of the mirror's own upstreams.)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) talos_machine_config: Vec<PathBuf>,
 
     /// Check the configuration only: no probe pull by the node's runtimes.
     #[arg(long)]
@@ -102,6 +111,10 @@ pub(crate) struct UpstreamRoute {
     pub(crate) source: Option<String>,
     /// Every reason the pulls miss the mirror.
     pub(crate) problems: Vec<Problem>,
+    /// Risks that do not make pulls miss the mirror today (a silent
+    /// fallback to the registry itself); they do not fail doctor.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) warnings: Vec<Problem>,
 }
 
 impl UpstreamRoute {
@@ -160,14 +173,21 @@ impl UpstreamRoute {
             endpoints,
             source,
             problems,
+            warnings: Vec::new(),
         }
+    }
+
+    /// The route with `warnings` added.
+    pub(crate) fn with_warnings(mut self, warnings: Vec<Problem>) -> UpstreamRoute {
+        self.warnings.extend(warnings);
+        self
     }
 }
 
 /// What one runtime on the node will do.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RuntimeReport {
-    /// `containerd`, `docker`, `podman`, `k3s` or `rke2`.
+    /// `containerd`, `docker`, `podman`, `k3s`, `rke2` or `talos`.
     pub(crate) runtime: &'static str,
     /// The files read (paths on the node).
     pub(crate) files: Vec<String>,
@@ -219,6 +239,8 @@ pub(crate) struct Node<'a> {
     pub(crate) upstreams: &'a [String],
     /// The mirror's default upstream (what a request naming none gets).
     pub(crate) default_upstream: &'a str,
+    /// Talos machine config files given on the command line.
+    pub(crate) talos_configs: &'a [PathBuf],
 }
 
 impl Node<'_> {
@@ -286,6 +308,7 @@ pub(crate) fn diagnose(
     runtimes.extend(docker::check(node)?);
     runtimes.extend(podman::check(node)?);
     runtimes.extend(k3s::check(node)?);
+    runtimes.extend(talos::check(node)?);
     let probes = if run_probe && mirror.reachable {
         probe::probe_all(node, &runtimes)
     } else {
@@ -362,6 +385,7 @@ pub(crate) fn run(args: &DoctorArgs, out: &mut impl Write, err: &mut impl Write)
         mirror: &mirror,
         upstreams: &upstreams,
         default_upstream: &default_upstream,
+        talos_configs: &args.talos_machine_config,
     };
     let report = match diagnose(&node, check_mirror(&mirror), !args.no_probe) {
         Ok(report) => report,
@@ -403,7 +427,7 @@ pub(crate) fn render_text(report: &Report) -> String {
         );
     }
     if report.runtimes.is_empty() {
-        text.push_str("[FAIL] no container runtime configuration found (containerd, Docker, podman/CRI-O, k3s/RKE2)\n");
+        text.push_str("[FAIL] no container runtime configuration found (containerd, Docker, podman/CRI-O, k3s/RKE2, Talos)\n");
     }
     for runtime in &report.runtimes {
         let _ = writeln!(
@@ -433,6 +457,13 @@ pub(crate) fn render_text(report: &Report) -> String {
                     text,
                     "         {} ({})\n         fix: {}",
                     problem.message, problem.code, problem.fix
+                );
+            }
+            for warning in &route.warnings {
+                let _ = writeln!(
+                    text,
+                    "         warning: {} ({})\n         fix: {}",
+                    warning.message, warning.code, warning.fix
                 );
             }
         }

@@ -6,7 +6,9 @@
 //!
 //! The clients are the ones on this machine, reaching their daemons as they
 //! do by default or by their own variables (`DOCKER_HOST`,
-//! `CONTAINERD_ADDRESS`, `CONTAINERS_REGISTRIES_CONF`, …).
+//! `CONTAINERD_ADDRESS`, `CONTAINERS_REGISTRIES_CONF`, …); k3s and RKE2 are
+//! probed with `ctr` on their own containerd socket (`k3s ctr` is that
+//! same client), when the socket exists under the root.
 
 use std::io::Read as _;
 use std::process::Command;
@@ -20,6 +22,8 @@ use crate::client_config::MirrorUrl;
 const PROBE_REPOSITORY: &str = "oci-cache-doctor/probe";
 /// containerd namespace the probe image is pulled into (and removed from).
 const CTR_NAMESPACE: &str = "oci-cache-doctor";
+/// The socket of the containerd k3s and RKE2 run (both use this path).
+const K3S_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
 
 /// What the probe of one runtime found.
 #[derive(Debug, Clone, Serialize)]
@@ -101,18 +105,51 @@ fn commands(
                 .source
                 .as_deref()?;
             let dir = std::path::Path::new(source).parent()?.parent()?;
-            let hosts_dir = node.path(&dir.display().to_string());
-            let mut pull = strings(&["-n", CTR_NAMESPACE, "content", "fetch", "--hosts-dir"]);
-            pull.push(hosts_dir.display().to_string());
-            pull.extend(strings(&["--platform", "linux/amd64", reference]));
-            Some((
-                "ctr",
-                pull,
-                strings(&["-n", CTR_NAMESPACE, "images", "rm", "--sync", reference]),
+            Some(ctr_commands(
+                None,
+                &node.path(&dir.display().to_string()),
+                reference,
             ))
+        }
+        "k3s" | "rke2" => {
+            // k3s and RKE2 run their own containerd on their own socket and
+            // write the hosts.toml tree they make of registries.yaml under
+            // their agent directory: ctr on that socket with that tree pulls
+            // as the kubelet's pulls do.
+            let socket = node.path(K3S_SOCKET);
+            if !socket.exists() {
+                return None;
+            }
+            let hosts_dir = node.path(&format!(
+                "/var/lib/rancher/{}/agent/etc/containerd/certs.d",
+                runtime.runtime
+            ));
+            Some(ctr_commands(Some(&socket), &hosts_dir, reference))
         }
         _ => None,
     }
+}
+
+/// `ctr` pull and removal commands in the probe's namespace, on `address`
+/// (else ctr's default or `CONTAINERD_ADDRESS`), with `hosts_dir`.
+fn ctr_commands(
+    address: Option<&std::path::Path>,
+    hosts_dir: &std::path::Path,
+    reference: &str,
+) -> (&'static str, Vec<String>, Vec<String>) {
+    let mut common = Vec::new();
+    if let Some(address) = address {
+        common.push("--address".to_owned());
+        common.push(address.display().to_string());
+    }
+    common.extend(strings(&["-n", CTR_NAMESPACE]));
+    let mut pull = common.clone();
+    pull.extend(strings(&["content", "fetch", "--hosts-dir"]));
+    pull.push(hosts_dir.display().to_string());
+    pull.extend(strings(&["--platform", "linux/amd64", reference]));
+    let mut remove = common;
+    remove.extend(strings(&["images", "rm", "--sync", reference]));
+    ("ctr", pull, remove)
 }
 
 /// Whether the mirror saw `nonce` (`GET /doctor/probe/NONCE`).

@@ -29,6 +29,7 @@ fn diagnose_root(root: &Path, upstreams: &[&str], default_upstream: &str) -> Rep
         mirror: &mirror,
         upstreams: &upstreams,
         default_upstream,
+        talos_configs: &[],
     };
     diagnose(&node, reachable(), false).unwrap()
 }
@@ -310,6 +311,7 @@ fn an_empty_root_is_no_runtime_and_an_unreachable_mirror_wins() {
         mirror: &mirror,
         upstreams: &upstreams,
         default_upstream: "docker.io",
+        talos_configs: &[],
     };
     let down = MirrorCheck {
         url: MIRROR.to_owned(),
@@ -320,4 +322,124 @@ fn an_empty_root_is_no_runtime_and_an_unreachable_mirror_wins() {
         diagnose(&node, down, true).unwrap().exit_code,
         EXIT_MIRROR_UNREACHABLE
     );
+}
+
+fn warnings(report: &Report, runtime: &str, upstream: &str) -> Vec<&'static str> {
+    let runtime = report
+        .runtimes
+        .iter()
+        .find(|r| r.runtime == runtime)
+        .unwrap();
+    let route = runtime
+        .upstreams
+        .iter()
+        .find(|u| u.upstream == upstream)
+        .unwrap();
+    route.warnings.iter().map(|p| p.code).collect()
+}
+
+/// What `client-config talos --mirror MIRROR` writes (Talos ≥ 1.12 documents).
+fn talos_documents(skip_fallback: bool) -> String {
+    let skip = if skip_fallback { "skipFallback: true\n" } else { "" };
+    format!(
+        "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: \"docker.io\"\nendpoints:\n  - url: \"{MIRROR}\"\n{skip}---\napiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: \"*\"\nendpoints:\n  - url: \"{MIRROR}\"\n{skip}"
+    )
+}
+
+#[test]
+fn talos_documents_pass_and_a_missing_skip_fallback_is_a_warning_only() {
+    let root = tempfile::tempdir().unwrap();
+    write(root.path(), talos::STATE_CONFIG, &talos_documents(false));
+    let report = diagnose_root(root.path(), &["docker.io", "ghcr.io"], "docker.io");
+    assert_eq!(report.exit_code, EXIT_OK, "{}", render_text(&report));
+    assert_eq!(codes(&report, "talos", "docker.io"), Vec::<&str>::new());
+    assert_eq!(warnings(&report, "talos", "docker.io"), ["silent-fallback"]);
+    // ghcr.io goes through the "*" document.
+    assert_eq!(warnings(&report, "talos", "ghcr.io"), ["silent-fallback"]);
+    let ghcr = &report.runtimes[0].upstreams[1];
+    assert_eq!(ghcr.endpoints, [MIRROR, "https://ghcr.io"]);
+    assert!(render_text(&report).contains("warning:"));
+
+    write(root.path(), talos::STATE_CONFIG, &talos_documents(true));
+    let report = diagnose_root(root.path(), &["docker.io"], "docker.io");
+    assert_eq!(report.exit_code, EXIT_OK);
+    assert!(warnings(&report, "talos", "docker.io").is_empty());
+    assert_eq!(report.runtimes[0].upstreams[0].endpoints, [MIRROR]);
+}
+
+#[test]
+fn talos_machine_patch_names_a_wrong_port_and_a_missing_docker_io() {
+    let root = tempfile::tempdir().unwrap();
+    // Seed 002's layout: one port per upstream, the node pointed at 5001.
+    write(
+        root.path(),
+        talos::STATE_CONFIG,
+        "version: v1alpha1\nmachine:\n  registries:\n    mirrors:\n      registry.k8s.io:\n        endpoints:\n          - http://10.0.0.5:5001\n        skipFallback: true\n",
+    );
+    let report = diagnose_root(root.path(), &["docker.io", "registry.k8s.io"], "docker.io");
+    assert_eq!(report.exit_code, EXIT_BYPASSED);
+    assert_eq!(codes(&report, "talos", "docker.io"), ["no-mirror-entry"]);
+    assert_eq!(codes(&report, "talos", "registry.k8s.io"), ["wrong-host"]);
+    let text = render_text(&report);
+    assert!(text.contains("http://10.0.0.5:5001, not the mirror"), "{text}");
+}
+
+#[test]
+fn talos_override_path_must_match_the_endpoint_path() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("mc.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: docker.io\nendpoints:\n  - url: {MIRROR}/v2/docker.io\n    overridePath: true\n---\napiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: ghcr.io\nendpoints:\n  - url: {MIRROR}/v2/ghcr.io\n---\napiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: gcr.io\nendpoints:\n  - url: {MIRROR}/v2/ghcr.io\n    overridePath: true\n---\napiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: quay.io\nendpoints:\n  - url: {MIRROR}\n    overridePath: true\n"
+        ),
+    )
+    .unwrap();
+    let mirror = MirrorUrl::parse(MIRROR).unwrap();
+    let upstreams: Vec<String> = ["docker.io", "ghcr.io", "gcr.io", "quay.io"]
+        .map(str::to_owned)
+        .to_vec();
+    let files = [file];
+    let node = Node {
+        root: root.path(),
+        mirror: &mirror,
+        upstreams: &upstreams,
+        default_upstream: "docker.io",
+        talos_configs: &files,
+    };
+    let report = diagnose(&node, reachable(), false).unwrap();
+    assert_eq!(codes(&report, "talos", "docker.io"), Vec::<&str>::new());
+    assert_eq!(
+        codes(&report, "talos", "ghcr.io"),
+        ["path-without-override-path"]
+    );
+    assert_eq!(codes(&report, "talos", "gcr.io"), ["wrong-path"]);
+    assert_eq!(
+        codes(&report, "talos", "quay.io"),
+        ["override-path-without-path"]
+    );
+    assert_eq!(report.exit_code, EXIT_BYPASSED);
+}
+
+#[test]
+fn talosctl_get_machineconfig_output_is_read_through_its_spec() {
+    let root = tempfile::tempdir().unwrap();
+    let inner = format!(
+        "version: v1alpha1\nmachine:\n  registries:\n    mirrors:\n      docker.io:\n        endpoints:\n          - {MIRROR}\n"
+    );
+    let spec: String = inner.lines().map(|l| format!("    {l}\n")).collect();
+    write(
+        root.path(),
+        talos::STATE_CONFIG,
+        &format!("node: 10.5.0.2\nmetadata:\n  namespace: config\n  type: MachineConfigs.config.talos.dev\n  id: v1alpha1\nspec: |\n{spec}"),
+    );
+    let report = diagnose_root(root.path(), &["docker.io"], "docker.io");
+    assert_eq!(report.exit_code, EXIT_OK, "{}", render_text(&report));
+    assert_eq!(
+        report.runtimes[0].upstreams[0].endpoints,
+        [MIRROR, "https://docker.io"]
+    );
+    write(root.path(), talos::STATE_CONFIG, "machine: [unclosed\n");
+    let report = diagnose_root(root.path(), &["docker.io"], "docker.io");
+    assert_eq!(codes(&report, "talos", "docker.io"), ["invalid-talos-config"]);
 }

@@ -317,3 +317,48 @@ fn doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path
     assert_eq!(codes(&report, "podman", "b.test"), ["wrong-path"]);
     assert!(codes(&report, "podman", "docker.io").is_empty());
 }
+
+/// k3s is not installed here: the node root has k3s's layout (its
+/// `registries.yaml`, the `certs.d` tree k3s writes from it, generated here
+/// by `client-config containerd`, and its containerd socket path, linked to
+/// the test's real containerd). The probe's `ctr --address` on that socket
+/// is real; that k3s writes the same tree is an assumption of the layout.
+#[test]
+fn doctor_probes_k3s_with_ctr_on_its_own_socket() {
+    let test = "doctor_probes_k3s_with_ctr_on_its_own_socket";
+    if !tools_available(test) {
+        return;
+    }
+    let Some(ctrd) = Containerd::start(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let hub = origin_with(&[]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
+    let root = work.path().join("node");
+    generate("k3s", &mirror, &config, &root.join("etc/rancher/k3s"));
+    let certs_d = root.join("var/lib/rancher/k3s/agent/etc/containerd/certs.d");
+    generate("containerd", &mirror, &config, &certs_d);
+
+    // No socket under the root: the configuration passes, nothing is probed.
+    let (code, report) = doctor_probing(&[], &url(&mirror), &root, &config);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(report["probes"].as_array().unwrap().is_empty(), "{report:#}");
+
+    let run = root.join("run/k3s/containerd");
+    std::fs::create_dir_all(&run).unwrap();
+    std::os::unix::fs::symlink(ctrd.address(), run.join("containerd.sock")).unwrap();
+    // CONTAINERD_ADDRESS points elsewhere: the probe must use k3s's socket.
+    let (code, report) = doctor_probing(
+        &[("CONTAINERD_ADDRESS", Path::new("/nonexistent.sock"))],
+        &url(&mirror),
+        &root,
+        &config,
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_probe_seen(&report, "k3s", &hub);
+    let left = ctrd
+        .ctr_in("oci-cache-doctor", &["images", "ls", "-q"])
+        .unwrap();
+    assert!(left.trim().is_empty(), "the probe image stayed: {left}");
+}
