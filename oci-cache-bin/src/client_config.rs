@@ -47,10 +47,28 @@ pub(crate) struct ClientConfigArgs {
     #[arg(long)]
     pub(crate) path_prefix: bool,
 
-    /// Output variant: talos `documents` (Talos ≥ 1.12, default) or
-    /// `machine-patch`; buildkit `buildkitd` (default) or `earthly`.
+    /// Output variant: talos `documents` (Talos ≥ 1.12, default),
+    /// `machine-patch` or `flags` (`talosctl cluster create
+    /// --registry-mirror`); buildkit `buildkitd` (default) or `earthly`.
     #[arg(long, value_enum)]
     pub(crate) form: Option<Form>,
+
+    /// Talos: no fallback to the registry itself when the mirror fails
+    /// (`skipFallback: true`), so a broken mirror shows instead of being
+    /// bypassed silently.
+    #[arg(long)]
+    pub(crate) skip_fallback: bool,
+
+    /// Kind: worker nodes to declare, each with the `certs.d` mount (a
+    /// node without it pulls from the registries themselves).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) workers: u8,
+
+    /// Docker: merge `registry-mirrors` (and `insecure-registries` for an
+    /// http mirror) into this existing `daemon.json`, keeping every other
+    /// key, instead of writing a new file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) merge: Option<PathBuf>,
 
     /// The registry name developers push to, `HOST:PORT[/PREFIX]` such as
     /// `localhost:5001/local` (kind, containerd): its `hosts.toml` sends
@@ -115,6 +133,8 @@ pub(crate) enum Form {
     Documents,
     /// The `machine.registries` patch for Talos before 1.12.
     MachinePatch,
+    /// `talosctl cluster create --registry-mirror NAME=URL` flags.
+    Flags,
     /// `buildkitd.toml` (buildkit default).
     Buildkitd,
     /// Earthly's `~/.earthly/config.yml` with `buildkit_additional_config`.
@@ -208,6 +228,12 @@ pub(crate) struct Request<'a> {
     pub(crate) auth: Option<Credentials>,
     /// The registry name developers push to (`--local-registry`).
     pub(crate) local_registry: Option<LocalRegistry>,
+    /// Talos `skipFallback: true` (`--skip-fallback`).
+    pub(crate) skip_fallback: bool,
+    /// Kind worker nodes (`--workers`).
+    pub(crate) workers: u8,
+    /// The existing `daemon.json` object to merge into (`--merge`).
+    pub(crate) merge_into: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
@@ -260,8 +286,36 @@ fn generate(args: &ClientConfigArgs) -> Result<Vec<GeneratedFile>, String> {
         output,
         auth,
         local_registry,
+        skip_fallback: args.skip_fallback,
+        workers: args.workers,
+        merge_into: match &args.merge {
+            Some(path) => Some(read_daemon_json(path)?),
+            None => None,
+        },
     };
     render::render(args.kind, &request)
+}
+
+/// The existing `daemon.json` for `--merge`: a JSON object, or an error
+/// saying why it cannot be merged into.
+fn read_daemon_json(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --merge {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        // dockerd reads an empty daemon.json as no settings.
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(format!(
+            "--merge {}: not a JSON object, so not a daemon.json dockerd would read; fix it or write a new file without --merge",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "--merge {}: not valid JSON ({e}); dockerd would not start with it either, fix it first",
+            path.display()
+        )),
+    }
 }
 
 /// The mirror's upstreams from its configuration sources, and the names a
@@ -563,5 +617,28 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "configs: {}\n");
+    }
+
+    #[test]
+    fn merge_refuses_a_daemon_json_that_is_not_an_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.json");
+        for (text, why) in [
+            ("[1, 2]", "not a JSON object"),
+            ("{\"debug\": tru", "not valid JSON"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = read_daemon_json(&file).unwrap_err();
+            assert!(err.contains(why) && err.contains("daemon.json"), "{err}");
+        }
+        std::fs::write(&file, "\n").unwrap();
+        assert!(read_daemon_json(&file).unwrap().is_empty());
+        let path = file.display().to_string();
+        let args = parse(&["docker", "--mirror", "http://m:5000", "--merge", &path]);
+        std::fs::write(&file, "{\"debug\": true}").unwrap();
+        let merged: serde_json::Value =
+            serde_json::from_str(&generate(&args).unwrap()[0].contents).unwrap();
+        assert_eq!(merged["debug"], true);
+        assert_eq!(merged["registry-mirrors"][0], "http://m:5000");
     }
 }

@@ -31,6 +31,7 @@ pub(super) fn render(
         ClientKind::Containerd => Ok(containerd_tree(request, "")),
         ClientKind::Talos => match request.form {
             Some(Form::MachinePatch) => Ok(vec![talos_machine_patch(request)]),
+            Some(Form::Flags) => Ok(vec![talosctl_flags(request)]),
             _ => Ok(vec![talos_documents(request)?]),
         },
         ClientKind::Docker => docker(request).map(|f| vec![f]),
@@ -55,15 +56,35 @@ fn check_options(kind: ClientKind, request: &Request<'_>) -> Result<(), String> 
         (_, None)
             | (
                 ClientKind::Talos,
-                Some(Form::Documents | Form::MachinePatch)
+                Some(Form::Documents | Form::MachinePatch | Form::Flags)
             )
             | (ClientKind::Buildkit, Some(Form::Buildkitd | Form::Earthly))
     );
     if !form_fits {
         return Err(format!(
-            "--form does not fit {}: talos takes documents or machine-patch, buildkit takes buildkitd or earthly",
+            "--form does not fit {}: talos takes documents, machine-patch or flags, buildkit takes buildkitd or earthly",
             kind_name(kind)
         ));
+    }
+    if request.skip_fallback && kind != ClientKind::Talos {
+        return Err(format!(
+            "--skip-fallback applies to talos; {} has no such setting",
+            kind_name(kind)
+        ));
+    }
+    if request.workers > 0 && kind != ClientKind::Kind {
+        return Err("--workers applies to kind".to_owned());
+    }
+    if request.merge_into.is_some() && kind != ClientKind::Docker {
+        return Err("--merge applies to docker (daemon.json)".to_owned());
+    }
+    if request.form == Some(Form::Flags) {
+        if request.path_prefix || request.ca_file.is_some() || request.auth.is_some() {
+            return Err("talosctl's --registry-mirror flag takes NAME=URL only: for --path-prefix, --ca-file or --username use the documents (or --form machine-patch) with `talosctl cluster create --config-patch @FILE`".to_owned());
+        }
+        if request.skip_fallback {
+            return Err("talosctl's --registry-mirror flag has no skipFallback: use the documents with `talosctl cluster create --config-patch @FILE`".to_owned());
+        }
     }
     if request.ca_file.is_some() && !request.mirror.is_https() {
         return Err("--ca-file needs an https:// --mirror".to_owned());
@@ -290,9 +311,10 @@ fn talos_documents(request: &Request<'_>) -> Result<GeneratedFile, String> {
     }
     for name in names {
         docs.push(format!(
-            "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: {}\nendpoints:\n{}",
+            "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: {}\nendpoints:\n{}{}",
             quote(name),
-            talos_endpoint(request, name)
+            talos_endpoint(request, name),
+            skip_fallback_line(request, "")
         ));
     }
     if let Some(ca) = &request.ca_file {
@@ -323,6 +345,35 @@ fn talos_documents(request: &Request<'_>) -> Result<GeneratedFile, String> {
     Ok(file("registry-mirrors.yaml", text))
 }
 
+/// `skipFallback: true` at `indent` with `--skip-fallback`, else nothing.
+fn skip_fallback_line(request: &Request<'_>, indent: &str) -> String {
+    if request.skip_fallback {
+        format!("{indent}skipFallback: true\n")
+    } else {
+        String::new()
+    }
+}
+
+/// `talosctl cluster create` with one `--registry-mirror NAME=URL` per
+/// upstream (seed 000's command line), for local Talos clusters. The catch-all
+/// `*` is left out: the flag is meant for named registries.
+fn talosctl_flags(request: &Request<'_>) -> GeneratedFile {
+    let mut text = format!(
+        "{}# A local Talos cluster (docker or QEMU provisioner) pulling through the mirror;\n# the mirror URL must be an address the nodes reach (the bridge IP, not 127.0.0.1).\n# Each registry falls back to itself when the mirror fails.\ntalosctl cluster create",
+        header("talosctl")
+    );
+    for upstream in &request.upstreams {
+        let _ = write!(
+            text,
+            " \\\n    --registry-mirror {}={}",
+            upstream.name.as_str(),
+            request.mirror.base()
+        );
+    }
+    text.push('\n');
+    file("talosctl-cluster-create.sh", text)
+}
+
 /// Talos before 1.12: the `machine.registries` patch.
 fn talos_machine_patch(request: &Request<'_>) -> GeneratedFile {
     let mut text = format!(
@@ -343,6 +394,7 @@ fn talos_machine_patch(request: &Request<'_>) -> GeneratedFile {
         if request.path_prefix {
             text.push_str("        overridePath: true\n");
         }
+        text.push_str(&skip_fallback_line(request, "        "));
     }
     if request.mirror.is_https() {
         text.push_str("    # A private CA for the mirror goes in machine.registries.config.<host:port>.tls.ca.\n");
@@ -373,13 +425,42 @@ fn docker(request: &Request<'_>) -> Result<GeneratedFile, String> {
             request.default_upstream
         ));
     }
-    let mut config = json!({ "registry-mirrors": [request.mirror.base()] });
+    let mut config = request.merge_into.clone().unwrap_or_default();
+    prepend_unique(&mut config, "registry-mirrors", &request.mirror.base())?;
     if !request.mirror.is_https() {
-        config["insecure-registries"] = json!([request.mirror.authority()]);
+        prepend_unique(
+            &mut config,
+            "insecure-registries",
+            request.mirror.authority(),
+        )?;
     }
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| format!("cannot render daemon.json: {e}"))?;
     Ok(file("daemon.json", text + "\n"))
+}
+
+/// Puts `value` first in the string list `key` of `config` (creating it),
+/// dropping an equal entry further down: merging twice changes nothing, and
+/// the mirror comes before any mirror already listed.
+fn prepend_unique(
+    config: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
+    let mut list = match config.remove(key) {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(list)) => list,
+        Some(other) => {
+            return Err(format!(
+                "daemon.json: \"{key}\" is {other}, not a list of strings; fix it before merging"
+            ))
+        }
+    };
+    let trimmed = |v: &serde_json::Value| v.as_str().map(|s| s.trim_end_matches('/').to_owned());
+    list.retain(|v| trimmed(v).as_deref() != Some(value));
+    list.insert(0, json!(value));
+    config.insert(key.to_owned(), serde_json::Value::Array(list));
+    Ok(())
 }
 
 /// `registries.conf` (v2): every upstream mirrored by path prefix.
@@ -474,10 +555,19 @@ fn kind_cluster(request: &Request<'_>) -> Vec<GeneratedFile> {
     );
     let _ = write!(
         text,
-        "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\ncontainerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = {dir}\nnodes:\n  - role: control-plane\n    extraMounts:\n      - hostPath: {host}\n        containerPath: {dir}\n        readOnly: true\n",
+        "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\ncontainerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = {dir}\n# Every node needs the mount: the patch applies to all, and a node without\n# the tree pulls from the registries themselves. A worker added by hand\n# needs the same extraMounts (or regenerate with --workers N).\nnodes:\n",
         dir = quote(KIND_CERTS_DIR),
-        host = quote(&host_path),
     );
+    let roles = std::iter::once("control-plane")
+        .chain(std::iter::repeat_n("worker", usize::from(request.workers)));
+    for role in roles {
+        let _ = write!(
+            text,
+            "  - role: {role}\n    extraMounts:\n      - hostPath: {host}\n        containerPath: {dir}\n        readOnly: true\n",
+            dir = quote(KIND_CERTS_DIR),
+            host = quote(&host_path),
+        );
+    }
     let mut files = vec![file("kind-config.yaml", text)];
     files.extend(local_registry_hosting(request));
     files.extend(containerd_tree(request, "certs.d/"));

@@ -132,7 +132,8 @@ fn collect(
 /// The path of `url` after its authority (`""` when it has none).
 fn url_path(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.find('/').map_or("", |at| rest[at..].trim_end_matches('/'))
+    rest.find('/')
+        .map_or("", |at| rest[at..].trim_end_matches('/'))
 }
 
 /// What is wrong with how `endpoint` names the mirror's path for `upstream`.
@@ -270,8 +271,14 @@ fn route(
             "once pulls are proven to go through the mirror, set skipFallback: true (`oci-cache client-config talos --skip-fallback`)",
         ));
     }
-    UpstreamRoute::new(upstream, node.mirror, endpoints, Some(path.to_owned()), problems)
-        .with_warnings(warnings)
+    UpstreamRoute::new(
+        upstream,
+        node.mirror,
+        endpoints,
+        Some(path.to_owned()),
+        problems,
+    )
+    .with_warnings(warnings)
 }
 
 #[cfg(test)]

@@ -340,7 +340,11 @@ fn warnings(report: &Report, runtime: &str, upstream: &str) -> Vec<&'static str>
 
 /// What `client-config talos --mirror MIRROR` writes (Talos ≥ 1.12 documents).
 fn talos_documents(skip_fallback: bool) -> String {
-    let skip = if skip_fallback { "skipFallback: true\n" } else { "" };
+    let skip = if skip_fallback {
+        "skipFallback: true\n"
+    } else {
+        ""
+    };
     format!(
         "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: \"docker.io\"\nendpoints:\n  - url: \"{MIRROR}\"\n{skip}---\napiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: \"*\"\nendpoints:\n  - url: \"{MIRROR}\"\n{skip}"
     )
@@ -381,7 +385,10 @@ fn talos_machine_patch_names_a_wrong_port_and_a_missing_docker_io() {
     assert_eq!(codes(&report, "talos", "docker.io"), ["no-mirror-entry"]);
     assert_eq!(codes(&report, "talos", "registry.k8s.io"), ["wrong-host"]);
     let text = render_text(&report);
-    assert!(text.contains("http://10.0.0.5:5001, not the mirror"), "{text}");
+    assert!(
+        text.contains("http://10.0.0.5:5001, not the mirror"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -441,5 +448,8 @@ fn talosctl_get_machineconfig_output_is_read_through_its_spec() {
     );
     write(root.path(), talos::STATE_CONFIG, "machine: [unclosed\n");
     let report = diagnose_root(root.path(), &["docker.io"], "docker.io");
-    assert_eq!(codes(&report, "talos", "docker.io"), ["invalid-talos-config"]);
+    assert_eq!(
+        codes(&report, "talos", "docker.io"),
+        ["invalid-talos-config"]
+    );
 }

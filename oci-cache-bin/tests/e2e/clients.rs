@@ -47,7 +47,13 @@ pub(super) fn generate(kind: &str, mirror: &Mirror, config: &Path, output: &Path
 }
 
 /// `oci-cache client-config KIND --mirror URL --config FILE --output DIR ARGS`.
-fn client_config(kind: &str, mirror_url: &str, config: &Path, output: &Path, args: &[&str]) {
+pub(super) fn client_config(
+    kind: &str,
+    mirror_url: &str,
+    config: &Path,
+    output: &Path,
+    args: &[&str],
+) {
     let out = Command::new(oci_cache_bin())
         .args(["client-config", kind, "--mirror", mirror_url, "--config"])
         .arg(config)

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use super::clients::{
-    assert_fetched, assert_only_the_mirror_reached, generate, mirror_over, origin_with,
-    write_mirror_config,
+    assert_fetched, assert_only_the_mirror_reached, client_config, generate, mirror_over,
+    origin_with, write_mirror_config,
 };
 use super::fixtures::small_image;
 use crate::support::containerd::Containerd;
@@ -343,7 +343,10 @@ fn doctor_probes_k3s_with_ctr_on_its_own_socket() {
     // No socket under the root: the configuration passes, nothing is probed.
     let (code, report) = doctor_probing(&[], &url(&mirror), &root, &config);
     assert_eq!(code, 0, "{report:#}");
-    assert!(report["probes"].as_array().unwrap().is_empty(), "{report:#}");
+    assert!(
+        report["probes"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
 
     let run = root.join("run/k3s/containerd");
     std::fs::create_dir_all(&run).unwrap();
@@ -361,4 +364,37 @@ fn doctor_probes_k3s_with_ctr_on_its_own_socket() {
         .ctr_in("oci-cache-doctor", &["images", "ls", "-q"])
         .unwrap();
     assert!(left.trim().is_empty(), "the probe image stayed: {left}");
+}
+
+/// The Talos documents `client-config talos` writes pass the doctor (a
+/// `--talos-machine-config` file, as Talos has no shell), with the silent
+/// fallback warned about until `--skip-fallback` is given.
+#[test]
+fn doctor_passes_the_generated_talos_documents_and_warns_until_skip_fallback() {
+    let work = tempfile::tempdir().unwrap();
+    let hub = origin_with(&[]);
+    let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
+    let empty_root = work.path().join("node");
+    std::fs::create_dir_all(&empty_root).unwrap();
+    for (dir, args, warned) in [
+        ("plain", &[][..], true),
+        ("strict", &["--skip-fallback"][..], false),
+    ] {
+        let out = work.path().join(dir);
+        client_config("talos", &url(&mirror), &config, &out, args);
+        let file = out.join("registry-mirrors.yaml");
+        let file = file.to_str().unwrap();
+        let (code, report) = doctor_with(
+            &["--no-probe", "--talos-machine-config", file],
+            &[],
+            &url(&mirror),
+            &empty_root,
+            &config,
+        );
+        assert_eq!(code, 0, "{report:#}");
+        let route = &report["runtimes"][0]["upstreams"][0];
+        assert_eq!(report["runtimes"][0]["runtime"], "talos");
+        assert_eq!(route["via_mirror"], true);
+        assert_eq!(route.get("warnings").is_some(), warned, "{report:#}");
+    }
 }
