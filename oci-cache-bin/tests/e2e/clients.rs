@@ -795,6 +795,173 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     );
 }
 
+/// The manifests under deploy/kubernetes, every YAML document of each.
+fn kubernetes_manifests() -> Vec<(String, serde_norway::Value)> {
+    use serde::Deserialize as _;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let mut docs = Vec::new();
+    for file in [
+        "oci-cache.yaml",
+        "oci-cache-daemonset.yaml",
+        "oci-cache-fleet.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            docs.push((
+                file.to_owned(),
+                serde_norway::Value::deserialize(doc).unwrap(),
+            ));
+        }
+    }
+    docs
+}
+
+fn bytes_of(text: &str) -> u64 {
+    // Kubernetes quantities (Gi, Mi) and oci-cache sizes (GiB, MiB) alike.
+    let text = text.trim_end_matches('B');
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap());
+    let unit = match unit {
+        "Ki" => 1u64 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => panic!("unit {other:?} in {text}"),
+    };
+    number.parse::<u64>().unwrap() * unit
+}
+
+/// Neither the Deployment nor the DaemonSet can fill the disk under it: the
+/// Deployment's cap leaves room on its volume for what the cap does not
+/// count, the DaemonSet (a hostPath on the node's own disk, which no limit
+/// bounds) sets a cap, and every emptyDir has a size limit.
+#[test]
+fn the_kubernetes_manifests_cap_the_cache_below_their_volumes() {
+    let docs = kubernetes_manifests();
+    let find = |file: &str, kind: &str| -> &serde_norway::Value {
+        &docs
+            .iter()
+            .find(|(f, d)| f == file && d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind} in {file}"))
+            .1
+    };
+    // Deployment: [cache] max_size at most 85 % of the claim.
+    let config = find("oci-cache.yaml", "ConfigMap")["data"]["oci-cache.toml"]
+        .as_str()
+        .unwrap();
+    let config: toml::Table = toml::from_str(config).unwrap();
+    let cap = bytes_of(config["cache"]["max_size"].as_str().unwrap());
+    let claim = find("oci-cache.yaml", "PersistentVolumeClaim")["spec"]["resources"]["requests"]
+        ["storage"]
+        .as_str()
+        .unwrap();
+    let claim = bytes_of(claim);
+    assert!(
+        cap * 100 <= claim * 85,
+        "max_size {cap} on a {claim} volume"
+    );
+    // DaemonSet: hostPath data, so --max-size must be there.
+    let daemonset = find("oci-cache-daemonset.yaml", "DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert!(pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v["hostPath"]["path"].as_str() == Some("/var/lib/oci-cache")));
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--max-size")
+        .expect("--max-size");
+    assert!(bytes_of(args[at + 1]) <= 20 << 30, "{args:?}");
+    // Every emptyDir of every workload has a size limit.
+    for (file, doc) in &docs {
+        let Some(volumes) = doc["spec"]["template"]["spec"]["volumes"].as_sequence() else {
+            continue;
+        };
+        for volume in volumes {
+            if let Some(dir) = volume.get("emptyDir") {
+                assert!(
+                    dir.get("sizeLimit").is_some(),
+                    "{file}: emptyDir {:?} without sizeLimit",
+                    volume["name"]
+                );
+            }
+        }
+    }
+    // The cap is one serve accepts.
+    let manifest_config = find("oci-cache.yaml", "ConfigMap")["data"]["oci-cache.toml"]
+        .as_str()
+        .unwrap()
+        .replace("/data/oci-cache-data", "/tmp/oci-cache-manifest-check");
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("oci-cache.toml");
+    std::fs::write(&file, manifest_config).unwrap();
+    let check = Command::new(oci_cache_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("40GiB") || stdout.contains("42949672960"),
+        "{stdout}"
+    );
+}
+
+/// `kubectl apply --dry-run=client` needs an API server even so (it asks
+/// the server's discovery API to map each kind to a resource: without one it
+/// fails with "connection refused" to localhost:8080, with --validate=false
+/// too), so the suite runs kubectl's offline path: `label --local -o yaml`
+/// decodes every object of every manifest as `apply` would read it. The
+/// schema check is `kubernetes-validate --strict` above.
+#[test]
+fn kubectl_decodes_every_manifest_offline() {
+    let test = "kubectl_decodes_every_manifest_offline";
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let docs = kubernetes_manifests();
+    for file in [
+        "oci-cache.yaml",
+        "oci-cache-daemonset.yaml",
+        "oci-cache-fleet.yaml",
+    ] {
+        let path = dir.join(file).display().to_string();
+        let args = [
+            "label",
+            "--local",
+            "-o",
+            "yaml",
+            "-f",
+            &path,
+            "oci-cache.test/checked=yes",
+        ];
+        let Some(out) = run_tool(test, "kubectl", &args) else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let objects = docs.iter().filter(|(f, _)| f == file).count();
+        assert_eq!(
+            stdout.matches("oci-cache.test/checked: \"yes\"").count(),
+            objects,
+            "{file}:\n{stdout}"
+        );
+    }
+}
+
 /// The fleet manifest's `oci-cache.toml`, with its peer secret at a path of
 /// the test's and the advertised URL the pod would get: the manifest's
 /// placeholder secret is refused (so nobody runs a fleet on it), a real one
