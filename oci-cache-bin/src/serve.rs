@@ -19,6 +19,7 @@ use oci_cache_http::{tls_server, AccessLog, Listening, MirrorBuilder, Reloadable
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
+use crate::client_config::ServedClientConfig;
 use crate::config::{Listener, Settings, StorageConfig};
 use crate::engine::{self, BoxError};
 use crate::reload::Reloader;
@@ -159,7 +160,11 @@ pub(crate) fn mirror_builder(settings: &Settings, parts: &MirrorParts) -> Mirror
     if let Some((fleet, secret)) = &parts.fleet {
         builder = builder.fleet(fleet.clone(), secret.clone());
     }
-    builder
+    // Built here, so a reload serves the reloaded upstreams too.
+    builder.client_config(Arc::new(ServedClientConfig::new(
+        settings.mirrors.clone(),
+        settings.tls.is_some(),
+    )))
 }
 
 /// Binds every listener (all or none: a port taken fails the start, naming it).

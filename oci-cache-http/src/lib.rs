@@ -116,6 +116,7 @@ mod wire;
 
 pub use body::Body;
 pub use error::{Error, ErrorEnvelope, ErrorInfo, ErrorSubject, OciError, OciErrorCode, Result};
+pub use handlers::client_config::{ClientConfigRefusal, ClientConfigRenderer, ClientConfigRequest};
 pub use handlers::{Engine, HostedEngine};
 pub use listening::{ListenerUpstream, Listening};
 pub use mirror::{Mirror, MirrorBuilder};

@@ -2,6 +2,7 @@
 //! service, the layers in front of it) from the upstream list, a storage and
 //! the option types.
 
+use crate::handlers::client_config::ClientConfigRenderer;
 use std::sync::Arc;
 
 use oci_cache_core::cache::{CacheOptions, PullThrough};
@@ -79,6 +80,7 @@ pub struct MirrorBuilder {
     policy: PullPolicy,
     /// A reload: the mirror this one replaces (see [`MirrorBuilder::reload_of`]).
     previous: Option<Mirror>,
+    client_config: Option<Arc<dyn ClientConfigRenderer>>,
 }
 
 impl Default for MirrorBuilder {
@@ -99,6 +101,7 @@ impl Default for MirrorBuilder {
             fleet: None,
             policy: PullPolicy::default(),
             previous: None,
+            client_config: None,
         }
     }
 }
@@ -254,6 +257,13 @@ impl MirrorBuilder {
         self
     }
 
+    /// Serves `GET /client-config/<kind>` with `renderer` (behind client
+    /// authentication when that is on); without it the path is 404.
+    pub fn client_config(mut self, renderer: Arc<dyn ClientConfigRenderer>) -> Self {
+        self.client_config = Some(renderer);
+        self
+    }
+
     /// Validates the upstream list and builds the client, engine, service
     /// and client authentication.
     ///
@@ -344,6 +354,9 @@ impl MirrorBuilder {
         }
         if let Some(readiness) = self.readiness {
             service = service.with_readiness(readiness);
+        }
+        if let Some(renderer) = self.client_config {
+            service = service.with_client_config(renderer);
         }
         Ok(Mirror {
             service,

@@ -54,6 +54,9 @@ pub(crate) enum Route {
     Purge,
     /// `/doctor/probe/<nonce>`: whether the doctor's probe pull arrived.
     DoctorProbe { nonce: String },
+    /// `/client-config/<kind>`: the configuration that points a client at
+    /// this mirror.
+    ClientConfig { kind: String },
     /// `/_oci-cache/peer/blobs/<digest>`: a blob for another replica of a
     /// fleet (any method: the handler says which one it takes). The digest
     /// is the raw text: the handler checks the fleet's secret before it
@@ -125,6 +128,7 @@ impl Route {
             Route::StatusPage | Route::StatusJson => "status",
             Route::Purge => "purge",
             Route::DoctorProbe { .. } => "doctor_probe",
+            Route::ClientConfig { .. } => "client_config",
             Route::PeerBlob { .. } => "peer_blob",
             Route::Ping => "ping",
             Route::Catalog { .. } => "catalog",
@@ -173,6 +177,9 @@ pub(crate) const DOCTOR_PROBE_REPOSITORY: &str = "oci-cache-doctor/probe";
 /// The path under which the doctor asks whether its probe pull arrived.
 pub(crate) const DOCTOR_PROBE_PATH: &str = "/doctor/probe/";
 
+/// The path prefix of the client configuration route; the kind follows.
+pub(crate) use crate::handlers::client_config::CLIENT_CONFIG_PATH;
+
 /// The path prefix of the peer blob route (fleet family); the digest follows.
 pub(crate) use crate::fleet::PEER_BLOBS_PATH;
 
@@ -209,6 +216,17 @@ pub(crate) fn route(
                 nonce: nonce.to_owned(),
             })
             .map_err(|_| unknown_route(path));
+    }
+    if let Some(kind) = path.strip_prefix(CLIENT_CONFIG_PATH) {
+        if !read_only {
+            return Err(unsupported(method));
+        }
+        if kind.is_empty() || kind.contains('/') {
+            return Err(unknown_route(path));
+        }
+        return Ok(Route::ClientConfig {
+            kind: kind.to_owned(),
+        });
     }
     if let Some(digest) = path.strip_prefix(PEER_BLOBS_PATH) {
         return Ok(Route::PeerBlob {

@@ -21,6 +21,7 @@ use tracing::{field, Instrument};
 
 use crate::body::{self, Body};
 use crate::fleet::PeerSecret;
+use crate::handlers::client_config::ClientConfigRenderer;
 use crate::handlers::push::body_stream;
 use crate::handlers::{self, Engine, HostedEngine, RequestInfo};
 use crate::metrics::Metrics;
@@ -61,6 +62,8 @@ pub struct OciService {
     peer_secret: Option<PeerSecret>,
     /// What the status page reads; without it `/` and `/status.json` are 404.
     status: Option<StatusSource>,
+    /// Renders `/client-config/<kind>`; without it that path is 404.
+    client_config: Option<handlers::client_config::SharedRenderer>,
 }
 
 impl std::fmt::Debug for OciService {
@@ -73,6 +76,7 @@ impl std::fmt::Debug for OciService {
             .field("local_prefixes", &self.local_prefixes())
             .field("peer_route", &self.peer_secret.is_some())
             .field("status_page", &self.status.is_some())
+            .field("client_config", &self.client_config.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -93,7 +97,15 @@ impl OciService {
             probes: Arc::default(),
             peer_secret: None,
             status: None,
+            client_config: None,
         }
+    }
+
+    /// Serves `GET /client-config/<kind>` with `renderer` (the generator of
+    /// `oci-cache client-config`, which knows the configuration files).
+    pub fn with_client_config(mut self, renderer: Arc<dyn ClientConfigRenderer>) -> Self {
+        self.client_config = Some(renderer);
+        self
     }
 
     /// Serves the status page at `/` and its data at `/status.json`:
@@ -270,6 +282,7 @@ impl OciService {
                     hosted: self.hosted.as_deref(),
                     probes: &self.probes,
                     peer_secret: self.peer_secret.as_ref(),
+                    client_config: self.client_config.as_ref(),
                 };
                 handlers::dispatch(&self.engine, route, &info, body).await
             }

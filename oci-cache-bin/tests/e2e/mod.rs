@@ -6,6 +6,7 @@
 mod airgap;
 mod artifacts;
 mod chain;
+mod client_config_served;
 mod clients;
 mod doctor;
 mod evict;

@@ -132,7 +132,7 @@ fn skopeo_via_registries_conf(registries_conf: &Path, reference: &str, dest: &Pa
 }
 
 /// Waits until `host` answers `GET /v2/`.
-fn wait_listening(host: &str) {
+pub(super) fn wait_listening(host: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while crate::support::http::request(host, "GET", "/v2/", &[]).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {host}");

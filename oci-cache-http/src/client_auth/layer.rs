@@ -230,7 +230,8 @@ impl Guard {
                 | Route::Catalog { .. }
                 | Route::Metrics
                 | Route::StatusPage
-                | Route::StatusJson,
+                | Route::StatusJson
+                | Route::ClientConfig { .. },
             ) if !authenticated => {
                 return Err(auth.unauthorized("authentication required"));
             }

@@ -1,8 +1,9 @@
 //! The handlers, one module per family of routes: [`pull`] (the read API of
 //! cached repositories), [`push`] (hosted repositories), [`probes`]
 //! (`/healthz`, `/readyz`, `/metrics`, the status page at `/` and
-//! `/status.json`), [`admin`] (purge) and [`doctor`]
-//! (the doctor's probe image and whether its pull arrived). Each asks the
+//! `/status.json`), [`admin`] (purge), [`doctor`]
+//! (the doctor's probe image and whether its pull arrived) and
+//! [`client_config`] (the configuration that points clients here). Each asks the
 //! engine and shapes its answer with [`crate::response`]; none imports
 //! another family or the service, so the service sits on top and the
 //! response helpers at the bottom.
@@ -11,6 +12,7 @@
 //! extension, so handlers return plain responses.
 
 pub(crate) mod admin;
+pub(crate) mod client_config;
 pub(crate) mod doctor;
 pub(crate) mod fleet;
 pub(crate) mod probes;
@@ -66,6 +68,8 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) probes: &'a doctor::ProbeLog,
     /// The fleet's shared secret: without it the peer route does not exist.
     pub(crate) peer_secret: Option<&'a PeerSecret>,
+    /// Renders `/client-config/<kind>`; without it that path is unknown.
+    pub(crate) client_config: Option<&'a client_config::SharedRenderer>,
 }
 
 /// Answers a routed request by its family; `body` is read by pushes only.
@@ -80,6 +84,7 @@ pub(crate) async fn dispatch(
         Route::StatusPage | Route::StatusJson => probes::status(engine, route, info),
         Route::Purge => Ok(admin::purge(engine, info).await),
         Route::DoctorProbe { nonce } => Ok(doctor::seen(nonce, info.probes)),
+        Route::ClientConfig { kind } => client_config::answer(kind, info, info.client_config),
         // Never fetched upstream, whatever the upstream.
         _ if route.is_doctor_probe() => doctor::answer_pull(route, info, info.probes),
         Route::PeerBlob { digest } => fleet::peer_blob(engine, digest, info).await,

@@ -84,6 +84,7 @@ pub(super) async fn dispatch(
         | Route::StatusJson
         | Route::Purge
         | Route::DoctorProbe { .. }
+        | Route::ClientConfig { .. }
         | Route::PeerBlob { .. }
         | Route::Hosted { .. } => Err(OciError::new(
             StatusCode::NOT_FOUND,

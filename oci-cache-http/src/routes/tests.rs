@@ -158,6 +158,28 @@ fn references_and_other_routes() {
     assert_eq!(get("/metrics").unwrap(), Route::Metrics);
     assert_eq!(get("/").unwrap(), Route::StatusPage);
     assert_eq!(get("/status.json").unwrap(), Route::StatusJson);
+    assert_eq!(
+        get("/client-config/talos").unwrap(),
+        Route::ClientConfig {
+            kind: "talos".to_owned()
+        }
+    );
+    for bad in ["/client-config/", "/client-config/a/b"] {
+        assert_eq!(
+            get(bad).unwrap_err().status(),
+            StatusCode::NOT_FOUND,
+            "{bad}"
+        );
+    }
+    let post = route(
+        &Method::POST,
+        "/client-config/talos",
+        None,
+        &mirrors(),
+        &[],
+        None,
+    );
+    assert_eq!(post.unwrap_err().status(), StatusCode::METHOD_NOT_ALLOWED);
     // Purge is a route for every method: its handler names the one it takes
     // (405 otherwise), and refuses (404) without an authenticated client.
     for method in [Method::GET, Method::DELETE, Method::POST] {
