@@ -245,6 +245,32 @@ pub(crate) struct Request<'a> {
     pub(crate) merge_into: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+impl<'a> Request<'a> {
+    /// The plain form for `mirror`: every upstream given, no option set
+    /// (what the mirror serves at `/client-config/KIND`).
+    pub(crate) fn plain(
+        mirror: MirrorUrl,
+        upstreams: Vec<&'a UpstreamConfig>,
+        default_upstream: &'a str,
+    ) -> Request<'a> {
+        Request {
+            mirror,
+            upstreams,
+            default_upstream,
+            all_upstreams: true,
+            path_prefix: false,
+            form: None,
+            ca_file: None,
+            output: None,
+            auth: None,
+            local_registry: None,
+            skip_fallback: false,
+            workers: 0,
+            merge_into: None,
+        }
+    }
+}
+
 pub(crate) fn run(args: &ClientConfigArgs, out: &mut impl Write, err: &mut impl Write) -> ExitCode {
     if let Some(from) = &args.from {
         return match served::fetch(args, from) {

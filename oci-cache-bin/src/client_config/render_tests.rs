@@ -12,21 +12,11 @@ use super::*;
 pub(super) fn request<'a>(mirrors: &'a MirrorConfig, mirror: &str) -> Request<'a> {
     let mut upstreams: Vec<_> = mirrors.upstreams.iter().collect();
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-    Request {
-        mirror: MirrorUrl::parse(mirror).unwrap(),
+    Request::plain(
+        MirrorUrl::parse(mirror).unwrap(),
         upstreams,
-        default_upstream: mirrors.default_upstream.as_str(),
-        all_upstreams: true,
-        path_prefix: false,
-        form: None,
-        ca_file: None,
-        output: None,
-        auth: None,
-        local_registry: None,
-        skip_fallback: false,
-        workers: 0,
-        merge_into: None,
-    }
+        mirrors.default_upstream.as_str(),
+    )
 }
 
 fn one(files: Vec<GeneratedFile>) -> GeneratedFile {

@@ -51,21 +51,7 @@ impl ClientConfigRenderer for ServedClientConfig {
             .listener_upstream
             .map_or(self.mirrors.default_upstream.as_str(), |u| u.as_str());
         let upstreams = select(&self.mirrors, &[]).map_err(ClientConfigRefusal::Unusable)?;
-        let request = Request {
-            mirror,
-            upstreams,
-            default_upstream,
-            all_upstreams: true,
-            path_prefix: false,
-            form: None,
-            ca_file: None,
-            output: None,
-            auth: None,
-            local_registry: None,
-            skip_fallback: false,
-            workers: 0,
-            merge_into: None,
-        };
+        let request = Request::plain(mirror, upstreams, default_upstream);
         render::render(kind, &request)
             .map(|files| printed(&files))
             .map_err(ClientConfigRefusal::Unusable)

@@ -222,35 +222,31 @@ fn route(
         "apply `oci-cache client-config talos --mirror {}` to the machine config",
         node.mirror.base()
     );
+    // Pulled from the registry itself, for `problem`.
+    let registry_only = |problem: Problem| {
+        UpstreamRoute::new(
+            upstream,
+            node.mirror,
+            vec![format!("https://{upstream}")],
+            Some(path.to_owned()),
+            vec![problem],
+        )
+    };
     let entries = match entries {
         Ok(entries) => entries,
         Err(e) => {
-            let problem = Problem::new("invalid-talos-config", e.clone(), fix_all);
-            return UpstreamRoute::new(
-                upstream,
-                node.mirror,
-                vec![format!("https://{upstream}")],
-                Some(path.to_owned()),
-                vec![problem],
-            );
+            return registry_only(Problem::new("invalid-talos-config", e.clone(), fix_all));
         }
     };
     let Some((name, entry)) = entries
         .get_key_value(upstream)
         .or_else(|| entries.get_key_value(CATCH_ALL))
     else {
-        let problem = Problem::new(
+        return registry_only(Problem::new(
             "no-mirror-entry",
             format!("{path}: no mirror for {upstream} and no \"*\": Talos pulls it from the registry itself"),
             fix_all,
-        );
-        return UpstreamRoute::new(
-            upstream,
-            node.mirror,
-            vec![format!("https://{upstream}")],
-            Some(path.to_owned()),
-            vec![problem],
-        );
+        ));
     };
     let at = format!("{path} ({} {name})", entry.syntax);
     let problems: Vec<Problem> = entry

@@ -34,17 +34,20 @@ fn diagnose_root(root: &Path, upstreams: &[&str], default_upstream: &str) -> Rep
     diagnose(&node, reachable(), false).unwrap()
 }
 
-fn codes(report: &Report, runtime: &str, upstream: &str) -> Vec<&'static str> {
-    let runtime = report
+fn route<'r>(report: &'r Report, runtime: &str, upstream: &str) -> &'r UpstreamRoute {
+    report
         .runtimes
         .iter()
         .find(|r| r.runtime == runtime)
-        .unwrap();
-    let route = runtime
+        .unwrap()
         .upstreams
         .iter()
         .find(|u| u.upstream == upstream)
-        .unwrap();
+        .unwrap()
+}
+
+fn codes(report: &Report, runtime: &str, upstream: &str) -> Vec<&'static str> {
+    let route = route(report, runtime, upstream);
     route.problems.iter().map(|p| p.code).collect()
 }
 
@@ -325,16 +328,7 @@ fn an_empty_root_is_no_runtime_and_an_unreachable_mirror_wins() {
 }
 
 fn warnings(report: &Report, runtime: &str, upstream: &str) -> Vec<&'static str> {
-    let runtime = report
-        .runtimes
-        .iter()
-        .find(|r| r.runtime == runtime)
-        .unwrap();
-    let route = runtime
-        .upstreams
-        .iter()
-        .find(|u| u.upstream == upstream)
-        .unwrap();
+    let route = route(report, runtime, upstream);
     route.warnings.iter().map(|p| p.code).collect()
 }
 

@@ -724,18 +724,21 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
 }
 
+/// Every manifest under deploy/kubernetes.
+const KUBERNETES_MANIFESTS: [&str; 3] = [
+    "oci-cache.yaml",
+    "oci-cache-daemonset.yaml",
+    "oci-cache-fleet.yaml",
+];
+
 #[test]
 fn the_kubernetes_manifests_validate_against_the_schemas() {
     let test = "the_kubernetes_manifests_validate_against_the_schemas";
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
-    let files: Vec<String> = [
-        "oci-cache.yaml",
-        "oci-cache-daemonset.yaml",
-        "oci-cache-fleet.yaml",
-    ]
-    .iter()
-    .map(|f| dir.join(f).display().to_string())
-    .collect();
+    let files: Vec<String> = KUBERNETES_MANIFESTS
+        .iter()
+        .map(|f| dir.join(f).display().to_string())
+        .collect();
     let mut args = vec!["--strict"];
     args.extend(files.iter().map(String::as_str));
     let Some(out) = run_tool(test, "kubernetes-validate", &args) else {
@@ -800,11 +803,7 @@ fn kubernetes_manifests() -> Vec<(String, serde_norway::Value)> {
     use serde::Deserialize as _;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
     let mut docs = Vec::new();
-    for file in [
-        "oci-cache.yaml",
-        "oci-cache-daemonset.yaml",
-        "oci-cache-fleet.yaml",
-    ] {
+    for file in KUBERNETES_MANIFESTS {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         for doc in serde_norway::Deserializer::from_str(&text) {
             docs.push((
@@ -929,11 +928,7 @@ fn kubectl_decodes_every_manifest_offline() {
     let test = "kubectl_decodes_every_manifest_offline";
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
     let docs = kubernetes_manifests();
-    for file in [
-        "oci-cache.yaml",
-        "oci-cache-daemonset.yaml",
-        "oci-cache-fleet.yaml",
-    ] {
+    for file in KUBERNETES_MANIFESTS {
         let path = dir.join(file).display().to_string();
         let args = [
             "label",
