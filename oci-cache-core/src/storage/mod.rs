@@ -73,7 +73,11 @@
 //! `fsync`ed ([`FsOptions::durable`], on by default) and renamed into place;
 //! concurrent writers of one digest each rename a complete, identical file.
 //! A full disk fails the write with a "the disk is full" error and removes
-//! the staging file.
+//! the staging file. A staging that can be read before the commit lends its
+//! file ([`Staging::staged`], [`StagedBytes`]): the fill's late joiners read
+//! the bytes that left its memory window from there, so a cold blob is
+//! written to disk once (object stores and memory lend nothing, and the
+//! fill spools instead).
 //!
 //! **S3: verify before visible.** A blob is sent as a multipart upload to its
 //! final key while it is hashed; `CompleteMultipartUpload`, the only call
@@ -129,7 +133,8 @@ pub use record::{Record, RecordKey, RecordPrefix, RecordWrite};
 pub(crate) use typed::now_secs;
 pub use typed::{blob_graces, protected_blobs, protected_manifests};
 pub use verified::{
-    resolve_range, verify_bytes, write_verified, BlobSource, PreverifiedStream, Staging,
+    resolve_range, verify_bytes, write_verified, BlobSource, PreverifiedStream, StagedBytes,
+    Staging,
 };
 
 /// A stream of byte chunks, as read from storage or fetched upstream.

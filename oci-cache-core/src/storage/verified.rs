@@ -9,11 +9,15 @@
 //! Backends outside this crate use the same helper.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::oneshot;
 
 use super::ByteStream;
 use crate::digest::{Digest, DigestVerifier, SizeCheck};
@@ -24,17 +28,63 @@ use crate::{Error, Result};
 /// with an error otherwise (including when the producer goes away). Only
 /// this crate builds one: the cache engine's fill, which hashes each blob for
 /// its clients anyway, so storing it need not hash it again.
-pub struct PreverifiedStream(ByteStream);
+pub struct PreverifiedStream {
+    stream: ByteStream,
+    /// Where [`write_verified`] hands the producer its [`StagedBytes`], when
+    /// the backend's staging can be read before the commit.
+    tap: Option<oneshot::Sender<StagedBytes>>,
+}
 
 impl PreverifiedStream {
     /// `stream` must keep the promise above; see the blob fill in `cache`.
     pub(crate) fn new(stream: ByteStream) -> Self {
-        PreverifiedStream(stream)
+        PreverifiedStream { stream, tap: None }
+    }
+
+    /// Asks the write to send the bytes it staged so far to `tap` before it
+    /// takes the first chunk; the sender is dropped instead when the backend
+    /// cannot be read before the commit (or never calls [`write_verified`]).
+    pub(crate) fn staged_to(mut self, tap: oneshot::Sender<StagedBytes>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// The bytes, for a backend that verifies them itself.
     pub fn into_stream(self) -> ByteStream {
-        self.0
+        self.stream
+    }
+}
+
+/// What a write has staged so far, readable before the commit: the staging
+/// file's own descriptor, and how many bytes from its start have been
+/// written to it. The blob fill reads the bytes that left its memory window
+/// from here instead of writing them a second time to a spool.
+///
+/// The descriptor follows the file, not its path: after the commit renames
+/// it, or an abort unlinks it, the bytes counted stay readable through it
+/// (and nothing becomes visible as a blob by it). The count only grows, and
+/// only once a chunk is entirely in the file.
+#[derive(Debug, Clone)]
+pub struct StagedBytes {
+    file: Arc<File>,
+    written: Arc<AtomicU64>,
+}
+
+impl StagedBytes {
+    /// `file` must be open for reading on the staging file, and `written`
+    /// raised (with `Release` ordering) only after bytes `[old, new)` are in it.
+    pub fn new(file: Arc<File>, written: Arc<AtomicU64>) -> Self {
+        StagedBytes { file, written }
+    }
+
+    /// The staging file, open for reading.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Bytes `[0, written)` of the blob are in [`file`](Self::file).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 }
 
@@ -87,6 +137,13 @@ pub trait Staging: Send {
 
     /// Discards the staged bytes; best effort, errors are only logged.
     async fn abort(self: Box<Self>);
+
+    /// The bytes staged so far, for a backend whose staging can be read
+    /// before the commit (a local file); `None`, the default, otherwise
+    /// (multipart uploads, memory).
+    fn staged(&self) -> Option<StagedBytes> {
+        None
+    }
 }
 
 /// The check [`write_verified`] applies while the bytes go by.
@@ -126,10 +183,15 @@ pub async fn write_verified(
             data,
             Check::Hash(Box::new(DigestVerifier::new(digest.clone(), expected_size))),
         ),
-        BlobSource::Preverified(data) => (
-            data.into_stream(),
-            Check::Count(SizeCheck::new(digest.clone(), expected_size)),
-        ),
+        BlobSource::Preverified(data) => {
+            if let (Some(tap), Some(staged)) = (data.tap, staging.staged()) {
+                let _ = tap.send(staged);
+            }
+            (
+                data.stream,
+                Check::Count(SizeCheck::new(digest.clone(), expected_size)),
+            )
+        }
     };
     while let Some(chunk) = data.next().await {
         let step = match chunk {

@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 
 use super::{assert_absent, collect, list_blobs, read_all, stream_of, unique_bytes, write};
 use crate::digest::{Digest, DigestAlgorithm, DigestHasher};
-use crate::storage::{BlobSource, PreverifiedStream, Storage};
+use crate::storage::{BlobSource, PreverifiedStream, StagedBytes, Storage};
 use crate::Error;
 
 /// Write, stat and read back a blob; sha512 digests work too.
@@ -363,4 +363,66 @@ pub async fn large_blob(storage: &dyn Storage) {
 
 async fn read_range_len(storage: &dyn Storage, digest: &Digest, range: Range<u64>) -> Bytes {
     read_all(storage, digest, Some(range)).await
+}
+
+/// A preverified write that asks for its staged bytes gets them only from a
+/// backend that can lend them, and then they are exactly the blob's
+/// prefix: the whole blob after a commit, a prefix after a failed write
+/// (which leaves nothing visible); the descriptor still reads them after
+/// the rename or the removal. Backends that cannot (memory, object stores)
+/// drop the request and write as usual.
+pub async fn blob_staged_bytes_are_the_blobs_prefix(storage: &dyn Storage) {
+    let bytes = unique_bytes(700_000);
+    let digest = Digest::sha256_of(&bytes);
+    let failing = stream_of(bytes.clone(), 100_000)
+        .chain(futures::stream::once(async {
+            Err(Error::DigestMismatch {
+                expected: Digest::sha256_of(b"other"),
+                actual: Digest::sha256_of(b"bytes"),
+            })
+        }))
+        .boxed();
+    let (tap, staged) = tokio::sync::oneshot::channel();
+    let source = BlobSource::Preverified(PreverifiedStream::new(failing).staged_to(tap));
+    let failed = storage
+        .blob_write_from(&digest, Some(700_000), source)
+        .await;
+    assert!(
+        failed.is_err(),
+        "{storage}: a failed verdict must fail the write"
+    );
+    assert_absent(storage, &digest, "after a staged write that failed").await;
+    if let Ok(staged) = staged.await {
+        let prefix = staged_contents(&staged);
+        assert!(
+            prefix.len() <= bytes.len(),
+            "{storage}: staged more than written"
+        );
+        assert!(
+            prefix == bytes.slice(..prefix.len()),
+            "{storage}: staged bytes differ"
+        );
+    }
+
+    let (tap, staged) = tokio::sync::oneshot::channel();
+    let source = PreverifiedStream::new(stream_of(bytes.clone(), 100_000)).staged_to(tap);
+    let written = storage
+        .blob_write_from(&digest, Some(700_000), BlobSource::Preverified(source))
+        .await
+        .unwrap();
+    assert_eq!(written, 700_000);
+    assert_eq!(read_all(storage, &digest, None).await, bytes);
+    if let Ok(staged) = staged.await {
+        assert!(
+            staged_contents(&staged) == bytes,
+            "{storage}: after the commit the staged bytes are the whole blob"
+        );
+    }
+    storage.blob_delete(&digest).await.unwrap();
+}
+
+/// Bytes `[0, written)` of a staging file, read through its descriptor.
+fn staged_contents(staged: &StagedBytes) -> Bytes {
+    let len = usize::try_from(staged.written()).unwrap();
+    crate::file_io::read_blocking(staged.file(), 0, len).unwrap()
 }

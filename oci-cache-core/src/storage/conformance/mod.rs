@@ -41,6 +41,7 @@ pub async fn run_all(storage: &dyn Storage) {
     blob_size_mismatch_leaves_nothing(storage).await;
     blob_truncated_stream_leaves_nothing(storage).await;
     blob_preverified_write(storage).await;
+    blob_staged_bytes_are_the_blobs_prefix(storage).await;
     blob_write_is_invisible_until_complete(storage).await;
     blob_concurrent_same_digest_writers(storage).await;
     blob_rewrite_is_idempotent(storage).await;

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::{io_error, Inner, BACKEND, IO_CHUNK, WRITE_BATCH};
 use crate::digest::Digest;
 use crate::file_io::ChunkReader;
-use crate::storage::{ByteStream, Staging};
+use crate::storage::{ByteStream, StagedBytes, Staging};
 use crate::{Error, Result};
 
 /// An in-progress blob write: batches chunks and hands each batch to the
@@ -30,6 +31,12 @@ pub(super) struct FsStaging {
     pending: Option<JoinHandle<io::Result<File>>>,
     batch: Vec<Bytes>,
     batch_len: usize,
+    /// The staging file for readers of the bytes staged so far (see
+    /// [`Staging::staged`]): a second descriptor of the same file, so it
+    /// follows the file through the rename and survives the removal.
+    reader: Option<Arc<File>>,
+    /// Bytes entirely written to the staging file.
+    written: Arc<AtomicU64>,
     /// Set once the staged file is renamed or removed, so `Drop` leaves it alone.
     done: bool,
 }
@@ -64,9 +71,12 @@ impl FsStaging {
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
         let inner = Arc::clone(&self.inner);
+        let written = Arc::clone(&self.written);
         self.pending = Some(tokio::task::spawn_blocking(move || {
             for chunk in &batch {
                 inner.write_all(&mut file, chunk)?;
+                // Counted per chunk, so a reader follows the write closely.
+                written.fetch_add(chunk.len() as u64, Ordering::Release);
             }
             Ok(file)
         }));
@@ -111,6 +121,11 @@ impl Staging for FsStaging {
         }
         self.done = true;
     }
+
+    fn staged(&self) -> Option<StagedBytes> {
+        let file = Arc::clone(self.reader.as_ref()?);
+        Some(StagedBytes::new(file, Arc::clone(&self.written)))
+    }
 }
 
 impl Drop for FsStaging {
@@ -131,6 +146,14 @@ impl FsStaging {
         staged: PathBuf,
         file: File,
     ) -> Self {
+        // Without a second descriptor the write goes on; readers then use a spool.
+        let reader = match file.try_clone() {
+            Ok(reader) => Some(Arc::new(reader)),
+            Err(e) => {
+                tracing::debug!(path = %staged.display(), error = %e, "cannot share the staging file with readers");
+                None
+            }
+        };
         FsStaging {
             inner,
             digest,
@@ -140,6 +163,8 @@ impl FsStaging {
             pending: None,
             batch: Vec::new(),
             batch_len: 0,
+            reader,
+            written: Arc::new(AtomicU64::new(0)),
             done: false,
         }
     }

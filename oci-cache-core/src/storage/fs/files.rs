@@ -24,12 +24,14 @@ impl Inner {
         self.root.join(key)
     }
 
-    /// A new, empty, exclusively created staging file.
+    /// A new, empty, exclusively created staging file, open for reading
+    /// too: a blob fill reads what is staged before the commit.
     pub(super) fn create_staging(&self) -> io::Result<(PathBuf, File)> {
         let path = self
             .path(keys::STAGING)
             .join(uuid::Uuid::new_v4().simple().to_string());
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)?;

@@ -154,3 +154,73 @@ async fn disk_full_is_a_clear_error_and_leaves_nothing() {
         0
     );
 }
+
+/// A preverified write lends its staging file before the commit: bytes
+/// counted as written are readable through the descriptor while the write
+/// goes on; a failed verdict removes the file (nothing under `blobs/`,
+/// nothing in `_staging`) though the descriptor still reads what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_bytes_are_readable_before_the_commit_and_never_a_blob() {
+    use crate::storage::{BlobSource, PreverifiedStream};
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    let bytes = unique_bytes(3 * WRITE_BATCH);
+    let digest = Digest::sha256_of(&bytes);
+    let (chunks, rx) = tokio::sync::mpsc::channel::<crate::Result<Bytes>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed();
+    let (tap, staged) = tokio::sync::oneshot::channel();
+    let source = BlobSource::Preverified(PreverifiedStream::new(stream).staged_to(tap));
+    let write = tokio::spawn({
+        let storage = storage.clone();
+        let digest = digest.clone();
+        async move { storage.blob_write_from(&digest, None, source).await }
+    });
+    let staged = staged.await.expect("the filesystem lends its staging file");
+    // Two batches in: the first is written while the write waits for more.
+    for piece in bytes.slice(..2 * WRITE_BATCH).chunks(64 * 1024) {
+        chunks
+            .send(Ok(Bytes::copy_from_slice(piece)))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while staged.written() < WRITE_BATCH as u64 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the first batch is staged");
+    let early = staged.written();
+    let read = crate::file_io::read_blocking(staged.file(), 0, usize::try_from(early).unwrap());
+    assert!(read.unwrap() == bytes.slice(..usize::try_from(early).unwrap()));
+    assert!(!write.is_finished());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    // The producer's verdict: a mismatch.
+    chunks
+        .send(Err(Error::DigestMismatch {
+            expected: digest.clone(),
+            actual: Digest::sha256_of(b"other"),
+        }))
+        .await
+        .unwrap();
+    assert!(write.await.unwrap().is_err());
+    assert!(storage.blob_stat(&digest).await.unwrap().is_none());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let kept = crate::file_io::read_blocking(staged.file(), 0, usize::try_from(early).unwrap());
+    assert!(kept.unwrap() == bytes.slice(..usize::try_from(early).unwrap()));
+}
