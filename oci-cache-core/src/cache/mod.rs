@@ -36,8 +36,10 @@
 //! check passed) and into a buffer
 //! that every client of that digest reads at its own pace. The buffer keeps
 //! only the most recent [`CacheOptions::fill_window`] bytes in memory; older
-//! bytes move to an anonymous spool file before they leave memory. A client
-//! that joins late, or reads slowly, catches up from the spool and then
+//! bytes leave memory only once they are in a file: storage's own staging
+//! file where it can be read before the commit (the filesystem: one disk
+//! write per byte), else an anonymous spool file. A client that joins late,
+//! or reads slowly, catches up from that file and then
 //! follows live, without a second upstream fetch and without waiting for the
 //! fill to end; memory per fill stays flat whatever the blob size. (Keeping
 //! whole blobs in memory does not fit 1 GiB layers; a ring buffer alone
@@ -121,7 +123,8 @@ pub struct CacheOptions {
     /// Largest manifest accepted from upstream.
     pub max_manifest_size: u64,
     /// Bytes of each blob fill kept in memory for the clients reading it; older
-    /// bytes are read back from a spool file. Bounds memory per fill whatever
+    /// bytes are read back from storage's staging file (filesystem storage)
+    /// or a spool file. Bounds memory per fill whatever
     /// the blob size. Default 256 KiB: clients that keep up read from memory,
     /// and a larger window only raised peak RSS (five 5-layer cold pulls in a
     /// row: 15.8 MiB peak at 256 KiB, 19.9 MiB at 1 MiB).
@@ -133,7 +136,9 @@ pub struct CacheOptions {
     /// Docker Hub's 10 GB), so no real image is refused.
     pub max_blob_size: u64,
     /// Directory for blob fill spool files (anonymous, removed when the fill is
-    /// done); `None` is the system temporary directory.
+    /// done); `None` is the system temporary directory. Only fills whose
+    /// storage cannot be read before its commit (object stores, memory) or
+    /// that store nothing (fleet relays) spool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_dir: Option<PathBuf>,
     /// Cap on stored blob bytes (`"150MiB"`, `"50GiB"` or a number); `None`

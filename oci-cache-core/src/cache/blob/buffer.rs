@@ -1,5 +1,7 @@
 //! A fill's shared state: its phase, the window of recent chunks in memory,
-//! and the spool file that holds the bytes that left the window.
+//! and the file that holds the bytes that left the window: storage's own
+//! staging file where it can be read before the commit (the filesystem), or
+//! else a spool of the fill's own (see [`spill`](super::spill)).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -11,10 +13,12 @@ use tokio::sync::watch;
 
 use super::super::aborted;
 use crate::reference::{Registry, Repository};
+use crate::storage::StagedBytes;
 use crate::{Error, Result};
 
-/// Largest single read from the spool (the filesystem backend's chunk size).
-const SPOOL_READ: u64 = 128 * 1024;
+/// Largest single read from the staging file or spool (the filesystem
+/// backend's chunk size).
+const DISK_READ: u64 = 128 * 1024;
 
 /// The registry and repository a fill fetches through.
 pub(super) type Source = (Registry, Repository);
@@ -42,20 +46,32 @@ pub(super) struct Fill {
     forwarded: AtomicU64,
 }
 
-/// Bytes `[0, start)` are in the spool (or, once the spool failed, gone),
-/// `[start, start + len)` in `chunks`.
+/// Bytes `[0, start)` are behind the window ([`Behind`]), `[start, start +
+/// len)` in `chunks`.
 pub(super) struct Buffer {
     chunks: VecDeque<Bytes>,
     start: u64,
     pub(super) len: u64,
-    spool: Option<Arc<File>>,
+    behind: Behind,
+}
+
+/// Where the bytes before the window are.
+enum Behind {
+    /// Nowhere (yet, or since the spool failed).
+    Gone,
+    /// In the fill's spool, every one of them.
+    Spool(Arc<File>),
+    /// In storage's staging file, up to what it has written: bytes leave
+    /// the window only once staged, except after the write failed.
+    Staged(StagedBytes),
 }
 
 /// Where a reader finds the bytes at its position.
 pub(super) enum Located {
     Memory(Bytes),
-    Spool(Arc<File>, u64),
-    /// Left memory while no spool could be written: the reader needs its own fetch.
+    /// In this file (the staging file or the spool), at most this many bytes.
+    Disk(Arc<File>, u64),
+    /// Left memory with no file to hold them: the reader needs its own fetch.
     Lost,
     NotYet,
 }
@@ -71,13 +87,16 @@ impl Buffer {
             return Located::NotYet;
         }
         if pos < self.start {
-            return match &self.spool {
-                Some(file) => Located::Spool(
-                    Arc::clone(file),
-                    (end.min(self.start) - pos).min(SPOOL_READ),
-                ),
-                None => Located::Lost,
+            let (file, on_disk) = match &self.behind {
+                Behind::Spool(file) => (file, self.start),
+                Behind::Staged(staged) => (staged.file(), staged.written().min(self.start)),
+                Behind::Gone => return Located::Lost,
             };
+            if pos >= on_disk {
+                return Located::Lost;
+            }
+            let len = (end.min(on_disk) - pos).min(DISK_READ);
+            return Located::Disk(Arc::clone(file), len);
         }
         let mut offset = self.start;
         for chunk in &self.chunks {
@@ -94,16 +113,26 @@ impl Buffer {
 
     /// The oldest chunks beyond `keep` bytes, and the offset of the first.
     fn oldest(&self, keep: u64) -> (Vec<Bytes>, u64) {
-        let mut batch = Vec::new();
-        let mut remaining = self.len;
+        let count = self.beyond(keep, u64::MAX).0;
+        (
+            self.chunks.iter().take(count).cloned().collect(),
+            self.start,
+        )
+    }
+
+    /// How many of the oldest chunks lie beyond `keep` bytes and end at or
+    /// before offset `upto`, and the offset where they end.
+    fn beyond(&self, keep: u64, upto: u64) -> (usize, u64) {
+        let (mut count, mut end, mut remaining) = (0, self.start, self.len);
         for chunk in &self.chunks {
-            if remaining <= keep {
+            let chunk_end = end + chunk.len() as u64;
+            if remaining <= keep || chunk_end > upto {
                 break;
             }
             remaining -= chunk.len() as u64;
-            batch.push(chunk.clone());
+            (count, end) = (count + 1, chunk_end);
         }
-        (batch, self.start)
+        (count, end)
     }
 
     /// Forgets the first `count` chunks, which end at offset `moved`.
@@ -123,7 +152,7 @@ impl Fill {
                 chunks: VecDeque::new(),
                 start: 0,
                 len: 0,
-                spool: None,
+                behind: Behind::Gone,
             }),
             source,
             forwarded: AtomicU64::new(0),
@@ -204,19 +233,41 @@ impl Fill {
         .await?;
         let mut buffer = self.buffer();
         buffer.advance(count, moved);
-        buffer.spool.get_or_insert_with(|| Arc::clone(spool));
+        if !matches!(buffer.behind, Behind::Spool(_)) {
+            buffer.behind = Behind::Spool(Arc::clone(spool));
+        }
         Ok(())
     }
 
-    /// Without a usable spool: forgets the oldest chunks beyond `keep` bytes,
-    /// and the spool with them. Readers that still need those bytes fetch
-    /// their own copy ([`Located::Lost`]); memory stays bounded.
+    /// Reads the bytes that leave the window from storage's staging file
+    /// from now on (before any byte left it).
+    pub(super) fn behind_staged(&self, staged: StagedBytes) {
+        self.buffer().behind = Behind::Staged(staged);
+    }
+
+    /// Forgets the oldest chunks that storage has already staged, down to
+    /// `keep` bytes: readers find them in the staging file. Chunks still on
+    /// their way to the file stay (the storage channel bounds how many).
+    pub(super) fn retire_staged(&self, keep: u64) {
+        let mut buffer = self.buffer();
+        let Behind::Staged(staged) = &buffer.behind else {
+            return;
+        };
+        let (count, moved) = buffer.beyond(keep, staged.written());
+        buffer.advance(count, moved);
+    }
+
+    /// Without a file to hold them: forgets the oldest chunks beyond `keep`
+    /// bytes (and a spool, which the failure left incomplete). Readers that
+    /// still need those bytes fetch their own copy ([`Located::Lost`]);
+    /// memory stays bounded. A staging file still holds what it staged.
     pub(super) fn forget(&self, keep: u64) {
         let mut buffer = self.buffer();
-        let (batch, at) = buffer.oldest(keep);
-        let moved = at + batch.iter().map(|c| c.len() as u64).sum::<u64>();
-        buffer.advance(batch.len(), moved);
-        buffer.spool = None;
+        let (count, moved) = buffer.beyond(keep, u64::MAX);
+        buffer.advance(count, moved);
+        if matches!(buffer.behind, Behind::Spool(_)) {
+            buffer.behind = Behind::Gone;
+        }
     }
 }
 

@@ -13,20 +13,26 @@
 //!
 //! The buffer is a window of the most recent chunks in memory (at most
 //! [`CacheOptions::fill_window`](super::CacheOptions::fill_window) bytes, plus
-//! one batch) backed by an anonymous spool file: chunks leave the window only
-//! after they were written to the spool. So every byte that has arrived is
-//! always readable, either from memory or from the spool, and memory stays
-//! flat whatever the blob size. Blobs smaller than the window never touch the
-//! spool. A client that joins late, or falls behind, reads from the spool until
-//! it reaches the window and then follows live; a slow client never slows the
+//! what the storage write has not staged yet) backed by a file: chunks leave
+//! the window only once they are in that file. On the filesystem the file is
+//! storage's own staging file, read through the write's descriptor before
+//! the commit, so each cold byte is written to disk once; where storage
+//! cannot be read before the commit (S3 multipart, memory) it is a spool of
+//! the fill's own (see [`spill`]). So every byte that has arrived is always
+//! readable, either from memory or from that file, and memory stays flat
+//! whatever the blob size. Blobs smaller than the window never touch it. A
+//! client that joins late, or falls behind, reads from the file until it
+//! reaches the window and then follows live; a slow client never slows the
 //! fill or the other clients, and the fill never waits for clients.
 //!
 //! The alternatives were weaker: keeping every chunk in memory grows with the
 //! blob (1 GiB layers against a 48 MiB budget); a fixed ring with a broadcast
 //! leaves late joiners nowhere to get the bytes that already passed; waiting for
 //! the commit and then reading storage makes late joiners wait for the whole
-//! blob. The price of the spool is a second disk write for blobs larger than
-//! the window, which the page cache mostly absorbs.
+//! blob. Reading the staging file before the commit shows no client anything
+//! unverified that a spool would not have shown: the last byte still waits
+//! for the verdict, and a failed verification removes the file, which no
+//! reader can then see as a blob.
 //!
 //! Clients are told about progress through a `watch` channel (no polling). A
 //! client's stream of the whole blob, or of a range up to its end, yields its
@@ -56,26 +62,28 @@
 //!   content itself (wrong digest, wrong size, over
 //!   [`max_blob_size`](super::CacheOptions::max_blob_size)) are shared.
 //! - A body without a `Content-Length` is cut at `max_blob_size`.
-//! - A cold blob needs its size free, not twice that: when the spool's disk
-//!   cannot hold the rest of the blob both in the spool and in storage's
-//!   staging, the fill keeps no spool (logged as "low disk space") and the
-//!   stored copy gets the space.
-//! - When the spool cannot be created or written (disk full, read-only), the
-//!   fill goes on without it: the window stays bounded, clients that keep up
-//!   are served from memory, and a client that needs bytes which already left
-//!   memory gets its own verified upstream stream. A failed storage write
-//!   never fails a client. Both are logged ("disk full", "read-only") and
-//!   reported as [`StorageEvent`](crate::observe::StorageEvent)s; nothing is
-//!   sticky, so the next fill tries both again.
+//! - A cold blob needs its size free, not twice that: on the filesystem its
+//!   late joiners read the staging file, which is the stored copy. Where a
+//!   spool is needed, and its disk cannot hold the rest of the blob both in
+//!   the spool and in storage's staging, the fill keeps no spool (logged as
+//!   "low disk space") and the stored copy gets the space.
+//! - When the spool cannot be created or written (disk full, read-only), or
+//!   the storage write whose staging file backs the window fails, the fill
+//!   goes on without them: the window stays bounded, clients that keep up
+//!   are served from memory (and from what was staged before the failure),
+//!   and a client that needs bytes which left memory otherwise gets its own
+//!   verified upstream stream. A failed storage write never fails a client.
+//!   Both are logged ("disk full", "read-only") and reported as
+//!   [`StorageEvent`](crate::observe::StorageEvent)s; nothing is sticky, so
+//!   the next fill tries both again.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::{aborted, BlobResponse, Shared};
@@ -95,12 +103,14 @@ mod peer;
 mod progress;
 pub(super) mod reader;
 mod resume;
+mod spill;
 mod stored;
 
-use buffer::{blocking, lock, spool_error, Fill, Phase, Source};
+use buffer::{lock, Fill, Phase, Source};
 use feed::{preverified_stream, Feed};
 use fleet::{FillBody, LeaseSlot};
 use reader::{check_cap, retries_own, Origin, Reader};
+use spill::Spill;
 
 pub use progress::FillProgress;
 pub use resume::FillRetry;
@@ -370,10 +380,14 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
 
         let stores = body.stores();
         let (to_store, store_rx) = mpsc::channel(STORE_QUEUE);
+        let (staged_tx, staged_rx) = oneshot::channel();
         let mut taken_over = None;
         let pump = async {
             let to_store = stores.then_some(to_store);
-            let result = self.pump(body, size, to_store, &mut taken_over).await;
+            let spill = Spill::new(stores.then_some(staged_rx));
+            let result = self
+                .pump(body, size, to_store, spill, &mut taken_over)
+                .await;
             // Readers are released as soon as the bytes are verified; the commit
             // below only decides what later requests find in storage.
             self.fill.finish(result.map_err(Arc::new));
@@ -382,7 +396,8 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             if !stores {
                 return None;
             }
-            let source = BlobSource::Preverified(preverified_stream(store_rx));
+            let source = preverified_stream(store_rx).staged_to(staged_tx);
+            let source = BlobSource::Preverified(source);
             let stored = self.engine.storage.blob_write_from(digest, size, source);
             Some(stored.await)
         };
@@ -448,14 +463,13 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
         mut upstream: FillBody<'_, S, U>,
         size: Option<u64>,
         to_store: Option<mpsc::Sender<Result<Feed>>>,
+        mut spill: Spill,
         taken_over: &mut Option<tokio::task::JoinHandle<Result<u64>>>,
     ) -> Result<u64> {
         let mut verifier = DigestVerifier::new(self.digest.clone(), size);
         let keep = self.engine.options.fill_window as u64;
         let max = self.engine.options.max_blob_size;
         let mut received = 0u64;
-        let mut spool: Option<Arc<File>> = None;
-        let mut spooling = true;
         let mut storing = true;
         let result = async {
             while let Some(chunk) = upstream.next().await {
@@ -468,20 +482,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
                 verifier.update(&chunk)?;
                 self.fill.push(chunk.clone());
                 if self.fill.buffer().len > keep {
-                    if spooling && spool.is_none() && !self.spool_fits(size, received) {
-                        spooling = false;
-                    }
-                    // Spill down to half the window so spool writes come in batches.
-                    if spooling {
-                        if let Err(e) = self.spill(&mut spool, keep / 2).await {
-                            // Serving goes on without the spool (see the module docs).
-                            self.engine.write_failed(StorageOperation::Spool, &e);
-                            spooling = false;
-                        }
-                    }
-                    if !spooling {
-                        self.fill.forget(keep / 2);
-                    }
+                    spill.overflow(self, size, received, keep, storing).await;
                 }
                 if upstream.start_storing() {
                     let storage = Arc::clone(&self.engine.storage);
@@ -513,62 +514,6 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
             let _ = to_store.send(verdict).await;
         }
         result
-    }
-
-    /// Whether the spool's disk can hold the rest of the blob twice: once in
-    /// the spool, once in storage's staging (on the filesystem backend the
-    /// two share the data disk). When not, the fill goes on without a spool
-    /// so the stored copy gets the space: a cold blob needs its size free,
-    /// not twice that. Readers that fall out of the window then fetch on
-    /// their own, as after a spool write failure. An unknown size spools
-    /// (and stops spooling if the disk fills).
-    fn spool_fits(&self, size: Option<u64>, received: u64) -> bool {
-        let Some(size) = size else {
-            return true;
-        };
-        let dir = self.spool_dir();
-        let Some(free) = crate::file_io::free_space(&dir) else {
-            return true;
-        };
-        let remaining = size.saturating_sub(received);
-        let needed = remaining.saturating_mul(2);
-        if free >= needed {
-            return true;
-        }
-        warn!(
-            digest = %self.digest,
-            free,
-            needed,
-            spool_dir = %dir.display(),
-            "low disk space: this fill keeps no spool, so the blob itself fits; clients that fall behind fetch on their own"
-        );
-        false
-    }
-
-    /// Spills the window down to `keep` bytes, creating the spool on first use.
-    async fn spill(&self, spool: &mut Option<Arc<File>>, keep: u64) -> Result<()> {
-        let file = match spool {
-            Some(file) => Arc::clone(file),
-            None => {
-                let file = Arc::new(self.create_spool().await?);
-                *spool = Some(Arc::clone(&file));
-                file
-            }
-        };
-        self.fill.spill(&file, keep).await
-    }
-
-    fn spool_dir(&self) -> std::path::PathBuf {
-        self.engine
-            .options
-            .spool_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-    }
-
-    async fn create_spool(&self) -> Result<File> {
-        let dir = self.spool_dir();
-        blocking(move || tempfile::tempfile_in(&dir).map_err(|e| spool_error(&dir, e))).await
     }
 }
 

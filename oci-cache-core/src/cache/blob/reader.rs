@@ -55,8 +55,9 @@ pub(super) struct Reader {
     /// The range reaches the blob's end: its last byte waits for the verdict.
     hold_last: bool,
     ended: bool,
-    /// Opened the first time this reader falls behind the window.
-    spool: Option<ChunkReader>,
+    /// Opened the first time this reader falls behind the window, on the
+    /// file behind it (storage's staging file or the fill's spool).
+    disk: Option<ChunkReader>,
     origin: Arc<dyn Origin>,
     /// Switched to its own source once already (at most once per request).
     retried: bool,
@@ -80,7 +81,7 @@ impl Reader {
             end: range.end,
             hold_last: range.end >= size,
             ended: false,
-            spool: None,
+            disk: None,
             origin,
             retried,
             direct: None,
@@ -109,7 +110,7 @@ impl Reader {
     fn switch_to(&mut self, fill: Arc<Fill>) {
         self.rx = fill.progress.subscribe();
         self.fill = fill;
-        self.spool = None;
+        self.disk = None;
         self.retried = true;
     }
 
@@ -151,11 +152,11 @@ impl Reader {
                         self.pos += bytes.len() as u64;
                         return Some(Ok(bytes));
                     }
-                    Located::Spool(file, len) => {
-                        let spool = self.spool.get_or_insert_with(|| ChunkReader::new(file));
+                    Located::Disk(file, len) => {
+                        let disk = self.disk.get_or_insert_with(|| ChunkReader::new(file));
                         let len = usize::try_from(len).unwrap_or_default();
-                        let read = match spool.read_at(self.pos, len).await {
-                            // The spool holds every byte before the window by construction.
+                        let read = match disk.read_at(self.pos, len).await {
+                            // The file holds every byte located there by construction.
                             Ok(bytes) if bytes.is_empty() => Err(aborted("blob spool read")),
                             Ok(bytes) => Ok(bytes),
                             Err(e) => Err(io_error(e)),
@@ -168,7 +169,7 @@ impl Reader {
                     Located::Lost => {
                         tracing::debug!(
                             pos = self.pos,
-                            "bytes left the fill without a spool; fetching this client's own copy"
+                            "bytes left the fill with no file to hold them; fetching this client's own copy"
                         );
                         match self.origin.direct().await {
                             Ok(stream) => self.direct = Some(slice(stream, self.pos, self.end)),

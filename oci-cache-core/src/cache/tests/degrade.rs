@@ -9,7 +9,7 @@ use crate::testing::{DiskState, FaultyStorage};
 
 /// Records every storage event, as a metric would count them.
 #[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<(StorageOperation, WriteFailure)>>);
+pub(super) struct Recorder(Mutex<Vec<(StorageOperation, WriteFailure)>>);
 
 impl Observer for Recorder {
     fn storage(&self, event: &StorageEvent) {
@@ -18,7 +18,7 @@ impl Observer for Recorder {
 }
 
 impl Recorder {
-    fn count(&self, operation: StorageOperation, reason: WriteFailure) -> usize {
+    pub(super) fn count(&self, operation: StorageOperation, reason: WriteFailure) -> usize {
         let events = self.0.lock().unwrap();
         events.iter().filter(|e| **e == (operation, reason)).count()
     }
@@ -27,7 +27,7 @@ impl Recorder {
 pub(super) struct Degraded<S = FaultyStorage> {
     pub(super) storage: Arc<S>,
     pub(super) upstream: Arc<FakeUpstream>,
-    recorder: Arc<Recorder>,
+    pub(super) recorder: Arc<Recorder>,
     pub(super) engine: PullThrough<S, FakeUpstream>,
 }
 
@@ -36,7 +36,7 @@ pub(super) fn degraded(options: CacheOptions) -> Degraded {
 }
 
 /// An engine over `storage` and a fake upstream, its storage events recorded.
-fn observed_over<S: crate::storage::Storage>(
+pub(super) fn observed_over<S: crate::storage::Storage>(
     storage: Arc<S>,
     options: CacheOptions,
 ) -> Degraded<S> {
@@ -367,9 +367,11 @@ async fn a_cold_blob_needs_its_size_free_not_twice_that() {
         "not cached; storage events: {:?}",
         recorder.0.lock().unwrap()
     );
-    // Served from the disk now. (Without a spool, the first client, which
-    // fell behind the fill's window, fetched the rest on its own.)
+    // One fetch: a client that fell behind the fill's window read from the
+    // staging file (before, with no room for a spool, it fetched the rest
+    // on its own). Served from the disk now.
     let fetched = upstream.calls().blob_get();
+    assert_eq!(fetched, 1);
     let again = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
     assert!(collect(again.stream).await.unwrap() == data);
     assert_eq!(upstream.calls().blob_get(), fetched);

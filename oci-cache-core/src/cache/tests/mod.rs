@@ -31,6 +31,7 @@ mod peer;
 mod ranges;
 mod referrers;
 mod resume;
+mod staged;
 mod tags;
 
 type Engine = PullThrough<MemoryStorage, FakeUpstream>;
