@@ -3,9 +3,9 @@
 use super::*;
 
 /// An upstream that generates one large blob on the fly (never held whole).
-struct GeneratedUpstream {
-    size: u64,
-    digest: Digest,
+pub(super) struct GeneratedUpstream {
+    pub(super) size: u64,
+    pub(super) digest: Digest,
 }
 
 const GENERATED_CHUNK: usize = 64 * 1024;
@@ -15,7 +15,7 @@ fn generated_chunk(index: u64) -> Bytes {
 }
 
 impl GeneratedUpstream {
-    fn new(size: u64) -> Self {
+    pub(super) fn new(size: u64) -> Self {
         let mut hasher = crate::digest::DigestHasher::new(crate::digest::DigestAlgorithm::Sha256);
         let mut at = 0;
         while at < size {

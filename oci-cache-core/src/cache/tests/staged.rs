@@ -126,3 +126,62 @@ async fn storage_without_a_readable_staging_still_spools() {
         1
     );
 }
+
+/// Process CPU seconds so far (user + system, all threads).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU per MiB of a cold fill on `FsStorage` (durable) to a client from the
+/// start and a late joiner a quarter in; clients only count bytes. Run alone,
+/// in release: `OCI_CACHE_FILL_MIB=256 cargo test --release -p oci-cache-core
+/// --lib fill_cpu -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run alone in release mode"]
+#[allow(clippy::print_stderr)]
+async fn fill_cpu_per_mib() {
+    use super::memory::GeneratedUpstream;
+    let mib: u64 = std::env::var("OCI_CACHE_FILL_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Arc::new(GeneratedUpstream::new(mib * 1024 * 1024));
+    let (digest, size) = (upstream.digest.clone(), upstream.size);
+    let storage = Arc::new(FsStorage::open(dir.path().join("store")).await.unwrap());
+    let options = CacheOptions::default().with_spool_dir(dir.path());
+    let engine = PullThrough::new(storage, upstream, options);
+    let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
+    let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+    let mut first = response.stream;
+    let mut read = 0u64;
+    let mut late = None;
+    while let Some(chunk) = first.next().await {
+        read += chunk.unwrap().len() as u64;
+        if late.is_none() && read >= size / 4 {
+            let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
+            late = Some(tokio::spawn(async move {
+                let mut stream = response.stream;
+                let mut n = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    n += chunk.unwrap().len() as u64;
+                }
+                n
+            }));
+        }
+    }
+    assert_eq!(read, size);
+    assert_eq!(late.unwrap().await.unwrap(), size);
+    fills_settled(&engine).await;
+    let (cpu, wall) = (cpu_seconds() - cpu, started.elapsed().as_secs_f64());
+    eprintln!(
+        "fill of {mib} MiB (fs, 2 clients): {:.2} ms CPU per MiB, {:.0} MiB/s wall",
+        cpu * 1000.0 / mib as f64,
+        mib as f64 / wall
+    );
+}
