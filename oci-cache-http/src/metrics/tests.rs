@@ -468,6 +468,8 @@ fn the_cap_build_info_and_process_figures_are_exposed() {
             "{started} vs {now}"
         );
     }
+}
+
 #[test]
 fn aborted_multipart_uploads_are_counted_by_reason() {
     use oci_cache_core::observe::{UploadAbortReason, UploadsAbortedEvent};
