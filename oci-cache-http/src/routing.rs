@@ -22,19 +22,22 @@ use crate::routes::{self, Route};
 
 /// The route a request matched (or the error answer when none did), in
 /// the request's extensions once the routing step has run.
+///
+/// Shared, not copied: the extensions hold one and the service takes
+/// another, and a route owns its names (upstream, repository, reference).
 #[derive(Debug, Clone)]
-pub struct MatchedRoute(Result<Route, OciError>);
+pub struct MatchedRoute(Arc<Result<Route, OciError>>);
 
 impl MatchedRoute {
     /// A short name of the route for logs and metrics (`manifest`, `blob`,
     /// `hosted_blob`, `purge`, …), `unknown` when no route matched.
     pub fn name(&self) -> &'static str {
-        self.0.as_ref().map_or("unknown", Route::name)
+        self.route().map_or("unknown", Route::name)
     }
 
     /// The route, or the error the request is answered with.
     pub(crate) fn route(&self) -> Result<&Route, &OciError> {
-        self.0.as_ref()
+        self.0.as_ref().as_ref()
     }
 }
 
@@ -75,14 +78,14 @@ impl RouteTable {
         }
         let uri = request.uri();
         let listener = request.extensions().get::<ListenerUpstream>();
-        let matched = MatchedRoute(routes::route(
+        let matched = MatchedRoute(Arc::new(routes::route(
             request.method(),
             uri.path(),
             uri.query(),
             &self.mirrors,
             &self.local,
             listener.map(|l| &l.0),
-        ));
+        )));
         request.extensions_mut().insert(matched.clone());
         matched
     }
