@@ -21,6 +21,8 @@
 //! answered for both: hosted repositories from their own links, cached ones
 //! from what their upstream knows ([`Route::Referrers`]).
 
+use std::borrow::Cow;
+
 use http::{Method, StatusCode};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::mirror::MirrorConfig;
@@ -303,10 +305,12 @@ pub(crate) fn route(
     }
 }
 
-fn segments(rest: &str) -> Result<Vec<String>, OciError> {
+/// The path's segments, percent-decoded; borrowed from `rest` unless a
+/// segment had escapes (a request allocates nothing for its name).
+fn segments(rest: &str) -> Result<Vec<Cow<'_, str>>, OciError> {
     rest.split('/')
         .map(|s| match percent_decode_str(s).decode_utf8() {
-            Ok(d) if !d.contains('/') => Ok(d.into_owned()),
+            Ok(d) if !d.contains('/') => Ok(d),
             _ => Err(OciError::new(
                 StatusCode::BAD_REQUEST,
                 OciErrorCode::NameInvalid,
@@ -344,7 +348,7 @@ fn hosted(
             let op = if id.is_empty() {
                 HostedOp::Uploads
             } else {
-                HostedOp::Upload(id.clone())
+                HostedOp::Upload(id.to_string())
             };
             (name, Ok(op))
         }
@@ -394,7 +398,7 @@ fn hosted(
 /// (`docker.io/library/alpine`, as pulls through this mirror name it);
 /// `None` for anything else (a hosted repository, an unknown name).
 pub(crate) fn cached_source(from: &str, mirrors: &MirrorConfig) -> Option<Target> {
-    let name: Vec<String> = from.split('/').map(str::to_owned).collect();
+    let name: Vec<Cow<'_, str>> = from.split('/').map(Cow::Borrowed).collect();
     let (first, rest) = name.split_first()?;
     if rest.is_empty() || mirrors.lookup(first).is_none() {
         return None;
@@ -404,7 +408,7 @@ pub(crate) fn cached_source(from: &str, mirrors: &MirrorConfig) -> Option<Target
 
 /// Chooses the upstream and builds the repository name.
 fn target(
-    name: &[String],
+    name: &[Cow<'_, str>],
     query: Option<&str>,
     mirrors: &MirrorConfig,
     listener: Option<&Registry>,
