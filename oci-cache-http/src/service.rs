@@ -3,6 +3,7 @@
 //! request event reported when the response body ends.
 
 use std::convert::Infallible;
+use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -201,25 +202,7 @@ impl OciService {
         let matched = self.routes.ensure_routed(&mut request);
         let (request, body) = request.into_parts();
         let body = body_stream(body);
-        // Who asked, for the access log: the address the connection came
-        // from and the client's own name for itself (quoted: it may hold spaces).
-        let client = request.extensions.get::<PeerAddr>().map(|peer| peer.0.ip());
-        let user_agent = request
-            .headers
-            .get(USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()));
-        let span = tracing::info_span!(
-            "request",
-            method = %request.method,
-            client = client.map(field::display),
-            user_agent = user_agent.as_deref().map(field::debug),
-            route = field::Empty,
-            repository = field::Empty,
-            reference = field::Empty,
-            upstream = field::Empty,
-            // How a cached repository's referrers were learned (`api`, `tag-schema`).
-            referrers = field::Empty,
-        );
+        let span = request_span(&request, &matched);
         let response = self
             .respond(&request, &matched, body)
             .instrument(span.clone())
@@ -267,7 +250,6 @@ impl OciService {
         let head = method == Method::HEAD;
         let result = match matched.route() {
             Ok(route) => {
-                record_route(&tracing::Span::current(), route);
                 let info = RequestInfo {
                     method,
                     path: request.uri.path(),
@@ -308,39 +290,57 @@ impl OciService {
     }
 }
 
-fn record_route(span: &tracing::Span, route: &Route) {
-    span.record("route", field::display(route.name()));
-    if let Some(target) = route.target() {
-        span.record("repository", field::display(&target.repository));
-        span.record("upstream", field::display(&target.upstream));
-    }
-    match route {
-        Route::Hosted { repository, op } => {
-            span.record("repository", field::display(repository));
-            match op {
-                HostedOp::Manifest(reference) => {
-                    span.record("reference", field::display(reference));
-                }
+/// The request's span with its route fields set at once: one formatting
+/// pass when the access log is on (recording each field afterwards
+/// re-formatted the span's fields once per field), nothing when it is off.
+fn request_span(request: &http::request::Parts, matched: &MatchedRoute) -> tracing::Span {
+    // Who asked, for the access log: the address the connection came
+    // from and the client's own name for itself (quoted: it may hold spaces).
+    let client = request.extensions.get::<PeerAddr>().map(|peer| peer.0.ip());
+    let user_agent = request
+        .headers
+        .get(USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let route = matched.route().ok();
+    let (repository, reference): (Option<&dyn Display>, Option<&dyn Display>) = match route {
+        Some(Route::Hosted { repository, op }) => {
+            let reference: Option<&dyn Display> = match op {
+                HostedOp::Manifest(reference) => Some(reference),
                 HostedOp::Blob(digest)
                 | HostedOp::Referrers {
                     subject: digest, ..
-                } => {
-                    span.record("reference", field::display(digest));
-                }
-                _ => {}
-            }
+                } => Some(digest),
+                _ => None,
+            };
+            (Some(repository), reference)
         }
-        Route::Manifest { reference, .. } => {
-            span.record("reference", field::display(reference));
-        }
-        Route::Blob { digest, .. }
-        | Route::Referrers {
-            subject: digest, ..
-        } => {
-            span.record("reference", field::display(digest));
-        }
-        _ => {}
-    }
+        Some(Route::Manifest { target, reference }) => (Some(&target.repository), Some(reference)),
+        Some(
+            Route::Blob { target, digest }
+            | Route::Referrers {
+                target,
+                subject: digest,
+                ..
+            },
+        ) => (Some(&target.repository), Some(digest)),
+        Some(route) => (route.target().map(|t| &t.repository as &dyn Display), None),
+        None => (None, None),
+    };
+    let upstream = route
+        .and_then(Route::target)
+        .map(|t| field::display(&t.upstream));
+    tracing::info_span!(
+        "request",
+        method = %request.method,
+        client = client.map(field::display),
+        user_agent = user_agent.as_deref().map(field::debug),
+        route = route.map(|r| field::display(r.name())),
+        repository = repository.map(field::display),
+        upstream,
+        reference = reference.map(field::display),
+        // How a cached repository's referrers were learned (`api`, `tag-schema`).
+        referrers = field::Empty,
+    )
 }
 
 /// The future of one call: `Send` so servers can spawn it.
