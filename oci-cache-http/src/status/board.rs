@@ -41,7 +41,7 @@ pub(crate) struct ImageUse {
     pub(crate) pulls: u64,
     pub(crate) last_pulled: SystemTime,
     /// The tag or digest last asked for.
-    pub(crate) last_reference: String,
+    pub(crate) last_reference: ManifestRef,
 }
 
 #[derive(Debug, Default)]
@@ -51,8 +51,37 @@ struct Board {
     breakers: HashMap<String, bool>,
     /// Digest → (upstream, when the fill started).
     fills: HashMap<String, (String, SystemTime)>,
-    /// `upstream/repository` → its use.
-    images: HashMap<String, ImageUse>,
+    /// Upstream → repository → its use: looked up by reference, so a
+    /// repeated pull allocates nothing.
+    images: HashMap<Registry, HashMap<Repository, ImageUse>>,
+    /// Entries in `images`, at most [`MAX_IMAGES`].
+    image_count: usize,
+}
+
+impl Board {
+    /// Forgets the least pulled (then least recently pulled) image.
+    fn forget_least_pulled(&mut self) {
+        let least = self
+            .images
+            .iter()
+            .flat_map(|(upstream, repositories)| {
+                repositories
+                    .iter()
+                    .map(move |(repository, u)| ((u.pulls, u.last_pulled), upstream, repository))
+            })
+            .min_by_key(|(rank, _, _)| *rank)
+            .map(|(_, upstream, repository)| (upstream.clone(), repository.clone()));
+        if let Some((upstream, repository)) = least {
+            if let Some(repositories) = self.images.get_mut(&upstream) {
+                if repositories.remove(&repository).is_some() {
+                    self.image_count -= 1;
+                }
+                if repositories.is_empty() {
+                    self.images.remove(&upstream);
+                }
+            }
+        }
+    }
 }
 
 /// The status page's own memory, fed as an [`Observer`] (and by the service
@@ -99,30 +128,41 @@ impl StatusBoard {
         repository: &Repository,
         reference: &ManifestRef,
     ) {
-        let key = format!("{upstream}/{repository}");
         let by_tag = matches!(reference, ManifestRef::Tag(_));
         let now = SystemTime::now();
         let mut board = self.board();
-        let images = &mut board.images;
-        if !images.contains_key(&key) && images.len() >= MAX_IMAGES {
-            let least = images
-                .iter()
-                .min_by_key(|(_, u)| (u.pulls, u.last_pulled))
-                .map(|(k, _)| k.clone());
-            if let Some(least) = least {
-                images.remove(&least);
+        let known = board
+            .images
+            .get(upstream)
+            .is_some_and(|repositories| repositories.contains_key(repository));
+        if !known {
+            if board.image_count >= MAX_IMAGES {
+                board.forget_least_pulled();
             }
+            board.images.entry(upstream.clone()).or_default().insert(
+                repository.clone(),
+                ImageUse {
+                    pulls: 0,
+                    last_pulled: now,
+                    last_reference: reference.clone(),
+                },
+            );
+            board.image_count += 1;
         }
-        let entry = images.entry(key).or_insert_with(|| ImageUse {
-            pulls: 0,
-            last_pulled: now,
-            last_reference: String::new(),
-        });
+        let Some(entry) = board
+            .images
+            .get_mut(upstream)
+            .and_then(|repositories| repositories.get_mut(repository))
+        else {
+            return;
+        };
         if by_tag {
             entry.pulls += 1;
         }
         entry.last_pulled = now;
-        entry.last_reference = reference.to_string();
+        if entry.last_reference != *reference {
+            entry.last_reference = reference.clone();
+        }
     }
 
     /// Images by name, most pulled first (ties: most recent first).
@@ -150,7 +190,11 @@ impl StatusBoard {
         self.board()
             .images
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .flat_map(|(upstream, repositories)| {
+                repositories
+                    .iter()
+                    .map(move |(repository, u)| (format!("{upstream}/{repository}"), u.clone()))
+            })
             .collect()
     }
 
@@ -232,5 +276,37 @@ impl Observer for StatusBoard {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use oci_cache_core::reference::Tag;
+
+    fn tag(name: &str) -> ManifestRef {
+        ManifestRef::Tag(Tag::new(name).unwrap())
+    }
+
+    #[test]
+    fn images_are_counted_per_repository_and_bounded() {
+        let board = StatusBoard::new();
+        let hub = Registry::new("hub").unwrap();
+        let repo = |i: usize| Repository::new(&format!("team/app{i}")).unwrap();
+        // app0 is pulled twice, then every other one once.
+        board.record_manifest(&hub, &repo(0), &tag("v1"));
+        board.record_manifest(&hub, &repo(0), &tag("v2"));
+        for i in 1..=MAX_IMAGES {
+            board.record_manifest(&hub, &repo(i), &tag("v1"));
+        }
+        let images = board.most_pulled(MAX_IMAGES + 1);
+        assert_eq!(images.len(), MAX_IMAGES, "the board stays bounded");
+        let (name, top) = &images[0];
+        assert_eq!(name, "hub/team/app0");
+        assert_eq!(top.pulls, 2);
+        assert_eq!(top.last_reference.to_string(), "v2");
+        // The one dropped to make room was one pulled once.
+        assert!(images[1..].iter().all(|(_, u)| u.pulls == 1));
     }
 }

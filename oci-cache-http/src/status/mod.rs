@@ -325,7 +325,7 @@ fn images(list: Vec<(String, board::ImageUse)>) -> Vec<Image> {
         .map(|(name, u)| Image {
             name,
             pulls: u.pulls,
-            last_reference: u.last_reference,
+            last_reference: u.last_reference.to_string(),
             last_pulled: unix(u.last_pulled),
         })
         .collect()
