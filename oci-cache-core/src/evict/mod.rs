@@ -97,6 +97,19 @@ struct State {
     used: HashMap<Digest, SystemTime>,
 }
 
+impl State {
+    /// One more guard on `digest`; its digest is copied only for the first
+    /// (concurrent readers of a hot blob share the entry).
+    fn add_guard(&mut self, digest: &Digest) {
+        match self.guards.get_mut(digest) {
+            Some(count) => *count += 1,
+            None => {
+                self.guards.insert(digest.clone(), 1);
+            }
+        }
+    }
+}
+
 impl DiskBudget {
     /// A budget with a cap of `max_size` bytes of blobs (`None`: no cap, and
     /// no use tracking).
@@ -179,7 +192,16 @@ impl DiskBudget {
     /// Records a use of `digest` (a read, a fill) now.
     pub fn used(&self, digest: &Digest) {
         if self.max_size.is_some() {
-            self.lock().used.insert(digest.clone(), SystemTime::now());
+            let now = SystemTime::now();
+            let mut state = self.lock();
+            // A hot blob is used over and over: update its time in place
+            // rather than copy its digest for every read.
+            match state.used.get_mut(digest) {
+                Some(at) => *at = now,
+                None => {
+                    state.used.insert(digest.clone(), now);
+                }
+            }
         }
     }
 
@@ -190,7 +212,7 @@ impl DiskBudget {
         if state.deleting.contains(digest) {
             return None;
         }
-        *state.guards.entry(digest.clone()).or_default() += 1;
+        state.add_guard(digest);
         Some(BlobGuard {
             budget: Arc::clone(self),
             digest: digest.clone(),
@@ -200,7 +222,7 @@ impl DiskBudget {
     /// A guard for a fill, which holds one even while an older copy is
     /// being deleted: the fill writes a new one.
     pub(crate) fn hold(self: &Arc<Self>, digest: &Digest) -> BlobGuard {
-        *self.lock().guards.entry(digest.clone()).or_default() += 1;
+        self.lock().add_guard(digest);
         BlobGuard {
             budget: Arc::clone(self),
             digest: digest.clone(),
