@@ -31,6 +31,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "compare/floor.rs"]
+mod floor;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -82,7 +85,12 @@ fn reset_peak_rss(pid: u32) {
 
 /// User + system CPU seconds `pid` has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds from a `/proc/…/stat` file (a process's or a thread's).
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap();
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').unwrap().1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -359,7 +367,7 @@ fn measure(
                 .map(|(i, layout)| (format!("bench/cold{i}:v1"), layout)),
         )
         .collect();
-    let pairs = phases.run("cold pulls (paired with direct ones)", || {
+    let pairs = phases.run(COLD_PULLS, || {
         images
             .iter()
             .map(|(repo, layout)| {
@@ -447,6 +455,7 @@ fn measure(
 /// over this many images besides `big`, each pulled cold once per mirror.
 const COLD_EXTRA_IMAGES: u64 = 4;
 
+const COLD_PULLS: &str = "cold pulls (paired with direct ones)";
 const WRK_TAG: &str = "wrk manifest by tag (fixed time)";
 const WRK_DIGEST: &str = "wrk manifest by digest (fixed time)";
 const WRK_BLOB: &str = "wrk blob (fixed time)";
@@ -586,6 +595,9 @@ fn main() {
         skopeo::push(layout, &origin.host(), name);
         let _ = std::fs::remove_dir_all(&layout.dir);
     }
+
+    log("the floor: SHA-256 and a copy through the page cache");
+    let floor = floor::Floor::measure(work);
 
     let registry = Origin::start_proxy(&origin.url());
     let oci = Mirror::start_oci_cache(&[("origin", &origin.url())], "origin", "5m");
@@ -759,6 +771,43 @@ fn main() {
         format!("{:.2} ms", per_mib(&oc)),
         ratio(per_mib(&oc), per_mib(&reg)),
         "",
+    );
+    // The mirror's CPU in the cold-pull phase goes to the cold pulls only
+    // (the paired direct pulls do not touch it): fill and serve, per MiB.
+    let cold_mib = big_mib * (1 + COLD_EXTRA_IMAGES) as f64;
+    let fill_per_mib = |f: &Figures| f.phases.cpu(COLD_PULLS) / cold_mib;
+    let floor_per_mib = floor.cpu_per_mib();
+    for (what, mib_s) in [
+        (
+            "floor: SHA-256, sha2 crate, 128 KiB updates",
+            floor.sha256_mib_s,
+        ),
+        (
+            "floor: copy through the page cache (read a file, write a file)",
+            floor.copy_mib_s,
+        ),
+    ] {
+        t.row(
+            &format!("{what}: MiB per CPU second (this run)"),
+            format!("{mib_s:.0}"),
+            dash(),
+            dash(),
+            dash(),
+            "",
+        );
+    }
+    t.row(
+        "fill CPU per cold MiB (CPU of the mirror during the cold pulls ÷ MiB filled; origin column: the floor, hash + one copy)",
+        format!("{:.2} ms", floor_per_mib * 1e3),
+        format!("{:.2} ms", fill_per_mib(&reg) * 1e3),
+        format!("{:.2} ms", fill_per_mib(&oc) * 1e3),
+        format!(
+            "{} (× floor: oci-cache {:.2}×, registry:2 {:.2}×)",
+            ratio(fill_per_mib(&oc), fill_per_mib(&reg)),
+            fill_per_mib(&oc) / floor_per_mib,
+            fill_per_mib(&reg) / floor_per_mib
+        ),
+        "≤ 1.5× floor",
     );
     if let Some((cold_rss, warm_rss, cold_s, warm_s)) = huge {
         t.row(
