@@ -17,7 +17,6 @@ use http::Request;
 use http_body_util::BodyExt;
 use oci_cache_benches::WarmCache;
 use oci_cache_core::cache::CacheOptions;
-use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
 use oci_cache_http::metrics::Metrics;
 use oci_cache_http::{AccessLog, Mirror, Pipeline};
 
@@ -27,14 +26,9 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json";
 
 fn pipeline(warm: &WarmCache, full: bool) -> Pipeline {
-    let mirrors = MirrorConfig::new(
-        vec![UpstreamConfig::new(
-            warm.registry.clone(),
-            "http://127.0.0.1:9",
-        )],
-        warm.registry.clone(),
-    )
-    .unwrap_or_else(|e| panic!("mirror config: {e}"));
+    let mirrors = warm
+        .mirrors()
+        .unwrap_or_else(|e| panic!("mirror config: {e}"));
     let mut builder = Mirror::builder()
         .upstreams(mirrors)
         .storage(Arc::clone(warm.engine.storage()))

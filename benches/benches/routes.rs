@@ -13,7 +13,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use oci_cache_benches::WarmCache;
 use oci_cache_core::cache::PullThrough;
-use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
 use oci_cache_core::observe::SharedObserver;
 use oci_cache_core::storage::{MemoryStorage, Storage};
 use oci_cache_http::metrics::Metrics;
@@ -25,14 +24,9 @@ fn bench_routes(c: &mut Criterion) {
     let warm = rt
         .block_on(WarmCache::new(storage))
         .unwrap_or_else(|e| panic!("warm cache: {e}"));
-    let mirrors = MirrorConfig::new(
-        vec![UpstreamConfig::new(
-            warm.registry.clone(),
-            "http://127.0.0.1:9",
-        )],
-        warm.registry.clone(),
-    )
-    .unwrap_or_else(|e| panic!("mirror config: {e}"));
+    let mirrors = warm
+        .mirrors()
+        .unwrap_or_else(|e| panic!("mirror config: {e}"));
     let mirrors = Arc::new(mirrors);
     let svc = OciService::new((*warm.engine).clone(), Arc::clone(&mirrors));
     let metrics = Arc::new(Metrics::new());

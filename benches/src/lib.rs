@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use oci_cache_core::cache::{CacheOptions, PullThrough};
 use oci_cache_core::digest::Digest;
 use oci_cache_core::manifest::media_type::OCI_MANIFEST;
+use oci_cache_core::mirror::{MirrorConfig, UpstreamConfig};
 use oci_cache_core::reference::{Registry, Repository, Tag};
 use oci_cache_core::storage::{Storage, StoredManifest, TagKey, TagRecord};
 use oci_cache_core::testing::FakeUpstream;
@@ -53,6 +54,18 @@ pub fn sample_manifest() -> Vec<u8> {
 }
 
 impl WarmCache {
+    /// Mirror settings with the cache's upstream as the only (and default)
+    /// one; its URL leads nowhere, as a hit never asks it.
+    pub fn mirrors(&self) -> Result<MirrorConfig> {
+        MirrorConfig::new(
+            vec![UpstreamConfig::new(
+                self.registry.clone(),
+                "http://127.0.0.1:9",
+            )],
+            self.registry.clone(),
+        )
+    }
+
     /// Stores the sample manifest and a fresh tag record in `storage`.
     pub async fn new(storage: Arc<dyn Storage>) -> Result<WarmCache> {
         let bytes = sample_manifest();
