@@ -120,6 +120,10 @@ pub struct FetchedRange {
     /// The whole blob's size: the `Content-Length` of a whole answer, the
     /// total of a `Content-Range`; `None` when upstream did not say.
     pub total: Option<u64>,
+    /// The byte after the body's last one when upstream answered with a part
+    /// (`206`, from its `Content-Range`); `None` for a whole-blob answer.
+    /// A fill learns from it that the upstream serves ranges.
+    pub end: Option<u64>,
     /// The `ETag`, when upstream sent one.
     pub etag: Option<String>,
     /// The endpoint that answered, when the implementation has several
@@ -135,6 +139,7 @@ impl FetchedRange {
         FetchedRange {
             start: 0,
             total: blob.size,
+            end: None,
             etag: None,
             endpoint: None,
             stream: blob.stream,
@@ -146,10 +151,17 @@ impl FetchedRange {
         FetchedRange {
             start,
             total,
+            end: None,
             etag: None,
             endpoint: None,
             stream,
         }
+    }
+
+    /// A part ending before byte `end` (a `206`'s `Content-Range`).
+    pub fn with_end(mut self, end: Option<u64>) -> Self {
+        self.end = end;
+        self
     }
 
     /// With the answer's `ETag`.
@@ -180,6 +192,7 @@ impl std::fmt::Debug for FetchedRange {
         f.debug_struct("FetchedRange")
             .field("start", &self.start)
             .field("total", &self.total)
+            .field("end", &self.end)
             .field("etag", &self.etag)
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()

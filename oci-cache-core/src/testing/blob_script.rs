@@ -201,7 +201,13 @@ impl BlobScript {
             .filter(|_| honoured)
             .and_then(|end| usize::try_from(end).ok());
         let stream = self.body(start_at, until, cut);
-        Ok(FetchedRange::partial(start, total, stream).with_etag(etag))
+        let end = honoured.then(|| {
+            let len = self.bytes.len() as u64;
+            range.end.map_or(len, |end| end.min(len))
+        });
+        Ok(FetchedRange::partial(start, total, stream)
+            .with_end(end)
+            .with_etag(etag))
     }
 
     /// The body from byte `from` to `until` (or the end), cut at byte `cut`

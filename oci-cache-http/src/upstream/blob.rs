@@ -78,14 +78,16 @@ impl HyperUpstream {
             )
             .into());
         }
-        let (start, total) = if response.status() == StatusCode::PARTIAL_CONTENT {
+        let (start, end, total) = if response.status() == StatusCode::PARTIAL_CONTENT {
             let value = response
                 .headers()
                 .get(CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             match content_range(value) {
-                Some((start, total)) if start == range.offset => (start, total),
+                Some((start, last, total)) if start == range.offset => {
+                    (start, Some(last + 1), total)
+                }
                 _ => {
                     return Err(UpstreamError::new(
                         UpstreamErrorKind::Invalid,
@@ -99,7 +101,7 @@ impl HyperUpstream {
                 }
             }
         } else {
-            (0, content_length(response.headers()))
+            (0, None, content_length(response.headers()))
         };
         let etag = response
             .headers()
@@ -108,6 +110,7 @@ impl HyperUpstream {
             .map(str::to_owned);
         let stream = blob_stream(response, self.options.read_timeout, endpoint.clone());
         Ok(FetchedRange::partial(start, total, stream)
+            .with_end(end)
             .with_etag(etag)
             .with_endpoint(Some(endpoint.clone())))
     }
@@ -139,9 +142,9 @@ fn range_headers(range: &BlobRange) -> HeaderMap {
     headers
 }
 
-/// The first byte and the total of a `Content-Range: bytes FIRST-LAST/TOTAL`
-/// (`TOTAL` may be `*`: unknown).
-fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
+/// The first byte, the last byte and the total of a
+/// `Content-Range: bytes FIRST-LAST/TOTAL` (`TOTAL` may be `*`: unknown).
+fn content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let spec = value.trim().strip_prefix("bytes ")?;
     let (span, total) = spec.split_once('/')?;
     let (first, last) = span.split_once('-')?;
@@ -154,7 +157,7 @@ fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     if last < first || total.is_some_and(|t| last >= t) {
         return None;
     }
-    Some((first, total))
+    Some((first, last, total))
 }
 
 #[cfg(test)]
@@ -165,9 +168,12 @@ mod tests {
 
     #[test]
     fn content_ranges() {
-        assert_eq!(content_range("bytes 100-199/1000"), Some((100, Some(1000))));
-        assert_eq!(content_range("bytes 0-0/1"), Some((0, Some(1))));
-        assert_eq!(content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(
+            content_range("bytes 100-199/1000"),
+            Some((100, 199, Some(1000)))
+        );
+        assert_eq!(content_range("bytes 0-0/1"), Some((0, 0, Some(1))));
+        assert_eq!(content_range("bytes 5-9/*"), Some((5, 9, None)));
         for bad in [
             "",
             "bytes */1000",
