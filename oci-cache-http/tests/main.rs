@@ -26,6 +26,7 @@ mod observe;
 mod referrers;
 mod resilience;
 mod routing;
+mod segments;
 mod status;
 mod trust;
 mod upstream;

@@ -78,7 +78,7 @@ pub use crate::manifest::media_type::{
 #[doc(hidden)]
 pub use crate::observe::CacheOutcome;
 
-pub use blob::{FillProgress, FillRetry};
+pub use blob::{FillProgress, FillRetry, FillSegments};
 pub use manifest::ManifestHeadResponse;
 pub use referrers::{ReferrersResponse, ReferrersSource, MAX_TAG_SCHEMA_MANIFESTS};
 use std::ops::Range;
@@ -156,6 +156,9 @@ pub struct CacheOptions {
     /// How a fill whose upstream connection was cut resumes
     /// (`[cache.fill_retry]`): attempts per endpoint and backoff.
     pub fill_retry: FillRetry,
+    /// How a large cold blob is fetched over several ranged connections
+    /// (`[cache.fill_segments]`): connections per blob and the size from which.
+    pub fill_segments: FillSegments,
     /// Whether a `Range` request for a blob neither stored nor being
     /// filled starts the full verified fill in the background (default
     /// `true`: the next request is a hit). `false` forwards such a range
@@ -176,6 +179,7 @@ impl Default for CacheOptions {
             max_size: None,
             pin: Vec::new(),
             fill_retry: FillRetry::default(),
+            fill_segments: FillSegments::default(),
             fill_on_range: true,
         }
     }
@@ -224,6 +228,12 @@ impl CacheOptions {
         self
     }
 
+    /// Sets how large cold blobs are fetched over several connections.
+    pub fn with_fill_segments(mut self, segments: FillSegments) -> Self {
+        self.fill_segments = segments;
+        self
+    }
+
     /// Sets whether a range of a cold blob starts the full fill.
     pub fn with_fill_on_range(mut self, fill: bool) -> Self {
         self.fill_on_range = fill;
@@ -244,6 +254,11 @@ impl CacheOptions {
         size_in("max_manifest_size", self.max_manifest_size, KIB..=64 * MIB)?;
         size_in("fill_window", self.fill_window as u64, 4 * KIB..=GIB)?;
         size_in("max_blob_size", self.max_blob_size, KIB..=PIB)?;
+        size_in(
+            "fill_segments.min_size",
+            self.fill_segments.min_size,
+            MIB..=PIB,
+        )?;
         if let Some(max) = self.max_size {
             size_in("max_size", max, Self::MAX_SIZE)?;
         }

@@ -58,6 +58,7 @@ pub use pass::{EvictReport, Evictor, ProtectedRoots};
 pub use pin::PinPattern;
 pub use purge::{purge, purge_target, PurgeReport};
 pub use removals::{announce_removal, Removal, RemovalWatch};
+pub(crate) use size::deserialize as deserialize_size_u64;
 pub(crate) use size::deserialize_opt as deserialize_size;
 pub use size::parse_size;
 

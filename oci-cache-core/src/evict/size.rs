@@ -47,6 +47,16 @@ pub fn parse_size(text: &str) -> Result<u64> {
         .ok_or_else(|| Error::Config(format!("size `{text}` does not fit in 64 bits")))
 }
 
+/// Deserializes a size from a string (`"16MiB"`) or a number of bytes.
+pub(crate) fn deserialize<'de, D>(deserializer: D) -> Result<u64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    deserialize_opt(deserializer)?.ok_or_else(|| {
+        serde::de::Error::custom("expected a size such as \"16MiB\" or a number of bytes")
+    })
+}
+
 /// Deserializes an optional size from a string (`"150MiB"`) or a number of bytes.
 pub(crate) fn deserialize_opt<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
 where

@@ -299,7 +299,7 @@ pub(super) fn io_error(e: std::io::Error) -> Error {
     Error::storage("spool", "blob spool i/o failed", e)
 }
 
-fn write_at(file: &File, bytes: &[u8], at: u64) -> Result<()> {
+pub(super) fn write_at(file: &File, bytes: &[u8], at: u64) -> Result<()> {
     write_all_at(file, bytes, at).map_err(io_error)
 }
 

@@ -56,6 +56,7 @@ use tracing::{info, warn};
 use super::buffer::{lock, Fill, Source};
 use super::reader::{Origin, Reader};
 use super::resume::{ResumingBody, Target};
+use super::segments::{Job, SegmentedBody};
 use super::{aborted, FillTask};
 use crate::digest::Digest;
 use crate::error::ErrorChain;
@@ -101,7 +102,7 @@ pub(super) struct FillBody<'a, S: ?Sized, U: ?Sized> {
 }
 
 enum From<'a, U: ?Sized> {
-    Upstream(ResumingBody<'a, U>),
+    Upstream(SegmentedBody<'a, U>),
     /// Another replica's fill (or, after it committed, the bucket).
     Relay {
         stream: ByteStream,
@@ -211,9 +212,14 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
         offset: u64,
         size: Option<u64>,
     ) -> Result<Self> {
-        let body =
-            ResumingBody::open_at(target(task), task.engine.options.fill_retry, offset, size)
-                .await?;
+        let retry = task.engine.options.fill_retry;
+        let body = if offset == 0 {
+            let slots = &task.engine.blob_fills.segment_slots;
+            SegmentedBody::open(target(task), job(task), slots).await?
+        } else {
+            let body = ResumingBody::open_at(target(task), retry, offset, size).await?;
+            SegmentedBody::single(body, target(task))
+        };
         let size = size.or(body.size());
         Ok(FillBody {
             task,
@@ -359,7 +365,7 @@ impl<'a, S: Storage + ?Sized, U: Upstream + ?Sized> FillBody<'a, S, U> {
         let task = self.task;
         let retry = task.engine.options.fill_retry;
         let body = ResumingBody::open_at(target(task), retry, self.pos, self.size).await?;
-        self.from = From::Upstream(body);
+        self.from = From::Upstream(SegmentedBody::single(body, target(task)));
         if !self.stores {
             self.stores = true;
             self.store_now = true;
@@ -532,6 +538,21 @@ async fn committed<S: Storage + ?Sized, U: ?Sized>(
     // From byte 0, a plain read: one GET, where a range costs a HEAD too.
     let range = (pos > 0).then_some(pos..u64::MAX);
     storage.blob_read(&task.digest, range).await.ok()
+}
+
+/// What a segment worker of `task` needs, owned.
+fn job<S: Storage + ?Sized, U: Upstream + ?Sized>(task: &FillTask<S, U>) -> Job<U> {
+    let options = &task.engine.options;
+    Job {
+        upstream: Arc::clone(&task.engine.upstream),
+        registry: task.registry.clone(),
+        repository: task.repository.clone(),
+        digest: task.digest.clone(),
+        observer: Arc::clone(&task.engine.observer),
+        retry: options.fill_retry,
+        spool_dir: task.spool_dir(),
+        options: options.fill_segments,
+    }
 }
 
 fn target<S: ?Sized, U: ?Sized>(task: &FillTask<S, U>) -> Target<'_, U> {

@@ -52,6 +52,8 @@
 //! mid-body is continued with `Range: bytes=N-` from the first byte not yet
 //! hashed and staged, so clients never see the cut and the staged write goes
 //! on; see [`resume`] for the checks on the answer and the retry bounds.
+//! A large blob comes over several ranged connections at once, still hashed
+//! and handed on in order; see [`segments`].
 //!
 //! # Hostile peers and full disks
 //!
@@ -103,6 +105,7 @@ mod peer;
 mod progress;
 pub(super) mod reader;
 mod resume;
+mod segments;
 mod spill;
 mod stored;
 
@@ -114,6 +117,7 @@ use spill::Spill;
 
 pub use progress::FillProgress;
 pub use resume::FillRetry;
+pub use segments::FillSegments;
 
 /// Chunks queued between the fill and the storage write.
 const STORE_QUEUE: usize = 8;
@@ -122,6 +126,8 @@ const STORE_QUEUE: usize = 8;
 /// upstreams, so one fill serves every repository that asks for the digest.
 pub(super) struct BlobFills {
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    /// Extra segment connections per upstream ([`segments`]).
+    segment_slots: segments::SegmentSlots,
 }
 
 impl std::fmt::Debug for BlobFills {
@@ -148,6 +154,7 @@ impl BlobFills {
     pub(super) fn new() -> Self {
         BlobFills {
             map: Arc::new(Mutex::new(HashMap::new())),
+            segment_slots: segments::SegmentSlots::default(),
         }
     }
 

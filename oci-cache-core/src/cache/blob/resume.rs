@@ -118,12 +118,26 @@ pub(super) struct Target<'a, U: ?Sized> {
     pub(super) observer: &'a SharedObserver,
 }
 
+impl<U: ?Sized> Clone for Target<'_, U> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<U: ?Sized> Copy for Target<'_, U> {}
+
 /// The fill's upstream body, resumed after cuts ([module docs](self)).
 pub(super) struct ResumingBody<'a, U: ?Sized> {
     target: Target<'a, U>,
     retry: FillRetry,
     /// The blob's size as the first answer announced it.
     size: Option<u64>,
+    /// The byte after the last one this body yields: the end of a part
+    /// (a [`segments`](super::segments) part, or the first answer's range);
+    /// `None`: up to the blob's end.
+    end: Option<u64>,
+    /// Set while opening a part: its first GET is no resume to report.
+    opening: bool,
     /// The entity tag of the bytes so far.
     etag: Option<String>,
     /// The endpoint of the current answer, when the upstream says.
@@ -145,21 +159,30 @@ pub(super) struct ResumingBody<'a, U: ?Sized> {
 }
 
 impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
-    /// Asks for the whole blob; fails as the first GET fails.
-    pub(super) async fn open(target: Target<'a, U>, retry: FillRetry) -> Result<Self> {
+    /// Asks for the whole blob, or with `probe` for its first `probe` bytes
+    /// (`Range: bytes=0-(probe-1)`); fails as the first GET fails. The body
+    /// then ends where the answer ends: a part ([`part_end`](Self::part_end))
+    /// when upstream honoured the range, else the whole blob.
+    pub(super) async fn open(
+        target: Target<'a, U>,
+        retry: FillRetry,
+        probe: Option<u64>,
+    ) -> Result<Self> {
         let first = target
             .upstream
             .blob_get_range(
                 target.registry,
                 target.repository,
                 target.digest,
-                &BlobRange::from_offset(0),
+                &BlobRange::from_offset(0).with_end(probe),
             )
             .await?;
         let mut body = ResumingBody {
             target,
             retry,
             size: first.total,
+            end: first.end.filter(|_| first.start == 0 && probe.is_some()),
+            opening: false,
             etag: first.etag.clone(),
             endpoint: None,
             avoid: Vec::new(),
@@ -185,13 +208,30 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         size: Option<u64>,
     ) -> Result<Self> {
         if offset == 0 {
-            return Self::open(target, retry).await;
+            return Self::open(target, retry, None).await;
         }
+        Self::open_part(target, retry, offset..u64::MAX, size, None).await
+    }
+
+    /// The bytes `part` of a blob of `size` bytes (`part.end` `u64::MAX`:
+    /// up to its end) whose earlier bytes came with `etag`: one ranged GET,
+    /// checked as a resume after a cut is, and resumed the same way.
+    pub(super) async fn open_part(
+        target: Target<'a, U>,
+        retry: FillRetry,
+        part: std::ops::Range<u64>,
+        size: Option<u64>,
+        etag: Option<String>,
+    ) -> Result<Self> {
+        let offset = part.start;
+        let opening = part.end != u64::MAX;
         let mut body = ResumingBody {
             target,
             retry,
             size,
-            etag: None,
+            end: opening.then_some(part.end),
+            opening,
+            etag,
             endpoint: None,
             avoid: Vec::new(),
             stream: None,
@@ -210,6 +250,21 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         self.size
     }
 
+    /// Where the body ends when it is a part of the blob, not all of it.
+    pub(super) fn part_end(&self) -> Option<u64> {
+        self.end
+    }
+
+    /// The entity tag of the bytes so far.
+    pub(super) fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// The byte after the last one this body yields, when known.
+    fn limit(&self) -> Option<u64> {
+        self.end.or(self.size)
+    }
+
     /// The next bytes of the blob; `None` at its end.
     pub(super) async fn next(&mut self) -> Option<Result<Bytes>> {
         loop {
@@ -222,6 +277,18 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
                     if chunk.is_empty() {
                         continue;
                     }
+                    if let Some(end) = self.end {
+                        // An upstream may send more than the part asked for
+                        // (the whole blob after a restart): the rest is not ours.
+                        let room = end.saturating_sub(self.pos);
+                        if chunk.len() as u64 >= room {
+                            chunk.truncate(usize::try_from(room).unwrap_or(chunk.len()));
+                            self.stream = None;
+                            if chunk.is_empty() {
+                                return None;
+                            }
+                        }
+                    }
                     self.pos += chunk.len() as u64;
                     return Some(Ok(chunk));
                 }
@@ -230,7 +297,7 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
                     self.stream = None;
                     return Some(Err(e));
                 }
-                None => match self.size {
+                None => match self.limit() {
                     Some(size) if self.pos < size => Error::SizeMismatch {
                         digest: self.target.digest.clone(),
                         expected: size,
@@ -243,7 +310,7 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
                 },
             };
             self.stream = None;
-            if self.size.is_some_and(|size| self.pos >= size) {
+            if self.limit().is_some_and(|limit| self.pos >= limit) {
                 // Cut after the last byte: nothing is missing (the digest
                 // check decides), and a range from the end is unsatisfiable.
                 return None;
@@ -301,13 +368,17 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         let answer = self
             .get(
                 BlobRange::from_offset(offset)
+                    .with_end(self.end)
                     .with_if_range(self.etag.clone().filter(|t| !t.starts_with("W/"))),
             )
             .await?;
         let changed = self.changed(&answer);
+        let opening = std::mem::take(&mut self.opening);
         if answer.start == offset && !changed {
-            debug!(digest = %self.target.digest, offset, "blob fill resumed with a range");
-            self.report(FillPhase::Resumed { offset });
+            if !opening {
+                debug!(digest = %self.target.digest, offset, "blob fill resumed with a range");
+                self.report(FillPhase::Resumed { offset });
+            }
             self.adopt(answer, 0);
             return Ok(());
         }

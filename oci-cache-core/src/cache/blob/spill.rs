@@ -143,7 +143,7 @@ impl<S: ?Sized, U: ?Sized> FillTask<S, U> {
         self.fill.spill(&file, keep).await
     }
 
-    fn spool_dir(&self) -> std::path::PathBuf {
+    pub(super) fn spool_dir(&self) -> std::path::PathBuf {
         self.engine
             .options
             .spool_dir

@@ -166,7 +166,7 @@ async fn wrong_digest_is_never_stored_and_the_next_request_refetches() {
 /// byte): the fill gives up after its attempts. Cuts a range mends are in `resume`.
 #[tokio::test]
 async fn truncated_or_reset_body_errors_and_stores_nothing() {
-    let s = setup(CacheOptions::default());
+    let s = setup(one_connection());
     let data = pattern(8000);
     let digest = s
         .upstream

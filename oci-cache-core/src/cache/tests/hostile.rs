@@ -63,7 +63,7 @@ async fn wrong_bytes_of_the_right_length_never_reach_a_client_complete() {
 
 #[tokio::test]
 async fn a_body_without_length_is_cut_at_max_blob_size() {
-    let s = setup(CacheOptions::default().with_max_blob_size(10_000));
+    let s = setup(one_connection().with_max_blob_size(10_000));
     // An endless body stands for one far over the cap.
     let digest = s
         .upstream

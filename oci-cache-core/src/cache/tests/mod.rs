@@ -31,6 +31,7 @@ mod peer;
 mod ranges;
 mod referrers;
 mod resume;
+mod segments;
 mod staged;
 mod tags;
 
@@ -160,3 +161,9 @@ fn broad() -> Vec<String> {
 const INDEX: &[u8] =
     br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
 const CHILD: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#;
+
+/// Options with one upstream connection per blob: for tests of what a
+/// single body does (its first GET asks for no range).
+fn one_connection() -> CacheOptions {
+    CacheOptions::default().with_fill_segments(FillSegments::default().with_connections(1))
+}

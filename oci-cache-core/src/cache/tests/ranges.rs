@@ -26,7 +26,7 @@ fn forwarded(upstream: &FakeUpstream) -> Vec<Range<u64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_range_far_ahead_is_forwarded_while_one_fill_runs() {
-    let s = setup(CacheOptions::default());
+    let s = setup(one_connection());
     let (data, script) = slow_blob(16 * MIB);
     let digest = s.upstream.add_blob(script.clone());
     let tail = (15 * MIB) as u64..(16 * MIB) as u64;
@@ -55,7 +55,7 @@ async fn cold_range_far_ahead_is_forwarded_while_one_fill_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_slices_of_a_cold_blob_cost_one_fill_and_few_ranges() {
-    let s = setup(CacheOptions::default());
+    let s = setup(one_connection());
     let size = 32 * MIB;
     let slice = 4 * MIB;
     let (data, script) = slow_blob(size);
@@ -101,7 +101,7 @@ async fn parallel_slices_of_a_cold_blob_cost_one_fill_and_few_ranges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_behind_the_fill_is_answered_before_the_blob_is_verified() {
-    let s = setup(CacheOptions::default());
+    let s = setup(one_connection());
     let data = pattern(10_000);
     let gate = Arc::new(Semaphore::new(2));
     let digest = s
@@ -131,7 +131,7 @@ async fn range_behind_the_fill_is_answered_before_the_blob_is_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_range_answered_with_the_whole_blob_falls_back_to_the_fill() {
-    let s = setup(CacheOptions::default());
+    let s = setup(one_connection());
     let (data, script) = slow_blob(8 * MIB);
     let digest = s.upstream.add_blob(script.ignore_ranges());
     let tail = (7 * MIB) as u64..(8 * MIB) as u64;

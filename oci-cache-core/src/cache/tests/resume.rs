@@ -34,7 +34,7 @@ fn resuming(attempts: u32) -> Resuming {
     let retry = FillRetry::default()
         .with_attempts(attempts)
         .with_backoff(Duration::from_millis(1));
-    resuming_with(CacheOptions::default().with_fill_retry(retry))
+    resuming_with(one_connection().with_fill_retry(retry))
 }
 
 fn resuming_with(options: CacheOptions) -> Resuming {

@@ -1,0 +1,87 @@
+//! A large cold blob over several ranged connections (issue 28).
+
+use super::*;
+use crate::testing::Cut;
+use crate::upstream::BlobRange;
+
+const MIB: usize = 1024 * 1024;
+
+fn segmented() -> Setup {
+    let segments = FillSegments::default()
+        .with_connections(4)
+        .with_min_size(MIB as u64);
+    setup(CacheOptions::default().with_fill_segments(segments))
+}
+
+/// The ranges asked, as `start..end`, sorted; each must have an end.
+fn spans(ranges: &[BlobRange]) -> Vec<std::ops::Range<u64>> {
+    let mut spans: Vec<_> = ranges
+        .iter()
+        .map(|r| r.offset..r.end.expect("every GET of a segmented fill is bounded"))
+        .collect();
+    spans.sort_by_key(|r| r.start);
+    spans
+}
+
+fn assert_tiles(spans: &[std::ops::Range<u64>], len: u64) {
+    let mut at = 0;
+    for span in spans {
+        assert_eq!(span.start, at, "a gap or an overlap: {spans:?}");
+        at = span.end;
+    }
+    assert_eq!(at, len, "{spans:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_blob_comes_in_parts_that_cover_it_once_and_is_stored_whole() {
+    let s = segmented();
+    let data = pattern(4 * MIB + 3000);
+    let digest = s.upstream.add_blob(BlobScript::new(&data));
+    let got = blob_bytes(&s.engine, &digest).await.unwrap();
+    assert!(got == data, "the client got other bytes");
+    fills_settled(&s.engine).await;
+    assert!(stored_blob(&s.storage, &digest).await.as_deref() == Some(&data[..]));
+    let ranges = s.upstream.blob_ranges();
+    assert_eq!((ranges[0].offset, ranges[0].end), (0, Some(MIB as u64)));
+    assert_eq!(ranges.len(), 4, "the first MiB and three parts: {ranges:?}");
+    assert_tiles(&spans(&ranges), data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_first_answer_resumes_only_up_to_its_own_end() {
+    let s = segmented();
+    let data = pattern(4 * MIB + 3000);
+    // Only the first answer (the first MiB) is cut.
+    let digest = s
+        .upstream
+        .add_blob(BlobScript::new(&data).cut_every(500_000, Cut::Reset, 1));
+    let got = blob_bytes(&s.engine, &digest).await.unwrap();
+    assert!(got == data, "the client got other bytes");
+    let mut spans = spans(&s.upstream.blob_ranges());
+    let again = spans
+        .iter()
+        .position(|r| *r == (500_000..MIB as u64))
+        .expect("the cut first answer is resumed up to its end, not beyond");
+    spans.remove(again);
+    assert_tiles(&spans, data.len() as u64);
+}
+
+#[tokio::test]
+async fn an_upstream_that_ignores_the_range_is_read_on_one_connection() {
+    let s = segmented();
+    let data = pattern(3 * MIB);
+    let digest = s.upstream.add_blob(BlobScript::new(&data).ignore_ranges());
+    let got = blob_bytes(&s.engine, &digest).await.unwrap();
+    assert!(got == data, "the client got other bytes");
+    assert_eq!(s.upstream.blob_ranges().len(), 1, "one GET, answered whole");
+}
+
+#[tokio::test]
+async fn a_blob_up_to_min_size_comes_in_the_first_answer() {
+    let s = segmented();
+    let data = pattern(MIB);
+    let digest = s.upstream.add_blob(BlobScript::new(&data));
+    let got = blob_bytes(&s.engine, &digest).await.unwrap();
+    assert!(got == data, "the client got other bytes");
+    assert_eq!(s.upstream.blob_ranges().len(), 1);
+}
