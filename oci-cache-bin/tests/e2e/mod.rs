@@ -24,5 +24,6 @@ mod registry_proxy;
 mod reload;
 mod resilience;
 mod resume;
+mod segments;
 mod status_page;
 mod trust;
