@@ -127,7 +127,7 @@ const STORE_QUEUE: usize = 8;
 pub(super) struct BlobFills {
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
     /// Extra segment connections per upstream ([`segments`]).
-    segment_slots: segments::SegmentSlots,
+    segment_slots: Arc<segments::SegmentSlots>,
 }
 
 impl std::fmt::Debug for BlobFills {
@@ -154,7 +154,7 @@ impl BlobFills {
     pub(super) fn new() -> Self {
         BlobFills {
             map: Arc::new(Mutex::new(HashMap::new())),
-            segment_slots: segments::SegmentSlots::default(),
+            segment_slots: Arc::default(),
         }
     }
 
@@ -163,6 +163,7 @@ impl BlobFills {
     pub(super) fn shared(&self) -> Self {
         BlobFills {
             map: Arc::clone(&self.map),
+            segment_slots: Arc::clone(&self.segment_slots),
         }
     }
 
