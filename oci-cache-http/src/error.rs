@@ -28,6 +28,11 @@ pub enum Error {
     #[error("tls setup failed: {0}; check the system certificate store")]
     Tls(String),
 
+    /// An ACME certificate could not be obtained, stored or loaded (the
+    /// message says which step and what to check).
+    #[error("ACME: {0}")]
+    Acme(String),
+
     /// Client authentication could not be set up (htpasswd file, access settings).
     #[error("client authentication: {0}")]
     ClientAuth(String),

@@ -90,6 +90,7 @@
 //! # }
 //! ```
 
+pub mod acme;
 pub mod body;
 pub mod client_auth;
 pub mod error;

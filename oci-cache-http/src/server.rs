@@ -309,6 +309,12 @@ where
                             return;
                         }
                     };
+                    if stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                        // A CA validating TLS-ALPN-01: the handshake was the
+                        // answer, no HTTP follows (RFC 8737 section 3).
+                        tracing::debug!(%peer, "answered an ACME TLS-ALPN-01 validation");
+                        return;
+                    }
                     drive!(builder
                         .serve_connection(TokioIo::new(stream), tracked)
                         .into_owned())

@@ -22,7 +22,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
-use tokio_rustls::TlsAcceptor;
+/// The acceptor [`serve_with`](crate::serve_with) takes.
+pub use tokio_rustls::TlsAcceptor;
 
 use crate::pem::{read_certs, read_key};
 use crate::{Error, Result};
@@ -54,10 +55,32 @@ pub fn reloadable_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<Serving
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = Arc::new(ServingCert::open(files, provider.clone())?);
     let serving = Arc::clone(&resolver);
+    let acceptor = acceptor_over(resolver, files.client_ca.as_deref(), provider, false)?;
+    Ok((acceptor, serving))
+}
+
+/// A TLS acceptor over the certificate of an ACME order
+/// ([`acme::AcmeResolver`](crate::acme::AcmeResolver)); with `tls_alpn_01`
+/// it also offers `acme-tls/1` (after `h2` and `http/1.1`, so no client
+/// gets it unless it asks for nothing else) to answer TLS-ALPN-01.
+pub fn acme_acceptor(
+    resolver: Arc<crate::acme::AcmeResolver>,
+    tls_alpn_01: bool,
+) -> Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    acceptor_over(resolver, None, provider, tls_alpn_01)
+}
+
+fn acceptor_over(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_ca: Option<&Path>,
+    provider: Arc<CryptoProvider>,
+    tls_alpn_01: bool,
+) -> Result<TlsAcceptor> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(format!("no usable TLS versions: {e}")))?;
-    let builder = match &files.client_ca {
+    let builder = match client_ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(
@@ -78,7 +101,12 @@ pub fn reloadable_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<Serving
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((TlsAcceptor::from(Arc::new(config)), serving))
+    if tls_alpn_01 {
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A TLS client configuration that trusts exactly the leaf certificate of
