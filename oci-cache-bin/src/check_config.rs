@@ -91,7 +91,7 @@ fn print(out: &mut impl Write, settings: &Settings) -> io::Result<()> {
         )?;
     }
     for line in crate::trust::describe(
-        settings.tls.as_ref(),
+        (settings.tls.as_ref(), settings.acme.as_ref()),
         settings.client_auth.as_ref(),
         (&settings.mirrors, &settings.local_prefixes),
     ) {

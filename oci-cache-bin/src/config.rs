@@ -134,8 +134,10 @@ pub(crate) struct Settings {
     pub(crate) upstream_client: UpstreamOptions,
     /// Client authentication, when an htpasswd file is configured.
     pub(crate) client_auth: Option<ClientAuthConfig>,
-    /// The serving certificate, when serving TLS.
+    /// The serving certificate, when serving TLS from files.
     pub(crate) tls: Option<TlsFiles>,
+    /// The serving certificate from an ACME CA (`[tls.acme]`).
+    pub(crate) acme: Option<oci_cache_http::acme::AcmeConfig>,
     /// The server's connection policy (`[limits]`).
     pub(crate) server: ServerOptions,
     /// First path components of hosted repositories (empty: a pure cache).
@@ -436,11 +438,21 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         (&mirrors, &local_prefixes),
         &storage,
     )?;
+    let mut tls_file = file.tls;
+    let acme = crate::trust::take_acme(
+        (
+            args.tls_cert.as_ref(),
+            args.tls_key.as_ref(),
+            args.tls_client_ca.as_ref(),
+        ),
+        &mut tls_file,
+        &storage,
+    )?;
     let tls = crate::trust::tls(
         args.tls_cert.as_ref(),
         args.tls_key.as_ref(),
         args.tls_client_ca.as_ref(),
-        file.tls,
+        tls_file,
     )?;
     let fleet = crate::fleet::settings(
         (args.advertise_url.as_ref(), args.peer_secret_file.as_ref()),
@@ -467,6 +479,7 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         upstream_client,
         client_auth,
         tls,
+        acme,
         server,
         local_prefixes,
         hosted,
@@ -530,6 +543,7 @@ fn apply_registry_compat(args: &ServeArgs, file: &mut FileConfig) -> Result<(), 
             cert: tls.certificate,
             key: tls.key,
             client_ca: tls.client_ca,
+            acme: tls.letsencrypt,
         });
     }
     if let (None, Some(htpasswd)) = (&file.auth, compat.htpasswd) {

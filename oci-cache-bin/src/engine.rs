@@ -53,7 +53,12 @@ where
         Ok(code) => code,
         Err(e) => {
             print_chain(err, e.as_ref());
-            ExitCode::FAILURE
+            // No certificate to serve is a setup problem like a bad
+            // configuration, not a crash: the same status.
+            match e.downcast_ref::<oci_cache_http::Error>() {
+                Some(oci_cache_http::Error::Acme(_)) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -12,11 +12,12 @@
 //! the storage (the first file that sets it wins; the others are reported). The environment applies over the first file, as
 //! registry:2 applies it over its one file. Sections this mirror does not
 //! use are listed in one warning. `http.tls` becomes the mirror's serving
-//! certificate and `auth.htpasswd` its client authentication. A security
+//! certificate (`letsencrypt`: `[tls.acme]`) and `auth.htpasswd` its client
+//! authentication. A security
 //! setting that cannot be honoured is refused, not ignored, whatever its
 //! source: another `auth` scheme (`token`, `silly`, `REGISTRY_AUTH=token`),
 //! `auth` written as a scalar, htpasswd without a path, `http.tls` without a
-//! certificate (oci-cache has no Let's Encrypt client), and any
+//! certificate or `letsencrypt.hosts`, and any
 //! `REGISTRY_AUTH_*` / `REGISTRY_HTTP_TLS_*` variable it does not read:
 //! silently serving plain, open HTTP where the operator asked for neither
 //! would be worse.
@@ -30,6 +31,8 @@ use oci_cache_core::storage::S3Config;
 use serde_norway::{Mapping, Value};
 
 use crate::config::StorageConfig;
+
+mod letsencrypt;
 
 /// What registry:2 configuration says, for `config::resolve` to merge.
 #[derive(Debug, Default)]
@@ -65,6 +68,8 @@ pub(crate) struct RegistryTls {
     pub(crate) key: Option<PathBuf>,
     /// registry:2 takes a list; oci-cache trusts one CA file (the first).
     pub(crate) client_ca: Option<PathBuf>,
+    /// `letsencrypt`: the certificate from an ACME CA instead.
+    pub(crate) letsencrypt: Option<crate::trust::acme::AcmeFile>,
 }
 
 /// registry:2's htpasswd client authentication.
@@ -228,9 +233,8 @@ fn parse(value: &Value, name: String) -> Result<Source, String> {
     Ok(source)
 }
 
-/// `http.tls`: a certificate and key. registry:2 can also get one from
-/// Let's Encrypt (`letsencrypt`); oci-cache cannot, and serving plain HTTP
-/// where TLS was asked for would be worse than not starting.
+/// `http.tls`: a certificate and key, or `letsencrypt` (an ACME CA). Plain
+/// HTTP where TLS was asked for would be worse than not starting.
 fn tls(value: &Value, name: &str) -> Result<RegistryTls, String> {
     let path = |key: &str| value.get(key).and_then(text).map(PathBuf::from);
     let client_ca = value
@@ -243,24 +247,27 @@ fn tls(value: &Value, name: &str) -> Result<RegistryTls, String> {
         certificate: path("certificate"),
         key: path("key"),
         client_ca,
+        letsencrypt: letsencrypt::letsencrypt(value.get("letsencrypt"), name)?,
     };
     if let Some(other) = entries(value)
         .map(|(k, _)| k)
-        .find(|k| !["certificate", "key", "clientcas"].contains(k))
+        .find(|k| !["certificate", "key", "clientcas", "letsencrypt"].contains(k))
     {
         return Err(format!(
-            "{name}: http.tls.{other} is set, but oci-cache serves TLS only from certificate and key files{}; \
-             give http.tls.certificate and http.tls.key (or --tls-cert and --tls-key)",
-            if other == "letsencrypt" { " (it has no Let's Encrypt/ACME client)" } else { "" }
+            "{name}: http.tls.{other} is set, but oci-cache serves TLS only from certificate and key files \
+             or http.tls.letsencrypt; give http.tls.certificate and http.tls.key (or --tls-cert and --tls-key)"
         ));
     }
-    if tls.certificate.is_none() {
-        return Err(format!(
+    match (&tls.certificate, &tls.letsencrypt) {
+        (None, None) => Err(format!(
             "{name}: http.tls has no certificate, so TLS cannot be served; give http.tls.certificate \
-             and http.tls.key (or --tls-cert and --tls-key), or remove http.tls to serve plain HTTP"
-        ));
+             and http.tls.key (or --tls-cert and --tls-key) or http.tls.letsencrypt, or remove http.tls to serve plain HTTP"
+        )),
+        (Some(_), Some(_)) => Err(format!(
+            "{name}: http.tls has both a certificate and letsencrypt; keep one (registry:2 would use letsencrypt)"
+        )),
+        _ => Ok(tls),
     }
-    Ok(tls)
 }
 
 /// `auth`: only `htpasswd` with a `path` is honoured; anything else is
@@ -372,6 +379,7 @@ fn env_source(env: &dyn Fn(&str) -> Option<String>) -> Result<Source, String> {
         certificate,
         key,
         client_ca: None,
+        letsencrypt: None,
     });
     let htpasswd = env("REGISTRY_AUTH_HTPASSWD_PATH").map(|path| RegistryHtpasswd {
         path: path.into(),

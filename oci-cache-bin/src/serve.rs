@@ -12,6 +12,7 @@ use oci_cache_core::evict::{Evictor, RemovalWatch};
 use oci_cache_core::fleet::Fleet;
 use oci_cache_core::health::Readiness;
 use oci_cache_core::storage::Storage;
+use oci_cache_http::acme::{Acme, Challenge, Http01Listener};
 use oci_cache_http::client_auth;
 use oci_cache_http::fleet::PeerSecret;
 use oci_cache_http::metrics::{Metrics, MetricsService};
@@ -36,13 +37,19 @@ pub(crate) fn run(args: &ServeArgs, err: &mut impl Write) -> ExitCode {
 async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
     raise_fd_limit();
     // Everything that can fail comes before the listeners are bound, and
-    // nothing says "serving" before they are.
-    let (tls, serving_cert) = match &settings.tls {
-        Some(files) => {
+    // nothing says "serving" before they are. Without a certificate to
+    // serve (cached, or a CA to order one from) the mirror must not start.
+    let acme = match &settings.acme {
+        Some(config) => Some(Acme::start(config.clone()).await?),
+        None => None,
+    };
+    let (tls, serving_cert) = match (&settings.tls, &acme) {
+        (Some(files), _) => {
             let (acceptor, serving) = tls_server::reloadable_acceptor(files)?;
             (Some(acceptor), Some(serving))
         }
-        None => (None, None),
+        (None, Some(acme)) => (Some(acme_listeners(acme).await?), None),
+        (None, None) => (None, None),
     };
     let (storage, fleet) = match (&settings.fleet, &settings.storage) {
         (Some(fleet), StorageConfig::S3(s3)) => {
@@ -108,7 +115,7 @@ async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
         tag_ttl = ?settings.cache.tag_ttl,
         offline = settings.upstream_client.offline,
         client_auth = settings.client_auth.is_some(),
-        tls = settings.tls.is_some(),
+        tls = settings.tls.is_some() || acme.is_some(),
         advertise_url = settings.fleet.as_ref().map(|f| f.advertise_url.as_str()),
         fill_leases = fleet.as_ref().map(|f| f.leases_enabled()),
         "oci-cache serving"
@@ -130,7 +137,25 @@ async fn serve(args: ServeArgs, settings: Settings) -> Result<(), BoxError> {
         parts,
     }
     .spawn();
-    oci_cache_http::serve_all(listeners, pipeline, tls, server, shutdown_signal()).await?;
+    let serving = oci_cache_http::serve_all(listeners, pipeline, tls, server, shutdown_signal());
+    tokio::pin!(serving);
+    let stopped = match acme {
+        // The order needs the listeners up (the CA connects to them), and
+        // fails the start when it fails.
+        Some(mut acme) => tokio::select! {
+            result = &mut serving => Some(result),
+            ordered = acme.ensure_certificate() => {
+                ordered?;
+                acme.spawn_renewal();
+                None
+            }
+        },
+        None => None,
+    };
+    match stopped {
+        Some(result) => result?,
+        None => serving.await?,
+    }
     drain_fills(&engine).await;
     tracing::info!("oci-cache stopped");
     Ok(())
@@ -163,8 +188,31 @@ pub(crate) fn mirror_builder(settings: &Settings, parts: &MirrorParts) -> Mirror
     // Built here, so a reload serves the reloaded upstreams too.
     builder.client_config(Arc::new(ServedClientConfig::new(
         settings.mirrors.clone(),
-        settings.tls.is_some(),
+        settings.tls.is_some() || settings.acme.is_some(),
     )))
+}
+
+/// The TLS acceptor of an ACME certificate, and for HTTP-01 the plain
+/// HTTP listener that answers its challenges.
+async fn acme_listeners(acme: &Acme) -> Result<tls_server::TlsAcceptor, BoxError> {
+    let config = acme.config();
+    if config.challenge == Challenge::Http01 {
+        let addr = config.http01_listen;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            format!("cannot listen on {addr} for ACME HTTP-01 challenges: {e}; set [tls.acme] http01_listen, or use challenge = \"tls-alpn-01\"")
+        })?;
+        tracing::info!(http01_listen = %addr, "answering ACME HTTP-01 challenges");
+        let tokens = acme.http01_tokens();
+        tokio::spawn(async move {
+            if let Err(e) = Http01Listener::serve(listener, tokens, shutdown_signal()).await {
+                tracing::error!(error = %e, "the ACME HTTP-01 listener stopped");
+            }
+        });
+    }
+    Ok(tls_server::acme_acceptor(
+        acme.resolver(),
+        config.challenge == Challenge::TlsAlpn01,
+    )?)
 }
 
 /// Binds every listener (all or none: a port taken fails the start, naming it).

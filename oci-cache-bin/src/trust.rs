@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use oci_cache_core::mirror::MirrorConfig;
+use oci_cache_http::acme::{AcmeConfig, Challenge};
 use oci_cache_http::client_auth::{Access, ClientAuthConfig};
 use oci_cache_http::tls_server::TlsFiles;
 use serde::Deserialize;
 
 use crate::config::StorageConfig;
+
+pub(crate) mod acme;
 
 /// Realm of the Basic challenge when the configuration names none.
 const DEFAULT_REALM: &str = "oci-cache";
@@ -102,6 +105,35 @@ pub(crate) struct TlsFile {
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
     pub(crate) client_ca: Option<PathBuf>,
+    /// `[tls.acme]`: the certificate from an ACME CA instead of files.
+    pub(crate) acme: Option<acme::AcmeFile>,
+}
+
+/// The ACME settings (`[tls.acme]`), taken out of `file`; refused beside a
+/// certificate from files or flags, or beside client certificates (the CA
+/// validating TLS-ALPN-01 presents none, and one listener cannot both
+/// require and not require them).
+pub(crate) fn take_acme(
+    flags: (Option<&PathBuf>, Option<&PathBuf>, Option<&PathBuf>),
+    file: &mut Option<TlsFile>,
+    storage: &StorageConfig,
+) -> Result<Option<oci_cache_http::acme::AcmeConfig>, String> {
+    let Some(acme_file) = file.as_mut().and_then(|f| f.acme.take()) else {
+        return Ok(None);
+    };
+    let (cert, key, client_ca) = flags;
+    let from_files = file
+        .as_ref()
+        .is_some_and(|f| f.cert.is_some() || f.key.is_some() || f.client_ca.is_some());
+    if from_files || cert.is_some() || key.is_some() || client_ca.is_some() {
+        return Err(
+            "[tls.acme] gets the certificate from an ACME CA, but a certificate or client CA is also given \
+             (--tls-cert/--tls-key/--tls-client-ca or [tls] cert/key/client_ca); keep one of the two"
+                .to_owned(),
+        );
+    }
+    *file = None;
+    acme::settings(acme_file, storage).map(Some)
 }
 
 /// The serving certificate from the flags over the file; `None` serves plain HTTP.
@@ -117,6 +149,7 @@ pub(crate) fn tls(
             cert: None,
             key: None,
             client_ca: None,
+            acme: None,
         })
     );
     if empty_table && cert.is_none() && key.is_none() {
@@ -149,13 +182,23 @@ pub(crate) fn tls(
 /// authentication, and per upstream and local prefix who may read it and
 /// whose credentials it uses (never a password).
 pub(crate) fn describe(
-    tls: Option<&TlsFiles>,
+    (tls, acme): (Option<&TlsFiles>, Option<&AcmeConfig>),
     client_auth: Option<&ClientAuthConfig>,
     (mirrors, local_prefixes): (&MirrorConfig, &[String]),
 ) -> Vec<String> {
     let mut lines = Vec::new();
-    lines.push(match tls {
-        Some(files) => format!(
+    lines.push(match (tls, acme) {
+        (None, Some(acme)) => format!(
+            "tls: ACME certificate for {} from {} ({}), cached in {}",
+            acme.domains.join(", "),
+            acme.directory_url,
+            match acme.challenge {
+                Challenge::TlsAlpn01 => "tls-alpn-01 on the TLS listener".to_owned(),
+                Challenge::Http01 => format!("http-01 on {}", acme.http01_listen),
+            },
+            acme.cache_dir.display()
+        ),
+        (Some(files), _) => format!(
             "tls: cert {} key {}{}",
             files.cert.display(),
             files.key.display(),
@@ -165,7 +208,7 @@ pub(crate) fn describe(
                 .map(|ca| format!(", client certificates from {}", ca.display()))
                 .unwrap_or_default()
         ),
-        None => "tls: off (plain HTTP)".to_owned(),
+        (None, None) => "tls: off (plain HTTP)".to_owned(),
     });
     lines.push(match client_auth {
         Some(auth) => format!(
@@ -305,7 +348,7 @@ mod tests {
             );
         }
         assert_eq!(auth.access_of("local"), Access::Public);
-        let lines = describe(None, Some(&auth), served).join("\n");
+        let lines = describe((None, None), Some(&auth), served).join("\n");
         assert!(
             lines.contains("upstream ghcr.io: access authenticated"),
             "{lines}"

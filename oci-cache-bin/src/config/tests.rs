@@ -324,3 +324,55 @@ fn budgets_and_the_pull_policy_are_read_and_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("block"), "{err}");
 }
+
+#[test]
+fn tls_acme_table_defaults_to_lets_encrypt_tls_alpn_and_a_cache_in_the_storage_dir() {
+    let (_dir, path) = file(
+        "acme.toml",
+        "[storage]\nkind = \"filesystem\"\ndir = \"/var/lib/oci-cache\"\n\n\
+         [tls.acme]\ndomains = [\"mirror.example.com\"]\ncontact = [\"ops@example.com\"]\n",
+    );
+    let mut a = args();
+    a.config.config = Some(path);
+    let settings = resolve(&a).unwrap();
+    assert_eq!(settings.tls, None);
+    let acme = settings.acme.unwrap();
+    assert_eq!(acme.domains, ["mirror.example.com"]);
+    assert_eq!(
+        acme.directory_url,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(acme.challenge, oci_cache_http::acme::Challenge::TlsAlpn01);
+    assert_eq!(acme.cache_dir, PathBuf::from("/var/lib/oci-cache/_acme"));
+    assert_eq!(acme.renew_before, None);
+
+    for (text, expected) in [
+        ("[tls.acme]\n", "domains is empty"),
+        (
+            "[tls.acme]\ndomains = [\"*.example.com\"]\n",
+            "no wildcards or IP addresses",
+        ),
+        (
+            "[tls.acme]\ndomains = [\"a.example\"]\nchallenge = \"dns-01\"\n",
+            "use \"tls-alpn-01\"",
+        ),
+        (
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[tls.acme]\ndomains = [\"a.example\"]\n",
+            "keep one of the two",
+        ),
+        (
+            "[storage]\nkind = \"memory\"\n[tls.acme]\ndomains = [\"a.example\"]\n",
+            "cache_dir is needed",
+        ),
+        (
+            "[tls.acme]\ndomains = [\"a.example\"]\nrenew_before = \"soon\"\n",
+            "renew_before",
+        ),
+    ] {
+        let (_dir, path) = file("bad.toml", text);
+        let mut a = args();
+        a.config.config = Some(path);
+        let err = resolve(&a).unwrap_err();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}

@@ -217,6 +217,7 @@ fn tls_and_htpasswd_become_the_mirrors_own_other_auth_is_refused() {
             certificate: Some("/c.pem".into()),
             key: Some("/k.pem".into()),
             client_ca: None,
+            letsencrypt: None,
         })
     );
     assert_eq!(
@@ -298,7 +299,11 @@ fn security_settings_that_cannot_be_honoured_are_refused() {
         ),
         (
             "http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n      email: a@b.c\n",
-            "Let's Encrypt",
+            "http.tls.letsencrypt has no hosts",
+        ),
+        (
+            "http:\n  tls:\n    certificate: /c.pem\n    letsencrypt:\n      hosts: [a.example]\n",
+            "both a certificate and letsencrypt",
         ),
     ] {
         let file = write(dir.path(), "c.yml", yaml);
@@ -357,4 +362,28 @@ fn security_settings_that_cannot_be_honoured_are_refused() {
         "{err}"
     );
     assert!(!err.contains("REGISTRY_HTTP_ADDR"), "{err}");
+}
+
+#[test]
+fn letsencrypt_becomes_acme_with_tls_alpn_and_a_cache_beside_the_cachefile() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "le.yml",
+        "http:\n  tls:\n    letsencrypt:\n      cachefile: /var/lib/registry/le.json\n      email: ops@example.com\n      hosts: [mirror.example.com, m2.example.com]\n",
+    );
+    let tls = load(&[file], &|_: &str| None).unwrap().tls.unwrap();
+    assert_eq!(tls.certificate, None);
+    assert_eq!(
+        tls.letsencrypt,
+        Some(crate::trust::acme::AcmeFile {
+            domains: vec!["mirror.example.com".into(), "m2.example.com".into()],
+            contact: vec!["ops@example.com".into()],
+            // registry:2's default CA: unset here, Let's Encrypt production later.
+            directory_url: None,
+            challenge: Some("tls-alpn-01".into()),
+            cache_dir: Some("/var/lib/registry/oci-cache-acme".into()),
+            ..Default::default()
+        })
+    );
 }
