@@ -52,6 +52,7 @@ fn probes(heading: &str) -> Option<(Vec<String>, &'static [&'static str])> {
         | "`[upstream_client]`"
         | "`[limits]`"
         | "`[tls]`"
+        | "`[tls.acme]`"
         | "`[auth]`"
         | "`[fleet]`"
         | "`[fleet.lease]`" => {

@@ -3,6 +3,7 @@
 //! `registry_proxy` proves the harness against docker-registry in proxy mode;
 //! `oci_cache` runs the same kind of pulls through the `oci-cache` binary.
 
+mod acme;
 mod airgap;
 mod artifacts;
 mod chain;

@@ -238,7 +238,7 @@ fn credentialed_upstreams_without_client_auth_are_warned_about() {
 }
 
 /// Runs `openssl` with `args` in `dir`, panicking with its stderr on failure.
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+pub(super) fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

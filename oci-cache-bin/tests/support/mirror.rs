@@ -151,14 +151,29 @@ impl Mirror {
         Mirror::start_probing(args, dir_files, "")
     }
 
+    /// [`Mirror::start_tls_with_args`] on a given `port` (one another
+    /// process was told about, e.g. an ACME CA's challenge port).
+    pub(crate) fn start_tls_on(port: u16, args: &[&str], dir_files: &[(&str, &str)]) -> Mirror {
+        Mirror::start_probing_on(port, args, dir_files, "")
+    }
+
     fn start_probing(args: &[&str], dir_files: &[(&str, &str)], probe: &str) -> Mirror {
+        Mirror::start_probing_on(free_port(), args, dir_files, probe)
+    }
+
+    fn start_probing_on(
+        port: u16,
+        args: &[&str],
+        dir_files: &[(&str, &str)],
+        probe: &str,
+    ) -> Mirror {
         let dir = tempdir();
         let d = path_arg(dir.path());
         for (name, contents) in dir_files {
             std::fs::write(dir.path().join(name), contents.replace("{dir}", &d)).unwrap();
         }
         let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &d)).collect();
-        Mirror::spawn_probing(dir, ("127.0.0.1", free_port()), &args, &[], probe)
+        Mirror::spawn_probing(dir, ("127.0.0.1", port), &args, &[], probe)
     }
 
     /// A graceful stop (SIGTERM): in-flight requests finish and blob fills

@@ -9,6 +9,7 @@ pub(crate) mod dockerd;
 pub(crate) mod http;
 pub(crate) mod image;
 pub(crate) mod mirror;
+pub(crate) mod pebble;
 pub(crate) mod podman;
 pub(crate) mod registry;
 pub(crate) mod s3;
