@@ -47,15 +47,8 @@ fn unreachable(config: &AcmeConfig, e: &instant_acme::Error) -> Error {
     ))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    oci_cache_core::error::ErrorChain(e).to_string()
 }
 
 impl Session {
