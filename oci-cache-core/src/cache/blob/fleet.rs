@@ -48,21 +48,18 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::buffer::{lock, Fill, Source};
-use super::reader::{Origin, Reader};
+use super::buffer::lock;
 use super::resume::{ResumingBody, Target};
 use super::segments::{Job, SegmentedBody};
 use super::{aborted, FillTask};
-use crate::digest::Digest;
 use crate::error::ErrorChain;
 use crate::fleet::{Claim, Fleet, KeptLease, LeaseKey, Observed};
 use crate::observe::{FillPhase, LeaseOutcome, UploadAbortReason, UploadsAbortedEvent};
-use crate::storage::{BlobRead, BlobSource, ByteStream, PreverifiedStream, Storage};
+use crate::storage::{BlobRead, ByteStream, Storage};
 use crate::upstream::{FetchedBlob, Upstream};
 use crate::{Error, Result};
 
@@ -562,49 +559,5 @@ fn target<S: ?Sized, U: ?Sized>(task: &FillTask<S, U>) -> Target<'_, U> {
         repository: &task.repository,
         digest: &task.digest,
         observer: &task.engine.observer,
-    }
-}
-
-/// The storage write of a relay that took over: the whole blob read back
-/// from the fill (its buffer and spool hold every byte relayed so far,
-/// already hashed), then followed live; it ends cleanly only once the fill
-/// verified the whole blob, so the write commits nothing unverified.
-pub(super) fn store_from_fill<S: Storage + ?Sized>(
-    storage: Arc<S>,
-    fill: Arc<Fill>,
-    digest: Digest,
-    size: Option<u64>,
-) -> tokio::task::JoinHandle<Result<u64>> {
-    tokio::spawn(async move {
-        let size = size.ok_or_else(|| {
-            aborted("storing a relayed blob of unknown size (the replica sent no length)")
-        })?;
-        let origin = Arc::new(ReadBack(fill.source.clone(), Arc::clone(&fill)));
-        let reader = Reader::new(fill, 0..size, size, origin, true).into_stream();
-        let source = BlobSource::Preverified(PreverifiedStream::new(reader));
-        storage.blob_write_from(&digest, Some(size), source).await
-    })
-}
-
-/// The origin of a fill's read-back: the fill itself; bytes that left it
-/// (no spool) are not fetched again, the write fails instead.
-struct ReadBack(Source, Arc<Fill>);
-
-impl Origin for ReadBack {
-    fn source(&self) -> &Source {
-        &self.0
-    }
-
-    fn own_fill(&self) -> Arc<Fill> {
-        Arc::clone(&self.1)
-    }
-
-    fn direct(&self) -> BoxFuture<'static, Result<ByteStream>> {
-        async {
-            Err(aborted(
-                "storing a relayed blob whose first bytes left memory without a spool",
-            ))
-        }
-        .boxed()
     }
 }

@@ -103,6 +103,7 @@ mod fleet;
 mod forward;
 mod peer;
 mod progress;
+mod readback;
 pub(super) mod reader;
 mod resume;
 mod segments;
@@ -495,7 +496,7 @@ impl<S: Storage + ?Sized, U: Upstream + ?Sized> FillTask<S, U> {
                 if upstream.start_storing() {
                     let storage = Arc::clone(&self.engine.storage);
                     let fill = Arc::clone(&self.fill);
-                    let write = fleet::store_from_fill(storage, fill, self.digest.clone(), size);
+                    let write = readback::store_from_fill(storage, fill, self.digest.clone(), size);
                     *taken_over = Some(write);
                 }
                 if let (true, Some(to_store)) = (storing, &to_store) {
