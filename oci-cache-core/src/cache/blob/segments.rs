@@ -71,7 +71,7 @@ const BATCH: usize = 256 * 1024;
 
 /// How a cold blob is fetched over several connections
 /// ([`CacheOptions::fill_segments`](super::super::CacheOptions::fill_segments),
-/// `[cache.fill_segments]` in the config file; [module docs](self)).
+/// `[cache.fill_segments]` in the config file; docs/performance.md says how).
 ///
 /// ```
 /// use oci_cache_core::cache::FillSegments;
