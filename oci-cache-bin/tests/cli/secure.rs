@@ -132,7 +132,7 @@ fn registry_settings_that_cannot_be_honoured_exit_2() {
                 "acme.yml",
                 &format!("{proxy}http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n"),
             ),
-            "Let's Encrypt",
+            "http.tls.letsencrypt has no hosts",
         ),
     ] {
         let (code, _, err) = check(&["--registry-config", &file], &[]);

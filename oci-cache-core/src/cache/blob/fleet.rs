@@ -538,8 +538,20 @@ async fn committed<S: Storage + ?Sized, U: ?Sized>(
 }
 
 /// What a segment worker of `task` needs, owned.
+///
+/// Under fill leases a blob comes over one connection: parts fetched ahead
+/// of what the holder's followers have relayed are lost if the holder dies
+/// (S3 serves no bytes of an incomplete upload), so parallel parts would
+/// cost the fleet up to `connections - 1` parts more per crash, against
+/// the promise of each byte from upstream once.
 fn job<S: Storage + ?Sized, U: Upstream + ?Sized>(task: &FillTask<S, U>) -> Job<U> {
     let options = &task.engine.options;
+    let leased = task.engine.fleet.get().and_then(Fleet::leases).is_some();
+    let segments = if leased {
+        options.fill_segments.with_connections(1)
+    } else {
+        options.fill_segments
+    };
     Job {
         upstream: Arc::clone(&task.engine.upstream),
         registry: task.registry.clone(),
@@ -548,7 +560,7 @@ fn job<S: Storage + ?Sized, U: Upstream + ?Sized>(task: &FillTask<S, U>) -> Job<
         observer: Arc::clone(&task.engine.observer),
         retry: options.fill_retry,
         spool_dir: task.spool_dir(),
-        options: options.fill_segments,
+        options: segments,
     }
 }
 

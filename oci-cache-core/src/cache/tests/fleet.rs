@@ -280,6 +280,19 @@ async fn a_lease_won_just_after_another_replica_committed_reads_the_bucket() {
     );
 }
 
+/// Under fill leases a large blob comes over one connection: parts fetched
+/// ahead of what followers relayed would be lost with a dying holder.
+#[tokio::test]
+async fn a_leased_fill_fetches_a_large_blob_over_one_connection() {
+    let site = Site::new();
+    let a = site.replica(1).await;
+    let bytes = pattern(20 << 20);
+    let digest = site.origin.add_blob(BlobScript::new(&bytes));
+    assert_eq!(pull(&a, &digest).await.unwrap(), bytes);
+    fills_settled(&a).await;
+    assert_eq!(site.origin.blob_offsets(), [0], "one GET from byte 0");
+}
+
 #[tokio::test]
 async fn an_unreachable_holder_that_stopped_renewing_is_taken_over() {
     let site = Site::new();
