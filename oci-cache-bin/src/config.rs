@@ -3,7 +3,7 @@
 //! Precedence, highest first: command-line flag, `OCI_CACHE_*` environment
 //! variable (clap reads them into the same flags), config file, built-in default.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -360,7 +360,7 @@ pub(crate) fn resolve_with(args: &ServeArgs, mut file: FileConfig) -> Result<Set
         upstream_client = upstream_client.with_offline(true);
     }
 
-    let mut access = HashMap::new();
+    let mut access = BTreeMap::new();
     let mut upstreams = if !sources.upstreams.is_empty() {
         sources
             .upstreams

@@ -2,7 +2,7 @@
 //! (`--htpasswd`, `[auth]`, per-upstream `access`) and TLS (`--tls-cert`,
 //! `--tls-key`, `--tls-client-ca`, `[tls]`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use oci_cache_core::mirror::MirrorConfig;
@@ -42,7 +42,7 @@ pub(crate) struct AuthFile {
 pub(crate) fn client_auth(
     (flag, public_flags): (Option<&PathBuf>, &[String]),
     file: Option<AuthFile>,
-    mut access: HashMap<String, Access>,
+    mut access: BTreeMap<String, Access>,
     served: (&MirrorConfig, &[String]),
     storage: &StorageConfig,
 ) -> Result<Option<ClientAuthConfig>, String> {
@@ -289,7 +289,7 @@ mod tests {
         };
         let mirrors = MirrorConfig::common();
         let served = (&mirrors, &["local".to_owned()][..]);
-        let access: HashMap<String, Access> = [("docker.io".to_owned(), Access::Public)].into();
+        let access: BTreeMap<String, Access> = [("docker.io".to_owned(), Access::Public)].into();
         assert!(client_auth((None, &[]), None, access.clone(), served, &fs)
             .unwrap_err()
             .contains("--htpasswd"));
@@ -304,7 +304,7 @@ mod tests {
         let memory = client_auth(
             (Some(&PathBuf::from("/h")), &[]),
             None,
-            HashMap::new(),
+            BTreeMap::new(),
             served,
             &StorageConfig::Memory {},
         );
@@ -320,7 +320,7 @@ mod tests {
         let local = ["local".to_owned()];
         let served = (&mirrors, &local[..]);
         let file: AuthFile = toml::from_str("htpasswd = \"/h\"\npublic = [\"local\"]").unwrap();
-        let access: HashMap<String, Access> = [
+        let access: BTreeMap<String, Access> = [
             ("docker.io".to_owned(), Access::Public),
             ("quay.io".to_owned(), Access::Authenticated),
         ]
@@ -362,7 +362,7 @@ mod tests {
             "{lines}"
         );
 
-        let typo: HashMap<String, Access> = [("dockerio".to_owned(), Access::Public)].into();
+        let typo: BTreeMap<String, Access> = [("dockerio".to_owned(), Access::Public)].into();
         let err = client_auth(
             (Some(&PathBuf::from("/h")), &[]),
             None,

@@ -36,7 +36,7 @@ mod refusal;
 pub use self::layer::{ClientAuthLayer, ClientAuthService, ClientIdentity};
 pub use crate::peer::PeerAddr;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -108,7 +108,7 @@ pub struct ClientAuthConfig {
     pub realm: String,
     /// Access per upstream name or local prefix (the hosted repositories
     /// under it); unlisted ones are [`Access::Authenticated`].
-    pub access: HashMap<String, Access>,
+    pub access: BTreeMap<String, Access>,
     /// Where digests served through non-public upstreams are recorded
     /// (kept in memory only when `None`).
     pub private_digests: Option<PathBuf>,

@@ -1,6 +1,6 @@
 //! The client's tunables: [`UpstreamOptions`] and [`ProxyConfig`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyper_util::client::proxy::matcher::Matcher;
@@ -173,7 +173,7 @@ pub struct UpstreamOptions {
     /// Limits of single upstreams, by upstream name, over the two above
     /// (a config file sets them in the upstream's `[[upstream]]` table).
     #[serde(skip)]
-    pub budgets: HashMap<String, UpstreamBudget>,
+    pub budgets: BTreeMap<String, UpstreamBudget>,
 }
 
 /// One upstream's own request budget; a field left `None` takes
@@ -217,7 +217,7 @@ impl Default for UpstreamOptions {
             breaker_cooldown: Duration::from_secs(30),
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             requests_per_second: None,
-            budgets: HashMap::new(),
+            budgets: BTreeMap::new(),
         }
     }
 }
