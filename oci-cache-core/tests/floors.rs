@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 /// The floors, lowest first. A module may import from its own floor and the
 /// floors below it.
 const FLOORS: &[&[&str]] = &[
-    &["digest", "duration", "file_io"],
+    &["digest", "duration", "file_io", "unreadable"],
     &["reference"],
     &["error"],
     &[
