@@ -253,13 +253,15 @@ async fn the_client_refuses_a_blob_over_the_cap_before_reading_it() {
 }
 
 #[tokio::test]
-async fn a_replica_that_does_not_answer_costs_at_most_the_read_timeout() {
+async fn a_replica_that_does_not_answer_costs_at_most_the_answer_timeout() {
     let holder = MockRegistry::start().await;
     holder.push(Reply::Delay(
         std::time::Duration::from_secs(5),
         Box::new(Reply::ok(Bytes::from_static(b"late"))),
     ));
-    let quick = PeerOptions::default().with_read_timeout(std::time::Duration::from_millis(200));
+    // The answer (status and headers) is bounded on its own since a stopped
+    // holder accepts connections and never answers.
+    let quick = PeerOptions::default().with_answer_timeout(std::time::Duration::from_millis(200));
     let client = HyperPeerFills::new(secret(), quick).unwrap();
     let started = std::time::Instant::now();
     let error = client

@@ -96,8 +96,10 @@ async fn breaker_skips_a_hung_mirror_after_three_timeouts() {
         closed.iter().all(|d| *d >= Duration::from_millis(300)),
         "{closed:?}"
     );
+    // Open, no request waits for the hung mirror's 300 ms timeout (a bound
+    // far from both figures, so a loaded machine does not fail it).
     assert!(
-        open.iter().all(|d| *d < Duration::from_millis(50)),
+        open.iter().all(|d| *d < Duration::from_millis(250)),
         "{open:?}"
     );
     assert_eq!(
