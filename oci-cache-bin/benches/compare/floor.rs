@@ -66,10 +66,15 @@ impl Floor {
 fn best_of(mut run: impl FnMut() -> f64) -> f64 {
     (0..REPEATS)
         .map(|_| {
+            // Thread CPU time moves in 10 ms ticks: a single run can take
+            // less than one (then it read 0 and the figure was the run's
+            // MiB / 10 ms), so runs repeat until 50 ticks have passed.
             let before = thread_cpu_seconds();
-            let mib = run();
-            // Clock ticks are 10 ms: never divide by zero on a fast machine.
-            mib / (thread_cpu_seconds() - before).max(0.01)
+            let mut mib = 0.0;
+            while thread_cpu_seconds() - before < 0.5 {
+                mib += run();
+            }
+            mib / (thread_cpu_seconds() - before)
         })
         .fold(0.0, f64::max)
 }
