@@ -501,5 +501,9 @@ fn k3s(request: &Request<'_>) -> GeneratedFile {
 mod tests;
 
 #[cfg(test)]
+#[path = "render_forms_tests.rs"]
+mod forms_tests;
+
+#[cfg(test)]
 #[path = "render_local_registry_tests.rs"]
 mod local_registry_tests;
