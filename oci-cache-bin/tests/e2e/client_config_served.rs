@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::http::request;
-use crate::support::mirror::oci_cache_bin;
+use crate::support::mirror::{oci_cache, oci_cache_bin};
 use crate::support::{free_port, ServerProcess};
 
 /// `oci-cache serve --config CONFIG` on the config's own listeners.
@@ -23,17 +23,6 @@ fn serve(dir: &Path, config: &Path, first_port: u16) -> ServerProcess {
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.join("oci-cache.err")).unwrap());
     ServerProcess::spawn("oci-cache", cmd, first_port, log, "/v2/")
-}
-
-/// What `oci-cache ARGS` prints, asserting it succeeded.
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(oci_cache_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "oci-cache {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn get(host: &str, path: &str) -> (u16, String) {
@@ -73,7 +62,7 @@ fn the_mirror_serves_what_client_config_prints_per_listener() {
         "k3s",
     ] {
         let mirror = "http://10.5.0.1:5000";
-        let printed = cli(&[
+        let printed = oci_cache(&[
             "client-config",
             kind,
             "--mirror",
@@ -85,7 +74,7 @@ fn the_mirror_serves_what_client_config_prints_per_listener() {
         assert_eq!(status, 200, "{kind}: {body}");
         assert_eq!(body, printed, "{kind}");
         // --from fetches the same text from the running mirror.
-        let fetched = cli(&[
+        let fetched = oci_cache(&[
             "client-config",
             kind,
             "--from",

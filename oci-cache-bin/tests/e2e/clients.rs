@@ -13,7 +13,7 @@ use super::resilience::seed_storage;
 use crate::support::containerd::{Containerd, Fetched};
 use crate::support::dockerd::Dockerd;
 use crate::support::image::Layout;
-use crate::support::mirror::{oci_cache_bin, Mirror};
+use crate::support::mirror::{oci_cache, oci_cache_bin, Mirror};
 use crate::support::podman::Podman;
 use crate::support::registry::Origin;
 use crate::support::{free_port, skopeo, tools_available, ServerProcess};
@@ -116,14 +116,6 @@ pub(super) fn assert_fetched(got: &Fetched, image: &Layout) {
     }
 }
 
-pub(super) fn origin_with(images: &[(&Layout, &str)]) -> Origin {
-    let origin = Origin::start();
-    for (layout, repo_tag) in images {
-        skopeo::push(layout, &origin.host(), repo_tag);
-    }
-    origin
-}
-
 #[test]
 fn containerd_pulls_both_upstreams_through_the_generated_certs_d() {
     let test = "containerd_pulls_both_upstreams_through_the_generated_certs_d";
@@ -136,8 +128,8 @@ fn containerd_pulls_both_upstreams_through_the_generated_certs_d() {
     let work = tempfile::tempdir().unwrap();
     let alpine = small_image(&work.path().join("alpine"), 160);
     let app = small_image(&work.path().join("app"), 161);
-    let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
-    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let hub = Origin::with_images(&[(&alpine, "library/alpine:3.20")]);
+    let b = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
     let certs_d = work.path().join("certs.d");
     generate("containerd", &mirror, &config, &certs_d);
@@ -268,7 +260,7 @@ fn containerd_falls_back_to_the_origin_quickly_when_the_mirror_is_down() {
     };
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 162);
-    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let b = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let certs_d = work.path().join("certs.d");
     {
         let (mirror, config) = mirror_over(work.path(), &[("b.test", &b)]);
@@ -310,7 +302,7 @@ fn docker_daemon_pulls_alpine_through_the_generated_daemon_json() {
     }
     let work = tempfile::tempdir().unwrap();
     let alpine = small_image(&work.path().join("alpine"), 163);
-    let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let hub = Origin::with_images(&[(&alpine, "library/alpine:3.20")]);
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
     let out = work.path().join("docker");
     generate("docker", &mirror, &config, &out);
@@ -352,8 +344,8 @@ fn podman_pulls_a_non_default_upstream_by_path_prefix() {
     let work = tempfile::tempdir().unwrap();
     let hub_image = small_image(&work.path().join("hub"), 164);
     let app = small_image(&work.path().join("app"), 165);
-    let hub = origin_with(&[(&hub_image, "e2e/app:v1")]);
-    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let hub = Origin::with_images(&[(&hub_image, "e2e/app:v1")]);
+    let b = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
     let out = work.path().join("podman");
     generate("podman", &mirror, &config, &out);
@@ -449,7 +441,7 @@ fn the_earthly_seed_registry_config_is_served_by_registry_config() {
     }
     let work = tempfile::tempdir().unwrap();
     let alpine = small_image(&work.path().join("alpine"), 166);
-    let origin = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let origin = Origin::with_images(&[(&alpine, "library/alpine:3.20")]);
     let port = free_port();
     let root = work.path().join("registry-data");
     let config = work.path().join("config.yml");
@@ -490,7 +482,7 @@ fn the_registry_environment_of_the_seeds_docker_run_line_is_honoured() {
     }
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 167);
-    let origin = origin_with(&[(&app, "e2e/app:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let port = free_port();
     let (remote, addr) = (origin.url(), format!("127.0.0.1:{port}"));
     let root = work.path().join("var-lib-registry");
@@ -617,7 +609,7 @@ fn the_container_image_serves_the_seeds_docker_run_line() {
     eprintln!("scripts/container-image: {:.2?}", start.elapsed());
 
     let app = small_image(&work.path().join("app"), 168);
-    let origin = origin_with(&[(&app, "e2e/app:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let port = free_port();
     let (remote, addr) = (origin.url(), format!("127.0.0.1:{port}"));
     // The seeds' invocation, with our image instead of registry:2.
@@ -1019,17 +1011,6 @@ fn the_fleet_manifest_config_refuses_its_placeholder_secret_and_takes_a_real_one
         stdout.contains("fleet: advertised as http://10.0.0.7:5000"),
         "{stdout}"
     );
-}
-
-/// `oci-cache ARGS`, stdout; the command must succeed.
-fn oci_cache(args: &[&str]) -> String {
-    let out = Command::new(oci_cache_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "oci-cache {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use super::clients::{
     assert_fetched, assert_only_the_mirror_reached, client_config, generate, mirror_over,
-    origin_with, write_mirror_config,
+    write_mirror_config,
 };
 use super::fixtures::small_image;
 use crate::support::containerd::Containerd;
@@ -116,8 +116,8 @@ fn doctor_passes_the_certs_d_ctr_pulls_through_and_names_each_break() {
     };
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 170);
-    let hub = origin_with(&[]);
-    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let hub = Origin::start();
+    let b = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
     let root = work.path().join("node");
     let etc = root.join("etc/containerd");
@@ -195,7 +195,7 @@ fn doctor_passes_the_daemon_json_dockerd_pulls_through_and_wants_docker_io_defau
     }
     let work = tempfile::tempdir().unwrap();
     let alpine = small_image(&work.path().join("alpine"), 171);
-    let hub = origin_with(&[(&alpine, "library/alpine:3.20")]);
+    let hub = Origin::with_images(&[(&alpine, "library/alpine:3.20")]);
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
     let root = work.path().join("node");
     let etc = root.join("etc/docker");
@@ -245,8 +245,8 @@ fn doctor_passes_the_registries_conf_podman_pulls_through_and_names_a_wrong_path
     };
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 172);
-    let hub = origin_with(&[]);
-    let b = origin_with(&[(&app, "e2e/app:v1")]);
+    let hub = Origin::start();
+    let b = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub), ("b.test", &b)]);
     let root = work.path().join("node");
     let conf_d = root.join("etc/containers/registries.conf.d");
@@ -333,7 +333,7 @@ fn doctor_probes_k3s_with_ctr_on_its_own_socket() {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let hub = origin_with(&[]);
+    let hub = Origin::start();
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
     let root = work.path().join("node");
     generate("k3s", &mirror, &config, &root.join("etc/rancher/k3s"));
@@ -372,7 +372,7 @@ fn doctor_probes_k3s_with_ctr_on_its_own_socket() {
 #[test]
 fn doctor_passes_the_generated_talos_documents_and_warns_until_skip_fallback() {
     let work = tempfile::tempdir().unwrap();
-    let hub = origin_with(&[]);
+    let hub = Origin::start();
     let (mirror, config) = mirror_over(work.path(), &[("docker.io", &hub)]);
     let empty_root = work.path().join("node");
     std::fs::create_dir_all(&empty_root).unwrap();

@@ -48,11 +48,11 @@ fn images(work: &Path, seed: u64, small: u64, layers: usize, layer: u64) -> Imag
 }
 
 fn origin_with(images: &Images) -> Origin {
-    let origin = Origin::start();
-    skopeo::push(&images.alpine, &origin.host(), "library/alpine:3.20");
-    skopeo::push(&images.first, &origin.host(), "library/first:v1");
-    skopeo::push(&images.second, &origin.host(), "library/second:v1");
-    origin
+    Origin::with_images(&[
+        (&images.alpine, "library/alpine:3.20"),
+        (&images.first, "library/first:v1"),
+        (&images.second, "library/second:v1"),
+    ])
 }
 
 fn pull(m: &str, repo_tag: &str, dest: &Path, want: &Layout) {

@@ -38,12 +38,6 @@ impl Scrape {
     }
 }
 
-fn origin_with(layout: &Layout, repo_tag: &str) -> Origin {
-    let origin = Origin::start();
-    skopeo::push(layout, &origin.host(), repo_tag);
-    origin
-}
-
 fn blob_bytes(layout: &Layout) -> u64 {
     layout.images[0].blobs().iter().map(|b| b.size).sum()
 }
@@ -59,7 +53,7 @@ fn a_cold_and_warm_pull_add_up_in_the_scrape() {
         "v1",
         &ImageSpec::new(1201, 3, 300_000),
     );
-    let origin = origin_with(&app, "e2e/app:v1");
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &url)], "origin.test", "5m");
     let m = mirror.host();
@@ -123,7 +117,7 @@ fn b_concurrent_cold_pulls_are_counted_as_coalesced() {
         "v1",
         &ImageSpec::new(1202, 3, 4 << 20),
     );
-    let origin = origin_with(&app, "e2e/app:v1");
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &url)], "origin.test", "5m");
     let m = mirror.host();
@@ -171,7 +165,7 @@ fn c_a_stopped_origin_opens_the_breaker_and_serves_stale() {
         "v1",
         &ImageSpec::new(1203, 2, 5000),
     );
-    let mut origin = origin_with(&app, "e2e/app:v1");
+    let mut origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &url)], "origin.test", "1s");
     let m = mirror.host();

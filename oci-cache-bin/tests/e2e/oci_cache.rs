@@ -13,15 +13,6 @@ use crate::support::registry::Origin;
 use crate::support::s3::S3Server;
 use crate::support::{skopeo, tools_available};
 
-/// An origin holding `images` (`(layout, "repo:tag")`).
-pub(super) fn origin_with(images: &[(&Layout, &str)]) -> Origin {
-    let origin = Origin::start();
-    for (layout, repo_tag) in images {
-        skopeo::push(layout, &origin.host(), repo_tag);
-    }
-    origin
-}
-
 /// The sorted digests of every blob of `layout`.
 fn blob_digests(layout: &Layout) -> Vec<String> {
     let mut d: Vec<String> = layout.all_blobs().into_iter().map(|b| b.digest).collect();
@@ -41,8 +32,8 @@ fn a_every_routing_mode_copies_the_origin_digests() {
     // Same repository and tag on the other origin, different bytes: routing
     // to the wrong upstream cannot go unnoticed.
     let b_app = small_image(&work.path().join("b-app"), 30);
-    let a = origin_with(&[(&a_app, "e2e/app:v1"), (&a_multi, "e2e/multi:v1")]);
-    let b = origin_with(&[(&b_app, "e2e/app:v1")]);
+    let a = Origin::with_images(&[(&a_app, "e2e/app:v1"), (&a_multi, "e2e/multi:v1")]);
+    let b = Origin::with_images(&[(&b_app, "e2e/app:v1")]);
     let (a_url, b_url) = (a.url(), b.url());
     let mirror = Mirror::start_oci_cache(&[("a.test", &a_url), ("b.test", &b_url)], "a.test", "5m");
     let m = mirror.host();
@@ -100,8 +91,8 @@ fn a_containerd_pulls_through_the_ns_mirror() {
     let work = tempfile::tempdir().unwrap();
     let a_multi = multiarch_image(&work.path().join("a-multi"), 21);
     let b_app = small_image(&work.path().join("b-app"), 31);
-    let a = origin_with(&[(&a_multi, "e2e/multi:v1")]);
-    let b = origin_with(&[(&b_app, "e2e/app:v1")]);
+    let a = Origin::with_images(&[(&a_multi, "e2e/multi:v1")]);
+    let b = Origin::with_images(&[(&b_app, "e2e/app:v1")]);
     let (a_url, b_url) = (a.url(), b.url());
     let mirror = Mirror::start_oci_cache(&[("a.test", &a_url), ("b.test", &b_url)], "a.test", "5m");
 
@@ -142,7 +133,7 @@ fn b_second_pull_makes_no_blob_request_to_the_origin() {
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 40);
     let multi = multiarch_image(&work.path().join("multi"), 41);
-    let origin = origin_with(&[(&app, "e2e/app:v1"), (&multi, "e2e/multi:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1"), (&multi, "e2e/multi:v1")]);
     let pushed = origin.blob_gets().len();
     let origin_url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &origin_url)], "origin.test", "5m");
@@ -190,7 +181,7 @@ fn c_sixteen_concurrent_cold_pulls_fetch_each_blob_once() {
         return;
     }
     let (big, _) = big_image();
-    let origin = origin_with(&[(big, "e2e/big:v1")]);
+    let origin = Origin::with_images(&[(big, "e2e/big:v1")]);
     let pushed = origin.blob_gets().len();
     let origin_url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &origin_url)], "origin.test", "5m");
@@ -250,7 +241,7 @@ fn d_unknown_ns_is_refused_without_touching_the_origin() {
     }
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 50);
-    let origin = origin_with(&[(&app, "e2e/app:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let origin_url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &origin_url)], "origin.test", "5m");
     let before = origin.records().len();
@@ -310,7 +301,7 @@ fn e_pulls_with_the_s3_storage_backend() {
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 60);
     let multi = multiarch_image(&work.path().join("multi"), 61);
-    let origin = origin_with(&[(&app, "e2e/app:v1"), (&multi, "e2e/multi:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1"), (&multi, "e2e/multi:v1")]);
     let pushed = origin.blob_gets().len();
     let config = format!(
         "[storage]\nkind = \"s3\"\nbucket = \"oci-cache-e2e\"\nendpoint = \"{}\"\n\
@@ -364,7 +355,7 @@ fn f_range_and_head_answers_match_the_bytes() {
         "v1",
         &crate::support::image::ImageSpec::new(70, 2, 300_000),
     );
-    let origin = origin_with(&[(&app, "e2e/app:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let origin_url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &origin_url)], "origin.test", "5m");
     let m = mirror.host();
@@ -474,7 +465,7 @@ fn g_a_moved_tag_is_seen_after_the_ttl() {
     let work = tempfile::tempdir().unwrap();
     let old = small_image(&work.path().join("old"), 80);
     let new = small_image(&work.path().join("new"), 81);
-    let origin = origin_with(&[(&old, "e2e/app:v1")]);
+    let origin = Origin::with_images(&[(&old, "e2e/app:v1")]);
     let origin_url = origin.url();
     let upstreams = [("origin.test", origin_url.as_str())];
     let short = Mirror::start_oci_cache(&upstreams, "origin.test", "1s");

@@ -3,9 +3,9 @@
 //! it, and the origin never hears of it.
 
 use super::fixtures::small_image;
-use super::oci_cache::origin_with;
 use crate::support::http::{self, CONTAINERD_ACCEPT};
 use crate::support::mirror::Mirror;
+use crate::support::registry::Origin;
 use crate::support::{skopeo, tools_available};
 
 #[test]
@@ -16,7 +16,7 @@ fn a_denied_repository_never_reaches_the_origin() {
     let work = tempfile::tempdir().unwrap();
     let app = small_image(&work.path().join("app"), 70);
     let blocked = small_image(&work.path().join("blocked"), 71);
-    let origin = origin_with(&[(&app, "e2e/app:v1"), (&blocked, "e2e/blocked:v1")]);
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1"), (&blocked, "e2e/blocked:v1")]);
     let blocked_digest = origin.manifest_digest("e2e/blocked", "v1");
     let origin_url = origin.url();
     // Stored in the test's own directory, never the working directory.

@@ -3,13 +3,12 @@
 //! a docker-registry origin that must never see a request for them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::fixtures::{multiarch_image, small_image};
 use crate::support::dockerd::Dockerd;
 use crate::support::http::{self, sha256_digest};
 use crate::support::image::{build_image, Blob, ImageSpec, Layout};
-use crate::support::mirror::{oci_cache_bin, Mirror};
+use crate::support::mirror::{oci_cache, Mirror};
 use crate::support::podman::Podman;
 use crate::support::registry::Origin;
 use crate::support::{skopeo, tools_available};
@@ -645,19 +644,6 @@ fn assert_blobs_served(m: &str, repo: &str, image: &Layout) {
         assert_eq!(got.status, 200, "{repo}: {} is gone", blob.digest);
         assert_eq!(sha256_digest(&got.body), blob.digest);
     }
-}
-
-/// Runs `oci-cache ARGS` (a second process on the mirror's storage) and
-/// returns its standard output; fails the test when it fails.
-fn oci_cache(args: &[&str]) -> String {
-    let out = Command::new(oci_cache_bin()).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "oci-cache {args:?}: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Issue 22: an image pulled through the cache and pushed, unchanged, into

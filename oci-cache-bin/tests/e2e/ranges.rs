@@ -9,7 +9,7 @@ use crate::support::http::{request, sha256_digest};
 use crate::support::image::{build_image, Blob, ImageSpec};
 use crate::support::mirror::Mirror;
 use crate::support::registry::Origin;
-use crate::support::{skopeo, tools_available};
+use crate::support::tools_available;
 
 /// The link between mirror and origin: about 20 MiB/s.
 const LINK_RATE: u64 = 20 << 20;
@@ -32,8 +32,7 @@ fn the_tail_of_a_cold_blob_comes_without_the_whole_blob_and_the_blob_is_cached()
         "v1",
         &ImageSpec::new(2901, 2, LAYER),
     );
-    let origin = Origin::start();
-    skopeo::push(&app, &origin.host(), "e2e/app:v1");
+    let origin = Origin::with_images(&[(&app, "e2e/app:v1")]);
     let pushed = origin.blob_gets().len();
     let link = CutProxy::throttled(&origin.host(), LINK_RATE);
     let url = format!("http://{}", link.host());
@@ -84,10 +83,7 @@ fn the_tail_of_a_cold_blob_comes_without_the_whole_blob_and_the_blob_is_cached()
     // the fill has stored the blob, a full pull sends no blob byte over the
     // link.
     let stored = format!("blob verified and stored digest={}", ranged_layer.digest);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !mirror.log().contains(&stored) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    mirror.wait_for_log(&stored, Duration::from_secs(60));
     let counts = origin.blob_get_counts(pushed);
     assert_eq!(
         counts.get(&ranged_layer.digest),
@@ -126,8 +122,7 @@ fn parallel_slices_of_a_cold_200_mib_blob_cost_the_origin_under_1_3x_and_cache_i
         "v1",
         &ImageSpec::new(2905, 1, BIG),
     );
-    let origin = Origin::start();
-    skopeo::push(&app, &origin.host(), "e2e/big:v1");
+    let origin = Origin::with_images(&[(&app, "e2e/big:v1")]);
     let before = origin.records().len();
     let origin_url = origin.url();
     let mirror = Mirror::start_oci_cache(&[("origin.test", &origin_url)], "origin.test", "5m");
@@ -167,11 +162,10 @@ fn parallel_slices_of_a_cold_200_mib_blob_cost_the_origin_under_1_3x_and_cache_i
 
     // The fill stores the blob; what it and the forwarded slices cost the origin.
     let stored = format!("blob verified and stored digest={}", layer.digest);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !mirror.log().contains(&stored) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(mirror.log().contains(&stored), "the blob was not stored");
+    assert!(
+        mirror.wait_for_log(&stored, Duration::from_secs(120)),
+        "the blob was not stored"
+    );
     let sent: u64 = origin.records()[before..]
         .iter()
         .filter(|r| r.method == "GET" && r.path.contains(layer.digest.as_str()))

@@ -23,8 +23,7 @@ fn a_large_cold_layer_comes_over_several_ranged_gets_and_the_origin_sends_it_onc
         "v1",
         &ImageSpec::new(2801, 1, LAYER),
     );
-    let origin = Origin::start();
-    skopeo::push(&app, &origin.host(), "e2e/big:v1");
+    let origin = Origin::with_images(&[(&app, "e2e/big:v1")]);
     let pushed = origin.blob_gets().len();
     let url = format!("http://{}", origin.host());
     let mirror = Mirror::start_oci_cache(&[("origin.test", &url)], "origin.test", "5m");

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -23,6 +24,19 @@ pub(crate) fn oci_cache_bin() -> PathBuf {
     std::env::var_os("OCI_CACHE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oci-cache")))
+}
+
+/// Runs `oci-cache ARGS` to the end and returns its standard output; fails
+/// the test, showing both outputs, when the command fails.
+pub(crate) fn oci_cache(args: &[&str]) -> String {
+    let out = Command::new(oci_cache_bin()).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "oci-cache {args:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// A running `oci-cache serve`, killed on drop; its logs go to `log_path`.
@@ -136,6 +150,18 @@ impl Mirror {
     /// Everything the mirror logged so far.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the log to contain `needle`; whether it does.
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
     }
 
     /// Starts `oci-cache serve` with `args` after `--listen`, in a fresh temp dir

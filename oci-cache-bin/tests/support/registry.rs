@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, http, ServerProcess};
+use super::image::Layout;
+use super::{free_port, http, skopeo, ServerProcess};
 
 /// One line of the registry's access log (Apache combined format).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,15 @@ impl Origin {
     /// of `http.tls`, indented by four spaces: `certificate`, `key`, `clientcas`).
     pub(crate) fn start_tls_on(root: &Path, tls_config: &str) -> Origin {
         Origin::start_at(Some(root), &format!("  tls:\n{tls_config}"), "")
+    }
+
+    /// An origin holding `images` (`(layout, "repo:tag")`), pushed with skopeo.
+    pub(crate) fn with_images(images: &[(&Layout, &str)]) -> Origin {
+        let origin = Origin::start();
+        for (layout, repo_tag) in images {
+            skopeo::push(layout, &origin.host(), repo_tag);
+        }
+        origin
     }
 
     fn start_with(extra_config: &str) -> Origin {
