@@ -773,17 +773,7 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("oci-cache.toml");
     std::fs::write(&config, toml).unwrap();
-    let check = Command::new(oci_cache_bin())
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let stdout = oci_cache(&["check-config", &config.display().to_string()]);
     assert!(
         stdout.contains("storage: filesystem at /data/oci-cache-data"),
         "{stdout}"
@@ -892,17 +882,7 @@ fn the_kubernetes_manifests_cap_the_cache_below_their_volumes() {
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("oci-cache.toml");
     std::fs::write(&file, manifest_config).unwrap();
-    let check = Command::new(oci_cache_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let stdout = oci_cache(&["check-config", &file.display().to_string()]);
     assert!(
         stdout.contains("40GiB") || stdout.contains("42949672960"),
         "{stdout}"
