@@ -595,17 +595,7 @@ fn a_client_ca_makes_clients_present_a_certificate() {
 }
 
 fn check_config(config: &Path) -> String {
-    let out = Command::new(crate::support::mirror::oci_cache_bin())
-        .args(["check-config", &config.display().to_string()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    crate::support::mirror::oci_cache(&["check-config", &config.display().to_string()])
 }
 
 #[test]
