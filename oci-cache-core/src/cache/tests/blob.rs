@@ -1,6 +1,7 @@
 //! Blob fills: single flight, spooling, verification, ranges, storage failures.
 
 use super::*;
+use crate::testing::{DiskState, FaultyStorage};
 
 #[tokio::test]
 async fn blob_miss_streams_stores_then_hits() {
@@ -295,65 +296,14 @@ async fn blob_size_from_storage_fill_or_upstream_head() {
         .is_none());
 }
 
-/// Memory storage whose blob writes fail (a full disk), to show clients are
-/// still served and nothing half-written remains.
-#[derive(Debug)]
-struct FailingBlobWrites(MemoryStorage);
-
-impl std::fmt::Display for FailingBlobWrites {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("failing")
-    }
-}
-
-#[async_trait]
-impl Storage for FailingBlobWrites {
-    async fn blob_stat(&self, d: &Digest) -> Result<Option<crate::storage::BlobInfo>> {
-        self.0.blob_stat(d).await
-    }
-    async fn blob_read(
-        &self,
-        d: &Digest,
-        r: Option<Range<u64>>,
-    ) -> Result<crate::storage::BlobRead> {
-        self.0.blob_read(d, r).await
-    }
-    async fn blob_write_from(&self, _: &Digest, _: Option<u64>, data: BlobSource) -> Result<u64> {
-        let mut data = data.into_stream();
-        // Take a little, then give up like a backend that ran out of space.
-        let _ = data.next().await;
-        Err(Error::Storage {
-            backend: "failing",
-            message: "no space left on device".into(),
-            source: None,
-        })
-    }
-    async fn blob_delete(&self, d: &Digest) -> Result<()> {
-        self.0.blob_delete(d).await
-    }
-    fn blob_list(&self) -> BoxStream<'_, Result<crate::storage::BlobInfo>> {
-        self.0.blob_list()
-    }
-    async fn record_get(&self, k: &RecordKey) -> Result<Option<Record>> {
-        self.0.record_get(k).await
-    }
-    async fn record_put(&self, k: &RecordKey, r: Record, m: RecordWrite) -> Result<bool> {
-        self.0.record_put(k, r, m).await
-    }
-    async fn record_delete(&self, k: &RecordKey) -> Result<()> {
-        self.0.record_delete(k).await
-    }
-    fn record_list(&self, p: &RecordPrefix) -> BoxStream<'_, Result<RecordKey>> {
-        self.0.record_list(p)
-    }
-}
-
 #[tokio::test]
 async fn storage_failure_still_serves_verified_bytes_and_retries_later() {
     let upstream = Arc::new(FakeUpstream::default());
     let data = pattern(20_000);
     let digest = upstream.add_blob(BlobScript::new(&data));
-    let storage = Arc::new(FailingBlobWrites(MemoryStorage::new()));
+    // A full disk: blob writes take a little, then fail.
+    let storage = Arc::new(FaultyStorage::new());
+    storage.set_state(DiskState::Full);
     let engine = PullThrough::new(storage, Arc::clone(&upstream), CacheOptions::default());
     for attempt in 1..=2 {
         let response = engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
