@@ -14,7 +14,7 @@
 //! Environment: `BENCH_LAYER_MIB` (MiB per layer of the 5-layer images,
 //! default 24), `BENCH_HUGE_MIB` (single-layer image for the memory check,
 //! default 1024, 0 skips it), `BENCH_WRK_SECS` (seconds per wrk run, default 5),
-//! `BENCH_WARM_PULLS` (default 5).
+//! `BENCH_WARM_PULLS` (default 5), `BENCH_ONLY=huge` (only the memory check).
 
 #![allow(
     clippy::unwrap_used,
@@ -33,6 +33,8 @@ mod support;
 
 #[path = "compare/floor.rs"]
 mod floor;
+#[path = "compare/huge.rs"]
+mod huge;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -479,30 +481,6 @@ fn largest_blob(layout: &Layout) -> String {
         .digest
 }
 
-/// Peak RSS of a fresh oci-cache pulling a single-layer image cold, then warm.
-fn huge_image_rss(origin: &Origin, work: &Path, mib: u64) -> Option<(f64, f64, f64, f64)> {
-    if mib == 0 {
-        return None;
-    }
-    log(&format!(
-        "building and pushing a {mib} MiB single-layer image"
-    ));
-    let huge = build_image(&work.join("huge"), "v1", &ImageSpec::new(300, 1, mib << 20));
-    skopeo::push(&huge, &origin.host(), "bench/huge:v1");
-    let _ = std::fs::remove_dir_all(work.join("huge"));
-    let mirror = Mirror::start_oci_cache(&[("origin", &origin.url())], "origin", "5m");
-    let pid = mirror.pid();
-    reset_peak_rss(pid);
-    log("oci-cache: cold pull of the huge image");
-    let cold = pull(&mirror.host(), "bench/huge:v1", &huge.digest, work);
-    let cold_rss = peak_rss(pid) as f64;
-    reset_peak_rss(pid);
-    log("oci-cache: warm pull of the huge image");
-    let warm = pull(&mirror.host(), "bench/huge:v1", &huge.digest, work);
-    let warm_rss = peak_rss(pid) as f64;
-    Some((cold_rss, warm_rss, cold.as_secs_f64(), warm.as_secs_f64()))
-}
-
 struct Table {
     rows: Vec<[String; 6]>,
 }
@@ -555,6 +533,11 @@ fn main() {
         .tempdir()
         .unwrap();
     let work = work_dir.path();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("huge") {
+        let mut t = Table { rows: Vec::new() };
+        huge::only(work, huge_mib).inspect(|h| h.add_to(&mut t));
+        return t.print();
+    }
 
     log("building the corpus");
     let corpus = Corpus {
@@ -624,7 +607,7 @@ fn main() {
     let oc = measure("oci-cache", &oci.host(), oci.pid(), &origin, &corpus, work);
     drop(registry);
     drop(oci);
-    let huge = huge_image_rss(&origin, work, huge_mib);
+    let huge = huge::measure(&origin, work, huge_mib);
 
     let dash = || "—".to_owned();
     let secs = |s: f64| format!("{s:.2} s");
@@ -809,19 +792,8 @@ fn main() {
         ),
         "≤ 1.5× floor",
     );
-    if let Some((cold_rss, warm_rss, cold_s, warm_s)) = huge {
-        t.row(
-            &format!("peak RSS, {huge_mib} MiB single layer: cold pull / warm pull"),
-            dash(),
-            dash(),
-            format!(
-                "{:.1} / {:.1} MiB ({cold_s:.1} s / {warm_s:.1} s)",
-                cold_rss / MIB,
-                warm_rss / MIB
-            ),
-            dash(),
-            "< 48 MiB",
-        );
+    if let Some(h) = huge {
+        h.add_to(&mut t);
     }
     println!();
     t.print();
