@@ -35,6 +35,8 @@ mod support;
 mod floor;
 #[path = "compare/huge.rs"]
 mod huge;
+#[path = "compare/nginx.rs"]
+mod nginx;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -605,6 +607,15 @@ fn main() {
         work,
     );
     let oc = measure("oci-cache", &oci.host(), oci.pid(), &origin, &corpus, work);
+    log("oci-cache, then nginx sendfile on the file it stored: wrk on the largest blob");
+    let storage = oci.dir().join("storage");
+    let vs_nginx = nginx::versus(
+        (&oci.host(), "bench/big"),
+        &corpus.big,
+        &storage,
+        work,
+        (8, wrk_secs),
+    );
     drop(registry);
     drop(oci);
     let huge = huge::measure(&origin, work, huge_mib);
@@ -689,6 +700,15 @@ fn main() {
             ratio(ob.bytes_per_sec, direct_blob.bytes_per_sec)
         ),
         "≥ 1.5×, ≥ 1.0× origin",
+    );
+    let (oci_cells, nginx_cells, ratios) = vs_nginx.cells();
+    t.row(
+        &format!("warm blob vs nginx sendfile, same file: MiB/s ({} pairs back to back; origin column: nginx)", nginx::PAIRS),
+        nginx_cells,
+        dash(),
+        oci_cells,
+        ratios,
+        "≥ 1.0×",
     );
     t.row(
         "16 concurrent cold pulls: wall time",
