@@ -610,7 +610,7 @@ fn main() {
     log("oci-cache, then nginx sendfile on the file it stored: wrk on the largest blob");
     let storage = oci.dir().join("storage");
     let vs_nginx = nginx::versus(
-        (&oci.host(), "bench/big"),
+        (&oci.host(), oci.pid(), "bench/big"),
         &corpus.big,
         &storage,
         work,
@@ -701,15 +701,7 @@ fn main() {
         ),
         "≥ 1.5×, ≥ 1.0× origin",
     );
-    let (oci_cells, nginx_cells, ratios) = vs_nginx.cells();
-    t.row(
-        &format!("warm blob vs nginx sendfile, same file: MiB/s ({} pairs back to back; origin column: nginx)", nginx::PAIRS),
-        nginx_cells,
-        dash(),
-        oci_cells,
-        ratios,
-        "≥ 1.0×",
-    );
+    vs_nginx.add_to(&mut t);
     t.row(
         "16 concurrent cold pulls: wall time",
         dash(),

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 
 use crate::support::image::Layout;
 use crate::support::{free_port, ServerProcess};
-use crate::{largest_blob, wrk, Wrk};
+use crate::{cpu_seconds, largest_blob, wrk, Table, Wrk, MIB};
 
 /// Where Debian's `nginx-light` puts the binary (often not on a user's PATH).
 const NGINX_PATHS: [&str; 2] = ["nginx", "/usr/sbin/nginx"];
@@ -32,7 +32,7 @@ pub(crate) const PAIRS: usize = 3;
 #[derive(Debug)]
 pub(crate) struct Nginx {
     // Declared before the temp dir so the process stops before its dir goes.
-    _server: ServerProcess,
+    server: ServerProcess,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -78,7 +78,7 @@ impl Nginx {
         let server = ServerProcess::spawn("nginx", cmd, port, stderr_path, "/");
         let url = format!("http://{}/{}", server.host(), name.to_string_lossy());
         Ok(Nginx {
-            _server: server,
+            server,
             url,
             _dir: dir,
         })
@@ -140,24 +140,55 @@ pub(crate) fn stored_blob(storage: &Path, digest: &str, size: u64) -> Option<Pat
     None
 }
 
-/// What the nginx row shows: every (oci-cache, nginx) pair, or why there is none.
+/// One wrk run and the CPU seconds the server used during it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    wrk: Wrk,
+    cpu: f64,
+    secs: u64,
+}
+
+impl Run {
+    /// `secs` seconds of wrk on `url`, charged to the server `pid`.
+    fn measure(url: &str, pid: u32, (connections, secs): (u32, u64)) -> Run {
+        let before = cpu_seconds(pid);
+        let wrk = wrk(url, connections, secs);
+        Run {
+            wrk,
+            cpu: cpu_seconds(pid) - before,
+            secs,
+        }
+    }
+
+    fn mib_s(&self) -> f64 {
+        self.wrk.bytes_per_sec / MIB
+    }
+
+    /// Server CPU milliseconds per MiB served: moved less than MiB/s by
+    /// the other load on a shared machine.
+    fn cpu_ms_per_mib(&self) -> f64 {
+        self.cpu * 1e3 / (self.mib_s() * self.secs as f64)
+    }
+}
+
+/// What the nginx rows show: every (oci-cache, nginx) pair, or why there is none.
 #[derive(Debug, Clone)]
 pub(crate) enum Versus {
     /// The pairs, in run order.
-    Pairs(Vec<(Wrk, Wrk)>),
+    Pairs(Vec<(Run, Run)>),
     /// Why nginx was not measured.
     Skipped(String),
 }
 
-/// [`PAIRS`] pairs of `secs`-second wrk runs with `connections` connections
-/// on the largest blob of `layout` (pulled as `repo`): oci-cache at `host`,
+/// [`PAIRS`] pairs of wrk runs (`connections`, `secs` each) on the largest
+/// blob of `layout` (pulled as `repo`): oci-cache (process `pid`) at `host`,
 /// then nginx serving the file oci-cache stored for it under `storage`.
 pub(crate) fn versus(
-    (host, repo): (&str, &str),
+    (host, pid, repo): (&str, u32, &str),
     layout: &Layout,
     storage: &Path,
     work: &Path,
-    (connections, secs): (u32, u64),
+    wrk_args: (u32, u64),
 ) -> Versus {
     let digest = largest_blob(layout);
     let size = layout.images[0]
@@ -176,12 +207,13 @@ pub(crate) fn versus(
         Ok(nginx) => nginx,
         Err(why) => return Versus::Skipped(why),
     };
+    let nginx_pid = nginx.server.pid();
     Versus::Pairs(
         (0..PAIRS)
             .map(|_| {
                 (
-                    wrk(&blob_url, connections, secs),
-                    wrk(nginx.url(), connections, secs),
+                    Run::measure(&blob_url, pid, wrk_args),
+                    Run::measure(nginx.url(), nginx_pid, wrk_args),
                 )
             })
             .collect(),
@@ -189,21 +221,42 @@ pub(crate) fn versus(
 }
 
 impl Versus {
-    /// The row's cells: oci-cache MiB/s, nginx MiB/s, ratios — every pair.
-    pub(crate) fn cells(&self) -> (String, String, String) {
-        const MIB: f64 = 1024.0 * 1024.0;
-        match self {
-            Versus::Skipped(why) => (why.clone(), "—".into(), "—".into()),
-            Versus::Pairs(pairs) => {
-                let each = |f: &dyn Fn(&(Wrk, Wrk)) -> String| {
-                    pairs.iter().map(f).collect::<Vec<_>>().join(" / ")
-                };
-                (
-                    each(&|p| format!("{:.0}", p.0.bytes_per_sec / MIB)),
-                    each(&|p| format!("{:.0}", p.1.bytes_per_sec / MIB)),
-                    each(&|p| format!("{:.2}×", p.0.bytes_per_sec / p.1.bytes_per_sec)),
-                )
+    /// Adds the rows (MiB/s, and server CPU per MiB; every pair) to `table`.
+    pub(crate) fn add_to(&self, table: &mut Table) {
+        let what = format!(
+            "warm blob vs nginx sendfile, same file ({PAIRS} pairs back to back; origin column: nginx)"
+        );
+        let pairs = match self {
+            Versus::Skipped(why) => {
+                let dash = || "—".to_owned();
+                return table.row(
+                    &format!("{what}: MiB/s"),
+                    why.clone(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    "≥ 1.0×",
+                );
             }
-        }
+            Versus::Pairs(pairs) => pairs,
+        };
+        let each =
+            |f: &dyn Fn(&(Run, Run)) -> String| pairs.iter().map(f).collect::<Vec<_>>().join(" / ");
+        table.row(
+            &format!("{what}: MiB/s"),
+            each(&|p| format!("{:.0}", p.1.mib_s())),
+            "—".into(),
+            each(&|p| format!("{:.0}", p.0.mib_s())),
+            each(&|p| format!("{:.2}×", p.0.mib_s() / p.1.mib_s())),
+            "≥ 1.0×",
+        );
+        table.row(
+            &format!("{what}: server CPU per MiB"),
+            each(&|p| format!("{:.2} ms", p.1.cpu_ms_per_mib())),
+            "—".into(),
+            each(&|p| format!("{:.2} ms", p.0.cpu_ms_per_mib())),
+            each(&|p| format!("{:.2}×", p.0.cpu_ms_per_mib() / p.1.cpu_ms_per_mib())),
+            "",
+        );
     }
 }
