@@ -14,7 +14,9 @@
 //! Environment: `BENCH_LAYER_MIB` (MiB per layer of the 5-layer images,
 //! default 24), `BENCH_HUGE_MIB` (single-layer image for the memory check,
 //! default 1024, 0 skips it), `BENCH_WRK_SECS` (seconds per wrk run, default 5),
-//! `BENCH_WARM_PULLS` (default 5), `BENCH_ONLY=huge` (only the memory check).
+//! `BENCH_WARM_PULLS` (default 5), `BENCH_ONLY=huge` (only the memory check),
+//! `BENCH_CONCURRENT_ONLY` (N paired rounds of the 16-concurrent row alone,
+//! see `compare/concurrent.rs`).
 
 #![allow(
     clippy::unwrap_used,
@@ -37,6 +39,9 @@ mod floor;
 mod huge;
 #[path = "compare/nginx.rs"]
 mod nginx;
+
+#[path = "compare/concurrent.rs"]
+mod concurrent;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -539,6 +544,10 @@ fn main() {
         let mut t = Table { rows: Vec::new() };
         huge::only(work, huge_mib).inspect(|h| h.add_to(&mut t));
         return t.print();
+    }
+    let concurrent_only = env_or("BENCH_CONCURRENT_ONLY", 0usize);
+    if concurrent_only > 0 {
+        return concurrent::only(work, concurrent_only, layer_mib);
     }
 
     log("building the corpus");
