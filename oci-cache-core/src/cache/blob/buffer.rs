@@ -12,13 +12,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::super::aborted;
+use super::shared_reads::SharedReads;
 use crate::reference::{Registry, Repository};
 use crate::storage::StagedBytes;
 use crate::{Error, Result};
-
-/// Largest single read from the staging file or spool (the filesystem
-/// backend's chunk size).
-const DISK_READ: u64 = 128 * 1024;
 
 /// The registry and repository a fill fetches through.
 pub(super) type Source = (Registry, Repository);
@@ -44,6 +41,8 @@ pub(super) struct Fill {
     /// Bytes of ranges ahead of this fill forwarded upstream on their own
     /// (see [`forward`](super::forward)).
     forwarded: AtomicU64,
+    /// What its clients read from the file behind the window, shared.
+    pub(super) shared_reads: SharedReads,
 }
 
 /// Bytes `[0, start)` are behind the window ([`Behind`]), `[start, start +
@@ -69,7 +68,8 @@ enum Behind {
 /// Where a reader finds the bytes at its position.
 pub(super) enum Located {
     Memory(Bytes),
-    /// In this file (the staging file or the spool), at most this many bytes.
+    /// In this file (the staging file or the spool), which holds the bytes
+    /// up to this offset.
     Disk(Arc<File>, u64),
     /// Left memory with no file to hold them: the reader needs its own fetch.
     Lost,
@@ -82,6 +82,7 @@ impl Buffer {
         self.start + self.len
     }
 
+    /// Where the bytes from `pos` are; those in memory up to `end` at most.
     pub(super) fn locate(&self, pos: u64, end: u64) -> Located {
         if pos >= self.written() {
             return Located::NotYet;
@@ -95,8 +96,7 @@ impl Buffer {
             if pos >= on_disk {
                 return Located::Lost;
             }
-            let len = (end.min(on_disk) - pos).min(DISK_READ);
-            return Located::Disk(Arc::clone(file), len);
+            return Located::Disk(Arc::clone(file), on_disk);
         }
         let mut offset = self.start;
         for chunk in &self.chunks {
@@ -156,6 +156,7 @@ impl Fill {
             }),
             source,
             forwarded: AtomicU64::new(0),
+            shared_reads: SharedReads::default(),
         }
     }
 

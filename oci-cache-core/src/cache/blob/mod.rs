@@ -107,6 +107,7 @@ mod readback;
 pub(super) mod reader;
 mod resume;
 mod segments;
+mod shared_reads;
 mod spill;
 mod stored;
 
