@@ -25,25 +25,54 @@ fn staging_files(root: &std::path::Path) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_joiner_reads_what_left_the_window_from_the_staging_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = fs_engine(dir.path()).await;
+/// A fill of a 1 MiB (+7) blob over [`fs_engine`] in gated 16 KiB chunks,
+/// and its first client, `chunks` chunks in (what it read in `early`).
+struct Started {
+    d: Degraded<FsStorage>,
+    data: Vec<u8>,
+    digest: Digest,
+    gate: Arc<Semaphore>,
+    first_stream: ByteStream,
+    early: Vec<u8>,
+}
+
+async fn started(root: &std::path::Path, chunks: usize) -> Started {
+    let d = fs_engine(root).await;
     let data = pattern(1024 * 1024 + 7);
     let gate = Arc::new(Semaphore::new(0));
     let digest = d
         .upstream
         .add_blob(BlobScript::new(&data).chunk(16 * 1024).gated(&gate));
-
     let first = d.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
     let mut first_stream = first.stream;
-    // 40 chunks (640 KiB) in: all but the window left memory, and the
-    // storage write has staged them (it writes in 256 KiB batches).
-    gate.add_permits(40);
+    gate.add_permits(chunks);
     let mut early = Vec::new();
-    while early.len() < 40 * 16 * 1024 {
+    while early.len() < chunks * 16 * 1024 {
         early.extend_from_slice(&first_stream.next().await.unwrap().unwrap());
     }
+    Started {
+        d,
+        data,
+        digest,
+        gate,
+        first_stream,
+        early,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_reads_what_left_the_window_from_the_staging_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 chunks (640 KiB) in: all but the window left memory, and the
+    // storage write has staged them (it writes in 256 KiB batches).
+    let Started {
+        d,
+        data,
+        digest,
+        gate,
+        first_stream,
+        mut early,
+    } = started(dir.path(), 40).await;
     assert_eq!(staging_files(dir.path()), 1);
 
     let late = d.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
@@ -281,19 +310,14 @@ fn staged_len(root: &std::path::Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiners_share_their_reads_of_the_staging_file() {
     let dir = tempfile::tempdir().unwrap();
-    let d = fs_engine(dir.path()).await;
-    let data = pattern(1024 * 1024 + 7);
-    let gate = Arc::new(Semaphore::new(0));
-    let digest = d
-        .upstream
-        .add_blob(BlobScript::new(&data).chunk(16 * 1024).gated(&gate));
-    let first = d.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
-    let mut first_stream = first.stream;
-    let mut early = Vec::new();
-    gate.add_permits(40);
-    while early.len() < 40 * 16 * 1024 {
-        early.extend_from_slice(&first_stream.next().await.unwrap().unwrap());
-    }
+    let Started {
+        d,
+        data,
+        digest,
+        gate,
+        mut first_stream,
+        mut early,
+    } = started(dir.path(), 40).await;
     // Once 512 KiB are staged, the next chunks let the window go of them.
     while staged_len(dir.path()) < 512 * 1024 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
