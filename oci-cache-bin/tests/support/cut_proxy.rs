@@ -11,7 +11,9 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::relay::Pacer;
 
 /// Most connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 32;
@@ -31,23 +33,16 @@ struct Counters {
     cuts_left: Arc<AtomicUsize>,
     cuts_done: Arc<AtomicUsize>,
     from_target: Arc<AtomicU64>,
-    /// Response bytes per second over all connections; `None`: unlimited.
-    rate: Option<u64>,
-    /// When the link has sent everything handed to it so far.
-    link_free_at: Arc<Mutex<Instant>>,
+    /// The link all responses share; `None`: unlimited.
+    link: Option<Arc<Pacer>>,
 }
 
 impl Counters {
     /// Waits until the link has carried `n` more bytes at its rate.
     fn pace(&self, n: usize) {
-        let Some(rate) = self.rate else { return };
-        let done = {
-            let mut free_at = self.link_free_at.lock().unwrap();
-            let start = (*free_at).max(Instant::now());
-            *free_at = start + Duration::from_secs_f64(n as f64 / rate as f64);
-            *free_at
-        };
-        std::thread::sleep(done.saturating_duration_since(Instant::now()));
+        if let Some(link) = &self.link {
+            link.pace(n);
+        }
     }
 }
 
@@ -73,8 +68,7 @@ impl CutProxy {
             cuts_left: Arc::new(AtomicUsize::new(cuts)),
             cuts_done: Arc::new(AtomicUsize::new(0)),
             from_target: Arc::new(AtomicU64::new(0)),
-            rate,
-            link_free_at: Arc::new(Mutex::new(Instant::now())),
+            link: rate.map(|r| Arc::new(Pacer::new(r))),
         };
         let open = Arc::new(Mutex::new(Vec::new()));
         let active = Arc::new(AtomicUsize::new(0));

@@ -12,6 +12,7 @@ pub(crate) mod mirror;
 pub(crate) mod pebble;
 pub(crate) mod podman;
 pub(crate) mod registry;
+pub(crate) mod relay;
 pub(crate) mod s3;
 pub(crate) mod skopeo;
 pub(crate) mod token_server;
