@@ -16,7 +16,8 @@
 //! default 1024, 0 skips it), `BENCH_WRK_SECS` (seconds per wrk run, default 5),
 //! `BENCH_WARM_PULLS` (default 5), `BENCH_ONLY=huge` (only the memory check),
 //! `BENCH_CONCURRENT_ONLY` (N paired rounds of the 16-concurrent row alone,
-//! see `compare/concurrent.rs`).
+//! see `compare/concurrent.rs`); `BENCH_WAN`, `BENCH_WAN_PAIRS` and
+//! `BENCH_WAN_ONLY` for the WAN rows (`compare/wan.rs`).
 
 #![allow(
     clippy::unwrap_used,
@@ -42,6 +43,8 @@ mod nginx;
 
 #[path = "compare/concurrent.rs"]
 mod concurrent;
+#[path = "compare/wan.rs"]
+mod wan;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -549,6 +552,12 @@ fn main() {
     if concurrent_only > 0 {
         return concurrent::only(work, concurrent_only, layer_mib);
     }
+    if wan::only() {
+        let figures = wan::measure(&Origin::start(), work);
+        let mut t = Table { rows: Vec::new() };
+        wan::rows(&mut t, &figures);
+        return t.print();
+    }
 
     log("building the corpus");
     let corpus = Corpus {
@@ -627,6 +636,7 @@ fn main() {
     );
     drop(registry);
     drop(oci);
+    let wan = wan::measure(&origin, work);
     let huge = huge::measure(&origin, work, huge_mib);
 
     let dash = || "—".to_owned();
@@ -813,6 +823,7 @@ fn main() {
         ),
         "≤ 1.5× floor",
     );
+    wan::rows(&mut t, &wan);
     if let Some(h) = huge {
         h.add_to(&mut t);
     }
