@@ -33,8 +33,12 @@
 //! wrote; the fill reads those and asks for the rest of that part alone.
 //!
 //! Bounds: extra connections per upstream are `connections - 1` at a time,
-//! shared by all of its fills (a worker that finds no free slot is not
-//! started, and the fill reads that part itself). Every request still takes
+//! shared by all of its fills. A fill that finds fewer free slots than it
+//! wants starts what it can and waits (first come, first served) for the
+//! rest: each slot another fill frees while parts are left starts one more
+//! worker (layers of one image start together, and the small ones free
+//! their slots soon). Parts nobody took by the time the fill reaches them
+//! it reads itself. Every request still takes
 //! a blob slot of the upstream's request budget, which keeps slots for
 //! manifests and tokens. Not done: measuring whether the first connection
 //! alone already fills the link before opening more.
@@ -152,14 +156,14 @@ impl FillSegments {
 pub(super) struct SegmentSlots(Mutex<HashMap<Registry, Arc<Semaphore>>>);
 
 impl SegmentSlots {
-    /// A slot for one more connection to `registry`, if one is free.
-    fn take(&self, registry: &Registry, per_upstream: usize) -> Option<OwnedSemaphorePermit> {
-        let slots = Arc::clone(
+    /// The slots for extra connections to `registry` (`per_upstream` of
+    /// them): one permit per connection.
+    fn of(&self, registry: &Registry, per_upstream: usize) -> Arc<Semaphore> {
+        Arc::clone(
             lock(&self.0)
                 .entry(registry.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(per_upstream))),
-        );
-        slots.try_acquire_owned().ok()
+        )
     }
 }
 
@@ -231,6 +235,13 @@ impl Plan {
         });
         states[index] = PartState::Worker(Arc::clone(&spooled));
         Some((self.parts[index].clone(), spooled))
+    }
+
+    /// Whether a part is left that nobody took.
+    fn has_open(&self) -> bool {
+        lock(&self.states)
+            .iter()
+            .any(|s| matches!(s, PartState::Open))
     }
 
     /// For the fill: part `index`, from its worker if one took it.
@@ -340,19 +351,32 @@ impl<'a, U: Upstream + ?Sized> SegmentedBody<'a, U> {
         });
         *lock(&plan.states) = plan.parts.iter().map(|_| PartState::Open).collect();
         let job = Arc::new(job);
-        for _ in 0..options.extra().min(plan.parts.len()) {
-            let Some(slot) = slots.take(&job.registry, options.extra()) else {
-                debug!(digest = %job.digest, "no free segment slot for this upstream; fewer connections");
+        let slots = slots.of(&job.registry, options.extra());
+        let wanted = options.extra().min(plan.parts.len());
+        let mut started = 0;
+        while started < wanted {
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                 break;
             };
-            let (job, plan) = (Arc::clone(&job), Arc::clone(&plan));
-            body.workers.push(tokio::spawn(async move {
-                work(&job, &plan).await;
-                drop(slot);
-            }));
+            body.workers.push(tokio::spawn(work_in_slot(
+                Arc::clone(&job),
+                Arc::clone(&plan),
+                slot,
+            )));
+            started += 1;
+        }
+        if started < wanted {
+            debug!(digest = %job.digest, started, wanted,
+                "segment slots of this upstream in use by other fills; more workers as they free");
+            body.workers.push(tokio::spawn(recruit(
+                Arc::clone(&job),
+                Arc::clone(&plan),
+                slots,
+                wanted - started,
+            )));
         }
         info!(digest = %job.digest, size, parts = plan.parts.len() + 1,
-            connections = body.workers.len() + 1, "fetching the blob over several connections");
+            connections = started + 1, "fetching the blob over several connections");
         body.plan = Some((plan, 0));
         Ok(body)
     }
@@ -478,6 +502,43 @@ async fn read_spooled(
         )));
     }
     Ok(Some(chunk))
+}
+
+/// A worker holding `slot` (one extra connection to the upstream) until it
+/// is done.
+async fn work_in_slot<U: Upstream + ?Sized>(
+    job: Arc<Job<U>>,
+    plan: Arc<Plan>,
+    slot: OwnedSemaphorePermit,
+) {
+    work(&job, &plan).await;
+    drop(slot);
+}
+
+/// Starts up to `missing` more workers as other fills free the upstream's
+/// slots (first come, first served: the semaphore is fair), while parts are
+/// left that nobody took. A fill that opened while the slots were in use
+/// (several layers of one image start at once) so still gets its extra
+/// connections once the others' small parts are done, instead of reading
+/// all of a large blob on one. Its workers are aborted with it.
+async fn recruit<U: Upstream + ?Sized + 'static>(
+    job: Arc<Job<U>>,
+    plan: Arc<Plan>,
+    slots: Arc<Semaphore>,
+    missing: usize,
+) {
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..missing {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        if !plan.has_open() {
+            break;
+        }
+        debug!(digest = %job.digest, "a segment slot freed: one more connection");
+        workers.spawn(work_in_slot(Arc::clone(&job), Arc::clone(&plan), slot));
+    }
+    while workers.join_next().await.is_some() {}
 }
 
 /// A worker: fetches open parts into files of their own until none is left.

@@ -85,3 +85,68 @@ async fn a_blob_up_to_min_size_comes_in_the_first_answer() {
     assert!(got == data, "the client got other bytes");
     assert_eq!(s.upstream.blob_ranges().len(), 1);
 }
+
+/// Waits (bounded) until `done` holds; whether it did.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_found_the_slots_taken_gets_workers_once_another_fill_frees_them() {
+    // Two extra connections per upstream; blob A's workers take both and
+    // stall until `gate_a` opens; blob B opens meanwhile, its first answer
+    // stalled by `gate_b`.
+    let segments = FillSegments::default()
+        .with_connections(3)
+        .with_min_size(MIB as u64);
+    let s = setup(CacheOptions::default().with_fill_segments(segments));
+    let (gate_a, gate_b) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let (a, b) = (pattern(3 * MIB), pattern(5 * MIB));
+    let digest_a = s.upstream.add_blob(BlobScript::new(&a).gated(&gate_a));
+    let digest_b = s.upstream.add_blob(BlobScript::new(&b).gated(&gate_b));
+    let upstream = Arc::clone(&s.upstream);
+    let asked = move || spans(&upstream.blob_ranges());
+    let b_parts = [MIB as u64..3 * MIB as u64, 3 * MIB as u64..5 * MIB as u64];
+    let fill_a = blob_bytes(&s.engine, &digest_a);
+    let fill_b = async {
+        assert!(
+            eventually(|| asked().len() == 3).await,
+            "A: first answer and two parts"
+        );
+        blob_bytes(&s.engine, &digest_b).await
+    };
+    let control = async {
+        assert!(eventually(|| asked().len() == 4).await, "B's first answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate_a.add_permits(1 << 20);
+        // B's first answer is still stalled: only workers started on the
+        // slots A freed can ask for B's parts now.
+        let b_parts_asked = eventually(|| {
+            let asked = asked();
+            b_parts.iter().all(|p| asked.contains(p))
+        })
+        .await;
+        gate_b.add_permits(1 << 20);
+        b_parts_asked
+    };
+    let (got_a, got_b, b_parts_asked) = tokio::join!(fill_a, fill_b, control);
+    assert!(got_a.unwrap() == a && got_b.unwrap() == b, "other bytes");
+    assert!(
+        b_parts_asked,
+        "B's parts were not fetched while its first answer was under way: {:?}",
+        asked()
+    );
+    // Every byte of each blob asked for once: A's three spans, B's three.
+    let m = MIB as u64;
+    let mut want = vec![0..m, m..2 * m, 2 * m..3 * m, 0..m, m..3 * m, 3 * m..5 * m];
+    want.sort_by_key(|r| (r.start, r.end));
+    let mut got = asked();
+    got.sort_by_key(|r| (r.start, r.end));
+    assert_eq!(got, want);
+}
