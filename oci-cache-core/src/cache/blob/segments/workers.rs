@@ -1,0 +1,134 @@
+//! The workers of a segmented fill: each fetches parts nobody took into
+//! files of their own, on a connection of its own (one slot of the
+//! upstream's extra connections).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use super::super::buffer::{blocking, spool_error, write_at};
+use super::{Job, Plan, Spooled, Written, BATCH};
+use crate::error::ErrorChain;
+use crate::upstream::Upstream;
+
+/// A worker holding `slot` (one extra connection to the upstream) until it
+/// is done.
+pub(super) async fn work_in_slot<U: Upstream + ?Sized>(
+    job: Arc<Job<U>>,
+    plan: Arc<Plan>,
+    slot: OwnedSemaphorePermit,
+) {
+    work(&job, &plan).await;
+    drop(slot);
+}
+
+/// Starts up to `missing` more workers as other fills free the upstream's
+/// slots (first come, first served: the semaphore is fair), while parts are
+/// left that nobody took. A fill that opened while the slots were in use
+/// (several layers of one image start at once) so still gets its extra
+/// connections once the others' small parts are done, instead of reading
+/// all of a large blob on one. Its workers are aborted with it.
+pub(super) async fn recruit<U: Upstream + ?Sized + 'static>(
+    job: Arc<Job<U>>,
+    plan: Arc<Plan>,
+    slots: Arc<Semaphore>,
+    missing: usize,
+) {
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..missing {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        if !plan.has_open() {
+            break;
+        }
+        debug!(digest = %job.digest, "a segment slot freed: one more connection");
+        workers.spawn(work_in_slot(Arc::clone(&job), Arc::clone(&plan), slot));
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// A worker: fetches open parts into files of their own until none is left.
+async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) {
+    loop {
+        let dir = job.spool_dir.clone();
+        let file = match blocking(move || {
+            tempfile::tempfile_in(&dir).map_err(|e| spool_error(&dir, e))
+        })
+        .await
+        {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                warn!(digest = %job.digest, error = %ErrorChain(&e), "cannot spool a segment; the fill reads it itself");
+                return;
+            }
+        };
+        let Some((part, spooled)) = plan.take_for_worker(&file) else {
+            return;
+        };
+        let written = fetch_part(job, plan, part.clone(), &spooled).await;
+        let state = match written {
+            Ok(()) => Written::Done,
+            Err((n, e)) => {
+                warn!(digest = %job.digest, start = part.start, end = part.end, received = n,
+                    error = %ErrorChain(&e), "a segment's connection failed; the fill fetches the rest of it again");
+                Written::GaveUp(n)
+            }
+        };
+        spooled.written.send_replace(state);
+    }
+}
+
+/// Fetches `part` into its file; on failure, the bytes written and why.
+async fn fetch_part<U: Upstream + ?Sized>(
+    job: &Job<U>,
+    plan: &Plan,
+    part: Range<u64>,
+    spooled: &Spooled,
+) -> std::result::Result<(), (u64, crate::Error)> {
+    let len = part.end - part.start;
+    let mut body = super::super::resume::ResumingBody::open_part(
+        job.target(),
+        job.retry,
+        part,
+        Some(plan.size),
+        plan.etag.clone(),
+    )
+    .await
+    .map_err(|e| (0, e))?;
+    let mut written = 0u64;
+    let mut batch = BytesMut::new();
+    loop {
+        let next = body.next().await;
+        if let Some(Ok(chunk)) = &next {
+            batch.extend_from_slice(chunk);
+        }
+        let last = !matches!(next, Some(Ok(_)));
+        if !batch.is_empty() && (last || batch.len() >= BATCH) {
+            let bytes = batch.split().freeze();
+            let file = Arc::clone(&spooled.file);
+            let (at, n) = (written, bytes.len() as u64);
+            blocking(move || write_at(&file, &bytes, at))
+                .await
+                .map_err(|e| (written, e))?;
+            written += n;
+            spooled.written.send_replace(Written::Growing(written));
+        }
+        match next {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err((written, e)),
+            None if written == len => return Ok(()),
+            None => {
+                let short = crate::error::UpstreamError::new(
+                    crate::error::UpstreamErrorKind::Invalid,
+                    "",
+                    format!("a segment ended after {written} of its {len} bytes"),
+                );
+                return Err((written, short.into()));
+            }
+        }
+    }
+}
