@@ -121,8 +121,11 @@ pub use progress::FillProgress;
 pub use resume::FillRetry;
 pub use segments::FillSegments;
 
-/// Chunks queued between the fill and the storage write.
-const STORE_QUEUE: usize = 8;
+/// Chunks queued between the fill and the storage write. Each holds its
+/// upstream read (up to 128 KiB) in memory until written: with the staging
+/// batch and the batch being written, a fill holds at most ~1.5 MiB that
+/// storage has not staged yet, as with the smaller batches before.
+const STORE_QUEUE: usize = 4;
 
 /// The fills under way, by digest. Blobs are content-addressed and shared by all
 /// upstreams, so one fill serves every repository that asks for the digest.
