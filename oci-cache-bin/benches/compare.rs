@@ -43,17 +43,25 @@ mod nginx;
 
 #[path = "compare/concurrent.rs"]
 mod concurrent;
+#[path = "compare/pulls.rs"]
+mod pulls;
+#[path = "compare/table.rs"]
+mod table;
+#[path = "compare/tools.rs"]
+mod tools;
 #[path = "compare/wan.rs"]
 mod wan;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
+use pulls::{concurrent_pulls, image_bytes, median, median_f64, origin_bytes_during, pull};
 use support::image::{build_image, build_multiarch, ImageSpec, Layout};
 use support::mirror::Mirror;
 use support::registry::Origin;
 use support::skopeo;
+use table::{ratio, Table};
+use tools::{cpu_seconds, fixed_count, peak_rss, reset_peak_rss, wrk, Phases, Wrk};
 
 /// The Accept header of a client that takes OCI and Docker manifests and indexes.
 const ACCEPT: &str = "Accept: application/vnd.oci.image.manifest.v1+json, \
@@ -77,244 +85,6 @@ fn log(msg: &str) {
 fn start_time() -> &'static Instant {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now)
-}
-
-/// Peak resident set (VmHWM) of `pid`, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap()
-}
-
-/// Reset `pid`'s VmHWM to its current RSS (Linux `clear_refs` value 5).
-fn reset_peak_rss(pid: u32) {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
-}
-
-/// User + system CPU seconds `pid` has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
-}
-
-/// User + system CPU seconds from a `/proc/…/stat` file (a process's or a thread's).
-fn stat_cpu_seconds(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap();
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields[11].parse().unwrap();
-    let stime: f64 = fields[12].parse().unwrap();
-    let ticks = String::from_utf8(
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .parse::<f64>()
-    .unwrap_or(100.0);
-    (utime + stime) / ticks
-}
-
-/// What one wrk run measured.
-#[derive(Debug, Clone, Copy)]
-struct Wrk {
-    req_per_sec: f64,
-    p99_ms: f64,
-    bytes_per_sec: f64,
-}
-
-/// `secs` seconds of wrk against `url`: rates and latency.
-fn wrk(url: &str, connections: u32, secs: u64) -> Wrk {
-    let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s")])
-        .args(["--latency", "--timeout", "30s", "-H", ACCEPT, url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "wrk {url} failed:\n{text}");
-    // Non-2xx answers would make any rate meaningless.
-    assert!(
-        !text.contains("Non-2xx") && !text.contains("Socket errors"),
-        "wrk {url} saw errors:\n{text}"
-    );
-    let field = |prefix: &str| -> &str {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in wrk output:\n{text}"))
-            .trim()
-    };
-    Wrk {
-        req_per_sec: field("Requests/sec:").parse().unwrap(),
-        p99_ms: parse_duration_ms(field("99%")),
-        bytes_per_sec: parse_size(field("Transfer/sec:")),
-    }
-}
-
-/// Exactly `n` keep-alive GETs of `url` over `connections` connections, all
-/// 2xx: the same work for every server, for CPU seconds. ApacheBench, since
-/// wrk cannot stop after a count.
-fn fixed_count(url: &str, connections: u32, n: u64) {
-    let out = Command::new("ab")
-        .args([
-            "-q",
-            "-k",
-            "-n",
-            &n.to_string(),
-            "-c",
-            &connections.to_string(),
-        ])
-        .args(["-s", "60", "-H", ACCEPT, url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "ab {url} failed:\n{text}");
-    let field = |prefix: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    assert_eq!(field("Complete requests:"), Some(n), "ab {url}:\n{text}");
-    assert_eq!(field("Failed requests:"), Some(0), "ab {url}:\n{text}");
-    assert!(!text.contains("Non-2xx"), "ab {url} saw errors:\n{text}");
-}
-
-/// wrk durations: `812.00us`, `1.23ms`, `2.01s`, `1.5m`.
-fn parse_duration_ms(s: &str) -> f64 {
-    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (s, 1.0)
-    };
-    num.parse::<f64>().unwrap() * factor
-}
-
-/// wrk sizes: `1.23MB` (binary multiples), `512.00B`.
-fn parse_size(s: &str) -> f64 {
-    let units = [
-        ("GB", MIB * 1024.0),
-        ("MB", MIB),
-        ("KB", 1024.0),
-        ("B", 1.0),
-    ];
-    for (suffix, factor) in units {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return n.parse::<f64>().unwrap() * factor;
-        }
-    }
-    panic!("wrk size {s:?}")
-}
-
-/// Bytes a full pull of `layout` moves: manifests (and index) plus every blob.
-fn image_bytes(layout: &Layout) -> u64 {
-    let index = if layout.images.len() > 1 {
-        std::fs::metadata(layout.blob_path(&layout.digest))
-            .unwrap()
-            .len()
-    } else {
-        0
-    };
-    index
-        + layout
-            .images
-            .iter()
-            .map(|i| i.manifest.size + i.blobs().iter().map(|b| b.size).sum::<u64>())
-            .sum::<u64>()
-}
-
-/// Pull `host/repo_tag` into a fresh dir under `work`, check the digest, remove the copy.
-fn pull(host: &str, repo_tag: &str, want: &str, work: &Path) -> Duration {
-    let dest = unique_dir(work);
-    let copied = skopeo::copy(&format!("{host}/{repo_tag}"), &dest).unwrap();
-    assert_eq!(copied.digest, want, "pull {host}/{repo_tag}");
-    let _ = std::fs::remove_dir_all(&dest);
-    let _ = std::fs::remove_file(dest.with_extension("digest"));
-    copied.elapsed
-}
-
-fn unique_dir(work: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    work.join(format!("pull-{}", N.fetch_add(1, Ordering::Relaxed)))
-}
-
-/// `n` concurrent pulls; the wall time until the last one ends.
-fn concurrent_pulls(host: &str, repo_tag: &str, want: &str, work: &Path, n: usize) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| s.spawn(|| pull(host, repo_tag, want, work)))
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-    });
-    start.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn median_f64(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Origin bytes served for whatever `f` does through a mirror, counted once
-/// the mirror has gone idle (the access log stops growing).
-fn origin_bytes_during<T>(origin: &Origin, f: impl FnOnce() -> T) -> (T, u64) {
-    let before = origin.bytes_served();
-    let out = f();
-    std::thread::sleep(Duration::from_secs(1));
-    (out, origin.bytes_served() - before)
-}
-
-/// Peak RSS and CPU seconds of one mirror per phase of the run.
-#[derive(Debug, Default, Clone)]
-struct Phases {
-    pid: u32,
-    rows: Vec<(&'static str, f64, f64)>,
-}
-
-impl Phases {
-    fn new(pid: u32) -> Phases {
-        // Whatever start-up cost counts too.
-        let rows = vec![("start-up", peak_rss(pid) as f64, cpu_seconds(pid))];
-        Phases { pid, rows }
-    }
-
-    /// Runs `f` as phase `name`, recording the process's peak RSS during it
-    /// (VmHWM reset first) and the CPU seconds it used.
-    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        reset_peak_rss(self.pid);
-        let cpu = cpu_seconds(self.pid);
-        let out = f();
-        self.rows
-            .push((name, peak_rss(self.pid) as f64, cpu_seconds(self.pid) - cpu));
-        out
-    }
-
-    fn peak_rss(&self) -> f64 {
-        self.rows.iter().map(|r| r.1).fold(0.0, f64::max)
-    }
-
-    fn cpu(&self, name: &str) -> f64 {
-        self.rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum()
-    }
 }
 
 /// Everything measured through one mirror.
@@ -489,46 +259,6 @@ fn largest_blob(layout: &Layout) -> String {
         .max_by_key(|b| b.size)
         .unwrap()
         .digest
-}
-
-struct Table {
-    rows: Vec<[String; 6]>,
-}
-
-impl Table {
-    /// One row of figures, already formatted.
-    fn row(
-        &mut self,
-        what: &str,
-        origin: String,
-        reg: String,
-        oci: String,
-        ratio: String,
-        target: &str,
-    ) {
-        self.rows
-            .push([what.into(), origin, reg, oci, ratio, target.into()]);
-    }
-
-    fn print(&self) {
-        let header = [
-            "measure",
-            "origin direct",
-            "registry:2 proxy",
-            "oci-cache",
-            "ratio",
-            "target",
-        ];
-        println!("| {} |", header.join(" | "));
-        println!("|{}|", header.map(|_| "---").join("|"));
-        for r in &self.rows {
-            println!("| {} |", r.join(" | "));
-        }
-    }
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    format!("{:.2}×", a / b)
 }
 
 fn main() {

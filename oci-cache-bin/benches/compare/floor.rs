@@ -107,7 +107,7 @@ fn copy_run(source: &Path, target: &Path) -> f64 {
 
 /// User + system CPU seconds of the calling thread.
 fn thread_cpu_seconds() -> f64 {
-    super::stat_cpu_seconds("/proc/thread-self/stat")
+    crate::tools::stat_cpu_seconds("/proc/thread-self/stat")
 }
 
 /// Bytes that do not compress or repeat in a way any layer would not.
