@@ -3,7 +3,7 @@
 //! and a fresh oci-cache (empty storage, so every pull is cold) against the
 //! same origin image, back to back in alternating order, and prints one line
 //! per mirror per round: wall time, the mirror's CPU seconds over the pulls,
-//! origin bytes per image byte, and the load average when it ended. On a
+//! origin bytes per image byte, its peak RSS, and the load average when it ended. On a
 //! shared machine single walls drift; pairs and CPU seconds drift less.
 
 use std::path::Path;
@@ -13,7 +13,7 @@ use super::support::image::{build_image, ImageSpec};
 use super::support::mirror::Mirror;
 use super::support::registry::Origin;
 use super::support::skopeo;
-use super::{cpu_seconds, image_bytes, log, origin_bytes_during, pull};
+use super::{cpu_seconds, image_bytes, log, origin_bytes_during, peak_rss, pull, MIB};
 
 /// Concurrent pulls per round, as in the full table.
 const PULLS: usize = 16;
@@ -31,6 +31,8 @@ struct Round {
     /// CPU seconds of the origin registry over the pulls.
     origin_cpu: f64,
     origin_ratio: f64,
+    /// The mirror's peak RSS (a fresh process each round: over its life).
+    peak_rss_mib: f64,
     load: String,
 }
 
@@ -72,6 +74,7 @@ pub(crate) fn only(work: &Path, rounds: usize, layer_mib: u64) {
             clients_cpu: children_cpu_seconds() - clients,
             origin_cpu: cpu_seconds(origin.pid()) - origin_cpu,
             origin_ratio: bytes as f64 / image_len,
+            peak_rss_mib: peak_rss(pid) as f64 / MIB,
             load: load_average(),
         }
     };
@@ -84,8 +87,8 @@ pub(crate) fn only(work: &Path, rounds: usize, layer_mib: u64) {
         run("oci-cache", &mirror.host(), mirror.pid())
     };
 
-    println!("| round | mirror | wall | single pulls | mirror CPU s | skopeo CPU s | origin CPU s | origin bytes / image | load (1/5/15 min) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| round | mirror | wall | single pulls | mirror CPU s | skopeo CPU s | origin CPU s | origin bytes / image | peak RSS | load (1/5/15 min) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         // Alternate which goes first, so a drift in load favours neither.
@@ -98,7 +101,7 @@ pub(crate) fn only(work: &Path, rounds: usize, layer_mib: u64) {
         };
         for (name, r) in [("registry:2", &reg), ("oci-cache", &oci)] {
             println!(
-                "| {round} | {name} | {:.2} s | {:.2}–{:.2} s | {:.2} | {:.2} | {:.2} | {:.3} | {} |",
+                "| {round} | {name} | {:.2} s | {:.2}–{:.2} s | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} MiB | {} |",
                 r.wall,
                 r.fastest,
                 r.slowest,
@@ -106,6 +109,7 @@ pub(crate) fn only(work: &Path, rounds: usize, layer_mib: u64) {
                 r.clients_cpu,
                 r.origin_cpu,
                 r.origin_ratio,
+                r.peak_rss_mib,
                 r.load
             );
         }
