@@ -12,10 +12,13 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::super::aborted;
-use super::shared_reads::SharedReads;
 use crate::reference::{Registry, Repository};
 use crate::storage::StagedBytes;
 use crate::{Error, Result};
+
+/// Largest single read from the staging file or spool (the filesystem
+/// backend's chunk size).
+const DISK_READ: u64 = 128 * 1024;
 
 /// The registry and repository a fill fetches through.
 pub(super) type Source = (Registry, Repository);
@@ -41,8 +44,6 @@ pub(super) struct Fill {
     /// Bytes of ranges ahead of this fill forwarded upstream on their own
     /// (see [`forward`](super::forward)).
     forwarded: AtomicU64,
-    /// What its clients read from the file behind the window, shared.
-    pub(super) shared_reads: SharedReads,
 }
 
 /// Bytes `[0, start)` are behind the window ([`Behind`]), `[start, start +
@@ -68,8 +69,7 @@ enum Behind {
 /// Where a reader finds the bytes at its position.
 pub(super) enum Located {
     Memory(Bytes),
-    /// In this file (the staging file or the spool), which holds the bytes
-    /// up to this offset.
+    /// In this file (the staging file or the spool), at most this many bytes.
     Disk(Arc<File>, u64),
     /// Left memory with no file to hold them: the reader needs its own fetch.
     Lost,
@@ -82,7 +82,6 @@ impl Buffer {
         self.start + self.len
     }
 
-    /// Where the bytes from `pos` are; those in memory up to `end` at most.
     pub(super) fn locate(&self, pos: u64, end: u64) -> Located {
         if pos >= self.written() {
             return Located::NotYet;
@@ -96,7 +95,8 @@ impl Buffer {
             if pos >= on_disk {
                 return Located::Lost;
             }
-            return Located::Disk(Arc::clone(file), on_disk);
+            let len = (end.min(on_disk) - pos).min(DISK_READ);
+            return Located::Disk(Arc::clone(file), len);
         }
         let mut offset = self.start;
         for chunk in &self.chunks {
@@ -156,7 +156,6 @@ impl Fill {
             }),
             source,
             forwarded: AtomicU64::new(0),
-            shared_reads: SharedReads::default(),
         }
     }
 

@@ -107,7 +107,6 @@ mod readback;
 pub(super) mod reader;
 mod resume;
 mod segments;
-mod shared_reads;
 mod spill;
 mod stored;
 
@@ -121,11 +120,8 @@ pub use progress::FillProgress;
 pub use resume::FillRetry;
 pub use segments::FillSegments;
 
-/// Chunks queued between the fill and the storage write. Each holds its
-/// upstream read (up to 128 KiB) in memory until written: with the staging
-/// batch and the batch being written, a fill holds at most ~1.5 MiB that
-/// storage has not staged yet, as with the smaller batches before.
-const STORE_QUEUE: usize = 4;
+/// Chunks queued between the fill and the storage write.
+const STORE_QUEUE: usize = 8;
 
 /// The fills under way, by digest. Blobs are content-addressed and shared by all
 /// upstreams, so one fill serves every repository that asks for the digest.

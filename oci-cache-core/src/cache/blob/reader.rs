@@ -14,17 +14,15 @@
 //! wait for the whole blob, and no ranged answer of a registry is checked
 //! either. When the fill later fails verification, nothing is stored.
 
-use std::fs::File;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::super::aborted;
 use super::buffer::{io_error, Fill, Located, Phase, Source};
-use super::shared_reads::{SharedReads, BLOCK};
 use crate::digest::{Digest, DigestVerifier};
 use crate::file_io::ChunkReader;
 use crate::storage::ByteStream;
@@ -154,8 +152,15 @@ impl Reader {
                         self.pos += bytes.len() as u64;
                         return Some(Ok(bytes));
                     }
-                    Located::Disk(file, on_disk) => {
-                        let read = self.read_disk(file, on_disk, limit).await;
+                    Located::Disk(file, len) => {
+                        let disk = self.disk.get_or_insert_with(|| ChunkReader::new(file));
+                        let len = usize::try_from(len).unwrap_or_default();
+                        let read = match disk.read_at(self.pos, len).await {
+                            // The file holds every byte located there by construction.
+                            Ok(bytes) if bytes.is_empty() => Err(aborted("blob spool read")),
+                            Ok(bytes) => Ok(bytes),
+                            Err(e) => Err(io_error(e)),
+                        };
                         if let Ok(bytes) = &read {
                             self.pos += bytes.len() as u64;
                         }
@@ -186,53 +191,6 @@ impl Reader {
             }
         }
     }
-}
-
-impl Reader {
-    /// The bytes from this reader's position up to `limit` at most, out of
-    /// `file`, which holds the blob's bytes up to `on_disk`: a slice of the
-    /// block around the position, which another client of the fill may have
-    /// read already (see [`shared_reads`](super::shared_reads)).
-    async fn read_disk(&mut self, file: Arc<File>, on_disk: u64, limit: u64) -> Result<Bytes> {
-        let pos = self.pos;
-        let (start, block) = match self.fill.shared_reads.get(pos) {
-            Some(kept) => kept,
-            None => {
-                let start = SharedReads::block_of(pos);
-                let len = (start + BLOCK).min(on_disk) - start;
-                let disk = self.disk.get_or_insert_with(|| ChunkReader::new(file));
-                let block = read_full(disk, start, len).await?;
-                self.fill.shared_reads.keep(start, block.clone());
-                (start, block)
-            }
-        };
-        let to_offset = |at: u64| usize::try_from(at - start).unwrap_or_default();
-        let end = limit.min(start + block.len() as u64);
-        Ok(block.slice(to_offset(pos)..to_offset(end)))
-    }
-}
-
-/// `len` bytes at `at` of a file that holds them all: one read when the
-/// page cache has them (the usual case), more when only part was cached.
-async fn read_full(disk: &mut ChunkReader, at: u64, len: u64) -> Result<Bytes> {
-    let want = usize::try_from(len).unwrap_or_default();
-    let first = disk.read_at(at, want).await.map_err(io_error)?;
-    if first.len() == want {
-        return Ok(first);
-    }
-    let mut all = BytesMut::from(&first[..]);
-    while all.len() < want {
-        let more = disk
-            .read_at(at + all.len() as u64, want - all.len())
-            .await
-            .map_err(io_error)?;
-        // The file holds every byte located there by construction.
-        if more.is_empty() {
-            return Err(aborted("blob spool read"));
-        }
-        all.extend_from_slice(&more);
-    }
-    Ok(all.freeze())
 }
 
 /// `stream` (the whole blob) verified against `digest`: it holds back its

@@ -25,54 +25,25 @@ fn staging_files(root: &std::path::Path) -> usize {
         .count()
 }
 
-/// A fill of a 1 MiB (+7) blob over [`fs_engine`] in gated 16 KiB chunks,
-/// and its first client, `chunks` chunks in (what it read in `early`).
-struct Started {
-    d: Degraded<FsStorage>,
-    data: Vec<u8>,
-    digest: Digest,
-    gate: Arc<Semaphore>,
-    first_stream: ByteStream,
-    early: Vec<u8>,
-}
-
-async fn started(root: &std::path::Path, chunks: usize) -> Started {
-    let d = fs_engine(root).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_reads_what_left_the_window_from_the_staging_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = fs_engine(dir.path()).await;
     let data = pattern(1024 * 1024 + 7);
     let gate = Arc::new(Semaphore::new(0));
     let digest = d
         .upstream
         .add_blob(BlobScript::new(&data).chunk(16 * 1024).gated(&gate));
+
     let first = d.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
     let mut first_stream = first.stream;
-    gate.add_permits(chunks);
-    let mut early = Vec::new();
-    while early.len() < chunks * 16 * 1024 {
-        early.extend_from_slice(&first_stream.next().await.unwrap().unwrap());
-    }
-    Started {
-        d,
-        data,
-        digest,
-        gate,
-        first_stream,
-        early,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_joiner_reads_what_left_the_window_from_the_staging_file() {
-    let dir = tempfile::tempdir().unwrap();
     // 40 chunks (640 KiB) in: all but the window left memory, and the
     // storage write has staged them (it writes in 256 KiB batches).
-    let Started {
-        d,
-        data,
-        digest,
-        gate,
-        first_stream,
-        mut early,
-    } = started(dir.path(), 40).await;
+    gate.add_permits(40);
+    let mut early = Vec::new();
+    while early.len() < 40 * 16 * 1024 {
+        early.extend_from_slice(&first_stream.next().await.unwrap().unwrap());
+    }
     assert_eq!(staging_files(dir.path()), 1);
 
     let late = d.engine.blob(&hub(), &repo(), &digest, None).await.unwrap();
@@ -294,69 +265,4 @@ async fn fill_cpu_per_mib() {
             );
         }
     }
-}
-
-/// Bytes in the staging file(s) so far.
-fn staged_len(root: &std::path::Path) -> u64 {
-    std::fs::read_dir(root.join("store/_staging"))
-        .unwrap()
-        .map(|entry| entry.unwrap().metadata().unwrap().len())
-        .sum()
-}
-
-/// Clients behind the window read the staging file once between them: the
-/// second late joiner at an offset gets the very bytes the first one read
-/// (the same memory), not a read of its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_joiners_share_their_reads_of_the_staging_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let Started {
-        d,
-        data,
-        digest,
-        gate,
-        mut first_stream,
-        mut early,
-    } = started(dir.path(), 40).await;
-    // Once 512 KiB are staged, the next chunks let the window go of them.
-    while staged_len(dir.path()) < 512 * 1024 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    gate.add_permits(2);
-    while early.len() < 42 * 16 * 1024 {
-        early.extend_from_slice(&first_stream.next().await.unwrap().unwrap());
-    }
-
-    let mut a = d
-        .engine
-        .blob(&hub(), &repo(), &digest, None)
-        .await
-        .unwrap()
-        .stream;
-    let mut b = d
-        .engine
-        .blob(&hub(), &repo(), &digest, None)
-        .await
-        .unwrap()
-        .stream;
-    let a_first = a.next().await.unwrap().unwrap();
-    let b_first = b.next().await.unwrap().unwrap();
-    assert_eq!(
-        a_first.len(),
-        128 * 1024,
-        "a whole block of the staging file"
-    );
-    assert_eq!(a_first, b_first);
-    assert_eq!(a_first.as_ptr(), b_first.as_ptr(), "one read for both");
-
-    gate.add_permits(1000);
-    early.extend(collect(first_stream).await.unwrap());
-    assert!(early == data);
-    for (head, rest) in [(a_first, a), (b_first, b)] {
-        let mut all = head.to_vec();
-        all.extend(collect(rest).await.unwrap());
-        assert!(all == data);
-    }
-    assert_eq!(d.upstream.calls().blob_get(), 1);
-    fills_settled(&d.engine).await;
 }

@@ -38,10 +38,8 @@ const BACKEND: &str = "filesystem";
 /// the RSS.
 const IO_CHUNK: usize = 128 * 1024;
 /// Bytes a write collects before handing them to the blocking pool in one
-/// call: each hand-over wakes a pool thread and then the writer, so fewer
-/// is cheaper, but a fill's chunks stay in memory until written (1 MiB
-/// raised a cold pull's peak RSS by 10 MiB); one batch per blob being written.
-const WRITE_BATCH: usize = 512 * 1024;
+/// call: fewer thread hops per blob; one batch per blob being written.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// How [`FsStorage`] trades durability for speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
