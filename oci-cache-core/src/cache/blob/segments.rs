@@ -71,9 +71,13 @@ const MIB: u64 = 1024 * 1024;
 /// several parts of a huge blob, large enough that a request's round trip
 /// is a small share of its transfer.
 const PART_SIZE: Range<u64> = MIB..64 * MIB;
-/// Bytes a worker gathers before one write to its part's file, and the
-/// most the fill reads from it at once.
+/// Bytes a worker gathers before one write to its part's file.
 const BATCH: usize = 256 * 1024;
+/// The most the fill reads from a worker's file at once: no more than one
+/// upstream read (hyper's 128 KiB buffer), since the fill's queue to storage
+/// and its clients' window count chunks, and 256 KiB chunks there doubled
+/// what a fill holds (16 concurrent cold pulls peaked ~10 MiB higher).
+const SPOOLED_READ: usize = 128 * 1024;
 
 /// How a cold blob is fetched over several connections
 /// ([`CacheOptions::fill_segments`](super::super::CacheOptions::fill_segments),
@@ -495,7 +499,9 @@ async fn read_spooled(
             }
         }
     };
-    let len = usize::try_from(available).unwrap_or(BATCH).min(BATCH);
+    let len = usize::try_from(available)
+        .unwrap_or(SPOOLED_READ)
+        .min(SPOOLED_READ);
     let chunk = reader.read_at(at, len).await.map_err(io_error)?;
     if chunk.is_empty() {
         return Err(io_error(std::io::Error::new(
