@@ -13,6 +13,7 @@ use super::support::image::{build_image, ImageSpec};
 use super::support::mirror::Mirror;
 use super::support::registry::Origin;
 use super::support::skopeo;
+use super::tools::children_cpu_seconds;
 use super::{cpu_seconds, image_bytes, log, origin_bytes_during, peak_rss, pull, MIB};
 
 /// Concurrent pulls per round, as in the full table.
@@ -122,16 +123,6 @@ pub(crate) fn only(work: &Path, rounds: usize, layer_mib: u64) {
         "\nwall oci-cache / registry:2 per round: {}",
         shown.join(", ")
     );
-}
-
-/// User + system CPU seconds of this process's reaped children (cutime, cstime).
-fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields after the command name: cutime is field 16, cstime 17.
-    let ticks: f64 = fields[13].parse::<f64>().unwrap() + fields[14].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 fn load_average() -> String {

@@ -29,24 +29,42 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 
 /// User + system CPU seconds from a `/proc/…/stat` file (a process's or a thread's).
 pub(crate) fn stat_cpu_seconds(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap();
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    stat_seconds(path, 11, 12)
+}
+
+/// User + system CPU seconds of this process's reaped children (cutime,
+/// cstime: fields 16 and 17 of `/proc/self/stat`).
+pub(crate) fn children_cpu_seconds() -> f64 {
+    stat_seconds("/proc/self/stat", 13, 14)
+}
+
+/// The sum of two clock-tick fields of a `/proc/…/stat` file, counted after
+/// the parenthesised command name, in seconds.
+fn stat_seconds(path: &str, first: usize, second: usize) -> f64 {
+    // Before the read, so the one `getconf` falls before a starting reading.
+    let ticks = clock_ticks();
+    let stat = std::fs::read_to_string(path).unwrap();
     let rest = stat.rsplit_once(')').unwrap().1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields[11].parse().unwrap();
-    let stime: f64 = fields[12].parse().unwrap();
-    let ticks = String::from_utf8(
+    let a: f64 = fields[first].parse().unwrap();
+    let b: f64 = fields[second].parse().unwrap();
+    (a + b) / ticks
+}
+
+/// `CLK_TCK`, asked once: a `getconf` per reading would be charged to the
+/// thread whose CPU the floor measures.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
         Command::new("getconf")
             .arg("CLK_TCK")
             .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .parse::<f64>()
-    .unwrap_or(100.0);
-    (utime + stime) / ticks
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// What one wrk run measured.
