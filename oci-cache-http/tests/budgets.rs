@@ -283,8 +283,10 @@ async fn manifests_overtake_queued_blobs() {
     let manifest = get(&svc, "/v2/library/img9/manifests/latest").await;
     let took = started.elapsed();
     assert_eq!(manifest.status, 200);
+    // Behind every queued blob it would wait three 300 ms rounds; the
+    // bound leaves a loaded machine room and still tells the two apart.
     assert!(
-        took < Duration::from_millis(250),
+        took < Duration::from_millis(500),
         "the manifest waited {took:?}"
     );
     for blob in blobs {

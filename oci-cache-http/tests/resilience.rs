@@ -121,7 +121,9 @@ async fn a_dead_only_endpoint_fails_fast_with_retry_after_once_open() {
     }
     let start = Instant::now();
     let err = get_alpine_manifest(&up).await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_millis(50));
+    // Open, it does not wait out the 300 ms timeout again (a bound far
+    // below it, yet far above a loaded machine's scheduling delays).
+    assert!(start.elapsed() < Duration::from_millis(250));
     assert_eq!(kind_of(&err), UpstreamErrorKind::Skipped);
     let Error::Upstream(e) = &err else {
         unreachable!()
@@ -187,7 +189,8 @@ async fn retry_after_429_moves_on_and_skips_the_endpoint_until_then() {
     assert_eq!(kind_of(&err), UpstreamErrorKind::TooManyRequests);
     let start = Instant::now();
     let err = get_alpine_manifest(&up).await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_millis(50));
+    // At once: not after the 30 s the endpoint asked for.
+    assert!(start.elapsed() < Duration::from_secs(5));
     let Error::Upstream(e) = &err else {
         unreachable!()
     };

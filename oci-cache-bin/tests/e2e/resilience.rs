@@ -231,7 +231,9 @@ fn d_stopped_origin_still_serves_the_cache_and_the_breaker_makes_it_cheap() {
         worst = worst.max(took);
     }
     eprintln!("d: worst request with the breaker open: {worst:?}");
-    assert!(worst < Duration::from_millis(100), "{worst:?}");
+    // A bound on what clients see, with room for a loaded machine's
+    // scheduling delays (100 ms failed nothing yet, but had no margin).
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
 }
 
 #[test]
@@ -302,7 +304,9 @@ fn d_offline_serves_the_cache_and_never_dials_out() {
         body.contains("not cached (offline): origin.test/e2e/missing:v1"),
         "{body}"
     );
-    assert!(start.elapsed() < Duration::from_millis(100));
+    // At once, not after an upstream timeout (the origin count below
+    // shows it was not asked at all).
+    assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(
         origin.records().len(),
         before,
