@@ -74,6 +74,13 @@ pub struct BlobRange {
     pub prefer: Option<String>,
     /// Endpoints the caller gave up on for this blob: not tried.
     pub avoid: Vec<String>,
+    /// An extra connection of a segmented fill: the blob is also being read
+    /// on another one, and the caller reads this part itself when it is
+    /// refused. A refusal (`429`, `503`) then means "fewer connections,
+    /// please", not that the endpoint fails: implementations should return
+    /// it at once, without counting it against the endpoint (a circuit
+    /// breaker, a host-wide `Retry-After` pause) or trying another one.
+    pub extra: bool,
 }
 
 impl BlobRange {
@@ -106,6 +113,12 @@ impl BlobRange {
     /// Leaves `endpoints` out.
     pub fn with_avoid(mut self, endpoints: Vec<String>) -> Self {
         self.avoid = endpoints;
+        self
+    }
+
+    /// Marks the GET as an [`extra`](Self::extra) connection.
+    pub fn with_extra(mut self, extra: bool) -> Self {
+        self.extra = extra;
         self
     }
 }

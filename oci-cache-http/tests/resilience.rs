@@ -163,6 +163,52 @@ async fn breaker_half_opens_after_the_cooldown_and_closes_on_an_answer() {
     assert_eq!(origin.count(), 5);
 }
 
+/// A segmented fill's extra connection that a mirror refuses: the error
+/// comes back at once (the fill reads that part itself), the origin is not
+/// asked instead, and the mirror is neither skipped by its breaker nor
+/// paused for its Retry-After (a 429 on any other request does both).
+#[tokio::test]
+async fn a_refused_extra_connection_neither_trips_the_breaker_nor_pauses_the_host() {
+    let origin = MockRegistry::start().await;
+    let mirror = MockRegistry::start().await;
+    let mut config = mirrors(&origin.url());
+    config.upstreams[0].endpoints = vec![endpoint(&mirror.url())];
+    let up = client_with(config, options());
+    let digest = Digest::sha256_of(b"some layer");
+    let extra = BlobRange::from_offset(1 << 20)
+        .with_end(Some(2 << 20))
+        .with_extra(true);
+    for refusal in [
+        Reply::status(429),
+        Reply::status(429).header("retry-after", "30"),
+        Reply::status(503),
+        Reply::status(503),
+        Reply::status(503),
+    ] {
+        mirror.push(refusal);
+        let err = up
+            .blob_get_range(
+                &registry("docker.io"),
+                &repo("library/alpine"),
+                &digest,
+                &extra,
+            )
+            .await
+            .expect_err("a refused extra connection is an error");
+        assert!(
+            matches!(
+                kind_of(&err),
+                UpstreamErrorKind::TooManyRequests | UpstreamErrorKind::Unavailable
+            ),
+            "{err}"
+        );
+        mirror.push(manifest_reply());
+        get_alpine_manifest(&up).await.unwrap();
+    }
+    assert_eq!(mirror.count(), 10, "the mirror answered every manifest");
+    assert_eq!(origin.count(), 0, "nothing moved on to the origin");
+}
+
 #[tokio::test]
 async fn retry_after_429_moves_on_and_skips_the_endpoint_until_then() {
     let origin = MockRegistry::start().await;

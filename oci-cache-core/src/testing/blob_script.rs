@@ -44,6 +44,9 @@ pub struct BlobScript {
     etags: Option<(String, usize, String)>,
     ranged_total: Option<u64>,
     failed_resumes: Option<(usize, UpstreamErrorKind)>,
+    max_open: Option<usize>,
+    open: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
     answers: Arc<AtomicUsize>,
     resumes: Arc<AtomicUsize>,
     sent: Arc<AtomicU64>,
@@ -66,6 +69,9 @@ impl BlobScript {
             etags: None,
             ranged_total: None,
             failed_resumes: None,
+            max_open: None,
+            open: Arc::default(),
+            refused: Arc::default(),
             answers: Arc::default(),
             resumes: Arc::default(),
             sent: Arc::default(),
@@ -134,6 +140,18 @@ impl BlobScript {
         self
     }
 
+    /// Refuses (`429`) a GET while `answers` answers are still being read: an
+    /// upstream that caps connections per client.
+    pub fn max_open(mut self, answers: usize) -> Self {
+        self.max_open = Some(answers);
+        self
+    }
+
+    /// GETs refused by [`max_open`](Self::max_open) so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+
     /// Each chunk of every answer comes `delay` after the one before: a slow
     /// link, paced per connection.
     pub fn paced(mut self, delay: Duration) -> Self {
@@ -168,10 +186,28 @@ impl BlobScript {
     /// The answer to a GET of `range`, as a registry behind this script's
     /// link would give it.
     pub(super) fn answer(&self, range: &BlobRange) -> Result<FetchedRange> {
+        let max_open = self.max_open.unwrap_or(usize::MAX);
+        if self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max_open).then_some(n + 1)
+            })
+            .is_err()
+        {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::TooManyRequests,
+                "fake",
+                "too many connections",
+            )
+            .into());
+        }
+        let open = OpenAnswer(Arc::clone(&self.open));
         let index = self.answers.fetch_add(1, Ordering::SeqCst);
         if range.offset > 0 {
             let resume = self.resumes.fetch_add(1, Ordering::SeqCst);
             if let Some((_, kind)) = self.failed_resumes.filter(|(n, _)| resume < *n) {
+                drop(open);
                 return Err(UpstreamError::new(kind, "fake", "scripted resume failure").into());
             }
         }
@@ -200,7 +236,14 @@ impl BlobScript {
             .end
             .filter(|_| honoured)
             .and_then(|end| usize::try_from(end).ok());
-        let stream = self.body(start_at, until, cut);
+        // The answer counts as open until its body is dropped.
+        let stream = self
+            .body(start_at, until, cut)
+            .map(move |item| {
+                let _open = &open;
+                item
+            })
+            .boxed();
         let end = honoured.then(|| {
             let len = self.bytes.len() as u64;
             range.end.map_or(len, |end| end.min(len))
@@ -259,5 +302,15 @@ impl BlobScript {
             Some((Ok(chunk), (script, next)))
         })
         .boxed()
+    }
+}
+
+/// One answer being read, for [`BlobScript::max_open`].
+#[derive(Debug)]
+struct OpenAnswer(Arc<AtomicUsize>);
+
+impl Drop for OpenAnswer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

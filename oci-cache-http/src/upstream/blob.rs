@@ -30,6 +30,7 @@ impl HyperUpstream {
         let route = Route {
             prefer: range.prefer.as_deref(),
             avoid: &range.avoid,
+            extra: range.extra,
         };
         self.over_chain_routed(
             registry,

@@ -117,6 +117,7 @@ impl HyperUpstream {
                 is_origin: upstream.is_origin(endpoint),
                 upstream: &upstream.name,
                 budget,
+                extra: route.extra,
             };
             let started = Instant::now();
             let result = op(target).await;
@@ -129,12 +130,18 @@ impl HyperUpstream {
                 Err(CoreError::Upstream(e)) => Outcome::of_error(e.kind(), e.retry_after()),
                 _ => Outcome::Answered,
             };
-            if let Some(open) = self.breakers.record(&endpoint.url, outcome) {
+            // An extra connection's refusal asks for fewer connections; the
+            // endpoint still serves the fill's own (see `BlobRange::extra`).
+            let counted = !route.extra || outcome == Outcome::Answered;
+            if let Some(open) = counted
+                .then(|| self.breakers.record(&endpoint.url, outcome))
+                .flatten()
+            {
                 reporter.breaker(open);
             }
             match result {
                 Ok(value) => return Ok(value.observe_body(reporter)),
-                Err(e) if moves_on(&e) => {
+                Err(e) if moves_on(&e) && !route.extra => {
                     tracing::debug!(endpoint = %endpoint.url, error = %ErrorChain(&e), "trying the next endpoint");
                     last_error = Some(e);
                 }
@@ -154,6 +161,10 @@ pub(super) struct Route<'r> {
     pub(super) prefer: Option<&'r str>,
     /// Left out.
     pub(super) avoid: &'r [String],
+    /// An extra connection ([`BlobRange::extra`](oci_cache_core::upstream::BlobRange::extra)):
+    /// its refusals neither count against the endpoint nor pause the host,
+    /// and the chain does not move on after a failure.
+    pub(super) extra: bool,
 }
 
 /// One endpoint of a chain, whether it is the registry's origin, and the
@@ -166,6 +177,8 @@ pub(super) struct Target<'a> {
     /// The configured upstream's name (`registry` may be an alias).
     pub(super) upstream: &'a Registry,
     pub(super) budget: &'a UpstreamState,
+    /// [`Route::extra`].
+    pub(super) extra: bool,
 }
 
 impl Target<'_> {
@@ -261,6 +274,7 @@ mod tests {
                 is_origin,
                 upstream: &registry,
                 budget: &state,
+                extra: false,
             };
             assert_eq!(target.url(&repo, "manifests/3", None), expected);
         }

@@ -177,8 +177,10 @@ impl HyperUpstream {
                             .with_source(e)
                     })?;
             let mut response = response;
-            self.pauses
-                .record(&origin_of(&current), response.status(), response.headers());
+            if !target.extra {
+                self.pauses
+                    .record(&origin_of(&current), response.status(), response.headers());
+            }
             target
                 .budget
                 .allowance

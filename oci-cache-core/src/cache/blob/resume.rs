@@ -138,6 +138,8 @@ pub(super) struct ResumingBody<'a, U: ?Sized> {
     end: Option<u64>,
     /// Set while opening a part: its first GET is no resume to report.
     opening: bool,
+    /// Every GET is a segment worker's [`extra`](BlobRange::extra) connection.
+    extra: bool,
     /// The entity tag of the bytes so far.
     etag: Option<String>,
     /// The endpoint of the current answer, when the upstream says.
@@ -183,6 +185,7 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
             size: first.total,
             end: first.end.filter(|_| first.start == 0 && probe.is_some()),
             opening: false,
+            extra: false,
             etag: first.etag.clone(),
             endpoint: None,
             avoid: Vec::new(),
@@ -223,6 +226,29 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         size: Option<u64>,
         etag: Option<String>,
     ) -> Result<Self> {
+        Self::open_range(target, retry, part, size, etag, false).await
+    }
+
+    /// [`open_part`](Self::open_part) on an [`extra`](BlobRange::extra)
+    /// connection: a segment worker's.
+    pub(super) async fn open_extra_part(
+        target: Target<'a, U>,
+        retry: FillRetry,
+        part: std::ops::Range<u64>,
+        size: Option<u64>,
+        etag: Option<String>,
+    ) -> Result<Self> {
+        Self::open_range(target, retry, part, size, etag, true).await
+    }
+
+    async fn open_range(
+        target: Target<'a, U>,
+        retry: FillRetry,
+        part: std::ops::Range<u64>,
+        size: Option<u64>,
+        etag: Option<String>,
+        extra: bool,
+    ) -> Result<Self> {
         let offset = part.start;
         let opening = part.end != u64::MAX;
         let mut body = ResumingBody {
@@ -231,6 +257,7 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
             size,
             end: opening.then_some(part.end),
             opening,
+            extra,
             etag,
             endpoint: None,
             avoid: Vec::new(),
@@ -418,7 +445,8 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         let t = &self.target;
         let range = range
             .with_prefer(self.endpoint.clone())
-            .with_avoid(self.avoid.clone());
+            .with_avoid(self.avoid.clone())
+            .with_extra(self.extra);
         t.upstream
             .blob_get_range(t.registry, t.repository, t.digest, &range)
             .await

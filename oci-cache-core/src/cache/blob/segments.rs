@@ -40,8 +40,15 @@
 //! their slots soon). Parts nobody took by the time the fill reaches them
 //! it reads itself. Every request still takes
 //! a blob slot of the upstream's request budget, which keeps slots for
-//! manifests and tokens. Not done: measuring whether the first connection
-//! alone already fills the link before opening more.
+//! manifests and tokens.
+//!
+//! Adaptive: a worker whose connection the upstream refuses (`429`, `503`,
+//! refused: a cap on connections per client) stops, and its slot is put
+//! aside for a while, so the upstream is asked for one connection fewer.
+//! Its GETs are marked [`extra`](crate::upstream::BlobRange::extra), so such
+//! a refusal does not count against the endpoint. Not done: measuring
+//! whether the first connection alone already fills the link before
+//! opening more.
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -150,3 +150,44 @@ async fn a_fill_that_found_the_slots_taken_gets_workers_once_another_fill_frees_
     got.sort_by_key(|r| (r.start, r.end));
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_extra_connections_is_asked_for_fewer() {
+    // Two answers at a time per client, paced so that the first answer is
+    // still open when the workers ask (its MiB takes 0.64 s, the workers
+    // ask within milliseconds): of three workers, two are refused.
+    let s = segmented();
+    let script = |data: &[u8]| {
+        BlobScript::new(data)
+            .chunk(64 * 1024)
+            .paced(Duration::from_millis(40))
+            .max_open(2)
+    };
+    let (a, b) = (pattern(4 * MIB + 3000), pattern(4 * MIB + 5000));
+    let (script_a, script_b) = (script(&a), script(&b));
+    let digest_a = s.upstream.add_blob(script_a.clone());
+    let digest_b = s.upstream.add_blob(script_b.clone());
+
+    let got = blob_bytes(&s.engine, &digest_a).await.unwrap();
+    assert!(got == a, "the client got other bytes");
+    fills_settled(&s.engine).await;
+    assert!(stored_blob(&s.storage, &digest_a).await.as_deref() == Some(&a[..]));
+    assert_eq!(script_a.refused(), 2, "two of three workers refused");
+    // The refused parts were read by the fill itself, each byte sent once.
+    assert_eq!(script_a.bytes_sent(), a.len() as u64);
+
+    // The next fill asks the upstream for one extra connection only, which
+    // it accepts: nothing is refused, and the parts still tile the blob.
+    let before = s.upstream.blob_ranges().len();
+    let got = blob_bytes(&s.engine, &digest_b).await.unwrap();
+    assert!(got == b, "the client got other bytes");
+    assert_eq!(script_b.refused(), 0, "asked for more than it accepts");
+    assert_eq!(script_b.bytes_sent(), b.len() as u64);
+    let ranges = s.upstream.blob_ranges()[before..].to_vec();
+    assert_eq!(ranges.len(), 4, "the first MiB and three parts: {ranges:?}");
+    assert!(
+        ranges.iter().filter(|r| r.extra).count() >= 1,
+        "the worker's GETs are marked extra: {ranges:?}"
+    );
+    assert_tiles(&spans(&ranges), b.len() as u64);
+}

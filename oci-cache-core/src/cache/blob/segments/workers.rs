@@ -4,25 +4,51 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::super::buffer::{blocking, spool_error, write_at};
+use super::super::resume::ResumingBody;
 use super::{Job, Plan, Spooled, Written, BATCH};
-use crate::error::ErrorChain;
+use crate::error::{ErrorChain, UpstreamErrorKind};
 use crate::upstream::Upstream;
 
+/// How long a slot given up after a refusal stays given up: the upstream
+/// gets one extra connection fewer for this long, then is offered it again.
+const REFUSED_SLOT_BACK_AFTER: Duration = Duration::from_secs(300);
+
 /// A worker holding `slot` (one extra connection to the upstream) until it
-/// is done.
+/// is done. When the upstream refused the connection, the slot is not handed
+/// back but put aside for [`REFUSED_SLOT_BACK_AFTER`]: an upstream that caps
+/// connections per client (or is overloaded) is asked for fewer.
 pub(super) async fn work_in_slot<U: Upstream + ?Sized>(
     job: Arc<Job<U>>,
     plan: Arc<Plan>,
     slot: OwnedSemaphorePermit,
 ) {
-    work(&job, &plan).await;
-    drop(slot);
+    if work(&job, &plan).await == Ended::Refused {
+        let slots = Arc::clone(slot.semaphore());
+        slot.forget();
+        info!(registry = %job.registry, digest = %job.digest,
+            back_after_s = REFUSED_SLOT_BACK_AFTER.as_secs(),
+            "upstream refused an extra connection; asking it for one fewer");
+        tokio::spawn(async move {
+            tokio::time::sleep(REFUSED_SLOT_BACK_AFTER).await;
+            slots.add_permits(1);
+        });
+    }
+}
+
+/// How a worker ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// No part left, or one it could not spool.
+    Done,
+    /// The upstream refused a connection (`429`, `503`): the worker stopped.
+    Refused,
 }
 
 /// Starts up to `missing` more workers as other fills free the upstream's
@@ -51,8 +77,10 @@ pub(super) async fn recruit<U: Upstream + ?Sized + 'static>(
     while workers.join_next().await.is_some() {}
 }
 
-/// A worker: fetches open parts into files of their own until none is left.
-async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) {
+/// A worker: fetches open parts into files of their own until none is left,
+/// or until the upstream refuses to open a part (the fill then reads that
+/// part itself, on its own connection).
+async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) -> Ended {
     loop {
         let dir = job.spool_dir.clone();
         let file = match blocking(move || {
@@ -63,13 +91,34 @@ async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) {
             Ok(file) => Arc::new(file),
             Err(e) => {
                 warn!(digest = %job.digest, error = %ErrorChain(&e), "cannot spool a segment; the fill reads it itself");
-                return;
+                return Ended::Done;
             }
         };
         let Some((part, spooled)) = plan.take_for_worker(&file) else {
-            return;
+            return Ended::Done;
         };
-        let written = fetch_part(job, plan, part.clone(), &spooled).await;
+        let body = ResumingBody::open_extra_part(
+            job.target(),
+            job.retry,
+            part.clone(),
+            Some(plan.size),
+            plan.etag.clone(),
+        )
+        .await;
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                spooled.written.send_replace(Written::GaveUp(0));
+                if is_refusal(&e) {
+                    debug!(digest = %job.digest, error = %ErrorChain(&e), "extra connection refused");
+                    return Ended::Refused;
+                }
+                warn!(digest = %job.digest, start = part.start, end = part.end, error = %ErrorChain(&e),
+                    "a segment's first request failed; the fill fetches the part itself");
+                return Ended::Done;
+            }
+        };
+        let written = fetch_part(body, part.clone(), &spooled).await;
         let state = match written {
             Ok(()) => Written::Done,
             Err((n, e)) => {
@@ -82,23 +131,20 @@ async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) {
     }
 }
 
-/// Fetches `part` into its file; on failure, the bytes written and why.
+/// Whether `error` is an upstream asking for fewer connections (a `429`, a
+/// `503` or a refused connection) rather than a fault of this request.
+fn is_refusal(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::Upstream(e)
+        if matches!(e.kind(), UpstreamErrorKind::TooManyRequests | UpstreamErrorKind::Unavailable))
+}
+
+/// Reads `part` from `body` into its file; on failure, the bytes written and why.
 async fn fetch_part<U: Upstream + ?Sized>(
-    job: &Job<U>,
-    plan: &Plan,
+    mut body: ResumingBody<'_, U>,
     part: Range<u64>,
     spooled: &Spooled,
 ) -> std::result::Result<(), (u64, crate::Error)> {
     let len = part.end - part.start;
-    let mut body = super::super::resume::ResumingBody::open_part(
-        job.target(),
-        job.retry,
-        part,
-        Some(plan.size),
-        plan.etag.clone(),
-    )
-    .await
-    .map_err(|e| (0, e))?;
     let mut written = 0u64;
     let mut batch = BytesMut::new();
     loop {
@@ -123,7 +169,7 @@ async fn fetch_part<U: Upstream + ?Sized>(
             None if written == len => return Ok(()),
             None => {
                 let short = crate::error::UpstreamError::new(
-                    crate::error::UpstreamErrorKind::Invalid,
+                    UpstreamErrorKind::Invalid,
                     "",
                     format!("a segment ended after {written} of its {len} bytes"),
                 );
