@@ -117,8 +117,7 @@ async fn basic_challenge_gets_basic_credentials() {
 async fn a_second_401_is_unauthorized_and_stops_the_chain() {
     let origin = MockRegistry::start().await;
     let mirror = MockRegistry::start().await;
-    let mut config = mirrors(&origin.url());
-    config.upstreams[0].endpoints = vec![endpoint(&mirror.url())];
+    let config = mirror_then_origin(&mirror.url(), &origin.url());
     mirror
         .push(Reply::status(401).header(
             "www-authenticate",

@@ -171,8 +171,7 @@ async fn breaker_half_opens_after_the_cooldown_and_closes_on_an_answer() {
 async fn a_refused_extra_connection_neither_trips_the_breaker_nor_pauses_the_host() {
     let origin = MockRegistry::start().await;
     let mirror = MockRegistry::start().await;
-    let mut config = mirrors(&origin.url());
-    config.upstreams[0].endpoints = vec![endpoint(&mirror.url())];
+    let config = mirror_then_origin(&mirror.url(), &origin.url());
     let up = client_with(config, options());
     let digest = Digest::sha256_of(b"some layer");
     let extra = BlobRange::from_offset(1 << 20)
@@ -213,8 +212,7 @@ async fn a_refused_extra_connection_neither_trips_the_breaker_nor_pauses_the_hos
 async fn retry_after_429_moves_on_and_skips_the_endpoint_until_then() {
     let origin = MockRegistry::start().await;
     let mirror = MockRegistry::start().await;
-    let mut config = mirrors(&origin.url());
-    config.upstreams[0].endpoints = vec![endpoint(&mirror.url())];
+    let config = mirror_then_origin(&mirror.url(), &origin.url());
     let up = client_with(config, options());
     mirror.push(Reply::status(429).header("retry-after", "1"));
     origin.push(manifest_reply()).push(manifest_reply());
@@ -389,8 +387,7 @@ async fn tls_settings_are_checked_when_the_client_is_built() {
 async fn a_manifest_with_the_wrong_digest_moves_on_to_the_next_endpoint() {
     let origin = MockRegistry::start().await;
     let mirror = MockRegistry::start().await;
-    let mut config = mirrors(&origin.url());
-    config.upstreams[0].endpoints = vec![endpoint(&mirror.url())];
+    let config = mirror_then_origin(&mirror.url(), &origin.url());
     let up = client_with(config, options());
     let digest = Digest::sha256_of(M);
     mirror.push(

@@ -37,8 +37,7 @@ fn kind(err: Error) -> UpstreamErrorKind {
 async fn chain() -> (MockRegistry, MockRegistry, HyperUpstream) {
     let origin = MockRegistry::start().await;
     let mirror = MockRegistry::start().await;
-    let mut config = mirrors(&origin.url());
-    config.upstreams[0].endpoints = vec![endpoint(&mirror.url())];
+    let config = mirror_then_origin(&mirror.url(), &origin.url());
     let up = client(config);
     (mirror, origin, up)
 }

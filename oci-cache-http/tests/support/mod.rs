@@ -256,6 +256,13 @@ pub fn upstream(
 }
 
 /// docker.io (with Hub aliases) and ghcr.io, both pointing at `origin`.
+/// [`mirrors`] with `mirror` in docker.io's chain before `origin`.
+pub fn mirror_then_origin(mirror: &str, origin: &str) -> MirrorConfig {
+    let mut config = mirrors(origin);
+    config.upstreams[0].endpoints = vec![endpoint(mirror)];
+    config
+}
+
 pub fn mirrors(origin: &str) -> MirrorConfig {
     MirrorConfig {
         upstreams: vec![

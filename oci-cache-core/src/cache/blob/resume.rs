@@ -213,35 +213,14 @@ impl<'a, U: Upstream + ?Sized> ResumingBody<'a, U> {
         if offset == 0 {
             return Self::open(target, retry, None).await;
         }
-        Self::open_part(target, retry, offset..u64::MAX, size, None).await
+        Self::open_part(target, retry, offset..u64::MAX, size, None, false).await
     }
 
     /// The bytes `part` of a blob of `size` bytes (`part.end` `u64::MAX`:
     /// up to its end) whose earlier bytes came with `etag`: one ranged GET,
-    /// checked as a resume after a cut is, and resumed the same way.
+    /// checked as a resume after a cut is, and resumed the same way. `extra`:
+    /// a segment worker's [`extra`](BlobRange::extra) connection.
     pub(super) async fn open_part(
-        target: Target<'a, U>,
-        retry: FillRetry,
-        part: std::ops::Range<u64>,
-        size: Option<u64>,
-        etag: Option<String>,
-    ) -> Result<Self> {
-        Self::open_range(target, retry, part, size, etag, false).await
-    }
-
-    /// [`open_part`](Self::open_part) on an [`extra`](BlobRange::extra)
-    /// connection: a segment worker's.
-    pub(super) async fn open_extra_part(
-        target: Target<'a, U>,
-        retry: FillRetry,
-        part: std::ops::Range<u64>,
-        size: Option<u64>,
-        etag: Option<String>,
-    ) -> Result<Self> {
-        Self::open_range(target, retry, part, size, etag, true).await
-    }
-
-    async fn open_range(
         target: Target<'a, U>,
         retry: FillRetry,
         part: std::ops::Range<u64>,

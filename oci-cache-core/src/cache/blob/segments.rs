@@ -476,7 +476,8 @@ impl<'a, U: Upstream + ?Sized> SegmentedBody<'a, U> {
             Some((plan, _)) => (Some(plan.size), plan.etag.clone()),
             None => (self.size, None),
         };
-        let body = ResumingBody::open_part(self.target, self.retry, part, size, etag).await?;
+        let body =
+            ResumingBody::open_part(self.target, self.retry, part, size, etag, false).await?;
         self.current = Current::Direct(body);
         Ok(())
     }

@@ -97,12 +97,13 @@ async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) -> Ended {
         let Some((part, spooled)) = plan.take_for_worker(&file) else {
             return Ended::Done;
         };
-        let body = ResumingBody::open_extra_part(
+        let body = ResumingBody::open_part(
             job.target(),
             job.retry,
             part.clone(),
             Some(plan.size),
             plan.etag.clone(),
+            true,
         )
         .await;
         let body = match body {
