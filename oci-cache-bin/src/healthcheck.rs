@@ -5,7 +5,9 @@
 //! and `REGISTRY_*` variables), so it asks where `serve` listens, and over
 //! TLS when `serve` serves TLS: it then trusts exactly the certificate in
 //! `serve`'s certificate file (the leaf it serves), whatever CA issued it
-//! and whatever names it holds, since the probe goes to 127.0.0.1.
+//! and whatever names it holds, since the probe goes to 127.0.0.1. When
+//! `serve` requires client certificates it has none to offer, so it asks the
+//! metrics listener's `/healthz` instead (plain HTTP, no certificate).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,21 +27,31 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) struct HealthcheckArgs {
     /// The mirror's address. Default: where `serve` would listen under the
     /// same environment (`OCI_CACHE_LISTEN`, `REGISTRY_HTTP_ADDR`, …), with
-    /// an unspecified IP (0.0.0.0) asked on 127.0.0.1.
+    /// an unspecified IP (0.0.0.0) asked on 127.0.0.1. When `serve`
+    /// requires client certificates (`tls.client_ca`), the default is the
+    /// metrics listener (`metrics_listen`), asked over plain HTTP.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) address: Option<SocketAddr>,
 }
 
 pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
-    let outcome = serve_settings().and_then(|settings| {
-        let mut address = args.address.unwrap_or_else(|| settings.primary_listen());
-        if address.ip().is_unspecified() {
-            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let outcome = serve_settings().and_then(|settings| match &settings.tls {
+        // A listener that demands client certificates refuses this probe
+        // in the handshake; the metrics listener's `/healthz` needs none.
+        Some(files) if files.client_ca.is_some() => {
+            let address = args
+                .address
+                .or(settings.metrics_listen)
+                .ok_or_else(|| NO_CERTIFICATE_TO_OFFER.to_owned())?;
+            probe(on_loopback(address))
         }
-        match &settings.tls {
-            Some(files) => probe_tls(address, &files.cert),
-            None => probe(address),
-        }
+        Some(files) => probe_tls(
+            on_loopback(args.address.unwrap_or_else(|| settings.primary_listen())),
+            &files.cert,
+        ),
+        None => probe(on_loopback(
+            args.address.unwrap_or_else(|| settings.primary_listen()),
+        )),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,6 +60,18 @@ pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+const NO_CERTIFICATE_TO_OFFER: &str = "serve requires client certificates (tls.client_ca) and \
+     healthcheck has none to offer: set metrics_listen (e.g. 127.0.0.1:9090; its /healthz needs \
+     no certificate) and healthcheck asks there, or pass --address with that listener";
+
+/// `address`, with an unspecified IP (0.0.0.0, ::) asked on 127.0.0.1.
+fn on_loopback(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    address
 }
 
 /// The settings `serve` would run with in this environment: its flags at

@@ -11,7 +11,7 @@ use super::resilience::seed_storage;
 use crate::support::http;
 use crate::support::mirror::Mirror;
 use crate::support::registry::Origin;
-use crate::support::{skopeo, tools_available};
+use crate::support::{free_port, skopeo, tools_available};
 
 const ORIGIN_PASSWORD: &str = "origin-pw-7Hq2Lm";
 const CLIENT_PASSWORD: &str = "client-pw-R4vN8s";
@@ -554,6 +554,12 @@ fn a_client_ca_makes_clients_present_a_certificate() {
     let pki = work.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     test_pki(&pki);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let tls = [
+        ("OCI_CACHE_TLS_CERT", pki.join("first.crt")),
+        ("OCI_CACHE_TLS_KEY", pki.join("first.key")),
+        ("OCI_CACHE_TLS_CLIENT_CA", pki.join("ca.crt")),
+    ];
     let mirror = Mirror::start_tls_with_args(
         &[
             "--storage-dir",
@@ -562,16 +568,44 @@ fn a_client_ca_makes_clients_present_a_certificate() {
             "origin.test=http://127.0.0.1:9",
             "--default-upstream",
             "origin.test",
+            "--metrics-listen",
+            &metrics,
             "--tls-cert",
-            &pki.join("first.crt").display().to_string(),
+            &tls[0].1.display().to_string(),
             "--tls-key",
-            &pki.join("first.key").display().to_string(),
+            &tls[1].1.display().to_string(),
             "--tls-client-ca",
-            &pki.join("ca.crt").display().to_string(),
+            &tls[2].1.display().to_string(),
         ],
         &[],
     );
     let host = mirror.host();
+    // `healthcheck` has no client certificate: it asks the metrics
+    // listener, and without one says what to set.
+    let healthcheck = |metrics: Option<&str>| {
+        let mut command = Command::new(crate::support::mirror::oci_cache_bin());
+        command
+            .arg("healthcheck")
+            .env("OCI_CACHE_LISTEN", &host)
+            .envs(tls.iter().map(|(k, v)| (k, v)));
+        if let Some(metrics) = metrics {
+            command.env("OCI_CACHE_METRICS_LISTEN", metrics);
+        }
+        command.output().unwrap()
+    };
+    let healthy = healthcheck(Some(&metrics));
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let told = healthcheck(None);
+    assert!(!told.status.success());
+    assert!(
+        String::from_utf8_lossy(&told.stderr).contains("set metrics_listen"),
+        "{}",
+        String::from_utf8_lossy(&told.stderr)
+    );
     let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
     let mut with_cert =
         KeptConnection::open_with(&pki, &host, &["-cert", "client.crt", "-key", "client.key"]);
