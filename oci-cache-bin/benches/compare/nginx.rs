@@ -43,14 +43,7 @@ impl Nginx {
         let binary = NGINX_PATHS
             .iter()
             .copied()
-            .find(|bin| {
-                Command::new(bin)
-                    .arg("-v")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
+            .find(|bin| crate::support::answers(bin, "-v"))
             .ok_or("nginx not installed (scripts/bench-compare installs nginx-light)")?;
         let (Some(root), Some(name)) = (file.parent(), file.file_name()) else {
             return Err(format!("{} is not a file path", file.display()));

@@ -22,6 +22,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether `tool ARG` runs and exits 0 (its output dropped): how an
+/// installed tool is told from a missing one.
+pub(crate) fn answers(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// True when the external tools the e2e tests need are installed.
 ///
 /// Missing tools make a test skip loudly on a developer machine, but fail
@@ -36,15 +47,7 @@ pub(crate) fn these_tools_available(test: &str, tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools
         .iter()
         .copied()
-        .filter(|tool| {
-            !Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        })
+        .filter(|tool| !answers(tool, "--version"))
         .collect();
     if missing.is_empty() {
         return true;
@@ -64,14 +67,7 @@ pub(crate) fn these_tools_available(test: &str, tools: &[&str]) -> bool {
 /// why the test is skipped: a missing tool fails under `CI=true`, which
 /// installs them; not being root is a skip.
 pub(crate) fn root_tools_available(test: &str, tools: &[&str]) -> bool {
-    let installed = tools.iter().all(|tool| {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    let installed = tools.iter().all(|tool| answers(tool, "--version"));
     let is_root = Command::new("id")
         .arg("-u")
         .output()
