@@ -35,23 +35,21 @@ pub(crate) struct HealthcheckArgs {
 }
 
 pub(crate) fn run(args: &HealthcheckArgs, err: &mut impl Write) -> ExitCode {
-    let outcome = serve_settings().and_then(|settings| match &settings.tls {
-        // A listener that demands client certificates refuses this probe
-        // in the handshake; the metrics listener's `/healthz` needs none.
-        Some(files) if files.client_ca.is_some() => {
-            let address = args
-                .address
-                .or(settings.metrics_listen)
-                .ok_or_else(|| NO_CERTIFICATE_TO_OFFER.to_owned())?;
-            probe(on_loopback(address))
+    let outcome = serve_settings().and_then(|settings| {
+        let main = || on_loopback(args.address.unwrap_or_else(|| settings.primary_listen()));
+        match &settings.tls {
+            // A listener that demands client certificates refuses this probe
+            // in the handshake; the metrics listener's `/healthz` needs none.
+            Some(files) if files.client_ca.is_some() => {
+                let address = args
+                    .address
+                    .or(settings.metrics_listen)
+                    .ok_or_else(|| NO_CERTIFICATE_TO_OFFER.to_owned())?;
+                probe(on_loopback(address))
+            }
+            Some(files) => probe_tls(main(), &files.cert),
+            None => probe(main()),
         }
-        Some(files) => probe_tls(
-            on_loopback(args.address.unwrap_or_else(|| settings.primary_listen())),
-            &files.cert,
-        ),
-        None => probe(on_loopback(
-            args.address.unwrap_or_else(|| settings.primary_listen()),
-        )),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

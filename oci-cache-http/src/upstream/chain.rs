@@ -132,12 +132,10 @@ impl HyperUpstream {
             };
             // An extra connection's refusal asks for fewer connections; the
             // endpoint still serves the fill's own (see `BlobRange::extra`).
-            let counted = !route.extra || outcome == Outcome::Answered;
-            if let Some(open) = counted
-                .then(|| self.breakers.record(&endpoint.url, outcome))
-                .flatten()
-            {
-                reporter.breaker(open);
+            if !route.extra || outcome == Outcome::Answered {
+                if let Some(open) = self.breakers.record(&endpoint.url, outcome) {
+                    reporter.breaker(open);
+                }
             }
             match result {
                 Ok(value) => return Ok(value.observe_body(reporter)),
