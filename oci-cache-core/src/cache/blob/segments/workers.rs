@@ -81,7 +81,10 @@ pub(super) async fn recruit<U: Upstream + ?Sized + 'static>(
 /// or until the upstream refuses to open a part (the fill then reads that
 /// part itself, on its own connection).
 async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) -> Ended {
-    loop {
+    // Checked before the part's file is made, so that a worker's last
+    // round does not create a file for nothing (another worker may still
+    // take the last part in between: then this file is dropped unused).
+    while plan.has_open() {
         let dir = job.spool_dir.clone();
         let file = match blocking(move || {
             tempfile::tempfile_in(&dir).map_err(|e| spool_error(&dir, e))
@@ -130,6 +133,7 @@ async fn work<U: Upstream + ?Sized>(job: &Job<U>, plan: &Plan) -> Ended {
         };
         spooled.written.send_replace(state);
     }
+    Ended::Done
 }
 
 /// Whether `error` is an upstream asking for fewer connections (a `429`, a
